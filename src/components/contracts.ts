@@ -1,0 +1,174 @@
+/**
+ * The contracts between the engine and its components. Each method says who calls it, how
+ * often, and what its errors mean; a component that keeps these gets sluice's guarantees.
+ */
+import type { z } from "zod";
+import type { Clock } from "../core/clock.js";
+import type { SluiceError } from "../core/errors.js";
+import type { EventSink, Logger } from "../core/events.js";
+import type { Entry, JsonObject, SluiceRecord } from "../core/record.js";
+
+/** What every component factory gets besides its own config. */
+export interface ComponentContext {
+  /** The component's name in the pipeline (the key under `sources:` / `sinks:`), or its type for transforms. */
+  readonly name: string;
+  /** The pipeline's `data_dir`: where checkpoints and default stores live. Created before any factory runs. */
+  readonly dataDir: string;
+  /** Directory relative paths in the config resolve against (the config file's directory). */
+  readonly baseDir: string;
+  readonly clock: Clock;
+  readonly logger: Logger;
+  readonly emit: EventSink;
+}
+
+/** What happened to a chunk a source enqueued. */
+export type EnqueueOutcome =
+  /** In the buffer; the source will be acked once it is delivered. */
+  | "accepted"
+  /** Dropped by `when_full: drop_newest`; counted, and acked at once. */
+  | "dropped"
+  /** Refused by `when_full: reject` (push sources only): tell the producer to retry later. */
+  | "rejected"
+  /** The pipeline is stopping: tell the producer to retry elsewhere or later. */
+  | "stopping";
+
+/**
+ * The enqueue-only handle a source gets. Sources build records with it and hand them over
+ * in chunks (arrays), which is what makes the hot path cheap.
+ */
+export interface SourceHandle {
+  /** Records per chunk a source should aim for; never above the buffer's `max_records`. */
+  readonly chunkSize: number;
+  /**
+   * Builds a record around a parsed payload. The envelope's id, key and event time come from the
+   * source's `id_field`, `key_field` and `time_field`; `fallbackId` (derived from the source's own
+   * position, so redelivery yields the same id) is used when the payload has no id.
+   * `bytes` is the record's size estimate for the buffer's byte bound.
+   */
+  record(payload: JsonObject, bytes: number, fallbackId: string): Entry;
+  /** Builds a record for input that could not be parsed; it goes to the dead-letter sink with `error`. */
+  malformed(raw: string, fallbackId: string, error: SluiceError): Entry;
+  /**
+   * Hands a chunk to the buffer. With `when_full: block` (and for pull sources always, unless
+   * drop_newest) this waits for room: that wait is the backpressure. `checkpoint` is given back to
+   * {@link Source.ack} once this chunk and every earlier one are done.
+   */
+  enqueue(records: Entry[], checkpoint: unknown): Promise<EnqueueOutcome>;
+}
+
+/** A source of records. Created by its definition's factory, used by one pipeline. */
+export interface Source {
+  /**
+   * `pull` sources (file, generator, brokers) can simply stop reading when the buffer is full;
+   * `push` sources (HTTP) must answer their producer, so they see `rejected`.
+   */
+  readonly kind: "pull" | "push";
+  /**
+   * Called once by the pipeline. Produces records until the input is exhausted (a finite source
+   * resolves) or `signal` aborts (stop taking new records and resolve). A rejection is a fatal
+   * runtime error of the pipeline.
+   */
+  run(handle: SourceHandle, signal: AbortSignal): Promise<void>;
+  /**
+   * Called by the engine, in order and never concurrently, with the checkpoint of the newest chunk
+   * such that it and all chunks before it are delivered, dead-lettered or dropped. Persist it
+   * (brokers: ack; files: save the offset). May batch or delay persistence: redelivery is safe.
+   */
+  ack(checkpoint: unknown): Promise<void> | void;
+  /** Called once after `run` resolved and the last ack settled; persist state and release resources. */
+  close(): Promise<void>;
+}
+
+/** A payload transform's result: a payload, `null` to filter the record out, or an array to split it. */
+export type TransformOutput = JsonObject | null | JsonObject[];
+
+/** A transform in the chain. Called per record, in order; results may be promises. */
+export interface Transform {
+  /**
+   * Maps one payload. Throw (ideally a {@link SluiceError}) to dead-letter the record; the
+   * pipeline goes on. Must not mutate `record` other than its payload.
+   */
+  apply(payload: JsonObject, record: SluiceRecord): TransformOutput | Promise<TransformOutput>;
+  /** Called once when the pipeline stops. */
+  close?(): Promise<void>;
+}
+
+/** A record of a batch that failed on its own; the rest of the batch is committed. */
+export interface RecordFailure {
+  /** Index into the batch passed to {@link Sink.write}. */
+  readonly index: number;
+  /** Retryable errors are retried for this record only; permanent ones dead-letter it. */
+  readonly error: SluiceError;
+}
+
+/** What a sink's write reports. Absent or empty `failures` means every record is durable. */
+export interface WriteResult {
+  readonly failures?: readonly RecordFailure[];
+}
+
+/** A destination of records. Writes must be idempotent by record id: redelivery leaves one copy. */
+export interface Sink {
+  /** Most batches the sink can write at once (1 for an embedded database); the engine uses min(this, `concurrency`). */
+  readonly maxInFlight: number;
+  /**
+   * Called by the engine before the first write; on rejection it is called again after backoff
+   * until it resolves or the pipeline stops.
+   */
+  connect(signal: AbortSignal): Promise<void>;
+  /**
+   * Writes one batch. Resolve only when every record not listed in `failures` is durable.
+   * Throw for a failure of the whole batch: a retryable error retries the batch (so a partial
+   * commit must be safe to repeat, which idempotent writes make it), a permanent one dead-letters
+   * every record of it. Called with at most `maxInFlight` batches at once; records of one key
+   * always in order.
+   */
+  write(records: readonly SluiceRecord[], signal: AbortSignal): Promise<WriteResult | void>;
+  /** Called once after the last write settled. Flush and release. */
+  close(): Promise<void>;
+}
+
+/** One dead-lettered record, with why and when it failed. */
+export interface DeadLetter {
+  readonly record: SluiceRecord;
+  /** The unparsable input, for records that never became JSON. */
+  readonly raw: string | undefined;
+  /** The sink that gave up on it, or the stage (`source`, `transform:<type>`) that rejected it. */
+  readonly sink: string;
+  readonly code: string;
+  readonly message: string;
+  readonly attempts: number;
+  readonly firstFailureAt: number;
+  readonly lastFailureAt: number;
+}
+
+/** Where records go that cannot be delivered. Writes must be durable when they resolve. */
+export interface DeadLetterStore {
+  /** Called once before the first write. */
+  open(): Promise<void>;
+  /** Persists entries; the engine retries a rejection with backoff (it never drops a dead letter). */
+  write(entries: readonly DeadLetter[]): Promise<void>;
+  /** Called once at the end. */
+  close(): Promise<void>;
+}
+
+/** A component type: its name, one-line summary, config schema (with defaults) and factory, in one declaration. */
+export interface ComponentDefinition<Options extends z.ZodObject, Instance> {
+  /** The `type:` value in the config. */
+  readonly type: string;
+  /** One line for docs and `--help`. */
+  readonly summary: string;
+  /** The component's own config keys (besides `type` and the engine's common keys), strict, with defaults. */
+  readonly options: Options;
+  /** Builds an instance from validated options. Must not do I/O; connecting happens later. */
+  create(options: z.output<Options>, ctx: ComponentContext): Instance;
+}
+
+export type SourceDefinition<O extends z.ZodObject = z.ZodObject> = ComponentDefinition<O, Source>;
+export type TransformDefinition<O extends z.ZodObject = z.ZodObject> = ComponentDefinition<O, Transform>;
+export type SinkDefinition<O extends z.ZodObject = z.ZodObject> = ComponentDefinition<O, Sink>;
+export type DeadLetterDefinition<O extends z.ZodObject = z.ZodObject> = ComponentDefinition<O, DeadLetterStore>;
+
+/** Declares a component with its options' types inferred. */
+export function defineComponent<O extends z.ZodObject, I>(def: ComponentDefinition<O, I>): ComponentDefinition<O, I> {
+  return def;
+}

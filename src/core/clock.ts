@@ -1,0 +1,42 @@
+/**
+ * Time as the engine sees it. Everything that waits (batch max_wait, retry backoff, shutdown
+ * deadline) goes through a Clock so tests can run on a fake one and never sleep.
+ */
+export interface Clock {
+  /** Milliseconds since the Unix epoch. */
+  now(): number;
+  /** Calls `fn` once after `ms`; the returned function cancels it. */
+  setTimer(ms: number, fn: () => void): () => void;
+}
+
+/** The real clock: `Date.now` and `setTimeout`. Timers are unref'd so they never hold the process open. */
+export const systemClock: Clock = {
+  now: () => Date.now(),
+  setTimer(ms, fn) {
+    const t = setTimeout(fn, ms);
+    t.unref();
+    return () => clearTimeout(t);
+  },
+};
+
+/**
+ * Resolves after `ms` on `clock`, or rejects with the signal's reason as soon as `signal`
+ * aborts, so a retry wait never outlives a shutdown deadline.
+ */
+export function sleep(clock: Clock, ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(signal.reason);
+      return;
+    }
+    const onAbort = () => {
+      cancel();
+      reject(signal?.reason);
+    };
+    const cancel = clock.setTimer(ms, () => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    });
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}

@@ -1,0 +1,41 @@
+/**
+ * Typed internal events. The engine and components emit these, one per batch or chunk rather
+ * than per record; `observability/metrics.ts` is the one module that maps them to metric names,
+ * counters and logs.
+ */
+export type InternalEvent =
+  | { type: "records_received"; source: string; count: number; bytes: number }
+  | { type: "records_delivered"; sink: string; records: readonly { readonly receivedAt: number }[]; now: number }
+  | { type: "records_dead_lettered"; sink: string; code: string; count: number }
+  | { type: "records_dropped"; reason: DropReason; count: number }
+  | { type: "records_retried"; sink: string; count: number; code: string; message: string; delayMs: number }
+  | { type: "records_completed"; delivered: number; deadLettered: number }
+  | { type: "sink_batch_written"; sink: string; seconds: number }
+  | { type: "buffer_level"; records: number; bytes: number }
+  | { type: "backpressure"; source: string; seconds: number }
+  | { type: "component_error"; component: string; code: string; message: string };
+
+/**
+ * Why records were dropped on purpose. Every drop is one of these and is counted:
+ * `buffer_full` (when_full: drop_newest), `filtered` (a module transform returned null).
+ */
+export type DropReason = "buffer_full" | "filtered";
+
+/** Receives internal events. Must not throw and must be cheap: it runs on the hot path. */
+export type EventSink = (event: InternalEvent) => void;
+
+/** The logging surface components get (a subset of pino's). Library code logs only through this. */
+export interface Logger {
+  debug(obj: object, msg?: string): void;
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
+}
+
+/** A logger that discards everything, for library users who pass none. */
+export const silentLogger: Logger = {
+  debug: () => {},
+  info: () => {},
+  warn: () => {},
+  error: () => {},
+};

@@ -1,0 +1,72 @@
+import type { SluiceError } from "./errors.js";
+
+/** A JSON value as `JSON.parse` returns it. */
+export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
+
+/** A JSON object: the shape of every record payload. */
+export type JsonObject = { [key: string]: JsonValue };
+
+/**
+ * The unit sluice moves. The envelope is set by the engine from the source's settings
+ * (`id_field`, `key_field`, `time_field`); transforms change only `payload`.
+ */
+export interface SluiceRecord<P = JsonObject> {
+  /** Dedup key: sinks write idempotently by it. From the payload's id field, else from the source position. */
+  readonly id: string;
+  /** Ordering key: records with the same key reach each sink in source order. */
+  readonly key: string | undefined;
+  /** The user's JSON object. */
+  payload: P;
+  /** When the event happened (ms since epoch), from `time_field`; undefined when not configured or absent. */
+  readonly eventTime: number | undefined;
+  /** When sluice received the record (ms since epoch). */
+  readonly receivedAt: number;
+  /** Name of the source that produced the record. */
+  readonly source: string;
+  /** Write attempts made so far by the sink currently handling it. */
+  attempts: number;
+}
+
+/**
+ * What the engine carries per record: the envelope plus bookkeeping that sinks must not touch.
+ * One object per record, so the hot path allocates nothing else.
+ */
+export interface Entry<P = JsonObject> extends SluiceRecord<P> {
+  /** Estimated size in bytes, counted against the buffer's `max_bytes`. */
+  bytes: number;
+  /** The chunk this record was received in; acked when all its records are done. */
+  ticket: AckTicket;
+  /** Sinks that have not yet committed or dead-lettered this record. */
+  pendingSinks: number;
+  /** Set once any sink (or the source/transform stage) dead-lettered this record. */
+  deadLettered: boolean;
+  /** Set by a source for input it could not parse: the record goes straight to the dead-letter sink. */
+  failure: SluiceError | undefined;
+  /** The raw input kept for a failed record (the unparsable line). */
+  raw: string | undefined;
+}
+
+/**
+ * One chunk as a source enqueued it: the unit of acking. The buffer counts its records and
+ * bytes until every record in it is done, then the source's checkpoint may move past it.
+ */
+export interface AckTicket {
+  /** Per-source sequence number, contiguous from 0. */
+  readonly seq: number;
+  /** Opaque position handed back to the source when this chunk and all before it are done. */
+  readonly checkpoint: unknown;
+  /** Records counted against the buffer. */
+  readonly records: number;
+  /** Bytes counted against the buffer. */
+  readonly bytes: number;
+  /** Records of the chunk not yet done (delivered, dead-lettered or dropped). */
+  pending: number;
+  /** Called once when `pending` reaches 0. */
+  readonly onDone: (ticket: AckTicket) => void;
+}
+
+/** Marks `n` records of the ticket done and fires its completion when the last one is. */
+export function settle(ticket: AckTicket, n: number): void {
+  ticket.pending -= n;
+  if (ticket.pending === 0) ticket.onDone(ticket);
+}
