@@ -9,12 +9,14 @@ export interface Clock {
   setTimer(ms: number, fn: () => void): () => void;
 }
 
-/** The real clock: `Date.now` and `setTimeout`. Timers are unref'd so they never hold the process open. */
+/**
+ * The real clock: `Date.now` and `setTimeout`. Timers keep the process alive on purpose: a retry
+ * backoff may be the only thing pending, and the run must not end under it.
+ */
 export const systemClock: Clock = {
   now: () => Date.now(),
   setTimer(ms, fn) {
     const t = setTimeout(fn, ms);
-    t.unref();
     return () => clearTimeout(t);
   },
 };

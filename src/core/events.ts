@@ -11,7 +11,6 @@ export type InternalEvent =
   | { type: "records_retried"; sink: string; count: number; code: string; message: string; delayMs: number }
   | { type: "records_completed"; delivered: number; deadLettered: number }
   | { type: "sink_batch_written"; sink: string; seconds: number }
-  | { type: "buffer_level"; records: number; bytes: number }
   | { type: "backpressure"; source: string; seconds: number }
   | { type: "component_error"; component: string; code: string; message: string };
 

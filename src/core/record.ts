@@ -23,7 +23,7 @@ export interface SluiceRecord<P = JsonObject> {
   readonly receivedAt: number;
   /** Name of the source that produced the record. */
   readonly source: string;
-  /** Write attempts made so far by the sink currently handling it. */
+  /** Number of the write attempt in progress (1 on the first try, 0 before any write); with several sinks, the highest. */
   attempts: number;
 }
 
@@ -32,6 +32,8 @@ export interface SluiceRecord<P = JsonObject> {
  * One object per record, so the hot path allocates nothing else.
  */
 export interface Entry<P = JsonObject> extends SluiceRecord<P> {
+  /** Set when the chunk is enqueued. */
+  receivedAt: number;
   /** Estimated size in bytes, counted against the buffer's `max_bytes`. */
   bytes: number;
   /** The chunk this record was received in; acked when all its records are done. */
@@ -51,8 +53,8 @@ export interface Entry<P = JsonObject> extends SluiceRecord<P> {
  * bytes until every record in it is done, then the source's checkpoint may move past it.
  */
 export interface AckTicket {
-  /** Per-source sequence number, contiguous from 0. */
-  readonly seq: number;
+  /** Per-source sequence number, contiguous from 0; assigned once the buffer accepted (or dropped) the chunk. */
+  seq: number;
   /** Opaque position handed back to the source when this chunk and all before it are done. */
   readonly checkpoint: unknown;
   /** Records counted against the buffer. */

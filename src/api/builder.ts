@@ -1,0 +1,213 @@
+/**
+ * The library API: the same pipelines as the YAML config, built in TypeScript and typed end to
+ * end. Payload types flow from the source through each `map` to the sinks; built-in components
+ * take the same (snake_case) options as in YAML, validated by the same schemas.
+ */
+import { mkdir } from "node:fs/promises";
+import { resolve } from "node:path";
+import type { z } from "zod";
+import type { ComponentContext, ComponentDefinition, DeadLetterStore, Sink, Source, Transform } from "../components/contracts.js";
+import { sinkSettings, type BuiltPipeline } from "../config/build.js";
+import { sinkDrivingSchema, topSchema } from "../config/schema.js";
+import { MemoryBuffer } from "../core/buffer.js";
+import { systemClock, type Clock } from "../core/clock.js";
+import { SluiceError } from "../core/errors.js";
+import { silentLogger, type Logger } from "../core/events.js";
+import { Pipeline, type PipelineStatus } from "../core/pipeline.js";
+import type { SluiceRecord } from "../core/record.js";
+import { mapTransform } from "../transforms/module.js";
+import { Metrics, type RunSummary } from "../observability/metrics.js";
+import { definition as deadLetterSqlite } from "../sinks/dead-letter-sqlite.js";
+
+/** Builds a component instance once the pipeline's context (data_dir, clock, logger) is known. */
+export interface Factory<T> {
+  readonly type: string;
+  create(ctx: ComponentContext): T;
+}
+
+/** A source whose records carry payloads of type `P`. */
+export interface SourceFactory<P extends object> extends Factory<Source> {
+  /** Phantom: carries the payload type; never set. */
+  readonly payload?: P;
+}
+
+/** A sink that accepts payloads of type `P` (built-in sinks accept any object). */
+export interface SinkFactory<in P extends object> extends Factory<Sink> {
+  /** Phantom: makes the payload type contravariant; never called. */
+  readonly accepts?: (payload: P) => void;
+}
+
+/**
+ * Wraps a component definition as a factory, validating `options` with the definition's own
+ * schema now, so a mistake fails where it is written.
+ * @throws SluiceError `ERR_CONFIG_INVALID` listing every issue with its path.
+ */
+export function fromDefinition<O extends z.ZodObject, T>(def: ComponentDefinition<O, T>, options: z.input<O>): Factory<T> {
+  const parsed = def.options.safeParse(options);
+  if (!parsed.success) {
+    const issues = parsed.error.issues.map((i) => `${[def.type, ...i.path.map(String)].join(".")}: ${i.message}`);
+    throw new SluiceError("ERR_CONFIG_INVALID", issues.join("; "), { location: def.type });
+  }
+  return { type: def.type, create: (ctx) => def.create(parsed.data, ctx) };
+}
+
+/** Settings of the whole pipeline; the same keys and defaults as the YAML's top level. */
+export type PipelineSettings = Omit<z.input<typeof topSchema>, "sources" | "sinks" | "transforms" | "dead_letter"> & {
+  /** Logger for components; silent by default. */
+  logger?: Logger;
+  clock?: Clock;
+  /** Working directory for relative paths; default `process.cwd()`. */
+  cwd?: string;
+};
+
+/** How a source's records get their envelope, keyed by the payload's own fields. */
+export interface EnvelopeFields<P> {
+  id_field?: keyof P & string;
+  key_field?: keyof P & string;
+  time_field?: keyof P & string;
+}
+
+/** How a run ended, with the summary the CLI prints. */
+export interface RunResult {
+  readonly status: PipelineStatus;
+  readonly summary: RunSummary;
+}
+
+interface Stage {
+  readonly name: string;
+  readonly make: (ctx: (name: string) => ComponentContext) => unknown;
+}
+
+type PayloadOf<F> = F extends SourceFactory<infer P> ? P : never;
+
+/**
+ * A pipeline under construction whose records carry payloads of type `P`. Each step returns a new
+ * builder typed by what that step produces. Nothing runs until {@link build} or {@link run}.
+ */
+export class PipelineBuilder<P extends object> {
+  private constructor(
+    private readonly settings: PipelineSettings,
+    private readonly sources: readonly Stage[],
+    private readonly transforms: readonly Stage[],
+    private readonly sinks: readonly Stage[],
+    private readonly deadLetterFactory: Factory<DeadLetterStore> | undefined,
+  ) {}
+
+  /** Starts a pipeline with engine settings (buffer, data_dir, shutdown_timeout). */
+  static create(settings: PipelineSettings = {}): PipelineBuilder<never> {
+    return new PipelineBuilder(settings, [], [], [], undefined);
+  }
+
+  /** Adds a source; the pipeline's payload type becomes the union of its sources' payloads. */
+  source<F extends SourceFactory<object>>(name: string, factory: F, envelope: EnvelopeFields<PayloadOf<F>> = {}): PipelineBuilder<P | PayloadOf<F>> {
+    const stage: Stage = {
+      name,
+      make: (ctx) => ({ name, source: factory.create(ctx(name)), idField: envelope.id_field, keyField: envelope.key_field, timeField: envelope.time_field }),
+    };
+    return this.with({ sources: [...this.sources, stage] });
+  }
+
+  /** Maps each payload (sync or async); the record's envelope is read-only context. */
+  map<Q extends object>(fn: (payload: P, record: SluiceRecord<P>) => Q | Promise<Q>): PipelineBuilder<Q> {
+    return this.step("map", fn as unknown as Transform["apply"]);
+  }
+
+  /** Keeps payloads for which `fn` is true; the others are counted as dropped (`filtered`). */
+  filter(fn: (payload: P, record: SluiceRecord<P>) => boolean | Promise<boolean>): PipelineBuilder<P> {
+    return this.step("filter", (payload, record) => {
+      const keep = fn(payload as unknown as P, record as unknown as SluiceRecord<P>);
+      return typeof keep === "boolean" ? (keep ? payload : null) : keep.then((k) => (k ? payload : null));
+    });
+  }
+
+  /** Splits each payload into zero or more; parts get ids `<id>#<n>`. */
+  flatMap<Q extends object>(fn: (payload: P, record: SluiceRecord<P>) => Q[] | Promise<Q[]>): PipelineBuilder<Q> {
+    return this.step("flat_map", fn as unknown as Transform["apply"]);
+  }
+
+  /** Adds a transform component (e.g. `transforms.validate(...)`); the payload type is kept. */
+  use(factory: Factory<Transform>): PipelineBuilder<P> {
+    return this.with({ transforms: [...this.transforms, { name: factory.type, make: (ctx) => factory.create(ctx(factory.type)) }] });
+  }
+
+  /**
+   * Adds a sink. `driving` takes the YAML's sink keys: `concurrency`, `batch`, `retry`, `chaos`.
+   * @throws SluiceError `ERR_CONFIG_INVALID` when `driving` is invalid.
+   */
+  sink(name: string, factory: SinkFactory<P>, driving: z.input<typeof sinkDrivingSchema> = {}): PipelineBuilder<P> {
+    const parsed = sinkDrivingSchema.safeParse(driving);
+    if (!parsed.success) {
+      throw new SluiceError("ERR_CONFIG_INVALID", parsed.error.issues.map((i) => `sinks.${name}.${i.path.join(".")}: ${i.message}`).join("; "));
+    }
+    return this.with({ sinks: [...this.sinks, { name, make: (ctx) => ({ factory, driving: parsed.data, ctx: ctx(name) }) }] });
+  }
+
+  /** Replaces the dead-letter store (default: SQLite at `<data_dir>/dlq.db`). */
+  deadLetter(factory: Factory<DeadLetterStore>): PipelineBuilder<P> {
+    return this.with({ deadLetterFactory: factory });
+  }
+
+  /** Builds the pipeline (creates `data_dir`), ready to `run()`, with its metrics. */
+  async build(): Promise<BuiltPipeline> {
+    const top = topSchema.safeParse({ ...this.settings, logger: undefined, clock: undefined, cwd: undefined, sources: { x: {} }, sinks: { x: {} } });
+    if (!top.success) throw new SluiceError("ERR_CONFIG_INVALID", top.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; "));
+    const t = top.data;
+    const clock = this.settings.clock ?? systemClock;
+    const logger = this.settings.logger ?? silentLogger;
+    const cwd = this.settings.cwd ?? process.cwd();
+    const dataDir = resolve(cwd, t.data_dir);
+    await mkdir(dataDir, { recursive: true });
+    const metrics = new Metrics(
+      this.sinks.map((s) => s.name),
+      logger,
+      () => clock.now(),
+    );
+    const ctx = (name: string): ComponentContext => ({ name, dataDir, baseDir: cwd, clock, logger, emit: metrics.handle });
+    const pipeline = new Pipeline({
+      sources: this.sources.map((s) => s.make(ctx) as never),
+      transforms: this.transforms.map((s) => ({ stage: `transform:${s.name}`, transform: s.make(ctx) as Transform })),
+      sinks: this.sinks.map((s) => {
+        const { factory, driving, ctx: c } = s.make(ctx) as { factory: SinkFactory<P>; driving: z.output<typeof sinkDrivingSchema>; ctx: ComponentContext };
+        return sinkSettings(s.name, factory.create(c), driving, clock);
+      }),
+      deadLetter: (this.deadLetterFactory ?? fromDefinition(deadLetterSqlite, {})).create(ctx("dead_letter")),
+      buffer: new MemoryBuffer({ maxRecords: t.buffer.max_records, maxBytes: t.buffer.max_bytes }),
+      whenFull: t.buffer.when_full,
+      chunkSize: Math.min(t.buffer.chunk_size, t.buffer.max_records),
+      shutdownTimeoutMs: t.shutdown_timeout,
+      clock,
+      logger,
+      emit: metrics.handle,
+    });
+    metrics.watchBuffer(() => pipeline.bufferUsage());
+    return { pipeline, metrics, dataDir };
+  }
+
+  /** Builds and runs to the end (finite sources) or to `stop()`; resolves with the status and summary. */
+  async run(): Promise<RunResult> {
+    const started = performance.now();
+    const { pipeline, metrics } = await this.build();
+    const status = await pipeline.run();
+    return { status, summary: metrics.summary((performance.now() - started) / 1000) };
+  }
+
+  private step(name: string, fn: Transform["apply"]): PipelineBuilder<never> {
+    const transform: Factory<Transform> = { type: name, create: () => mapTransform(fn) };
+    return this.use(transform) as unknown as PipelineBuilder<never>;
+  }
+
+  private with(change: Partial<{ sources: readonly Stage[]; transforms: readonly Stage[]; sinks: readonly Stage[]; deadLetterFactory: Factory<DeadLetterStore> }>): PipelineBuilder<never> {
+    return new PipelineBuilder(
+      this.settings,
+      change.sources ?? this.sources,
+      change.transforms ?? this.transforms,
+      change.sinks ?? this.sinks,
+      change.deadLetterFactory ?? this.deadLetterFactory,
+    );
+  }
+}
+
+/** Starts a typed pipeline. */
+export function pipeline(settings: PipelineSettings = {}): PipelineBuilder<never> {
+  return PipelineBuilder.create(settings);
+}

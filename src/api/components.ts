@@ -1,0 +1,57 @@
+/**
+ * Typed factories of the built-in components for the library API. Each takes the same options as
+ * its YAML form (validated by the same schema) and returns a factory the builder instantiates.
+ */
+import type { z } from "zod";
+import { fromDefinition, type Factory, type SinkFactory, type SourceFactory } from "./builder.js";
+import type { DeadLetterStore, Sink, Source, Transform } from "../components/contracts.js";
+import { definition as deadLetterSqlite } from "../sinks/dead-letter-sqlite.js";
+import { definition as blackhole } from "../sinks/blackhole.js";
+import { definition as fileSink } from "../sinks/file.js";
+import { definition as sqlite } from "../sinks/sqlite.js";
+import { definition as stdout } from "../sinks/stdout.js";
+import { definition as fileSource } from "../sources/file.js";
+import { definition as generator } from "../sources/generator.js";
+import { definition as moduleTransform } from "../transforms/module.js";
+import { definition as validate } from "../transforms/validate.js";
+import type { ComponentContext } from "../components/contracts.js";
+
+/** A payload of the `generator` source: the seed's sensor reading. */
+export type SensorReading = {
+  id: string;
+  sensor: string;
+  value: number;
+  unit: string;
+  ts: string;
+  seq: number;
+  pad?: string;
+};
+
+/** Built-in sources. `file` is generic: name the payload type its lines hold. */
+export const sources = {
+  generator: (options: z.input<typeof generator.options>): SourceFactory<SensorReading> => fromDefinition(generator, options),
+  file: <P extends object>(options: z.input<typeof fileSource.options>): SourceFactory<P> => fromDefinition(fileSource, options),
+  /** A source you implement against the {@link Source} contract. */
+  custom: <P extends object>(type: string, create: (ctx: ComponentContext) => Source): SourceFactory<P> => ({ type, create }),
+};
+
+/** Built-in sinks; each accepts any payload. */
+export const sinks = {
+  sqlite: (options: z.input<typeof sqlite.options>): SinkFactory<object> => fromDefinition(sqlite, options),
+  file: (options: z.input<typeof fileSink.options>): SinkFactory<object> => fromDefinition(fileSink, options),
+  stdout: (options: z.input<typeof stdout.options> = {}): SinkFactory<object> => fromDefinition(stdout, options),
+  blackhole: (): SinkFactory<object> => fromDefinition(blackhole, {}),
+  /** A sink you implement against the {@link Sink} contract, typed by the payloads it accepts. */
+  custom: <P extends object>(type: string, create: (ctx: ComponentContext) => Sink): SinkFactory<P> => ({ type, create }),
+};
+
+/** Built-in transform components, for `builder.use(...)`. In code, `map`/`filter`/`flatMap` are usually simpler. */
+export const transforms = {
+  module: (options: z.input<typeof moduleTransform.options>): Factory<Transform> => fromDefinition(moduleTransform, options),
+  validate: (options: z.input<typeof validate.options>): Factory<Transform> => fromDefinition(validate, options),
+};
+
+/** Built-in dead-letter stores. */
+export const deadLetters = {
+  sqlite: (options: z.input<typeof deadLetterSqlite.options> = {}): Factory<DeadLetterStore> => fromDefinition(deadLetterSqlite, options),
+};

@@ -1,0 +1,179 @@
+/**
+ * `sluice run` and `sluice validate`: load the config, build and run the pipeline, show progress
+ * on a terminal, stop gracefully on SIGTERM/SIGINT, print the summary, map the outcome to an exit code.
+ */
+import { writeFile } from "node:fs/promises";
+import { dirname, resolve } from "node:path";
+import { buildPipeline } from "../config/build.js";
+import { formatIssues, loadConfig } from "../config/load.js";
+import type { PipelineConfig } from "../config/schema.js";
+import { createLogger } from "../observability/logger.js";
+import type { CountsSnapshot, Metrics, RunSummary } from "../observability/metrics.js";
+import { startObservabilityServer } from "../server/observability-server.js";
+import { checkModuleTransform } from "../transforms/module.js";
+import { checkValidateTransform } from "../transforms/validate.js";
+
+/** Exit codes, as DESIGN.md fixes them. */
+export const EXIT = { ok: 0, runtime: 1, usage: 2 } as const;
+
+/** Where the command writes; injectable for tests. */
+export interface Io {
+  readonly stdout: NodeJS.WritableStream;
+  readonly stderr: NodeJS.WritableStream & { isTTY?: boolean };
+}
+
+async function loadOrReport(file: string, io: Io): Promise<PipelineConfig | undefined> {
+  const loaded = await loadConfig(file);
+  if (loaded.ok) return loaded.config;
+  io.stderr.write(`${formatIssues(file, loaded.issues)}\n${loaded.issues.length} error${loaded.issues.length === 1 ? "" : "s"} in ${file}\n`);
+  return undefined;
+}
+
+/** Checks what the schema cannot: that transform modules load and schemas compile. */
+async function deepCheck(config: PipelineConfig, configDir: string): Promise<string[]> {
+  const problems: string[] = [];
+  for (const [i, t] of config.transforms.entries()) {
+    const o = t.options;
+    const error =
+      t.name === "module"
+        ? await checkModuleTransform(resolve(configDir, o.path as string), (o.export as string | undefined) ?? "default")
+        : t.name === "validate"
+          ? await checkValidateTransform(typeof o.schema === "string" ? resolve(configDir, o.schema) : (o.schema_inline as Record<string, unknown>))
+          : undefined;
+    if (error) problems.push(`transforms[${i}]: ${error.message}${error.location ? ` (${error.location})` : ""}`);
+  }
+  return problems;
+}
+
+/** `sluice validate <config>`: exit 0 when valid, 2 with every error and its path. */
+export async function validateCommand(file: string, io: Io): Promise<number> {
+  const config = await loadOrReport(file, io);
+  if (!config) return EXIT.usage;
+  const problems = await deepCheck(config, dirname(resolve(file)));
+  if (problems.length > 0) {
+    io.stderr.write(`${problems.map((p) => `${file} ${p}`).join("\n")}\n${problems.length} error${problems.length === 1 ? "" : "s"} in ${file}\n`);
+    return EXIT.usage;
+  }
+  io.stdout.write(`${file}: valid (${config.sources.length} source(s), ${config.transforms.length} transform(s), ${config.sinks.length} sink(s))\n`);
+  return EXIT.ok;
+}
+
+const fmt = (n: number) => Math.round(n).toLocaleString("en-US");
+
+function progressLine(s: CountsSnapshot, rate: number, maxRecords: number): string {
+  const fill = maxRecords > 0 ? Math.round((s.buffer_records / maxRecords) * 100) : 0;
+  return `${fmt(rate)} rec/s | received ${fmt(s.received)} delivered ${fmt(s.delivered)} dead-lettered ${fmt(s.dead_lettered)} dropped ${fmt(s.dropped)} retried ${fmt(s.retried)} | buffer ${fmt(s.buffer_records)}/${fmt(maxRecords)} (${fill}%)`;
+}
+
+/** The summary table printed at the end of every run. */
+export function summaryTable(summary: RunSummary, status: string, deadLetterHint: string): string {
+  const r = summary.records;
+  const rows: [string, number][] = [
+    ["received", r.received],
+    ["delivered", r.delivered],
+    ["dead-lettered", r.dead_lettered],
+    ["dropped", r.dropped],
+    ["retried", r.retried],
+  ];
+  const lines = [`sluice run ${status} in ${summary.elapsed_seconds.toFixed(1)} s (${fmt(summary.elapsed_seconds > 0 ? r.delivered / summary.elapsed_seconds : 0)} delivered/s)`];
+  for (const [k, v] of rows) lines.push(`  ${k.padEnd(15)}${fmt(v).padStart(14)}`);
+  const inFlight = r.received - r.delivered - r.dead_lettered - r.dropped;
+  if (inFlight !== 0) lines.push(`  ${"un-acked".padEnd(15)}${fmt(inFlight).padStart(14)}  (left for redelivery)`);
+  const names = Object.keys(summary.sinks);
+  const w = Math.max(6, ...names.map((n) => n.length)) + 2;
+  lines.push(`  ${"sink".padEnd(w)}${"delivered".padStart(14)}${"dead-lettered".padStart(15)}`);
+  for (const n of names) lines.push(`  ${n.padEnd(w)}${fmt(summary.sinks[n]!.delivered).padStart(14)}${fmt(summary.sinks[n]!.dead_lettered).padStart(15)}`);
+  if (r.dead_lettered > 0) lines.push(`  dead letters: ${deadLetterHint}`);
+  return `${lines.join("\n")}\n`;
+}
+
+/** Options of `sluice run`. */
+export interface RunOptions {
+  readonly summaryJson?: string;
+  readonly progress?: boolean;
+}
+
+/** `sluice run <config>`: runs to completion (finite sources) or to a graceful stop. */
+export async function runCommand(file: string, opts: RunOptions, io: Io): Promise<number> {
+  const config = await loadOrReport(file, io);
+  if (!config) return EXIT.usage;
+  const configDir = dirname(resolve(file));
+  const problems = await deepCheck(config, configDir);
+  if (problems.length > 0) {
+    io.stderr.write(`${problems.map((p) => `${file} ${p}`).join("\n")}\n`);
+    return EXIT.usage;
+  }
+  const logger = createLogger(config.observability.log_level);
+  const started = performance.now();
+  let built: Awaited<ReturnType<typeof buildPipeline>>;
+  try {
+    built = await buildPipeline(config, { configDir, cwd: process.cwd(), logger });
+  } catch (err) {
+    io.stderr.write(`cannot start: ${(err as Error).message}\n`);
+    return EXIT.runtime;
+  }
+  const { pipeline, metrics } = built;
+  const server = config.observability.listen
+    ? await startObservabilityServer(config.observability.listen, metrics.registry, { ready: () => pipeline.status().tag === "running" })
+    : undefined;
+
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (pipeline.status().tag === "draining") {
+      io.stderr.write(`\n${sig} again: still draining (shutdown_timeout ${config.shutdownTimeoutMs} ms)\n`);
+      return;
+    }
+    io.stderr.write(`\n${sig}: stopping, draining in-flight records\n`);
+    pipeline.stop();
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+
+  const showProgress = opts.progress ?? (config.observability.progress === "always" || (config.observability.progress === "auto" && io.stderr.isTTY === true));
+  const stopProgress = showProgress ? startProgress(metrics, config.buffer.max_records, io) : () => {};
+
+  let exitCode: number = EXIT.ok;
+  let statusText: string;
+  try {
+    const status = await pipeline.run();
+    statusText = status.tag;
+    if (status.tag === "failed") {
+      io.stderr.write(`\nrun failed: ${status.error.code}: ${status.error.message}\n`);
+      exitCode = EXIT.runtime;
+    } else if (status.tag === "timed_out") {
+      io.stderr.write(`\nshutdown_timeout reached with ${status.unacked} record(s) un-acked; they are redelivered on the next run\n`);
+      exitCode = EXIT.runtime;
+    }
+  } catch (err) {
+    statusText = "crashed";
+    io.stderr.write(`\nrun failed: ${(err as Error).stack ?? String(err)}\n`);
+    exitCode = EXIT.runtime;
+  } finally {
+    stopProgress();
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+    server?.close();
+  }
+  const summary = metrics.summary((performance.now() - started) / 1000);
+  const dlq = config.deadLetter.options.path ? String(config.deadLetter.options.path) : resolve(built.dataDir, "dlq.db");
+  io.stderr.write(summaryTable(summary, statusText, dlq));
+  if (opts.summaryJson) await writeFile(opts.summaryJson, `${JSON.stringify(summary, null, 2)}\n`);
+  return exitCode;
+}
+
+function startProgress(metrics: Metrics, maxRecords: number, io: Io): () => void {
+  let last = metrics.snapshot();
+  let lastAt = performance.now();
+  const timer = setInterval(() => {
+    const now = performance.now();
+    const s = metrics.snapshot();
+    const rate = ((s.delivered + s.dead_lettered - last.delivered - last.dead_lettered) * 1000) / (now - lastAt);
+    last = s;
+    lastAt = now;
+    io.stderr.write(`\x1b[2K\r${progressLine(s, rate, maxRecords)}`);
+  }, 1000);
+  timer.unref();
+  return () => {
+    clearInterval(timer);
+    io.stderr.write(`\x1b[2K\r`);
+  };
+}

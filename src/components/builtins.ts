@@ -1,0 +1,26 @@
+/**
+ * The one list of built-in component types. Registration is this explicit list, never an import
+ * side effect: a type is available exactly when it is named here.
+ */
+import { definition as deadLetterSqlite } from "../sinks/dead-letter-sqlite.js";
+import { definition as blackholeSink } from "../sinks/blackhole.js";
+import { definition as fileSink } from "../sinks/file.js";
+import { definition as sqliteSink } from "../sinks/sqlite.js";
+import { definition as stdoutSink } from "../sinks/stdout.js";
+import { definition as fileSource } from "../sources/file.js";
+import { definition as generatorSource } from "../sources/generator.js";
+import { definition as moduleTransform } from "../transforms/module.js";
+import { definition as validateTransform } from "../transforms/validate.js";
+import type { DeadLetterDefinition, SinkDefinition, SourceDefinition, TransformDefinition } from "./contracts.js";
+
+/** Source types by their `type:` name. */
+export const SOURCES: readonly SourceDefinition[] = [generatorSource, fileSource];
+
+/** Transform types by their `type:` name. */
+export const TRANSFORMS: readonly TransformDefinition[] = [moduleTransform, validateTransform];
+
+/** Sink types by their `type:` name. */
+export const SINKS: readonly SinkDefinition[] = [sqliteSink, fileSink, stdoutSink, blackholeSink];
+
+/** Dead-letter store types by their `type:` name. */
+export const DEAD_LETTER_STORES: readonly DeadLetterDefinition[] = [deadLetterSqlite];

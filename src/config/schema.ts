@@ -1,0 +1,283 @@
+/**
+ * The pipeline config schema, in one place: engine keys here, each component's own keys in its
+ * definition, composed per `type`. Validation is strict (unknown keys are errors) and reports
+ * every problem with its path, a hint for renamed or misspelled keys, and never stops at the first.
+ */
+import { z } from "zod";
+import { DEAD_LETTER_STORES, SINKS, SOURCES, TRANSFORMS } from "../components/builtins.js";
+import { chaosOptions } from "../components/chaos.js";
+import type { ComponentDefinition } from "../components/contracts.js";
+import { byteSize, duration } from "../components/options.js";
+import { DEFAULTS } from "./defaults.js";
+
+/** One config problem: where (dotted path) and what. */
+export interface ConfigIssue {
+  readonly path: string;
+  readonly message: string;
+}
+
+const name = z.string().regex(/^[A-Za-z0-9_.-]+$/, "names may use letters, digits, '_', '.', '-'");
+
+const bufferSchema = z.strictObject({
+  max_records: z.number().int().positive().default(DEFAULTS.buffer.max_records).describe("Most records held at once: queued, being transformed or written, until acked."),
+  max_bytes: byteSize().default(DEFAULTS.buffer.max_bytes).describe("Most estimated bytes held at once, e.g. 64MiB."),
+  when_full: z.enum(["block", "reject", "drop_newest"]).default(DEFAULTS.buffer.when_full).describe("block: sources wait; reject: push sources refuse (pull sources wait); drop_newest: drop and count."),
+  chunk_size: z.number().int().positive().default(DEFAULTS.buffer.chunk_size).describe("Records a source hands over at once."),
+});
+
+const sourceCommon = {
+  type: z.string(),
+  id_field: z.string().default("id").describe("Payload field with the record id (dotted path allowed); else an id from the source position."),
+  key_field: z.string().optional().describe("Payload field with the ordering key: same key, same order at every sink."),
+  time_field: z.string().optional().describe("Payload field with the event time: ms since epoch or a date string."),
+};
+
+const batchSchema = z.strictObject({
+  max_records: z.number().int().positive().default(DEFAULTS.sink.batch.max_records).describe("Most records per batch."),
+  max_bytes: byteSize().default(DEFAULTS.sink.batch.max_bytes).describe("Most estimated bytes per batch."),
+  max_wait: duration().default(DEFAULTS.sink.batch.max_wait_ms).describe("Longest a partial batch waits for more records."),
+});
+
+const retrySchema = z.strictObject({
+  max_attempts: z.number().int().positive().default(DEFAULTS.sink.retry.max_attempts).describe("Attempts in all, the first included; then the record is dead-lettered."),
+  max_elapsed: duration().default(DEFAULTS.sink.retry.max_elapsed_ms).describe("No new attempt after this long since the first."),
+  initial_backoff: duration().default(DEFAULTS.sink.retry.initial_backoff_ms).describe("Cap of the first backoff delay (full jitter)."),
+  max_backoff: duration().default(DEFAULTS.sink.retry.max_backoff_ms).describe("Cap of any backoff delay."),
+  multiplier: z.number().min(1).default(DEFAULTS.sink.retry.multiplier).describe("Growth of the delay cap per attempt."),
+});
+
+const sinkDriving = {
+  concurrency: z.number().int().positive().default(DEFAULTS.sink.concurrency).describe("Batches in flight at once (capped by what the sink supports)."),
+  batch: batchSchema.prefault({}),
+  retry: retrySchema.prefault({}),
+  chaos: chaosOptions.optional().describe("Injected failures and latency, to rehearse incidents."),
+};
+
+const sinkCommon = { type: z.string(), ...sinkDriving };
+
+/** How any sink is driven (`concurrency`, `batch`, `retry`, `chaos`), shared by YAML and the library API. */
+export const sinkDrivingSchema = z.strictObject(sinkDriving);
+
+/** Validated sink driving settings. */
+export type SinkDriving = z.output<typeof sinkDrivingSchema>;
+
+/** The engine-level keys of a config; exported for the library API, which shares its defaults. */
+export const topSchema = z.strictObject({
+  data_dir: z.string().default(DEFAULTS.data_dir).describe("Checkpoints and the default dead-letter store. Relative to the working directory."),
+  shutdown_timeout: duration().default(DEFAULTS.shutdown_timeout_ms).describe("How long a graceful stop may drain."),
+  buffer: bufferSchema.prefault({}),
+  sources: z.record(name, z.unknown()).refine((r) => Object.keys(r).length > 0, "at least one source is needed"),
+  transforms: z.array(z.unknown()).default([]),
+  sinks: z.record(name, z.unknown()).refine((r) => Object.keys(r).length > 0, "at least one sink is needed"),
+  dead_letter: z.record(z.string(), z.unknown()).default({ type: "sqlite" }),
+  observability: z
+    .strictObject({
+      listen: z.string().regex(/^[^:]+:\d+$/, "use host:port").optional().describe("Serve /metrics and /health/* on host:port."),
+      log_level: z.enum(["debug", "info", "warn", "error", "silent"]).default(DEFAULTS.observability.log_level),
+      progress: z.enum(["auto", "always", "never"]).default("auto").describe("Live progress line: auto shows it on a terminal."),
+    })
+    .prefault({}),
+});
+
+/** A component as validated: its definition and its options with defaults applied. */
+export interface ComponentConfig<D> {
+  readonly name: string;
+  readonly definition: D;
+  readonly options: Record<string, unknown>;
+}
+
+/** A source as validated. */
+export interface SourceConfig extends ComponentConfig<(typeof SOURCES)[number]> {
+  readonly idField: string;
+  readonly keyField: string | undefined;
+  readonly timeField: string | undefined;
+}
+
+/** A sink as validated. */
+export interface SinkConfig extends ComponentConfig<(typeof SINKS)[number]> {
+  readonly driving: SinkDriving;
+}
+
+/** A whole validated pipeline config. */
+export interface PipelineConfig {
+  readonly dataDir: string;
+  readonly shutdownTimeoutMs: number;
+  readonly buffer: z.output<typeof bufferSchema>;
+  readonly sources: readonly SourceConfig[];
+  readonly transforms: readonly ComponentConfig<(typeof TRANSFORMS)[number]>[];
+  readonly sinks: readonly SinkConfig[];
+  readonly deadLetter: ComponentConfig<(typeof DEAD_LETTER_STORES)[number]>;
+  readonly observability: z.output<typeof topSchema>["observability"];
+}
+
+/** Keys that were renamed or are commonly guessed, with the key to use instead. */
+const RENAMED: Record<string, string> = {
+  max_batch_size: "batch.max_records",
+  batch_size: "batch.max_records",
+  retries: "retry.max_attempts",
+  max_retries: "retry.max_attempts",
+  size: "max_records",
+  capacity: "max_records",
+  dlq: "dead_letter",
+  dead_letters: "dead_letter",
+  inputs: "sources",
+  outputs: "sinks",
+  processors: "transforms",
+  "when-full": "when_full",
+  metrics: "observability",
+};
+
+function editDistance(a: string, b: string): number {
+  const d = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    let prev = d[0]!;
+    d[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const tmp = d[j]!;
+      d[j] = Math.min(d[j]! + 1, d[j - 1]! + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
+      prev = tmp;
+    }
+  }
+  return d[b.length]!;
+}
+
+function unknownKeyMessage(key: string, known: readonly string[]): string {
+  const renamed = RENAMED[key];
+  if (renamed !== undefined) return `unknown key "${key}"; it is called "${renamed}"`;
+  const close = known.filter((k) => editDistance(k, key) <= 2);
+  if (close.length > 0) return `unknown key "${key}"; did you mean "${close[0]}"?`;
+  return `unknown key "${key}"; allowed: ${known.join(", ")}`;
+}
+
+function joinPath(prefix: string, path: readonly PropertyKey[]): string {
+  let out = prefix;
+  for (const p of path) out += typeof p === "number" ? `[${p}]` : out === "" ? String(p) : `.${String(p)}`;
+  return out;
+}
+
+function objectKeys(schema: z.ZodType, path: readonly PropertyKey[]): string[] {
+  let s: unknown = schema;
+  for (const p of path) {
+    s = unwrap(s);
+    if (s instanceof z.ZodObject) s = s.shape[p as string];
+    else return [];
+  }
+  s = unwrap(s);
+  return s instanceof z.ZodObject ? Object.keys(s.shape) : [];
+}
+
+function unwrap(s: unknown): unknown {
+  while (s instanceof z.ZodDefault || s instanceof z.ZodPrefault || s instanceof z.ZodOptional || s instanceof z.ZodPipe) {
+    s = s instanceof z.ZodPipe ? s.in : (s as z.ZodOptional).unwrap();
+  }
+  return s;
+}
+
+function collect(schema: z.ZodType, value: unknown, prefix: string, issues: ConfigIssue[]): unknown {
+  const r = schema.safeParse(value);
+  if (r.success) return r.data;
+  for (const issue of r.error.issues) {
+    if (issue.code === "unrecognized_keys") {
+      const known = objectKeys(schema, issue.path);
+      for (const key of issue.keys) issues.push({ path: joinPath(prefix, [...issue.path, key]), message: unknownKeyMessage(key, known) });
+    } else {
+      issues.push({ path: joinPath(prefix, issue.path) || "(root)", message: issue.message });
+    }
+  }
+  return undefined;
+}
+
+function componentSchema(def: ComponentDefinition<z.ZodObject, unknown>, common: z.ZodRawShape): z.ZodObject {
+  return z.strictObject({ ...common, ...def.options.shape, type: z.literal(def.type) });
+}
+
+function findDefinition<D extends { type: string }>(defs: readonly D[], raw: unknown, path: string, kind: string, issues: ConfigIssue[]): D | undefined {
+  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
+    issues.push({ path, message: `a ${kind} must be a mapping with a "type"` });
+    return undefined;
+  }
+  const type = (raw as { type?: unknown }).type;
+  const def = defs.find((d) => d.type === type);
+  if (def === undefined) {
+    const types = defs.map((d) => d.type).join(", ");
+    issues.push({ path: `${path}.type`, message: type === undefined ? `missing "type"; one of: ${types}` : `unknown ${kind} type "${String(type)}"; one of: ${types}` });
+  }
+  return def;
+}
+
+/**
+ * Validates a parsed config object (after `${ENV}` interpolation). Returns the config with every
+ * default applied, or every issue found.
+ */
+export function validateConfig(raw: unknown): { config: PipelineConfig; issues: [] } | { config: undefined; issues: ConfigIssue[] } {
+  const issues: ConfigIssue[] = [];
+  const top = collect(topSchema, raw, "", issues) as z.output<typeof topSchema> | undefined;
+  if (top === undefined) {
+    // Still check the components, so one run of `validate` reports everything it can.
+    if (raw === null || typeof raw !== "object") return { config: undefined, issues };
+  }
+  const rawObj = raw as Record<string, unknown>;
+  const sourcesRaw = (top?.sources ?? (isRecord(rawObj.sources) ? rawObj.sources : {})) as Record<string, unknown>;
+  const sinksRaw = (top?.sinks ?? (isRecord(rawObj.sinks) ? rawObj.sinks : {})) as Record<string, unknown>;
+  const transformsRaw = top?.transforms ?? (Array.isArray(rawObj.transforms) ? rawObj.transforms : []);
+
+  const sources: SourceConfig[] = [];
+  for (const [n, v] of Object.entries(sourcesRaw)) {
+    const def = findDefinition(SOURCES, v, `sources.${n}`, "source", issues);
+    if (!def) continue;
+    const parsed = collect(componentSchema(def, sourceCommon), v, `sources.${n}`, issues) as Record<string, unknown> | undefined;
+    if (!parsed) continue;
+    const { type: _t, id_field, key_field, time_field, ...options } = parsed;
+    sources.push({ name: n, definition: def, options, idField: id_field as string, keyField: key_field as string | undefined, timeField: time_field as string | undefined });
+  }
+
+  const transforms: ComponentConfig<(typeof TRANSFORMS)[number]>[] = [];
+  transformsRaw.forEach((v, i) => {
+    const def = findDefinition(TRANSFORMS, v, `transforms[${i}]`, "transform", issues);
+    if (!def) return;
+    const parsed = collect(componentSchema(def, { type: z.string() }), v, `transforms[${i}]`, issues) as Record<string, unknown> | undefined;
+    if (!parsed) return;
+    const { type: _t, ...options } = parsed;
+    transforms.push({ name: def.type, definition: def, options });
+  });
+
+  const sinks: SinkConfig[] = [];
+  for (const [n, v] of Object.entries(sinksRaw)) {
+    const def = findDefinition(SINKS, v, `sinks.${n}`, "sink", issues);
+    if (!def) continue;
+    const parsed = collect(componentSchema(def, sinkCommon), v, `sinks.${n}`, issues) as Record<string, unknown> | undefined;
+    if (!parsed) continue;
+    const { type: _t, concurrency, batch, retry, chaos, ...options } = parsed;
+    sinks.push({ name: n, definition: def, options, driving: { concurrency, batch, retry, chaos } as SinkDriving });
+  }
+
+  let deadLetter: PipelineConfig["deadLetter"] | undefined;
+  const dlRaw = top?.dead_letter ?? rawObj.dead_letter ?? { type: "sqlite" };
+  const dlDef = findDefinition(DEAD_LETTER_STORES, dlRaw, "dead_letter", "dead_letter", issues);
+  if (dlDef) {
+    const parsed = collect(componentSchema(dlDef, { type: z.string() }), dlRaw, "dead_letter", issues) as Record<string, unknown> | undefined;
+    if (parsed) {
+      const { type: _t, ...options } = parsed;
+      deadLetter = { name: "dead_letter", definition: dlDef, options };
+    }
+  }
+
+  if (issues.length > 0 || !top || !deadLetter) return { config: undefined, issues };
+  return {
+    config: {
+      dataDir: top.data_dir,
+      shutdownTimeoutMs: top.shutdown_timeout,
+      buffer: top.buffer,
+      sources,
+      transforms,
+      sinks,
+      deadLetter,
+      observability: top.observability,
+    },
+    issues: [],
+  };
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === "object" && !Array.isArray(v);
+}

@@ -1,0 +1,178 @@
+import type { AckTicket, Entry } from "./record.js";
+
+/** A chunk of records as one source enqueued it, with the ticket that acks it. */
+export interface Chunk {
+  readonly records: Entry[];
+  readonly ticket: AckTicket;
+}
+
+/** What the buffer does when a chunk does not fit. */
+export type WhenFull = "block" | "reject" | "drop_newest";
+
+/** Bounds of a buffer. A chunk counts against both from `push` until `release`. */
+export interface BufferLimits {
+  /** Records in the buffer, being transformed or being written, not yet acked. */
+  readonly maxRecords: number;
+  /** Estimated bytes of those records. */
+  readonly maxBytes: number;
+}
+
+/** Result of {@link Buffer.push}. */
+export type PushResult = "accepted" | "full" | "closed";
+
+/**
+ * The bounded buffer between sources and the engine. Records stay counted from `push` until
+ * `release`, so the bound holds for everything in flight, not only what waits in a queue.
+ *
+ * The pipeline is the only caller: sources reach it through their handle. A durable buffer
+ * implements the same interface; its `push` resolves only once the chunk is on disk, and on start
+ * its `pull` returns the un-released chunks of the previous run first.
+ */
+export interface Buffer {
+  /**
+   * Offers a chunk. With `wait`, waits for room (backpressure) and resolves `accepted`, or `closed`
+   * when the buffer closes or `signal` aborts first; without `wait`, answers `full` at once when
+   * it does not fit. A chunk larger than the whole bound is accepted when the buffer is empty, so
+   * one oversized chunk cannot wedge a pipeline.
+   */
+  push(chunk: Chunk, wait: boolean, signal?: AbortSignal): Promise<PushResult>;
+  /** The next chunk in order; waits while empty; `undefined` once closed and empty. Single consumer. */
+  pull(): Promise<Chunk | undefined>;
+  /** Frees a chunk's records and bytes. Called exactly once per accepted chunk, when all its records are done. */
+  release(ticket: AckTicket): void;
+  /** Takes no more pushes; waiting pushes resolve `closed`; `pull` drains what is queued, then ends. */
+  close(): void;
+  /** Resolves when every accepted chunk has been released. */
+  whenEmpty(): Promise<void>;
+  /** Records and bytes counted right now. */
+  usage(): { records: number; bytes: number };
+}
+
+interface PendingPush {
+  chunk: Chunk;
+  resolve: (result: PushResult) => void;
+  signal: AbortSignal | undefined;
+  onAbort: () => void;
+}
+
+/** The in-memory buffer: a FIFO of chunks with a records-and-bytes bound and FIFO waiting producers. */
+export class MemoryBuffer implements Buffer {
+  private readonly queue: Chunk[] = [];
+  private head = 0;
+  private readonly waiting: PendingPush[] = [];
+  private records = 0;
+  private bytes = 0;
+  private closed = false;
+  private puller: ((chunk: Chunk | undefined) => void) | undefined;
+  private emptyWaiters: (() => void)[] = [];
+
+  constructor(private readonly limits: BufferLimits) {}
+
+  push(chunk: Chunk, wait: boolean, signal?: AbortSignal): Promise<PushResult> {
+    if (this.closed || signal?.aborted) return Promise.resolve("closed");
+    // FIFO fairness: a chunk may only jump in when nobody waits ahead of it.
+    if (this.waiting.length === 0 && this.fits(chunk)) {
+      this.admit(chunk);
+      return Promise.resolve("accepted");
+    }
+    if (!wait) return Promise.resolve("full");
+    return new Promise((resolve) => {
+      const pending: PendingPush = {
+        chunk,
+        resolve,
+        signal,
+        onAbort: () => {
+          const i = this.waiting.indexOf(pending);
+          if (i >= 0) this.waiting.splice(i, 1);
+          resolve("closed");
+          this.admitWaiting();
+        },
+      };
+      signal?.addEventListener("abort", pending.onAbort, { once: true });
+      this.waiting.push(pending);
+    });
+  }
+
+  pull(): Promise<Chunk | undefined> {
+    if (this.head < this.queue.length) return Promise.resolve(this.take());
+    if (this.closed) return Promise.resolve(undefined);
+    return new Promise((resolve) => {
+      this.puller = resolve;
+    });
+  }
+
+  release(ticket: AckTicket): void {
+    this.records -= ticket.records;
+    this.bytes -= ticket.bytes;
+    this.admitWaiting();
+    if (this.records === 0 && this.waiting.length === 0) {
+      const waiters = this.emptyWaiters;
+      this.emptyWaiters = [];
+      for (const w of waiters) w();
+    }
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const p of this.waiting.splice(0)) {
+      p.signal?.removeEventListener("abort", p.onAbort);
+      p.resolve("closed");
+    }
+    if (this.puller && this.head >= this.queue.length) {
+      const puller = this.puller;
+      this.puller = undefined;
+      puller(undefined);
+    }
+  }
+
+  whenEmpty(): Promise<void> {
+    if (this.records === 0 && this.waiting.length === 0) return Promise.resolve();
+    return new Promise((resolve) => this.emptyWaiters.push(resolve));
+  }
+
+  usage(): { records: number; bytes: number } {
+    return { records: this.records, bytes: this.bytes };
+  }
+
+  private fits(chunk: Chunk): boolean {
+    if (this.records === 0) return true;
+    return (
+      this.records + chunk.ticket.records <= this.limits.maxRecords &&
+      this.bytes + chunk.ticket.bytes <= this.limits.maxBytes
+    );
+  }
+
+  private admit(chunk: Chunk): void {
+    this.records += chunk.ticket.records;
+    this.bytes += chunk.ticket.bytes;
+    if (this.puller) {
+      const puller = this.puller;
+      this.puller = undefined;
+      puller(chunk);
+      return;
+    }
+    this.queue.push(chunk);
+  }
+
+  private admitWaiting(): void {
+    while (this.waiting.length > 0 && this.fits(this.waiting[0]!.chunk)) {
+      const p = this.waiting.shift()!;
+      p.signal?.removeEventListener("abort", p.onAbort);
+      this.admit(p.chunk);
+      p.resolve("accepted");
+    }
+  }
+
+  private take(): Chunk {
+    const chunk = this.queue[this.head]!;
+    this.queue[this.head] = undefined as unknown as Chunk;
+    this.head++;
+    // Compact now and then so a long run does not keep a growing array of holes.
+    if (this.head > 1024 && this.head * 2 > this.queue.length) {
+      this.queue.splice(0, this.head);
+      this.head = 0;
+    }
+    return chunk;
+  }
+}

@@ -1,0 +1,75 @@
+import type { DeadLetter, DeadLetterStore } from "../components/contracts.js";
+import { backoffDelay, type BackoffPolicy } from "./backoff.js";
+import { sleep, type Clock } from "./clock.js";
+import { classify } from "./errors.js";
+import type { Logger } from "./events.js";
+
+interface Pending {
+  entries: readonly DeadLetter[];
+  onCommitted: () => void;
+}
+
+/**
+ * Serializes writes to the dead-letter store and retries them with backoff until they commit or
+ * the pipeline's hard deadline aborts: a dead letter is never dropped. Entries queued while a
+ * write runs are written together in the next one.
+ */
+export class DeadLetterWriter {
+  private queue: Pending[] = [];
+  private running: Promise<void> | undefined;
+
+  constructor(
+    private readonly store: DeadLetterStore,
+    private readonly clock: Clock,
+    private readonly random: () => number,
+    private readonly backoff: BackoffPolicy,
+    private readonly logger: Logger,
+    private readonly signal: AbortSignal,
+  ) {}
+
+  /** Queues entries; `onCommitted` runs once they are durable. Never runs it if the deadline aborts first. */
+  add(entries: readonly DeadLetter[], onCommitted: () => void): void {
+    if (entries.length === 0) {
+      onCommitted();
+      return;
+    }
+    this.queue.push({ entries, onCommitted });
+    this.running ??= this.drain();
+  }
+
+  /** Resolves when everything queued so far is written (or abandoned at the deadline). */
+  async flush(): Promise<void> {
+    while (this.running) await this.running;
+  }
+
+  private async drain(): Promise<void> {
+    try {
+      while (this.queue.length > 0 && !this.signal.aborted) {
+        const batch = this.queue;
+        this.queue = [];
+        const entries = batch.length === 1 ? batch[0]!.entries : batch.flatMap((p) => p.entries);
+        if (!(await this.writeWithRetry(entries))) return;
+        for (const p of batch) p.onCommitted();
+      }
+    } finally {
+      this.running = undefined;
+    }
+  }
+
+  private async writeWithRetry(entries: readonly DeadLetter[]): Promise<boolean> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.store.write(entries);
+        return true;
+      } catch (err) {
+        const e = classify(err, "ERR_DEAD_LETTER_WRITE");
+        this.logger.error({ code: e.code, err: e.message, attempt, entries: entries.length }, "dead-letter write failed; retrying");
+        try {
+          await sleep(this.clock, Math.max(1, backoffDelay(this.backoff, attempt, this.random)), this.signal);
+        } catch {
+          return false;
+        }
+      }
+    }
+  }
+}

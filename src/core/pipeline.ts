@@ -1,0 +1,411 @@
+import type { DeadLetter, DeadLetterStore, EnqueueOutcome, Sink, Source, SourceHandle } from "../components/contracts.js";
+import { AckTracker } from "./acks.js";
+import type { BackoffPolicy } from "./backoff.js";
+import type { Buffer, WhenFull } from "./buffer.js";
+import { systemClock, type Clock } from "./clock.js";
+import { DeadLetterWriter } from "./dead-letters.js";
+import { classify, SluiceError } from "./errors.js";
+import { silentLogger, type EventSink, type Logger } from "./events.js";
+import { settle, type AckTicket, type Entry, type JsonObject, type JsonValue } from "./record.js";
+import { SinkRunner, type BatchOptions, type RetryOptions } from "./sink-runner.js";
+import { TransformChain, type ChainStep } from "./transform-chain.js";
+
+/** A source and how its records get their envelope. */
+export interface SourceSettings {
+  readonly name: string;
+  readonly source: Source;
+  /** Payload field (dotted path allowed) holding the record id; default `id`. */
+  readonly idField?: string;
+  /** Payload field holding the ordering key; none by default. */
+  readonly keyField?: string;
+  /** Payload field holding the event time (ms since epoch, or a date string); none by default. */
+  readonly timeField?: string;
+}
+
+/** A sink and how it is driven. */
+export interface SinkSettings {
+  readonly name: string;
+  readonly sink: Sink;
+  readonly batch: BatchOptions;
+  readonly retry: RetryOptions;
+  readonly concurrency: number;
+}
+
+/** Everything a pipeline is made of. Built from YAML by `config/build.ts`, or by hand through the library API. */
+export interface PipelineOptions {
+  readonly sources: readonly SourceSettings[];
+  readonly transforms: readonly ChainStep[];
+  readonly sinks: readonly SinkSettings[];
+  readonly deadLetter: DeadLetterStore;
+  readonly buffer: Buffer;
+  readonly whenFull: WhenFull;
+  /** Records per source chunk; keep it well under the buffer's max_records. */
+  readonly chunkSize: number;
+  /** How long a graceful stop may drain before in-flight work is abandoned (un-acked), in ms. */
+  readonly shutdownTimeoutMs: number;
+  /** Backoff of dead-letter store retries. */
+  readonly deadLetterBackoff?: BackoffPolicy;
+  readonly clock?: Clock;
+  readonly random?: () => number;
+  readonly logger?: Logger;
+  readonly emit?: EventSink;
+}
+
+/**
+ * How a run ended. `completed`: finite sources exhausted and everything delivered or
+ * dead-lettered. `stopped`: a stop was asked and everything in flight drained. `timed_out`: the
+ * stop's drain hit `shutdown_timeout`; what was in flight stays un-acked. `failed`: a source
+ * failed; `error` says why.
+ */
+export type PipelineStatus =
+  | { tag: "completed" }
+  | { tag: "stopped" }
+  | { tag: "timed_out"; unacked: number }
+  | { tag: "failed"; error: SluiceError; unacked: number };
+
+/** A pipeline's lifecycle state. */
+export type PipelineState = { tag: "idle" } | { tag: "running" } | { tag: "draining"; deadline: number } | { tag: "done"; status: PipelineStatus };
+
+type Getter = (payload: JsonObject) => JsonValue | undefined;
+
+function fieldGetter(path: string | undefined): Getter | undefined {
+  if (path === undefined) return undefined;
+  const parts = path.split(".");
+  if (parts.length === 1) return (p) => p[path];
+  return (p) => {
+    let v: JsonValue | undefined = p;
+    for (const part of parts) {
+      if (v === null || typeof v !== "object" || Array.isArray(v)) return undefined;
+      v = v[part];
+    }
+    return v;
+  };
+}
+
+function asText(v: JsonValue | undefined): string | undefined {
+  if (typeof v === "string") return v;
+  if (typeof v === "number" || typeof v === "bigint") return String(v);
+  return undefined;
+}
+
+function asTime(v: JsonValue | undefined): number | undefined {
+  if (typeof v === "number") return v;
+  if (typeof v !== "string") return undefined;
+  const t = Date.parse(v);
+  return Number.isNaN(t) ? undefined : t;
+}
+
+const DEFAULT_DLQ_BACKOFF: BackoffPolicy = { initialMs: 100, maxMs: 10_000, multiplier: 2 };
+
+/**
+ * A running pipeline: sources -> buffer -> transform chain -> every sink, with acks flowing back.
+ * Call {@link run} once; {@link stop} asks for a graceful stop from anywhere (a signal handler).
+ */
+export class Pipeline {
+  private readonly clock: Clock;
+  private readonly random: () => number;
+  private readonly logger: Logger;
+  private readonly emit: EventSink;
+  private readonly sourceAbort = new AbortController();
+  private readonly hardAbort = new AbortController();
+  private readonly deadLetters: DeadLetterWriter;
+  private readonly runners: SinkRunner[];
+  private readonly chain: TransformChain;
+  private readonly trackers: AckTracker[];
+  private state: PipelineState = { tag: "idle" };
+  private failure: SluiceError | undefined;
+  private cancelDeadline: (() => void) | undefined;
+
+  constructor(private readonly o: PipelineOptions) {
+    if (o.sinks.length === 0) throw new SluiceError("ERR_CONFIG_INVALID", "a pipeline needs at least one sink");
+    if (o.sources.length === 0) throw new SluiceError("ERR_CONFIG_INVALID", "a pipeline needs at least one source");
+    this.clock = o.clock ?? systemClock;
+    this.random = o.random ?? Math.random;
+    this.logger = o.logger ?? silentLogger;
+    this.emit = o.emit ?? (() => {});
+    this.deadLetters = new DeadLetterWriter(
+      o.deadLetter,
+      this.clock,
+      this.random,
+      o.deadLetterBackoff ?? DEFAULT_DLQ_BACKOFF,
+      this.logger,
+      this.hardAbort.signal,
+    );
+    this.runners = o.sinks.map(
+      (s) =>
+        new SinkRunner({
+          name: s.name,
+          sink: s.sink,
+          batch: s.batch,
+          retry: s.retry,
+          concurrency: s.concurrency,
+          clock: this.clock,
+          random: this.random,
+          emit: this.emit,
+          logger: this.logger,
+          deadLetters: this.deadLetters,
+          signal: this.hardAbort.signal,
+          onDone: (records, dead) => this.sinkDone(records, dead),
+        }),
+    );
+    this.chain = new TransformChain(o.transforms, {
+      filtered: (r) => {
+        this.emit({ type: "records_dropped", reason: "filtered", count: 1 });
+        settle(r.ticket, 1);
+      },
+      failed: (r, stage, err) => this.deadLetterEarly([r], stage, classify(err, "ERR_TRANSFORM_FAILED")),
+      split: (r, payload, index) => {
+        if (index > 0) {
+          r.ticket.pending++;
+          this.emit({ type: "records_received", source: r.source, count: 1, bytes: 0 });
+        }
+        return { ...r, id: `${r.id}#${index}`, payload };
+      },
+    });
+    this.trackers = o.sources.map(
+      (s) =>
+        new AckTracker(
+          (checkpoint) => s.source.ack(checkpoint),
+          (err) => {
+            const e = classify(err, "ERR_SOURCE_READ");
+            this.emit({ type: "component_error", component: s.name, code: e.code, message: e.message });
+          },
+        ),
+    );
+  }
+
+  /** The lifecycle state right now. */
+  status(): PipelineState {
+    return this.state;
+  }
+
+  /** Records and bytes held by the buffer (queued, transforming or being written). */
+  bufferUsage(): { records: number; bytes: number } {
+    return this.o.buffer.usage();
+  }
+
+  /**
+   * Runs until finite sources are exhausted and everything is delivered, or until {@link stop}.
+   * Resolves with how it ended; rejects only on a bug.
+   */
+  async run(): Promise<PipelineStatus> {
+    if (this.state.tag !== "idle") throw new SluiceError("ERR_INTERNAL", "a pipeline runs once");
+    this.state = { tag: "running" };
+    await this.o.deadLetter.open();
+    for (const runner of this.runners) void runner.start();
+
+    const sourcesDone = Promise.all(this.o.sources.map((s, i) => this.runSource(s, this.trackers[i]!))).then(() => this.o.buffer.close());
+
+    for (let chunk = await this.o.buffer.pull(); chunk !== undefined; chunk = await this.o.buffer.pull()) {
+      const pending = this.process(chunk.records);
+      if (pending !== undefined) await pending;
+    }
+    await sourcesDone;
+    for (const runner of this.runners) runner.drain();
+
+    const hard = new Promise<void>((resolve) => this.hardAbort.signal.addEventListener("abort", () => resolve(), { once: true }));
+    await Promise.race([this.o.buffer.whenEmpty(), hard]);
+    this.cancelDeadline?.();
+    await Promise.race([Promise.all(this.trackers.map((t) => t.flush())), hard]);
+    await this.deadLetters.flush();
+
+    const unacked = this.o.buffer.usage().records;
+    const status: PipelineStatus = this.failure
+      ? { tag: "failed", error: this.failure, unacked }
+      : this.hardAbort.signal.aborted
+        ? { tag: "timed_out", unacked }
+        : this.sourceAbort.signal.aborted
+          ? { tag: "stopped" }
+          : { tag: "completed" };
+    await this.closeAll();
+    this.state = { tag: "done", status };
+    return status;
+  }
+
+  /**
+   * Graceful stop: sources stop taking records, what is in flight drains for up to
+   * `shutdownTimeoutMs`, then anything left is abandoned un-acked. Safe to call more than once.
+   */
+  stop(): void {
+    if (this.state.tag !== "running") return;
+    this.state = { tag: "draining", deadline: this.clock.now() + this.o.shutdownTimeoutMs };
+    this.sourceAbort.abort(new SluiceError("ERR_STOPPING", "pipeline is stopping"));
+    this.o.buffer.close();
+    for (const runner of this.runners) runner.drain();
+    this.cancelDeadline = this.clock.setTimer(this.o.shutdownTimeoutMs, () => {
+      this.hardAbort.abort(new SluiceError("ERR_ABORTED", "shutdown_timeout reached"));
+    });
+  }
+
+  private async runSource(s: SourceSettings, tracker: AckTracker): Promise<void> {
+    try {
+      await s.source.run(this.handleFor(s, tracker), this.sourceAbort.signal);
+    } catch (err) {
+      if (this.sourceAbort.signal.aborted) return;
+      this.failure ??= classify(err, "ERR_SOURCE_READ");
+      this.logger.error({ source: s.name, code: this.failure.code, err: this.failure.message }, "source failed; stopping");
+      this.stop();
+    }
+  }
+
+  private handleFor(s: SourceSettings, tracker: AckTracker): SourceHandle {
+    const getId = fieldGetter(s.idField ?? "id")!;
+    const getKey = fieldGetter(s.keyField);
+    const getTime = fieldGetter(s.timeField);
+    const name = s.name;
+    const kind = s.source.kind;
+    const { buffer, whenFull } = this.o;
+    const wait = whenFull === "block" || (whenFull === "reject" && kind === "pull");
+    const signal = this.sourceAbort.signal;
+    const onDone = (ticket: AckTicket) => {
+      buffer.release(ticket);
+      tracker.complete(ticket);
+    };
+    const make = (payload: JsonObject, bytes: number, id: string, key: string | undefined, eventTime: number | undefined): Entry => ({
+      id,
+      key,
+      payload,
+      eventTime,
+      receivedAt: 0,
+      source: name,
+      attempts: 0,
+      bytes,
+      ticket: undefined as unknown as AckTicket,
+      pendingSinks: 0,
+      deadLettered: false,
+      failure: undefined,
+      raw: undefined,
+    });
+
+    return {
+      chunkSize: this.o.chunkSize,
+      record: (payload, bytes, fallbackId) =>
+        make(payload, bytes, asText(getId(payload)) ?? fallbackId, getKey && asText(getKey(payload)), getTime && asTime(getTime(payload))),
+      malformed: (raw, fallbackId, error) => {
+        const e = make({}, raw.length, fallbackId, undefined, undefined);
+        e.failure = error;
+        e.raw = raw;
+        return e;
+      },
+      enqueue: async (records: Entry[], checkpoint: unknown): Promise<EnqueueOutcome> => {
+        if (signal.aborted) return "stopping";
+        const now = this.clock.now();
+        let bytes = 0;
+        const ticket: AckTicket = { seq: -1, checkpoint, records: records.length, bytes: 0, pending: records.length, onDone };
+        for (const r of records) {
+          r.ticket = ticket;
+          r.receivedAt = now;
+          bytes += r.bytes;
+        }
+        (ticket as { bytes: number }).bytes = bytes;
+        if (records.length === 0) {
+          ticket.seq = tracker.nextTicketSeq();
+          tracker.complete(ticket);
+          return "accepted";
+        }
+        const result = await buffer.push({ records, ticket }, wait, signal);
+        const waited = this.clock.now() - now;
+        if (waited > 0 && result !== "full") this.emit({ type: "backpressure", source: name, seconds: waited / 1000 });
+        if (result === "accepted") {
+          ticket.seq = tracker.nextTicketSeq();
+          this.emit({ type: "records_received", source: name, count: records.length, bytes });
+          return "accepted";
+        }
+        if (result === "closed") return "stopping";
+        if (whenFull === "drop_newest") {
+          ticket.seq = tracker.nextTicketSeq();
+          this.emit({ type: "records_received", source: name, count: records.length, bytes });
+          this.emit({ type: "records_dropped", reason: "buffer_full", count: records.length });
+          tracker.complete(ticket);
+          return "dropped";
+        }
+        return "rejected";
+      },
+    };
+  }
+
+  /** Transforms a chunk and fans the result out to every sink. Returns a promise only if a transform was async. */
+  private process(records: Entry[]): Promise<void> | undefined {
+    let input = records;
+    for (const r of records) {
+      if (r.failure !== undefined) {
+        input = records.filter((x) => x.failure === undefined);
+        this.deadLetterEarly(
+          records.filter((x) => x.failure !== undefined),
+          `source:${records[0]!.source}`,
+          undefined,
+        );
+        break;
+      }
+    }
+    const out: Entry[] = [];
+    const pending = this.chain.run(input, out);
+    if (pending === undefined) {
+      this.fanOut(out);
+      return undefined;
+    }
+    return pending.then(() => this.fanOut(out));
+  }
+
+  private fanOut(records: Entry[]): void {
+    if (records.length === 0) return;
+    const n = this.runners.length;
+    for (const r of records) r.pendingSinks = n;
+    for (const runner of this.runners) runner.accept(records);
+  }
+
+  /** Dead-letters records rejected before any sink (unparsable input, failed transform): done for every sink at once. */
+  private deadLetterEarly(records: Entry[], stage: string, error: SluiceError | undefined): void {
+    const now = this.clock.now();
+    const entries: DeadLetter[] = records.map((record) => {
+      const e = error ?? record.failure!;
+      return {
+        record,
+        raw: record.raw,
+        sink: stage,
+        code: e.code,
+        message: e.location ? `${e.message} (at ${e.location})` : e.message,
+        attempts: 0,
+        firstFailureAt: now,
+        lastFailureAt: now,
+      };
+    });
+    this.deadLetters.add(entries, () => {
+      const byCode = new Map<string, number>();
+      for (const e of entries) byCode.set(e.code, (byCode.get(e.code) ?? 0) + 1);
+      for (const [code, count] of byCode) this.emit({ type: "records_dead_lettered", sink: stage, code, count });
+      this.emit({ type: "records_completed", delivered: 0, deadLettered: records.length });
+      for (const r of records) {
+        r.deadLettered = true;
+        settle(r.ticket, 1);
+      }
+    });
+  }
+
+  private sinkDone(records: readonly Entry[], deadLettered: boolean): void {
+    let delivered = 0;
+    let dead = 0;
+    for (const r of records) {
+      if (deadLettered) r.deadLettered = true;
+      if (--r.pendingSinks === 0) {
+        if (r.deadLettered) dead++;
+        else delivered++;
+        settle(r.ticket, 1);
+      }
+    }
+    if (delivered + dead > 0) this.emit({ type: "records_completed", delivered, deadLettered: dead });
+  }
+
+  private async closeAll(): Promise<void> {
+    const closers: (Promise<unknown> | undefined)[] = [
+      ...this.o.sources.map((s) => s.source.close()),
+      ...this.o.sinks.map((s) => s.sink.close()),
+      ...this.o.transforms.map((t) => t.transform.close?.()),
+    ];
+    const results = await Promise.allSettled(closers);
+    for (const r of results) {
+      if (r.status === "rejected") this.logger.warn({ err: String(r.reason) }, "error while closing a component");
+    }
+    await this.o.deadLetter.close();
+  }
+}

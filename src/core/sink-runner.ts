@@ -1,0 +1,331 @@
+import type { DeadLetter, Sink } from "../components/contracts.js";
+import { backoffDelay, type BackoffPolicy } from "./backoff.js";
+import { sleep, type Clock } from "./clock.js";
+import type { DeadLetterWriter } from "./dead-letters.js";
+import { classify, type SluiceError } from "./errors.js";
+import type { EventSink, Logger } from "./events.js";
+import type { Entry } from "./record.js";
+
+/** When a sink's batch is cut: whichever limit is reached first. */
+export interface BatchOptions {
+  readonly maxRecords: number;
+  readonly maxBytes: number;
+  /** How long the first record of a partial batch may wait for more, in ms. */
+  readonly maxWaitMs: number;
+}
+
+/** How failed writes are retried before records are dead-lettered. */
+export interface RetryOptions {
+  /** Attempts in all, the first write included. */
+  readonly maxAttempts: number;
+  /** No new attempt starts once this long has passed since the first, in ms. */
+  readonly maxElapsedMs: number;
+  readonly backoff: BackoffPolicy;
+}
+
+/** Everything a {@link SinkRunner} needs; built by the pipeline. */
+export interface SinkRunnerOptions {
+  readonly name: string;
+  readonly sink: Sink;
+  readonly batch: BatchOptions;
+  readonly retry: RetryOptions;
+  /** Batches in flight at once (lanes); capped by the sink's `maxInFlight`. */
+  readonly concurrency: number;
+  readonly clock: Clock;
+  readonly random: () => number;
+  readonly emit: EventSink;
+  readonly logger: Logger;
+  readonly deadLetters: DeadLetterWriter;
+  /** Aborts at the shutdown deadline: in-flight writes and retry waits give up, records stay un-acked. */
+  readonly signal: AbortSignal;
+  /** Called once per record when this sink is done with it (committed, or dead-letter committed). */
+  readonly onDone: (records: readonly Entry[], deadLettered: boolean) => void;
+}
+
+/** One ordered stream of batches: at most one batch in flight, so records of a key keep their order across retries. */
+interface Lane {
+  queue: Entry[];
+  head: number;
+  queuedBytes: number;
+  firstQueuedAt: number;
+  busy: boolean;
+  cancelTimer: (() => void) | undefined;
+}
+
+/** FNV-1a: a cheap, well-spread string hash for picking a key's lane. */
+function hashKey(key: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < key.length; i++) {
+    h ^= key.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return h >>> 0;
+}
+
+/**
+ * Drives one sink: spreads records over lanes (by key hash, keyless records round-robin per
+ * chunk), cuts batches by records, bytes and wait, writes each with retry (exponential backoff
+ * with full jitter), sends only the failing records of a batch to the dead-letter sink, and
+ * reports every record done exactly once.
+ *
+ * Memory needs no bound of its own here: every record it holds is counted in the pipeline's buffer.
+ */
+export class SinkRunner {
+  private readonly lanes: Lane[];
+  private nextLane = 0;
+  private connected = false;
+  private draining = false;
+
+  constructor(private readonly o: SinkRunnerOptions) {
+    const n = Math.max(1, Math.min(o.concurrency, o.sink.maxInFlight));
+    this.lanes = Array.from({ length: n }, () => ({
+      queue: [],
+      head: 0,
+      queuedBytes: 0,
+      firstQueuedAt: 0,
+      busy: false,
+      cancelTimer: undefined,
+    }));
+  }
+
+  /** Connects the sink, retrying with backoff until it succeeds or the hard deadline aborts. */
+  async start(): Promise<void> {
+    for (let attempt = 1; !this.o.signal.aborted; attempt++) {
+      try {
+        await this.o.sink.connect(this.o.signal);
+        this.connected = true;
+        for (const lane of this.lanes) this.pump(lane);
+        return;
+      } catch (err) {
+        const e = classify(err, "ERR_SINK_CONNECT");
+        this.o.emit({ type: "component_error", component: this.o.name, code: e.code, message: e.message });
+        try {
+          await sleep(this.o.clock, Math.max(1, backoffDelay(this.o.retry.backoff, attempt, this.o.random)), this.o.signal);
+        } catch {
+          return;
+        }
+      }
+    }
+  }
+
+  /** Takes records to write. Never waits: the pipeline's buffer bounds how many can be here. */
+  accept(records: readonly Entry[]): void {
+    const now = this.o.clock.now();
+    if (this.lanes.length === 1) {
+      this.append(this.lanes[0]!, records, now);
+      return;
+    }
+    const rr = this.lanes[this.nextLane]!;
+    this.nextLane = (this.nextLane + 1) % this.lanes.length;
+    const touched = new Set<Lane>();
+    for (const r of records) {
+      const lane = r.key === undefined ? rr : this.lanes[hashKey(r.key) % this.lanes.length]!;
+      if (lane.head === lane.queue.length) lane.firstQueuedAt = now;
+      lane.queue.push(r);
+      lane.queuedBytes += r.bytes;
+      touched.add(lane);
+    }
+    for (const lane of touched) this.pump(lane);
+  }
+
+  /** No more records are coming soon: write partial batches now instead of waiting `max_wait`. */
+  drain(): void {
+    this.draining = true;
+    for (const lane of this.lanes) this.pump(lane);
+  }
+
+  private append(lane: Lane, records: readonly Entry[], now: number): void {
+    if (lane.head === lane.queue.length) lane.firstQueuedAt = now;
+    for (const r of records) {
+      lane.queue.push(r);
+      lane.queuedBytes += r.bytes;
+    }
+    this.pump(lane);
+  }
+
+  private pump(lane: Lane): void {
+    if (lane.busy || !this.connected || this.o.signal.aborted) return;
+    const queued = lane.queue.length - lane.head;
+    if (queued === 0) return;
+    const { maxRecords, maxBytes, maxWaitMs } = this.o.batch;
+    const waited = this.o.clock.now() - lane.firstQueuedAt;
+    if (queued < maxRecords && lane.queuedBytes < maxBytes && waited < maxWaitMs && !this.draining) {
+      lane.cancelTimer ??= this.o.clock.setTimer(maxWaitMs - waited, () => {
+        lane.cancelTimer = undefined;
+        this.pump(lane);
+      });
+      return;
+    }
+    lane.cancelTimer?.();
+    lane.cancelTimer = undefined;
+    const batch = this.cut(lane);
+    lane.busy = true;
+    void this.writeWithRetry(batch).then(
+      () => this.laneFree(lane),
+      (err: unknown) => {
+        this.o.logger.error({ sink: this.o.name, err: String(err) }, "internal error in sink runner");
+        this.laneFree(lane);
+      },
+    );
+  }
+
+  private laneFree(lane: Lane): void {
+    lane.busy = false;
+    this.pump(lane);
+  }
+
+  private cut(lane: Lane): Entry[] {
+    const { maxRecords, maxBytes } = this.o.batch;
+    const end = Math.min(lane.queue.length, lane.head + maxRecords);
+    let i = lane.head;
+    let bytes = 0;
+    // Always take at least one record, so a record larger than max_bytes still goes out alone.
+    do {
+      bytes += lane.queue[i]!.bytes;
+      i++;
+    } while (i < end && bytes + lane.queue[i]!.bytes <= maxBytes);
+    const batch = lane.queue.slice(lane.head, i);
+    lane.queuedBytes -= bytes;
+    if (i === lane.queue.length) {
+      lane.queue = [];
+      lane.head = 0;
+    } else {
+      lane.head = i;
+      if (lane.head > 4096 && lane.head * 2 > lane.queue.length) {
+        lane.queue = lane.queue.slice(lane.head);
+        lane.head = 0;
+      }
+    }
+    return batch;
+  }
+
+  /**
+   * Writes one batch until every record is committed or dead-lettered. Records still pending when
+   * the hard deadline aborts are left alone: un-acked, they are redelivered on the next run.
+   */
+  private async writeWithRetry(batch: Entry[]): Promise<void> {
+    const { clock, retry, sink, signal, name } = this.o;
+    let pending = batch;
+    const firstAttemptAt = clock.now();
+    let firstFailureAt = 0;
+    for (let attempt = 1; ; attempt++) {
+      if (signal.aborted) return;
+      for (const r of pending) if (r.attempts < attempt) r.attempts = attempt;
+      const started = clock.now();
+      let error: SluiceError | undefined;
+      let failures: readonly { index: number; error: SluiceError }[] = [];
+      try {
+        failures = (await sink.write(pending, signal))?.failures ?? [];
+      } catch (err) {
+        error = classify(err);
+      }
+      const now = clock.now();
+      this.o.emit({ type: "sink_batch_written", sink: name, seconds: (now - started) / 1000 });
+      if (signal.aborted) return;
+      if (error === undefined && failures.length === 0) {
+        this.commit(pending, now);
+        return;
+      }
+      if (firstFailureAt === 0) firstFailureAt = now;
+
+      let retryable: Entry[];
+      let lastError: SluiceError;
+      if (error !== undefined) {
+        lastError = error;
+        if (!error.retryable) {
+          this.deadLetter(pending, error, attempt, firstFailureAt, now);
+          return;
+        }
+        retryable = pending;
+      } else {
+        const failed = new Map<number, SluiceError>();
+        for (const f of failures) failed.set(f.index, f.error);
+        const committed: Entry[] = [];
+        retryable = [];
+        lastError = failures[0]!.error;
+        const permanent = new Map<string, { error: SluiceError; records: Entry[] }>();
+        for (let i = 0; i < pending.length; i++) {
+          const e = failed.get(i);
+          const r = pending[i]!;
+          if (e === undefined) committed.push(r);
+          else if (e.retryable) {
+            retryable.push(r);
+            lastError = e;
+          } else {
+            const group = permanent.get(e.code) ?? { error: e, records: [] };
+            group.records.push(r);
+            permanent.set(e.code, group);
+          }
+        }
+        if (committed.length > 0) this.commit(committed, now);
+        for (const { error: e, records } of permanent.values()) this.deadLetterEach(records, failures, pending, e, attempt, firstFailureAt, now);
+        if (retryable.length === 0) return;
+      }
+
+      const exhausted = attempt >= retry.maxAttempts || now - firstAttemptAt >= retry.maxElapsedMs;
+      if (exhausted) {
+        this.deadLetter(retryable, lastError, attempt, firstFailureAt, now);
+        return;
+      }
+      const delay = backoffDelay(retry.backoff, attempt, this.o.random);
+      this.o.emit({ type: "records_retried", sink: name, count: retryable.length, code: lastError.code, message: lastError.message, delayMs: delay });
+      try {
+        await sleep(clock, delay, signal);
+      } catch {
+        return;
+      }
+      pending = retryable;
+    }
+  }
+
+  private commit(records: Entry[], now: number): void {
+    this.o.emit({ type: "records_delivered", sink: this.o.name, records, now });
+    this.o.onDone(records, false);
+  }
+
+  /** Dead-letters permanent per-record failures, each with its own error message. */
+  private deadLetterEach(
+    records: Entry[],
+    failures: readonly { index: number; error: SluiceError }[],
+    batch: readonly Entry[],
+    error: SluiceError,
+    attempts: number,
+    firstFailureAt: number,
+    now: number,
+  ): void {
+    const messages = new Map<Entry, string>();
+    for (const f of failures) {
+      const r = batch[f.index];
+      if (r !== undefined) messages.set(r, f.error.message);
+    }
+    this.writeDeadLetters(records, error.code, (r) => messages.get(r) ?? error.message, attempts, firstFailureAt, now);
+  }
+
+  private deadLetter(records: Entry[], error: SluiceError, attempts: number, firstFailureAt: number, now: number): void {
+    this.writeDeadLetters(records, error.code, () => error.message, attempts, firstFailureAt, now);
+  }
+
+  private writeDeadLetters(
+    records: Entry[],
+    code: string,
+    message: (r: Entry) => string,
+    attempts: number,
+    firstFailureAt: number,
+    lastFailureAt: number,
+  ): void {
+    const entries: DeadLetter[] = records.map((record) => ({
+      record,
+      raw: record.raw,
+      sink: this.o.name,
+      code,
+      message: message(record),
+      attempts,
+      firstFailureAt,
+      lastFailureAt,
+    }));
+    this.o.deadLetters.add(entries, () => {
+      this.o.emit({ type: "records_dead_lettered", sink: this.o.name, code, count: records.length });
+      this.o.onDone(records, true);
+    });
+  }
+}
