@@ -188,7 +188,8 @@ function collect(schema: z.ZodType, value: unknown, prefix: string, issues: Conf
 }
 
 function componentSchema(def: ComponentDefinition<z.ZodObject, unknown>, common: z.ZodRawShape): z.ZodObject {
-  return z.strictObject({ ...common, ...def.options.shape, type: z.literal(def.type) });
+  // safeExtend keeps the component's own refinements (e.g. "exactly one of schema / schema_inline") and its strictness.
+  return def.options.safeExtend({ ...common, type: z.literal(def.type) });
 }
 
 function findDefinition<D extends { type: string }>(defs: readonly D[], raw: unknown, path: string, kind: string, issues: ConfigIssue[]): D | undefined {
