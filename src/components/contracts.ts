@@ -14,7 +14,11 @@ export interface ComponentContext {
   readonly name: string;
   /** The pipeline's `data_dir`: where checkpoints and default stores live. Created before any factory runs. */
   readonly dataDir: string;
-  /** Directory relative paths in the config resolve against (the config file's directory). */
+  /**
+   * Directory the component's relative paths resolve against: the working directory for sources,
+   * sinks and dead-letter stores (data paths), the config file's directory for transforms (code
+   * that ships with the config).
+   */
   readonly baseDir: string;
   readonly clock: Clock;
   readonly logger: Logger;

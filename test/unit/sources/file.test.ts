@@ -1,0 +1,534 @@
+import { appendFile, readFile, rename, stat, truncate, writeFile } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { Readable } from "node:stream";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import type { Source } from "../../../src/components/contracts.js";
+import type { Clock } from "../../../src/core/clock.js";
+import { SluiceError } from "../../../src/core/errors.js";
+import { createFileSource, definition, readNdjsonStream, type FileCheckpoint } from "../../../src/sources/file.js";
+import { FakeClock } from "../../helpers/fake-clock.js";
+import { makeTempDir, SourceHarness, testContext, type CapturingLogger } from "../../helpers/source-harness.js";
+
+let tmp: { path: string; remove: () => Promise<void> };
+let inputPath: string;
+let dataDir: string;
+
+beforeEach(async () => {
+  tmp = await makeTempDir("sluice-file-source-");
+  inputPath = join(tmp.path, "in.ndjson");
+  dataDir = join(tmp.path, "data");
+});
+
+afterEach(async () => {
+  await tmp.remove();
+});
+
+interface Made {
+  source: Source;
+  logger: CapturingLogger;
+}
+
+function makeSource(
+  raw: Record<string, unknown>,
+  { dir = dataDir, clock, stdin }: { dir?: string; clock?: Clock; stdin?: () => AsyncIterable<Buffer | string> } = {},
+): Made {
+  const opts = definition.options.parse({ path: "in.ndjson", ...raw });
+  const ctx = testContext({ name: "logs", dataDir: dir, baseDir: tmp.path, ...(clock ? { clock } : {}) });
+  const source = createFileSource(opts, ctx, { stdin: stdin ?? (() => Readable.from([])) });
+  return { source, logger: ctx.logger };
+}
+
+async function runOnce(
+  raw: Record<string, unknown> = {},
+  chunkSize = 100,
+  dir = dataDir,
+): Promise<Made & { harness: SourceHarness }> {
+  const made = makeSource(raw, { dir });
+  const harness = new SourceHarness({ chunkSize });
+  await made.source.run(harness, new AbortController().signal);
+  return { ...made, harness };
+}
+
+const lines = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => JSON.stringify({ id: `r${from + i}`, n: from + i }));
+const ndjson = (ls: string[]) => ls.map((l) => `${l}\n`).join("");
+
+async function savedCheckpoint(name = "logs", dir = dataDir): Promise<Record<string, unknown>> {
+  return JSON.parse(await readFile(join(dir, "checkpoints", `${name}.json`), "utf8")) as Record<string, unknown>;
+}
+
+function failureOf(entry: { failure: SluiceError | undefined }): SluiceError {
+  expect(entry.failure).toBeInstanceOf(SluiceError);
+  return entry.failure!;
+}
+
+describe("file source options", () => {
+  it("applies defaults, parses units and rejects unknown keys", () => {
+    expect(definition.options.parse({ path: "x" })).toEqual({
+      path: "x",
+      follow: false,
+      poll_interval: 250,
+      checkpoint_interval: 1000,
+      max_line_bytes: 1024 * 1024,
+    });
+    expect(definition.options.parse({ path: "x", poll_interval: "50ms", checkpoint_interval: "2s", max_line_bytes: "4KiB" })).toMatchObject({
+      poll_interval: 50,
+      checkpoint_interval: 2000,
+      max_line_bytes: 4096,
+    });
+    expect(definition.options.safeParse({ path: "x", tail: true }).success).toBe(false);
+    expect(definition.options.safeParse({}).success).toBe(false);
+    for (const [key, schema] of Object.entries(definition.options.shape)) expect(schema.description, key).toBeTruthy();
+  });
+});
+
+describe("file source: reading", () => {
+  it("reads every line in chunks, checkpointing the byte offset and line after each chunk", async () => {
+    const content = ndjson(lines(1, 250));
+    await writeFile(inputPath, content);
+    const { harness } = await runOnce({}, 100);
+    expect(harness.chunks.map((c) => c.records.length)).toEqual([100, 100, 50]);
+    expect(harness.payloads.map((p) => p.n)).toEqual(Array.from({ length: 250 }, (_, i) => i + 1));
+    expect(harness.entries.map((e) => e.id).slice(0, 2)).toEqual(["r1", "r2"]);
+    const offsetAfter = (n: number) => Buffer.byteLength(ndjson(lines(1, n)));
+    expect(harness.chunks.map((c) => c.checkpoint)).toEqual([
+      { offset: offsetAfter(100), line: 100, ino: expect.any(String) },
+      { offset: offsetAfter(200), line: 200, ino: expect.any(String) },
+      { offset: content.length, line: 250, ino: expect.any(String) },
+    ]);
+    expect(harness.entries[0]!.bytes).toBe(Buffer.byteLength(lines(1, 1)[0]!));
+  });
+
+  it("gives records without an id a stable fallback id from the line's byte offset", async () => {
+    await writeFile(inputPath, '{"a":1}\n{"a":22}\n{"a":333}\n');
+    const first = (await runOnce()).harness.entries.map((e) => e.id);
+    expect(first).toEqual(["logs:0", "logs:8", "logs:17"]);
+    const second = (await runOnce({}, 100, join(tmp.path, "other-data"))).harness.entries.map((e) => e.id);
+    expect(second).toEqual(first);
+  });
+
+  it("dead-letters lines that are not JSON objects with path:line, and goes on", async () => {
+    await writeFile(inputPath, '{"a":1}\nnot json\n[1,2]\n42\n"s"\nnull\n{"a":2}\n');
+    const { harness } = await runOnce();
+    expect(harness.payloads).toEqual([{ a: 1 }, { a: 2 }]);
+    const failures = harness.failures;
+    expect(failures.map((f) => f.raw)).toEqual(["not json", "[1,2]", "42", '"s"', "null"]);
+    expect(failures.map((f) => failureOf(f).code)).toEqual(Array(5).fill("ERR_RECORD_MALFORMED"));
+    expect(failures.map((f) => failureOf(f).location)).toEqual([2, 3, 4, 5, 6].map((n) => `${inputPath}:${n}`));
+    expect(failureOf(failures[0]!).message).toMatch(/JSON/);
+    expect(failureOf(failures[1]!).message).toBe("line is not a JSON object");
+    expect(failures[0]!.id).toBe("logs:8");
+    // Order is kept: the bad line sits between its neighbours.
+    expect(harness.entries.map((e) => e.failure === undefined)).toEqual([true, false, false, false, false, false, true]);
+  });
+
+  it("strips \\r, skips empty and blank lines, and still counts them as lines", async () => {
+    await writeFile(inputPath, '{"a":1}\r\n\r\n\n   \n\t\r\n{"a":2}\r\noops\r\n');
+    const { harness } = await runOnce();
+    expect(harness.payloads).toEqual([{ a: 1 }, { a: 2 }]);
+    expect(harness.failures).toHaveLength(1);
+    expect(harness.failures[0]!.raw).toBe("oops");
+    expect(failureOf(harness.failures[0]!).location).toBe(`${inputPath}:7`);
+    expect(harness.entries[1]!.bytes).toBe(7);
+  });
+
+  it("reads a last line without a newline at EOF", async () => {
+    await writeFile(inputPath, '{"a":1}\n{"a":2}');
+    const { harness } = await runOnce();
+    expect(harness.payloads).toEqual([{ a: 1 }, { a: 2 }]);
+    expect(harness.chunks.at(-1)!.checkpoint).toMatchObject({ offset: 15, line: 2 });
+  });
+
+  it("keeps byte offsets right with multi-byte characters, also across read boundaries", async () => {
+    // Lines of 2-, 3- and 4-byte characters, enough for three 1 MiB reads, so reads end
+    // inside a line (the stdin test below splits inside characters on purpose).
+    const texts = ["é", "€", "𝄞", "ascii"];
+    const all: string[] = [];
+    for (let i = 0; i < 30_000; i++) all.push(JSON.stringify({ n: i, t: texts[i % 4]!.repeat(1 + (i % 50)) }));
+    all.splice(25_001, 0, "naïve ✗ not json");
+    const content = ndjson(all);
+    await writeFile(inputPath, content);
+    expect(Buffer.byteLength(content)).toBeGreaterThan(2 * 1024 * 1024);
+    const { harness } = await runOnce({}, 1000);
+
+    let offset = 0;
+    const expectedIds = all.map((l) => {
+      const id = `logs:${offset}`;
+      offset += Buffer.byteLength(l) + 1;
+      return id;
+    });
+    expect(harness.entries.map((e) => e.id)).toEqual(expectedIds);
+    expect(harness.payloads).toEqual(all.filter((l) => l.startsWith("{")).map((l) => JSON.parse(l)));
+    expect(harness.failures.map((f) => [f.raw, failureOf(f).location])).toEqual([["naïve ✗ not json", `${inputPath}:25002`]]);
+    expect(harness.chunks.at(-1)!.checkpoint).toMatchObject({ offset: Buffer.byteLength(content), line: all.length });
+    const lengths = harness.entries.filter((e) => e.failure === undefined).map((e) => e.bytes);
+    expect(lengths).toEqual(all.filter((l) => l.startsWith("{")).map((l) => Buffer.byteLength(l)));
+  });
+
+  it("dead-letters a line longer than max_line_bytes with its location and reads on", async () => {
+    const long = JSON.stringify({ a: "x".repeat(200) });
+    await writeFile(inputPath, `{"a":1}\n${long}\n{"a":2}\n${"y".repeat(5000)}`);
+    const { harness } = await runOnce({ max_line_bytes: 64 });
+    expect(harness.payloads).toEqual([{ a: 1 }, { a: 2 }]);
+    expect(harness.failures).toHaveLength(2);
+    for (const [i, f] of harness.failures.entries()) {
+      const error = failureOf(f);
+      expect(error.code).toBe("ERR_RECORD_MALFORMED");
+      expect(error.message).toMatch(/^line exceeds max_line_bytes/);
+      expect(error.location).toBe(`${inputPath}:${i === 0 ? 2 : 4}`);
+      expect(f.raw!.length).toBeLessThanOrEqual(1024);
+    }
+    expect(harness.failures[0]!.raw).toBe(long);
+    expect(harness.failures[1]!.id).toBe(`logs:${8 + long.length + 1 + 8}`);
+  });
+
+  it("accepts a line of exactly max_line_bytes, with or without \\r", async () => {
+    const exact = JSON.stringify({ a: "x".repeat(56) });
+    expect(exact.length).toBe(64);
+    await writeFile(inputPath, `${exact}\r\n${exact}\n`);
+    const { harness } = await runOnce({ max_line_bytes: 64 });
+    expect(harness.failures).toHaveLength(0);
+    expect(harness.payloads).toHaveLength(2);
+  });
+
+  it("fails with ERR_SOURCE_READ when the file does not exist", async () => {
+    const { source } = makeSource({ path: "missing.ndjson" });
+    await expect(source.run(new SourceHarness(), new AbortController().signal)).rejects.toMatchObject({
+      code: "ERR_SOURCE_READ",
+      location: join(tmp.path, "missing.ndjson"),
+    });
+  });
+
+  it("stops pulling while enqueue waits (backpressure)", async () => {
+    await writeFile(inputPath, ndjson(lines(1, 50)));
+    const { source } = makeSource({});
+    const harness = new SourceHarness({ chunkSize: 10 });
+    let release: () => void = () => {};
+    harness.onEnqueue = (chunk) => (chunk.seq === 1 ? new Promise<void>((r) => (release = r)) : undefined);
+    const done = source.run(harness, new AbortController().signal);
+    await vi.waitFor(() => expect(harness.chunks).toHaveLength(2));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(harness.chunks).toHaveLength(2);
+    release();
+    await done;
+    expect(harness.entries).toHaveLength(50);
+  });
+
+  it("stops when aborted or told `stopping`, without enqueueing more", async () => {
+    await writeFile(inputPath, ndjson(lines(1, 50)));
+    const controller = new AbortController();
+    const aborted = new SourceHarness({ chunkSize: 10 });
+    aborted.onEnqueue = (chunk) => {
+      if (chunk.seq === 1) controller.abort();
+    };
+    await makeSource({}).source.run(aborted, controller.signal);
+    expect(aborted.chunks).toHaveLength(2);
+
+    const stopping = new SourceHarness({ chunkSize: 10 });
+    stopping.outcome = "stopping";
+    await makeSource({}).source.run(stopping, new AbortController().signal);
+    expect(stopping.chunks).toHaveLength(1);
+  });
+});
+
+describe("file source: checkpoints", () => {
+  it("resumes after the acked checkpoint in a new instance, with line numbers continuing", async () => {
+    const all = lines(1, 35);
+    all[24] = "broken line 25";
+    await writeFile(inputPath, ndjson(all));
+    const first = await runOnce({}, 10);
+    await first.harness.ackThrough(first.source, 1);
+    await first.source.close();
+    const saved = await savedCheckpoint();
+    const expectedOffset = Buffer.byteLength(ndjson(all.slice(0, 20)));
+    expect(saved).toEqual({
+      path: inputPath,
+      offset: expectedOffset,
+      line: 20,
+      ino: String((await stat(inputPath, { bigint: true })).ino),
+      size_at_ack: Buffer.byteLength(ndjson(all)),
+    });
+
+    const second = await runOnce({}, 10);
+    expect(second.harness.entries.map((e) => e.id)[0]).toBe("r21");
+    expect(second.harness.entries).toHaveLength(15);
+    expect(failureOf(second.harness.failures[0]!).location).toBe(`${inputPath}:25`);
+    expect(second.harness.failures[0]!.id).toBe(`logs:${Buffer.byteLength(ndjson(all.slice(0, 24)))}`);
+    expect(second.logger.at("info").some((l) => l.msg === "resuming from checkpoint")).toBe(true);
+    expect(second.logger.at("warn")).toHaveLength(0);
+  });
+
+  it("reads from the start in a fresh data_dir", async () => {
+    await writeFile(inputPath, ndjson(lines(1, 30)));
+    const first = await runOnce({}, 10);
+    await first.harness.ackThrough(first.source);
+    await first.source.close();
+    const fresh = await runOnce({}, 10, join(tmp.path, "fresh-data"));
+    expect(fresh.harness.entries).toHaveLength(30);
+    expect(fresh.logger.at("info").some((l) => l.msg === "no checkpoint; reading from the start")).toBe(true);
+  });
+
+  it("never checkpoints a chunk that was not acked", async () => {
+    await writeFile(inputPath, ndjson(lines(1, 30)));
+    const unacked = await runOnce({}, 10);
+    await unacked.source.close();
+    expect(existsSync(join(dataDir, "checkpoints", "logs.json"))).toBe(false);
+
+    const partly = await runOnce({}, 10);
+    await partly.harness.ackThrough(partly.source, 0);
+    await partly.source.close();
+    expect(await savedCheckpoint()).toMatchObject({ offset: (partly.harness.chunks[0]!.checkpoint as FileCheckpoint).offset, line: 10 });
+  });
+
+  it("writes at most once per checkpoint_interval, the newest acked one, and once more at close", async () => {
+    await writeFile(inputPath, ndjson(lines(1, 40)));
+    const clock = new FakeClock();
+    const { source } = makeSource({ checkpoint_interval: "1s" }, { clock });
+    const harness = new SourceHarness({ chunkSize: 10 });
+    await source.run(harness, new AbortController().signal);
+    const offsetOf = (i: number) => (harness.chunks[i]!.checkpoint as FileCheckpoint).offset;
+
+    await harness.ackThrough(source, 0);
+    expect((await savedCheckpoint()).offset).toBe(offsetOf(0));
+    await harness.ackThrough(source, 1);
+    await harness.ackThrough(source, 2);
+    expect((await savedCheckpoint()).offset).toBe(offsetOf(0));
+    expect(clock.pendingTimers).toBe(1);
+
+    await clock.advanceAsync(1000);
+    await vi.waitFor(async () => expect((await savedCheckpoint()).offset).toBe(offsetOf(2)));
+
+    await harness.ackThrough(source, 3);
+    expect((await savedCheckpoint()).offset).toBe(offsetOf(2));
+    await source.close();
+    expect(await savedCheckpoint()).toMatchObject({ offset: offsetOf(3), line: 40 });
+    expect(clock.pendingTimers).toBe(0);
+  });
+
+  it("leaves no temp files next to the checkpoint", async () => {
+    await writeFile(inputPath, ndjson(lines(1, 5)));
+    const run = await runOnce();
+    await run.harness.ackThrough(run.source);
+    await run.source.close();
+    const { readdir } = await import("node:fs/promises");
+    expect(await readdir(join(dataDir, "checkpoints"))).toEqual(["logs.json"]);
+  });
+
+  it("starts from 0 with a warning when the file is now shorter than the checkpoint (truncated)", async () => {
+    await writeFile(inputPath, ndjson(lines(1, 30)));
+    const first = await runOnce({}, 10);
+    await first.harness.ackThrough(first.source);
+    await first.source.close();
+
+    await writeFile(inputPath, ndjson(lines(101, 105))); // same inode, O_TRUNC
+    const second = await runOnce({}, 10);
+    expect(second.harness.entries.map((e) => e.id)).toEqual(["r101", "r102", "r103", "r104", "r105"]);
+    expect(second.logger.at("warn").map((l) => l.msg)).toEqual(["file is shorter than the checkpoint (truncated); reading from the start"]);
+  });
+
+  it("starts from 0 with a warning when the file was replaced (inode changed)", async () => {
+    await writeFile(inputPath, ndjson(lines(1, 10)));
+    const first = await runOnce({}, 5);
+    await first.harness.ackThrough(first.source);
+    await first.source.close();
+
+    const replacement = join(tmp.path, "replacement.ndjson");
+    await writeFile(replacement, ndjson(lines(201, 240))); // longer than the old offset
+    await rename(replacement, inputPath);
+    const second = await runOnce({}, 100);
+    expect(second.harness.entries).toHaveLength(40);
+    expect(second.harness.entries[0]!.id).toBe("r201");
+    expect(second.logger.at("warn").map((l) => l.msg)).toEqual([
+      "file was replaced since the checkpoint (inode changed); reading from the start",
+    ]);
+  });
+
+  it("ignores a checkpoint saved for another path, and a corrupt checkpoint file", async () => {
+    await writeFile(inputPath, ndjson(lines(1, 10)));
+    const first = await runOnce({}, 5);
+    await first.harness.ackThrough(first.source);
+    await first.source.close();
+
+    await writeFile(join(tmp.path, "other.ndjson"), ndjson(lines(1, 10)));
+    const other = await runOnce({ path: "other.ndjson" }, 5);
+    expect(other.harness.entries).toHaveLength(10);
+
+    await writeFile(join(dataDir, "checkpoints", "logs.json"), "{ not json");
+    const corrupt = await runOnce({}, 5);
+    expect(corrupt.harness.entries).toHaveLength(10);
+    expect(corrupt.logger.at("warn").map((l) => l.msg)).toEqual(["checkpoint file is not valid; reading from the start"]);
+  });
+});
+
+describe("file source: follow", () => {
+  /** Advances the poll timer and waits until the source has read and gone back to sleep. */
+  async function poll(clock: FakeClock): Promise<void> {
+    await clock.advanceAsync(250);
+    await vi.waitFor(() => expect(clock.pendingTimers).toBe(1));
+  }
+
+  it("picks up appended lines and waits for the newline of a partial line", async () => {
+    await writeFile(inputPath, ndjson(lines(1, 3)));
+    const clock = new FakeClock();
+    const { source } = makeSource({ follow: true }, { clock });
+    const harness = new SourceHarness({ chunkSize: 100 });
+    const controller = new AbortController();
+    const done = source.run(harness, controller.signal);
+
+    await vi.waitFor(() => expect(clock.pendingTimers).toBe(1));
+    // A half chunk is handed over before the source waits.
+    expect(harness.entries).toHaveLength(3);
+
+    await appendFile(inputPath, `${ndjson(lines(4, 5))}{"id":"r6",`);
+    await poll(clock);
+    expect(harness.entries.map((e) => e.id)).toEqual(["r1", "r2", "r3", "r4", "r5"]);
+    const offsetBeforePartial = Buffer.byteLength(ndjson(lines(1, 5)));
+    expect(harness.chunks.at(-1)!.checkpoint).toMatchObject({ offset: offsetBeforePartial, line: 5 });
+
+    await poll(clock);
+    expect(harness.entries).toHaveLength(5);
+
+    await appendFile(inputPath, '"n":6}\n');
+    await poll(clock);
+    expect(harness.entries.map((e) => e.id)).toEqual(["r1", "r2", "r3", "r4", "r5", "r6"]);
+    expect(harness.failures).toHaveLength(0);
+
+    controller.abort();
+    await done;
+  });
+
+  it("resolves only when the signal aborts", async () => {
+    await writeFile(inputPath, ndjson(lines(1, 2)));
+    const clock = new FakeClock();
+    const { source } = makeSource({ follow: true }, { clock });
+    const controller = new AbortController();
+    let settled = false;
+    const done = source.run(new SourceHarness(), controller.signal).then(() => (settled = true));
+    await poll(clock);
+    await poll(clock);
+    expect(settled).toBe(false);
+    controller.abort();
+    await done;
+    expect(settled).toBe(true);
+  });
+
+  it("reads a truncated file again from the start", async () => {
+    await writeFile(inputPath, ndjson(lines(1, 5)));
+    const clock = new FakeClock();
+    const { source, logger } = makeSource({ follow: true }, { clock });
+    const harness = new SourceHarness();
+    const controller = new AbortController();
+    const done = source.run(harness, controller.signal);
+    await vi.waitFor(() => expect(harness.entries).toHaveLength(5));
+
+    await truncate(inputPath, 0);
+    await appendFile(inputPath, ndjson(lines(50, 51)));
+    await poll(clock);
+    await poll(clock);
+    expect(harness.entries.map((e) => e.id)).toEqual(["r1", "r2", "r3", "r4", "r5", "r50", "r51"]);
+    expect(harness.chunks.at(-1)!.checkpoint).toMatchObject({ offset: Buffer.byteLength(ndjson(lines(50, 51))), line: 2 });
+    expect(logger.at("warn").map((l) => l.msg)).toEqual(["file was truncated; reading it again from the start"]);
+    controller.abort();
+    await done;
+  });
+
+  it("follows a rotation: finishes the old file, then reads the new one from the start", async () => {
+    await writeFile(inputPath, ndjson(lines(1, 2)));
+    const clock = new FakeClock();
+    const { source } = makeSource({ follow: true }, { clock });
+    const harness = new SourceHarness();
+    const controller = new AbortController();
+    const done = source.run(harness, controller.signal);
+    await vi.waitFor(() => expect(clock.pendingTimers).toBe(1));
+    const oldIno = (harness.chunks[0]!.checkpoint as FileCheckpoint).ino;
+
+    await appendFile(inputPath, `${ndjson(lines(3, 3))}{"id":"r4"}`); // written just before rotation
+    await rename(inputPath, join(tmp.path, "in.ndjson.1"));
+    await writeFile(inputPath, ndjson(lines(100, 101)));
+    await poll(clock);
+    await poll(clock);
+    expect(harness.entries.map((e) => e.id)).toEqual(["r1", "r2", "r3", "r4", "r100", "r101"]);
+    const last = harness.chunks.at(-1)!.checkpoint as FileCheckpoint;
+    expect(last.ino).not.toBe(oldIno);
+    expect(last).toMatchObject({ offset: Buffer.byteLength(ndjson(lines(100, 101))), line: 2 });
+    controller.abort();
+    await done;
+  });
+});
+
+describe("file source: stdin", () => {
+  it("reads NDJSON from the injected stdin to EOF and keeps no checkpoint", async () => {
+    const stdin = () => Readable.from([Buffer.from('{"id":"a"}\n{"id":'), Buffer.from('"b"}\nbad\n'), '{"id":"c"}']);
+    const { source, logger } = makeSource({ path: "-" }, { stdin });
+    const harness = new SourceHarness();
+    await source.run(harness, new AbortController().signal);
+    expect(harness.entries.map((e) => e.id)).toEqual(["a", "b", "logs:22", "c"]);
+    expect(failureOf(harness.failures[0]!).location).toBe("stdin:3");
+    expect(logger.at("info").some((l) => /stdin has no checkpoint/.test(l.msg ?? ""))).toBe(true);
+    await harness.ackThrough(source);
+    await source.close();
+    expect(existsSync(join(dataDir, "checkpoints"))).toBe(false);
+  });
+
+  it("gives the same records however the bytes are split into chunks", async () => {
+    const content = '{"t":"é€𝄞"}\r\n\n{"id":"x","t":"ü"}\n✗ bad\r\n' + JSON.stringify({ t: "z".repeat(100) }) + '\n{"t":"end"}';
+    const whole = new SourceHarness();
+    await readNdjsonStream(Readable.from([Buffer.from(content)]), whole, new AbortController().signal, {
+      name: "s",
+      location: "stdin",
+      maxLineBytes: 64,
+    });
+    const summary = (h: SourceHarness) => h.entries.map((e) => [e.id, e.payload, e.raw, e.failure?.location, e.failure?.message]);
+    expect(whole.entries).toHaveLength(5);
+    expect(whole.failures.map((f) => failureOf(f).location)).toEqual(["stdin:4", "stdin:5"]);
+
+    const bytes = Buffer.from(content);
+    for (const size of [1, 2, 3, 5, 7, 64, 65]) {
+      const parts: Buffer[] = [];
+      for (let i = 0; i < bytes.length; i += size) parts.push(bytes.subarray(i, i + size));
+      const split = new SourceHarness({ chunkSize: 2 });
+      await readNdjsonStream(Readable.from(parts), split, new AbortController().signal, {
+        name: "s",
+        location: "stdin",
+        maxLineBytes: 64,
+      });
+      expect(summary(split), `split every ${size} bytes`).toEqual(summary(whole));
+    }
+  });
+
+  it("skips a huge line without newline streamed in pieces, keeping only a prefix", async () => {
+    async function* huge() {
+      yield Buffer.from('{"a":1}\n');
+      const piece = Buffer.alloc(64 * 1024, "x");
+      for (let i = 0; i < 80; i++) yield piece; // 5 MiB line
+      yield Buffer.from('\n{"a":2}\n');
+    }
+    const harness = new SourceHarness();
+    await readNdjsonStream(huge(), harness, new AbortController().signal, { name: "s", location: "stdin", maxLineBytes: 1024 });
+    expect(harness.payloads).toEqual([{ a: 1 }, { a: 2 }]);
+    expect(harness.failures).toHaveLength(1);
+    expect(harness.failures[0]!.raw).toBe("x".repeat(1024));
+    expect(failureOf(harness.failures[0]!).location).toBe("stdin:2");
+    expect(harness.entries[2]!.id).toBe(`s:${8 + 80 * 64 * 1024 + 1}`);
+  });
+
+  it("returns promptly when aborted while the stream has nothing to give", async () => {
+    const never: AsyncIterable<Buffer> = {
+      [Symbol.asyncIterator]: () => ({ next: () => new Promise<IteratorResult<Buffer>>(() => {}) }),
+    };
+    const controller = new AbortController();
+    const done = readNdjsonStream(never, new SourceHarness(), controller.signal, { name: "s", location: "stdin", maxLineBytes: 100 });
+    controller.abort();
+    await expect(done).resolves.toBeUndefined();
+  });
+
+  it("wraps a stream error as ERR_SOURCE_READ", async () => {
+    async function* failing(): AsyncGenerator<Buffer> {
+      yield Buffer.from('{"a":1}\n');
+      throw new Error("EIO");
+    }
+    await expect(
+      readNdjsonStream(failing(), new SourceHarness(), new AbortController().signal, { name: "s", location: "stdin", maxLineBytes: 100 }),
+    ).rejects.toMatchObject({ code: "ERR_SOURCE_READ", location: "stdin" });
+  });
+});
