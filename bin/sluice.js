@@ -1,4 +1,3 @@
 #!/usr/bin/env node
-import { main } from "../dist/cli/main.js";
-
-process.exitCode = await main(process.argv.slice(2));
+// The npm bin: the compiled CLI entry (`npm run build` makes dist/). Tests run src/cli/entry.ts instead.
+import "../dist/cli/entry.js";

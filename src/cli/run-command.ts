@@ -103,7 +103,7 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
     io.stderr.write(`${problems.map((p) => `${file} ${p}`).join("\n")}\n`);
     return EXIT.usage;
   }
-  const logger = createLogger(config.observability.log_level);
+  const logger = createLogger(config.observability.log_level, io.stderr.isTTY === true);
   const started = performance.now();
   let built: Awaited<ReturnType<typeof buildPipeline>>;
   try {

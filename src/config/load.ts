@@ -3,7 +3,7 @@
  * strictly, and points every issue at its path and line.
  */
 import { readFile } from "node:fs/promises";
-import { isMap, isSeq, LineCounter, parseDocument, type Document, type Node } from "yaml";
+import { isMap, isScalar, isSeq, LineCounter, parse, parseDocument, type Document, type Node } from "yaml";
 import { validateConfig, type ConfigIssue, type PipelineConfig } from "./schema.js";
 
 /** A config issue with the line and column it was found at, when known. */
@@ -18,25 +18,73 @@ export type LoadResult = { ok: true; config: PipelineConfig } | { ok: false; iss
 const ENV_REF = /\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
 
 /**
- * Replaces `${NAME}` with the environment variable, `${NAME:-default}` with a default when unset,
- * and `$${` with a literal `${`. Works on string values only, so a variable can never inject YAML.
+ * Replaces `${NAME}` with the environment variable, `${NAME:-default}` with a default when unset
+ * (or empty), and `$${` with a literal `${`, in one string. An unset variable without a default
+ * is an issue at `path`. Applied to values only (never keys), after parsing, so a variable can
+ * never inject YAML.
  */
-export function interpolate(value: unknown, env: NodeJS.ProcessEnv, path: (string | number)[], issues: ConfigIssue[]): unknown {
-  if (typeof value === "string") {
-    return value.replace(ENV_REF, (match, varName: string | undefined, fallback: string | undefined) => {
-      if (match === "$${") return "${";
-      const v = env[varName!];
-      if (v !== undefined && v !== "") return v;
-      if (fallback !== undefined) return fallback;
-      issues.push({ path: pathText(path), message: `environment variable ${varName} is not set (use \${${varName}:-default} for a default)` });
-      return "";
-    });
+function interpolateText(text: string, env: NodeJS.ProcessEnv, path: readonly (string | number)[], issues: ConfigIssue[]): string {
+  return text.replace(ENV_REF, (match, varName: string | undefined, fallback: string | undefined) => {
+    if (match === "$${") return "${";
+    const v = env[varName!];
+    if (v !== undefined && v !== "") return v;
+    if (fallback !== undefined) return fallback;
+    issues.push({ path: pathText(path), message: `environment variable ${varName} is not set (use \${${varName}:-default} for a default)` });
+    return "";
+  });
+}
+
+/**
+ * The value an interpolated scalar gets when the schema refused its text: a number or boolean
+ * when YAML would read the text so (`count: ${COUNT}` with COUNT=5 is the number 5), else the
+ * text. Never a mapping, sequence or null, so a variable cannot inject structure.
+ */
+function yamlScalar(text: string): string | number | boolean {
+  try {
+    const v: unknown = parse(text);
+    return typeof v === "number" || typeof v === "boolean" ? v : text;
+  } catch {
+    return text;
   }
-  if (Array.isArray(value)) return value.map((v, i) => interpolate(v, env, [...path, i], issues));
-  if (value !== null && typeof value === "object") {
-    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, interpolate(v, env, [...path, k], issues)]));
+}
+
+/** A value that held a `${...}` reference: where it is and what it became. */
+interface Interpolated {
+  readonly path: readonly (string | number)[];
+  readonly text: string;
+}
+
+/**
+ * Interpolates every string value of the document in place (keys are left alone); values stay
+ * strings. Collects the values that held a reference, by path text, so the caller can type them
+ * as YAML would where the schema wants a number or boolean. Quoted ones too: in a flow mapping
+ * (`{ count: "${N}" }`) a reference must be quoted to be YAML at all.
+ */
+function interpolateDocument(node: unknown, env: NodeJS.ProcessEnv, path: (string | number)[], issues: ConfigIssue[], interpolated: Map<string, Interpolated>): void {
+  if (isMap(node)) {
+    for (const pair of node.items) interpolateDocument(pair.value, env, [...path, keyText(pair.key)], issues, interpolated);
+  } else if (isSeq(node)) {
+    node.items.forEach((item, i) => interpolateDocument(item, env, [...path, i], issues, interpolated));
+  } else if (isScalar(node) && typeof node.value === "string") {
+    const text = interpolateText(node.value, env, path, issues);
+    if (text === node.value) return;
+    if (/\$\{[A-Za-z_]/.test(node.value.replaceAll("$${", ""))) interpolated.set(pathText(path), { path, text });
+    node.value = text;
   }
-  return value;
+}
+
+/** Sets the value at `path` in plain parsed data (objects and arrays); does nothing if the path is not there. */
+function setAt(root: unknown, path: readonly (string | number)[], value: unknown): void {
+  let node = root;
+  for (const step of path.slice(0, -1)) {
+    if (node === null || typeof node !== "object") return;
+    node = (node as Record<string | number, unknown>)[step];
+  }
+  if (node !== null && typeof node === "object") (node as Record<string | number, unknown>)[path.at(-1)!] = value;
+}
+
+function keyText(key: unknown): string {
+  return isScalar(key) ? String(key.value) : String(key);
 }
 
 function pathText(path: readonly (string | number)[]): string {
@@ -51,19 +99,32 @@ function parsePath(text: string): (string | number)[] {
   return out;
 }
 
-/** The offset of the deepest node along `path` (the key itself for the last step, so unknown keys point at their line). */
+/**
+ * The offset of the deepest node along `path` (the key itself for the last step, so unknown keys
+ * point at their line). Component names may contain dots, so a key that is not found is retried
+ * joined with the following steps (`sources.sensor.A.count` finds the key `sensor.A`).
+ */
 function locate(doc: Document, path: readonly (string | number)[]): number | undefined {
   let node: unknown = doc.contents;
   let offset = (doc.contents as Node | null)?.range?.[0];
-  for (const step of path) {
+  let i = 0;
+  while (i < path.length) {
+    const step = path[i]!;
     if (isMap(node)) {
-      const pair = node.items.find((p) => (p.key as { value?: unknown } | null)?.value === step);
-      if (!pair) break;
-      offset = (pair.key as Node).range?.[0] ?? offset;
-      node = pair.value;
+      let found: { pair: (typeof node.items)[number]; steps: number } | undefined;
+      for (let j = i + 1; j <= path.length && found === undefined; j++) {
+        const want = path.slice(i, j).join(".");
+        const pair = node.items.find((p) => isScalar(p.key) && String(p.key.value) === want);
+        if (pair) found = { pair, steps: j - i };
+      }
+      if (!found) break;
+      offset = (found.pair.key as Node).range?.[0] ?? offset;
+      node = found.pair.value;
+      i += found.steps;
     } else if (isSeq(node) && typeof step === "number") {
       node = node.items[step];
       offset = (node as Node | undefined)?.range?.[0] ?? offset;
+      i++;
     } else break;
   }
   return offset;
@@ -82,18 +143,40 @@ export function parseConfig(text: string, env: NodeJS.ProcessEnv = process.env):
       }),
     };
   }
+  if (doc.contents === null) {
+    return { ok: false, issues: [{ path: "(root)", message: "the config is empty; it needs at least `sources` and `sinks`", line: 1, column: 1 }] };
+  }
   const envIssues: ConfigIssue[] = [];
-  const raw = interpolate(doc.toJS(), env, [], envIssues);
-  const result = validateConfig(raw);
-  const issues = [...envIssues, ...result.issues];
+  const interpolated = new Map<string, Interpolated>();
+  interpolateDocument(doc.contents, env, [], envIssues, interpolated);
+  const raw: unknown = doc.toJS();
+  let result = validateConfig(raw);
+  // `${...}` gives text. Where the schema refused the text (`count: ${N}` wants a number), type it
+  // as YAML would have typed it written literally, and validate again. String fields keep the
+  // text: a numeric password stays a string.
+  let retyped = false;
+  for (const issue of result.issues) {
+    const value = interpolated.get(issue.path);
+    if (value === undefined) continue;
+    const typed = yamlScalar(value.text);
+    if (typed === value.text) continue;
+    setAt(raw, value.path, typed);
+    retyped = true;
+  }
+  if (retyped) result = validateConfig(raw);
+  // A value whose variable is unset is already reported; its follow-up ("too small") would be noise.
+  const envPaths = new Set(envIssues.map((i) => i.path));
+  const issues = [...envIssues, ...result.issues.filter((i) => !envPaths.has(i.path))];
   if (issues.length === 0 && result.config) return { ok: true, config: result.config };
   return {
     ok: false,
-    issues: issues.map((issue) => {
-      const offset = locate(doc, parsePath(issue.path));
-      const pos = offset === undefined ? undefined : lineCounter.linePos(offset);
-      return { ...issue, line: pos?.line, column: pos?.col };
-    }),
+    issues: issues
+      .map((issue) => {
+        const offset = locate(doc, parsePath(issue.path));
+        const pos = offset === undefined ? undefined : lineCounter.linePos(offset);
+        return { ...issue, line: pos?.line, column: pos?.col };
+      })
+      .sort((a, b) => (a.line ?? 0) - (b.line ?? 0) || (a.column ?? 0) - (b.column ?? 0)),
   };
 }
 

@@ -144,8 +144,9 @@ function editDistance(a: string, b: string): number {
 function unknownKeyMessage(key: string, known: readonly string[]): string {
   const renamed = RENAMED[key];
   if (renamed !== undefined) return `unknown key "${key}"; it is called "${renamed}"`;
-  const close = known.filter((k) => editDistance(k, key) <= 2);
-  if (close.length > 0) return `unknown key "${key}"; did you mean "${close[0]}"?`;
+  // The closest known key, not the first one within reach: `mx` means `max`, not `min`.
+  const close = known.map((k) => ({ k, d: editDistance(k, key) })).filter((c) => c.d <= 2).sort((a, b) => a.d - b.d);
+  if (close.length > 0) return `unknown key "${key}"; did you mean "${close[0]!.k}"?`;
   return `unknown key "${key}"; allowed: ${known.join(", ")}`;
 }
 
@@ -166,17 +167,62 @@ function objectKeys(schema: z.ZodType, path: readonly PropertyKey[]): string[] {
   return s instanceof z.ZodObject ? Object.keys(s.shape) : [];
 }
 
+/** Strips defaults, optionals and transforms; a union gives its (first) object option, where unknown keys can occur. */
 function unwrap(s: unknown): unknown {
-  while (s instanceof z.ZodDefault || s instanceof z.ZodPrefault || s instanceof z.ZodOptional || s instanceof z.ZodPipe) {
-    s = s instanceof z.ZodPipe ? s.in : (s as z.ZodOptional).unwrap();
+  for (;;) {
+    if (s instanceof z.ZodPipe) s = s.in;
+    else if (s instanceof z.ZodDefault || s instanceof z.ZodPrefault || s instanceof z.ZodOptional) s = (s as z.ZodOptional).unwrap();
+    else if (s instanceof z.ZodUnion) {
+      const objects = (s.options as unknown[]).map(unwrap).filter((o) => o instanceof z.ZodObject);
+      if (objects.length === 0) return s;
+      s = objects[0];
+    } else return s;
   }
-  return s;
+}
+
+type Issue = z.core.$ZodIssue;
+
+/** True when a union branch failed only because the value has another type (`received string`, `expected object`). */
+function wrongType(branch: readonly Issue[]): boolean {
+  return branch.every(
+    (i) => i.path.length === 0 && (i.code === "invalid_type" || (i.code === "invalid_union" && i.errors.every((b) => wrongType(b)))),
+  );
+}
+
+/** The `expected` types a union's branches name, flattened. */
+function expectedTypes(branches: readonly (readonly Issue[])[]): string[] {
+  const out: string[] = [];
+  for (const b of branches) {
+    for (const i of b) {
+      if (i.code === "invalid_type") out.push(i.expected);
+      else if (i.code === "invalid_union") out.push(...expectedTypes(i.errors));
+    }
+  }
+  return [...new Set(out)];
+}
+
+/**
+ * Replaces a failed union ("Invalid input", zod's default) by the issues of the branch whose type
+ * the value has, so `latency: 3 parsecs` says why it is not a duration and `latency: { min, mx }`
+ * names the unknown key. When the value matches no branch's type, says which types are accepted.
+ */
+function flattenIssue(issue: Issue): Issue[] {
+  if (issue.code !== "invalid_union" || issue.errors.length === 0) return [issue];
+  const branch = issue.errors.find((b) => !wrongType(b));
+  if (branch === undefined) {
+    const received = /received (\w+)/.exec(JSON.stringify(issue.errors))?.[1];
+    const types = expectedTypes(issue.errors);
+    const expected = types.length > 1 ? `${types.slice(0, -1).join(", ")} or ${types.at(-1)}` : types.join("");
+    const message = `Invalid input: expected ${expected}${received ? `, received ${received}` : ""}`;
+    return [{ ...issue, message, errors: [] }];
+  }
+  return branch.flatMap((i) => flattenIssue({ ...i, path: [...issue.path, ...i.path] } as Issue));
 }
 
 function collect(schema: z.ZodType, value: unknown, prefix: string, issues: ConfigIssue[]): unknown {
   const r = schema.safeParse(value);
   if (r.success) return r.data;
-  for (const issue of r.error.issues) {
+  for (const issue of r.error.issues.flatMap((i) => flattenIssue(i))) {
     if (issue.code === "unrecognized_keys") {
       const known = objectKeys(schema, issue.path);
       for (const key of issue.keys) issues.push({ path: joinPath(prefix, [...issue.path, key]), message: unknownKeyMessage(key, known) });

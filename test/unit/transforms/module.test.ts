@@ -1,5 +1,4 @@
 import { execFile } from "node:child_process";
-import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -18,7 +17,7 @@ const DEMO = fileURLToPath(new URL("../../../examples/demo/", import.meta.url));
 function context(baseDir = FIXTURES): ComponentContext {
   return {
     name: "module",
-    dataDir: mkdtempSync(join(tmpdir(), "sluice-module-")),
+    dataDir: tmpdir(),
     baseDir,
     clock: systemClock,
     logger: silentLogger,

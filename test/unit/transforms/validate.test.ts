@@ -1,4 +1,3 @@
-import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -17,7 +16,7 @@ const READING_SCHEMA = resolve(DEMO, "reading.schema.json");
 function context(baseDir: string, logger: Logger = silentLogger): ComponentContext {
   return {
     name: "validate",
-    dataDir: mkdtempSync(join(tmpdir(), "sluice-validate-")),
+    dataDir: tmpdir(),
     baseDir,
     clock: systemClock,
     logger,
