@@ -149,7 +149,9 @@ export class PipelineBuilder<P extends object> {
 
   /** Builds the pipeline (creates `data_dir`), ready to `run()`, with its metrics. */
   async build(): Promise<BuiltPipeline> {
-    const top = topSchema.safeParse({ ...this.settings, logger: undefined, clock: undefined, cwd: undefined, sources: { x: {} }, sinks: { x: {} } });
+    const { logger: _l, clock: _c, cwd: _w, ...engine } = this.settings;
+    // Sources and sinks are validated by their factories; stand-ins satisfy the top-level schema.
+    const top = topSchema.safeParse({ ...engine, sources: { x: {} }, sinks: { x: {} } });
     if (!top.success) throw new SluiceError("ERR_CONFIG_INVALID", top.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; "));
     const t = top.data;
     const clock = this.settings.clock ?? systemClock;
