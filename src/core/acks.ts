@@ -43,7 +43,7 @@ export class AckTracker {
       this.nextSeq++;
     }
     this.latest = { checkpoint };
-    this.running ??= this.drain();
+    this.kick();
   }
 
   /** Resolves once every ack already due has been handed to the source. */
@@ -56,19 +56,26 @@ export class AckTracker {
     return this.issued - this.nextSeq;
   }
 
-  private async drain(): Promise<void> {
-    try {
-      while (this.latest) {
-        const { checkpoint } = this.latest;
-        this.latest = undefined;
-        try {
-          await this.ack(checkpoint);
-        } catch (err) {
-          this.onError(err);
-        }
-      }
-    } finally {
+  private kick(): void {
+    if (this.running) return;
+    // Cleared in `finally`, which always runs after this assignment: an ack that throws
+    // synchronously would otherwise finish drain() before `running` is set, leaving it set forever
+    // (no ack ever again, and flush() spinning).
+    this.running = this.drain().finally(() => {
       this.running = undefined;
+      if (this.latest) this.kick();
+    });
+  }
+
+  private async drain(): Promise<void> {
+    while (this.latest) {
+      const { checkpoint } = this.latest;
+      this.latest = undefined;
+      try {
+        await this.ack(checkpoint);
+      } catch (err) {
+        this.onError(err);
+      }
     }
   }
 }

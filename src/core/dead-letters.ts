@@ -34,7 +34,7 @@ export class DeadLetterWriter {
       return;
     }
     this.queue.push({ entries, onCommitted });
-    this.running ??= this.drain();
+    this.kick();
   }
 
   /** Resolves when everything queued so far is written (or abandoned at the deadline). */
@@ -42,17 +42,24 @@ export class DeadLetterWriter {
     while (this.running) await this.running;
   }
 
-  private async drain(): Promise<void> {
-    try {
-      while (this.queue.length > 0 && !this.signal.aborted) {
-        const batch = this.queue;
-        this.queue = [];
-        const entries = batch.length === 1 ? batch[0]!.entries : batch.flatMap((p) => p.entries);
-        if (!(await this.writeWithRetry(entries))) return;
-        for (const p of batch) p.onCommitted();
-      }
-    } finally {
+  private kick(): void {
+    if (this.running) return;
+    // Cleared in `finally`, which always runs after this assignment: once the deadline aborted,
+    // drain() returns without awaiting, and clearing `running` inside it would come before the
+    // assignment, leaving it set forever (flush() spinning, the pipeline never ending).
+    this.running = this.drain().finally(() => {
       this.running = undefined;
+      if (this.queue.length > 0 && !this.signal.aborted) this.kick();
+    });
+  }
+
+  private async drain(): Promise<void> {
+    while (this.queue.length > 0 && !this.signal.aborted) {
+      const batch = this.queue;
+      this.queue = [];
+      const entries = batch.length === 1 ? batch[0]!.entries : batch.flatMap((p) => p.entries);
+      if (!(await this.writeWithRetry(entries))) return;
+      for (const p of batch) p.onCommitted();
     }
   }
 

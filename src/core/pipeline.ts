@@ -203,7 +203,11 @@ export class Pipeline {
     await sourcesDone;
     for (const runner of this.runners) runner.drain();
 
-    const hard = new Promise<void>((resolve) => this.hardAbort.signal.addEventListener("abort", () => resolve(), { once: true }));
+    // The deadline may already have passed while sources were still returning: an abort listener
+    // added now would never fire, and run() would wait forever for records that stay in flight.
+    const hard = this.hardAbort.signal.aborted
+      ? Promise.resolve()
+      : new Promise<void>((resolve) => this.hardAbort.signal.addEventListener("abort", () => resolve(), { once: true }));
     await Promise.race([this.o.buffer.whenEmpty(), hard]);
     this.cancelDeadline?.();
     await Promise.race([Promise.all(this.trackers.map((t) => t.flush())), hard]);
@@ -259,7 +263,9 @@ export class Pipeline {
     const signal = this.sourceAbort.signal;
     const onDone = (ticket: AckTicket) => {
       buffer.release(ticket);
-      tracker.complete(ticket);
+      // A chunk handed straight to a waiting pull can finish inside buffer.push (every record
+      // filtered, synchronously), before enqueue gave it a seq: enqueue completes it then.
+      if (ticket.seq >= 0) tracker.complete(ticket);
     };
     const make = (payload: JsonObject, bytes: number, id: string, key: string | undefined, eventTime: number | undefined): Entry => ({
       id,
@@ -309,6 +315,7 @@ export class Pipeline {
         if (result === "accepted") {
           ticket.seq = tracker.nextTicketSeq();
           this.emit({ type: "records_received", source: name, count: records.length, bytes });
+          if (ticket.pending === 0) tracker.complete(ticket);
           return "accepted";
         }
         if (result === "closed") return "stopping";

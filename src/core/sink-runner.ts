@@ -207,7 +207,7 @@ export class SinkRunner {
     const { clock, retry, sink, signal, name } = this.o;
     let pending = batch;
     const firstAttemptAt = clock.now();
-    let firstFailureAt = 0;
+    let firstFailureAt: number | undefined;
     for (let attempt = 1; ; attempt++) {
       if (signal.aborted) return;
       for (const r of pending) if (r.attempts < attempt) r.attempts = attempt;
@@ -226,7 +226,7 @@ export class SinkRunner {
         this.commit(pending, now);
         return;
       }
-      if (firstFailureAt === 0) firstFailureAt = now;
+      firstFailureAt ??= now;
 
       let retryable: Entry[];
       let lastError: SluiceError;
@@ -262,12 +262,13 @@ export class SinkRunner {
         if (retryable.length === 0) return;
       }
 
-      const exhausted = attempt >= retry.maxAttempts || now - firstAttemptAt >= retry.maxElapsedMs;
+      // max_elapsed bounds when an attempt may start, so the check counts the wait before it.
+      const delay = attempt >= retry.maxAttempts ? 0 : backoffDelay(retry.backoff, attempt, this.o.random);
+      const exhausted = attempt >= retry.maxAttempts || now + delay - firstAttemptAt >= retry.maxElapsedMs;
       if (exhausted) {
         this.deadLetter(retryable, lastError, attempt, firstFailureAt, now);
         return;
       }
-      const delay = backoffDelay(retry.backoff, attempt, this.o.random);
       this.o.emit({ type: "records_retried", sink: name, count: retryable.length, code: lastError.code, message: lastError.message, delayMs: delay });
       try {
         await sleep(clock, delay, signal);

@@ -5,6 +5,7 @@
  */
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { InternalEvent, Logger } from "../core/events.js";
+import { WeightedHistogram } from "./weighted-histogram.js";
 
 /** Counters of one sink, as the summary reports them. */
 export interface SinkCounts {
@@ -52,7 +53,7 @@ export class Metrics {
   private readonly retried = new Counter({ name: "sluice_records_retried_total", help: "Record write attempts repeated after a retryable failure.", labelNames: ["sink"], registers: [this.registry] });
   private readonly backpressure = new Counter({ name: "sluice_backpressure_seconds_total", help: "Time sources spent waiting for room in the buffer.", labelNames: ["source"], registers: [this.registry] });
   private readonly batchDuration = new Histogram({ name: "sluice_sink_batch_duration_seconds", help: "Duration of one batch write attempt.", labelNames: ["sink"], buckets: LATENCY_BUCKETS, registers: [this.registry] });
-  private readonly latency = new Histogram({ name: "sluice_end_to_end_latency_seconds", help: "Time from a record's receipt to its commit by a sink.", labelNames: ["sink"], buckets: LATENCY_BUCKETS, registers: [this.registry] });
+  private readonly latency = new WeightedHistogram("sluice_end_to_end_latency_seconds", "Time from a record's receipt to its commit by a sink.", "sink", LATENCY_BUCKETS, this.registry);
 
   constructor(
     sinkNames: readonly string[],
@@ -92,8 +93,7 @@ export class Metrics {
         const sink = c.sinks[event.sink];
         if (sink) sink.delivered += event.records.length;
         this.delivered.inc({ sink: event.sink }, event.records.length);
-        const child = this.latency.labels({ sink: event.sink });
-        for (const r of event.records) child.observe((event.now - r.receivedAt) / 1000);
+        this.observeLatency(event.sink, event.records, event.now);
         break;
       }
       case "records_dead_lettered": {
@@ -126,6 +126,18 @@ export class Metrics {
         break;
     }
   };
+
+  /** One weighted observation per run of records received together (one chunk), not one per record. */
+  private observeLatency(sink: string, records: readonly { readonly receivedAt: number }[], now: number): void {
+    let i = 0;
+    while (i < records.length) {
+      const at = records[i]!.receivedAt;
+      let j = i + 1;
+      while (j < records.length && records[j]!.receivedAt === at) j++;
+      this.latency.observe(sink, (now - at) / 1000, j - i);
+      i = j;
+    }
+  }
 
   /** The counters right now. */
   snapshot(): CountsSnapshot {

@@ -1,9 +1,8 @@
 /**
  * The `file` source: NDJSON from a file (optionally tailed) or stdin, resumable from a
- * checkpointed byte offset. Built for throughput: big reads, one decode per read when the bytes
- * are ASCII, no promise per line; per record only `JSON.parse` and `handle.record`.
+ * checkpointed byte offset. Built for throughput: big reads, one decode per line, no promise per
+ * line; per record only `JSON.parse` and `handle.record`.
  */
-import { isAscii } from "node:buffer";
 import { mkdir, open, readFile, rename, stat, type FileHandle } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { z } from "zod";
@@ -165,7 +164,7 @@ class NdjsonReader {
       if (this.pending.length >= this.handle.chunkSize && !(await this.emit())) return false;
       from = nl + 1;
     }
-    const pos = isAscii(data.subarray(from)) ? await this.scanAscii(data, from, base) : await this.scanUtf8(data, from, base);
+    const pos = await this.scanLines(data, from, base);
     if (pos < 0) return false;
     this.hold(data, pos);
     return true;
@@ -186,35 +185,11 @@ class NdjsonReader {
   }
 
   /**
-   * The hot loop for ASCII bytes: one decode for the whole read, string indices equal byte
-   * offsets. Returns the index just after the last complete line, or -1 to stop.
+   * The hot loop: find each newline in the bytes and decode one line at a time (measured faster
+   * than decoding a whole read and slicing it, and it keeps no 1 MiB string alive). Returns the
+   * index just after the last complete line, or -1 to stop.
    */
-  private async scanAscii(data: Buffer, from: number, base: number): Promise<number> {
-    const text = data.toString("latin1", from);
-    const textBase = base + from;
-    const max = this.settings.maxLineBytes;
-    const chunkSize = this.handle.chunkSize;
-    let p = 0;
-    for (;;) {
-      const nl = text.indexOf("\n", p);
-      if (nl < 0) break;
-      let end = nl;
-      if (end > p && text.charCodeAt(end - 1) === CR) end--;
-      this.line++;
-      if (end - p > max) this.overlong(text.slice(p, Math.min(end, p + RAW_PREFIX_BYTES)), textBase + p);
-      else if (end > p) this.accept(text.slice(p, end), end - p, textBase + p);
-      p = nl + 1;
-      if (this.pending.length >= chunkSize) {
-        this.offset = textBase + p;
-        if (!(await this.emit())) return -1;
-      }
-    }
-    this.offset = textBase + p;
-    return from + p;
-  }
-
-  /** The hot loop for bytes with multi-byte characters: decode per line. Same contract as {@link scanAscii}. */
-  private async scanUtf8(data: Buffer, from: number, base: number): Promise<number> {
+  private async scanLines(data: Buffer, from: number, base: number): Promise<number> {
     const max = this.settings.maxLineBytes;
     const chunkSize = this.handle.chunkSize;
     let p = from;

@@ -1,0 +1,38 @@
+/**
+ * The contender: sluice's library API, `file` source -> `module` transform (bench/enrich.mjs) ->
+ * `blackhole` sink, engine defaults, a fresh temp `data_dir` (so no checkpoint from an earlier
+ * run is resumed). The run must complete with every record delivered; anything else fails loudly.
+ */
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { pipeline, sinks, sources, transforms, type SensorReading } from "../../src/index.js";
+import { fail, finish, readTask, startClock } from "./protocol.js";
+
+const task = readTask();
+const dataDir = await mkdtemp(join(tmpdir(), "sluice-bench-"));
+let problem: string | undefined;
+try {
+  const started = startClock();
+  const { status, summary } = await pipeline({ data_dir: dataDir })
+    .source("file", sources.file<SensorReading>({ path: task.file }))
+    .use(transforms.module({ path: task.transform }))
+    .sink("null", sinks.blackhole())
+    .run();
+  const { records } = summary;
+  const delivered = summary.sinks["null"]?.delivered ?? 0;
+  if (
+    status.tag !== "completed" ||
+    records.received !== task.records ||
+    records.delivered !== task.records ||
+    records.dead_lettered + records.dropped !== 0 ||
+    delivered !== task.records
+  ) {
+    problem = `sluice: run did not deliver every record: status ${JSON.stringify(status)}, summary ${JSON.stringify(summary)}`;
+  } else {
+    finish(task, "sluice", delivered, started);
+  }
+} finally {
+  await rm(dataDir, { recursive: true, force: true });
+}
+if (problem !== undefined) fail(problem);

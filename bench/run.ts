@@ -1,0 +1,248 @@
+/**
+ * `npm run bench`: sluice (file source -> module transform -> blackhole) against two baselines
+ * doing the same work on the same file in the same run: a plain read/split/parse loop and a
+ * `node:stream` pipeline. Each run is a fresh child process that times itself from just before
+ * reading to the end and reports its own peak RSS; the table shows the median records/s of
+ * BENCH_RUNS runs per contender, then sluice once on a bigger file to see whether memory grows
+ * with input size. Missed targets print FAIL; the exit code is non-zero only when a contender
+ * did not process every record (or crashed).
+ *
+ * Env: BENCH_RECORDS (2000000), BENCH_BIG_RECORDS (8000000; 0 skips), BENCH_RUNS (3).
+ */
+import { spawn } from "node:child_process";
+import { cpus, loadavg } from "node:os";
+import { join } from "node:path";
+import { CONTENDERS, prepareLaunch, REPO_DIR, type ContenderName, type Launcher } from "./build.js";
+import { ensureDataFile, warmPageCache } from "./data-gen.js";
+import { RESULT_PREFIX, type ContenderResult, type Task } from "./contenders/protocol.js";
+
+const RECORDS = intEnv("BENCH_RECORDS", 2_000_000, 1);
+const BIG_RECORDS = intEnv("BENCH_BIG_RECORDS", 8_000_000, 0);
+const RUNS = intEnv("BENCH_RUNS", 3, 1);
+const TRANSFORM = join(REPO_DIR, "bench", "enrich.mjs");
+// A child that takes longer than this is killed and counted as failed.
+const CHILD_TIMEOUT_MS = 10 * 60 * 1000;
+// 1-minute load average per core above which the report warns that other work competed for the CPU.
+const BUSY_LOAD_PER_CORE = 0.75;
+
+const TARGETS = {
+  vsPlainLoop: 0.8,
+  vsNodeStream: 1.1,
+  peakRssMiB: 250,
+  bigRssGrowth: 0.1,
+};
+
+const LABELS: Record<ContenderName, string> = { "plain-loop": "plain loop", "node-stream": "node:stream", sluice: "sluice" };
+
+function intEnv(name: string, fallback: number, min: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === "") return fallback;
+  const n = Number(raw.replaceAll("_", ""));
+  if (!Number.isSafeInteger(n) || n < min) {
+    console.error(`${name} must be an integer >= ${min}, got ${JSON.stringify(raw)}`);
+    process.exit(2);
+  }
+  return n;
+}
+
+const fmtInt = (n: number): string => Math.round(n).toLocaleString("en-US");
+const fmtMiB = (n: number): string => n.toFixed(1);
+const fmtRatio = (n: number): string => `${n.toFixed(2)}x`;
+
+function median(values: readonly number[]): number {
+  const s = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
+/** Progress goes to stderr: a live line on a terminal, plain lines otherwise. */
+const progress = {
+  tty: process.stderr.isTTY === true,
+  live(text: string): void {
+    if (this.tty) process.stderr.write(`\r\x1b[2K${text}`);
+  },
+  line(text: string): void {
+    process.stderr.write(this.tty ? `\r\x1b[2K${text}\n` : `${text}\n`);
+  },
+};
+
+/** Runs one contender in a fresh child; resolves with its result, or an error message. */
+function runChild(launcher: Launcher, name: ContenderName, task: Task): Promise<ContenderResult | { error: string }> {
+  return new Promise((resolvePromise) => {
+    const child = spawn(process.execPath, [...launcher.args(name), JSON.stringify(task)], {
+      cwd: REPO_DIR,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
+    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+    const timer = setTimeout(() => {
+      stderr += `\n(killed after ${CHILD_TIMEOUT_MS / 1000} s)`;
+      child.kill("SIGKILL");
+    }, CHILD_TIMEOUT_MS);
+    child.on("error", (err) => {
+      clearTimeout(timer);
+      resolvePromise({ error: `could not start: ${err.message}` });
+    });
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      const line = stdout.split("\n").find((l) => l.startsWith(RESULT_PREFIX));
+      if (code === 0 && line !== undefined) {
+        resolvePromise(JSON.parse(line.slice(RESULT_PREFIX.length)) as ContenderResult);
+        return;
+      }
+      const why = signal !== null ? `signal ${signal}` : `exit code ${code}`;
+      resolvePromise({ error: `${why}${line === undefined ? ", no result" : ""}\n${stderr.trim()}`.trim() });
+    });
+  });
+}
+
+interface Summary {
+  readonly name: ContenderName;
+  readonly runs: ContenderResult[];
+  readonly failed: string[];
+}
+
+async function main(): Promise<number> {
+  const files = [RECORDS, ...(BIG_RECORDS > 0 ? [BIG_RECORDS] : [])];
+  const paths = new Map<number, string>();
+  for (const records of files) {
+    const { file, generated } = ensureDataFile(records, (n) => progress.live(`generating ${fmtInt(records)} records: ${Math.floor((n / records) * 100)}%`));
+    paths.set(records, file);
+    if (generated) progress.line(`generated ${file}`);
+    progress.live(`reading ${file} once (page cache)`);
+    warmPageCache(file);
+  }
+
+  progress.live("bundling contenders");
+  const launcher = await prepareLaunch();
+  progress.line(
+    launcher.mode === "bundled"
+      ? "contenders bundled with esbuild; children run as plain `node` (no tsx in their memory)"
+      : "esbuild unavailable: children run under `node --import tsx` (its loader adds to every peak RSS)",
+  );
+
+  const summaries = new Map<ContenderName, Summary>(CONTENDERS.map((name) => [name, { name, runs: [], failed: [] }]));
+  const big: Summary = { name: "sluice", runs: [], failed: [] };
+  const total = RUNS * CONTENDERS.length + (BIG_RECORDS > 0 ? 1 : 0);
+  let step = 0;
+
+  const loads: number[] = [];
+  const runOne = async (name: ContenderName, records: number, label: string, into: Summary): Promise<void> => {
+    step++;
+    // Other processes competing for the cores make wall-clock rates noisy; say so in the report.
+    loads.push(loadavg()[0]!);
+    const tag = `[${step}/${total}] ${LABELS[name].padEnd(11)} ${label}`;
+    progress.live(`${tag} ... running`);
+    const result = await runChild(launcher, name, { file: paths.get(records)!, records, transform: TRANSFORM });
+    if ("error" in result) {
+      into.failed.push(result.error);
+      progress.line(`${tag}  FAILED: ${result.error}`);
+      return;
+    }
+    into.runs.push(result);
+    const rps = result.records / result.seconds;
+    progress.line(
+      `${tag}  ${fmtInt(rps).padStart(10)} records/s  ${result.seconds.toFixed(2).padStart(6)} s (CPU ${result.cpuSeconds.toFixed(2)} s)  peak RSS ${fmtMiB(result.maxRssMiB)} MiB`,
+    );
+  };
+
+  // Rounds interleave the contenders, so drift in the machine (heat, neighbours) hits all alike.
+  for (let round = 1; round <= RUNS; round++) {
+    for (const name of CONTENDERS) await runOne(name, RECORDS, `run ${round}/${RUNS}, ${fmtInt(RECORDS)} records`, summaries.get(name)!);
+  }
+  if (BIG_RECORDS > 0) await runOne("sluice", BIG_RECORDS, `${fmtInt(BIG_RECORDS)} records (RSS check)`, big);
+
+  const rate = (s: Summary): number | undefined => (s.runs.length === 0 ? undefined : median(s.runs.map((r) => r.records / r.seconds)));
+  const cpuRate = (s: Summary): number | undefined => (s.runs.length === 0 ? undefined : median(s.runs.map((r) => r.records / r.cpuSeconds)));
+  const peak = (s: Summary): number | undefined => (s.runs.length === 0 ? undefined : Math.max(...s.runs.map((r) => r.maxRssMiB)));
+  const plainRate = rate(summaries.get("plain-loop")!);
+  const streamRate = rate(summaries.get("node-stream")!);
+  const plainCpuRate = cpuRate(summaries.get("plain-loop")!);
+  const streamCpuRate = cpuRate(summaries.get("node-stream")!);
+
+  const header = ["contender", "records", "records/s", "vs plain loop", "vs node:stream", "peak RSS MiB", "records/CPU-s"];
+  const rows: string[][] = [];
+  for (const s of summaries.values()) {
+    const r = rate(s);
+    const p = peak(s);
+    const c = cpuRate(s);
+    rows.push([
+      `${LABELS[s.name]}${s.failed.length > 0 ? " (FAILED)" : ""}`,
+      fmtInt(RECORDS),
+      r === undefined ? "-" : fmtInt(r),
+      r === undefined || plainRate === undefined ? "-" : fmtRatio(r / plainRate),
+      r === undefined || streamRate === undefined ? "-" : fmtRatio(r / streamRate),
+      p === undefined ? "-" : fmtMiB(p),
+      c === undefined ? "-" : fmtInt(c),
+    ]);
+  }
+  if (BIG_RECORDS > 0) {
+    const r = rate(big);
+    const p = peak(big);
+    const c = cpuRate(big);
+    rows.push([
+      `sluice${big.failed.length > 0 ? " (FAILED)" : ""}`,
+      fmtInt(BIG_RECORDS),
+      r === undefined ? "-" : fmtInt(r),
+      "",
+      "",
+      p === undefined ? "-" : fmtMiB(p),
+      c === undefined ? "-" : fmtInt(c),
+    ]);
+  }
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
+  const render = (cells: string[]): string => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  ");
+
+  const out: string[] = [];
+  out.push("");
+  out.push(`sluice bench: NDJSON -> module transform (bench/enrich.mjs) -> discard; node ${process.version}, ${cpus().length} x ${cpus()[0]?.model.trim() ?? "cpu"}`);
+  out.push(`records/s: median of ${RUNS} run(s), each a fresh process timed from just before reading to the end; peak RSS: highest maxRSS over those runs`);
+  out.push(`records/CPU-s: records per second of CPU time (user + system, all threads), the steadier figure when the machine is shared`);
+  const maxLoad = Math.max(0, ...loads);
+  if (maxLoad > cpus().length * BUSY_LOAD_PER_CORE) {
+    out.push(
+      `warning: the machine was busy (1-min load average ${Math.min(...loads).toFixed(1)}-${maxLoad.toFixed(1)} at run starts, ${cpus().length} cores); wall-clock figures are noisy`,
+    );
+  }
+  out.push("");
+  out.push(render(header));
+  out.push(widths.map((w) => "-".repeat(w)).join("  "));
+  for (const row of rows) out.push(render(row));
+  out.push("");
+
+  const sluice = summaries.get("sluice")!;
+  const sluiceRate = rate(sluice);
+  const sluiceCpuRate = cpuRate(sluice);
+  const byCpu = (base: number | undefined): string =>
+    sluiceCpuRate === undefined || base === undefined ? "" : ` (by CPU time: ${fmtRatio(sluiceCpuRate / base)})`;
+  const sluicePeak = peak(sluice);
+  const bigPeak = peak(big);
+  const verdict = (ok: boolean | undefined): string => (ok === undefined ? "n/a " : ok ? "PASS" : "FAIL");
+  out.push("targets:");
+  const vsPlain = sluiceRate !== undefined && plainRate !== undefined ? sluiceRate / plainRate : undefined;
+  out.push(`  ${verdict(vsPlain === undefined ? undefined : vsPlain >= TARGETS.vsPlainLoop)}  sluice >= ${TARGETS.vsPlainLoop}x plain loop records/s: ${vsPlain === undefined ? "not measured" : fmtRatio(vsPlain)}${byCpu(plainCpuRate)}`);
+  const vsStream = sluiceRate !== undefined && streamRate !== undefined ? sluiceRate / streamRate : undefined;
+  out.push(`  ${verdict(vsStream === undefined ? undefined : vsStream >= TARGETS.vsNodeStream)}  sluice >= ${TARGETS.vsNodeStream}x node:stream records/s: ${vsStream === undefined ? "not measured" : fmtRatio(vsStream)}${byCpu(streamCpuRate)}`);
+  const allPeak = Math.max(sluicePeak ?? Number.NaN, bigPeak ?? Number.NEGATIVE_INFINITY);
+  const peakKnown = sluicePeak !== undefined && (BIG_RECORDS === 0 || bigPeak !== undefined);
+  out.push(`  ${verdict(peakKnown ? allPeak < TARGETS.peakRssMiB : undefined)}  sluice peak RSS < ${TARGETS.peakRssMiB} MiB (all sluice runs): ${peakKnown ? `${fmtMiB(allPeak)} MiB` : "not measured"}`);
+  if (BIG_RECORDS > 0) {
+    const growth = sluicePeak !== undefined && bigPeak !== undefined ? bigPeak / sluicePeak - 1 : undefined;
+    out.push(
+      `  ${verdict(growth === undefined ? undefined : growth <= TARGETS.bigRssGrowth)}  sluice ${fmtInt(BIG_RECORDS)}-record peak RSS within ${TARGETS.bigRssGrowth * 100}% of the ${fmtInt(RECORDS)}-record peak: ` +
+        (growth === undefined ? "not measured" : `${fmtMiB(bigPeak!)} vs ${fmtMiB(sluicePeak!)} MiB (${growth >= 0 ? "+" : ""}${(growth * 100).toFixed(1)}%)`),
+    );
+  }
+  console.log(out.join("\n"));
+
+  const failures = [...summaries.values(), big].flatMap((s) => s.failed.map((f) => `${LABELS[s.name]}: ${f}`));
+  if (failures.length > 0) {
+    console.error(`\n${failures.length} contender run(s) failed; see above.`);
+    return 1;
+  }
+  return 0;
+}
+
+process.exitCode = await main();

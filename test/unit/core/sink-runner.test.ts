@@ -1,0 +1,354 @@
+import { describe, expect, it } from "vitest";
+import type { BackoffPolicy } from "../../../src/core/backoff.js";
+import { DeadLetterWriter } from "../../../src/core/dead-letters.js";
+import { SluiceError } from "../../../src/core/errors.js";
+import { silentLogger, type InternalEvent } from "../../../src/core/events.js";
+import { mulberry32 } from "../../../src/core/random.js";
+import type { Entry } from "../../../src/core/record.js";
+import { SinkRunner, type BatchOptions, type RetryOptions } from "../../../src/core/sink-runner.js";
+import { FakeClock, flush } from "../../helpers/fake-clock.js";
+import { driveUntil, guardClock, makeEntry, MemoryDeadLetterStore, MemorySink, type WriteStep } from "../../helpers/memory.js";
+
+interface HarnessOptions {
+  readonly sink: MemorySink;
+  readonly batch?: Partial<BatchOptions>;
+  readonly retry?: Partial<RetryOptions>;
+  readonly concurrency?: number;
+  readonly random?: () => number;
+}
+
+/**
+ * A SinkRunner on a FakeClock starting at t=0, with a real DeadLetterWriter over an in-memory
+ * store. `done` logs every onDone call; `settled` counts the records reported done.
+ */
+function harness(o: HarnessOptions) {
+  const clock = new FakeClock(0);
+  o.sink.clock ??= clock;
+  const random = o.random ?? mulberry32(3);
+  const abort = new AbortController();
+  const dlq = new MemoryDeadLetterStore();
+  const events: InternalEvent[] = [];
+  const done: { ids: string[]; deadLettered: boolean; at: number }[] = [];
+  const engineClock = guardClock(clock);
+  const deadLetters = new DeadLetterWriter(dlq, engineClock, random, { initialMs: 10, maxMs: 100, multiplier: 2 }, silentLogger, abort.signal);
+  const runner = new SinkRunner({
+    name: "sink",
+    sink: o.sink,
+    batch: { maxRecords: 100, maxBytes: 1_000_000, maxWaitMs: 1000, ...o.batch },
+    retry: { maxAttempts: 5, maxElapsedMs: 600_000, backoff: { initialMs: 100, maxMs: 10_000, multiplier: 2 }, ...o.retry },
+    concurrency: o.concurrency ?? 1,
+    clock: engineClock,
+    random,
+    emit: (e) => events.push(e),
+    logger: silentLogger,
+    deadLetters,
+    signal: abort.signal,
+    onDone: (records, deadLettered) => done.push({ ids: records.map((r) => r.id), deadLettered, at: clock.now() }),
+  });
+  const settled = () => done.reduce((n, d) => n + d.ids.length, 0);
+  return {
+    clock,
+    runner,
+    dlq,
+    events,
+    done,
+    abort,
+    settled,
+    /** Drives the clock until `n` records are reported done. */
+    until: (n: number) => driveUntil(clock, () => settled() >= n),
+  };
+}
+
+function entries(n: number, o: { bytes?: number; key?: (i: number) => string | undefined; prefix?: string } = {}): Entry[] {
+  return Array.from({ length: n }, (_, i) => makeEntry(`${o.prefix ?? "r"}-${i}`, { bytes: o.bytes ?? 10, key: o.key?.(i) }));
+}
+
+const always =
+  (step: WriteStep) =>
+  (): WriteStep =>
+    step;
+
+describe("SinkRunner", () => {
+  describe("batching", () => {
+    it("cuts batches at max_records; the rest waits max_wait from its first record", async () => {
+      const sink = new MemorySink();
+      const h = harness({ sink, batch: { maxRecords: 4, maxWaitMs: 1000 } });
+      void h.runner.start();
+      await flush();
+      h.runner.accept(entries(10));
+      await h.until(10);
+      expect(sink.writes.map((w) => [w.at, w.ids.length])).toEqual([
+        [0, 4],
+        [0, 4],
+        [1000, 2],
+      ]);
+      expect(sink.commitLog).toEqual(entries(10).map((e) => e.id));
+    });
+
+    it("cuts batches at max_bytes, and sends a record larger than max_bytes alone", async () => {
+      const sink = new MemorySink();
+      const h = harness({ sink, batch: { maxBytes: 250, maxWaitMs: 1000 } });
+      void h.runner.start();
+      await flush();
+      const [a, b, c] = entries(3, { bytes: 100 });
+      const big = makeEntry("big", { bytes: 1000 });
+      const [d, e] = entries(2, { bytes: 100, prefix: "s" });
+      h.runner.accept([a!, b!, c!, big, d!, e!]);
+      await h.until(6);
+      expect(sink.writes.map((w) => w.ids)).toEqual([["r-0", "r-1"], ["r-2"], ["big"], ["s-0", "s-1"]]);
+      // Only the last batch, under both limits, waited for max_wait.
+      expect(sink.writes.map((w) => w.at)).toEqual([0, 0, 0, 1000]);
+    });
+
+    it("writes a partial batch when max_wait passes since its first record, not earlier", async () => {
+      const sink = new MemorySink();
+      const h = harness({ sink, batch: { maxRecords: 10, maxWaitMs: 1000 } });
+      void h.runner.start();
+      await flush();
+      h.runner.accept(entries(1));
+      await h.clock.advanceAsync(500);
+      h.runner.accept([makeEntry("late")]);
+      await h.clock.advanceAsync(499);
+      expect(sink.writes).toEqual([]);
+      await h.clock.advanceAsync(1);
+      expect(sink.writes.map((w) => [w.at, w.ids])).toEqual([[1000, ["r-0", "late"]]]);
+    });
+
+    it("drain() writes a partial batch at once instead of waiting for max_wait", async () => {
+      const sink = new MemorySink();
+      const h = harness({ sink, batch: { maxRecords: 10, maxWaitMs: 60_000 } });
+      void h.runner.start();
+      await flush();
+      h.runner.accept(entries(3));
+      await h.clock.advanceAsync(10);
+      expect(sink.writes).toEqual([]);
+      h.runner.drain();
+      await flush();
+      expect(sink.writes.map((w) => [w.at, w.ids.length])).toEqual([[10, 3]]);
+    });
+  });
+
+  describe("retry", () => {
+    it("retries a retryable failure after full-jitter backoff delays within their caps", async () => {
+      const sink = new MemorySink({ schedule: ["retryable", "retryable", "retryable", "ok"] });
+      const h = harness({ sink, random: () => 0.999, retry: { backoff: { initialMs: 100, maxMs: 10_000, multiplier: 2 } } });
+      void h.runner.start();
+      await flush();
+      h.runner.accept(entries(2));
+      h.runner.drain();
+      await h.until(2);
+      // Caps 100, 200, 400 ms; random 0.999 takes the top of each range.
+      expect(sink.writes.map((w) => w.at)).toEqual([0, 99, 298, 697]);
+      const retried = h.events.filter((e) => e.type === "records_retried");
+      expect(retried.map((e) => [e.count, e.code, e.delayMs])).toEqual([
+        [2, "ERR_SINK_WRITE", 99],
+        [2, "ERR_SINK_WRITE", 199],
+        [2, "ERR_SINK_WRITE", 399],
+      ]);
+      expect(h.done).toEqual([{ ids: ["r-0", "r-1"], deadLettered: false, at: 697 }]);
+      expect(sink.committed.get("r-0")!.attempts).toBe(4);
+    });
+
+    it("waits exactly the jittered delay it reports, never more than the cap", async () => {
+      const policy: BackoffPolicy = { initialMs: 50, maxMs: 1000, multiplier: 3 };
+      const sink = new MemorySink({ schedule: always("retryable") });
+      const h = harness({ sink, random: mulberry32(11), retry: { maxAttempts: 12, backoff: policy } });
+      void h.runner.start();
+      await flush();
+      h.runner.accept(entries(1));
+      h.runner.drain();
+      await h.until(1);
+      const gaps = sink.writes.slice(1).map((w, i) => w.at - sink.writes[i]!.at);
+      const reported = h.events.flatMap((e) => (e.type === "records_retried" ? [e.delayMs] : []));
+      expect(gaps).toHaveLength(11);
+      expect(gaps).toEqual(reported);
+      gaps.forEach((gap, i) => {
+        expect(gap).toBeGreaterThanOrEqual(0);
+        expect(gap).toBeLessThanOrEqual(Math.min(policy.maxMs, policy.initialMs * policy.multiplier ** i));
+      });
+      // Jittered, not the cap every time.
+      expect(new Set(gaps.slice(4)).size).toBeGreaterThan(1);
+    });
+
+    it("dead-letters after max_attempts with the last error code, the attempts and the first/last failure times", async () => {
+      const sink = new MemorySink({ schedule: ["retryable", { throw: new Error("ECONNRESET") }, { throw: new SluiceError("ERR_CHAOS_TRANSIENT", "flaky") }] });
+      const h = harness({ sink, random: () => 0.5, retry: { maxAttempts: 3 } });
+      void h.runner.start();
+      await flush();
+      h.runner.accept(entries(2));
+      h.runner.drain();
+      await h.until(2);
+      expect(sink.writes.map((w) => w.at)).toEqual([0, 50, 150]);
+      expect(sink.committed.size).toBe(0);
+      expect(h.dlq.entries.map((e) => ({ ...e, record: e.record.id }))).toEqual(
+        ["r-0", "r-1"].map((id) => ({
+          record: id,
+          raw: undefined,
+          sink: "sink",
+          code: "ERR_CHAOS_TRANSIENT",
+          message: "flaky",
+          attempts: 3,
+          firstFailureAt: 0,
+          lastFailureAt: 150,
+        })),
+      );
+      expect(h.done).toEqual([{ ids: ["r-0", "r-1"], deadLettered: true, at: 150 }]);
+      expect(h.events.filter((e) => e.type === "records_dead_lettered")).toEqual([{ type: "records_dead_lettered", sink: "sink", code: "ERR_CHAOS_TRANSIENT", count: 2 }]);
+    });
+
+    it("dead-letters once max_elapsed would pass, and starts no attempt after it", async () => {
+      const sink = new MemorySink({ schedule: always("retryable") });
+      const h = harness({
+        sink,
+        random: () => 0.999,
+        retry: { maxAttempts: 100, maxElapsedMs: 1000, backoff: { initialMs: 300, maxMs: 300, multiplier: 1 } },
+      });
+      void h.runner.start();
+      await flush();
+      h.runner.accept(entries(1));
+      h.runner.drain();
+      await h.until(1);
+      // Attempts at 0, 299, 598, 897; the next would start at 1196, past max_elapsed.
+      expect(sink.writes.map((w) => w.at)).toEqual([0, 299, 598, 897]);
+      expect(h.dlq.entries).toHaveLength(1);
+      expect(h.dlq.entries[0]).toMatchObject({ code: "ERR_SINK_WRITE", attempts: 4, firstFailureAt: 0, lastFailureAt: 897 });
+    });
+
+    it("commits the good records of a batch and retries or dead-letters only the failing ones", async () => {
+      const sink = new MemorySink({
+        schedule: [
+          {
+            fail: [
+              { index: 1, retryable: true },
+              { index: 3, retryable: false },
+            ],
+          },
+          "ok",
+        ],
+      });
+      const h = harness({ sink, random: () => 0.5 });
+      void h.runner.start();
+      await flush();
+      h.runner.accept(entries(4));
+      h.runner.drain();
+      await h.until(4);
+      expect(sink.writes.map((w) => w.ids)).toEqual([["r-0", "r-1", "r-2", "r-3"], ["r-1"]]);
+      expect(sink.commitLog).toEqual(["r-0", "r-2", "r-1"]);
+      expect(h.dlq.entries.map((e) => [e.record.id, e.code, e.attempts, e.message])).toEqual([["r-3", "ERR_SINK_REJECTED", 1, "record r-3 violates a constraint"]]);
+      expect(h.events.filter((e) => e.type === "records_retried").map((e) => e.count)).toEqual([1]);
+      expect(h.done.map((d) => [d.ids, d.deadLettered])).toEqual([
+        [["r-0", "r-2"], false],
+        [["r-3"], true],
+        [["r-1"], false],
+      ]);
+    });
+
+    it("dead-letters a record that keeps failing on its own while the rest of its batch is committed", async () => {
+      const sink = new MemorySink({
+        schedule: (call) => {
+          const index = call.ids.indexOf("r-2");
+          return index >= 0 ? { fail: [{ index, retryable: true }] } : "ok";
+        },
+      });
+      const h = harness({ sink, random: () => 0.5, retry: { maxAttempts: 3 } });
+      void h.runner.start();
+      await flush();
+      h.runner.accept(entries(4));
+      h.runner.drain();
+      await h.until(4);
+      expect(sink.writes.map((w) => w.ids)).toEqual([["r-0", "r-1", "r-2", "r-3"], ["r-2"], ["r-2"]]);
+      expect(h.dlq.entries.map((e) => [e.record.id, e.code, e.attempts, e.firstFailureAt, e.lastFailureAt])).toEqual([["r-2", "ERR_SINK_WRITE", 3, 0, 150]]);
+    });
+
+    it.each([
+      ["a permanent SluiceError", "permanent" as WriteStep, "ERR_SINK_REJECTED"],
+      ["a TypeError (a bug)", { throw: new TypeError("cannot read properties of undefined") } as WriteStep, "ERR_INTERNAL"],
+      ["a SluiceError marked not retryable", { throw: new SluiceError("ERR_SINK_WRITE", "disk full", { retryable: false }) } as WriteStep, "ERR_SINK_WRITE"],
+    ])("never retries %s: the whole batch is dead-lettered after one attempt", async (_name, failure, code) => {
+      const sink = new MemorySink({ schedule: [failure] });
+      const h = harness({ sink });
+      void h.runner.start();
+      await flush();
+      h.runner.accept(entries(3));
+      h.runner.drain();
+      await h.until(3);
+      expect(sink.writes).toHaveLength(1);
+      expect(h.dlq.entries.map((e) => [e.code, e.attempts])).toEqual([
+        [code, 1],
+        [code, 1],
+        [code, 1],
+      ]);
+      expect(h.events.some((e) => e.type === "records_retried")).toBe(false);
+    });
+
+    it("leaves records alone (neither done nor dead-lettered) when the hard deadline aborts a retry wait", async () => {
+      const sink = new MemorySink({ schedule: always("retryable") });
+      const h = harness({ sink, random: () => 0.999, retry: { backoff: { initialMs: 1000, maxMs: 1000, multiplier: 1 } } });
+      void h.runner.start();
+      await flush();
+      h.runner.accept(entries(2));
+      h.runner.drain();
+      await h.clock.advanceAsync(500);
+      h.abort.abort();
+      await h.clock.advanceAsync(5000);
+      expect(sink.writes).toHaveLength(1);
+      expect(h.done).toEqual([]);
+      expect(h.dlq.writeCalls).toBe(0);
+      expect(h.clock.pendingTimers).toBe(0);
+    });
+  });
+
+  describe("concurrency", () => {
+    async function maxWritesAtOnce(concurrency: number, maxInFlight: number): Promise<MemorySink> {
+      const sink = new MemorySink({ maxInFlight, schedule: always({ delayMs: 100, then: "ok" }) });
+      const h = harness({ sink, concurrency, batch: { maxRecords: 2, maxWaitMs: 0 } });
+      void h.runner.start();
+      await flush();
+      h.runner.accept(entries(60, { key: (i) => `k${i % 12}` }));
+      await h.until(60);
+      expect(sink.committed.size).toBe(60);
+      expect(sink.violations).toEqual([]);
+      return sink;
+    }
+
+    it("never has more batches in flight than `concurrency`", async () => {
+      expect((await maxWritesAtOnce(3, 64)).maxConcurrentWrites).toBe(3);
+    });
+
+    it("is capped by the sink's maxInFlight", async () => {
+      expect((await maxWritesAtOnce(8, 2)).maxConcurrentWrites).toBe(2);
+    });
+
+    it("keeps each key's records in order across lanes and retries", async () => {
+      let n = 0;
+      const sink = new MemorySink({ schedule: () => (n++ % 3 === 0 ? "retryable" : { delayMs: (n * 37) % 50, then: "ok" }) });
+      const h = harness({ sink, concurrency: 4, batch: { maxRecords: 3, maxWaitMs: 0 } });
+      void h.runner.start();
+      await flush();
+      const all = entries(40, { key: (i) => `k${i % 5}` });
+      h.runner.accept(all.slice(0, 20));
+      h.runner.accept(all.slice(20));
+      await h.until(40);
+      for (const [key, order] of sink.orderByKey) {
+        expect(order).toEqual(all.filter((e) => e.key === key).map((e) => e.id));
+      }
+    });
+  });
+
+  it("retries connect() with backoff until it succeeds, and writes only after", async () => {
+    const sink = new MemorySink({ connectFailures: 3 });
+    const h = harness({ sink, random: () => 0.5 });
+    void h.runner.start();
+    h.runner.accept(entries(2));
+    h.runner.drain();
+    await h.until(2);
+    expect(sink.connectCalls).toEqual([0, 50, 150, 350]);
+    expect(sink.writes.map((w) => w.at)).toEqual([350]);
+    expect(sink.violations).toEqual([]);
+    expect(h.events.filter((e) => e.type === "component_error").map((e) => e.type === "component_error" && e.code)).toEqual([
+      "ERR_SINK_CONNECT",
+      "ERR_SINK_CONNECT",
+      "ERR_SINK_CONNECT",
+    ]);
+  });
+});
