@@ -45,13 +45,14 @@ export interface SourceHandle {
   readonly chunkSize: number;
   /**
    * Builds a record around a parsed payload. The envelope's id, key and event time come from the
-   * source's `id_field`, `key_field` and `time_field`; `fallbackId` (derived from the source's own
-   * position, so redelivery yields the same id) is used when the payload has no id.
-   * `bytes` is the record's size estimate for the buffer's byte bound.
+   * source's `id_field`, `key_field` and `time_field`. When the payload has no id, the id is
+   * `<source name>:<position>`, where `position` is the record's place in the source (a byte
+   * offset, an entry id, a sequence number), so redelivery yields the same id. The id string is
+   * built only when needed. `bytes` is the record's size estimate for the buffer's byte bound.
    */
-  record(payload: JsonObject, bytes: number, fallbackId: string): Entry;
-  /** Builds a record for input that could not be parsed; it goes to the dead-letter sink with `error`. */
-  malformed(raw: string, fallbackId: string, error: SluiceError): Entry;
+  record(payload: JsonObject, bytes: number, position: string | number): Entry;
+  /** Builds a record for input that could not be parsed (id `<source name>:<position>`); it goes to the dead-letter sink with `error`. */
+  malformed(raw: string, position: string | number, error: SluiceError): Entry;
   /**
    * Hands a chunk to the buffer. With `when_full: block` (and for pull sources always, unless
    * drop_newest) this waits for room: that wait is the backpressure. `checkpoint` is given back to

@@ -6,7 +6,7 @@ import { systemClock, type Clock } from "./clock.js";
 import { DeadLetterWriter } from "./dead-letters.js";
 import { classify, SluiceError } from "./errors.js";
 import { silentLogger, type EventSink, type Logger } from "./events.js";
-import { settle, type AckTicket, type Entry, type JsonObject, type JsonValue } from "./record.js";
+import { RecordEntry, settle, type AckTicket, type Entry, type JsonObject, type JsonValue } from "./record.js";
 import { SinkRunner, type BatchOptions, type RetryOptions } from "./sink-runner.js";
 import { TransformChain, type ChainStep } from "./transform-chain.js";
 
@@ -159,7 +159,9 @@ export class Pipeline {
           r.ticket.pending++;
           this.emit({ type: "records_received", source: r.source, count: 1, bytes: 0 });
         }
-        return { ...r, id: `${r.id}#${index}`, payload };
+        const part = new RecordEntry(`${r.id}#${index}`, r.key, payload, r.eventTime, r.source, r.bytes);
+        part.ticket = r.ticket;
+        return part;
       },
     });
     this.trackers = o.sources.map(
@@ -267,28 +269,15 @@ export class Pipeline {
       // filtered, synchronously), before enqueue gave it a seq: enqueue completes it then.
       if (ticket.seq >= 0) tracker.complete(ticket);
     };
-    const make = (payload: JsonObject, bytes: number, id: string, key: string | undefined, eventTime: number | undefined): Entry => ({
-      id,
-      key,
-      payload,
-      eventTime,
-      receivedAt: 0,
-      source: name,
-      attempts: 0,
-      bytes,
-      ticket: undefined as unknown as AckTicket,
-      pendingSinks: 0,
-      deadLettered: false,
-      failure: undefined,
-      raw: undefined,
-    });
-
     return {
       chunkSize: this.o.chunkSize,
-      record: (payload, bytes, fallbackId) =>
-        make(payload, bytes, asText(getId(payload)) ?? fallbackId, getKey && asText(getKey(payload)), getTime && asTime(getTime(payload))),
-      malformed: (raw, fallbackId, error) => {
-        const e = make({}, raw.length, fallbackId, undefined, undefined);
+      record: (payload, bytes, position) => {
+        const idValue = getId(payload);
+        const id = typeof idValue === "string" ? idValue : typeof idValue === "number" ? String(idValue) : `${name}:${position}`;
+        return new RecordEntry(id, getKey && asText(getKey(payload)), payload, getTime && asTime(getTime(payload)), name, bytes);
+      },
+      malformed: (raw, position, error) => {
+        const e = new RecordEntry(`${name}:${position}`, undefined, {}, undefined, name, raw.length);
         e.failure = error;
         e.raw = raw;
         return e;
@@ -297,10 +286,9 @@ export class Pipeline {
         if (signal.aborted) return "stopping";
         const now = this.clock.now();
         let bytes = 0;
-        const ticket: AckTicket = { seq: -1, checkpoint, records: records.length, bytes: 0, pending: records.length, onDone };
+        const ticket: AckTicket = { seq: -1, checkpoint, receivedAt: now, records: records.length, bytes: 0, pending: records.length, onDone };
         for (const r of records) {
           r.ticket = ticket;
-          r.receivedAt = now;
           bytes += r.bytes;
         }
         (ticket as { bytes: number }).bytes = bytes;
@@ -392,14 +380,23 @@ export class Pipeline {
   private sinkDone(records: readonly Entry[], deadLettered: boolean): void {
     let delivered = 0;
     let dead = 0;
+    // Records of one chunk sit together in a batch: settle each run of them at once.
+    let ticket: AckTicket | undefined;
+    let run = 0;
     for (const r of records) {
       if (deadLettered) r.deadLettered = true;
       if (--r.pendingSinks === 0) {
         if (r.deadLettered) dead++;
         else delivered++;
-        settle(r.ticket, 1);
+        if (r.ticket !== ticket) {
+          if (ticket !== undefined) settle(ticket, run);
+          ticket = r.ticket;
+          run = 0;
+        }
+        run++;
       }
     }
+    if (ticket !== undefined) settle(ticket, run);
     if (delivered + dead > 0) this.emit({ type: "records_completed", delivered, deadLettered: dead });
   }
 

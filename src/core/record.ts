@@ -32,8 +32,6 @@ export interface SluiceRecord<P = JsonObject> {
  * One object per record, so the hot path allocates nothing else.
  */
 export interface Entry<P = JsonObject> extends SluiceRecord<P> {
-  /** Set when the chunk is enqueued. */
-  receivedAt: number;
   /** Estimated size in bytes, counted against the buffer's `max_bytes`. */
   bytes: number;
   /** The chunk this record was received in; acked when all its records are done. */
@@ -57,6 +55,8 @@ export interface AckTicket {
   seq: number;
   /** Opaque position handed back to the source when this chunk and all before it are done. */
   readonly checkpoint: unknown;
+  /** When the chunk was enqueued (ms since epoch): the `receivedAt` of each of its records. */
+  readonly receivedAt: number;
   /** Records counted against the buffer. */
   readonly records: number;
   /** Bytes counted against the buffer. */
@@ -65,6 +65,32 @@ export interface AckTicket {
   pending: number;
   /** Called once when `pending` reaches 0. */
   readonly onDone: (ticket: AckTicket) => void;
+}
+
+/**
+ * The engine's record object. A class, so every record has one shape; `receivedAt` is read from
+ * the chunk's ticket, which saves a boxed number per record (a measurable share of GC work).
+ */
+export class RecordEntry implements Entry {
+  attempts = 0;
+  ticket!: AckTicket;
+  pendingSinks = 0;
+  deadLettered = false;
+  failure: SluiceError | undefined = undefined;
+  raw: string | undefined = undefined;
+
+  constructor(
+    readonly id: string,
+    readonly key: string | undefined,
+    public payload: JsonObject,
+    readonly eventTime: number | undefined,
+    readonly source: string,
+    public bytes: number,
+  ) {}
+
+  get receivedAt(): number {
+    return this.ticket.receivedAt;
+  }
 }
 
 /** Marks `n` records of the ticket done and fires its completion when the last one is. */

@@ -91,8 +91,6 @@ type ChunkSink = (records: Entry[], offset: number, line: number) => Promise<Enq
 
 /** Settings of an {@link NdjsonReader}. */
 interface ReaderSettings {
-  /** Source name: fallback ids are `<name>:<byte offset of the line>`. */
-  readonly name: string;
   /** Shown in dead letters as `<location>:<line number>`. */
   readonly location: string;
   readonly maxLineBytes: number;
@@ -120,7 +118,6 @@ class NdjsonReader {
    * whether more of the line was dropped.
    */
   private skipping: { head: Buffer; cut: boolean } | undefined;
-  private readonly idPrefix: string;
 
   constructor(
     private readonly handle: SourceHandle,
@@ -132,7 +129,6 @@ class NdjsonReader {
     this.offset = offset;
     this.readPos = offset;
     this.line = line;
-    this.idPrefix = `${settings.name}:`;
   }
 
   /** Starts over at `offset` (after truncation or rotation). Call only with no pending records. */
@@ -267,7 +263,7 @@ class NdjsonReader {
       this.pending.push(this.malformedEntry(text, start, "line is not a JSON object"));
       return;
     }
-    this.pending.push(this.handle.record(value as JsonObject, bytes, this.idPrefix + start));
+    this.pending.push(this.handle.record(value as JsonObject, bytes, start));
   }
 
   private overlong(rawPrefix: string, start: number): void {
@@ -278,7 +274,7 @@ class NdjsonReader {
     const error = new SluiceError("ERR_RECORD_MALFORMED", message, {
       location: `${this.settings.location}:${this.line}`,
     });
-    return this.handle.malformed(raw, this.idPrefix + start, error);
+    return this.handle.malformed(raw, start, error);
   }
 
   private async emit(): Promise<boolean> {
@@ -294,8 +290,6 @@ class NdjsonReader {
 
 /** Settings of {@link readNdjsonStream}. */
 export interface NdjsonStreamSettings {
-  /** Source name, for fallback ids `<name>:<byte offset>`. */
-  readonly name: string;
   /** Shown in dead letters as `<location>:<line number>`; e.g. `stdin`. */
   readonly location: string;
   readonly maxLineBytes: number;
@@ -516,7 +510,6 @@ class FileSource implements Source {
     if (this.path === undefined || this.store === undefined) {
       this.ctx.logger.info({ source: this.ctx.name }, "reading NDJSON from stdin until it ends; stdin has no checkpoint");
       await readNdjsonStream(this.io.stdin(), handle, signal, {
-        name: this.ctx.name,
         location: "stdin",
         maxLineBytes: this.opts.max_line_bytes,
       });
@@ -534,7 +527,7 @@ class FileSource implements Source {
       const start = await this.startPosition(path, store, fh, ino);
       const reader = new NdjsonReader(
         handle,
-        { name: this.ctx.name, location: path, maxLineBytes: this.opts.max_line_bytes, signal },
+        { location: path, maxLineBytes: this.opts.max_line_bytes, signal },
         // `ino` is read when the chunk is enqueued: after a rotation, chunks of the new file carry the new inode.
         (records, offset, line) => handle.enqueue(records, { offset, line, ino } satisfies FileCheckpoint),
         start.offset,

@@ -143,7 +143,7 @@ class GeneratorSource implements Source {
           payload.pad = pad.slice(0, padLength);
           bytes += PAD_OVERHEAD_BYTES + padLength;
         }
-        chunk[i] = handle.record(payload, bytes, id);
+        chunk[i] = handle.record(payload, bytes, n);
       }
       const outcome = await handle.enqueue(chunk, n satisfies GeneratorCheckpoint);
       if (outcome === "stopping") return;

@@ -406,7 +406,7 @@ export function makeEntry(id: string, o: EntryOptions = {}): Entry {
     source: o.source ?? "src",
     attempts: 0,
     bytes: o.bytes ?? 10,
-    ticket: o.ticket ?? { seq: 0, checkpoint: undefined, records: 1, bytes: o.bytes ?? 10, pending: 1, onDone: () => {} },
+    ticket: o.ticket ?? { seq: 0, checkpoint: undefined, receivedAt: 0, records: 1, bytes: o.bytes ?? 10, pending: 1, onDone: () => {} },
     pendingSinks: 1,
     deadLettered: false,
     failure: undefined,

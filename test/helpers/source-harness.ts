@@ -33,7 +33,7 @@ const noop = (): void => {};
 
 /**
  * The in-memory handle. Records get their id from `payload.id` (string or number) else from
- * `fallbackId`, like the engine's default `id_field: id`; key and event time stay undefined.
+ * `<source>:<position>`, like the engine's default `id_field: id`; key and event time stay undefined.
  *
  * Gotcha: `ack` is never called by the harness on its own; call {@link SourceHarness.ackThrough}.
  */
@@ -58,13 +58,13 @@ export class SourceHarness implements SourceHandle {
     this.clock = options.clock ?? systemClock;
   }
 
-  record(payload: JsonObject, bytes: number, fallbackId: string): Entry {
+  record(payload: JsonObject, bytes: number, position: string | number): Entry {
     const id = payload.id;
-    return this.entry(payload, typeof id === "string" || typeof id === "number" ? String(id) : fallbackId, bytes, undefined, undefined);
+    return this.entry(payload, typeof id === "string" || typeof id === "number" ? String(id) : `${this.sourceName}:${position}`, bytes, undefined, undefined);
   }
 
-  malformed(raw: string, fallbackId: string, error: SluiceError): Entry {
-    return this.entry({}, fallbackId, raw.length, error, raw);
+  malformed(raw: string, position: string | number, error: SluiceError): Entry {
+    return this.entry({}, `${this.sourceName}:${position}`, raw.length, error, raw);
   }
 
   async enqueue(records: Entry[], checkpoint: unknown): Promise<EnqueueOutcome> {
@@ -72,6 +72,7 @@ export class SourceHarness implements SourceHandle {
     const ticket: AckTicket = {
       seq: chunk.seq,
       checkpoint,
+      receivedAt: this.clock.now(),
       records: records.length,
       bytes: records.reduce((sum, r) => sum + r.bytes, 0),
       pending: records.length,
@@ -148,7 +149,7 @@ export class SourceHarness implements SourceHandle {
       attempts: 0,
       bytes,
       // Replaced by the chunk's ticket in enqueue.
-      ticket: { seq: -1, checkpoint: undefined, records: 0, bytes: 0, pending: 0, onDone: noop },
+      ticket: { seq: -1, checkpoint: undefined, receivedAt: 0, records: 0, bytes: 0, pending: 0, onDone: noop },
       pendingSinks: 1,
       deadLettered: false,
       failure,

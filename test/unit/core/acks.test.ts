@@ -6,7 +6,7 @@ import { flush } from "../../helpers/fake-clock.js";
 /** Issues a ticket from the tracker, as the pipeline does for an accepted chunk; its checkpoint is `cp-<seq>`. */
 function issue(tracker: AckTracker): AckTicket {
   const seq = tracker.nextTicketSeq();
-  return { seq, checkpoint: `cp-${seq}`, records: 1, bytes: 1, pending: 1, onDone: () => {} };
+  return { seq, checkpoint: `cp-${seq}`, receivedAt: 0, records: 1, bytes: 1, pending: 1, onDone: () => {} };
 }
 
 /** A controllable ack: each call stays pending until the test resolves or rejects it. */

@@ -8,7 +8,7 @@ let nextId = 0;
 
 /** A chunk of `records` records of `bytesEach` bytes, with its own ticket. */
 function chunk(records: number, bytesEach = 10): Chunk {
-  const ticket: AckTicket = { seq: -1, checkpoint: nextId, records, bytes: records * bytesEach, pending: records, onDone: () => {} };
+  const ticket: AckTicket = { seq: -1, checkpoint: nextId, receivedAt: 0, records, bytes: records * bytesEach, pending: records, onDone: () => {} };
   const entries = Array.from({ length: records }, () => makeEntry(`r-${nextId++}`, { bytes: bytesEach, ticket }));
   return { records: entries, ticket };
 }

@@ -140,9 +140,9 @@ describe("Pipeline, end to end in memory", () => {
     expect([...tp.sink.committed.keys()]).toEqual(["r-0", "r-2", "r-3"]);
     const dead = tp.deadLetters.entries;
     expect(dead.map((e) => [e.sink, e.code, e.raw, e.record.id, e.attempts])).toEqual([
-      ["source:files", "ERR_RECORD_MALFORMED", "{oops", "mem-1", 0],
-      ["source:files", "ERR_RECORD_MALFORMED", "][", "mem-4", 0],
-      ["source:files", "ERR_RECORD_MALFORMED", "nope", "mem-5", 0],
+      ["source:files", "ERR_RECORD_MALFORMED", "{oops", "files:mem-1", 0],
+      ["source:files", "ERR_RECORD_MALFORMED", "][", "files:mem-4", 0],
+      ["source:files", "ERR_RECORD_MALFORMED", "nope", "files:mem-5", 0],
     ]);
     const s = tp.metrics.snapshot();
     expect([s.delivered, s.dead_lettered]).toEqual([3, 3]);

@@ -45,7 +45,7 @@ async function runOnce(
   dir = dataDir,
 ): Promise<Made & { harness: SourceHarness }> {
   const made = makeSource(raw, { dir });
-  const harness = new SourceHarness({ chunkSize });
+  const harness = new SourceHarness({ source: "logs", chunkSize });
   await made.source.run(harness, new AbortController().signal);
   return { ...made, harness };
 }
@@ -202,7 +202,7 @@ describe("file source: reading", () => {
   it("stops pulling while enqueue waits (backpressure)", async () => {
     await writeFile(inputPath, ndjson(lines(1, 50)));
     const { source } = makeSource({});
-    const harness = new SourceHarness({ chunkSize: 10 });
+    const harness = new SourceHarness({ source: "logs", chunkSize: 10 });
     let release: () => void = () => {};
     harness.onEnqueue = (chunk) => (chunk.seq === 1 ? new Promise<void>((r) => (release = r)) : undefined);
     const done = source.run(harness, new AbortController().signal);
@@ -217,14 +217,14 @@ describe("file source: reading", () => {
   it("stops when aborted or told `stopping`, without enqueueing more", async () => {
     await writeFile(inputPath, ndjson(lines(1, 50)));
     const controller = new AbortController();
-    const aborted = new SourceHarness({ chunkSize: 10 });
+    const aborted = new SourceHarness({ source: "logs", chunkSize: 10 });
     aborted.onEnqueue = (chunk) => {
       if (chunk.seq === 1) controller.abort();
     };
     await makeSource({}).source.run(aborted, controller.signal);
     expect(aborted.chunks).toHaveLength(2);
 
-    const stopping = new SourceHarness({ chunkSize: 10 });
+    const stopping = new SourceHarness({ source: "logs", chunkSize: 10 });
     stopping.outcome = "stopping";
     await makeSource({}).source.run(stopping, new AbortController().signal);
     expect(stopping.chunks).toHaveLength(1);
@@ -284,7 +284,7 @@ describe("file source: checkpoints", () => {
     await writeFile(inputPath, ndjson(lines(1, 40)));
     const clock = new FakeClock();
     const { source } = makeSource({ checkpoint_interval: "1s" }, { clock });
-    const harness = new SourceHarness({ chunkSize: 10 });
+    const harness = new SourceHarness({ source: "logs", chunkSize: 10 });
     await source.run(harness, new AbortController().signal);
     const offsetOf = (i: number) => (harness.chunks[i]!.checkpoint as FileCheckpoint).offset;
 
@@ -371,7 +371,7 @@ describe("file source: follow", () => {
     await writeFile(inputPath, ndjson(lines(1, 3)));
     const clock = new FakeClock();
     const { source } = makeSource({ follow: true }, { clock });
-    const harness = new SourceHarness({ chunkSize: 100 });
+    const harness = new SourceHarness({ source: "logs", chunkSize: 100 });
     const controller = new AbortController();
     const done = source.run(harness, controller.signal);
 
@@ -460,7 +460,7 @@ describe("file source: stdin", () => {
   it("reads NDJSON from the injected stdin to EOF and keeps no checkpoint", async () => {
     const stdin = () => Readable.from([Buffer.from('{"id":"a"}\n{"id":'), Buffer.from('"b"}\nbad\n'), '{"id":"c"}']);
     const { source, logger } = makeSource({ path: "-" }, { stdin });
-    const harness = new SourceHarness();
+    const harness = new SourceHarness({ source: "logs" });
     await source.run(harness, new AbortController().signal);
     expect(harness.entries.map((e) => e.id)).toEqual(["a", "b", "logs:22", "c"]);
     expect(failureOf(harness.failures[0]!).location).toBe("stdin:3");
@@ -472,9 +472,8 @@ describe("file source: stdin", () => {
 
   it("gives the same records however the bytes are split into chunks", async () => {
     const content = '{"t":"é€𝄞"}\r\n\n{"id":"x","t":"ü"}\n✗ bad\r\n' + JSON.stringify({ t: "z".repeat(100) }) + '\n{"t":"end"}';
-    const whole = new SourceHarness();
+    const whole = new SourceHarness({ source: "s" });
     await readNdjsonStream(Readable.from([Buffer.from(content)]), whole, new AbortController().signal, {
-      name: "s",
       location: "stdin",
       maxLineBytes: 64,
     });
@@ -486,9 +485,8 @@ describe("file source: stdin", () => {
     for (const size of [1, 2, 3, 5, 7, 64, 65]) {
       const parts: Buffer[] = [];
       for (let i = 0; i < bytes.length; i += size) parts.push(bytes.subarray(i, i + size));
-      const split = new SourceHarness({ chunkSize: 2 });
+      const split = new SourceHarness({ source: "s", chunkSize: 2 });
       await readNdjsonStream(Readable.from(parts), split, new AbortController().signal, {
-        name: "s",
         location: "stdin",
         maxLineBytes: 64,
       });
@@ -503,8 +501,8 @@ describe("file source: stdin", () => {
       for (let i = 0; i < 80; i++) yield piece; // 5 MiB line
       yield Buffer.from('\n{"a":2}\n');
     }
-    const harness = new SourceHarness();
-    await readNdjsonStream(huge(), harness, new AbortController().signal, { name: "s", location: "stdin", maxLineBytes: 1024 });
+    const harness = new SourceHarness({ source: "s" });
+    await readNdjsonStream(huge(), harness, new AbortController().signal, { location: "stdin", maxLineBytes: 1024 });
     expect(harness.payloads).toEqual([{ a: 1 }, { a: 2 }]);
     expect(harness.failures).toHaveLength(1);
     expect(harness.failures[0]!.raw).toBe("x".repeat(1024));
@@ -517,7 +515,7 @@ describe("file source: stdin", () => {
       [Symbol.asyncIterator]: () => ({ next: () => new Promise<IteratorResult<Buffer>>(() => {}) }),
     };
     const controller = new AbortController();
-    const done = readNdjsonStream(never, new SourceHarness(), controller.signal, { name: "s", location: "stdin", maxLineBytes: 100 });
+    const done = readNdjsonStream(never, new SourceHarness(), controller.signal, { location: "stdin", maxLineBytes: 100 });
     controller.abort();
     await expect(done).resolves.toBeUndefined();
   });
@@ -528,7 +526,7 @@ describe("file source: stdin", () => {
       throw new Error("EIO");
     }
     await expect(
-      readNdjsonStream(failing(), new SourceHarness(), new AbortController().signal, { name: "s", location: "stdin", maxLineBytes: 100 }),
+      readNdjsonStream(failing(), new SourceHarness(), new AbortController().signal, { location: "stdin", maxLineBytes: 100 }),
     ).rejects.toMatchObject({ code: "ERR_SOURCE_READ", location: "stdin" });
   });
 });
