@@ -533,15 +533,31 @@ class FileSource implements Source {
         start.offset,
         start.line,
       );
-      const buf = Buffer.allocUnsafe(READ_BYTES);
-      const readToEnd = async (from: FileHandle): Promise<boolean> => {
-        for (;;) {
-          if (signal.aborted) return false;
-          const { bytesRead } = await from.read(buf, 0, buf.length, reader.readPos).catch((err: unknown) => {
+      // Two buffers: the next read runs on the thread pool while this one is parsed, so the
+      // event loop never sits idle waiting for the disk.
+      const bufs = [Buffer.allocUnsafe(READ_BYTES), Buffer.allocUnsafe(READ_BYTES)] as const;
+      const read = (from: FileHandle, i: 0 | 1, position: number): Promise<number> =>
+        from.read(bufs[i], 0, READ_BYTES, position).then(
+          (r) => r.bytesRead,
+          (err: unknown) => {
             throw readError(path, "cannot read", err);
-          });
+          },
+        );
+      const readToEnd = async (from: FileHandle): Promise<boolean> => {
+        let i: 0 | 1 = 0;
+        let next = read(from, i, reader.readPos);
+        for (;;) {
+          const bytesRead = await next;
           if (bytesRead === 0) return true;
-          if (!(await reader.feed(buf.subarray(0, bytesRead)))) return false;
+          if (signal.aborted) return false;
+          const data = bufs[i].subarray(0, bytesRead);
+          i = i === 0 ? 1 : 0;
+          next = read(from, i, reader.readPos + bytesRead);
+          if (!(await reader.feed(data))) {
+            // Let the read-ahead settle before the file is closed under it.
+            await next.catch(() => 0);
+            return false;
+          }
         }
       };
 
