@@ -122,6 +122,37 @@ describe("file source: reading", () => {
     expect(harness.entries.map((e) => e.failure === undefined)).toEqual([true, false, false, false, false, false, true]);
   });
 
+  it("never lets bad lines that look like objects merge into neighbours when a run is parsed at once", async () => {
+    // Each bad line starts with { and ends with }. Joined with commas, lines 2 and 3 parse as one
+    // object ({"s":"},{"}) and line 4 adds an element, so the run has one element per line: only
+    // the top-level-comma check sends it down the line-by-line path.
+    const lines = ['{"a":1}', '{"s":"}', '{"}', '{"x":1},{"y":2}', '{"u":"},"}', '{"a":2}'];
+    await writeFile(inputPath, `${lines.join("\n")}\n`);
+    const { harness } = await runOnce();
+    expect(harness.payloads).toEqual([{ a: 1 }, { u: "}," }, { a: 2 }]);
+    expect(harness.failures.map((f) => [f.raw, failureOf(f).location])).toEqual([
+      ['{"s":"}', `${inputPath}:2`],
+      ['{"}', `${inputPath}:3`],
+      ['{"x":1},{"y":2}', `${inputPath}:4`],
+    ]);
+  });
+
+  it("parses long runs of object lines with the right ids, sizes and line numbers", async () => {
+    const lines = Array.from({ length: 250 }, (_, i) => JSON.stringify({ n: i, s: "é".repeat(i % 3) }));
+    lines[137] = '{"n":137,"bad"}';
+    await writeFile(inputPath, `${lines.join("\n")}\n`);
+    const { harness } = await runOnce();
+    expect(harness.payloads.map((p) => p.n)).toEqual([...Array(250).keys()].filter((i) => i !== 137));
+    expect(failureOf(harness.failures[0]!).location).toBe(`${inputPath}:138`);
+    let offset = 0;
+    const expected = lines.map((line) => {
+      const at = offset;
+      offset += Buffer.byteLength(line) + 1;
+      return { id: `logs:${at}`, bytes: Buffer.byteLength(line) };
+    });
+    expect(harness.entries.map((e) => ({ id: e.id, bytes: e.bytes }))).toEqual(expected);
+  });
+
   it("strips \\r, skips empty and blank lines, and still counts them as lines", async () => {
     await writeFile(inputPath, '{"a":1}\r\n\r\n\n   \n\t\r\n{"a":2}\r\noops\r\n');
     const { harness } = await runOnce();
