@@ -1,5 +1,6 @@
 /** The `sluice` command line: argument parsing only; the work is in run-command.ts and the library. */
 import { Command, CommanderError } from "commander";
+import { componentsCommand } from "./components-command.js";
 import { EXIT, runCommand, validateCommand, type Io } from "./run-command.js";
 
 /** Runs the CLI with `argv` (without `node` and the script path) and resolves with the exit code. */
@@ -28,6 +29,14 @@ export async function main(argv: readonly string[], io: Io = { stdout: process.s
     .argument("<config>", "pipeline YAML file")
     .action(async (config: string) => {
       code = await validateCommand(config, io);
+    });
+
+  program
+    .command("components")
+    .description("list the built-in sources, transforms and sinks with their options")
+    .argument("[type]", "show only this type, e.g. sqlite")
+    .action((type: string | undefined) => {
+      code = componentsCommand(type, io);
     });
 
   try {

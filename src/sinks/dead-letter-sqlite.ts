@@ -16,7 +16,7 @@ const options = z.strictObject({
     .string()
     .min(1)
     .optional()
-    .describe("Database file; a relative path resolves against the pipeline's base directory; default <data_dir>/dlq.db"),
+    .describe("Database file; relative to the working directory; default <data_dir>/dlq.db"),
 });
 
 /** Wait for another connection's lock, in ms (blocks the event loop; the engine retries the write anyway). */

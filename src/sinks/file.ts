@@ -14,7 +14,7 @@ import { defineComponent, type RecordFailure, type Sink, type WriteResult } from
 import { byteSize, duration } from "../components/options.js";
 
 const options = z.strictObject({
-  path: z.string().min(1).describe("Directory of the segments; created on connect; a relative path resolves against the pipeline's base directory"),
+  path: z.string().min(1).describe("Directory of the segments; created on connect; relative to the working directory"),
   prefix: z
     .string()
     .regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, "prefix may hold letters, digits, '.', '_' and '-', and must start with a letter or digit")

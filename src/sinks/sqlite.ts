@@ -15,7 +15,7 @@ import { defineComponent, type RecordFailure, type Sink, type WriteResult } from
 const BUSY_TIMEOUT_MS = 1000;
 
 const options = z.strictObject({
-  path: z.string().min(1).describe("Database file; a relative path resolves against the pipeline's base directory"),
+  path: z.string().min(1).describe("Database file; relative to the working directory"),
   table: z.string().min(1).default("records").describe("Table to write; created when missing"),
   journal_mode: z.literal("wal").default("wal").describe("Fixed: WAL, so readers never block the writer"),
   synchronous: z

@@ -335,3 +335,26 @@ sinks:
     expect(stored).toContain("r-999");
   });
 });
+
+describe("sluice components", () => {
+  it("lists every built-in type with its options, defaults and descriptions", async () => {
+    const r = await cli("components");
+    expect(r.code).toBe(0);
+    for (const type of ["source generator", "source file", "transform module", "transform validate", "sink sqlite", "sink file", "sink stdout", "sink blackhole", "dead_letter sqlite"]) {
+      expect(r.stdout).toContain(`${type}:`);
+    }
+    expect(r.stdout).toMatch(/^\s+rotate_bytes\s+default 67108864\. Finish a segment/m);
+    expect(r.stdout).toMatch(/^\s+path\s+required\./m);
+  });
+
+  it("shows one type, and exits 2 naming the valid types for an unknown one", async () => {
+    const one = await cli("components", "sqlite");
+    expect(one.code).toBe(0);
+    expect(one.stdout).toContain("sink sqlite:");
+    expect(one.stdout).toContain("dead_letter sqlite:");
+    expect(one.stdout).not.toContain("sink file:");
+    const bad = await cli("components", "kafka");
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/unknown component type "kafka"; one of: generator, file, module/);
+  });
+});

@@ -1,0 +1,67 @@
+/**
+ * `sluice components [type]`: every built-in component with its summary and options, read from
+ * the same schemas that validate configs, so this help can never drift from what is accepted.
+ */
+import { z } from "zod";
+import { DEAD_LETTER_STORES, SINKS, SOURCES, TRANSFORMS } from "../components/builtins.js";
+import type { ComponentDefinition } from "../components/contracts.js";
+import { EXIT, type Io } from "./run-command.js";
+
+interface OptionLine {
+  readonly key: string;
+  readonly required: boolean;
+  readonly fallback: unknown;
+  readonly description: string;
+}
+
+function describeOptions(options: z.ZodObject): OptionLine[] {
+  return Object.entries(options.shape).map(([key, schema]) => {
+    let s: z.ZodType = schema as z.ZodType;
+    let required = true;
+    let fallback: unknown;
+    let description = s.description ?? "";
+    for (;;) {
+      description ||= s.description ?? "";
+      if (s instanceof z.ZodDefault || s instanceof z.ZodPrefault) {
+        required = false;
+        fallback = s.def.defaultValue;
+        s = s.def.innerType as z.ZodType;
+      } else if (s instanceof z.ZodOptional) {
+        required = false;
+        s = s.def.innerType as z.ZodType;
+      } else break;
+    }
+    return { key, required, fallback, description };
+  });
+}
+
+function render(kind: string, def: ComponentDefinition<z.ZodObject, unknown>): string {
+  const lines = [`${kind} ${def.type}: ${def.summary}`];
+  const options = describeOptions(def.options);
+  const width = Math.max(4, ...options.map((o) => o.key.length));
+  for (const o of options) {
+    const note = o.required ? "required" : o.fallback === undefined ? "optional" : `default ${JSON.stringify(o.fallback)}`;
+    lines.push(`  ${o.key.padEnd(width)}  ${note}${o.description ? `. ${o.description}` : ""}`);
+  }
+  return lines.join("\n");
+}
+
+/** Prints the built-in components (or one type); exit 2 for an unknown type. */
+export function componentsCommand(type: string | undefined, io: Io): number {
+  const all: [string, readonly ComponentDefinition<z.ZodObject, unknown>[]][] = [
+    ["source", SOURCES],
+    ["transform", TRANSFORMS],
+    ["sink", SINKS],
+    ["dead_letter", DEAD_LETTER_STORES],
+  ];
+  const blocks = all.flatMap(([kind, defs]) => defs.filter((d) => type === undefined || d.type === type).map((d) => render(kind, d)));
+  if (blocks.length === 0) {
+    io.stderr.write(`unknown component type "${type}"; one of: ${all.flatMap(([, defs]) => defs.map((d) => d.type)).join(", ")}\n`);
+    return EXIT.usage;
+  }
+  io.stdout.write(`${blocks.join("\n\n")}\n`);
+  if (type === undefined) {
+    io.stdout.write("\nEvery source also takes id_field, key_field, time_field; every sink takes concurrency, batch, retry, chaos (see README.md).\n");
+  }
+  return EXIT.ok;
+}
