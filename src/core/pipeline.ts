@@ -194,7 +194,11 @@ export class Pipeline {
     if (this.state.tag !== "idle") throw new SluiceError("ERR_INTERNAL", "a pipeline runs once");
     this.state = { tag: "running" };
     await this.o.deadLetter.open();
-    for (const runner of this.runners) void runner.start();
+    this.runners.forEach((runner, i) => {
+      void runner.start().then((error) => {
+        if (error) this.fail(error, this.o.sinks[i]!.name, "sink cannot connect; stopping", false);
+      });
+    });
 
     const sourcesDone = Promise.all(this.o.sources.map((s, i) => this.runSource(s, this.trackers[i]!))).then(() => this.o.buffer.close());
 
@@ -248,10 +252,19 @@ export class Pipeline {
       await s.source.run(this.handleFor(s, tracker), this.sourceAbort.signal);
     } catch (err) {
       if (this.sourceAbort.signal.aborted) return;
-      this.failure ??= classify(err, "ERR_SOURCE_READ");
-      this.logger.error({ source: s.name, code: this.failure.code, err: this.failure.message }, "source failed; stopping");
-      this.stop();
+      this.fail(classify(err, "ERR_SOURCE_READ"), s.name, "source failed; stopping", true);
     }
+  }
+
+  /**
+   * A component failed for good: stop with status `failed`. A sink that cannot connect ends the
+   * run at once (nothing could drain into it); a failed source lets what is in flight drain.
+   */
+  private fail(error: SluiceError, component: string, msg: string, drain: boolean): void {
+    this.failure ??= error;
+    this.logger.error({ component, code: error.code, err: error.message }, msg);
+    this.stop();
+    if (!drain) this.hardAbort.abort(error);
   }
 
   private handleFor(s: SourceSettings, tracker: AckTracker): SourceHandle {

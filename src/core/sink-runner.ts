@@ -88,24 +88,30 @@ export class SinkRunner {
     }));
   }
 
-  /** Connects the sink, retrying with backoff until it succeeds or the hard deadline aborts. */
-  async start(): Promise<void> {
+  /**
+   * Connects the sink, retrying retryable failures with backoff until it succeeds or the hard
+   * deadline aborts. Resolves with the error when connecting failed for good (a table of the wrong
+   * shape): retrying that would only hang the pipeline.
+   */
+  async start(): Promise<SluiceError | undefined> {
     for (let attempt = 1; !this.o.signal.aborted; attempt++) {
       try {
         await this.o.sink.connect(this.o.signal);
         this.connected = true;
         for (const lane of this.lanes) this.pump(lane);
-        return;
+        return undefined;
       } catch (err) {
         const e = classify(err, "ERR_SINK_CONNECT");
         this.o.emit({ type: "component_error", component: this.o.name, code: e.code, message: e.message });
+        if (!e.retryable) return e;
         try {
           await sleep(this.o.clock, Math.max(1, backoffDelay(this.o.retry.backoff, attempt, this.o.random)), this.o.signal);
         } catch {
-          return;
+          return undefined;
         }
       }
     }
+    return undefined;
   }
 
   /** Takes records to write. Never waits: the pipeline's buffer bounds how many can be here. */

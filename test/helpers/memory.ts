@@ -217,6 +217,8 @@ export interface MemorySinkOptions {
   readonly schedule?: readonly WriteStep[] | ((call: WriteCall) => WriteStep);
   /** The first this-many `connect` calls reject with a retryable `ERR_SINK_CONNECT`. */
   readonly connectFailures?: number;
+  /** Every `connect` call rejects with this error (a sink that can never work). */
+  readonly connectError?: SluiceError;
   /** Called at the start of every write call (a good place to sample the buffer). */
   readonly onWrite?: (call: WriteCall) => void;
   /** Called when a write call settles, whatever its outcome. */
@@ -268,6 +270,7 @@ export class MemorySink implements Sink {
 
   async connect(_signal: AbortSignal): Promise<void> {
     this.connectCalls.push(this.clock?.now() ?? 0);
+    if (this.o.connectError) throw this.o.connectError;
     if (this.connectCalls.length <= (this.o.connectFailures ?? 0)) {
       throw new SluiceError("ERR_SINK_CONNECT", `connect refused (${this.connectCalls.length})`);
     }

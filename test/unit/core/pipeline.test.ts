@@ -363,6 +363,18 @@ describe("Pipeline, end to end in memory", () => {
     });
   });
 
+  it("fails the run at once, without waiting out shutdown_timeout, when a sink cannot connect for good", async () => {
+    const source = new MemorySource(payloads(6));
+    const sink = new MemorySink({ connectError: new SluiceError("ERR_SINK_CONNECT", "table has the wrong shape", { retryable: false }) });
+    const tp = makePipeline({ sources: [source], sinks: [sink], chunkSize: 2 });
+    const t0 = tp.clock.now();
+    const status = await tp.run();
+    expect(status).toMatchObject({ tag: "failed", error: { code: "ERR_SINK_CONNECT", message: "table has the wrong shape" } });
+    expect(sink.connectCalls).toHaveLength(1);
+    expect(tp.clock.now() - t0).toBeLessThan(1000);
+    expect(source.acks).toEqual([]);
+  });
+
   it("acks checkpoints in order and only over contiguous done chunks", async () => {
     // Keyless chunks go round robin over 2 lanes: chunk 0 (slow) on lane 0, chunk 1 on lane 1.
     const sink = new MemorySink({ schedule: (call) => (call.ids.includes("r-0") ? { delayMs: 1000, then: "ok" } : "ok") });
