@@ -31,6 +31,7 @@ export type { Clock } from "./core/clock.js";
 export type { Logger, InternalEvent } from "./core/events.js";
 export { Pipeline } from "./core/pipeline.js";
 export type { PipelineOptions, PipelineStatus, PipelineState, SourceSettings, SinkSettings } from "./core/pipeline.js";
+export type { AdaptiveSettings, Concurrency } from "./core/adaptive-concurrency.js";
 export { MemoryBuffer } from "./core/buffer.js";
 export type { Buffer, BufferLimits, WhenFull } from "./core/buffer.js";
 

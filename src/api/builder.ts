@@ -8,7 +8,7 @@ import { resolve } from "node:path";
 import type { z } from "zod";
 import type { ComponentContext, ComponentDefinition, DeadLetterStore, Sink, Source, Transform } from "../components/contracts.js";
 import { sinkSettings, type BuiltPipeline } from "../config/build.js";
-import { sinkDrivingSchema, topSchema } from "../config/schema.js";
+import { sinkDrivingSchema, topSchema, validateSinkDriving } from "../config/schema.js";
 import { MemoryBuffer } from "../core/buffer.js";
 import { systemClock, type Clock } from "../core/clock.js";
 import { SluiceError } from "../core/errors.js";
@@ -131,15 +131,17 @@ export class PipelineBuilder<P extends object> {
   }
 
   /**
-   * Adds a sink. `driving` takes the YAML's sink keys: `concurrency`, `batch`, `retry`, `chaos`.
+   * Adds a sink. `driving` takes the YAML's sink keys: `concurrency` (a number, `"adaptive"` or
+   * `{ adaptive: {...} }`), `batch`, `retry`, `chaos`.
    * @throws SluiceError `ERR_CONFIG_INVALID` when `driving` is invalid.
    */
   sink(name: string, factory: SinkFactory<P>, driving: z.input<typeof sinkDrivingSchema> = {}): PipelineBuilder<P> {
-    const parsed = sinkDrivingSchema.safeParse(driving);
-    if (!parsed.success) {
-      throw new SluiceError("ERR_CONFIG_INVALID", parsed.error.issues.map((i) => `sinks.${name}.${i.path.join(".")}: ${i.message}`).join("; "));
+    const parsed = validateSinkDriving(driving, `sinks.${name}`);
+    if (parsed.driving === undefined) {
+      throw new SluiceError("ERR_CONFIG_INVALID", parsed.issues.map((i) => `${i.path}: ${i.message}`).join("; "));
     }
-    return this.with({ sinks: [...this.sinks, { name, make: (ctx) => ({ factory, driving: parsed.data, ctx: ctx(name) }) }] });
+    const settings = parsed.driving;
+    return this.with({ sinks: [...this.sinks, { name, make: (ctx) => ({ factory, driving: settings, ctx: ctx(name) }) }] });
   }
 
   /** Replaces the dead-letter store (default: SQLite at `<data_dir>/dlq.db`). */

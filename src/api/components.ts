@@ -8,6 +8,7 @@ import type { DeadLetterStore, Sink, Source, Transform } from "../components/con
 import { definition as deadLetterSqlite } from "../sinks/dead-letter-sqlite.js";
 import { definition as blackhole } from "../sinks/blackhole.js";
 import { definition as fileSink } from "../sinks/file.js";
+import { definition as postgres } from "../sinks/postgres.js";
 import { definition as sqlite } from "../sinks/sqlite.js";
 import { definition as stdout } from "../sinks/stdout.js";
 import { definition as fileSource } from "../sources/file.js";
@@ -38,6 +39,7 @@ export const sources = {
 /** Built-in sinks; each accepts any payload. */
 export const sinks = {
   sqlite: (options: z.input<typeof sqlite.options>): SinkFactory<object> => fromDefinition(sqlite, options),
+  postgres: (options: z.input<typeof postgres.options>): SinkFactory<object> => fromDefinition(postgres, options),
   file: (options: z.input<typeof fileSink.options>): SinkFactory<object> => fromDefinition(fileSink, options),
   stdout: (options: z.input<typeof stdout.options> = {}): SinkFactory<object> => fromDefinition(stdout, options),
   blackhole: (): SinkFactory<object> => fromDefinition(blackhole, {}),

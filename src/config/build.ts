@@ -7,6 +7,7 @@ import { resolve } from "node:path";
 import { withChaos } from "../components/chaos.js";
 import type { ComponentContext, Sink } from "../components/contracts.js";
 import { MemoryBuffer } from "../core/buffer.js";
+import type { Concurrency } from "../core/adaptive-concurrency.js";
 import { systemClock, type Clock } from "../core/clock.js";
 import type { Logger } from "../core/events.js";
 import { Pipeline, type SinkSettings } from "../core/pipeline.js";
@@ -31,6 +32,13 @@ export interface BuiltPipeline {
   readonly dataDir: string;
 }
 
+/** The engine's {@link Concurrency} from the validated `concurrency` key. */
+function concurrencyOf(c: SinkDriving["concurrency"]): Concurrency {
+  if (typeof c === "number") return c;
+  const a = c.adaptive;
+  return { tag: "adaptive", initial: a.initial, max: a.max, decreaseRatio: a.decrease_ratio, ewmaAlpha: a.ewma_alpha, rttDeviationScale: a.rtt_deviation_scale };
+}
+
 /** How the engine drives a sink, from validated driving settings; wraps the sink in its chaos block. */
 export function sinkSettings(name: string, sink: Sink, d: SinkDriving, clock: Clock): SinkSettings {
   const random = d.chaos?.seed === undefined ? Math.random : mulberry32(d.chaos.seed);
@@ -43,7 +51,7 @@ export function sinkSettings(name: string, sink: Sink, d: SinkDriving, clock: Cl
       maxElapsedMs: d.retry.max_elapsed,
       backoff: { initialMs: d.retry.initial_backoff, maxMs: d.retry.max_backoff, multiplier: d.retry.multiplier },
     },
-    concurrency: d.concurrency,
+    concurrency: concurrencyOf(d.concurrency),
   };
 }
 

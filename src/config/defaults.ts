@@ -16,8 +16,21 @@ export const DEFAULTS = {
     chunk_size: 1000,
   },
   sink: {
-    /** Batches in flight per sink. */
+    /** Batches in flight per sink (a number, or `adaptive` with the settings below). */
     concurrency: 4,
+    /** `concurrency: adaptive`: an AIMD limit on batches in flight, driven by latency and errors. */
+    adaptive: {
+      /** Limit at start, batches. */
+      initial: 1,
+      /** Highest limit, batches (and lanes); also capped by what the sink supports. */
+      max: 16,
+      /** Factor applied to the limit on back pressure or a latency rise, in (0, 1). */
+      decrease_ratio: 0.9,
+      /** Weight of each new window in the moving average of past latency, in (0, 1]. */
+      ewma_alpha: 0.4,
+      /** Standard deviations above the past mean latency before a window counts as a rise. */
+      rtt_deviation_scale: 2.5,
+    },
     batch: {
       max_records: 1000,
       /** 4 MiB. */

@@ -46,8 +46,30 @@ const retrySchema = z.strictObject({
   multiplier: z.number().min(1).default(DEFAULTS.sink.retry.multiplier).describe("Growth of the delay cap per attempt."),
 });
 
+const adaptiveDefaults = DEFAULTS.sink.adaptive;
+
+const adaptiveSchema = z
+  .strictObject({
+    initial: z.number().int().positive().default(adaptiveDefaults.initial).describe("Limit at start, in batches in flight."),
+    max: z.number().int().positive().default(adaptiveDefaults.max).describe("Highest limit (and number of lanes); also capped by what the sink supports."),
+    decrease_ratio: z.number().gt(0).lt(1).default(adaptiveDefaults.decrease_ratio).describe("Factor applied to the limit on a retryable error or a latency rise."),
+    ewma_alpha: z.number().gt(0).max(1).default(adaptiveDefaults.ewma_alpha).describe("Weight of each new window in the moving average of past latency."),
+    rtt_deviation_scale: z.number().min(0).default(adaptiveDefaults.rtt_deviation_scale).describe("Standard deviations above the past mean latency before a window counts as a rise."),
+  })
+  // Only once both keys are valid on their own: `max: 0` needs one message, not two.
+  .refine((a) => a.initial <= a.max, { path: ["initial"], message: "must not exceed max", when: (payload) => payload.issues.length === 0 });
+
+const concurrencySchema = z
+  .union([
+    z.number().int().positive(),
+    z.literal("adaptive").transform(() => ({ adaptive: adaptiveSchema.parse({}) })),
+    z.strictObject({ adaptive: adaptiveSchema.prefault({}) }),
+  ])
+  .default(DEFAULTS.sink.concurrency)
+  .describe("Batches in flight at once (capped by what the sink supports): a number, `adaptive`, or `{ adaptive: { initial, max, decrease_ratio, ewma_alpha, rtt_deviation_scale } }`.");
+
 const sinkDriving = {
-  concurrency: z.number().int().positive().default(DEFAULTS.sink.concurrency).describe("Batches in flight at once (capped by what the sink supports)."),
+  concurrency: concurrencySchema,
   batch: batchSchema.prefault({}),
   retry: retrySchema.prefault({}),
   chaos: chaosOptions.optional().describe("Injected failures and latency, to rehearse incidents."),
@@ -182,10 +204,16 @@ function unwrap(s: unknown): unknown {
 
 type Issue = z.core.$ZodIssue;
 
-/** True when a union branch failed only because the value has another type (`received string`, `expected object`). */
+/**
+ * True when a union branch failed only because the value has another type (`received string`,
+ * `expected object`). `expected int` is not one: zod reports a fractional number that way, and
+ * `concurrency: 1.5` should hear that it is not an integer, not that it is not `adaptive`.
+ */
 function wrongType(branch: readonly Issue[]): boolean {
   return branch.every(
-    (i) => i.path.length === 0 && (i.code === "invalid_type" || (i.code === "invalid_union" && i.errors.every((b) => wrongType(b)))),
+    (i) =>
+      i.path.length === 0 &&
+      ((i.code === "invalid_type" && i.expected !== "int") || (i.code === "invalid_union" && i.errors.every((b) => wrongType(b)))),
   );
 }
 
@@ -236,6 +264,17 @@ function collect(schema: z.ZodType, value: unknown, prefix: string, issues: Conf
 function componentSchema(def: ComponentDefinition<z.ZodObject, unknown>, common: z.ZodRawShape): z.ZodObject {
   // safeExtend keeps the component's own refinements (e.g. "exactly one of schema / schema_inline") and its strictness.
   return def.options.safeExtend({ ...common, type: z.literal(def.type) });
+}
+
+/**
+ * Validates a sink's driving settings (`concurrency`, `batch`, `retry`, `chaos`) for the library
+ * API, with the YAML loader's messages: a failed union reports its matching branch, an unknown key
+ * its likely meaning. `prefix` (e.g. `sinks.db`) starts every issue's path.
+ */
+export function validateSinkDriving(raw: unknown, prefix: string): { driving: SinkDriving; issues: [] } | { driving: undefined; issues: ConfigIssue[] } {
+  const issues: ConfigIssue[] = [];
+  const driving = collect(sinkDrivingSchema, raw, prefix, issues) as SinkDriving | undefined;
+  return driving === undefined ? { driving: undefined, issues } : { driving, issues: [] };
 }
 
 function findDefinition<D extends { type: string }>(defs: readonly D[], raw: unknown, path: string, kind: string, issues: ConfigIssue[]): D | undefined {

@@ -9,8 +9,11 @@ export type InternalEvent =
   | { type: "records_dead_lettered"; sink: string; code: string; count: number }
   | { type: "records_dropped"; reason: DropReason; count: number }
   | { type: "records_retried"; sink: string; count: number; code: string; message: string; delayMs: number }
+  /** Records a sink did not apply because a record at least as new was there first (postgres `upsert_latest`). */
+  | { type: "records_late"; sink: string; count: number }
   | { type: "records_completed"; delivered: number; deadLettered: number }
   | { type: "sink_batch_written"; sink: string; seconds: number }
+  | { type: "concurrency_limit"; sink: string; limit: number }
   | { type: "backpressure"; source: string; seconds: number }
   | { type: "component_error"; component: string; code: string; message: string };
 

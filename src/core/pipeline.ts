@@ -1,5 +1,6 @@
 import type { DeadLetter, DeadLetterStore, EnqueueOutcome, Sink, Source, SourceHandle } from "../components/contracts.js";
 import { AckTracker } from "./acks.js";
+import type { Concurrency } from "./adaptive-concurrency.js";
 import type { BackoffPolicy } from "./backoff.js";
 import type { Buffer, WhenFull } from "./buffer.js";
 import { systemClock, type Clock } from "./clock.js";
@@ -28,7 +29,8 @@ export interface SinkSettings {
   readonly sink: Sink;
   readonly batch: BatchOptions;
   readonly retry: RetryOptions;
-  readonly concurrency: number;
+  /** A fixed number of batches in flight, or an adaptive limit (see {@link Concurrency}). */
+  readonly concurrency: Concurrency;
 }
 
 /** Everything a pipeline is made of. Built from YAML by `config/build.ts`, or by hand through the library API. */

@@ -1,4 +1,5 @@
 import type { DeadLetter, Sink } from "../components/contracts.js";
+import { AdaptiveConcurrency, type Concurrency, type WriteOutcome } from "./adaptive-concurrency.js";
 import { backoffDelay, type BackoffPolicy } from "./backoff.js";
 import { sleep, type Clock } from "./clock.js";
 import type { DeadLetterWriter } from "./dead-letters.js";
@@ -29,8 +30,11 @@ export interface SinkRunnerOptions {
   readonly sink: Sink;
   readonly batch: BatchOptions;
   readonly retry: RetryOptions;
-  /** Batches in flight at once (lanes); capped by the sink's `maxInFlight`. */
-  readonly concurrency: number;
+  /**
+   * Batches in flight at once: a number (that many lanes) or adaptive (`max` lanes, of which an
+   * AIMD limit may have a batch in flight at once). Lanes are capped by the sink's `maxInFlight`.
+   */
+  readonly concurrency: Concurrency;
   readonly clock: Clock;
   readonly random: () => number;
   readonly emit: EventSink;
@@ -49,6 +53,8 @@ interface Lane {
   queuedBytes: number;
   firstQueuedAt: number;
   busy: boolean;
+  /** Has a batch ready and is queued for a slot of the adaptive limiter. */
+  waiting: boolean;
   cancelTimer: (() => void) | undefined;
 }
 
@@ -63,29 +69,41 @@ function hashKey(key: string): number {
 }
 
 /**
- * Drives one sink: spreads records over lanes (by key hash, keyless records round-robin per
- * chunk), cuts batches by records, bytes and wait, writes each with retry (exponential backoff
- * with full jitter), sends only the failing records of a batch to the dead-letter sink, and
- * reports every record done exactly once.
+ * Drives one sink: spreads records over lanes (by key hash; keyless records round-robin per
+ * chunk, or with adaptive concurrency to a lane free to take them), cuts batches by records,
+ * bytes and wait, writes each with retry (exponential backoff with full jitter), sends only the
+ * failing records of a batch to the dead-letter sink, and reports every record done exactly once.
+ *
+ * With adaptive concurrency a lane with a batch ready also needs a slot of the
+ * {@link AdaptiveConcurrency} limiter; lanes without one queue for it in the order they became
+ * ready. A batch holds its slot until it is done, retry waits included, so a sink in trouble does
+ * not get fresh batches while old ones back off.
  *
  * Memory needs no bound of its own here: every record it holds is counted in the pipeline's buffer.
  */
 export class SinkRunner {
   private readonly lanes: Lane[];
+  private readonly limiter: AdaptiveConcurrency | undefined;
+  /** Lanes with a batch ready and no slot yet, oldest first (adaptive concurrency only). */
+  private readonly waiting: Lane[] = [];
   private nextLane = 0;
   private connected = false;
   private draining = false;
 
   constructor(private readonly o: SinkRunnerOptions) {
-    const n = Math.max(1, Math.min(o.concurrency, o.sink.maxInFlight));
+    const c = o.concurrency;
+    const n = Math.max(1, Math.min(typeof c === "number" ? c : c.max, o.sink.maxInFlight));
     this.lanes = Array.from({ length: n }, () => ({
       queue: [],
       head: 0,
       queuedBytes: 0,
       firstQueuedAt: 0,
       busy: false,
+      waiting: false,
       cancelTimer: undefined,
     }));
+    this.limiter = typeof c === "number" ? undefined : new AdaptiveConcurrency({ ...c, max: n }, o.clock);
+    this.emitLimit();
   }
 
   /**
@@ -121,8 +139,7 @@ export class SinkRunner {
       this.append(this.lanes[0]!, records, now);
       return;
     }
-    const rr = this.lanes[this.nextLane]!;
-    this.nextLane = (this.nextLane + 1) % this.lanes.length;
+    const rr = this.keylessLane();
     const touched = new Set<Lane>();
     for (const r of records) {
       const lane = r.key === undefined ? rr : this.lanes[hashKey(r.key) % this.lanes.length]!;
@@ -138,6 +155,33 @@ export class SinkRunner {
   drain(): void {
     this.draining = true;
     for (const lane of this.lanes) this.pump(lane);
+  }
+
+  /**
+   * The lane for a chunk's keyless records. Round-robin, except under an adaptive limit: there
+   * most lanes may be without a slot, and records spread over all of them would sit in partial
+   * batches until `max_wait`. So the records stay on one lane until it is writing or holds a full
+   * batch, then move to the next lane that is neither.
+   */
+  private keylessLane(): Lane {
+    const n = this.lanes.length;
+    if (this.limiter === undefined) {
+      const lane = this.lanes[this.nextLane]!;
+      this.nextLane = (this.nextLane + 1) % n;
+      return lane;
+    }
+    let fewest = this.lanes[this.nextLane]!;
+    for (let i = 0; i < n; i++) {
+      const index = (this.nextLane + i) % n;
+      const lane = this.lanes[index]!;
+      const queued = lane.queue.length - lane.head;
+      if (!lane.busy && queued < this.o.batch.maxRecords && lane.queuedBytes < this.o.batch.maxBytes) {
+        this.nextLane = index;
+        return lane;
+      }
+      if (queued < fewest.queue.length - fewest.head) fewest = lane;
+    }
+    return fewest;
   }
 
   private append(lane: Lane, records: readonly Entry[], now: number): void {
@@ -164,6 +208,15 @@ export class SinkRunner {
     }
     lane.cancelTimer?.();
     lane.cancelTimer = undefined;
+    if (this.limiter !== undefined) {
+      // Queued lanes are served in order by admitWaiting, not by whoever calls pump first.
+      if (lane.waiting) return;
+      if (!this.limiter.tryAcquire()) {
+        lane.waiting = true;
+        this.waiting.push(lane);
+        return;
+      }
+    }
     const batch = this.cut(lane);
     lane.busy = true;
     void this.writeWithRetry(batch).then(
@@ -177,7 +230,34 @@ export class SinkRunner {
 
   private laneFree(lane: Lane): void {
     lane.busy = false;
+    if (this.limiter !== undefined) {
+      this.limiter.release();
+      // Lanes that waited for a slot go before this lane's next batch.
+      this.admitWaiting();
+    }
     this.pump(lane);
+  }
+
+  /** Starts queued lanes while the limiter has slots. */
+  private admitWaiting(): void {
+    const limiter = this.limiter;
+    if (limiter === undefined) return;
+    while (this.waiting.length > 0 && limiter.available && this.connected && !this.o.signal.aborted) {
+      const lane = this.waiting.shift()!;
+      lane.waiting = false;
+      this.pump(lane);
+    }
+  }
+
+  /** Feeds one write attempt to the limiter; a changed limit is reported and may admit queued lanes. */
+  private observe(outcome: WriteOutcome): void {
+    if (this.limiter?.observe(outcome) !== true) return;
+    this.emitLimit();
+    this.admitWaiting();
+  }
+
+  private emitLimit(): void {
+    this.o.emit({ type: "concurrency_limit", sink: this.o.name, limit: this.limiter?.limit ?? this.lanes.length });
   }
 
   private cut(lane: Lane): Entry[] {
@@ -228,6 +308,8 @@ export class SinkRunner {
       const now = clock.now();
       this.o.emit({ type: "sink_batch_written", sink: name, seconds: (now - started) / 1000 });
       if (signal.aborted) return;
+      const backPressure = error !== undefined ? error.retryable : failures.some((f) => f.error.retryable);
+      this.observe({ tag: backPressure ? "back_pressure" : error !== undefined ? "rejected" : "ok", startedAt: started });
       if (error === undefined && failures.length === 0) {
         this.commit(pending, now);
         return;

@@ -51,8 +51,10 @@ export class Metrics {
   private readonly deadLettered = new Counter({ name: "sluice_records_dead_lettered_total", help: "Records written to the dead-letter sink, by the sink or stage that gave up and the error code.", labelNames: ["sink", "code"], registers: [this.registry] });
   private readonly dropped = new Counter({ name: "sluice_records_dropped_total", help: "Records dropped by an explicit policy.", labelNames: ["reason"], registers: [this.registry] });
   private readonly retried = new Counter({ name: "sluice_records_retried_total", help: "Record write attempts repeated after a retryable failure.", labelNames: ["sink"], registers: [this.registry] });
+  private readonly late = new Counter({ name: "sluice_records_late_total", help: "Records committed but not applied because a record of the same key at least as new was there first (upsert_latest).", labelNames: ["sink"], registers: [this.registry] });
   private readonly backpressure = new Counter({ name: "sluice_backpressure_seconds_total", help: "Time sources spent waiting for room in the buffer.", labelNames: ["source"], registers: [this.registry] });
   private readonly batchDuration = new Histogram({ name: "sluice_sink_batch_duration_seconds", help: "Duration of one batch write attempt.", labelNames: ["sink"], buckets: LATENCY_BUCKETS, registers: [this.registry] });
+  private readonly concurrencyLimit = new Gauge({ name: "sluice_sink_concurrency_limit", help: "Batches a sink may have in flight at once: its lanes, or the current adaptive limit.", labelNames: ["sink"], registers: [this.registry] });
   private readonly latency = new WeightedHistogram("sluice_end_to_end_latency_seconds", "Time from a record's receipt to its commit by a sink.", "sink", LATENCY_BUCKETS, this.registry);
 
   constructor(
@@ -111,12 +113,18 @@ export class Metrics {
         this.retried.inc({ sink: event.sink }, event.count);
         this.logRateLimited(`retry:${event.sink}:${event.code}`, { sink: event.sink, code: event.code, err: event.message, records: event.count, delay_ms: event.delayMs }, "write failed; retrying");
         break;
+      case "records_late":
+        this.late.inc({ sink: event.sink }, event.count);
+        break;
       case "records_completed":
         c.delivered += event.delivered;
         c.dead_lettered += event.deadLettered;
         break;
       case "sink_batch_written":
         this.batchDuration.observe({ sink: event.sink }, event.seconds);
+        break;
+      case "concurrency_limit":
+        this.concurrencyLimit.set({ sink: event.sink }, event.limit);
         break;
       case "backpressure":
         this.backpressure.inc({ source: event.source }, event.seconds);

@@ -9,6 +9,7 @@
  * `violations` list: tests assert it stays empty.
  */
 import type { DeadLetter, DeadLetterStore, EnqueueOutcome, Sink, Source, SourceHandle, WriteResult } from "../../src/components/contracts.js";
+import type { Concurrency } from "../../src/core/adaptive-concurrency.js";
 import type { BackoffPolicy } from "../../src/core/backoff.js";
 import { MemoryBuffer, type BufferLimits, type WhenFull } from "../../src/core/buffer.js";
 import { sleep, type Clock } from "../../src/core/clock.js";
@@ -440,8 +441,8 @@ export interface TestPipelineOptions {
   readonly batch?: Partial<BatchOptions>;
   /** Per-sink retry; default 5 attempts, 60 s, backoff 100 ms x2 up to 1 s. */
   readonly retry?: Partial<RetryOptions>;
-  /** Per-sink lanes; default 1. */
-  readonly concurrency?: number;
+  /** Per-sink lanes (or an adaptive limit); default 1. */
+  readonly concurrency?: Concurrency;
   readonly deadLetterBackoff?: BackoffPolicy;
   /** Seed of the pipeline's random (backoff jitter); default 1. Ignored when `random` is given. */
   readonly seed?: number;

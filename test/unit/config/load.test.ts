@@ -289,6 +289,45 @@ dead_letter: { type: s3 }
   });
 });
 
+describe("parseConfig: concurrency", () => {
+  const ADAPTIVE_DEFAULTS = {
+    initial: DEFAULTS.sink.adaptive.initial,
+    max: DEFAULTS.sink.adaptive.max,
+    decrease_ratio: DEFAULTS.sink.adaptive.decrease_ratio,
+    ewma_alpha: DEFAULTS.sink.adaptive.ewma_alpha,
+    rtt_deviation_scale: DEFAULTS.sink.adaptive.rtt_deviation_scale,
+  };
+  const concurrencyOf = (value: string) => valid(render({ sink: `concurrency: ${value}` })).sinks[0]!.driving.concurrency;
+
+  it("takes a fixed number, `adaptive`, or `{ adaptive: {...} }` with the defaults filled in", () => {
+    expect(concurrencyOf("7")).toBe(7);
+    expect(ADAPTIVE_DEFAULTS).toEqual({ initial: 1, max: 16, decrease_ratio: 0.9, ewma_alpha: 0.4, rtt_deviation_scale: 2.5 });
+    expect(concurrencyOf("adaptive")).toEqual({ adaptive: ADAPTIVE_DEFAULTS });
+    expect(concurrencyOf("{ adaptive: {} }")).toEqual({ adaptive: ADAPTIVE_DEFAULTS });
+    expect(concurrencyOf("{ adaptive: { max: 8, decrease_ratio: 0.5 } }")).toEqual({ adaptive: { ...ADAPTIVE_DEFAULTS, max: 8, decrease_ratio: 0.5 } });
+  });
+
+  it.each([
+    ["adaptve", "sinks.db.concurrency", /expected "adaptive"/],
+    ["1.5", "sinks.db.concurrency", /expected int/],
+    ["{ adaptive: { mx: 8 } }", "sinks.db.concurrency.adaptive.mx", /did you mean "max"/],
+    ["{ adaptive: { max: 8 }, initial: 2 }", "sinks.db.concurrency.initial", /unknown key "initial"/],
+    ["{ adaptive: { initial: 20 } }", "sinks.db.concurrency.adaptive.initial", /must not exceed max/],
+    ["{ adaptive: { max: 0 } }", "sinks.db.concurrency.adaptive.max", /too small/i],
+    ["{ adaptive: { decrease_ratio: 1 } }", "sinks.db.concurrency.adaptive.decrease_ratio", /too big/i],
+    ["{ adaptive: { decrease_ratio: 0 } }", "sinks.db.concurrency.adaptive.decrease_ratio", /too small/i],
+    ["{ adaptive: { ewma_alpha: 0 } }", "sinks.db.concurrency.adaptive.ewma_alpha", /too small/i],
+    ["{ adaptive: { rtt_deviation_scale: -1 } }", "sinks.db.concurrency.adaptive.rtt_deviation_scale", /too small/i],
+  ])("rejects `concurrency: %s` at %s", (value, path, message) => {
+    const text = render({ sink: `concurrency: ${value}` });
+    const issues = invalid(text);
+    expect(issues).toHaveLength(1);
+    const issue = issueAt(issues, path);
+    expect(issue.message).toMatch(message);
+    expect(issue.line).toBe(lineOf(text, "concurrency:"));
+  });
+});
+
 describe("parseConfig: sizes and durations", () => {
   it("reads units of sizes and durations", () => {
     const c = valid(

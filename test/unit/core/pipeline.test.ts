@@ -427,4 +427,23 @@ describe("Pipeline, end to end in memory", () => {
     expect(tp.source.acks.at(-1)).toBe(31);
     expectBalanced(tp, 32);
   });
+
+  it("shows a sink's adaptive concurrency limit in sluice_sink_concurrency_limit as it changes", async () => {
+    const sink = new MemorySink({ maxInFlight: 8, schedule: () => ({ delayMs: 50, then: "ok" }) });
+    const tp = makePipeline({
+      inputs: payloads(400, 40),
+      sinks: [sink],
+      chunkSize: 20,
+      concurrency: { tag: "adaptive", initial: 1, max: 6, decreaseRatio: 0.9, ewmaAlpha: 0.4, rttDeviationScale: 2.5 },
+      batch: { maxRecords: 5, maxWaitMs: 0 },
+    });
+    const gauge = async () => (await tp.metrics.registry.getSingleMetric("sluice_sink_concurrency_limit")!.get()).values.map((v) => [v.labels.sink, v.value]);
+    expect(await gauge()).toEqual([["sink", 1]]);
+    await tp.run();
+    const reported = tp.events.flatMap((e) => (e.type === "concurrency_limit" ? [e.limit] : []));
+    expect(reported.length).toBeGreaterThan(2);
+    expect(await gauge()).toEqual([["sink", reported.at(-1)]]);
+    expect(reported.at(-1)).toBeGreaterThan(1);
+    expectBalanced(tp, 400);
+  });
 });

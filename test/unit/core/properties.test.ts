@@ -1,10 +1,11 @@
 /**
  * Property tests of the engine's guarantees (DESIGN.md, Guarantees 1-3 and 5), on random record
- * sets, buffer and batch limits, lane counts and failure schedules, all on the fake clock:
+ * sets, buffer and batch limits, lane counts (fixed or adaptive) and failure schedules, all on the fake clock:
  * (1) nothing is lost, (2) the buffer bound is never exceeded, (3) order per key holds.
  */
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
+import type { Concurrency } from "../../../src/core/adaptive-concurrency.js";
 import type { WhenFull } from "../../../src/core/buffer.js";
 import type { JsonObject } from "../../../src/core/record.js";
 import { makePipeline, MemorySink, MemorySource, type TestPipeline, type WriteCall, type WriteStep } from "../../helpers/memory.js";
@@ -28,7 +29,7 @@ interface Scenario {
   readonly batchRecords: number;
   readonly batchBytes: number;
   readonly maxWaitMs: number;
-  readonly concurrency: number;
+  readonly concurrency: Concurrency;
   readonly maxAttempts: number;
   readonly maxElapsedMs: number;
   readonly seed: number;
@@ -54,7 +55,12 @@ function scenarioArb(kinds: readonly StepKind[], whenFull: readonly WhenFull[]):
     batchRecords: fc.integer({ min: 1, max: 6 }),
     batchBytes: fc.integer({ min: 40, max: 600 }),
     maxWaitMs: fc.integer({ min: 0, max: 50 }),
-    concurrency: fc.integer({ min: 1, max: 4 }),
+    concurrency: fc.oneof(
+      fc.integer({ min: 1, max: 4 }),
+      fc
+        .record({ initial: fc.integer({ min: 1, max: 3 }), extra: fc.integer({ min: 0, max: 4 }), decreaseRatio: fc.constantFrom(0.5, 0.9), rttDeviationScale: fc.constantFrom(0, 2.5) })
+        .map(({ initial, extra, decreaseRatio, rttDeviationScale }): Concurrency => ({ tag: "adaptive", initial, max: initial + extra, decreaseRatio, ewmaAlpha: 0.4, rttDeviationScale })),
+    ),
     maxAttempts: fc.integer({ min: 1, max: 4 }),
     maxElapsedMs: fc.integer({ min: 100, max: 5000 }),
     seed: fc.integer(),

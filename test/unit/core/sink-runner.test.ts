@@ -1,4 +1,6 @@
+import { setMaxListeners } from "node:events";
 import { describe, expect, it } from "vitest";
+import type { AdaptiveSettings, Concurrency } from "../../../src/core/adaptive-concurrency.js";
 import type { BackoffPolicy } from "../../../src/core/backoff.js";
 import { DeadLetterWriter } from "../../../src/core/dead-letters.js";
 import { SluiceError } from "../../../src/core/errors.js";
@@ -13,22 +15,26 @@ interface HarnessOptions {
   readonly sink: MemorySink;
   readonly batch?: Partial<BatchOptions>;
   readonly retry?: Partial<RetryOptions>;
-  readonly concurrency?: number;
+  readonly concurrency?: Concurrency;
   readonly random?: () => number;
 }
 
 /**
  * A SinkRunner on a FakeClock starting at t=0, with a real DeadLetterWriter over an in-memory
- * store. `done` logs every onDone call; `settled` counts the records reported done.
+ * store. `done` logs every onDone call; `settled` counts the records reported done; `limits` logs
+ * every concurrency limit reported, with the time.
  */
 function harness(o: HarnessOptions) {
   const clock = new FakeClock(0);
   o.sink.clock ??= clock;
   const random = o.random ?? mulberry32(3);
   const abort = new AbortController();
+  // Every write of a MemorySink in flight waits on this signal; the adaptive tests run a dozen at once.
+  setMaxListeners(64, abort.signal);
   const dlq = new MemoryDeadLetterStore();
   const events: InternalEvent[] = [];
   const done: { ids: string[]; deadLettered: boolean; at: number }[] = [];
+  const limits: { at: number; limit: number }[] = [];
   const engineClock = guardClock(clock);
   const deadLetters = new DeadLetterWriter(dlq, engineClock, random, { initialMs: 10, maxMs: 100, multiplier: 2 }, silentLogger, abort.signal);
   const runner = new SinkRunner({
@@ -39,7 +45,10 @@ function harness(o: HarnessOptions) {
     concurrency: o.concurrency ?? 1,
     clock: engineClock,
     random,
-    emit: (e) => events.push(e),
+    emit: (e) => {
+      events.push(e);
+      if (e.type === "concurrency_limit") limits.push({ at: clock.now(), limit: e.limit });
+    },
     logger: silentLogger,
     deadLetters,
     signal: abort.signal,
@@ -52,8 +61,11 @@ function harness(o: HarnessOptions) {
     dlq,
     events,
     done,
+    limits,
     abort,
     settled,
+    /** The concurrency limit reported last. */
+    limit: () => limits.at(-1)?.limit,
     /** Drives the clock until `n` records are reported done. */
     until: (n: number) => driveUntil(clock, () => settled() >= n),
   };
@@ -332,6 +344,186 @@ describe("SinkRunner", () => {
       for (const [key, order] of sink.orderByKey) {
         expect(order).toEqual(all.filter((e) => e.key === key).map((e) => e.id));
       }
+    });
+  });
+
+  describe("adaptive concurrency", () => {
+    const adaptive = (o: Partial<AdaptiveSettings> = {}): AdaptiveSettings => ({
+      tag: "adaptive",
+      initial: 1,
+      max: 8,
+      decreaseRatio: 0.9,
+      ewmaAlpha: 0.4,
+      rttDeviationScale: 2.5,
+      ...o,
+    });
+
+    /** A sink whose writes take `latencyMs(now, inFlight)` and then do `then(now)`; it logs, per write, how many ran at once and the limit then. */
+    function timedSink(latencyMs: (now: number, inFlight: number) => number, then: (now: number) => WriteStep = () => "ok") {
+      const starts: { at: number; inFlight: number; limit: number | undefined }[] = [];
+      const ref: { limit?: () => number | undefined } = {};
+      const sink: MemorySink = new MemorySink({
+        schedule: (call) => ({ delayMs: latencyMs(call.at, sink.inFlight), then: then(call.at) }),
+        onWrite: (call) => starts.push({ at: call.at, inFlight: sink.inFlight, limit: ref.limit?.() }),
+      });
+      return { sink, starts, ref };
+    }
+
+    /** Time-weighted mean of the reported limit over [from, to). */
+    function meanLimit(limits: readonly { at: number; limit: number }[], from: number, to: number): number {
+      let sum = 0;
+      for (let i = 0; i < limits.length; i++) {
+        const start = Math.max(from, limits[i]!.at);
+        const end = Math.min(to, limits[i + 1]?.at ?? to);
+        if (end > start) sum += limits[i]!.limit * (end - start);
+      }
+      return sum / (to - from);
+    }
+
+    it("grows the limit one step at a time while latency stays flat, and never writes more batches at once than the limit", async () => {
+      const { sink, starts, ref } = timedSink(() => 100);
+      const h = harness({ sink, concurrency: adaptive({ initial: 1, max: 8 }), batch: { maxRecords: 5, maxWaitMs: 0 } });
+      ref.limit = h.limit;
+      void h.runner.start();
+      await flush();
+      const all = entries(400, { key: (i) => `k${i % 40}` });
+      h.runner.accept(all);
+      await h.until(400);
+      expect(h.limits.map((l) => l.limit)).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+      expect(starts.filter((w) => w.at === 0)).toHaveLength(1);
+      for (const w of starts) expect(w.inFlight, `write at ${w.at}`).toBeLessThanOrEqual(w.limit!);
+      expect(sink.maxConcurrentWrites).toBe(8);
+      expect(sink.violations).toEqual([]);
+      for (const [key, order] of sink.orderByKey) expect(order).toEqual(all.filter((e) => e.key === key).map((e) => e.id));
+    });
+
+    it("shrinks the limit while the sink fails with retryable errors, and grows it back after", async () => {
+      const { sink } = timedSink(
+        () => 100,
+        (now) => (now >= 2000 && now < 3000 ? "retryable" : "ok"),
+      );
+      const h = harness({
+        sink,
+        concurrency: adaptive({ initial: 1, max: 8 }),
+        batch: { maxRecords: 5, maxWaitMs: 0 },
+        retry: { maxAttempts: 100, backoff: { initialMs: 50, maxMs: 200, multiplier: 2 } },
+      });
+      void h.runner.start();
+      await flush();
+      const all = entries(4000, { key: (i) => `k${i % 64}` });
+      h.runner.accept(all);
+      await h.until(4000);
+      const at = (from: number, to: number) => h.limits.filter((l) => l.at >= from && l.at < to).map((l) => l.limit);
+      expect(h.limit()).toBe(8);
+      expect(Math.max(...at(0, 2000))).toBe(8);
+      // Ten windows of errors: down to the floor of 1 (8 * 0.9^n, one step at least each time).
+      expect(Math.min(...at(2000, 3200))).toBe(1);
+      expect(Math.max(...at(3200, Number.POSITIVE_INFINITY))).toBe(8);
+      expect(h.dlq.entries).toEqual([]);
+      expect(sink.committed.size).toBe(4000);
+      for (const [key, order] of sink.orderByKey) expect(order).toEqual(all.filter((e) => e.key === key).map((e) => e.id));
+    });
+
+    it("shrinks the limit when latency rises without errors", async () => {
+      const { sink } = timedSink((now) => (now < 2000 ? 100 : 300));
+      const h = harness({ sink, concurrency: adaptive({ initial: 1, max: 8 }), batch: { maxRecords: 5, maxWaitMs: 0 } });
+      void h.runner.start();
+      await flush();
+      h.runner.accept(entries(3000, { key: (i) => `k${i % 64}` }));
+      await h.until(3000);
+      const before = h.limits.filter((l) => l.at < 2000);
+      const after = h.limits.filter((l) => l.at >= 2000 && l.at < 2700);
+      expect(before.at(-1)!.limit).toBe(8);
+      expect(after.length).toBeGreaterThan(0);
+      expect(after[0]!.limit).toBe(7);
+      expect(h.events.some((e) => e.type === "records_retried")).toBe(false);
+    });
+
+    /**
+     * Two ways a sink gets slower past N writes at once, both 100 ms per write up to N:
+     * `shared`, N units of capacity shared by the writes in flight when one starts (each takes
+     * 100 * inFlight / N ms); `queue`, N workers and a queue in front of them (a write waits for a
+     * free worker, then takes 100 ms).
+     */
+    function saturatingLatency(model: "shared" | "queue", N: number): (now: number, inFlight: number) => number {
+      if (model === "shared") return (_now, inFlight) => (inFlight <= N ? 100 : (100 * inFlight) / N);
+      const freeAt = Array.from({ length: N }, () => 0);
+      return (now) => {
+        const worker = freeAt.indexOf(Math.min(...freeAt));
+        const done = Math.max(now, freeAt[worker]!) + 100;
+        freeAt[worker] = done;
+        return done - now;
+      };
+    }
+
+    it.each([
+      ["shared", 2],
+      ["shared", 4],
+      ["shared", 10],
+      ["queue", 3],
+      ["queue", 6],
+      ["queue", 12],
+    ] as const)("settles near N when the sink gets slower past N writes at once (%s, N = %i)", async (model, N) => {
+      const { sink } = timedSink(saturatingLatency(model, N));
+      const h = harness({ sink, concurrency: adaptive({ initial: 1, max: 16 }), batch: { maxRecords: 5, maxWaitMs: 0 } });
+      void h.runner.start();
+      await flush();
+      h.runner.accept(entries(6000, { key: (i) => `k${i % 128}` }));
+      await h.until(6000);
+      // The second half of the run, after the climb: the limit in effect at its start, and every change after.
+      const end = h.clock.now();
+      const late = h.limits.filter((l, i) => l.at >= end / 2 || (h.limits[i + 1]?.at ?? end) > end / 2).map((l) => l.limit);
+      // Past N an increase brings no throughput, only queueing, and is taken back: N and N + 1 alternate.
+      expect(Math.min(...late)).toBeGreaterThanOrEqual(N - 1);
+      expect(Math.max(...late)).toBeLessThanOrEqual(N + 1);
+      const mean = meanLimit(h.limits, end / 2, end);
+      expect(mean).toBeGreaterThanOrEqual(N - 0.5);
+      expect(mean).toBeLessThanOrEqual(N + 1);
+    });
+
+    it("sends keyless records to a lane that can write them, so a low limit does not leave batches waiting for max_wait", async () => {
+      const { sink } = timedSink(() => 100);
+      const h = harness({ sink, concurrency: adaptive({ initial: 1, max: 8 }), batch: { maxRecords: 10, maxWaitMs: 60_000 } });
+      void h.runner.start();
+      await flush();
+      // Chunks of half a batch: spread round-robin over 8 lanes, each lane would hold a partial batch.
+      for (let c = 0; c < 8; c++) h.runner.accept(entries(5, { prefix: `c${c}` }));
+      await h.until(40);
+      expect(sink.writes.map((w) => w.ids.length)).toEqual([10, 10, 10, 10]);
+      expect(h.clock.now()).toBeLessThan(1000);
+    });
+
+    it("keeps each key's records in order across lanes and retries", async () => {
+      let n = 0;
+      const sink = new MemorySink({ schedule: () => (n++ % 3 === 0 ? "retryable" : { delayMs: (n * 37) % 50, then: "ok" }) });
+      const h = harness({ sink, concurrency: adaptive({ initial: 2, max: 6 }), batch: { maxRecords: 3, maxWaitMs: 0 } });
+      void h.runner.start();
+      await flush();
+      const all = entries(60, { key: (i) => (i % 7 === 0 ? undefined : `k${i % 5}`) });
+      h.runner.accept(all.slice(0, 30));
+      h.runner.accept(all.slice(30));
+      await h.until(60);
+      expect(sink.committed.size).toBe(60);
+      for (const [key, order] of sink.orderByKey) {
+        expect(order).toEqual(all.filter((e) => e.key === key).map((e) => e.id));
+      }
+    });
+
+    it("is capped by the sink's maxInFlight", async () => {
+      const sink = new MemorySink({ maxInFlight: 3, schedule: always({ delayMs: 100, then: "ok" }) });
+      const h = harness({ sink, concurrency: adaptive({ initial: 1, max: 16 }), batch: { maxRecords: 2, maxWaitMs: 0 } });
+      void h.runner.start();
+      await flush();
+      h.runner.accept(entries(200, { key: (i) => `k${i % 30}` }));
+      await h.until(200);
+      expect(Math.max(...h.limits.map((l) => l.limit))).toBe(3);
+      expect(sink.maxConcurrentWrites).toBe(3);
+      expect(sink.violations).toEqual([]);
+    });
+
+    it("reports a fixed concurrency once, as the number of lanes", () => {
+      const h = harness({ sink: new MemorySink({ maxInFlight: 2 }), concurrency: 5 });
+      expect(h.limits).toEqual([{ at: 0, limit: 2 }]);
     });
   });
 

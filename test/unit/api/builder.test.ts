@@ -1,0 +1,59 @@
+/**
+ * The library builder's sink driving settings: validated like the YAML's, and passed through to
+ * the engine (here: `concurrency: "adaptive"` reaches the sink runner and its gauge).
+ */
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { pipeline } from "../../../src/api/builder.js";
+import { sinks, sources } from "../../../src/api/components.js";
+import { SluiceError } from "../../../src/core/errors.js";
+
+function configError(fn: () => unknown): SluiceError {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof SluiceError) return err;
+    throw err;
+  }
+  throw new Error("expected a SluiceError");
+}
+
+describe("PipelineBuilder.sink driving settings", () => {
+  const base = pipeline().source("gen", sources.generator({ count: 1 }));
+
+  it("rejects bad concurrency values with the YAML loader's messages and paths", () => {
+    const misspelt = configError(() => base.sink("out", sinks.blackhole(), { concurrency: "adaptve" as "adaptive" }));
+    expect(misspelt.code).toBe("ERR_CONFIG_INVALID");
+    expect(misspelt.message).toBe('sinks.out.concurrency: Invalid input: expected "adaptive"');
+    expect(configError(() => base.sink("out", sinks.blackhole(), { concurrency: 0 })).message).toBe("sinks.out.concurrency: Too small: expected number to be >0");
+    const unknown = configError(() => base.sink("out", sinks.blackhole(), { concurrency: { adaptive: { mx: 4 } as never } }));
+    expect(unknown.message).toBe('sinks.out.concurrency.adaptive.mx: unknown key "mx"; did you mean "max"?');
+  });
+
+  describe("running", () => {
+    let dir: string;
+    beforeEach(async () => {
+      dir = await mkdtemp(join(tmpdir(), "sluice-builder-"));
+    });
+    afterEach(async () => {
+      await rm(dir, { recursive: true, force: true });
+    });
+
+    it.each([
+      ["adaptive", "adaptive" as const, 1],
+      ["{ adaptive: { initial: 3 } }", { adaptive: { initial: 3 } }, 3],
+      ["a fixed number", 6, 6],
+    ])("passes concurrency %s through to the sink's limit gauge", async (_name, concurrency, startLimit) => {
+      const { pipeline: p, metrics } = await pipeline({ cwd: dir })
+        .source("gen", sources.generator({ count: 20 }))
+        .sink("out", sinks.blackhole(), { concurrency })
+        .build();
+      // The runner reports its limit when it is built, before anything ran.
+      const gauge = await metrics.registry.getSingleMetric("sluice_sink_concurrency_limit")!.get();
+      expect(gauge.values).toEqual([{ labels: { sink: "out" }, value: startLimit }]);
+      expect((await p.run()).tag).toBe("completed");
+    });
+  });
+});
