@@ -8,6 +8,9 @@
  * did not process every record (or crashed).
  *
  * Env: BENCH_RECORDS (2000000), BENCH_BIG_RECORDS (8000000; 0 skips), BENCH_RUNS (3).
+ *
+ * Then the PostgreSQL section (bench/postgres.ts: psql \copy, multi-row INSERT and sluice into
+ * real tables; BENCH_PG=0 skips it, BENCH_PG_RECORDS, BENCH_PG_RUNS, BENCH_PG_URL).
  */
 import { spawn } from "node:child_process";
 import { cpus, loadavg } from "node:os";
@@ -15,6 +18,7 @@ import { join } from "node:path";
 import { CONTENDERS, prepareLaunch, REPO_DIR, type ContenderName, type Launcher } from "./build.js";
 import { ensureDataFile, warmPageCache } from "./data-gen.js";
 import { RESULT_PREFIX, type ContenderResult, type Task } from "./contenders/protocol.js";
+import { runPostgresBench } from "./postgres.js";
 
 const RECORDS = intEnv("BENCH_RECORDS", 2_000_000, 1);
 const BIG_RECORDS = intEnv("BENCH_BIG_RECORDS", 8_000_000, 0);
@@ -245,4 +249,6 @@ async function main(): Promise<number> {
   return 0;
 }
 
-process.exitCode = await main();
+const mainCode = await main();
+const postgresCode = await runPostgresBench();
+process.exitCode = Math.max(mainCode, postgresCode);
