@@ -9,6 +9,8 @@
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, renameSync, statSync, writeFileSync, writeSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { mulberry32 } from "../src/core/random.js";
+
 
 /** Where generated files live. */
 export const DATA_DIR = join(dirname(fileURLToPath(import.meta.url)), "data");
@@ -30,17 +32,6 @@ interface Marker {
   bytes: number;
 }
 
-/** mulberry32, as in src/core/random.ts; copied so the bench data never changes with src/. */
-function mulberry32(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** The path of the file holding `records` readings. */
 export function dataFile(records: number): string {

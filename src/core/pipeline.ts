@@ -7,7 +7,7 @@ import { systemClock, type Clock } from "./clock.js";
 import { DeadLetterWriter } from "./dead-letters.js";
 import { classify, SluiceError } from "./errors.js";
 import { silentLogger, type EventSink, type Logger } from "./events.js";
-import { RecordEntry, settle, type AckTicket, type Entry, type JsonObject, type JsonValue } from "./record.js";
+import { fieldGetter, RecordEntry, settle, type AckTicket, type Entry, type JsonValue } from "./record.js";
 import { SinkRunner, type BatchOptions, type RetryOptions } from "./sink-runner.js";
 import { TransformChain, type ChainStep } from "./transform-chain.js";
 
@@ -68,21 +68,6 @@ export type PipelineStatus =
 /** A pipeline's lifecycle state. */
 export type PipelineState = { tag: "idle" } | { tag: "running" } | { tag: "draining"; deadline: number } | { tag: "done"; status: PipelineStatus };
 
-type Getter = (payload: JsonObject) => JsonValue | undefined;
-
-function fieldGetter(path: string | undefined): Getter | undefined {
-  if (path === undefined) return undefined;
-  const parts = path.split(".");
-  if (parts.length === 1) return (p) => p[path];
-  return (p) => {
-    let v: JsonValue | undefined = p;
-    for (const part of parts) {
-      if (v === null || typeof v !== "object" || Array.isArray(v)) return undefined;
-      v = v[part];
-    }
-    return v;
-  };
-}
 
 function asText(v: JsonValue | undefined): string | undefined {
   if (typeof v === "string") return v;
@@ -270,9 +255,9 @@ export class Pipeline {
   }
 
   private handleFor(s: SourceSettings, tracker: AckTracker): SourceHandle {
-    const getId = fieldGetter(s.idField ?? "id")!;
-    const getKey = fieldGetter(s.keyField);
-    const getTime = fieldGetter(s.timeField);
+    const getId = fieldGetter(s.idField ?? "id");
+    const getKey = s.keyField === undefined ? undefined : fieldGetter(s.keyField);
+    const getTime = s.timeField === undefined ? undefined : fieldGetter(s.timeField);
     const name = s.name;
     const kind = s.source.kind;
     const { buffer, whenFull } = this.o;

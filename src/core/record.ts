@@ -6,6 +6,26 @@ export type JsonValue = string | number | boolean | null | JsonValue[] | { [key:
 /** A JSON object: the shape of every record payload. */
 export type JsonObject = { [key: string]: JsonValue };
 
+/** Reads one payload field. */
+export type FieldGetter = (payload: JsonObject) => JsonValue | undefined;
+
+/**
+ * A getter for a payload field by name or dotted path (`meta.device.id`), built once per config
+ * so the per-record work is a property read (or a short walk for a path).
+ */
+export function fieldGetter(path: string): FieldGetter {
+  const parts = path.split(".");
+  if (parts.length === 1) return (p) => p[path];
+  return (p) => {
+    let v: JsonValue | undefined = p;
+    for (const part of parts) {
+      if (v === null || typeof v !== "object" || Array.isArray(v)) return undefined;
+      v = v[part];
+    }
+    return v;
+  };
+}
+
 /**
  * The unit sluice moves. The envelope is set by the engine from the source's settings
  * (`id_field`, `key_field`, `time_field`); transforms change only `payload`.

@@ -9,7 +9,7 @@ import { from as copyFrom } from "pg-copy-streams";
 import { z } from "zod";
 import { classify, SluiceError, type ErrorCode } from "../core/errors.js";
 import type { EventSink } from "../core/events.js";
-import type { JsonObject, JsonValue, SluiceRecord } from "../core/record.js";
+import { fieldGetter, type JsonValue, type SluiceRecord } from "../core/record.js";
 import { defineComponent, type RecordFailure, type Sink, type WriteResult } from "../components/contracts.js";
 
 /** The column types a `columns` mapping may use. */
@@ -294,20 +294,6 @@ function isoTime(ms: number): string {
   }
   const milli = ms - second * 1000;
   return `${isoPrefix}${milli < 10 ? "00" : milli < 100 ? "0" : ""}${milli}Z`;
-}
-type Getter = (payload: JsonObject) => JsonValue | undefined;
-
-function fieldGetter(path: string): Getter {
-  const parts = path.split(".");
-  if (parts.length === 1) return (p) => p[path];
-  return (p) => {
-    let v: JsonValue | undefined = p;
-    for (const part of parts) {
-      if (v === null || typeof v !== "object" || Array.isArray(v)) return undefined;
-      v = v[part];
-    }
-    return v;
-  };
 }
 
 /** A record that cannot become a row for a reason found before PostgreSQL sees it. */
