@@ -12,69 +12,27 @@
  * Skipped with a printed reason when PostgreSQL is unreachable, unless SLUICE_REQUIRE_SERVICES=1,
  * which turns that into a failure.
  */
-import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
-import { pathToFileURL } from "node:url";
+import { join } from "node:path";
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
 import { readDeadLetters } from "../../src/sinks/dead-letter-sqlite.js";
 import { requireService } from "../helpers/services.js";
+import { countRows, PG_URL, query, sleep, startCli, type Cli } from "./postgres-harness.js";
 
-const ROOT = resolve(import.meta.dirname, "../..");
-const ENTRY = join(ROOT, "src/cli/entry.ts");
-// tsx by absolute URL: `--import tsx` would resolve it from the child's cwd, a temp dir.
-const TSX = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href;
 
-const PG_URL = process.env.SLUICE_PG_URL ?? "postgres://postgres@127.0.0.1:5432/test";
 const TOTAL = 100_000;
 // Kill rounds start once this share of the records is in the table: spread over the run.
 const KILL_AT = [0.1, 0.25, 0.4, 0.55, 0.7] as const;
 const POLL_MS = 5;
 const RUN_TIMEOUT_MS = 50_000;
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** One statement on a fresh connection. */
-async function query<R extends pg.QueryResultRow>(sql: string, params: unknown[] = []): Promise<R[]> {
-  const client = new pg.Client({ connectionString: PG_URL, connectionTimeoutMillis: 2000 });
-  client.on("error", () => undefined);
-  try {
-    await client.connect();
-    return (await client.query<R>(sql, params)).rows;
-  } finally {
-    await client.end().catch(() => undefined);
-  }
-}
 
-/** Rows in `table` so far; 0 while the sink has not created it. */
-async function countRows(table: string): Promise<number> {
-  try {
-    return (await query<{ n: number }>(`SELECT count(*)::int AS n FROM "${table}"`))[0]!.n;
-  } catch {
-    return 0;
-  }
-}
 
-interface Cli {
-  readonly process: ChildProcess;
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  readonly output: () => string;
-}
 
-function startCli(configFile: string, summaryFile: string, cwd: string): Cli {
-  const child = spawn(process.execPath, ["--conditions=sluice-source", "--import", TSX, ENTRY, "run", configFile, "--summary-json", summaryFile, "--no-progress"], {
-    cwd,
-    stdio: ["ignore", "ignore", "pipe"],
-  });
-  let stderr = "";
-  child.stderr!.on("data", (d: Buffer) => (stderr += d.toString()));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((done) => child.on("exit", (code, signal) => done({ code, signal })));
-  return { process: child, exited, output: () => stderr };
-}
 
 const pgAddress = new URL(PG_URL);
 const skip = !(await requireService("PostgreSQL", pgAddress.hostname, Number(pgAddress.port || 5432)));
