@@ -5,9 +5,11 @@
  * `node --import tsx`, which still keeps compile time out of the timing (children time
  * themselves after loading) but adds the loader's ~30-45 MiB to every peak RSS.
  */
+import { spawn } from "node:child_process";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { DATA_DIR } from "./data-gen.js";
+import { RESULT_PREFIX, type ContenderResult } from "./contenders/protocol.js";
 
 const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
 /** The repository root: children run here, so `node_modules` resolves. */
@@ -19,16 +21,16 @@ export const CONTENDERS = ["plain-loop", "node-stream", "sluice"] as const;
 export type ContenderName = (typeof CONTENDERS)[number];
 
 /** How to start contender children: node arguments before the task argument. */
-export interface Launcher {
+export interface Launcher<N extends string = ContenderName> {
   readonly mode: "bundled" | "tsx";
-  args(name: ContenderName): string[];
+  args(name: N): string[];
 }
 
 /**
  * Bundles the contenders (current src/ included) with linked source maps, so a CPU profile of a
  * child maps back to src/ file:line. Falls back to tsx when esbuild cannot be loaded.
  */
-export async function prepareLaunch(): Promise<Launcher> {
+export async function prepareLaunch<N extends string>(names: readonly N[]): Promise<Launcher<N>> {
   let esbuild: typeof import("esbuild");
   try {
     esbuild = await import("esbuild");
@@ -36,7 +38,7 @@ export async function prepareLaunch(): Promise<Launcher> {
     return { mode: "tsx", args: (name) => ["--import", "tsx", join(BENCH_DIR, "contenders", `${name}.ts`)] };
   }
   await esbuild.build({
-    entryPoints: CONTENDERS.map((name) => join(BENCH_DIR, "contenders", `${name}.ts`)),
+    entryPoints: names.map((name) => join(BENCH_DIR, "contenders", `${name}.ts`)),
     outdir: BUILD_DIR,
     outExtension: { ".js": ".mjs" },
     bundle: true,
@@ -50,4 +52,36 @@ export async function prepareLaunch(): Promise<Launcher> {
     absWorkingDir: REPO_DIR,
   });
   return { mode: "bundled", args: (name) => [join(BUILD_DIR, `${name}.mjs`)] };
+}
+
+/** Runs one contender in a fresh child; resolves with its result, or an error message. */
+export function runChild<N extends string>(launcher: Launcher<N>, name: N, task: object, timeoutMs: number): Promise<ContenderResult | { error: string }> {
+  return new Promise((resolvePromise) => {
+    const child = spawn(process.execPath, [...launcher.args(name), JSON.stringify(task)], {
+      cwd: REPO_DIR,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
+    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+    const timer = setTimeout(() => {
+      stderr += `\n(killed after ${timeoutMs / 1000} s)`;
+      child.kill("SIGKILL");
+    }, timeoutMs);
+    child.on("error", (err) => {
+      clearTimeout(timer);
+      resolvePromise({ error: `could not start: ${err.message}` });
+    });
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      const line = stdout.split("\n").find((l) => l.startsWith(RESULT_PREFIX));
+      if (code === 0 && line !== undefined) {
+        resolvePromise(JSON.parse(line.slice(RESULT_PREFIX.length)) as ContenderResult);
+        return;
+      }
+      const why = signal !== null ? `signal ${signal}` : `exit code ${code}`;
+      resolvePromise({ error: `${why}${line === undefined ? ", no result" : ""}\n${stderr.trim()}`.trim() });
+    });
+  });
 }

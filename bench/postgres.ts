@@ -38,22 +38,20 @@
  *
  * Standalone (this section only): `node --import tsx bench/postgres.ts`.
  */
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import { cpus, loadavg } from "node:os";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { DEFAULTS } from "../src/config/defaults.js";
 import { definition as postgresSink } from "../src/sinks/postgres.js";
-import { DATA_DIR, ensureDataFile, warmPageCache } from "./data-gen.js";
+import { prepareLaunch, runChild } from "./build.js";
+import { ensureDataFile, warmPageCache } from "./data-gen.js";
 import { ensureCopyFile } from "./pg-copy-file.js";
-import { RESULT_PREFIX, type ContenderResult } from "./contenders/protocol.js";
+import type { ContenderResult } from "./contenders/protocol.js";
 import { quoteIdent, type PgTask } from "./contenders/pg-protocol.js";
 
-const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
-const REPO_DIR = dirname(BENCH_DIR);
-const BUILD_DIR = join(DATA_DIR, "build");
 
 const TARGETS = {
   sluiceVsCopy: 0.7,
@@ -132,61 +130,6 @@ const progress = {
 };
 
 /** Node arguments (before the task) that start a contender child. */
-type Launch = (name: ChildName) => string[];
-
-/** Bundles the PostgreSQL contenders like bench/build.ts does the others (plain `node` children); tsx when esbuild is missing. */
-async function prepareLaunch(): Promise<{ mode: "bundled" | "tsx"; launch: Launch }> {
-  let esbuild: typeof import("esbuild");
-  try {
-    esbuild = await import("esbuild");
-  } catch {
-    return { mode: "tsx", launch: (name) => ["--import", "tsx", join(BENCH_DIR, "contenders", `${name}.ts`)] };
-  }
-  await esbuild.build({
-    entryPoints: CHILDREN.map((name) => join(BENCH_DIR, "contenders", `${name}.ts`)),
-    outdir: BUILD_DIR,
-    outExtension: { ".js": ".mjs" },
-    bundle: true,
-    platform: "node",
-    format: "esm",
-    target: "node20",
-    packages: "external",
-    sourcemap: "linked",
-    logLevel: "error",
-    absWorkingDir: REPO_DIR,
-  });
-  return { mode: "bundled", launch: (name) => [join(BUILD_DIR, `${name}.mjs`)] };
-}
-
-/** Runs one contender in a fresh child; resolves with its result, or an error message. */
-function runChild(launch: Launch, name: ChildName, task: PgTask): Promise<ContenderResult | { error: string }> {
-  return new Promise((resolvePromise) => {
-    const child = spawn(process.execPath, [...launch(name), JSON.stringify(task)], { cwd: REPO_DIR, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
-    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
-    const timer = setTimeout(() => {
-      stderr += `\n(killed after ${CHILD_TIMEOUT_MS / 1000} s)`;
-      child.kill("SIGKILL");
-    }, CHILD_TIMEOUT_MS);
-    child.on("error", (err) => {
-      clearTimeout(timer);
-      resolvePromise({ error: `could not start: ${err.message}` });
-    });
-    child.on("close", (code, signal) => {
-      clearTimeout(timer);
-      const line = stdout.split("\n").find((l) => l.startsWith(RESULT_PREFIX));
-      if (code === 0 && line !== undefined) {
-        resolvePromise(JSON.parse(line.slice(RESULT_PREFIX.length)) as ContenderResult);
-        return;
-      }
-      const why = signal !== null ? `signal ${signal}` : `exit code ${code}`;
-      resolvePromise({ error: `${why}${line === undefined ? ", no result" : ""}\n${stderr.trim()}`.trim() });
-    });
-  });
-}
-
 /**
  * CPU seconds used so far by the PostgreSQL server: the postmaster's own and its reaped
  * children's (backends that already exited), plus its live children's (backends, checkpointer,
@@ -344,8 +287,8 @@ export async function runPostgresBench(): Promise<number> {
     warmPageCache(copy.file);
 
     progress.live("bundling PostgreSQL contenders");
-    const { mode, launch } = await prepareLaunch();
-    progress.line(mode === "bundled" ? "PostgreSQL contenders bundled with esbuild" : "esbuild unavailable: PostgreSQL contenders run under `node --import tsx`");
+    const launcher = await prepareLaunch(CHILDREN);
+    progress.line(launcher.mode === "bundled" ? "PostgreSQL contenders bundled with esbuild" : "esbuild unavailable: PostgreSQL contenders run under `node --import tsx`");
 
     const outcomes = new Map<StepId, Outcome>(STEPS.map((s) => [s.id, { runs: [], failed: [] }]));
     const loads: number[] = [];
@@ -383,7 +326,7 @@ export async function runPostgresBench(): Promise<number> {
       loads.push(loadavg()[0]!);
       progress.live(`${tag} ... running`);
       const cpuBefore = serverCpu?.();
-      const result = await runChild(launch, step.child, { file, copyFile: copy.file, records, url, table: step.table });
+      const result = await runChild(launcher, step.child, { file, copyFile: copy.file, records, url, table: step.table } satisfies PgTask, CHILD_TIMEOUT_MS);
       const cpuAfter = serverCpu?.();
       if ("error" in result) {
         outcome.failed.push(result.error);

@@ -38,7 +38,7 @@ if (!CONTENDERS.includes(name)) throw new Error(`unknown contender ${name}; one 
 const top = Number(process.argv[3] ?? 30);
 const records = Number(process.env.BENCH_RECORDS ?? 2_000_000);
 
-const launcher = await prepareLaunch();
+const launcher = await prepareLaunch(CONTENDERS);
 if (launcher.mode !== "bundled") throw new Error("profiling needs the esbuild bundle (for source-mapped locations)");
 const { file } = ensureDataFile(records);
 const profDir = join(DATA_DIR, "prof");

@@ -12,12 +12,11 @@
  * Then the PostgreSQL section (bench/postgres.ts: psql \copy, multi-row INSERT and sluice into
  * real tables; BENCH_PG=0 skips it, BENCH_PG_RECORDS, BENCH_PG_RUNS, BENCH_PG_URL).
  */
-import { spawn } from "node:child_process";
 import { cpus, loadavg } from "node:os";
 import { join } from "node:path";
-import { CONTENDERS, prepareLaunch, REPO_DIR, type ContenderName, type Launcher } from "./build.js";
+import { CONTENDERS, prepareLaunch, REPO_DIR, runChild, type ContenderName } from "./build.js";
 import { ensureDataFile, warmPageCache } from "./data-gen.js";
-import { RESULT_PREFIX, type ContenderResult, type Task } from "./contenders/protocol.js";
+import type { ContenderResult } from "./contenders/protocol.js";
 import { runPostgresBench } from "./postgres.js";
 
 const RECORDS = intEnv("BENCH_RECORDS", 2_000_000, 1);
@@ -70,38 +69,6 @@ const progress = {
   },
 };
 
-/** Runs one contender in a fresh child; resolves with its result, or an error message. */
-function runChild(launcher: Launcher, name: ContenderName, task: Task): Promise<ContenderResult | { error: string }> {
-  return new Promise((resolvePromise) => {
-    const child = spawn(process.execPath, [...launcher.args(name), JSON.stringify(task)], {
-      cwd: REPO_DIR,
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
-    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
-    const timer = setTimeout(() => {
-      stderr += `\n(killed after ${CHILD_TIMEOUT_MS / 1000} s)`;
-      child.kill("SIGKILL");
-    }, CHILD_TIMEOUT_MS);
-    child.on("error", (err) => {
-      clearTimeout(timer);
-      resolvePromise({ error: `could not start: ${err.message}` });
-    });
-    child.on("close", (code, signal) => {
-      clearTimeout(timer);
-      const line = stdout.split("\n").find((l) => l.startsWith(RESULT_PREFIX));
-      if (code === 0 && line !== undefined) {
-        resolvePromise(JSON.parse(line.slice(RESULT_PREFIX.length)) as ContenderResult);
-        return;
-      }
-      const why = signal !== null ? `signal ${signal}` : `exit code ${code}`;
-      resolvePromise({ error: `${why}${line === undefined ? ", no result" : ""}\n${stderr.trim()}`.trim() });
-    });
-  });
-}
-
 interface Summary {
   readonly name: ContenderName;
   readonly runs: ContenderResult[];
@@ -120,7 +87,7 @@ async function main(): Promise<number> {
   }
 
   progress.live("bundling contenders");
-  const launcher = await prepareLaunch();
+  const launcher = await prepareLaunch(CONTENDERS);
   progress.line(
     launcher.mode === "bundled"
       ? "contenders bundled with esbuild; children run as plain `node` (no tsx in their memory)"
@@ -139,7 +106,7 @@ async function main(): Promise<number> {
     loads.push(loadavg()[0]!);
     const tag = `[${step}/${total}] ${LABELS[name].padEnd(11)} ${label}`;
     progress.live(`${tag} ... running`);
-    const result = await runChild(launcher, name, { file: paths.get(records)!, records, transform: TRANSFORM });
+    const result = await runChild(launcher, name, { file: paths.get(records)!, records, transform: TRANSFORM }, CHILD_TIMEOUT_MS);
     if ("error" in result) {
       into.failed.push(result.error);
       progress.line(`${tag}  FAILED: ${result.error}`);
