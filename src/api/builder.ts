@@ -7,9 +7,8 @@ import { mkdir } from "node:fs/promises";
 import { resolve } from "node:path";
 import type { z } from "zod";
 import type { ComponentContext, ComponentDefinition, DeadLetterStore, Sink, Source, Transform } from "../components/contracts.js";
-import { sinkSettings, type BuiltPipeline } from "../config/build.js";
+import { createBuffer, serviceProbe, sinkSettings, type BuiltPipeline } from "../config/build.js";
 import { sinkDrivingSchema, topSchema, validateSinkDriving } from "../config/schema.js";
-import { MemoryBuffer } from "../core/buffer.js";
 import { systemClock, type Clock } from "../core/clock.js";
 import { SluiceError } from "../core/errors.js";
 import { silentLogger, type Logger } from "../core/events.js";
@@ -166,7 +165,10 @@ export class PipelineBuilder<P extends object> {
       logger,
       () => clock.now(),
     );
-    const ctx = (name: string): ComponentContext => ({ name, dataDir, baseDir: cwd, clock, logger, emit: metrics.handle });
+    // Components are created before the pipeline that holds them; the probe reads it when asked.
+    const created: { pipeline?: Pipeline } = {};
+    const service = serviceProbe(() => created.pipeline, metrics, t.observability.unready_after);
+    const ctx = (name: string): ComponentContext => ({ name, dataDir, baseDir: cwd, clock, logger, emit: metrics.handle, service });
     const pipeline = new Pipeline({
       sources: this.sources.map((s) => s.make(ctx) as never),
       transforms: this.transforms.map((s) => ({ stage: `transform:${s.name}`, transform: s.make(ctx) as Transform })),
@@ -175,7 +177,7 @@ export class PipelineBuilder<P extends object> {
         return sinkSettings(s.name, factory.create(c), driving, clock);
       }),
       deadLetter: (this.deadLetterFactory ?? fromDefinition(deadLetterSqlite, {})).create(ctx("dead_letter")),
-      buffer: new MemoryBuffer({ maxRecords: t.buffer.max_records, maxBytes: t.buffer.max_bytes }),
+      buffer: createBuffer(t.buffer, dataDir, cwd, metrics.handle, logger),
       whenFull: t.buffer.when_full,
       chunkSize: Math.min(t.buffer.chunk_size, t.buffer.max_records),
       shutdownTimeoutMs: t.shutdown_timeout,
@@ -183,8 +185,9 @@ export class PipelineBuilder<P extends object> {
       logger,
       emit: metrics.handle,
     });
+    created.pipeline = pipeline;
     metrics.watchBuffer(() => pipeline.bufferUsage());
-    return { pipeline, metrics, dataDir };
+    return { pipeline, metrics, dataDir, service };
   }
 
   /** Builds and runs to the end (finite sources) or to `stop()`; resolves with the status and summary. */

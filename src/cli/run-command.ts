@@ -66,7 +66,7 @@ function progressLine(s: CountsSnapshot, rate: number, maxRecords: number): stri
 }
 
 /** The summary table printed at the end of every run. */
-export function summaryTable(summary: RunSummary, status: string, deadLetterHint: string): string {
+export function summaryTable(summary: RunSummary, status: string, deadLetterHint: string, replayed = 0): string {
   const r = summary.records;
   const rows: [string, number][] = [
     ["received", r.received],
@@ -75,6 +75,8 @@ export function summaryTable(summary: RunSummary, status: string, deadLetterHint
     ["dropped", r.dropped],
     ["retried", r.retried],
   ];
+  // Counted in `received` too: records an earlier run left in the durable buffer.
+  if (replayed > 0) rows.push(["replayed", replayed]);
   const lines = [`sluice run ${status} in ${summary.elapsed_seconds.toFixed(1)} s (${fmt(summary.elapsed_seconds > 0 ? r.delivered / summary.elapsed_seconds : 0)} delivered/s)`];
   for (const [k, v] of rows) lines.push(`  ${k.padEnd(15)}${fmt(v).padStart(14)}`);
   const inFlight = r.received - r.delivered - r.dead_lettered - r.dropped;
@@ -114,7 +116,7 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
   }
   const { pipeline, metrics } = built;
   const server = config.observability.listen
-    ? await startObservabilityServer(config.observability.listen, metrics.registry, { ready: () => pipeline.status().tag === "running" })
+    ? await startObservabilityServer(config.observability.listen, metrics.registry, built.service)
     : undefined;
 
   const onSignal = (sig: NodeJS.Signals) => {
@@ -155,7 +157,7 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
   }
   const summary = metrics.summary((performance.now() - started) / 1000);
   const dlq = config.deadLetter.options.path ? String(config.deadLetter.options.path) : resolve(built.dataDir, "dlq.db");
-  io.stderr.write(summaryTable(summary, statusText, dlq));
+  io.stderr.write(summaryTable(summary, statusText, dlq, metrics.snapshot().replayed));
   if (opts.summaryJson) await writeFile(opts.summaryJson, `${JSON.stringify(summary, null, 2)}\n`);
   return exitCode;
 }

@@ -23,6 +23,16 @@ export interface ComponentContext {
   readonly clock: Clock;
   readonly logger: Logger;
   readonly emit: EventSink;
+  /** The pipeline's readiness and metrics, for a source that serves its own health and metrics endpoints (http). */
+  readonly service?: ServiceProbe;
+}
+
+/** What a component serving HTTP can ask the pipeline. */
+export interface ServiceProbe {
+  /** False while the pipeline is not running (starting, stopping) or a sink has been failing past `observability.unready_after`. */
+  ready(): boolean;
+  /** The Prometheus exposition of the pipeline's metrics. */
+  metrics(): Promise<{ contentType: string; text: string }>;
 }
 
 /** What happened to a chunk a source enqueued. */
@@ -65,7 +75,8 @@ export interface SourceHandle {
 export interface Source {
   /**
    * `pull` sources (file, generator, brokers) can simply stop reading when the buffer is full;
-   * `push` sources (HTTP) must answer their producer, so they see `rejected`.
+   * `push` sources (HTTP) must answer their producer, so they see `rejected` at once instead of
+   * waiting for room, and are acked per chunk (see {@link ack}).
    */
   readonly kind: "pull" | "push";
   /**
@@ -75,9 +86,12 @@ export interface Source {
    */
   run(handle: SourceHandle, signal: AbortSignal): Promise<void>;
   /**
-   * Called by the engine, in order and never concurrently, with the checkpoint of the newest chunk
-   * such that it and all chunks before it are delivered, dead-lettered or dropped. Persist it
-   * (brokers: ack; files: save the offset). May batch or delay persistence: redelivery is safe.
+   * Tells the source a chunk is done: on disk when the buffer is durable, else delivered,
+   * dead-lettered or dropped by every sink. A `pull` source is called in order and never
+   * concurrently, with the checkpoint of the newest chunk such that it and all chunks before it
+   * are done: persist it (brokers: ack; files: save the offset); it may batch or delay persistence,
+   * since redelivery is safe. A `push` source is called once per chunk with that chunk's own
+   * checkpoint, in any order: answer its producer.
    */
   ack(checkpoint: unknown): Promise<void> | void;
   /** Called once after `run` resolved and the last ack settled; persist state and release resources. */

@@ -5,14 +5,16 @@
 import { mkdir } from "node:fs/promises";
 import { resolve } from "node:path";
 import { withChaos } from "../components/chaos.js";
-import type { ComponentContext, Sink } from "../components/contracts.js";
-import { MemoryBuffer } from "../core/buffer.js";
+import type { ComponentContext, ServiceProbe, Sink } from "../components/contracts.js";
+import { MemoryBuffer, type Buffer } from "../core/buffer.js";
+import { DurableBuffer } from "../core/durable-buffer.js";
 import type { Concurrency } from "../core/adaptive-concurrency.js";
 import { systemClock, type Clock } from "../core/clock.js";
-import type { Logger } from "../core/events.js";
+import type { EventSink, Logger } from "../core/events.js";
 import { Pipeline, type SinkSettings } from "../core/pipeline.js";
 import { mulberry32 } from "../core/random.js";
 import { Metrics } from "../observability/metrics.js";
+import { DEFAULTS } from "./defaults.js";
 import type { PipelineConfig, SinkDriving } from "./schema.js";
 
 /** Where relative paths resolve and what the components log to. */
@@ -30,6 +32,8 @@ export interface BuiltPipeline {
   readonly pipeline: Pipeline;
   readonly metrics: Metrics;
   readonly dataDir: string;
+  /** Readiness as `/health/ready` reports it, and the metrics text. */
+  readonly service: ServiceProbe;
 }
 
 /** The engine's {@link Concurrency} from the validated `concurrency` key. */
@@ -55,6 +59,32 @@ export function sinkSettings(name: string, sink: Sink, d: SinkDriving, clock: Cl
   };
 }
 
+/** The buffer `buffer` describes: in memory, or the durable disk log under `data_dir`. */
+export function createBuffer(buffer: PipelineConfig["buffer"], dataDir: string, cwd: string, emit: EventSink, logger: Logger): Buffer {
+  const memory = { maxRecords: buffer.max_records, maxBytes: buffer.max_bytes };
+  if (!buffer.durable) return new MemoryBuffer(memory);
+  const d = buffer.durable;
+  return new DurableBuffer({
+    path: d.path === undefined ? resolve(dataDir, DEFAULTS.durable_buffer.path) : resolve(cwd, d.path),
+    maxBytes: d.max_bytes,
+    fsync: d.fsync,
+    memory,
+    emit,
+    logger,
+  });
+}
+
+/**
+ * The pipeline's readiness and metrics for components serving HTTP. `pipeline` is read on each
+ * call: components are created before the pipeline that holds them.
+ */
+export function serviceProbe(pipeline: () => Pipeline | undefined, metrics: Metrics, unreadyAfterMs: number): ServiceProbe {
+  return {
+    ready: () => pipeline()?.status().tag === "running" && metrics.failingSinks(unreadyAfterMs).length === 0,
+    metrics: async () => ({ contentType: metrics.registry.contentType, text: await metrics.registry.metrics() }),
+  };
+}
+
 /** Builds the pipeline a config describes. Creates `data_dir`; does no other I/O (components connect when run). */
 export async function buildPipeline(config: PipelineConfig, o: BuildOptions): Promise<BuiltPipeline> {
   const clock = o.clock ?? systemClock;
@@ -65,7 +95,10 @@ export async function buildPipeline(config: PipelineConfig, o: BuildOptions): Pr
     o.logger,
     () => clock.now(),
   );
-  const ctx = (name: string, baseDir: string): ComponentContext => ({ name, dataDir, baseDir, clock, logger: o.logger, emit: metrics.handle });
+  // Components are created before the pipeline that holds them; the probe reads it when asked.
+  const created: { pipeline?: Pipeline } = {};
+  const service = serviceProbe(() => created.pipeline, metrics, config.observability.unready_after);
+  const ctx = (name: string, baseDir: string): ComponentContext => ({ name, dataDir, baseDir, clock, logger: o.logger, emit: metrics.handle, service });
 
   const pipeline = new Pipeline({
     sources: config.sources.map((s) => ({
@@ -81,7 +114,7 @@ export async function buildPipeline(config: PipelineConfig, o: BuildOptions): Pr
     })),
     sinks: config.sinks.map((s) => sinkSettings(s.name, s.definition.create(s.options as never, ctx(s.name, o.cwd)), s.driving, clock)),
     deadLetter: config.deadLetter.definition.create(config.deadLetter.options as never, ctx("dead_letter", o.cwd)),
-    buffer: new MemoryBuffer({ maxRecords: config.buffer.max_records, maxBytes: config.buffer.max_bytes }),
+    buffer: createBuffer(config.buffer, dataDir, o.cwd, metrics.handle, o.logger),
     whenFull: config.buffer.when_full,
     chunkSize: Math.min(config.buffer.chunk_size, config.buffer.max_records),
     shutdownTimeoutMs: config.shutdownTimeoutMs,
@@ -89,6 +122,7 @@ export async function buildPipeline(config: PipelineConfig, o: BuildOptions): Pr
     logger: o.logger,
     emit: metrics.handle,
   });
+  created.pipeline = pipeline;
   metrics.watchBuffer(() => pipeline.bufferUsage());
-  return { pipeline, metrics, dataDir };
+  return { pipeline, metrics, dataDir, service };
 }

@@ -15,6 +15,15 @@ export const DEFAULTS = {
     /** Records per source chunk. */
     chunk_size: 1000,
   },
+  /** `buffer.durable`: the crash-safe disk log, off unless configured. */
+  durable_buffer: {
+    /** Under data_dir. */
+    path: "buffer",
+    /** 1 GiB of un-released entries on disk. */
+    max_bytes: 1024 * 1024 * 1024,
+    /** datasync before a push counts as accepted. */
+    fsync: true,
+  },
   sink: {
     /** Batches in flight per sink (a number, or `adaptive` with the settings below). */
     concurrency: 4,
@@ -53,5 +62,7 @@ export const DEFAULTS = {
     log_level: "info",
     /** ms between progress lines on a terminal. */
     progress_interval_ms: 1000,
+    /** ms a sink may fail (retrying without one success) before /health/ready answers 503. */
+    unready_after_ms: 30_000,
   },
 } as const;

@@ -21,8 +21,16 @@ const name = z.string().regex(/^[A-Za-z0-9_.-]+$/, "names may use letters, digit
 const bufferSchema = z.strictObject({
   max_records: z.number().int().positive().default(DEFAULTS.buffer.max_records).describe("Most records held at once: queued, being transformed or written, until acked."),
   max_bytes: byteSize().default(DEFAULTS.buffer.max_bytes).describe("Most estimated bytes held at once, e.g. 64MiB."),
-  when_full: z.enum(["block", "reject", "drop_newest"]).default(DEFAULTS.buffer.when_full).describe("block: sources wait; reject: push sources refuse (pull sources wait); drop_newest: drop and count."),
+  when_full: z.enum(["block", "reject", "drop_newest"]).default(DEFAULTS.buffer.when_full).describe("block or reject: pull sources wait, push sources (http) refuse with 429 and Retry-After; drop_newest: drop and count."),
   chunk_size: z.number().int().positive().default(DEFAULTS.buffer.chunk_size).describe("Records a source hands over at once."),
+  durable: z
+    .strictObject({
+      path: z.string().optional().describe("Directory of the disk log; default <data_dir>/buffer. Relative to the working directory."),
+      max_bytes: byteSize().default(DEFAULTS.durable_buffer.max_bytes).describe("Most bytes of un-released entries on disk; then backpressure (when_full)."),
+      fsync: z.boolean().default(DEFAULTS.durable_buffer.fsync).describe("true: a chunk counts as accepted only after datasync (survives power loss); false: after write (survives a process crash)."),
+    })
+    .optional()
+    .describe("A crash-safe disk buffer: what a source was told is accepted survives SIGKILL and is replayed on start."),
 });
 
 const sourceCommon = {
@@ -97,6 +105,7 @@ export const topSchema = z.strictObject({
       listen: z.string().regex(/^[^:]+:\d+$/, "use host:port").optional().describe("Serve /metrics and /health/* on host:port."),
       log_level: z.enum(["debug", "info", "warn", "error", "silent"]).default(DEFAULTS.observability.log_level),
       progress: z.enum(["auto", "always", "never"]).default("auto").describe("Live progress line: auto shows it on a terminal."),
+      unready_after: duration().default(DEFAULTS.observability.unready_after_ms).describe("A sink failing this long without one success makes /health/ready answer 503."),
     })
     .prefault({}),
 });

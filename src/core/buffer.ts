@@ -25,10 +25,19 @@ export type PushResult = "accepted" | "full" | "closed";
  * `release`, so the bound holds for everything in flight, not only what waits in a queue.
  *
  * The pipeline is the only caller: sources reach it through their handle. A durable buffer
- * implements the same interface; its `push` resolves only once the chunk is on disk, and on start
- * its `pull` returns the un-released chunks of the previous run first.
+ * (`durable-buffer.ts`) implements the same interface; its `push` resolves only once the chunk is
+ * on disk, and after `open` its `pull` returns the un-released chunks of the previous run first.
  */
 export interface Buffer {
+  /**
+   * True when an accepted chunk survives a crash of the process. The engine then acks the source
+   * as soon as `push` resolves `accepted`, and the buffer owns the chunk from there: every chunk
+   * `pull` returns carries a ticket whose `onDone` releases it in the buffer (the records of a
+   * pushed chunk are re-pointed to that ticket), and the engine never calls `release` itself.
+   */
+  readonly durable: boolean;
+  /** Called once before the first push or pull. A durable buffer recovers its log here. */
+  open(): Promise<void>;
   /**
    * Offers a chunk. With `wait`, waits for room (backpressure) and resolves `accepted`, or `closed`
    * when the buffer closes or `signal` aborts first; without `wait`, answers `full` at once when
@@ -40,12 +49,19 @@ export interface Buffer {
   pull(): Promise<Chunk | undefined>;
   /** Frees a chunk's records and bytes. Called exactly once per accepted chunk, when all its records are done. */
   release(ticket: AckTicket): void;
-  /** Takes no more pushes; waiting pushes resolve `closed`; `pull` drains what is queued, then ends. */
-  close(): void;
+  /**
+   * Takes no more pushes; waiting pushes resolve `closed`; `pull` drains what is queued, then
+   * ends. With `keep` (a graceful stop), a durable buffer hands out nothing more (what was not
+   * pulled stays on disk for the next run) and `whenEmpty` waits only for what was handed out; a
+   * memory buffer drains its queue either way. Later calls may add `keep`.
+   */
+  close(keep?: boolean): void;
   /** Resolves when every accepted chunk has been released. */
   whenEmpty(): Promise<void>;
-  /** Records and bytes counted right now. */
+  /** Records and bytes counted right now (for a durable buffer: everything not yet released, on disk or in memory). */
   usage(): { records: number; bytes: number };
+  /** Called once at the end of a run, after `whenEmpty` or the shutdown deadline: persists progress and releases files. */
+  shutdown(): Promise<void>;
 }
 
 interface PendingPush {
@@ -57,6 +73,7 @@ interface PendingPush {
 
 /** The in-memory buffer: a FIFO of chunks with a records-and-bytes bound and FIFO waiting producers. */
 export class MemoryBuffer implements Buffer {
+  readonly durable = false;
   private readonly queue: Chunk[] = [];
   private head = 0;
   private readonly waiting: PendingPush[] = [];
@@ -67,6 +84,14 @@ export class MemoryBuffer implements Buffer {
   private emptyWaiters: (() => void)[] = [];
 
   constructor(private readonly limits: BufferLimits) {}
+
+  open(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  shutdown(): Promise<void> {
+    return Promise.resolve();
+  }
 
   push(chunk: Chunk, wait: boolean, signal?: AbortSignal): Promise<PushResult> {
     if (this.closed || signal?.aborted) return Promise.resolve("closed");
@@ -112,7 +137,7 @@ export class MemoryBuffer implements Buffer {
     }
   }
 
-  close(): void {
+  close(_keep?: boolean): void {
     if (this.closed) return;
     this.closed = true;
     for (const p of this.waiting.splice(0)) {

@@ -14,7 +14,15 @@ export type InternalEvent =
   | { type: "records_completed"; delivered: number; deadLettered: number }
   | { type: "sink_batch_written"; sink: string; seconds: number }
   | { type: "concurrency_limit"; sink: string; limit: number }
+  /** A sink connected (at start, or after failing to). */
+  | { type: "sink_connected"; sink: string }
   | { type: "backpressure"; source: string; seconds: number }
+  /** An ingest request (http source) was answered with `status`. */
+  | { type: "http_request"; source: string; status: number }
+  /** A durable buffer found entries of an earlier run not yet released and queued them first. */
+  | { type: "buffer_replayed"; records: number; chunks: number }
+  /** A durable buffer found a torn or corrupt entry on open, moved its bytes to quarantine and went on. */
+  | { type: "buffer_corrupt"; entries: number; bytes: number; reason: string }
   | { type: "component_error"; component: string; code: string; message: string };
 
 /**

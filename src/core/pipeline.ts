@@ -180,6 +180,16 @@ export class Pipeline {
   async run(): Promise<PipelineStatus> {
     if (this.state.tag !== "idle") throw new SluiceError("ERR_INTERNAL", "a pipeline runs once");
     this.state = { tag: "running" };
+    try {
+      await this.o.buffer.open();
+    } catch (err) {
+      const error = classify(err, "ERR_BUFFER_IO");
+      this.logger.error({ component: "buffer", code: error.code, err: error.message }, "buffer cannot open; stopping");
+      const status: PipelineStatus = { tag: "failed", error, unacked: 0 };
+      await this.closeAll();
+      this.state = { tag: "done", status };
+      return status;
+    }
     await this.o.deadLetter.open();
     this.runners.forEach((runner, i) => {
       void runner.start().then((error) => {
@@ -227,7 +237,7 @@ export class Pipeline {
     if (this.state.tag !== "running") return;
     this.state = { tag: "draining", deadline: this.clock.now() + this.o.shutdownTimeoutMs };
     this.sourceAbort.abort(new SluiceError("ERR_STOPPING", "pipeline is stopping"));
-    this.o.buffer.close();
+    this.o.buffer.close(true);
     for (const runner of this.runners) runner.drain();
     this.cancelDeadline = this.clock.setTimer(this.o.shutdownTimeoutMs, () => {
       this.hardAbort.abort(new SluiceError("ERR_ABORTED", "shutdown_timeout reached"));
@@ -254,21 +264,42 @@ export class Pipeline {
     if (!drain) this.hardAbort.abort(error);
   }
 
+  /**
+   * The enqueue side of a source. When a chunk counts as done for its source: with a durable
+   * buffer, once it is on disk; otherwise once every sink (or the dead-letter sink) committed
+   * every record. Pull sources are acked over the contiguous prefix of done chunks (their
+   * checkpoint is a resume position); push sources are acked per chunk, in any order, since each
+   * chunk answers its own producer.
+   */
   private handleFor(s: SourceSettings, tracker: AckTracker): SourceHandle {
     const getId = fieldGetter(s.idField ?? "id");
     const getKey = s.keyField === undefined ? undefined : fieldGetter(s.keyField);
     const getTime = s.timeField === undefined ? undefined : fieldGetter(s.timeField);
     const name = s.name;
-    const kind = s.source.kind;
+    const source = s.source;
     const { buffer, whenFull } = this.o;
-    const wait = whenFull === "block" || (whenFull === "reject" && kind === "pull");
+    const durable = buffer.durable;
+    // A push source answers its producer instead of waiting for room (DESIGN.md: 429/503, not queueing).
+    const wait = source.kind === "pull" && whenFull !== "drop_newest";
     const signal = this.sourceAbort.signal;
-    const onDone = (ticket: AckTicket) => {
-      buffer.release(ticket);
-      // A chunk handed straight to a waiting pull can finish inside buffer.push (every record
-      // filtered, synchronously), before enqueue gave it a seq: enqueue completes it then.
-      if (ticket.seq >= 0) tracker.complete(ticket);
+    const ackPush = (checkpoint: unknown) => {
+      Promise.resolve()
+        .then(() => source.ack(checkpoint))
+        .catch((err: unknown) => {
+          const e = classify(err, "ERR_SOURCE_READ");
+          this.emit({ type: "component_error", component: name, code: e.code, message: e.message });
+        });
     };
+    /** The chunk is done for its source. */
+    const done = source.kind === "push" ? (ticket: AckTicket) => ackPush(ticket.checkpoint) : (ticket: AckTicket) => tracker.complete(ticket);
+    const onDone = durable
+      ? () => {}
+      : (ticket: AckTicket) => {
+          buffer.release(ticket);
+          // A chunk handed straight to a waiting pull can finish inside buffer.push (every record
+          // filtered, synchronously), before enqueue gave it a seq: enqueue completes it then.
+          if (ticket.seq >= 0) done(ticket);
+        };
     return {
       chunkSize: this.o.chunkSize,
       record: (payload, bytes, position) => {
@@ -294,16 +325,16 @@ export class Pipeline {
         (ticket as { bytes: number }).bytes = bytes;
         if (records.length === 0) {
           ticket.seq = tracker.nextTicketSeq();
-          tracker.complete(ticket);
+          done(ticket);
           return "accepted";
         }
         const result = await buffer.push({ records, ticket }, wait, signal);
         const waited = this.clock.now() - now;
-        if (waited > 0 && result !== "full") this.emit({ type: "backpressure", source: name, seconds: waited / 1000 });
+        if (waited > 0 && result !== "full" && wait) this.emit({ type: "backpressure", source: name, seconds: waited / 1000 });
         if (result === "accepted") {
           ticket.seq = tracker.nextTicketSeq();
           this.emit({ type: "records_received", source: name, count: records.length, bytes });
-          if (ticket.pending === 0) tracker.complete(ticket);
+          if (durable || ticket.pending === 0) done(ticket);
           return "accepted";
         }
         if (result === "closed") return "stopping";
@@ -311,7 +342,7 @@ export class Pipeline {
           ticket.seq = tracker.nextTicketSeq();
           this.emit({ type: "records_received", source: name, count: records.length, bytes });
           this.emit({ type: "records_dropped", reason: "buffer_full", count: records.length });
-          tracker.complete(ticket);
+          done(ticket);
           return "dropped";
         }
         return "rejected";
@@ -406,7 +437,7 @@ export class Pipeline {
       ...this.o.sinks.map((s) => s.sink.close()),
       ...this.o.transforms.map((t) => t.transform.close?.()),
     ];
-    const results = await Promise.allSettled(closers);
+    const results = await Promise.allSettled([...closers, this.o.buffer.shutdown()]);
     for (const r of results) {
       if (r.status === "rejected") this.logger.warn({ err: String(r.reason) }, "error while closing a component");
     }

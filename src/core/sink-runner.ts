@@ -116,6 +116,7 @@ export class SinkRunner {
       try {
         await this.o.sink.connect(this.o.signal);
         this.connected = true;
+        this.o.emit({ type: "sink_connected", sink: this.o.name });
         for (const lane of this.lanes) this.pump(lane);
         return undefined;
       } catch (err) {

@@ -20,6 +20,8 @@ export interface CountsSnapshot {
   dead_lettered: number;
   dropped: number;
   retried: number;
+  /** Records of an earlier run replayed from the durable buffer; counted in `received` too. */
+  replayed: number;
   in_flight: number;
   buffer_records: number;
   buffer_bytes: number;
@@ -55,6 +57,11 @@ export class Metrics {
   private readonly backpressure = new Counter({ name: "sluice_backpressure_seconds_total", help: "Time sources spent waiting for room in the buffer.", labelNames: ["source"], registers: [this.registry] });
   private readonly batchDuration = new Histogram({ name: "sluice_sink_batch_duration_seconds", help: "Duration of one batch write attempt.", labelNames: ["sink"], buckets: LATENCY_BUCKETS, registers: [this.registry] });
   private readonly concurrencyLimit = new Gauge({ name: "sluice_sink_concurrency_limit", help: "Batches a sink may have in flight at once: its lanes, or the current adaptive limit.", labelNames: ["sink"], registers: [this.registry] });
+  private readonly replayed = new Counter({ name: "sluice_buffer_replayed_records_total", help: "Records of an earlier run replayed from the durable buffer on start.", registers: [this.registry] });
+  private readonly corrupt = new Counter({ name: "sluice_buffer_corrupt_entries_total", help: "Torn or corrupt durable buffer entries found on start and moved to quarantine.", labelNames: ["reason"], registers: [this.registry] });
+  private readonly httpRequests = new Counter({ name: "sluice_http_requests_total", help: "Ingest requests answered by an http source, by status code.", labelNames: ["source", "status"], registers: [this.registry] });
+  /** Since when each sink has been failing without one success (ms), for readiness. */
+  private readonly failingSince = new Map<string, number>();
   private readonly latency = new WeightedHistogram("sluice_end_to_end_latency_seconds", "Time from a record's receipt to its commit by a sink.", "sink", LATENCY_BUCKETS, this.registry);
 
   constructor(
@@ -68,6 +75,7 @@ export class Metrics {
       dead_lettered: 0,
       dropped: 0,
       retried: 0,
+      replayed: 0,
       in_flight: 0,
       buffer_records: 0,
       buffer_bytes: 0,
@@ -94,6 +102,7 @@ export class Metrics {
       case "records_delivered": {
         const sink = c.sinks[event.sink];
         if (sink) sink.delivered += event.records.length;
+        this.failingSince.delete(event.sink);
         this.delivered.inc({ sink: event.sink }, event.records.length);
         this.observeLatency(event.sink, event.records, event.now);
         break;
@@ -110,6 +119,7 @@ export class Metrics {
         break;
       case "records_retried":
         c.retried += event.count;
+        this.markFailing(event.sink);
         this.retried.inc({ sink: event.sink }, event.count);
         this.logRateLimited(`retry:${event.sink}:${event.code}`, { sink: event.sink, code: event.code, err: event.message, records: event.count, delay_ms: event.delayMs }, "write failed; retrying");
         break;
@@ -129,7 +139,23 @@ export class Metrics {
       case "backpressure":
         this.backpressure.inc({ source: event.source }, event.seconds);
         break;
+      case "http_request":
+        this.httpRequests.inc({ source: event.source, status: event.status });
+        break;
+      case "sink_connected":
+        this.failingSince.delete(event.sink);
+        break;
+      case "buffer_replayed":
+        c.received += event.records;
+        c.replayed += event.records;
+        this.replayed.inc(event.records);
+        this.logger.info({ records: event.records, chunks: event.chunks }, "replaying records the durable buffer kept from an earlier run");
+        break;
+      case "buffer_corrupt":
+        this.corrupt.inc({ reason: event.reason }, event.entries);
+        break;
       case "component_error":
+        if (event.component in c.sinks) this.markFailing(event.component);
         this.logRateLimited(`error:${event.component}:${event.code}`, { component: event.component, code: event.code, err: event.message }, "component error");
         break;
     }
@@ -145,6 +171,16 @@ export class Metrics {
       this.latency.observe(sink, (now - at) / 1000, j - i);
       i = j;
     }
+  }
+
+  /** The sinks that have been failing (retrying, or not connecting) for at least `ms` without one success. */
+  failingSinks(ms: number): string[] {
+    const now = this.now();
+    return [...this.failingSince].filter(([, since]) => now - since >= ms).map(([sink]) => sink);
+  }
+
+  private markFailing(sink: string): void {
+    if (!this.failingSince.has(sink)) this.failingSince.set(sink, this.now());
   }
 
   /** The counters right now. */

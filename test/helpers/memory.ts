@@ -85,7 +85,7 @@ export class MemorySource implements Source {
   readonly acks: unknown[] = [];
   /** The outcome of every `enqueue`, in order, with the chunk's checkpoint. */
   readonly outcomes: { outcome: EnqueueOutcome; checkpoint: number; records: number }[] = [];
-  /** Contract violations seen by the source (overlapping acks, backwards acks, ack after close). */
+  /** Contract violations seen by the source (pull: overlapping or backwards acks; push: a chunk acked twice; both: ack after close). */
   readonly violations: string[] = [];
   clock: Clock | undefined;
   /** Whether `close` was called. */
@@ -114,10 +114,15 @@ export class MemorySource implements Source {
 
   async ack(checkpoint: unknown): Promise<void> {
     if (this.closed) this.violations.push(`ack(${String(checkpoint)}) after close`);
-    if (this.acking) this.violations.push(`ack(${String(checkpoint)}) while another ack runs`);
     const last = this.acks.at(-1);
-    if (typeof last === "number" && typeof checkpoint === "number" && checkpoint <= last) {
-      this.violations.push(`ack(${checkpoint}) after ack(${last})`);
+    if (this.kind === "push") {
+      // Push sources are acked once per chunk, in any order, possibly while another ack runs.
+      if (this.acks.includes(checkpoint)) this.violations.push(`ack(${String(checkpoint)}) twice`);
+    } else {
+      if (this.acking) this.violations.push(`ack(${String(checkpoint)}) while another ack runs`);
+      if (typeof last === "number" && typeof checkpoint === "number" && checkpoint <= last) {
+        this.violations.push(`ack(${checkpoint}) after ack(${last})`);
+      }
     }
     this.acks.push(checkpoint);
     this.acking = true;

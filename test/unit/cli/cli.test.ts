@@ -355,6 +355,6 @@ describe("sluice components", () => {
     expect(one.stdout).not.toContain("sink file:");
     const bad = await cli("components", "kafka");
     expect(bad.code).toBe(2);
-    expect(bad.stderr).toMatch(/unknown component type "kafka"; one of: generator, file, module/);
+    expect(bad.stderr).toMatch(/unknown component type "kafka"; one of: generator, file, http, module/);
   });
 });

@@ -1,0 +1,804 @@
+/**
+ * The durable buffer: a crash-safe local log behind the {@link Buffer} interface. The file
+ * format lives in `durable-log.ts`; this module decides what is written when, what stays in
+ * memory, and when entries are released.
+ */
+import fs, { type FileHandle } from "node:fs/promises";
+import { join } from "node:path";
+import type { Buffer as BufferContract, BufferLimits, Chunk, PushResult } from "./buffer.js";
+import { systemClock, type Clock } from "./clock.js";
+import {
+  acquireLock,
+  encodeChunk,
+  frameHead,
+  frameSize,
+  HEADER_BYTES,
+  isSegmentName,
+  MAX_BODY_BYTES,
+  quarantine,
+  readAcked,
+  readFrame,
+  releaseLock,
+  scanSegment,
+  segmentName,
+  serializeAcked,
+  writeAcked,
+  type AckedState,
+  type EncodedChunk,
+} from "./durable-log.js";
+import { classify, SluiceError } from "./errors.js";
+import type { EventSink, Logger } from "./events.js";
+import type { AckTicket } from "./record.js";
+
+type Bytes = globalThis.Buffer;
+
+/** Options of a {@link DurableBuffer}. */
+export interface DurableBufferOptions {
+  /** Directory of the log; created if missing. One process at a time (a lock file guards it). */
+  readonly path: string;
+  /** Bound on the log: bytes (encoded size) of entries not yet released. Then `full` / waiting pushes. */
+  readonly maxBytes: number;
+  /** true: each group commit ends with a datasync before its pushes resolve (survives power loss); false: after the write (survives a process crash). */
+  readonly fsync: boolean;
+  /** Bound on what the buffer holds in memory: chunks kept for pull plus chunks in flight (pulled, not released). */
+  readonly memory: BufferLimits;
+  readonly emit: EventSink;
+  readonly logger: Logger;
+  /** Target size of a segment file, bytes; default `clamp(maxBytes / 16, 64 KiB, 32 MiB)`. */
+  readonly segmentBytes?: number;
+  /** Clock for the coalesced `acked` writes and read retries; default the system clock. */
+  readonly clock?: Clock;
+}
+
+/** How often, at most, release progress is written to `acked`, ms. */
+const ACKED_INTERVAL_MS = 100;
+/** First and longest wait before retrying a failed read of an entry, ms. */
+const READ_RETRY_MS = 1000;
+const READ_RETRY_MAX_MS = 30_000;
+
+/** A FIFO with O(1) push, shift and pop. */
+class Deque<T> {
+  private items: (T | undefined)[] = [];
+  private head = 0;
+
+  get length(): number {
+    return this.items.length - this.head;
+  }
+  push(item: T): void {
+    this.items.push(item);
+  }
+  peek(): T | undefined {
+    return this.items[this.head];
+  }
+  shift(): T | undefined {
+    if (this.head >= this.items.length) return undefined;
+    const item = this.items[this.head];
+    this.items[this.head++] = undefined;
+    // Compact now and then so a long run does not keep a growing array of holes.
+    if (this.head > 1024 && this.head * 2 > this.items.length) {
+      this.items = this.items.slice(this.head);
+      this.head = 0;
+    }
+    return item;
+  }
+  pop(): T | undefined {
+    return this.length > 0 ? this.items.pop() : undefined;
+  }
+  *[Symbol.iterator](): Iterator<T> {
+    for (let i = this.head; i < this.items.length; i++) yield this.items[i]!;
+  }
+}
+
+interface Segment {
+  readonly name: string;
+  /** Entries in it not yet released. */
+  live: number;
+  /** Bytes in it: where the next append goes. */
+  size: number;
+  deleted: boolean;
+}
+
+/**
+ * `writing`: admitted, not yet on disk. `queued`: on disk, not pulled. `in_flight`: pulled, not
+ * released. `released`: done (also an entry whose write failed or that proved unreadable).
+ */
+type EntryState = "writing" | "queued" | "in_flight" | "released";
+
+/** One entry of the log. Small on purpose: every un-released entry has one, however large the log. */
+interface LogEntry {
+  readonly seq: number;
+  readonly size: number;
+  readonly records: number;
+  readonly bytes: number;
+  segment: Segment | undefined;
+  offset: number;
+  state: EntryState;
+  /** The chunk, while the buffer keeps it in memory for pull; otherwise pull reads it from disk. */
+  chunk: Chunk | undefined;
+}
+
+/** The ticket of a chunk the buffer hands out: settling all its records releases the entry. */
+class EntryTicket implements AckTicket {
+  seq = -1;
+  readonly checkpoint = undefined;
+  pending: number;
+
+  constructor(
+    readonly entry: LogEntry,
+    readonly receivedAt: number,
+    readonly records: number,
+    readonly bytes: number,
+    readonly onDone: (ticket: AckTicket) => void,
+  ) {
+    this.pending = records;
+  }
+}
+
+interface Append {
+  readonly entry: LogEntry;
+  readonly head: Bytes;
+  readonly tail: Bytes;
+  readonly chunk: Chunk;
+  readonly resolve: (result: PushResult) => void;
+  readonly reject: (err: SluiceError) => void;
+}
+
+interface WaitingPush {
+  readonly chunk: Chunk;
+  readonly encoded: EncodedChunk;
+  readonly resolve: (result: PushResult | Promise<PushResult>) => void;
+  readonly signal: AbortSignal | undefined;
+  readonly onAbort: () => void;
+}
+
+function clamp(v: number, lo: number, hi: number): number {
+  return Math.min(hi, Math.max(lo, v));
+}
+
+function ioError(message: string, err: unknown): SluiceError {
+  return new SluiceError("ERR_BUFFER_IO", `${message}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+}
+
+/**
+ * A crash-safe buffer: every accepted chunk is an entry in checksummed, append-only segment
+ * files under `path` (format in `durable-log.ts`), and stays there until every record of it is
+ * done. Use it when a record acknowledged to its producer must survive SIGKILL.
+ *
+ * - `push` answers `accepted` only once the entry is written (and, with `fsync`, datasynced).
+ *   Appends that arrive while a write is in progress share the next write and datasync (group
+ *   commit). Results come in call order. A failed write rejects its group with `ERR_BUFFER_IO`;
+ *   later pushes try again on a fresh segment.
+ * - `maxBytes` bounds the encoded bytes of un-released entries; `memory` bounds what is held in
+ *   memory (chunks kept for pull plus chunks in flight). A chunk that does not fit in memory is
+ *   re-read from disk at pull, and pull hands out a chunk only while what is in flight fits.
+ * - Ownership (`durable`): pulled chunks carry a buffer-owned ticket (`seq -1`, no checkpoint);
+ *   settling all its records releases the entry. A pushed chunk kept in memory has its records
+ *   re-pointed to that ticket; one read back from disk comes with fresh records.
+ * - `open` recovers the log: entries not released by the previous run are pulled first; torn or
+ *   corrupt bytes are quarantined, reported (`buffer_corrupt`) and skipped, never fatal.
+ *
+ * Gotchas: release progress reaches `acked` at most every 100 ms and at `shutdown`, so a crash
+ * may redeliver entries released just before it (at-least-once; sinks dedupe by id). A segment is
+ * deleted only once all its entries are released, so one stuck entry keeps its whole segment on
+ * disk. Besides the chunks it holds, the buffer keeps about 100 bytes per un-released entry.
+ */
+export class DurableBuffer implements BufferContract {
+  readonly durable = true;
+  private readonly dir: string;
+  private readonly maxBytes: number;
+  private readonly fsync: boolean;
+  private readonly memory: BufferLimits;
+  private readonly emit: EventSink;
+  private readonly logger: Logger;
+  private readonly clock: Clock;
+  private readonly segmentBytes: number;
+
+  private phase: "new" | "open" | "shut" = "new";
+  private closed = false;
+  /** Closed by a graceful stop: what was not pulled stays in the log for the next run. */
+  private keep = false;
+  private nextSeq = 0;
+
+  /**
+   * Every entry not yet released (being written, queued or in flight), by seq: the seqs between
+   * them are what `acked` records as released. Released entries leave it lazily.
+   */
+  private order = new Deque<LogEntry>();
+  private releasedInOrder = 0;
+  /** Entries on disk not pulled yet, by seq. */
+  private readonly unpulled = new Deque<LogEntry>();
+  /** Entries of `unpulled` whose chunk is kept in memory, by seq. */
+  private readonly kept = new Deque<LogEntry>();
+
+  private liveEntries = 0;
+  private logRecords = 0;
+  private logBytes = 0;
+  private inFlightRecords = 0;
+  private inFlightBytes = 0;
+  private heldRecords = 0;
+  private heldBytes = 0;
+
+  private readonly waiting: WaitingPush[] = [];
+  private appends: Append[] = [];
+  private writer: Promise<void> | undefined;
+  private current: { segment: Segment; fh: FileHandle } | undefined;
+  private reader: { segment: Segment; fh: FileHandle } | undefined;
+  /** Settles after the latest admitted push settles: non-accepted answers wait for it to keep call order. */
+  private tail: Promise<unknown> = Promise.resolve();
+  private puller: (() => void) | undefined;
+  private emptyWaiters: (() => void)[] = [];
+
+  private cancelAckedTimer: (() => void) | undefined;
+  private ackedWrite: Promise<void> = Promise.resolve();
+  private ackedWritten = "";
+  private readonly background = new Set<Promise<void>>();
+  private readonly onTicketDone = (ticket: AckTicket) => this.release(ticket);
+
+  constructor(o: DurableBufferOptions) {
+    this.dir = o.path;
+    this.maxBytes = o.maxBytes;
+    this.fsync = o.fsync;
+    this.memory = o.memory;
+    this.emit = o.emit;
+    this.logger = o.logger;
+    this.clock = o.clock ?? systemClock;
+    this.segmentBytes = o.segmentBytes ?? clamp(Math.floor(o.maxBytes / 16), 64 * 1024, 32 * 1024 * 1024);
+  }
+
+  /**
+   * Takes the lock and recovers the log: reads `acked`, scans every segment, quarantines torn or
+   * corrupt bytes, and queues the entries not yet released for pull. Rejects with `ERR_BUFFER_IO`
+   * when the directory is locked by a live process or cannot be read; corruption never rejects.
+   */
+  async open(): Promise<void> {
+    if (this.phase !== "new") throw new SluiceError("ERR_INTERNAL", "DurableBuffer.open() is called once");
+    try {
+      await fs.mkdir(this.dir, { recursive: true });
+    } catch (err) {
+      throw ioError(`durable buffer: cannot create ${this.dir}`, err);
+    }
+    let lock: { staleFrom: number | undefined };
+    try {
+      lock = await acquireLock(this.dir);
+    } catch (err) {
+      throw err instanceof SluiceError ? err : ioError(`durable buffer: cannot lock ${this.dir}`, err);
+    }
+    if (lock.staleFrom !== undefined) this.logger.warn({ path: this.dir, pid: lock.staleFrom }, "durable buffer: took over the lock of a process that is gone");
+    let ackedCorrupt: boolean;
+    try {
+      ackedCorrupt = await this.recover();
+    } catch (err) {
+      await releaseLock(this.dir).catch(() => {});
+      throw err instanceof SluiceError ? err : ioError(`durable buffer: cannot recover ${this.dir}`, err);
+    }
+    this.phase = "open";
+    if (ackedCorrupt) this.scheduleAckedWrite();
+  }
+
+  push(chunk: Chunk, wait: boolean, signal?: AbortSignal): Promise<PushResult> {
+    if (this.phase === "new") return Promise.reject(new SluiceError("ERR_INTERNAL", "DurableBuffer.push() before open()"));
+    if (this.closed || signal?.aborted) return this.answer("closed");
+    if (chunk.records.length === 0) return Promise.reject(new SluiceError("ERR_INTERNAL", "DurableBuffer.push() of an empty chunk"));
+    let encoded: EncodedChunk;
+    try {
+      encoded = encodeChunk(chunk);
+    } catch (err) {
+      return Promise.reject(classify(err, "ERR_INTERNAL"));
+    }
+    if (frameSize(this.nextSeq, encoded) - HEADER_BYTES > MAX_BODY_BYTES) {
+      return Promise.reject(new SluiceError("ERR_BUFFER_IO", `chunk of ${encoded.tail.length} bytes is larger than a log entry may be`, { retryable: false }));
+    }
+    // FIFO fairness: a chunk may only jump in when nobody waits ahead of it.
+    if (this.waiting.length === 0 && this.fits(encoded)) return this.admit(chunk, encoded);
+    if (!wait) return this.answer("full");
+    return new Promise((resolve) => {
+      const pending: WaitingPush = {
+        chunk,
+        encoded,
+        resolve,
+        signal,
+        onAbort: () => {
+          const i = this.waiting.indexOf(pending);
+          if (i >= 0) this.waiting.splice(i, 1);
+          resolve(this.answer("closed"));
+          this.admitWaiting();
+          this.checkEmpty();
+        },
+      };
+      signal?.addEventListener("abort", pending.onAbort, { once: true });
+      this.waiting.push(pending);
+    });
+  }
+
+  async pull(): Promise<Chunk | undefined> {
+    if (this.phase === "new") throw new SluiceError("ERR_INTERNAL", "DurableBuffer.pull() before open()");
+    for (;;) {
+      if (this.phase === "shut" || this.keep) return undefined;
+      const entry = this.unpulled.peek();
+      if (entry === undefined) {
+        if (this.closed && this.writer === undefined) return undefined;
+      } else if (this.inFlightRecords === 0 || this.fitsInFlight(entry)) {
+        const chunk = await this.take(entry);
+        if (chunk !== undefined) return chunk;
+        continue;
+      }
+      await new Promise<void>((resolve) => (this.puller = resolve));
+    }
+  }
+
+  /**
+   * Releases the entry of a ticket this buffer handed out; the same as that ticket's `onDone`,
+   * which is how the engine releases entries. Releasing twice is a no-op.
+   */
+  release(ticket: AckTicket): void {
+    if (!(ticket instanceof EntryTicket)) throw new SluiceError("ERR_INTERNAL", "DurableBuffer.release() of a ticket it did not hand out");
+    const entry = ticket.entry;
+    // A ticket of a chunk evicted from memory before pull, or settled twice, must not release anything.
+    if (entry.state !== "in_flight") return;
+    this.retire(entry);
+  }
+
+  close(keep = false): void {
+    if (keep && !this.keep) {
+      this.keep = true;
+      this.wakePuller();
+      this.checkEmpty();
+    }
+    if (this.closed) return;
+    this.closed = true;
+    for (const p of this.waiting.splice(0)) {
+      p.signal?.removeEventListener("abort", p.onAbort);
+      p.resolve(this.answer("closed"));
+    }
+    this.wakePuller();
+    this.checkEmpty();
+  }
+
+  whenEmpty(): Promise<void> {
+    if (this.isEmpty()) return Promise.resolve();
+    return new Promise((resolve) => this.emptyWaiters.push(resolve));
+  }
+
+  /** Records and encoded bytes of every entry not yet released (on disk, being written, or in flight). */
+  usage(): { records: number; bytes: number } {
+    return { records: this.logRecords, bytes: this.logBytes };
+  }
+
+  /**
+   * What the buffer holds in memory: chunks kept for pull and chunks in flight. Stays within
+   * `memory` (but for one chunk larger than it). For diagnostics and tests.
+   */
+  memoryUsage(): { records: number; bytes: number; keptChunks: number } {
+    return { records: this.heldRecords, bytes: this.heldBytes, keptChunks: this.kept.length };
+  }
+
+  /**
+   * Ends the run: takes no more pushes, finishes the writes in progress, persists release
+   * progress, closes files and removes the lock. Entries not released are replayed by the next
+   * `open`. Safe to call more than once.
+   */
+  async shutdown(): Promise<void> {
+    if (this.phase !== "open") return;
+    this.close();
+    await this.writer;
+    // From here on, late releases only update counters: the files may belong to the next process soon.
+    this.phase = "shut";
+    this.wakePuller();
+    this.cancelAckedTimer?.();
+    this.cancelAckedTimer = undefined;
+    await this.persistAcked().catch((err: unknown) => this.logger.warn({ path: this.dir, err: String(err) }, "durable buffer: could not write the acked file"));
+    const last = this.current?.segment;
+    for (const handle of [this.current, this.reader]) await handle?.fh.close().catch(() => {});
+    this.current = undefined;
+    this.reader = undefined;
+    if (last !== undefined && last.live === 0) await fs.rm(join(this.dir, last.name), { force: true }).catch(() => {});
+    await Promise.all(this.background);
+    await releaseLock(this.dir).catch((err: unknown) => this.logger.warn({ path: this.dir, err: String(err) }, "durable buffer: could not remove the lock file"));
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Recovery
+
+  /** Recovers the log's state from disk; true when `acked` was corrupt (and wants rewriting). */
+  private async recover(): Promise<boolean> {
+    const acked = await readAcked(this.dir);
+    let state: AckedState = { through: -1, released: [] };
+    if (acked.tag === "ok") state = acked.state;
+    if (acked.tag === "corrupt") {
+      // Replaying everything still on disk is safe: redelivery is allowed, loss is not.
+      await this.reportCorrupt("acked", 0, acked.data, "acked_unreadable", `acked file ${acked.detail}; replaying every entry still in the log`);
+    }
+    const ranges = state.released;
+    const isReleased = (seq: number): boolean => {
+      let lo = 0;
+      let hi = ranges.length - 1;
+      while (lo <= hi) {
+        const mid = (lo + hi) >> 1;
+        const [a, b] = ranges[mid]!;
+        if (seq < a) hi = mid - 1;
+        else if (seq > b) lo = mid + 1;
+        else return true;
+      }
+      return false;
+    };
+
+    const names = (await fs.readdir(this.dir)).filter(isSegmentName).sort();
+    let lastSeq = -1;
+    let replayRecords = 0;
+    let replayChunks = 0;
+    for (const name of names) {
+      const file = join(this.dir, name);
+      const data = await fs.readFile(file);
+      const scan = scanSegment(data, lastSeq);
+      const base = name.slice(0, -4);
+      for (const bad of scan.bad) {
+        const reason = bad.tail ? "torn_tail" : bad.problem;
+        const detail = bad.tail ? `torn tail (${bad.problem}) cut off` : `corrupt entry (${bad.problem}) skipped`;
+        await this.reportCorrupt(`${base}-${bad.offset}`, bad.offset, data.subarray(bad.offset, bad.offset + bad.length), reason, `${name}: ${detail}`);
+      }
+      if (scan.end < data.length) {
+        await fs.truncate(file, scan.end).catch((err: unknown) => this.logger.warn({ file, err: String(err) }, "durable buffer: could not truncate a torn tail"));
+      }
+      const segment: Segment = { name, live: 0, size: scan.end, deleted: false };
+      for (const s of scan.entries) {
+        lastSeq = s.seq;
+        if (s.seq <= state.through || isReleased(s.seq)) continue;
+        const entry: LogEntry = { seq: s.seq, size: s.length, records: s.records, bytes: s.bytes, segment, offset: s.offset, state: "queued", chunk: undefined };
+        this.order.push(entry);
+        segment.live++;
+        this.liveEntries++;
+        this.logRecords += s.records;
+        this.logBytes += s.length;
+        this.unpulled.push(entry);
+        replayRecords += s.records;
+        replayChunks++;
+      }
+      if (segment.live === 0) await fs.rm(file, { force: true });
+    }
+    const lastRange = ranges[ranges.length - 1];
+    this.nextSeq = Math.max(lastSeq, state.through, lastRange === undefined ? -1 : lastRange[1]) + 1;
+    if (replayChunks > 0) this.emit({ type: "buffer_replayed", records: replayRecords, chunks: replayChunks });
+    // Stale leftovers of an acked write cut short by a crash.
+    await fs.rm(join(this.dir, "acked.tmp"), { force: true });
+    return acked.tag === "corrupt";
+  }
+
+  /** Quarantines bad bytes found on open, reports them, and goes on whatever happens. */
+  private async reportCorrupt(name: string, offset: number, data: Bytes, reason: string, detail: string): Promise<void> {
+    let file: string | undefined;
+    try {
+      file = await quarantine(this.dir, name, data);
+    } catch (err) {
+      this.logger.warn({ path: this.dir, err: String(err) }, "durable buffer: could not write a quarantine file");
+    }
+    this.emit({ type: "buffer_corrupt", entries: 1, bytes: data.length, reason });
+    this.logger.warn({ path: this.dir, offset, bytes: data.length, reason, quarantine: file }, `durable buffer: ${detail}`);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Appending
+
+  private fits(encoded: EncodedChunk): boolean {
+    return this.liveEntries === 0 || this.logBytes + frameSize(this.nextSeq, encoded) <= this.maxBytes;
+  }
+
+  /** Answers a push that was not accepted, after every push admitted before it, so answers keep call order. */
+  private answer(result: "full" | "closed"): Promise<PushResult> {
+    return this.tail.then(() => result);
+  }
+
+  private admit(chunk: Chunk, encoded: EncodedChunk): Promise<PushResult> {
+    const seq = this.nextSeq++;
+    const head = frameHead(seq, encoded);
+    const entry: LogEntry = {
+      seq,
+      size: head.length + encoded.tail.length,
+      records: encoded.records,
+      bytes: encoded.bytes,
+      segment: undefined,
+      offset: 0,
+      state: "writing",
+      chunk: undefined,
+    };
+    this.order.push(entry);
+    this.liveEntries++;
+    this.logRecords += entry.records;
+    this.logBytes += entry.size;
+    const result = new Promise<PushResult>((resolve, reject) => {
+      this.appends.push({ entry, head, tail: encoded.tail, chunk, resolve, reject });
+    });
+    this.tail = result.catch(() => {});
+    this.writer ??= this.writeLoop();
+    return result;
+  }
+
+  private admitWaiting(): void {
+    while (this.waiting.length > 0 && this.fits(this.waiting[0]!.encoded)) {
+      const p = this.waiting.shift()!;
+      p.signal?.removeEventListener("abort", p.onAbort);
+      p.resolve(this.admit(p.chunk, p.encoded));
+    }
+  }
+
+  /** Writes queued appends, a group at a time, until none is left. Never rejects. */
+  private async writeLoop(): Promise<void> {
+    while (this.appends.length > 0) {
+      let n = 0;
+      let bytes = 0;
+      // A group stays near one segment's size, so a backlog is not written as one huge buffer.
+      while (n < this.appends.length && (n === 0 || bytes < this.segmentBytes)) bytes += this.appends[n++]!.entry.size;
+      const group = this.appends.splice(0, n);
+      try {
+        await this.writeGroup(group, bytes);
+        this.commit(group);
+      } catch (err) {
+        await this.failGroup(group, err);
+      }
+    }
+    this.writer = undefined;
+    this.wakePuller();
+  }
+
+  private async writeGroup(group: Append[], bytes: number): Promise<void> {
+    if (this.current !== undefined && this.current.segment.size >= this.segmentBytes) {
+      const { segment, fh } = this.current;
+      this.current = undefined;
+      // The segment's data is on disk already: a failed close loses nothing.
+      await fh.close().catch(() => {});
+      if (segment.live === 0) this.deleteSegment(segment);
+    }
+    this.current ??= await this.createSegment(group[0]!.entry.seq);
+    const { segment, fh } = this.current;
+    const parts: Bytes[] = [];
+    for (const a of group) parts.push(a.head, a.tail);
+    const data = globalThis.Buffer.concat(parts, bytes);
+    for (let done = 0; done < bytes; ) {
+      const { bytesWritten } = await fh.write(data, done, bytes - done, segment.size + done);
+      if (bytesWritten === 0) throw new Error("write made no progress");
+      done += bytesWritten;
+    }
+    if (this.fsync) await fh.datasync();
+    let offset = segment.size;
+    for (const a of group) {
+      a.entry.segment = segment;
+      a.entry.offset = offset;
+      offset += a.entry.size;
+    }
+    segment.live += group.length;
+    segment.size = offset;
+  }
+
+  private async createSegment(firstSeq: number): Promise<{ segment: Segment; fh: FileHandle }> {
+    const name = segmentName(firstSeq);
+    const fh = await fs.open(join(this.dir, name), "wx");
+    const segment: Segment = { name, live: 0, size: 0, deleted: false };
+    try {
+      // A new file's directory entry is durable only once the directory is synced.
+      if (this.fsync) {
+        const dir = await fs.open(this.dir, "r");
+        try {
+          await dir.sync();
+        } finally {
+          await dir.close();
+        }
+      }
+    } catch (err) {
+      await fh.close().catch(() => {});
+      this.deleteSegment(segment);
+      throw err;
+    }
+    return { segment, fh };
+  }
+
+  private commit(group: Append[]): void {
+    for (const a of group) {
+      const entry = a.entry;
+      entry.state = "queued";
+      if (this.heldRecords + entry.records <= this.memory.maxRecords && this.heldBytes + entry.bytes <= this.memory.maxBytes) {
+        const ticket = new EntryTicket(entry, a.chunk.ticket.receivedAt, entry.records, entry.bytes, this.onTicketDone);
+        for (const r of a.chunk.records) r.ticket = ticket;
+        entry.chunk = { records: a.chunk.records, ticket };
+        this.heldRecords += entry.records;
+        this.heldBytes += entry.bytes;
+        this.kept.push(entry);
+      }
+      this.unpulled.push(entry);
+      a.resolve("accepted");
+    }
+    this.wakePuller();
+  }
+
+  private async failGroup(group: Append[], err: unknown): Promise<void> {
+    const error = ioError(`durable buffer: could not append to ${this.dir}`, err);
+    this.logger.error({ path: this.dir, code: error.code, err: error.message, chunks: group.length }, "durable buffer: write failed; the pushes of this group are rejected");
+    // What reached the file and what a failed datasync dropped is unknown: cut the segment back
+    // to its last good entry and write on in a new one.
+    const current = this.current;
+    this.current = undefined;
+    if (current !== undefined) {
+      await current.fh.truncate(current.segment.size).catch(() => {});
+      await current.fh.close().catch(() => {});
+      if (current.segment.live === 0) this.deleteSegment(current.segment);
+    }
+    for (const a of group) {
+      this.retire(a.entry);
+      a.reject(error);
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Pulling and releasing
+
+  private fitsInFlight(entry: LogEntry): boolean {
+    return this.inFlightRecords + entry.records <= this.memory.maxRecords && this.inFlightBytes + entry.bytes <= this.memory.maxBytes;
+  }
+
+  /** Moves the head of `unpulled` in flight and returns its chunk; undefined when it proved unreadable or on shutdown. */
+  private async take(entry: LogEntry): Promise<Chunk | undefined> {
+    this.unpulled.shift();
+    entry.state = "in_flight";
+    this.inFlightRecords += entry.records;
+    this.inFlightBytes += entry.bytes;
+    if (entry.chunk !== undefined) {
+      this.kept.shift();
+      const chunk = entry.chunk;
+      entry.chunk = undefined;
+      return chunk;
+    }
+    // Make room for the chunk read from disk by dropping the latest kept chunks: they are read back later.
+    while (this.heldRecords > 0 && (this.heldRecords + entry.records > this.memory.maxRecords || this.heldBytes + entry.bytes > this.memory.maxBytes)) {
+      const evicted = this.kept.pop();
+      if (evicted === undefined) break;
+      evicted.chunk = undefined;
+      this.heldRecords -= evicted.records;
+      this.heldBytes -= evicted.bytes;
+    }
+    this.heldRecords += entry.records;
+    this.heldBytes += entry.bytes;
+    for (let wait = READ_RETRY_MS; ; wait = Math.min(wait * 2, READ_RETRY_MAX_MS)) {
+      let data: Bytes;
+      try {
+        data = await this.readEntry(entry);
+      } catch (err) {
+        if (this.phase === "shut") return undefined;
+        // An I/O error may pass (too many open files); the entry is not given up.
+        this.logger.error({ path: this.dir, seq: entry.seq, err: String(err), retryInMs: wait }, "durable buffer: could not read an entry; retrying");
+        await new Promise<void>((resolve) => this.clock.setTimer(wait, resolve));
+        continue;
+      }
+      const frame = readFrame(data, 0, entry.seq);
+      if (typeof frame !== "string" && frame.seq === entry.seq) {
+        const ticket = new EntryTicket(entry, frame.receivedAt, entry.records, entry.bytes, this.onTicketDone);
+        for (const r of frame.records) r.ticket = ticket;
+        return { records: frame.records, ticket };
+      }
+      const problem = typeof frame === "string" ? frame : "bad_seq";
+      this.emit({ type: "buffer_corrupt", entries: 1, bytes: entry.size, reason: problem });
+      this.logger.error({ path: this.dir, seq: entry.seq, segment: entry.segment?.name, offset: entry.offset, reason: problem }, "durable buffer: an entry changed on disk since it was written or checked; skipped");
+      this.retire(entry);
+      return undefined;
+    }
+  }
+
+  private async readEntry(entry: LogEntry): Promise<Bytes> {
+    const segment = entry.segment!;
+    if (this.reader?.segment !== segment) {
+      const previous = this.reader;
+      this.reader = undefined;
+      await previous?.fh.close();
+      this.reader = { segment, fh: await fs.open(join(this.dir, segment.name), "r") };
+    }
+    const data = globalThis.Buffer.allocUnsafe(entry.size);
+    const { bytesRead } = await this.reader.fh.read(data, 0, entry.size, entry.offset);
+    return bytesRead === entry.size ? data : data.subarray(0, bytesRead);
+  }
+
+  /** An entry is done: released, failed to write, or unreadable. */
+  private retire(entry: LogEntry): void {
+    const was = entry.state;
+    entry.state = "released";
+    this.liveEntries--;
+    this.logRecords -= entry.records;
+    this.logBytes -= entry.size;
+    if (was === "in_flight") {
+      this.inFlightRecords -= entry.records;
+      this.inFlightBytes -= entry.bytes;
+      this.heldRecords -= entry.records;
+      this.heldBytes -= entry.bytes;
+    }
+    const segment = entry.segment;
+    if (segment !== undefined && --segment.live === 0 && segment !== this.current?.segment) this.deleteSegment(segment);
+    this.releasedInOrder++;
+    this.trimOrder();
+    this.scheduleAckedWrite();
+    this.admitWaiting();
+    this.wakePuller();
+    this.checkEmpty();
+  }
+
+  private deleteSegment(segment: Segment): void {
+    if (segment.deleted || this.phase === "shut") return;
+    segment.deleted = true;
+    const reader = this.reader?.segment === segment ? this.reader : undefined;
+    if (reader !== undefined) this.reader = undefined;
+    this.runInBackground(async () => {
+      await reader?.fh.close();
+      await fs.rm(join(this.dir, segment.name), { force: true });
+    }, "could not delete a released segment");
+  }
+
+  private runInBackground(task: () => Promise<void>, failure: string): void {
+    const p = task()
+      .catch((err: unknown) => this.logger.warn({ path: this.dir, err: String(err) }, `durable buffer: ${failure}`))
+      .finally(() => this.background.delete(p));
+    this.background.add(p);
+  }
+
+  private wakePuller(): void {
+    const puller = this.puller;
+    this.puller = undefined;
+    puller?.();
+  }
+
+  /** Every entry released; after a graceful stop, every entry handed out by pull. */
+  private isEmpty(): boolean {
+    if (this.waiting.length !== 0) return false;
+    return this.keep ? this.inFlightRecords === 0 : this.liveEntries === 0;
+  }
+
+  private checkEmpty(): void {
+    if (!this.isEmpty()) return;
+    const waiters = this.emptyWaiters;
+    this.emptyWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Release progress
+
+  /** Drops released entries from `order`: at once from its head, and by a rebuild once they are most of it (one stuck entry must not make it grow without end). */
+  private trimOrder(): void {
+    for (let e = this.order.peek(); e !== undefined && e.state === "released"; e = this.order.peek()) {
+      this.order.shift();
+      this.releasedInOrder--;
+    }
+    if (this.releasedInOrder > 1024 && this.releasedInOrder * 2 > this.order.length) {
+      const live = new Deque<LogEntry>();
+      for (const e of this.order) if (e.state !== "released") live.push(e);
+      this.order = live;
+      this.releasedInOrder = 0;
+    }
+  }
+
+  private scheduleAckedWrite(): void {
+    if (this.cancelAckedTimer !== undefined || this.phase === "shut") return;
+    this.cancelAckedTimer = this.clock.setTimer(ACKED_INTERVAL_MS, () => {
+      this.cancelAckedTimer = undefined;
+      this.runInBackground(() => this.persistAcked(), "could not write the acked file");
+    });
+  }
+
+  /** Writes the release progress if it changed since the last write; one write at a time. */
+  private persistAcked(): Promise<void> {
+    const write = this.ackedWrite.then(async () => {
+      // Every seq assigned so far and not in `order` is released (or was never written).
+      let through: number | undefined;
+      let prev = -1;
+      const released: [number, number][] = [];
+      for (const e of this.order) {
+        if (e.state === "released") continue;
+        if (through === undefined) through = e.seq - 1;
+        else if (e.seq > prev + 1) released.push([prev + 1, e.seq - 1]);
+        prev = e.seq;
+      }
+      if (through === undefined) through = this.nextSeq - 1;
+      else if (prev < this.nextSeq - 1) released.push([prev + 1, this.nextSeq - 1]);
+      const text = serializeAcked({ through, released });
+      if (text === this.ackedWritten) return;
+      await writeAcked(this.dir, text, this.fsync);
+      this.ackedWritten = text;
+    });
+    this.ackedWrite = write.catch(() => {});
+    return write;
+  }
+}

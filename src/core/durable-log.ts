@@ -1,0 +1,382 @@
+/**
+ * The on-disk format of the durable buffer (`durable-buffer.ts`): framed, checksummed entries in
+ * append-only segment files, the `acked` progress file, the lock file, and the recovery scan.
+ * Everything here is stateless; the buffer owns the files.
+ *
+ * Layout of `<path>/`:
+ * - `<16-digit seq of the first entry>.seg`: entries, each a 12-byte header
+ *   `{ magic u32 LE, body length u32 LE, crc32(body) u32 LE }` and a UTF-8 JSON body
+ *   `[seq, source, receivedAt, [[id, key, payload, eventTime, bytes(, [code, message, location], raw)], ...]]`.
+ * - `acked`: `<crc32 hex> {"through":N,"released":[[a,b],...]}`: entries up to N and in each range are released.
+ * - `lock`: the pid of the process that has the log open.
+ * - `quarantine/<segment>-<offset>.bad`: bytes recovery cut out of a segment.
+ */
+import fs from "node:fs/promises";
+import { join } from "node:path";
+import { crc32 } from "node:zlib";
+import type { Chunk } from "./buffer.js";
+import { ERROR_CODES, SluiceError, type ErrorCode } from "./errors.js";
+import { RecordEntry, type JsonObject } from "./record.js";
+
+type Bytes = globalThis.Buffer;
+
+/** First bytes of every entry (`d1 5c e0 01`). Byte 0x01 never occurs in UTF-8 JSON, so a body cannot fake a header. */
+const MAGIC = 0x01e05cd1;
+const MAGIC_BYTES = globalThis.Buffer.from([0xd1, 0x5c, 0xe0, 0x01]);
+/** Bytes of an entry header. */
+export const HEADER_BYTES = 12;
+/** Longest body a header may claim; a longer one is corrupt, and a chunk that would need one is refused. */
+export const MAX_BODY_BYTES = 1024 * 1024 * 1024;
+
+const SEGMENT_FILE = /^(\d{16})\.seg$/;
+
+/** File name of the segment whose first entry has `seq`. */
+export function segmentName(seq: number): string {
+  return `${String(seq).padStart(16, "0")}.seg`;
+}
+
+/** True for a segment file name (see {@link segmentName}). */
+export function isSegmentName(name: string): boolean {
+  return SEGMENT_FILE.test(name);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entries
+
+/** A chunk encoded up to its seq, which the log assigns only when it admits the entry. */
+export interface EncodedChunk {
+  /** The body after `[seq,`: `"source",receivedAt,[rows]]`. */
+  readonly tail: Bytes;
+  readonly records: number;
+  /** Sum of the records' estimated bytes (what the memory bound counts). */
+  readonly bytes: number;
+}
+
+/**
+ * Encodes a chunk's records (one source per chunk, as {@link Chunk} says). Throws what
+ * `JSON.stringify` throws for a payload that is not JSON (a BigInt, a cycle).
+ */
+export function encodeChunk(chunk: Chunk): EncodedChunk {
+  const records = chunk.records;
+  const rows: unknown[] = new Array(records.length);
+  let bytes = 0;
+  for (let i = 0; i < records.length; i++) {
+    const r = records[i]!;
+    bytes += r.bytes;
+    // `undefined` in an array serializes as null, which decodes back to undefined.
+    rows[i] =
+      r.failure === undefined
+        ? [r.id, r.key, r.payload, r.eventTime, r.bytes]
+        : [r.id, r.key, r.payload, r.eventTime, r.bytes, [r.failure.code, r.failure.message, r.failure.location], r.raw];
+  }
+  const json = globalThis.Buffer.from(JSON.stringify([records[0]?.source ?? "", chunk.ticket.receivedAt, rows]), "utf8");
+  return { tail: json.subarray(1), records: records.length, bytes };
+}
+
+/** Bytes the entry of `encoded` takes in a segment when it gets `seq`. */
+export function frameSize(seq: number, encoded: EncodedChunk): number {
+  return HEADER_BYTES + String(seq).length + 2 + encoded.tail.length;
+}
+
+/** The header and the body's `[seq,` in one buffer; the entry is that followed by `encoded.tail`. */
+export function frameHead(seq: number, encoded: EncodedChunk): Bytes {
+  const prefix = `[${seq},`;
+  const head = globalThis.Buffer.allocUnsafe(HEADER_BYTES + prefix.length);
+  head.write(prefix, HEADER_BYTES, "latin1");
+  head.writeUInt32LE(MAGIC, 0);
+  head.writeUInt32LE(prefix.length + encoded.tail.length, 4);
+  head.writeUInt32LE(crc32(encoded.tail, crc32(head.subarray(HEADER_BYTES))), 8);
+  return head;
+}
+
+/** A decoded entry. */
+export interface DecodedEntry {
+  readonly seq: number;
+  /** Bytes the entry takes in its segment, header included. */
+  readonly length: number;
+  readonly receivedAt: number;
+  /** Fresh records, their `ticket` not yet set. */
+  readonly records: RecordEntry[];
+  /** Sum of the records' estimated bytes. */
+  readonly bytes: number;
+}
+
+/** Why bytes at an offset are not an entry. */
+export type FrameProblem = "short_header" | "bad_magic" | "bad_length" | "past_eof" | "bad_checksum" | "undecodable" | "bad_seq";
+
+/** Reads the entry at `offset` of `data`: the entry, or why there is none. `minSeq`: lowest plausible seq. */
+export function readFrame(data: Bytes, offset: number, minSeq: number): DecodedEntry | FrameProblem {
+  if (offset + HEADER_BYTES > data.length) return "short_header";
+  if (data.readUInt32LE(offset) !== MAGIC) return "bad_magic";
+  const length = data.readUInt32LE(offset + 4);
+  if (length < 2 || length > MAX_BODY_BYTES) return "bad_length";
+  const end = offset + HEADER_BYTES + length;
+  if (end > data.length) return "past_eof";
+  const body = data.subarray(offset + HEADER_BYTES, end);
+  if (crc32(body) !== data.readUInt32LE(offset + 8)) return "bad_checksum";
+  const decoded = decodeBody(body, HEADER_BYTES + length);
+  if (decoded === undefined) return "undecodable";
+  return decoded.seq < minSeq ? "bad_seq" : decoded;
+}
+
+/** Offset of the next header at or after `from` whose length fits and whose checksum holds, or -1. */
+function nextFrame(data: Bytes, from: number): number {
+  for (let at = data.indexOf(MAGIC_BYTES, from); at >= 0; at = data.indexOf(MAGIC_BYTES, at + 1)) {
+    if (at + HEADER_BYTES > data.length) return -1;
+    const length = data.readUInt32LE(at + 4);
+    const end = at + HEADER_BYTES + length;
+    if (length >= 2 && end <= data.length && crc32(data.subarray(at + HEADER_BYTES, end)) === data.readUInt32LE(at + 8)) return at;
+  }
+  return -1;
+}
+
+function isObject(v: unknown): v is JsonObject {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function decodeRow(row: unknown, source: string): RecordEntry | undefined {
+  if (!Array.isArray(row) || (row.length !== 5 && row.length !== 7)) return undefined;
+  const [id, key, payload, eventTime, bytes] = row as unknown[];
+  if (typeof id !== "string" || (key !== null && typeof key !== "string") || !isObject(payload)) return undefined;
+  if ((eventTime !== null && typeof eventTime !== "number") || typeof bytes !== "number") return undefined;
+  const entry = new RecordEntry(id, key ?? undefined, payload, eventTime ?? undefined, source, bytes);
+  if (row.length === 7) {
+    const failure: unknown = row[5];
+    const raw: unknown = row[6];
+    if (!Array.isArray(failure) || failure.length !== 3 || (raw !== null && typeof raw !== "string")) return undefined;
+    const [code, message, location] = failure as unknown[];
+    if (typeof code !== "string" || typeof message !== "string" || (location !== null && typeof location !== "string")) return undefined;
+    // A code a later version dropped still marks the record as unparsable input.
+    const known: ErrorCode = code in ERROR_CODES ? (code as ErrorCode) : "ERR_RECORD_MALFORMED";
+    entry.failure = new SluiceError(known, message, location === null ? {} : { location });
+    entry.raw = raw ?? undefined;
+  }
+  return entry;
+}
+
+function decodeBody(body: Bytes, length: number): DecodedEntry | undefined {
+  let v: unknown;
+  try {
+    v = JSON.parse(body.toString("utf8"));
+  } catch {
+    return undefined;
+  }
+  if (!Array.isArray(v) || v.length !== 4) return undefined;
+  const [seq, source, receivedAt, rows] = v as unknown[];
+  if (!Number.isSafeInteger(seq) || (seq as number) < 0 || typeof source !== "string" || typeof receivedAt !== "number") return undefined;
+  if (!Array.isArray(rows) || rows.length === 0) return undefined;
+  const records: RecordEntry[] = new Array(rows.length);
+  let bytes = 0;
+  for (let i = 0; i < rows.length; i++) {
+    const r = decodeRow(rows[i], source);
+    if (r === undefined) return undefined;
+    records[i] = r;
+    bytes += r.bytes;
+  }
+  return { seq: seq as number, length, receivedAt, records, bytes };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recovery scan
+
+/** An entry the scan found intact. */
+export interface ScannedEntry {
+  readonly seq: number;
+  readonly offset: number;
+  readonly length: number;
+  readonly records: number;
+  readonly bytes: number;
+}
+
+/** Bytes the scan could not read as entries. */
+export interface BadRegion {
+  readonly offset: number;
+  readonly length: number;
+  /** What was wrong at `offset`. */
+  readonly problem: FrameProblem;
+  /** True when no intact entry follows: a torn tail, cut off by truncating the segment. */
+  readonly tail: boolean;
+}
+
+/** What {@link scanSegment} found. */
+export interface SegmentScan {
+  readonly entries: ScannedEntry[];
+  readonly bad: BadRegion[];
+  /** Where the intact part ends: the segment is truncated here when a torn tail follows. */
+  readonly end: number;
+}
+
+/**
+ * Reads every entry of a segment. A bad region followed by an intact entry (resync: the next
+ * magic whose checksum holds) is skipped; one that runs to the end is a torn tail. Entries whose
+ * seq is not above `afterSeq` or the entry before them are bad (`bad_seq`), which keeps seqs rising.
+ */
+export function scanSegment(data: Bytes, afterSeq: number): SegmentScan {
+  const entries: ScannedEntry[] = [];
+  const bad: BadRegion[] = [];
+  let last = afterSeq;
+  let offset = 0;
+  while (offset < data.length) {
+    const frame = readFrame(data, offset, last + 1);
+    if (typeof frame !== "string") {
+      entries.push({ seq: frame.seq, offset, length: frame.length, records: frame.records.length, bytes: frame.bytes });
+      last = frame.seq;
+      offset += frame.length;
+      continue;
+    }
+    const next = nextFrame(data, offset + 1);
+    if (next < 0) {
+      bad.push({ offset, length: data.length - offset, problem: frame, tail: true });
+      return { entries, bad, end: offset };
+    }
+    bad.push({ offset, length: next - offset, problem: frame, tail: false });
+    offset = next;
+  }
+  return { entries, bad, end: data.length };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The acked file
+
+/** Release progress: every entry with seq <= `through` or inside one of `released` (inclusive, rising) is released. */
+export interface AckedState {
+  readonly through: number;
+  readonly released: readonly (readonly [number, number])[];
+}
+
+/** What {@link readAcked} found. */
+export type AckedRead = { tag: "missing" } | { tag: "ok"; state: AckedState } | { tag: "corrupt"; detail: string; data: Bytes };
+
+function isAckedState(v: unknown): v is AckedState {
+  if (!isObject(v) || !Number.isSafeInteger(v.through) || (v.through as number) < -1 || !Array.isArray(v.released)) return false;
+  let prev = v.through as number;
+  for (const r of v.released) {
+    if (!Array.isArray(r) || r.length !== 2 || !Number.isSafeInteger(r[0]) || !Number.isSafeInteger(r[1])) return false;
+    const [a, b] = r as [number, number];
+    if (a <= prev || b < a) return false;
+    prev = b;
+  }
+  return true;
+}
+
+/** The acked file's content for `state`: a checksum, a space, the JSON. */
+export function serializeAcked(state: AckedState): string {
+  const json = JSON.stringify({ through: state.through, released: state.released });
+  return `${crc32(json).toString(16).padStart(8, "0")} ${json}\n`;
+}
+
+/** Reads `<dir>/acked`; a file that is unreadable, fails its checksum or is not a valid state is `corrupt`. */
+export async function readAcked(dir: string): Promise<AckedRead> {
+  let data: Bytes;
+  try {
+    data = await fs.readFile(join(dir, "acked"));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return { tag: "missing" };
+    return { tag: "corrupt", detail: `unreadable: ${(err as Error).message}`, data: globalThis.Buffer.alloc(0) };
+  }
+  const text = data.toString("utf8");
+  const match = /^([0-9a-f]{8}) (.*)\n$/s.exec(text);
+  if (match === null) return { tag: "corrupt", detail: "not in the acked format", data };
+  if (parseInt(match[1]!, 16) !== crc32(match[2]!)) return { tag: "corrupt", detail: "checksum mismatch", data };
+  let v: unknown;
+  try {
+    v = JSON.parse(match[2]!);
+  } catch {
+    return { tag: "corrupt", detail: "undecodable", data };
+  }
+  return isAckedState(v) ? { tag: "ok", state: v } : { tag: "corrupt", detail: "not a valid release state", data };
+}
+
+/** Replaces `<dir>/acked` with `text` atomically (write a temp file, rename over). */
+export async function writeAcked(dir: string, text: string, fsync: boolean): Promise<void> {
+  const tmp = join(dir, "acked.tmp");
+  const fh = await fs.open(tmp, "w");
+  try {
+    await fh.writeFile(text, "utf8");
+    if (fsync) await fh.datasync();
+  } finally {
+    await fh.close();
+  }
+  await fs.rename(tmp, join(dir, "acked"));
+}
+
+/** Copies bad bytes to `<dir>/quarantine/<name>.bad`; returns the file's path. */
+export async function quarantine(dir: string, name: string, data: Bytes): Promise<string> {
+  const qdir = join(dir, "quarantine");
+  await fs.mkdir(qdir, { recursive: true });
+  const file = join(qdir, `${name}.bad`);
+  await fs.writeFile(file, data);
+  return file;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The lock file
+
+/** Lock files this process holds: a lock naming our own pid is live only if it is in here. */
+const heldLocks = new Set<string>();
+
+function isLive(pid: number, lockFile: string): boolean {
+  // A lock with our own pid is from an earlier incarnation (a container restarted as pid 1)
+  // unless this process took it.
+  if (pid === process.pid) return heldLocks.has(lockFile);
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+async function lockHolder(lockFile: string): Promise<number | undefined> {
+  try {
+    const pid = Number((await fs.readFile(lockFile, "utf8")).trim());
+    return Number.isSafeInteger(pid) && pid > 0 ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Takes `<dir>/lock` for this process. A lock whose process is alive refuses with `ERR_BUFFER_IO`;
+ * a stale one (its process is gone, e.g. after SIGKILL, or its content is garbled) is taken over
+ * and its pid returned. The lock is created by hard-linking a complete temp file, so nobody reads
+ * a half-written pid. Gotcha: two processes taking over the same stale lock at the same moment can
+ * both win; the lock guards against a second start by mistake, not against a race on purpose.
+ */
+export async function acquireLock(dir: string): Promise<{ staleFrom: number | undefined }> {
+  const lockFile = join(dir, "lock");
+  const tmp = join(dir, `lock.${process.pid}.tmp`);
+  await fs.writeFile(tmp, `${process.pid}\n`);
+  let staleFrom: number | undefined;
+  try {
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        await fs.link(tmp, lockFile);
+        heldLocks.add(lockFile);
+        return { staleFrom };
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+      }
+      const holder = await lockHolder(lockFile);
+      if (holder !== undefined && isLive(holder, lockFile)) {
+        throw new SluiceError(
+          "ERR_BUFFER_IO",
+          `durable buffer ${dir} is in use by process ${holder}; stop it first, or delete ${lockFile} if no sluice process uses this directory`,
+          { location: lockFile },
+        );
+      }
+      staleFrom = holder;
+      await fs.rm(lockFile, { force: true });
+    }
+    throw new SluiceError("ERR_BUFFER_IO", `durable buffer ${dir}: could not take ${lockFile}; another process keeps taking it`, { location: lockFile });
+  } finally {
+    await fs.rm(tmp, { force: true });
+  }
+}
+
+/** Gives up the lock {@link acquireLock} took. */
+export async function releaseLock(dir: string): Promise<void> {
+  const lockFile = join(dir, "lock");
+  heldLocks.delete(lockFile);
+  await fs.rm(lockFile, { force: true });
+}

@@ -1,0 +1,283 @@
+/**
+ * The `http` source: producers POST records to `/v1/events` (one JSON object, a JSON array, or
+ * NDJSON, optionally gzip-encoded) and get `202 {"accepted":N}` only once the records are durable:
+ * on disk when the buffer is durable, else committed by every sink. Full buffer: 429, stopping:
+ * 503, both with `Retry-After`. The same port serves `/health/live`, `/health/ready`, `/metrics`.
+ */
+import { randomUUID } from "node:crypto";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { z } from "zod";
+import { SluiceError } from "../core/errors.js";
+import type { Entry } from "../core/record.js";
+import { byteSize, duration } from "../components/options.js";
+import { defineComponent, type ComponentContext, type Source, type SourceHandle } from "../components/contracts.js";
+import { Authenticator } from "./http-auth.js";
+import { ACCEPTED_TYPES, bodyFormat, decode, HttpError, parseBody, readBody, text } from "./http-body.js";
+
+const options = z
+  .strictObject({
+    listen: z.string().regex(/^[^:]+:\d+$/, "use host:port").default("127.0.0.1:8080").describe("host:port to listen on; loopback by default"),
+    path: z.string().startsWith("/").default("/v1/events").describe("Path that takes POSTed records"),
+    max_body: byteSize().default(1024 * 1024).describe("Largest body, enforced while reading and again after gzip inflation"),
+    max_depth: z.number().int().positive().max(1000).default(32).describe("Deepest JSON nesting of a record"),
+    header_timeout: duration().default(10_000).describe("A client must send its headers within this time"),
+    request_timeout: duration().default(30_000).describe("A client must send its whole request within this time"),
+    keep_alive_timeout: duration().default(5_000).describe("An idle keep-alive connection is closed after this time"),
+    ack_timeout: duration()
+      .default(30_000)
+      .describe("Without a durable buffer: longest wait for the sinks to commit a request's records before answering 503"),
+    retry_after: duration().default(1000).describe("Retry-After sent with 429 and 503 (rounded up to whole seconds)"),
+    auth: z
+      .strictObject({
+        tokens: z.array(z.string().min(16, "a token needs at least 16 characters")).default([]).describe("Accepted bearer tokens; use ${ENV} to read them from the environment"),
+        hmac: z
+          .strictObject({
+            secrets: z.array(z.string().min(16, "a secret needs at least 16 characters")).min(1).describe("Accepted signing secrets"),
+            signature_header: z.string().toLowerCase().default("x-sluice-signature").describe("Header with sha256=<hex HMAC of `<timestamp>.<raw body>`>"),
+            timestamp_header: z.string().toLowerCase().default("x-sluice-timestamp").describe("Header with the signing time, seconds since the epoch"),
+            tolerance: duration().default(300_000).describe("Replay window: signatures older or newer than this are refused"),
+          })
+          .optional(),
+      })
+      .optional()
+      .describe("Bearer tokens and/or HMAC webhook signatures; absent = no authentication"),
+  })
+  .refine((o) => o.header_timeout <= o.request_timeout, { path: ["header_timeout"], message: "must not exceed request_timeout" });
+
+/** Validated options of the `http` source. */
+export type HttpSourceOptions = z.output<typeof options>;
+
+/** A request waiting for its records to be durable: the checkpoint of its chunk. */
+interface Pending {
+  readonly done: () => void;
+  /** Set when the pipeline ended before the records became durable. */
+  abandoned: boolean;
+}
+
+const MAX_IDEMPOTENCY_KEY = 200;
+
+/** How long close() lets open connections finish their answers before cutting them, ms. */
+const CLOSE_GRACE_MS = 1000;
+
+/** A listen address already taken or not available: the pipeline reports it as a source failure. */
+function listenError(listen: string, err: Error): SluiceError {
+  return new SluiceError("ERR_SOURCE_READ", `http source cannot listen on ${listen}: ${err.message}`, { cause: err, retryable: false });
+}
+
+/** The `http` source. */
+export class HttpSource implements Source {
+  readonly kind = "push";
+  private server: Server | undefined;
+  private handle: SourceHandle | undefined;
+  private stopping = false;
+  private readonly auth: Authenticator;
+  private readonly retryAfter: string;
+  /** Requests whose records are enqueued and not yet acked. */
+  private readonly pending = new Set<Pending>();
+
+  constructor(
+    private readonly o: HttpSourceOptions,
+    private readonly ctx: ComponentContext,
+  ) {
+    this.auth = new Authenticator({ tokens: o.auth?.tokens ?? [], ...(o.auth?.hmac ? { hmac: o.auth.hmac } : {}) }, () => ctx.clock.now());
+    this.retryAfter = String(Math.max(1, Math.ceil(o.retry_after / 1000)));
+  }
+
+  async run(handle: SourceHandle, signal: AbortSignal): Promise<void> {
+    this.handle = handle;
+    const server = createServer({
+      headersTimeout: this.o.header_timeout,
+      requestTimeout: this.o.request_timeout,
+      keepAliveTimeout: this.o.keep_alive_timeout,
+      connectionsCheckingInterval: Math.max(100, Math.min(1000, this.o.header_timeout / 2)),
+    });
+    server.on("request", (req: IncomingMessage, res: ServerResponse) => {
+      this.route(req, res).catch((err: unknown) => this.answerError(res, err));
+    });
+    this.server = server;
+    const sep = this.o.listen.lastIndexOf(":");
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", (err) => reject(listenError(this.o.listen, err)));
+      server.listen(Number(this.o.listen.slice(sep + 1)), this.o.listen.slice(0, sep), () => {
+        server.removeAllListeners("error");
+        resolve();
+      });
+    });
+    server.on("error", (err) => this.ctx.logger.error({ component: this.ctx.name, err: err.message }, "http server error"));
+    const address = server.address();
+    this.ctx.logger.info({ component: this.ctx.name, address: typeof address === "object" && address ? `${address.address}:${address.port}` : String(address), path: this.o.path }, "http source listening");
+    if (!signal.aborted) await new Promise<void>((resolve) => signal.addEventListener("abort", () => resolve(), { once: true }));
+    // The server keeps listening while the pipeline drains, so that a load balancer reads 503 on
+    // /health/ready and a producer gets 503 with Retry-After (both with Connection: close) instead
+    // of a refused connection; requests already enqueued are answered as their records drain.
+    // close() stops listening once the drain is over.
+    this.stopping = true;
+  }
+
+  ack(checkpoint: unknown): void {
+    const p = checkpoint as Pending;
+    if (this.pending.delete(p)) p.done();
+  }
+
+  async close(): Promise<void> {
+    this.stopping = true;
+    // Whatever is still waiting did not become durable before the pipeline ended.
+    for (const p of this.pending) {
+      p.abandoned = true;
+      p.done();
+    }
+    this.pending.clear();
+    const server = this.server;
+    if (!server) return;
+    // Answers on their way (a 202 whose ack came just now, the 503s of abandoned requests) are
+    // written a few microtasks from here, each with Connection: close: cutting every connection
+    // at once would reset some of them, and a client would retry records that were committed.
+    // So stop listening, let the connections end after their answers, and cut only those still
+    // open after a grace (a client still sending its body, or not reading its answer).
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    server.closeIdleConnections();
+    let cancel = () => {};
+    await Promise.race([closed, new Promise<void>((resolve) => (cancel = this.ctx.clock.setTimer(CLOSE_GRACE_MS, resolve)))]);
+    cancel();
+    server.closeAllConnections();
+    await closed;
+  }
+
+  private async route(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const path = (req.url ?? "/").split("?", 1)[0];
+    if (path === this.o.path) {
+      if (req.method !== "POST") throw new HttpError(405, `use POST on ${this.o.path}`, {});
+      await this.ingest(req, res);
+      return;
+    }
+    if (path === "/health/live" || path === "/health/ready" || path === "/metrics") {
+      if (req.method !== "GET" && req.method !== "HEAD") throw new HttpError(405, `use GET on ${path}`);
+      if (path === "/health/live") this.send(res, 200, { status: "live" });
+      else if (path === "/health/ready") {
+        const ready = this.ready();
+        this.send(res, ready ? 200 : 503, { status: ready ? "ready" : "not_ready" });
+      } else {
+        const service = this.ctx.service;
+        if (!service) throw new HttpError(404, "metrics are not available in this pipeline");
+        const m = await service.metrics();
+        res.writeHead(200, { "content-type": m.contentType }).end(m.text);
+      }
+      return;
+    }
+    throw new HttpError(404, `no route ${path}; records go to POST ${this.o.path}`);
+  }
+
+  private ready(): boolean {
+    return !this.stopping && (this.ctx.service?.ready() ?? true);
+  }
+
+  private async ingest(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    if (this.stopping) throw new HttpError(503, "sluice is stopping; retry against another instance or later");
+    const needsSignature = this.auth.checkHeaders(req.headers) === "body";
+    const format = bodyFormat(req.headers["content-type"]);
+    if (format === undefined) {
+      throw new HttpError(415, `Content-Type must be one of ${ACCEPTED_TYPES.join(", ")}`, { accepted_types: ACCEPTED_TYPES });
+    }
+    const idempotencyKey = req.headers["idempotency-key"];
+    if (typeof idempotencyKey === "string" && (idempotencyKey.length === 0 || idempotencyKey.length > MAX_IDEMPOTENCY_KEY)) {
+      throw new HttpError(400, `Idempotency-Key must have 1 to ${MAX_IDEMPOTENCY_KEY} characters`);
+    }
+    const declared = Number(req.headers["content-length"]);
+    if (declared > this.o.max_body) {
+      req.resume();
+      throw new HttpError(413, `body larger than the limit of ${this.o.max_body} bytes`);
+    }
+    const raw = await readBody(req, this.o.max_body);
+    if (needsSignature) this.auth.checkSignature(req.headers, raw);
+    const body = await decode(raw, req.headers["content-encoding"], this.o.max_body);
+    const parsed = parseBody(text(body), format, this.o.max_depth);
+
+    const handle = this.handle!;
+    const prefix = typeof idempotencyKey === "string" ? idempotencyKey : randomUUID();
+    const records: Entry[] = new Array<Entry>(parsed.records.length);
+    for (let i = 0; i < records.length; i++) records[i] = handle.record(parsed.records[i]!, parsed.bytes[i]!, `${prefix}:${i}`);
+
+    let acked!: () => void;
+    const durable = new Promise<void>((resolve) => (acked = resolve));
+    const pending: Pending = { done: acked, abandoned: false };
+    this.pending.add(pending);
+    let outcome;
+    try {
+      outcome = await handle.enqueue(records, pending);
+    } catch (err) {
+      this.pending.delete(pending);
+      throw new HttpError(503, `buffer cannot take records: ${(err as Error).message}`);
+    }
+    if (outcome === "rejected") {
+      this.pending.delete(pending);
+      throw new HttpError(429, "buffer is full; retry after the Retry-After delay");
+    }
+    if (outcome === "stopping") {
+      this.pending.delete(pending);
+      throw new HttpError(503, "sluice is stopping; retry against another instance or later");
+    }
+    if (outcome === "dropped") {
+      this.send(res, 202, { accepted: 0, dropped: records.length });
+      return;
+    }
+    if (!(await this.waitDurable(durable))) {
+      this.pending.delete(pending);
+      throw new HttpError(503, `records not committed within ${this.o.ack_timeout} ms; retry with the same Idempotency-Key`);
+    }
+    if (pending.abandoned) throw new HttpError(503, "sluice stopped before the records were committed; retry with the same Idempotency-Key");
+    this.send(res, 202, { accepted: records.length });
+  }
+
+  /** Waits for the chunk's ack, up to `ack_timeout`; false on timeout. */
+  private async waitDurable(durable: Promise<void>): Promise<boolean> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<boolean>((resolve) => {
+      timer = setTimeout(() => resolve(false), this.o.ack_timeout);
+    });
+    try {
+      return await Promise.race([durable.then(() => true), timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private answerError(res: ServerResponse, err: unknown): void {
+    if (res.headersSent) {
+      res.destroy();
+      return;
+    }
+    const e = err instanceof HttpError ? err : new HttpError(500, `internal error: ${(err as Error).message}`);
+    if (e.status === 500) this.ctx.logger.error({ component: this.ctx.name, err: String(err) }, "http source failed on a request");
+    const headers: Record<string, string> = {};
+    if (e.status === 429 || e.status === 503) headers["retry-after"] = this.retryAfter;
+    if (e.status === 401) headers["www-authenticate"] = 'Bearer realm="sluice"';
+    if (e.status === 405) headers.allow = e.message.startsWith("use POST") ? "POST" : "GET, HEAD";
+    if (e.status === 413) headers.connection = "close";
+    this.send(res, e.status, { error: e.message, ...e.fields }, headers);
+  }
+
+  private send(res: ServerResponse, status: number, body: object, headers: Record<string, string> = {}): void {
+    if (res.req.url?.startsWith(this.o.path)) this.ctx.emit({ type: "http_request", source: this.ctx.name, status });
+    const json = JSON.stringify(body);
+    // While stopping, every answer ends its connection, so close() finds none idle to reset.
+    const h = this.stopping ? { ...headers, connection: "close" } : headers;
+    res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(json), ...h }).end(json);
+  }
+}
+
+/**
+ * The `http` source: an ingest endpoint. Record ids come from the payload's `id_field`; without
+ * one, from the `Idempotency-Key` header and the record's index in the request (so a client's
+ * retry of the same request does not duplicate), else from a random request id.
+ *
+ * Gotchas: without a durable buffer, the 202 waits for every sink to commit (up to
+ * `ack_timeout`); with one, only for the disk. A full buffer answers 429 at once, whatever
+ * `when_full` says (except `drop_newest`, which answers 202 with `dropped`). While the pipeline
+ * drains after a stop, the server keeps listening: `/health/ready` and new requests answer 503.
+ */
+export const definition = defineComponent({
+  type: "http",
+  summary: "HTTP ingest endpoint: POST JSON, JSON arrays or NDJSON (gzip ok); 202 once durable",
+  options,
+  create: (opts, ctx): Source => new HttpSource(opts, ctx),
+});
