@@ -64,11 +64,21 @@ export interface SourceHandle {
   /** Builds a record for input that could not be parsed (id `<source name>:<position>`); it goes to the dead-letter sink with `error`. */
   malformed(raw: string, position: string | number, error: SluiceError): Entry;
   /**
-   * Hands a chunk to the buffer. With `when_full: block` (and for pull sources always, unless
-   * drop_newest) this waits for room: that wait is the backpressure. `checkpoint` is given back to
-   * {@link Source.ack} once this chunk and every earlier one are done.
+   * Hands a chunk to the buffer. A pull source waits for room (unless `when_full: drop_newest`):
+   * that wait is the backpressure. A push source is answered `rejected` at once when the buffer is
+   * full, unless it passes `wait` (the rest of a request whose first chunk was taken): then it
+   * waits for room until `signal` aborts (`rejected`) or the pipeline stops (`stopping`).
+   * `checkpoint` is given back to {@link Source.ack} once the chunk is done.
    */
-  enqueue(records: Entry[], checkpoint: unknown): Promise<EnqueueOutcome>;
+  enqueue(records: Entry[], checkpoint: unknown, options?: EnqueueOptions): Promise<EnqueueOutcome>;
+}
+
+/** How a push source asks {@link SourceHandle.enqueue} to wait for room. */
+export interface EnqueueOptions {
+  /** Wait for room instead of answering `rejected` at once. */
+  readonly wait?: boolean;
+  /** Gives up waiting: the chunk is then `rejected`. */
+  readonly signal?: AbortSignal;
 }
 
 /** A source of records. Created by its definition's factory, used by one pipeline. */

@@ -1,4 +1,4 @@
-import type { DeadLetter, DeadLetterStore, EnqueueOutcome, Sink, Source, SourceHandle } from "../components/contracts.js";
+import type { DeadLetter, DeadLetterStore, EnqueueOptions, EnqueueOutcome, Sink, Source, SourceHandle } from "../components/contracts.js";
 import { AckTracker } from "./acks.js";
 import type { Concurrency } from "./adaptive-concurrency.js";
 import type { BackoffPolicy } from "./backoff.js";
@@ -313,8 +313,10 @@ export class Pipeline {
         e.raw = raw;
         return e;
       },
-      enqueue: async (records: Entry[], checkpoint: unknown): Promise<EnqueueOutcome> => {
+      enqueue: async (records: Entry[], checkpoint: unknown, options?: EnqueueOptions): Promise<EnqueueOutcome> => {
         if (signal.aborted) return "stopping";
+        const waitHere = wait || (options?.wait === true && whenFull !== "drop_newest");
+        const giveUp = options?.signal;
         const now = this.clock.now();
         let bytes = 0;
         const ticket: AckTicket = { seq: -1, checkpoint, receivedAt: now, records: records.length, bytes: 0, pending: records.length, onDone };
@@ -328,16 +330,16 @@ export class Pipeline {
           done(ticket);
           return "accepted";
         }
-        const result = await buffer.push({ records, ticket }, wait, signal);
+        const result = await buffer.push({ records, ticket }, waitHere, giveUp ? AbortSignal.any([signal, giveUp]) : signal);
         const waited = this.clock.now() - now;
-        if (waited > 0 && result !== "full" && wait) this.emit({ type: "backpressure", source: name, seconds: waited / 1000 });
+        if (waited > 0 && result !== "full" && waitHere) this.emit({ type: "backpressure", source: name, seconds: waited / 1000 });
         if (result === "accepted") {
           ticket.seq = tracker.nextTicketSeq();
           this.emit({ type: "records_received", source: name, count: records.length, bytes });
           if (durable || ticket.pending === 0) done(ticket);
           return "accepted";
         }
-        if (result === "closed") return "stopping";
+        if (result === "closed") return signal.aborted || giveUp?.aborted !== true ? "stopping" : "rejected";
         if (whenFull === "drop_newest") {
           ticket.seq = tracker.nextTicketSeq();
           this.emit({ type: "records_received", source: name, count: records.length, bytes });

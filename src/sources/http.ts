@@ -10,7 +10,7 @@ import { z } from "zod";
 import { SluiceError } from "../core/errors.js";
 import type { Entry } from "../core/record.js";
 import { byteSize, duration } from "../components/options.js";
-import { defineComponent, type ComponentContext, type Source, type SourceHandle } from "../components/contracts.js";
+import { defineComponent, type ComponentContext, type EnqueueOptions, type EnqueueOutcome, type Source, type SourceHandle } from "../components/contracts.js";
 import { Authenticator } from "./http-auth.js";
 import { ACCEPTED_TYPES, bodyFormat, decode, HttpError, parseBody, readBody, text } from "./http-body.js";
 
@@ -50,6 +50,8 @@ export type HttpSourceOptions = z.output<typeof options>;
 /** A request waiting for its records to be durable: the checkpoint of its chunk. */
 interface Pending {
   readonly done: () => void;
+  /** Resolves when `done` is called. */
+  readonly durable: Promise<void>;
   /** Set when the pipeline ended before the records became durable. */
   abandoned: boolean;
 }
@@ -197,45 +199,59 @@ export class HttpSource implements Source {
     const records: Entry[] = new Array<Entry>(parsed.records.length);
     for (let i = 0; i < records.length; i++) records[i] = handle.record(parsed.records[i]!, parsed.bytes[i]!, `${prefix}:${i}`);
 
-    let acked!: () => void;
-    const durable = new Promise<void>((resolve) => (acked = resolve));
-    const pending: Pending = { done: acked, abandoned: false };
-    this.pending.add(pending);
-    let outcome;
+    // A request larger than a chunk goes in as several, so the buffer's bound holds for it too.
+    // When one is refused, the chunks before it were taken: they are delivered, and the client's
+    // retry (same Idempotency-Key, same ids) leaves each record once.
+    // The first chunk is refused at once when the buffer is full (429); the rest of a request
+    // already partly taken waits for room, up to `ack_timeout`.
+    const chunks: Pending[] = [];
+    let dropped = 0;
+    const giveUp = AbortSignal.timeout(this.o.ack_timeout);
     try {
-      outcome = await handle.enqueue(records, pending);
+      for (let at = 0; at < records.length; at += handle.chunkSize) {
+        const part = records.length <= handle.chunkSize ? records : records.slice(at, at + handle.chunkSize);
+        const outcome = await this.enqueue(handle, part, chunks, at === 0 ? undefined : { wait: true, signal: giveUp });
+        if (outcome === "dropped") dropped += part.length;
+        else if (outcome === "rejected" && at > 0) throw new HttpError(503, `buffer had no room for the rest of the request within ${this.o.ack_timeout} ms; retry with the same Idempotency-Key`);
+        else if (outcome === "rejected") throw new HttpError(429, "buffer is full; retry after the Retry-After delay");
+        else if (outcome === "stopping") throw new HttpError(503, "sluice is stopping; retry against another instance or later");
+      }
+      if (!(await this.waitDurable(chunks))) {
+        throw new HttpError(503, `records not committed within ${this.o.ack_timeout} ms; retry with the same Idempotency-Key`);
+      }
+    } finally {
+      for (const p of chunks) this.pending.delete(p);
+    }
+    if (chunks.some((p) => p.abandoned)) throw new HttpError(503, "sluice stopped before the records were committed; retry with the same Idempotency-Key");
+    this.send(res, 202, dropped > 0 ? { accepted: records.length - dropped, dropped } : { accepted: records.length });
+  }
+
+  /** Enqueues one chunk of a request; its checkpoint joins `chunks` when the buffer took it. */
+  private async enqueue(handle: SourceHandle, part: Entry[], chunks: Pending[], options: EnqueueOptions | undefined): Promise<EnqueueOutcome> {
+    let done!: () => void;
+    const durable = new Promise<void>((resolve) => (done = resolve));
+    const pending: Pending = { done, durable, abandoned: false };
+    this.pending.add(pending);
+    let outcome: EnqueueOutcome;
+    try {
+      outcome = await handle.enqueue(part, pending, options);
     } catch (err) {
       this.pending.delete(pending);
       throw new HttpError(503, `buffer cannot take records: ${(err as Error).message}`);
     }
-    if (outcome === "rejected") {
-      this.pending.delete(pending);
-      throw new HttpError(429, "buffer is full; retry after the Retry-After delay");
-    }
-    if (outcome === "stopping") {
-      this.pending.delete(pending);
-      throw new HttpError(503, "sluice is stopping; retry against another instance or later");
-    }
-    if (outcome === "dropped") {
-      this.send(res, 202, { accepted: 0, dropped: records.length });
-      return;
-    }
-    if (!(await this.waitDurable(durable))) {
-      this.pending.delete(pending);
-      throw new HttpError(503, `records not committed within ${this.o.ack_timeout} ms; retry with the same Idempotency-Key`);
-    }
-    if (pending.abandoned) throw new HttpError(503, "sluice stopped before the records were committed; retry with the same Idempotency-Key");
-    this.send(res, 202, { accepted: records.length });
+    if (outcome === "accepted") chunks.push(pending);
+    else this.pending.delete(pending);
+    return outcome;
   }
 
-  /** Waits for the chunk's ack, up to `ack_timeout`; false on timeout. */
-  private async waitDurable(durable: Promise<void>): Promise<boolean> {
+  /** Waits for the acks of every chunk of a request, up to `ack_timeout`; false on timeout. */
+  private async waitDurable(chunks: readonly Pending[]): Promise<boolean> {
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<boolean>((resolve) => {
       timer = setTimeout(() => resolve(false), this.o.ack_timeout);
     });
     try {
-      return await Promise.race([durable.then(() => true), timeout]);
+      return await Promise.race([Promise.all(chunks.map((p) => p.durable)).then(() => true), timeout]);
     } finally {
       clearTimeout(timer);
     }
@@ -274,6 +290,9 @@ export class HttpSource implements Source {
  * `ack_timeout`); with one, only for the disk. A full buffer answers 429 at once, whatever
  * `when_full` says (except `drop_newest`, which answers 202 with `dropped`). While the pipeline
  * drains after a stop, the server keeps listening: `/health/ready` and new requests answer 503.
+ * A request of more records than `buffer.chunk_size` goes in as several chunks: only the first
+ * can be refused with 429; the others wait for room (up to `ack_timeout`, then 503, and the
+ * chunks taken are still delivered, which a retry with the same Idempotency-Key absorbs).
  */
 export const definition = defineComponent({
   type: "http",

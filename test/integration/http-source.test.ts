@@ -7,7 +7,7 @@ import { createHmac, randomUUID } from "node:crypto";
 import { connect } from "node:net";
 import { gzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { rawRequest, send, startHttpPipeline, type Answer, type HttpPipeline } from "../helpers/http-pipeline.js";
+import { rawRequest, send, startHttpPipeline, waitUntil, type Answer, type HttpPipeline } from "../helpers/http-pipeline.js";
 
 const TOKEN_A = "token-a-0123456789abcdef";
 const TOKEN_B = "token-b-0123456789abcdef";
@@ -88,6 +88,16 @@ describe("http source: good input", () => {
     const generated = [...p.rows()].filter(([, v]) => v.m === m && v.id === undefined).map(([id]) => id);
     expect(generated).toHaveLength(5);
     for (const id of generated) expect(id).toMatch(/^web:[0-9a-f-]{36}:[0-2]$/);
+  });
+
+  it("a request of more records than a chunk goes in as several chunks, answered once all are committed", async () => {
+    const m = marker();
+    const lines = Array.from({ length: 250 }, (_, n) => JSON.stringify({ m, n })).join("\n");
+    const a = await ingest(lines, { "content-type": "application/x-ndjson", "idempotency-key": m });
+    expect(a.status, a.text).toBe(202);
+    expect(a.body).toEqual({ accepted: 250 });
+    expect(rowsWithMarker(m)).toBe(250);
+    expect(p.rows().get(`web:${m}:249`)).toEqual({ m, n: 249 });
   });
 });
 
@@ -459,6 +469,44 @@ describe("http source: a full buffer and a stopping pipeline", () => {
       const retried = await post([{ n: 4 }, { n: 5 }], "second");
       expect(retried.status, retried.text).toBe(202);
       expect([...q.rows().keys()].sort()).toEqual(["web:first:0", "web:first:1", "web:first:2", "web:second:0", "web:second:1"]);
+    } finally {
+      await q.close();
+    }
+  });
+
+  it("a request larger than the buffer is taken chunk by chunk: the rest waits for room, the bound holds, each record once", async () => {
+    const q = await startHttpPipeline({ gated: true, buffer: { maxRecords: 100 } });
+    try {
+      const body = Array.from({ length: 250 }, (_, n) => JSON.stringify({ n })).join("\n");
+      const post = (key: string) => send(`${q.base}/v1/events`, { method: "POST", headers: { "content-type": "application/x-ndjson", "idempotency-key": key }, body });
+      const big = post("big");
+      await q.gate!.stalled;
+      // The first chunk is in; the rest waits for room, and never more than the bound is held.
+      expect(q.pipeline.bufferUsage().records).toBe(100);
+      // Another request meets a full buffer at its first chunk: 429 at once.
+      expectError(await post("other"), 429, /^buffer is full/);
+
+      q.gate!.release();
+      const answer = await big;
+      expect(answer.status, answer.text).toBe(202);
+      expect(answer.body).toEqual({ accepted: 250 });
+      expect(q.rows().size).toBe(250);
+      expect(q.gate!.committed).toHaveLength(250);
+    } finally {
+      await q.close();
+    }
+  });
+
+  it("the rest of a request that finds no room within ack_timeout: 503 with Retry-After; the chunk taken is still delivered", async () => {
+    const q = await startHttpPipeline({ gated: true, buffer: { maxRecords: 100 }, source: { ack_timeout: "300ms" } });
+    try {
+      const body = Array.from({ length: 250 }, (_, n) => JSON.stringify({ n })).join("\n");
+      const a = await send(`${q.base}/v1/events`, { method: "POST", headers: { "content-type": "application/x-ndjson", "idempotency-key": "slow" }, body });
+      expectError(a, 503, /^buffer had no room for the rest of the request within 300 ms/);
+      expect(a.headers["retry-after"]).toBe("1");
+      q.gate!.release();
+      await waitUntil("the first chunk to be delivered", () => q.rows().size === 100);
+      expect(q.rows().has("web:slow:0")).toBe(true);
     } finally {
       await q.close();
     }
