@@ -580,3 +580,62 @@ describe("loadConfig and formatIssues", () => {
     }
   });
 });
+
+describe("parseConfig: http source and durable buffer", () => {
+  it("fills the http source's defaults and reads tokens from the environment", () => {
+    const c = valid(
+      `
+sources:
+  web: { type: http, auth: { tokens: ["\${TOKEN_A}", "\${TOKEN_B}"] } }
+sinks:
+  out: { type: blackhole }
+`,
+      { TOKEN_A: "a".repeat(16), TOKEN_B: "b".repeat(20) },
+    );
+    expect(c.sources[0]!.options).toMatchObject({
+      listen: "127.0.0.1:8080",
+      path: "/v1/events",
+      max_body: 1024 * 1024,
+      max_depth: 32,
+      header_timeout: 10_000,
+      request_timeout: 30_000,
+      ack_timeout: 30_000,
+      retry_after: 1000,
+      auth: { tokens: ["a".repeat(16), "b".repeat(20)] },
+    });
+  });
+
+  it("refuses short tokens and secrets and a listen without a port, each with its path", () => {
+    const issues = invalid(`
+sources:
+  web:
+    type: http
+    listen: localhost
+    auth: { tokens: [short], hmac: { secrets: [tiny] } }
+sinks:
+  out: { type: blackhole }
+`);
+    expect(issueAt(issues, "sources.web.listen").message).toMatch(/host:port/);
+    expect(issueAt(issues, "sources.web.auth.tokens[0]").message).toMatch(/at least 16 characters/);
+    expect(issueAt(issues, "sources.web.auth.hmac.secrets[0]").message).toMatch(/at least 16 characters/);
+  });
+
+  it("checks header_timeout against request_timeout once both are valid", () => {
+    const issues = invalid(`
+sources:
+  web: { type: http, header_timeout: 40s, request_timeout: 30s }
+sinks:
+  out: { type: blackhole }
+`);
+    expect(issueAt(issues, "sources.web.header_timeout").message).toMatch(/must not exceed request_timeout/);
+  });
+
+  it("takes buffer.durable with its defaults, and refuses unknown keys in it", () => {
+    const c = valid(`${MINIMAL}buffer: { durable: {} }\n`);
+    expect(c.buffer.durable).toEqual({ max_bytes: DEFAULTS.durable_buffer.max_bytes, fsync: true });
+    const d = valid(`${MINIMAL}buffer: { durable: { path: ./buf, max_bytes: 10MiB, fsync: false } }\n`);
+    expect(d.buffer.durable).toEqual({ path: "./buf", max_bytes: 10 * 1024 * 1024, fsync: false });
+    const issues = invalid(`${MINIMAL}buffer: { durable: { fsynk: true } }\n`);
+    expect(issues.map((i) => i.path)).toContain("buffer.durable.fsynk");
+  });
+});
