@@ -7,16 +7,21 @@
  * with input size. Missed targets print FAIL; the exit code is non-zero only when a contender
  * did not process every record (or crashed).
  *
- * Env: BENCH_RECORDS (2000000), BENCH_BIG_RECORDS (8000000; 0 skips), BENCH_RUNS (3).
+ * Env: BENCH_MAIN=0 skips this section; BENCH_RECORDS (2000000), BENCH_BIG_RECORDS (8000000; 0 skips), BENCH_RUNS (3).
  *
  * Then the PostgreSQL section (bench/postgres.ts: psql \copy, multi-row INSERT and sluice into
  * real tables; BENCH_PG=0 skips it, BENCH_PG_RECORDS, BENCH_PG_RUNS, BENCH_PG_URL).
+ *
+ * Then the HTTP ingest section (bench/http.ts: NDJSON batches over 32 keep-alive connections into
+ * `sluice run` with a durable buffer, next to a bare `node:http` server; BENCH_HTTP=0 skips it,
+ * BENCH_HTTP_SECONDS, BENCH_HTTP_WARMUP_SECONDS, BENCH_HTTP_RUNS, BENCH_HTTP_CONNECTIONS, BENCH_HTTP_BATCH).
  */
 import { cpus, loadavg } from "node:os";
 import { join } from "node:path";
 import { CONTENDERS, prepareLaunch, REPO_DIR, runChild, type ContenderName } from "./build.js";
 import { ensureDataFile, warmPageCache } from "./data-gen.js";
 import type { ContenderResult } from "./contenders/protocol.js";
+import { runHttpBench } from "./http.js";
 import { runPostgresBench } from "./postgres.js";
 
 const RECORDS = intEnv("BENCH_RECORDS", 2_000_000, 1);
@@ -76,6 +81,10 @@ interface Summary {
 }
 
 async function main(): Promise<number> {
+  if (process.env.BENCH_MAIN === "0") {
+    console.log("\nsluice bench, file -> transform -> discard: skipped (BENCH_MAIN=0)");
+    return 0;
+  }
   const files = [RECORDS, ...(BIG_RECORDS > 0 ? [BIG_RECORDS] : [])];
   const paths = new Map<number, string>();
   for (const records of files) {
@@ -218,4 +227,5 @@ async function main(): Promise<number> {
 
 const mainCode = await main();
 const postgresCode = await runPostgresBench();
-process.exitCode = Math.max(mainCode, postgresCode);
+const httpCode = await runHttpBench();
+process.exitCode = Math.max(mainCode, postgresCode, httpCode);
