@@ -226,6 +226,8 @@ export class DurableBuffer implements BufferContract {
   /** Settles after the latest admitted push settles: non-accepted answers wait for it to keep call order. */
   private tail: Promise<unknown> = Promise.resolve();
   private puller: (() => void) | undefined;
+  /** Ends the wait before retrying a failed read, when a stop or shutdown comes during it. */
+  private stopReadRetry: (() => void) | undefined;
   private emptyWaiters: (() => void)[] = [];
 
   private cancelAckedTimer: (() => void) | undefined;
@@ -341,6 +343,7 @@ export class DurableBuffer implements BufferContract {
   close(keep = false): void {
     if (keep && !this.keep) {
       this.keep = true;
+      this.stopReadRetry?.();
       this.wakePuller();
       this.checkEmpty();
     }
@@ -383,6 +386,7 @@ export class DurableBuffer implements BufferContract {
     await this.writer;
     // From here on, late releases only update counters: the files may belong to the next process soon.
     this.phase = "shut";
+    this.stopReadRetry?.();
     this.wakePuller();
     this.cancelAckedTimer?.();
     this.cancelAckedTimer = undefined;
@@ -660,10 +664,19 @@ export class DurableBuffer implements BufferContract {
       try {
         data = await this.readEntry(entry);
       } catch (err) {
-        if (this.phase === "shut") return undefined;
+        if (this.pullEnded()) return this.giveBack(entry);
         // An I/O error may pass (too many open files); the entry is not given up.
         this.logger.error({ path: this.dir, seq: entry.seq, err: String(err), retryInMs: wait }, "durable buffer: could not read an entry; retrying");
-        await new Promise<void>((resolve) => this.clock.setTimer(wait, resolve));
+        // A graceful stop or shutdown cuts the wait short: pull must end, not retry for ever.
+        await new Promise<void>((resolve) => {
+          const cancel = this.clock.setTimer(wait, resolve);
+          this.stopReadRetry = () => {
+            cancel();
+            resolve();
+          };
+        });
+        this.stopReadRetry = undefined;
+        if (this.pullEnded()) return this.giveBack(entry);
         continue;
       }
       const frame = readFrame(data, 0, entry.seq);
@@ -678,6 +691,22 @@ export class DurableBuffer implements BufferContract {
       this.retire(entry);
       return undefined;
     }
+  }
+
+  /** True once pull hands out nothing more: after a graceful stop or shutdown. */
+  private pullEnded(): boolean {
+    return this.phase === "shut" || this.keep;
+  }
+
+  /** Undoes `take` for an entry whose read was abandoned by a stop: it stays un-released on disk, for the next run. */
+  private giveBack(entry: LogEntry): undefined {
+    entry.state = "queued";
+    this.inFlightRecords -= entry.records;
+    this.inFlightBytes -= entry.bytes;
+    this.heldRecords -= entry.records;
+    this.heldBytes -= entry.bytes;
+    this.checkEmpty();
+    return undefined;
   }
 
   private async readEntry(entry: LogEntry): Promise<Bytes> {

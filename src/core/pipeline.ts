@@ -302,10 +302,13 @@ export class Pipeline {
         };
     return {
       chunkSize: this.o.chunkSize,
-      record: (payload, bytes, position) => {
+      record: (payload, bytes, position, text) => {
         const idValue = getId(payload);
         const id = typeof idValue === "string" ? idValue : typeof idValue === "number" ? String(idValue) : `${name}:${position}`;
-        return new RecordEntry(id, getKey && asText(getKey(payload)), payload, getTime && asTime(getTime(payload)), name, bytes);
+        const entry = new RecordEntry(id, getKey && asText(getKey(payload)), payload, getTime && asTime(getTime(payload)), name, bytes);
+        // Kept only where it is used, and dropped there: it holds the source's input text alive.
+        if (durable) entry.text = text;
+        return entry;
       },
       malformed: (raw, position, error) => {
         const e = new RecordEntry(`${name}:${position}`, undefined, {}, undefined, name, raw.length);
@@ -330,7 +333,10 @@ export class Pipeline {
           done(ticket);
           return "accepted";
         }
-        const result = await buffer.push({ records, ticket }, waitHere, giveUp ? AbortSignal.any([signal, giveUp]) : signal);
+        // Only `giveUp`, not AbortSignal.any([signal, giveUp]): on Node 20 the long-lived `signal`
+        // keeps every composite made from it until it aborts (a leak per call), and a stop needs
+        // no signal here: stop() closes the buffer, which answers every waiting push `closed`.
+        const result = await buffer.push({ records, ticket }, waitHere, giveUp ?? signal);
         const waited = this.clock.now() - now;
         if (waited > 0 && result !== "full" && waitHere) this.emit({ type: "backpressure", source: name, seconds: waited / 1000 });
         if (result === "accepted") {

@@ -64,6 +64,11 @@ export interface Entry<P = JsonObject> extends SluiceRecord<P> {
   failure: SluiceError | undefined;
   /** The raw input kept for a failed record (the unparsable line). */
   raw: string | undefined;
+  /**
+   * The payload's JSON text as the source received it, kept only on the way into a durable
+   * buffer (which writes it instead of serializing the payload again) and dropped there.
+   */
+  text?: string | undefined;
 }
 
 /**
@@ -98,6 +103,7 @@ export class RecordEntry implements Entry {
   deadLettered = false;
   failure: SluiceError | undefined = undefined;
   raw: string | undefined = undefined;
+  text: string | undefined = undefined;
 
   constructor(
     readonly id: string,

@@ -109,14 +109,22 @@ const BACKSLASH = 0x5c;
  */
 export function tooDeepAt(s: string, start: number, end: number, maxDepth: number): number {
   let depth = 0;
-  let inString = false;
   for (let i = start; i < end; i++) {
     const c = s.charCodeAt(i);
-    if (inString) {
-      if (c === BACKSLASH) i++;
-      else if (c === QUOTE) inString = false;
-    } else if (c === QUOTE) inString = true;
-    else if (c === OPEN_OBJECT || c === OPEN_ARRAY) {
+    if (c === QUOTE) {
+      // Jump over the string (most of a record's text) to its closing quote: the first one not
+      // escaped, i.e. not preceded by an odd run of backslashes.
+      let j = i;
+      for (;;) {
+        j = s.indexOf('"', j + 1);
+        // Unterminated: not JSON, which JSON.parse reports.
+        if (j < 0 || j >= end) return -1;
+        let k = j - 1;
+        while (s.charCodeAt(k) === BACKSLASH) k--;
+        if ((j - 1 - k) % 2 === 0) break;
+      }
+      i = j;
+    } else if (c === OPEN_OBJECT || c === OPEN_ARRAY) {
       if (++depth > maxDepth) return i - start;
     } else if (c === CLOSE_OBJECT || c === CLOSE_ARRAY) depth--;
   }
@@ -125,23 +133,30 @@ export function tooDeepAt(s: string, start: number, end: number, maxDepth: numbe
 
 /**
  * `JSON.parse`, refusing `__proto__` keys and `constructor.prototype` (keys that could reach a
- * prototype once a payload is merged into another object). secure-json-parse walks the result
- * only when the text matches its own escape-aware pattern, so this costs little on clean input;
- * a pre-check on the raw text must not be added: `"\u005f_proto__"` is the same key and would
- * slip past it.
+ * prototype once a payload is merged into another object), with secure-json-parse.
  */
-function parseJson(s: string): unknown {
+function parseSecure(s: string): unknown {
   return secureJson.parse(s, null, { protoAction: "error", constructorAction: "error" });
+}
+
+/**
+ * Whether a body may hold a `__proto__` or `constructor` key, checked once per body so that
+ * clean bodies take plain `JSON.parse` per record. JSON can spell those keys only literally or
+ * with `\u` escapes (`"\u005f_proto__"`), so a body with neither word and no `\u` has none.
+ */
+function maySpellProtoKeys(s: string): boolean {
+  return s.includes("__proto__") || s.includes("constructor") || s.includes("\\u");
 }
 
 function isObject(v: unknown): v is JsonObject {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
-/** A parsed body: its records, and each record's size for the buffer's byte bound. */
+/** A parsed body: its records, each record's size for the buffer's byte bound, and its JSON text when it had a line of its own. */
 export interface ParsedBody {
   readonly records: JsonObject[];
   readonly bytes: number[];
+  readonly texts: (string | undefined)[];
 }
 
 /** One JSON object, or a JSON array of objects. */
@@ -150,11 +165,11 @@ function parseJsonBody(s: string, maxDepth: number): ParsedBody {
   if (deep >= 0) throw new HttpError(400, `JSON nested deeper than ${maxDepth} levels at byte ${deep}`, { offset: deep });
   let value: unknown;
   try {
-    value = parseJson(s);
+    value = parseSecure(s);
   } catch (err) {
     throw new HttpError(400, `body is not valid JSON: ${(err as Error).message}`);
   }
-  if (isObject(value)) return { records: [value], bytes: [s.length] };
+  if (isObject(value)) return { records: [value], bytes: [s.length], texts: [s] };
   if (!Array.isArray(value)) throw new HttpError(400, "body must be a JSON object or an array of objects");
   const per = value.length > 0 ? Math.ceil(s.length / value.length) : 0;
   const bytes: number[] = [];
@@ -162,7 +177,7 @@ function parseJsonBody(s: string, maxDepth: number): ParsedBody {
     if (!isObject(value[i])) throw new HttpError(400, `element ${i} of the array is not a JSON object`, { index: i });
     bytes.push(per);
   }
-  return { records: value as JsonObject[], bytes };
+  return { records: value as JsonObject[], bytes, texts: new Array<undefined>(value.length) };
 }
 
 const BLANK = /^\s*$/;
@@ -171,6 +186,8 @@ const BLANK = /^\s*$/;
 function parseNdjsonBody(s: string, maxDepth: number): ParsedBody {
   const records: JsonObject[] = [];
   const bytes: number[] = [];
+  const texts: string[] = [];
+  const parse = maySpellProtoKeys(s) ? parseSecure : JSON.parse;
   let line = 0;
   for (let start = 0; start < s.length; ) {
     let end = s.indexOf("\n", start);
@@ -178,22 +195,23 @@ function parseNdjsonBody(s: string, maxDepth: number): ParsedBody {
     line++;
     const stop = end > start && s.charCodeAt(end - 1) === 0x0d ? end - 1 : end;
     const lineText = s.slice(start, stop);
-    if (!BLANK.test(lineText)) {
+    if (s.charCodeAt(start) === OPEN_OBJECT || !BLANK.test(lineText)) {
       const deep = tooDeepAt(s, start, stop, maxDepth);
       if (deep >= 0) throw new HttpError(400, `line ${line}: JSON nested deeper than ${maxDepth} levels at column ${deep + 1}`, { line });
       let value: unknown;
       try {
-        value = parseJson(lineText);
+        value = parse(lineText);
       } catch (err) {
         throw new HttpError(400, `line ${line}: not valid JSON: ${(err as Error).message}`, { line });
       }
       if (!isObject(value)) throw new HttpError(400, `line ${line}: not a JSON object`, { line });
       records.push(value);
       bytes.push(stop - start);
+      texts.push(lineText);
     }
     start = end + 1;
   }
-  return { records, bytes };
+  return { records, bytes, texts };
 }
 
 /** Parses the records of a body in `format`; 400 with the line (NDJSON) or element index when a record is bad. */

@@ -197,7 +197,7 @@ export class HttpSource implements Source {
     const handle = this.handle!;
     const prefix = typeof idempotencyKey === "string" ? idempotencyKey : randomUUID();
     const records: Entry[] = new Array<Entry>(parsed.records.length);
-    for (let i = 0; i < records.length; i++) records[i] = handle.record(parsed.records[i]!, parsed.bytes[i]!, `${prefix}:${i}`);
+    for (let i = 0; i < records.length; i++) records[i] = handle.record(parsed.records[i]!, parsed.bytes[i]!, `${prefix}:${i}`, parsed.texts[i]);
 
     // A request larger than a chunk goes in as several, so the buffer's bound holds for it too.
     // When one is refused, the chunks before it were taken: they are delivered, and the client's
@@ -206,11 +206,11 @@ export class HttpSource implements Source {
     // already partly taken waits for room, up to `ack_timeout`.
     const chunks: Pending[] = [];
     let dropped = 0;
-    const giveUp = AbortSignal.timeout(this.o.ack_timeout);
+    const giveUp = records.length > handle.chunkSize ? AbortSignal.timeout(this.o.ack_timeout) : undefined;
     try {
       for (let at = 0; at < records.length; at += handle.chunkSize) {
         const part = records.length <= handle.chunkSize ? records : records.slice(at, at + handle.chunkSize);
-        const outcome = await this.enqueue(handle, part, chunks, at === 0 ? undefined : { wait: true, signal: giveUp });
+        const outcome = await this.enqueue(handle, part, chunks, at === 0 || giveUp === undefined ? undefined : { wait: true, signal: giveUp });
         if (outcome === "dropped") dropped += part.length;
         else if (outcome === "rejected" && at > 0) throw new HttpError(503, `buffer had no room for the rest of the request within ${this.o.ack_timeout} ms; retry with the same Idempotency-Key`);
         else if (outcome === "rejected") throw new HttpError(429, "buffer is full; retry after the Retry-After delay");

@@ -6,7 +6,7 @@
 import { createHmac, randomUUID } from "node:crypto";
 import { connect } from "node:net";
 import { gzipSync } from "node:zlib";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { rawRequest, send, startHttpPipeline, waitUntil, type Answer, type HttpPipeline } from "../helpers/http-pipeline.js";
 
 const TOKEN_A = "token-a-0123456789abcdef";
@@ -98,6 +98,22 @@ describe("http source: good input", () => {
     expect(a.body).toEqual({ accepted: 250 });
     expect(rowsWithMarker(m)).toBe(250);
     expect(p.rows().get(`web:${m}:249`)).toEqual({ m, n: 249 });
+  });
+
+  it("the chunks after a request's first do not leak an AbortSignal.any per chunk (Node 20 keeps each one on the pipeline's signal)", async () => {
+    // Regression: enqueue used AbortSignal.any([pipeline signal, give-up signal]) for every chunk
+    // after the first; the long-lived pipeline signal retained each composite (~60 bytes) for good.
+    const any = vi.spyOn(AbortSignal, "any");
+    try {
+      const m = marker();
+      const lines = Array.from({ length: 250 }, (_, n) => JSON.stringify({ m, n })).join("\n");
+      const a = await ingest(lines, { "content-type": "application/x-ndjson", "idempotency-key": m });
+      expect(a.status, a.text).toBe(202);
+      expect(rowsWithMarker(m)).toBe(250);
+      expect(any).not.toHaveBeenCalled();
+    } finally {
+      any.mockRestore();
+    }
   });
 });
 

@@ -539,6 +539,26 @@ describe("DurableBuffer", () => {
     await vi.waitFor(() => expect(empty).toBe(true));
   });
 
+  it("a graceful stop ends a pull that is retrying a failed read; the entry stays for the next run", async () => {
+    // Regression: pull retried the read for ever, ignoring close(true), so a stop hung run().
+    const dir = tmpDir();
+    const proto = (await fileHandlePrototype(dir)) as unknown as { read: (...args: unknown[]) => Promise<unknown> };
+    const { buffer, warnings } = await open(dir, { memory: { maxRecords: 1, maxBytes: 1 << 20 } });
+    expect(await buffer.push(chunkOf(["a", "b"]), false)).toBe("accepted");
+    vi.spyOn(proto, "read").mockRejectedValue(Object.assign(new Error("EIO: i/o error, read"), { code: "EIO" }));
+    const pulled = buffer.pull();
+    await vi.waitFor(() => expect(warnings.some((w) => w.includes("could not read an entry"))).toBe(true));
+    buffer.close(true);
+    expect(await pulled).toBeUndefined();
+    await buffer.whenEmpty();
+    expect(buffer.memoryUsage()).toEqual({ records: 0, bytes: 0, keptChunks: 0 });
+    await buffer.shutdown();
+    vi.restoreAllMocks();
+
+    const reopened = await open(dir);
+    expect((await pullN(reopened.buffer, 1)).map(ids)).toEqual([["a", "b"]]);
+  });
+
   it("refuses a directory locked by another live instance or process, and takes over a stale lock", async () => {
     const dir = tmpDir();
     const first = await open(dir);
