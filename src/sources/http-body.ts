@@ -159,8 +159,12 @@ export interface ParsedBody {
   readonly texts: (string | undefined)[];
 }
 
+function tooMany(maxRecords: number): HttpError {
+  return new HttpError(413, `more than ${maxRecords} records in one request; split it`);
+}
+
 /** One JSON object, or a JSON array of objects. */
-function parseJsonBody(s: string, maxDepth: number): ParsedBody {
+function parseJsonBody(s: string, maxDepth: number, maxRecords: number): ParsedBody {
   const deep = tooDeepAt(s, 0, s.length, maxDepth);
   if (deep >= 0) throw new HttpError(400, `JSON nested deeper than ${maxDepth} levels at byte ${deep}`, { offset: deep });
   let value: unknown;
@@ -171,6 +175,7 @@ function parseJsonBody(s: string, maxDepth: number): ParsedBody {
   }
   if (isObject(value)) return { records: [value], bytes: [s.length], texts: [s] };
   if (!Array.isArray(value)) throw new HttpError(400, "body must be a JSON object or an array of objects");
+  if (value.length > maxRecords) throw tooMany(maxRecords);
   const per = value.length > 0 ? Math.ceil(s.length / value.length) : 0;
   const bytes: number[] = [];
   for (let i = 0; i < value.length; i++) {
@@ -183,7 +188,7 @@ function parseJsonBody(s: string, maxDepth: number): ParsedBody {
 const BLANK = /^\s*$/;
 
 /** One JSON object per line; blank lines are skipped; errors name the line (from 1). */
-function parseNdjsonBody(s: string, maxDepth: number): ParsedBody {
+function parseNdjsonBody(s: string, maxDepth: number, maxRecords: number): ParsedBody {
   const records: JsonObject[] = [];
   const bytes: number[] = [];
   const texts: string[] = [];
@@ -196,6 +201,7 @@ function parseNdjsonBody(s: string, maxDepth: number): ParsedBody {
     const stop = end > start && s.charCodeAt(end - 1) === 0x0d ? end - 1 : end;
     const lineText = s.slice(start, stop);
     if (s.charCodeAt(start) === OPEN_OBJECT || !BLANK.test(lineText)) {
+      if (records.length === maxRecords) throw tooMany(maxRecords);
       const deep = tooDeepAt(s, start, stop, maxDepth);
       if (deep >= 0) throw new HttpError(400, `line ${line}: JSON nested deeper than ${maxDepth} levels at column ${deep + 1}`, { line });
       let value: unknown;
@@ -214,8 +220,11 @@ function parseNdjsonBody(s: string, maxDepth: number): ParsedBody {
   return { records, bytes, texts };
 }
 
-/** Parses the records of a body in `format`; 400 with the line (NDJSON) or element index when a record is bad. */
-export function parseBody(s: string, format: BodyFormat, maxDepth: number): ParsedBody {
-  if (s.trim() === "") throw new HttpError(400, "body is empty");
-  return format === "json" ? parseJsonBody(s, maxDepth) : parseNdjsonBody(s, maxDepth);
+/**
+ * Parses the records of a body in `format`: 400 with the line (NDJSON) or element index when a
+ * record is bad, 413 past `maxRecords` records.
+ */
+export function parseBody(s: string, format: BodyFormat, maxDepth: number, maxRecords: number): ParsedBody {
+  if (BLANK.test(s)) throw new HttpError(400, "body is empty");
+  return format === "json" ? parseJsonBody(s, maxDepth, maxRecords) : parseNdjsonBody(s, maxDepth, maxRecords);
 }

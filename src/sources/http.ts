@@ -6,6 +6,7 @@
  */
 import { randomUUID } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { crc32 } from "node:zlib";
 import { z } from "zod";
 import { SluiceError } from "../core/errors.js";
 import type { Entry } from "../core/record.js";
@@ -20,6 +21,7 @@ const options = z
     path: z.string().startsWith("/").default("/v1/events").describe("Path that takes POSTed records"),
     max_body: byteSize().default(1024 * 1024).describe("Largest body, enforced while reading and again after gzip inflation"),
     max_depth: z.number().int().positive().max(1000).default(32).describe("Deepest JSON nesting of a record"),
+    max_records: z.number().int().positive().default(10_000).describe("Most records in one request (413 beyond)"),
     header_timeout: duration().default(10_000).describe("A client must send its headers within this time"),
     request_timeout: duration().default(30_000).describe("A client must send its whole request within this time"),
     keep_alive_timeout: duration().default(5_000).describe("An idle keep-alive connection is closed after this time"),
@@ -57,6 +59,8 @@ interface Pending {
 }
 
 const MAX_IDEMPOTENCY_KEY = 200;
+/** Idempotency-Keys remembered with a checksum of their body, to refuse a key reused for other records. */
+const REMEMBERED_KEYS = 50_000;
 
 /** How long close() lets open connections finish their answers before cutting them, ms. */
 const CLOSE_GRACE_MS = 1000;
@@ -76,6 +80,8 @@ export class HttpSource implements Source {
   private readonly retryAfter: string;
   /** Requests whose records are enqueued and not yet acked. */
   private readonly pending = new Set<Pending>();
+  /** CRC-32 of the decoded body of the latest {@link REMEMBERED_KEYS} Idempotency-Keys, oldest first. */
+  private readonly keys = new Map<string, number>();
 
   constructor(
     private readonly o: HttpSourceOptions,
@@ -192,7 +198,8 @@ export class HttpSource implements Source {
     const raw = await readBody(req, this.o.max_body);
     if (needsSignature) this.auth.checkSignature(req.headers, raw);
     const body = await decode(raw, req.headers["content-encoding"], this.o.max_body);
-    const parsed = parseBody(text(body), format, this.o.max_depth);
+    const parsed = parseBody(text(body), format, this.o.max_depth, this.o.max_records);
+    if (typeof idempotencyKey === "string") this.checkKey(idempotencyKey, body);
 
     const handle = this.handle!;
     const prefix = typeof idempotencyKey === "string" ? idempotencyKey : randomUUID();
@@ -204,6 +211,8 @@ export class HttpSource implements Source {
     // retry (same Idempotency-Key, same ids) leaves each record once.
     // The first chunk is refused at once when the buffer is full (429); the rest of a request
     // already partly taken waits for room, up to `ack_timeout`.
+    // One deadline for the whole request: room for its chunks, then their acks.
+    const deadline = Date.now() + this.o.ack_timeout;
     const chunks: Pending[] = [];
     let dropped = 0;
     const giveUp = records.length > handle.chunkSize ? AbortSignal.timeout(this.o.ack_timeout) : undefined;
@@ -216,7 +225,7 @@ export class HttpSource implements Source {
         else if (outcome === "rejected") throw new HttpError(429, "buffer is full; retry after the Retry-After delay");
         else if (outcome === "stopping") throw new HttpError(503, "sluice is stopping; retry against another instance or later");
       }
-      if (!(await this.waitDurable(chunks))) {
+      if (!(await this.waitDurable(chunks, deadline))) {
         throw new HttpError(503, `records not committed within ${this.o.ack_timeout} ms; retry with the same Idempotency-Key`);
       }
     } finally {
@@ -244,11 +253,28 @@ export class HttpSource implements Source {
     return outcome;
   }
 
-  /** Waits for the acks of every chunk of a request, up to `ack_timeout`; false on timeout. */
-  private async waitDurable(chunks: readonly Pending[]): Promise<boolean> {
+  /**
+   * Refuses an Idempotency-Key seen with a different body (422): its records would get the ids of
+   * the earlier request's and be dropped by the sinks as redeliveries. Keys are remembered in
+   * memory, the latest {@link REMEMBERED_KEYS}.
+   */
+  private checkKey(key: string, body: Buffer): void {
+    const sum = crc32(body);
+    const seen = this.keys.get(key);
+    if (seen !== undefined && seen !== sum) {
+      throw new HttpError(422, `Idempotency-Key ${JSON.stringify(key)} was used before for a different body; send new records under a new key`);
+    }
+    if (seen === undefined) {
+      this.keys.set(key, sum);
+      if (this.keys.size > REMEMBERED_KEYS) this.keys.delete(this.keys.keys().next().value!);
+    }
+  }
+
+  /** Waits for the acks of every chunk of a request until `deadline` (ms since epoch); false on timeout. */
+  private async waitDurable(chunks: readonly Pending[], deadline: number): Promise<boolean> {
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<boolean>((resolve) => {
-      timer = setTimeout(() => resolve(false), this.o.ack_timeout);
+      timer = setTimeout(() => resolve(false), Math.max(0, deadline - Date.now()));
     });
     try {
       return await Promise.race([Promise.all(chunks.map((p) => p.durable)).then(() => true), timeout]);

@@ -327,6 +327,37 @@ describe("http source: 413", () => {
   });
 });
 
+describe("http source: too many records, a reused Idempotency-Key", () => {
+  it("413 for more than max_records records, in an array or NDJSON; exactly max_records is accepted", async () => {
+    const q = await startHttpPipeline({ source: { max_records: 50 } });
+    try {
+      const post = (body: string, type: string) => send(`${q.base}/v1/events`, { method: "POST", headers: { "content-type": type }, body });
+      const array = await post(JSON.stringify(Array.from({ length: 51 }, (_, n) => ({ n }))), "application/json");
+      expectError(array, 413, /^more than 50 records in one request; split it$/);
+      const nd = await post(Array.from({ length: 51 }, (_, n) => JSON.stringify({ n })).join("\n"), "application/x-ndjson");
+      expectError(nd, 413, /^more than 50 records/);
+      expect(q.rows().size).toBe(0);
+      const ok = await post(Array.from({ length: 50 }, (_, n) => JSON.stringify({ n })).join("\n"), "application/x-ndjson");
+      expect(ok.status, ok.text).toBe(202);
+      expect(q.rows().size).toBe(50);
+    } finally {
+      await q.close();
+    }
+  });
+
+  it("422 for an Idempotency-Key reused with a different body; the same body again is a plain retry (202)", async () => {
+    const key = `order-${randomUUID()}`;
+    const first = await ingest(JSON.stringify({ amount: 10 }), { "idempotency-key": key });
+    expect(first.status, first.text).toBe(202);
+    const other = await ingest(JSON.stringify({ amount: 99 }), { "idempotency-key": key });
+    expectError(other, 422, /was used before for a different body; send new records under a new key$/);
+    const again = await ingest(JSON.stringify({ amount: 10 }), { "idempotency-key": key });
+    expect(again.status, again.text).toBe(202);
+    expect(p.rows().get(`web:${key}:0`)).toEqual({ amount: 10 });
+    await expectStillServes();
+  });
+});
+
 describe("http source: 415, 405, 404", () => {
   it("415 for an unsupported or missing Content-Type, listing the accepted ones", async () => {
     const m = marker();
