@@ -59,8 +59,9 @@ export interface SourceHandle {
    * `<source name>:<position>`, where `position` is the record's place in the source (a byte
    * offset, an entry id, a sequence number), so redelivery yields the same id. The id string is
    * built only when needed. `bytes` is the record's size estimate for the buffer's byte bound.
-   * `text`, when the source has it, is the payload's JSON as received: a durable buffer writes it
-   * instead of serializing the payload again.
+   * `text`, when the source has it, is the payload's JSON as received (see
+   * {@link SluiceRecord.text}): the durable buffer and the postgres sink write it instead of
+   * serializing the payload again.
    */
   record(payload: JsonObject, bytes: number, position: string | number, text?: string): Entry;
   /** Builds a record for input that could not be parsed (id `<source name>:<position>`); it goes to the dead-letter sink with `error`. */

@@ -59,14 +59,13 @@ export interface EncodedChunk {
 export function encodeChunk(chunk: Chunk): EncodedChunk {
   const records = chunk.records;
   // Built as text: a payload whose JSON the source kept (`text`) is written as is, not serialized
-  // again, which is most of the cost of an entry. `text` is dropped once written.
+  // again, which is most of the cost of an entry.
   let json = `[${JSON.stringify(records[0]?.source ?? "")},${chunk.ticket.receivedAt},[`;
   let bytes = 0;
   for (let i = 0; i < records.length; i++) {
     const r = records[i]!;
     bytes += r.bytes;
     const payload = r.text ?? JSON.stringify(r.payload);
-    r.text = undefined;
     // An absent key or event time is written as null, which decodes back to undefined.
     json += `${i === 0 ? "" : ","}[${JSON.stringify(r.id)},${r.key === undefined ? "null" : JSON.stringify(r.key)},${payload},${finiteOrNull(r.eventTime)},${r.bytes}`;
     json += r.failure === undefined ? "]" : `,${JSON.stringify([r.failure.code, r.failure.message, r.failure.location])},${JSON.stringify(r.raw ?? null)}]`;

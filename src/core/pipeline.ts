@@ -306,8 +306,7 @@ export class Pipeline {
         const idValue = getId(payload);
         const id = typeof idValue === "string" ? idValue : typeof idValue === "number" ? String(idValue) : `${name}:${position}`;
         const entry = new RecordEntry(id, getKey && asText(getKey(payload)), payload, getTime && asTime(getTime(payload)), name, bytes);
-        // Kept only where it is used, and dropped there: it holds the source's input text alive.
-        if (durable) entry.text = text;
+        entry.text = text;
         return entry;
       },
       malformed: (raw, position, error) => {
@@ -372,6 +371,8 @@ export class Pipeline {
         break;
       }
     }
+    // A transform may change a payload in place: its text no longer says what it holds.
+    if (this.o.transforms.length > 0) for (const r of input) r.text = undefined;
     const out: Entry[] = [];
     const pending = this.chain.run(input, out);
     if (pending === undefined) {

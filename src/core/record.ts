@@ -43,6 +43,12 @@ export interface SluiceRecord<P = JsonObject> {
   readonly receivedAt: number;
   /** Name of the source that produced the record. */
   readonly source: string;
+  /**
+   * The payload's JSON text as the source read it, while no transform has touched the payload;
+   * undefined otherwise. A sink may write it instead of serializing `payload`: the same value,
+   * though not always the same spelling (whitespace, number format, escapes).
+   */
+  readonly text?: string | undefined;
   /** Number of the write attempt in progress (1 on the first try, 0 before any write); with several sinks, the highest. */
   attempts: number;
 }
@@ -64,10 +70,7 @@ export interface Entry<P = JsonObject> extends SluiceRecord<P> {
   failure: SluiceError | undefined;
   /** The raw input kept for a failed record (the unparsable line). */
   raw: string | undefined;
-  /**
-   * The payload's JSON text as the source received it, kept only on the way into a durable
-   * buffer (which writes it instead of serializing the payload again) and dropped there.
-   */
+  /** See {@link SluiceRecord.text}; the engine clears it before the transforms run. */
   text?: string | undefined;
 }
 

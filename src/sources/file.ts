@@ -244,7 +244,7 @@ class NdjsonReader {
       const s = starts[i]!;
       const e = i + 1 < n ? starts[i + 1]! - 1 : end;
       this.line++;
-      this.pending.push(this.handle.record(values[i] as JsonObject, e - s, base + s));
+      this.pending.push(this.handle.record(values[i] as JsonObject, e - s, base + s, text.slice(s - start, e - start)));
     }
     return true;
   }
@@ -320,7 +320,7 @@ class NdjsonReader {
       this.pending.push(this.malformedEntry(text, start, "line is not a JSON object"));
       return;
     }
-    this.pending.push(this.handle.record(value as JsonObject, bytes, start));
+    this.pending.push(this.handle.record(value as JsonObject, bytes, start, text));
   }
 
   private overlong(rawPrefix: string, start: number): void {

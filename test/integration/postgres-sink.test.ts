@@ -127,7 +127,7 @@ describe("postgres sink options", () => {
   const parse = (o: object) => definition.options.safeParse({ url: "postgres://x@h/db", table: "t", ...o });
 
   it("applies the defaults", () => {
-    expect(parse({}).data).toEqual({ url: "postgres://x@h/db", table: "t", pool_size: 4, create_table: true, columns: {}, mode: "insert" });
+    expect(parse({}).data).toEqual({ url: "postgres://x@h/db", table: "t", pool_size: 2, create_table: true, columns: {}, mode: "insert" });
   });
 
   it.each([
@@ -301,6 +301,41 @@ describe.skipIf(!hasPostgres)("postgres sink (real PostgreSQL)", () => {
     expect(await copies(records.slice(20, 30))).toEqual(["stage"]);
     expect(await copies(records.slice(30, 40))).toEqual(["direct"]);
     expect((await admin.query(`SELECT count(*)::int AS n FROM ${q(table)}`)).rows[0]).toEqual({ n: 35 });
+  });
+
+  it("writes batches waiting for a connection together, in one COPY, and gives each batch its own bad records", async () => {
+    const table = newTable();
+    const sink = await connect({ table, poolSize: 1, columns: { amount: { field: "amount", type: "integer" } } });
+    expect(sink.maxInFlight).toBe(4);
+    const batches = [0, 1, 2, 3].map((b) => Array.from({ length: 10 }, (_, i) => record(`g-${b}-${i}`, { amount: b === 2 && i === 4 ? "low" : i })));
+    const query = vi.spyOn(pg.Client.prototype, "query");
+    let results: (WriteResult | void)[];
+    let copies: string[];
+    try {
+      // The first batch takes the only connection; the other three wait for it and then go as one group.
+      results = await Promise.all(batches.map((b) => sink.write(b, signal)));
+      copies = query.mock.calls.map((c) => String((c[0] as { text?: string }).text ?? c[0])).filter((sql) => sql.startsWith(`COPY ${q(table)} `));
+    } finally {
+      query.mockRestore();
+    }
+    // Two direct COPYs: the first batch, then the group (whose bad record sends it through bisection).
+    expect(copies).toHaveLength(2);
+    expect(results.map((r) => failuresOf(r).map((f) => [f.index, f.error.code]))).toEqual([[], [], [[4, "ERR_SINK_REJECTED"]], []]);
+    expect(failuresOf(results[2]!)[0]!.error.message).toContain("22P02");
+    const { rows } = await admin.query<{ id: string }>(`SELECT id FROM ${q(table)} ORDER BY id`);
+    expect(rows.map((r) => r.id)).toEqual(batches.flat().map((r) => r.id).filter((id) => id !== "g-2-4").sort());
+  });
+
+  it("fails only the waiting batch whose write is aborted", async () => {
+    const table = newTable();
+    const sink = await connect({ table, poolSize: 1 });
+    const aborter = new AbortController();
+    const first = sink.write(makeRecords(10), signal);
+    const waiting = sink.write(makeRecords(10, { start: 10 }), aborter.signal);
+    aborter.abort();
+    await expect(waiting).rejects.toMatchObject({ code: "ERR_ABORTED" });
+    expect(failuresOf(await first)).toEqual([]);
+    expect((await admin.query(`SELECT count(*)::int AS n FROM ${q(table)}`)).rows[0]).toEqual({ n: 10 });
   });
 
   it("reports the record that breaks a deferred constraint, not the whole batch", async () => {
@@ -648,7 +683,11 @@ describe.skipIf(!hasPostgres)("postgres sink (real PostgreSQL)", () => {
         await locker.query("ROLLBACK");
         locker.release();
       }
-      expect((await admin.query(`SELECT count(*)::int AS n FROM ${q(table)}`)).rows[0]).toEqual({ n: 0 });
+      // The COPY's data went with the statement, so the backend, once the lock is released, may still
+      // commit the whole batch before it reads that the client left: all of it or none, never a part.
+      // A rejected write is redelivered, and ids make the redelivery leave one row.
+      const { n } = (await admin.query<{ n: number }>(`SELECT count(*)::int AS n FROM ${q(table)}`)).rows[0]!;
+      expect([0, 10]).toContain(n);
       expect(failuresOf(await sink.write(makeRecords(3), signal))).toEqual([]);
     });
 
@@ -738,5 +777,41 @@ sinks:
       const one = await admin.query(`SELECT key, device, celsius, seq, taken_at, event_time, payload->>'id' AS pid FROM ${q(table)} WHERE id = 'reading-42'`);
       expect(one.rows[0]).toEqual({ key: "dev-0", device: "dev-0", celsius: 20.2, seq: 42, taken_at: new Date(Date.UTC(2024, 0, 1) + 42_000), event_time: new Date(Date.UTC(2024, 0, 1) + 42_000), pid: "reading-42" });
     }
+  });
+  it("writes the payload as the file spelled it (a 20-digit integer stays exact) unless a transform touched it", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "sluice-pg-text-"));
+    dirs.push(dir);
+    const lines = [
+      '{"id":"big","n":12345678901234567890}',
+      '{"id":"tab",\t"n":1.50}',
+      '{"id":"esc","s":"caf\\u00e9","n":12345678901234567890}',
+      '{"id":"slash","s":"a\\\\b"}',
+    ];
+    await writeFile(join(dir, "in.ndjson"), `${lines.join("\n")}\n`);
+    // Changes the payload in place and returns the same object: its text no longer says what it holds.
+    await writeFile(join(dir, "touch.mjs"), "export default (p) => { p.touched = true; return p; };\n");
+    const runWith = async (table: string, transforms: string) => {
+      await writeFile(
+        join(dir, "pipeline.yaml"),
+        `data_dir: ./data-${table}\nsources:\n  in: { type: file, path: ./in.ndjson }\n${transforms}sinks:\n  pg: { type: postgres, url: "${PG_URL}", table: ${table} }\n`,
+      );
+      const child = spawn(process.execPath, ["--conditions=sluice-source", "--import", TSX, ENTRY, "run", "pipeline.yaml", "--no-progress"], { cwd: dir, stdio: ["ignore", "ignore", "pipe"] });
+      let stderr = "";
+      child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+      expect(await new Promise<number | null>((done) => child.on("exit", (c) => done(c))), stderr).toBe(0);
+      const { rows } = await admin.query(`SELECT id, payload::text AS payload FROM ${q(table)} ORDER BY id`);
+      return Object.fromEntries((rows as { id: string; payload: string }[]).map((r) => [r.id, r.payload]));
+    };
+
+    const plain = await runWith(newTable("as_read"), "");
+    expect(plain).toEqual({
+      big: '{"n": 12345678901234567890, "id": "big"}',
+      tab: '{"n": 1.50, "id": "tab"}',
+      esc: '{"n": 12345678901234567000, "s": "café", "id": "esc"}',
+      slash: '{"s": "a\\\\b", "id": "slash"}',
+    });
+    const touched = await runWith(newTable("touched"), "transforms:\n  - { type: module, path: ./touch.mjs }\n");
+    expect(touched.big).toBe('{"n": 12345678901234567000, "id": "big", "touched": true}');
+    expect(touched.tab).toBe('{"n": 1.5, "id": "tab", "touched": true}');
   });
 });
