@@ -21,7 +21,7 @@ export const DEFAULTS = {
     path: "buffer",
     /** 1 GiB of un-released entries on disk. */
     max_bytes: 1024 * 1024 * 1024,
-    /** datasync before a push counts as accepted. */
+    /** A push counts as accepted only once on disk (O_DSYNC writes). */
     fsync: true,
   },
   sink: {

@@ -27,7 +27,7 @@ const bufferSchema = z.strictObject({
     .strictObject({
       path: z.string().optional().describe("Directory of the disk log; default <data_dir>/buffer. Relative to the working directory."),
       max_bytes: byteSize().default(DEFAULTS.durable_buffer.max_bytes).describe("Most bytes of un-released entries on disk; then backpressure (when_full)."),
-      fsync: z.boolean().default(DEFAULTS.durable_buffer.fsync).describe("true: a chunk counts as accepted only after datasync (survives power loss); false: after write (survives a process crash)."),
+      fsync: z.boolean().default(DEFAULTS.durable_buffer.fsync).describe("true: a chunk counts as accepted only once on disk (O_DSYNC writes; survives power loss); false: after write (survives a process crash)."),
     })
     .optional()
     .describe("A crash-safe disk buffer: what a source was told is accepted survives SIGKILL and is replayed on start."),

@@ -2,8 +2,8 @@
  * DurableBuffer on real files in a temp directory. A crash is simulated by copying the log
  * directory at that instant (what a SIGKILLed process leaves behind, page cache included) and
  * opening a new buffer on the copy; the copied lock names this process, which the new buffer
- * must see as stale. Datasyncs are counted by spying on `FileHandle.prototype.datasync`, and
- * I/O errors injected by mocking `FileHandle.prototype.write`.
+ * must see as stale. Writes are counted by spying on `FileHandle.prototype.write`, O_DSYNC is read
+ * from /proc/self/fdinfo, and I/O errors are injected by mocking `FileHandle.prototype.write`.
  */
 import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
@@ -129,6 +129,23 @@ function track(p: Promise<PushResult>): { result: PushResult | undefined } {
   return t;
 }
 
+/** The open flags of this process's file descriptor on the segment being written in `dir` (Linux /proc). */
+function segmentFlags(dir: string): number {
+  for (const fd of fs.readdirSync("/proc/self/fd")) {
+    let target: string;
+    try {
+      target = fs.readlinkSync(`/proc/self/fd/${fd}`);
+    } catch {
+      continue; // closed meanwhile
+    }
+    if (target.startsWith(fs.realpathSync(dir)) && target.endsWith(".seg")) {
+      const flags = /^flags:\s+([0-7]+)$/m.exec(fs.readFileSync(`/proc/self/fdinfo/${fd}`, "utf8"))![1]!;
+      return parseInt(flags, 8);
+    }
+  }
+  throw new Error(`no open segment in ${dir}`);
+}
+
 async function fileHandlePrototype(dir: string): Promise<{ datasync: () => Promise<void>; write: (...args: unknown[]) => Promise<unknown> }> {
   const fh = await fsp.open(join(dir, "probe"), "w");
   const proto = Object.getPrototypeOf(fh) as { datasync: () => Promise<void>; write: (...args: unknown[]) => Promise<unknown> };
@@ -199,28 +216,31 @@ describe("DurableBuffer", () => {
     expect(() => buffer.release(sourceTicket)).toThrow(SluiceError);
   });
 
-  it("group-commits concurrent pushes: far fewer datasyncs than pushes, answers in call order", async () => {
+  it("group-commits concurrent pushes: far fewer (synchronous) writes than pushes, answers in call order", async () => {
     const dir = tmpDir();
     const proto = await fileHandlePrototype(dir);
     const { buffer } = await open(dir);
-    const datasync = vi.spyOn(proto, "datasync");
+    const write = vi.spyOn(proto, "write");
     const order: number[] = [];
     const pushes = Array.from({ length: 200 }, (_, i) => buffer.push(chunkOf([`r${i}`]), false).then((r) => (order.push(i), r)));
     expect(await Promise.all(pushes)).toEqual(Array(200).fill("accepted"));
     expect(order).toEqual(Array.from({ length: 200 }, (_, i) => i));
-    expect(datasync.mock.calls.length).toBeGreaterThan(0);
-    expect(datasync.mock.calls.length).toBeLessThanOrEqual(5);
+    expect(write.mock.calls.length).toBeGreaterThan(0);
+    expect(write.mock.calls.length).toBeLessThanOrEqual(5);
+    // Each of those writes returned only once on disk: the segment is open with O_DSYNC.
+    expect(segmentFlags(dir) & fs.constants.O_DSYNC).toBe(fs.constants.O_DSYNC);
     const pulled = await pullN(buffer, 200);
     expect(pulled.map((c) => ids(c)[0])).toEqual(Array.from({ length: 200 }, (_, i) => `r${i}`));
   });
 
-  it("without fsync, accepts after the write and never datasyncs", async () => {
+  it("without fsync, accepts after a plain write: no O_DSYNC, no datasync", async () => {
     const dir = tmpDir();
     const proto = await fileHandlePrototype(dir);
     const { buffer } = await open(dir, { fsync: false });
     const datasync = vi.spyOn(proto, "datasync");
     expect(await buffer.push(chunkOf(["a"]), false)).toBe("accepted");
     expect(datasync).not.toHaveBeenCalled();
+    expect(segmentFlags(dir) & fs.constants.O_DSYNC).toBe(0);
     const replay = await open(crashCopy(dir));
     expect(ids((await pullN(replay.buffer, 1))[0])).toEqual(["a"]);
   });
