@@ -132,6 +132,37 @@ export function tooDeepAt(s: string, start: number, end: number, maxDepth: numbe
 }
 
 /**
+ * Counts the brackets (`{` and `[`) of consecutive ranges of a text with `indexOf`, remembering
+ * the next bracket of each kind, so that a whole body costs one pass however many ranges it has.
+ * A range with at most `maxDepth` brackets cannot nest deeper, and needs no {@link tooDeepAt}.
+ */
+class BracketCounter {
+  private nextBrace: number;
+  private nextBracket: number;
+
+  constructor(private readonly s: string) {
+    this.nextBrace = s.indexOf("{");
+    this.nextBracket = s.indexOf("[");
+  }
+
+  /** Brackets in `[start, end)`, counting at most `limit + 1`; ranges must come in order. */
+  count(start: number, end: number, limit: number): number {
+    let n = 0;
+    while (this.nextBrace >= 0 && this.nextBrace < start) this.nextBrace = this.s.indexOf("{", this.nextBrace + 1);
+    while (this.nextBracket >= 0 && this.nextBracket < start) this.nextBracket = this.s.indexOf("[", this.nextBracket + 1);
+    while (n <= limit && this.nextBrace >= 0 && this.nextBrace < end) {
+      n++;
+      this.nextBrace = this.s.indexOf("{", this.nextBrace + 1);
+    }
+    while (n <= limit && this.nextBracket >= 0 && this.nextBracket < end) {
+      n++;
+      this.nextBracket = this.s.indexOf("[", this.nextBracket + 1);
+    }
+    return n;
+  }
+}
+
+/**
  * `JSON.parse`, refusing `__proto__` keys and `constructor.prototype` (keys that could reach a
  * prototype once a payload is merged into another object), with secure-json-parse.
  */
@@ -193,6 +224,7 @@ function parseNdjsonBody(s: string, maxDepth: number, maxRecords: number): Parse
   const bytes: number[] = [];
   const texts: string[] = [];
   const parse = maySpellProtoKeys(s) ? parseSecure : JSON.parse;
+  const brackets = new BracketCounter(s);
   let line = 0;
   for (let start = 0; start < s.length; ) {
     let end = s.indexOf("\n", start);
@@ -202,7 +234,8 @@ function parseNdjsonBody(s: string, maxDepth: number, maxRecords: number): Parse
     const lineText = s.slice(start, stop);
     if (s.charCodeAt(start) === OPEN_OBJECT || !BLANK.test(lineText)) {
       if (records.length === maxRecords) throw tooMany(maxRecords);
-      const deep = tooDeepAt(s, start, stop, maxDepth);
+      // Most lines have a few brackets: only those with more than maxDepth need the scan.
+      const deep = brackets.count(start, stop, maxDepth) > maxDepth ? tooDeepAt(s, start, stop, maxDepth) : -1;
       if (deep >= 0) throw new HttpError(400, `line ${line}: JSON nested deeper than ${maxDepth} levels at column ${deep + 1}`, { line });
       let value: unknown;
       try {
