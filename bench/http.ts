@@ -46,6 +46,7 @@ import { mulberry32 } from "../src/core/random.js";
 import type { RunSummary } from "../src/observability/metrics.js";
 import { prepareLaunch, REPO_DIR, type Launcher } from "./build.js";
 import { DATA_DIR } from "./data-gen.js";
+import { fmtInt, fmtRatio, intEnv, median, progress } from "./report.js";
 
 const TARGETS = { sluiceVsBare: 0.5 };
 // Distinct request bodies built up front and sent in turn.
@@ -70,43 +71,13 @@ const connections = intEnv("BENCH_HTTP_CONNECTIONS", 32, 1);
 const batch = intEnv("BENCH_HTTP_BATCH", 100, 1);
 const profileDir = process.env.BENCH_HTTP_CPU_PROF ? resolve(process.env.BENCH_HTTP_CPU_PROF) : undefined;
 
-function intEnv(name: string, fallback: number, min: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === "") return fallback;
-  const n = Number(raw.replaceAll("_", ""));
-  if (!Number.isSafeInteger(n) || n < min) {
-    console.error(`${name} must be an integer >= ${min}, got ${JSON.stringify(raw)}`);
-    process.exit(2);
-  }
-  return n;
-}
-
-const fmtInt = (n: number): string => Math.round(n).toLocaleString("en-US");
-const fmtRatio = (n: number): string => `${n.toFixed(2)}x`;
 const fmtMs = (n: number): string => n.toFixed(n < 10 ? 2 : 1);
-
-function median(values: readonly number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
 
 /** Nearest-rank percentile of ascending `sorted`. */
 function percentile(sorted: Float64Array, p: number): number {
   if (sorted.length === 0) return Number.NaN;
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
 }
-
-/** Progress goes to stderr: a live line on a terminal, plain lines otherwise. */
-const progress = {
-  tty: process.stderr.isTTY === true,
-  live(text: string): void {
-    if (this.tty) process.stderr.write(`\r\x1b[2K${text}`);
-  },
-  line(text: string): void {
-    process.stderr.write(this.tty ? `\r\x1b[2K${text}\n` : `${text}\n`);
-  },
-};
 
 const errorText = (err: unknown): string => (err instanceof Error ? err.message || err.constructor.name : String(err));
 

@@ -51,6 +51,7 @@ import { ensureDataFile, warmPageCache } from "./data-gen.js";
 import { ensureCopyFile } from "./pg-copy-file.js";
 import type { ContenderResult } from "./contenders/protocol.js";
 import { quoteIdent, type PgTask } from "./contenders/pg-protocol.js";
+import { fmtInt, fmtRatio, intEnv, median, progress } from "./report.js";
 
 
 const TARGETS = {
@@ -97,37 +98,7 @@ const records = intEnv("BENCH_PG_RECORDS", 1_000_000, 1);
 const runs = intEnv("BENCH_PG_RUNS", 3, 1);
 const url = process.env.BENCH_PG_URL ?? "postgres://postgres@127.0.0.1:5432/test";
 
-function intEnv(name: string, fallback: number, min: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === "") return fallback;
-  const n = Number(raw.replaceAll("_", ""));
-  if (!Number.isSafeInteger(n) || n < min) {
-    console.error(`${name} must be an integer >= ${min}, got ${JSON.stringify(raw)}`);
-    process.exit(2);
-  }
-  return n;
-}
-
-const fmtInt = (n: number): string => Math.round(n).toLocaleString("en-US");
-const fmtRatio = (n: number): string => `${n.toFixed(2)}x`;
 const fmtSec = (n: number): string => n.toFixed(2);
-
-function median(values: readonly number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
-
-/** Progress goes to stderr: a live line on a terminal, plain lines otherwise. */
-const progress = {
-  tty: process.stderr.isTTY === true,
-  live(text: string): void {
-    if (this.tty) process.stderr.write(`\r\x1b[2K${text}`);
-  },
-  line(text: string): void {
-    process.stderr.write(this.tty ? `\r\x1b[2K${text}\n` : `${text}\n`);
-  },
-};
 
 /** Node arguments (before the task) that start a contender child. */
 /**

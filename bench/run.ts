@@ -23,6 +23,7 @@ import { ensureDataFile, warmPageCache } from "./data-gen.js";
 import type { ContenderResult } from "./contenders/protocol.js";
 import { runHttpBench } from "./http.js";
 import { runPostgresBench } from "./postgres.js";
+import { fmtInt, fmtRatio, intEnv, median, progress } from "./report.js";
 
 const RECORDS = intEnv("BENCH_RECORDS", 2_000_000, 1);
 const BIG_RECORDS = intEnv("BENCH_BIG_RECORDS", 8_000_000, 0);
@@ -42,37 +43,7 @@ const TARGETS = {
 
 const LABELS: Record<ContenderName, string> = { "plain-loop": "plain loop", "node-stream": "node:stream", sluice: "sluice" };
 
-function intEnv(name: string, fallback: number, min: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === "") return fallback;
-  const n = Number(raw.replaceAll("_", ""));
-  if (!Number.isSafeInteger(n) || n < min) {
-    console.error(`${name} must be an integer >= ${min}, got ${JSON.stringify(raw)}`);
-    process.exit(2);
-  }
-  return n;
-}
-
-const fmtInt = (n: number): string => Math.round(n).toLocaleString("en-US");
 const fmtMiB = (n: number): string => n.toFixed(1);
-const fmtRatio = (n: number): string => `${n.toFixed(2)}x`;
-
-function median(values: readonly number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
-
-/** Progress goes to stderr: a live line on a terminal, plain lines otherwise. */
-const progress = {
-  tty: process.stderr.isTTY === true,
-  live(text: string): void {
-    if (this.tty) process.stderr.write(`\r\x1b[2K${text}`);
-  },
-  line(text: string): void {
-    process.stderr.write(this.tty ? `\r\x1b[2K${text}\n` : `${text}\n`);
-  },
-};
 
 interface Summary {
   readonly name: ContenderName;
