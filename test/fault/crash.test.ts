@@ -5,22 +5,16 @@
  *
  * The kill moments come from a seed printed with the test (set CRASH_SEED to replay one).
  */
-import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
-import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
-import { pathToFileURL } from "node:url";
+import { join } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, describe, it } from "vitest";
 import { mulberry32 } from "../../src/core/random.js";
 import { readDeadLetters } from "../../src/sinks/dead-letter-sqlite.js";
+import { killClis, startCli } from "../helpers/cli.js";
 
-const ROOT = resolve(import.meta.dirname, "../..");
-const ENTRY = join(ROOT, "src/cli/entry.ts");
-// tsx by absolute URL: `--import tsx` would resolve it from the child's cwd, a temp dir.
-const TSX = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href;
 
 const TOTAL = 200_000;
 const SOURCE = "readings";
@@ -28,10 +22,8 @@ const KILLS = 3;
 const SEED = Number(process.env.CRASH_SEED ?? Math.floor(Math.random() * 1e9));
 
 const dirs: string[] = [];
-const children = new Set<ChildProcess>();
-
 afterAll(async () => {
-  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+  killClis();
   for (const dir of dirs) await rm(dir, { recursive: true, force: true });
 });
 
@@ -68,29 +60,6 @@ function countRows(db: string): number {
   } finally {
     conn?.close();
   }
-}
-
-interface Child {
-  readonly process: ChildProcess;
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  readonly output: () => string;
-}
-
-function startCli(configFile: string, summaryFile: string, cwd: string): Child {
-  const child = spawn(process.execPath, ["--conditions=sluice-source", "--import", TSX, ENTRY, "run", configFile, "--summary-json", summaryFile, "--no-progress"], {
-    cwd,
-    stdio: ["ignore", "ignore", "pipe"],
-  });
-  children.add(child);
-  let stderr = "";
-  child.stderr!.on("data", (d: Buffer) => (stderr += d.toString()));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((done) =>
-    child.on("exit", (code, signal) => {
-      children.delete(child);
-      done({ code, signal });
-    }),
-  );
-  return { process: child, exited, output: () => stderr };
 }
 
 async function readCheckpoint(file: string): Promise<{ offset: number; line: number } | undefined> {

@@ -8,22 +8,16 @@
  *
  * The kill moments come from a seed printed with the test (set CRASH_SEED to replay one).
  */
-import { spawn, type ChildProcess } from "node:child_process";
 import { createServer } from "node:net";
 import { appendFile, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
-import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
-import { pathToFileURL } from "node:url";
+import { join } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, describe, it } from "vitest";
 import { mulberry32 } from "../../src/core/random.js";
 import { readDeadLetters } from "../../src/sinks/dead-letter-sqlite.js";
+import { killClis, startCli, type Cli } from "../helpers/cli.js";
 
-const ROOT = resolve(import.meta.dirname, "../..");
-const ENTRY = join(ROOT, "src/cli/entry.ts");
-// tsx by absolute URL: `--import tsx` would resolve it from the child's cwd, a temp dir.
-const TSX = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href;
 
 const KILLS = 20;
 const RECORDS_PER_REQUEST = 50;
@@ -32,10 +26,8 @@ const SOURCE = "ingest";
 const SEED = Number(process.env.CRASH_SEED ?? Math.floor(Math.random() * 1e9));
 
 const dirs: string[] = [];
-const children = new Set<ChildProcess>();
-
 afterAll(async () => {
-  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+  killClis();
   for (const dir of dirs) await rm(dir, { recursive: true, force: true });
 });
 
@@ -49,31 +41,8 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-interface Child {
-  readonly process: ChildProcess;
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  readonly output: () => string;
-}
-
-function startCli(configFile: string, cwd: string, summaryFile: string): Child {
-  const child = spawn(process.execPath, ["--conditions=sluice-source", "--import", TSX, ENTRY, "run", configFile, "--no-progress", "--summary-json", summaryFile], {
-    cwd,
-    stdio: ["ignore", "ignore", "pipe"],
-  });
-  children.add(child);
-  let stderr = "";
-  child.stderr!.on("data", (d: Buffer) => (stderr += d.toString()));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((done) =>
-    child.on("exit", (code, signal) => {
-      children.delete(child);
-      done({ code, signal });
-    }),
-  );
-  return { process: child, exited, output: () => stderr };
-}
-
 /** Resolves once the server answers /health/live, or throws when the child exits first. */
-async function waitLive(base: string, child: Child): Promise<void> {
+async function waitLive(base: string, child: Cli): Promise<void> {
   const deadline = Date.now() + 30_000;
   for (;;) {
     if (child.process.exitCode !== null || child.process.signalCode !== null) throw new Error(`sluice exited while starting:\n${child.output()}`);
@@ -218,7 +187,7 @@ sinks:
     let torn = 0;
     let replays = 0;
     for (let k = 0; k < KILLS; k++) {
-      const child = startCli(configFile, dir, join(dir, `summary-${k}.json`));
+      const child = startCli(configFile, join(dir, `summary-${k}.json`), dir);
       await waitLive(base, child);
       client ??= startClient(base, counts);
       await sleep(50 + Math.floor(random() * 900));
@@ -232,7 +201,7 @@ sinks:
     // The last run: the client finishes every batch it started, the sink catches up, then a
     // graceful stop drains and exits 0.
     const summaryFile = join(dir, "summary-final.json");
-    const last = startCli(configFile, dir, summaryFile);
+    const last = startCli(configFile, summaryFile, dir);
     await waitLive(base, last);
     client!.stop();
     await client!.done;

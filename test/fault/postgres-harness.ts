@@ -1,17 +1,8 @@
 /**
- * What the PostgreSQL fault tests share: one-shot queries that survive a server restart, a row
- * count that tolerates a missing table, and the CLI as a child process.
+ * What the PostgreSQL fault tests share: one-shot queries that survive a server restart and a
+ * row count that tolerates a missing table. The CLI child is test/helpers/cli.ts.
  */
-import { spawn, type ChildProcess } from "node:child_process";
-import { createRequire } from "node:module";
-import { join, resolve } from "node:path";
-import { pathToFileURL } from "node:url";
 import pg from "pg";
-
-const ROOT = resolve(import.meta.dirname, "../..");
-const ENTRY = join(ROOT, "src/cli/entry.ts");
-// tsx by absolute URL: `--import tsx` would resolve it from the child's cwd, a temp dir.
-const TSX = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href;
 
 /** The database the fault tests use; `SLUICE_PG_URL` overrides it. */
 export const PG_URL = process.env.SLUICE_PG_URL ?? "postgres://postgres@127.0.0.1:5432/test";
@@ -41,21 +32,3 @@ export async function countRows(table: string): Promise<number> {
 }
 
 /** A `sluice run` child process. */
-export interface Cli {
-  readonly process: ChildProcess;
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  /** Everything it wrote on stderr so far. */
-  readonly output: () => string;
-}
-
-/** Starts `sluice run <configFile> --summary-json <summaryFile>` on the sources, in `cwd`. */
-export function startCli(configFile: string, summaryFile: string, cwd: string): Cli {
-  const child = spawn(process.execPath, ["--conditions=sluice-source", "--import", TSX, ENTRY, "run", configFile, "--summary-json", summaryFile, "--no-progress"], {
-    cwd,
-    stdio: ["ignore", "ignore", "pipe"],
-  });
-  let stderr = "";
-  child.stderr!.on("data", (d: Buffer) => (stderr += d.toString()));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((done) => child.on("exit", (code, signal) => done({ code, signal })));
-  return { process: child, exited, output: () => stderr };
-}

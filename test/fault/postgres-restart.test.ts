@@ -20,7 +20,8 @@ import { promisify } from "node:util";
 import { afterAll, describe, expect, it } from "vitest";
 import { readDeadLetters } from "../../src/sinks/dead-letter-sqlite.js";
 import { requireService } from "../helpers/services.js";
-import { countRows, PG_URL, query, sleep, startCli, type Cli } from "./postgres-harness.js";
+import { startCli, type Cli } from "../helpers/cli.js";
+import { countRows, PG_URL, query, sleep } from "./postgres-harness.js";
 
 
 const CLUSTER = ["15", "main"] as const;

@@ -1,0 +1,47 @@
+/**
+ * The real `sluice run` CLI as a child process, on the sources (tsx), for the tests that crash,
+ * restart or signal it. Children still running when a test file ends are killed by
+ * {@link killClis} (call it in `afterAll`).
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { createRequire } from "node:module";
+import { join, resolve } from "node:path";
+import { pathToFileURL } from "node:url";
+
+const ROOT = resolve(import.meta.dirname, "../..");
+const ENTRY = join(ROOT, "src/cli/entry.ts");
+// tsx by absolute URL: `--import tsx` would resolve it from the child's cwd, a temp dir.
+const TSX = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href;
+
+/** A running CLI child. */
+export interface Cli {
+  readonly process: ChildProcess;
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Its stderr so far. */
+  readonly output: () => string;
+}
+
+const running = new Set<ChildProcess>();
+
+/** Starts `sluice run <configFile> --summary-json <summaryFile> --no-progress` in `cwd`. */
+export function startCli(configFile: string, summaryFile: string, cwd: string): Cli {
+  const child = spawn(process.execPath, ["--conditions=sluice-source", "--import", TSX, ENTRY, "run", configFile, "--summary-json", summaryFile, "--no-progress"], {
+    cwd,
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  running.add(child);
+  let stderr = "";
+  child.stderr!.on("data", (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((done) =>
+    child.on("exit", (code, signal) => {
+      running.delete(child);
+      done({ code, signal });
+    }),
+  );
+  return { process: child, exited, output: () => stderr };
+}
+
+/** SIGKILLs every CLI child this file started that is still running. */
+export function killClis(): void {
+  for (const child of running) child.kill("SIGKILL");
+}
