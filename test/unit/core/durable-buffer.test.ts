@@ -304,7 +304,7 @@ describe("DurableBuffer", () => {
     fs.writeFileSync(join(dir, "lock"), `${deadPid()}\n`);
     const second = await open(dir);
     expect((await pullN(second.buffer, 3)).map(ids)).toEqual([["a"], ["b"], ["c"]]);
-    expect(fs.readFileSync(join(dir, "lock"), "utf8").trim()).toBe(String(process.pid));
+    expect(fs.readFileSync(join(dir, "lock"), "utf8").split(" ")[0]).toBe(String(process.pid));
   });
 
   it("never brings back released entries after shutdown and reopen, also when released out of order", async () => {
@@ -600,7 +600,28 @@ describe("DurableBuffer", () => {
     }
     const fourth = await open(dir);
     expect(fourth.warnings).toContain("durable buffer: took over the lock of a process that is gone");
-    expect(fs.readFileSync(join(dir, "lock"), "utf8").trim()).toBe(String(process.pid));
+    expect(fs.readFileSync(join(dir, "lock"), "utf8").split(" ")[0]).toBe(String(process.pid));
+  });
+
+  it("tells a live process from the one that took the lock by its start time: a reused pid does not hold the lock", async () => {
+    const dir = tmpDir();
+    const child = spawn(process.execPath, ["-e", "setTimeout(() => {}, 60_000)"], { stdio: "ignore" });
+    try {
+      const stat = fs.readFileSync(`/proc/${child.pid}/stat`, "utf8");
+      const started = stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19]!;
+      // The lock's process started at another time: its pid now names someone else.
+      fs.writeFileSync(join(dir, "lock"), `${child.pid} ${Number(started) - 1}\n`);
+      const taken = await open(dir);
+      expect(taken.warnings).toContain("durable buffer: took over the lock of a process that is gone");
+      expect(fs.readFileSync(join(dir, "lock"), "utf8")).toMatch(new RegExp(`^${process.pid} \\d+\n$`));
+      await taken.buffer.shutdown();
+      // The same pid and start time: that very process holds it.
+      fs.writeFileSync(join(dir, "lock"), `${child.pid} ${started}\n`);
+      await expect(create(dir).buffer.open()).rejects.toMatchObject({ code: "ERR_BUFFER_IO", message: expect.stringContaining(`process ${child.pid}`) });
+    } finally {
+      child.kill("SIGKILL");
+      await new Promise((r) => child.once("exit", r));
+    }
   });
 
   it("refuses push and pull before open", async () => {
