@@ -562,6 +562,8 @@ export class DurableBuffer implements BufferContract {
       if (bytesWritten === 0) throw new Error("write made no progress");
       done += bytesWritten;
     }
+    // Where the platform has no O_DSYNC (Windows), the write is made durable by a datasync.
+    if (this.fsync && fsConstants.O_DSYNC === undefined) await fh.datasync();
     let offset = segment.size;
     for (const a of group) {
       a.entry.segment = segment;

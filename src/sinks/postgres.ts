@@ -276,13 +276,16 @@ export function copyJson(value: JsonValue): string {
 /**
  * The payload column: the JSON text the source read, when it has it (no transform touched the
  * payload), escaped for COPY, which saves serializing the payload again; the payload serialized
- * when it has none, or when the text has `\u` escapes (a lone surrogate must be rewritten, see
- * {@link copyJson}).
+ * when it has none, when the text has `\u` escapes (a lone surrogate must be rewritten, see
+ * {@link copyJson}), or when it has an exponent of 3 or more digits (the number may be past what
+ * PostgreSQL's numeric holds; JSON.parse made it Infinity, which the payload serializes as null).
  */
 function payloadField(r: SluiceRecord): string {
   const text = r.text;
-  return text === undefined || text.includes("\\u") ? copyJson(r.payload) : copyText(text);
+  return text === undefined || text.includes("\\u") || HUGE_EXPONENT.test(text) ? copyJson(r.payload) : copyText(text);
 }
+
+const HUGE_EXPONENT = /[eE][+-]?\d{3}/;
 
 /**
  * A payload value as a COPY field of a column of `type`. Null or missing: NULL. A number into

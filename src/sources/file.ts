@@ -240,11 +240,17 @@ class NdjsonReader {
     }
     if (values.length !== n) return false;
     const starts = this.starts;
+    // `starts` are byte offsets; the line's text is cut at the newlines of the decoded string,
+    // whose offsets differ as soon as a line has a multi-byte character.
+    let from = 0;
     for (let i = 0; i < n; i++) {
       const s = starts[i]!;
       const e = i + 1 < n ? starts[i + 1]! - 1 : end;
+      let to = text.indexOf("\n", from);
+      if (to < 0) to = text.length;
       this.line++;
-      this.pending.push(this.handle.record(values[i] as JsonObject, e - s, base + s, text.slice(s - start, e - start)));
+      this.pending.push(this.handle.record(values[i] as JsonObject, e - s, base + s, text.slice(from, to)));
+      from = to + 1;
     }
     return true;
   }

@@ -167,6 +167,9 @@ class BracketCounter {
  * prototype once a payload is merged into another object), with secure-json-parse.
  */
 function parseSecure(s: string): unknown {
+  // secure-json-parse drops a leading BOM that JSON.parse refuses: the text would be kept as the
+  // record's JSON (durable log, postgres), where the BOM makes it unreadable. Refuse it as JSON.parse does.
+  if (s.charCodeAt(0) === 0xfeff) throw new SyntaxError("Unexpected token '\\ufeff' (a byte order mark) at position 0");
   return secureJson.parse(s, null, { protoAction: "error", constructorAction: "error" });
 }
 

@@ -199,7 +199,7 @@ export class HttpSource implements Source {
     if (needsSignature) this.auth.checkSignature(req.headers, raw);
     const body = await decode(raw, req.headers["content-encoding"], this.o.max_body);
     const parsed = parseBody(text(body), format, this.o.max_depth, this.o.max_records);
-    if (typeof idempotencyKey === "string") this.checkKey(idempotencyKey, body);
+    const bodySum = typeof idempotencyKey === "string" ? this.checkKey(idempotencyKey, body) : undefined;
 
     const handle = this.handle!;
     const prefix = typeof idempotencyKey === "string" ? idempotencyKey : randomUUID();
@@ -220,6 +220,8 @@ export class HttpSource implements Source {
       for (let at = 0; at < records.length; at += handle.chunkSize) {
         const part = records.length <= handle.chunkSize ? records : records.slice(at, at + handle.chunkSize);
         const outcome = await this.enqueue(handle, part, chunks, at === 0 || giveUp === undefined ? undefined : { wait: true, signal: giveUp });
+        // Remembered once records of it are taken: a request refused whole binds the key to nothing.
+        if (at === 0 && bodySum !== undefined && (outcome === "accepted" || outcome === "dropped")) this.rememberKey(idempotencyKey as string, bodySum);
         if (outcome === "dropped") dropped += part.length;
         else if (outcome === "rejected" && at > 0) throw new HttpError(503, `buffer had no room for the rest of the request within ${this.o.ack_timeout} ms; retry with the same Idempotency-Key`);
         else if (outcome === "rejected") throw new HttpError(429, "buffer is full; retry after the Retry-After delay");
@@ -258,16 +260,20 @@ export class HttpSource implements Source {
    * the earlier request's and be dropped by the sinks as redeliveries. Keys are remembered in
    * memory, the latest {@link REMEMBERED_KEYS}.
    */
-  private checkKey(key: string, body: Buffer): void {
+  private checkKey(key: string, body: Buffer): number {
     const sum = crc32(body);
     const seen = this.keys.get(key);
     if (seen !== undefined && seen !== sum) {
       throw new HttpError(422, `Idempotency-Key ${JSON.stringify(key)} was used before for a different body; send new records under a new key`);
     }
-    if (seen === undefined) {
-      this.keys.set(key, sum);
-      if (this.keys.size > REMEMBERED_KEYS) this.keys.delete(this.keys.keys().next().value!);
-    }
+    return sum;
+  }
+
+  /** Binds `key` to the checksum of the body whose records were taken under it. */
+  private rememberKey(key: string, sum: number): void {
+    if (this.keys.has(key)) return;
+    this.keys.set(key, sum);
+    if (this.keys.size > REMEMBERED_KEYS) this.keys.delete(this.keys.keys().next().value!);
   }
 
   /** Waits for the acks of every chunk of a request until `deadline` (ms since epoch); false on timeout. */

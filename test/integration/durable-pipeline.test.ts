@@ -79,4 +79,26 @@ describe("a pipeline on a durable buffer", () => {
     expect(new Set(all).size).toBe(TOTAL);
     expect(all.length).toBe(TOTAL);
   });
+
+  it("replays lines with multi-byte characters intact: the log keeps each line's own JSON text", async () => {
+    // Lines that the file source parses as one run: the text it keeps per line must be cut at
+    // character, not byte, offsets, or the log gets another line's bytes and replay cannot read it.
+    const n = 600;
+    const lines = Array.from({ length: n }, (_, i) => `{"id":"u-${i}","t":"${"é€𝄞".repeat(1 + (i % 3))}"}`);
+    await writeFile(join(dir, "in.ndjson"), `${lines.join("\n")}\n`);
+    const stalled = sqliteSink();
+    const first = await build(stalled);
+    const run1 = first.pipeline.run();
+    await waitUntil("the checkpoint covers the whole file", async () => (await checkpointLine()) === n);
+    first.pipeline.stop();
+    stalled.release();
+    expect((await run1).tag).toBe("stopped");
+
+    const open = sqliteSink();
+    open.release();
+    const second = await build(open);
+    expect((await second.pipeline.run()).tag).toBe("completed");
+    expect(second.metrics.snapshot().replayed).toBe(n - new Set(stalled.committed).size);
+    expect(new Set([...stalled.committed, ...open.committed]).size).toBe(n);
+  });
 });

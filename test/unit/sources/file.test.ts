@@ -6,6 +6,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import type { Source } from "../../../src/components/contracts.js";
 import type { Clock } from "../../../src/core/clock.js";
 import { SluiceError } from "../../../src/core/errors.js";
+import type { Entry, JsonObject } from "../../../src/core/record.js";
 import { createFileSource, definition, readNdjsonStream, type FileCheckpoint } from "../../../src/sources/file.js";
 import { FakeClock } from "../../helpers/fake-clock.js";
 import { makeTempDir, SourceHarness, testContext, type CapturingLogger } from "../../helpers/source-harness.js";
@@ -194,6 +195,33 @@ describe("file source: reading", () => {
     expect(harness.chunks.at(-1)!.checkpoint).toMatchObject({ offset: Buffer.byteLength(content), line: all.length });
     const lengths = harness.entries.filter((e) => e.failure === undefined).map((e) => e.bytes);
     expect(lengths).toEqual(all.filter((l) => l.startsWith("{")).map((l) => Buffer.byteLength(l)));
+  });
+
+  it("hands each record its own line as text, cut at characters, not bytes, whatever the reads", async () => {
+    // Lines of plain `{...}` (parsed as one run) after multi-byte characters, and lines that take
+    // the line-by-line path (CRLF, padding), split into reads of every size.
+    class TextHarness extends SourceHarness {
+      readonly texts: (string | undefined)[] = [];
+      override record(payload: JsonObject, bytes: number, position: string | number, text?: string): Entry {
+        this.texts.push(text);
+        return super.record(payload, bytes, position);
+      }
+    }
+    const plain = ['{"a":"é"}', '{"b":1}', '{"c":"€𝄞"}', '{"d":[1,{"e":"ü"}]}', '{"g":2}'];
+    const other = [' {"f":"é"} ', '{"h":"€"}'];
+    for (const [lines, content] of [
+      [plain, `${plain.join("\n")}\n`],
+      [[...plain, ...other], `${plain.join("\n")}\n${other.join("\r\n")}\r\n`],
+    ] as const) {
+      const bytes = Buffer.from(content);
+      for (const size of [1, 3, 7, 16, 40, bytes.length]) {
+        const parts: Buffer[] = [];
+        for (let i = 0; i < bytes.length; i += size) parts.push(bytes.subarray(i, i + size));
+        const harness = new TextHarness({ source: "s", chunkSize: 100 });
+        await readNdjsonStream(Readable.from(parts), harness, new AbortController().signal, { location: "stdin", maxLineBytes: 1024 });
+        expect(harness.texts, `reads of ${size} bytes`).toEqual(lines);
+      }
+    }
   });
 
   it("dead-letters a line longer than max_line_bytes with its location and reads on", async () => {
