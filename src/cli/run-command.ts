@@ -62,10 +62,15 @@ const fmt = (n: number) => Math.round(n).toLocaleString("en-US");
 
 function progressLine(s: CountsSnapshot, rate: number, maxRecords: number): string {
   const fill = maxRecords > 0 ? Math.round((s.buffer_records / maxRecords) * 100) : 0;
-  return `${fmt(rate)} rec/s | received ${fmt(s.received)} delivered ${fmt(s.delivered)} dead-lettered ${fmt(s.dead_lettered)} dropped ${fmt(s.dropped)} retried ${fmt(s.retried)} | buffer ${fmt(s.buffer_records)}/${fmt(maxRecords)} (${fill}%)`;
+  const present = s.already_present > 0 ? ` (${fmt(s.already_present)} already present)` : "";
+  return `${fmt(rate)} rec/s | received ${fmt(s.received)} delivered ${fmt(s.delivered)}${present} dead-lettered ${fmt(s.dead_lettered)} dropped ${fmt(s.dropped)} retried ${fmt(s.retried)} | buffer ${fmt(s.buffer_records)}/${fmt(maxRecords)} (${fill}%)`;
 }
 
-/** The summary table printed at the end of every run. */
+/**
+ * The summary table printed at the end of every run. `delivered` is split into records stored new
+ * in at least one sink and records every sink already held (a rerun's redeliveries); each sink's
+ * row has its own split.
+ */
 export function summaryTable(summary: RunSummary, status: string, deadLetterHint: string, replayed = 0): string {
   const r = summary.records;
   const rows: [string, number][] = [
@@ -78,13 +83,19 @@ export function summaryTable(summary: RunSummary, status: string, deadLetterHint
   // Counted in `received` too: records an earlier run left in the durable buffer.
   if (replayed > 0) rows.push(["replayed", replayed]);
   const lines = [`sluice run ${status} in ${summary.elapsed_seconds.toFixed(1)} s (${fmt(summary.elapsed_seconds > 0 ? r.delivered / summary.elapsed_seconds : 0)} delivered/s)`];
-  for (const [k, v] of rows) lines.push(`  ${k.padEnd(15)}${fmt(v).padStart(14)}`);
+  for (const [k, v] of rows) {
+    const split = k === "delivered" ? `  (${fmt(r.new)} new, ${fmt(r.already_present)} already present)` : "";
+    lines.push(`  ${k.padEnd(15)}${fmt(v).padStart(14)}${split}`);
+  }
   const inFlight = r.received - r.delivered - r.dead_lettered - r.dropped;
   if (inFlight !== 0) lines.push(`  ${"un-acked".padEnd(15)}${fmt(inFlight).padStart(14)}  (left for redelivery)`);
   const names = Object.keys(summary.sinks);
   const w = Math.max(6, ...names.map((n) => n.length)) + 2;
-  lines.push(`  ${"sink".padEnd(w)}${"delivered".padStart(14)}${"dead-lettered".padStart(15)}`);
-  for (const n of names) lines.push(`  ${n.padEnd(w)}${fmt(summary.sinks[n]!.delivered).padStart(14)}${fmt(summary.sinks[n]!.dead_lettered).padStart(15)}`);
+  lines.push(`  ${"sink".padEnd(w)}${"delivered".padStart(14)}${"new".padStart(14)}${"already present".padStart(17)}${"dead-lettered".padStart(15)}`);
+  for (const n of names) {
+    const s = summary.sinks[n]!;
+    lines.push(`  ${n.padEnd(w)}${fmt(s.delivered).padStart(14)}${fmt(s.new).padStart(14)}${fmt(s.already_present).padStart(17)}${fmt(s.dead_lettered).padStart(15)}`);
+  }
   if (r.dead_lettered > 0) lines.push(`  dead letters: ${deadLetterHint}`);
   return `${lines.join("\n")}\n`;
 }

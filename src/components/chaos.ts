@@ -41,7 +41,8 @@ export type ChaosOptions = z.output<typeof chaosOptions>;
  * `clock`); then with probability `failure_rate` throw a retryable `ERR_CHAOS_TRANSIENT` without
  * calling the inner sink; then fail each record independently with probability
  * `permanent_failure_rate` (permanent `ERR_CHAOS_PERMANENT`, reported by index in the result) and
- * pass only the others to the inner sink, mapping its failures back to the original indexes.
+ * pass only the others to the inner sink, mapping its failures and already-present records back to
+ * the original indexes.
  *
  * `random` is used only when `options.seed` is absent; with a seed the wrapper draws from its own
  * {@link mulberry32} generator, so the same seed and the same sequence of writes give the same
@@ -97,7 +98,8 @@ export function withChaos(sink: Sink, options: ChaosOptions, clock: Clock, rando
         failures.push({ index, error: failure.error });
       }
       failures.sort((a, b) => a.index - b.index);
-      return failures.length > 0 ? { failures } : {};
+      const alreadyPresent = (inner?.alreadyPresent ?? []).map((i) => keptIndex[i]!);
+      return failures.length > 0 || alreadyPresent.length > 0 ? { failures, alreadyPresent } : {};
     },
   };
 }

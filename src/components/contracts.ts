@@ -133,9 +133,20 @@ export interface RecordFailure {
   readonly error: SluiceError;
 }
 
-/** What a sink's write reports. Absent or empty `failures` means every record is durable. */
+/**
+ * What a sink's write reports. Absent or empty `failures` means every record is durable.
+ *
+ * `alreadyPresent` lists (by index into the batch) the committed records the sink found already
+ * stored and left as they were: a redelivery its idempotent write absorbed (for postgres
+ * `upsert_latest`, also a record not applied because its key's row held one at least as new).
+ * Filled by sinks that can tell from their conflict handling (sqlite, postgres); absent or empty
+ * means every committed record was stored new, which is also true of sinks that write every record
+ * they get (stdout, file) or none (blackhole). Never lists an index that is in `failures`. Gotcha:
+ * a batch retried after a commit whose answer was lost reports its records as already present.
+ */
 export interface WriteResult {
   readonly failures?: readonly RecordFailure[];
+  readonly alreadyPresent?: readonly number[];
 }
 
 /** A destination of records. Writes must be idempotent by record id: redelivery leaves one copy. */

@@ -5,13 +5,15 @@
  */
 export type InternalEvent =
   | { type: "records_received"; source: string; count: number; bytes: number }
-  | { type: "records_delivered"; sink: string; records: readonly { readonly receivedAt: number }[]; now: number }
+  /** `alreadyPresent` of `records` the sink found already stored (a redelivery its idempotent write absorbed). */
+  | { type: "records_delivered"; sink: string; records: readonly { readonly receivedAt: number }[]; alreadyPresent: number; now: number }
   | { type: "records_dead_lettered"; sink: string; code: string; count: number }
   | { type: "records_dropped"; reason: DropReason; count: number }
   | { type: "records_retried"; sink: string; count: number; code: string; message: string; delayMs: number }
   /** Records a sink did not apply because a record at least as new was there first (postgres `upsert_latest`). */
   | { type: "records_late"; sink: string; count: number }
-  | { type: "records_completed"; delivered: number; deadLettered: number }
+  /** Records every sink is done with; `alreadyPresent` of the `delivered` were already stored in every sink. */
+  | { type: "records_completed"; delivered: number; alreadyPresent: number; deadLettered: number }
   | { type: "sink_batch_written"; sink: string; seconds: number }
   | { type: "concurrency_limit"; sink: string; limit: number }
   /** A sink connected (at start, or after failing to). */

@@ -409,7 +409,7 @@ export class Pipeline {
       const byCode = new Map<string, number>();
       for (const e of entries) byCode.set(e.code, (byCode.get(e.code) ?? 0) + 1);
       for (const [code, count] of byCode) this.emit({ type: "records_dead_lettered", sink: stage, code, count });
-      this.emit({ type: "records_completed", delivered: 0, deadLettered: records.length });
+      this.emit({ type: "records_completed", delivered: 0, alreadyPresent: 0, deadLettered: records.length });
       for (const r of records) {
         r.deadLettered = true;
         settle(r.ticket, 1);
@@ -419,6 +419,7 @@ export class Pipeline {
 
   private sinkDone(records: readonly Entry[], deadLettered: boolean): void {
     let delivered = 0;
+    let present = 0;
     let dead = 0;
     // Records of one chunk sit together in a batch: settle each run of them at once.
     let ticket: AckTicket | undefined;
@@ -427,7 +428,10 @@ export class Pipeline {
       if (deadLettered) r.deadLettered = true;
       if (--r.pendingSinks === 0) {
         if (r.deadLettered) dead++;
-        else delivered++;
+        else {
+          delivered++;
+          if (!r.storedNew) present++;
+        }
         if (r.ticket !== ticket) {
           if (ticket !== undefined) settle(ticket, run);
           ticket = r.ticket;
@@ -437,7 +441,7 @@ export class Pipeline {
       }
     }
     if (ticket !== undefined) settle(ticket, run);
-    if (delivered + dead > 0) this.emit({ type: "records_completed", delivered, deadLettered: dead });
+    if (delivered + dead > 0) this.emit({ type: "records_completed", delivered, alreadyPresent: present, deadLettered: dead });
   }
 
   private async closeAll(): Promise<void> {

@@ -66,6 +66,8 @@ export interface Entry<P = JsonObject> extends SluiceRecord<P> {
   pendingSinks: number;
   /** Set once any sink (or the source/transform stage) dead-lettered this record. */
   deadLettered: boolean;
+  /** Set once a sink committed this record as new, not already present there (`WriteResult.alreadyPresent`). */
+  storedNew: boolean;
   /** Set by a source for input it could not parse: the record goes straight to the dead-letter sink. */
   failure: SluiceError | undefined;
   /** The raw input kept for a failed record (the unparsable line). */
@@ -104,6 +106,7 @@ export class RecordEntry implements Entry {
   ticket!: AckTicket;
   pendingSinks = 0;
   deadLettered = false;
+  storedNew = false;
   failure: SluiceError | undefined = undefined;
   raw: string | undefined = undefined;
   text: string | undefined = undefined;

@@ -58,6 +58,9 @@ interface Lane {
   cancelTimer: (() => void) | undefined;
 }
 
+/** What a write without `alreadyPresent` reports: every committed record stored new. */
+const NONE_PRESENT: ReadonlySet<Entry> = new Set();
+
 /** FNV-1a: a cheap, well-spread string hash for picking a key's lane. */
 function hashKey(key: string): number {
   let h = 0x811c9dc5;
@@ -301,8 +304,11 @@ export class SinkRunner {
       const started = clock.now();
       let error: SluiceError | undefined;
       let failures: readonly { index: number; error: SluiceError }[] = [];
+      let present: ReadonlySet<Entry> = NONE_PRESENT;
       try {
-        failures = (await sink.write(pending, signal))?.failures ?? [];
+        const result = await sink.write(pending, signal);
+        failures = result?.failures ?? [];
+        if (result?.alreadyPresent !== undefined && result.alreadyPresent.length > 0) present = new Set(result.alreadyPresent.map((i) => pending[i]!));
       } catch (err) {
         error = classify(err);
       }
@@ -312,7 +318,7 @@ export class SinkRunner {
       const backPressure = error !== undefined ? error.retryable : failures.some((f) => f.error.retryable);
       this.observe({ tag: backPressure ? "back_pressure" : error !== undefined ? "rejected" : "ok", startedAt: started });
       if (error === undefined && failures.length === 0) {
-        this.commit(pending, now);
+        this.commit(pending, present, now);
         return;
       }
       firstFailureAt ??= now;
@@ -346,7 +352,7 @@ export class SinkRunner {
             permanent.set(e.code, group);
           }
         }
-        if (committed.length > 0) this.commit(committed, now);
+        if (committed.length > 0) this.commit(committed, present, now);
         for (const { error: e, records } of permanent.values()) this.deadLetterEach(records, failures, pending, e, attempt, firstFailureAt, now);
         if (retryable.length === 0) return;
       }
@@ -368,8 +374,15 @@ export class SinkRunner {
     }
   }
 
-  private commit(records: Entry[], now: number): void {
-    this.o.emit({ type: "records_delivered", sink: this.o.name, records, now });
+  /** `present`: records of the write the sink reported already stored; the others it stored new. */
+  private commit(records: Entry[], present: ReadonlySet<Entry>, now: number): void {
+    let alreadyPresent = 0;
+    for (const r of records) {
+      if (present.has(r)) alreadyPresent++;
+      // Never cleared: with several sinks, a record one sink stored new stays new for the pipeline.
+      else r.storedNew = true;
+    }
+    this.o.emit({ type: "records_delivered", sink: this.o.name, records, alreadyPresent, now });
     this.o.onDone(records, false);
   }
 

@@ -7,9 +7,14 @@ import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { InternalEvent, Logger } from "../core/events.js";
 import { WeightedHistogram } from "./weighted-histogram.js";
 
-/** Counters of one sink, as the summary reports them. */
+/**
+ * Counters of one sink, as the summary reports them. `delivered == new + already_present`:
+ * `already_present` are the records the sink found already stored (see `WriteResult.alreadyPresent`).
+ */
 export interface SinkCounts {
   delivered: number;
+  new: number;
+  already_present: number;
   dead_lettered: number;
 }
 
@@ -17,6 +22,8 @@ export interface SinkCounts {
 export interface CountsSnapshot {
   received: number;
   delivered: number;
+  /** Of `delivered`: records every sink already held (a rerun's redeliveries); the rest were stored new in at least one sink. */
+  already_present: number;
   dead_lettered: number;
   dropped: number;
   retried: number;
@@ -28,9 +35,12 @@ export interface CountsSnapshot {
   sinks: Record<string, SinkCounts>;
 }
 
-/** The run summary written by `--summary-json`, in the shape DESIGN.md fixes. */
+/**
+ * The run summary written by `--summary-json`, in the shape DESIGN.md fixes, plus the split of
+ * `delivered` into `new` and `already_present` (per record for `records`, per sink for `sinks`).
+ */
 export interface RunSummary {
-  records: { received: number; delivered: number; dead_lettered: number; dropped: number; retried: number };
+  records: { received: number; delivered: number; new: number; already_present: number; dead_lettered: number; dropped: number; retried: number };
   sinks: Record<string, SinkCounts>;
   elapsed_seconds: number;
 }
@@ -50,6 +60,7 @@ export class Metrics {
 
   private readonly received = new Counter({ name: "sluice_records_received_total", help: "Records received from sources.", labelNames: ["source"], registers: [this.registry] });
   private readonly delivered = new Counter({ name: "sluice_records_delivered_total", help: "Records committed by a sink.", labelNames: ["sink"], registers: [this.registry] });
+  private readonly alreadyPresent = new Counter({ name: "sluice_records_already_present_total", help: "Records committed by a sink that it already held (redeliveries its idempotent write absorbed); counted in delivered too.", labelNames: ["sink"], registers: [this.registry] });
   private readonly deadLettered = new Counter({ name: "sluice_records_dead_lettered_total", help: "Records written to the dead-letter sink, by the sink or stage that gave up and the error code.", labelNames: ["sink", "code"], registers: [this.registry] });
   private readonly dropped = new Counter({ name: "sluice_records_dropped_total", help: "Records dropped by an explicit policy.", labelNames: ["reason"], registers: [this.registry] });
   private readonly retried = new Counter({ name: "sluice_records_retried_total", help: "Record write attempts repeated after a retryable failure.", labelNames: ["sink"], registers: [this.registry] });
@@ -72,6 +83,7 @@ export class Metrics {
     this.counts = {
       received: 0,
       delivered: 0,
+      already_present: 0,
       dead_lettered: 0,
       dropped: 0,
       retried: 0,
@@ -79,7 +91,7 @@ export class Metrics {
       in_flight: 0,
       buffer_records: 0,
       buffer_bytes: 0,
-      sinks: Object.fromEntries(sinkNames.map((n) => [n, { delivered: 0, dead_lettered: 0 }])),
+      sinks: Object.fromEntries(sinkNames.map((n) => [n, { delivered: 0, new: 0, already_present: 0, dead_lettered: 0 }])),
     };
     const probe = () => this.bufferProbe();
     new Gauge({ name: "sluice_buffer_records", help: "Records held by the buffer, including those being transformed or written.", registers: [this.registry], collect() { this.set(probe().records); } });
@@ -101,9 +113,14 @@ export class Metrics {
         break;
       case "records_delivered": {
         const sink = c.sinks[event.sink];
-        if (sink) sink.delivered += event.records.length;
+        if (sink) {
+          sink.delivered += event.records.length;
+          sink.new += event.records.length - event.alreadyPresent;
+          sink.already_present += event.alreadyPresent;
+        }
         this.failingSince.delete(event.sink);
         this.delivered.inc({ sink: event.sink }, event.records.length);
+        this.alreadyPresent.inc({ sink: event.sink }, event.alreadyPresent);
         this.observeLatency(event.sink, event.records, event.now);
         break;
       }
@@ -128,6 +145,7 @@ export class Metrics {
         break;
       case "records_completed":
         c.delivered += event.delivered;
+        c.already_present += event.alreadyPresent;
         c.dead_lettered += event.deadLettered;
         break;
       case "sink_batch_written":
@@ -200,7 +218,15 @@ export class Metrics {
   summary(elapsedSeconds: number): RunSummary {
     const s = this.snapshot();
     return {
-      records: { received: s.received, delivered: s.delivered, dead_lettered: s.dead_lettered, dropped: s.dropped, retried: s.retried },
+      records: {
+        received: s.received,
+        delivered: s.delivered,
+        new: s.delivered - s.already_present,
+        already_present: s.already_present,
+        dead_lettered: s.dead_lettered,
+        dropped: s.dropped,
+        retried: s.retried,
+      },
       sinks: s.sinks,
       elapsed_seconds: Math.round(elapsedSeconds * 1000) / 1000,
     };

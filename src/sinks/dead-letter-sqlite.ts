@@ -1,6 +1,7 @@
 /**
  * The `sqlite` dead-letter store: every record that could not be delivered, with why and when, in
- * a table `dead_letters` of an embedded SQLite database (by default `<data_dir>/dlq.db`).
+ * a table `dead_letters` of an embedded SQLite database (by default `<data_dir>/dlq.db`), one row
+ * per record id and sink (or stage).
  */
 import { existsSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
@@ -36,18 +37,47 @@ const CREATE_TABLE = `CREATE TABLE IF NOT EXISTS dead_letters (
   raw TEXT
 )`;
 
+/** The key of a dead letter. Its absence marks a database of the first schema, which allowed a second row per record and sink. */
+const KEY_INDEX = "dead_letters_record_sink";
+
+/**
+ * Migrates a database of the first schema: the rows of one record and sink become one (the newest
+ * row, with the attempts of all and the earliest first failure), then the key is added. Runs in
+ * one transaction, so a crash leaves the old schema and the next open migrates again.
+ */
+const MIGRATE = `CREATE TEMP TABLE merged AS
+  SELECT max(seq) AS seq, sum(attempts) AS attempts, min(first_failure_at) AS first_failure_at
+  FROM dead_letters GROUP BY record_id, sink HAVING count(*) > 1;
+UPDATE dead_letters SET attempts = m.attempts, first_failure_at = m.first_failure_at FROM merged m WHERE m.seq = dead_letters.seq;
+DELETE FROM dead_letters WHERE seq NOT IN (SELECT max(seq) FROM dead_letters GROUP BY record_id, sink);
+DROP TABLE merged;
+CREATE UNIQUE INDEX ${KEY_INDEX} ON dead_letters (record_id, sink);`;
+
+/**
+ * A record dead-lettered again by the same sink (a rerun) updates its row: attempts add up, the
+ * error and last failure time are the newest, the first failure time and `seq` stay.
+ */
+const UPSERT = `INSERT INTO dead_letters (record_id, source, sink, code, message, attempts, first_failure_at, last_failure_at, payload, raw)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (record_id, sink) DO UPDATE SET
+  source = excluded.source, code = excluded.code, message = excluded.message,
+  attempts = dead_letters.attempts + excluded.attempts,
+  first_failure_at = coalesce(dead_letters.first_failure_at, excluded.first_failure_at),
+  last_failure_at = excluded.last_failure_at, payload = excluded.payload, raw = excluded.raw`;
+
 /** One row of the `dead_letters` table, as {@link readDeadLetters} returns it. Times are ISO 8601. */
 export interface DeadLetterRow {
-  /** Insertion order, from 1. */
+  /** Order of the record's first dead-lettering (by this sink), from 1. */
   readonly seq: number;
   readonly record_id: string;
   /** The source the record came from. */
   readonly source: string;
-  /** The sink that gave up on the record, or the stage (`source`, `transform:<type>`) that rejected it. */
+  /** The sink that gave up on the record, or the stage (`source`, `transform:<type>`) that rejected it. With `record_id`, the row's key. */
   readonly sink: string;
-  /** A stable error code (`ERR_SINK_REJECTED`, ...). */
+  /** A stable error code (`ERR_SINK_REJECTED`, ...), of the latest failure. */
   readonly code: string;
   readonly message: string;
+  /** Write attempts over every run that dead-lettered the record (0 for a source or transform stage). */
   readonly attempts: number;
   readonly first_failure_at: string | null;
   readonly last_failure_at: string | null;
@@ -103,10 +133,10 @@ export function createSqliteDeadLetterStore(path: string): DeadLetterStore {
           conn.pragma("journal_mode = WAL");
           conn.pragma("synchronous = FULL");
           conn.exec(CREATE_TABLE);
-          const insert = conn.prepare<[string, string, string, string, string, number, string | null, string | null, string, string | null]>(
-            `INSERT INTO dead_letters (record_id, source, sink, code, message, attempts, first_failure_at, last_failure_at, payload, raw)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-          );
+          conn.transaction(() => {
+            if (conn.prepare("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?").get(KEY_INDEX) === undefined) conn.exec(MIGRATE);
+          }).immediate();
+          const insert = conn.prepare<[string, string, string, string, string, number, string | null, string | null, string, string | null]>(UPSERT);
           writeAll = conn.transaction((entries: readonly DeadLetter[]) => {
             for (const e of entries) {
               insert.run(
@@ -173,7 +203,9 @@ export function readDeadLetters(path: string): DeadLetterRow[] {
 /**
  * The `sqlite` dead-letter store: table `dead_letters` (seq, record_id, source, sink, code,
  * message, attempts, first/last failure time, payload, raw) in `path`, default
- * `<data_dir>/dlq.db`. Durable when a write resolves; read it back with {@link readDeadLetters}.
+ * `<data_dir>/dlq.db`, one row per (record_id, sink): a rerun that dead-letters a record again
+ * updates its row. A database of the first schema (a row per dead-lettering) is migrated on open.
+ * Durable when a write resolves; read it back with {@link readDeadLetters}.
  */
 export const definition = defineComponent<typeof options, DeadLetterStore>({
   type: "sqlite",

@@ -332,8 +332,12 @@ interface Job {
   readonly lines: readonly string[];
   /** Index in the batch of each line's record. */
   readonly live: readonly number[];
+  /** Id of each line's record. */
+  readonly ids: readonly string[];
   /** Records of this batch that cannot be stored; the group adds the ones PostgreSQL rejects. */
   readonly failures: RecordFailure[];
+  /** Records of this batch the table already held (by index in the batch); filled by the group. */
+  readonly present: number[];
   readonly signal: AbortSignal;
   readonly resolve: () => void;
   readonly reject: (err: unknown) => void;
@@ -414,6 +418,14 @@ interface ColumnSpec {
 // ---------------------------------------------------------------------------------------------
 // The sink
 
+/** What writing a group's lines did besides storing them. */
+interface Applied {
+  /** Records late (upsert_latest): not applied because a record of their key at least as new was there first. */
+  readonly late: number;
+  /** Lines (index in the group) whose record the table already held, or held one at least as new (upsert_latest). */
+  readonly present: number[];
+}
+
 /** A checked-out connection, with what happened to it while it was out. */
 interface Lease {
   readonly client: PoolClient;
@@ -437,6 +449,10 @@ interface Lease {
  * (`DISTINCT ON`) and upserts it `ON CONFLICT (key) DO UPDATE .. WHERE excluded.version >
  * table.version`, so an older record never overwrites a newer row; records not applied because a
  * record at least as new was there first are counted as `records_late`.
+ *
+ * Each write reports its records already present: none after a direct COPY (which fails whole on
+ * one duplicate); in `insert` mode the staged records the INSERT did not return (`RETURNING id`);
+ * in `upsert_latest` those not applied because their key's row held them or a record at least as new.
  *
  * A data error (class 22, 23, trigger errors) makes the sink bisect the batch inside one
  * transaction with savepoints: about 2·log2(n) statements per bad record; the bad records are
@@ -493,10 +509,11 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
   const directCopySql = `COPY ${target} (${columnList}) FROM STDIN`;
   const stageCopySql = `COPY ${STAGE} FROM STDIN`;
 
-  /** The statement that moves staged rows [lo, hi) into the table; for upsert_latest it also counts late records. */
+  /** The statement that moves staged rows [lo, hi) into the table and tells which were already present (and, for upsert_latest, late). */
   function applySql(lo?: number, hi?: number): string {
     const where = lo === undefined ? "" : ` WHERE seq >= ${lo} AND seq < ${hi}`;
-    if (!upsert) return `INSERT INTO ${target} (${columnList}) SELECT ${stageList} FROM ${STAGE}${where} ON CONFLICT (id) DO NOTHING`;
+    // RETURNING the ids inserted: none on a rerun's redelivered range, which is when staging runs.
+    if (!upsert) return `INSERT INTO ${target} (${columnList}) SELECT ${stageList} FROM ${STAGE}${where} ON CONFLICT (id) DO NOTHING RETURNING id`;
     const k = stageNames[keyIdx]!;
     const v = stageNames[versionIdx]!;
     const kq = escapeIdentifier(keyColumn!);
@@ -504,13 +521,15 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
     const updates = [...quoted.map((q) => `${q} = excluded.${q}`), "ingested_at = now()"].join(", ");
     // The main query and the CTE read one snapshot: `cur` is the row as it was before this statement.
     // Late: a record at least as new was there first, stored (and not this record) or earlier in the batch.
+    // Present: not applied because the row held this record or one at least as new (late, or a redelivery).
     return (
       `WITH newest AS (SELECT DISTINCT ON (${k}) * FROM ${STAGE}${where} ORDER BY ${k}, ${v} DESC, seq), ` +
       `up AS (INSERT INTO ${target} AS t (${columnList}) SELECT ${stageList} FROM newest ` +
       `ON CONFLICT (${kq}) DO UPDATE SET ${updates} WHERE t.${vq} IS NULL OR excluded.${vq} > t.${vq}) ` +
-      `SELECT count(*)::int AS late FROM ` +
-      `(SELECT s0 AS id, ${k} AS k, ${v} AS v, max(${v}) OVER (PARTITION BY ${k} ORDER BY seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev FROM ${STAGE}${where}) w ` +
-      `LEFT JOIN ${target} cur ON cur.${kq} = w.k WHERE (cur.${vq} >= w.v AND cur.id IS DISTINCT FROM w.id) OR w.prev >= w.v`
+      `SELECT count(*) FILTER (WHERE (cur.${vq} >= w.v AND cur.id IS DISTINCT FROM w.id) OR w.prev >= w.v)::int AS late, ` +
+      `coalesce(array_agg(w.seq) FILTER (WHERE cur.${vq} >= w.v OR w.prev >= w.v), '{}') AS present FROM ` +
+      `(SELECT seq, s0 AS id, ${k} AS k, ${v} AS v, max(${v}) OVER (PARTITION BY ${k} ORDER BY seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev FROM ${STAGE}${where}) w ` +
+      `LEFT JOIN ${target} cur ON cur.${kq} = w.k`
     );
   }
 
@@ -605,11 +624,22 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
     staged.add(client);
   }
 
-  /** Runs the apply statement; resolves to rows inserted (insert mode) or records late (upsert_latest). */
-  async function apply(client: PoolClient, lo?: number, hi?: number, then = ""): Promise<number> {
+  /**
+   * Runs the apply statement on staged lines [lo, hi) (all when absent), whose record ids are
+   * `ids`; resolves to the records late (upsert_latest) and the lines already present.
+   */
+  async function apply(client: PoolClient, ids: readonly string[], lo?: number, hi?: number, then = ""): Promise<Applied> {
     const res = (await client.query(applySql(lo, hi) + then)) as QueryResult | QueryResult[];
     const first = Array.isArray(res) ? res[0]! : res;
-    return upsert ? ((first.rows[0] as { late: number } | undefined)?.late ?? 0) : (first.rowCount ?? 0);
+    if (upsert) {
+      const row = first.rows[0] as { late: number; present: number[] } | undefined;
+      return { late: row?.late ?? 0, present: row?.present ?? [] };
+    }
+    const inserted = new Set((first.rows as { id: string }[]).map((r) => r.id));
+    const present: number[] = [];
+    // Deleted when seen, so of two lines with one id (both in this statement) the second is already present.
+    for (let i = lo ?? 0; i < (hi ?? ids.length); i++) if (!inserted.delete(ids[i]!)) present.push(i);
+    return { late: 0, present };
   }
 
   async function rollback(l: Lease, sql = "ROLLBACK"): Promise<void> {
@@ -621,18 +651,17 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
     }
   }
 
-  /** The whole batch through the staging table in one transaction. Resolves to the late count. */
-  async function staging(l: Lease, lines: readonly string[]): Promise<number> {
+  /** The whole batch through the staging table in one transaction. */
+  async function staging(l: Lease, lines: readonly string[], ids: readonly string[]): Promise<Applied> {
     await ensureStage(l.client);
     try {
       await l.client.query("BEGIN");
       await copyIn(l.client, stageCopySql, body(lines, 0, lines.length, true));
-      const applied = await apply(l.client);
+      const applied = await apply(l.client, ids);
       await l.client.query("COMMIT");
-      if (upsert) return applied;
       // Every row new: the redelivered range is over, direct COPY is the fast path again.
-      if (applied === lines.length) duplicatesSeen = false;
-      return 0;
+      if (!upsert && applied.present.length === 0) duplicatesSeen = false;
+      return applied;
     } catch (err) {
       await rollback(l);
       throw err;
@@ -643,12 +672,13 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
    * Finds the records PostgreSQL rejects, in one transaction: each range is tried under a
    * savepoint, a failing range is halved, a failing single record is reported (its index into
    * `lines`). Depth-first and left before right, so ranges commit in batch order and upsert_latest
-   * ends where the whole batch would have. Resolves to the late count.
+   * ends where the whole batch would have.
    */
-  async function bisect(l: Lease, lines: readonly string[], failures: RecordFailure[]): Promise<number> {
+  async function bisect(l: Lease, lines: readonly string[], ids: readonly string[], failures: RecordFailure[]): Promise<Applied> {
     const { client } = l;
     await ensureStage(client);
     let late = 0;
+    const present: number[] = [];
     try {
       // Deferred constraints checked per statement, so a bad record fails its own range, not the COMMIT.
       await client.query(`BEGIN; SET CONSTRAINTS ALL IMMEDIATE; SAVEPOINT ${SAVEPOINT}`);
@@ -658,7 +688,9 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
         const [lo, hi] = range;
         try {
           await copyIn(client, stageCopySql, body(lines, lo, hi, true));
-          late += await apply(client, lo, hi, `; RELEASE SAVEPOINT ${SAVEPOINT}; SAVEPOINT ${SAVEPOINT}`);
+          const applied = await apply(client, ids, lo, hi, `; RELEASE SAVEPOINT ${SAVEPOINT}; SAVEPOINT ${SAVEPOINT}`);
+          late += applied.late;
+          present.push(...applied.present);
         } catch (err) {
           if (scopeOf(err) !== "record" || connectionLost(err)) throw err;
           await client.query(`ROLLBACK TO SAVEPOINT ${SAVEPOINT}`);
@@ -671,35 +703,48 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
         }
       }
       await client.query("COMMIT");
-      return late;
+      return { late, present };
     } catch (err) {
       await rollback(l);
       throw err;
     }
   }
 
-  async function writeLines(l: Lease, lines: readonly string[], failures: RecordFailure[]): Promise<number> {
+  async function writeLines(l: Lease, lines: readonly string[], ids: readonly string[], failures: RecordFailure[]): Promise<Applied> {
     if (direct && !duplicatesSeen) {
       try {
         await copyIn(l.client, directCopySql, body(lines, 0, lines.length, false));
-        return 0;
+        return { late: 0, present: [] };
       } catch (err) {
         if (connectionLost(err)) throw err;
         // A duplicate id (a redelivery) goes through the staging path, which skips it; a bad record is searched for at once.
         if (sqlstate(err) !== "23505") {
           if (scopeOf(err) !== "record") throw err;
-          return bisect(l, lines, failures);
+          return bisect(l, lines, ids, failures);
         }
         // Redeliveries come in runs (the range after a restart): stage the next batches too, not fail a COPY for each.
         duplicatesSeen = true;
       }
     }
     try {
-      return await staging(l, lines);
+      return await staging(l, lines, ids);
     } catch (err) {
       if (scopeOf(err) !== "record" || connectionLost(err)) throw err;
-      return bisect(l, lines, failures);
+      return bisect(l, lines, ids, failures);
     }
+  }
+
+  /**
+   * Maps line indexes of a group (ascending) to the batch each came from: calls `to` with that
+   * batch, the record's index in it, and the position in `lines`.
+   */
+  function byBatch(group: readonly Job[], lines: readonly number[], to: (job: Job, index: number, n: number) => void): void {
+    let job = 0;
+    let start = 0;
+    lines.forEach((line, n) => {
+      while (line >= start + group[job]!.lines.length) start += group[job++]!.lines.length;
+      to(group[job]!, group[job]!.live[line - start]!, n);
+    });
   }
 
   /** Batches encoded and waiting for a connection, oldest first; at most maxInFlight (the engine's bound). */
@@ -743,10 +788,13 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
       return;
     }
     const lines = group.length === 1 ? group[0]!.lines : group.flatMap((j) => j.lines);
+    const ids = group.length === 1 ? group[0]!.ids : group.flatMap((j) => j.ids);
     const bad: RecordFailure[] = [];
+    let present: number[];
     try {
-      const late = await writeLines(l, lines, bad);
-      if (late > 0) settings.emit({ type: "records_late", sink: settings.name, count: late });
+      const applied = await writeLines(l, lines, ids, bad);
+      if (applied.late > 0) settings.emit({ type: "records_late", sink: settings.name, count: applied.late });
+      present = applied.present;
     } catch (err) {
       if (connectionLost(err)) l.broken ??= err;
       fail(err);
@@ -754,14 +802,9 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
     } finally {
       l.done();
     }
-    // Line index in the group -> the batch it came from and the record's index in that batch.
-    let job = 0;
-    let start = 0;
-    for (const f of bad.sort((a, b) => a.index - b.index)) {
-      while (f.index >= start + group[job]!.lines.length) start += group[job++]!.lines.length;
-      const j = group[job]!;
-      j.failures.push({ index: j.live[f.index - start]!, error: f.error });
-    }
+    bad.sort((a, b) => a.index - b.index);
+    byBatch(group, bad.map((f) => f.index), (j, index, n) => j.failures.push({ index, error: bad[n]!.error }));
+    byBatch(group, present.sort((a, b) => a - b), (j, index) => j.present.push(index));
     for (const j of group) j.resolve();
   }
 
@@ -795,7 +838,7 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
           // fit or a missing unique index on the conflict column fails here, not on every batch.
           await l.client.query("BEGIN");
           try {
-            await apply(l.client);
+            await apply(l.client, []);
           } finally {
             await rollback(l);
           }
@@ -820,13 +863,16 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
       if (records.length === 0) return {};
 
       const failures: RecordFailure[] = [];
+      const present: number[] = [];
       const lines: string[] = [];
       const live: number[] = [];
+      const ids: string[] = [];
       for (let i = 0; i < records.length; i++) {
         const record = records[i]!;
         try {
           lines.push(encode(record));
           live.push(i);
+          ids.push(record.id);
         } catch (err) {
           // Only this record is bad: a payload JSON cannot represent (a cycle, a BigInt), a time out of range, no key.
           failures.push({
@@ -838,7 +884,7 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
 
       if (lines.length > 0) {
         await new Promise<void>((resolve, reject) => {
-          const job: Job = { lines, live, failures, signal, resolve, reject, onAbort: undefined };
+          const job: Job = { lines, live, ids, failures, present, signal, resolve, reject, onAbort: undefined };
           // Aborted while waiting for a connection: it never reaches the server, so it fails alone.
           job.onAbort = () => {
             const at = waiting.indexOf(job);
@@ -852,7 +898,7 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
         });
       }
       failures.sort((a, b) => a.index - b.index);
-      return failures.length > 0 ? { failures } : {};
+      return failures.length > 0 || present.length > 0 ? { failures, alreadyPresent: present } : {};
     },
 
     async close() {

@@ -1,6 +1,6 @@
 /**
  * The `sqlite` sink: one row per record in an embedded SQLite database, written idempotently by
- * record id (`INSERT OR IGNORE`), one transaction per batch, durable when the write resolves.
+ * record id (`ON CONFLICT (id) DO NOTHING`), one transaction per batch, durable when the write resolves.
  */
 import { mkdir } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
@@ -95,9 +95,10 @@ function abortedError(signal: AbortSignal, what: string): SluiceError {
  * library users can set internals the config does not expose (the busy timeout).
  *
  * Gotchas: better-sqlite3 is synchronous, so a batch's transaction runs on the event loop (about
- * 10–30 ms for 10,000 small records). `INSERT OR IGNORE` keeps the first copy of an id: a redelivered
- * record whose payload changed in between does not update the row. An existing table must have the
- * columns `id`, `key`, `payload`, `event_time`, `ingested_at`; connect fails otherwise.
+ * 10–30 ms for 10,000 small records). `ON CONFLICT (id) DO NOTHING` keeps the first copy of an
+ * id: a redelivered record whose payload changed in between does not update the row. An existing
+ * table must have the columns `id`, `key`, `payload`, `event_time`, `ingested_at`, and a primary
+ * key or unique index on `id`; connect fails otherwise.
  */
 export function createSqliteSink(settings: SqliteSinkSettings): Sink {
   const table = quoteIdentifier(settings.table);
@@ -107,8 +108,11 @@ export function createSqliteSink(settings: SqliteSinkSettings): Sink {
 
   const run = (row: Row) => insert!.run(row.id, row.key, row.payload, row.eventTime, row.ingestedAt);
 
-  /** Second pass after a permanent error: each record in its own savepoint, so the good ones commit and the bad ones are named. */
-  function isolate(conn: Database.Database, rows: readonly (Row | undefined)[]): RecordFailure[] {
+  /**
+   * Second pass after a permanent error: each record in its own savepoint, so the good ones commit
+   * and the bad ones are named. Adds the rows skipped as already stored to `present`.
+   */
+  function isolate(conn: Database.Database, rows: readonly (Row | undefined)[], present: number[]): RecordFailure[] {
     const failures: RecordFailure[] = [];
     // A nested better-sqlite3 transaction is a SAVEPOINT: a trigger's partial work is undone with its record.
     const one = conn.transaction(run);
@@ -116,7 +120,7 @@ export function createSqliteSink(settings: SqliteSinkSettings): Sink {
       rows.forEach((row, index) => {
         if (row === undefined) return;
         try {
-          one(row);
+          if (one(row).changes === 0) present.push(index);
         } catch (err) {
           const error = classifySqliteError(err, "ERR_SINK_WRITE", "ERR_SINK_REJECTED", location);
           // A lock or I/O error is not this record's fault: give the whole batch back for retry.
@@ -142,8 +146,9 @@ export function createSqliteSink(settings: SqliteSinkSettings): Sink {
           conn.exec(
             `CREATE TABLE IF NOT EXISTS ${table} (id TEXT PRIMARY KEY, key TEXT, payload TEXT, event_time TEXT, ingested_at TEXT)`,
           );
+          // Not INSERT OR IGNORE: that also skips a row breaking a CHECK or NOT NULL, which would be counted delivered.
           insert = conn.prepare(
-            `INSERT OR IGNORE INTO ${table} (id, key, payload, event_time, ingested_at) VALUES (?, ?, ?, ?, ?)`,
+            `INSERT INTO ${table} (id, key, payload, event_time, ingested_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
           );
         } catch (err) {
           conn.close();
@@ -188,22 +193,28 @@ export function createSqliteSink(settings: SqliteSinkSettings): Sink {
         }
       });
 
+      // Rows skipped by the conflict on id (no change): the id was already stored.
+      let present: number[] = [];
       try {
         // IMMEDIATE takes the write lock up front, so a busy database fails at BEGIN, before any work.
         conn.transaction(() => {
-          for (const row of rows) if (row !== undefined) run(row);
+          for (let i = 0; i < rows.length; i++) {
+            const row = rows[i];
+            if (row !== undefined && run(row).changes === 0) present.push(i);
+          }
         }).immediate();
       } catch (err) {
         const error = classifySqliteError(err, "ERR_SINK_WRITE", "ERR_SINK_REJECTED", location);
         if (error.retryable || error.code === "ERR_INTERNAL") throw error;
+        present = [];
         try {
-          failures.push(...isolate(conn, rows));
+          failures.push(...isolate(conn, rows, present));
         } catch (isolateErr) {
           throw classifySqliteError(isolateErr, "ERR_SINK_WRITE", "ERR_SINK_REJECTED", location);
         }
         failures.sort((a, b) => a.index - b.index);
       }
-      return failures.length > 0 ? { failures } : {};
+      return failures.length > 0 || present.length > 0 ? { failures, alreadyPresent: present } : {};
     },
 
     async close() {
@@ -218,8 +229,8 @@ export function createSqliteSink(settings: SqliteSinkSettings): Sink {
 /**
  * The `sqlite` sink: rows `(id text primary key, key, payload JSON text, event_time ISO or null,
  * ingested_at ISO)` in `table`, created when missing. WAL journal, one transaction per batch,
- * `INSERT OR IGNORE` so redelivery leaves one row; with `synchronous: full` (the default) a batch is
- * on disk when the write resolves. A record whose data the table rejects (constraint, type
+ * `ON CONFLICT (id) DO NOTHING` so redelivery leaves one row (and is reported as already
+ * present); with `synchronous: full` (the default) a batch is on disk when the write resolves. A record whose data the table rejects (constraint, type
  * mismatch, a trigger's RAISE) is reported by index and dead-lettered; the rest of its batch
  * commits. One batch at a time (maxInFlight 1): SQLite has one writer.
  */

@@ -38,6 +38,12 @@ export interface SinkContractOptions {
    * missing and that exactly the redelivered ones appear twice.
    */
   readonly idempotent?: boolean;
+  /**
+   * Whether the sink reports the records it already held (`WriteResult.alreadyPresent`); default:
+   * true for an idempotent sink that keeps what it writes (readBack given). A sink that does not
+   * must report none: every record it commits counts as new.
+   */
+  readonly reportsPresent?: boolean;
   /** Whether data survives close and a new sink on the same place (default: true when readBack is given). */
   readonly durable?: boolean;
   /** Records in the big batch; default 10,000. */
@@ -94,6 +100,15 @@ function failuresOf(result: WriteResult | void): readonly { index: number; error
   return result?.failures ?? [];
 }
 
+function presentOf(result: WriteResult | void): number[] {
+  return [...(result?.alreadyPresent ?? [])].sort((a, b) => a - b);
+}
+
+/** 0, 1, ..., n - 1. */
+function indexes(n: number): number[] {
+  return Array.from({ length: n }, (_, i) => i);
+}
+
 /** Records whose ids, keys and payloads are hostile: quotes, SQL, unicode, control characters, line breaks. */
 export function hostileRecords(): SluiceRecord[] {
   const base = Date.UTC(2024, 5, 1);
@@ -145,6 +160,9 @@ export function runSinkContract(
   options: SinkContractOptions = {},
 ): void {
   const idempotent = options.idempotent ?? true;
+  const reportsPresent = options.reportsPresent ?? (idempotent && readBack !== undefined);
+  /** What a sink that reports them must say is already present; one that does not reports none. */
+  const present = (reported: number[]) => (reportsPresent ? reported : []);
   const durable = options.durable ?? readBack !== undefined;
   const bigBatch = options.bigBatch ?? 10_000;
   const rejects = options.unrepresentable?.rejects ?? (() => false);
@@ -211,10 +229,14 @@ export function runSinkContract(
       async () => {
         const sink = await connected();
         const records = makeRecords(50);
-        expect(failuresOf(await sink.write(records, signal))).toEqual([]);
+        const first = await sink.write(records, signal);
+        expect(failuresOf(first)).toEqual([]);
+        expect(presentOf(first)).toEqual([]);
         // A redelivery overlapping the first batch, as after a retry of a partly committed write.
         const again = [...records.slice(25), ...makeRecords(10, { start: 50 })];
-        expect(failuresOf(await sink.write(again, signal))).toEqual([]);
+        const second = await sink.write(again, signal);
+        expect(failuresOf(second)).toEqual([]);
+        expect(presentOf(second)).toEqual(present(indexes(25)));
         if (!readBack) return;
         const counts = countById(await readBack(env));
         expect(counts.size).toBe(60);
@@ -223,6 +245,21 @@ export function runSinkContract(
           if (idempotent) expect(n, `r-${i}`).toBe(1);
           else expect(n, `r-${i}`).toBe(i >= 25 && i < 50 ? 2 : 1);
         }
+      },
+    );
+
+    it(
+      reportsPresent ? "reports every record of a batch written twice as already present" : "reports no record as already present",
+      async () => {
+        const sink = await connected();
+        const records = makeRecords(40);
+        expect(presentOf(await sink.write(records, signal))).toEqual([]);
+        const again = await sink.write(records, signal);
+        expect(failuresOf(again)).toEqual([]);
+        expect(presentOf(again)).toEqual(present(indexes(40)));
+        // One id twice in a fresh batch: the first copy is new, the second already present.
+        const twice = makeRecords(3, { start: 40 });
+        expect(presentOf(await sink.write([...twice, twice[0]!], signal))).toEqual(present([3]));
       },
     );
 
@@ -263,6 +300,9 @@ export function runSinkContract(
       if (readBack) {
         expect((await readBack(env)).map((r) => r.id).sort()).toEqual(survivors.map((r) => r.id).sort());
       }
+      // Written again, now without chaos: the survivors were stored, the failed records were not.
+      const again = await inner.write(records, signal);
+      expect(presentOf(again)).toEqual(present(indexes(records.length).filter((i) => !failed.has(i))));
     });
 
     it(`writes a big batch (${bigBatch} records) in one write`, async () => {

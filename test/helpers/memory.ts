@@ -229,6 +229,11 @@ export interface MemorySinkOptions {
   readonly onWrite?: (call: WriteCall) => void;
   /** Called when a write call settles, whatever its outcome. */
   readonly onWriteDone?: (call: WriteCall) => void;
+  /**
+   * Ids the sink holds from an earlier run. When given, the sink reports every record whose id it
+   * held before the write as `alreadyPresent`, as sqlite and postgres do; without it, none.
+   */
+  readonly stored?: readonly string[];
   /** The clock for `delayMs` steps; {@link makePipeline} fills in its own when absent. */
   clock?: Clock;
 }
@@ -260,8 +265,11 @@ export class MemorySink implements Sink {
   closed = false;
   clock: Clock | undefined;
   private connected = false;
+  /** Ids held, when the sink reports records already present ({@link MemorySinkOptions.stored}). */
+  private readonly held: Set<string> | undefined;
 
   constructor(private readonly o: MemorySinkOptions = {}) {
+    this.held = o.stored === undefined ? undefined : new Set(o.stored);
     this.name = o.name ?? "sink";
     this.maxInFlight = o.maxInFlight ?? 64;
     this.clock = o.clock;
@@ -307,10 +315,7 @@ export class MemorySink implements Sink {
   }
 
   private async perform(step: WriteStep, records: readonly SluiceRecord[], signal: AbortSignal): Promise<WriteResult | void> {
-    if (step === "ok") {
-      this.commit(records);
-      return;
-    }
+    if (step === "ok") return this.commit(records);
     if (step === "retryable") throw new SluiceError("ERR_SINK_WRITE", "sink unavailable");
     if (step === "permanent") throw new SluiceError("ERR_SINK_REJECTED", "sink rejected the batch");
     if (step === "hang") {
@@ -328,8 +333,8 @@ export class MemorySink implements Sink {
     }
     const failed = new Map<number, boolean>();
     for (const f of step.fail) if (f.index >= 0 && f.index < records.length) failed.set(f.index, f.retryable);
-    this.commit(records.filter((_, i) => !failed.has(i)));
     return {
+      ...this.commit(records, failed),
       failures: [...failed].map(([index, retryable]) => ({
         index,
         error: retryable
@@ -339,8 +344,13 @@ export class MemorySink implements Sink {
     };
   }
 
-  private commit(records: readonly SluiceRecord[]): void {
-    for (const r of records) {
+  /** Commits `records` but those at the indexes in `skip`; reports the ones held before, when the sink reports them. */
+  private commit(records: readonly SluiceRecord[], skip?: ReadonlyMap<number, boolean>): WriteResult {
+    const alreadyPresent: number[] = [];
+    for (const [i, r] of records.entries()) {
+      if (skip?.has(i)) continue;
+      if (this.held?.has(r.id)) alreadyPresent.push(i);
+      this.held?.add(r.id);
       this.commitLog.push(r.id);
       this.committed.set(r.id, r);
       if (r.key !== undefined) {
@@ -349,6 +359,7 @@ export class MemorySink implements Sink {
         this.orderByKey.set(r.key, ids);
       }
     }
+    return this.held === undefined ? {} : { alreadyPresent };
   }
 }
 
@@ -418,6 +429,7 @@ export function makeEntry(id: string, o: EntryOptions = {}): Entry {
     ticket: o.ticket ?? { seq: 0, checkpoint: undefined, receivedAt: 0, records: 1, bytes: o.bytes ?? 10, pending: 1, onDone: () => {} },
     pendingSinks: 1,
     deadLettered: false,
+    storedNew: false,
     failure: undefined,
     raw: undefined,
   };

@@ -152,6 +152,7 @@ export class SourceHarness implements SourceHandle {
       ticket: { seq: -1, checkpoint: undefined, receivedAt: 0, records: 0, bytes: 0, pending: 0, onDone: noop },
       pendingSinks: 1,
       deadLettered: false,
+      storedNew: false,
       failure,
       raw,
     };

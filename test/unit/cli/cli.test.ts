@@ -46,21 +46,23 @@ function rows(db: string, table = "records"): { id: string; payload: string }[] 
 }
 
 interface Summary {
-  records: { received: number; delivered: number; dead_lettered: number; dropped: number; retried: number };
-  sinks: Record<string, { delivered: number; dead_lettered: number }>;
+  records: { received: number; delivered: number; new: number; already_present: number; dead_lettered: number; dropped: number; retried: number };
+  sinks: Record<string, { delivered: number; new: number; already_present: number; dead_lettered: number }>;
   elapsed_seconds: number;
 }
 
-/** Reads the summary file and checks it has exactly DESIGN.md's shape. */
+/** Reads the summary file and checks it has exactly DESIGN.md's shape, plus the split of `delivered` into new and already present. */
 async function readSummary(file: string, sinkNames: string[]): Promise<Summary> {
   const s = JSON.parse(await readFile(file, "utf8")) as Summary;
   expect(Object.keys(s).sort()).toEqual(["elapsed_seconds", "records", "sinks"]);
-  expect(Object.keys(s.records).sort()).toEqual(["dead_lettered", "delivered", "dropped", "received", "retried"]);
+  expect(Object.keys(s.records).sort()).toEqual(["already_present", "dead_lettered", "delivered", "dropped", "new", "received", "retried"]);
   for (const v of Object.values(s.records)) expect(Number.isInteger(v) && v >= 0).toBe(true);
+  expect(s.records.new + s.records.already_present).toBe(s.records.delivered);
   expect(Object.keys(s.sinks).sort()).toEqual([...sinkNames].sort());
   for (const sink of Object.values(s.sinks)) {
-    expect(Object.keys(sink).sort()).toEqual(["dead_lettered", "delivered"]);
-    expect(Number.isInteger(sink.delivered) && Number.isInteger(sink.dead_lettered)).toBe(true);
+    expect(Object.keys(sink).sort()).toEqual(["already_present", "dead_lettered", "delivered", "new"]);
+    for (const v of Object.values(sink)) expect(Number.isInteger(v) && v >= 0).toBe(true);
+    expect(sink.new + sink.already_present).toBe(sink.delivered);
   }
   expect(typeof s.elapsed_seconds).toBe("number");
   expect(s.elapsed_seconds).toBeGreaterThan(0);
@@ -229,8 +231,8 @@ sinks:
     expect(r.code, r.stderr).toBe(0);
 
     const s = await readSummary(summaryFile, ["readings"]);
-    expect(s.records).toEqual({ received: 2000, delivered: 2000, dead_lettered: 0, dropped: 0, retried: 0 });
-    expect(s.sinks.readings).toEqual({ delivered: 2000, dead_lettered: 0 });
+    expect(s.records).toEqual({ received: 2000, delivered: 2000, new: 2000, already_present: 0, dead_lettered: 0, dropped: 0, retried: 0 });
+    expect(s.sinks.readings).toEqual({ delivered: 2000, new: 2000, already_present: 0, dead_lettered: 0 });
 
     const stored = rows(db);
     expect(stored).toHaveLength(s.records.delivered);
@@ -242,7 +244,8 @@ sinks:
     expect(r.stderr).toMatch(/received\s+2,000/);
     expect(r.stderr).toMatch(/delivered\s+2,000/);
     expect(r.stderr).toMatch(/dead-lettered\s+0/);
-    expect(r.stderr).toMatch(/readings\s+2,000\s+0/);
+    expect(r.stderr).toMatch(/delivered\s+2,000 {2}\(2,000 new, 0 already present\)/);
+    expect(r.stderr).toMatch(/readings\s+2,000\s+2,000\s+0\s+0/);
     expect(r.stdout).toBe("");
   });
 
@@ -271,7 +274,7 @@ sinks:
     expect(dead_lettered).toBeGreaterThan(40);
     expect(dead_lettered).toBeLessThan(200);
     expect(retried).toBeGreaterThan(0);
-    expect(s.sinks.readings).toEqual({ delivered, dead_lettered });
+    expect(s.sinks.readings).toEqual({ delivered, new: delivered, already_present: 0, dead_lettered });
 
     const dead = readDeadLetters(join(dir, "data", "dlq.db"));
     expect(dead).toHaveLength(dead_lettered);
@@ -333,6 +336,50 @@ sinks:
     expect(stored).toHaveLength(997);
     expect(stored).not.toContain("r-17");
     expect(stored).toContain("r-999");
+  });
+
+  it("on a rerun over the same file, splits delivered into new and already present, and keeps one dead letter per record and sink", async () => {
+    const input = join(dir, "input.ndjson");
+    // Every 100th record breaks the table's CHECK (a permanent failure of that record in sink db); line 50 is not JSON.
+    const line = (n: number) => (n === 50 ? "not json" : JSON.stringify({ id: `r-${n}`, bad: n % 100 === 7 }));
+    const write = (from: number, to: number) => writeFile(input, `${Array.from({ length: to - from + 1 }, (_, i) => line(from + i)).join("\n")}\n`, { flag: "a" });
+    await write(1, 1000);
+    const db = join(dir, "out.db");
+    const setup = new Database(db);
+    setup.exec("CREATE TABLE records (id TEXT PRIMARY KEY, key TEXT, payload TEXT, event_time TEXT, ingested_at TEXT, CHECK (json_extract(payload, '$.bad') = 0))");
+    setup.close();
+    const summaryFile = join(dir, "summary.json");
+    const file = await config(`data_dir: ${join(dir, "data")}
+observability: { log_level: silent }
+sources:
+  lines: { type: file, path: ${input} }
+sinks:
+  db: { type: sqlite, path: ${db} }
+`);
+    const first = await cli("run", file, "--summary-json", summaryFile);
+    expect(first.code, first.stderr).toBe(0);
+    expect((await readSummary(summaryFile, ["db"])).records).toMatchObject({ received: 1000, delivered: 989, new: 989, already_present: 0, dead_lettered: 11 });
+    expect(first.stderr).toMatch(/delivered\s+989 {2}\(989 new, 0 already present\)/);
+
+    // The next run reads the whole file again (its checkpoint is gone, as after a lost data_dir), 500 lines longer.
+    await write(1001, 1500);
+    await rm(join(dir, "data", "checkpoints"), { recursive: true });
+    const second = await cli("run", file, "--summary-json", summaryFile);
+    expect(second.code, second.stderr).toBe(0);
+    const s = await readSummary(summaryFile, ["db"]);
+    expect(s.records).toMatchObject({ received: 1500, delivered: 1484, new: 495, already_present: 989, dead_lettered: 16 });
+    expect(s.sinks.db).toEqual({ delivered: 1484, new: 495, already_present: 989, dead_lettered: 15 });
+    expect(second.stderr).toMatch(/delivered\s+1,484 {2}\(495 new, 989 already present\)/);
+    expect(second.stderr).toMatch(/db\s+1,484\s+495\s+989\s+15/);
+    expect(rows(db)).toHaveLength(1484);
+
+    // The malformed line's id is its byte offset: the same in both runs.
+    const malformedAt = Array.from({ length: 49 }, (_, i) => line(i + 1).length + 1).reduce((a, b) => a + b);
+    const dead = readDeadLetters(join(dir, "data", "dlq.db"));
+    const failing = [7, 107, 207, 307, 407, 507, 607, 707, 807, 907, 1007, 1107, 1207, 1307, 1407];
+    expect(dead.map((d) => `${d.record_id} ${d.sink}`).sort()).toEqual([`lines:${malformedAt} source:lines`, ...failing.map((n) => `r-${n} db`)].sort());
+    // Dead-lettered in both runs: one entry each, with the attempts of both.
+    for (const d of dead) expect([d.record_id, d.attempts]).toEqual([d.record_id, d.sink === "db" ? (Number(d.record_id.slice(2)) < 1000 ? 2 : 1) : 0]);
   });
 });
 

@@ -59,7 +59,7 @@ describe("Pipeline, end to end in memory", () => {
     expect(tp.source.acks.at(-1)).toBe(25);
     const s = tp.metrics.snapshot();
     expect(s.delivered).toBe(25);
-    expect(s.sinks).toEqual({ sink: { delivered: 25, dead_lettered: 0 } });
+    expect(s.sinks).toEqual({ sink: { delivered: 25, new: 25, already_present: 0, dead_lettered: 0 } });
     expectBalanced(tp, 25);
     expect(tp.source.closed && tp.sink.closed && tp.deadLetters.opened && tp.deadLetters.closed).toBe(true);
     expect(tp.deadLetters.entries).toEqual([]);
@@ -94,7 +94,7 @@ describe("Pipeline, end to end in memory", () => {
       expect(b.committed.size).toBe(6);
       const s = tp.metrics.snapshot();
       expect(s.delivered).toBe(6);
-      expect(s.sinks).toEqual({ a: { delivered: 6, dead_lettered: 0 }, b: { delivered: 6, dead_lettered: 0 } });
+      expect(s.sinks).toEqual({ a: { delivered: 6, new: 6, already_present: 0, dead_lettered: 0 }, b: { delivered: 6, new: 6, already_present: 0, dead_lettered: 0 } });
       expect(tp.source.acks.at(-1)).toBe(6);
       expectBalanced(tp, 6);
     });
@@ -111,7 +111,7 @@ describe("Pipeline, end to end in memory", () => {
       const s = tp.metrics.snapshot();
       expect(s.delivered).toBe(7);
       expect(s.dead_lettered).toBe(1);
-      expect(s.sinks).toEqual({ a: { delivered: 8, dead_lettered: 0 }, b: { delivered: 7, dead_lettered: 1 } });
+      expect(s.sinks).toEqual({ a: { delivered: 8, new: 8, already_present: 0, dead_lettered: 0 }, b: { delivered: 7, new: 7, already_present: 0, dead_lettered: 1 } });
       expect(tp.deadLetters.entries).toHaveLength(1);
       expect(tp.deadLetters.entries[0]).toMatchObject({ sink: "b", code: "ERR_SINK_REJECTED", attempts: 1, record: { id: "r-3" } });
       expect(tp.source.acks.at(-1)).toBe(8);
@@ -126,9 +126,28 @@ describe("Pipeline, end to end in memory", () => {
       const s = tp.metrics.snapshot();
       expect(s.dead_lettered).toBe(1);
       expect(s.delivered).toBe(3);
-      expect(s.sinks).toEqual({ a: { delivered: 3, dead_lettered: 1 }, b: { delivered: 3, dead_lettered: 1 } });
+      expect(s.sinks).toEqual({ a: { delivered: 3, new: 3, already_present: 0, dead_lettered: 1 }, b: { delivered: 3, new: 3, already_present: 0, dead_lettered: 1 } });
       expect(tp.deadLetters.entries.map((e) => e.sink).sort()).toEqual(["a", "b"]);
       expectBalanced(tp, 4);
+    });
+
+    it("counts a record already present only when every sink already held it; each sink has its own split", async () => {
+      // a held r-0..r-5 from an earlier run, b r-3..r-9; r-5 fails in b after an attempt that committed the rest.
+      const a = new MemorySink({ name: "a", stored: ids(6) });
+      const b = new MemorySink({ name: "b", stored: ids(10).slice(3), schedule: rejectRecord("r-5") });
+      const tp = makePipeline({ inputs: payloads(12), sinks: [a, b], chunkSize: 4, batch: { maxRecords: 4 } });
+      expect(await tp.run()).toEqual({ tag: "completed" });
+      const s = tp.metrics.snapshot();
+      expect(s.sinks).toEqual({
+        a: { delivered: 12, new: 6, already_present: 6, dead_lettered: 0 },
+        b: { delivered: 11, new: 5, already_present: 6, dead_lettered: 1 },
+      });
+      // Delivered by both: r-0..r-4 and r-6..r-11; already in both: r-3, r-4.
+      expect([s.delivered, s.already_present]).toEqual([11, 2]);
+      const summary = tp.metrics.summary(1);
+      expect(summary.records).toMatchObject({ delivered: 11, new: 9, already_present: 2, dead_lettered: 1 });
+      expect(await tp.metrics.registry.getSingleMetricAsString("sluice_records_already_present_total")).toMatch(/\{sink="a"\} 6\n.*\{sink="b"\} 6/s);
+      expectBalanced(tp, 12);
     });
   });
 

@@ -200,7 +200,12 @@ describe("engine properties", () => {
         expect(counts.delivered).toBe(ids.length - dropped.size - deadAnywhere.size);
         expect(counts.in_flight).toBe(0);
         for (const sink of tp.sinks) {
-          expect(counts.sinks[sink.name]).toEqual({ delivered: sink.committed.size, dead_lettered: tp.deadLetters.for(sink.name).length });
+          expect(counts.sinks[sink.name]).toEqual({
+            delivered: sink.committed.size,
+            new: sink.committed.size,
+            already_present: 0,
+            dead_lettered: tp.deadLetters.for(sink.name).length,
+          });
         }
 
         expect(tp.source.violations).toEqual([]);

@@ -37,7 +37,7 @@ describe("readiness", () => {
     at.now += 1;
     expect(probe.ready()).toBe(false);
     expect(metrics.failingSinks(UNREADY_AFTER)).toEqual(["db"]);
-    metrics.handle({ type: "records_delivered", sink: "db", records: [{ receivedAt: at.now }], now: at.now });
+    metrics.handle({ type: "records_delivered", sink: "db", records: [{ receivedAt: at.now }], alreadyPresent: 0, now: at.now });
     expect(probe.ready()).toBe(true);
   });
 

@@ -120,6 +120,68 @@ describe("sqlite dead-letter store", () => {
     }
   });
 
+  it("keeps one entry per record and sink: a rerun adds its attempts and newest error, the first failure time stays", async () => {
+    const path = join(dir, "dlq.db");
+    const [entry, malformed] = letters();
+    const later = Date.UTC(2024, 4, 6);
+    const store = createSqliteDeadLetterStore(path);
+    await store.open();
+    await store.write([entry!, malformed!]);
+    await store.close();
+
+    // The next run: the same record fails again in the same sink, once more in another sink, and the
+    // same input is malformed again at the source stage.
+    const rerun = createSqliteDeadLetterStore(path);
+    await rerun.open();
+    const again = { ...entry!, code: "ERR_SINK_WRITE", message: "gave up again", attempts: 2, firstFailureAt: later, lastFailureAt: later + 10 };
+    await rerun.write([again, { ...entry!, sink: "archive" }, { ...malformed!, firstFailureAt: later, lastFailureAt: later }]);
+    await rerun.close();
+
+    const rows = readDeadLetters(path);
+    expect(rows.map((r) => [r.seq, r.record_id, r.sink])).toEqual([
+      [1, "r-0", "warehouse"],
+      [2, "r-1", "source"],
+      [4, "r-0", "archive"],
+    ]);
+    expect(rows[0]).toMatchObject({
+      code: "ERR_SINK_WRITE",
+      message: "gave up again",
+      attempts: 5,
+      first_failure_at: "2024-05-05T06:07:08.009Z",
+      last_failure_at: "2024-05-06T00:00:00.010Z",
+    });
+    expect(rows[1]).toMatchObject({ attempts: 0, first_failure_at: "2024-05-05T06:07:08.009Z", last_failure_at: "2024-05-06T00:00:00.000Z" });
+  });
+
+  it("migrates a store of the first schema on open: the entries of one record and sink become one", async () => {
+    const path = join(dir, "dlq.db");
+    const old = new Database(path);
+    old.exec(`CREATE TABLE dead_letters (seq INTEGER PRIMARY KEY AUTOINCREMENT, record_id TEXT, source TEXT, sink TEXT, code TEXT,
+      message TEXT, attempts INTEGER, first_failure_at TEXT, last_failure_at TEXT, payload TEXT, raw TEXT)`);
+    const insert = old.prepare("INSERT INTO dead_letters (record_id, source, sink, code, message, attempts, first_failure_at, last_failure_at, payload, raw) VALUES (?, 'src', ?, ?, ?, ?, ?, ?, '{}', NULL)");
+    insert.run("a", "db", "ERR_SINK_WRITE", "first run", 3, "2024-01-01T00:00:00.000Z", "2024-01-01T00:00:05.000Z");
+    insert.run("b", "db", "ERR_SINK_REJECTED", "only once", 1, "2024-01-01T00:00:01.000Z", "2024-01-01T00:00:01.000Z");
+    insert.run("a", "db", "ERR_SINK_REJECTED", "second run", 2, "2024-01-02T00:00:00.000Z", "2024-01-02T00:00:03.000Z");
+    insert.run("a", "transform:validate", "ERR_VALIDATION", "not valid", 0, "2024-01-01T00:00:00.000Z", "2024-01-01T00:00:00.000Z");
+    insert.run("a", "db", "ERR_SINK_REJECTED", "third run", 1, "2024-01-03T00:00:00.000Z", "2024-01-03T00:00:00.000Z");
+    old.close();
+
+    const store = createSqliteDeadLetterStore(path);
+    await store.open();
+    await store.write([{ ...letters()[0]!, record: { ...letters()[0]!.record, id: "b" }, sink: "db", attempts: 4 }]);
+    await store.close();
+    // Opened again: already migrated, nothing changes.
+    const reopened = createSqliteDeadLetterStore(path);
+    await reopened.open();
+    await reopened.close();
+
+    expect(readDeadLetters(path).map(({ seq, record_id, sink, message, attempts, first_failure_at, last_failure_at }) => ({ seq, record_id, sink, message, attempts, first_failure_at, last_failure_at }))).toEqual([
+      { seq: 2, record_id: "b", sink: "db", message: `constraint failed: "quotes" and 'ünïcödé' 🚀`, attempts: 5, first_failure_at: "2024-01-01T00:00:01.000Z", last_failure_at: "2024-05-05T06:07:09.509Z" },
+      { seq: 4, record_id: "a", sink: "transform:validate", message: "not valid", attempts: 0, first_failure_at: "2024-01-01T00:00:00.000Z", last_failure_at: "2024-01-01T00:00:00.000Z" },
+      { seq: 5, record_id: "a", sink: "db", message: "third run", attempts: 6, first_failure_at: "2024-01-01T00:00:00.000Z", last_failure_at: "2024-01-03T00:00:00.000Z" },
+    ]);
+  });
+
   it("keeps an entry whose payload JSON cannot hold, and one with an invalid time", async () => {
     const path = join(dir, "dlq.db");
     const store = createSqliteDeadLetterStore(path);

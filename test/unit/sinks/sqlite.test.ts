@@ -74,9 +74,22 @@ describe("sqlite sink: table and rows", () => {
     const sink = await connect();
     const [record] = makeRecords(1);
     await sink.write([record!], signal);
-    expect(await sink.write([{ ...record!, payload: { changed: true } }], signal)).toEqual({});
+    expect(await sink.write([{ ...record!, payload: { changed: true } }], signal)).toEqual({ failures: [], alreadyPresent: [0] });
     const rows = database().prepare("SELECT payload FROM records").all() as { payload: string }[];
     expect(rows.map((r) => JSON.parse(r.payload) as unknown)).toEqual([record!.payload]);
+  });
+
+  it("reports a row breaking a CHECK or NOT NULL as a failure, not as a record already present", async () => {
+    database().exec("CREATE TABLE records (id TEXT PRIMARY KEY, key TEXT NOT NULL, payload TEXT CHECK (json_extract(payload, '$.value') >= 0), event_time TEXT, ingested_at TEXT)");
+    const sink = await connect();
+    const [good, negative, keyless] = makeRecords(3);
+    const result = await sink.write([good!, { ...negative!, payload: { ...negative!.payload, value: -1 } }, { ...keyless!, key: undefined }], signal);
+    expect(result?.failures?.map((f) => [f.index, f.error.code])).toEqual([
+      [1, "ERR_SINK_REJECTED"],
+      [2, "ERR_SINK_REJECTED"],
+    ]);
+    expect(result?.alreadyPresent ?? []).toEqual([]);
+    expect(ids(database())).toEqual(["r-0"]);
   });
 
   it("treats a hostile table name as a name", async () => {
