@@ -211,6 +211,13 @@ describe.skipIf(!hasPostgres)("postgres sink (real PostgreSQL)", () => {
     return result?.failures ?? [];
   }
 
+  /** The indexes a write reported already present, ascending. */
+  function presentOf(result: WriteResult | void): number[] {
+    return [...(result?.alreadyPresent ?? [])].sort((a, b) => a - b);
+  }
+
+  const range = (from: number, to: number) => Array.from({ length: to - from }, (_, i) => from + i);
+
   function record(id: string, payload: JsonObject, opts: { key?: string; eventTime?: number } = {}): SluiceRecord {
     return { id, key: opts.key, payload, eventTime: opts.eventTime, receivedAt: 0, source: "test", attempts: 0 };
   }
@@ -222,18 +229,25 @@ describe.skipIf(!hasPostgres)("postgres sink (real PostgreSQL)", () => {
       const table = newTable();
       const records = makeRecords(300);
       const first = await connect({ table, insertPath });
-      expect(failuresOf(await first.write(records.slice(0, 200), signal))).toEqual([]);
-      expect(failuresOf(await first.write(records.slice(100, 300), signal))).toEqual([]);
-      expect(failuresOf(await first.write([records[5]!, records[5]!, records[250]!], signal))).toEqual([]);
+      const fresh = await first.write(records.slice(0, 200), signal);
+      expect([failuresOf(fresh), presentOf(fresh)]).toEqual([[], []]);
+      const overlap = await first.write(records.slice(100, 300), signal);
+      expect([failuresOf(overlap), presentOf(overlap)]).toEqual([[], range(0, 100)]);
+      const twice = await first.write([records[5]!, records[5]!, records[250]!], signal);
+      expect([failuresOf(twice), presentOf(twice)]).toEqual([[], [0, 1, 2]]);
+      // An id twice in a fresh batch: the first copy is new, the second already present.
+      const dup = await first.write([makeRecords(1, { start: 400 })[0]!, records[9]!, makeRecords(1, { start: 400 })[0]!], signal);
+      expect([failuresOf(dup), presentOf(dup)]).toEqual([[], [1, 2]]);
       await close(first);
 
       // A second run redelivers everything, one record with a changed payload: the first copy stays.
       const second = await connect({ table, insertPath });
       const again = records.map((r, i) => (i === 7 ? { ...r, payload: { ...r.payload, value: -1 } } : r));
-      expect(failuresOf(await second.write(again, signal))).toEqual([]);
+      const rerun = await second.write(again, signal);
+      expect([failuresOf(rerun), presentOf(rerun)]).toEqual([[], range(0, 300)]);
 
       const { rows } = await admin.query(`SELECT count(*)::int AS n, count(DISTINCT id)::int AS ids FROM ${q(table)}`);
-      expect(rows[0]).toEqual({ n: 300, ids: 300 });
+      expect(rows[0]).toEqual({ n: 301, ids: 301 });
       const seven = await admin.query(`SELECT payload, key, event_time FROM ${q(table)} WHERE id = 'r-7'`);
       expect(seven.rows[0]).toEqual({ payload: records[7]!.payload, key: records[7]!.key, event_time: new Date(records[7]!.eventTime!) });
     });
@@ -272,8 +286,11 @@ describe.skipIf(!hasPostgres)("postgres sink (real PostgreSQL)", () => {
       // Bisecting costs about 2·log2(n) ranges per bad record, each 2-3 statements; one statement per record would be over 1,000.
       expect(statements).toBeLessThan(200);
 
-      // Written again, the 997 are duplicates and the 3 still fail alone.
-      expect(failuresOf(await sink.write(records, signal)).map((f) => f.index)).toEqual([17, 500, 999]);
+      expect(presentOf(await sink.write([], signal))).toEqual([]);
+      // Written again, the 997 are duplicates (reported already present) and the 3 still fail alone.
+      const again = await sink.write(records, signal);
+      expect(failuresOf(again).map((f) => f.index)).toEqual([17, 500, 999]);
+      expect(presentOf(again)).toEqual(range(0, 1000).filter((i) => ![17, 500, 999].includes(i)));
       expect((await admin.query(`SELECT count(*)::int AS n FROM ${q(table)}`)).rows[0]).toEqual({ n: 997 });
     });
   });
@@ -324,6 +341,13 @@ describe.skipIf(!hasPostgres)("postgres sink (real PostgreSQL)", () => {
     expect(failuresOf(results[2]!)[0]!.error.message).toContain("22P02");
     const { rows } = await admin.query<{ id: string }>(`SELECT id FROM ${q(table)} ORDER BY id`);
     expect(rows.map((r) => r.id)).toEqual(batches.flat().map((r) => r.id).filter((id) => id !== "g-2-4").sort());
+    expect(results.map(presentOf)).toEqual([[], [], [], []]);
+
+    // Again, each batch with one new record in front: the group's staged INSERT tells every batch its own.
+    const more = batches.map((b, n) => [record(`g-new-${n}`, { amount: n }), ...b]);
+    const again = await Promise.all(more.map((b) => sink.write(b, signal)));
+    expect(again.map((r) => failuresOf(r).map((f) => f.index))).toEqual([[], [], [5], []]);
+    expect(again.map(presentOf)).toEqual([range(1, 11), range(1, 11), range(1, 11).filter((i) => i !== 5), range(1, 11)]);
   });
 
   it("fails only the waiting batch whose write is aborted", async () => {
@@ -382,8 +406,15 @@ describe.skipIf(!hasPostgres)("postgres sink (real PostgreSQL)", () => {
       return n;
     }
 
-    async function writeInBatches(sink: Sink, records: readonly SluiceRecord[], size: number): Promise<void> {
-      for (let i = 0; i < records.length; i += size) expect(failuresOf(await sink.write(records.slice(i, i + size), signal))).toEqual([]);
+    /** Writes `records` in batches of `size`; resolves to how many the sink reported already present. */
+    async function writeInBatches(sink: Sink, records: readonly SluiceRecord[], size: number): Promise<number> {
+      let present = 0;
+      for (let i = 0; i < records.length; i += size) {
+        const result = await sink.write(records.slice(i, i + size), signal);
+        expect(failuresOf(result)).toEqual([]);
+        present += presentOf(result).length;
+      }
+      return present;
     }
 
     it.each([
@@ -396,7 +427,8 @@ describe.skipIf(!hasPostgres)("postgres sink (real PostgreSQL)", () => {
       const first = versions(11);
       const seen = new Map<string, { v: number; id: string }>();
       const lateFirst = expectedLate(first, seen);
-      await writeInBatches(sink, first, 100);
+      // Already present in the first run: exactly the late records (each id comes once).
+      expect(await writeInBatches(sink, first, 100)).toBe(lateFirst);
 
       const check = async () => {
         const { rows } = await admin.query<{ key: string; id: string; payload: { version: number } }>(`SELECT key, id, payload FROM ${q(table)} ORDER BY key`);
@@ -415,7 +447,8 @@ describe.skipIf(!hasPostgres)("postgres sink (real PostgreSQL)", () => {
       // A second run redelivers all of it in another order: nothing changes; every record but the stored newest is late.
       await close(sink);
       const second = await connect({ table, mode: "upsert_latest", ...extra }, events);
-      await writeInBatches(second, versions(12), 250);
+      // Already present: every record, the stored newest of each key (a redelivery, not late) included.
+      expect(await writeInBatches(second, versions(12), 250)).toBe(KEYS * VERSIONS);
       await check();
       expect(late(events) - lateFirst).toBe(KEYS * VERSIONS - KEYS);
 
@@ -434,11 +467,13 @@ describe.skipIf(!hasPostgres)("postgres sink (real PostgreSQL)", () => {
       expect(failuresOf(await sink.write([9, 8, 7, 5].map((v) => one(v, "j")), signal))).toEqual([]);
       expect(late(events)).toBe(3);
       // The stored record again: a redelivery, not late. Equal version, another record: not newer, so late.
-      expect(failuresOf(await sink.write([one(4), record("k-4-bis", { version: 4 }, { key: "k" })], signal))).toEqual([]);
+      // Neither changes the row: both are already present; a newer version is new.
+      const again = await sink.write([one(4), record("k-4-bis", { version: 4 }, { key: "k" }), one(10, "j")], signal);
+      expect([failuresOf(again), presentOf(again)]).toEqual([[], [0, 1]]);
       expect(late(events)).toBe(4);
       const { rows } = await admin.query(`SELECT key, id, version FROM ${q(table)} ORDER BY key`);
       expect(rows).toEqual([
-        { key: "j", id: "j-9", version: "9" },
+        { key: "j", id: "j-10", version: "10" },
         { key: "k", id: "k-4", version: "4" },
       ]);
     });
