@@ -1,28 +1,28 @@
 /**
  * PostgreSQL backends killed mid-COPY (issue #3): the real CLI moves an NDJSON file of 100,000
- * records into the real PostgreSQL in batches of 500 while this test, at five points spread over
+ * records into PostgreSQL in batches of 500 while this test, at five points spread over
  * the run, polls `pg_stat_activity` and `pg_terminate_backend`s the sink's connections that are
  * executing a COPY, until at least one is killed each time. The run must finish on its own with
  * exit 0, every record in the table exactly once, and nothing dead-lettered: a terminated backend
  * (SQLSTATE 57P01, connection lost) is retryable.
  *
- * Only this run's backends are killed: the sink's URL carries an `application_name` unique to the
- * test, and the kill query matches on it (or on the table name in the COPY statement), so other
- * tests' COPYs on the same database are left alone. Runs in its own random table, which it drops.
- * Skipped with a printed reason when PostgreSQL is unreachable, unless SLUICE_REQUIRE_SERVICES=1,
- * which turns that into a failure.
+ * The server is the test's own (test/helpers/postgres-server.ts: initdb into a temp directory, a
+ * free port), never the machine's shared one; afterAll stops it and removes its directory whatever
+ * happened. Only the sink's backends are killed: its URL carries an `application_name` the kill
+ * query matches (or the table name in the COPY statement). Skipped with a printed reason when no
+ * PostgreSQL binaries are installed, unless SLUICE_REQUIRE_SERVICES=1, which turns that into a
+ * failure.
  */
 import { randomBytes } from "node:crypto";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
-import { afterAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readDeadLetters } from "../../src/sinks/dead-letter-sqlite.js";
-import { requireService } from "../helpers/services.js";
 import { startCli, type Cli } from "../helpers/cli.js";
-import { countRows, PG_URL, query, sleep } from "./postgres-harness.js";
-
+import { startPostgresServer, type PostgresServer } from "../helpers/postgres-server.js";
+import { canStartServer, countRows, query, sleep } from "./postgres-harness.js";
 
 const TOTAL = 100_000;
 // Kill rounds start once this share of the records is in the table: spread over the run.
@@ -30,34 +30,33 @@ const KILL_AT = [0.1, 0.25, 0.4, 0.55, 0.7] as const;
 const POLL_MS = 5;
 const RUN_TIMEOUT_MS = 50_000;
 
-
-
-
-
-
-const pgAddress = new URL(PG_URL);
-const skip = !(await requireService("PostgreSQL", pgAddress.hostname, Number(pgAddress.port || 5432)));
-
-describe.skipIf(skip)("PostgreSQL backends terminated mid-COPY (pg_terminate_backend)", () => {
+describe.skipIf(!canStartServer("PostgreSQL terminate fault test"))("PostgreSQL backends terminated mid-COPY (pg_terminate_backend on a private server)", () => {
   const suffix = randomBytes(6).toString("hex");
   const table = `sluice_fault_terminate_${suffix}`;
   const applicationName = `sluice-fault-terminate-${suffix}`;
   let dir: string | undefined;
   let cli: Cli | undefined;
   let killer: pg.Client | undefined;
+  let server: PostgresServer | undefined;
+  let url = "";
+
+  beforeAll(async () => {
+    server = await startPostgresServer();
+    url = server.url;
+  });
 
   afterAll(async () => {
     if (cli !== undefined && cli.process.exitCode === null && cli.process.signalCode === null) cli.process.kill("SIGKILL");
     await killer?.end().catch(() => undefined);
-    await query(`DROP TABLE IF EXISTS "${table}"`);
+    await server?.stop();
     if (dir !== undefined) await rm(dir, { recursive: true, force: true });
   });
 
   /** Terminates this run's backends that are executing a COPY; returns the statements it cut short. */
   async function killCopies(): Promise<string[]> {
     if (killer === undefined) {
-      const client = new pg.Client({ connectionString: PG_URL, connectionTimeoutMillis: 2000 });
-      // A broken killer connection (say, a server restart by another test) is replaced on the next call.
+      const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000 });
+      // A broken killer connection is replaced on the next call.
       client.on("error", () => {
         if (killer === client) killer = undefined;
       });
@@ -83,7 +82,7 @@ describe.skipIf(skip)("PostgreSQL backends terminated mid-COPY (pg_terminate_bac
     const dataDir = join(dir, "data");
     const configFile = join(dir, "pipeline.yaml");
     const summaryFile = join(dir, "summary.json");
-    const url = `${PG_URL}${PG_URL.includes("?") ? "&" : "?"}application_name=${applicationName}`;
+    const sinkUrl = `${url}?application_name=${applicationName}`;
     // Batches of 500: small enough that the run lasts seconds, big enough that a COPY spends its
     // time streaming and inserting rows. (With batches of 50 nearly every kill landed during the
     // commit, which holds interrupts: the COPY succeeded and only the idle connection died after.)
@@ -97,7 +96,7 @@ sources:
 sinks:
   pg:
     type: postgres
-    url: "${url}"
+    url: "${sinkUrl}"
     table: ${table}
     batch: { max_records: 500, max_wait: 20ms }
     retry: { max_attempts: 1000, max_elapsed: 60s, initial_backoff: 50ms, max_backoff: 1s }
@@ -112,7 +111,7 @@ sinks:
     for (const share of KILL_AT) {
       let rows: number;
       for (;;) {
-        rows = await countRows(table);
+        rows = await countRows(url, table);
         if (rows >= TOTAL * share) break;
         if (child.process.exitCode !== null || child.process.signalCode !== null) throw new Error(`the run ended before kill round ${kills.length + 1}:\n${child.output()}`);
         if (Date.now() > deadline) throw new Error(`the run did not reach ${TOTAL * share} rows:\n${child.output()}`);
@@ -160,6 +159,7 @@ sinks:
 
     // Exactly once: N rows, N ids, N distinct records, each id holding its own line.
     const [counts] = await query(
+      url,
       `SELECT count(*)::int AS rows, count(DISTINCT id)::int AS ids, count(DISTINCT payload->>'seq')::int AS seqs,
               min((payload->>'seq')::int) AS lo, max((payload->>'seq')::int) AS hi,
               count(*) FILTER (WHERE id IS DISTINCT FROM 'r-' || (payload->>'seq'))::int AS mismatched
