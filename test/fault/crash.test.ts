@@ -47,7 +47,7 @@ const VARIANTS: Record<string, Variant> = {
 
 /**
  * Rows in the table, cheaply: the largest rowid, which equals the count because rows are only
- * inserted (`INSERT OR IGNORE` uses no rowid for an ignored row). A count(*) per poll would scan
+ * inserted (`ON CONFLICT (id) DO NOTHING` uses no rowid for a skipped row). A count(*) per poll would scan
  * the table and slow the run it watches.
  */
 function countRows(db: string): number {
