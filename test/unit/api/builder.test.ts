@@ -32,6 +32,26 @@ describe("PipelineBuilder.sink driving settings", () => {
     expect(unknown.message).toBe('sinks.out.concurrency.adaptive.mx: unknown key "mx"; did you mean "max"?');
   });
 
+  it("words an unknown component option as the YAML loader does: path and \"did you mean\"", () => {
+    const option = configError(() => sinks.postgres({ url: "postgres://u@h/db", table: "t", pool_sise: 2 } as never));
+    expect(option.code).toBe("ERR_CONFIG_INVALID");
+    expect(option.message).toBe('postgres.pool_sise: unknown key "pool_sise"; did you mean "pool_size"?');
+    expect(configError(() => sources.generator({ cout: 3 } as never)).message).toBe('generator.cout: unknown key "cout"; did you mean "count"?');
+  });
+
+  it("words an unknown pipeline setting the same way", async () => {
+    const build = pipeline({ data_dri: "./x" } as never)
+      .source("gen", sources.generator({ count: 1 }))
+      .sink("out", sinks.blackhole())
+      .build();
+    await expect(build).rejects.toMatchObject({ code: "ERR_CONFIG_INVALID", message: 'data_dri: unknown key "data_dri"; did you mean "data_dir"?' });
+  });
+
+  it.each(["__proto__", "constructor", "prototype"])("refuses %s as a source or sink name", (reserved) => {
+    expect(configError(() => base.sink(reserved, sinks.blackhole())).message).toMatch(new RegExp(`^sinks\\.${reserved}: the name "${reserved}" is reserved`));
+    expect(configError(() => pipeline().source(reserved, sources.generator({ count: 1 }))).message).toMatch(/is reserved/);
+  });
+
   describe("running", () => {
     let dir: string;
     beforeEach(async () => {

@@ -10,6 +10,8 @@ import { Writable } from "node:stream";
 import Database from "better-sqlite3";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { main } from "../../../src/cli/main.js";
+import { MAX_ALIAS_EXPANSIONS } from "../../../src/config/load.js";
+import { runCli } from "../../helpers/cli.js";
 import { readDeadLetters } from "../../../src/sinks/dead-letter-sqlite.js";
 
 interface Captured {
@@ -208,6 +210,34 @@ sinks:
     const r = await cli("run", file);
     expect(r.code).toBe(2);
     expect(r.stderr).toContain('sources.gen.cout: unknown key "cout"');
+  });
+});
+
+describe("sluice validate: YAML aliases", () => {
+  it("accepts a sink block shared by 120 aliases", async () => {
+    const aliases = Array.from({ length: 120 }, (_, i) => `  s${i + 1}: *sink`).join("\n");
+    const file = await config(`sources:\n  gen: { type: generator, count: 1 }\nsinks:\n  s0: &sink { type: blackhole }\n${aliases}\n`);
+    const r = await cli("validate", file);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("121 sink(s)");
+  });
+
+  it("refuses more uses than the limit and a billion laughs with exit 2, one line with file and line, no stack", async () => {
+    const aliases = Array.from({ length: MAX_ALIAS_EXPANSIONS + 1 }, (_, i) => `  s${i + 1}: *sink`).join("\n");
+    const tooMany = await config(`sources:\n  gen: { type: generator, count: 1 }\nsinks:\n  s0: &sink { type: blackhole }\n${aliases}\n`, "many.yaml");
+    const levels = ['  l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]'];
+    for (let i = 1; i < 10; i++) levels.push(`  l${i}: &l${i} [${Array.from({ length: 9 }, () => `*l${i - 1}`).join(", ")}]`);
+    const bomb = await config(`sources:\n  gen: { type: generator, count: 1 }\nsinks:\n  out: { type: blackhole }\nlaughs:\n${levels.join("\n")}\n`, "bomb.yaml");
+    // A real process: an uncaught error would show here as a stack and exit 1.
+    for (const [file, line] of [[tooMany, 5], [bomb, 7]] as const) {
+      for (const command of ["validate", "run"]) {
+        const r = await runCli([command, file], { cwd: dir });
+        expect(r.code, r.stderr).toBe(2);
+        expect(r.stderr.trim().split("\n")).toEqual([expect.stringMatching(new RegExp(`^${file}:${line}:\\d+ \\(yaml\\): too many alias expansions`)), `1 error in ${file}`]);
+        expect(r.stderr).not.toMatch(/^\s+at |ReferenceError/m);
+      }
+    }
   });
 });
 
