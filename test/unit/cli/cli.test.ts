@@ -385,6 +385,32 @@ describe("sluice components", () => {
     expect(one.stdout).not.toContain("sink file:");
     const bad = await cli("components", "kafka");
     expect(bad.code).toBe(2);
-    expect(bad.stderr).toMatch(/unknown component type "kafka"; one of: generator, file, http, module/);
+    expect(bad.stderr).toBe(
+      'unknown component kind or type "kafka"; kinds: source, transform, sink, dead_letter; types by kind: source: generator, file, http; transform: module, validate; sink: sqlite, postgres, file, stdout, blackhole; dead_letter: sqlite\n',
+    );
+  });
+
+  it.each([
+    ["sink", "sink", ["sqlite", "postgres", "file", "stdout", "blackhole"]],
+    ["sinks", "sink", ["sqlite", "postgres", "file", "stdout", "blackhole"]],
+    ["source", "source", ["generator", "file", "http"]],
+    ["sources", "source", ["generator", "file", "http"]],
+    ["transform", "transform", ["module", "validate"]],
+    ["transforms", "transform", ["module", "validate"]],
+    ["dead_letter", "dead_letter", ["sqlite"]],
+  ])("takes a kind, %s, and shows that kind's types only", async (word, kind, types) => {
+    const r = await cli("components", word);
+    expect(r.code, r.stderr).toBe(0);
+    const headers = r.stdout.split("\n").filter((l) => /^\S+ \S+: /.test(l));
+    expect(headers.map((l) => l.slice(0, l.indexOf(":")))).toEqual(types.map((t) => `${kind} ${t}`));
+  });
+});
+
+describe("sluice --version", () => {
+  it.each(["--version", "-V"])("%s prints the package's version and exits 0", async (flag) => {
+    const pkg = JSON.parse(await readFile("package.json", "utf8")) as { version: string };
+    const r = await cli(flag);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe(`${pkg.version}\n`);
   });
 });
