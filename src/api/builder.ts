@@ -154,7 +154,11 @@ export class PipelineBuilder<P extends object> {
     return this.with({ deadLetterFactory: factory });
   }
 
-  /** Builds the pipeline (creates `data_dir`), ready to `run()`, with its metrics. */
+  /**
+   * Builds the pipeline (creates `data_dir`) without running it: `pipeline.run()` runs it,
+   * `pipeline.stop()` starts a graceful stop, and `metrics.summary()` is the summary {@link run}
+   * gives (its elapsed time is the pipeline's run), `metrics.registry` the Prometheus registry.
+   */
   async build(): Promise<BuiltPipeline> {
     const { logger: _l, clock: _c, cwd: _w, ...engine } = this.settings;
     // Sources and sinks are validated by their factories; stand-ins satisfy the top-level schema.
@@ -198,10 +202,9 @@ export class PipelineBuilder<P extends object> {
 
   /** Builds and runs to the end (finite sources) or to `stop()`; resolves with the status and summary. */
   async run(): Promise<RunResult> {
-    const started = performance.now();
     const { pipeline, metrics } = await this.build();
     const status = await pipeline.run();
-    return { status, summary: metrics.summary((performance.now() - started) / 1000) };
+    return { status, summary: metrics.summary() };
   }
 
   private step(name: string, fn: Transform["apply"]): PipelineBuilder<never> {
