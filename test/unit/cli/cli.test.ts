@@ -213,6 +213,46 @@ sinks:
   });
 });
 
+describe("sluice validate and run: the file a file source reads", () => {
+  const pipelineReading = (path: string, follow: boolean) =>
+    `data_dir: ${join(dir, "data")}\nsources:\n  logs: { type: file, path: ${path}, follow: ${follow} }\nsinks:\n  out: { type: blackhole }\n`;
+
+  it("refuses a file that does not exist, with its path, before run creates anything", async () => {
+    const missing = join(dir, "nope.ndjson");
+    const file = await config(pipelineReading(missing, false));
+    for (const command of ["validate", "run"]) {
+      const r = await cli(command, file);
+      expect(r.code, r.stderr).toBe(2);
+      expect(r.stderr).toBe(`${file} sources.logs.path: ${missing} does not exist\n1 error in ${file}\n`);
+    }
+    expect(existsSync(join(dir, "data"))).toBe(false);
+  });
+
+  it("refuses a directory, and a followed file whose directory does not exist", async () => {
+    const asDir = await config(pipelineReading(dir, false), "dir.yaml");
+    expect((await cli("validate", asDir)).stderr).toContain(`sources.logs.path: ${dir} is a directory, not a file`);
+    const missingDir = join(dir, "no-such-dir", "app.ndjson");
+    const followed = await config(pipelineReading(missingDir, true), "followed.yaml");
+    const r = await cli("validate", followed);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(`sources.logs.path: ${missingDir} does not exist, nor does its directory ${join(dir, "no-such-dir")}`);
+  });
+
+  it("only warns about a followed file that does not exist yet in a directory that does", async () => {
+    const later = join(dir, "later.ndjson");
+    const file = await config(pipelineReading(later, true));
+    const r = await cli("validate", file);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toBe(`${file} warning: sources.logs.path: ${later} does not exist yet; with follow the source waits for it\n`);
+    expect(r.stdout).toContain("valid");
+  });
+
+  it("resolves a relative path against the working directory, as the source does", async () => {
+    const file = await config(pipelineReading("./test/unit/cli/cli.test.ts", false));
+    expect((await cli("validate", file)).code).toBe(0);
+  });
+});
+
 describe("sluice validate: YAML aliases", () => {
   it("accepts a sink block shared by 120 aliases", async () => {
     const aliases = Array.from({ length: 120 }, (_, i) => `  s${i + 1}: *sink`).join("\n");
