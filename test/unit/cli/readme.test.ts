@@ -1,11 +1,14 @@
 /**
- * The README's first hour against the code: where the demo's rows are, and how the library
- * example runs. (The library example itself is checked and run by test/integration/library-api.test.ts.)
+ * The README's first hour against the code: where the demo's rows are, what `validate` says
+ * about the README's bad config, and how the library example runs. (The library example itself is checked and run by test/integration/library-api.test.ts.)
  */
 import { existsSync } from "node:fs";
-import { readFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { Writable } from "node:stream";
 import { describe, expect, it } from "vitest";
+import { main } from "../../../src/cli/main.js";
 import { loadConfig } from "../../../src/config/load.js";
 
 const ROOT = resolve(import.meta.dirname, "../../..");
@@ -44,5 +47,27 @@ describe("README: the library example", () => {
     const text = await section("Library API");
     expect(text).toContain("`{ pipeline, metrics, dataDir, service }`");
     expect(text).not.toMatch(/build\(\)` gives the `Pipeline`/);
+  });
+});
+
+describe("README: the command line", () => {
+  it("shows what validate prints for its bad.yaml, line numbers included", async () => {
+    const text = await section("Command line");
+    const yaml = /```yaml\n(# bad\.yaml\n[\s\S]*?)```/.exec(text)?.[1];
+    const shown = /```\n\$ npx sluice validate bad\.yaml\n([\s\S]*?)```/.exec(text)?.[1];
+    expect(yaml, "a yaml block starting with # bad.yaml").toBeDefined();
+    expect(shown, "the output of npx sluice validate bad.yaml").toBeDefined();
+    const dir = await mkdtemp(join(tmpdir(), "sluice-readme-"));
+    try {
+      const file = join(dir, "bad.yaml");
+      await writeFile(file, yaml!);
+      let stderr = "";
+      const sink = new Writable({ write: (chunk: Buffer, _e, done) => ((stderr += String(chunk)), done()) });
+      const code = await main(["validate", file], { stdout: sink, stderr: sink });
+      expect(code).toBe(2);
+      expect(stderr.replaceAll(file, "bad.yaml")).toBe(shown);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
