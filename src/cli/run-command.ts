@@ -8,9 +8,9 @@ import { buildPipeline } from "../config/build.js";
 import { formatIssues, loadConfig } from "../config/load.js";
 import type { PipelineConfig } from "../config/schema.js";
 import { createLogger } from "../observability/logger.js";
-import { checkFileSourcePath } from "../sources/file.js";
 import type { CountsSnapshot, Metrics, RunSummary } from "../observability/metrics.js";
 import { startObservabilityServer } from "../server/observability-server.js";
+import { checkFileSourcePath } from "../sources/file.js";
 import { checkModuleTransform } from "../transforms/module.js";
 import { checkValidateTransform } from "../transforms/validate.js";
 

@@ -18,8 +18,8 @@ export type LoadResult = { ok: true; config: PipelineConfig } | { ok: false; iss
 /**
  * Most times one anchor may be expanded, counting uses through other aliases (the yaml library's
  * `maxAliasCount`; its default, 100, refused an anchor shared by 120 sinks). A config that shares
- * a block among a few hundred components stays far below; a "billion laughs" file, where each
- * anchor is a list of aliases to the previous one, passes it within a few levels.
+ * a block among a few hundred components stays below; a "billion laughs" file, where each anchor
+ * is a list of aliases to the previous one, passes it within a few levels.
  */
 export const MAX_ALIAS_EXPANSIONS = 1000;
 
@@ -148,9 +148,14 @@ function culpritAlias(doc: Document, message: string): Alias | undefined {
   const unresolved = /^Unresolved alias.*: (.+)$/.exec(message)?.[1];
   if (unresolved !== undefined) return aliases.find((a) => a.source === unresolved);
   const uses = new Map<string, number>();
-  for (const a of aliases) uses.set(a.source, (uses.get(a.source) ?? 0) + 1);
-  const most = Math.max(0, ...uses.values());
-  return aliases.find((a) => uses.get(a.source) === most);
+  let most: Alias | undefined;
+  for (const a of aliases) {
+    const n = (uses.get(a.source) ?? 0) + 1;
+    uses.set(a.source, n);
+    if (most === undefined || n > uses.get(most.source)!) most = a;
+  }
+  // `most` is the alias where its anchor's count took the lead; report that anchor's first use.
+  return aliases.find((a) => a.source === most?.source);
 }
 
 /**

@@ -345,7 +345,7 @@ export function validateConfig(raw: unknown): { config: PipelineConfig; issues: 
 
   const sources: SourceConfig[] = [];
   for (const [n, v] of Object.entries(sourcesRaw)) {
-    if (reservedNameIssue("", n)) continue;
+    if (RESERVED_NAMES.has(n)) continue; // reported above
     const def = findDefinition(SOURCES, v, `sources.${n}`, "source", issues);
     if (!def) continue;
     const parsed = collect(componentSchema(def, sourceCommon), v, `sources.${n}`, issues) as Record<string, unknown> | undefined;
@@ -366,7 +366,7 @@ export function validateConfig(raw: unknown): { config: PipelineConfig; issues: 
 
   const sinks: SinkConfig[] = [];
   for (const [n, v] of Object.entries(sinksRaw)) {
-    if (reservedNameIssue("", n)) continue;
+    if (RESERVED_NAMES.has(n)) continue; // reported above
     const def = findDefinition(SINKS, v, `sinks.${n}`, "sink", issues);
     if (!def) continue;
     const parsed = collect(componentSchema(def, sinkCommon), v, `sinks.${n}`, issues) as Record<string, unknown> | undefined;
