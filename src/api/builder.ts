@@ -8,7 +8,7 @@ import { resolve } from "node:path";
 import type { z } from "zod";
 import type { ComponentContext, ComponentDefinition, DeadLetterStore, Sink, Source, Transform } from "../components/contracts.js";
 import { createBuffer, serviceProbe, sinkSettings, type BuiltPipeline } from "../config/build.js";
-import { sinkDrivingSchema, topSchema, validateSinkDriving } from "../config/schema.js";
+import { reservedNameIssue, sinkDrivingSchema, topSchema, validateWith, type ConfigIssue } from "../config/schema.js";
 import { systemClock, type Clock } from "../core/clock.js";
 import { SluiceError } from "../core/errors.js";
 import { silentLogger, type Logger } from "../core/events.js";
@@ -36,18 +36,22 @@ export interface SinkFactory<in P extends object> extends Factory<Sink> {
   readonly accepts?: (payload: P) => void;
 }
 
+/** Throws `issues` as one `ERR_CONFIG_INVALID`, each with its path, as the YAML loader words them. */
+function throwInvalid(issues: readonly ConfigIssue[], location?: string): never {
+  throw new SluiceError("ERR_CONFIG_INVALID", issues.map((i) => `${i.path}: ${i.message}`).join("; "), { location });
+}
+
 /**
  * Wraps a component definition as a factory, validating `options` with the definition's own
  * schema now, so a mistake fails where it is written.
- * @throws SluiceError `ERR_CONFIG_INVALID` listing every issue with its path.
+ * @throws SluiceError `ERR_CONFIG_INVALID` listing every issue with its path (`<type>.<key>`),
+ *   and for an unknown key the likely one ("did you mean").
  */
 export function fromDefinition<O extends z.ZodObject, T>(def: ComponentDefinition<O, T>, options: z.input<O>): Factory<T> {
-  const parsed = def.options.safeParse(options);
-  if (!parsed.success) {
-    const issues = parsed.error.issues.map((i) => `${[def.type, ...i.path.map(String)].join(".")}: ${i.message}`);
-    throw new SluiceError("ERR_CONFIG_INVALID", issues.join("; "), { location: def.type });
-  }
-  return { type: def.type, create: (ctx) => def.create(parsed.data, ctx) };
+  const parsed = validateWith(def.options, options, def.type);
+  if (parsed.value === undefined) throwInvalid(parsed.issues, def.type);
+  const data = parsed.value;
+  return { type: def.type, create: (ctx) => def.create(data, ctx) };
 }
 
 /** Settings of the whole pipeline; the same keys and defaults as the YAML's top level. */
@@ -99,6 +103,8 @@ export class PipelineBuilder<P extends object> {
 
   /** Adds a source; the pipeline's payload type becomes the union of its sources' payloads. */
   source<F extends SourceFactory<object>>(name: string, factory: F, envelope: EnvelopeFields<PayloadOf<F>> = {}): PipelineBuilder<P | PayloadOf<F>> {
+    const reserved = reservedNameIssue(`sources.${name}`, name);
+    if (reserved) throwInvalid([reserved]);
     const stage: Stage = {
       name,
       make: (ctx) => ({ name, source: factory.create(ctx(name)), idField: envelope.id_field, keyField: envelope.key_field, timeField: envelope.time_field }),
@@ -135,11 +141,11 @@ export class PipelineBuilder<P extends object> {
    * @throws SluiceError `ERR_CONFIG_INVALID` when `driving` is invalid.
    */
   sink(name: string, factory: SinkFactory<P>, driving: z.input<typeof sinkDrivingSchema> = {}): PipelineBuilder<P> {
-    const parsed = validateSinkDriving(driving, `sinks.${name}`);
-    if (parsed.driving === undefined) {
-      throw new SluiceError("ERR_CONFIG_INVALID", parsed.issues.map((i) => `${i.path}: ${i.message}`).join("; "));
-    }
-    const settings = parsed.driving;
+    const reserved = reservedNameIssue(`sinks.${name}`, name);
+    if (reserved) throwInvalid([reserved]);
+    const parsed = validateWith(sinkDrivingSchema, driving, `sinks.${name}`);
+    if (parsed.value === undefined) throwInvalid(parsed.issues);
+    const settings = parsed.value;
     return this.with({ sinks: [...this.sinks, { name, make: (ctx) => ({ factory, driving: settings, ctx: ctx(name) }) }] });
   }
 
@@ -148,13 +154,17 @@ export class PipelineBuilder<P extends object> {
     return this.with({ deadLetterFactory: factory });
   }
 
-  /** Builds the pipeline (creates `data_dir`), ready to `run()`, with its metrics. */
+  /**
+   * Builds the pipeline (creates `data_dir`) without running it: `pipeline.run()` runs it,
+   * `pipeline.stop()` starts a graceful stop, and `metrics.summary()` is the summary {@link run}
+   * gives (its elapsed time is the pipeline's run), `metrics.registry` the Prometheus registry.
+   */
   async build(): Promise<BuiltPipeline> {
     const { logger: _l, clock: _c, cwd: _w, ...engine } = this.settings;
     // Sources and sinks are validated by their factories; stand-ins satisfy the top-level schema.
-    const top = topSchema.safeParse({ ...engine, sources: { x: {} }, sinks: { x: {} } });
-    if (!top.success) throw new SluiceError("ERR_CONFIG_INVALID", top.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; "));
-    const t = top.data;
+    const top = validateWith(topSchema, { ...engine, sources: { x: {} }, sinks: { x: {} } }, "");
+    if (top.value === undefined) throwInvalid(top.issues);
+    const t = top.value;
     const clock = this.settings.clock ?? systemClock;
     const logger = this.settings.logger ?? silentLogger;
     const cwd = this.settings.cwd ?? process.cwd();
@@ -192,10 +202,9 @@ export class PipelineBuilder<P extends object> {
 
   /** Builds and runs to the end (finite sources) or to `stop()`; resolves with the status and summary. */
   async run(): Promise<RunResult> {
-    const started = performance.now();
     const { pipeline, metrics } = await this.build();
     const status = await pipeline.run();
-    return { status, summary: metrics.summary((performance.now() - started) / 1000) };
+    return { status, summary: metrics.summary() };
   }
 
   private step(name: string, fn: Transform["apply"]): PipelineBuilder<never> {

@@ -13,6 +13,7 @@ import { definition as sqlite } from "../sinks/sqlite.js";
 import { definition as stdout } from "../sinks/stdout.js";
 import { definition as fileSource } from "../sources/file.js";
 import { definition as generator } from "../sources/generator.js";
+import { definition as httpSource } from "../sources/http.js";
 import { definition as moduleTransform } from "../transforms/module.js";
 import { definition as validate } from "../transforms/validate.js";
 import type { ComponentContext } from "../components/contracts.js";
@@ -32,6 +33,8 @@ export type SensorReading = {
 export const sources = {
   generator: (options: z.input<typeof generator.options>): SourceFactory<SensorReading> => fromDefinition(generator, options),
   file: <P extends object>(options: z.input<typeof fileSource.options>): SourceFactory<P> => fromDefinition(fileSource, options),
+  /** An ingest endpoint (`POST /v1/events`); name the payload type producers send. */
+  http: <P extends object>(options: z.input<typeof httpSource.options> = {}): SourceFactory<P> => fromDefinition(httpSource, options),
   /** A source you implement against the {@link Source} contract. */
   custom: <P extends object>(type: string, create: (ctx: ComponentContext) => Source): SourceFactory<P> => ({ type, create }),
 };

@@ -46,22 +46,36 @@ function render(kind: string, def: ComponentDefinition<z.ZodObject, unknown>): s
   return lines.join("\n");
 }
 
-/** Prints the built-in components (or one type); exit 2 for an unknown type. */
-export function componentsCommand(type: string | undefined, io: Io): number {
-  const all: [string, readonly ComponentDefinition<z.ZodObject, unknown>[]][] = [
-    ["source", SOURCES],
-    ["transform", TRANSFORMS],
-    ["sink", SINKS],
-    ["dead_letter", DEAD_LETTER_STORES],
-  ];
-  const blocks = all.flatMap(([kind, defs]) => defs.filter((d) => type === undefined || d.type === type).map((d) => render(kind, d)));
+/** The component kinds, in the order they are listed; each lists its types from the one list of built-ins. */
+const KINDS: readonly (readonly [string, readonly ComponentDefinition<z.ZodObject, unknown>[]])[] = [
+  ["source", SOURCES],
+  ["transform", TRANSFORMS],
+  ["sink", SINKS],
+  ["dead_letter", DEAD_LETTER_STORES],
+];
+
+/**
+ * Prints the built-in components, grouped by kind; `filter` narrows them to one kind (`sink` or
+ * `sinks`) or to one type name (`sqlite`: the sink and the dead-letter store). Exit 2 for a word
+ * that is neither, naming what is accepted, each type under its kind.
+ */
+export function componentsCommand(filter: string | undefined, io: Io): number {
+  const kind = KINDS.find(([k]) => filter === k || filter === `${k}s`);
+  const blocks = KINDS.flatMap(([k, defs]) =>
+    defs.filter((d) => filter === undefined || kind?.[0] === k || (kind === undefined && d.type === filter)).map((d) => render(k, d)),
+  );
   if (blocks.length === 0) {
-    io.stderr.write(`unknown component type "${type}"; one of: ${all.flatMap(([, defs]) => defs.map((d) => d.type)).join(", ")}\n`);
+    const types = KINDS.map(([k, defs]) => `${k}: ${defs.map((d) => d.type).join(", ")}`).join("; ");
+    io.stderr.write(`unknown component kind or type "${filter}"; kinds: ${KINDS.map(([k]) => k).join(", ")}; types by kind: ${types}\n`);
     return EXIT.usage;
   }
   io.stdout.write(`${blocks.join("\n\n")}\n`);
-  if (type === undefined) {
+  if (filter === undefined) {
     io.stdout.write("\nEvery source also takes id_field, key_field, time_field; every sink takes concurrency, batch, retry, chaos (see README.md).\n");
+  } else if (kind?.[0] === "source") {
+    io.stdout.write("\nEvery source also takes id_field, key_field, time_field (see README.md).\n");
+  } else if (kind?.[0] === "sink") {
+    io.stdout.write("\nEvery sink also takes concurrency, batch, retry, chaos (see README.md).\n");
   }
   return EXIT.ok;
 }

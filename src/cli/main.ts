@@ -1,7 +1,13 @@
 /** The `sluice` command line: argument parsing only; the work is in run-command.ts and the library. */
+import { readFileSync } from "node:fs";
 import { Command, CommanderError } from "commander";
 import { componentsCommand } from "./components-command.js";
 import { EXIT, runCommand, validateCommand, type Io } from "./run-command.js";
+
+/** The package's version, read from its package.json (two levels up from src/cli and from dist/cli alike). */
+function packageVersion(): string {
+  return (JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string }).version;
+}
 
 /** Runs the CLI with `argv` (without `node` and the script path) and resolves with the exit code. */
 export async function main(argv: readonly string[], io: Io = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {
@@ -9,6 +15,7 @@ export async function main(argv: readonly string[], io: Io = { stdout: process.s
   const program = new Command()
     .name("sluice")
     .description("Streaming ingestion: sources -> bounded buffer -> transforms -> sinks, at-least-once.")
+    .version(packageVersion(), "-V, --version", "print the version")
     .exitOverride()
     .configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(s) });
 
@@ -34,9 +41,9 @@ export async function main(argv: readonly string[], io: Io = { stdout: process.s
   program
     .command("components")
     .description("list the built-in sources, transforms and sinks with their options")
-    .argument("[type]", "show only this type, e.g. sqlite")
-    .action((type: string | undefined) => {
-      code = componentsCommand(type, io);
+    .argument("[kind-or-type]", "show only one kind (source, transform, sink, dead_letter; or plural) or one type, e.g. sqlite")
+    .action((filter: string | undefined) => {
+      code = componentsCommand(filter, io);
     });
 
   try {

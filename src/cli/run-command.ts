@@ -10,6 +10,7 @@ import type { PipelineConfig } from "../config/schema.js";
 import { createLogger } from "../observability/logger.js";
 import type { CountsSnapshot, Metrics, RunSummary } from "../observability/metrics.js";
 import { startObservabilityServer } from "../server/observability-server.js";
+import { checkFileSourcePath } from "../sources/file.js";
 import { checkModuleTransform } from "../transforms/module.js";
 import { checkValidateTransform } from "../transforms/validate.js";
 
@@ -29,9 +30,26 @@ async function loadOrReport(file: string, io: Io): Promise<PipelineConfig | unde
   return undefined;
 }
 
-/** Checks what the schema cannot: that transform modules load and schemas compile. */
-async function deepCheck(config: PipelineConfig, configDir: string): Promise<string[]> {
+/** What the schema cannot check, one `path: message` per finding. */
+interface DeepCheck {
+  readonly problems: string[];
+  /** Worth saying, not worth refusing: a followed file that does not exist yet. */
+  readonly warnings: string[];
+}
+
+/**
+ * Checks what the schema cannot: that files sources read are there (data paths resolve against
+ * `cwd`), that transform modules load and schemas compile.
+ */
+async function deepCheck(config: PipelineConfig, configDir: string, cwd: string): Promise<DeepCheck> {
   const problems: string[] = [];
+  const warnings: string[] = [];
+  for (const s of config.sources) {
+    const path = s.options.path;
+    if (s.definition.type !== "file" || path === "-") continue;
+    const finding = await checkFileSourcePath(resolve(cwd, path as string), s.options.follow === true);
+    if (finding) (finding.level === "error" ? problems : warnings).push(`sources.${s.name}.path: ${finding.message}`);
+  }
   for (const [i, t] of config.transforms.entries()) {
     const o = t.options;
     const error =
@@ -42,18 +60,23 @@ async function deepCheck(config: PipelineConfig, configDir: string): Promise<str
           : undefined;
     if (error) problems.push(`transforms[${i}]: ${error.message}${error.location ? ` (${error.location})` : ""}`);
   }
-  return problems;
+  return { problems, warnings };
+}
+
+/** Writes the warnings, then the problems and their count; true when there were problems. */
+function report(file: string, check: DeepCheck, io: Io): boolean {
+  for (const w of check.warnings) io.stderr.write(`${file} warning: ${w}\n`);
+  const { problems } = check;
+  if (problems.length === 0) return false;
+  io.stderr.write(`${problems.map((p) => `${file} ${p}`).join("\n")}\n${problems.length} error${problems.length === 1 ? "" : "s"} in ${file}\n`);
+  return true;
 }
 
 /** `sluice validate <config>`: exit 0 when valid, 2 with every error and its path. */
 export async function validateCommand(file: string, io: Io): Promise<number> {
   const config = await loadOrReport(file, io);
   if (!config) return EXIT.usage;
-  const problems = await deepCheck(config, dirname(resolve(file)));
-  if (problems.length > 0) {
-    io.stderr.write(`${problems.map((p) => `${file} ${p}`).join("\n")}\n${problems.length} error${problems.length === 1 ? "" : "s"} in ${file}\n`);
-    return EXIT.usage;
-  }
+  if (report(file, await deepCheck(config, dirname(resolve(file)), process.cwd()), io)) return EXIT.usage;
   io.stdout.write(`${file}: valid (${config.sources.length} source(s), ${config.transforms.length} transform(s), ${config.sinks.length} sink(s))\n`);
   return EXIT.ok;
 }
@@ -111,11 +134,7 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
   const config = await loadOrReport(file, io);
   if (!config) return EXIT.usage;
   const configDir = dirname(resolve(file));
-  const problems = await deepCheck(config, configDir);
-  if (problems.length > 0) {
-    io.stderr.write(`${problems.map((p) => `${file} ${p}`).join("\n")}\n`);
-    return EXIT.usage;
-  }
+  if (report(file, await deepCheck(config, configDir, process.cwd()), io)) return EXIT.usage;
   const logger = createLogger(config.observability.log_level, io.stderr.isTTY === true);
   const started = performance.now();
   let built: Awaited<ReturnType<typeof buildPipeline>>;

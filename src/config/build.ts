@@ -27,10 +27,13 @@ export interface BuildOptions {
   readonly clock?: Clock;
 }
 
-/** A pipeline built from config, with its metrics. */
+/** A pipeline built (from config or the library builder) but not yet run, with its metrics. */
 export interface BuiltPipeline {
+  /** `run()` runs it to its end; `stop()` starts a graceful stop. */
   readonly pipeline: Pipeline;
+  /** Its counters: `summary()` (elapsed time: the pipeline's run), `registry` for Prometheus. */
   readonly metrics: Metrics;
+  /** `data_dir`, resolved. */
   readonly dataDir: string;
   /** Readiness as `/health/ready` reports it, and the metrics text. */
   readonly service: ServiceProbe;

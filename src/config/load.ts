@@ -3,7 +3,7 @@
  * strictly, and points every issue at its path and line.
  */
 import { readFile } from "node:fs/promises";
-import { isMap, isScalar, isSeq, LineCounter, parse, parseDocument, type Document, type Node } from "yaml";
+import { isMap, isScalar, isSeq, LineCounter, parse, parseDocument, visit, type Alias, type Document, type Node } from "yaml";
 import { validateConfig, type ConfigIssue, type PipelineConfig } from "./schema.js";
 
 /** A config issue with the line and column it was found at, when known. */
@@ -14,6 +14,14 @@ export interface LocatedIssue extends ConfigIssue {
 
 /** The result of loading a config: the config, or every issue. */
 export type LoadResult = { ok: true; config: PipelineConfig } | { ok: false; issues: LocatedIssue[] };
+
+/**
+ * Most times one anchor may be expanded, counting uses through other aliases (the yaml library's
+ * `maxAliasCount`; its default, 100, refused an anchor shared by 120 sinks). A config that shares
+ * a block among a few hundred components stays below; a "billion laughs" file, where each anchor
+ * is a list of aliases to the previous one, passes it within a few levels.
+ */
+export const MAX_ALIAS_EXPANSIONS = 1000;
 
 const ENV_REF = /\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
 
@@ -130,6 +138,45 @@ function locate(doc: Document, path: readonly (string | number)[]): number | und
   return offset;
 }
 
+/**
+ * The alias a failed `toJS` is about: for an unresolved alias, the first one naming that anchor;
+ * for too many expansions, the first use of the anchor used most (where a reader starts looking).
+ */
+function culpritAlias(doc: Document, message: string): Alias | undefined {
+  const aliases: Alias[] = [];
+  visit(doc, { Alias: (_key, node) => void aliases.push(node) });
+  const unresolved = /^Unresolved alias.*: (.+)$/.exec(message)?.[1];
+  if (unresolved !== undefined) return aliases.find((a) => a.source === unresolved);
+  const uses = new Map<string, number>();
+  let most: Alias | undefined;
+  for (const a of aliases) {
+    const n = (uses.get(a.source) ?? 0) + 1;
+    uses.set(a.source, n);
+    if (most === undefined || n > uses.get(most.source)!) most = a;
+  }
+  // `most` is the alias where its anchor's count took the lead; report that anchor's first use.
+  return aliases.find((a) => a.source === most?.source);
+}
+
+/**
+ * The document as plain data. Alias resolution can fail (an alias before its anchor, too many
+ * expansions): that is a config error at the alias's line, never an exception.
+ */
+function toData(doc: Document, lineCounter: LineCounter): { ok: true; raw: unknown } | { ok: false; issue: LocatedIssue } {
+  try {
+    return { ok: true, raw: doc.toJS({ maxAliasCount: MAX_ALIAS_EXPANSIONS }) };
+  } catch (err) {
+    const text = (err as Error).message.split("\n")[0]!;
+    const excessive = /excessive alias count/i.test(text);
+    const message = excessive
+      ? `too many alias expansions: an anchor may be used at most ${MAX_ALIAS_EXPANSIONS} times, counting uses through other aliases (an alias bomb is refused)`
+      : text;
+    const offset = culpritAlias(doc, text)?.range?.[0];
+    const pos = offset === undefined ? undefined : lineCounter.linePos(offset);
+    return { ok: false, issue: { path: "(yaml)", message, line: pos?.line, column: pos?.col } };
+  }
+}
+
 /** Parses and validates config text. `source` names the file in messages. */
 export function parseConfig(text: string, env: NodeJS.ProcessEnv = process.env): LoadResult {
   const lineCounter = new LineCounter();
@@ -149,7 +196,9 @@ export function parseConfig(text: string, env: NodeJS.ProcessEnv = process.env):
   const envIssues: ConfigIssue[] = [];
   const interpolated = new Map<string, Interpolated>();
   interpolateDocument(doc.contents, env, [], envIssues, interpolated);
-  const raw: unknown = doc.toJS();
+  const data = toData(doc, lineCounter);
+  if (!data.ok) return { ok: false, issues: [data.issue] };
+  const raw = data.raw;
   let result = validateConfig(raw);
   // `${...}` gives text. Where the schema refused the text (`count: ${N}` wants a number), type it
   // as YAML would have typed it written literally, and validate again. String fields keep the

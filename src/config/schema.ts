@@ -18,6 +18,19 @@ export interface ConfigIssue {
 
 const name = z.string().regex(/^[A-Za-z0-9_.-]+$/, "names may use letters, digits, '_', '.', '-'");
 
+/**
+ * Names that address the prototype machinery of the plain objects that names key (the config's
+ * mappings, the summary's `sinks`). `__proto__` as a key replaces an object's prototype instead
+ * of adding an entry, so zod's records drop it without a word and a sink of that name vanished.
+ */
+const RESERVED_NAMES: ReadonlySet<string> = new Set(["__proto__", "constructor", "prototype"]);
+
+/** The issue for a source or sink `name` that may not be used, at `path`; undefined when it may. */
+export function reservedNameIssue(path: string, name: string): ConfigIssue | undefined {
+  if (!RESERVED_NAMES.has(name)) return undefined;
+  return { path, message: `the name "${name}" is reserved (${[...RESERVED_NAMES].join(", ")} are); choose another` };
+}
+
 const bufferSchema = z.strictObject({
   max_records: z.number().int().positive().default(DEFAULTS.buffer.max_records).describe("Most records held at once: queued, being transformed or written, until acked."),
   max_bytes: byteSize().default(DEFAULTS.buffer.max_bytes).describe("Most estimated bytes held at once, e.g. 64MiB."),
@@ -173,7 +186,8 @@ function editDistance(a: string, b: string): number {
 }
 
 function unknownKeyMessage(key: string, known: readonly string[]): string {
-  const renamed = RENAMED[key];
+  // Own keys only: `constructor` or `__proto__` must not find Object.prototype's.
+  const renamed = Object.hasOwn(RENAMED, key) ? RENAMED[key] : undefined;
   if (renamed !== undefined) return `unknown key "${key}"; it is called "${renamed}"`;
   // The closest known key, not the first one within reach: `mx` means `max`, not `min`.
   const close = known.map((k) => ({ k, d: editDistance(k, key) })).filter((c) => c.d <= 2).sort((a, b) => a.d - b.d);
@@ -276,14 +290,14 @@ function componentSchema(def: ComponentDefinition<z.ZodObject, unknown>, common:
 }
 
 /**
- * Validates a sink's driving settings (`concurrency`, `batch`, `retry`, `chaos`) for the library
- * API, with the YAML loader's messages: a failed union reports its matching branch, an unknown key
- * its likely meaning. `prefix` (e.g. `sinks.db`) starts every issue's path.
+ * Validates `raw` against `schema` for the library API, with the YAML loader's messages: a failed
+ * union reports its matching branch, an unknown key its likely meaning ("did you mean"). `prefix`
+ * (e.g. `sinks.db`) starts every issue's path.
  */
-export function validateSinkDriving(raw: unknown, prefix: string): { driving: SinkDriving; issues: [] } | { driving: undefined; issues: ConfigIssue[] } {
+export function validateWith<S extends z.ZodType>(schema: S, raw: unknown, prefix: string): { value: z.output<S>; issues: [] } | { value: undefined; issues: ConfigIssue[] } {
   const issues: ConfigIssue[] = [];
-  const driving = collect(sinkDrivingSchema, raw, prefix, issues) as SinkDriving | undefined;
-  return driving === undefined ? { driving: undefined, issues } : { driving, issues: [] };
+  const value = collect(schema, raw, prefix, issues) as z.output<S> | undefined;
+  return value === undefined ? { value: undefined, issues } : { value, issues: [] };
 }
 
 function findDefinition<D extends { type: string }>(defs: readonly D[], raw: unknown, path: string, kind: string, issues: ConfigIssue[]): D | undefined {
@@ -312,12 +326,26 @@ export function validateConfig(raw: unknown): { config: PipelineConfig; issues: 
     if (raw === null || typeof raw !== "object") return { config: undefined, issues };
   }
   const rawObj = raw as Record<string, unknown>;
+  // Checked on the raw mappings: zod's records never show a `__proto__` key.
+  const reserved = new Set<string>();
+  for (const kind of ["sources", "sinks"] as const) {
+    const names = isRecord(rawObj[kind]) ? Object.keys(rawObj[kind]) : [];
+    for (const n of names) {
+      const issue = reservedNameIssue(`${kind}.${n}`, n);
+      if (issue === undefined) continue;
+      issues.push(issue);
+      reserved.add(kind);
+    }
+  }
+  // "at least one sink is needed" would be wrong there: a sink was given, under a reserved name.
+  if (reserved.size > 0) issues.splice(0, issues.length, ...issues.filter((i) => !reserved.has(i.path)));
   const sourcesRaw = (top?.sources ?? (isRecord(rawObj.sources) ? rawObj.sources : {})) as Record<string, unknown>;
   const sinksRaw = (top?.sinks ?? (isRecord(rawObj.sinks) ? rawObj.sinks : {})) as Record<string, unknown>;
   const transformsRaw = top?.transforms ?? (Array.isArray(rawObj.transforms) ? rawObj.transforms : []);
 
   const sources: SourceConfig[] = [];
   for (const [n, v] of Object.entries(sourcesRaw)) {
+    if (RESERVED_NAMES.has(n)) continue; // reported above
     const def = findDefinition(SOURCES, v, `sources.${n}`, "source", issues);
     if (!def) continue;
     const parsed = collect(componentSchema(def, sourceCommon), v, `sources.${n}`, issues) as Record<string, unknown> | undefined;
@@ -338,6 +366,7 @@ export function validateConfig(raw: unknown): { config: PipelineConfig; issues: 
 
   const sinks: SinkConfig[] = [];
   for (const [n, v] of Object.entries(sinksRaw)) {
+    if (RESERVED_NAMES.has(n)) continue; // reported above
     const def = findDefinition(SINKS, v, `sinks.${n}`, "sink", issues);
     if (!def) continue;
     const parsed = collect(componentSchema(def, sinkCommon), v, `sinks.${n}`, issues) as Record<string, unknown> | undefined;

@@ -25,7 +25,9 @@ export type InternalEvent =
   | { type: "buffer_replayed"; records: number; chunks: number }
   /** A durable buffer found a torn or corrupt entry on open, moved its bytes to quarantine and went on. */
   | { type: "buffer_corrupt"; entries: number; bytes: number; reason: string }
-  | { type: "component_error"; component: string; code: string; message: string };
+  | { type: "component_error"; component: string; code: string; message: string }
+  /** The pipeline started running, or finished (whatever its status): the run's elapsed time. */
+  | { type: "pipeline_run"; phase: "started" | "done" };
 
 /**
  * Why records were dropped on purpose. Every drop is one of these and is counted:

@@ -180,6 +180,7 @@ export class Pipeline {
   async run(): Promise<PipelineStatus> {
     if (this.state.tag !== "idle") throw new SluiceError("ERR_INTERNAL", "a pipeline runs once");
     this.state = { tag: "running" };
+    this.emit({ type: "pipeline_run", phase: "started" });
     try {
       await this.o.buffer.open();
     } catch (err) {
@@ -188,6 +189,7 @@ export class Pipeline {
       const status: PipelineStatus = { tag: "failed", error, unacked: 0 };
       await this.closeAll();
       this.state = { tag: "done", status };
+      this.emit({ type: "pipeline_run", phase: "done" });
       return status;
     }
     await this.o.deadLetter.open();
@@ -226,6 +228,7 @@ export class Pipeline {
           : { tag: "completed" };
     await this.closeAll();
     this.state = { tag: "done", status };
+    this.emit({ type: "pipeline_run", phase: "done" });
     return status;
   }
 

@@ -71,6 +71,8 @@ export class Metrics {
   private readonly replayed = new Counter({ name: "sluice_buffer_replayed_records_total", help: "Records of an earlier run replayed from the durable buffer on start.", registers: [this.registry] });
   private readonly corrupt = new Counter({ name: "sluice_buffer_corrupt_entries_total", help: "Torn or corrupt durable buffer entries found on start and moved to quarantine.", labelNames: ["reason"], registers: [this.registry] });
   private readonly httpRequests = new Counter({ name: "sluice_http_requests_total", help: "Ingest requests answered by an http source, by status code.", labelNames: ["source", "status"], registers: [this.registry] });
+  /** When the pipeline started and finished running (ms, on `now`), for the summary's elapsed time. */
+  private run: { startedAt?: number; doneAt?: number } = {};
   /** Since when each sink has been failing without one success (ms), for readiness. */
   private readonly failingSince = new Map<string, number>();
   private readonly latency = new WeightedHistogram("sluice_end_to_end_latency_seconds", "Time from a record's receipt to its commit by a sink.", "sink", LATENCY_BUCKETS, this.registry);
@@ -172,6 +174,10 @@ export class Metrics {
       case "buffer_corrupt":
         this.corrupt.inc({ reason: event.reason }, event.entries);
         break;
+      case "pipeline_run":
+        if (event.phase === "started") this.run = { startedAt: this.now() };
+        else this.run.doneAt = this.now();
+        break;
       case "component_error":
         if (event.component in c.sinks) this.markFailing(event.component);
         this.logRateLimited(`error:${event.component}:${event.code}`, { component: event.component, code: event.code, err: event.message }, "component error");
@@ -214,8 +220,11 @@ export class Metrics {
     };
   }
 
-  /** The run summary in DESIGN.md's shape. */
-  summary(elapsedSeconds: number): RunSummary {
+  /**
+   * The run summary in DESIGN.md's shape. `elapsedSeconds` defaults to the pipeline's run so far
+   * (from `run()` to its end, or to now while it runs; 0 before it starts).
+   */
+  summary(elapsedSeconds: number = this.runSeconds()): RunSummary {
     const s = this.snapshot();
     return {
       records: {
@@ -230,6 +239,11 @@ export class Metrics {
       sinks: s.sinks,
       elapsed_seconds: Math.round(elapsedSeconds * 1000) / 1000,
     };
+  }
+
+  private runSeconds(): number {
+    const { startedAt, doneAt } = this.run;
+    return startedAt === undefined ? 0 : ((doneAt ?? this.now()) - startedAt) / 1000;
   }
 
   /** Logs at warn level at most once per interval per key, saying how many were suppressed in between. */

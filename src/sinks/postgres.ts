@@ -4,7 +4,8 @@
  * filled from payload fields. Records PostgreSQL rejects are found within their batch and reported
  * alone; the rest of the batch commits.
  */
-import { DatabaseError, Pool, escapeIdentifier, type Connection, type PoolClient, type QueryResult, type Submittable } from "pg";
+import { userInfo } from "node:os";
+import { DatabaseError, Pool, defaults, escapeIdentifier, type Connection, type PoolClient, type QueryResult, type Submittable } from "pg";
 import { z } from "zod";
 import { classify, SluiceError, type ErrorCode } from "../core/errors.js";
 import type { EventSink } from "../core/events.js";
@@ -124,6 +125,21 @@ const options = z
       ctx.addIssue({ code: "custom", path: ["key_column"], message: `key_column must be "key" or one of columns (${Object.keys(o.columns).join(", ") || "none mapped"})` });
     }
   });
+
+/**
+ * Makes the OS user the one a URL without a user connects as, as psql (libpq) does. pg looks only
+ * at `$USER`, and where that is unset (cron, systemd units, containers) sends no user at all, which
+ * the server refuses: "no PostgreSQL user name specified". Set on pg's defaults, so the URL's user
+ * and `PGUSER` still come first, and only when pg found none: nothing that connected before changes.
+ */
+function defaultUserFromOs(): void {
+  if (defaults.user) return;
+  try {
+    defaults.user = userInfo().username;
+  } catch {
+    // A uid without a passwd entry has no name to take: pg's own error then says what is missing.
+  }
+}
 
 /** Everything a {@link createPostgresSink} needs; the definition builds it from validated options. */
 export interface PostgresSinkSettings {
@@ -813,6 +829,7 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
 
     async connect(signal: AbortSignal) {
       if (pool !== undefined) return;
+      defaultUserFromOs();
       const p = new Pool({
         connectionString: settings.url,
         max: settings.poolSize,

@@ -27,7 +27,7 @@ const options = z.strictObject({
   follow: z
     .boolean()
     .default(false)
-    .describe("Keep reading as the file grows (like `tail -F`) until the pipeline stops; otherwise finish at end of file"),
+    .describe("Keep reading as the file grows (like `tail -F`, waiting for it if it does not exist yet) until the pipeline stops; otherwise finish at end of file"),
   poll_interval: duration()
     .default(250)
     .describe("With `follow`: how often to look for new data, truncation or rotation (ms or `250ms`)"),
@@ -538,6 +538,25 @@ function readError(path: string, what: string, err: unknown): SluiceError {
   return new SluiceError("ERR_SOURCE_READ", `${what} ${path}: ${(err as Error).message}`, { cause: err, location: path });
 }
 
+/** What {@link checkFileSourcePath} found: an error stops `validate` and `run`; a warning is printed. */
+export type PathFinding = { level: "error" | "warning"; message: string };
+
+/**
+ * Checks, before a run, that the file a `file` source reads can be read: a missing file is an
+ * error, unless `follow` is set and its directory exists (the source then waits for it: a warning);
+ * a missing directory is an error even with `follow`, since no file can appear there. `path` is
+ * resolved; `-` (stdin) is not checked.
+ */
+export async function checkFileSourcePath(path: string, follow: boolean): Promise<PathFinding | undefined> {
+  const found = await stat(path).catch((err: NodeJS.ErrnoException) => err);
+  if (!(found instanceof Error)) return found.isDirectory() ? { level: "error", message: `${path} is a directory, not a file` } : undefined;
+  if (found.code !== "ENOENT") return { level: "error", message: `cannot read ${path}: ${found.message}` };
+  if (!follow) return { level: "error", message: `${path} does not exist` };
+  const dir = await stat(dirname(path)).catch(() => undefined);
+  if (dir?.isDirectory() !== true) return { level: "error", message: `${path} does not exist, nor does its directory ${dirname(path)}` };
+  return { level: "warning", message: `${path} does not exist yet; with follow the source waits for it` };
+}
+
 /** Where the `file` source reads stdin from; injected so tests can feed a stream. */
 export interface FileSourceIo {
   /** Called once, when `path` is `-` and `run` starts. */
@@ -582,9 +601,9 @@ class FileSource implements Source {
   }
 
   private async runFile(path: string, store: CheckpointStore, handle: SourceHandle, signal: AbortSignal): Promise<void> {
-    let fh = await open(path, "r").catch((err: unknown) => {
-      throw readError(path, "cannot open", err);
-    });
+    const first = await this.openWhenPresent(path, signal);
+    if (first === undefined) return; // stopped before the file appeared
+    let fh = first;
     try {
       let ino = String((await fh.stat({ bigint: true })).ino);
       const start = await this.startPosition(path, store, fh, ino);
@@ -664,6 +683,27 @@ class FileSource implements Source {
       }
     } finally {
       await fh.close();
+    }
+  }
+
+  /**
+   * Opens the file. With `follow`, a file that does not exist yet is waited for, polled every
+   * `poll_interval` as `tail -F` does (a service that creates its log on its first event);
+   * resolves undefined when the pipeline stops first. Without `follow` it must exist.
+   */
+  private async openWhenPresent(path: string, signal: AbortSignal): Promise<FileHandle | undefined> {
+    for (let waited = false; ; waited = true) {
+      try {
+        return await open(path, "r");
+      } catch (err) {
+        if (!this.opts.follow || (err as NodeJS.ErrnoException).code !== "ENOENT") throw readError(path, "cannot open", err);
+      }
+      if (!waited) this.ctx.logger.info({ source: this.ctx.name, path }, "file does not exist yet; waiting for it (follow)");
+      try {
+        await sleep(this.ctx.clock, this.opts.poll_interval, signal);
+      } catch {
+        return undefined;
+      }
     }
   }
 

@@ -45,3 +45,34 @@ export function startCli(configFile: string, summaryFile: string, cwd: string): 
 export function killClis(): void {
   for (const child of running) child.kill("SIGKILL");
 }
+
+/** What a finished CLI child printed, and its exit code. */
+export interface CliResult {
+  readonly code: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/**
+ * Runs `sluice <argv>` as a child process to its end: for what only a real process shows (an
+ * uncaught error's stack, the exit code the entry sets).
+ */
+export async function runCli(argv: readonly string[], options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<CliResult> {
+  const child = spawn(process.execPath, ["--conditions=sluice-source", "--import", TSX, ENTRY, ...argv], {
+    cwd: options.cwd ?? ROOT,
+    env: options.env ?? process.env,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  running.add(child);
+  let stdout = "";
+  let stderr = "";
+  child.stdout!.on("data", (d: Buffer) => (stdout += d.toString()));
+  child.stderr!.on("data", (d: Buffer) => (stderr += d.toString()));
+  const code = await new Promise<number | null>((done) =>
+    child.on("exit", (c) => {
+      running.delete(child);
+      done(c);
+    }),
+  );
+  return { code, stdout, stderr };
+}

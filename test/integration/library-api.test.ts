@@ -74,9 +74,9 @@ describe("the README's library example", () => {
       // Relative paths in the example resolve against the working directory.
       const db = new Database(join(dir, "data/library-demo/readings.db"), { readonly: true, fileMustExist: true });
       try {
-        const rows = db.prepare("SELECT count(*) AS n, count(DISTINCT id) AS ids FROM records").get() as { n: number; ids: number };
+        const rows = db.prepare("SELECT count(*) AS n, count(DISTINCT id) AS ids FROM readings").get() as { n: number; ids: number };
         expect(rows).toEqual({ n: delivered, ids: delivered });
-        const one = db.prepare("SELECT payload FROM records LIMIT 1").get() as { payload: string };
+        const one = db.prepare("SELECT payload FROM readings LIMIT 1").get() as { payload: string };
         expect(JSON.parse(one.payload)).toMatchObject({ processed_at: expect.any(String), fahrenheit: expect.any(Number) });
       } finally {
         db.close();

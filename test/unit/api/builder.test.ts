@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { pipeline } from "../../../src/api/builder.js";
 import { sinks, sources } from "../../../src/api/components.js";
+import { systemClock } from "../../../src/core/clock.js";
 import { SluiceError } from "../../../src/core/errors.js";
 
 function configError(fn: () => unknown): SluiceError {
@@ -32,6 +33,27 @@ describe("PipelineBuilder.sink driving settings", () => {
     expect(unknown.message).toBe('sinks.out.concurrency.adaptive.mx: unknown key "mx"; did you mean "max"?');
   });
 
+  it("words an unknown component option as the YAML loader does: path and \"did you mean\"", () => {
+    const option = configError(() => sinks.postgres({ url: "postgres://u@h/db", table: "t", pool_sise: 2 } as never));
+    expect(option.code).toBe("ERR_CONFIG_INVALID");
+    expect(option.message).toBe('postgres.pool_sise: unknown key "pool_sise"; did you mean "pool_size"?');
+    expect(configError(() => sources.generator({ cout: 3 } as never)).message).toBe('generator.cout: unknown key "cout"; did you mean "count"?');
+    expect(configError(() => sources.http({ lisen: "127.0.0.1:0" } as never)).message).toBe('http.lisen: unknown key "lisen"; did you mean "listen"?');
+  });
+
+  it("words an unknown pipeline setting the same way", async () => {
+    const build = pipeline({ data_dri: "./x" } as never)
+      .source("gen", sources.generator({ count: 1 }))
+      .sink("out", sinks.blackhole())
+      .build();
+    await expect(build).rejects.toMatchObject({ code: "ERR_CONFIG_INVALID", message: 'data_dri: unknown key "data_dri"; did you mean "data_dir"?' });
+  });
+
+  it.each(["__proto__", "constructor", "prototype"])("refuses %s as a source or sink name", (reserved) => {
+    expect(configError(() => base.sink(reserved, sinks.blackhole())).message).toMatch(new RegExp(`^sinks\\.${reserved}: the name "${reserved}" is reserved`));
+    expect(configError(() => pipeline().source(reserved, sources.generator({ count: 1 }))).message).toMatch(/is reserved/);
+  });
+
   describe("running", () => {
     let dir: string;
     beforeEach(async () => {
@@ -39,6 +61,24 @@ describe("PipelineBuilder.sink driving settings", () => {
     });
     afterEach(async () => {
       await rm(dir, { recursive: true, force: true });
+    });
+
+    it("build() gives the pipeline and its metrics, whose summary times the run (never NaN)", async () => {
+      let skew = 0; // moves the clock on after the run, without sleeping
+      const clock = { ...systemClock, now: () => systemClock.now() + skew };
+      const built = await pipeline({ cwd: dir, clock })
+        .source("gen", sources.generator({ count: 5000 }))
+        .sink("out", sinks.blackhole())
+        .build();
+      expect(built.dataDir).toBe(join(dir, "data"));
+      expect(built.metrics.summary().elapsed_seconds).toBe(0);
+      expect((await built.pipeline.run()).tag).toBe("completed");
+      const summary = built.metrics.summary();
+      expect(summary.records).toMatchObject({ received: 5000, delivered: 5000 });
+      expect(Number.isFinite(summary.elapsed_seconds) && summary.elapsed_seconds > 0).toBe(true);
+      // The run is over: its elapsed time stays what it was.
+      skew = 60_000;
+      expect(built.metrics.summary().elapsed_seconds).toBe(summary.elapsed_seconds);
     });
 
     it.each([

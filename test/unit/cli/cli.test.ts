@@ -10,6 +10,8 @@ import { Writable } from "node:stream";
 import Database from "better-sqlite3";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { main } from "../../../src/cli/main.js";
+import { MAX_ALIAS_EXPANSIONS } from "../../../src/config/load.js";
+import { runCli } from "../../helpers/cli.js";
 import { readDeadLetters } from "../../../src/sinks/dead-letter-sqlite.js";
 
 interface Captured {
@@ -213,6 +215,74 @@ sinks:
   });
 });
 
+describe("sluice validate and run: the file a file source reads", () => {
+  const pipelineReading = (path: string, follow: boolean) =>
+    `data_dir: ${join(dir, "data")}\nsources:\n  logs: { type: file, path: ${path}, follow: ${follow} }\nsinks:\n  out: { type: blackhole }\n`;
+
+  it("refuses a file that does not exist, with its path, before run creates anything", async () => {
+    const missing = join(dir, "nope.ndjson");
+    const file = await config(pipelineReading(missing, false));
+    for (const command of ["validate", "run"]) {
+      const r = await cli(command, file);
+      expect(r.code, r.stderr).toBe(2);
+      expect(r.stderr).toBe(`${file} sources.logs.path: ${missing} does not exist\n1 error in ${file}\n`);
+    }
+    expect(existsSync(join(dir, "data"))).toBe(false);
+  });
+
+  it("refuses a directory, and a followed file whose directory does not exist", async () => {
+    const asDir = await config(pipelineReading(dir, false), "dir.yaml");
+    expect((await cli("validate", asDir)).stderr).toContain(`sources.logs.path: ${dir} is a directory, not a file`);
+    const missingDir = join(dir, "no-such-dir", "app.ndjson");
+    const followed = await config(pipelineReading(missingDir, true), "followed.yaml");
+    const r = await cli("validate", followed);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(`sources.logs.path: ${missingDir} does not exist, nor does its directory ${join(dir, "no-such-dir")}`);
+  });
+
+  it("only warns about a followed file that does not exist yet in a directory that does", async () => {
+    const later = join(dir, "later.ndjson");
+    const file = await config(pipelineReading(later, true));
+    const r = await cli("validate", file);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toBe(`${file} warning: sources.logs.path: ${later} does not exist yet; with follow the source waits for it\n`);
+    expect(r.stdout).toContain("valid");
+  });
+
+  it("resolves a relative path against the working directory, as the source does", async () => {
+    const file = await config(pipelineReading("./test/unit/cli/cli.test.ts", false));
+    expect((await cli("validate", file)).code).toBe(0);
+  });
+});
+
+describe("sluice validate: YAML aliases", () => {
+  it("accepts a sink block shared by 120 aliases", async () => {
+    const aliases = Array.from({ length: 120 }, (_, i) => `  s${i + 1}: *sink`).join("\n");
+    const file = await config(`sources:\n  gen: { type: generator, count: 1 }\nsinks:\n  s0: &sink { type: blackhole }\n${aliases}\n`);
+    const r = await cli("validate", file);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("121 sink(s)");
+  });
+
+  it("refuses more uses than the limit and a billion laughs with exit 2, one line with file and line, no stack", async () => {
+    const aliases = Array.from({ length: MAX_ALIAS_EXPANSIONS + 1 }, (_, i) => `  s${i + 1}: *sink`).join("\n");
+    const tooMany = await config(`sources:\n  gen: { type: generator, count: 1 }\nsinks:\n  s0: &sink { type: blackhole }\n${aliases}\n`, "many.yaml");
+    const levels = ['  l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]'];
+    for (let i = 1; i < 10; i++) levels.push(`  l${i}: &l${i} [${Array.from({ length: 9 }, () => `*l${i - 1}`).join(", ")}]`);
+    const bomb = await config(`sources:\n  gen: { type: generator, count: 1 }\nsinks:\n  out: { type: blackhole }\nlaughs:\n${levels.join("\n")}\n`, "bomb.yaml");
+    // A real process: an uncaught error would show here as a stack and exit 1.
+    for (const [file, line] of [[tooMany, 5], [bomb, 7]] as const) {
+      for (const command of ["validate", "run"]) {
+        const r = await runCli([command, file], { cwd: dir });
+        expect(r.code, r.stderr).toBe(2);
+        expect(r.stderr.trim().split("\n")).toEqual([expect.stringMatching(new RegExp(`^${file}:${line}:\\d+ \\(yaml\\): too many alias expansions`)), `1 error in ${file}`]);
+        expect(r.stderr).not.toMatch(/^\s+at |ReferenceError/m);
+      }
+    }
+  });
+});
+
 describe("sluice run", () => {
   it("runs a generator into SQLite, writes the summary JSON and prints the summary table", async () => {
     const db = join(dir, "out.db");
@@ -402,6 +472,32 @@ describe("sluice components", () => {
     expect(one.stdout).not.toContain("sink file:");
     const bad = await cli("components", "kafka");
     expect(bad.code).toBe(2);
-    expect(bad.stderr).toMatch(/unknown component type "kafka"; one of: generator, file, http, module/);
+    expect(bad.stderr).toBe(
+      'unknown component kind or type "kafka"; kinds: source, transform, sink, dead_letter; types by kind: source: generator, file, http; transform: module, validate; sink: sqlite, postgres, file, stdout, blackhole; dead_letter: sqlite\n',
+    );
+  });
+
+  it.each([
+    ["sink", "sink", ["sqlite", "postgres", "file", "stdout", "blackhole"]],
+    ["sinks", "sink", ["sqlite", "postgres", "file", "stdout", "blackhole"]],
+    ["source", "source", ["generator", "file", "http"]],
+    ["sources", "source", ["generator", "file", "http"]],
+    ["transform", "transform", ["module", "validate"]],
+    ["transforms", "transform", ["module", "validate"]],
+    ["dead_letter", "dead_letter", ["sqlite"]],
+  ])("takes a kind, %s, and shows that kind's types only", async (word, kind, types) => {
+    const r = await cli("components", word);
+    expect(r.code, r.stderr).toBe(0);
+    const headers = r.stdout.split("\n").filter((l) => /^\S+ \S+: /.test(l));
+    expect(headers.map((l) => l.slice(0, l.indexOf(":")))).toEqual(types.map((t) => `${kind} ${t}`));
+  });
+});
+
+describe("sluice --version", () => {
+  it.each(["--version", "-V"])("%s prints the package's version and exits 0", async (flag) => {
+    const pkg = JSON.parse(await readFile("package.json", "utf8")) as { version: string };
+    const r = await cli(flag);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe(`${pkg.version}\n`);
   });
 });

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { DEAD_LETTER_STORES, SINKS, SOURCES, TRANSFORMS } from "../../../src/components/builtins.js";
 import { DEFAULTS } from "../../../src/config/defaults.js";
-import { formatIssues, loadConfig, parseConfig, type LocatedIssue } from "../../../src/config/load.js";
+import { formatIssues, loadConfig, MAX_ALIAS_EXPANSIONS, parseConfig, type LocatedIssue } from "../../../src/config/load.js";
 import type { PipelineConfig } from "../../../src/config/schema.js";
 
 const MINIMAL = `
@@ -487,6 +487,64 @@ describe("parseConfig: YAML errors", () => {
   it("reports an empty file and a file that is not a mapping", () => {
     expect(invalid("# nothing here\n")[0]!.message).toContain("empty");
     expect(invalid("- a\n- b\n")[0]!.message).toMatch(/expected object, received array/);
+  });
+});
+
+describe("parseConfig: aliases", () => {
+  /** A config whose sinks all take the mapping anchored on the first one: `uses` aliases to it. */
+  function sharedSink(uses: number): string {
+    const aliases = Array.from({ length: uses }, (_, i) => `  s${i + 1}: *shared`).join("\n");
+    return `sources:\n  gen: { type: generator }\nsinks:\n  s0: &shared { type: blackhole, batch: { max_records: 10 } }\n${aliases}\n`;
+  }
+
+  it.each([120, 500])("accepts an anchor used by %i aliases", (uses) => {
+    const config = valid(sharedSink(uses));
+    expect(config.sinks).toHaveLength(uses + 1);
+    expect(config.sinks.every((s) => s.driving.batch.max_records === 10)).toBe(true);
+  });
+
+  it("refuses an anchor used more often than the limit, at the anchor's first alias", () => {
+    const text = sharedSink(MAX_ALIAS_EXPANSIONS + 10);
+    const issues = invalid(text);
+    expect(issues).toHaveLength(1);
+    expect(issues[0]!.path).toBe("(yaml)");
+    expect(issues[0]!.message).toContain("too many alias expansions");
+    expect(issues[0]!.line).toBe(lineOf(text, "s1: *shared"));
+  });
+
+  it("refuses a billion laughs quickly, as one config issue with its line", () => {
+    const levels = ['  l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]'];
+    for (let i = 1; i < 10; i++) levels.push(`  l${i}: &l${i} [${Array.from({ length: 9 }, () => `*l${i - 1}`).join(", ")}]`);
+    const text = `${MINIMAL}laughs:\n${levels.join("\n")}\n`;
+    const started = performance.now();
+    const issues = invalid(text);
+    expect(performance.now() - started).toBeLessThan(1000);
+    expect(issues).toHaveLength(1);
+    expect(issues[0]!.message).toMatch(/too many alias expansions.*alias bomb/);
+    expect(issues[0]!.line).toBe(lineOf(text, "l1: &l1"));
+  });
+
+  it("reports an alias to an anchor that is not defined before it, at its line", () => {
+    const text = "sources:\n  gen: *nowhere\nsinks:\n  out: { type: blackhole }\n";
+    const issues = invalid(text);
+    expect(issues).toEqual([{ path: "(yaml)", message: expect.stringContaining("nowhere"), line: 2, column: 8 }]);
+  });
+});
+
+describe("parseConfig: names of the object machinery", () => {
+  it("reports a top-level __proto__ or constructor key by its name", () => {
+    for (const key of ["__proto__", "constructor"]) {
+      const issue = issueAt(invalid(`${key}: { a: 1 }\n${MINIMAL}`), key);
+      expect(issue.message).toMatch(new RegExp(`^unknown key "${key}"; allowed: data_dir, `));
+      expect(issue.line).toBe(1);
+    }
+  });
+
+  it.each(["__proto__", "constructor", "prototype"])("refuses a sink or source named %s, saying the name is reserved", (reserved) => {
+    const onlySink = invalid(`sources:\n  gen: { type: generator }\nsinks:\n  ${reserved}: { type: blackhole }\n`);
+    expect(onlySink).toEqual([{ path: `sinks.${reserved}`, message: expect.stringMatching(new RegExp(`^the name "${reserved}" is reserved`)), line: 4, column: 3 }]);
+    const besideAnother = invalid(`sources:\n  gen: { type: generator }\n  ${reserved}: { type: generator }\nsinks:\n  out: { type: blackhole }\n`);
+    expect(besideAnother).toEqual([{ path: `sources.${reserved}`, message: expect.stringContaining("reserved"), line: 3, column: 3 }]);
   });
 });
 

@@ -456,6 +456,33 @@ describe("file source: follow", () => {
     await done;
   });
 
+  it("waits for a file that does not exist yet, then reads it", async () => {
+    const clock = new FakeClock();
+    const { source, logger } = makeSource({ follow: true }, { clock });
+    const harness = new SourceHarness({ source: "logs", chunkSize: 100 });
+    const controller = new AbortController();
+    const done = source.run(harness, controller.signal);
+    await vi.waitFor(() => expect(clock.pendingTimers).toBe(1));
+    await poll(clock);
+    expect(logger.at("info").map((l) => l.msg)).toEqual(["file does not exist yet; waiting for it (follow)"]);
+
+    await writeFile(inputPath, ndjson(lines(1, 2)));
+    await poll(clock);
+    expect(harness.entries.map((e) => e.id)).toEqual(["r1", "r2"]);
+    controller.abort();
+    await done;
+  });
+
+  it("ends when stopped while waiting for the file to appear", async () => {
+    const clock = new FakeClock();
+    const { source } = makeSource({ follow: true }, { clock });
+    const controller = new AbortController();
+    const done = source.run(new SourceHarness(), controller.signal);
+    await vi.waitFor(() => expect(clock.pendingTimers).toBe(1));
+    controller.abort();
+    await expect(done).resolves.toBeUndefined();
+  });
+
   it("resolves only when the signal aborts", async () => {
     await writeFile(inputPath, ndjson(lines(1, 2)));
     const clock = new FakeClock();
