@@ -61,7 +61,7 @@ export function componentsCommand(type: string | undefined, io: Io): number {
   }
   io.stdout.write(`${blocks.join("\n\n")}\n`);
   if (type === undefined) {
-    io.stdout.write("\nEvery source also takes id_field, key_field, time_field; every sink takes concurrency, batch, retry, chaos (see README.md).\n");
+    io.stdout.write("\nEvery source also takes id_field, key_field, time_field; every sink takes concurrency, batch, retry, connect_timeout, chaos (see README.md).\n");
   }
   return EXIT.ok;
 }

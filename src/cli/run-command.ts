@@ -135,7 +135,7 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
   process.on("SIGTERM", onSignal);
 
   const showProgress = opts.progress ?? (config.observability.progress === "always" || (config.observability.progress === "auto" && io.stderr.isTTY === true));
-  const stopProgress = showProgress ? startProgress(metrics, config.buffer.max_records, io) : () => {};
+  const stopProgress = showProgress ? startProgress(metrics, config.buffer.max_records, config.observability.unready_after, io) : () => {};
 
   let exitCode: number = EXIT.ok;
   let statusText: string;
@@ -167,7 +167,7 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
   return exitCode;
 }
 
-function startProgress(metrics: Metrics, maxRecords: number, io: Io): () => void {
+function startProgress(metrics: Metrics, maxRecords: number, unreadyAfterMs: number, io: Io): () => void {
   let last = metrics.snapshot();
   let lastAt = performance.now();
   const timer = setInterval(() => {
@@ -176,7 +176,7 @@ function startProgress(metrics: Metrics, maxRecords: number, io: Io): () => void
     const rate = ((s.delivered + s.dead_lettered - last.delivered - last.dead_lettered) * 1000) / (now - lastAt);
     last = s;
     lastAt = now;
-    io.stderr.write(`\x1b[2K\r${progressLine(s, rate, maxRecords, metrics.sinksDown())}`);
+    io.stderr.write(`\x1b[2K\r${progressLine(s, rate, maxRecords, metrics.sinksDown(unreadyAfterMs))}`);
   }, 1000);
   timer.unref();
   return () => {

@@ -28,9 +28,10 @@ export interface ComponentContext {
 }
 
 /**
- * Whether the pipeline takes traffic, and what is wrong: each sink down right now
- * (`sink db: connecting, down 45 s: ECONNREFUSED 127.0.0.1:5433`), also while it is down for less
- * than `observability.unready_after` and so not yet a reason to be unready.
+ * Whether the pipeline takes traffic, and what is wrong: each sink that cannot connect, from its
+ * first failed attempt (`sink db: connecting, down 45 s: ECONNREFUSED 127.0.0.1:5433`; before
+ * `observability.unready_after` that does not yet make it unready), and each sink whose writes
+ * have failed for `unready_after`.
  */
 export interface Readiness {
   readonly ready: boolean;

@@ -83,7 +83,7 @@ export function serviceProbe(pipeline: () => Pipeline | undefined, metrics: Metr
   return {
     readiness: () => ({
       ready: pipeline()?.status().tag === "running" && metrics.failingSinks(unreadyAfterMs).length === 0,
-      problems: metrics.sinksDown(),
+      problems: metrics.sinksDown(unreadyAfterMs),
     }),
     metrics: async () => ({ contentType: metrics.registry.contentType, text: await metrics.registry.metrics() }),
   };

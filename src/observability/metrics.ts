@@ -210,11 +210,16 @@ export class Metrics {
 
   /**
    * Each sink down right now, as the progress line and `/health/ready` say it:
-   * `sink db: connecting, down 45 s: ECONNREFUSED 127.0.0.1:5433`.
+   * `sink db: connecting, down 45 s: ECONNREFUSED 127.0.0.1:5433`. A sink still connecting is
+   * listed at once (nothing else shows it); one whose writes are retried only once that has lasted
+   * `retryingForMs` (`unready_after`): brief retries show in the `retried` count, and listing them
+   * would make a sink with occasional failures flicker in and out.
    */
-  sinksDown(): string[] {
+  sinksDown(retryingForMs: number): string[] {
     const now = this.now();
-    return [...this.down.values()].map((d) => `sink ${d.sink}: ${d.state}, down ${formatSeconds(now - d.since)}: ${d.message}`);
+    return [...this.down.values()]
+      .filter((d) => d.state === "connecting" || now - d.since >= retryingForMs)
+      .map((d) => `sink ${d.sink}: ${d.state}, down ${formatSeconds(now - d.since)}: ${d.message}`);
   }
 
   /** Keeps the first failure's time (down since) and the latest message (why). */

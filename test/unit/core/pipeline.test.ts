@@ -387,7 +387,7 @@ describe("Pipeline, end to end in memory", () => {
       if (status.tag === "failed") expect(status.error.message).toBe(`sink sink could not connect within 30 s: connect refused (${tp.sink.connectCalls.length})`);
       expect(tp.source.acks).toEqual([]);
       expect(tp.sink.writes).toEqual([]);
-      expect(tp.metrics.sinksDown()).toEqual([`sink sink: connecting, down 30 s: connect refused (${tp.sink.connectCalls.length})`]);
+      expect(tp.metrics.sinksDown(30_000)).toEqual([`sink sink: connecting, down 30 s: connect refused (${tp.sink.connectCalls.length})`]);
     });
 
     it("is named while down: sink_connect_failed events with since when and why, and the metrics' sinksDown", async () => {
@@ -399,7 +399,7 @@ describe("Pipeline, end to end in memory", () => {
       const failed = tp.events.filter((e) => e.type === "sink_connect_failed");
       expect(failed.length).toBeGreaterThan(3);
       expect(failed.every((e) => e.type === "sink_connect_failed" && e.downSince === t0 && e.sink === "sink")).toBe(true);
-      expect(tp.metrics.sinksDown()).toEqual([expect.stringMatching(/^sink sink: connecting, down 4\d s: connect refused \(\d+\)$/)]);
+      expect(tp.metrics.sinksDown(30_000)).toEqual([expect.stringMatching(/^sink sink: connecting, down 4\d s: connect refused \(\d+\)$/)]);
       tp.pipeline.stop();
       await tp.run(running);
     });
