@@ -209,10 +209,10 @@ export class PipelineBuilder<P extends object> {
 
   /**
    * Builds and runs to the end (finite sources); resolves with the status and summary.
-   * @throws SluiceError the run's error when it failed (what the CLI exits 1 for), with its stable
-   * code: `ERR_SINK_CONNECT` when a sink could not connect within its `connect_timeout` (or failed
-   * to connect for good), `ERR_SOURCE_READ` when a source failed, `ERR_BUFFER_IO` when the buffer
-   * could not open. {@link build} gives the status itself instead.
+   * @throws SluiceError the run's error when it failed (status `failed`, exit 1 in the CLI), with
+   * its stable code: `ERR_SINK_CONNECT` when a sink could not connect within its `connect_timeout`
+   * (or failed to connect for good), `ERR_SOURCE_READ` when a source failed, `ERR_BUFFER_IO` when
+   * the buffer could not open. {@link build} gives the status itself instead.
    */
   async run(): Promise<RunResult> {
     const started = performance.now();

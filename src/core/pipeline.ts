@@ -59,7 +59,8 @@ export interface PipelineOptions {
  * How a run ended. `completed`: finite sources exhausted and everything delivered or
  * dead-lettered. `stopped`: a stop was asked and everything in flight drained. `timed_out`: the
  * stop's drain hit `shutdown_timeout`; what was in flight stays un-acked. `failed`: a source
- * failed; `error` says why.
+ * failed, a sink could not connect (for good, or within its `connect_timeout`), or a stop found a
+ * sink that never connected with records in flight; `error` says why.
  */
 export type PipelineStatus =
   | { tag: "completed" }

@@ -138,7 +138,7 @@ export class SinkRunner {
         ? undefined
         : clock.setTimer(timeoutMs, () => {
             timedOut = true;
-            connecting.abort(new SluiceError("ERR_SINK_CONNECT", `connect_timeout reached`));
+            connecting.abort(new SluiceError("ERR_SINK_CONNECT", "connect_timeout reached"));
           });
     try {
       for (let attempt = 1; !connecting.signal.aborted; attempt++) {

@@ -40,7 +40,7 @@ export interface RunSummary {
  * A sink that is down: `connecting` (it has not connected yet, or its connect attempts fail) or
  * `retrying` (writes fail and are retried), since when (ms) and the last error's message.
  */
-export interface SinkDown {
+interface SinkDown {
   readonly sink: string;
   readonly state: "connecting" | "retrying";
   readonly since: number;
