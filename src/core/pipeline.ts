@@ -60,7 +60,7 @@ export interface PipelineOptions {
  * dead-lettered. `stopped`: a stop was asked and everything in flight drained. `timed_out`: the
  * stop's drain hit `shutdown_timeout`; what was in flight stays un-acked. `failed`: a source
  * failed, a sink could not connect (for good, or within its `connect_timeout`), or a stop found a
- * sink that never connected with records in flight; `error` says why.
+ * sink that never connected with records in flight and no durable buffer; `error` says why.
  */
 export type PipelineStatus =
   | { tag: "completed" }
@@ -226,7 +226,7 @@ export class Pipeline {
     const status: PipelineStatus = this.failure
       ? { tag: "failed", error: this.failure, unacked }
       : this.abandoned !== undefined
-        ? unacked > 0
+        ? unacked > 0 && !this.o.buffer.durable
           ? { tag: "failed", error: this.abandoned, unacked }
           : { tag: "stopped" }
         : this.hardAbort.signal.aborted
@@ -245,8 +245,9 @@ export class Pipeline {
    *
    * While a sink has never connected the stop does not wait: every record needs every sink, so
    * nothing in flight can finish, and the records stay un-acked where they are (at the source, or
-   * in the durable buffer) for the next run. The run then ends `stopped` if nothing was in flight,
-   * else `failed` with `ERR_SINK_CONNECT` saying which sink and why.
+   * in the durable buffer) for the next run. The run then ends `stopped` if nothing was in flight
+   * or the buffer is durable (the backlog stays in its log, as on any stop), else `failed` with
+   * `ERR_SINK_CONNECT` saying which sink and why.
    */
   stop(): void {
     if (this.state.tag !== "running") return;

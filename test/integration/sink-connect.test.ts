@@ -3,12 +3,15 @@
  * (found by binding port 0 and closing it; no server needed). `/health/ready` names the sink while
  * it is down, `connect_timeout` ends the run with exit 1 and one clear line, SIGINT during the
  * connect loop exits at once instead of after `shutdown_timeout`, and the progress line says which
- * sink is down, since when and why.
+ * sink is down, since when and why. Through the library, with a durable buffer: that prompt stop
+ * keeps every record in the log, and the next run delivers them.
  */
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Writable } from "node:stream";
+import Database from "better-sqlite3";
+import { pipeline, sinks, sources, type InternalEvent, type Sink } from "sluice";
 import { afterAll, afterEach, beforeEach, expect, it } from "vitest";
 import { main } from "../../src/cli/main.js";
 import { killClis, startCli, type Cli } from "../helpers/cli.js";
@@ -125,4 +128,42 @@ it("the progress line says which sink is down, since when and why", async () => 
   const out = chunks.join("");
   expect(out).toMatch(new RegExp(`received 100 .* \\| sink db: connecting, down \\d(\\.\\d)? s: postgres: connect ECONNREFUSED 127\\.0\\.0\\.1:${pgPort}`));
   expect(out).toContain("run failed: ERR_SINK_CONNECT: sink db could not connect within 2.5 s");
+});
+
+it("with a durable buffer, a stop while the sink has never connected is prompt and clean, and the next run delivers every record", async () => {
+  const refusing: Sink = {
+    maxInFlight: 1,
+    connect: async () => {
+      throw Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:5433"), { code: "ECONNREFUSED" });
+    },
+    write: async () => {},
+    close: async () => {},
+  };
+  const events: InternalEvent[] = [];
+  const settings = { cwd: dir, buffer: { durable: {} }, shutdown_timeout: 30_000 };
+  const gen = () => sources.generator({ count: 200, seed: 1 });
+  const first = await pipeline({ ...settings, onEvent: (e) => events.push(e) })
+    .source("gen", gen())
+    .sink("db", sinks.custom("refusing", () => refusing), { retry: { initial_backoff: 10, max_backoff: 50 } })
+    .build();
+  const run1 = first.pipeline.run();
+  await waitUntil("every record on disk and a failed connect", () => first.metrics.snapshot().received === 200 && events.some((e) => e.type === "sink_connect_failed"));
+  const stoppedAt = Date.now();
+  first.pipeline.stop();
+  expect(await run1).toEqual({ tag: "stopped" });
+  expect(Date.now() - stoppedAt).toBeLessThan(5000);
+
+  const db = join(dir, "out.db");
+  const second = await pipeline(settings)
+    .source("gen", sources.generator({ count: 0 }))
+    .sink("db", sinks.sqlite({ path: db }))
+    .build();
+  expect(await second.pipeline.run()).toEqual({ tag: "completed" });
+  expect(second.metrics.snapshot().replayed).toBe(200);
+  const conn = new Database(db, { readonly: true });
+  try {
+    expect((conn.prepare("SELECT count(*) AS n FROM records").get() as { n: number }).n).toBe(200);
+  } finally {
+    conn.close();
+  }
 });
