@@ -11,7 +11,7 @@ import { createBuffer, serviceProbe, sinkSettings, type BuiltPipeline } from "..
 import { reservedNameIssue, sinkDrivingSchema, topSchema, validateWith, type ConfigIssue } from "../config/schema.js";
 import { systemClock, type Clock } from "../core/clock.js";
 import { SluiceError } from "../core/errors.js";
-import { silentLogger, type Logger } from "../core/events.js";
+import { silentLogger, type EventSink, type InternalEvent, type Logger } from "../core/events.js";
 import { Pipeline, type PipelineStatus } from "../core/pipeline.js";
 import type { SluiceRecord } from "../core/record.js";
 import { mapTransform } from "../transforms/module.js";
@@ -61,6 +61,12 @@ export type PipelineSettings = Omit<z.input<typeof topSchema>, "sources" | "sink
   clock?: Clock;
   /** Working directory for relative paths; default `process.cwd()`. */
   cwd?: string;
+  /**
+   * Hears every internal event, e.g. `sink_connect_failed` (which sink, since when, why) while a
+   * sink cannot connect. Called on the hot path (once per batch, or per chunk): keep it cheap. An
+   * error it throws is logged and ignored.
+   */
+  onEvent?: (event: InternalEvent) => void;
 };
 
 /** How a source's records get their envelope, keyed by the payload's own fields. */
@@ -160,7 +166,7 @@ export class PipelineBuilder<P extends object> {
    * gives (its elapsed time is the pipeline's run), `metrics.registry` the Prometheus registry.
    */
   async build(): Promise<BuiltPipeline> {
-    const { logger: _l, clock: _c, cwd: _w, ...engine } = this.settings;
+    const { logger: _l, clock: _c, cwd: _w, onEvent, ...engine } = this.settings;
     // Sources and sinks are validated by their factories; stand-ins satisfy the top-level schema.
     const top = validateWith(topSchema, { ...engine, sources: { x: {} }, sinks: { x: {} } }, "");
     if (top.value === undefined) throwInvalid(top.issues);
@@ -175,10 +181,21 @@ export class PipelineBuilder<P extends object> {
       logger,
       () => clock.now(),
     );
+    const emit: EventSink =
+      onEvent === undefined
+        ? metrics.handle
+        : (event) => {
+            metrics.handle(event);
+            try {
+              onEvent(event);
+            } catch (err) {
+              logger.error({ event: event.type, err: String(err) }, "onEvent listener threw; ignored");
+            }
+          };
     // Components are created before the pipeline that holds them; the probe reads it when asked.
     const created: { pipeline?: Pipeline } = {};
     const service = serviceProbe(() => created.pipeline, metrics, t.observability.unready_after);
-    const ctx = (name: string): ComponentContext => ({ name, dataDir, baseDir: cwd, clock, logger, emit: metrics.handle, service });
+    const ctx = (name: string): ComponentContext => ({ name, dataDir, baseDir: cwd, clock, logger, emit, service });
     const pipeline = new Pipeline({
       sources: this.sources.map((s) => s.make(ctx) as never),
       transforms: this.transforms.map((s) => ({ stage: `transform:${s.name}`, transform: s.make(ctx) as Transform })),
@@ -187,23 +204,30 @@ export class PipelineBuilder<P extends object> {
         return sinkSettings(s.name, factory.create(c), driving, clock);
       }),
       deadLetter: (this.deadLetterFactory ?? fromDefinition(deadLetterSqlite, {})).create(ctx("dead_letter")),
-      buffer: createBuffer(t.buffer, dataDir, cwd, metrics.handle, logger),
+      buffer: createBuffer(t.buffer, dataDir, cwd, emit, logger),
       whenFull: t.buffer.when_full,
       chunkSize: Math.min(t.buffer.chunk_size, t.buffer.max_records),
       shutdownTimeoutMs: t.shutdown_timeout,
       clock,
       logger,
-      emit: metrics.handle,
+      emit,
     });
     created.pipeline = pipeline;
     metrics.watchBuffer(() => pipeline.bufferUsage());
     return { pipeline, metrics, dataDir, service };
   }
 
-  /** Builds and runs to the end (finite sources) or to `stop()`; resolves with the status and summary. */
+  /**
+   * Builds and runs to the end (finite sources); resolves with the status and summary.
+   * @throws SluiceError the run's error when it failed (status `failed`, exit 1 in the CLI), with
+   * its stable code: `ERR_SINK_CONNECT` when a sink could not connect within its `connect_timeout`
+   * (or failed to connect for good), `ERR_SOURCE_READ` when a source failed, `ERR_BUFFER_IO` when
+   * the buffer could not open. {@link build} gives the status itself instead.
+   */
   async run(): Promise<RunResult> {
     const { pipeline, metrics } = await this.build();
     const status = await pipeline.run();
+    if (status.tag === "failed") throw status.error;
     return { status, summary: metrics.summary() };
   }
 

@@ -13,6 +13,7 @@ import { startObservabilityServer } from "../server/observability-server.js";
 import { checkFileSourcePath } from "../sources/file.js";
 import { checkModuleTransform } from "../transforms/module.js";
 import { checkValidateTransform } from "../transforms/validate.js";
+import { crashLine, logCrashesTo } from "./crash.js";
 
 /** Exit codes, as DESIGN.md fixes them. */
 export const EXIT = { ok: 0, runtime: 1, usage: 2 } as const;
@@ -83,10 +84,12 @@ export async function validateCommand(file: string, io: Io): Promise<number> {
 
 const fmt = (n: number) => Math.round(n).toLocaleString("en-US");
 
-function progressLine(s: CountsSnapshot, rate: number, maxRecords: number): string {
+/** The live progress line; each sink that is down is named at its end (`| sink db: connecting, down 45 s: ...`). */
+function progressLine(s: CountsSnapshot, rate: number, maxRecords: number, sinksDown: readonly string[]): string {
   const fill = maxRecords > 0 ? Math.round((s.buffer_records / maxRecords) * 100) : 0;
   const present = s.already_present > 0 ? ` (${fmt(s.already_present)} already present)` : "";
-  return `${fmt(rate)} rec/s | received ${fmt(s.received)} delivered ${fmt(s.delivered)}${present} dead-lettered ${fmt(s.dead_lettered)} dropped ${fmt(s.dropped)} retried ${fmt(s.retried)} | buffer ${fmt(s.buffer_records)}/${fmt(maxRecords)} (${fill}%)`;
+  const line = `${fmt(rate)} rec/s | received ${fmt(s.received)} delivered ${fmt(s.delivered)}${present} dead-lettered ${fmt(s.dead_lettered)} dropped ${fmt(s.dropped)} retried ${fmt(s.retried)} | buffer ${fmt(s.buffer_records)}/${fmt(maxRecords)} (${fill}%)`;
+  return sinksDown.length > 0 ? `${line} | ${sinksDown.join(" | ")}` : line;
 }
 
 /**
@@ -136,6 +139,7 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
   const configDir = dirname(resolve(file));
   if (report(file, await deepCheck(config, configDir, process.cwd()), io)) return EXIT.usage;
   const logger = createLogger(config.observability.log_level, io.stderr.isTTY === true);
+  logCrashesTo(logger);
   const started = performance.now();
   let built: Awaited<ReturnType<typeof buildPipeline>>;
   try {
@@ -161,7 +165,7 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
   process.on("SIGTERM", onSignal);
 
   const showProgress = opts.progress ?? (config.observability.progress === "always" || (config.observability.progress === "auto" && io.stderr.isTTY === true));
-  const stopProgress = showProgress ? startProgress(metrics, config.buffer.max_records, io) : () => {};
+  const stopProgress = showProgress ? startProgress(metrics, config.buffer.max_records, config.observability.unready_after, io) : () => {};
 
   let exitCode: number = EXIT.ok;
   let statusText: string;
@@ -177,7 +181,8 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
     }
   } catch (err) {
     statusText = "crashed";
-    io.stderr.write(`\nrun failed: ${(err as Error).stack ?? String(err)}\n`);
+    io.stderr.write(`\n${crashLine(err)}\n`);
+    logger.debug({ err: err instanceof Error ? (err.stack ?? err.message) : String(err) }, "run() rejected");
     exitCode = EXIT.runtime;
   } finally {
     stopProgress();
@@ -192,7 +197,7 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
   return exitCode;
 }
 
-function startProgress(metrics: Metrics, maxRecords: number, io: Io): () => void {
+function startProgress(metrics: Metrics, maxRecords: number, unreadyAfterMs: number, io: Io): () => void {
   let last = metrics.snapshot();
   let lastAt = performance.now();
   const timer = setInterval(() => {
@@ -201,7 +206,7 @@ function startProgress(metrics: Metrics, maxRecords: number, io: Io): () => void
     const rate = ((s.delivered + s.dead_lettered - last.delivered - last.dead_lettered) * 1000) / (now - lastAt);
     last = s;
     lastAt = now;
-    io.stderr.write(`\x1b[2K\r${progressLine(s, rate, maxRecords)}`);
+    io.stderr.write(`\x1b[2K\r${progressLine(s, rate, maxRecords, metrics.sinksDown(unreadyAfterMs))}`);
   }, 1000);
   timer.unref();
   return () => {

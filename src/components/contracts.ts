@@ -27,10 +27,27 @@ export interface ComponentContext {
   readonly service?: ServiceProbe;
 }
 
+/**
+ * Whether the pipeline takes traffic, and what is wrong: each sink that cannot connect, from its
+ * first failed attempt (`sink db: connecting, down 45 s: ECONNREFUSED 127.0.0.1:5433`; before
+ * `observability.unready_after` that does not yet make it unready), and each sink whose writes
+ * have failed for `unready_after`.
+ */
+export interface Readiness {
+  readonly ready: boolean;
+  readonly problems: readonly string[];
+}
+
+/** The `/health/ready` answer for a {@link Readiness}: the same on every port that serves it. */
+export function readinessAnswer(r: Readiness): { status: 200 | 503; body: { status: "ready" | "not_ready"; problems?: readonly string[] } } {
+  const body = { status: r.ready ? ("ready" as const) : ("not_ready" as const) };
+  return { status: r.ready ? 200 : 503, body: r.problems.length > 0 ? { ...body, problems: r.problems } : body };
+}
+
 /** What a component serving HTTP can ask the pipeline. */
 export interface ServiceProbe {
-  /** False while the pipeline is not running (starting, stopping) or a sink has been failing past `observability.unready_after`. */
-  ready(): boolean;
+  /** Not ready while the pipeline is not running (starting, stopping) or a sink has been failing past `observability.unready_after`. */
+  readiness(): Readiness;
   /** The Prometheus exposition of the pipeline's metrics. */
   metrics(): Promise<{ contentType: string; text: string }>;
 }

@@ -58,6 +58,7 @@ export function sinkSettings(name: string, sink: Sink, d: SinkDriving, clock: Cl
       maxElapsedMs: d.retry.max_elapsed,
       backoff: { initialMs: d.retry.initial_backoff, maxMs: d.retry.max_backoff, multiplier: d.retry.multiplier },
     },
+    connectTimeoutMs: d.connect_timeout,
     concurrency: concurrencyOf(d.concurrency),
   };
 }
@@ -83,7 +84,10 @@ export function createBuffer(buffer: PipelineConfig["buffer"], dataDir: string, 
  */
 export function serviceProbe(pipeline: () => Pipeline | undefined, metrics: Metrics, unreadyAfterMs: number): ServiceProbe {
   return {
-    ready: () => pipeline()?.status().tag === "running" && metrics.failingSinks(unreadyAfterMs).length === 0,
+    readiness: () => ({
+      ready: pipeline()?.status().tag === "running" && metrics.failingSinks(unreadyAfterMs).length === 0,
+      problems: metrics.sinksDown(unreadyAfterMs),
+    }),
     metrics: async () => ({ contentType: metrics.registry.contentType, text: await metrics.registry.metrics() }),
   };
 }

@@ -61,7 +61,7 @@ const batchSchema = z.strictObject({
 
 const retrySchema = z.strictObject({
   max_attempts: z.number().int().positive().default(DEFAULTS.sink.retry.max_attempts).describe("Attempts in all, the first included; then the record is dead-lettered."),
-  max_elapsed: duration().default(DEFAULTS.sink.retry.max_elapsed_ms).describe("No new attempt after this long since the first."),
+  max_elapsed: duration().default(DEFAULTS.sink.retry.max_elapsed_ms).describe("No new attempt of a batch after this long since its first; then its records are dead-lettered. Connecting is bounded by connect_timeout."),
   initial_backoff: duration().default(DEFAULTS.sink.retry.initial_backoff_ms).describe("Cap of the first backoff delay (full jitter)."),
   max_backoff: duration().default(DEFAULTS.sink.retry.max_backoff_ms).describe("Cap of any backoff delay."),
   multiplier: z.number().min(1).default(DEFAULTS.sink.retry.multiplier).describe("Growth of the delay cap per attempt."),
@@ -93,6 +93,9 @@ const sinkDriving = {
   concurrency: concurrencySchema,
   batch: batchSchema.prefault({}),
   retry: retrySchema.prefault({}),
+  connect_timeout: duration()
+    .optional()
+    .describe("How long the sink may take to connect before the run fails (exit 1); unset: retry until it connects. retry.max_elapsed does not bound connecting."),
   chaos: chaosOptions.optional().describe("Injected failures and latency, to rehearse incidents."),
 };
 
@@ -371,8 +374,8 @@ export function validateConfig(raw: unknown): { config: PipelineConfig; issues: 
     if (!def) continue;
     const parsed = collect(componentSchema(def, sinkCommon), v, `sinks.${n}`, issues) as Record<string, unknown> | undefined;
     if (!parsed) continue;
-    const { type: _t, concurrency, batch, retry, chaos, ...options } = parsed;
-    sinks.push({ name: n, definition: def, options, driving: { concurrency, batch, retry, chaos } as SinkDriving });
+    const { type: _t, concurrency, batch, retry, connect_timeout, chaos, ...options } = parsed;
+    sinks.push({ name: n, definition: def, options, driving: { concurrency, batch, retry, connect_timeout, chaos } as SinkDriving });
   }
 
   let deadLetter: PipelineConfig["deadLetter"] | undefined;

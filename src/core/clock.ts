@@ -42,3 +42,12 @@ export function sleep(clock: Clock, ms: number, signal?: AbortSignal): Promise<v
     signal?.addEventListener("abort", onAbort, { once: true });
   });
 }
+
+/**
+ * A span of time for people, in seconds: `45 s`, `2.5 s`. Tenths only under 10 s, where they
+ * still tell something; used in the messages about a sink that is down.
+ */
+export function formatSeconds(ms: number): string {
+  const s = Math.max(0, ms) / 1000;
+  return `${s < 10 ? Math.floor(s * 10) / 10 : Math.floor(s)} s`;
+}

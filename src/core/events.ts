@@ -16,8 +16,14 @@ export type InternalEvent =
   | { type: "records_completed"; delivered: number; alreadyPresent: number; deadLettered: number }
   | { type: "sink_batch_written"; sink: string; seconds: number }
   | { type: "concurrency_limit"; sink: string; limit: number }
-  /** A sink connected (at start, or after failing to). */
-  | { type: "sink_connected"; sink: string }
+  /** A sink connected (at start, or after failing to), at its `attempt`-th try. */
+  | { type: "sink_connected"; sink: string; attempt: number }
+  /**
+   * A sink's connect attempt failed. A retryable failure is retried with backoff until the sink
+   * connects or `connectTimeoutMs` (its `connect_timeout`; undefined: none) passes; a permanent
+   * one ends the run. `downSince` is when the first attempt started (clock ms).
+   */
+  | { type: "sink_connect_failed"; sink: string; attempt: number; downSince: number; code: string; message: string; retryable: boolean; connectTimeoutMs: number | undefined }
   | { type: "backpressure"; source: string; seconds: number }
   /** An ingest request (http source) was answered with `status`. */
   | { type: "http_request"; source: string; status: number }

@@ -29,6 +29,8 @@ export interface SinkSettings {
   readonly sink: Sink;
   readonly batch: BatchOptions;
   readonly retry: RetryOptions;
+  /** How long the sink may take to connect before the run fails, in ms; undefined: retry until it connects. */
+  readonly connectTimeoutMs?: number;
   /** A fixed number of batches in flight, or an adaptive limit (see {@link Concurrency}). */
   readonly concurrency: Concurrency;
 }
@@ -57,7 +59,8 @@ export interface PipelineOptions {
  * How a run ended. `completed`: finite sources exhausted and everything delivered or
  * dead-lettered. `stopped`: a stop was asked and everything in flight drained. `timed_out`: the
  * stop's drain hit `shutdown_timeout`; what was in flight stays un-acked. `failed`: a source
- * failed; `error` says why.
+ * failed, a sink could not connect (for good, or within its `connect_timeout`), or a stop found a
+ * sink that never connected with records in flight and no durable buffer; `error` says why.
  */
 export type PipelineStatus =
   | { tag: "completed" }
@@ -101,6 +104,8 @@ export class Pipeline {
   private readonly trackers: AckTracker[];
   private state: PipelineState = { tag: "idle" };
   private failure: SluiceError | undefined;
+  /** Set when a stop did not drain because a sink never connected (see {@link stop}). */
+  private abandoned: SluiceError | undefined;
   private cancelDeadline: (() => void) | undefined;
 
   constructor(private readonly o: PipelineOptions) {
@@ -125,6 +130,7 @@ export class Pipeline {
           sink: s.sink,
           batch: s.batch,
           retry: s.retry,
+          connectTimeoutMs: s.connectTimeoutMs,
           concurrency: s.concurrency,
           clock: this.clock,
           random: this.random,
@@ -221,7 +227,11 @@ export class Pipeline {
     const unacked = this.o.buffer.usage().records;
     const status: PipelineStatus = this.failure
       ? { tag: "failed", error: this.failure, unacked }
-      : this.hardAbort.signal.aborted
+      : this.abandoned !== undefined
+        ? unacked > 0 && !this.o.buffer.durable
+          ? { tag: "failed", error: this.abandoned, unacked }
+          : { tag: "stopped" }
+        : this.hardAbort.signal.aborted
         ? { tag: "timed_out", unacked }
         : this.sourceAbort.signal.aborted
           ? { tag: "stopped" }
@@ -235,12 +245,24 @@ export class Pipeline {
   /**
    * Graceful stop: sources stop taking records, what is in flight drains for up to
    * `shutdownTimeoutMs`, then anything left is abandoned un-acked. Safe to call more than once.
+   *
+   * While a sink has never connected the stop does not wait: every record needs every sink, so
+   * nothing in flight can finish, and the records stay un-acked where they are (at the source, or
+   * in the durable buffer) for the next run. The run then ends `stopped` if nothing was in flight
+   * or the buffer is durable (the backlog stays in its log, as on any stop), else `failed` with
+   * `ERR_SINK_CONNECT` saying which sink and why.
    */
   stop(): void {
     if (this.state.tag !== "running") return;
     this.state = { tag: "draining", deadline: this.clock.now() + this.o.shutdownTimeoutMs };
     this.sourceAbort.abort(new SluiceError("ERR_STOPPING", "pipeline is stopping"));
     this.o.buffer.close(true);
+    const down = this.runners.find((r) => !r.isConnected);
+    if (down !== undefined) {
+      this.abandoned = down.neverConnected();
+      this.hardAbort.abort(this.abandoned);
+      return;
+    }
     for (const runner of this.runners) runner.drain();
     this.cancelDeadline = this.clock.setTimer(this.o.shutdownTimeoutMs, () => {
       this.hardAbort.abort(new SluiceError("ERR_ABORTED", "shutdown_timeout reached"));

@@ -1,9 +1,9 @@
 import type { DeadLetter, Sink } from "../components/contracts.js";
 import { AdaptiveConcurrency, type Concurrency, type WriteOutcome } from "./adaptive-concurrency.js";
 import { backoffDelay, type BackoffPolicy } from "./backoff.js";
-import { sleep, type Clock } from "./clock.js";
+import { formatSeconds, sleep, type Clock } from "./clock.js";
 import type { DeadLetterWriter } from "./dead-letters.js";
-import { classify, type SluiceError } from "./errors.js";
+import { classify, SluiceError } from "./errors.js";
 import type { EventSink, Logger } from "./events.js";
 import type { Entry } from "./record.js";
 
@@ -30,6 +30,11 @@ export interface SinkRunnerOptions {
   readonly sink: Sink;
   readonly batch: BatchOptions;
   readonly retry: RetryOptions;
+  /**
+   * How long the sink may take to connect before the run fails, in ms; undefined: retry until it
+   * connects. `retry.max_elapsed` does not bound connecting: it bounds one batch's retries.
+   */
+  readonly connectTimeoutMs?: number;
   /**
    * Batches in flight at once: a number (that many lanes) or adaptive (`max` lanes, of which an
    * AIMD limit may have a batch in flight at once). Lanes are capped by the sink's `maxInFlight`.
@@ -92,8 +97,12 @@ export class SinkRunner {
   private nextLane = 0;
   private connected = false;
   private draining = false;
+  /** When connecting started (clock ms; construction until `start`), and the last attempt's error while not connected. */
+  private connectingSince: number;
+  private connectError: SluiceError | undefined;
 
   constructor(private readonly o: SinkRunnerOptions) {
+    this.connectingSince = o.clock.now();
     const c = o.concurrency;
     const n = Math.max(1, Math.min(typeof c === "number" ? c : c.max, o.sink.maxInFlight));
     this.lanes = Array.from({ length: n }, () => ({
@@ -110,30 +119,85 @@ export class SinkRunner {
   }
 
   /**
-   * Connects the sink, retrying retryable failures with backoff until it succeeds or the hard
-   * deadline aborts. Resolves with the error when connecting failed for good (a table of the wrong
-   * shape): retrying that would only hang the pipeline.
+   * Connects the sink, retrying retryable failures with backoff until it succeeds, the hard
+   * deadline aborts, or `connectTimeoutMs` passes. Resolves with the error that should end the run:
+   * a permanent one (a table of the wrong shape; retrying would only hang the pipeline), or
+   * `ERR_SINK_CONNECT` naming the sink, the timeout and the last failure.
    */
   async start(): Promise<SluiceError | undefined> {
-    for (let attempt = 1; !this.o.signal.aborted; attempt++) {
-      try {
-        await this.o.sink.connect(this.o.signal);
-        this.connected = true;
-        this.o.emit({ type: "sink_connected", sink: this.o.name });
-        for (const lane of this.lanes) this.pump(lane);
-        return undefined;
-      } catch (err) {
-        const e = classify(err, "ERR_SINK_CONNECT");
-        this.o.emit({ type: "component_error", component: this.o.name, code: e.code, message: e.message });
-        if (!e.retryable) return e;
+    const { clock, signal, name } = this.o;
+    this.connectingSince = clock.now();
+    // One signal for the connect phase, aborted by the hard deadline or by connect_timeout, so an
+    // attempt that hangs (a dropped SYN) is cut off too. A listener, not AbortSignal.any: on Node 20
+    // that keeps every composite made from the long-lived `signal` alive until it aborts.
+    const connecting = new AbortController();
+    const onAbort = () => connecting.abort(signal.reason);
+    if (signal.aborted) onAbort();
+    else signal.addEventListener("abort", onAbort, { once: true });
+    const timeoutMs = this.o.connectTimeoutMs;
+    let timedOut = false;
+    const cancelTimeout =
+      timeoutMs === undefined
+        ? undefined
+        : clock.setTimer(timeoutMs, () => {
+            timedOut = true;
+            connecting.abort(new SluiceError("ERR_SINK_CONNECT", "connect_timeout reached"));
+          });
+    try {
+      for (let attempt = 1; !connecting.signal.aborted; attempt++) {
         try {
-          await sleep(this.o.clock, Math.max(1, backoffDelay(this.o.retry.backoff, attempt, this.o.random)), this.o.signal);
-        } catch {
+          await this.o.sink.connect(connecting.signal);
+          this.connected = true;
+          this.connectError = undefined;
+          this.o.emit({ type: "sink_connected", sink: name, attempt });
+          for (const lane of this.lanes) this.pump(lane);
           return undefined;
+        } catch (err) {
+          // An attempt cut off by the abort failed because of it: the reason to report is the last real one.
+          if (connecting.signal.aborted) break;
+          const e = classify(err, "ERR_SINK_CONNECT");
+          this.connectError = e;
+          this.o.emit({ type: "sink_connect_failed", sink: name, attempt, downSince: this.connectingSince, code: e.code, message: e.message, retryable: e.retryable, connectTimeoutMs: timeoutMs });
+          if (!e.retryable) return e;
+          try {
+            await sleep(clock, Math.max(1, backoffDelay(this.o.retry.backoff, attempt, this.o.random)), connecting.signal);
+          } catch {
+            break;
+          }
         }
       }
+      if (!timedOut) return undefined;
+      return new SluiceError("ERR_SINK_CONNECT", `sink ${name} could not connect within ${formatSeconds(timeoutMs!)}: ${this.downReason()}`, {
+        cause: this.connectError,
+        retryable: false,
+        location: name,
+      });
+    } finally {
+      cancelTimeout?.();
+      signal.removeEventListener("abort", onAbort);
     }
-    return undefined;
+  }
+
+  /** Whether the sink has connected; until it has, no record can be written to it. */
+  get isConnected(): boolean {
+    return this.connected;
+  }
+
+  /**
+   * Why a stop does not wait for this sink, which never connected: `ERR_SINK_CONNECT` with how long
+   * it has been down and its last error.
+   */
+  neverConnected(): SluiceError {
+    const down = formatSeconds(this.o.clock.now() - this.connectingSince);
+    return new SluiceError("ERR_SINK_CONNECT", `stopped before sink ${this.o.name} connected (down ${down}: ${this.downReason()})`, {
+      cause: this.connectError,
+      retryable: false,
+      location: this.o.name,
+    });
+  }
+
+  private downReason(): string {
+    return this.connectError?.message ?? "the first attempt did not finish";
   }
 
   /** Takes records to write. Never waits: the pipeline's buffer bounds how many can be here. */

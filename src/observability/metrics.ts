@@ -4,6 +4,7 @@
  * three always agree.
  */
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { formatSeconds } from "../core/clock.js";
 import type { InternalEvent, Logger } from "../core/events.js";
 import { WeightedHistogram } from "./weighted-histogram.js";
 
@@ -45,6 +46,17 @@ export interface RunSummary {
   elapsed_seconds: number;
 }
 
+/**
+ * A sink that is down: `connecting` (it has not connected yet, or its connect attempts fail) or
+ * `retrying` (writes fail and are retried), since when (ms) and the last error's message.
+ */
+interface SinkDown {
+  readonly sink: string;
+  readonly state: "connecting" | "retrying";
+  readonly since: number;
+  readonly message: string;
+}
+
 const LATENCY_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 const ERROR_LOG_INTERVAL_MS = 5000;
 
@@ -73,8 +85,10 @@ export class Metrics {
   private readonly httpRequests = new Counter({ name: "sluice_http_requests_total", help: "Ingest requests answered by an http source, by status code.", labelNames: ["source", "status"], registers: [this.registry] });
   /** When the pipeline started and finished running (ms, on `now`), for the summary's elapsed time. */
   private run: { startedAt?: number; doneAt?: number } = {};
-  /** Since when each sink has been failing without one success (ms), for readiness. */
-  private readonly failingSince = new Map<string, number>();
+  private readonly connectAttempts = new Counter({ name: "sluice_sink_connect_attempts_total", help: "Attempts to connect a sink, by outcome (connected, failed).", labelNames: ["sink", "outcome"], registers: [this.registry] });
+  private readonly sinkUp = new Gauge({ name: "sluice_sink_up", help: "1 once a sink has connected, 0 while it is connecting.", labelNames: ["sink"], registers: [this.registry] });
+  /** Sinks failing (retrying, or not connecting) without one success since, for readiness and the progress line. */
+  private readonly down = new Map<string, SinkDown>();
   private readonly latency = new WeightedHistogram("sluice_end_to_end_latency_seconds", "Time from a record's receipt to its commit by a sink.", "sink", LATENCY_BUCKETS, this.registry);
 
   constructor(
@@ -95,6 +109,7 @@ export class Metrics {
       buffer_bytes: 0,
       sinks: Object.fromEntries(sinkNames.map((n) => [n, { delivered: 0, new: 0, already_present: 0, dead_lettered: 0 }])),
     };
+    for (const n of sinkNames) this.sinkUp.set({ sink: n }, 0);
     const probe = () => this.bufferProbe();
     new Gauge({ name: "sluice_buffer_records", help: "Records held by the buffer, including those being transformed or written.", registers: [this.registry], collect() { this.set(probe().records); } });
     new Gauge({ name: "sluice_buffer_bytes", help: "Estimated bytes held by the buffer.", registers: [this.registry], collect() { this.set(probe().bytes); } });
@@ -120,7 +135,7 @@ export class Metrics {
           sink.new += event.records.length - event.alreadyPresent;
           sink.already_present += event.alreadyPresent;
         }
-        this.failingSince.delete(event.sink);
+        this.down.delete(event.sink);
         this.delivered.inc({ sink: event.sink }, event.records.length);
         this.alreadyPresent.inc({ sink: event.sink }, event.alreadyPresent);
         this.observeLatency(event.sink, event.records, event.now);
@@ -138,7 +153,7 @@ export class Metrics {
         break;
       case "records_retried":
         c.retried += event.count;
-        this.markFailing(event.sink);
+        this.markDown(event.sink, "retrying", event.message);
         this.retried.inc({ sink: event.sink }, event.count);
         this.logRateLimited(`retry:${event.sink}:${event.code}`, { sink: event.sink, code: event.code, err: event.message, records: event.count, delay_ms: event.delayMs }, "write failed; retrying");
         break;
@@ -163,8 +178,22 @@ export class Metrics {
         this.httpRequests.inc({ source: event.source, status: event.status });
         break;
       case "sink_connected":
-        this.failingSince.delete(event.sink);
+        this.down.delete(event.sink);
+        this.connectAttempts.inc({ sink: event.sink, outcome: "connected" });
+        this.sinkUp.set({ sink: event.sink }, 1);
+        if (event.attempt > 1) this.logger.info({ sink: event.sink, attempts: event.attempt }, "sink connected");
         break;
+      case "sink_connect_failed": {
+        this.down.set(event.sink, { sink: event.sink, state: "connecting", since: event.downSince, message: event.message });
+        this.connectAttempts.inc({ sink: event.sink, outcome: "failed" });
+        const until = !event.retryable ? "giving up" : event.connectTimeoutMs === undefined ? "retrying until it connects (no connect_timeout)" : `retrying up to connect_timeout (${formatSeconds(event.connectTimeoutMs)})`;
+        this.logRateLimited(
+          `connect:${event.sink}:${event.code}`,
+          { sink: event.sink, code: event.code, err: event.message, attempt: event.attempt, down: formatSeconds(this.now() - event.downSince) },
+          `sink ${event.sink} cannot connect; ${until}`,
+        );
+        break;
+      }
       case "buffer_replayed":
         c.received += event.records;
         c.replayed += event.records;
@@ -179,7 +208,7 @@ export class Metrics {
         else this.run.doneAt = this.now();
         break;
       case "component_error":
-        if (event.component in c.sinks) this.markFailing(event.component);
+        if (event.component in c.sinks) this.markDown(event.component, "retrying", event.message);
         this.logRateLimited(`error:${event.component}:${event.code}`, { component: event.component, code: event.code, err: event.message }, "component error");
         break;
     }
@@ -200,11 +229,27 @@ export class Metrics {
   /** The sinks that have been failing (retrying, or not connecting) for at least `ms` without one success. */
   failingSinks(ms: number): string[] {
     const now = this.now();
-    return [...this.failingSince].filter(([, since]) => now - since >= ms).map(([sink]) => sink);
+    return [...this.down.values()].filter((d) => now - d.since >= ms).map((d) => d.sink);
   }
 
-  private markFailing(sink: string): void {
-    if (!this.failingSince.has(sink)) this.failingSince.set(sink, this.now());
+  /**
+   * Each sink down right now, as the progress line and `/health/ready` say it:
+   * `sink db: connecting, down 45 s: ECONNREFUSED 127.0.0.1:5433`. A sink still connecting is
+   * listed at once (nothing else shows it); one whose writes are retried only once that has lasted
+   * `retryingForMs` (`unready_after`): brief retries show in the `retried` count, and listing them
+   * would make a sink with occasional failures flicker in and out.
+   */
+  sinksDown(retryingForMs: number): string[] {
+    const now = this.now();
+    return [...this.down.values()]
+      .filter((d) => d.state === "connecting" || now - d.since >= retryingForMs)
+      .map((d) => `sink ${d.sink}: ${d.state}, down ${formatSeconds(now - d.since)}: ${d.message}`);
+  }
+
+  /** Keeps the first failure's time (down since) and the latest message (why). */
+  private markDown(sink: string, state: SinkDown["state"], message: string): void {
+    const since = this.down.get(sink)?.since ?? this.now();
+    this.down.set(sink, { sink, state, since, message });
   }
 
   /** The counters right now. */

@@ -1,12 +1,10 @@
 /** Serves `/metrics`, `/health/live` and `/health/ready` when `observability.listen` is set. */
 import { createServer, type Server } from "node:http";
 import type { Registry } from "prom-client";
+import { readinessAnswer, type ServiceProbe } from "../components/contracts.js";
 
 /** What the server asks the pipeline. */
-export interface HealthProbe {
-  /** True while the pipeline takes records (false while stopping or stopped). */
-  ready(): boolean;
-}
+export type HealthProbe = Pick<ServiceProbe, "readiness">;
 
 /**
  * Starts the observability server on `host:port`. Resolves once listening; the returned server is
@@ -30,8 +28,8 @@ export async function startObservabilityServer(listen: string, registry: Registr
     } else if (path === "/health/live") {
       res.writeHead(200, { "content-type": "application/json" }).end('{"status":"live"}');
     } else if (path === "/health/ready") {
-      const ready = health.ready();
-      res.writeHead(ready ? 200 : 503, { "content-type": "application/json" }).end(JSON.stringify({ status: ready ? "ready" : "not_ready" }));
+      const answer = readinessAnswer(health.readiness());
+      res.writeHead(answer.status, { "content-type": "application/json" }).end(JSON.stringify(answer.body));
     } else {
       res.writeHead(404, { "content-type": "application/json" }).end('{"error":"not found"}');
     }

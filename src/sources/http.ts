@@ -11,7 +11,7 @@ import { z } from "zod";
 import { SluiceError } from "../core/errors.js";
 import type { Entry } from "../core/record.js";
 import { byteSize, duration } from "../components/options.js";
-import { defineComponent, type ComponentContext, type EnqueueOptions, type EnqueueOutcome, type Source, type SourceHandle } from "../components/contracts.js";
+import { defineComponent, readinessAnswer, type ComponentContext, type EnqueueOptions, type EnqueueOutcome, type Readiness, type Source, type SourceHandle } from "../components/contracts.js";
 import { Authenticator } from "./http-auth.js";
 import { ACCEPTED_TYPES, bodyFormat, decode, HttpError, parseBody, readBody, text } from "./http-body.js";
 
@@ -162,8 +162,8 @@ export class HttpSource implements Source {
       if (req.method !== "GET" && req.method !== "HEAD") throw new HttpError(405, `use GET on ${path}`);
       if (path === "/health/live") this.send(res, 200, { status: "live" });
       else if (path === "/health/ready") {
-        const ready = this.ready();
-        this.send(res, ready ? 200 : 503, { status: ready ? "ready" : "not_ready" });
+        const answer = readinessAnswer(this.readiness());
+        this.send(res, answer.status, answer.body);
       } else {
         const service = this.ctx.service;
         if (!service) throw new HttpError(404, "metrics are not available in this pipeline");
@@ -175,8 +175,9 @@ export class HttpSource implements Source {
     throw new HttpError(404, `no route ${path}; records go to POST ${this.o.path}`);
   }
 
-  private ready(): boolean {
-    return !this.stopping && (this.ctx.service?.ready() ?? true);
+  private readiness(): Readiness {
+    const r = this.ctx.service?.readiness() ?? { ready: true, problems: [] };
+    return this.stopping ? { ...r, ready: false } : r;
   }
 
   private async ingest(req: IncomingMessage, res: ServerResponse): Promise<void> {

@@ -152,7 +152,7 @@ export async function startHttpPipeline(o: HttpPipelineOptions = {}): Promise<Ht
   const metrics = new Metrics(["db"], silentLogger);
   const service: ServiceProbe = {
     // Called only once the pipeline runs, so `pipeline` is set by then.
-    ready: () => pipeline.status().tag === "running",
+    readiness: () => ({ ready: pipeline.status().tag === "running", problems: [] }),
     metrics: async () => ({ contentType: metrics.registry.contentType, text: await metrics.registry.metrics() }),
   };
   const ctx = (name: string) => ({ ...testContext({ name, dataDir: dir.path, baseDir: dir.path, service }), emit: metrics.handle });

@@ -225,6 +225,11 @@ export interface MemorySinkOptions {
   readonly connectFailures?: number;
   /** Every `connect` call rejects with this error (a sink that can never work). */
   readonly connectError?: SluiceError;
+  /**
+   * Every `connect` call waits this long on the clock before its outcome, or rejects with the
+   * signal's reason when aborted first (a connect that hangs, as to a host that drops packets).
+   */
+  readonly connectDelayMs?: number;
   /** Called at the start of every write call (a good place to sample the buffer). */
   readonly onWrite?: (call: WriteCall) => void;
   /** Called when a write call settles, whatever its outcome. */
@@ -282,8 +287,9 @@ export class MemorySink implements Sink {
     return n;
   }
 
-  async connect(_signal: AbortSignal): Promise<void> {
+  async connect(signal: AbortSignal): Promise<void> {
     this.connectCalls.push(this.clock?.now() ?? 0);
+    if (this.o.connectDelayMs !== undefined) await sleep(this.clock!, this.o.connectDelayMs, signal);
     if (this.o.connectError) throw this.o.connectError;
     if (this.connectCalls.length <= (this.o.connectFailures ?? 0)) {
       throw new SluiceError("ERR_SINK_CONNECT", `connect refused (${this.connectCalls.length})`);
@@ -458,6 +464,8 @@ export interface TestPipelineOptions {
   readonly batch?: Partial<BatchOptions>;
   /** Per-sink retry; default 5 attempts, 60 s, backoff 100 ms x2 up to 1 s. */
   readonly retry?: Partial<RetryOptions>;
+  /** Per-sink connect timeout, ms; default none (retry until connected). */
+  readonly connectTimeoutMs?: number;
   /** Per-sink lanes (or an adaptive limit); default 1. */
   readonly concurrency?: Concurrency;
   readonly deadLetterBackoff?: BackoffPolicy;
@@ -512,7 +520,7 @@ export function makePipeline(o: TestPipelineOptions = {}): TestPipeline {
   const batch: BatchOptions = { maxRecords: 10, maxBytes: 1024 * 1024, maxWaitMs: 100, ...o.batch };
   const retry: RetryOptions = { maxAttempts: 5, maxElapsedMs: 60_000, backoff: { initialMs: 100, maxMs: 1000, multiplier: 2 }, ...o.retry };
   const sourceSettings: SourceSettings[] = sources.map((s) => ({ name: s.name, source: s, keyField: s.keyField }));
-  const sinkSettings: SinkSettings[] = sinks.map((s) => ({ name: s.name, sink: s, batch, retry, concurrency: o.concurrency ?? 1 }));
+  const sinkSettings: SinkSettings[] = sinks.map((s) => ({ name: s.name, sink: s, batch, retry, connectTimeoutMs: o.connectTimeoutMs, concurrency: o.concurrency ?? 1 }));
   const pipeline = new Pipeline({
     sources: sourceSettings,
     transforms: o.transforms ?? [],

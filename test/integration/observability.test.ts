@@ -20,7 +20,7 @@ describe("observability server", () => {
       .map((r) => (r.seq % 100 === 0 ? null : r) as typeof r)
       .sink("db", sinks.sqlite({ path: join(dir, "out.db") }), { batch: { max_records: 50 }, chaos: { failure_rate: 0.3, permanent_failure_rate: 0.01, seed: 5 }, retry: { initial_backoff: 1 } })
       .build();
-    const server = await startObservabilityServer("127.0.0.1:0", metrics.registry, { ready: () => p.status().tag === "running" });
+    const server = await startObservabilityServer("127.0.0.1:0", metrics.registry, { readiness: () => ({ ready: p.status().tag === "running", problems: [] }) });
     const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
     try {
       expect((await fetch(`${base}/health/ready`)).status).toBe(503); // not running yet

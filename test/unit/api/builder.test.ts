@@ -1,6 +1,7 @@
 /**
  * The library builder's sink driving settings: validated like the YAML's, and passed through to
- * the engine (here: `concurrency: "adaptive"` reaches the sink runner and its gauge).
+ * the engine (here: `concurrency: "adaptive"` reaches the sink runner and its gauge); a failed run
+ * surfaced as an event and a rejected `run()`.
  */
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -8,8 +9,10 @@ import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { pipeline } from "../../../src/api/builder.js";
 import { sinks, sources } from "../../../src/api/components.js";
+import type { Sink } from "../../../src/components/contracts.js";
 import { systemClock } from "../../../src/core/clock.js";
 import { SluiceError } from "../../../src/core/errors.js";
+import type { InternalEvent } from "../../../src/core/events.js";
 
 function configError(fn: () => unknown): SluiceError {
   try {
@@ -94,6 +97,31 @@ describe("PipelineBuilder.sink driving settings", () => {
       const gauge = await metrics.registry.getSingleMetric("sluice_sink_concurrency_limit")!.get();
       expect(gauge.values).toEqual([{ labels: { sink: "out" }, value: startLimit }]);
       expect((await p.run()).tag).toBe("completed");
+    });
+
+    it("a sink that cannot connect: onEvent hears each failed attempt, run() rejects with ERR_SINK_CONNECT at connect_timeout", async () => {
+      const refusing: Sink = {
+        maxInFlight: 1,
+        connect: async () => {
+          throw Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:5433"), { code: "ECONNREFUSED" });
+        },
+        write: async () => {},
+        close: async () => {},
+      };
+      const events: InternalEvent[] = [];
+      const run = pipeline({ cwd: dir, onEvent: (e) => events.push(e) })
+        .source("gen", sources.generator({ count: 20 }))
+        .sink("db", sinks.custom("refusing", () => refusing), { connect_timeout: "300ms", retry: { initial_backoff: 10, max_backoff: 20 } })
+        .run();
+      const error = await run.then(
+        () => undefined,
+        (err: unknown) => err,
+      );
+      expect(error).toBeInstanceOf(SluiceError);
+      expect(error).toMatchObject({ code: "ERR_SINK_CONNECT", message: "sink db could not connect within 0.3 s: connect ECONNREFUSED 127.0.0.1:5433" });
+      const failed = events.filter((e) => e.type === "sink_connect_failed");
+      expect(failed.length).toBeGreaterThan(2);
+      expect(failed[0]).toMatchObject({ sink: "db", attempt: 1, code: "ERR_SINK_CONNECT", message: "connect ECONNREFUSED 127.0.0.1:5433", connectTimeoutMs: 300 });
     });
   });
 });

@@ -394,6 +394,75 @@ describe("Pipeline, end to end in memory", () => {
     expect(source.acks).toEqual([]);
   });
 
+  describe("a sink that cannot connect", () => {
+    const refused = () => new MemorySink({ connectFailures: Number.POSITIVE_INFINITY });
+
+    it("ends the run failed at connect_timeout with ERR_SINK_CONNECT, without waiting out shutdown_timeout; nothing acked", async () => {
+      const tp = makePipeline({ inputs: payloads(6), sinks: [refused()], chunkSize: 2, connectTimeoutMs: 30_000, shutdownTimeoutMs: 60_000 });
+      const t0 = tp.clock.now();
+      const status = await tp.run();
+      expect(tp.clock.now() - t0).toBe(30_000);
+      expect(status).toMatchObject({ tag: "failed", unacked: 6, error: { code: "ERR_SINK_CONNECT" } });
+      if (status.tag === "failed") expect(status.error.message).toBe(`sink sink could not connect within 30 s: connect refused (${tp.sink.connectCalls.length})`);
+      expect(tp.source.acks).toEqual([]);
+      expect(tp.sink.writes).toEqual([]);
+      expect(tp.metrics.sinksDown(30_000)).toEqual([`sink sink: connecting, down 30 s: connect refused (${tp.sink.connectCalls.length})`]);
+    });
+
+    it("is named while down: sink_connect_failed events with since when and why, and the metrics' sinksDown", async () => {
+      const source = new MemorySource(payloads(2), { end: "wait" });
+      const tp = makePipeline({ sources: [source], sinks: [refused()] });
+      const t0 = tp.clock.now();
+      const running = tp.start();
+      await tp.drive(() => tp.clock.now() - t0 >= 45_000);
+      const failed = tp.events.filter((e) => e.type === "sink_connect_failed");
+      expect(failed.length).toBeGreaterThan(3);
+      expect(failed.every((e) => e.type === "sink_connect_failed" && e.downSince === t0 && e.sink === "sink")).toBe(true);
+      expect(tp.metrics.sinksDown(30_000)).toEqual([expect.stringMatching(/^sink sink: connecting, down 4\d s: connect refused \(\d+\)$/)]);
+      tp.pipeline.stop();
+      await tp.run(running);
+    });
+
+    it("a stop while a sink has never connected ends at once (not after shutdown_timeout), leaving the records un-acked", async () => {
+      const source = new MemorySource(payloads(6), { end: "wait" });
+      const tp = makePipeline({ sources: [source], sinks: [refused()], chunkSize: 2, shutdownTimeoutMs: 30_000 });
+      const t0 = tp.clock.now();
+      const running = tp.start();
+      await tp.drive(() => tp.metrics.snapshot().received === 6 && tp.clock.now() - t0 >= 5_000);
+      const stoppedAt = tp.clock.now();
+      tp.pipeline.stop();
+      const status = await tp.run(running);
+      expect(tp.clock.now() - stoppedAt).toBeLessThan(1000);
+      expect(status).toMatchObject({ tag: "failed", unacked: 6, error: { code: "ERR_SINK_CONNECT" } });
+      if (status.tag === "failed") expect(status.error.message).toMatch(/^stopped before sink sink connected \(down 5(\.\d)? s: connect refused \(\d+\)\)$/);
+      expect(source.acks).toEqual([]);
+      expect(tp.sink.closed && tp.source.closed).toBe(true);
+    });
+
+    it("a stop while a sink has never connected and nothing is in flight is a clean stop", async () => {
+      const source = new MemorySource([], { end: "wait" });
+      const tp = makePipeline({ sources: [source], sinks: [refused()], shutdownTimeoutMs: 30_000 });
+      const running = tp.start();
+      await tp.drive(() => tp.sink.connectCalls.length >= 3);
+      const stoppedAt = tp.clock.now();
+      tp.pipeline.stop();
+      expect(await tp.run(running)).toEqual({ tag: "stopped" });
+      expect(tp.clock.now() - stoppedAt).toBeLessThan(1000);
+    });
+
+    it("a stop once every sink has connected still drains, even while one retries its writes", async () => {
+      const source = new MemorySource(payloads(4), { end: "wait" });
+      const sink = new MemorySink({ connectFailures: 2, schedule: ["retryable", "retryable"] });
+      const tp = makePipeline({ sources: [source], sinks: [sink], chunkSize: 2, batch: { maxWaitMs: 0 }, shutdownTimeoutMs: 30_000 });
+      const running = tp.start();
+      await tp.drive(() => sink.writes.length >= 1);
+      tp.pipeline.stop();
+      expect(await tp.run(running)).toEqual({ tag: "stopped" });
+      expect([...sink.committed.keys()].sort()).toEqual(ids(4).sort());
+      expectBalanced(tp, 4);
+    });
+  });
+
   it("acks checkpoints in order and only over contiguous done chunks", async () => {
     // Keyless chunks go round robin over 2 lanes: chunk 0 (slow) on lane 0, chunk 1 on lane 1.
     const sink = new MemorySink({ schedule: (call) => (call.ids.includes("r-0") ? { delayMs: 1000, then: "ok" } : "ok") });

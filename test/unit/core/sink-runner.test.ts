@@ -15,6 +15,7 @@ interface HarnessOptions {
   readonly sink: MemorySink;
   readonly batch?: Partial<BatchOptions>;
   readonly retry?: Partial<RetryOptions>;
+  readonly connectTimeoutMs?: number;
   readonly concurrency?: Concurrency;
   readonly random?: () => number;
 }
@@ -42,6 +43,7 @@ function harness(o: HarnessOptions) {
     sink: o.sink,
     batch: { maxRecords: 100, maxBytes: 1_000_000, maxWaitMs: 1000, ...o.batch },
     retry: { maxAttempts: 5, maxElapsedMs: 600_000, backoff: { initialMs: 100, maxMs: 10_000, multiplier: 2 }, ...o.retry },
+    connectTimeoutMs: o.connectTimeoutMs,
     concurrency: o.concurrency ?? 1,
     clock: engineClock,
     random,
@@ -537,10 +539,76 @@ describe("SinkRunner", () => {
     expect(sink.connectCalls).toEqual([0, 50, 150, 350]);
     expect(sink.writes.map((w) => w.at)).toEqual([350]);
     expect(sink.violations).toEqual([]);
-    expect(h.events.filter((e) => e.type === "component_error").map((e) => e.type === "component_error" && e.code)).toEqual([
-      "ERR_SINK_CONNECT",
-      "ERR_SINK_CONNECT",
-      "ERR_SINK_CONNECT",
+    // Each failure names the sink, the attempt, since when it is down (its first attempt) and why.
+    expect(h.events.filter((e) => e.type === "sink_connect_failed" || e.type === "sink_connected")).toEqual([
+      ...[1, 2, 3].map((attempt) => ({
+        type: "sink_connect_failed",
+        sink: "sink",
+        attempt,
+        downSince: 0,
+        code: "ERR_SINK_CONNECT",
+        message: `connect refused (${attempt})`,
+        retryable: true,
+        connectTimeoutMs: undefined,
+      })),
+      { type: "sink_connected", sink: "sink", attempt: 4 },
     ]);
+  });
+
+  describe("connect_timeout", () => {
+    /** Starts the runner; `result()` is what start() resolved with and when, or undefined while it runs. */
+    function start(h: ReturnType<typeof harness>) {
+      let outcome: { error: SluiceError | undefined; at: number } | undefined;
+      void h.runner.start().then((error) => (outcome = { error, at: h.clock.now() }));
+      return () => outcome;
+    }
+
+    it("gives up at connectTimeoutMs with ERR_SINK_CONNECT naming the sink, the timeout and the last error", async () => {
+      const sink = new MemorySink({ connectFailures: Number.POSITIVE_INFINITY });
+      const h = harness({ sink, connectTimeoutMs: 30_000 });
+      const result = start(h);
+      await driveUntil(h.clock, () => result() !== undefined);
+      const { error, at } = result()!;
+      expect(at).toBe(30_000);
+      expect(error).toBeInstanceOf(SluiceError);
+      expect(error).toMatchObject({ code: "ERR_SINK_CONNECT", retryable: false, location: "sink" });
+      expect(error!.message).toBe(`sink sink could not connect within 30 s: connect refused (${sink.connectCalls.length})`);
+      expect(sink.connectCalls.length).toBeGreaterThan(3);
+      expect(h.runner.isConnected).toBe(false);
+      // Nothing is left on the clock: no backoff wait outlives the give-up.
+      expect(h.clock.pendingTimers).toBe(0);
+    });
+
+    it("cuts off an attempt that hangs, at connectTimeoutMs", async () => {
+      const sink = new MemorySink({ connectDelayMs: 3_600_000 });
+      const h = harness({ sink, connectTimeoutMs: 2_500 });
+      const result = start(h);
+      await driveUntil(h.clock, () => result() !== undefined);
+      expect(result()!.at).toBe(2_500);
+      expect(result()!.error!.message).toBe("sink sink could not connect within 2.5 s: the first attempt did not finish");
+      expect(sink.connectCalls).toEqual([0]);
+    });
+
+    it("without one, keeps trying for as long as it takes (hours), then writes", async () => {
+      const sink = new MemorySink({ connectFailures: 5000 });
+      const h = harness({ sink });
+      const result = start(h);
+      h.runner.accept(entries(1));
+      await driveUntil(h.clock, () => h.clock.now() >= 3 * 3_600_000 || result() !== undefined, { maxSteps: 100_000 });
+      expect(result()).toBeUndefined();
+      expect(h.runner.isConnected).toBe(false);
+      await h.until(1);
+      expect(result()!.error).toBeUndefined();
+      expect(sink.connectCalls).toHaveLength(5001);
+    });
+
+    it("a connect that succeeds before the timeout cancels it", async () => {
+      const sink = new MemorySink({ connectFailures: 2 });
+      const h = harness({ sink, connectTimeoutMs: 30_000 });
+      const result = start(h);
+      await driveUntil(h.clock, () => result() !== undefined);
+      expect(result()!.error).toBeUndefined();
+      expect(h.clock.pendingTimers).toBe(0);
+    });
   });
 });

@@ -1,9 +1,10 @@
 /**
  * Readiness as `/health/ready` reports it: the pipeline running, and no sink failing (retrying or
- * not connecting) for longer than `observability.unready_after` without one success.
+ * not connecting) for longer than `observability.unready_after` without one success; every sink
+ * down right now is named, with since when and why.
  */
 import { describe, expect, it } from "vitest";
-import type { ServiceProbe } from "../../../src/components/contracts.js";
+import { readinessAnswer, type ServiceProbe } from "../../../src/components/contracts.js";
 import { serviceProbe } from "../../../src/config/build.js";
 import { silentLogger } from "../../../src/core/events.js";
 import type { Pipeline } from "../../../src/core/pipeline.js";
@@ -20,12 +21,15 @@ function setup(state: "running" | "draining" = "running"): { metrics: Metrics; p
 
 const retried = (sink: string) => ({ type: "records_retried", sink, count: 10, code: "ERR_SINK_WRITE", message: "down", delayMs: 100 }) as const;
 
+const connectFailed = (sink: string, downSince: number, message = "ECONNREFUSED 127.0.0.1:5433") =>
+  ({ type: "sink_connect_failed", sink, attempt: 2, downSince, code: "ERR_SINK_CONNECT", message, retryable: true, connectTimeoutMs: undefined }) as const;
+
 describe("readiness", () => {
   it("is ready while running with healthy sinks; not while draining; not before the pipeline exists", () => {
-    expect(setup().probe.ready()).toBe(true);
-    expect(setup("draining").probe.ready()).toBe(false);
+    expect(setup().probe.readiness()).toEqual({ ready: true, problems: [] });
+    expect(setup("draining").probe.readiness().ready).toBe(false);
     const metrics = new Metrics(["db"], silentLogger);
-    expect(serviceProbe(() => undefined, metrics, UNREADY_AFTER).ready()).toBe(false);
+    expect(serviceProbe(() => undefined, metrics, UNREADY_AFTER).readiness().ready).toBe(false);
   });
 
   it("turns unready once a sink has retried for unready_after without a success, and ready again on a delivery", () => {
@@ -33,12 +37,13 @@ describe("readiness", () => {
     metrics.handle(retried("db"));
     at.now += UNREADY_AFTER - 1;
     metrics.handle(retried("db"));
-    expect(probe.ready()).toBe(true);
+    // Retries alone are not named before unready_after: they show in the retried count.
+    expect(probe.readiness()).toEqual({ ready: true, problems: [] });
     at.now += 1;
-    expect(probe.ready()).toBe(false);
+    expect(probe.readiness()).toEqual({ ready: false, problems: ["sink db: retrying, down 30 s: down"] });
     expect(metrics.failingSinks(UNREADY_AFTER)).toEqual(["db"]);
     metrics.handle({ type: "records_delivered", sink: "db", records: [{ receivedAt: at.now }], alreadyPresent: 0, now: at.now });
-    expect(probe.ready()).toBe(true);
+    expect(probe.readiness()).toEqual({ ready: true, problems: [] });
   });
 
   it("counts a sink that cannot connect as failing until it connects; other components' errors do not count", () => {
@@ -47,9 +52,40 @@ describe("readiness", () => {
     metrics.handle({ type: "component_error", component: "web", code: "ERR_SOURCE_READ", message: "ack failed" });
     at.now += UNREADY_AFTER;
     expect(metrics.failingSinks(UNREADY_AFTER)).toEqual(["files"]);
-    expect(probe.ready()).toBe(false);
-    metrics.handle({ type: "sink_connected", sink: "files" });
-    expect(probe.ready()).toBe(true);
+    expect(probe.readiness().ready).toBe(false);
+    metrics.handle({ type: "sink_connected", sink: "files", attempt: 1 });
+    expect(probe.readiness().ready).toBe(true);
+  });
+
+  it("names a sink that is connecting, since when (its first attempt) and why, before and after unready_after", () => {
+    const { metrics, probe, at } = setup();
+    const started = at.now;
+    at.now += 5_000;
+    metrics.handle(connectFailed("db", started));
+    const early = probe.readiness();
+    expect(early).toEqual({ ready: true, problems: ["sink db: connecting, down 5 s: ECONNREFUSED 127.0.0.1:5433"] });
+    expect(readinessAnswer(early)).toEqual({ status: 200, body: { status: "ready", problems: early.problems } });
+    at.now = started + 45_500;
+    metrics.handle(connectFailed("db", started, "ECONNREFUSED 127.0.0.1:5434"));
+    const late = probe.readiness();
+    expect(late).toEqual({ ready: false, problems: ["sink db: connecting, down 45 s: ECONNREFUSED 127.0.0.1:5434"] });
+    expect(readinessAnswer(late).status).toBe(503);
+    metrics.handle({ type: "sink_connected", sink: "db", attempt: 7 });
+    expect(readinessAnswer(probe.readiness())).toEqual({ status: 200, body: { status: "ready" } });
+  });
+
+  it("counts connect attempts by outcome and shows whether each sink is up", async () => {
+    const { metrics } = setup();
+    let text = await metrics.registry.metrics();
+    expect(text).toContain('sluice_sink_up{sink="db"} 0');
+    metrics.handle(connectFailed("db", 0));
+    metrics.handle(connectFailed("db", 0));
+    metrics.handle({ type: "sink_connected", sink: "db", attempt: 3 });
+    text = await metrics.registry.metrics();
+    expect(text).toContain('sluice_sink_connect_attempts_total{sink="db",outcome="failed"} 2');
+    expect(text).toContain('sluice_sink_connect_attempts_total{sink="db",outcome="connected"} 1');
+    expect(text).toContain('sluice_sink_up{sink="db"} 1');
+    expect(text).toContain('sluice_sink_up{sink="files"} 0');
   });
 
   it("serves the metrics text with Prometheus' content type", async () => {
