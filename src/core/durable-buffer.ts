@@ -8,8 +8,8 @@ import { constants as fsConstants } from "node:fs";
 import { join } from "node:path";
 import type { Buffer as BufferContract, BufferLimits, Chunk, PushResult } from "./buffer.js";
 import { systemClock, type Clock } from "./clock.js";
+import { acquireDirLock, type DirLock } from "./dir-lock.js";
 import {
-  acquireLock,
   encodeChunk,
   frameHead,
   frameSize,
@@ -19,7 +19,6 @@ import {
   quarantine,
   readAcked,
   readFrame,
-  releaseLock,
   scanSegment,
   segmentName,
   serializeAcked,
@@ -195,6 +194,7 @@ export class DurableBuffer implements BufferContract {
   private readonly segmentBytes: number;
 
   private phase: "new" | "open" | "shut" = "new";
+  private lock: DirLock | undefined;
   private closed = false;
   /** Closed by a graceful stop: what was not pulled stays in the log for the next run. */
   private keep = false;
@@ -250,8 +250,9 @@ export class DurableBuffer implements BufferContract {
 
   /**
    * Takes the lock and recovers the log: reads `acked`, scans every segment, quarantines torn or
-   * corrupt bytes, and queues the entries not yet released for pull. Rejects with `ERR_BUFFER_IO`
-   * when the directory is locked by a live process or cannot be read; corruption never rejects.
+   * corrupt bytes, and queues the entries not yet released for pull. Rejects with `ERR_LOCKED`
+   * when the directory is locked by a live process, `ERR_BUFFER_IO` when it cannot be read;
+   * corruption never rejects.
    */
   async open(): Promise<void> {
     if (this.phase !== "new") throw new SluiceError("ERR_INTERNAL", "DurableBuffer.open() is called once");
@@ -260,9 +261,9 @@ export class DurableBuffer implements BufferContract {
     } catch (err) {
       throw ioError(`durable buffer: cannot create ${this.dir}`, err);
     }
-    let lock: { staleFrom: number | undefined };
+    let lock: DirLock;
     try {
-      lock = await acquireLock(this.dir);
+      lock = await acquireDirLock(join(this.dir, "lock"), `durable buffer ${this.dir}`);
     } catch (err) {
       throw err instanceof SluiceError ? err : ioError(`durable buffer: cannot lock ${this.dir}`, err);
     }
@@ -271,9 +272,10 @@ export class DurableBuffer implements BufferContract {
     try {
       ackedCorrupt = await this.recover();
     } catch (err) {
-      await releaseLock(this.dir).catch(() => {});
+      await lock.release().catch(() => {});
       throw err instanceof SluiceError ? err : ioError(`durable buffer: cannot recover ${this.dir}`, err);
     }
+    this.lock = lock;
     this.phase = "open";
     if (ackedCorrupt) this.scheduleAckedWrite();
   }
@@ -398,7 +400,7 @@ export class DurableBuffer implements BufferContract {
     this.reader = undefined;
     if (last !== undefined && last.live === 0) await fs.rm(join(this.dir, last.name), { force: true }).catch(() => {});
     await Promise.all(this.background);
-    await releaseLock(this.dir).catch((err: unknown) => this.logger.warn({ path: this.dir, err: String(err) }, "durable buffer: could not remove the lock file"));
+    await this.lock?.release().catch((err: unknown) => this.logger.warn({ path: this.dir, err: String(err) }, "durable buffer: could not remove the lock file"));
   }
 
   // -------------------------------------------------------------------------------------------

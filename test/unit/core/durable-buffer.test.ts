@@ -585,15 +585,15 @@ describe("DurableBuffer", () => {
     const second = create(dir);
     const err = await second.buffer.open().catch((e: unknown) => e);
     expect(err).toBeInstanceOf(SluiceError);
-    expect(err).toMatchObject({ code: "ERR_BUFFER_IO" });
-    expect((err as Error).message).toMatch(/in use by process \d+/);
+    expect(err).toMatchObject({ code: "ERR_LOCKED" });
+    expect((err as Error).message).toMatch(/in use by this process \(pid \d+\)/);
     await first.buffer.shutdown();
 
     const child = spawn(process.execPath, ["-e", "setTimeout(() => {}, 60_000)"], { stdio: "ignore" });
     try {
       fs.writeFileSync(join(dir, "lock"), `${child.pid}\n`);
       const third = create(dir);
-      await expect(third.buffer.open()).rejects.toMatchObject({ code: "ERR_BUFFER_IO", message: expect.stringContaining(`process ${child.pid}`) });
+      await expect(third.buffer.open()).rejects.toMatchObject({ code: "ERR_LOCKED", message: expect.stringContaining(`process ${child.pid}`) });
     } finally {
       child.kill("SIGKILL");
       await new Promise((r) => child.once("exit", r));
@@ -617,7 +617,7 @@ describe("DurableBuffer", () => {
       await taken.buffer.shutdown();
       // The same pid and start time: that very process holds it.
       fs.writeFileSync(join(dir, "lock"), `${child.pid} ${started}\n`);
-      await expect(create(dir).buffer.open()).rejects.toMatchObject({ code: "ERR_BUFFER_IO", message: expect.stringContaining(`process ${child.pid}`) });
+      await expect(create(dir).buffer.open()).rejects.toMatchObject({ code: "ERR_LOCKED", message: expect.stringContaining(`process ${child.pid}`) });
     } finally {
       child.kill("SIGKILL");
       await new Promise((r) => child.once("exit", r));
