@@ -29,8 +29,10 @@ export interface ComponentContext {
 
 /** What a component serving HTTP can ask the pipeline. */
 export interface ServiceProbe {
-  /** False while the pipeline is not running (starting, stopping) or a sink has been failing past `observability.unready_after`. */
+  /** False while the pipeline is not running (starting, stopping), a sink has been failing past `observability.unready_after`, or the durable buffer cannot write. */
   ready(): boolean;
+  /** Why it is not ready: one line per component, `"<component>: <why>"`; empty when ready. */
+  unready(): string[];
   /** The Prometheus exposition of the pipeline's metrics. */
   metrics(): Promise<{ contentType: string; text: string }>;
 }

@@ -80,8 +80,18 @@ export function createBuffer(buffer: PipelineConfig["buffer"], dataDir: string, 
  * call: components are created before the pipeline that holds them.
  */
 export function serviceProbe(pipeline: () => Pipeline | undefined, metrics: Metrics, unreadyAfterMs: number): ServiceProbe {
+  const unready = (): string[] => {
+    const why: string[] = [];
+    const state = pipeline()?.status().tag ?? "idle";
+    if (state !== "running") why.push(`pipeline: ${state === "idle" ? "starting" : state === "draining" ? "stopping" : "stopped"}`);
+    for (const sink of metrics.failingSinks(unreadyAfterMs)) why.push(`sink ${sink}: failing for ${unreadyAfterMs / 1000} s or more without a success`);
+    const bufferError = metrics.bufferUnwritable();
+    if (bufferError !== undefined) why.push(`buffer: cannot write: ${bufferError}`);
+    return why;
+  };
   return {
-    ready: () => pipeline()?.status().tag === "running" && metrics.failingSinks(unreadyAfterMs).length === 0,
+    ready: () => unready().length === 0,
+    unready,
     metrics: async () => ({ contentType: metrics.registry.contentType, text: await metrics.registry.metrics() }),
   };
 }

@@ -52,6 +52,8 @@ export interface DurableBufferOptions {
 
 /** How often, at most, release progress is written to `acked`, ms. */
 const ACKED_INTERVAL_MS = 100;
+/** While writes fail, how often a probe write checks whether they would succeed again, ms. */
+const WRITE_PROBE_MS = 1000;
 /** First and longest wait before retrying a failed read of an entry, ms. */
 const READ_RETRY_MS = 1000;
 const READ_RETRY_MAX_MS = 30_000;
@@ -231,6 +233,9 @@ export class DurableBuffer implements BufferContract {
   private stopReadRetry: (() => void) | undefined;
   private emptyWaiters: (() => void)[] = [];
 
+  /** Set while writes fail (disk full, I/O error): bytes of the write that failed. */
+  private failedWriteBytes: number | undefined;
+  private cancelProbe: (() => void) | undefined;
   private cancelAckedTimer: (() => void) | undefined;
   private ackedWrite: Promise<void> = Promise.resolve();
   private ackedWritten = "";
@@ -393,6 +398,8 @@ export class DurableBuffer implements BufferContract {
     this.wakePuller();
     this.cancelAckedTimer?.();
     this.cancelAckedTimer = undefined;
+    this.cancelProbe?.();
+    this.cancelProbe = undefined;
     await this.persistAcked().catch((err: unknown) => this.logger.warn({ path: this.dir, err: String(err) }, "durable buffer: could not write the acked file"));
     const last = this.current?.segment;
     for (const handle of [this.current, this.reader]) await handle?.fh.close().catch(() => {});
@@ -537,9 +544,10 @@ export class DurableBuffer implements BufferContract {
       const group = this.appends.splice(0, n);
       try {
         await this.writeGroup(group, bytes);
+        this.writable();
         this.commit(group);
       } catch (err) {
-        await this.failGroup(group, err);
+        await this.failGroup(group, bytes, err);
       }
     }
     this.writer = undefined;
@@ -619,9 +627,10 @@ export class DurableBuffer implements BufferContract {
     this.wakePuller();
   }
 
-  private async failGroup(group: Append[], err: unknown): Promise<void> {
+  private async failGroup(group: Append[], bytes: number, err: unknown): Promise<void> {
     const error = ioError(`durable buffer: could not append to ${this.dir}`, err);
     this.logger.error({ path: this.dir, code: error.code, err: error.message, chunks: group.length }, "durable buffer: write failed; the pushes of this group are rejected");
+    this.notWritable(bytes, err);
     // What reached the file (or the disk) of a failed write is unknown: cut the segment back
     // to its last good entry and write on in a new one.
     const current = this.current;
@@ -635,6 +644,68 @@ export class DurableBuffer implements BufferContract {
       this.retire(a.entry);
       a.reject(error);
     }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Writability: what readiness reports
+
+  /**
+   * A write failed: report it (`/health/ready` turns false) and, until a write succeeds, probe
+   * now and then. Without the probe, a load balancer that stops sending traffic on the report
+   * would also stop the pushes whose writes could tell that the disk has room again.
+   */
+  private notWritable(bytes: number, err: unknown): void {
+    this.emit({ type: "buffer_write_failed", reason: err instanceof Error ? err.message : String(err) });
+    const first = this.failedWriteBytes === undefined;
+    this.failedWriteBytes = bytes;
+    if (first) this.scheduleProbe();
+  }
+
+  /** A write succeeded: report it if writes had been failing. */
+  private writable(): void {
+    if (this.failedWriteBytes === undefined) return;
+    this.failedWriteBytes = undefined;
+    this.cancelProbe?.();
+    this.cancelProbe = undefined;
+    this.emit({ type: "buffer_write_recovered" });
+    this.logger.info({ path: this.dir }, "durable buffer: writes succeed again");
+  }
+
+  private scheduleProbe(): void {
+    if (this.phase === "shut") return;
+    this.cancelProbe = this.clock.setTimer(WRITE_PROBE_MS, () => {
+      this.cancelProbe = undefined;
+      this.runInBackground(() => this.probeWrite(), "write probe failed");
+    });
+  }
+
+  /**
+   * Writes as many bytes as the write that failed (at most a segment's worth), the way segments
+   * are written, into a scratch file that it then removes: would that write succeed now?
+   */
+  private async probeWrite(): Promise<void> {
+    const bytes = this.failedWriteBytes;
+    if (bytes === undefined || this.phase === "shut") return;
+    const file = join(this.dir, "write-probe");
+    const size = Math.min(bytes, this.segmentBytes);
+    let ok = true;
+    try {
+      const fh = await fs.open(file, this.fsync ? fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_TRUNC | fsConstants.O_DSYNC : "w");
+      try {
+        for (let done = 0; done < size; ) {
+          const { bytesWritten } = await fh.write(globalThis.Buffer.alloc(size - done), 0, size - done, done);
+          if (bytesWritten === 0) throw new Error("write made no progress");
+          done += bytesWritten;
+        }
+      } finally {
+        await fh.close();
+      }
+    } catch {
+      ok = false;
+    }
+    await fs.rm(file, { force: true }).catch(() => {});
+    if (ok) this.writable();
+    else if (this.failedWriteBytes !== undefined) this.scheduleProbe();
   }
 
   // -------------------------------------------------------------------------------------------

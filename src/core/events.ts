@@ -23,6 +23,10 @@ export type InternalEvent =
   | { type: "buffer_replayed"; records: number; chunks: number }
   /** A durable buffer found a torn or corrupt entry on open, moved its bytes to quarantine and went on. */
   | { type: "buffer_corrupt"; entries: number; bytes: number; reason: string }
+  /** A durable buffer write failed (disk full, I/O error): the buffer is not ready until a write succeeds. */
+  | { type: "buffer_write_failed"; reason: string }
+  /** A durable buffer write succeeded after writes had failed. */
+  | { type: "buffer_write_recovered" }
   | { type: "component_error"; component: string; code: string; message: string };
 
 /**

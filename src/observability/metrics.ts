@@ -59,6 +59,9 @@ export class Metrics {
   private readonly concurrencyLimit = new Gauge({ name: "sluice_sink_concurrency_limit", help: "Batches a sink may have in flight at once: its lanes, or the current adaptive limit.", labelNames: ["sink"], registers: [this.registry] });
   private readonly replayed = new Counter({ name: "sluice_buffer_replayed_records_total", help: "Records of an earlier run replayed from the durable buffer on start.", registers: [this.registry] });
   private readonly corrupt = new Counter({ name: "sluice_buffer_corrupt_entries_total", help: "Torn or corrupt durable buffer entries found on start and moved to quarantine.", labelNames: ["reason"], registers: [this.registry] });
+  private readonly bufferWritable = new Gauge({ name: "sluice_buffer_writable", help: "1 while the buffer can write; 0 while the durable buffer's writes fail (disk full, I/O error) and /health/ready says not ready.", registers: [this.registry] });
+  /** Why the durable buffer's latest write failed, while writes fail; for readiness. */
+  private bufferWriteError: string | undefined;
   private readonly httpRequests = new Counter({ name: "sluice_http_requests_total", help: "Ingest requests answered by an http source, by status code.", labelNames: ["source", "status"], registers: [this.registry] });
   /** Since when each sink has been failing without one success (ms), for readiness. */
   private readonly failingSince = new Map<string, number>();
@@ -81,6 +84,7 @@ export class Metrics {
       buffer_bytes: 0,
       sinks: Object.fromEntries(sinkNames.map((n) => [n, { delivered: 0, dead_lettered: 0 }])),
     };
+    this.bufferWritable.set(1);
     const probe = () => this.bufferProbe();
     new Gauge({ name: "sluice_buffer_records", help: "Records held by the buffer, including those being transformed or written.", registers: [this.registry], collect() { this.set(probe().records); } });
     new Gauge({ name: "sluice_buffer_bytes", help: "Estimated bytes held by the buffer.", registers: [this.registry], collect() { this.set(probe().bytes); } });
@@ -154,6 +158,14 @@ export class Metrics {
       case "buffer_corrupt":
         this.corrupt.inc({ reason: event.reason }, event.entries);
         break;
+      case "buffer_write_failed":
+        this.bufferWriteError = event.reason;
+        this.bufferWritable.set(0);
+        break;
+      case "buffer_write_recovered":
+        this.bufferWriteError = undefined;
+        this.bufferWritable.set(1);
+        break;
       case "component_error":
         if (event.component in c.sinks) this.markFailing(event.component);
         this.logRateLimited(`error:${event.component}:${event.code}`, { component: event.component, code: event.code, err: event.message }, "component error");
@@ -177,6 +189,11 @@ export class Metrics {
   failingSinks(ms: number): string[] {
     const now = this.now();
     return [...this.failingSince].filter(([, since]) => now - since >= ms).map(([sink]) => sink);
+  }
+
+  /** Why the durable buffer cannot write, while its writes fail; undefined while it can. */
+  bufferUnwritable(): string | undefined {
+    return this.bufferWriteError;
   }
 
   private markFailing(sink: string): void {

@@ -4,8 +4,10 @@ import type { Registry } from "prom-client";
 
 /** What the server asks the pipeline. */
 export interface HealthProbe {
-  /** True while the pipeline takes records (false while stopping or stopped). */
+  /** True while the pipeline takes records (false while stopping or stopped, or while a component is not ready). */
   ready(): boolean;
+  /** Why not: one line per component; empty when ready. */
+  unready(): string[];
 }
 
 /**
@@ -30,8 +32,9 @@ export async function startObservabilityServer(listen: string, registry: Registr
     } else if (path === "/health/live") {
       res.writeHead(200, { "content-type": "application/json" }).end('{"status":"live"}');
     } else if (path === "/health/ready") {
-      const ready = health.ready();
-      res.writeHead(ready ? 200 : 503, { "content-type": "application/json" }).end(JSON.stringify({ status: ready ? "ready" : "not_ready" }));
+      const reasons = health.unready();
+      const body = reasons.length === 0 ? { status: "ready" } : { status: "not_ready", reasons };
+      res.writeHead(reasons.length === 0 ? 200 : 503, { "content-type": "application/json" }).end(JSON.stringify(body));
     } else {
       res.writeHead(404, { "content-type": "application/json" }).end('{"error":"not found"}');
     }

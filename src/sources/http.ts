@@ -162,8 +162,8 @@ export class HttpSource implements Source {
       if (req.method !== "GET" && req.method !== "HEAD") throw new HttpError(405, `use GET on ${path}`);
       if (path === "/health/live") this.send(res, 200, { status: "live" });
       else if (path === "/health/ready") {
-        const ready = this.ready();
-        this.send(res, ready ? 200 : 503, { status: ready ? "ready" : "not_ready" });
+        const reasons = this.unready();
+        this.send(res, reasons.length === 0 ? 200 : 503, reasons.length === 0 ? { status: "ready" } : { status: "not_ready", reasons });
       } else {
         const service = this.ctx.service;
         if (!service) throw new HttpError(404, "metrics are not available in this pipeline");
@@ -175,8 +175,10 @@ export class HttpSource implements Source {
     throw new HttpError(404, `no route ${path}; records go to POST ${this.o.path}`);
   }
 
-  private ready(): boolean {
-    return !this.stopping && (this.ctx.service?.ready() ?? true);
+  /** Why `/health/ready` is not ready: this source stopping, or what the pipeline says; empty when ready. */
+  private unready(): string[] {
+    const why = this.ctx.service?.unready() ?? [];
+    return this.stopping ? [`source ${this.ctx.name}: stopping`, ...why] : why;
   }
 
   private async ingest(req: IncomingMessage, res: ServerResponse): Promise<void> {

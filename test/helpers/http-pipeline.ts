@@ -153,6 +153,7 @@ export async function startHttpPipeline(o: HttpPipelineOptions = {}): Promise<Ht
   const service: ServiceProbe = {
     // Called only once the pipeline runs, so `pipeline` is set by then.
     ready: () => pipeline.status().tag === "running",
+    unready: () => (pipeline.status().tag === "running" ? [] : ["pipeline: not running"]),
     metrics: async () => ({ contentType: metrics.registry.contentType, text: await metrics.registry.metrics() }),
   };
   const ctx = (name: string) => ({ ...testContext({ name, dataDir: dir.path, baseDir: dir.path, service }), emit: metrics.handle });

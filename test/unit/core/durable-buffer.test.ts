@@ -266,6 +266,48 @@ describe("DurableBuffer", () => {
     expect(reopened.buffer.usage().records).toBe(2);
   });
 
+  it("reports writes failing (ENOSPC) and, while they fail, probes every second until a write would succeed", async () => {
+    const dir = tmpDir();
+    const proto = await fileHandlePrototype(dir);
+    const { buffer, events, clock } = await open(dir);
+    const enospc = Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" });
+    const write = vi.spyOn(proto, "write").mockRejectedValue(enospc);
+    await expect(buffer.push(chunkOf(["a"]), false)).rejects.toMatchObject({ code: "ERR_BUFFER_IO" });
+    expect(events.filter((e) => e.type.startsWith("buffer_write"))).toEqual([{ type: "buffer_write_failed", reason: enospc.message }]);
+
+    // No push comes (a load balancer took the instance out): the probe is what finds out.
+    const calls = write.mock.calls.length;
+    clock.advance(1000);
+    await vi.waitFor(() => expect(write.mock.calls.length).toBe(calls + 1));
+    // A failed probe tries again a second later.
+    await vi.waitFor(() => expect(fs.existsSync(join(dir, "write-probe"))).toBe(false));
+    await new Promise((r) => setImmediate(r));
+    clock.advance(1000);
+    await vi.waitFor(() => expect(write.mock.calls.length).toBe(calls + 2));
+    expect(events.some((e) => e.type === "buffer_write_recovered")).toBe(false);
+    expect(fs.existsSync(join(dir, "write-probe"))).toBe(false);
+
+    write.mockRestore();
+    clock.advance(1000);
+    await vi.waitFor(() => expect(events.at(-1)).toEqual({ type: "buffer_write_recovered" }));
+    expect(fs.existsSync(join(dir, "write-probe"))).toBe(false);
+    expect(await buffer.push(chunkOf(["b"]), false)).toBe("accepted");
+    expect(events.filter((e) => e.type === "buffer_write_recovered")).toHaveLength(1);
+  });
+
+  it("reports writes succeeding again as soon as a push's write succeeds", async () => {
+    const dir = tmpDir();
+    const proto = await fileHandlePrototype(dir);
+    const { buffer, events } = await open(dir);
+    vi.spyOn(proto, "write").mockRejectedValueOnce(Object.assign(new Error("EIO: i/o error, write"), { code: "EIO" }));
+    await expect(buffer.push(chunkOf(["a"]), false)).rejects.toMatchObject({ code: "ERR_BUFFER_IO" });
+    expect(await buffer.push(chunkOf(["b"]), false)).toBe("accepted");
+    expect(events.filter((e) => e.type.startsWith("buffer_write"))).toEqual([
+      { type: "buffer_write_failed", reason: "EIO: i/o error, write" },
+      { type: "buffer_write_recovered" },
+    ]);
+  });
+
   it("after a crash, replays exactly the un-released chunks in order once release progress was written", async () => {
     const dir = tmpDir();
     const { buffer, clock } = await open(dir);

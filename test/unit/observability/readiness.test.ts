@@ -52,6 +52,27 @@ describe("readiness", () => {
     expect(probe.ready()).toBe(true);
   });
 
+  it("is not ready while the durable buffer cannot write, says why, and sets sluice_buffer_writable", async () => {
+    const { metrics, probe } = setup();
+    expect(await metrics.registry.metrics()).toContain("sluice_buffer_writable 1");
+    metrics.handle({ type: "buffer_write_failed", reason: "ENOSPC: no space left on device, write" });
+    expect(probe.ready()).toBe(false);
+    expect(probe.unready()).toEqual(["buffer: cannot write: ENOSPC: no space left on device, write"]);
+    expect(await metrics.registry.metrics()).toContain("sluice_buffer_writable 0");
+    metrics.handle({ type: "buffer_write_recovered" });
+    expect(probe.ready()).toBe(true);
+    expect(probe.unready()).toEqual([]);
+    expect(await metrics.registry.metrics()).toContain("sluice_buffer_writable 1");
+  });
+
+  it("says which component is not ready and why", () => {
+    expect(setup("draining").probe.unready()).toEqual(["pipeline: stopping"]);
+    const { metrics, probe, at } = setup();
+    metrics.handle(retried("db"));
+    at.now += UNREADY_AFTER;
+    expect(probe.unready()).toEqual(["sink db: failing for 30 s or more without a success"]);
+  });
+
   it("serves the metrics text with Prometheus' content type", async () => {
     const { metrics, probe } = setup();
     metrics.handle({ type: "http_request", source: "web", status: 202 });
