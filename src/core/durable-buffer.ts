@@ -22,10 +22,13 @@ import {
   scanSegment,
   segmentName,
   serializeAcked,
+  unreleasedIn,
   writeAcked,
+  writeProbe,
   type AckedState,
   type EncodedChunk,
 } from "./durable-log.js";
+import { Deque } from "./deque.js";
 import { classify, SluiceError } from "./errors.js";
 import type { EventSink, Logger } from "./events.js";
 import type { AckTicket } from "./record.js";
@@ -57,39 +60,6 @@ const WRITE_PROBE_MS = 1000;
 /** First and longest wait before retrying a failed read of an entry, ms. */
 const READ_RETRY_MS = 1000;
 const READ_RETRY_MAX_MS = 30_000;
-
-/** A FIFO with O(1) push, shift and pop. */
-class Deque<T> {
-  private items: (T | undefined)[] = [];
-  private head = 0;
-
-  get length(): number {
-    return this.items.length - this.head;
-  }
-  push(item: T): void {
-    this.items.push(item);
-  }
-  peek(): T | undefined {
-    return this.items[this.head];
-  }
-  shift(): T | undefined {
-    if (this.head >= this.items.length) return undefined;
-    const item = this.items[this.head];
-    this.items[this.head++] = undefined;
-    // Compact now and then so a long run does not keep a growing array of holes.
-    if (this.head > 1024 && this.head * 2 > this.items.length) {
-      this.items = this.items.slice(this.head);
-      this.head = 0;
-    }
-    return item;
-  }
-  pop(): T | undefined {
-    return this.length > 0 ? this.items.pop() : undefined;
-  }
-  *[Symbol.iterator](): Iterator<T> {
-    for (let i = this.head; i < this.items.length; i++) yield this.items[i]!;
-  }
-}
 
 interface Segment {
   readonly name: string;
@@ -177,12 +147,16 @@ function ioError(message: string, err: unknown): SluiceError {
  *   settling all its records releases the entry. A pushed chunk kept in memory has its records
  *   re-pointed to that ticket; one read back from disk comes with fresh records.
  * - `open` recovers the log: entries not released by the previous run are pulled first; torn or
- *   corrupt bytes are quarantined, reported (`buffer_corrupt`) and skipped, never fatal.
+ *   corrupt bytes are quarantined, reported (`buffer_corrupt`) and skipped, never fatal; entries
+ *   `acked` says were written but no segment holds are reported lost. An entry that fails its
+ *   check when pull reads it back is quarantined and reported with its records, and released.
+ * - A failed write is reported (`buffer_write_failed`); until a write succeeds again
+ *   (`buffer_write_recovered`), a probe write every second checks whether one would.
  *
  * Gotchas: release progress reaches `acked` at most every 100 ms and at `shutdown`, so a crash
  * may redeliver entries released just before it (at-least-once; sinks dedupe by id). A segment is
- * deleted only once all its entries are released, so one stuck entry keeps its whole segment on
- * disk. Besides the chunks it holds, the buffer keeps about 100 bytes per un-released entry.
+ * deleted only once all its entries are released and `acked` says so, so one stuck entry keeps its
+ * whole segment on disk. Besides the chunks it holds, the buffer keeps about 100 bytes per un-released entry.
  */
 export class DurableBuffer implements BufferContract {
   readonly durable = true;
@@ -213,6 +187,10 @@ export class DurableBuffer implements BufferContract {
   /** Entries of `unpulled` whose chunk is kept in memory, by seq. */
   private readonly kept = new Deque<LogEntry>();
 
+  /** Every entry with a lower seq is on disk (or failed to write, and is released): what `acked` says as `written`. */
+  private writtenBelow = 0;
+  /** Segments all of whose entries are released, deleted once `acked` says so (else a crash could make them look lost). */
+  private releasable: Segment[] = [];
   private liveEntries = 0;
   private logRecords = 0;
   private logBytes = 0;
@@ -407,7 +385,9 @@ export class DurableBuffer implements BufferContract {
     this.reader = undefined;
     if (last !== undefined && last.live === 0) await fs.rm(join(this.dir, last.name), { force: true }).catch(() => {});
     await Promise.all(this.background);
-    await this.lock?.release().catch((err: unknown) => this.logger.warn({ path: this.dir, err: String(err) }, "durable buffer: could not remove the lock file"));
+    const lock = this.lock;
+    this.lock = undefined;
+    await lock?.release().catch((err: unknown) => this.logger.warn({ path: this.dir, err: String(err) }, "durable buffer: could not remove the lock file"));
   }
 
   // -------------------------------------------------------------------------------------------
@@ -437,10 +417,14 @@ export class DurableBuffer implements BufferContract {
     };
 
     const names = (await fs.readdir(this.dir)).filter(isSegmentName).sort();
+    const firstSeqs = names.map((name) => Number(name.slice(0, -4)));
+    // Without an index (no acked file yet, or one of an earlier version) what was written is unknown.
+    const written = state.written ?? -1;
+    this.reportMissing(unreleasedIn(state, 0, Math.min(firstSeqs[0] ?? written, written)), "before the first segment: a segment file is gone");
     let lastSeq = -1;
     let replayRecords = 0;
     let replayChunks = 0;
-    for (const name of names) {
+    for (const [i, name] of names.entries()) {
       const file = join(this.dir, name);
       const data = await fs.readFile(file);
       const scan = scanSegment(data, lastSeq);
@@ -454,9 +438,13 @@ export class DurableBuffer implements BufferContract {
         await fs.truncate(file, scan.end).catch((err: unknown) => this.logger.warn({ file, err: String(err) }, "durable buffer: could not truncate a torn tail"));
       }
       const segment: Segment = { name, live: 0, size: scan.end, deleted: false };
+      // The seqs this segment was written with: up to the next segment's first, and below `written`.
+      const end = Math.min(firstSeqs[i + 1] ?? written, written);
+      let found = scan.bad.length;
       for (const s of scan.entries) {
         lastSeq = s.seq;
         if (s.seq <= state.through || isReleased(s.seq)) continue;
+        if (s.seq < end) found++;
         const entry: LogEntry = { seq: s.seq, size: s.length, records: s.records, bytes: s.bytes, segment, offset: s.offset, state: "queued", chunk: undefined };
         this.order.push(entry);
         segment.live++;
@@ -467,26 +455,39 @@ export class DurableBuffer implements BufferContract {
         replayRecords += s.records;
         replayChunks++;
       }
+      this.reportMissing(unreleasedIn(state, firstSeqs[i]!, end) - found, `${name} (${data.length} bytes) is shorter than the acked index says`);
       if (segment.live === 0) await fs.rm(file, { force: true });
     }
     const lastRange = ranges[ranges.length - 1];
-    this.nextSeq = Math.max(lastSeq, state.through, lastRange === undefined ? -1 : lastRange[1]) + 1;
+    // Never below `written`: a seq the index knows must not name a new entry.
+    this.nextSeq = Math.max(lastSeq, state.through, lastRange === undefined ? -1 : lastRange[1], written - 1) + 1;
+    this.writtenBelow = this.nextSeq;
     if (replayChunks > 0) this.emit({ type: "buffer_replayed", records: replayRecords, chunks: replayChunks });
     // Stale leftovers of an acked write cut short by a crash.
     await fs.rm(join(this.dir, "acked.tmp"), { force: true });
     return acked.tag === "corrupt";
   }
 
-  /** Quarantines bad bytes found on open, reports them, and goes on whatever happens. */
-  private async reportCorrupt(name: string, offset: number, data: Bytes, reason: string, detail: string): Promise<void> {
+  /**
+   * Quarantines bad bytes (found on open, or in an entry read back while running), reports them,
+   * and goes on whatever happens. `records`: how many records of this run the entry held.
+   */
+  private async reportCorrupt(name: string, offset: number, data: Bytes, reason: string, detail: string, records?: number): Promise<void> {
     let file: string | undefined;
     try {
       file = await quarantine(this.dir, name, data);
     } catch (err) {
       this.logger.warn({ path: this.dir, err: String(err) }, "durable buffer: could not write a quarantine file");
     }
-    this.emit({ type: "buffer_corrupt", entries: 1, bytes: data.length, reason });
-    this.logger.warn({ path: this.dir, offset, bytes: data.length, reason, quarantine: file }, `durable buffer: ${detail}`);
+    this.emit({ type: "buffer_corrupt", entries: 1, bytes: data.length, reason, records });
+    this.logger.warn({ path: this.dir, offset, bytes: data.length, reason, records, quarantine: file }, `durable buffer: ${detail}`);
+  }
+
+  /** Reports entries the index says were written, not released, and not found: lost, with nothing left to quarantine. */
+  private reportMissing(entries: number, where: string): void {
+    if (entries <= 0) return;
+    this.emit({ type: "buffer_corrupt", entries, bytes: 0, reason: "missing" });
+    this.logger.warn({ path: this.dir, entries }, `durable buffer: ${where}: ${entries} entr${entries === 1 ? "y" : "ies"} not yet delivered are lost`);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -560,7 +561,7 @@ export class DurableBuffer implements BufferContract {
       this.current = undefined;
       // The segment's data is on disk already: a failed close loses nothing.
       await fh.close().catch(() => {});
-      if (segment.live === 0) this.deleteSegment(segment);
+      if (segment.live === 0) this.releasable.push(segment);
     }
     this.current ??= await this.createSegment(group[0]!.entry.seq);
     const { segment, fh } = this.current;
@@ -624,6 +625,9 @@ export class DurableBuffer implements BufferContract {
       this.unpulled.push(entry);
       a.resolve("accepted");
     }
+    this.writtenBelow = group[group.length - 1]!.entry.seq + 1;
+    // `acked` is the log's index too: it follows the writes, not only the releases.
+    this.scheduleAckedWrite();
     this.wakePuller();
   }
 
@@ -638,7 +642,7 @@ export class DurableBuffer implements BufferContract {
     if (current !== undefined) {
       await current.fh.truncate(current.segment.size).catch(() => {});
       await current.fh.close().catch(() => {});
-      if (current.segment.live === 0) this.deleteSegment(current.segment);
+      if (current.segment.live === 0) this.releasable.push(current.segment);
     }
     for (const a of group) {
       this.retire(a.entry);
@@ -679,32 +683,11 @@ export class DurableBuffer implements BufferContract {
     });
   }
 
-  /**
-   * Writes as many bytes as the write that failed (at most a segment's worth), the way segments
-   * are written, into a scratch file that it then removes: would that write succeed now?
-   */
+  /** Would the write that failed succeed now? The same number of bytes (at most a segment's worth) tells. */
   private async probeWrite(): Promise<void> {
     const bytes = this.failedWriteBytes;
     if (bytes === undefined || this.phase === "shut") return;
-    const file = join(this.dir, "write-probe");
-    const size = Math.min(bytes, this.segmentBytes);
-    let ok = true;
-    try {
-      const fh = await fs.open(file, this.fsync ? fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_TRUNC | fsConstants.O_DSYNC : "w");
-      try {
-        for (let done = 0; done < size; ) {
-          const { bytesWritten } = await fh.write(globalThis.Buffer.alloc(size - done), 0, size - done, done);
-          if (bytesWritten === 0) throw new Error("write made no progress");
-          done += bytesWritten;
-        }
-      } finally {
-        await fh.close();
-      }
-    } catch {
-      ok = false;
-    }
-    await fs.rm(file, { force: true }).catch(() => {});
-    if (ok) this.writable();
+    if (await writeProbe(this.dir, Math.min(bytes, this.segmentBytes), this.fsync)) this.writable();
     else if (this.failedWriteBytes !== undefined) this.scheduleProbe();
   }
 
@@ -764,8 +747,15 @@ export class DurableBuffer implements BufferContract {
         return { records: frame.records, ticket };
       }
       const problem = typeof frame === "string" ? frame : "bad_seq";
-      this.emit({ type: "buffer_corrupt", entries: 1, bytes: entry.size, reason: problem });
-      this.logger.error({ path: this.dir, seq: entry.seq, segment: entry.segment?.name, offset: entry.offset, reason: problem }, "durable buffer: an entry changed on disk since it was written or checked; skipped");
+      const segment = entry.segment!.name;
+      await this.reportCorrupt(
+        `${segment.slice(0, -4)}-${entry.offset}`,
+        entry.offset,
+        data,
+        problem,
+        `${segment}: entry ${entry.seq} changed on disk since it was written or checked (${problem}); quarantined, its ${entry.records} record(s) are not delivered`,
+        entry.records,
+      );
       this.retire(entry);
       return undefined;
     }
@@ -814,7 +804,7 @@ export class DurableBuffer implements BufferContract {
       this.heldBytes -= entry.bytes;
     }
     const segment = entry.segment;
-    if (segment !== undefined && --segment.live === 0 && segment !== this.current?.segment) this.deleteSegment(segment);
+    if (segment !== undefined && --segment.live === 0 && segment !== this.current?.segment) this.releasable.push(segment);
     this.releasedInOrder++;
     this.trimOrder();
     this.scheduleAckedWrite();
@@ -824,7 +814,8 @@ export class DurableBuffer implements BufferContract {
   }
 
   private deleteSegment(segment: Segment): void {
-    if (segment.deleted || this.phase === "shut") return;
+    // Once the lock is given up, the files may be the next process's.
+    if (segment.deleted || this.lock === undefined) return;
     segment.deleted = true;
     const reader = this.reader?.segment === segment ? this.reader : undefined;
     if (reader !== undefined) this.reader = undefined;
@@ -900,10 +891,19 @@ export class DurableBuffer implements BufferContract {
       }
       if (through === undefined) through = this.nextSeq - 1;
       else if (prev < this.nextSeq - 1) released.push([prev + 1, this.nextSeq - 1]);
-      const text = serializeAcked({ through, released });
-      if (text === this.ackedWritten) return;
-      await writeAcked(this.dir, text, this.fsync);
-      this.ackedWritten = text;
+      const text = serializeAcked({ through, released, written: this.writtenBelow });
+      const covered = this.releasable;
+      this.releasable = [];
+      if (text !== this.ackedWritten) {
+        try {
+          await writeAcked(this.dir, text, this.fsync);
+        } catch (err) {
+          this.releasable.push(...covered);
+          throw err;
+        }
+        this.ackedWritten = text;
+      }
+      for (const segment of covered) this.deleteSegment(segment);
     });
     this.ackedWrite = write.catch(() => {});
     return write;

@@ -7,10 +7,15 @@
  * - `<16-digit seq of the first entry>.seg`: entries, each a 12-byte header
  *   `{ magic u32 LE, body length u32 LE, crc32(body) u32 LE }` and a UTF-8 JSON body
  *   `[seq, source, receivedAt, [[id, key, payload, eventTime, bytes(, [code, message, location], raw)], ...]]`.
- * - `acked`: `<crc32 hex> {"through":N,"released":[[a,b],...]}`: entries up to N and in each range are released.
+ * - `acked`: `<crc32 hex> {"through":N,"released":[[a,b],...],"written":W}`: entries up to N and in
+ *   each range are released; every entry below W had been written (the log's index: an entry
+ *   below W that is neither released nor found on start was lost). Files of earlier versions have no W.
  * - `lock`: the pid (and start time) of the process that has the log open (`dir-lock.ts`).
- * - `quarantine/<segment>-<offset>.bad`: bytes recovery cut out of a segment.
+ * - `quarantine/<segment>-<offset>.bad`: bytes recovery cut out of a segment, or an entry that
+ *   failed its check when read back.
+ * - `write-probe`: a scratch file, there only while writes fail (see {@link writeProbe}).
  */
+import { constants as fsConstants } from "node:fs";
 import fs from "node:fs/promises";
 import { join } from "node:path";
 import { crc32 } from "node:zlib";
@@ -248,6 +253,16 @@ export function scanSegment(data: Bytes, afterSeq: number): SegmentScan {
 export interface AckedState {
   readonly through: number;
   readonly released: readonly (readonly [number, number])[];
+  /** Every entry with a lower seq had been written; absent in files of earlier versions. */
+  readonly written?: number;
+}
+
+/** How many seqs in `[from, to)` `state` does not count as released. */
+export function unreleasedIn(state: AckedState, from: number, to: number): number {
+  const start = Math.max(from, state.through + 1);
+  let n = Math.max(0, to - start);
+  for (const [a, b] of state.released) n -= Math.max(0, Math.min(b + 1, to) - Math.max(a, start));
+  return n;
 }
 
 /** What {@link readAcked} found. */
@@ -262,12 +277,12 @@ function isAckedState(v: unknown): v is AckedState {
     if (a <= prev || b < a) return false;
     prev = b;
   }
-  return true;
+  return v.written === undefined || (Number.isSafeInteger(v.written) && (v.written as number) >= 0);
 }
 
 /** The acked file's content for `state`: a checksum, a space, the JSON. */
 export function serializeAcked(state: AckedState): string {
-  const json = JSON.stringify({ through: state.through, released: state.released });
+  const json = JSON.stringify({ through: state.through, released: state.released, written: state.written });
   return `${crc32(json).toString(16).padStart(8, "0")} ${json}\n`;
 }
 
@@ -313,4 +328,29 @@ export async function quarantine(dir: string, name: string, data: Bytes): Promis
   const file = join(qdir, `${name}.bad`);
   await fs.writeFile(file, data);
   return file;
+}
+
+/**
+ * Writes `size` bytes to `<dir>/write-probe` the way segments are written (`O_DSYNC` with
+ * `fsync`), then removes it: true when the write succeeded. Never throws.
+ */
+export async function writeProbe(dir: string, size: number, fsync: boolean): Promise<boolean> {
+  const file = join(dir, "write-probe");
+  let ok = true;
+  try {
+    const fh = await fs.open(file, fsync ? fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_TRUNC | fsConstants.O_DSYNC : "w");
+    try {
+      for (let done = 0; done < size; ) {
+        const { bytesWritten } = await fh.write(globalThis.Buffer.alloc(size - done), 0, size - done, done);
+        if (bytesWritten === 0) throw new Error("write made no progress");
+        done += bytesWritten;
+      }
+    } finally {
+      await fh.close();
+    }
+  } catch {
+    ok = false;
+  }
+  await fs.rm(file, { force: true }).catch(() => {});
+  return ok;
 }

@@ -13,7 +13,7 @@ export interface SinkCounts {
   dead_lettered: number;
 }
 
-/** Everything counted so far. `received == delivered + dead_lettered + dropped + in_flight` holds at every moment. */
+/** Everything counted so far. `received == delivered + dead_lettered + dropped + quarantined + in_flight` holds at every moment. */
 export interface CountsSnapshot {
   received: number;
   delivered: number;
@@ -22,6 +22,10 @@ export interface CountsSnapshot {
   retried: number;
   /** Records of an earlier run replayed from the durable buffer; counted in `received` too. */
   replayed: number;
+  /** Records received and never delivered because their durable buffer entry failed its checksum when read back (quarantined). */
+  quarantined: number;
+  /** Durable buffer entries quarantined or found missing, on start or while running (whatever their records). */
+  corrupt_entries: number;
   in_flight: number;
   buffer_records: number;
   buffer_bytes: number;
@@ -30,7 +34,8 @@ export interface CountsSnapshot {
 
 /** The run summary written by `--summary-json`, in the shape DESIGN.md fixes. */
 export interface RunSummary {
-  records: { received: number; delivered: number; dead_lettered: number; dropped: number; retried: number };
+  /** `quarantined`: only when a durable buffer quarantined records of this run (see {@link CountsSnapshot}). */
+  records: { received: number; delivered: number; dead_lettered: number; dropped: number; retried: number; quarantined?: number };
   sinks: Record<string, SinkCounts>;
   elapsed_seconds: number;
 }
@@ -58,7 +63,7 @@ export class Metrics {
   private readonly batchDuration = new Histogram({ name: "sluice_sink_batch_duration_seconds", help: "Duration of one batch write attempt.", labelNames: ["sink"], buckets: LATENCY_BUCKETS, registers: [this.registry] });
   private readonly concurrencyLimit = new Gauge({ name: "sluice_sink_concurrency_limit", help: "Batches a sink may have in flight at once: its lanes, or the current adaptive limit.", labelNames: ["sink"], registers: [this.registry] });
   private readonly replayed = new Counter({ name: "sluice_buffer_replayed_records_total", help: "Records of an earlier run replayed from the durable buffer on start.", registers: [this.registry] });
-  private readonly corrupt = new Counter({ name: "sluice_buffer_corrupt_entries_total", help: "Torn or corrupt durable buffer entries found on start and moved to quarantine.", labelNames: ["reason"], registers: [this.registry] });
+  private readonly corrupt = new Counter({ name: "sluice_buffer_corrupt_entries_total", help: "Torn, corrupt or missing durable buffer entries, found on start or read back while running; corrupt bytes are moved to quarantine.", labelNames: ["reason"], registers: [this.registry] });
   private readonly bufferWritable = new Gauge({ name: "sluice_buffer_writable", help: "1 while the buffer can write; 0 while the durable buffer's writes fail (disk full, I/O error) and /health/ready says not ready.", registers: [this.registry] });
   /** Why the durable buffer's latest write failed, while writes fail; for readiness. */
   private bufferWriteError: string | undefined;
@@ -79,6 +84,8 @@ export class Metrics {
       dropped: 0,
       retried: 0,
       replayed: 0,
+      quarantined: 0,
+      corrupt_entries: 0,
       in_flight: 0,
       buffer_records: 0,
       buffer_bytes: 0,
@@ -156,6 +163,8 @@ export class Metrics {
         this.logger.info({ records: event.records, chunks: event.chunks }, "replaying records the durable buffer kept from an earlier run");
         break;
       case "buffer_corrupt":
+        c.corrupt_entries += event.entries;
+        c.quarantined += event.records ?? 0;
         this.corrupt.inc({ reason: event.reason }, event.entries);
         break;
       case "buffer_write_failed":
@@ -206,7 +215,7 @@ export class Metrics {
     const buffer = this.bufferProbe();
     return {
       ...c,
-      in_flight: c.received - c.delivered - c.dead_lettered - c.dropped,
+      in_flight: c.received - c.delivered - c.dead_lettered - c.dropped - c.quarantined,
       buffer_records: buffer.records,
       buffer_bytes: buffer.bytes,
       sinks: Object.fromEntries(Object.entries(c.sinks).map(([k, v]) => [k, { ...v }])),
@@ -217,7 +226,7 @@ export class Metrics {
   summary(elapsedSeconds: number): RunSummary {
     const s = this.snapshot();
     return {
-      records: { received: s.received, delivered: s.delivered, dead_lettered: s.dead_lettered, dropped: s.dropped, retried: s.retried },
+      records: { received: s.received, delivered: s.delivered, dead_lettered: s.dead_lettered, dropped: s.dropped, retried: s.retried, ...(s.quarantined > 0 ? { quarantined: s.quarantined } : {}) },
       sinks: s.sinks,
       elapsed_seconds: Math.round(elapsedSeconds * 1000) / 1000,
     };
