@@ -4,7 +4,6 @@
  * pid of its holder and, where /proc tells it, the time that process started.
  */
 import fs from "node:fs/promises";
-import { dirname, join } from "node:path";
 import { SluiceError } from "./errors.js";
 
 /** Lock files this process holds: a lock naming our own pid is live only if it is in here. */
@@ -83,7 +82,7 @@ async function lockHolder(lockFile: string): Promise<Holder | undefined> {
  * lock guards against a second start by mistake, not against a race on purpose.
  */
 export async function acquireDirLock(file: string, what: string): Promise<DirLock> {
-  const tmp = join(dirname(file), `${file.slice(dirname(file).length + 1)}.${process.pid}.tmp`);
+  const tmp = `${file}.${process.pid}.tmp`;
   await fs.writeFile(tmp, await lockContent());
   let staleFrom: number | undefined;
   try {
@@ -91,7 +90,15 @@ export async function acquireDirLock(file: string, what: string): Promise<DirLoc
       try {
         await fs.link(tmp, file);
         heldLocks.add(file);
-        return { file, staleFrom, release: () => releaseDirLock(file) };
+        let held = true;
+        const release = async (): Promise<void> => {
+          // Once given up, the file may be another lock's: only the first release removes it.
+          if (!held) return;
+          held = false;
+          heldLocks.delete(file);
+          await fs.rm(file, { force: true });
+        };
+        return { file, staleFrom, release };
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
       }
@@ -107,10 +114,4 @@ export async function acquireDirLock(file: string, what: string): Promise<DirLoc
   } finally {
     await fs.rm(tmp, { force: true });
   }
-}
-
-async function releaseDirLock(file: string): Promise<void> {
-  // Only a lock this process holds is removed: after a release, the file may be another's.
-  if (!heldLocks.delete(file)) return;
-  await fs.rm(file, { force: true });
 }
