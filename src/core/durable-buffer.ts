@@ -894,16 +894,16 @@ export class DurableBuffer implements BufferContract {
       const text = serializeAcked({ through, released, written: this.writtenBelow });
       const covered = this.releasable;
       this.releasable = [];
-      if (text !== this.ackedWritten) {
-        try {
+      try {
+        if (text !== this.ackedWritten) {
           await writeAcked(this.dir, text, this.fsync);
-        } catch (err) {
-          this.releasable.push(...covered);
-          throw err;
+          this.ackedWritten = text;
         }
-        this.ackedWritten = text;
+      } finally {
+        // After a failed write too: on a full disk, deleting them is what makes room for the next
+        // one. A crash before that may report their entries as lost, though they were delivered.
+        for (const segment of covered) this.deleteSegment(segment);
       }
-      for (const segment of covered) this.deleteSegment(segment);
     });
     this.ackedWrite = write.catch(() => {});
     return write;

@@ -687,6 +687,22 @@ describe("DurableBuffer", () => {
     expect((await pullN(replay.buffer, 3)).map(ids)).toEqual([["a"], ["b"], ["c"]]);
   });
 
+  it("deletes released segments even when the acked write fails (a full disk needs the room)", async () => {
+    const dir = tmpDir();
+    const { buffer, clock, warnings } = await open(dir, { segmentBytes: 1 });
+    for (const id of ["a", "b"]) await buffer.push(chunkOf([id]), false);
+    const pulled = await pullN(buffer, 2);
+    const realOpen = fsp.open;
+    vi.spyOn(fsp, "open").mockImplementation(((path: string, ...rest: unknown[]) =>
+      String(path).endsWith("acked.tmp")
+        ? Promise.reject(Object.assign(new Error("ENOSPC: no space left on device, open"), { code: "ENOSPC" }))
+        : (realOpen as (...a: unknown[]) => Promise<unknown>)(path, ...rest)) as typeof fsp.open);
+    finish(pulled[0]!);
+    clock.advance(100);
+    await vi.waitFor(() => expect(segments(dir)).toEqual(["0000000000000001.seg"]));
+    expect(warnings).toContain("durable buffer: could not write the acked file");
+  });
+
   it("close: pull drains every entry, from memory and disk, then ends; whenEmpty waits for every release", async () => {
     const { buffer } = await open(tmpDir(), { memory: { maxRecords: 2, maxBytes: 1 << 20 } });
     for (let i = 0; i < 4; i++) await buffer.push(chunkOf([`r${i}`]), false);
