@@ -469,13 +469,16 @@ export class DurableBuffer implements BufferContract {
   }
 
   /**
-   * Quarantines bad bytes (found on open, or in an entry read back while running), reports them,
-   * and goes on whatever happens. `records`: how many records of this run the entry held.
+   * Quarantines bad bytes (found on open, or in an entry read back while running), reports them
+   * unless an earlier run quarantined (and reported) the same bytes, and goes on whatever happens.
+   * `records`: how many records of this run the entry held.
    */
   private async reportCorrupt(name: string, offset: number, data: Bytes, reason: string, detail: string, records?: number): Promise<void> {
     let file: string | undefined;
     try {
-      file = await quarantine(this.dir, name, data);
+      const q = await quarantine(this.dir, name, data);
+      if (q.already) return;
+      file = q.file;
     } catch (err) {
       this.logger.warn({ path: this.dir, err: String(err) }, "durable buffer: could not write a quarantine file");
     }

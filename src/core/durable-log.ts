@@ -321,13 +321,19 @@ export async function writeAcked(dir: string, text: string, fsync: boolean): Pro
   await fs.rename(tmp, join(dir, "acked"));
 }
 
-/** Copies bad bytes to `<dir>/quarantine/<name>.bad`; returns the file's path. */
-export async function quarantine(dir: string, name: string, data: Bytes): Promise<string> {
+/**
+ * Copies bad bytes to `<dir>/quarantine/<name>.bad`; returns the file's path, and whether that
+ * file already held these very bytes (quarantined by an earlier run: an entry found bad when read
+ * back stays in its segment, which the next start scans while other entries keep it).
+ */
+export async function quarantine(dir: string, name: string, data: Bytes): Promise<{ file: string; already: boolean }> {
   const qdir = join(dir, "quarantine");
   await fs.mkdir(qdir, { recursive: true });
   const file = join(qdir, `${name}.bad`);
+  const before = await fs.readFile(file).catch(() => undefined);
+  if (before?.equals(data)) return { file, already: true };
   await fs.writeFile(file, data);
-  return file;
+  return { file, already: false };
 }
 
 /**

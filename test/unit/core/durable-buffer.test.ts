@@ -502,6 +502,27 @@ describe("DurableBuffer", () => {
     expect(reopened.events).toEqual([]);
   });
 
+  it("does not report again, on the next start, an entry quarantined when read back whose segment is still there", async () => {
+    const dir = tmpDir();
+    const { buffer } = await open(dir, { memory: { maxRecords: 1, maxBytes: 1 << 20 } });
+    for (const id of ["a", "b", "c"]) expect(await buffer.push(chunkOf([id], { payload: (i) => ({ id: i, pad: "p".repeat(40) }) }), false)).toBe("accepted");
+    const file = join(dir, segments(dir)[0]!);
+    const data = fs.readFileSync(file);
+    const second = data.indexOf(Buffer.from([0xd1, 0x5c, 0xe0, 0x01]), 1);
+    data[second + 30] = data[second + 30]! ^ 0x20;
+    fs.writeFileSync(file, data);
+    const [a] = await pullN(buffer, 1);
+    finish(a!);
+    await pullN(buffer, 1);
+    // c is in flight, not released: its segment stays for the next run, corrupt bytes included.
+    await buffer.shutdown();
+
+    const reopened = await open(dir);
+    expect(reopened.events.filter((e) => e.type === "buffer_corrupt")).toEqual([]);
+    expect((await pullN(reopened.buffer, 1)).map(ids)).toEqual([["c"]]);
+    expect(fs.readdirSync(join(dir, "quarantine"))).toHaveLength(1);
+  });
+
   it.each([
     ["the first segment", 0, 3],
     ["a middle segment", 1, 2],
