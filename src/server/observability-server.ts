@@ -4,9 +4,7 @@ import type { Registry } from "prom-client";
 
 /** What the server asks the pipeline. */
 export interface HealthProbe {
-  /** True while the pipeline takes records (false while stopping or stopped, or while a component is not ready). */
-  ready(): boolean;
-  /** Why not: one line per component; empty when ready. */
+  /** Why the pipeline is not ready (starting, stopping, a component in trouble): one line per component; empty when ready. */
   unready(): string[];
 }
 

@@ -79,7 +79,9 @@ describe("the data_dir lock", () => {
   it("gives the lock up after a graceful stop (SIGTERM)", async () => {
     const config = await writeConfig(1_000_000, 100);
     const run = startCli(config, join(dir, "summary.json"), dir);
-    await waitUntil("the run to take the lock", () => Promise.resolve(existsSync(lockFile())), 20_000);
+    // The dead-letter store is opened once the run started, after the signal handlers are set.
+    await waitUntil("the run to start", () => existsSync(join(dir, "data", "dlq.db")), 20_000);
+    expect(existsSync(lockFile())).toBe(true);
     run.process.kill("SIGTERM");
     expect((await run.exited).code).toBe(0);
     expect(run.output()).toContain("stopped");
