@@ -1,8 +1,9 @@
 /**
- * Corruption found while running (issue 11, point 8), through the real CLI: an entry of the
- * durable buffer that changes on disk after it was written, before the run reads it back, is
- * quarantined, counted, and reported in the summary as `quarantined`, never as left for
- * redelivery; the next run does not bring it back.
+ * Corruption of the durable buffer (issue 11, point 8), through the real CLI: an entry that
+ * changes on disk after it was written, before the run reads it back, is quarantined, counted,
+ * and reported in the summary as `quarantined`, never as left for redelivery, and the next run
+ * does not bring it back; a segment truncated to zero bytes is reported at the next start with
+ * how many entries were lost.
  */
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
@@ -26,6 +27,22 @@ afterEach(async () => {
 });
 afterAll(() => killClis());
 
+/** The slow pipeline of these tests: every chunk lands in the log at once, the sink takes one a time. */
+async function writeConfig(count: number): Promise<string> {
+  const config = join(dir, "pipeline.yaml");
+  await writeFile(
+    config,
+    `data_dir: ./data
+buffer: { max_records: ${CHUNK}, chunk_size: ${CHUNK}, durable: {} }
+sources:
+  gen: { type: generator, count: ${count} }
+sinks:
+  out: { type: blackhole, concurrency: 1, batch: { max_records: ${CHUNK}, max_wait: 1ms }, chaos: { latency: 400ms } }
+`,
+  );
+  return config;
+}
+
 /** Offsets of the entries in the buffer's (one) segment. */
 function entryOffsets(): { file: string; offsets: number[] } {
   const bufferDir = join(dir, "data", "buffer");
@@ -38,21 +55,10 @@ function entryOffsets(): { file: string; offsets: number[] } {
   return { file, offsets };
 }
 
-describe("a durable buffer entry corrupted while the pipeline runs", () => {
-  it("is quarantined and counted when read back; the summary says `quarantined`, not `left for redelivery`", async () => {
-    // Every chunk lands in the log at once; a slow sink takes them one at a time (max_records is
-    // one chunk), each read back from disk, so the last is read back seconds after it was written.
-    const config = join(dir, "pipeline.yaml");
-    await writeFile(
-      config,
-      `data_dir: ./data
-buffer: { max_records: ${CHUNK}, chunk_size: ${CHUNK}, durable: {} }
-sources:
-  gen: { type: generator, count: ${CHUNKS * CHUNK} }
-sinks:
-  out: { type: blackhole, concurrency: 1, batch: { max_records: ${CHUNK}, max_wait: 1ms }, chaos: { latency: 400ms } }
-`,
-    );
+describe("durable buffer corruption, through the CLI", () => {
+  it("an entry corrupted while the pipeline runs is quarantined and counted when read back; the summary says `quarantined`, not `left for redelivery`", async () => {
+    // max_records is one chunk: each is read back from disk, the last seconds after it was written.
+    const config = await writeConfig(CHUNKS * CHUNK);
     const run = startCli(config, join(dir, "summary.json"), dir);
     await waitUntil("every chunk to be in the log", () => entryOffsets().offsets.length === CHUNKS, 20_000);
     const { file, offsets } = entryOffsets();
@@ -75,11 +81,34 @@ sinks:
     expect(readdirSync(join(dir, "data", "buffer", "quarantine"))).toEqual([`${file.split("/").pop()!.slice(0, -4)}-${last}.bad`]);
 
     // Nothing of it is left for the next run.
-    await writeFile(config, (await readFile(config, "utf8")).replace(`count: ${CHUNKS * CHUNK}`, "count: 0"));
+    await writeConfig(0);
     const rerun = startCli(config, join(dir, "rerun.json"), dir);
     expect((await rerun.exited).code).toBe(0);
     const again = JSON.parse(await readFile(join(dir, "rerun.json"), "utf8")) as { records: Record<string, number> };
     expect(again.records).toMatchObject({ received: 0, delivered: 0 });
     expect(rerun.output()).not.toContain("corrupt");
+  });
+
+  it("a segment truncated to zero bytes is reported at the next start with how many entries were lost", async () => {
+    const config = await writeConfig(CHUNKS * CHUNK);
+    const first = startCli(config, join(dir, "first.json"), dir);
+    await waitUntil("every chunk to be in the log", () => entryOffsets().offsets.length === CHUNKS, 20_000);
+    await waitUntil("the run to start", () => existsSync(join(dir, "data", "dlq.db")), 20_000);
+    // A graceful stop keeps what was not delivered in the log, and `acked` says what was written.
+    first.process.kill("SIGTERM");
+    expect((await first.exited).code, first.output()).toBe(0);
+    const delivered = (JSON.parse(await readFile(join(dir, "first.json"), "utf8")) as { records: { delivered: number } }).records.delivered;
+    const lost = CHUNKS - delivered / CHUNK;
+    expect(lost).toBeGreaterThan(0);
+    const { file } = entryOffsets();
+    fs.truncateSync(file, 0);
+
+    await writeConfig(0);
+    const second = startCli(config, join(dir, "second.json"), dir);
+    expect((await second.exited).code).toBe(0);
+    const output = second.output();
+    const entries = `${lost} entr${lost === 1 ? "y" : "ies"}`;
+    expect(output).toContain(`is shorter than the acked index says: ${entries} not yet delivered are lost`);
+    expect(output).toContain(`durable buffer: ${lost} corrupt or missing ${lost === 1 ? "entry" : "entries"}, quarantined or lost`);
   });
 });
