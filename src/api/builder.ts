@@ -7,7 +7,7 @@ import { mkdir } from "node:fs/promises";
 import { resolve } from "node:path";
 import type { z } from "zod";
 import type { ComponentContext, ComponentDefinition, DeadLetterStore, Sink, Source, Transform } from "../components/contracts.js";
-import { createBuffer, serviceProbe, sinkSettings, type BuiltPipeline } from "../config/build.js";
+import { createBuffer, lockDataDir, releasingOnThrow, serviceProbe, sinkSettings, type BuiltPipeline } from "../config/build.js";
 import { reservedNameIssue, sinkDrivingSchema, topSchema, validateWith, type ConfigIssue } from "../config/schema.js";
 import { systemClock, type Clock } from "../core/clock.js";
 import { SluiceError } from "../core/errors.js";
@@ -163,7 +163,10 @@ export class PipelineBuilder<P extends object> {
   /**
    * Builds the pipeline (creates `data_dir`) without running it: `pipeline.run()` runs it,
    * `pipeline.stop()` starts a graceful stop, and `metrics.summary()` is the summary {@link run}
-   * gives (its elapsed time is the pipeline's run), `metrics.registry` the Prometheus registry.
+   * gives (its elapsed time is the pipeline's run), `metrics.registry` the Prometheus registry. The pipeline holds a lock on
+   * `data_dir` until its run ends, so a second pipeline on the same `data_dir` (in this process or
+   * another) is refused with `ERR_LOCKED` meanwhile. Gotcha: a pipeline built and never run keeps
+   * the lock until the process exits.
    */
   async build(): Promise<BuiltPipeline> {
     const { logger: _l, clock: _c, cwd: _w, onEvent, ...engine } = this.settings;
@@ -176,6 +179,7 @@ export class PipelineBuilder<P extends object> {
     const cwd = this.settings.cwd ?? process.cwd();
     const dataDir = resolve(cwd, t.data_dir);
     await mkdir(dataDir, { recursive: true });
+    const lock = await lockDataDir(dataDir, logger);
     const metrics = new Metrics(
       this.sinks.map((s) => s.name),
       logger,
@@ -196,7 +200,7 @@ export class PipelineBuilder<P extends object> {
     const created: { pipeline?: Pipeline } = {};
     const service = serviceProbe(() => created.pipeline, metrics, t.observability.unready_after);
     const ctx = (name: string): ComponentContext => ({ name, dataDir, baseDir: cwd, clock, logger, emit, service });
-    const pipeline = new Pipeline({
+    const pipeline = await releasingOnThrow(lock, () => new Pipeline({
       sources: this.sources.map((s) => s.make(ctx) as never),
       transforms: this.transforms.map((s) => ({ stage: `transform:${s.name}`, transform: s.make(ctx) as Transform })),
       sinks: this.sinks.map((s) => {
@@ -211,7 +215,8 @@ export class PipelineBuilder<P extends object> {
       clock,
       logger,
       emit,
-    });
+      lock,
+    }));
     created.pipeline = pipeline;
     metrics.watchBuffer(() => pipeline.bufferUsage());
     return { pipeline, metrics, dataDir, service };

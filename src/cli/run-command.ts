@@ -97,7 +97,7 @@ function progressLine(s: CountsSnapshot, rate: number, maxRecords: number, sinks
  * in at least one sink and records every sink already held (a rerun's redeliveries); each sink's
  * row has its own split.
  */
-export function summaryTable(summary: RunSummary, status: string, deadLetterHint: string, replayed = 0): string {
+export function summaryTable(summary: RunSummary, status: string, deadLetterHint: string, replayed = 0, corruptEntries = 0): string {
   const r = summary.records;
   const rows: [string, number][] = [
     ["received", r.received],
@@ -108,13 +108,16 @@ export function summaryTable(summary: RunSummary, status: string, deadLetterHint
   ];
   // Counted in `received` too: records an earlier run left in the durable buffer.
   if (replayed > 0) rows.push(["replayed", replayed]);
+  // Received, never delivered: their durable buffer entry failed its checksum when read back.
+  if (r.quarantined !== undefined) rows.push(["quarantined", r.quarantined]);
   const lines = [`sluice run ${status} in ${summary.elapsed_seconds.toFixed(1)} s (${fmt(summary.elapsed_seconds > 0 ? r.delivered / summary.elapsed_seconds : 0)} delivered/s)`];
   for (const [k, v] of rows) {
     const split = k === "delivered" ? `  (${fmt(r.new)} new, ${fmt(r.already_present)} already present)` : "";
     lines.push(`  ${k.padEnd(15)}${fmt(v).padStart(14)}${split}`);
   }
-  const inFlight = r.received - r.delivered - r.dead_lettered - r.dropped;
+  const inFlight = r.received - r.delivered - r.dead_lettered - r.dropped - (r.quarantined ?? 0);
   if (inFlight !== 0) lines.push(`  ${"un-acked".padEnd(15)}${fmt(inFlight).padStart(14)}  (left for redelivery)`);
+  if (corruptEntries > 0) lines.push(`  durable buffer: ${fmt(corruptEntries)} corrupt or missing entr${corruptEntries === 1 ? "y" : "ies"}, quarantined or lost (see the warnings)`);
   const names = Object.keys(summary.sinks);
   const w = Math.max(6, ...names.map((n) => n.length)) + 2;
   lines.push(`  ${"sink".padEnd(w)}${"delivered".padStart(14)}${"new".padStart(14)}${"already present".padStart(17)}${"dead-lettered".padStart(15)}`);
@@ -192,7 +195,8 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
   }
   const summary = metrics.summary((performance.now() - started) / 1000);
   const dlq = config.deadLetter.options.path ? String(config.deadLetter.options.path) : resolve(built.dataDir, "dlq.db");
-  io.stderr.write(summaryTable(summary, statusText, dlq, metrics.snapshot().replayed));
+  const counts = metrics.snapshot();
+  io.stderr.write(summaryTable(summary, statusText, dlq, counts.replayed, counts.corrupt_entries));
   if (opts.summaryJson) await writeFile(opts.summaryJson, `${JSON.stringify(summary, null, 2)}\n`);
   return exitCode;
 }

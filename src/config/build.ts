@@ -3,13 +3,14 @@
  * built-in list, wraps sinks in their chaos block, and wires the metrics.
  */
 import { mkdir } from "node:fs/promises";
-import { resolve } from "node:path";
+import { join, resolve } from "node:path";
 import { withChaos } from "../components/chaos.js";
 import type { ComponentContext, ServiceProbe, Sink } from "../components/contracts.js";
 import { MemoryBuffer, type Buffer } from "../core/buffer.js";
 import { DurableBuffer } from "../core/durable-buffer.js";
 import type { Concurrency } from "../core/adaptive-concurrency.js";
 import { systemClock, type Clock } from "../core/clock.js";
+import { acquireDirLock, type DirLock } from "../core/dir-lock.js";
 import type { EventSink, Logger } from "../core/events.js";
 import { Pipeline, type SinkSettings } from "../core/pipeline.js";
 import { mulberry32 } from "../core/random.js";
@@ -84,19 +85,49 @@ export function createBuffer(buffer: PipelineConfig["buffer"], dataDir: string, 
  */
 export function serviceProbe(pipeline: () => Pipeline | undefined, metrics: Metrics, unreadyAfterMs: number): ServiceProbe {
   return {
-    readiness: () => ({
-      ready: pipeline()?.status().tag === "running" && metrics.failingSinks(unreadyAfterMs).length === 0,
-      problems: metrics.sinksDown(unreadyAfterMs),
-    }),
+    readiness: () => {
+      const state = pipeline()?.status().tag ?? "idle";
+      const bufferError = metrics.bufferUnwritable();
+      const problems: string[] = [];
+      if (state !== "running") problems.push(`pipeline: ${state === "idle" ? "starting" : state === "draining" ? "stopping" : "stopped"}`);
+      problems.push(...metrics.sinksDown(unreadyAfterMs));
+      if (bufferError !== undefined) problems.push(`buffer: cannot write: ${bufferError}`);
+      return { ready: state === "running" && metrics.failingSinks(unreadyAfterMs).length === 0 && bufferError === undefined, problems };
+    },
     metrics: async () => ({ contentType: metrics.registry.contentType, text: await metrics.registry.metrics() }),
   };
 }
 
-/** Builds the pipeline a config describes. Creates `data_dir`; does no other I/O (components connect when run). */
+/**
+ * Takes the lock on `data_dir` that a pipeline holds from its build to the end of its run, so that
+ * a second run of the same pipeline is refused instead of redoing the work from the same
+ * checkpoints. Rejects with `ERR_LOCKED` naming the data_dir and the pid that holds it.
+ */
+export async function lockDataDir(dataDir: string, logger: Logger): Promise<DirLock> {
+  const lock = await acquireDirLock(join(dataDir, "pipeline.lock"), `data_dir ${dataDir}`);
+  if (lock.staleFrom !== undefined) logger.warn({ path: dataDir, pid: lock.staleFrom }, "data_dir: took over the lock of a process that is gone");
+  return lock;
+}
+
+/** Makes the pipeline; gives `lock` up if that throws, so a build that fails leaves data_dir free. */
+export async function releasingOnThrow<T>(lock: DirLock, make: () => T): Promise<T> {
+  try {
+    return make();
+  } catch (err) {
+    await lock.release();
+    throw err;
+  }
+}
+
+/**
+ * Builds the pipeline a config describes. Creates `data_dir` and takes its lock (`ERR_LOCKED` when
+ * another live run holds it); does no other I/O (components connect when run).
+ */
 export async function buildPipeline(config: PipelineConfig, o: BuildOptions): Promise<BuiltPipeline> {
   const clock = o.clock ?? systemClock;
   const dataDir = resolve(o.cwd, config.dataDir);
   await mkdir(dataDir, { recursive: true });
+  const lock = await lockDataDir(dataDir, o.logger);
   const metrics = new Metrics(
     config.sinks.map((s) => s.name),
     o.logger,
@@ -107,7 +138,7 @@ export async function buildPipeline(config: PipelineConfig, o: BuildOptions): Pr
   const service = serviceProbe(() => created.pipeline, metrics, config.observability.unready_after);
   const ctx = (name: string, baseDir: string): ComponentContext => ({ name, dataDir, baseDir, clock, logger: o.logger, emit: metrics.handle, service });
 
-  const pipeline = new Pipeline({
+  const pipeline = await releasingOnThrow(lock, () => new Pipeline({
     sources: config.sources.map((s) => ({
       name: s.name,
       source: s.definition.create(s.options as never, ctx(s.name, o.cwd)),
@@ -128,7 +159,8 @@ export async function buildPipeline(config: PipelineConfig, o: BuildOptions): Pr
     clock,
     logger: o.logger,
     emit: metrics.handle,
-  });
+    lock,
+  }));
   created.pipeline = pipeline;
   metrics.watchBuffer(() => pipeline.bufferUsage());
   return { pipeline, metrics, dataDir, service };

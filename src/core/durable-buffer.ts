@@ -8,8 +8,8 @@ import { constants as fsConstants } from "node:fs";
 import { join } from "node:path";
 import type { Buffer as BufferContract, BufferLimits, Chunk, PushResult } from "./buffer.js";
 import { systemClock, type Clock } from "./clock.js";
+import { acquireDirLock, type DirLock } from "./dir-lock.js";
 import {
-  acquireLock,
   encodeChunk,
   frameHead,
   frameSize,
@@ -19,14 +19,16 @@ import {
   quarantine,
   readAcked,
   readFrame,
-  releaseLock,
   scanSegment,
   segmentName,
   serializeAcked,
+  unreleasedIn,
   writeAcked,
+  writeProbe,
   type AckedState,
   type EncodedChunk,
 } from "./durable-log.js";
+import { Deque } from "./deque.js";
 import { classify, SluiceError } from "./errors.js";
 import type { EventSink, Logger } from "./events.js";
 import type { AckTicket } from "./record.js";
@@ -53,42 +55,11 @@ export interface DurableBufferOptions {
 
 /** How often, at most, release progress is written to `acked`, ms. */
 const ACKED_INTERVAL_MS = 100;
+/** While writes fail, how often a probe write checks whether they would succeed again, ms. */
+const WRITE_PROBE_MS = 1000;
 /** First and longest wait before retrying a failed read of an entry, ms. */
 const READ_RETRY_MS = 1000;
 const READ_RETRY_MAX_MS = 30_000;
-
-/** A FIFO with O(1) push, shift and pop. */
-class Deque<T> {
-  private items: (T | undefined)[] = [];
-  private head = 0;
-
-  get length(): number {
-    return this.items.length - this.head;
-  }
-  push(item: T): void {
-    this.items.push(item);
-  }
-  peek(): T | undefined {
-    return this.items[this.head];
-  }
-  shift(): T | undefined {
-    if (this.head >= this.items.length) return undefined;
-    const item = this.items[this.head];
-    this.items[this.head++] = undefined;
-    // Compact now and then so a long run does not keep a growing array of holes.
-    if (this.head > 1024 && this.head * 2 > this.items.length) {
-      this.items = this.items.slice(this.head);
-      this.head = 0;
-    }
-    return item;
-  }
-  pop(): T | undefined {
-    return this.length > 0 ? this.items.pop() : undefined;
-  }
-  *[Symbol.iterator](): Iterator<T> {
-    for (let i = this.head; i < this.items.length; i++) yield this.items[i]!;
-  }
-}
 
 interface Segment {
   readonly name: string;
@@ -176,12 +147,16 @@ function ioError(message: string, err: unknown): SluiceError {
  *   settling all its records releases the entry. A pushed chunk kept in memory has its records
  *   re-pointed to that ticket; one read back from disk comes with fresh records.
  * - `open` recovers the log: entries not released by the previous run are pulled first; torn or
- *   corrupt bytes are quarantined, reported (`buffer_corrupt`) and skipped, never fatal.
+ *   corrupt bytes are quarantined, reported (`buffer_corrupt`) and skipped, never fatal; entries
+ *   `acked` says were written but no segment holds are reported lost. An entry that fails its
+ *   check when pull reads it back is quarantined and reported with its records, and released.
+ * - A failed write is reported (`buffer_write_failed`); until a write succeeds again
+ *   (`buffer_write_recovered`), a probe write every second checks whether one would.
  *
  * Gotchas: release progress reaches `acked` at most every 100 ms and at `shutdown`, so a crash
  * may redeliver entries released just before it (at-least-once; sinks dedupe by id). A segment is
- * deleted only once all its entries are released, so one stuck entry keeps its whole segment on
- * disk. Besides the chunks it holds, the buffer keeps about 100 bytes per un-released entry.
+ * deleted only once all its entries are released and `acked` says so, so one stuck entry keeps its
+ * whole segment on disk. Besides the chunks it holds, the buffer keeps about 100 bytes per un-released entry.
  */
 export class DurableBuffer implements BufferContract {
   readonly durable = true;
@@ -195,6 +170,7 @@ export class DurableBuffer implements BufferContract {
   private readonly segmentBytes: number;
 
   private phase: "new" | "open" | "shut" = "new";
+  private lock: DirLock | undefined;
   private closed = false;
   /** Closed by a graceful stop: what was not pulled stays in the log for the next run. */
   private keep = false;
@@ -211,6 +187,10 @@ export class DurableBuffer implements BufferContract {
   /** Entries of `unpulled` whose chunk is kept in memory, by seq. */
   private readonly kept = new Deque<LogEntry>();
 
+  /** Every entry with a lower seq is on disk (or failed to write, and is released): what `acked` says as `written`. */
+  private writtenBelow = 0;
+  /** Segments all of whose entries are released, deleted once `acked` says so (else a crash could make them look lost). */
+  private releasable: Segment[] = [];
   private liveEntries = 0;
   private logRecords = 0;
   private logBytes = 0;
@@ -231,6 +211,9 @@ export class DurableBuffer implements BufferContract {
   private stopReadRetry: (() => void) | undefined;
   private emptyWaiters: (() => void)[] = [];
 
+  /** Set while writes fail (disk full, I/O error): bytes of the write that failed. */
+  private failedWriteBytes: number | undefined;
+  private cancelProbe: (() => void) | undefined;
   private cancelAckedTimer: (() => void) | undefined;
   private ackedWrite: Promise<void> = Promise.resolve();
   private ackedWritten = "";
@@ -250,8 +233,9 @@ export class DurableBuffer implements BufferContract {
 
   /**
    * Takes the lock and recovers the log: reads `acked`, scans every segment, quarantines torn or
-   * corrupt bytes, and queues the entries not yet released for pull. Rejects with `ERR_BUFFER_IO`
-   * when the directory is locked by a live process or cannot be read; corruption never rejects.
+   * corrupt bytes, and queues the entries not yet released for pull. Rejects with `ERR_LOCKED`
+   * when the directory is locked by a live process, `ERR_BUFFER_IO` when it cannot be read;
+   * corruption never rejects.
    */
   async open(): Promise<void> {
     if (this.phase !== "new") throw new SluiceError("ERR_INTERNAL", "DurableBuffer.open() is called once");
@@ -260,9 +244,9 @@ export class DurableBuffer implements BufferContract {
     } catch (err) {
       throw ioError(`durable buffer: cannot create ${this.dir}`, err);
     }
-    let lock: { staleFrom: number | undefined };
+    let lock: DirLock;
     try {
-      lock = await acquireLock(this.dir);
+      lock = await acquireDirLock(join(this.dir, "lock"), `durable buffer ${this.dir}`);
     } catch (err) {
       throw err instanceof SluiceError ? err : ioError(`durable buffer: cannot lock ${this.dir}`, err);
     }
@@ -271,9 +255,10 @@ export class DurableBuffer implements BufferContract {
     try {
       ackedCorrupt = await this.recover();
     } catch (err) {
-      await releaseLock(this.dir).catch(() => {});
+      await lock.release().catch(() => {});
       throw err instanceof SluiceError ? err : ioError(`durable buffer: cannot recover ${this.dir}`, err);
     }
+    this.lock = lock;
     this.phase = "open";
     if (ackedCorrupt) this.scheduleAckedWrite();
   }
@@ -391,6 +376,8 @@ export class DurableBuffer implements BufferContract {
     this.wakePuller();
     this.cancelAckedTimer?.();
     this.cancelAckedTimer = undefined;
+    this.cancelProbe?.();
+    this.cancelProbe = undefined;
     await this.persistAcked().catch((err: unknown) => this.logger.warn({ path: this.dir, err: String(err) }, "durable buffer: could not write the acked file"));
     const last = this.current?.segment;
     for (const handle of [this.current, this.reader]) await handle?.fh.close().catch(() => {});
@@ -398,7 +385,9 @@ export class DurableBuffer implements BufferContract {
     this.reader = undefined;
     if (last !== undefined && last.live === 0) await fs.rm(join(this.dir, last.name), { force: true }).catch(() => {});
     await Promise.all(this.background);
-    await releaseLock(this.dir).catch((err: unknown) => this.logger.warn({ path: this.dir, err: String(err) }, "durable buffer: could not remove the lock file"));
+    const lock = this.lock;
+    this.lock = undefined;
+    await lock?.release().catch((err: unknown) => this.logger.warn({ path: this.dir, err: String(err) }, "durable buffer: could not remove the lock file"));
   }
 
   // -------------------------------------------------------------------------------------------
@@ -428,10 +417,14 @@ export class DurableBuffer implements BufferContract {
     };
 
     const names = (await fs.readdir(this.dir)).filter(isSegmentName).sort();
+    const firstSeqs = names.map((name) => Number(name.slice(0, -4)));
+    // Without an index (no acked file yet, or one of an earlier version) what was written is unknown.
+    const written = state.written ?? -1;
+    this.reportMissing(unreleasedIn(state, 0, Math.min(firstSeqs[0] ?? written, written)), "before the first segment: a segment file is gone");
     let lastSeq = -1;
     let replayRecords = 0;
     let replayChunks = 0;
-    for (const name of names) {
+    for (const [i, name] of names.entries()) {
       const file = join(this.dir, name);
       const data = await fs.readFile(file);
       const scan = scanSegment(data, lastSeq);
@@ -445,9 +438,13 @@ export class DurableBuffer implements BufferContract {
         await fs.truncate(file, scan.end).catch((err: unknown) => this.logger.warn({ file, err: String(err) }, "durable buffer: could not truncate a torn tail"));
       }
       const segment: Segment = { name, live: 0, size: scan.end, deleted: false };
+      // The seqs this segment was written with: up to the next segment's first, and below `written`.
+      const end = Math.min(firstSeqs[i + 1] ?? written, written);
+      let found = scan.bad.length;
       for (const s of scan.entries) {
         lastSeq = s.seq;
         if (s.seq <= state.through || isReleased(s.seq)) continue;
+        if (s.seq < end) found++;
         const entry: LogEntry = { seq: s.seq, size: s.length, records: s.records, bytes: s.bytes, segment, offset: s.offset, state: "queued", chunk: undefined };
         this.order.push(entry);
         segment.live++;
@@ -458,26 +455,42 @@ export class DurableBuffer implements BufferContract {
         replayRecords += s.records;
         replayChunks++;
       }
+      this.reportMissing(unreleasedIn(state, firstSeqs[i]!, end) - found, `${name} (${data.length} bytes) is shorter than the acked index says`);
       if (segment.live === 0) await fs.rm(file, { force: true });
     }
     const lastRange = ranges[ranges.length - 1];
-    this.nextSeq = Math.max(lastSeq, state.through, lastRange === undefined ? -1 : lastRange[1]) + 1;
+    // Never below `written`: a seq the index knows must not name a new entry.
+    this.nextSeq = Math.max(lastSeq, state.through, lastRange === undefined ? -1 : lastRange[1], written - 1) + 1;
+    this.writtenBelow = this.nextSeq;
     if (replayChunks > 0) this.emit({ type: "buffer_replayed", records: replayRecords, chunks: replayChunks });
     // Stale leftovers of an acked write cut short by a crash.
     await fs.rm(join(this.dir, "acked.tmp"), { force: true });
     return acked.tag === "corrupt";
   }
 
-  /** Quarantines bad bytes found on open, reports them, and goes on whatever happens. */
-  private async reportCorrupt(name: string, offset: number, data: Bytes, reason: string, detail: string): Promise<void> {
+  /**
+   * Quarantines bad bytes (found on open, or in an entry read back while running), reports them
+   * unless an earlier run quarantined (and reported) the same bytes, and goes on whatever happens.
+   * `records`: how many records of this run the entry held.
+   */
+  private async reportCorrupt(name: string, offset: number, data: Bytes, reason: string, detail: string, records?: number): Promise<void> {
     let file: string | undefined;
     try {
-      file = await quarantine(this.dir, name, data);
+      const q = await quarantine(this.dir, name, data);
+      if (q.already) return;
+      file = q.file;
     } catch (err) {
       this.logger.warn({ path: this.dir, err: String(err) }, "durable buffer: could not write a quarantine file");
     }
-    this.emit({ type: "buffer_corrupt", entries: 1, bytes: data.length, reason });
-    this.logger.warn({ path: this.dir, offset, bytes: data.length, reason, quarantine: file }, `durable buffer: ${detail}`);
+    this.emit({ type: "buffer_corrupt", entries: 1, bytes: data.length, reason, records });
+    this.logger.warn({ path: this.dir, offset, bytes: data.length, reason, records, quarantine: file }, `durable buffer: ${detail}`);
+  }
+
+  /** Reports entries the index says were written, not released, and not found: lost, with nothing left to quarantine. */
+  private reportMissing(entries: number, where: string): void {
+    if (entries <= 0) return;
+    this.emit({ type: "buffer_corrupt", entries, bytes: 0, reason: "missing" });
+    this.logger.warn({ path: this.dir, entries }, `durable buffer: ${where}: ${entries} entr${entries === 1 ? "y" : "ies"} not yet delivered are lost`);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -535,9 +548,10 @@ export class DurableBuffer implements BufferContract {
       const group = this.appends.splice(0, n);
       try {
         await this.writeGroup(group, bytes);
+        this.writable();
         this.commit(group);
       } catch (err) {
-        await this.failGroup(group, err);
+        await this.failGroup(group, bytes, err);
       }
     }
     this.writer = undefined;
@@ -550,7 +564,7 @@ export class DurableBuffer implements BufferContract {
       this.current = undefined;
       // The segment's data is on disk already: a failed close loses nothing.
       await fh.close().catch(() => {});
-      if (segment.live === 0) this.deleteSegment(segment);
+      if (segment.live === 0) this.releasable.push(segment);
     }
     this.current ??= await this.createSegment(group[0]!.entry.seq);
     const { segment, fh } = this.current;
@@ -614,12 +628,16 @@ export class DurableBuffer implements BufferContract {
       this.unpulled.push(entry);
       a.resolve("accepted");
     }
+    this.writtenBelow = group[group.length - 1]!.entry.seq + 1;
+    // `acked` is the log's index too: it follows the writes, not only the releases.
+    this.scheduleAckedWrite();
     this.wakePuller();
   }
 
-  private async failGroup(group: Append[], err: unknown): Promise<void> {
+  private async failGroup(group: Append[], bytes: number, err: unknown): Promise<void> {
     const error = ioError(`durable buffer: could not append to ${this.dir}`, err);
     this.logger.error({ path: this.dir, code: error.code, err: error.message, chunks: group.length }, "durable buffer: write failed; the pushes of this group are rejected");
+    this.notWritable(bytes, err);
     // What reached the file (or the disk) of a failed write is unknown: cut the segment back
     // to its last good entry and write on in a new one.
     const current = this.current;
@@ -627,12 +645,53 @@ export class DurableBuffer implements BufferContract {
     if (current !== undefined) {
       await current.fh.truncate(current.segment.size).catch(() => {});
       await current.fh.close().catch(() => {});
-      if (current.segment.live === 0) this.deleteSegment(current.segment);
+      if (current.segment.live === 0) this.releasable.push(current.segment);
     }
     for (const a of group) {
       this.retire(a.entry);
       a.reject(error);
     }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Writability: what readiness reports
+
+  /**
+   * A write failed: report it (`/health/ready` turns false) and, until a write succeeds, probe
+   * now and then. Without the probe, a load balancer that stops sending traffic on the report
+   * would also stop the pushes whose writes could tell that the disk has room again.
+   */
+  private notWritable(bytes: number, err: unknown): void {
+    this.emit({ type: "buffer_write_failed", reason: err instanceof Error ? err.message : String(err) });
+    const first = this.failedWriteBytes === undefined;
+    this.failedWriteBytes = bytes;
+    if (first) this.scheduleProbe();
+  }
+
+  /** A write succeeded: report it if writes had been failing. */
+  private writable(): void {
+    if (this.failedWriteBytes === undefined) return;
+    this.failedWriteBytes = undefined;
+    this.cancelProbe?.();
+    this.cancelProbe = undefined;
+    this.emit({ type: "buffer_write_recovered" });
+    this.logger.info({ path: this.dir }, "durable buffer: writes succeed again");
+  }
+
+  private scheduleProbe(): void {
+    if (this.phase === "shut") return;
+    this.cancelProbe = this.clock.setTimer(WRITE_PROBE_MS, () => {
+      this.cancelProbe = undefined;
+      this.runInBackground(() => this.probeWrite(), "write probe failed");
+    });
+  }
+
+  /** Would the write that failed succeed now? The same number of bytes (at most a segment's worth) tells. */
+  private async probeWrite(): Promise<void> {
+    const bytes = this.failedWriteBytes;
+    if (bytes === undefined || this.phase === "shut") return;
+    if (await writeProbe(this.dir, Math.min(bytes, this.segmentBytes), this.fsync)) this.writable();
+    else if (this.failedWriteBytes !== undefined) this.scheduleProbe();
   }
 
   // -------------------------------------------------------------------------------------------
@@ -691,8 +750,15 @@ export class DurableBuffer implements BufferContract {
         return { records: frame.records, ticket };
       }
       const problem = typeof frame === "string" ? frame : "bad_seq";
-      this.emit({ type: "buffer_corrupt", entries: 1, bytes: entry.size, reason: problem });
-      this.logger.error({ path: this.dir, seq: entry.seq, segment: entry.segment?.name, offset: entry.offset, reason: problem }, "durable buffer: an entry changed on disk since it was written or checked; skipped");
+      const segment = entry.segment!.name;
+      await this.reportCorrupt(
+        `${segment.slice(0, -4)}-${entry.offset}`,
+        entry.offset,
+        data,
+        problem,
+        `${segment}: entry ${entry.seq} changed on disk since it was written or checked (${problem}); quarantined, its ${entry.records} record(s) are not delivered`,
+        entry.records,
+      );
       this.retire(entry);
       return undefined;
     }
@@ -741,7 +807,7 @@ export class DurableBuffer implements BufferContract {
       this.heldBytes -= entry.bytes;
     }
     const segment = entry.segment;
-    if (segment !== undefined && --segment.live === 0 && segment !== this.current?.segment) this.deleteSegment(segment);
+    if (segment !== undefined && --segment.live === 0 && segment !== this.current?.segment) this.releasable.push(segment);
     this.releasedInOrder++;
     this.trimOrder();
     this.scheduleAckedWrite();
@@ -751,7 +817,8 @@ export class DurableBuffer implements BufferContract {
   }
 
   private deleteSegment(segment: Segment): void {
-    if (segment.deleted || this.phase === "shut") return;
+    // Once the lock is given up, the files may be the next process's.
+    if (segment.deleted || this.lock === undefined) return;
     segment.deleted = true;
     const reader = this.reader?.segment === segment ? this.reader : undefined;
     if (reader !== undefined) this.reader = undefined;
@@ -827,10 +894,19 @@ export class DurableBuffer implements BufferContract {
       }
       if (through === undefined) through = this.nextSeq - 1;
       else if (prev < this.nextSeq - 1) released.push([prev + 1, this.nextSeq - 1]);
-      const text = serializeAcked({ through, released });
-      if (text === this.ackedWritten) return;
-      await writeAcked(this.dir, text, this.fsync);
-      this.ackedWritten = text;
+      const text = serializeAcked({ through, released, written: this.writtenBelow });
+      const covered = this.releasable;
+      this.releasable = [];
+      try {
+        if (text !== this.ackedWritten) {
+          await writeAcked(this.dir, text, this.fsync);
+          this.ackedWritten = text;
+        }
+      } finally {
+        // After a failed write too: on a full disk, deleting them is what makes room for the next
+        // one. A crash before that may report their entries as lost, though they were delivered.
+        for (const segment of covered) this.deleteSegment(segment);
+      }
     });
     this.ackedWrite = write.catch(() => {});
     return write;

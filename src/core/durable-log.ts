@@ -1,16 +1,21 @@
 /**
  * The on-disk format of the durable buffer (`durable-buffer.ts`): framed, checksummed entries in
- * append-only segment files, the `acked` progress file, the lock file, and the recovery scan.
+ * append-only segment files, the `acked` progress file, and the recovery scan.
  * Everything here is stateless; the buffer owns the files.
  *
  * Layout of `<path>/`:
  * - `<16-digit seq of the first entry>.seg`: entries, each a 12-byte header
  *   `{ magic u32 LE, body length u32 LE, crc32(body) u32 LE }` and a UTF-8 JSON body
  *   `[seq, source, receivedAt, [[id, key, payload, eventTime, bytes(, [code, message, location], raw)], ...]]`.
- * - `acked`: `<crc32 hex> {"through":N,"released":[[a,b],...]}`: entries up to N and in each range are released.
- * - `lock`: the pid of the process that has the log open.
- * - `quarantine/<segment>-<offset>.bad`: bytes recovery cut out of a segment.
+ * - `acked`: `<crc32 hex> {"through":N,"released":[[a,b],...],"written":W}`: entries up to N and in
+ *   each range are released; every entry below W had been written (the log's index: an entry
+ *   below W that is neither released nor found on start was lost). Files of earlier versions have no W.
+ * - `lock`: the pid (and start time) of the process that has the log open (`dir-lock.ts`).
+ * - `quarantine/<segment>-<offset>.bad`: bytes recovery cut out of a segment, or an entry that
+ *   failed its check when read back.
+ * - `write-probe`: a scratch file, there only while writes fail (see {@link writeProbe}).
  */
+import { constants as fsConstants } from "node:fs";
 import fs from "node:fs/promises";
 import { join } from "node:path";
 import { crc32 } from "node:zlib";
@@ -248,6 +253,16 @@ export function scanSegment(data: Bytes, afterSeq: number): SegmentScan {
 export interface AckedState {
   readonly through: number;
   readonly released: readonly (readonly [number, number])[];
+  /** Every entry with a lower seq had been written; absent in files of earlier versions. */
+  readonly written?: number;
+}
+
+/** How many seqs in `[from, to)` `state` does not count as released. */
+export function unreleasedIn(state: AckedState, from: number, to: number): number {
+  const start = Math.max(from, state.through + 1);
+  let n = Math.max(0, to - start);
+  for (const [a, b] of state.released) n -= Math.max(0, Math.min(b + 1, to) - Math.max(a, start));
+  return n;
 }
 
 /** What {@link readAcked} found. */
@@ -262,12 +277,12 @@ function isAckedState(v: unknown): v is AckedState {
     if (a <= prev || b < a) return false;
     prev = b;
   }
-  return true;
+  return v.written === undefined || (Number.isSafeInteger(v.written) && (v.written as number) >= 0);
 }
 
 /** The acked file's content for `state`: a checksum, a space, the JSON. */
 export function serializeAcked(state: AckedState): string {
-  const json = JSON.stringify({ through: state.through, released: state.released });
+  const json = JSON.stringify({ through: state.through, released: state.released, written: state.written });
   return `${crc32(json).toString(16).padStart(8, "0")} ${json}\n`;
 }
 
@@ -306,108 +321,42 @@ export async function writeAcked(dir: string, text: string, fsync: boolean): Pro
   await fs.rename(tmp, join(dir, "acked"));
 }
 
-/** Copies bad bytes to `<dir>/quarantine/<name>.bad`; returns the file's path. */
-export async function quarantine(dir: string, name: string, data: Bytes): Promise<string> {
+/**
+ * Copies bad bytes to `<dir>/quarantine/<name>.bad`; returns the file's path, and whether that
+ * file already held these very bytes (quarantined by an earlier run: an entry found bad when read
+ * back stays in its segment, which the next start scans while other entries keep it).
+ */
+export async function quarantine(dir: string, name: string, data: Bytes): Promise<{ file: string; already: boolean }> {
   const qdir = join(dir, "quarantine");
   await fs.mkdir(qdir, { recursive: true });
   const file = join(qdir, `${name}.bad`);
+  const before = await fs.readFile(file).catch(() => undefined);
+  if (before?.equals(data)) return { file, already: true };
   await fs.writeFile(file, data);
-  return file;
-}
-
-// ---------------------------------------------------------------------------------------------
-// The lock file
-
-/** Lock files this process holds: a lock naming our own pid is live only if it is in here. */
-const heldLocks = new Set<string>();
-
-/**
- * When process `pid` started (clock ticks since boot, field 22 of /proc/<pid>/stat), or undefined
- * where there is no /proc or no such process. With the pid it names one process for good: a pid
- * alone may be reused by another process after a crash.
- */
-async function startTime(pid: number): Promise<string | undefined> {
-  try {
-    const stat = await fs.readFile(`/proc/${pid}/stat`, "utf8");
-    // After the command name, which may hold spaces and parentheses: field 3 onwards.
-    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
-  } catch {
-    return undefined;
-  }
-}
-
-/** The lock file's content for this process: its pid, and its start time where /proc tells it. */
-async function lockContent(): Promise<string> {
-  const started = await startTime(process.pid);
-  return started === undefined ? `${process.pid}\n` : `${process.pid} ${started}\n`;
-}
-
-async function isLive(holder: { pid: number; started: string | undefined }, lockFile: string): Promise<boolean> {
-  // A lock with our own pid is from an earlier incarnation (a container restarted as pid 1)
-  // unless this process took it.
-  if (holder.pid === process.pid) return heldLocks.has(lockFile);
-  try {
-    process.kill(holder.pid, 0);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "EPERM") return false;
-  }
-  // Alive; but when the lock says when its process started, the pid must still be that process.
-  if (holder.started === undefined) return true;
-  const started = await startTime(holder.pid);
-  return started === undefined || started === holder.started;
-}
-
-async function lockHolder(lockFile: string): Promise<{ pid: number; started: string | undefined } | undefined> {
-  try {
-    const [pidText, started] = (await fs.readFile(lockFile, "utf8")).trim().split(" ");
-    const pid = Number(pidText);
-    return Number.isSafeInteger(pid) && pid > 0 ? { pid, started } : undefined;
-  } catch {
-    return undefined;
-  }
+  return { file, already: false };
 }
 
 /**
- * Takes `<dir>/lock` for this process. A lock whose process is alive refuses with `ERR_BUFFER_IO`;
- * a stale one (its process is gone, e.g. after SIGKILL; its pid now names a process started at
- * another time; or its content is garbled) is taken over and its pid returned. The lock is created by hard-linking a complete temp file, so nobody reads
- * a half-written pid. Gotcha: two processes taking over the same stale lock at the same moment can
- * both win; the lock guards against a second start by mistake, not against a race on purpose.
+ * Writes `size` bytes to `<dir>/write-probe` the way segments are written (`O_DSYNC` with
+ * `fsync`), then removes it: true when the write succeeded. Never throws.
  */
-export async function acquireLock(dir: string): Promise<{ staleFrom: number | undefined }> {
-  const lockFile = join(dir, "lock");
-  const tmp = join(dir, `lock.${process.pid}.tmp`);
-  await fs.writeFile(tmp, await lockContent());
-  let staleFrom: number | undefined;
+export async function writeProbe(dir: string, size: number, fsync: boolean): Promise<boolean> {
+  const file = join(dir, "write-probe");
+  let ok = true;
   try {
-    for (let attempt = 0; attempt < 3; attempt++) {
-      try {
-        await fs.link(tmp, lockFile);
-        heldLocks.add(lockFile);
-        return { staleFrom };
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+    const fh = await fs.open(file, fsync ? fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_TRUNC | fsConstants.O_DSYNC : "w");
+    try {
+      for (let done = 0; done < size; ) {
+        const { bytesWritten } = await fh.write(globalThis.Buffer.alloc(size - done), 0, size - done, done);
+        if (bytesWritten === 0) throw new Error("write made no progress");
+        done += bytesWritten;
       }
-      const holder = await lockHolder(lockFile);
-      if (holder !== undefined && (await isLive(holder, lockFile))) {
-        throw new SluiceError(
-          "ERR_BUFFER_IO",
-          `durable buffer ${dir} is in use by process ${holder.pid}; stop it first, or delete ${lockFile} if no sluice process uses this directory`,
-          { location: lockFile },
-        );
-      }
-      staleFrom = holder?.pid;
-      await fs.rm(lockFile, { force: true });
+    } finally {
+      await fh.close();
     }
-    throw new SluiceError("ERR_BUFFER_IO", `durable buffer ${dir}: could not take ${lockFile}; another process keeps taking it`, { location: lockFile });
-  } finally {
-    await fs.rm(tmp, { force: true });
+  } catch {
+    ok = false;
   }
-}
-
-/** Gives up the lock {@link acquireLock} took. */
-export async function releaseLock(dir: string): Promise<void> {
-  const lockFile = join(dir, "lock");
-  heldLocks.delete(lockFile);
-  await fs.rm(lockFile, { force: true });
+  await fs.rm(file, { force: true }).catch(() => {});
+  return ok;
 }

@@ -30,8 +30,10 @@ export const ERROR_CODES = {
   ERR_DEAD_LETTER_WRITE: { retryable: true },
   /** The buffer is full and `when_full: reject` is configured. */
   ERR_BUFFER_FULL: { retryable: true },
-  /** The durable buffer could not write or read its log (disk full, I/O error, locked by another process). */
+  /** The durable buffer could not write or read its log (disk full, I/O error). */
   ERR_BUFFER_IO: { retryable: true },
+  /** A directory a pipeline needs (its `data_dir`, the durable buffer's log) is held by another live process or pipeline. */
+  ERR_LOCKED: { retryable: false },
   /** The pipeline is stopping and takes no new records. */
   ERR_STOPPING: { retryable: true },
   /** The operation was aborted (shutdown deadline reached). */

@@ -29,8 +29,16 @@ export type InternalEvent =
   | { type: "http_request"; source: string; status: number }
   /** A durable buffer found entries of an earlier run not yet released and queued them first. */
   | { type: "buffer_replayed"; records: number; chunks: number }
-  /** A durable buffer found a torn or corrupt entry on open, moved its bytes to quarantine and went on. */
-  | { type: "buffer_corrupt"; entries: number; bytes: number; reason: string }
+  /**
+   * A durable buffer found torn, corrupt or missing entries (on open, or reading one back while
+   * running), moved their bytes to quarantine and went on. `records`: for an entry read back, its
+   * records, which this run counted as received and will never deliver.
+   */
+  | { type: "buffer_corrupt"; entries: number; bytes: number; reason: string; records?: number }
+  /** A durable buffer write failed (disk full, I/O error): the buffer is not ready until a write succeeds. */
+  | { type: "buffer_write_failed"; reason: string }
+  /** A durable buffer write succeeded after writes had failed. */
+  | { type: "buffer_write_recovered" }
   | { type: "component_error"; component: string; code: string; message: string }
   /** The pipeline started running, or finished (whatever its status): the run's elapsed time. */
   | { type: "pipeline_run"; phase: "started" | "done" };

@@ -5,6 +5,7 @@ import type { BackoffPolicy } from "./backoff.js";
 import type { Buffer, WhenFull } from "./buffer.js";
 import { systemClock, type Clock } from "./clock.js";
 import { DeadLetterWriter } from "./dead-letters.js";
+import type { DirLock } from "./dir-lock.js";
 import { classify, SluiceError } from "./errors.js";
 import { silentLogger, type EventSink, type Logger } from "./events.js";
 import { fieldGetter, RecordEntry, settle, type AckTicket, type Entry, type JsonValue } from "./record.js";
@@ -53,6 +54,8 @@ export interface PipelineOptions {
   readonly random?: () => number;
   readonly logger?: Logger;
   readonly emit?: EventSink;
+  /** The lock on `data_dir` taken when the pipeline was built; `run()` gives it up when it ends, however it ends. */
+  readonly lock?: DirLock;
 }
 
 /**
@@ -185,6 +188,14 @@ export class Pipeline {
    */
   async run(): Promise<PipelineStatus> {
     if (this.state.tag !== "idle") throw new SluiceError("ERR_INTERNAL", "a pipeline runs once");
+    try {
+      return await this.runToEnd();
+    } finally {
+      await this.o.lock?.release().catch((err: unknown) => this.logger.warn({ path: this.o.lock?.file, err: String(err) }, "could not remove the data_dir lock file"));
+    }
+  }
+
+  private async runToEnd(): Promise<PipelineStatus> {
     this.state = { tag: "running" };
     this.emit({ type: "pipeline_run", phase: "started" });
     try {

@@ -19,7 +19,7 @@ export interface SinkCounts {
   dead_lettered: number;
 }
 
-/** Everything counted so far. `received == delivered + dead_lettered + dropped + in_flight` holds at every moment. */
+/** Everything counted so far. `received == delivered + dead_lettered + dropped + quarantined + in_flight` holds at every moment. */
 export interface CountsSnapshot {
   received: number;
   delivered: number;
@@ -30,6 +30,10 @@ export interface CountsSnapshot {
   retried: number;
   /** Records of an earlier run replayed from the durable buffer; counted in `received` too. */
   replayed: number;
+  /** Records received and never delivered because their durable buffer entry failed its checksum when read back (quarantined). */
+  quarantined: number;
+  /** Durable buffer entries quarantined or found missing, on start or while running (whatever their records). */
+  corrupt_entries: number;
   in_flight: number;
   buffer_records: number;
   buffer_bytes: number;
@@ -39,9 +43,10 @@ export interface CountsSnapshot {
 /**
  * The run summary written by `--summary-json`, in the shape DESIGN.md fixes, plus the split of
  * `delivered` into `new` and `already_present` (per record for `records`, per sink for `sinks`).
+ * `records.quarantined` is there only when a durable buffer quarantined records of this run.
  */
 export interface RunSummary {
-  records: { received: number; delivered: number; new: number; already_present: number; dead_lettered: number; dropped: number; retried: number };
+  records: { received: number; delivered: number; new: number; already_present: number; dead_lettered: number; dropped: number; retried: number; quarantined?: number };
   sinks: Record<string, SinkCounts>;
   elapsed_seconds: number;
 }
@@ -81,7 +86,10 @@ export class Metrics {
   private readonly batchDuration = new Histogram({ name: "sluice_sink_batch_duration_seconds", help: "Duration of one batch write attempt.", labelNames: ["sink"], buckets: LATENCY_BUCKETS, registers: [this.registry] });
   private readonly concurrencyLimit = new Gauge({ name: "sluice_sink_concurrency_limit", help: "Batches a sink may have in flight at once: its lanes, or the current adaptive limit.", labelNames: ["sink"], registers: [this.registry] });
   private readonly replayed = new Counter({ name: "sluice_buffer_replayed_records_total", help: "Records of an earlier run replayed from the durable buffer on start.", registers: [this.registry] });
-  private readonly corrupt = new Counter({ name: "sluice_buffer_corrupt_entries_total", help: "Torn or corrupt durable buffer entries found on start and moved to quarantine.", labelNames: ["reason"], registers: [this.registry] });
+  private readonly corrupt = new Counter({ name: "sluice_buffer_corrupt_entries_total", help: "Torn, corrupt or missing durable buffer entries, found on start or read back while running; corrupt bytes are moved to quarantine.", labelNames: ["reason"], registers: [this.registry] });
+  private readonly bufferWritable = new Gauge({ name: "sluice_buffer_writable", help: "1 while the buffer can write; 0 while the durable buffer's writes fail (disk full, I/O error) and /health/ready says not ready.", registers: [this.registry] });
+  /** Why the durable buffer's latest write failed, while writes fail; for readiness. */
+  private bufferWriteError: string | undefined;
   private readonly httpRequests = new Counter({ name: "sluice_http_requests_total", help: "Ingest requests answered by an http source, by status code.", labelNames: ["source", "status"], registers: [this.registry] });
   /** When the pipeline started and finished running (ms, on `now`), for the summary's elapsed time. */
   private run: { startedAt?: number; doneAt?: number } = {};
@@ -104,12 +112,15 @@ export class Metrics {
       dropped: 0,
       retried: 0,
       replayed: 0,
+      quarantined: 0,
+      corrupt_entries: 0,
       in_flight: 0,
       buffer_records: 0,
       buffer_bytes: 0,
       sinks: Object.fromEntries(sinkNames.map((n) => [n, { delivered: 0, new: 0, already_present: 0, dead_lettered: 0 }])),
     };
     for (const n of sinkNames) this.sinkUp.set({ sink: n }, 0);
+    this.bufferWritable.set(1);
     const probe = () => this.bufferProbe();
     new Gauge({ name: "sluice_buffer_records", help: "Records held by the buffer, including those being transformed or written.", registers: [this.registry], collect() { this.set(probe().records); } });
     new Gauge({ name: "sluice_buffer_bytes", help: "Estimated bytes held by the buffer.", registers: [this.registry], collect() { this.set(probe().bytes); } });
@@ -201,11 +212,21 @@ export class Metrics {
         this.logger.info({ records: event.records, chunks: event.chunks }, "replaying records the durable buffer kept from an earlier run");
         break;
       case "buffer_corrupt":
+        c.corrupt_entries += event.entries;
+        c.quarantined += event.records ?? 0;
         this.corrupt.inc({ reason: event.reason }, event.entries);
         break;
       case "pipeline_run":
         if (event.phase === "started") this.run = { startedAt: this.now() };
         else this.run.doneAt = this.now();
+        break;
+      case "buffer_write_failed":
+        this.bufferWriteError = event.reason;
+        this.bufferWritable.set(0);
+        break;
+      case "buffer_write_recovered":
+        this.bufferWriteError = undefined;
+        this.bufferWritable.set(1);
         break;
       case "component_error":
         if (event.component in c.sinks) this.markDown(event.component, "retrying", event.message);
@@ -230,6 +251,11 @@ export class Metrics {
   failingSinks(ms: number): string[] {
     const now = this.now();
     return [...this.down.values()].filter((d) => now - d.since >= ms).map((d) => d.sink);
+  }
+
+  /** Why the durable buffer cannot write, while its writes fail; undefined while it can. */
+  bufferUnwritable(): string | undefined {
+    return this.bufferWriteError;
   }
 
   /**
@@ -258,7 +284,7 @@ export class Metrics {
     const buffer = this.bufferProbe();
     return {
       ...c,
-      in_flight: c.received - c.delivered - c.dead_lettered - c.dropped,
+      in_flight: c.received - c.delivered - c.dead_lettered - c.dropped - c.quarantined,
       buffer_records: buffer.records,
       buffer_bytes: buffer.bytes,
       sinks: Object.fromEntries(Object.entries(c.sinks).map(([k, v]) => [k, { ...v }])),
@@ -280,6 +306,7 @@ export class Metrics {
         dead_lettered: s.dead_lettered,
         dropped: s.dropped,
         retried: s.retried,
+        ...(s.quarantined > 0 ? { quarantined: s.quarantined } : {}),
       },
       sinks: s.sinks,
       elapsed_seconds: Math.round(elapsedSeconds * 1000) / 1000,

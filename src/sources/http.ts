@@ -175,9 +175,10 @@ export class HttpSource implements Source {
     throw new HttpError(404, `no route ${path}; records go to POST ${this.o.path}`);
   }
 
+  /** This source stopping, on top of what the pipeline says. */
   private readiness(): Readiness {
     const r = this.ctx.service?.readiness() ?? { ready: true, problems: [] };
-    return this.stopping ? { ...r, ready: false } : r;
+    return this.stopping ? { ready: false, problems: [`source ${this.ctx.name}: stopping`, ...r.problems] } : r;
   }
 
   private async ingest(req: IncomingMessage, res: ServerResponse): Promise<void> {

@@ -152,7 +152,7 @@ export async function startHttpPipeline(o: HttpPipelineOptions = {}): Promise<Ht
   const metrics = new Metrics(["db"], silentLogger);
   const service: ServiceProbe = {
     // Called only once the pipeline runs, so `pipeline` is set by then.
-    readiness: () => ({ ready: pipeline.status().tag === "running", problems: [] }),
+    readiness: () => (pipeline.status().tag === "running" ? { ready: true, problems: [] } : { ready: false, problems: ["pipeline: not running"] }),
     metrics: async () => ({ contentType: metrics.registry.contentType, text: await metrics.registry.metrics() }),
   };
   const ctx = (name: string) => ({ ...testContext({ name, dataDir: dir.path, baseDir: dir.path, service }), emit: metrics.handle });

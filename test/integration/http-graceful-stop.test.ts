@@ -124,7 +124,7 @@ sinks:
 
   const ready = await send(`${base}/health/ready`);
   expect(ready.status, ready.text).toBe(503);
-  expect(ready.body).toEqual({ status: "not_ready" });
+  expect(ready.body).toEqual({ status: "not_ready", problems: expect.arrayContaining([expect.stringMatching(/^source \S+: stopping$/)]) });
   const late = await post("after-sigterm", 2);
   expect(late.status, late.text).toBe(503);
   expect(late.body).toEqual({ error: "sluice is stopping; retry against another instance or later" });

@@ -608,7 +608,7 @@ describe("http source: a full buffer and a stopping pipeline", () => {
       q.pipeline.stop();
       const ready = await send(`${q.base}/health/ready`);
       expect(ready.status).toBe(503);
-      expect(ready.body).toEqual({ status: "not_ready" });
+      expect(ready.body).toEqual({ status: "not_ready", problems: expect.arrayContaining([expect.stringMatching(/^source \S+: stopping$/)]) });
       expect((await send(`${q.base}/health/live`)).status).toBe(200);
       const late = await post([{ n: 3 }], "after-stop");
       expectError(late, 503, /^sluice is stopping; retry against another instance or later$/);

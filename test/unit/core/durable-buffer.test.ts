@@ -159,6 +159,16 @@ function deadPid(): number {
   return child.pid!;
 }
 
+/** Pushes one chunk per id, the last of each group large enough (with segmentBytes 300) to end its segment. */
+async function pushSegments(buffer: DurableBuffer, groups: readonly (readonly string[])[]): Promise<void> {
+  for (const group of groups) {
+    for (const [i, id] of group.entries()) {
+      const pad = i === group.length - 1 ? 300 : 0;
+      expect(await buffer.push(chunkOf([id], { payload: (x) => ({ id: x, pad: "p".repeat(pad) }) }), false)).toBe("accepted");
+    }
+  }
+}
+
 describe("DurableBuffer", () => {
   it("round-trips records, malformed ones included, from memory and from disk", async () => {
     const dir = tmpDir();
@@ -266,6 +276,48 @@ describe("DurableBuffer", () => {
     expect(reopened.buffer.usage().records).toBe(2);
   });
 
+  it("reports writes failing (ENOSPC) and, while they fail, probes every second until a write would succeed", async () => {
+    const dir = tmpDir();
+    const proto = await fileHandlePrototype(dir);
+    const { buffer, events, clock } = await open(dir);
+    const enospc = Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" });
+    const write = vi.spyOn(proto, "write").mockRejectedValue(enospc);
+    await expect(buffer.push(chunkOf(["a"]), false)).rejects.toMatchObject({ code: "ERR_BUFFER_IO" });
+    expect(events.filter((e) => e.type.startsWith("buffer_write"))).toEqual([{ type: "buffer_write_failed", reason: enospc.message }]);
+
+    // No push comes (a load balancer took the instance out): the probe is what finds out.
+    const calls = write.mock.calls.length;
+    clock.advance(1000);
+    await vi.waitFor(() => expect(write.mock.calls.length).toBe(calls + 1));
+    // A failed probe tries again a second later.
+    await vi.waitFor(() => expect(fs.existsSync(join(dir, "write-probe"))).toBe(false));
+    await new Promise((r) => setImmediate(r));
+    clock.advance(1000);
+    await vi.waitFor(() => expect(write.mock.calls.length).toBe(calls + 2));
+    expect(events.some((e) => e.type === "buffer_write_recovered")).toBe(false);
+    expect(fs.existsSync(join(dir, "write-probe"))).toBe(false);
+
+    write.mockRestore();
+    clock.advance(1000);
+    await vi.waitFor(() => expect(events.at(-1)).toEqual({ type: "buffer_write_recovered" }));
+    expect(fs.existsSync(join(dir, "write-probe"))).toBe(false);
+    expect(await buffer.push(chunkOf(["b"]), false)).toBe("accepted");
+    expect(events.filter((e) => e.type === "buffer_write_recovered")).toHaveLength(1);
+  });
+
+  it("reports writes succeeding again as soon as a push's write succeeds", async () => {
+    const dir = tmpDir();
+    const proto = await fileHandlePrototype(dir);
+    const { buffer, events } = await open(dir);
+    vi.spyOn(proto, "write").mockRejectedValueOnce(Object.assign(new Error("EIO: i/o error, write"), { code: "EIO" }));
+    await expect(buffer.push(chunkOf(["a"]), false)).rejects.toMatchObject({ code: "ERR_BUFFER_IO" });
+    expect(await buffer.push(chunkOf(["b"]), false)).toBe("accepted");
+    expect(events.filter((e) => e.type.startsWith("buffer_write"))).toEqual([
+      { type: "buffer_write_failed", reason: "EIO: i/o error, write" },
+      { type: "buffer_write_recovered" },
+    ]);
+  });
+
   it("after a crash, replays exactly the un-released chunks in order once release progress was written", async () => {
     const dir = tmpDir();
     const { buffer, clock } = await open(dir);
@@ -276,7 +328,7 @@ describe("DurableBuffer", () => {
     clock.advance(100);
     await vi.waitFor(async () => {
       const acked = await readAcked(dir);
-      expect(acked).toEqual({ tag: "ok", state: { through: -1, released: [[1, 1], [3, 3]] } });
+      expect(acked).toEqual({ tag: "ok", state: { through: -1, released: [[1, 1], [3, 3]], written: 5 } });
     });
 
     const copy = crashCopy(dir);
@@ -415,6 +467,98 @@ describe("DurableBuffer", () => {
     expect(reopened.events).toContainEqual({ type: "buffer_corrupt", entries: 1, bytes: 12 + body.length, reason: "undecodable" });
   });
 
+  it("quarantines and counts an entry that fails its checksum when read back while running; it never comes back", async () => {
+    const dir = tmpDir();
+    // One record in memory: every later chunk is read back from disk when pulled.
+    const { buffer, events, warnings } = await open(dir, { memory: { maxRecords: 2, maxBytes: 1 << 20 } });
+    for (const id of ["a", "b", "c"]) expect(await buffer.push(chunkOf([`${id}1`, `${id}2`], { payload: (i) => ({ id: i, pad: "p".repeat(40) }) }), false)).toBe("accepted");
+    const [seg] = segments(dir);
+    const file = join(dir, seg!);
+    const data = fs.readFileSync(file);
+    const magic = Buffer.from([0xd1, 0x5c, 0xe0, 0x01]);
+    const second = data.indexOf(magic, 1);
+    const third = data.indexOf(magic, second + 1);
+    // A byte flips on disk after the entry was written and checked.
+    const fd = fs.openSync(file, "r+");
+    fs.writeSync(fd, Buffer.from([data[second + 30]! ^ 0x20]), 0, 1, second + 30);
+    fs.closeSync(fd);
+
+    const [a] = await pullN(buffer, 1);
+    finish(a!);
+    const [c] = await pullN(buffer, 1);
+    expect(ids(c)).toEqual(["c1", "c2"]);
+    expect(events.filter((e) => e.type === "buffer_corrupt")).toEqual([{ type: "buffer_corrupt", entries: 1, bytes: third - second, reason: "bad_checksum", records: 2 }]);
+    const quarantined = join(dir, "quarantine", `${seg!.slice(0, -4)}-${second}.bad`);
+    expect(fs.readFileSync(quarantined).equals(fs.readFileSync(file).subarray(second, third))).toBe(true);
+    expect(warnings.some((w) => w.includes("quarantined, its 2 record(s) are not delivered"))).toBe(true);
+    expect(buffer.usage().records).toBe(2);
+    finish(c!);
+    await buffer.whenEmpty();
+    await buffer.shutdown();
+
+    // Released, not left for redelivery: the next run replays nothing and finds nothing corrupt.
+    const reopened = await open(dir);
+    expect(reopened.buffer.usage()).toEqual({ records: 0, bytes: 0 });
+    expect(reopened.events).toEqual([]);
+  });
+
+  it("does not report again, on the next start, an entry quarantined when read back whose segment is still there", async () => {
+    const dir = tmpDir();
+    const { buffer } = await open(dir, { memory: { maxRecords: 1, maxBytes: 1 << 20 } });
+    for (const id of ["a", "b", "c"]) expect(await buffer.push(chunkOf([id], { payload: (i) => ({ id: i, pad: "p".repeat(40) }) }), false)).toBe("accepted");
+    const file = join(dir, segments(dir)[0]!);
+    const data = fs.readFileSync(file);
+    const second = data.indexOf(Buffer.from([0xd1, 0x5c, 0xe0, 0x01]), 1);
+    data[second + 30] = data[second + 30]! ^ 0x20;
+    fs.writeFileSync(file, data);
+    const [a] = await pullN(buffer, 1);
+    finish(a!);
+    await pullN(buffer, 1);
+    // c is in flight, not released: its segment stays for the next run, corrupt bytes included.
+    await buffer.shutdown();
+
+    const reopened = await open(dir);
+    expect(reopened.events.filter((e) => e.type === "buffer_corrupt")).toEqual([]);
+    expect((await pullN(reopened.buffer, 1)).map(ids)).toEqual([["c"]]);
+    expect(fs.readdirSync(join(dir, "quarantine"))).toHaveLength(1);
+  });
+
+  it.each([
+    ["the first segment", 0, 3],
+    ["a middle segment", 1, 2],
+    ["the last segment", 2, 1],
+  ])("reports at start, with the count, the entries lost when %s is truncated to zero bytes", async (_name, index, lost) => {
+    const dir = tmpDir();
+    const first = await open(dir, { segmentBytes: 300 });
+    await pushSegments(first.buffer, [["a", "b", "c"], ["d", "e"], ["f"]]);
+    expect(segments(dir)).toEqual(["0000000000000000.seg", "0000000000000003.seg", "0000000000000005.seg"]);
+    await first.buffer.shutdown();
+    const copy = crashCopy(dir);
+    fs.truncateSync(join(copy, segments(copy)[index]!), 0);
+
+    const reopened = await open(copy);
+    expect(reopened.events.filter((e) => e.type === "buffer_corrupt")).toEqual([{ type: "buffer_corrupt", entries: lost, bytes: 0, reason: "missing" }]);
+    expect(reopened.warnings).toContain(
+      `durable buffer: ${segments(dir)[index]} (0 bytes) is shorter than the acked index says: ${lost} entr${lost === 1 ? "y" : "ies"} not yet delivered are lost`,
+    );
+    expect(reopened.buffer.usage().records).toBe(6 - lost);
+    // New entries never take a seq the index knows.
+    expect(await reopened.buffer.push(chunkOf(["g"]), false)).toBe("accepted");
+    expect(segments(copy)).toContain("0000000000000006.seg");
+  });
+
+  it("reports at start the entries of a segment file that is gone", async () => {
+    const dir = tmpDir();
+    const first = await open(dir, { segmentBytes: 300 });
+    await pushSegments(first.buffer, [["a", "b"], ["c"]]);
+    expect(segments(dir)).toEqual(["0000000000000000.seg", "0000000000000002.seg"]);
+    await first.buffer.shutdown();
+    fs.rmSync(join(dir, "0000000000000000.seg"));
+    const reopened = await open(dir);
+    expect(reopened.events.filter((e) => e.type === "buffer_corrupt")).toEqual([{ type: "buffer_corrupt", entries: 2, bytes: 0, reason: "missing" }]);
+    expect((await pullN(reopened.buffer, 1)).map(ids)).toEqual([["c"]]);
+  });
+
   it("replays everything still in the log when the acked file is corrupt, and counts it", async () => {
     const dir = tmpDir();
     const first = await open(dir);
@@ -424,7 +568,7 @@ describe("DurableBuffer", () => {
     finish(pulled[2]!);
     await first.buffer.shutdown();
     const acked = await readAcked(dir);
-    expect(acked).toEqual({ tag: "ok", state: { through: 0, released: [[2, 2]] } });
+    expect(acked).toEqual({ tag: "ok", state: { through: 0, released: [[2, 2]], written: 3 } });
     const text = fs.readFileSync(join(dir, "acked"), "utf8");
     fs.writeFileSync(join(dir, "acked"), text.replace('"through":0', '"through":9'));
 
@@ -522,25 +666,62 @@ describe("DurableBuffer", () => {
 
   it("deletes a segment once all its entries are released and it is no longer written", async () => {
     const dir = tmpDir();
-    const { buffer } = await open(dir, { segmentBytes: 1 });
+    const { buffer, clock } = await open(dir, { segmentBytes: 1 });
     for (let i = 0; i < 4; i++) await buffer.push(chunkOf([`r${i}`]), false);
     expect(segments(dir)).toHaveLength(4);
     const pulled = await pullN(buffer, 4);
     finish(pulled[1]!);
     finish(pulled[3]!);
+    // Not before `acked` says its entries are released: a crash in between would make them look lost.
+    await new Promise((r) => setTimeout(r, 20));
+    expect(segments(dir)).toHaveLength(4);
+    clock.advance(100);
     // r3's segment is the one being written: it stays until a new segment takes over or shutdown.
     await vi.waitFor(() => expect(segments(dir)).toEqual(["0000000000000000.seg", "0000000000000002.seg", "0000000000000003.seg"]));
     finish(pulled[0]!);
     finish(pulled[2]!);
+    clock.advance(100);
     await vi.waitFor(() => expect(segments(dir)).toEqual(["0000000000000003.seg"]));
     await buffer.shutdown();
     expect(segments(dir)).toEqual([]);
-    expect(await readAcked(dir)).toEqual({ tag: "ok", state: { through: 3, released: [] } });
+    expect(await readAcked(dir)).toEqual({ tag: "ok", state: { through: 3, released: [], written: 4 } });
 
     const reopened = await open(dir);
     expect(reopened.buffer.usage()).toEqual({ records: 0, bytes: 0 });
     expect(await reopened.buffer.push(chunkOf(["later"]), false)).toBe("accepted");
     expect(segments(dir)).toEqual(["0000000000000004.seg"]);
+  });
+
+  it("after a crash, never reports as lost the entries of a segment deleted because all were released", async () => {
+    const dir = tmpDir();
+    const { buffer, clock } = await open(dir, { segmentBytes: 1 });
+    for (const id of ["a", "b", "c"]) await buffer.push(chunkOf([id]), false);
+    clock.advance(100);
+    await vi.waitFor(async () => expect(await readAcked(dir)).toMatchObject({ tag: "ok", state: { written: 3 } }));
+    const pulled = await pullN(buffer, 3);
+    finish(pulled[0]!);
+    // The crash comes before the next `acked` write: a's segment must still be there.
+    await new Promise((r) => setTimeout(r, 20));
+    const copy = crashCopy(dir);
+    const replay = await open(copy);
+    expect(replay.events.filter((e) => e.type === "buffer_corrupt")).toEqual([]);
+    expect((await pullN(replay.buffer, 3)).map(ids)).toEqual([["a"], ["b"], ["c"]]);
+  });
+
+  it("deletes released segments even when the acked write fails (a full disk needs the room)", async () => {
+    const dir = tmpDir();
+    const { buffer, clock, warnings } = await open(dir, { segmentBytes: 1 });
+    for (const id of ["a", "b"]) await buffer.push(chunkOf([id]), false);
+    const pulled = await pullN(buffer, 2);
+    const realOpen = fsp.open;
+    vi.spyOn(fsp, "open").mockImplementation(((path: string, ...rest: unknown[]) =>
+      String(path).endsWith("acked.tmp")
+        ? Promise.reject(Object.assign(new Error("ENOSPC: no space left on device, open"), { code: "ENOSPC" }))
+        : (realOpen as (...a: unknown[]) => Promise<unknown>)(path, ...rest)) as typeof fsp.open);
+    finish(pulled[0]!);
+    clock.advance(100);
+    await vi.waitFor(() => expect(segments(dir)).toEqual(["0000000000000001.seg"]));
+    expect(warnings).toContain("durable buffer: could not write the acked file");
   });
 
   it("close: pull drains every entry, from memory and disk, then ends; whenEmpty waits for every release", async () => {
@@ -585,15 +766,15 @@ describe("DurableBuffer", () => {
     const second = create(dir);
     const err = await second.buffer.open().catch((e: unknown) => e);
     expect(err).toBeInstanceOf(SluiceError);
-    expect(err).toMatchObject({ code: "ERR_BUFFER_IO" });
-    expect((err as Error).message).toMatch(/in use by process \d+/);
+    expect(err).toMatchObject({ code: "ERR_LOCKED" });
+    expect((err as Error).message).toMatch(/in use by this process \(pid \d+\)/);
     await first.buffer.shutdown();
 
     const child = spawn(process.execPath, ["-e", "setTimeout(() => {}, 60_000)"], { stdio: "ignore" });
     try {
       fs.writeFileSync(join(dir, "lock"), `${child.pid}\n`);
       const third = create(dir);
-      await expect(third.buffer.open()).rejects.toMatchObject({ code: "ERR_BUFFER_IO", message: expect.stringContaining(`process ${child.pid}`) });
+      await expect(third.buffer.open()).rejects.toMatchObject({ code: "ERR_LOCKED", message: expect.stringContaining(`process ${child.pid}`) });
     } finally {
       child.kill("SIGKILL");
       await new Promise((r) => child.once("exit", r));
@@ -617,7 +798,7 @@ describe("DurableBuffer", () => {
       await taken.buffer.shutdown();
       // The same pid and start time: that very process holds it.
       fs.writeFileSync(join(dir, "lock"), `${child.pid} ${started}\n`);
-      await expect(create(dir).buffer.open()).rejects.toMatchObject({ code: "ERR_BUFFER_IO", message: expect.stringContaining(`process ${child.pid}`) });
+      await expect(create(dir).buffer.open()).rejects.toMatchObject({ code: "ERR_LOCKED", message: expect.stringContaining(`process ${child.pid}`) });
     } finally {
       child.kill("SIGKILL");
       await new Promise((r) => child.once("exit", r));
@@ -636,13 +817,17 @@ describe("DurableBuffer", () => {
       | { tag: "pull" }
       | { tag: "release"; pick: number }
       | { tag: "crash" }
-      | { tag: "restart" };
+      | { tag: "restart" }
+      | { tag: "tick" }
+      | { tag: "wait" };
     const opArb: fc.Arbitrary<Op> = fc.oneof(
       { weight: 4, arbitrary: fc.integer({ min: 1, max: 6 }).map((records): Op => ({ tag: "push", records })) },
       { weight: 3, arbitrary: fc.constant<Op>({ tag: "pull" }) },
       { weight: 3, arbitrary: fc.nat().map((pick): Op => ({ tag: "release", pick })) },
       { weight: 1, arbitrary: fc.constant<Op>({ tag: "crash" }) },
       { weight: 1, arbitrary: fc.constant<Op>({ tag: "restart" }) },
+      { weight: 2, arbitrary: fc.constant<Op>({ tag: "tick" }) },
+      { weight: 1, arbitrary: fc.constant<Op>({ tag: "wait" }) },
     );
     // Large enough that a pull never waits for room in flight: the memory bound has its own test.
     const options = { maxBytes: 1500, memory: { maxRecords: 10_000, maxBytes: 1 << 20 }, segmentBytes: 200 };
@@ -673,6 +858,8 @@ describe("DurableBuffer", () => {
             unreleased.add(id);
           }
           expect(current.buffer.usage().records).toBe(gotIds.reduce((n, id) => n + size.get(id)!, 0));
+          // Nothing is torn here (every write finished), so nothing may look corrupt or lost.
+          expect(current.events.filter((e) => e.type === "buffer_corrupt")).toEqual([]);
           maybe.clear();
           inFlight = got;
           unpulled = [];
@@ -698,6 +885,13 @@ describe("DurableBuffer", () => {
             finish(c!);
             unreleased.delete(chunkId(c!));
             maybe.add(chunkId(c!));
+          } else if (op.tag === "tick") {
+            // Time for the coalesced `acked` write; a crash may copy the log while it runs.
+            current.clock.advance(100);
+            await new Promise((r) => setImmediate(r));
+          } else if (op.tag === "wait") {
+            // Background work (deleting released segments) gets done before what comes next.
+            await new Promise((r) => setTimeout(r, 5));
           } else {
             if (op.tag === "crash") {
               const copy = crashCopy(dir);

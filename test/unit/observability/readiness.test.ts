@@ -88,6 +88,25 @@ describe("readiness", () => {
     expect(text).toContain('sluice_sink_up{sink="files"} 0');
   });
 
+  it("is not ready while the durable buffer cannot write, says why, and sets sluice_buffer_writable", async () => {
+    const { metrics, probe } = setup();
+    expect(await metrics.registry.metrics()).toContain("sluice_buffer_writable 1");
+    metrics.handle({ type: "buffer_write_failed", reason: "ENOSPC: no space left on device, write" });
+    expect(probe.readiness()).toEqual({ ready: false, problems: ["buffer: cannot write: ENOSPC: no space left on device, write"] });
+    expect(await metrics.registry.metrics()).toContain("sluice_buffer_writable 0");
+    metrics.handle({ type: "buffer_write_recovered" });
+    expect(probe.readiness()).toEqual({ ready: true, problems: [] });
+    expect(await metrics.registry.metrics()).toContain("sluice_buffer_writable 1");
+  });
+
+  it("says which component is not ready and why", () => {
+    expect(setup("draining").probe.readiness()).toEqual({ ready: false, problems: ["pipeline: stopping"] });
+    const { metrics, probe, at } = setup();
+    metrics.handle(retried("db"));
+    at.now += UNREADY_AFTER;
+    expect(probe.readiness()).toEqual({ ready: false, problems: ["sink db: retrying, down 30 s: down"] });
+  });
+
   it("serves the metrics text with Prometheus' content type", async () => {
     const { metrics, probe } = setup();
     metrics.handle({ type: "http_request", source: "web", status: 202 });
