@@ -24,7 +24,7 @@ describe("quarantined records and corrupt entries", () => {
     expect(text).toContain('sluice_buffer_corrupt_entries_total{reason="bad_checksum"} 1');
 
     const summary = metrics.summary(1);
-    expect(summary.records).toEqual({ received: 15, delivered: 11, dead_lettered: 0, dropped: 0, retried: 0, quarantined: 4 });
+    expect(summary.records).toEqual({ received: 15, delivered: 11, new: 11, already_present: 0, dead_lettered: 0, dropped: 0, retried: 0, quarantined: 4 });
     const table = summaryTable(summary, "completed", "dlq.db", s.replayed, s.corrupt_entries);
     expect(table).toMatch(/^ {2}quarantined +4$/m);
     expect(table).toContain("durable buffer: 3 corrupt or missing entries, quarantined or lost (see the warnings)");
@@ -34,7 +34,7 @@ describe("quarantined records and corrupt entries", () => {
   it("leave the summary in DESIGN.md's shape when nothing was quarantined", () => {
     const metrics = new Metrics(["db"], silentLogger);
     metrics.handle({ type: "records_received", source: "web", count: 5, bytes: 50 });
-    expect(Object.keys(metrics.summary(1).records)).toEqual(["received", "delivered", "dead_lettered", "dropped", "retried"]);
+    expect(Object.keys(metrics.summary(1).records)).toEqual(["received", "delivered", "new", "already_present", "dead_lettered", "dropped", "retried"]);
     expect(summaryTable(metrics.summary(1), "stopped", "dlq.db")).toMatch(/un-acked +5 {2}\(left for redelivery\)/);
   });
 });
