@@ -60,6 +60,7 @@ export class Metrics {
   private readonly replayed = new Counter({ name: "sluice_buffer_replayed_records_total", help: "Records of an earlier run replayed from the durable buffer on start.", registers: [this.registry] });
   private readonly corrupt = new Counter({ name: "sluice_buffer_corrupt_entries_total", help: "Torn or corrupt durable buffer entries found on start and moved to quarantine.", labelNames: ["reason"], registers: [this.registry] });
   private readonly httpRequests = new Counter({ name: "sluice_http_requests_total", help: "Ingest requests answered by an http source, by status code.", labelNames: ["source", "status"], registers: [this.registry] });
+  private readonly httpRefused = new Counter({ name: "sluice_http_connections_refused_total", help: "Connections an http source closed at once because it had max_connections open.", labelNames: ["source"], registers: [this.registry] });
   /** Since when each sink has been failing without one success (ms), for readiness. */
   private readonly failingSince = new Map<string, number>();
   private readonly latency = new WeightedHistogram("sluice_end_to_end_latency_seconds", "Time from a record's receipt to its commit by a sink.", "sink", LATENCY_BUCKETS, this.registry);
@@ -141,6 +142,9 @@ export class Metrics {
         break;
       case "http_request":
         this.httpRequests.inc({ source: event.source, status: event.status });
+        break;
+      case "http_connection_refused":
+        this.httpRefused.inc({ source: event.source });
         break;
       case "sink_connected":
         this.failingSince.delete(event.sink);
