@@ -164,7 +164,9 @@ export class HttpSource implements Source {
     const sep = this.o.listen.lastIndexOf(":");
     await new Promise<void>((resolve, reject) => {
       server.once("error", (err) => reject(listenError(this.o.listen, err)));
-      server.listen(Number(this.o.listen.slice(sep + 1)), this.o.listen.slice(0, sep), () => {
+      // A backlog as deep as max_connections (the kernel caps it at somaxconn): with node's 511, a
+      // burst of connects overflows the accept queue and a client's SYN is retried after 1 s, 3 s.
+      server.listen({ port: Number(this.o.listen.slice(sep + 1)), host: this.o.listen.slice(0, sep), backlog: this.o.max_connections }, () => {
         server.removeAllListeners("error");
         resolve();
       });
