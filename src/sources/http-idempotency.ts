@@ -87,9 +87,4 @@ export class RequestMemory {
       else if (this.slots.size > this.max) this.slots.delete(name);
     }
   }
-
-  /** Names remembered right now. */
-  get size(): number {
-    return this.slots.size;
-  }
 }

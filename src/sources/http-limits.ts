@@ -44,11 +44,6 @@ export class BodyBudget {
     this.used -= bytes;
     if (unverified) this.usedUnverified -= bytes;
   }
-
-  /** Bytes held right now. */
-  get held(): number {
-    return this.used;
-  }
 }
 
 /** One request's share of a {@link BodyBudget}: what it took, given back at once by {@link release}. */
