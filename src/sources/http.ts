@@ -2,7 +2,9 @@
  * The `http` source: producers POST records to `/v1/events` (one JSON object, a JSON array, or
  * NDJSON, optionally gzip-encoded) and get `202 {"accepted":N}` only once the records are durable:
  * on disk when the buffer is durable, else committed by every sink. Full buffer: 429, stopping:
- * 503, both with `Retry-After`. The same port serves `/health/live`, `/health/ready`, `/metrics`.
+ * 503, both with `Retry-After`. The same port serves `/health/live`, `/health/ready`, `/metrics`
+ * (behind the ingest auth). Bodies are held within one budget of bytes and connections within
+ * `max_connections`; answers given before a body is read are followed by draining it.
  */
 import { randomUUID } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
@@ -275,7 +277,9 @@ export class HttpSource implements Source {
       // From the claims to the enqueue, no await comes before a claim is made: a concurrent
       // request of the same key or signature finds it and waits for this one's answer.
       const signature = signed ? this.signatures.claim(signed.signature, received.sum, signed.expiresAt) : undefined;
+      // A repeat holds no body while it waits for the first one's answer.
       if (signature && signature.tag !== "first") {
+        hold.release();
         this.send(res, await this.repeat(signature, "this signature was used before for a different body"));
         return;
       }
@@ -285,6 +289,7 @@ export class HttpSource implements Source {
         if (key?.tag === "first") key.settle(reply, taken);
       };
       if (key && key.tag !== "first") {
+        hold.release();
         const reply = await this.repeat(key, `Idempotency-Key ${JSON.stringify(idempotencyKey)} was used before for a different body; send new records under a new key`);
         settle(reply, reply.status >= 200 && reply.status < 300);
         this.send(res, reply);
@@ -441,6 +446,10 @@ export class HttpSource implements Source {
  * A request of more records than `buffer.chunk_size` goes in as several chunks: only the first
  * can be refused with 429; the others wait for room (up to `ack_timeout`, then 503, and the
  * chunks taken are still delivered, which a retry with the same Idempotency-Key absorbs).
+ * A concurrent repeat of a request (same Idempotency-Key and body, or same signature) waits for
+ * the first and gets its answer; a repeat of one answered 202 gets that 202 without a second
+ * enqueue. Past `max_body_bytes_in_flight` bytes of bodies being received, a request gets 503
+ * before its body is read.
  */
 export const definition = defineComponent({
   type: "http",
