@@ -46,15 +46,15 @@ export const ACCEPTED_TYPES = Object.keys(FORMATS);
 export interface ReadOptions {
   /** Largest body, bytes: past it, 413. */
   readonly limit: number;
-  /** Asked before each chunk is kept, with its size; false refuses it: 503 (the bytes held for bodies are at their bound). */
-  readonly take?: (bytes: number) => boolean;
+  /** Called before each chunk is kept, with its size; throws an {@link HttpError} to refuse the body (the bytes held for bodies are at their bound). */
+  readonly take?: (bytes: number) => void;
   /** Sees each chunk as it arrives (the signature check), before it is kept. */
   readonly onChunk?: (chunk: Buffer) => void;
 }
 
 /**
- * Reads the whole body, refusing with 413 as soon as it passes `limit` bytes, or with 503 when
- * `take` refuses a chunk. A refused body is left unread: the caller answers and discards the
+ * Reads the whole body, refusing with 413 as soon as it passes `limit` bytes, or with what `take`
+ * throws. A refused body is left unread: the caller answers and discards the
  * rest (`endEarly`), so the client gets to read the answer.
  */
 export function readBody(req: IncomingMessage, o: ReadOptions): Promise<Buffer> {
@@ -70,7 +70,11 @@ export function readBody(req: IncomingMessage, o: ReadOptions): Promise<Buffer> 
     const onData = (part: Buffer) => {
       size += part.length;
       if (size > o.limit) return stop(new HttpError(413, `body larger than the limit of ${o.limit} bytes`));
-      if (o.take && !o.take(part.length)) return stop(new HttpError(503, "too many request bodies are being received; retry after the Retry-After delay"));
+      try {
+        o.take?.(part.length);
+      } catch (err) {
+        return stop(err as HttpError);
+      }
       o.onChunk?.(part);
       parts.push(part);
     };

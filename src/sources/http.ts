@@ -311,18 +311,20 @@ export class HttpSource implements Source {
 
   /** Reads the body within `max_body` and the body budget (503 before reading when it is spent), checks its signature, decodes and parses it. */
   private async receive(req: IncomingMessage, res: ServerResponse, form: { format: BodyFormat; encoding: BodyEncoding }, declared: number | undefined, hold: BodyHold, signed: SignatureCheck | undefined, named: boolean): Promise<Received> {
-    const busy = () => new HttpError(503, "too many request bodies are being received; retry after the Retry-After delay");
+    const take = (bytes: number) => {
+      if (!hold.take(bytes)) throw new HttpError(503, "too many request bodies are being received; retry after the Retry-After delay");
+    };
     // A declared length is reserved whole before a byte is read; a chunked body as it arrives.
-    if (declared !== undefined && !hold.take(declared)) throw busy();
+    if (declared !== undefined) take(declared);
     if (this.awaitingContinue.delete(req)) res.writeContinue();
     const raw = await readBody(req, {
       limit: this.o.max_body,
-      ...(declared === undefined ? { take: (n: number) => hold.take(n) } : {}),
+      ...(declared === undefined ? { take } : {}),
       ...(signed ? { onChunk: (c: Buffer) => signed.update(c) } : {}),
     });
     signed?.verify();
     // Inflating may take up to max_body more: reserved before, so gzip cannot multiply the budget.
-    if (form.encoding === "gzip" && !hold.take(this.o.max_body)) throw busy();
+    if (form.encoding === "gzip") take(this.o.max_body);
     const body = await decode(raw, form.encoding, this.o.max_body);
     return { parsed: parseBody(text(body), form.format, this.o.max_depth, this.o.max_records), sum: named ? crc32(body) : 0 };
   }
