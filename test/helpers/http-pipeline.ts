@@ -158,9 +158,9 @@ export async function startHttpPipeline(o: HttpPipelineOptions = {}): Promise<Ht
     ready: () => pipeline.status().tag === "running",
     metrics: async () => ({ contentType: metrics.registry.contentType, text: await metrics.registry.metrics() }),
   };
-  const ctx = (name: string) => ({ ...testContext({ name, dataDir: dir.path, baseDir: dir.path, service }), emit: metrics.handle });
-  const source = http.create(http.options.parse({ listen: `127.0.0.1:${port}`, ...o.source }), ctx(sourceName));
   const limits = { maxRecords: o.buffer?.maxRecords ?? 10_000, maxBytes: o.buffer?.maxBytes ?? 64 * 1024 * 1024 };
+  const ctx = (name: string) => ({ ...testContext({ name, dataDir: dir.path, baseDir: dir.path, service, bufferBytes: limits.maxBytes }), emit: metrics.handle });
+  const source = http.create(http.options.parse({ listen: `127.0.0.1:${port}`, ...o.source }), ctx(sourceName));
   const inner = sqlite.create(sqlite.options.parse({ path: dbPath }), ctx("db"));
   const gate = o.gated ? new GatedSink(inner) : undefined;
   const pipeline = new Pipeline({

@@ -113,6 +113,23 @@ describe("http source: the body budget", () => {
     expect(a.written).toBe(1);
   });
 
+  it("by default the budget is a quarter of the buffer's max_bytes, never below two bodies of max_body", async () => {
+    const MiB = 1024 * KiB;
+    const third = async (p: HttpPipeline) => {
+      await hold(p.port, postHead(MiB));
+      await hold(p.port, postHead(MiB));
+      await new Promise((r) => setTimeout(r, 50));
+      return (await send(`${p.base}/v1/events`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ pad: "x".repeat(512 * KiB) }) })).status;
+    };
+    // 4 MiB / 4 = 1 MiB, raised to 2 x max_body = 2 MiB: two bodies of 1 MiB fill it.
+    q = await startHttpPipeline({ buffer: { maxRecords: 1000, maxBytes: 4 * MiB } });
+    expect(await third(q)).toBe(503);
+    await q.close();
+    // 16 MiB / 4 = 4 MiB: room for a third.
+    q = await startHttpPipeline({ buffer: { maxRecords: 1000, maxBytes: 16 * MiB } });
+    expect(await third(q)).toBe(202);
+  });
+
   it("max_body_bytes_in_flight below max_body is a config error", () => {
     const r = http.options.safeParse({ max_body: "1MiB", max_body_bytes_in_flight: "512KiB" });
     expect(r.success).toBe(false);
