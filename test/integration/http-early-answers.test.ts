@@ -128,7 +128,7 @@ describe("http source: answers before the body reach the client", () => {
     };
     expect(await tally(20, 2, () => undiciStatus({ authorization: `Bearer ${TOKEN}-wrong` }))).toEqual({ 401: 20 });
     expect(await tally(20, 2, () => undiciStatus({ "content-type": "text/plain" }))).toEqual({ 415: 20 });
-    for (const expect100 of [{}, { expect: "" }]) {
+    for (const expect100 of [{}, { expect: "" }] as Record<string, string>[]) {
       expect(await tally(20, 4, async () => (await curl({ authorization: `Bearer ${TOKEN}-wrong`, ...expect100 })).code)).toEqual({ 401: 20 });
       expect(await tally(20, 4, async () => (await curl({ "content-type": "text/plain", ...expect100 })).code)).toEqual({ 415: 20 });
     }
