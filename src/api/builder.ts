@@ -199,7 +199,7 @@ export class PipelineBuilder<P extends object> {
     // Components are created before the pipeline that holds them; the probe reads it when asked.
     const created: { pipeline?: Pipeline } = {};
     const service = serviceProbe(() => created.pipeline, metrics, t.observability.unready_after);
-    const ctx = (name: string): ComponentContext => ({ name, dataDir, baseDir: cwd, clock, logger, emit, service });
+    const ctx = (name: string): ComponentContext => ({ name, dataDir, baseDir: cwd, clock, logger, emit, service, bufferBytes: t.buffer.max_bytes });
     const pipeline = await releasingOnThrow(lock, () => new Pipeline({
       sources: this.sources.map((s) => s.make(ctx) as never),
       transforms: this.transforms.map((s) => ({ stage: `transform:${s.name}`, transform: s.make(ctx) as Transform })),

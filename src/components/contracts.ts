@@ -25,6 +25,8 @@ export interface ComponentContext {
   readonly emit: EventSink;
   /** The pipeline's readiness and metrics, for a source that serves its own health and metrics endpoints (http). */
   readonly service?: ServiceProbe;
+  /** The buffer's byte bound (`buffer.max_bytes`), for a source that sizes its own memory by it (http). */
+  readonly bufferBytes?: number;
 }
 
 /**

@@ -136,7 +136,7 @@ export async function buildPipeline(config: PipelineConfig, o: BuildOptions): Pr
   // Components are created before the pipeline that holds them; the probe reads it when asked.
   const created: { pipeline?: Pipeline } = {};
   const service = serviceProbe(() => created.pipeline, metrics, config.observability.unready_after);
-  const ctx = (name: string, baseDir: string): ComponentContext => ({ name, dataDir, baseDir, clock, logger: o.logger, emit: metrics.handle, service });
+  const ctx = (name: string, baseDir: string): ComponentContext => ({ name, dataDir, baseDir, clock, logger: o.logger, emit: metrics.handle, service, bufferBytes: config.buffer.max_bytes });
 
   const pipeline = await releasingOnThrow(lock, () => new Pipeline({
     sources: config.sources.map((s) => ({

@@ -27,6 +27,8 @@ export type InternalEvent =
   | { type: "backpressure"; source: string; seconds: number }
   /** An ingest request (http source) was answered with `status`. */
   | { type: "http_request"; source: string; status: number }
+  /** An http source refused a connection: it had `max_connections` open. */
+  | { type: "http_connection_refused"; source: string }
   /** A durable buffer found entries of an earlier run not yet released and queued them first. */
   | { type: "buffer_replayed"; records: number; chunks: number }
   /**

@@ -97,6 +97,7 @@ export class Metrics {
   private readonly sinkUp = new Gauge({ name: "sluice_sink_up", help: "1 once a sink has connected, 0 while it is connecting.", labelNames: ["sink"], registers: [this.registry] });
   /** Sinks failing (retrying, or not connecting) without one success since, for readiness and the progress line. */
   private readonly down = new Map<string, SinkDown>();
+  private readonly httpRefused = new Counter({ name: "sluice_http_connections_refused_total", help: "Connections an http source closed at once because it had max_connections open.", labelNames: ["source"], registers: [this.registry] });
   private readonly latency = new WeightedHistogram("sluice_end_to_end_latency_seconds", "Time from a record's receipt to its commit by a sink.", "sink", LATENCY_BUCKETS, this.registry);
 
   constructor(
@@ -187,6 +188,9 @@ export class Metrics {
         break;
       case "http_request":
         this.httpRequests.inc({ source: event.source, status: event.status });
+        break;
+      case "http_connection_refused":
+        this.httpRefused.inc({ source: event.source });
         break;
       case "sink_connected":
         this.down.delete(event.sink);

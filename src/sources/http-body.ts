@@ -42,24 +42,40 @@ export function bodyFormat(contentType: string | undefined): BodyFormat | undefi
 /** The content types {@link bodyFormat} accepts, for the 415 answer. */
 export const ACCEPTED_TYPES = Object.keys(FORMATS);
 
+/** How {@link readBody} reads a body. */
+export interface ReadOptions {
+  /** Largest body, bytes: past it, 413. */
+  readonly limit: number;
+  /** Called before each chunk is kept, with its size; throws an {@link HttpError} to refuse the body (the bytes held for bodies are at their bound). */
+  readonly take?: (bytes: number) => void;
+  /** Sees each chunk as it arrives (the signature check), before it is kept. */
+  readonly onChunk?: (chunk: Buffer) => void;
+}
+
 /**
- * Reads the whole body, refusing with 413 as soon as it passes `limit` bytes. The rest of an
- * over-limit body is read and discarded, not buffered, so the client gets to read the answer;
- * the server's request timeout bounds how long that may take.
+ * Reads the whole body, refusing with 413 as soon as it passes `limit` bytes, or with what `take`
+ * throws. A refused body is left unread: the caller answers and discards the
+ * rest (`endEarly`), so the client gets to read the answer.
  */
-export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+export function readBody(req: IncomingMessage, o: ReadOptions): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const parts: Buffer[] = [];
     let size = 0;
+    const stop = (err: HttpError) => {
+      req.off("data", onData);
+      req.off("end", onEnd);
+      req.pause();
+      reject(err);
+    };
     const onData = (part: Buffer) => {
       size += part.length;
-      if (size > limit) {
-        req.off("data", onData);
-        req.off("end", onEnd);
-        req.resume();
-        reject(new HttpError(413, `body larger than the limit of ${limit} bytes`));
-        return;
+      if (size > o.limit) return stop(new HttpError(413, `body larger than the limit of ${o.limit} bytes`));
+      try {
+        o.take?.(part.length);
+      } catch (err) {
+        return stop(err as HttpError);
       }
+      o.onChunk?.(part);
       parts.push(part);
     };
     const onEnd = () => resolve(parts.length === 1 ? parts[0]! : Buffer.concat(parts, size));
@@ -69,11 +85,20 @@ export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   });
 }
 
+/** How a body is encoded on the wire. */
+export type BodyEncoding = "identity" | "gzip";
+
+/** The encoding a `Content-Encoding` header names; 415 when unsupported. Checked from the headers, before the body is read. */
+export function bodyEncoding(header: string | undefined): BodyEncoding {
+  const e = (header ?? "identity").trim().toLowerCase();
+  if (e === "identity" || e === "") return "identity";
+  if (e === "gzip" || e === "x-gzip") return "gzip";
+  throw new HttpError(415, `Content-Encoding ${header} is not supported; use gzip or none`);
+}
+
 /** Undoes `Content-Encoding` (identity or gzip), keeping the inflated size within `limit`. */
-export async function decode(body: Buffer, encoding: string | undefined, limit: number): Promise<Buffer> {
-  const e = (encoding ?? "identity").trim().toLowerCase();
-  if (e === "identity" || e === "") return body;
-  if (e !== "gzip" && e !== "x-gzip") throw new HttpError(415, `Content-Encoding ${encoding} is not supported; use gzip or none`);
+export async function decode(body: Buffer, encoding: BodyEncoding, limit: number): Promise<Buffer> {
+  if (encoding === "identity") return body;
   try {
     return await gunzipAsync(body, { maxOutputLength: limit });
   } catch (err) {

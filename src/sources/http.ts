@@ -2,7 +2,9 @@
  * The `http` source: producers POST records to `/v1/events` (one JSON object, a JSON array, or
  * NDJSON, optionally gzip-encoded) and get `202 {"accepted":N}` only once the records are durable:
  * on disk when the buffer is durable, else committed by every sink. Full buffer: 429, stopping:
- * 503, both with `Retry-After`. The same port serves `/health/live`, `/health/ready`, `/metrics`.
+ * 503, both with `Retry-After`. The same port serves `/health/live`, `/health/ready`, `/metrics`
+ * (behind the ingest auth). Bodies are held within one budget of bytes and connections within
+ * `max_connections`; answers given before a body is read are followed by draining it.
  */
 import { randomUUID } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
@@ -12,8 +14,10 @@ import { SluiceError } from "../core/errors.js";
 import type { Entry } from "../core/record.js";
 import { byteSize, duration } from "../components/options.js";
 import { defineComponent, readinessAnswer, type ComponentContext, type EnqueueOptions, type EnqueueOutcome, type Readiness, type Source, type SourceHandle } from "../components/contracts.js";
-import { Authenticator } from "./http-auth.js";
-import { ACCEPTED_TYPES, bodyFormat, decode, HttpError, parseBody, readBody, text } from "./http-body.js";
+import { Authenticator, type SignatureCheck } from "./http-auth.js";
+import { ACCEPTED_TYPES, bodyEncoding, bodyFormat, decode, HttpError, parseBody, readBody, text, type BodyEncoding, type BodyFormat, type ParsedBody } from "./http-body.js";
+import { RequestMemory, type Claim, type Reply } from "./http-idempotency.js";
+import { BodyBudget, BodyHold, endEarly } from "./http-limits.js";
 
 const options = z
   .strictObject({
@@ -29,22 +33,35 @@ const options = z
       .default(30_000)
       .describe("Without a durable buffer: longest wait for the sinks to commit a request's records before answering 503"),
     retry_after: duration().default(1000).describe("Retry-After sent with 429 and 503 (rounded up to whole seconds)"),
+    max_connections: z.number().int().positive().default(1024).describe("Most open connections; past it a new connection is closed at once and counted"),
+    max_body_bytes_in_flight: byteSize()
+      .optional()
+      .describe("Most bytes of request bodies held at once, across all requests (503 past it); default a quarter of buffer.max_bytes, at least 2 x max_body"),
     auth: z
       .strictObject({
         tokens: z.array(z.string().min(16, "a token needs at least 16 characters")).default([]).describe("Accepted bearer tokens; use ${ENV} to read them from the environment"),
         hmac: z
           .strictObject({
             secrets: z.array(z.string().min(16, "a secret needs at least 16 characters")).min(1).describe("Accepted signing secrets"),
-            signature_header: z.string().toLowerCase().default("x-sluice-signature").describe("Header with sha256=<hex HMAC of `<timestamp>.<raw body>`>"),
+            signature_header: z
+              .string()
+              .toLowerCase()
+              .default("x-sluice-signature")
+              .describe("Header with sha256=<hex HMAC of `<timestamp>.<raw body>`, or of `<timestamp>:<idempotency-key>\\n<raw body>` when the request has an Idempotency-Key>"),
             timestamp_header: z.string().toLowerCase().default("x-sluice-timestamp").describe("Header with the signing time, seconds since the epoch"),
-            tolerance: duration().default(300_000).describe("Replay window: signatures older or newer than this are refused"),
+            tolerance: duration().default(300_000).describe("Replay window: signatures older or newer than this are refused; within it a repeated signature gets the first answer again"),
           })
           .optional(),
+        public_metrics: z.boolean().default(false).describe("Serve /metrics without authentication (the health endpoints always are)"),
       })
       .optional()
       .describe("Bearer tokens and/or HMAC webhook signatures; absent = no authentication"),
   })
-  .refine((o) => o.header_timeout <= o.request_timeout, { path: ["header_timeout"], message: "must not exceed request_timeout" });
+  .refine((o) => o.header_timeout <= o.request_timeout, { path: ["header_timeout"], message: "must not exceed request_timeout" })
+  .refine((o) => o.max_body_bytes_in_flight === undefined || o.max_body_bytes_in_flight >= o.max_body, {
+    path: ["max_body_bytes_in_flight"],
+    message: "must be at least max_body, or a body of max_body bytes could never be taken",
+  });
 
 /** Validated options of the `http` source. */
 export type HttpSourceOptions = z.output<typeof options>;
@@ -58,9 +75,20 @@ interface Pending {
   abandoned: boolean;
 }
 
+/** A body read, decoded and parsed, with what names it for repeats. */
+interface Received {
+  readonly parsed: ParsedBody;
+  /** CRC-32 of the decoded body, when a key or a signature names the request. */
+  readonly sum: number;
+}
+
 const MAX_IDEMPOTENCY_KEY = 200;
 /** Idempotency-Keys remembered with a checksum of their body, to refuse a key reused for other records. */
 const REMEMBERED_KEYS = 50_000;
+/** Signatures remembered with their answer, each until it leaves the replay window. */
+const REMEMBERED_SIGNATURES = 100_000;
+/** `buffer.max_bytes`'s default, for a context that does not give the buffer's bound. */
+const DEFAULT_BUFFER_BYTES = 64 * 1024 * 1024;
 
 /** How long close() lets open connections finish their answers before cutting them, ms. */
 const CLOSE_GRACE_MS = 1000;
@@ -68,6 +96,22 @@ const CLOSE_GRACE_MS = 1000;
 /** A listen address already taken or not available: the pipeline reports it as a source failure. */
 function listenError(listen: string, err: Error): SluiceError {
   return new SluiceError("ERR_SOURCE_READ", `http source cannot listen on ${listen}: ${err.message}`, { cause: err, retryable: false });
+}
+
+/** The answer an error becomes. */
+function replyOf(err: unknown): Reply {
+  const e = err instanceof HttpError ? err : new HttpError(500, `internal error: ${(err as Error).message}`);
+  return { status: e.status, body: { error: e.message, ...e.fields } };
+}
+
+/**
+ * The bytes of bodies held at once: `max_body_bytes_in_flight`, else a quarter of the buffer's
+ * byte bound (what is parsed goes on into the buffer, so ingest holds at most about 1.25 times
+ * `buffer.max_bytes`), and never less than two bodies of `max_body`.
+ */
+function bodyBudget(o: HttpSourceOptions, bufferBytes: number | undefined): BodyBudget {
+  const total = o.max_body_bytes_in_flight ?? Math.max(2 * o.max_body, Math.floor((bufferBytes ?? DEFAULT_BUFFER_BYTES) / 4));
+  return new BodyBudget(total, Math.max(o.max_body, Math.floor(total / 2)));
 }
 
 /** The `http` source. */
@@ -80,8 +124,13 @@ export class HttpSource implements Source {
   private readonly retryAfter: string;
   /** Requests whose records are enqueued and not yet acked. */
   private readonly pending = new Set<Pending>();
-  /** CRC-32 of the decoded body of the latest {@link REMEMBERED_KEYS} Idempotency-Keys, oldest first. */
-  private readonly keys = new Map<string, number>();
+  /** Idempotency-Keys bound to the checksum of the body whose records were taken under them, with its answer. */
+  private readonly keys: RequestMemory;
+  /** Signatures of signed requests whose records were taken, with their answer, while in the replay window. */
+  private readonly signatures: RequestMemory;
+  private readonly budget: BodyBudget;
+  /** Requests that sent `Expect: 100-continue` and were not told to go on yet. */
+  private readonly awaitingContinue = new WeakSet<IncomingMessage>();
 
   constructor(
     private readonly o: HttpSourceOptions,
@@ -89,6 +138,9 @@ export class HttpSource implements Source {
   ) {
     this.auth = new Authenticator({ tokens: o.auth?.tokens ?? [], ...(o.auth?.hmac ? { hmac: o.auth.hmac } : {}) }, () => ctx.clock.now());
     this.retryAfter = String(Math.max(1, Math.ceil(o.retry_after / 1000)));
+    this.keys = new RequestMemory(REMEMBERED_KEYS, () => ctx.clock.now());
+    this.signatures = new RequestMemory(REMEMBERED_SIGNATURES, () => ctx.clock.now());
+    this.budget = bodyBudget(o, ctx.bufferBytes);
   }
 
   async run(handle: SourceHandle, signal: AbortSignal): Promise<void> {
@@ -99,14 +151,24 @@ export class HttpSource implements Source {
       keepAliveTimeout: this.o.keep_alive_timeout,
       connectionsCheckingInterval: Math.max(100, Math.min(1000, this.o.header_timeout / 2)),
     });
+    server.maxConnections = this.o.max_connections;
+    server.on("drop", () => this.ctx.emit({ type: "http_connection_refused", source: this.ctx.name }));
     server.on("request", (req: IncomingMessage, res: ServerResponse) => {
+      this.route(req, res).catch((err: unknown) => this.answerError(res, err));
+    });
+    // Taken over from node:http, which would send 100 Continue at once: a request refused from its
+    // headers (401, 413, 415, 503) is answered without asking the client for its body.
+    server.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => {
+      this.awaitingContinue.add(req);
       this.route(req, res).catch((err: unknown) => this.answerError(res, err));
     });
     this.server = server;
     const sep = this.o.listen.lastIndexOf(":");
     await new Promise<void>((resolve, reject) => {
       server.once("error", (err) => reject(listenError(this.o.listen, err)));
-      server.listen(Number(this.o.listen.slice(sep + 1)), this.o.listen.slice(0, sep), () => {
+      // A backlog as deep as max_connections (the kernel caps it at somaxconn): with node's 511, a
+      // burst of connects overflows the accept queue and a client's SYN is retried after 1 s, 3 s.
+      server.listen({ port: Number(this.o.listen.slice(sep + 1)), host: this.o.listen.slice(0, sep), backlog: this.o.max_connections }, () => {
         server.removeAllListeners("error");
         resolve();
       });
@@ -160,11 +222,16 @@ export class HttpSource implements Source {
     }
     if (path === "/health/live" || path === "/health/ready" || path === "/metrics") {
       if (req.method !== "GET" && req.method !== "HEAD") throw new HttpError(405, `use GET on ${path}`);
-      if (path === "/health/live") this.send(res, 200, { status: "live" });
+      if (path === "/health/live") this.send(res, { status: 200, body: { status: "live" } });
       else if (path === "/health/ready") {
-        const answer = readinessAnswer(this.readiness());
-        this.send(res, answer.status, answer.body);
+        this.send(res, readinessAnswer(this.readiness()));
       } else {
+        // Metrics name the sinks and count traffic: with auth configured they need it too (a
+        // signed request signs an empty body). Load balancers keep the health endpoints.
+        if (this.o.auth?.public_metrics !== true) {
+          const signed = this.auth.checkHeaders(req.headers, undefined);
+          if (signed !== "ok") signed.verify();
+        }
         const service = this.ctx.service;
         if (!service) throw new HttpError(404, "metrics are not available in this pipeline");
         const m = await service.metrics();
@@ -181,30 +248,102 @@ export class HttpSource implements Source {
     return this.stopping ? { ready: false, problems: [`source ${this.ctx.name}: stopping`, ...r.problems] } : r;
   }
 
+  /**
+   * Takes a request: headers checked first (stopping, Idempotency-Key, auth, type, size, the
+   * body budget), then the body read within the budget, then claimed under its key and signature
+   * (a repeat gets the first answer), then enqueued.
+   */
   private async ingest(req: IncomingMessage, res: ServerResponse): Promise<void> {
     if (this.stopping) throw new HttpError(503, "sluice is stopping; retry against another instance or later");
-    const needsSignature = this.auth.checkHeaders(req.headers) === "body";
+    // node:http joins a repeated header into one string; only set-cookie comes as an array.
+    const keyHeader = req.headers["idempotency-key"];
+    const idempotencyKey = typeof keyHeader === "string" ? keyHeader : undefined;
+    if (idempotencyKey !== undefined && (idempotencyKey.length === 0 || idempotencyKey.length > MAX_IDEMPOTENCY_KEY)) {
+      throw new HttpError(400, `Idempotency-Key must have 1 to ${MAX_IDEMPOTENCY_KEY} characters`);
+    }
+    const check = this.auth.checkHeaders(req.headers, idempotencyKey);
+    const signed = check === "ok" ? undefined : check;
     const format = bodyFormat(req.headers["content-type"]);
     if (format === undefined) {
       throw new HttpError(415, `Content-Type must be one of ${ACCEPTED_TYPES.join(", ")}`, { accepted_types: ACCEPTED_TYPES });
     }
-    const idempotencyKey = req.headers["idempotency-key"];
-    if (typeof idempotencyKey === "string" && (idempotencyKey.length === 0 || idempotencyKey.length > MAX_IDEMPOTENCY_KEY)) {
-      throw new HttpError(400, `Idempotency-Key must have 1 to ${MAX_IDEMPOTENCY_KEY} characters`);
-    }
-    const declared = Number(req.headers["content-length"]);
-    if (declared > this.o.max_body) {
-      req.resume();
-      throw new HttpError(413, `body larger than the limit of ${this.o.max_body} bytes`);
-    }
-    const raw = await readBody(req, this.o.max_body);
-    if (needsSignature) this.auth.checkSignature(req.headers, raw);
-    const body = await decode(raw, req.headers["content-encoding"], this.o.max_body);
-    const parsed = parseBody(text(body), format, this.o.max_depth, this.o.max_records);
-    const bodySum = typeof idempotencyKey === "string" ? this.checkKey(idempotencyKey, body) : undefined;
+    const encoding = bodyEncoding(req.headers["content-encoding"]);
+    const length = req.headers["content-length"];
+    const declared = length === undefined ? undefined : Number(length);
+    if (declared !== undefined && declared > this.o.max_body) throw new HttpError(413, `body larger than the limit of ${this.o.max_body} bytes`);
 
+    const hold = new BodyHold(this.budget, signed !== undefined);
+    try {
+      const received = await this.receive(req, res, { format, encoding }, declared, hold, signed, idempotencyKey !== undefined || signed !== undefined);
+      // From the claims to the enqueue, no await comes before a claim is made: a concurrent
+      // request of the same key or signature finds it and waits for this one's answer.
+      const signature = signed ? this.signatures.claim(signed.signature, received.sum, signed.expiresAt) : undefined;
+      // A repeat holds no body while it waits for the first one's answer.
+      if (signature && signature.tag !== "first") {
+        hold.release();
+        this.send(res, await this.repeat(signature, "this signature was used before for a different body"));
+        return;
+      }
+      const key = idempotencyKey !== undefined ? this.keys.claim(idempotencyKey, received.sum) : undefined;
+      const settle = (reply: Reply, taken: boolean) => {
+        if (signature?.tag === "first") signature.settle(reply, taken);
+        if (key?.tag === "first") key.settle(reply, taken);
+      };
+      if (key && key.tag !== "first") {
+        hold.release();
+        const reply = await this.repeat(key, `Idempotency-Key ${JSON.stringify(idempotencyKey)} was used before for a different body; send new records under a new key`);
+        settle(reply, reply.status >= 200 && reply.status < 300);
+        this.send(res, reply);
+        return;
+      }
+      const taken = { records: false };
+      let reply: Reply;
+      try {
+        reply = await this.take(received.parsed, idempotencyKey ?? (signed ? `sig-${signed.signature.slice(0, 32)}` : randomUUID()), hold, taken);
+      } catch (err) {
+        reply = replyOf(err);
+      }
+      settle(reply, taken.records);
+      this.send(res, reply);
+    } finally {
+      hold.release();
+    }
+  }
+
+  /** Reads the body within `max_body` and the body budget (503 before reading when it is spent), checks its signature, decodes and parses it. */
+  private async receive(req: IncomingMessage, res: ServerResponse, form: { format: BodyFormat; encoding: BodyEncoding }, declared: number | undefined, hold: BodyHold, signed: SignatureCheck | undefined, named: boolean): Promise<Received> {
+    const take = (bytes: number) => {
+      if (!hold.take(bytes)) throw new HttpError(503, "too many request bodies are being received; retry after the Retry-After delay");
+    };
+    // A declared length is reserved whole before a byte is read; a chunked body as it arrives.
+    if (declared !== undefined) take(declared);
+    if (this.awaitingContinue.delete(req)) res.writeContinue();
+    const raw = await readBody(req, {
+      limit: this.o.max_body,
+      ...(declared === undefined ? { take } : {}),
+      ...(signed ? { onChunk: (c: Buffer) => signed.update(c) } : {}),
+    });
+    signed?.verify();
+    // Inflating may take up to max_body more: reserved before, so gzip cannot multiply the budget.
+    if (form.encoding === "gzip") take(this.o.max_body);
+    const body = await decode(raw, form.encoding, this.o.max_body);
+    return { parsed: parseBody(text(body), form.format, this.o.max_depth, this.o.max_records), sum: named ? crc32(body) : 0 };
+  }
+
+  /** The answer to a repeat of a request: the first one's, or 422 when the name is bound to another body. */
+  private async repeat(claim: Exclude<Claim, { tag: "first" }>, conflict: string): Promise<Reply> {
+    if (claim.tag === "answered") return claim.reply;
+    if (claim.tag === "wait") return claim.reply;
+    return replyOf(new HttpError(422, conflict));
+  }
+
+  /**
+   * Enqueues a request's records and waits until they are durable; the answer. `taken.records`
+   * turns true once the buffer took (or dropped by policy) records of it: from then on its key is
+   * bound to its body. The body's bytes are given back to the budget once the records are in.
+   */
+  private async take(parsed: ParsedBody, prefix: string, hold: BodyHold, taken: { records: boolean }): Promise<Reply> {
     const handle = this.handle!;
-    const prefix = typeof idempotencyKey === "string" ? idempotencyKey : randomUUID();
     const records: Entry[] = new Array<Entry>(parsed.records.length);
     for (let i = 0; i < records.length; i++) records[i] = handle.record(parsed.records[i]!, parsed.bytes[i]!, `${prefix}:${i}`, parsed.texts[i]);
 
@@ -222,13 +361,13 @@ export class HttpSource implements Source {
       for (let at = 0; at < records.length; at += handle.chunkSize) {
         const part = records.length <= handle.chunkSize ? records : records.slice(at, at + handle.chunkSize);
         const outcome = await this.enqueue(handle, part, chunks, at === 0 || giveUp === undefined ? undefined : { wait: true, signal: giveUp });
-        // Remembered once records of it are taken: a request refused whole binds the key to nothing.
-        if (at === 0 && bodySum !== undefined && (outcome === "accepted" || outcome === "dropped")) this.rememberKey(idempotencyKey as string, bodySum);
+        if (outcome === "accepted" || outcome === "dropped") taken.records = true;
         if (outcome === "dropped") dropped += part.length;
         else if (outcome === "rejected" && at > 0) throw new HttpError(503, `buffer had no room for the rest of the request within ${this.o.ack_timeout} ms; retry with the same Idempotency-Key`);
         else if (outcome === "rejected") throw new HttpError(429, "buffer is full; retry after the Retry-After delay");
         else if (outcome === "stopping") throw new HttpError(503, "sluice is stopping; retry against another instance or later");
       }
+      hold.release();
       if (!(await this.waitDurable(chunks, deadline))) {
         throw new HttpError(503, `records not committed within ${this.o.ack_timeout} ms; retry with the same Idempotency-Key`);
       }
@@ -236,7 +375,7 @@ export class HttpSource implements Source {
       for (const p of chunks) this.pending.delete(p);
     }
     if (chunks.some((p) => p.abandoned)) throw new HttpError(503, "sluice stopped before the records were committed; retry with the same Idempotency-Key");
-    this.send(res, 202, dropped > 0 ? { accepted: records.length - dropped, dropped } : { accepted: records.length });
+    return { status: 202, body: dropped > 0 ? { accepted: records.length - dropped, dropped } : { accepted: records.length } };
   }
 
   /** Enqueues one chunk of a request; its checkpoint joins `chunks` when the buffer took it. */
@@ -257,27 +396,6 @@ export class HttpSource implements Source {
     return outcome;
   }
 
-  /**
-   * Refuses an Idempotency-Key seen with a different body (422): its records would get the ids of
-   * the earlier request's and be dropped by the sinks as redeliveries. Keys are remembered in
-   * memory, the latest {@link REMEMBERED_KEYS}.
-   */
-  private checkKey(key: string, body: Buffer): number {
-    const sum = crc32(body);
-    const seen = this.keys.get(key);
-    if (seen !== undefined && seen !== sum) {
-      throw new HttpError(422, `Idempotency-Key ${JSON.stringify(key)} was used before for a different body; send new records under a new key`);
-    }
-    return sum;
-  }
-
-  /** Binds `key` to the checksum of the body whose records were taken under it. */
-  private rememberKey(key: string, sum: number): void {
-    if (this.keys.has(key)) return;
-    this.keys.set(key, sum);
-    if (this.keys.size > REMEMBERED_KEYS) this.keys.delete(this.keys.keys().next().value!);
-  }
-
   /** Waits for the acks of every chunk of a request until `deadline` (ms since epoch); false on timeout. */
   private async waitDurable(chunks: readonly Pending[], deadline: number): Promise<boolean> {
     let timer: NodeJS.Timeout | undefined;
@@ -296,22 +414,26 @@ export class HttpSource implements Source {
       res.destroy();
       return;
     }
-    const e = err instanceof HttpError ? err : new HttpError(500, `internal error: ${(err as Error).message}`);
-    if (e.status === 500) this.ctx.logger.error({ component: this.ctx.name, err: String(err) }, "http source failed on a request");
-    const headers: Record<string, string> = {};
-    if (e.status === 429 || e.status === 503) headers["retry-after"] = this.retryAfter;
-    if (e.status === 401) headers["www-authenticate"] = 'Bearer realm="sluice"';
-    if (e.status === 405) headers.allow = e.message.startsWith("use POST") ? "POST" : "GET, HEAD";
-    if (e.status === 413) headers.connection = "close";
-    this.send(res, e.status, { error: e.message, ...e.fields }, headers);
+    if (!(err instanceof HttpError)) this.ctx.logger.error({ component: this.ctx.name, err: String(err) }, "http source failed on a request");
+    this.send(res, replyOf(err));
   }
 
-  private send(res: ServerResponse, status: number, body: object, headers: Record<string, string> = {}): void {
-    if (res.req.url?.startsWith(this.o.path)) this.ctx.emit({ type: "http_request", source: this.ctx.name, status });
-    const json = JSON.stringify(body);
+  /**
+   * Sends an answer. One given before the request's body was read (refused from the headers, or
+   * while the body streamed in) goes through {@link endEarly}, so the client reads it.
+   */
+  private send(res: ServerResponse, reply: Reply): void {
+    const req = res.req;
+    if (req.url?.startsWith(this.o.path)) this.ctx.emit({ type: "http_request", source: this.ctx.name, status: reply.status });
+    const json = JSON.stringify(reply.body);
+    const headers: Record<string, string | number> = { "content-type": "application/json", "content-length": Buffer.byteLength(json) };
+    if (reply.status === 429 || reply.status === 503) headers["retry-after"] = this.retryAfter;
+    if (reply.status === 401) headers["www-authenticate"] = 'Bearer realm="sluice"';
+    if (reply.status === 405) headers.allow = req.url?.startsWith(this.o.path) ? "POST" : "GET, HEAD";
     // While stopping, every answer ends its connection, so close() finds none idle to reset.
-    const h = this.stopping ? { ...headers, connection: "close" } : headers;
-    res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(json), ...h }).end(json);
+    if (reply.status === 413 || this.stopping) headers.connection = "close";
+    if (!req.complete) endEarly(req, res, reply.status, headers, json, this.awaitingContinue.has(req));
+    else res.writeHead(reply.status, headers).end(json);
   }
 }
 
@@ -327,6 +449,10 @@ export class HttpSource implements Source {
  * A request of more records than `buffer.chunk_size` goes in as several chunks: only the first
  * can be refused with 429; the others wait for room (up to `ack_timeout`, then 503, and the
  * chunks taken are still delivered, which a retry with the same Idempotency-Key absorbs).
+ * A concurrent repeat of a request (same Idempotency-Key and body, or same signature) waits for
+ * the first and gets its answer; a repeat of one answered 202 gets that 202 without a second
+ * enqueue. Past `max_body_bytes_in_flight` bytes of bodies being received, a request gets 503
+ * before its body is read.
  */
 export const definition = defineComponent({
   type: "http",

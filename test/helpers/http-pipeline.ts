@@ -6,7 +6,7 @@
  * what `fetch` cannot send (a lying Content-Length, a chunked body); and a polling wait.
  *
  * Built from the component definitions and `Pipeline` directly, not the library API, so it does
- * not depend on `config/build.ts` (and the durable buffer it imports).
+ * not depend on `config/build.ts`; the buffer is in memory unless a test asks for the durable one.
  */
 import { request as httpRequest, type IncomingHttpHeaders } from "node:http";
 import { createServer, type AddressInfo } from "node:net";
@@ -14,6 +14,7 @@ import { join } from "node:path";
 import Database from "better-sqlite3";
 import type { ServiceProbe, Sink, WriteResult } from "../../src/components/contracts.js";
 import { MemoryBuffer } from "../../src/core/buffer.js";
+import { DurableBuffer } from "../../src/core/durable-buffer.js";
 import { silentLogger } from "../../src/core/events.js";
 import { Pipeline, type PipelineStatus } from "../../src/core/pipeline.js";
 import type { SluiceRecord } from "../../src/core/record.js";
@@ -118,6 +119,8 @@ export interface HttpPipelineOptions {
   readonly source?: Record<string, unknown>;
   /** The memory buffer's bound; default 10 000 records, 64 MiB. */
   readonly buffer?: { maxRecords: number; maxBytes?: number };
+  /** A durable buffer (no fsync) in the temp dir instead of the memory buffer: enqueue then waits for a disk write, as in production. */
+  readonly durable?: boolean;
   /** Put the sqlite sink behind a {@link GatedSink}. */
   readonly gated?: boolean;
   /** The http source's `id_field` (the pipeline's); default `id`. */
@@ -155,7 +158,8 @@ export async function startHttpPipeline(o: HttpPipelineOptions = {}): Promise<Ht
     readiness: () => (pipeline.status().tag === "running" ? { ready: true, problems: [] } : { ready: false, problems: ["pipeline: not running"] }),
     metrics: async () => ({ contentType: metrics.registry.contentType, text: await metrics.registry.metrics() }),
   };
-  const ctx = (name: string) => ({ ...testContext({ name, dataDir: dir.path, baseDir: dir.path, service }), emit: metrics.handle });
+  const limits = { maxRecords: o.buffer?.maxRecords ?? 10_000, maxBytes: o.buffer?.maxBytes ?? 64 * 1024 * 1024 };
+  const ctx = (name: string) => ({ ...testContext({ name, dataDir: dir.path, baseDir: dir.path, service, bufferBytes: limits.maxBytes }), emit: metrics.handle });
   const source = http.create(http.options.parse({ listen: `127.0.0.1:${port}`, ...o.source }), ctx(sourceName));
   const inner = sqlite.create(sqlite.options.parse({ path: dbPath }), ctx("db"));
   const gate = o.gated ? new GatedSink(inner) : undefined;
@@ -172,7 +176,9 @@ export async function startHttpPipeline(o: HttpPipelineOptions = {}): Promise<Ht
       },
     ],
     deadLetter: deadLetterSqlite.create(deadLetterSqlite.options.parse({ path: join(dir.path, "dlq.db") }), ctx("dead_letter")),
-    buffer: new MemoryBuffer({ maxRecords: o.buffer?.maxRecords ?? 10_000, maxBytes: o.buffer?.maxBytes ?? 64 * 1024 * 1024 }),
+    buffer: o.durable
+      ? new DurableBuffer({ path: join(dir.path, "buffer"), maxBytes: 256 * 1024 * 1024, fsync: false, memory: limits, emit: metrics.handle, logger: silentLogger })
+      : new MemoryBuffer(limits),
     whenFull: "reject",
     chunkSize: Math.min(100, o.buffer?.maxRecords ?? 100),
     shutdownTimeoutMs: o.shutdownTimeoutMs ?? 10_000,

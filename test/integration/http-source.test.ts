@@ -498,13 +498,44 @@ describe("http source: health and metrics", () => {
     expect((await send(`${p.base}/health/ready`, { method: "HEAD" })).status).toBe(200);
 
     await expectStillServes();
-    const metrics = await send(`${p.base}/metrics`);
+    const metrics = await send(`${p.base}/metrics`, { headers: { authorization: `Bearer ${TOKEN_B}` } });
     expect(metrics.status).toBe(200);
     expect(metrics.headers["content-type"]).toMatch(/^text\/plain/);
     expect(metrics.text).toMatch(/^sluice_http_requests_total\{source="web",status="202"\} [1-9]\d*$/m);
     expect(metrics.text).toMatch(/^sluice_http_requests_total\{source="web",status="400"\} [1-9]\d*$/m);
     expect(metrics.text).toMatch(/^sluice_records_received_total\{source="web"\} [1-9]\d*$/m);
     expect(metrics.text).toMatch(/^sluice_records_delivered_total\{sink="db"\} [1-9]\d*$/m);
+  });
+});
+
+describe("http source: /metrics with auth configured", () => {
+  it("needs the ingest credentials (a token, or a signature over an empty body); the health endpoints stay open", async () => {
+    const none = await send(`${p.base}/metrics`);
+    expectError(none, 401, /^missing credentials: a bearer token or the x-sluice-signature header$/);
+    expect(none.headers["www-authenticate"]).toBe('Bearer realm="sluice"');
+    expect(none.text).not.toMatch(/sluice_/);
+    expectError(await send(`${p.base}/metrics`, { headers: { authorization: `Bearer ${TOKEN_A}x` } }), 401, /^bearer token not accepted$/);
+    expectError(await send(`${p.base}/metrics`, { headers: sign("x", nowSeconds()) }), 401, /^signature does not match the body$/);
+    const token = await send(`${p.base}/metrics`, { headers: { authorization: `Bearer ${TOKEN_A}` } });
+    expect(token.status).toBe(200);
+    expect(token.text).toMatch(/^sluice_http_requests_total\{source="web",status="401"\} [1-9]\d*$/m);
+    const signed = await send(`${p.base}/metrics`, { headers: sign("", nowSeconds()) });
+    expect(signed.status).toBe(200);
+    expect((await send(`${p.base}/health/live`)).status).toBe(200);
+    expect((await send(`${p.base}/health/ready`)).status).toBe(200);
+  });
+
+  it("`auth.public_metrics: true` serves /metrics without credentials; ingest still needs them", async () => {
+    const q = await startHttpPipeline({ source: { auth: { tokens: [TOKEN_A], public_metrics: true } } });
+    try {
+      const metrics = await send(`${q.base}/metrics`);
+      expect(metrics.status).toBe(200);
+      expect(metrics.text).toMatch(/^sluice_buffer_records /m);
+      const post = await send(`${q.base}/v1/events`, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+      expectError(post, 401, /^missing credentials/);
+    } finally {
+      await q.close();
+    }
   });
 });
 
