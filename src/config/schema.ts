@@ -103,6 +103,7 @@ const sinkCommon = { type: z.string(), ...sinkDriving };
 
 const transformLimits = {
   timeout: duration()
+    .refine((ms) => ms > 0, "must be more than 0")
     .default(DEFAULTS.transform.timeout_ms)
     .describe("How long a promise the transform returns may take to settle; then the record is dead-lettered (ERR_TRANSFORM_TIMEOUT) and the run goes on. A synchronous transform cannot be timed out."),
   max_split: z

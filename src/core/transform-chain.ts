@@ -101,7 +101,7 @@ export class TransformChain {
         this.hooks.failed(record, step.stage, changed);
         return undefined;
       }
-      if (isThenable(result)) return this.await(result, record, s, out, ticket);
+      if (isThenable(result)) return this.settleWithin(result, record, s, out, ticket);
       if (result === null || Array.isArray(result)) return this.after(record, s, result, out);
       payload = result;
     }
@@ -114,7 +114,7 @@ export class TransformChain {
    * Waits for a step's promise, at most its `timeoutMs` and never past the hard abort. Whichever
    * comes first decides; the others find `done` set and do nothing.
    */
-  private await(result: PromiseLike<TransformOutput>, record: Entry, s: number, out: Entry[], ticket: AckTicket): Promise<void> {
+  private settleWithin(result: PromiseLike<TransformOutput>, record: Entry, s: number, out: Entry[], ticket: AckTicket): Promise<void> {
     const step = this.steps[s]!;
     const { id, key, source } = record;
     const signal = this.signal;
