@@ -3,7 +3,7 @@
  * {@link loadConfig} + {@link buildPipeline}; implement your own components against the contracts.
  */
 export { pipeline, PipelineBuilder, fromDefinition } from "./api/builder.js";
-export type { Factory, SourceFactory, SinkFactory, PipelineSettings, EnvelopeFields, RunResult } from "./api/builder.js";
+export type { Factory, SourceFactory, SinkFactory, PipelineSettings, EnvelopeFields, RunResult, TransformLimitsInput } from "./api/builder.js";
 export { sources, sinks, transforms, deadLetters } from "./api/components.js";
 export type { SensorReading } from "./api/components.js";
 

@@ -8,7 +8,7 @@ import { resolve } from "node:path";
 import type { z } from "zod";
 import type { ComponentContext, ComponentDefinition, DeadLetterStore, Sink, Source, Transform } from "../components/contracts.js";
 import { createBuffer, lockDataDir, releasingOnThrow, serviceProbe, sinkSettings, type BuiltPipeline } from "../config/build.js";
-import { reservedNameIssue, sinkDrivingSchema, topSchema, validateWith, type ConfigIssue } from "../config/schema.js";
+import { reservedNameIssue, sinkDrivingSchema, topSchema, transformLimitsSchema, validateWith, type ConfigIssue, type TransformLimits } from "../config/schema.js";
 import { systemClock, type Clock } from "../core/clock.js";
 import { SluiceError } from "../core/errors.js";
 import { silentLogger, type EventSink, type InternalEvent, type Logger } from "../core/events.js";
@@ -87,6 +87,13 @@ interface Stage {
   readonly make: (ctx: (name: string) => ComponentContext) => unknown;
 }
 
+/** A transform's limits as the library takes them: the YAML's `timeout` (ms or `"30s"`) and `max_split`. */
+export type TransformLimitsInput = z.input<typeof transformLimitsSchema>;
+
+interface TransformStage extends Stage {
+  readonly limits: TransformLimits;
+}
+
 type PayloadOf<F> = F extends SourceFactory<infer P> ? P : never;
 
 /**
@@ -97,7 +104,7 @@ export class PipelineBuilder<P extends object> {
   private constructor(
     private readonly settings: PipelineSettings,
     private readonly sources: readonly Stage[],
-    private readonly transforms: readonly Stage[],
+    private readonly transforms: readonly TransformStage[],
     private readonly sinks: readonly Stage[],
     private readonly deadLetterFactory: Factory<DeadLetterStore> | undefined,
   ) {}
@@ -118,27 +125,41 @@ export class PipelineBuilder<P extends object> {
     return this.with({ sources: [...this.sources, stage] });
   }
 
-  /** Maps each payload (sync or async); the record's envelope is read-only context. */
-  map<Q extends object>(fn: (payload: P, record: SluiceRecord<P>) => Q | Promise<Q>): PipelineBuilder<Q> {
-    return this.step("map", fn as unknown as Transform["apply"]);
+  /**
+   * Maps each payload (sync or async). The record's envelope is read-only context: a function
+   * that changes `id`, `key`, `source` or `receivedAt` fails that record (`ERR_TRANSFORM_ENVELOPE`).
+   * `limits`: `timeout` for a returned promise (default 30 s) and `max_split`, as in YAML.
+   */
+  map<Q extends object>(fn: (payload: P, record: SluiceRecord<P>) => Q | Promise<Q>, limits: TransformLimitsInput = {}): PipelineBuilder<Q> {
+    return this.step("map", fn as unknown as Transform["apply"], limits);
   }
 
   /** Keeps payloads for which `fn` is true; the others are counted as dropped (`filtered`). */
-  filter(fn: (payload: P, record: SluiceRecord<P>) => boolean | Promise<boolean>): PipelineBuilder<P> {
-    return this.step("filter", (payload, record) => {
-      const keep = fn(payload as unknown as P, record as unknown as SluiceRecord<P>);
-      return typeof keep === "boolean" ? (keep ? payload : null) : keep.then((k) => (k ? payload : null));
-    });
+  filter(fn: (payload: P, record: SluiceRecord<P>) => boolean | Promise<boolean>, limits: TransformLimitsInput = {}): PipelineBuilder<P> {
+    return this.step(
+      "filter",
+      (payload, record) => {
+        const keep = fn(payload as unknown as P, record as unknown as SluiceRecord<P>);
+        return typeof keep === "boolean" ? (keep ? payload : null) : keep.then((k) => (k ? payload : null));
+      },
+      limits,
+    );
   }
 
-  /** Splits each payload into zero or more; parts get ids `<id>#<n>`. */
-  flatMap<Q extends object>(fn: (payload: P, record: SluiceRecord<P>) => Q[] | Promise<Q[]>): PipelineBuilder<Q> {
-    return this.step("flat_map", fn as unknown as Transform["apply"]);
+  /** Splits each payload into zero or more; parts get ids `<id>#<n>`. More than `limits.max_split` (default 10,000) dead-letters the record. */
+  flatMap<Q extends object>(fn: (payload: P, record: SluiceRecord<P>) => Q[] | Promise<Q[]>, limits: TransformLimitsInput = {}): PipelineBuilder<Q> {
+    return this.step("flat_map", fn as unknown as Transform["apply"], limits);
   }
 
-  /** Adds a transform component (e.g. `transforms.validate(...)`); the payload type is kept. */
-  use(factory: Factory<Transform>): PipelineBuilder<P> {
-    return this.with({ transforms: [...this.transforms, { name: factory.type, make: (ctx) => factory.create(ctx(factory.type)) }] });
+  /**
+   * Adds a transform component (e.g. `transforms.validate(...)`); the payload type is kept.
+   * @throws SluiceError `ERR_CONFIG_INVALID` when `limits` is invalid.
+   */
+  use(factory: Factory<Transform>, limits: TransformLimitsInput = {}): PipelineBuilder<P> {
+    const name = factory.type;
+    const parsed = validateWith(transformLimitsSchema, limits, `transforms.${name}`);
+    if (parsed.value === undefined) throwInvalid(parsed.issues);
+    return this.with({ transforms: [...this.transforms, { name, limits: parsed.value, make: (ctx) => factory.create(ctx(name)) }] });
   }
 
   /**
@@ -202,7 +223,12 @@ export class PipelineBuilder<P extends object> {
     const ctx = (name: string): ComponentContext => ({ name, dataDir, baseDir: cwd, clock, logger, emit, service, bufferBytes: t.buffer.max_bytes });
     const pipeline = await releasingOnThrow(lock, () => new Pipeline({
       sources: this.sources.map((s) => s.make(ctx) as never),
-      transforms: this.transforms.map((s) => ({ stage: `transform:${s.name}`, transform: s.make(ctx) as Transform })),
+      transforms: this.transforms.map((s) => ({
+        stage: `transform:${s.name}`,
+        transform: s.make(ctx) as Transform,
+        timeoutMs: s.limits.timeout,
+        maxSplit: s.limits.max_split,
+      })),
       sinks: this.sinks.map((s) => {
         const { factory, driving, ctx: c } = s.make(ctx) as { factory: SinkFactory<P>; driving: z.output<typeof sinkDrivingSchema>; ctx: ComponentContext };
         return sinkSettings(s.name, factory.create(c), driving, clock);
@@ -236,12 +262,12 @@ export class PipelineBuilder<P extends object> {
     return { status, summary: metrics.summary() };
   }
 
-  private step(name: string, fn: Transform["apply"]): PipelineBuilder<never> {
+  private step(name: string, fn: Transform["apply"], limits: TransformLimitsInput): PipelineBuilder<never> {
     const transform: Factory<Transform> = { type: name, create: () => mapTransform(fn) };
-    return this.use(transform) as unknown as PipelineBuilder<never>;
+    return this.use(transform, limits) as unknown as PipelineBuilder<never>;
   }
 
-  private with(change: Partial<{ sources: readonly Stage[]; transforms: readonly Stage[]; sinks: readonly Stage[]; deadLetterFactory: Factory<DeadLetterStore> }>): PipelineBuilder<never> {
+  private with(change: Partial<{ sources: readonly Stage[]; transforms: readonly TransformStage[]; sinks: readonly Stage[]; deadLetterFactory: Factory<DeadLetterStore> }>): PipelineBuilder<never> {
     return new PipelineBuilder(
       this.settings,
       change.sources ?? this.sources,

@@ -12,6 +12,8 @@ import { classify } from "../core/errors.js";
 import type { Logger } from "../core/events.js";
 
 let crashLog: Logger | undefined;
+/** Set once {@link exitOnCrash} is ending the process, so the early-exit report does not blame user code. */
+let crashing = false;
 
 /** Where the stack of an uncaught error goes, at debug level: the running command's logger, or none. */
 export function logCrashesTo(logger: Logger | undefined): void {
@@ -55,6 +57,33 @@ export function exitOnCrash(exitCode: number): void {
     // Synchronous, as the logger writes: process.exit does not wait for a pipe to drain.
     writeSync(2, `\n${crashLine(err)}\n`);
     crashLog?.debug({ origin, err: err instanceof Error ? (err.stack ?? err.message) : String(err) }, "uncaught error");
+    crashing = true;
     process.exit(exitCode);
   });
+}
+
+/**
+ * Calls `report` once if the process ends before the returned function is called: `process.exit()`
+ * called by user code (a transform module's `process.exit(0)`), or an event loop left with nothing
+ * to wait for while a promise is unsettled (Node would exit with code 13 and print nothing).
+ * `report` must be synchronous; it gets why, and sets the exit code (`process.exitCode`).
+ *
+ * Gotcha: the `exit` listener is prepended, because Node's own ESM entry listener calls
+ * `process.exit()` again from inside the event, which exits before later listeners run.
+ */
+export function reportEarlyExit(report: (reason: string) => void): () => void {
+  let reported = false;
+  const once = (reason: string) => {
+    if (reported) return;
+    reported = true;
+    report(reason);
+  };
+  const onBeforeExit = () => once("nothing was left to wait for while records were in flight (a promise that never settles, with no timer or I/O behind it)");
+  const onExit = (code: number) => once(crashing ? "it crashed (see the line above)" : `process.exit(${code}) was called before the run ended (by a transform module or other user code?)`);
+  process.on("beforeExit", onBeforeExit);
+  process.prependListener("exit", onExit);
+  return () => {
+    process.off("beforeExit", onBeforeExit);
+    process.off("exit", onExit);
+  };
 }

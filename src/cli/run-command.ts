@@ -2,6 +2,7 @@
  * `sluice run` and `sluice validate`: load the config, build and run the pipeline, show progress
  * on a terminal, stop gracefully on SIGTERM/SIGINT, print the summary, map the outcome to an exit code.
  */
+import { writeFileSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
 import { buildPipeline } from "../config/build.js";
@@ -13,7 +14,7 @@ import { startObservabilityServer } from "../server/observability-server.js";
 import { checkFileSourcePath } from "../sources/file.js";
 import { checkModuleTransform } from "../transforms/module.js";
 import { checkValidateTransform } from "../transforms/validate.js";
-import { crashLine, logCrashesTo } from "./crash.js";
+import { crashLine, logCrashesTo, reportEarlyExit } from "./crash.js";
 
 /** Exit codes, as DESIGN.md fixes them. */
 export const EXIT = { ok: 0, runtime: 1, usage: 2 } as const;
@@ -170,6 +171,18 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
   const showProgress = opts.progress ?? (config.observability.progress === "always" || (config.observability.progress === "auto" && io.stderr.isTTY === true));
   const stopProgress = showProgress ? startProgress(metrics, config.buffer.max_records, config.observability.unready_after, io) : () => {};
 
+  const dlq = config.deadLetter.options.path ? String(config.deadLetter.options.path) : resolve(built.dataDir, "dlq.db");
+  // Never end without the summary: an exit while run() is pending says what was left un-acked.
+  const stopExitReport = reportEarlyExit((reason) => {
+    const summary = metrics.summary((performance.now() - started) / 1000);
+    const counts = metrics.snapshot();
+    stopProgress();
+    io.stderr.write(`sluice exited before the run ended: ${reason}; ${fmt(counts.in_flight)} record(s) left un-acked, redelivered on the next run\n`);
+    io.stderr.write(summaryTable(summary, "interrupted", dlq, counts.replayed, counts.corrupt_entries));
+    if (opts.summaryJson) writeFileSync(opts.summaryJson, `${JSON.stringify(summary, null, 2)}\n`);
+    process.exitCode = EXIT.runtime;
+  });
+
   let exitCode: number = EXIT.ok;
   let statusText: string;
   try {
@@ -188,13 +201,13 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
     logger.debug({ err: err instanceof Error ? (err.stack ?? err.message) : String(err) }, "run() rejected");
     exitCode = EXIT.runtime;
   } finally {
+    stopExitReport();
     stopProgress();
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
     server?.close();
   }
   const summary = metrics.summary((performance.now() - started) / 1000);
-  const dlq = config.deadLetter.options.path ? String(config.deadLetter.options.path) : resolve(built.dataDir, "dlq.db");
   const counts = metrics.snapshot();
   io.stderr.write(summaryTable(summary, statusText, dlq, counts.replayed, counts.corrupt_entries));
   if (opts.summaryJson) await writeFile(opts.summaryJson, `${JSON.stringify(summary, null, 2)}\n`);

@@ -137,7 +137,10 @@ export type TransformOutput = JsonObject | null | JsonObject[];
 export interface Transform {
   /**
    * Maps one payload. Throw (ideally a {@link SluiceError}) to dead-letter the record; the
-   * pipeline goes on. Must not mutate `record` other than its payload.
+   * pipeline goes on. Must not mutate `record` other than its payload: a changed `id`, `key`,
+   * `source` or `receivedAt` dead-letters the record (`ERR_TRANSFORM_ENVELOPE`). A returned
+   * promise is bounded by the transform's `timeout` (`ERR_TRANSFORM_TIMEOUT`); a synchronous call
+   * is not, as nothing on the main thread can interrupt it.
    */
   apply(payload: JsonObject, record: SluiceRecord): TransformOutput | Promise<TransformOutput>;
   /** Called once when the pipeline stops. */

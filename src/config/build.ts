@@ -149,6 +149,8 @@ export async function buildPipeline(config: PipelineConfig, o: BuildOptions): Pr
     transforms: config.transforms.map((t) => ({
       stage: `transform:${t.name}`,
       transform: t.definition.create(t.options as never, ctx(t.name, o.configDir)),
+      timeoutMs: t.limits.timeout,
+      maxSplit: t.limits.max_split,
     })),
     sinks: config.sinks.map((s) => sinkSettings(s.name, s.definition.create(s.options as never, ctx(s.name, o.cwd)), s.driving, clock)),
     deadLetter: config.deadLetter.definition.create(config.deadLetter.options as never, ctx("dead_letter", o.cwd)),

@@ -24,6 +24,13 @@ export const DEFAULTS = {
     /** A push counts as accepted only once on disk (O_DSYNC writes). */
     fsync: true,
   },
+  /** Limits every transform has (`timeout`, `max_split`), per transform in YAML and in the library. */
+  transform: {
+    /** ms a promise a transform returns may take to settle; then the record is dead-lettered (ERR_TRANSFORM_TIMEOUT). */
+    timeout_ms: 30_000,
+    /** Most records one record may split into; more is dead-lettered (ERR_TRANSFORM_SPLIT). */
+    max_split: 10_000,
+  },
   sink: {
     /** Batches in flight per sink (a number, or `adaptive` with the settings below). */
     concurrency: 4,

@@ -101,6 +101,25 @@ const sinkDriving = {
 
 const sinkCommon = { type: z.string(), ...sinkDriving };
 
+const transformLimits = {
+  timeout: duration()
+    .refine((ms) => ms > 0, "must be more than 0")
+    .default(DEFAULTS.transform.timeout_ms)
+    .describe("How long a promise the transform returns may take to settle; then the record is dead-lettered (ERR_TRANSFORM_TIMEOUT) and the run goes on. A synchronous transform cannot be timed out."),
+  max_split: z
+    .number()
+    .int()
+    .positive()
+    .default(DEFAULTS.transform.max_split)
+    .describe("Most records the transform may split one record into; more dead-letters the record (ERR_TRANSFORM_SPLIT) with the count."),
+};
+
+/** The limits every transform has (`timeout`, `max_split`), shared by YAML and the library API. */
+export const transformLimitsSchema = z.strictObject(transformLimits);
+
+/** Validated transform limits. */
+export type TransformLimits = z.output<typeof transformLimitsSchema>;
+
 /** How any sink is driven (`concurrency`, `batch`, `retry`, `chaos`), shared by YAML and the library API. */
 export const sinkDrivingSchema = z.strictObject(sinkDriving);
 
@@ -145,13 +164,18 @@ export interface SinkConfig extends ComponentConfig<(typeof SINKS)[number]> {
   readonly driving: SinkDriving;
 }
 
+/** A transform as validated. */
+export interface TransformConfig extends ComponentConfig<(typeof TRANSFORMS)[number]> {
+  readonly limits: TransformLimits;
+}
+
 /** A whole validated pipeline config. */
 export interface PipelineConfig {
   readonly dataDir: string;
   readonly shutdownTimeoutMs: number;
   readonly buffer: z.output<typeof bufferSchema>;
   readonly sources: readonly SourceConfig[];
-  readonly transforms: readonly ComponentConfig<(typeof TRANSFORMS)[number]>[];
+  readonly transforms: readonly TransformConfig[];
   readonly sinks: readonly SinkConfig[];
   readonly deadLetter: ComponentConfig<(typeof DEAD_LETTER_STORES)[number]>;
   readonly observability: z.output<typeof topSchema>["observability"];
@@ -357,14 +381,14 @@ export function validateConfig(raw: unknown): { config: PipelineConfig; issues: 
     sources.push({ name: n, definition: def, options, idField: id_field as string, keyField: key_field as string | undefined, timeField: time_field as string | undefined });
   }
 
-  const transforms: ComponentConfig<(typeof TRANSFORMS)[number]>[] = [];
+  const transforms: TransformConfig[] = [];
   transformsRaw.forEach((v, i) => {
     const def = findDefinition(TRANSFORMS, v, `transforms[${i}]`, "transform", issues);
     if (!def) return;
-    const parsed = collect(componentSchema(def, { type: z.string() }), v, `transforms[${i}]`, issues) as Record<string, unknown> | undefined;
+    const parsed = collect(componentSchema(def, { type: z.string(), ...transformLimits }), v, `transforms[${i}]`, issues) as Record<string, unknown> | undefined;
     if (!parsed) return;
-    const { type: _t, ...options } = parsed;
-    transforms.push({ name: def.type, definition: def, options });
+    const { type: _t, timeout, max_split, ...options } = parsed;
+    transforms.push({ name: def.type, definition: def, options, limits: { timeout, max_split } as TransformLimits });
   });
 
   const sinks: SinkConfig[] = [];

@@ -60,6 +60,20 @@ export interface Buffer {
   whenEmpty(): Promise<void>;
   /** Records and bytes counted right now (for a durable buffer: everything not yet released, on disk or in memory). */
   usage(): { records: number; bytes: number };
+  /**
+   * Counts `records` and `bytes` more, for parts a transform split out of a pulled record (its
+   * chunk counts the one record), until {@link shrink} gives them back. While they are counted,
+   * less is admitted (memory buffer: pushes wait; durable buffer: pull does).
+   */
+  grow(records: number, bytes: number): void;
+  /** Gives back what {@link grow} counted, once those parts are done. */
+  shrink(records: number, bytes: number): void;
+  /**
+   * `undefined` when the engine may transform more: what the buffer counts is within its bound,
+   * or nothing grown is counted (a split larger than the whole bound passes alone, as an
+   * oversized chunk does). Otherwise a promise that resolves once one of those holds.
+   */
+  whenRoom(): Promise<void> | undefined;
   /** Called once at the end of a run, after `whenEmpty` or the shutdown deadline: persists progress and releases files. */
   shutdown(): Promise<void>;
 }
@@ -82,6 +96,9 @@ export class MemoryBuffer implements Buffer {
   private closed = false;
   private puller: ((chunk: Chunk | undefined) => void) | undefined;
   private emptyWaiters: (() => void)[] = [];
+  /** Records counted by {@link grow} and not yet shrunk. */
+  private grown = 0;
+  private roomWaiters: (() => void)[] = [];
 
   constructor(private readonly limits: BufferLimits) {}
 
@@ -129,7 +146,38 @@ export class MemoryBuffer implements Buffer {
   release(ticket: AckTicket): void {
     this.records -= ticket.records;
     this.bytes -= ticket.bytes;
+    this.freed();
+  }
+
+  grow(records: number, bytes: number): void {
+    this.records += records;
+    this.bytes += bytes;
+    this.grown += records;
+  }
+
+  shrink(records: number, bytes: number): void {
+    this.records -= records;
+    this.bytes -= bytes;
+    this.grown -= records;
+    this.freed();
+  }
+
+  whenRoom(): Promise<void> | undefined {
+    if (this.hasRoom()) return undefined;
+    return new Promise((resolve) => this.roomWaiters.push(resolve));
+  }
+
+  private hasRoom(): boolean {
+    return this.grown === 0 || (this.records <= this.limits.maxRecords && this.bytes <= this.limits.maxBytes);
+  }
+
+  private freed(): void {
     this.admitWaiting();
+    if (this.roomWaiters.length > 0 && this.hasRoom()) {
+      const waiters = this.roomWaiters;
+      this.roomWaiters = [];
+      for (const w of waiters) w();
+    }
     if (this.records === 0 && this.waiting.length === 0) {
       const waiters = this.emptyWaiters;
       this.emptyWaiters = [];

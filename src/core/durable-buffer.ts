@@ -210,6 +210,9 @@ export class DurableBuffer implements BufferContract {
   /** Ends the wait before retrying a failed read, when a stop or shutdown comes during it. */
   private stopReadRetry: (() => void) | undefined;
   private emptyWaiters: (() => void)[] = [];
+  /** Records counted in flight by {@link grow} and not yet shrunk. */
+  private grown = 0;
+  private roomWaiters: (() => void)[] = [];
 
   /** Set while writes fail (disk full, I/O error): bytes of the write that failed. */
   private failedWriteBytes: number | undefined;
@@ -351,6 +354,41 @@ export class DurableBuffer implements BufferContract {
   /** Records and encoded bytes of every entry not yet released (on disk, being written, or in flight). */
   usage(): { records: number; bytes: number } {
     return { records: this.logRecords, bytes: this.logBytes };
+  }
+
+  /**
+   * Split parts count as in flight (held in memory, not in the log): pull waits while they fill
+   * `memory`. {@link usage} does not show them, as they are not in the log.
+   */
+  grow(records: number, bytes: number): void {
+    this.inFlightRecords += records;
+    this.inFlightBytes += bytes;
+    this.heldRecords += records;
+    this.heldBytes += bytes;
+    this.grown += records;
+  }
+
+  shrink(records: number, bytes: number): void {
+    this.inFlightRecords -= records;
+    this.inFlightBytes -= bytes;
+    this.heldRecords -= records;
+    this.heldBytes -= bytes;
+    this.grown -= records;
+    this.wakePuller();
+    if (this.roomWaiters.length > 0 && this.hasRoom()) {
+      const waiters = this.roomWaiters;
+      this.roomWaiters = [];
+      for (const w of waiters) w();
+    }
+  }
+
+  whenRoom(): Promise<void> | undefined {
+    if (this.hasRoom()) return undefined;
+    return new Promise((resolve) => this.roomWaiters.push(resolve));
+  }
+
+  private hasRoom(): boolean {
+    return this.grown === 0 || (this.inFlightRecords <= this.memory.maxRecords && this.inFlightBytes <= this.memory.maxBytes);
   }
 
   /**

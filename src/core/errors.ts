@@ -24,6 +24,12 @@ export const ERROR_CODES = {
   ERR_RECORD_INVALID: { retryable: false },
   /** A `module` transform threw or returned something that is not a payload. */
   ERR_TRANSFORM_FAILED: { retryable: false },
+  /** A transform's promise did not settle within its `timeout`; the record is dead-lettered, the run goes on. */
+  ERR_TRANSFORM_TIMEOUT: { retryable: false },
+  /** A transform split one record into more than its `max_split` records. */
+  ERR_TRANSFORM_SPLIT: { retryable: false },
+  /** A transform changed the record's envelope (`id`, `key`, `source`, `receivedAt`), which is read-only. */
+  ERR_TRANSFORM_ENVELOPE: { retryable: false },
   /** A source failed while reading (file vanished, permission denied). */
   ERR_SOURCE_READ: { retryable: true },
   /** The dead-letter store could not persist an entry. */

@@ -1,35 +1,66 @@
 import type { Transform, TransformOutput } from "../components/contracts.js";
-import type { JsonObject, Entry } from "./record.js";
+import type { Clock } from "./clock.js";
+import { SluiceError } from "./errors.js";
+import type { AckTicket, JsonObject, Entry } from "./record.js";
 
-/** A transform with the stage name its dead letters carry (`transform:<type>`). */
+/** A transform with the stage name its dead letters carry (`transform:<type>`) and its limits. */
 export interface ChainStep {
   readonly stage: string;
   readonly transform: Transform;
+  /**
+   * How long a promise the transform returns may take to settle, in ms; past it the record is
+   * dead-lettered with `ERR_TRANSFORM_TIMEOUT`. Undefined: no limit. A synchronous call cannot be
+   * interrupted on the main thread, so this bounds only promises.
+   */
+  readonly timeoutMs?: number;
+  /** Most records the transform may split one record into; past it the record is dead-lettered with `ERR_TRANSFORM_SPLIT`. Undefined: no limit. */
+  readonly maxSplit?: number;
 }
 
 /** What the chain reports besides its output records. */
 export interface ChainHooks {
   /** A transform returned `null` (or an empty array): the record is dropped on purpose. */
   filtered(record: Entry): void;
-  /** A transform threw: the record goes to the dead-letter sink. */
+  /** A transform threw, timed out or broke a rule: the record goes to the dead-letter sink. */
   failed(record: Entry, stage: string, error: unknown): void;
-  /** A transform split a record: returns the record for the `index`-th part (id suffixed `#index`). */
-  split(record: Entry, payload: JsonObject, index: number): Entry;
+  /** A transform split a record: returns its parts, one per payload (the `index`-th with id `<id>#<index>`). */
+  split(record: Entry, payloads: readonly JsonObject[]): Entry[];
+  /**
+   * After a split: `undefined` to go on at once, or a promise to wait for before transforming
+   * more (the buffer is past its bound). `out` holds the records transformed so far; the hook may
+   * take them (emptying it) to hand them on while the chain waits.
+   */
+  afterSplit(out: Entry[]): Promise<void> | undefined;
 }
 
 function isThenable(value: unknown): value is PromiseLike<TransformOutput> {
   return typeof (value as PromiseLike<unknown> | null)?.then === "function";
 }
 
+/** The envelope as a transform could overwrite it (the types say read-only; JavaScript does not enforce it). */
+type Writable = { -readonly [K in "id" | "key" | "source" | "ticket"]: Entry[K] };
+
 /**
  * Runs records through the transforms in order. Synchronous transforms take a fast path that
  * creates no promise per record; a chain returns a promise only when some transform does, and
  * records still leave in input order.
+ *
+ * After every call the envelope (`id`, `key`, `source`, and the chunk ticket `receivedAt` comes
+ * from) is compared with what it was: four reads, no copy. A transform that changed it fails that
+ * record with `ERR_TRANSFORM_ENVELOPE`, its envelope put back, so the dead letter carries the
+ * record's real id and sinks never see two records under one id.
+ *
+ * A promise gets the step's `timeoutMs`; once the record is timed out (or the run hard-aborted
+ * while it waits) the promise's later outcome is ignored: the record was dead-lettered (or left
+ * un-acked) already and must not also reach the sinks.
  */
 export class TransformChain {
   constructor(
     private readonly steps: readonly ChainStep[],
     private readonly hooks: ChainHooks,
+    private readonly clock: Clock,
+    /** The run's hard abort: a record still waiting for a transform then stays un-acked. */
+    private readonly signal: AbortSignal,
   ) {}
 
   /** Appends the transformed records of `records` to `out`, in order. */
@@ -57,25 +88,99 @@ export class TransformChain {
     let payload = record.payload;
     for (let s = first; s < this.steps.length; s++) {
       const step = this.steps[s]!;
+      const { id, key, source, ticket } = record;
       let result: TransformOutput | Promise<TransformOutput>;
       try {
         result = step.transform.apply(payload, record);
       } catch (err) {
-        this.hooks.failed(record, step.stage, err);
+        this.hooks.failed(record, step.stage, this.envelopeChanged(record, id, key, source, ticket) ?? err);
         return undefined;
       }
-      if (isThenable(result)) {
-        return Promise.resolve(result).then(
-          (value) => this.after(record, s, value, out),
-          (err: unknown) => this.hooks.failed(record, step.stage, err),
-        );
+      const changed = this.envelopeChanged(record, id, key, source, ticket);
+      if (changed !== undefined) {
+        this.hooks.failed(record, step.stage, changed);
+        return undefined;
       }
+      if (isThenable(result)) return this.settleWithin(result, record, s, out, ticket);
       if (result === null || Array.isArray(result)) return this.after(record, s, result, out);
       payload = result;
     }
     record.payload = payload;
     out.push(record);
     return undefined;
+  }
+
+  /**
+   * Waits for a step's promise, at most its `timeoutMs` and never past the hard abort. Whichever
+   * comes first decides; the others find `done` set and do nothing.
+   */
+  private settleWithin(result: PromiseLike<TransformOutput>, record: Entry, s: number, out: Entry[], ticket: AckTicket): Promise<void> {
+    const step = this.steps[s]!;
+    const { id, key, source } = record;
+    const signal = this.signal;
+    return new Promise<void>((resolve) => {
+      let done = false;
+      let cancelTimer: (() => void) | undefined;
+      const finish = (): boolean => {
+        if (done) return false;
+        done = true;
+        cancelTimer?.();
+        signal.removeEventListener("abort", onAbort);
+        return true;
+      };
+      // Hard abort: leave the record un-acked (neither delivered nor dead-lettered), for the next run.
+      const onAbort = () => {
+        if (finish()) resolve();
+      };
+      if (signal.aborted) {
+        onAbort();
+        return;
+      }
+      signal.addEventListener("abort", onAbort, { once: true });
+      if (step.timeoutMs !== undefined) {
+        cancelTimer = this.clock.setTimer(step.timeoutMs, () => {
+          if (!finish()) return;
+          const error = new SluiceError("ERR_TRANSFORM_TIMEOUT", `the transform's promise did not settle within ${step.timeoutMs} ms (timeout); the record is dead-lettered and its late result ignored`);
+          this.hooks.failed(record, step.stage, error);
+          resolve();
+        });
+      }
+      result.then(
+        (value) => {
+          if (!finish()) return;
+          const changed = this.envelopeChanged(record, id, key, source, ticket);
+          if (changed !== undefined) {
+            this.hooks.failed(record, step.stage, changed);
+            resolve();
+            return;
+          }
+          resolve(this.after(record, s, value, out));
+        },
+        (err: unknown) => {
+          if (!finish()) return;
+          this.hooks.failed(record, step.stage, this.envelopeChanged(record, id, key, source, ticket) ?? err);
+          resolve();
+        },
+      );
+    });
+  }
+
+  /**
+   * `undefined` when the envelope is as it was before a call; otherwise puts it back and returns
+   * the error that fails the record.
+   */
+  private envelopeChanged(record: Entry, id: string, key: string | undefined, source: string, ticket: AckTicket): SluiceError | undefined {
+    if (record.id === id && record.key === key && record.source === source && record.ticket === ticket) return undefined;
+    const fields = [record.id !== id && "id", record.key !== key && "key", record.source !== source && "source", record.ticket !== ticket && "receivedAt"].filter(Boolean).join(", ");
+    const writable = record as Writable;
+    writable.id = id;
+    writable.key = key;
+    writable.source = source;
+    writable.ticket = ticket;
+    return new SluiceError(
+      "ERR_TRANSFORM_ENVELOPE",
+      `the transform changed the record's ${fields}; the envelope (id, key, source, receivedAt) is read-only: return a changed payload, and take the id from another payload field with the source's id_field`,
+    );
   }
 
   private after(record: Entry, step: number, value: TransformOutput, out: Entry[]): Promise<void> | undefined {
@@ -91,11 +196,16 @@ export class TransformChain {
       record.payload = value[0]!;
       return this.from(record, step + 1, out);
     }
-    const parts = value.map((payload, index) => this.hooks.split(record, payload, index));
+    const { stage, maxSplit } = this.steps[step]!;
+    if (maxSplit !== undefined && value.length > maxSplit) {
+      this.hooks.failed(record, stage, new SluiceError("ERR_TRANSFORM_SPLIT", `the transform split one record into ${value.length} records, more than max_split (${maxSplit})`));
+      return undefined;
+    }
+    const parts = this.hooks.split(record, value);
     let chain: Promise<void> | undefined;
     for (const part of parts) {
       chain = chain === undefined ? this.from(part, step + 1, out) : chain.then(() => this.from(part, step + 1, out));
     }
-    return chain;
+    return chain === undefined ? this.hooks.afterSplit(out) : chain.then(() => this.hooks.afterSplit(out));
   }
 }

@@ -125,3 +125,45 @@ describe("PipelineBuilder.sink driving settings", () => {
     });
   });
 });
+
+describe("PipelineBuilder transforms: limits and the read-only envelope", () => {
+  const base = pipeline().source("gen", sources.generator({ count: 1 }));
+
+  it("rejects bad limits with the YAML loader's messages and paths", () => {
+    expect(configError(() => base.map((p) => p, { timeout: "soon" })).message).toMatch(/^transforms\.map\.timeout: /);
+    expect(configError(() => base.flatMap((p) => [p], { max_split: 0 })).message).toBe("transforms.flat_map.max_split: Too small: expected number to be >0");
+    expect(configError(() => base.map((p) => p, { max_splits: 3 } as never)).message).toBe('transforms.map.max_splits: unknown key "max_splits"; did you mean "max_split"?');
+  });
+
+  describe("running", () => {
+    let dir: string;
+    beforeEach(async () => {
+      dir = await mkdtemp(join(tmpdir(), "sluice-builder-"));
+    });
+    afterEach(async () => {
+      await rm(dir, { recursive: true, force: true });
+    });
+
+    it("a map that sets record.id on 1,000 records: every one dead-lettered, none delivered", async () => {
+      const { summary } = await pipeline({ cwd: dir })
+        .source("gen", sources.generator({ count: 1000 }))
+        .map((payload, record) => {
+          (record as { id: string }).id = "same";
+          return payload;
+        })
+        .sink("out", sinks.blackhole())
+        .run();
+      expect(summary.records).toMatchObject({ received: 1000, delivered: 0, dead_lettered: 1000 });
+    });
+
+    it("a map whose promise never settles is dead-lettered at its timeout; a flatMap past max_split too", async () => {
+      const { summary } = await pipeline({ cwd: dir })
+        .source("gen", sources.generator({ count: 4 }))
+        .map((payload) => (payload.seq === 2 ? new Promise<typeof payload>(() => {}) : payload), { timeout: "50ms" })
+        .flatMap((payload) => (payload.seq === 3 ? [payload, payload, payload] : [payload]), { max_split: 2 })
+        .sink("out", sinks.blackhole())
+        .run();
+      expect(summary.records).toMatchObject({ received: 4, delivered: 2, dead_lettered: 2 });
+    });
+  });
+});

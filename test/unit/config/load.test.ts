@@ -697,3 +697,31 @@ sinks:
     expect(issues.map((i) => i.path)).toContain("buffer.durable.fsynk");
   });
 });
+
+describe("parseConfig: transform limits", () => {
+  const withTransforms = (transforms: string) => `
+sources:
+  gen: { type: generator }
+transforms:
+${transforms}
+sinks:
+  out: { type: blackhole }
+`;
+
+  it("gives every transform a timeout and a max_split, defaults from DEFAULTS, each settable", () => {
+    const config = valid(withTransforms("  - { type: module, path: ./a.mjs }\n  - { type: module, path: ./b.mjs, timeout: 5s, max_split: 3 }"));
+    expect(config.transforms.map((t) => t.limits)).toEqual([
+      { timeout: DEFAULTS.transform.timeout_ms, max_split: DEFAULTS.transform.max_split },
+      { timeout: 5000, max_split: 3 },
+    ]);
+    expect(config.transforms[1]!.options).toEqual({ path: "./b.mjs", export: "default" });
+  });
+
+  it("refuses a bad limit with its path", () => {
+    const issues = invalid(withTransforms("  - { type: validate, schema: ./s.json, max_split: 0, timout: 1s }"));
+    expect(issues.map((i) => [i.path, i.message])).toEqual([
+      ["transforms[0].max_split", "Too small: expected number to be >0"],
+      ["transforms[0].timout", 'unknown key "timout"; did you mean "timeout"?'],
+    ]);
+  });
+});

@@ -190,3 +190,52 @@ describe("MemoryBuffer", () => {
     expect(empty).toBe(true);
   });
 });
+
+describe("MemoryBuffer: split parts (grow, shrink, whenRoom)", () => {
+  it("counts grown parts against the bound until shrunk: pushes wait, whenRoom waits past the bound", async () => {
+    const buffer = new MemoryBuffer({ maxRecords: 10, maxBytes: 1_000_000 });
+    const a = chunk(4);
+    expect(await buffer.push(a, false)).toBe("accepted");
+    expect(await buffer.pull()).toBe(a);
+    expect(buffer.whenRoom()).toBeUndefined();
+
+    buffer.grow(5, 50);
+    expect(buffer.usage()).toEqual({ records: 9, bytes: 90 });
+    expect(buffer.whenRoom()).toBeUndefined(); // within the bound
+    expect(await buffer.push(chunk(2), false)).toBe("full");
+    const waiting = track(buffer.push(chunk(2), true));
+
+    buffer.grow(5, 50);
+    let roomed = false;
+    void buffer.whenRoom()!.then(() => (roomed = true));
+    buffer.shrink(5, 50);
+    await flush();
+    expect(roomed).toBe(true);
+    expect(waiting.result).toBeUndefined(); // 9 + 2 > 10: the push still waits
+    buffer.shrink(5, 50);
+    await flush();
+    expect(waiting.result).toBe("accepted");
+    expect(buffer.usage()).toEqual({ records: 6, bytes: 60 });
+  });
+
+  it("lets a split larger than the whole bound pass alone: whenRoom resolves once no part is held", async () => {
+    const buffer = new MemoryBuffer({ maxRecords: 10, maxBytes: 1_000_000 });
+    const a = chunk(3);
+    await buffer.push(a, false);
+    await buffer.pull();
+    buffer.grow(99, 990);
+    const room = buffer.whenRoom();
+    expect(room).toBeInstanceOf(Promise);
+    let roomed = false;
+    void room!.then(() => (roomed = true));
+    buffer.shrink(99, 990);
+    await flush();
+    expect(roomed).toBe(true);
+    expect(buffer.usage()).toEqual({ records: 3, bytes: 30 });
+    let empty = false;
+    void buffer.whenEmpty().then(() => (empty = true));
+    buffer.release(a.ticket);
+    await flush();
+    expect(empty).toBe(true);
+  });
+});

@@ -914,4 +914,27 @@ describe("DurableBuffer", () => {
       { numRuns: 150 },
     );
   });
+
+  it("counts split parts as in flight in memory: pull waits while they fill it, whenRoom until they are shrunk", async () => {
+    const dir = tmpDir();
+    const { buffer } = await open(dir, { memory: { maxRecords: 10, maxBytes: 1 << 20 } });
+    expect(await buffer.push(chunkOf(["a", "b"]), false)).toBe("accepted");
+    expect(await buffer.push(chunkOf(["c", "d"]), false)).toBe("accepted");
+    const [first] = await pullN(buffer, 1);
+    buffer.grow(20, 200);
+    let roomed = false;
+    void buffer.whenRoom()!.then(() => (roomed = true));
+    let next: Chunk | undefined;
+    void buffer.pull().then((c) => (next = c));
+    await new Promise((r) => setTimeout(r, 20));
+    expect([roomed, next]).toEqual([false, undefined]);
+    expect(buffer.usage().records).toBe(4); // the log's records: parts are not in it
+    buffer.shrink(20, 200);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(roomed).toBe(true);
+    expect(ids(next)).toEqual(["c", "d"]);
+    finish(first!);
+    finish(next!);
+    await buffer.whenEmpty();
+  });
 });

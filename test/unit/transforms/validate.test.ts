@@ -216,3 +216,44 @@ describe("loadSchemaValidator and checkValidateTransform", () => {
     expect(err?.location).toBe("schema_inline");
   });
 });
+
+describe("validate transform: patterns run in linear time", () => {
+  // `^(a+)+$` on JavaScript's backtracking RegExp: 22 s for 33 characters, twice that per character more.
+  const schema = {
+    type: "object",
+    properties: { s: { type: "string", pattern: "^(a+)+$" } },
+    patternProperties: { "^(x+x+)+y$": { type: "number" } },
+  };
+
+  it("answers a catastrophic pattern on a long value at once, accepting and refusing correctly", async () => {
+    const validate = await loadSchemaValidator(schema);
+    const started = performance.now();
+    expect(validate({ s: `${"a".repeat(40)}!` })).toEqual(['/s must match pattern "^(a+)+$"']);
+    expect(validate({ s: "a".repeat(5000) })).toBe(true);
+    expect(validate({ [`${"x".repeat(40)}y`]: "not a number" })).toEqual([`/${"x".repeat(40)}y must be number`]);
+    expect(validate({ [`${"x".repeat(40)}`]: "no y: the pattern does not apply" })).toBe(true);
+    // Behaviour is what is asserted; this bound only turns a hang into a failure (backtracking takes hours here).
+    expect(performance.now() - started).toBeLessThan(5000);
+  });
+
+  it("keeps JavaScript pattern syntax: named groups, \\d, unicode escapes, and unanchored matching", async () => {
+    const validate = await loadSchemaValidator({
+      type: "object",
+      properties: {
+        a: { type: "string", pattern: "^(?<year>\\d{4})-\\d{2}$" },
+        b: { type: "string", pattern: "\\u00e9" },
+        c: { type: "string", pattern: "sensor" },
+      },
+    });
+    expect(validate({ a: "2024-05", b: "café", c: "my-sensor-1" })).toBe(true);
+    expect(validate({ a: "24-05", b: "cafe", c: "probe" })).toHaveLength(3);
+  });
+
+  it("refuses a pattern that needs backtracking (lookahead, backreference) when the schema compiles, naming it", async () => {
+    const error = await checkValidateTransform({ type: "object", properties: { p: { type: "string", pattern: "^(?=.*\\d)\\w+$" } } });
+    expect(error?.code).toBe("ERR_CONFIG_INVALID");
+    expect(error?.message).toMatch(/pattern "\^\(\?=\.\*\\\\d\)\\\\w\+\$" cannot run on a linear-time regex engine/);
+    const backref = await checkValidateTransform({ type: "object", properties: { p: { type: "string", pattern: "^(a)\\1$" } } });
+    expect(backref?.message).toMatch(/pattern "\^\(a\)\\\\1\$" cannot run on a linear-time regex engine/);
+  });
+});
