@@ -7,7 +7,7 @@ import type { Source } from "../../../src/components/contracts.js";
 import type { Clock } from "../../../src/core/clock.js";
 import { SluiceError } from "../../../src/core/errors.js";
 import type { Entry, JsonObject } from "../../../src/core/record.js";
-import { createFileSource, definition, readNdjsonStream, type FileCheckpoint } from "../../../src/sources/file.js";
+import { createFileSource, definition, readNdjsonStream, type FileCheckpoint } from "../../../src/sources/file/source.js";
 import { FakeClock } from "../../helpers/fake-clock.js";
 import { makeTempDir, SourceHarness, testContext, type CapturingLogger } from "../../helpers/source-harness.js";
 
@@ -58,6 +58,11 @@ async function savedCheckpoint(name = "logs", dir = dataDir): Promise<Record<str
   return JSON.parse(await readFile(join(dir, "checkpoints", `${name}.json`), "utf8")) as Record<string, unknown>;
 }
 
+/** The generation token in the fallback ids of the lines a harness got (from its first chunk). */
+function tokenOf(harness: SourceHarness, chunk = 0): string {
+  return (harness.chunks[chunk]!.checkpoint as FileCheckpoint).generation.token;
+}
+
 function failureOf(entry: { failure: SluiceError | undefined }): SluiceError {
   expect(entry.failure).toBeInstanceOf(SluiceError);
   return entry.failure!;
@@ -92,18 +97,21 @@ describe("file source: reading", () => {
     expect(harness.payloads.map((p) => p.n)).toEqual(Array.from({ length: 250 }, (_, i) => i + 1));
     expect(harness.entries.map((e) => e.id).slice(0, 2)).toEqual(["r1", "r2"]);
     const offsetAfter = (n: number) => Buffer.byteLength(ndjson(lines(1, n)));
+    const generation = expect.objectContaining({ token: expect.stringMatching(/^[0-9a-f]{12}$/), epoch: 0 });
     expect(harness.chunks.map((c) => c.checkpoint)).toEqual([
-      { offset: offsetAfter(100), line: 100, ino: expect.any(String) },
-      { offset: offsetAfter(200), line: 200, ino: expect.any(String) },
-      { offset: content.length, line: 250, ino: expect.any(String) },
+      { offset: offsetAfter(100), line: 100, generation, size: content.length },
+      { offset: offsetAfter(200), line: 200, generation, size: content.length },
+      { offset: content.length, line: 250, generation, size: content.length },
     ]);
     expect(harness.entries[0]!.bytes).toBe(Buffer.byteLength(lines(1, 1)[0]!));
   });
 
-  it("gives records without an id a stable fallback id from the line's byte offset", async () => {
+  it("gives records without an id a stable fallback id from the file's generation and the line's byte offset", async () => {
     await writeFile(inputPath, '{"a":1}\n{"a":22}\n{"a":333}\n');
-    const first = (await runOnce()).harness.entries.map((e) => e.id);
-    expect(first).toEqual(["logs:0", "logs:8", "logs:17"]);
+    const run = await runOnce();
+    const first = run.harness.entries.map((e) => e.id);
+    const token = tokenOf(run.harness);
+    expect(first).toEqual([`logs:${token}:0`, `logs:${token}:8`, `logs:${token}:17`]);
     const second = (await runOnce({}, 100, join(tmp.path, "other-data"))).harness.entries.map((e) => e.id);
     expect(second).toEqual(first);
   });
@@ -118,7 +126,7 @@ describe("file source: reading", () => {
     expect(failures.map((f) => failureOf(f).location)).toEqual([2, 3, 4, 5, 6].map((n) => `${inputPath}:${n}`));
     expect(failureOf(failures[0]!).message).toMatch(/JSON/);
     expect(failureOf(failures[1]!).message).toBe("line is not a JSON object");
-    expect(failures[0]!.id).toBe("logs:8");
+    expect(failures[0]!.id).toBe(`logs:${tokenOf(harness)}:8`);
     // Order is kept: the bad line sits between its neighbours.
     expect(harness.entries.map((e) => e.failure === undefined)).toEqual([true, false, false, false, false, false, true]);
   });
@@ -146,10 +154,11 @@ describe("file source: reading", () => {
     expect(harness.payloads.map((p) => p.n)).toEqual([...Array(250).keys()].filter((i) => i !== 137));
     expect(failureOf(harness.failures[0]!).location).toBe(`${inputPath}:138`);
     let offset = 0;
+    const token = tokenOf(harness);
     const expected = lines.map((line) => {
       const at = offset;
       offset += Buffer.byteLength(line) + 1;
-      return { id: `logs:${at}`, bytes: Buffer.byteLength(line) };
+      return { id: `logs:${token}:${at}`, bytes: Buffer.byteLength(line) };
     });
     expect(harness.entries.map((e) => ({ id: e.id, bytes: e.bytes }))).toEqual(expected);
   });
@@ -184,8 +193,9 @@ describe("file source: reading", () => {
     const { harness } = await runOnce({}, 1000);
 
     let offset = 0;
+    const token = tokenOf(harness);
     const expectedIds = all.map((l) => {
-      const id = `logs:${offset}`;
+      const id = `logs:${token}:${offset}`;
       offset += Buffer.byteLength(l) + 1;
       return id;
     });
@@ -238,7 +248,7 @@ describe("file source: reading", () => {
       expect(f.raw!.length).toBeLessThanOrEqual(1024);
     }
     expect(harness.failures[0]!.raw).toBe(long);
-    expect(harness.failures[1]!.id).toBe(`logs:${8 + long.length + 1 + 8}`);
+    expect(harness.failures[1]!.id).toBe(`logs:${tokenOf(harness)}:${8 + long.length + 1 + 8}`);
   });
 
   it("accepts a line of exactly max_line_bytes, with or without \\r", async () => {
@@ -300,19 +310,26 @@ describe("file source: checkpoints", () => {
     await first.source.close();
     const saved = await savedCheckpoint();
     const expectedOffset = Buffer.byteLength(ndjson(all.slice(0, 20)));
+    const st = await stat(inputPath, { bigint: true });
+    const token = tokenOf(first.harness);
     expect(saved).toEqual({
+      version: 2,
       path: inputPath,
       offset: expectedOffset,
       line: 20,
-      ino: String((await stat(inputPath, { bigint: true })).ino),
       size_at_ack: Buffer.byteLength(ndjson(all)),
+      dev: String(st.dev),
+      ino: String(st.ino),
+      fingerprint: { bytes: Buffer.byteLength(all[0]!), sha256: expect.stringMatching(/^[0-9a-f]{64}$/), complete: true },
+      epoch: 0,
+      generation: token,
     });
 
     const second = await runOnce({}, 10);
     expect(second.harness.entries.map((e) => e.id)[0]).toBe("r21");
     expect(second.harness.entries).toHaveLength(15);
     expect(failureOf(second.harness.failures[0]!).location).toBe(`${inputPath}:25`);
-    expect(second.harness.failures[0]!.id).toBe(`logs:${Buffer.byteLength(ndjson(all.slice(0, 24)))}`);
+    expect(second.harness.failures[0]!.id).toBe(`logs:${token}:${Buffer.byteLength(ndjson(all.slice(0, 24)))}`);
     expect(second.logger.at("info").some((l) => l.msg === "resuming from checkpoint")).toBe(true);
     expect(second.logger.at("warn")).toHaveLength(0);
   });
@@ -382,7 +399,7 @@ describe("file source: checkpoints", () => {
     await writeFile(inputPath, ndjson(lines(101, 105))); // same inode, O_TRUNC
     const second = await runOnce({}, 10);
     expect(second.harness.entries.map((e) => e.id)).toEqual(["r101", "r102", "r103", "r104", "r105"]);
-    expect(second.logger.at("warn").map((l) => l.msg)).toEqual(["file is shorter than the checkpoint (truncated); reading from the start"]);
+    expect(second.logger.at("warn").map((l) => l.msg)).toEqual(["file is shorter than at the checkpoint (truncated); reading it from the start as a new generation"]);
   });
 
   it("starts from 0 with a warning when the file was replaced (inode changed)", async () => {
@@ -398,7 +415,7 @@ describe("file source: checkpoints", () => {
     expect(second.harness.entries).toHaveLength(40);
     expect(second.harness.entries[0]!.id).toBe("r201");
     expect(second.logger.at("warn").map((l) => l.msg)).toEqual([
-      "file was replaced since the checkpoint (inode changed); reading from the start",
+      "file was replaced since the checkpoint (inode changed); reading it from the start as a new generation",
     ]);
   });
 
@@ -512,8 +529,8 @@ describe("file source: follow", () => {
     await poll(clock);
     await poll(clock);
     expect(harness.entries.map((e) => e.id)).toEqual(["r1", "r2", "r3", "r4", "r5", "r50", "r51"]);
-    expect(harness.chunks.at(-1)!.checkpoint).toMatchObject({ offset: Buffer.byteLength(ndjson(lines(50, 51))), line: 2 });
-    expect(logger.at("warn").map((l) => l.msg)).toEqual(["file was truncated; reading it again from the start"]);
+    expect(harness.chunks.at(-1)!.checkpoint).toMatchObject({ offset: Buffer.byteLength(ndjson(lines(50, 51))), line: 2, generation: { epoch: 1 } });
+    expect(logger.at("warn").map((l) => l.msg)).toEqual(["file was truncated; reading it again from the start as a new generation"]);
     controller.abort();
     await done;
   });
@@ -526,7 +543,7 @@ describe("file source: follow", () => {
     const controller = new AbortController();
     const done = source.run(harness, controller.signal);
     await vi.waitFor(() => expect(clock.pendingTimers).toBe(1));
-    const oldIno = (harness.chunks[0]!.checkpoint as FileCheckpoint).ino;
+    const oldIno = (harness.chunks[0]!.checkpoint as FileCheckpoint).generation.identity.ino;
 
     await appendFile(inputPath, `${ndjson(lines(3, 3))}{"id":"r4"}`); // written just before rotation
     await rename(inputPath, join(tmp.path, "in.ndjson.1"));
@@ -535,7 +552,7 @@ describe("file source: follow", () => {
     await poll(clock);
     expect(harness.entries.map((e) => e.id)).toEqual(["r1", "r2", "r3", "r4", "r100", "r101"]);
     const last = harness.chunks.at(-1)!.checkpoint as FileCheckpoint;
-    expect(last.ino).not.toBe(oldIno);
+    expect(last.generation.identity.ino).not.toBe(oldIno);
     expect(last).toMatchObject({ offset: Buffer.byteLength(ndjson(lines(100, 101))), line: 2 });
     controller.abort();
     await done;

@@ -1,0 +1,230 @@
+/**
+ * The `file` source's checkpoint: where reading resumes, and which generation of the file that
+ * position belongs to. Kept in `<data_dir>/checkpoints/<source name>.json`, written atomically.
+ */
+import { mkdir, open, readFile, rename } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { z } from "zod";
+import type { Clock } from "../../core/clock.js";
+import { classify, SluiceError } from "../../core/errors.js";
+import type { EventSink, Logger } from "../../core/events.js";
+import type { Fingerprint, FileIdentity } from "./identity.js";
+
+/** The generation a checkpoint's offset belongs to (see `FileGeneration`). */
+export interface GenerationState {
+  readonly identity: FileIdentity;
+  readonly fingerprint: Fingerprint;
+  readonly epoch: number;
+  /** `""` for a generation taken over from a checkpoint of before generations: its ids stay `<source>:<offset>`. */
+  readonly token: string;
+}
+
+/**
+ * The checkpoint a file source hands to `enqueue`: the byte offset just after the chunk's last
+ * line, the number of lines before that offset, the generation of the file they are in, and how
+ * many bytes of that generation had been read when the chunk was handed over (saved as
+ * `size_at_ack`: a file found shorter than that on the next start was truncated since).
+ */
+export interface FileCheckpoint {
+  readonly offset: number;
+  readonly line: number;
+  readonly generation: GenerationState;
+  readonly size: number;
+}
+
+/** A saved checkpoint as {@link CheckpointStore.load} gives it, whatever version of sluice wrote it. */
+export interface SavedCheckpoint {
+  readonly path: string;
+  readonly offset: number;
+  readonly line: number;
+  readonly sizeAtAck: number;
+  readonly epoch: number;
+  readonly token: string;
+  /** Undefined for a checkpoint of before generations, which kept the inode only. */
+  readonly dev: string | undefined;
+  readonly ino: string | undefined;
+  readonly fingerprint: Fingerprint | undefined;
+}
+
+const fingerprintSchema = z.object({ bytes: z.number().int().nonnegative(), sha256: z.string(), complete: z.boolean() });
+
+/** Written since generations: `version: 2`. */
+const currentSchema = z.object({
+  version: z.literal(2),
+  path: z.string(),
+  offset: z.number().int().nonnegative(),
+  line: z.number().int().nonnegative(),
+  size_at_ack: z.number().int().nonnegative(),
+  dev: z.string(),
+  ino: z.string(),
+  fingerprint: fingerprintSchema,
+  epoch: z.number().int().nonnegative(),
+  generation: z.string(),
+});
+
+/** Written before generations: no version, the inode only, and ids were `<source>:<offset>`. */
+const legacySchema = z.object({
+  path: z.string(),
+  offset: z.number().int().nonnegative(),
+  line: z.number().int().nonnegative().default(0),
+  ino: z.string().optional(),
+  size_at_ack: z.number().int().nonnegative().optional(),
+});
+
+function parseSaved(value: unknown): SavedCheckpoint {
+  if (typeof value === "object" && value !== null && "version" in value) {
+    const c = currentSchema.parse(value);
+    return {
+      path: c.path,
+      offset: c.offset,
+      line: c.line,
+      sizeAtAck: c.size_at_ack,
+      epoch: c.epoch,
+      token: c.generation,
+      dev: c.dev,
+      ino: c.ino,
+      fingerprint: c.fingerprint,
+    };
+  }
+  // Migrated, not refused: the file it names resumes where it was, under the ids it had.
+  const c = legacySchema.parse(value);
+  return {
+    path: c.path,
+    offset: c.offset,
+    line: c.line,
+    sizeAtAck: c.size_at_ack ?? c.offset,
+    epoch: 0,
+    token: "",
+    dev: undefined,
+    ino: c.ino,
+    fingerprint: undefined,
+  };
+}
+
+/**
+ * Persists acked checkpoints to `<data_dir>/checkpoints/<name>.json`: atomically (temp file,
+ * fsync, rename), at most once per interval plus once at close, and only checkpoints that were
+ * acked.
+ */
+export class CheckpointStore {
+  private acked: FileCheckpoint | undefined;
+  private written: FileCheckpoint | undefined;
+  private lastWriteAt = Number.NEGATIVE_INFINITY;
+  private cancelTimer: (() => void) | undefined;
+  private writing: Promise<void> = Promise.resolve();
+  private readonly file: string;
+
+  constructor(
+    dataDir: string,
+    name: string,
+    private readonly path: string,
+    private readonly intervalMs: number,
+    private readonly clock: Clock,
+    private readonly logger: Logger,
+    private readonly emitEvent: EventSink,
+    private readonly component: string,
+  ) {
+    this.file = join(dataDir, "checkpoints", `${name}.json`);
+  }
+
+  /** The saved checkpoint, or undefined when there is none or it is unreadable (logged). */
+  async load(): Promise<SavedCheckpoint | undefined> {
+    let text: string;
+    try {
+      text = await readFile(this.file, "utf8");
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      throw new SluiceError("ERR_SOURCE_READ", `cannot read checkpoint: ${(err as Error).message}`, {
+        cause: err,
+        location: this.file,
+      });
+    }
+    try {
+      return parseSaved(JSON.parse(text));
+    } catch {
+      this.logger.warn({ source: this.component, checkpoint: this.file }, "checkpoint file is not valid; reading from the start");
+      return undefined;
+    }
+  }
+
+  /** Records an acked checkpoint; writes it now if the interval has passed, else schedules a write. */
+  async ack(checkpoint: FileCheckpoint): Promise<void> {
+    this.acked = checkpoint;
+    const wait = this.lastWriteAt + this.intervalMs - this.clock.now();
+    if (wait <= 0) {
+      await this.write();
+    } else if (this.cancelTimer === undefined) {
+      this.cancelTimer = this.clock.setTimer(wait, () => {
+        this.cancelTimer = undefined;
+        void this.write();
+      });
+    }
+  }
+
+  /** Writes the last acked checkpoint if it was not written yet. */
+  async close(): Promise<void> {
+    this.cancelTimer?.();
+    this.cancelTimer = undefined;
+    await this.write();
+  }
+
+  /** Serializes writes: a timer's write and an ack's write never overlap. Never rejects. */
+  private write(): Promise<void> {
+    this.writing = this.writing.then(() => this.writeNow());
+    return this.writing;
+  }
+
+  private async writeNow(): Promise<void> {
+    const checkpoint = this.acked;
+    if (checkpoint === undefined || checkpoint === this.written) return;
+    this.lastWriteAt = this.clock.now();
+    const { generation: g } = checkpoint;
+    try {
+      const stored: z.input<typeof currentSchema> = {
+        version: 2,
+        path: this.path,
+        offset: checkpoint.offset,
+        line: checkpoint.line,
+        size_at_ack: checkpoint.size,
+        dev: g.identity.dev,
+        ino: g.identity.ino,
+        fingerprint: g.fingerprint,
+        epoch: g.epoch,
+        generation: g.token,
+      };
+      await writeFileAtomic(this.file, `${JSON.stringify(stored)}\n`);
+      this.written = checkpoint;
+    } catch (err) {
+      // Not fatal: the previous checkpoint stays, so a crash redelivers a little more (ids are stable).
+      const error = classify(err, "ERR_SOURCE_READ");
+      this.logger.error({ source: this.component, checkpoint: this.file, err: error.message }, "cannot write checkpoint");
+      this.emitEvent({ type: "component_error", component: this.component, code: error.code, message: error.message });
+    }
+  }
+}
+
+/** Writes `text` to `file` so a crash leaves either the old or the new content, never a mix. */
+async function writeFileAtomic(file: string, text: string): Promise<void> {
+  const dir = dirname(file);
+  await mkdir(dir, { recursive: true });
+  const tmp = `${file}.${process.pid}.tmp`;
+  const fh = await open(tmp, "w");
+  try {
+    await fh.writeFile(text, "utf8");
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await rename(tmp, file);
+  // Makes the rename itself durable; not supported on every platform, where rename is the best we get.
+  try {
+    const dh = await open(dir, "r");
+    try {
+      await dh.sync();
+    } finally {
+      await dh.close();
+    }
+  } catch {
+    // best effort, see above
+  }
+}
