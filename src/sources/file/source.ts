@@ -241,12 +241,6 @@ class FileSource implements Source {
           }
           // Hand over what we have before waiting: a slow trickle must not sit in a half chunk.
           if (!(await reader.flush())) return;
-          const size = (await reading.stat()).size;
-          if (size < reader.readPos || !(await startsWith(reading, gen.fingerprint))) {
-            this.ctx.logger.warn({ ...log, size, offset: reader.readPos }, "file was truncated; reading it again from the start as a new generation");
-            await newGeneration();
-            continue;
-          }
           next = await this.openIfRotated(path, gen.identity);
           quietAt = reader.readPos;
         }
@@ -254,6 +248,15 @@ class FileSource implements Source {
           await sleep(this.ctx.clock, this.opts.poll_interval, signal);
         } catch {
           return; // aborted: the pipeline is stopping
+        }
+        // Checked before reading on: a file truncated and regrown past the position since the
+        // last poll would otherwise be read from the middle of its new content.
+        if (next === undefined) {
+          const size = (await reading.stat()).size;
+          if (size < reader.readPos || !(await startsWith(reading, gen.fingerprint))) {
+            this.ctx.logger.warn({ ...log, size, offset: reader.readPos }, "file was truncated; reading it again from the start as a new generation");
+            await newGeneration();
+          }
         }
       }
     } finally {

@@ -1,4 +1,5 @@
-import { appendFile, readFile, rename, stat, truncate, writeFile } from "node:fs/promises";
+import { execFileSync } from "node:child_process";
+import { appendFile, copyFile, mkdir, open, readFile, rename, stat, truncate, writeFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { Readable } from "node:stream";
@@ -260,6 +261,47 @@ describe("file source: reading", () => {
     expect(harness.payloads).toHaveLength(2);
   });
 
+  it("skips a byte order mark at the start of the file instead of dead-lettering the first line", async () => {
+    await writeFile(inputPath, Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from('{"a":1}\r\n{"a":2}\r\n')]));
+    const { harness } = await runOnce();
+    expect(harness.failures).toEqual([]);
+    expect(harness.payloads).toEqual([{ a: 1 }, { a: 2 }]);
+    const token = tokenOf(harness);
+    expect(harness.entries.map((e) => e.id)).toEqual([`logs:${token}:0`, `logs:${token}:12`]);
+
+    // Only at the start: a BOM later in the file is no JSON and is dead-lettered.
+    await writeFile(inputPath, Buffer.concat([Buffer.from('{"a":1}\n'), Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from('{"a":2}\n')]));
+    const later = await runOnce({}, 100, join(tmp.path, "later"));
+    expect(later.harness.payloads).toEqual([{ a: 1 }]);
+    expect(failureOf(later.harness.failures[0]!).location).toBe(`${inputPath}:2`);
+  });
+
+  it("dead-letters a line that is not valid UTF-8 with its location, never delivering it with U+FFFD, and reads on", async () => {
+    const bad = Buffer.concat([Buffer.from('{"name":"caf'), Buffer.from([0xe9]), Buffer.from('"}')]); // Latin-1 é
+    const lines = [Buffer.from('{"a":1}'), bad, Buffer.from('{"a":2}'), Buffer.from('{"t":"é€𝄞"}')];
+    const content = Buffer.concat(lines.flatMap((l) => [l, Buffer.from("\n")]));
+    await writeFile(inputPath, content);
+    const { harness } = await runOnce();
+    expect(harness.payloads).toEqual([{ a: 1 }, { a: 2 }, { t: "é€𝄞" }]);
+    expect(harness.failures).toHaveLength(1);
+    const error = failureOf(harness.failures[0]!);
+    expect(error.code).toBe("ERR_RECORD_MALFORMED");
+    expect(error.location).toBe(`${inputPath}:2`);
+    expect(error.message).toBe("line is not valid UTF-8 (the line starts at byte 8)");
+    expect(harness.failures[0]!.id).toBe(`logs:${tokenOf(harness)}:8`);
+    expect(harness.failures[0]!.raw).toBe('{"name":"caf\ufffd"}');
+
+    // The same whatever the reads: split inside the bad line and inside characters.
+    for (const size of [1, 2, 5, 13]) {
+      const parts: Buffer[] = [];
+      for (let i = 0; i < content.length; i += size) parts.push(content.subarray(i, i + size));
+      const split = new SourceHarness({ source: "s", chunkSize: 2 });
+      await readNdjsonStream(Readable.from(parts), split, new AbortController().signal, { location: "stdin", maxLineBytes: 1024 });
+      expect(split.payloads, `reads of ${size} bytes`).toEqual([{ a: 1 }, { a: 2 }, { t: "é€𝄞" }]);
+      expect(split.failures.map((f) => [f.id, failureOf(f).location]), `reads of ${size} bytes`).toEqual([["s:8", "stdin:2"]]);
+    }
+  });
+
   it("fails with ERR_SOURCE_READ when the file does not exist", async () => {
     const { source } = makeSource({ path: "missing.ndjson" });
     await expect(source.run(new SourceHarness(), new AbortController().signal)).rejects.toMatchObject({
@@ -436,6 +478,114 @@ describe("file source: checkpoints", () => {
   });
 });
 
+describe("file source: generations between runs", () => {
+  const unkeyed = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => JSON.stringify({ n: from + i }));
+
+  async function runAndAck(raw: Record<string, unknown> = {}, chunkSize = 10): Promise<Made & { harness: SourceHarness }> {
+    const run = await runOnce(raw, chunkSize);
+    await run.harness.ackThrough(run.source);
+    await run.source.close();
+    return run;
+  }
+
+  it("reads a file that shrank and was rewritten from the start, under ids no earlier line had", async () => {
+    await writeFile(inputPath, ndjson(unkeyed(1, 100)));
+    const first = await runAndAck();
+    await writeFile(inputPath, ndjson(unkeyed(1001, 1050))); // same inode, O_TRUNC, shorter
+    const second = await runAndAck();
+    expect(second.harness.payloads.map((p) => p.n)).toEqual(Array.from({ length: 50 }, (_, i) => 1001 + i));
+    const before = new Set(first.harness.entries.map((e) => e.id));
+    expect(second.harness.entries.filter((e) => before.has(e.id))).toEqual([]);
+    expect((await savedCheckpoint()).epoch).toBe(1);
+  });
+
+  it("reads a file truncated and regrown past the checkpoint (same inode) from the start: its first line changed", async () => {
+    await writeFile(inputPath, ndjson(unkeyed(1, 10)));
+    const first = await runAndAck();
+    const ino = (await stat(inputPath)).ino;
+    await truncate(inputPath, 0);
+    await appendFile(inputPath, ndjson(unkeyed(501, 540))); // longer than the checkpoint's offset
+    expect((await stat(inputPath)).ino).toBe(ino);
+    const second = await runAndAck();
+    expect(second.harness.payloads.map((p) => p.n)).toEqual(Array.from({ length: 40 }, (_, i) => 501 + i));
+    expect(second.logger.at("warn").map((l) => l.msg)).toEqual(["file no longer starts as it did at the checkpoint (rewritten); reading it from the start as a new generation"]);
+    const before = new Set(first.harness.entries.map((e) => e.id));
+    expect(second.harness.entries.filter((e) => before.has(e.id))).toEqual([]);
+  });
+
+  it("reads a file regrown past the checkpoint with the same first line from the start when it is shorter than at the last ack", async () => {
+    await writeFile(inputPath, ndjson(unkeyed(1, 30)));
+    const first = await runOnce({}, 10);
+    await first.harness.ackThrough(first.source, 0); // acked at line 10, with 30 lines read
+    await first.source.close();
+    // Truncated to its first line, then regrown past the checkpoint but not to the size at the ack.
+    await writeFile(inputPath, ndjson([...unkeyed(1, 1), ...unkeyed(201, 215)]));
+    expect((await stat(inputPath)).size).toBeGreaterThan((await savedCheckpoint()).offset as number);
+    const second = await runAndAck();
+    expect(second.harness.payloads.map((p) => p.n)).toEqual([1, ...Array.from({ length: 15 }, (_, i) => 201 + i)]);
+    expect(second.logger.at("warn").map((l) => l.msg)).toEqual(["file is shorter than at the checkpoint (truncated); reading it from the start as a new generation"]);
+    // Its first line is the old first line, at the same offset: the epoch keeps the ids apart.
+    expect(second.harness.entries[0]!.id).not.toBe(first.harness.entries[0]!.id);
+  });
+
+  it("finishes a file rotated by rename since the last run, found by its inode, then reads the new one", async () => {
+    await writeFile(inputPath, ndjson(unkeyed(1, 30)));
+    const first = await runOnce({}, 10);
+    await first.harness.ackThrough(first.source, 1); // lines 21-30 were read, never acked
+    await first.source.close();
+    await appendFile(inputPath, ndjson(unkeyed(31, 35)));
+    await rename(inputPath, join(tmp.path, "in.ndjson.1"));
+    await writeFile(inputPath, ndjson(unkeyed(101, 105)));
+    const second = await runAndAck();
+    expect(second.harness.payloads.map((p) => p.n)).toEqual([...Array.from({ length: 15 }, (_, i) => 21 + i), 101, 102, 103, 104, 105]);
+    // The rest of the old generation keeps its ids: the redelivered lines 21-30 match the first run's.
+    expect(second.harness.entries.slice(0, 10).map((e) => e.id)).toEqual(first.harness.entries.slice(20, 30).map((e) => e.id));
+    expect(second.logger.at("info").map((l) => l.msg)).toContain("file was rotated since the checkpoint; reading the rest of the rotated file first");
+    expect(await savedCheckpoint()).toMatchObject({ offset: Buffer.byteLength(ndjson(unkeyed(101, 105))), line: 5, epoch: 1 });
+  });
+
+  it("migrates a checkpoint written before generations: resumes at its offset, with the ids that version gave", async () => {
+    const all = unkeyed(1, 20);
+    await writeFile(inputPath, ndjson(all));
+    const offset = Buffer.byteLength(ndjson(all.slice(0, 12)));
+    const { ino, size } = await stat(inputPath, { bigint: true });
+    await mkdir(join(dataDir, "checkpoints"), { recursive: true });
+    await writeFile(join(dataDir, "checkpoints", "logs.json"), JSON.stringify({ path: inputPath, offset, line: 12, ino: String(ino), size_at_ack: Number(size) }));
+    const run = await runAndAck();
+    expect(run.harness.payloads.map((p) => p.n)).toEqual([13, 14, 15, 16, 17, 18, 19, 20]);
+    expect(run.harness.entries[0]!.id).toBe(`logs:${offset}`);
+    expect(run.logger.at("warn")).toEqual([]);
+    expect(await savedCheckpoint()).toMatchObject({ version: 2, generation: "", epoch: 0, line: 20, ino: String(ino) });
+  });
+});
+
+describe("file source: named pipes", () => {
+  it("reads what a writer writes into a FIFO until it closes its end, and saves no checkpoint", async () => {
+    execFileSync("mkfifo", [inputPath]);
+    const { source, logger } = makeSource({});
+    const harness = new SourceHarness({ source: "logs" });
+    const done = source.run(harness, new AbortController().signal);
+    const writer = await open(inputPath, "w");
+    await writer.write('{"id":"a"}\n{"b":1}\n');
+    await writer.close();
+    await done;
+    expect(harness.entries.map((e) => e.id)).toEqual(["a", "logs:11"]);
+    await harness.ackThrough(source);
+    await source.close();
+    expect(existsSync(join(dataDir, "checkpoints"))).toBe(false);
+    expect(logger.at("info").map((l) => l.msg)).toContain("reading NDJSON from a named pipe until its writer closes it; a pipe has no checkpoint");
+  });
+
+  it("returns promptly when stopped while a FIFO has no writer", async () => {
+    execFileSync("mkfifo", [inputPath]);
+    const controller = new AbortController();
+    const done = makeSource({ follow: true }).source.run(new SourceHarness(), controller.signal);
+    await new Promise((r) => setTimeout(r, 50));
+    controller.abort();
+    await expect(done).resolves.toBeUndefined();
+  });
+});
+
 describe("file source: follow", () => {
   /** Advances the poll timer and waits until the source has read and gone back to sleep. */
   async function poll(clock: FakeClock): Promise<void> {
@@ -556,6 +706,75 @@ describe("file source: follow", () => {
     expect(last).toMatchObject({ offset: Buffer.byteLength(ndjson(lines(100, 101))), line: 2 });
     controller.abort();
     await done;
+  });
+});
+
+describe("file source: follow across rotations, records without ids", () => {
+  const unkeyed = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => JSON.stringify({ n: from + i }));
+
+  async function poll(clock: FakeClock): Promise<void> {
+    await clock.advanceAsync(250);
+    await vi.waitFor(() => expect(clock.pendingTimers).toBe(1));
+  }
+
+  async function following(): Promise<{ harness: SourceHarness; clock: FakeClock; logger: CapturingLogger; stop: () => Promise<void> }> {
+    const clock = new FakeClock();
+    const { source, logger } = makeSource({ follow: true }, { clock });
+    const harness = new SourceHarness({ source: "logs" });
+    const controller = new AbortController();
+    const done = source.run(harness, controller.signal);
+    await vi.waitFor(() => expect(clock.pendingTimers).toBe(1));
+    return {
+      harness,
+      clock,
+      logger,
+      stop: async () => {
+        controller.abort();
+        await done;
+      },
+    };
+  }
+
+  const uniqueIds = (h: SourceHarness) => new Set(h.entries.map((e) => e.id)).size;
+
+  it("rename rotation: the old file is read to its end (writes after the rename included), the new one under other ids", async () => {
+    await writeFile(inputPath, ndjson(unkeyed(1, 3)));
+    const f = await following();
+    await rename(inputPath, join(tmp.path, "in.ndjson.1"));
+    await writeFile(inputPath, ndjson(unkeyed(101, 103))); // same offsets as lines 1-3
+    await poll(f.clock);
+    // The writer has not reopened yet: it still appends to the renamed file.
+    await appendFile(join(tmp.path, "in.ndjson.1"), ndjson(unkeyed(4, 5)));
+    await poll(f.clock);
+    await poll(f.clock);
+    expect(f.harness.payloads.map((p) => p.n)).toEqual([1, 2, 3, 4, 5, 101, 102, 103]);
+    expect(uniqueIds(f.harness)).toBe(8);
+    await f.stop();
+  });
+
+  it("copytruncate: what was read before the truncation is kept, the regrown file is read from its start under other ids", async () => {
+    await writeFile(inputPath, ndjson(unkeyed(1, 5)));
+    const f = await following();
+    await copyFile(inputPath, join(tmp.path, "in.ndjson.1"));
+    await truncate(inputPath, 0);
+    // Regrown past the old read position before the next poll: only the first line tells.
+    await appendFile(inputPath, ndjson(unkeyed(11, 20)));
+    await poll(f.clock);
+    expect(f.harness.payloads.map((p) => p.n)).toEqual([1, 2, 3, 4, 5, ...Array.from({ length: 10 }, (_, i) => 11 + i)]);
+    expect(uniqueIds(f.harness)).toBe(15);
+    expect(f.logger.at("warn").map((l) => l.msg)).toEqual(["file was truncated; reading it again from the start as a new generation"]);
+    await f.stop();
+  });
+
+  it("a copytruncate that leaves the first line as it was is told by the size, and its epoch keeps the ids apart", async () => {
+    await writeFile(inputPath, ndjson(unkeyed(1, 5)));
+    const f = await following();
+    await writeFile(inputPath, ndjson(unkeyed(1, 2)));
+    await poll(f.clock);
+    await poll(f.clock);
+    expect(f.harness.payloads.map((p) => p.n)).toEqual([1, 2, 3, 4, 5, 1, 2]);
+    expect(uniqueIds(f.harness)).toBe(7);
+    await f.stop();
   });
 });
 
