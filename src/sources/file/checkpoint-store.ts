@@ -17,6 +17,8 @@ export interface GenerationState {
   readonly epoch: number;
   /** `""` for a generation taken over from a checkpoint of before generations: its ids stay `<source>:<offset>`. */
   readonly token: string;
+  /** False while no line of the generation was read: the token may still change (see `FileGeneration`). */
+  readonly fixed: boolean;
 }
 
 /**
@@ -39,7 +41,8 @@ export interface SavedCheckpoint {
   readonly line: number;
   readonly sizeAtAck: number;
   readonly epoch: number;
-  readonly token: string;
+  /** Undefined when saved before a line of the generation was read: the token was not fixed yet. */
+  readonly token: string | undefined;
   /** Undefined for a checkpoint of before generations, which kept the inode only. */
   readonly dev: string | undefined;
   readonly ino: string | undefined;
@@ -59,7 +62,7 @@ const currentSchema = z.object({
   ino: z.string(),
   fingerprint: fingerprintSchema,
   epoch: z.number().int().nonnegative(),
-  generation: z.string(),
+  generation: z.string().optional(),
 });
 
 /** Written before generations: no version, the inode only, and ids were `<source>:<offset>`. */
@@ -147,6 +150,16 @@ export class CheckpointStore {
     }
   }
 
+  /**
+   * Saves where a run starts a generation from its first byte, with nothing before it to ack,
+   * before any line is read: a file rotated away while sluice is down, before its first ack, is
+   * then still found by its inode on the next start. Does not count as a write for the interval.
+   */
+  async saveStart(checkpoint: FileCheckpoint): Promise<void> {
+    this.writing = this.writing.then(() => this.persist(checkpoint));
+    await this.writing;
+  }
+
   /** Records an acked checkpoint; writes it now if the interval has passed, else schedules a write. */
   async ack(checkpoint: FileCheckpoint): Promise<void> {
     this.acked = checkpoint;
@@ -178,6 +191,10 @@ export class CheckpointStore {
     const checkpoint = this.acked;
     if (checkpoint === undefined || checkpoint === this.written) return;
     this.lastWriteAt = this.clock.now();
+    await this.persist(checkpoint);
+  }
+
+  private async persist(checkpoint: FileCheckpoint): Promise<void> {
     const { generation: g } = checkpoint;
     try {
       const stored: z.input<typeof currentSchema> = {
@@ -190,7 +207,7 @@ export class CheckpointStore {
         ino: g.identity.ino,
         fingerprint: g.fingerprint,
         epoch: g.epoch,
-        generation: g.token,
+        ...(g.fixed ? { generation: g.token } : {}),
       };
       await writeFileAtomic(this.file, `${JSON.stringify(stored)}\n`);
       this.written = checkpoint;

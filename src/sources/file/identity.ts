@@ -108,9 +108,19 @@ export class FileGeneration {
     return new FileGeneration(identity, fp, epoch, generationToken(identity, fp, epoch), fp.complete);
   }
 
-  /** The generation a checkpoint was saved in, with the token its ids already have. */
-  static resumed(identity: FileIdentity, fingerprint: Fingerprint, epoch: number, token: string): FileGeneration {
-    return new FileGeneration(identity, fingerprint, epoch, token, true);
+  /**
+   * The generation a checkpoint was saved in, with the token its ids already have; undefined when
+   * it was saved before the token was fixed (no line of it was read yet).
+   */
+  static resumed(identity: FileIdentity, fingerprint: Fingerprint, epoch: number, token: string | undefined): FileGeneration {
+    return token === undefined
+      ? new FileGeneration(identity, fingerprint, epoch, generationToken(identity, fingerprint, epoch), false)
+      : new FileGeneration(identity, fingerprint, epoch, token, true);
+  }
+
+  /** Whether the token is fixed: lines of this generation may have been read with it. */
+  get fixed(): boolean {
+    return this.tokenFixed;
   }
 
   /** False while the fingerprint may still grow or the token is not fixed: then {@link refresh} before reading. */

@@ -77,6 +77,8 @@ interface Start {
   readonly generation: FileGeneration;
   readonly offset: number;
   readonly line: number;
+  /** A generation no checkpoint knew: nothing before it to ack. */
+  readonly fresh?: boolean;
   /**
    * The file the checkpoint's generation was rotated away to (renamed within the path's
    * directory since the last run): its rest is read first, then the path's file from its start.
@@ -160,6 +162,7 @@ class FileSource implements Source {
     try {
       const start = await this.startPosition(path, store, fh);
       let gen = start.generation;
+      if (start.fresh === true) await store.saveStart({ offset: 0, line: 0, generation: gen, size: 0 });
       if (start.rotated !== undefined) {
         reading = start.rotated;
         next = fh;
@@ -313,6 +316,7 @@ class FileSource implements Source {
       generation: await FileGeneration.open(fh, previous),
       offset: 0,
       line: 0,
+      fresh: true,
     });
     if (saved === undefined) {
       this.ctx.logger.info(log, "no checkpoint; reading from the start");
