@@ -8,9 +8,9 @@ import { z } from "zod";
 import type { Clock } from "../../core/clock.js";
 import { classify, SluiceError } from "../../core/errors.js";
 import type { EventSink, Logger } from "../../core/events.js";
-import type { Fingerprint, FileIdentity } from "./identity.js";
+import type { Fingerprint, FileIdentity, PreviousGeneration } from "./identity.js";
 
-/** The generation a checkpoint's offset belongs to (see `FileGeneration`). */
+/** A generation as a checkpoint names it (see `FileGeneration`). */
 export interface GenerationState {
   readonly identity: FileIdentity;
   readonly fingerprint: Fingerprint;
@@ -19,6 +19,8 @@ export interface GenerationState {
   readonly token: string;
   /** False while no line of the generation was read: the token may still change (see `FileGeneration`). */
   readonly fixed: boolean;
+  /** While not fixed: the previous generation of the same inode, which its epoch depends on. */
+  readonly pendingPrevious: PreviousGeneration | undefined;
 }
 
 /**
@@ -34,6 +36,15 @@ export interface FileCheckpoint {
   readonly size: number;
 }
 
+/** A generation as saved: its token undefined when it was not fixed yet. */
+export interface SavedGeneration {
+  readonly identity: FileIdentity;
+  readonly fingerprint: Fingerprint;
+  readonly epoch: number;
+  readonly token: string | undefined;
+  readonly previous: PreviousGeneration | undefined;
+}
+
 /** A saved checkpoint as {@link CheckpointStore.load} gives it, whatever version of sluice wrote it. */
 export interface SavedCheckpoint {
   readonly path: string;
@@ -47,23 +58,57 @@ export interface SavedCheckpoint {
   readonly dev: string | undefined;
   readonly ino: string | undefined;
   readonly fingerprint: Fingerprint | undefined;
+  /** While unfixed: the previous generation of the same inode. */
+  readonly previous: PreviousGeneration | undefined;
+  /** Generations started after the checkpoint's, in order, none of whose lines is acked yet. */
+  readonly trail: readonly SavedGeneration[];
 }
 
 const fingerprintSchema = z.object({ bytes: z.number().int().nonnegative(), sha256: z.string(), complete: z.boolean() });
 
+const generationSchema = z.object({
+  dev: z.string(),
+  ino: z.string(),
+  fingerprint: fingerprintSchema,
+  epoch: z.number().int().nonnegative(),
+  /** The token, once fixed. */
+  generation: z.string().optional(),
+  /** While not fixed: the first line's hash and the epoch of the generation before, on the same inode. */
+  previous: z.object({ sha256: z.string(), epoch: z.number().int().nonnegative() }).optional(),
+});
+
 /** Written since generations: `version: 2`. */
-const currentSchema = z.object({
+const currentSchema = generationSchema.extend({
   version: z.literal(2),
   path: z.string(),
   offset: z.number().int().nonnegative(),
   line: z.number().int().nonnegative(),
   size_at_ack: z.number().int().nonnegative(),
-  dev: z.string(),
-  ino: z.string(),
-  fingerprint: fingerprintSchema,
-  epoch: z.number().int().nonnegative(),
-  generation: z.string().optional(),
+  trail: z.array(generationSchema).default([]),
 });
+
+function savedGeneration(g: z.output<typeof generationSchema>): SavedGeneration {
+  const identity = { dev: g.dev, ino: g.ino };
+  return {
+    identity,
+    fingerprint: g.fingerprint,
+    epoch: g.epoch,
+    token: g.generation,
+    previous: g.previous === undefined ? undefined : { identity, fingerprint: { sha256: g.previous.sha256 }, epoch: g.previous.epoch },
+  };
+}
+
+function generationFields(g: GenerationState): z.input<typeof generationSchema> {
+  const previous = g.fixed ? undefined : g.pendingPrevious;
+  return {
+    dev: g.identity.dev,
+    ino: g.identity.ino,
+    fingerprint: g.fingerprint,
+    epoch: g.epoch,
+    ...(g.fixed ? { generation: g.token } : {}),
+    ...(previous?.fingerprint !== undefined ? { previous: { sha256: previous.fingerprint.sha256, epoch: previous.epoch } } : {}),
+  };
+}
 
 /** Written before generations: no version, the inode only, and ids were `<source>:<offset>`. */
 const legacySchema = z.object({
@@ -77,16 +122,19 @@ const legacySchema = z.object({
 function parseSaved(value: unknown): SavedCheckpoint {
   if (typeof value === "object" && value !== null && "version" in value) {
     const c = currentSchema.parse(value);
+    const g = savedGeneration(c);
     return {
       path: c.path,
       offset: c.offset,
       line: c.line,
       sizeAtAck: c.size_at_ack,
-      epoch: c.epoch,
-      token: c.generation,
+      epoch: g.epoch,
+      token: g.token,
       dev: c.dev,
       ino: c.ino,
       fingerprint: c.fingerprint,
+      previous: g.previous,
+      trail: c.trail.map(savedGeneration),
     };
   }
   // Migrated, not refused: the file it names resumes where it was, under the ids it had.
@@ -101,17 +149,22 @@ function parseSaved(value: unknown): SavedCheckpoint {
     dev: undefined,
     ino: c.ino,
     fingerprint: undefined,
+    previous: undefined,
+    trail: [],
   };
 }
 
 /**
  * Persists acked checkpoints to `<data_dir>/checkpoints/<name>.json`: atomically (temp file,
  * fsync, rename), at most once per interval plus once at close, and only checkpoints that were
- * acked.
+ * acked. With it, the trail: the generations the source went on to (rotations) whose lines are
+ * not acked yet, saved as soon as each starts, so that a restart finds each of them by its inode,
+ * however many rotations happened while nothing could be acked.
  */
 export class CheckpointStore {
   private acked: FileCheckpoint | undefined;
   private written: FileCheckpoint | undefined;
+  private trail: GenerationState[] = [];
   private lastWriteAt = Number.NEGATIVE_INFINITY;
   private cancelTimer: (() => void) | undefined;
   private writing: Promise<void> = Promise.resolve();
@@ -151,11 +204,27 @@ export class CheckpointStore {
   }
 
   /**
-   * Saves where a run starts a generation from its first byte, with nothing before it to ack,
-   * before any line is read: a file rotated away while sluice is down, before its first ack, is
-   * then still found by its inode on the next start. Does not count as a write for the interval.
+   * Saves, before any line is read, where the run starts (`base`: the checkpoint it resumes, or
+   * the start of a generation with nothing before it) and the generations it will read after it
+   * (`trail`): a file rotated away while sluice is down, before any ack, is still found by its
+   * inode on the next start. Does not count as a write for the interval.
    */
-  async saveStart(checkpoint: FileCheckpoint): Promise<void> {
+  async begin(base: FileCheckpoint, trail: readonly GenerationState[]): Promise<void> {
+    this.acked = base;
+    this.trail = [...trail];
+    await this.persistNow();
+  }
+
+  /** The source went on to a new generation (a rotation): saved at once, in the trail. */
+  async started(generation: GenerationState): Promise<void> {
+    if (this.trail.includes(generation) || this.acked?.generation === generation) return;
+    this.trail.push(generation);
+    await this.persistNow();
+  }
+
+  private async persistNow(): Promise<void> {
+    const checkpoint = this.acked;
+    if (checkpoint === undefined) return;
     this.writing = this.writing.then(() => this.persist(checkpoint));
     await this.writing;
   }
@@ -163,6 +232,9 @@ export class CheckpointStore {
   /** Records an acked checkpoint; writes it now if the interval has passed, else schedules a write. */
   async ack(checkpoint: FileCheckpoint): Promise<void> {
     this.acked = checkpoint;
+    // Generations up to the acked one are no longer ahead of the checkpoint.
+    const reached = this.trail.indexOf(checkpoint.generation);
+    if (reached >= 0) this.trail = this.trail.slice(reached + 1);
     const wait = this.lastWriteAt + this.intervalMs - this.clock.now();
     if (wait <= 0) {
       await this.write();
@@ -195,7 +267,6 @@ export class CheckpointStore {
   }
 
   private async persist(checkpoint: FileCheckpoint): Promise<void> {
-    const { generation: g } = checkpoint;
     try {
       const stored: z.input<typeof currentSchema> = {
         version: 2,
@@ -203,11 +274,8 @@ export class CheckpointStore {
         offset: checkpoint.offset,
         line: checkpoint.line,
         size_at_ack: checkpoint.size,
-        dev: g.identity.dev,
-        ino: g.identity.ino,
-        fingerprint: g.fingerprint,
-        epoch: g.epoch,
-        ...(g.fixed ? { generation: g.token } : {}),
+        ...generationFields(checkpoint.generation),
+        trail: this.trail.map(generationFields),
       };
       await writeFileAtomic(this.file, `${JSON.stringify(stored)}\n`);
       this.written = checkpoint;

@@ -78,11 +78,29 @@ export async function startsWith(fh: FileHandle, fp: Fingerprint): Promise<boole
  * offset>`), so that content at an offset reused by a later generation is never taken by an
  * idempotent sink for a redelivery of what was delivered before. Derived from the identity and
  * the first line, so re-reading one generation from the start (a fresh `data_dir`) yields the ids
- * it had; `epoch` counts the generations a checkpoint has followed, and tells apart generations
- * with the same inode and first line (a copytruncated log whose first line repeats).
+ * it had; `epoch` tells apart successive generations of one inode with the same first line (a
+ * copytruncated log whose first line repeats), see {@link epochAfter}.
  */
 export function generationToken(identity: FileIdentity, fp: Fingerprint, epoch: number): string {
   return createHash("sha256").update(`${identity.dev}:${identity.ino}:${fp.sha256}:${epoch}`).digest("hex").slice(0, 12);
+}
+
+/** What a new generation is compared with: the generation before it at the path, as far as it is known. */
+export interface PreviousGeneration {
+  readonly identity: FileIdentity | undefined;
+  readonly fingerprint: Pick<Fingerprint, "sha256"> | undefined;
+  readonly epoch: number;
+}
+
+/**
+ * The epoch of a generation that follows `previous`: one more when it is the same inode with the
+ * same first line (the only case where the token would otherwise repeat), else 0. Depending only
+ * on the generation just before, it comes out the same after a restart that finds the checkpoint
+ * one or more generations behind.
+ */
+export function epochAfter(previous: PreviousGeneration | undefined, identity: FileIdentity, fp: Fingerprint): number {
+  const same = previous?.identity !== undefined && sameIdentity(previous.identity, identity) && previous.fingerprint?.sha256 === fp.sha256;
+  return same ? previous.epoch + 1 : 0;
 }
 
 /**
@@ -95,32 +113,40 @@ export class FileGeneration {
   private constructor(
     readonly identity: FileIdentity,
     public fingerprint: Fingerprint,
-    readonly epoch: number,
+    public epoch: number,
     public token: string,
     private tokenFixed: boolean,
+    /** Kept until the token is fixed: the epoch depends on it. */
+    private previous: PreviousGeneration | undefined,
   ) {}
 
-  /** A new generation of an open file: the first one a checkpoint sees (`epoch` 0) or the one after `previous`. */
-  static async open(fh: FileHandle, previous: { readonly epoch: number } | undefined): Promise<FileGeneration> {
+  /** A new generation of an open file, after `previous` (undefined: the first a checkpoint sees). */
+  static async open(fh: FileHandle, previous: PreviousGeneration | undefined): Promise<FileGeneration> {
     const identity = await identityOf(fh);
     const fp = await fingerprintOf(fh);
-    const epoch = previous === undefined ? 0 : previous.epoch + 1;
-    return new FileGeneration(identity, fp, epoch, generationToken(identity, fp, epoch), fp.complete);
+    const epoch = epochAfter(previous, identity, fp);
+    return new FileGeneration(identity, fp, epoch, generationToken(identity, fp, epoch), fp.complete, fp.complete ? undefined : previous);
   }
 
   /**
-   * The generation a checkpoint was saved in, with the token its ids already have; undefined when
-   * it was saved before the token was fixed (no line of it was read yet).
+   * A generation a checkpoint was saved in, with the token its ids already have; `token`
+   * undefined when it was saved before the token was fixed (no line of it read yet), with the
+   * `previous` its epoch depends on.
    */
-  static resumed(identity: FileIdentity, fingerprint: Fingerprint, epoch: number, token: string | undefined): FileGeneration {
+  static resumed(identity: FileIdentity, fingerprint: Fingerprint, epoch: number, token: string | undefined, previous?: PreviousGeneration): FileGeneration {
     return token === undefined
-      ? new FileGeneration(identity, fingerprint, epoch, generationToken(identity, fingerprint, epoch), false)
-      : new FileGeneration(identity, fingerprint, epoch, token, true);
+      ? new FileGeneration(identity, fingerprint, epoch, generationToken(identity, fingerprint, epoch), false, previous)
+      : new FileGeneration(identity, fingerprint, epoch, token, true, undefined);
   }
 
   /** Whether the token is fixed: lines of this generation may have been read with it. */
   get fixed(): boolean {
     return this.tokenFixed;
+  }
+
+  /** While the token is not fixed: the previous generation, when its epoch may count (same inode). */
+  get pendingPrevious(): PreviousGeneration | undefined {
+    return this.previous?.identity !== undefined && sameIdentity(this.previous.identity, this.identity) ? this.previous : undefined;
   }
 
   /** False while the fingerprint may still grow or the token is not fixed: then {@link refresh} before reading. */
@@ -137,7 +163,9 @@ export class FileGeneration {
   async refresh(fh: FileHandle, force: boolean): Promise<void> {
     if (!this.fingerprint.complete) this.fingerprint = await fingerprintOf(fh);
     if (this.tokenFixed) return;
+    if (this.previous !== undefined) this.epoch = epochAfter(this.previous, this.identity, this.fingerprint);
     this.token = generationToken(this.identity, this.fingerprint, this.epoch);
     this.tokenFixed = this.fingerprint.complete || force;
+    if (this.tokenFixed) this.previous = undefined;
   }
 }

@@ -5,7 +5,7 @@
  * `checkpoint-store.ts` (the saved position), `fifo.ts` (named pipes).
  */
 import { open, readdir, stat, type FileHandle } from "node:fs/promises";
-import { dirname, join, resolve } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import { z } from "zod";
 import { sleep } from "../../core/clock.js";
 import { SluiceError } from "../../core/errors.js";
@@ -13,7 +13,7 @@ import { defineComponent, type ComponentContext, type Source, type SourceHandle 
 import { byteSize, duration } from "../../components/options.js";
 import { CheckpointStore, type FileCheckpoint, type SavedCheckpoint } from "./checkpoint-store.js";
 import { fifoBytes } from "./fifo.js";
-import { FileGeneration, fingerprintOf, identityOf, startsWith, type FileIdentity } from "./identity.js";
+import { FileGeneration, sameIdentity, startsWith, type FileIdentity, type Fingerprint, type PreviousGeneration } from "./identity.js";
 import { NdjsonReader, READ_BYTES, readNdjsonStream } from "./ndjson-reader.js";
 
 export { readNdjsonStream, type NdjsonStreamSettings, type StreamCheckpoint } from "./ndjson-reader.js";
@@ -72,18 +72,23 @@ export interface FileSourceIo {
   readonly stdin: () => AsyncIterable<Buffer | string>;
 }
 
-/** Where a file source starts: a generation of the file and the position in it. */
-interface Start {
+/** A generation of the file to read, where its file is open, and where to begin in it. */
+interface Part {
   readonly generation: FileGeneration;
+  readonly fh: FileHandle;
   readonly offset: number;
   readonly line: number;
-  /** A generation no checkpoint knew: nothing before it to ack. */
-  readonly fresh?: boolean;
-  /**
-   * The file the checkpoint's generation was rotated away to (renamed within the path's
-   * directory since the last run): its rest is read first, then the path's file from its start.
-   */
-  readonly rotated?: FileHandle;
+}
+
+/**
+ * Where a file source starts: the generations to read in order, the last one the path's own file.
+ * Those before it were rotated away (renamed within the path's directory) since the checkpoint:
+ * the checkpoint's own from its offset, then those of its trail from their start.
+ */
+interface Start {
+  readonly parts: readonly Part[];
+  /** The checkpoint in effect before anything is read: the saved one, or the start of a generation with nothing before it. */
+  readonly base: FileCheckpoint;
 }
 
 /** The position prefix of a generation's lines (see {@link NdjsonReader.positionPrefix}). */
@@ -156,18 +161,19 @@ class FileSource implements Source {
    */
   private async runFile(path: string, store: CheckpointStore, fh: FileHandle, handle: SourceHandle, signal: AbortSignal): Promise<void> {
     const log = { source: this.ctx.name, path };
-    let reading = fh;
-    // The path's file, to read once `reading` (rotated away) is finished.
-    let next: FileHandle | undefined;
+    // What is left to read, in order; the first is being read. Files rotated away come first.
+    let parts: Part[];
     try {
-      const start = await this.startPosition(path, store, fh);
+      parts = [...(await this.startPosition(path, store, fh)).parts];
+    } catch (err) {
+      await fh.close();
+      throw err;
+    }
+    try {
+      const start = parts[0]!;
       let gen = start.generation;
-      if (start.fresh === true) await store.saveStart({ offset: 0, line: 0, generation: gen, size: 0 });
-      if (start.rotated !== undefined) {
-        reading = start.rotated;
-        next = fh;
-      }
-      // Where `reading` had got to when the rotation was seen; undefined: switch without waiting.
+      let reading = start.fh;
+      // Where `reading` had got to when a rotation was seen; undefined: switch without waiting.
       let quietAt: number | undefined;
       const reader: NdjsonReader = new NdjsonReader(
         handle,
@@ -183,10 +189,13 @@ class FileSource implements Source {
         await gen.refresh(reading, force);
         reader.positionPrefix = prefixOf(gen);
       };
-      const newGeneration = async (): Promise<void> => {
-        gen = await FileGeneration.open(reading, gen);
-        reader.reset(0, 0);
+      /** Goes on to the next part, or to a new generation of `reading` (truncated). */
+      const switchTo = async (part: Part): Promise<void> => {
+        gen = part.generation;
+        reading = part.fh;
+        reader.reset(part.offset, part.line);
         reader.positionPrefix = prefixOf(gen);
+        await store.started(gen);
       };
       // Two buffers: the next read runs on the thread pool while this one is parsed, so the
       // event loop never sits idle waiting for the disk.
@@ -224,16 +233,16 @@ class FileSource implements Source {
 
       for (;;) {
         if (!(await readToEnd(reading))) return;
-        if (next !== undefined) {
+        if (parts.length > 1) {
           if (this.opts.follow && quietAt !== undefined && quietAt !== reader.readPos) {
             // The rotated file still grew since the last poll: its writer is still at it.
             quietAt = reader.readPos;
           } else {
             if (!(await finish())) return;
             await reading.close();
-            reading = next;
-            next = undefined;
-            await newGeneration();
+            parts = parts.slice(1);
+            await switchTo(parts[0]!);
+            quietAt = undefined;
             this.ctx.logger.info(log, "file was rotated; the rotated file is read to its end, the new file from its start");
             continue;
           }
@@ -244,8 +253,11 @@ class FileSource implements Source {
           }
           // Hand over what we have before waiting: a slow trickle must not sit in a half chunk.
           if (!(await reader.flush())) return;
-          next = await this.openIfRotated(path, gen.identity);
-          quietAt = reader.readPos;
+          const rotatedTo = await this.openIfRotated(path, gen.identity);
+          if (rotatedTo !== undefined) {
+            parts = [...parts, { generation: await FileGeneration.open(rotatedTo, gen), fh: rotatedTo, offset: 0, line: 0 }];
+            quietAt = reader.readPos;
+          }
         }
         try {
           await sleep(this.ctx.clock, this.opts.poll_interval, signal);
@@ -254,17 +266,18 @@ class FileSource implements Source {
         }
         // Checked before reading on: a file truncated and regrown past the position since the
         // last poll would otherwise be read from the middle of its new content.
-        if (next === undefined) {
+        if (parts.length === 1) {
           const size = (await reading.stat()).size;
           if (size < reader.readPos || !(await startsWith(reading, gen.fingerprint))) {
             this.ctx.logger.warn({ ...log, size, offset: reader.readPos }, "file was truncated; reading it again from the start as a new generation");
-            await newGeneration();
+            const next: Part = { generation: await FileGeneration.open(reading, gen), fh: reading, offset: 0, line: 0 };
+            parts = [next];
+            await switchTo(next);
           }
         }
       }
     } finally {
-      await reading.close();
-      await next?.close();
+      for (const part of parts) await part.fh.close();
     }
   }
 
@@ -304,20 +317,27 @@ class FileSource implements Source {
   }
 
   /**
-   * Where to start: in the saved checkpoint's generation when the file at the path is still it
-   * (same device and inode, still starting with the same first line, not shorter than when the
-   * checkpoint was acked), or in the file it was rotated away to within the same directory;
-   * otherwise at the start of the path's file, as the next generation.
+   * Where to start, and saves it (see {@link CheckpointStore.begin}): in the saved checkpoint's
+   * generation when the file at the path is still it (same device and inode, still starting with
+   * the same first line, not shorter than when the checkpoint was acked); else first in the files
+   * it and the generations after it were rotated away to within the same directory, then the
+   * path's file from its start, as the next generation.
    */
   private async startPosition(path: string, store: CheckpointStore, fh: FileHandle): Promise<Start> {
+    const start = await this.findStart(path, store, fh, await FileGeneration.open(fh, undefined));
+    const [first, ...rest] = start.parts;
+    await store.begin(start.base, first === undefined ? [] : [first, ...rest].map((p) => p.generation).filter((g) => g !== start.base.generation));
+    return start;
+  }
+
+  /** See {@link startPosition}; `current` is the path's file as a first generation. */
+  private async findStart(path: string, store: CheckpointStore, fh: FileHandle, current: FileGeneration): Promise<Start> {
     const saved = await store.load();
     const log = { source: this.ctx.name, path };
-    const fresh = async (previous: SavedCheckpoint | undefined): Promise<Start> => ({
-      generation: await FileGeneration.open(fh, previous),
-      offset: 0,
-      line: 0,
-      fresh: true,
-    });
+    const fresh = async (previous: PreviousGeneration | undefined): Promise<Start> => {
+      const generation = previous === undefined ? current : await FileGeneration.open(fh, previous);
+      return { parts: [{ generation, fh, offset: 0, line: 0 }], base: { offset: 0, line: 0, generation, size: 0 } };
+    };
     if (saved === undefined) {
       this.ctx.logger.info(log, "no checkpoint; reading from the start");
       return fresh(undefined);
@@ -326,30 +346,74 @@ class FileSource implements Source {
       this.ctx.logger.info({ ...log, checkpoint_path: saved.path }, "checkpoint is for another path; reading from the start");
       return fresh(undefined);
     }
-    const identity = await identityOf(fh);
+    const { identity } = current;
+    const savedIdentity = saved.dev === undefined || saved.ino === undefined ? undefined : { dev: saved.dev, ino: saved.ino };
+    const previous: PreviousGeneration = { identity: savedIdentity, fingerprint: saved.fingerprint, epoch: saved.epoch };
     if (saved.ino !== identity.ino || (saved.dev !== undefined && saved.dev !== identity.dev)) {
-      const rotated = await findRotated(dirname(path), saved);
-      if (rotated !== undefined) {
-        this.ctx.logger.info({ ...log, rotated_to: rotated.path, offset: saved.offset }, "file was rotated since the checkpoint; reading the rest of the rotated file first");
-        const generation = FileGeneration.resumed(rotated.identity, rotated.fingerprint, saved.epoch, saved.token);
-        return { generation, offset: saved.offset, line: saved.line, rotated: rotated.fh };
-      }
+      const rotated = await this.startAfterRotations(path, fh, saved, current);
+      if (rotated !== undefined) return rotated;
       this.ctx.logger.warn({ ...log, offset: saved.offset }, "file was replaced since the checkpoint (inode changed); reading it from the start as a new generation");
-      return fresh(saved);
+      return fresh(previous);
     }
     const size = (await fh.stat()).size;
     if (size < saved.offset || size < saved.sizeAtAck) {
       this.ctx.logger.warn({ ...log, size, offset: saved.offset, size_at_ack: saved.sizeAtAck }, "file is shorter than at the checkpoint (truncated); reading it from the start as a new generation");
-      return fresh(saved);
+      return fresh(previous);
     }
     if (saved.fingerprint !== undefined && !(await startsWith(fh, saved.fingerprint))) {
       this.ctx.logger.warn({ ...log, offset: saved.offset }, "file no longer starts as it did at the checkpoint (rewritten); reading it from the start as a new generation");
-      return fresh(saved);
+      return fresh(previous);
     }
     this.ctx.logger.info({ ...log, offset: saved.offset, line: saved.line }, "resuming from checkpoint");
     // A checkpoint of before generations has no fingerprint: the file's own becomes the generation's.
-    const generation = FileGeneration.resumed(identity, saved.fingerprint ?? (await fingerprintOf(fh)), saved.epoch, saved.token);
-    return { generation, offset: saved.offset, line: saved.line };
+    const generation = FileGeneration.resumed(identity, saved.fingerprint ?? current.fingerprint, saved.epoch, saved.token, saved.previous);
+    return { parts: [{ generation, fh, offset: saved.offset, line: saved.line }], base: { offset: saved.offset, line: saved.line, generation, size: saved.sizeAtAck } };
+  }
+  /**
+   * The parts to read when the path's file is no longer the checkpoint's: the files the
+   * checkpoint's generation and those of its trail were rotated away to within `dir` (found by
+   * inode and first line, each skipped when gone: deleted, compressed, moved elsewhere), then the
+   * path's file, which is the trail's next generation or a new one. Undefined when none was found.
+   */
+  private async startAfterRotations(path: string, fh: FileHandle, saved: SavedCheckpoint, current: FileGeneration): Promise<Start | undefined> {
+    const parts: Part[] = [];
+    let base: FileCheckpoint | undefined;
+    let last: PreviousGeneration = { identity: undefined, fingerprint: saved.fingerprint, epoch: saved.epoch };
+    /** Reads `generation` from `offset` in the file it went to; one rewritten since from its start, as the generation after it. */
+    const follow = async (generation: FileGeneration, offset: number, line: number): Promise<void> => {
+      last = generation;
+      const found = await findRotated(path, generation.identity, generation.fingerprint, offset);
+      if (found === undefined) return;
+      if (found.same) parts.push({ generation, fh: found.fh, offset, line });
+      else {
+        const rewritten = await FileGeneration.open(found.fh, generation);
+        last = rewritten;
+        parts.push({ generation: rewritten, fh: found.fh, offset: 0, line: 0 });
+      }
+    };
+    if (saved.dev !== undefined && saved.ino !== undefined && saved.fingerprint !== undefined) {
+      const generation = FileGeneration.resumed({ dev: saved.dev, ino: saved.ino }, saved.fingerprint, saved.epoch, saved.token, saved.previous);
+      await follow(generation, saved.offset, saved.line);
+      if (parts[0]?.generation === generation) base = { offset: saved.offset, line: saved.line, generation, size: saved.sizeAtAck };
+    }
+    let atPath: FileGeneration | undefined;
+    for (const t of saved.trail) {
+      const generation = FileGeneration.resumed(t.identity, t.fingerprint, t.epoch, t.token, t.previous);
+      if (sameIdentity(t.identity, current.identity)) {
+        // Still at the path: the trail's generation, or (rewritten since) the one after it.
+        atPath = (await startsWith(fh, t.fingerprint)) ? generation : await FileGeneration.open(fh, generation);
+        break;
+      }
+      await follow(generation, 0, 0);
+    }
+    if (parts.length === 0 && atPath === undefined) return undefined;
+    this.ctx.logger.info(
+      { source: this.ctx.name, path, rotated_files: parts.length, offset: saved.offset },
+      "file was rotated since the checkpoint; reading the rest of the rotated file first",
+    );
+    const generation = atPath ?? (await FileGeneration.open(fh, last));
+    parts.push({ generation, fh, offset: 0, line: 0 });
+    return { parts, base: base ?? { offset: 0, line: 0, generation: parts[0]!.generation, size: 0 } };
   }
 
   async ack(checkpoint: unknown): Promise<void> {
@@ -364,27 +428,24 @@ class FileSource implements Source {
 }
 
 /**
- * The file the checkpoint's generation became, when it was renamed within `dir` (logrotate's
- * `create`, `mv app.log app.log.1`): same device and inode, still starting with the saved first
- * line, at least as long as the checkpoint. Undefined when it is not there (deleted, compressed,
- * moved elsewhere): its unread rest cannot be read then.
+ * The file a generation went to when the path was rotated by renaming it within its directory
+ * (logrotate's `create`, `mv app.log app.log.1`): a file whose name starts with the path's (so
+ * that an inode reused by another file is never taken for it) with the same device and inode.
+ * `same`: it still starts with the generation's first line and has at least `minSize` bytes;
+ * otherwise it was truncated or rewritten after the generation was seen. Undefined when it is not
+ * there (deleted, compressed, moved elsewhere).
  */
-async function findRotated(
-  dir: string,
-  saved: SavedCheckpoint,
-): Promise<{ fh: FileHandle; path: string; identity: FileIdentity; fingerprint: NonNullable<SavedCheckpoint["fingerprint"]> } | undefined> {
-  const { dev, ino, fingerprint } = saved;
-  if (dev === undefined || ino === undefined || fingerprint === undefined) return undefined;
+async function findRotated(path: string, identity: FileIdentity, fingerprint: Fingerprint, minSize: number): Promise<{ fh: FileHandle; same: boolean } | undefined> {
+  const dir = dirname(path);
+  const prefix = basename(path);
   const names = await readdir(dir).catch(() => []);
   for (const name of names) {
-    const candidate = join(dir, name);
-    const s = await stat(candidate, { bigint: true }).catch(() => undefined);
-    if (s === undefined || !s.isFile() || String(s.dev) !== dev || String(s.ino) !== ino) continue;
-    const fh = await open(candidate, "r").catch(() => undefined);
+    if (!name.startsWith(prefix)) continue;
+    const s = await stat(join(dir, name), { bigint: true }).catch(() => undefined);
+    if (s === undefined || !s.isFile() || String(s.dev) !== identity.dev || String(s.ino) !== identity.ino) continue;
+    const fh = await open(join(dir, name), "r").catch(() => undefined);
     if (fh === undefined) return undefined;
-    if ((await fh.stat()).size >= saved.offset && (await startsWith(fh, fingerprint))) return { fh, path: candidate, identity: { dev, ino }, fingerprint };
-    await fh.close();
-    return undefined;
+    return { fh, same: (await fh.stat()).size >= minSize && (await startsWith(fh, fingerprint)) };
   }
   return undefined;
 }

@@ -365,6 +365,7 @@ describe("file source: checkpoints", () => {
       fingerprint: { bytes: Buffer.byteLength(all[0]!), sha256: expect.stringMatching(/^[0-9a-f]{64}$/), complete: true },
       epoch: 0,
       generation: token,
+      trail: [],
     });
 
     const second = await runOnce({}, 10);
@@ -496,7 +497,7 @@ describe("file source: generations between runs", () => {
     expect(second.harness.payloads.map((p) => p.n)).toEqual(Array.from({ length: 50 }, (_, i) => 1001 + i));
     const before = new Set(first.harness.entries.map((e) => e.id));
     expect(second.harness.entries.filter((e) => before.has(e.id))).toEqual([]);
-    expect((await savedCheckpoint()).epoch).toBe(1);
+    expect((await savedCheckpoint()).generation).not.toBe(tokenOf(first.harness));
   });
 
   it("reads a file truncated and regrown past the checkpoint (same inode) from the start: its first line changed", async () => {
@@ -541,7 +542,7 @@ describe("file source: generations between runs", () => {
     // The rest of the old generation keeps its ids: the redelivered lines 21-30 match the first run's.
     expect(second.harness.entries.slice(0, 10).map((e) => e.id)).toEqual(first.harness.entries.slice(20, 30).map((e) => e.id));
     expect(second.logger.at("info").map((l) => l.msg)).toContain("file was rotated since the checkpoint; reading the rest of the rotated file first");
-    expect(await savedCheckpoint()).toMatchObject({ offset: Buffer.byteLength(ndjson(unkeyed(101, 105))), line: 5, epoch: 1 });
+    expect(await savedCheckpoint()).toMatchObject({ offset: Buffer.byteLength(ndjson(unkeyed(101, 105))), line: 5, trail: [] });
   });
 
   it("migrates a checkpoint written before generations: resumes at its offset, with the ids that version gave", async () => {
@@ -679,7 +680,8 @@ describe("file source: follow", () => {
     await poll(clock);
     await poll(clock);
     expect(harness.entries.map((e) => e.id)).toEqual(["r1", "r2", "r3", "r4", "r5", "r50", "r51"]);
-    expect(harness.chunks.at(-1)!.checkpoint).toMatchObject({ offset: Buffer.byteLength(ndjson(lines(50, 51))), line: 2, generation: { epoch: 1 } });
+    expect(harness.chunks.at(-1)!.checkpoint).toMatchObject({ offset: Buffer.byteLength(ndjson(lines(50, 51))), line: 2 });
+    expect(tokenOf(harness, harness.chunks.length - 1)).not.toBe(tokenOf(harness));
     expect(logger.at("warn").map((l) => l.msg)).toEqual(["file was truncated; reading it again from the start as a new generation"]);
     controller.abort();
     await done;
