@@ -8,7 +8,7 @@
  *
  * The kill moments come from a seed printed with the test (set CRASH_SEED to replay one).
  */
-import { appendFile, mkdtemp, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { appendFile, mkdtemp, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3";
@@ -57,7 +57,6 @@ describe(`SIGKILL, rotate while down, restart (seed ${SEED})`, () => {
     dirs.push(dir);
     const log = join(dir, "app.log");
     const db = join(dir, "out.db");
-    const checkpointFile = join(dir, "data", "checkpoints", "app.json");
     const config = join(dir, "pipeline.yaml");
     // Latency per batch so the sink lags the reader: each kill leaves read but un-acked lines.
     await writeFile(
@@ -80,19 +79,13 @@ sinks:
 
     for (let k = 0; k < CYCLES; k++) {
       const cli = startCli(config, join(dir, `summary-${k}.json`), dir);
-      // Kill once the checkpoint is in the current file (a kill still in an older one would leave a
-      // file between it and the path's, which no restart can find) and part of it is in SQLite.
-      const { ino } = await stat(log);
-      const target = seq - LINES_PER_FILE + Math.floor(LINES_PER_FILE * (0.2 + random() * 0.5));
-      await waitUntil(
-        `the checkpoint in the current file and ${target} rows`,
-        async () => countRows(db) >= target && (await readFile(checkpointFile, "utf8").then((t) => (JSON.parse(t) as { ino: string }).ino === String(ino), () => false)),
-        cli,
-      );
+      // Killed at a random moment: the checkpoint may still be in a file rotated away before
+      // (the restart then finds it, and the files after it, from the checkpoint's trail).
+      const target = seq - LINES_PER_FILE - 500 + Math.floor(LINES_PER_FILE * random());
+      await waitUntil(`${target} rows`, () => countRows(db) >= target, cli);
       await sleep(Math.floor(random() * 50));
       cli.process.kill("SIGKILL");
       expect((await cli.exited).signal, cli.output()).toBe("SIGKILL");
-      expect(countRows(db)).toBeLessThan(seq);
 
       // While it is down: more lines into the file, rename it away, and a new file at the path.
       await appendFile(log, lines(500));
