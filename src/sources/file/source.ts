@@ -369,6 +369,7 @@ class FileSource implements Source {
     const generation = FileGeneration.resumed(identity, saved.fingerprint ?? current.fingerprint, saved.epoch, saved.token, saved.previous);
     return { parts: [{ generation, fh, offset: saved.offset, line: saved.line }], base: { offset: saved.offset, line: saved.line, generation, size: saved.sizeAtAck } };
   }
+
   /**
    * The parts to read when the path's file is no longer the checkpoint's: the files the
    * checkpoint's generation and those of its trail were rotated away to within `dir` (found by
