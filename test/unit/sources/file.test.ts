@@ -545,6 +545,40 @@ describe("file source: generations between runs", () => {
     expect(await savedCheckpoint()).toMatchObject({ offset: Buffer.byteLength(ndjson(unkeyed(101, 105))), line: 5, trail: [] });
   });
 
+  it("after rotations while nothing was acked, reads every rotated file from the checkpoint's trail, under the ids they had", async () => {
+    await writeFile(inputPath, ndjson(unkeyed(1, 10)));
+    const clock = new FakeClock();
+    const { source } = makeSource({ follow: true }, { clock });
+    const harness = new SourceHarness({ source: "logs", chunkSize: 5 });
+    const controller = new AbortController();
+    const done = source.run(harness, controller.signal);
+    const poll = async () => {
+      await clock.advanceAsync(250);
+      await vi.waitFor(() => expect(clock.pendingTimers).toBe(1));
+    };
+    await vi.waitFor(() => expect(clock.pendingTimers).toBe(1));
+    for (const [n, from, to] of [[1, 11, 15], [2, 16, 20]] as const) {
+      await rename(inputPath, join(tmp.path, `in.ndjson.${n}`));
+      await writeFile(inputPath, ndjson(unkeyed(from, to)));
+      await poll();
+      await poll();
+    }
+    controller.abort();
+    await done;
+    await source.close(); // nothing acked: a sink was down all along
+    expect(harness.payloads.map((p) => p.n)).toEqual(Array.from({ length: 20 }, (_, i) => i + 1));
+    expect((await savedCheckpoint()).trail).toHaveLength(2);
+
+    // While sluice is down: more lines, one more rotation.
+    await appendFile(inputPath, ndjson(unkeyed(21, 22)));
+    await rename(inputPath, join(tmp.path, "in.ndjson.3"));
+    await writeFile(inputPath, ndjson(unkeyed(23, 25)));
+    const second = await runAndAck({}, 5);
+    expect(second.harness.payloads.map((p) => p.n)).toEqual(Array.from({ length: 25 }, (_, i) => i + 1));
+    expect(second.harness.entries.slice(0, 20).map((e) => e.id)).toEqual(harness.entries.map((e) => e.id));
+    expect(await savedCheckpoint()).toMatchObject({ offset: Buffer.byteLength(ndjson(unkeyed(23, 25))), trail: [] });
+  });
+
   it("migrates a checkpoint written before generations: resumes at its offset, with the ids that version gave", async () => {
     const all = unkeyed(1, 20);
     await writeFile(inputPath, ndjson(all));
