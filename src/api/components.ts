@@ -11,7 +11,7 @@ import { definition as fileSink } from "../sinks/file.js";
 import { definition as postgres } from "../sinks/postgres.js";
 import { definition as sqlite } from "../sinks/sqlite.js";
 import { definition as stdout } from "../sinks/stdout.js";
-import { definition as fileSource } from "../sources/file.js";
+import { definition as fileSource } from "../sources/file/source.js";
 import { definition as generator } from "../sources/generator.js";
 import { definition as httpSource } from "../sources/http.js";
 import { definition as moduleTransform } from "../transforms/module.js";

@@ -11,7 +11,7 @@ import type { PipelineConfig } from "../config/schema.js";
 import { createLogger } from "../observability/logger.js";
 import type { CountsSnapshot, Metrics, RunSummary } from "../observability/metrics.js";
 import { startObservabilityServer } from "../server/observability-server.js";
-import { checkFileSourcePath } from "../sources/file.js";
+import { checkFileSourcePath } from "../sources/file/source.js";
 import { checkModuleTransform } from "../transforms/module.js";
 import { checkValidateTransform } from "../transforms/validate.js";
 import { crashLine, logCrashesTo, reportEarlyExit } from "./crash.js";

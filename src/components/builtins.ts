@@ -8,7 +8,7 @@ import { definition as fileSink } from "../sinks/file.js";
 import { definition as postgresSink } from "../sinks/postgres.js";
 import { definition as sqliteSink } from "../sinks/sqlite.js";
 import { definition as stdoutSink } from "../sinks/stdout.js";
-import { definition as fileSource } from "../sources/file.js";
+import { definition as fileSource } from "../sources/file/source.js";
 import { definition as generatorSource } from "../sources/generator.js";
 import { definition as httpSource } from "../sources/http.js";
 import { definition as moduleTransform } from "../transforms/module.js";

@@ -76,7 +76,8 @@ export interface SourceHandle {
    * Builds a record around a parsed payload. The envelope's id, key and event time come from the
    * source's `id_field`, `key_field` and `time_field`. When the payload has no id, the id is
    * `<source name>:<position>`, where `position` is the record's place in the source (a byte
-   * offset, an entry id, a sequence number), so redelivery yields the same id. The id string is
+   * offset within a file's generation, an entry id, a sequence number), so redelivery yields the
+   * same id. The id string is
    * built only when needed. `bytes` is the record's size estimate for the buffer's byte bound.
    * `text`, when the source has it, is the payload's JSON as received (see
    * {@link SluiceRecord.text}): the durable buffer and the postgres sink write it instead of

@@ -278,12 +278,29 @@ export class Pipeline {
     });
   }
 
+  /**
+   * Runs a source until it returns, or until the stop's hard deadline: a source that does not
+   * return after its abort (a read stuck in the kernel, a bug) must not hold the run past
+   * `shutdown_timeout`. It is left behind: the buffer closes under it, so nothing it enqueues
+   * later is taken, and what it had not had acked stays un-acked for the next run.
+   */
   private async runSource(s: SourceSettings, tracker: AckTracker): Promise<void> {
+    const hard = this.hardAbort.signal;
+    let onHard: () => void = () => {};
+    const deadline = new Promise<"deadline">((resolve) => {
+      onHard = () => resolve("deadline");
+      if (hard.aborted) onHard();
+      else hard.addEventListener("abort", onHard, { once: true });
+    });
     try {
-      await s.source.run(this.handleFor(s, tracker), this.sourceAbort.signal);
+      const ended = await Promise.race([s.source.run(this.handleFor(s, tracker), this.sourceAbort.signal), deadline]);
+      // Without `abandoned` (a sink never connected: the stop aborts at once, no time to return).
+      if (ended === "deadline" && this.abandoned === undefined) this.logger.warn({ component: s.name }, "source did not stop before shutdown_timeout; leaving it, its records un-acked");
     } catch (err) {
       if (this.sourceAbort.signal.aborted) return;
       this.fail(classify(err, "ERR_SOURCE_READ"), s.name, "source failed; stopping", true);
+    } finally {
+      hard.removeEventListener("abort", onHard);
     }
   }
 

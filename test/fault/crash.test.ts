@@ -6,12 +6,13 @@
  * The kill moments come from a seed printed with the test (set CRASH_SEED to replay one).
  */
 import { existsSync } from "node:fs";
-import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { mkdtemp, open, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, describe, it } from "vitest";
 import { mulberry32 } from "../../src/core/random.js";
+import { fingerprintOf, generationToken, identityOf } from "../../src/sources/file/identity.js";
 import { readDeadLetters } from "../../src/sinks/dead-letter-sqlite.js";
 import { killClis, startCli } from "../helpers/cli.js";
 
@@ -30,8 +31,8 @@ afterAll(async () => {
 interface Variant {
   /** The line for reading `n` (from 1). */
   readonly line: (n: number) => string;
-  /** The record id of reading `n`, whose line starts at byte `offset`. */
-  readonly id: (n: number, offset: number) => string;
+  /** The record id of reading `n`, whose line starts at byte `offset` of the file generation `token`. */
+  readonly id: (n: number, offset: number, token: string) => string;
 }
 
 const VARIANTS: Record<string, Variant> = {
@@ -41,7 +42,7 @@ const VARIANTS: Record<string, Variant> = {
   },
   "ids from the byte offset": {
     line: (n) => `{"sensor":"sensor-${n % 50}","value":${(n % 1000) / 10},"seq":${n}}`,
-    id: (_n, offset) => `${SOURCE}:${offset}`,
+    id: (_n, offset, token) => `${SOURCE}:${token}:${offset}`,
   },
 };
 
@@ -78,16 +79,19 @@ describe(`SIGKILL mid-run, restart, repeat (seed ${SEED})`, () => {
 
     // The input, and the id each line must end up under.
     const input = join(dir, "readings.ndjson");
-    const expectedIds: string[] = new Array(TOTAL);
     const parts: string[] = [];
+    for (let n = 1; n <= TOTAL; n++) parts.push(`${variant.line(n)}\n`);
+    await writeFile(input, parts.join(""));
+    // The first generation a checkpoint sees (epoch 0) of this very file.
+    const fh = await open(input, "r");
+    const token = generationToken(await identityOf(fh), await fingerprintOf(fh), 0);
+    await fh.close();
+    const expectedIds: string[] = new Array(TOTAL);
     let offset = 0;
     for (let n = 1; n <= TOTAL; n++) {
-      const line = `${variant.line(n)}\n`;
-      expectedIds[n - 1] = variant.id(n, offset);
-      offset += Buffer.byteLength(line);
-      parts.push(line);
+      expectedIds[n - 1] = variant.id(n, offset, token);
+      offset += Buffer.byteLength(parts[n - 1]!);
     }
-    await writeFile(input, parts.join(""));
     const fileSize = (await stat(input)).size;
 
     const db = join(dir, "out.db");

@@ -3,7 +3,7 @@
  * `run` end to end on SQLite (summary JSON shape, summary table, dead letters, malformed input).
  */
 import { existsSync } from "node:fs";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, open, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Writable } from "node:stream";
@@ -13,6 +13,7 @@ import { main } from "../../../src/cli/main.js";
 import { MAX_ALIAS_EXPANSIONS } from "../../../src/config/load.js";
 import { runCli } from "../../helpers/cli.js";
 import { readDeadLetters } from "../../../src/sinks/dead-letter-sqlite.js";
+import { fingerprintOf, generationToken, identityOf } from "../../../src/sources/file/identity.js";
 
 interface Captured {
   readonly code: number;
@@ -443,11 +444,14 @@ sinks:
     expect(second.stderr).toMatch(/db\s+1,484\s+495\s+989\s+15/);
     expect(rows(db)).toHaveLength(1484);
 
-    // The malformed line's id is its byte offset: the same in both runs.
+    // The malformed line's id is its file generation (the same file, grown) and byte offset: the same in both runs.
     const malformedAt = Array.from({ length: 49 }, (_, i) => line(i + 1).length + 1).reduce((a, b) => a + b);
+    const fh = await open(input, "r");
+    const token = generationToken(await identityOf(fh), await fingerprintOf(fh), 0);
+    await fh.close();
     const dead = readDeadLetters(join(dir, "data", "dlq.db"));
     const failing = [7, 107, 207, 307, 407, 507, 607, 707, 807, 907, 1007, 1107, 1207, 1307, 1407];
-    expect(dead.map((d) => `${d.record_id} ${d.sink}`).sort()).toEqual([`lines:${malformedAt} source:lines`, ...failing.map((n) => `r-${n} db`)].sort());
+    expect(dead.map((d) => `${d.record_id} ${d.sink}`).sort()).toEqual([`lines:${token}:${malformedAt} source:lines`, ...failing.map((n) => `r-${n} db`)].sort());
     // Dead-lettered in both runs: one entry each, with the attempts of both.
     for (const d of dead) expect([d.record_id, d.attempts]).toEqual([d.record_id, d.sink === "db" ? (Number(d.record_id.slice(2)) < 1000 ? 2 : 1) : 0]);
   });

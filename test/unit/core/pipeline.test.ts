@@ -355,15 +355,35 @@ describe("Pipeline, end to end in memory", () => {
       expect(sink.closed && source.closed).toBe(true);
     });
 
-    it("times out even when the deadline passes while a source is still returning from its stop", async () => {
+    it("times out at shutdown_timeout while a source is still returning from its stop, leaving it behind", async () => {
       const source = new MemorySource(payloads(6), { end: "wait", lingerMs: 3000 });
       const sink = new MemorySink({ schedule: () => "hang" });
       const tp = makePipeline({ sources: [source], sinks: [sink], chunkSize: 2, shutdownTimeoutMs: 1000 });
       const t0 = tp.clock.now();
       tp.clock.setTimer(100, () => tp.pipeline.stop());
       expect(await tp.run()).toEqual({ tag: "timed_out", unacked: 6 });
-      expect(tp.clock.now()).toBe(t0 + 100 + 3000);
+      expect(tp.clock.now()).toBe(t0 + 100 + 1000);
       expect(source.acks).toEqual([]);
+    });
+
+    it("a source that ignores the stop does not hold the run past shutdown_timeout; its undelivered records stay un-acked", async () => {
+      /** Enqueues its inputs, then never returns, whatever the signal says (a read stuck in the kernel). */
+      class DeafSource extends MemorySource {
+        override async run(handle: Parameters<MemorySource["run"]>[0]): Promise<void> {
+          await super.run(handle, new AbortController().signal);
+          await new Promise<void>(() => {});
+        }
+      }
+      const source = new DeafSource(payloads(6));
+      // The first batch commits; the second hangs until the hard abort.
+      const sink = new MemorySink({ schedule: (call) => (call.n === 0 ? "ok" : "hang") });
+      const tp = makePipeline({ sources: [source], sinks: [sink], chunkSize: 3, batch: { maxRecords: 3 }, shutdownTimeoutMs: 2000 });
+      const t0 = tp.clock.now();
+      tp.clock.setTimer(50, () => tp.pipeline.stop());
+      expect(await tp.run()).toEqual({ tag: "timed_out", unacked: 3 });
+      expect(tp.clock.now()).toBe(t0 + 50 + 2000);
+      expect(source.acks).toEqual([3]);
+      expect(source.closed).toBe(true);
     });
 
     it.each([

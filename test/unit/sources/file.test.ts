@@ -1,4 +1,5 @@
-import { appendFile, readFile, rename, stat, truncate, writeFile } from "node:fs/promises";
+import { execFileSync } from "node:child_process";
+import { appendFile, copyFile, mkdir, open, readFile, rename, stat, truncate, writeFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { Readable } from "node:stream";
@@ -7,7 +8,7 @@ import type { Source } from "../../../src/components/contracts.js";
 import type { Clock } from "../../../src/core/clock.js";
 import { SluiceError } from "../../../src/core/errors.js";
 import type { Entry, JsonObject } from "../../../src/core/record.js";
-import { createFileSource, definition, readNdjsonStream, type FileCheckpoint } from "../../../src/sources/file.js";
+import { createFileSource, definition, readNdjsonStream, type FileCheckpoint } from "../../../src/sources/file/source.js";
 import { FakeClock } from "../../helpers/fake-clock.js";
 import { makeTempDir, SourceHarness, testContext, type CapturingLogger } from "../../helpers/source-harness.js";
 
@@ -58,6 +59,11 @@ async function savedCheckpoint(name = "logs", dir = dataDir): Promise<Record<str
   return JSON.parse(await readFile(join(dir, "checkpoints", `${name}.json`), "utf8")) as Record<string, unknown>;
 }
 
+/** The generation token in the fallback ids of the lines a harness got (from its first chunk). */
+function tokenOf(harness: SourceHarness, chunk = 0): string {
+  return (harness.chunks[chunk]!.checkpoint as FileCheckpoint).generation.token;
+}
+
 function failureOf(entry: { failure: SluiceError | undefined }): SluiceError {
   expect(entry.failure).toBeInstanceOf(SluiceError);
   return entry.failure!;
@@ -92,18 +98,21 @@ describe("file source: reading", () => {
     expect(harness.payloads.map((p) => p.n)).toEqual(Array.from({ length: 250 }, (_, i) => i + 1));
     expect(harness.entries.map((e) => e.id).slice(0, 2)).toEqual(["r1", "r2"]);
     const offsetAfter = (n: number) => Buffer.byteLength(ndjson(lines(1, n)));
+    const generation = expect.objectContaining({ token: expect.stringMatching(/^[0-9a-f]{12}$/), epoch: 0 });
     expect(harness.chunks.map((c) => c.checkpoint)).toEqual([
-      { offset: offsetAfter(100), line: 100, ino: expect.any(String) },
-      { offset: offsetAfter(200), line: 200, ino: expect.any(String) },
-      { offset: content.length, line: 250, ino: expect.any(String) },
+      { offset: offsetAfter(100), line: 100, generation, size: content.length },
+      { offset: offsetAfter(200), line: 200, generation, size: content.length },
+      { offset: content.length, line: 250, generation, size: content.length },
     ]);
     expect(harness.entries[0]!.bytes).toBe(Buffer.byteLength(lines(1, 1)[0]!));
   });
 
-  it("gives records without an id a stable fallback id from the line's byte offset", async () => {
+  it("gives records without an id a stable fallback id from the file's generation and the line's byte offset", async () => {
     await writeFile(inputPath, '{"a":1}\n{"a":22}\n{"a":333}\n');
-    const first = (await runOnce()).harness.entries.map((e) => e.id);
-    expect(first).toEqual(["logs:0", "logs:8", "logs:17"]);
+    const run = await runOnce();
+    const first = run.harness.entries.map((e) => e.id);
+    const token = tokenOf(run.harness);
+    expect(first).toEqual([`logs:${token}:0`, `logs:${token}:8`, `logs:${token}:17`]);
     const second = (await runOnce({}, 100, join(tmp.path, "other-data"))).harness.entries.map((e) => e.id);
     expect(second).toEqual(first);
   });
@@ -118,7 +127,7 @@ describe("file source: reading", () => {
     expect(failures.map((f) => failureOf(f).location)).toEqual([2, 3, 4, 5, 6].map((n) => `${inputPath}:${n}`));
     expect(failureOf(failures[0]!).message).toMatch(/JSON/);
     expect(failureOf(failures[1]!).message).toBe("line is not a JSON object");
-    expect(failures[0]!.id).toBe("logs:8");
+    expect(failures[0]!.id).toBe(`logs:${tokenOf(harness)}:8`);
     // Order is kept: the bad line sits between its neighbours.
     expect(harness.entries.map((e) => e.failure === undefined)).toEqual([true, false, false, false, false, false, true]);
   });
@@ -146,10 +155,11 @@ describe("file source: reading", () => {
     expect(harness.payloads.map((p) => p.n)).toEqual([...Array(250).keys()].filter((i) => i !== 137));
     expect(failureOf(harness.failures[0]!).location).toBe(`${inputPath}:138`);
     let offset = 0;
+    const token = tokenOf(harness);
     const expected = lines.map((line) => {
       const at = offset;
       offset += Buffer.byteLength(line) + 1;
-      return { id: `logs:${at}`, bytes: Buffer.byteLength(line) };
+      return { id: `logs:${token}:${at}`, bytes: Buffer.byteLength(line) };
     });
     expect(harness.entries.map((e) => ({ id: e.id, bytes: e.bytes }))).toEqual(expected);
   });
@@ -184,8 +194,9 @@ describe("file source: reading", () => {
     const { harness } = await runOnce({}, 1000);
 
     let offset = 0;
+    const token = tokenOf(harness);
     const expectedIds = all.map((l) => {
-      const id = `logs:${offset}`;
+      const id = `logs:${token}:${offset}`;
       offset += Buffer.byteLength(l) + 1;
       return id;
     });
@@ -238,7 +249,7 @@ describe("file source: reading", () => {
       expect(f.raw!.length).toBeLessThanOrEqual(1024);
     }
     expect(harness.failures[0]!.raw).toBe(long);
-    expect(harness.failures[1]!.id).toBe(`logs:${8 + long.length + 1 + 8}`);
+    expect(harness.failures[1]!.id).toBe(`logs:${tokenOf(harness)}:${8 + long.length + 1 + 8}`);
   });
 
   it("accepts a line of exactly max_line_bytes, with or without \\r", async () => {
@@ -248,6 +259,47 @@ describe("file source: reading", () => {
     const { harness } = await runOnce({ max_line_bytes: 64 });
     expect(harness.failures).toHaveLength(0);
     expect(harness.payloads).toHaveLength(2);
+  });
+
+  it("skips a byte order mark at the start of the file instead of dead-lettering the first line", async () => {
+    await writeFile(inputPath, Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from('{"a":1}\r\n{"a":2}\r\n')]));
+    const { harness } = await runOnce();
+    expect(harness.failures).toEqual([]);
+    expect(harness.payloads).toEqual([{ a: 1 }, { a: 2 }]);
+    const token = tokenOf(harness);
+    expect(harness.entries.map((e) => e.id)).toEqual([`logs:${token}:0`, `logs:${token}:12`]);
+
+    // Only at the start: a BOM later in the file is no JSON and is dead-lettered.
+    await writeFile(inputPath, Buffer.concat([Buffer.from('{"a":1}\n'), Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from('{"a":2}\n')]));
+    const later = await runOnce({}, 100, join(tmp.path, "later"));
+    expect(later.harness.payloads).toEqual([{ a: 1 }]);
+    expect(failureOf(later.harness.failures[0]!).location).toBe(`${inputPath}:2`);
+  });
+
+  it("dead-letters a line that is not valid UTF-8 with its location, never delivering it with U+FFFD, and reads on", async () => {
+    const bad = Buffer.concat([Buffer.from('{"name":"caf'), Buffer.from([0xe9]), Buffer.from('"}')]); // Latin-1 é
+    const lines = [Buffer.from('{"a":1}'), bad, Buffer.from('{"a":2}'), Buffer.from('{"t":"é€𝄞"}')];
+    const content = Buffer.concat(lines.flatMap((l) => [l, Buffer.from("\n")]));
+    await writeFile(inputPath, content);
+    const { harness } = await runOnce();
+    expect(harness.payloads).toEqual([{ a: 1 }, { a: 2 }, { t: "é€𝄞" }]);
+    expect(harness.failures).toHaveLength(1);
+    const error = failureOf(harness.failures[0]!);
+    expect(error.code).toBe("ERR_RECORD_MALFORMED");
+    expect(error.location).toBe(`${inputPath}:2`);
+    expect(error.message).toBe("line is not valid UTF-8 (the line starts at byte 8)");
+    expect(harness.failures[0]!.id).toBe(`logs:${tokenOf(harness)}:8`);
+    expect(harness.failures[0]!.raw).toBe('{"name":"caf\ufffd"}');
+
+    // The same whatever the reads: split inside the bad line and inside characters.
+    for (const size of [1, 2, 5, 13]) {
+      const parts: Buffer[] = [];
+      for (let i = 0; i < content.length; i += size) parts.push(content.subarray(i, i + size));
+      const split = new SourceHarness({ source: "s", chunkSize: 2 });
+      await readNdjsonStream(Readable.from(parts), split, new AbortController().signal, { location: "stdin", maxLineBytes: 1024 });
+      expect(split.payloads, `reads of ${size} bytes`).toEqual([{ a: 1 }, { a: 2 }, { t: "é€𝄞" }]);
+      expect(split.failures.map((f) => [f.id, failureOf(f).location]), `reads of ${size} bytes`).toEqual([["s:8", "stdin:2"]]);
+    }
   });
 
   it("fails with ERR_SOURCE_READ when the file does not exist", async () => {
@@ -300,19 +352,27 @@ describe("file source: checkpoints", () => {
     await first.source.close();
     const saved = await savedCheckpoint();
     const expectedOffset = Buffer.byteLength(ndjson(all.slice(0, 20)));
+    const st = await stat(inputPath, { bigint: true });
+    const token = tokenOf(first.harness);
     expect(saved).toEqual({
+      version: 2,
       path: inputPath,
       offset: expectedOffset,
       line: 20,
-      ino: String((await stat(inputPath, { bigint: true })).ino),
       size_at_ack: Buffer.byteLength(ndjson(all)),
+      dev: String(st.dev),
+      ino: String(st.ino),
+      fingerprint: { bytes: Buffer.byteLength(all[0]!), sha256: expect.stringMatching(/^[0-9a-f]{64}$/), complete: true },
+      epoch: 0,
+      generation: token,
+      trail: [],
     });
 
     const second = await runOnce({}, 10);
     expect(second.harness.entries.map((e) => e.id)[0]).toBe("r21");
     expect(second.harness.entries).toHaveLength(15);
     expect(failureOf(second.harness.failures[0]!).location).toBe(`${inputPath}:25`);
-    expect(second.harness.failures[0]!.id).toBe(`logs:${Buffer.byteLength(ndjson(all.slice(0, 24)))}`);
+    expect(second.harness.failures[0]!.id).toBe(`logs:${token}:${Buffer.byteLength(ndjson(all.slice(0, 24)))}`);
     expect(second.logger.at("info").some((l) => l.msg === "resuming from checkpoint")).toBe(true);
     expect(second.logger.at("warn")).toHaveLength(0);
   });
@@ -327,11 +387,11 @@ describe("file source: checkpoints", () => {
     expect(fresh.logger.at("info").some((l) => l.msg === "no checkpoint; reading from the start")).toBe(true);
   });
 
-  it("never checkpoints a chunk that was not acked", async () => {
+  it("never checkpoints a chunk that was not acked (a fresh start saves only the start of the file)", async () => {
     await writeFile(inputPath, ndjson(lines(1, 30)));
     const unacked = await runOnce({}, 10);
     await unacked.source.close();
-    expect(existsSync(join(dataDir, "checkpoints", "logs.json"))).toBe(false);
+    expect(await savedCheckpoint()).toMatchObject({ offset: 0, line: 0, epoch: 0, generation: tokenOf(unacked.harness) });
 
     const partly = await runOnce({}, 10);
     await partly.harness.ackThrough(partly.source, 0);
@@ -382,7 +442,7 @@ describe("file source: checkpoints", () => {
     await writeFile(inputPath, ndjson(lines(101, 105))); // same inode, O_TRUNC
     const second = await runOnce({}, 10);
     expect(second.harness.entries.map((e) => e.id)).toEqual(["r101", "r102", "r103", "r104", "r105"]);
-    expect(second.logger.at("warn").map((l) => l.msg)).toEqual(["file is shorter than the checkpoint (truncated); reading from the start"]);
+    expect(second.logger.at("warn").map((l) => l.msg)).toEqual(["file is shorter than at the checkpoint (truncated); reading it from the start as a new generation"]);
   });
 
   it("starts from 0 with a warning when the file was replaced (inode changed)", async () => {
@@ -398,7 +458,7 @@ describe("file source: checkpoints", () => {
     expect(second.harness.entries).toHaveLength(40);
     expect(second.harness.entries[0]!.id).toBe("r201");
     expect(second.logger.at("warn").map((l) => l.msg)).toEqual([
-      "file was replaced since the checkpoint (inode changed); reading from the start",
+      "file was replaced since the checkpoint (inode changed); reading it from the start as a new generation",
     ]);
   });
 
@@ -416,6 +476,148 @@ describe("file source: checkpoints", () => {
     const corrupt = await runOnce({}, 5);
     expect(corrupt.harness.entries).toHaveLength(10);
     expect(corrupt.logger.at("warn").map((l) => l.msg)).toEqual(["checkpoint file is not valid; reading from the start"]);
+  });
+});
+
+describe("file source: generations between runs", () => {
+  const unkeyed = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => JSON.stringify({ n: from + i }));
+
+  async function runAndAck(raw: Record<string, unknown> = {}, chunkSize = 10): Promise<Made & { harness: SourceHarness }> {
+    const run = await runOnce(raw, chunkSize);
+    await run.harness.ackThrough(run.source);
+    await run.source.close();
+    return run;
+  }
+
+  it("reads a file that shrank and was rewritten from the start, under ids no earlier line had", async () => {
+    await writeFile(inputPath, ndjson(unkeyed(1, 100)));
+    const first = await runAndAck();
+    await writeFile(inputPath, ndjson(unkeyed(1001, 1050))); // same inode, O_TRUNC, shorter
+    const second = await runAndAck();
+    expect(second.harness.payloads.map((p) => p.n)).toEqual(Array.from({ length: 50 }, (_, i) => 1001 + i));
+    const before = new Set(first.harness.entries.map((e) => e.id));
+    expect(second.harness.entries.filter((e) => before.has(e.id))).toEqual([]);
+    expect((await savedCheckpoint()).generation).not.toBe(tokenOf(first.harness));
+  });
+
+  it("reads a file truncated and regrown past the checkpoint (same inode) from the start: its first line changed", async () => {
+    await writeFile(inputPath, ndjson(unkeyed(1, 10)));
+    const first = await runAndAck();
+    const ino = (await stat(inputPath)).ino;
+    await truncate(inputPath, 0);
+    await appendFile(inputPath, ndjson(unkeyed(501, 540))); // longer than the checkpoint's offset
+    expect((await stat(inputPath)).ino).toBe(ino);
+    const second = await runAndAck();
+    expect(second.harness.payloads.map((p) => p.n)).toEqual(Array.from({ length: 40 }, (_, i) => 501 + i));
+    expect(second.logger.at("warn").map((l) => l.msg)).toEqual(["file no longer starts as it did at the checkpoint (rewritten); reading it from the start as a new generation"]);
+    const before = new Set(first.harness.entries.map((e) => e.id));
+    expect(second.harness.entries.filter((e) => before.has(e.id))).toEqual([]);
+  });
+
+  it("reads a file regrown past the checkpoint with the same first line from the start when it is shorter than at the last ack", async () => {
+    await writeFile(inputPath, ndjson(unkeyed(1, 30)));
+    const first = await runOnce({}, 10);
+    await first.harness.ackThrough(first.source, 0); // acked at line 10, with 30 lines read
+    await first.source.close();
+    // Truncated to its first line, then regrown past the checkpoint but not to the size at the ack.
+    await writeFile(inputPath, ndjson([...unkeyed(1, 1), ...unkeyed(201, 215)]));
+    expect((await stat(inputPath)).size).toBeGreaterThan((await savedCheckpoint()).offset as number);
+    const second = await runAndAck();
+    expect(second.harness.payloads.map((p) => p.n)).toEqual([1, ...Array.from({ length: 15 }, (_, i) => 201 + i)]);
+    expect(second.logger.at("warn").map((l) => l.msg)).toEqual(["file is shorter than at the checkpoint (truncated); reading it from the start as a new generation"]);
+    // Its first line is the old first line, at the same offset: the epoch keeps the ids apart.
+    expect(second.harness.entries[0]!.id).not.toBe(first.harness.entries[0]!.id);
+  });
+
+  it("finishes a file rotated by rename since the last run, found by its inode, then reads the new one", async () => {
+    await writeFile(inputPath, ndjson(unkeyed(1, 30)));
+    const first = await runOnce({}, 10);
+    await first.harness.ackThrough(first.source, 1); // lines 21-30 were read, never acked
+    await first.source.close();
+    await appendFile(inputPath, ndjson(unkeyed(31, 35)));
+    await rename(inputPath, join(tmp.path, "in.ndjson.1"));
+    await writeFile(inputPath, ndjson(unkeyed(101, 105)));
+    const second = await runAndAck();
+    expect(second.harness.payloads.map((p) => p.n)).toEqual([...Array.from({ length: 15 }, (_, i) => 21 + i), 101, 102, 103, 104, 105]);
+    // The rest of the old generation keeps its ids: the redelivered lines 21-30 match the first run's.
+    expect(second.harness.entries.slice(0, 10).map((e) => e.id)).toEqual(first.harness.entries.slice(20, 30).map((e) => e.id));
+    expect(second.logger.at("info").map((l) => l.msg)).toContain("file was rotated since the checkpoint; reading the rest of the rotated file first");
+    expect(await savedCheckpoint()).toMatchObject({ offset: Buffer.byteLength(ndjson(unkeyed(101, 105))), line: 5, trail: [] });
+  });
+
+  it("after rotations while nothing was acked, reads every rotated file from the checkpoint's trail, under the ids they had", async () => {
+    await writeFile(inputPath, ndjson(unkeyed(1, 10)));
+    const clock = new FakeClock();
+    const { source } = makeSource({ follow: true }, { clock });
+    const harness = new SourceHarness({ source: "logs", chunkSize: 5 });
+    const controller = new AbortController();
+    const done = source.run(harness, controller.signal);
+    const poll = async () => {
+      await clock.advanceAsync(250);
+      await vi.waitFor(() => expect(clock.pendingTimers).toBe(1));
+    };
+    await vi.waitFor(() => expect(clock.pendingTimers).toBe(1));
+    for (const [n, from, to] of [[1, 11, 15], [2, 16, 20]] as const) {
+      await rename(inputPath, join(tmp.path, `in.ndjson.${n}`));
+      await writeFile(inputPath, ndjson(unkeyed(from, to)));
+      await poll();
+      await poll();
+    }
+    controller.abort();
+    await done;
+    await source.close(); // nothing acked: a sink was down all along
+    expect(harness.payloads.map((p) => p.n)).toEqual(Array.from({ length: 20 }, (_, i) => i + 1));
+    expect((await savedCheckpoint()).trail).toHaveLength(2);
+
+    // While sluice is down: more lines, one more rotation.
+    await appendFile(inputPath, ndjson(unkeyed(21, 22)));
+    await rename(inputPath, join(tmp.path, "in.ndjson.3"));
+    await writeFile(inputPath, ndjson(unkeyed(23, 25)));
+    const second = await runAndAck({}, 5);
+    expect(second.harness.payloads.map((p) => p.n)).toEqual(Array.from({ length: 25 }, (_, i) => i + 1));
+    expect(second.harness.entries.slice(0, 20).map((e) => e.id)).toEqual(harness.entries.map((e) => e.id));
+    expect(await savedCheckpoint()).toMatchObject({ offset: Buffer.byteLength(ndjson(unkeyed(23, 25))), trail: [] });
+  });
+
+  it("migrates a checkpoint written before generations: resumes at its offset, with the ids that version gave", async () => {
+    const all = unkeyed(1, 20);
+    await writeFile(inputPath, ndjson(all));
+    const offset = Buffer.byteLength(ndjson(all.slice(0, 12)));
+    const { ino, size } = await stat(inputPath, { bigint: true });
+    await mkdir(join(dataDir, "checkpoints"), { recursive: true });
+    await writeFile(join(dataDir, "checkpoints", "logs.json"), JSON.stringify({ path: inputPath, offset, line: 12, ino: String(ino), size_at_ack: Number(size) }));
+    const run = await runAndAck();
+    expect(run.harness.payloads.map((p) => p.n)).toEqual([13, 14, 15, 16, 17, 18, 19, 20]);
+    expect(run.harness.entries[0]!.id).toBe(`logs:${offset}`);
+    expect(run.logger.at("warn")).toEqual([]);
+    expect(await savedCheckpoint()).toMatchObject({ version: 2, generation: "", epoch: 0, line: 20, ino: String(ino) });
+  });
+});
+
+describe("file source: named pipes", () => {
+  it("reads what a writer writes into a FIFO until it closes its end, and saves no checkpoint", async () => {
+    execFileSync("mkfifo", [inputPath]);
+    const { source, logger } = makeSource({});
+    const harness = new SourceHarness({ source: "logs" });
+    const done = source.run(harness, new AbortController().signal);
+    const writer = await open(inputPath, "w");
+    await writer.write('{"id":"a"}\n{"b":1}\n');
+    await writer.close();
+    await done;
+    expect(harness.entries.map((e) => e.id)).toEqual(["a", "logs:11"]);
+    await harness.ackThrough(source);
+    await source.close();
+    expect(existsSync(join(dataDir, "checkpoints"))).toBe(false);
+    expect(logger.at("info").map((l) => l.msg)).toContain("reading NDJSON from a named pipe until its writer closes it; a pipe has no checkpoint");
+  });
+
+  it("returns promptly when stopped while a FIFO has no writer", async () => {
+    execFileSync("mkfifo", [inputPath]);
+    const controller = new AbortController();
+    const done = makeSource({ follow: true }).source.run(new SourceHarness(), controller.signal);
+    await new Promise((r) => setTimeout(r, 50));
+    controller.abort();
+    await expect(done).resolves.toBeUndefined();
   });
 });
 
@@ -513,7 +715,8 @@ describe("file source: follow", () => {
     await poll(clock);
     expect(harness.entries.map((e) => e.id)).toEqual(["r1", "r2", "r3", "r4", "r5", "r50", "r51"]);
     expect(harness.chunks.at(-1)!.checkpoint).toMatchObject({ offset: Buffer.byteLength(ndjson(lines(50, 51))), line: 2 });
-    expect(logger.at("warn").map((l) => l.msg)).toEqual(["file was truncated; reading it again from the start"]);
+    expect(tokenOf(harness, harness.chunks.length - 1)).not.toBe(tokenOf(harness));
+    expect(logger.at("warn").map((l) => l.msg)).toEqual(["file was truncated; reading it again from the start as a new generation"]);
     controller.abort();
     await done;
   });
@@ -526,7 +729,7 @@ describe("file source: follow", () => {
     const controller = new AbortController();
     const done = source.run(harness, controller.signal);
     await vi.waitFor(() => expect(clock.pendingTimers).toBe(1));
-    const oldIno = (harness.chunks[0]!.checkpoint as FileCheckpoint).ino;
+    const oldIno = (harness.chunks[0]!.checkpoint as FileCheckpoint).generation.identity.ino;
 
     await appendFile(inputPath, `${ndjson(lines(3, 3))}{"id":"r4"}`); // written just before rotation
     await rename(inputPath, join(tmp.path, "in.ndjson.1"));
@@ -535,10 +738,79 @@ describe("file source: follow", () => {
     await poll(clock);
     expect(harness.entries.map((e) => e.id)).toEqual(["r1", "r2", "r3", "r4", "r100", "r101"]);
     const last = harness.chunks.at(-1)!.checkpoint as FileCheckpoint;
-    expect(last.ino).not.toBe(oldIno);
+    expect(last.generation.identity.ino).not.toBe(oldIno);
     expect(last).toMatchObject({ offset: Buffer.byteLength(ndjson(lines(100, 101))), line: 2 });
     controller.abort();
     await done;
+  });
+});
+
+describe("file source: follow across rotations, records without ids", () => {
+  const unkeyed = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => JSON.stringify({ n: from + i }));
+
+  async function poll(clock: FakeClock): Promise<void> {
+    await clock.advanceAsync(250);
+    await vi.waitFor(() => expect(clock.pendingTimers).toBe(1));
+  }
+
+  async function following(): Promise<{ harness: SourceHarness; clock: FakeClock; logger: CapturingLogger; stop: () => Promise<void> }> {
+    const clock = new FakeClock();
+    const { source, logger } = makeSource({ follow: true }, { clock });
+    const harness = new SourceHarness({ source: "logs" });
+    const controller = new AbortController();
+    const done = source.run(harness, controller.signal);
+    await vi.waitFor(() => expect(clock.pendingTimers).toBe(1));
+    return {
+      harness,
+      clock,
+      logger,
+      stop: async () => {
+        controller.abort();
+        await done;
+      },
+    };
+  }
+
+  const uniqueIds = (h: SourceHarness) => new Set(h.entries.map((e) => e.id)).size;
+
+  it("rename rotation: the old file is read to its end (writes after the rename included), the new one under other ids", async () => {
+    await writeFile(inputPath, ndjson(unkeyed(1, 3)));
+    const f = await following();
+    await rename(inputPath, join(tmp.path, "in.ndjson.1"));
+    await writeFile(inputPath, ndjson(unkeyed(101, 103))); // same offsets as lines 1-3
+    await poll(f.clock);
+    // The writer has not reopened yet: it still appends to the renamed file.
+    await appendFile(join(tmp.path, "in.ndjson.1"), ndjson(unkeyed(4, 5)));
+    await poll(f.clock);
+    await poll(f.clock);
+    expect(f.harness.payloads.map((p) => p.n)).toEqual([1, 2, 3, 4, 5, 101, 102, 103]);
+    expect(uniqueIds(f.harness)).toBe(8);
+    await f.stop();
+  });
+
+  it("copytruncate: what was read before the truncation is kept, the regrown file is read from its start under other ids", async () => {
+    await writeFile(inputPath, ndjson(unkeyed(1, 5)));
+    const f = await following();
+    await copyFile(inputPath, join(tmp.path, "in.ndjson.1"));
+    await truncate(inputPath, 0);
+    // Regrown past the old read position before the next poll: only the first line tells.
+    await appendFile(inputPath, ndjson(unkeyed(11, 20)));
+    await poll(f.clock);
+    expect(f.harness.payloads.map((p) => p.n)).toEqual([1, 2, 3, 4, 5, ...Array.from({ length: 10 }, (_, i) => 11 + i)]);
+    expect(uniqueIds(f.harness)).toBe(15);
+    expect(f.logger.at("warn").map((l) => l.msg)).toEqual(["file was truncated; reading it again from the start as a new generation"]);
+    await f.stop();
+  });
+
+  it("a copytruncate that leaves the first line as it was is told by the size, and its epoch keeps the ids apart", async () => {
+    await writeFile(inputPath, ndjson(unkeyed(1, 5)));
+    const f = await following();
+    await writeFile(inputPath, ndjson(unkeyed(1, 2)));
+    await poll(f.clock);
+    await poll(f.clock);
+    expect(f.harness.payloads.map((p) => p.n)).toEqual([1, 2, 3, 4, 5, 1, 2]);
+    expect(uniqueIds(f.harness)).toBe(7);
+    await f.stop();
   });
 });
 

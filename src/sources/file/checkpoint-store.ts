@@ -1,0 +1,315 @@
+/**
+ * The `file` source's checkpoint: where reading resumes, and which generation of the file that
+ * position belongs to. Kept in `<data_dir>/checkpoints/<source name>.json`, written atomically.
+ */
+import { mkdir, open, readFile, rename } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { z } from "zod";
+import type { Clock } from "../../core/clock.js";
+import { classify, SluiceError } from "../../core/errors.js";
+import type { EventSink, Logger } from "../../core/events.js";
+import type { Fingerprint, FileIdentity, PreviousGeneration } from "./identity.js";
+
+/** A generation as a checkpoint names it (see `FileGeneration`). */
+export interface GenerationState {
+  readonly identity: FileIdentity;
+  readonly fingerprint: Fingerprint;
+  readonly epoch: number;
+  /** `""` for a generation taken over from a checkpoint of before generations: its ids stay `<source>:<offset>`. */
+  readonly token: string;
+  /** False while no line of the generation was read: the token may still change (see `FileGeneration`). */
+  readonly fixed: boolean;
+  /** While not fixed: the previous generation of the same inode, which its epoch depends on. */
+  readonly pendingPrevious: PreviousGeneration | undefined;
+}
+
+/**
+ * The checkpoint a file source hands to `enqueue`: the byte offset just after the chunk's last
+ * line, the number of lines before that offset, the generation of the file they are in, and how
+ * many bytes of that generation had been read when the chunk was handed over (saved as
+ * `size_at_ack`: a file found shorter than that on the next start was truncated since).
+ */
+export interface FileCheckpoint {
+  readonly offset: number;
+  readonly line: number;
+  readonly generation: GenerationState;
+  readonly size: number;
+}
+
+/** A generation as saved: its token undefined when it was not fixed yet. */
+export interface SavedGeneration {
+  readonly identity: FileIdentity;
+  readonly fingerprint: Fingerprint;
+  readonly epoch: number;
+  readonly token: string | undefined;
+  readonly previous: PreviousGeneration | undefined;
+}
+
+/** A saved checkpoint as {@link CheckpointStore.load} gives it, whatever version of sluice wrote it. */
+export interface SavedCheckpoint {
+  readonly path: string;
+  readonly offset: number;
+  readonly line: number;
+  readonly sizeAtAck: number;
+  readonly epoch: number;
+  /** Undefined when saved before a line of the generation was read: the token was not fixed yet. */
+  readonly token: string | undefined;
+  /** Undefined for a checkpoint of before generations, which kept the inode only. */
+  readonly dev: string | undefined;
+  readonly ino: string | undefined;
+  readonly fingerprint: Fingerprint | undefined;
+  /** While unfixed: the previous generation of the same inode. */
+  readonly previous: PreviousGeneration | undefined;
+  /** Generations started after the checkpoint's, in order, none of whose lines is acked yet. */
+  readonly trail: readonly SavedGeneration[];
+}
+
+const fingerprintSchema = z.object({ bytes: z.number().int().nonnegative(), sha256: z.string(), complete: z.boolean() });
+
+const generationSchema = z.object({
+  dev: z.string(),
+  ino: z.string(),
+  fingerprint: fingerprintSchema,
+  epoch: z.number().int().nonnegative(),
+  /** The token, once fixed. */
+  generation: z.string().optional(),
+  /** While not fixed: the first line's hash and the epoch of the generation before, on the same inode. */
+  previous: z.object({ sha256: z.string(), epoch: z.number().int().nonnegative() }).optional(),
+});
+
+/** Written since generations: `version: 2`. */
+const currentSchema = generationSchema.extend({
+  version: z.literal(2),
+  path: z.string(),
+  offset: z.number().int().nonnegative(),
+  line: z.number().int().nonnegative(),
+  size_at_ack: z.number().int().nonnegative(),
+  trail: z.array(generationSchema).default([]),
+});
+
+function savedGeneration(g: z.output<typeof generationSchema>): SavedGeneration {
+  const identity = { dev: g.dev, ino: g.ino };
+  return {
+    identity,
+    fingerprint: g.fingerprint,
+    epoch: g.epoch,
+    token: g.generation,
+    previous: g.previous === undefined ? undefined : { identity, fingerprint: { sha256: g.previous.sha256 }, epoch: g.previous.epoch },
+  };
+}
+
+function generationFields(g: GenerationState): z.input<typeof generationSchema> {
+  const previous = g.fixed ? undefined : g.pendingPrevious;
+  return {
+    dev: g.identity.dev,
+    ino: g.identity.ino,
+    fingerprint: g.fingerprint,
+    epoch: g.epoch,
+    ...(g.fixed ? { generation: g.token } : {}),
+    ...(previous?.fingerprint !== undefined ? { previous: { sha256: previous.fingerprint.sha256, epoch: previous.epoch } } : {}),
+  };
+}
+
+/** Written before generations: no version, the inode only, and ids were `<source>:<offset>`. */
+const legacySchema = z.object({
+  path: z.string(),
+  offset: z.number().int().nonnegative(),
+  line: z.number().int().nonnegative().default(0),
+  ino: z.string().optional(),
+  size_at_ack: z.number().int().nonnegative().optional(),
+});
+
+function parseSaved(value: unknown): SavedCheckpoint {
+  if (typeof value === "object" && value !== null && "version" in value) {
+    const c = currentSchema.parse(value);
+    const g = savedGeneration(c);
+    return {
+      path: c.path,
+      offset: c.offset,
+      line: c.line,
+      sizeAtAck: c.size_at_ack,
+      epoch: g.epoch,
+      token: g.token,
+      dev: c.dev,
+      ino: c.ino,
+      fingerprint: c.fingerprint,
+      previous: g.previous,
+      trail: c.trail.map(savedGeneration),
+    };
+  }
+  // Migrated, not refused: the file it names resumes where it was, under the ids it had.
+  const c = legacySchema.parse(value);
+  return {
+    path: c.path,
+    offset: c.offset,
+    line: c.line,
+    sizeAtAck: c.size_at_ack ?? c.offset,
+    epoch: 0,
+    token: "",
+    dev: undefined,
+    ino: c.ino,
+    fingerprint: undefined,
+    previous: undefined,
+    trail: [],
+  };
+}
+
+/**
+ * Persists acked checkpoints to `<data_dir>/checkpoints/<name>.json`: atomically (temp file,
+ * fsync, rename), at most once per interval plus once at close, and only checkpoints that were
+ * acked. With it, the trail: the generations the source went on to (rotations) whose lines are
+ * not acked yet, saved as soon as each starts, so that a restart finds each of them by its inode,
+ * however many rotations happened while nothing could be acked.
+ */
+export class CheckpointStore {
+  private acked: FileCheckpoint | undefined;
+  private written: FileCheckpoint | undefined;
+  private trail: GenerationState[] = [];
+  private lastWriteAt = Number.NEGATIVE_INFINITY;
+  private cancelTimer: (() => void) | undefined;
+  private writing: Promise<void> = Promise.resolve();
+  private readonly file: string;
+
+  constructor(
+    dataDir: string,
+    name: string,
+    private readonly path: string,
+    private readonly intervalMs: number,
+    private readonly clock: Clock,
+    private readonly logger: Logger,
+    private readonly emitEvent: EventSink,
+    private readonly component: string,
+  ) {
+    this.file = join(dataDir, "checkpoints", `${name}.json`);
+  }
+
+  /** The saved checkpoint, or undefined when there is none or it is unreadable (logged). */
+  async load(): Promise<SavedCheckpoint | undefined> {
+    let text: string;
+    try {
+      text = await readFile(this.file, "utf8");
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      throw new SluiceError("ERR_SOURCE_READ", `cannot read checkpoint: ${(err as Error).message}`, {
+        cause: err,
+        location: this.file,
+      });
+    }
+    try {
+      return parseSaved(JSON.parse(text));
+    } catch {
+      this.logger.warn({ source: this.component, checkpoint: this.file }, "checkpoint file is not valid; reading from the start");
+      return undefined;
+    }
+  }
+
+  /**
+   * Saves, before any line is read, where the run starts (`base`: the checkpoint it resumes, or
+   * the start of a generation with nothing before it) and the generations it will read after it
+   * (`trail`): a file rotated away while sluice is down, before any ack, is still found by its
+   * inode on the next start. Does not count as a write for the interval.
+   */
+  async begin(base: FileCheckpoint, trail: readonly GenerationState[]): Promise<void> {
+    this.acked = base;
+    this.trail = [...trail];
+    await this.persistNow();
+  }
+
+  /** The source went on to a new generation (a rotation): saved at once, in the trail. */
+  async started(generation: GenerationState): Promise<void> {
+    if (this.trail.includes(generation) || this.acked?.generation === generation) return;
+    this.trail.push(generation);
+    await this.persistNow();
+  }
+
+  private async persistNow(): Promise<void> {
+    const checkpoint = this.acked;
+    if (checkpoint === undefined) return;
+    this.writing = this.writing.then(() => this.persist(checkpoint));
+    await this.writing;
+  }
+
+  /** Records an acked checkpoint; writes it now if the interval has passed, else schedules a write. */
+  async ack(checkpoint: FileCheckpoint): Promise<void> {
+    this.acked = checkpoint;
+    // Generations up to the acked one are no longer ahead of the checkpoint.
+    const reached = this.trail.indexOf(checkpoint.generation);
+    if (reached >= 0) this.trail = this.trail.slice(reached + 1);
+    const wait = this.lastWriteAt + this.intervalMs - this.clock.now();
+    if (wait <= 0) {
+      await this.write();
+    } else if (this.cancelTimer === undefined) {
+      this.cancelTimer = this.clock.setTimer(wait, () => {
+        this.cancelTimer = undefined;
+        void this.write();
+      });
+    }
+  }
+
+  /** Writes the last acked checkpoint if it was not written yet. */
+  async close(): Promise<void> {
+    this.cancelTimer?.();
+    this.cancelTimer = undefined;
+    await this.write();
+  }
+
+  /** Serializes writes: a timer's write and an ack's write never overlap. Never rejects. */
+  private write(): Promise<void> {
+    this.writing = this.writing.then(() => this.writeNow());
+    return this.writing;
+  }
+
+  private async writeNow(): Promise<void> {
+    const checkpoint = this.acked;
+    if (checkpoint === undefined || checkpoint === this.written) return;
+    this.lastWriteAt = this.clock.now();
+    await this.persist(checkpoint);
+  }
+
+  private async persist(checkpoint: FileCheckpoint): Promise<void> {
+    try {
+      const stored: z.input<typeof currentSchema> = {
+        version: 2,
+        path: this.path,
+        offset: checkpoint.offset,
+        line: checkpoint.line,
+        size_at_ack: checkpoint.size,
+        ...generationFields(checkpoint.generation),
+        trail: this.trail.map(generationFields),
+      };
+      await writeFileAtomic(this.file, `${JSON.stringify(stored)}\n`);
+      this.written = checkpoint;
+    } catch (err) {
+      // Not fatal: the previous checkpoint stays, so a crash redelivers a little more (ids are stable).
+      const error = classify(err, "ERR_SOURCE_READ");
+      this.logger.error({ source: this.component, checkpoint: this.file, err: error.message }, "cannot write checkpoint");
+      this.emitEvent({ type: "component_error", component: this.component, code: error.code, message: error.message });
+    }
+  }
+}
+
+/** Writes `text` to `file` so a crash leaves either the old or the new content, never a mix. */
+async function writeFileAtomic(file: string, text: string): Promise<void> {
+  const dir = dirname(file);
+  await mkdir(dir, { recursive: true });
+  const tmp = `${file}.${process.pid}.tmp`;
+  const fh = await open(tmp, "w");
+  try {
+    await fh.writeFile(text, "utf8");
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await rename(tmp, file);
+  // Makes the rename itself durable; not supported on every platform, where rename is the best we get.
+  try {
+    const dh = await open(dir, "r");
+    try {
+      await dh.sync();
+    } finally {
+      await dh.close();
+    }
+  } catch {
+    // best effort, see above
+  }
+}
