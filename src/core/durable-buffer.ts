@@ -463,8 +463,10 @@ export class DurableBuffer implements BufferContract {
     this.nextSeq = Math.max(lastSeq, state.through, lastRange === undefined ? -1 : lastRange[1], written - 1) + 1;
     this.writtenBelow = this.nextSeq;
     if (replayChunks > 0) this.emit({ type: "buffer_replayed", records: replayRecords, chunks: replayChunks });
-    // Stale leftovers of an acked write cut short by a crash.
+    // Stale leftovers of an acked write or a write probe cut short by a crash: on a full disk,
+    // their space is some of what the restart needs.
     await fs.rm(join(this.dir, "acked.tmp"), { force: true });
+    await fs.rm(join(this.dir, "write-probe"), { force: true });
     return acked.tag === "corrupt";
   }
 
