@@ -8,6 +8,7 @@ import { resolve } from "node:path";
 import type { z } from "zod";
 import type { ComponentContext, ComponentDefinition, DeadLetterStore, Sink, Source, Transform } from "../components/contracts.js";
 import { createBuffer, lockDataDir, releasingOnThrow, serviceProbe, sinkSettings, type BuiltPipeline } from "../config/build.js";
+import { DEFAULTS } from "../config/defaults.js";
 import { reservedNameIssue, sinkDrivingSchema, topSchema, validateWith, type ConfigIssue } from "../config/schema.js";
 import { systemClock, type Clock } from "../core/clock.js";
 import { SluiceError } from "../core/errors.js";
@@ -212,6 +213,7 @@ export class PipelineBuilder<P extends object> {
       whenFull: t.buffer.when_full,
       chunkSize: Math.min(t.buffer.chunk_size, t.buffer.max_records),
       shutdownTimeoutMs: t.shutdown_timeout,
+      deadLetterMaxElapsedMs: DEFAULTS.dead_letter.retry.max_elapsed_ms,
       clock,
       logger,
       emit,

@@ -24,6 +24,12 @@ export const DEFAULTS = {
     /** A push counts as accepted only once on disk (O_DSYNC writes). */
     fsync: true,
   },
+  dead_letter: {
+    retry: {
+      /** ms a dead-letter write may keep failing (retried with backoff) before the run ends with exit 1. */
+      max_elapsed_ms: 60_000,
+    },
+  },
   sink: {
     /** Batches in flight per sink (a number, or `adaptive` with the settings below). */
     concurrency: 4,

@@ -50,6 +50,8 @@ export interface PipelineOptions {
   readonly shutdownTimeoutMs: number;
   /** Backoff of dead-letter store retries. */
   readonly deadLetterBackoff?: BackoffPolicy;
+  /** How long a dead-letter write may keep failing before the run fails with `ERR_DEAD_LETTER_WRITE`, in ms; undefined: retried until the hard deadline. */
+  readonly deadLetterMaxElapsedMs?: number;
   readonly clock?: Clock;
   readonly random?: () => number;
   readonly logger?: Logger;
@@ -62,8 +64,9 @@ export interface PipelineOptions {
  * How a run ended. `completed`: finite sources exhausted and everything delivered or
  * dead-lettered. `stopped`: a stop was asked and everything in flight drained. `timed_out`: the
  * stop's drain hit `shutdown_timeout`; what was in flight stays un-acked. `failed`: a source
- * failed, a sink could not connect (for good, or within its `connect_timeout`), or a stop found a
- * sink that never connected with records in flight and no durable buffer; `error` says why.
+ * failed, a sink could not connect (for good, or within its `connect_timeout`), dead letters could
+ * not be written for `deadLetterMaxElapsedMs` (`ERR_DEAD_LETTER_WRITE`), or a stop found a sink
+ * that never connected with records in flight and no durable buffer; `error` says why.
  */
 export type PipelineStatus =
   | { tag: "completed" }
@@ -125,6 +128,12 @@ export class Pipeline {
       o.deadLetterBackoff ?? DEFAULT_DLQ_BACKOFF,
       this.logger,
       this.hardAbort.signal,
+      {
+        maxElapsedMs: o.deadLetterMaxElapsedMs ?? Number.POSITIVE_INFINITY,
+        emit: this.emit,
+        // Nothing that needs a dead letter can finish now: waiting for a drain would only wait for shutdown_timeout.
+        giveUp: (error) => this.fail(error, "dead_letter", "dead-letter store cannot write; stopping", false),
+      },
     );
     this.runners = o.sinks.map(
       (s) =>
