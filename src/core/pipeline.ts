@@ -112,6 +112,8 @@ export class Pipeline {
   private failure: SluiceError | undefined;
   /** Set when a stop did not drain because a sink never connected (see {@link stop}). */
   private abandoned: SluiceError | undefined;
+  /** Pull sources whose latest ack (or close) failed to save their progress, with why. */
+  private readonly unsaved = new Map<string, SluiceError>();
   private cancelDeadline: (() => void) | undefined;
 
   constructor(private readonly o: PipelineOptions) {
@@ -172,9 +174,14 @@ export class Pipeline {
     this.trackers = o.sources.map(
       (s) =>
         new AckTracker(
-          (checkpoint) => s.source.ack(checkpoint),
+          async (checkpoint) => {
+            await s.source.ack(checkpoint);
+            // A later checkpoint saved covers an earlier one that was not.
+            this.unsaved.delete(s.name);
+          },
           (err) => {
             const e = classify(err, "ERR_SOURCE_READ");
+            this.unsaved.set(s.name, e);
             this.emit({ type: "component_error", component: s.name, code: e.code, message: e.message });
           },
         ),
@@ -245,7 +252,7 @@ export class Pipeline {
     await this.deadLetters.flush();
 
     const unacked = this.o.buffer.usage().records;
-    const status: PipelineStatus = this.failure
+    const ended: PipelineStatus = this.failure
       ? { tag: "failed", error: this.failure, unacked }
       : this.abandoned !== undefined
         ? unacked > 0 && !this.o.buffer.durable
@@ -257,6 +264,7 @@ export class Pipeline {
           ? { tag: "stopped" }
           : { tag: "completed" };
     await this.closeAll();
+    const status = this.withUnsavedProgress(ended, unacked);
     this.state = { tag: "done", status };
     this.emit({ type: "pipeline_run", phase: "done" });
     return status;
@@ -489,9 +497,24 @@ export class Pipeline {
     if (delivered + dead > 0) this.emit({ type: "records_completed", delivered, alreadyPresent: present, deadLettered: dead });
   }
 
+  /**
+   * A run that ended well but could not save a pull source's progress (its last ack and its
+   * `close` both failed) ends `failed` with `ERR_CHECKPOINT_WRITE`: its records were delivered,
+   * but the next run starts from the last checkpoint saved and delivers them again.
+   */
+  private withUnsavedProgress(status: PipelineStatus, unacked: number): PipelineStatus {
+    const [first] = this.unsaved;
+    if (first === undefined) return status;
+    for (const [name, e] of this.unsaved) this.logger.error({ component: name, code: e.code, err: e.message }, "source progress not saved");
+    if (status.tag !== "completed" && status.tag !== "stopped") return status;
+    const [name, e] = first;
+    const message = `source ${name}: progress not saved (${e.message}); its records were delivered, but the next run starts again from the last checkpoint saved`;
+    return { tag: "failed", error: new SluiceError("ERR_CHECKPOINT_WRITE", message, { cause: e, location: e.location }), unacked };
+  }
+
   private async closeAll(): Promise<void> {
     const closers: (Promise<unknown> | undefined)[] = [
-      ...this.o.sources.map((s) => s.source.close()),
+      ...this.o.sources.map((s) => this.closeSource(s)),
       ...this.o.sinks.map((s) => s.sink.close()),
       ...this.o.transforms.map((t) => t.transform.close?.()),
     ];
@@ -500,5 +523,17 @@ export class Pipeline {
       if (r.status === "rejected") this.logger.warn({ err: String(r.reason) }, "error while closing a component");
     }
     await this.o.deadLetter.close();
+  }
+
+  /** A pull source's `close` persists its progress: its outcome is the last word on whether it was saved. */
+  private async closeSource(s: SourceSettings): Promise<void> {
+    if (s.source.kind === "push") return s.source.close();
+    try {
+      await s.source.close();
+      this.unsaved.delete(s.name);
+    } catch (err) {
+      this.unsaved.set(s.name, classify(err, "ERR_SOURCE_READ"));
+      throw err;
+    }
   }
 }
