@@ -114,7 +114,7 @@ describe("a restart on a full disk", () => {
     await fsp.writeFile(join(dir, "draining.yaml"), config(mountPoint, sinkDb, port, "3s"));
     const second = startCli(join(dir, "draining.yaml"), join(dir, "summary2.json"), dir);
     await waitLive(base, second);
-    expect(await post(base, next, 1)).toBe(503);
+    expect(await post(base, next, 20)).toBe(503);
     const ready = await fetch(`${base}/health/ready`);
     expect(ready.status).toBe(503);
     expect(((await ready.json()) as { problems: string[] }).problems).toContainEqual(expect.stringMatching(/^buffer: cannot write: .*ENOSPC/));

@@ -574,4 +574,17 @@ describe("Pipeline, end to end in memory", () => {
       expect([...tp.sink.committed.keys()].sort()).toEqual(ids(30).sort());
     });
   });
+
+  it("ends failed with ERR_DEAD_LETTER_WRITE once dead letters keep failing past deadLetterMaxElapsedMs, leaving their records un-acked", async () => {
+    const inputs: MemoryInput[] = [...payloads(10), malformed("{oops"), ...payloads(9).map((p) => ({ ...p, id: `s-${String(p.id)}` }))];
+    const tp = makePipeline({ inputs, deadLetter: new MemoryDeadLetterStore(Number.POSITIVE_INFINITY), deadLetterMaxElapsedMs: 2000, shutdownTimeoutMs: 60_000 });
+    const started = tp.clock.now();
+    const status = await tp.run();
+    expect(status).toMatchObject({ tag: "failed", unacked: 10, error: { code: "ERR_DEAD_LETTER_WRITE", message: expect.stringContaining("dead letters could not be written for") } });
+    // The chunk holding the malformed line is never acked: the next run reads it again.
+    expect(tp.source.acks).toEqual([10]);
+    // Ended at once, not after shutdown_timeout.
+    expect(tp.clock.now() - started).toBeLessThan(10_000);
+    expect(tp.events).toContainEqual({ type: "dead_letter_write_failed", code: "ERR_DEAD_LETTER_WRITE", message: "dead-letter store unavailable" });
+  });
 });
