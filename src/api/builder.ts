@@ -229,7 +229,9 @@ export class PipelineBuilder<P extends object> {
    * @throws SluiceError the run's error when it failed (status `failed`, exit 1 in the CLI), with
    * its stable code: `ERR_SINK_CONNECT` when a sink could not connect within its `connect_timeout`
    * (or failed to connect for good), `ERR_SOURCE_READ` when a source failed, `ERR_BUFFER_IO` when
-   * the buffer could not open. {@link build} gives the status itself instead.
+   * the buffer could not open, `ERR_DEAD_LETTER_WRITE` when dead letters could not be written for
+   * 60 s (their records un-acked), `ERR_CHECKPOINT_WRITE` when everything was delivered but a
+   * source could not save its progress. {@link build} gives the status itself instead.
    */
   async run(): Promise<RunResult> {
     const { pipeline, metrics } = await this.build();
