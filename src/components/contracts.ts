@@ -208,7 +208,10 @@ export interface DeadLetter {
 
 /** Where records go that cannot be delivered. Writes must be durable when they resolve. */
 export interface DeadLetterStore {
-  /** Called once before the first write. */
+  /**
+   * Called at start; when it rejects, called again before each write until it resolves (a store
+   * on a full disk opens once the run has freed room). Resolves once; a rejection leaves nothing open.
+   */
   open(): Promise<void>;
   /** Persists entries; the engine retries a rejection with backoff (it never drops a dead letter). */
   write(entries: readonly DeadLetter[]): Promise<void>;

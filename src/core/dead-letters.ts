@@ -34,6 +34,7 @@ export class DeadLetterWriter {
   private running: Promise<void> | undefined;
   private failing = false;
   private gaveUp = false;
+  private opened = false;
 
   constructor(
     private readonly store: DeadLetterStore,
@@ -44,6 +45,22 @@ export class DeadLetterWriter {
     private readonly signal: AbortSignal,
     private readonly failures: DeadLetterFailures = UNBOUNDED,
   ) {}
+
+  /**
+   * Opens the store; resolves with why it could not, or undefined. A failure does not stop the
+   * run: a store on a full disk (that of a durable buffer which filled it) cannot create its files
+   * until the backlog drains, which only the run does. The first write opens it again, within
+   * that write's retries and bound.
+   */
+  async open(): Promise<SluiceError | undefined> {
+    try {
+      await this.store.open();
+      this.opened = true;
+      return undefined;
+    } catch (err) {
+      return classify(err, "ERR_DEAD_LETTER_WRITE");
+    }
+  }
 
   /** Queues entries; `onCommitted` runs once they are durable. Never runs it if the deadline aborts first. */
   add(entries: readonly DeadLetter[], onCommitted: () => void): void {
@@ -85,6 +102,10 @@ export class DeadLetterWriter {
     const started = this.clock.now();
     for (let attempt = 1; ; attempt++) {
       try {
+        if (!this.opened) {
+          await this.store.open();
+          this.opened = true;
+        }
         await this.store.write(entries);
         if (this.failing) {
           this.failing = false;

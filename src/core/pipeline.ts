@@ -225,7 +225,10 @@ export class Pipeline {
       this.emit({ type: "pipeline_run", phase: "done" });
       return status;
     }
-    await this.o.deadLetter.open();
+    const deadLetterError = await this.deadLetters.open();
+    if (deadLetterError !== undefined) {
+      this.logger.warn({ component: "dead_letter", code: deadLetterError.code, err: deadLetterError.message }, "dead-letter store cannot open; opened again at the first dead letter");
+    }
     this.runners.forEach((runner, i) => {
       void runner.start().then((error) => {
         if (error) this.fail(error, this.o.sinks[i]!.name, "sink cannot connect; stopping", false);

@@ -1,8 +1,9 @@
 /**
  * A restart on a full disk (issue 12, point 9): sluice runs with `data_dir` and its durable buffer
  * on a small tmpfs, its sink blocked, and takes POSTs until the disk is full (ENOSPC: 503). It is
- * SIGKILLed, the rest of the disk is filled, and it is started again. It must start (both locks
- * are taken without a free byte), answer 503 while the disk is still full, drain the backlog into
+ * SIGKILLed (or stopped with SIGTERM), the rest of the disk is filled, and it is started again. It
+ * must start (both locks are taken without a free byte, the dead-letter store opens once there is
+ * room), answer 503 while the disk is still full, drain the backlog into
  * the sink (which frees the space), and then answer 202 again; every record that got a 202 is in
  * the sink, and no temp file is left. Skipped, saying why, where mounting a tmpfs is not permitted.
  */
@@ -13,6 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
+import { createSqliteDeadLetterStore } from "../../src/sinks/dead-letter-sqlite.js";
 import { killClis, startCli, type Cli } from "../helpers/cli.js";
 import { freePort, waitUntil } from "../helpers/http-pipeline.js";
 
@@ -25,6 +27,7 @@ afterAll(() => killClis());
 /** The pipeline: http -> durable buffer (data_dir on the tmpfs) -> sqlite outside it, each write delayed by `latency`. */
 function config(mountPoint: string, sinkDb: string, port: number, latency: string): string {
   return `data_dir: ${JSON.stringify(join(mountPoint, "data"))}
+shutdown_timeout: 1s
 buffer: { durable: {} }
 sources:
   web: { type: http, listen: "127.0.0.1:${port}" }
@@ -75,7 +78,11 @@ function tmpFiles(dir: string): string[] {
 }
 
 describe("a restart on a full disk", () => {
-  it("starts, answers 503 while the disk is full, drains the backlog to free it, then takes records again", async (ctx) => {
+  const endings: ["SIGKILL" | "SIGTERM", string][] = [
+    ["SIGKILL", "a kill"],
+    ["SIGTERM", "a stop that timed out (its locks removed, the dead-letter store closed: no -shm to reuse)"],
+  ];
+  it.for(endings)("after %s (%s): starts, answers 503 while the disk is full, drains the backlog to free it, then takes records again", { timeout: 120_000 }, async ([signal], ctx) => {
     const dir = await fsp.mkdtemp(join(tmpdir(), "sluice-fulldisk-"));
     cleanups.push(() => fsp.rm(dir, { recursive: true, force: true }));
     const mountPoint = join(dir, "small");
@@ -89,6 +96,14 @@ describe("a restart on a full disk", () => {
     const sinkDb = join(dir, "out.db");
     const port = await freePort();
     const base = `http://127.0.0.1:${port}`;
+
+    // The dead-letter store of an earlier run: run 1 finds it, writes nothing to it, and closes it
+    // cleanly on a stop, which removes its -wal and -shm.
+    const dlq = join(mountPoint, "data", "dlq.db");
+    await fsp.mkdir(join(mountPoint, "data"));
+    const store = createSqliteDeadLetterStore(dlq);
+    await store.open();
+    await store.close();
 
     // Run 1: the sink never finishes a write, so everything accepted stays in the buffer until the disk is full.
     await fsp.writeFile(join(dir, "blocked.yaml"), config(mountPoint, sinkDb, port, "1h"));
@@ -106,8 +121,9 @@ describe("a restart on a full disk", () => {
       next += 20;
     }
     expect(accepted.length).toBeGreaterThan(100);
-    first.process.kill("SIGKILL");
-    await first.exited;
+    first.process.kill(signal);
+    expect((await first.exited).code).toBe(signal === "SIGKILL" ? null : 1);
+    if (signal === "SIGTERM") expect(fs.existsSync(`${dlq}-shm`)).toBe(false);
     fillDisk(join(mountPoint, "filler"));
 
     // Run 2: the sink works, after a delay that keeps the backlog (and the disk) full for a while.
@@ -141,5 +157,5 @@ describe("a restart on a full disk", () => {
     second.process.kill("SIGTERM");
     expect((await second.exited).code).toBe(0);
     expect(second.output()).not.toMatch(/cannot (start|lock)/);
-  }, 120_000);
+  });
 });

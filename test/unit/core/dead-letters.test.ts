@@ -123,4 +123,22 @@ describe("DeadLetterWriter", () => {
     expect(gaveUp[0]).toMatchObject({ code: "ERR_DEAD_LETTER_WRITE", message: expect.stringMatching(/^dead letters could not be written for 2(\.\d)? s \(\d+ attempts; the last: dead-letter store unavailable\); their records are not acked/) });
     expect(clock.pendingTimers).toBe(0);
   });
+
+  it("opens a store that could not open at start before its first write, within the write's retries", async () => {
+    const store = new MemoryDeadLetterStore();
+    let refusals = 2;
+    const open = store.open.bind(store);
+    store.open = async () => {
+      if (refusals-- > 0) throw Object.assign(new Error("disk I/O error"), { code: "SQLITE_IOERR_SHMSIZE" });
+      return open();
+    };
+    const { clock, w } = writer(store);
+    expect(await w.open()).toMatchObject({ code: "ERR_DEAD_LETTER_WRITE", message: "disk I/O error" });
+    expect(store.opened).toBe(false);
+    let committed = false;
+    w.add([letter("a")], () => (committed = true));
+    await driveUntil(clock, () => committed);
+    expect(store.opened).toBe(true);
+    expect(store.entries.map((e) => e.record.id)).toEqual(["a"]);
+  });
 });
