@@ -8,6 +8,7 @@ import { resolve } from "node:path";
 import type { z } from "zod";
 import type { ComponentContext, ComponentDefinition, DeadLetterStore, Sink, Source, Transform } from "../components/contracts.js";
 import { createBuffer, lockDataDir, releasingOnThrow, serviceProbe, sinkSettings, type BuiltPipeline } from "../config/build.js";
+import { DEFAULTS } from "../config/defaults.js";
 import { reservedNameIssue, sinkDrivingSchema, topSchema, transformLimitsSchema, validateWith, type ConfigIssue, type TransformLimits } from "../config/schema.js";
 import { systemClock, type Clock } from "../core/clock.js";
 import { SluiceError } from "../core/errors.js";
@@ -238,6 +239,7 @@ export class PipelineBuilder<P extends object> {
       whenFull: t.buffer.when_full,
       chunkSize: Math.min(t.buffer.chunk_size, t.buffer.max_records),
       shutdownTimeoutMs: t.shutdown_timeout,
+      deadLetterMaxElapsedMs: DEFAULTS.dead_letter.retry.max_elapsed_ms,
       clock,
       logger,
       emit,
@@ -253,7 +255,9 @@ export class PipelineBuilder<P extends object> {
    * @throws SluiceError the run's error when it failed (status `failed`, exit 1 in the CLI), with
    * its stable code: `ERR_SINK_CONNECT` when a sink could not connect within its `connect_timeout`
    * (or failed to connect for good), `ERR_SOURCE_READ` when a source failed, `ERR_BUFFER_IO` when
-   * the buffer could not open. {@link build} gives the status itself instead.
+   * the buffer could not open, `ERR_DEAD_LETTER_WRITE` when dead letters could not be written for
+   * 60 s (their records un-acked), `ERR_CHECKPOINT_WRITE` when everything was delivered but a
+   * source could not save its progress. {@link build} gives the status itself instead.
    */
   async run(): Promise<RunResult> {
     const { pipeline, metrics } = await this.build();

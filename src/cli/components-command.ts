@@ -71,13 +71,15 @@ export function componentsCommand(filter: string | undefined, io: Io): number {
   }
   io.stdout.write(`${blocks.join("\n\n")}\n`);
   if (filter === undefined) {
-    io.stdout.write("\nEvery source also takes id_field, key_field, time_field; every transform takes timeout, max_split; every sink takes concurrency, batch, retry, connect_timeout, chaos (see README.md).\n");
+    io.stdout.write("\nEvery source also takes id_field, key_field, time_field; every transform takes timeout, max_split; every sink takes concurrency, batch, retry, connect_timeout, chaos; the dead-letter store takes retry.max_elapsed (see README.md).\n");
   } else if (kind?.[0] === "source") {
     io.stdout.write("\nEvery source also takes id_field, key_field, time_field (see README.md).\n");
   } else if (kind?.[0] === "transform") {
     io.stdout.write("\nEvery transform also takes timeout, max_split (see README.md).\n");
   } else if (kind?.[0] === "sink") {
     io.stdout.write("\nEvery sink also takes concurrency, batch, retry, connect_timeout, chaos (see README.md).\n");
+  } else if (kind?.[0] === "dead_letter") {
+    io.stdout.write("\nThe dead-letter store also takes retry.max_elapsed (see README.md).\n");
   }
   return EXIT.ok;
 }

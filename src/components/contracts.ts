@@ -124,10 +124,15 @@ export interface Source {
    * concurrently, with the checkpoint of the newest chunk such that it and all chunks before it
    * are done: persist it (brokers: ack; files: save the offset); it may batch or delay persistence,
    * since redelivery is safe. A `push` source is called once per chunk with that chunk's own
-   * checkpoint, in any order: answer its producer.
+   * checkpoint, in any order: answer its producer. A `pull` source rejects when it could not save
+   * the checkpoint: the run goes on, and ends `failed` (`ERR_CHECKPOINT_WRITE`, exit 1) unless a
+   * later ack or `close` saves its progress.
    */
   ack(checkpoint: unknown): Promise<void> | void;
-  /** Called once after `run` resolved and the last ack settled; persist state and release resources. */
+  /**
+   * Called once after `run` resolved and the last ack settled; persist state and release
+   * resources. For a `pull` source, resolving means its progress is saved, rejecting that it is not.
+   */
   close(): Promise<void>;
 }
 
@@ -209,7 +214,10 @@ export interface DeadLetter {
 
 /** Where records go that cannot be delivered. Writes must be durable when they resolve. */
 export interface DeadLetterStore {
-  /** Called once before the first write. */
+  /**
+   * Called at start; when it rejects, called again before each write until it resolves (a store
+   * on a full disk opens once the run has freed room). Resolves once; a rejection leaves nothing open.
+   */
   open(): Promise<void>;
   /** Persists entries; the engine retries a rejection with backoff (it never drops a dead letter). */
   write(entries: readonly DeadLetter[]): Promise<void>;

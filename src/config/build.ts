@@ -88,11 +88,13 @@ export function serviceProbe(pipeline: () => Pipeline | undefined, metrics: Metr
     readiness: () => {
       const state = pipeline()?.status().tag ?? "idle";
       const bufferError = metrics.bufferUnwritable();
+      const deadLetterError = metrics.deadLetterUnwritable();
       const problems: string[] = [];
       if (state !== "running") problems.push(`pipeline: ${state === "idle" ? "starting" : state === "draining" ? "stopping" : "stopped"}`);
       problems.push(...metrics.sinksDown(unreadyAfterMs));
       if (bufferError !== undefined) problems.push(`buffer: cannot write: ${bufferError}`);
-      return { ready: state === "running" && metrics.failingSinks(unreadyAfterMs).length === 0 && bufferError === undefined, problems };
+      if (deadLetterError !== undefined) problems.push(`dead_letter: cannot write: ${deadLetterError}`);
+      return { ready: state === "running" && metrics.failingSinks(unreadyAfterMs).length === 0 && bufferError === undefined && deadLetterError === undefined, problems };
     },
     metrics: async () => ({ contentType: metrics.registry.contentType, text: await metrics.registry.metrics() }),
   };
@@ -158,6 +160,7 @@ export async function buildPipeline(config: PipelineConfig, o: BuildOptions): Pr
     whenFull: config.buffer.when_full,
     chunkSize: Math.min(config.buffer.chunk_size, config.buffer.max_records),
     shutdownTimeoutMs: config.shutdownTimeoutMs,
+    deadLetterMaxElapsedMs: config.deadLetter.retry.max_elapsed,
     clock,
     logger: o.logger,
     emit: metrics.handle,

@@ -31,6 +31,12 @@ export const DEFAULTS = {
     /** Most records one record may split into; more is dead-lettered (ERR_TRANSFORM_SPLIT). */
     max_split: 10_000,
   },
+  dead_letter: {
+    retry: {
+      /** ms a dead-letter write may keep failing (retried with backoff) before the run ends with exit 1. */
+      max_elapsed_ms: 60_000,
+    },
+  },
   sink: {
     /** Batches in flight per sink (a number, or `adaptive` with the settings below). */
     concurrency: 4,

@@ -120,6 +120,18 @@ export const transformLimitsSchema = z.strictObject(transformLimits);
 /** Validated transform limits. */
 export type TransformLimits = z.output<typeof transformLimitsSchema>;
 
+/** The engine's keys of the `dead_letter` block, beside the store's own. */
+const deadLetterCommon = {
+  type: z.string(),
+  retry: z
+    .strictObject({
+      max_elapsed: duration()
+        .default(DEFAULTS.dead_letter.retry.max_elapsed_ms)
+        .describe("How long a dead-letter write may keep failing (retried with backoff) before the run ends with exit 1; its records stay un-acked and are delivered again by the next run."),
+    })
+    .prefault({}),
+};
+
 /** How any sink is driven (`concurrency`, `batch`, `retry`, `chaos`), shared by YAML and the library API. */
 export const sinkDrivingSchema = z.strictObject(sinkDriving);
 
@@ -177,7 +189,7 @@ export interface PipelineConfig {
   readonly sources: readonly SourceConfig[];
   readonly transforms: readonly TransformConfig[];
   readonly sinks: readonly SinkConfig[];
-  readonly deadLetter: ComponentConfig<(typeof DEAD_LETTER_STORES)[number]>;
+  readonly deadLetter: ComponentConfig<(typeof DEAD_LETTER_STORES)[number]> & { readonly retry: { readonly max_elapsed: number } };
   readonly observability: z.output<typeof topSchema>["observability"];
 }
 
@@ -406,10 +418,10 @@ export function validateConfig(raw: unknown): { config: PipelineConfig; issues: 
   const dlRaw = top?.dead_letter ?? rawObj.dead_letter ?? { type: "sqlite" };
   const dlDef = findDefinition(DEAD_LETTER_STORES, dlRaw, "dead_letter", "dead_letter", issues);
   if (dlDef) {
-    const parsed = collect(componentSchema(dlDef, { type: z.string() }), dlRaw, "dead_letter", issues) as Record<string, unknown> | undefined;
+    const parsed = collect(componentSchema(dlDef, deadLetterCommon), dlRaw, "dead_letter", issues) as Record<string, unknown> | undefined;
     if (parsed) {
-      const { type: _t, ...options } = parsed;
-      deadLetter = { name: "dead_letter", definition: dlDef, options };
+      const { type: _t, retry, ...options } = parsed;
+      deadLetter = { name: "dead_letter", definition: dlDef, options, retry: retry as { max_elapsed: number } };
     }
   }
 

@@ -1,22 +1,40 @@
 import type { DeadLetter, DeadLetterStore } from "../components/contracts.js";
 import { backoffDelay, type BackoffPolicy } from "./backoff.js";
-import { sleep, type Clock } from "./clock.js";
-import { classify } from "./errors.js";
-import type { Logger } from "./events.js";
+import { formatSeconds, sleep, type Clock } from "./clock.js";
+import { classify, SluiceError } from "./errors.js";
+import type { EventSink, Logger } from "./events.js";
 
 interface Pending {
   entries: readonly DeadLetter[];
   onCommitted: () => void;
 }
 
+/** What a {@link DeadLetterWriter} does about failing writes besides retrying them. */
+export interface DeadLetterFailures {
+  /** Longest time one write may keep failing, ms; then {@link giveUp}. */
+  readonly maxElapsedMs: number;
+  /** Receives `dead_letter_write_failed` per failed attempt and `dead_letter_write_recovered` on the next success (readiness). */
+  readonly emit: EventSink;
+  /** A write kept failing for `maxElapsedMs`: its records stay un-acked, and nothing more is written. */
+  readonly giveUp: (error: SluiceError) => void;
+}
+
+/** Retry until the hard deadline, silently: for callers that bound the run some other way. */
+const UNBOUNDED: DeadLetterFailures = { maxElapsedMs: Number.POSITIVE_INFINITY, emit: () => {}, giveUp: () => {} };
+
 /**
- * Serializes writes to the dead-letter store and retries them with backoff until they commit or
- * the pipeline's hard deadline aborts: a dead letter is never dropped. Entries queued while a
- * write runs are written together in the next one.
+ * Serializes writes to the dead-letter store and retries them with backoff until they commit,
+ * the pipeline's hard deadline aborts, or a write has failed for `failures.maxElapsedMs`: a dead
+ * letter is never dropped; when its write is given up its record stays un-acked (redelivered by
+ * the next run), and `failures.giveUp` ends the run. Entries queued while a write runs are
+ * written together in the next one.
  */
 export class DeadLetterWriter {
   private queue: Pending[] = [];
   private running: Promise<void> | undefined;
+  private failing = false;
+  private gaveUp = false;
+  private opened = false;
 
   constructor(
     private readonly store: DeadLetterStore,
@@ -25,7 +43,24 @@ export class DeadLetterWriter {
     private readonly backoff: BackoffPolicy,
     private readonly logger: Logger,
     private readonly signal: AbortSignal,
+    private readonly failures: DeadLetterFailures = UNBOUNDED,
   ) {}
+
+  /**
+   * Opens the store; resolves with why it could not, or undefined. A failure does not stop the
+   * run: a store on a full disk (that of a durable buffer which filled it) cannot create its files
+   * until the backlog drains, which only the run does. The first write opens it again, within
+   * that write's retries and bound.
+   */
+  async open(): Promise<SluiceError | undefined> {
+    try {
+      await this.store.open();
+      this.opened = true;
+      return undefined;
+    } catch (err) {
+      return classify(err, "ERR_DEAD_LETTER_WRITE");
+    }
+  }
 
   /** Queues entries; `onCommitted` runs once they are durable. Never runs it if the deadline aborts first. */
   add(entries: readonly DeadLetter[], onCommitted: () => void): void {
@@ -49,12 +84,12 @@ export class DeadLetterWriter {
     // assignment, leaving it set forever (flush() spinning, the pipeline never ending).
     this.running = this.drain().finally(() => {
       this.running = undefined;
-      if (this.queue.length > 0 && !this.signal.aborted) this.kick();
+      if (this.queue.length > 0 && !this.signal.aborted && !this.gaveUp) this.kick();
     });
   }
 
   private async drain(): Promise<void> {
-    while (this.queue.length > 0 && !this.signal.aborted) {
+    while (this.queue.length > 0 && !this.signal.aborted && !this.gaveUp) {
       const batch = this.queue;
       this.queue = [];
       const entries = batch.length === 1 ? batch[0]!.entries : batch.flatMap((p) => p.entries);
@@ -64,12 +99,36 @@ export class DeadLetterWriter {
   }
 
   private async writeWithRetry(entries: readonly DeadLetter[]): Promise<boolean> {
+    const started = this.clock.now();
     for (let attempt = 1; ; attempt++) {
       try {
+        if (!this.opened) {
+          await this.store.open();
+          this.opened = true;
+        }
         await this.store.write(entries);
+        if (this.failing) {
+          this.failing = false;
+          this.failures.emit({ type: "dead_letter_write_recovered" });
+        }
         return true;
       } catch (err) {
         const e = classify(err, "ERR_DEAD_LETTER_WRITE");
+        this.failing = true;
+        this.failures.emit({ type: "dead_letter_write_failed", code: e.code, message: e.message });
+        const elapsed = this.clock.now() - started;
+        if (elapsed >= this.failures.maxElapsedMs) {
+          this.gaveUp = true;
+          this.logger.error({ code: e.code, err: e.message, attempt, entries: entries.length }, "dead-letter write failed; giving up");
+          this.failures.giveUp(
+            new SluiceError(
+              "ERR_DEAD_LETTER_WRITE",
+              `dead letters could not be written for ${formatSeconds(elapsed)} (${attempt} attempts; the last: ${e.message}); their records are not acked, the next run delivers them again`,
+              { cause: e, location: e.location },
+            ),
+          );
+          return false;
+        }
         this.logger.error({ code: e.code, err: e.message, attempt, entries: entries.length }, "dead-letter write failed; retrying");
         try {
           await sleep(this.clock, Math.max(1, backoffDelay(this.backoff, attempt, this.random)), this.signal);

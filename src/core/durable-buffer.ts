@@ -238,7 +238,9 @@ export class DurableBuffer implements BufferContract {
    * Takes the lock and recovers the log: reads `acked`, scans every segment, quarantines torn or
    * corrupt bytes, and queues the entries not yet released for pull. Rejects with `ERR_LOCKED`
    * when the directory is locked by a live process, `ERR_BUFFER_IO` when it cannot be read;
-   * corruption never rejects.
+   * corruption never rejects. Needs no free space (a full disk is what a crashed buffer may leave):
+   * the lock is taken without it, leftover temp files are removed, and a quarantine copy that does
+   * not fit is only a warning; appends then fail until deliveries free room.
    */
   async open(): Promise<void> {
     if (this.phase !== "new") throw new SluiceError("ERR_INTERNAL", "DurableBuffer.open() is called once");
@@ -501,8 +503,10 @@ export class DurableBuffer implements BufferContract {
     this.nextSeq = Math.max(lastSeq, state.through, lastRange === undefined ? -1 : lastRange[1], written - 1) + 1;
     this.writtenBelow = this.nextSeq;
     if (replayChunks > 0) this.emit({ type: "buffer_replayed", records: replayRecords, chunks: replayChunks });
-    // Stale leftovers of an acked write cut short by a crash.
+    // Stale leftovers of an acked write or a write probe cut short by a crash: on a full disk,
+    // their space is some of what the restart needs.
     await fs.rm(join(this.dir, "acked.tmp"), { force: true });
+    await fs.rm(join(this.dir, "write-probe"), { force: true });
     return acked.tag === "corrupt";
   }
 

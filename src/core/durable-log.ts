@@ -308,17 +308,25 @@ export async function readAcked(dir: string): Promise<AckedRead> {
   return isAckedState(v) ? { tag: "ok", state: v } : { tag: "corrupt", detail: "not a valid release state", data };
 }
 
-/** Replaces `<dir>/acked` with `text` atomically (write a temp file, rename over). */
+/**
+ * Replaces `<dir>/acked` with `text` atomically (write a temp file, rename over). A write that
+ * fails (a full disk) removes its temp file: left there, it would hold on to the space it got.
+ */
 export async function writeAcked(dir: string, text: string, fsync: boolean): Promise<void> {
   const tmp = join(dir, "acked.tmp");
-  const fh = await fs.open(tmp, "w");
   try {
-    await fh.writeFile(text, "utf8");
-    if (fsync) await fh.datasync();
-  } finally {
-    await fh.close();
+    const fh = await fs.open(tmp, "w");
+    try {
+      await fh.writeFile(text, "utf8");
+      if (fsync) await fh.datasync();
+    } finally {
+      await fh.close();
+    }
+    await fs.rename(tmp, join(dir, "acked"));
+  } catch (err) {
+    await fs.rm(tmp, { force: true }).catch(() => {});
+    throw err;
   }
-  await fs.rename(tmp, join(dir, "acked"));
 }
 
 /**

@@ -32,8 +32,10 @@ export const ERROR_CODES = {
   ERR_TRANSFORM_ENVELOPE: { retryable: false },
   /** A source failed while reading (file vanished, permission denied). */
   ERR_SOURCE_READ: { retryable: true },
-  /** The dead-letter store could not persist an entry. */
+  /** The dead-letter store could not persist an entry (or its file was deleted or replaced while open). */
   ERR_DEAD_LETTER_WRITE: { retryable: true },
+  /** A source could not save its progress (a file source's checkpoint): the next run delivers those records again. */
+  ERR_CHECKPOINT_WRITE: { retryable: true },
   /** The buffer is full and `when_full: reject` is configured. */
   ERR_BUFFER_FULL: { retryable: true },
   /** The durable buffer could not write or read its log (disk full, I/O error). */

@@ -41,6 +41,10 @@ export type InternalEvent =
   | { type: "buffer_write_failed"; reason: string }
   /** A durable buffer write succeeded after writes had failed. */
   | { type: "buffer_write_recovered" }
+  /** A dead-letter write failed and is retried (or given up, ending the run): `/health/ready` is false until one succeeds. */
+  | { type: "dead_letter_write_failed"; code: string; message: string }
+  /** A dead-letter write succeeded after writes had failed. */
+  | { type: "dead_letter_write_recovered" }
   | { type: "component_error"; component: string; code: string; message: string }
   /** The pipeline started running, or finished (whatever its status): the run's elapsed time. */
   | { type: "pipeline_run"; phase: "started" | "done" };

@@ -50,6 +50,8 @@ export interface PipelineOptions {
   readonly shutdownTimeoutMs: number;
   /** Backoff of dead-letter store retries. */
   readonly deadLetterBackoff?: BackoffPolicy;
+  /** How long a dead-letter write may keep failing before the run fails with `ERR_DEAD_LETTER_WRITE`, in ms; undefined: retried until the hard deadline. */
+  readonly deadLetterMaxElapsedMs?: number;
   readonly clock?: Clock;
   readonly random?: () => number;
   readonly logger?: Logger;
@@ -62,8 +64,9 @@ export interface PipelineOptions {
  * How a run ended. `completed`: finite sources exhausted and everything delivered or
  * dead-lettered. `stopped`: a stop was asked and everything in flight drained. `timed_out`: the
  * stop's drain hit `shutdown_timeout`; what was in flight stays un-acked. `failed`: a source
- * failed, a sink could not connect (for good, or within its `connect_timeout`), or a stop found a
- * sink that never connected with records in flight and no durable buffer; `error` says why.
+ * failed, a sink could not connect (for good, or within its `connect_timeout`), dead letters could
+ * not be written for `deadLetterMaxElapsedMs` (`ERR_DEAD_LETTER_WRITE`), or a stop found a sink
+ * that never connected with records in flight and no durable buffer; `error` says why.
  */
 export type PipelineStatus =
   | { tag: "completed" }
@@ -109,6 +112,8 @@ export class Pipeline {
   private failure: SluiceError | undefined;
   /** Set when a stop did not drain because a sink never connected (see {@link stop}). */
   private abandoned: SluiceError | undefined;
+  /** Pull sources whose latest ack (or close) failed to save their progress, with why. */
+  private readonly unsaved = new Map<string, SluiceError>();
   private cancelDeadline: (() => void) | undefined;
 
   constructor(private readonly o: PipelineOptions) {
@@ -125,6 +130,12 @@ export class Pipeline {
       o.deadLetterBackoff ?? DEFAULT_DLQ_BACKOFF,
       this.logger,
       this.hardAbort.signal,
+      {
+        maxElapsedMs: o.deadLetterMaxElapsedMs ?? Number.POSITIVE_INFINITY,
+        emit: this.emit,
+        // Nothing that needs a dead letter can finish now: waiting for a drain would only wait for shutdown_timeout.
+        giveUp: (error) => this.fail(error, "dead_letter", "dead-letter store cannot write; stopping", false),
+      },
     );
     this.runners = o.sinks.map(
       (s) =>
@@ -161,9 +172,14 @@ export class Pipeline {
     this.trackers = o.sources.map(
       (s) =>
         new AckTracker(
-          (checkpoint) => s.source.ack(checkpoint),
+          async (checkpoint) => {
+            await s.source.ack(checkpoint);
+            // A later checkpoint saved covers an earlier one that was not.
+            this.unsaved.delete(s.name);
+          },
           (err) => {
             const e = classify(err, "ERR_SOURCE_READ");
+            this.unsaved.set(s.name, e);
             this.emit({ type: "component_error", component: s.name, code: e.code, message: e.message });
           },
         ),
@@ -207,7 +223,10 @@ export class Pipeline {
       this.emit({ type: "pipeline_run", phase: "done" });
       return status;
     }
-    await this.o.deadLetter.open();
+    const deadLetterError = await this.deadLetters.open();
+    if (deadLetterError !== undefined) {
+      this.logger.warn({ component: "dead_letter", code: deadLetterError.code, err: deadLetterError.message }, "dead-letter store cannot open; opened again at the first dead letter");
+    }
     this.runners.forEach((runner, i) => {
       void runner.start().then((error) => {
         if (error) this.fail(error, this.o.sinks[i]!.name, "sink cannot connect; stopping", false);
@@ -234,7 +253,7 @@ export class Pipeline {
     await this.deadLetters.flush();
 
     const unacked = this.o.buffer.usage().records;
-    const status: PipelineStatus = this.failure
+    const ended: PipelineStatus = this.failure
       ? { tag: "failed", error: this.failure, unacked }
       : this.abandoned !== undefined
         ? unacked > 0 && !this.o.buffer.durable
@@ -246,6 +265,7 @@ export class Pipeline {
           ? { tag: "stopped" }
           : { tag: "completed" };
     await this.closeAll();
+    const status = this.withUnsavedProgress(ended, unacked);
     this.state = { tag: "done", status };
     this.emit({ type: "pipeline_run", phase: "done" });
     return status;
@@ -551,9 +571,24 @@ export class Pipeline {
     if (delivered + dead > 0) this.emit({ type: "records_completed", delivered, alreadyPresent: present, deadLettered: dead });
   }
 
+  /**
+   * A run that ended well but could not save a pull source's progress (its last ack and its
+   * `close` both failed) ends `failed` with `ERR_CHECKPOINT_WRITE`: its records were delivered,
+   * but the next run starts from the last checkpoint saved and delivers them again.
+   */
+  private withUnsavedProgress(status: PipelineStatus, unacked: number): PipelineStatus {
+    const [first] = this.unsaved;
+    if (first === undefined) return status;
+    for (const [name, e] of this.unsaved) this.logger.error({ component: name, code: e.code, err: e.message }, "source progress not saved");
+    if (status.tag !== "completed" && status.tag !== "stopped") return status;
+    const [name, e] = first;
+    const message = `source ${name}: progress not saved (${e.message}); its records were delivered, but the next run starts again from the last checkpoint saved`;
+    return { tag: "failed", error: new SluiceError("ERR_CHECKPOINT_WRITE", message, { cause: e, location: e.location }), unacked };
+  }
+
   private async closeAll(): Promise<void> {
     const closers: (Promise<unknown> | undefined)[] = [
-      ...this.o.sources.map((s) => s.source.close()),
+      ...this.o.sources.map((s) => this.closeSource(s)),
       ...this.o.sinks.map((s) => s.sink.close()),
       ...this.o.transforms.map((t) => t.transform.close?.()),
     ];
@@ -562,5 +597,17 @@ export class Pipeline {
       if (r.status === "rejected") this.logger.warn({ err: String(r.reason) }, "error while closing a component");
     }
     await this.o.deadLetter.close();
+  }
+
+  /** A pull source's `close` persists its progress: its outcome is the last word on whether it was saved. */
+  private async closeSource(s: SourceSettings): Promise<void> {
+    if (s.source.kind === "push") return s.source.close();
+    try {
+      await s.source.close();
+      this.unsaved.delete(s.name);
+    } catch (err) {
+      this.unsaved.set(s.name, classify(err, "ERR_SOURCE_READ"));
+      throw err;
+    }
   }
 }

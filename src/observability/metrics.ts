@@ -90,6 +90,9 @@ export class Metrics {
   private readonly bufferWritable = new Gauge({ name: "sluice_buffer_writable", help: "1 while the buffer can write; 0 while the durable buffer's writes fail (disk full, I/O error) and /health/ready says not ready.", registers: [this.registry] });
   /** Why the durable buffer's latest write failed, while writes fail; for readiness. */
   private bufferWriteError: string | undefined;
+  private readonly deadLetterWritable = new Gauge({ name: "sluice_dead_letter_writable", help: "1 while dead letters can be written; 0 while dead-letter writes fail (retried) and /health/ready says not ready.", registers: [this.registry] });
+  /** Why the latest dead-letter write failed, while they fail; for readiness. */
+  private deadLetterWriteError: string | undefined;
   private readonly httpRequests = new Counter({ name: "sluice_http_requests_total", help: "Ingest requests answered by an http source, by status code.", labelNames: ["source", "status"], registers: [this.registry] });
   /** When the pipeline started and finished running (ms, on `now`), for the summary's elapsed time. */
   private run: { startedAt?: number; doneAt?: number } = {};
@@ -122,6 +125,7 @@ export class Metrics {
     };
     for (const n of sinkNames) this.sinkUp.set({ sink: n }, 0);
     this.bufferWritable.set(1);
+    this.deadLetterWritable.set(1);
     const probe = () => this.bufferProbe();
     new Gauge({ name: "sluice_buffer_records", help: "Records held by the buffer, including those being transformed or written.", registers: [this.registry], collect() { this.set(probe().records); } });
     new Gauge({ name: "sluice_buffer_bytes", help: "Estimated bytes held by the buffer.", registers: [this.registry], collect() { this.set(probe().bytes); } });
@@ -232,6 +236,14 @@ export class Metrics {
         this.bufferWriteError = undefined;
         this.bufferWritable.set(1);
         break;
+      case "dead_letter_write_failed":
+        this.deadLetterWriteError = `${event.code}: ${event.message}`;
+        this.deadLetterWritable.set(0);
+        break;
+      case "dead_letter_write_recovered":
+        this.deadLetterWriteError = undefined;
+        this.deadLetterWritable.set(1);
+        break;
       case "component_error":
         if (event.component in c.sinks) this.markDown(event.component, "retrying", event.message);
         this.logRateLimited(`error:${event.component}:${event.code}`, { component: event.component, code: event.code, err: event.message }, "component error");
@@ -260,6 +272,11 @@ export class Metrics {
   /** Why the durable buffer cannot write, while its writes fail; undefined while it can. */
   bufferUnwritable(): string | undefined {
     return this.bufferWriteError;
+  }
+
+  /** Why dead letters cannot be written, while their writes fail; undefined while they can. */
+  deadLetterUnwritable(): string | undefined {
+    return this.deadLetterWriteError;
   }
 
   /**

@@ -3,7 +3,7 @@
  * a table `dead_letters` of an embedded SQLite database (by default `<data_dir>/dlq.db`), one row
  * per record id and sink (or stage).
  */
-import { existsSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import Database from "better-sqlite3";
@@ -87,6 +87,36 @@ export interface DeadLetterRow {
   readonly raw: string | null;
 }
 
+/** A file of the open database (the db, its -wal, its -shm) as it was when opened. */
+interface OpenedFile {
+  readonly path: string;
+  readonly dev: number;
+  readonly ino: number;
+}
+
+function opened(path: string): OpenedFile {
+  const { dev, ino } = statSync(path);
+  return { path, dev, ino };
+}
+
+/**
+ * What became of the files since they were opened: undefined while each path still names the
+ * same file. SQLite keeps writing through its open descriptors whatever happens to the paths, so
+ * only this tells that a commit went into a file nobody will read again.
+ */
+function whatChanged(files: readonly OpenedFile[]): string | undefined {
+  for (const f of files) {
+    let now: { dev: number; ino: number };
+    try {
+      now = statSync(f.path);
+    } catch (err) {
+      return `${f.path} was ${(err as NodeJS.ErrnoException).code === "ENOENT" ? "deleted" : `made unreadable (${(err as Error).message})`}`;
+    }
+    if (now.dev !== f.dev || now.ino !== f.ino) return `${f.path} was replaced by another file`;
+  }
+  return undefined;
+}
+
 function isoOrNull(ms: number): string | null {
   // A dead letter is never refused for a bad timestamp: keep the row, lose only the time.
   return Number.isFinite(ms) ? new Date(ms).toISOString() : null;
@@ -106,12 +136,27 @@ function payloadText(payload: unknown): string {
  *
  * Each write is one transaction with `synchronous = FULL` in WAL mode, so entries are on disk
  * when it resolves. Errors become `ERR_DEAD_LETTER_WRITE`, always retryable: the engine retries a
- * dead-letter write until it succeeds rather than drop a record. Only a bug (`ERR_INTERNAL`) is
+ * dead-letter write (up to its bound) rather than drop a record. Only a bug (`ERR_INTERNAL`) is
  * not retryable.
+ *
+ * A write resolves only while the database, its -wal and its -shm are still the files it opened
+ * (device and inode), checked before and after the commit: once one was deleted or replaced,
+ * every write rejects (`ERR_DEAD_LETTER_WRITE`, retryable, naming the file), so its records stay
+ * un-acked. The store does not create the file again: the dead letters already written went with
+ * the old one, and the next run (which opens the path afresh) is where that is noticed and fixed.
+ * Putting the very files back (a rename undone) makes writes succeed again.
  */
 export function createSqliteDeadLetterStore(path: string): DeadLetterStore {
   let db: Database.Database | undefined;
   let writeAll: ((entries: readonly DeadLetter[]) => void) | undefined;
+  let files: OpenedFile[] = [];
+
+  function gone(what: string): SluiceError {
+    return new SluiceError("ERR_DEAD_LETTER_WRITE", `dead-letter store ${path}: ${what} while sluice had it open; dead letters are not written to it (restart sluice to create it again)`, {
+      retryable: true,
+      location: path,
+    });
+  }
 
   function wrap(err: unknown): SluiceError {
     const error = classifySqliteError(err, "ERR_DEAD_LETTER_WRITE", "ERR_DEAD_LETTER_WRITE", path);
@@ -153,6 +198,8 @@ export function createSqliteDeadLetterStore(path: string): DeadLetterStore {
               );
             }
           }).immediate;
+          // WAL mode keeps -wal and -shm while a connection is open: all three hold committed entries or their index.
+          files = [opened(path), opened(`${path}-wal`), opened(`${path}-shm`)];
         } catch (err) {
           conn.close();
           throw err;
@@ -167,11 +214,16 @@ export function createSqliteDeadLetterStore(path: string): DeadLetterStore {
     async write(entries: readonly DeadLetter[]) {
       if (writeAll === undefined) throw new SluiceError("ERR_INTERNAL", `dead-letter store ${path}: write before open`);
       if (entries.length === 0) return;
+      const before = whatChanged(files);
+      if (before !== undefined) throw gone(before);
       try {
         writeAll(entries);
       } catch (err) {
         throw wrap(err);
       }
+      // A deletion during the commit: the entries are in a file that is gone.
+      const after = whatChanged(files);
+      if (after !== undefined) throw gone(after);
     },
 
     async close() {
@@ -205,7 +257,8 @@ export function readDeadLetters(path: string): DeadLetterRow[] {
  * message, attempts, first/last failure time, payload, raw) in `path`, default
  * `<data_dir>/dlq.db`, one row per (record_id, sink): a rerun that dead-letters a record again
  * updates its row. A database of the first schema (a row per dead-lettering) is migrated on open.
- * Durable when a write resolves; read it back with {@link readDeadLetters}.
+ * Durable when a write resolves, which it does only while the path still names the database it
+ * opened (with its -wal and -shm); read it back with {@link readDeadLetters}.
  */
 export const definition = defineComponent<typeof options, DeadLetterStore>({
   type: "sqlite",

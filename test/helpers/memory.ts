@@ -469,6 +469,8 @@ export interface TestPipelineOptions {
   /** Per-sink lanes (or an adaptive limit); default 1. */
   readonly concurrency?: Concurrency;
   readonly deadLetterBackoff?: BackoffPolicy;
+  /** How long a dead-letter write may keep failing, ms; default: until the hard deadline. */
+  readonly deadLetterMaxElapsedMs?: number;
   /** Seed of the pipeline's random (backoff jitter); default 1. Ignored when `random` is given. */
   readonly seed?: number;
   readonly random?: () => number;
@@ -531,6 +533,7 @@ export function makePipeline(o: TestPipelineOptions = {}): TestPipeline {
     chunkSize: o.chunkSize ?? 10,
     shutdownTimeoutMs: o.shutdownTimeoutMs ?? 5000,
     deadLetterBackoff: o.deadLetterBackoff,
+    deadLetterMaxElapsedMs: o.deadLetterMaxElapsedMs,
     clock: guardClock(clock),
     random: o.random ?? mulberry32(o.seed ?? 1),
     logger: silentLogger,

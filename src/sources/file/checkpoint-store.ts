@@ -222,10 +222,14 @@ export class CheckpointStore {
     await this.persistNow();
   }
 
+  /**
+   * Saves now, best effort: a failure is logged in persist, and since the checkpoint then counts
+   * as not written, the next ack or close writes it again and reports it.
+   */
   private async persistNow(): Promise<void> {
     const checkpoint = this.acked;
     if (checkpoint === undefined) return;
-    this.writing = this.writing.then(() => this.persist(checkpoint));
+    this.writing = this.writing.then(() => this.persist(checkpoint)).catch(() => {});
     await this.writing;
   }
 
@@ -241,7 +245,8 @@ export class CheckpointStore {
     } else if (this.cancelTimer === undefined) {
       this.cancelTimer = this.clock.setTimer(wait, () => {
         this.cancelTimer = undefined;
-        void this.write();
+        // A failure is logged in persist; close() writes the checkpoint again and reports it.
+        this.write().catch(() => {});
       });
     }
   }
@@ -253,10 +258,11 @@ export class CheckpointStore {
     await this.write();
   }
 
-  /** Serializes writes: a timer's write and an ack's write never overlap. Never rejects. */
+  /** Serializes writes: a timer's write and an ack's write never overlap. Rejects when this write failed; the next one tries again. */
   private write(): Promise<void> {
-    this.writing = this.writing.then(() => this.writeNow());
-    return this.writing;
+    const write = this.writing.then(() => this.writeNow());
+    this.writing = write.catch(() => {});
+    return write;
   }
 
   private async writeNow(): Promise<void> {
@@ -280,10 +286,12 @@ export class CheckpointStore {
       await writeFileAtomic(this.file, `${JSON.stringify(stored)}\n`);
       this.written = checkpoint;
     } catch (err) {
-      // Not fatal: the previous checkpoint stays, so a crash redelivers a little more (ids are stable).
+      // The run goes on (the previous checkpoint stays, a rerun redelivers more; ids are stable),
+      // but ack() and close() reject, so the pipeline ends it with exit 1 if no later write saves it.
       const error = classify(err, "ERR_SOURCE_READ");
       this.logger.error({ source: this.component, checkpoint: this.file, err: error.message }, "cannot write checkpoint");
       this.emitEvent({ type: "component_error", component: this.component, code: error.code, message: error.message });
+      throw error;
     }
   }
 }

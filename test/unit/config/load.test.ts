@@ -124,6 +124,14 @@ describe("parseConfig: defaults", () => {
 
     expect(c.deadLetter.definition.type).toBe("sqlite");
     expect(c.deadLetter.options).toEqual({});
+    expect(c.deadLetter.retry).toEqual({ max_elapsed: DEFAULTS.dead_letter.retry.max_elapsed_ms });
+  });
+
+  it("takes how long dead-letter writes may fail from dead_letter.retry.max_elapsed, and nothing else there", () => {
+    const c = valid(`${MINIMAL}dead_letter: { type: sqlite, path: ./d.db, retry: { max_elapsed: 5s } }\n`);
+    expect(c.deadLetter.options).toEqual({ path: "./d.db" });
+    expect(c.deadLetter.retry).toEqual({ max_elapsed: 5000 });
+    expect(invalid(`${MINIMAL}dead_letter: { type: sqlite, retry: { max_attempts: 3 } }\n`).map((i) => i.path)).toEqual(["dead_letter.retry.max_attempts"]);
   });
 
   it("takes its defaults from the one defaults file", () => {

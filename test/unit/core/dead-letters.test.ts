@@ -1,7 +1,8 @@
 import { describe, expect, it } from "vitest";
 import type { DeadLetter } from "../../../src/components/contracts.js";
 import { DeadLetterWriter } from "../../../src/core/dead-letters.js";
-import { silentLogger } from "../../../src/core/events.js";
+import type { SluiceError } from "../../../src/core/errors.js";
+import { silentLogger, type InternalEvent } from "../../../src/core/events.js";
 import { FakeClock, flush } from "../../helpers/fake-clock.js";
 import { driveUntil, makeEntry, MemoryDeadLetterStore } from "../../helpers/memory.js";
 
@@ -76,5 +77,68 @@ describe("DeadLetterWriter", () => {
     expect(flushed).toBe(true);
     expect(committed).toBe(false);
     expect(store.writeCalls).toBe(0);
+  });
+
+  it("reports failing writes and the recovery, for readiness", async () => {
+    const store = new MemoryDeadLetterStore(2);
+    const clock = new FakeClock(0);
+    const events: InternalEvent[] = [];
+    const w = new DeadLetterWriter(store, clock, () => 0.5, { initialMs: 100, maxMs: 1000, multiplier: 2 }, silentLogger, new AbortController().signal, {
+      maxElapsedMs: 60_000,
+      emit: (e) => events.push(e),
+      giveUp: () => expect.unreachable(),
+    });
+    let committed = false;
+    w.add([letter("a")], () => (committed = true));
+    await driveUntil(clock, () => committed);
+    w.add([letter("b")], () => {});
+    await w.flush();
+    expect(events).toEqual([
+      { type: "dead_letter_write_failed", code: "ERR_DEAD_LETTER_WRITE", message: "dead-letter store unavailable" },
+      { type: "dead_letter_write_failed", code: "ERR_DEAD_LETTER_WRITE", message: "dead-letter store unavailable" },
+      { type: "dead_letter_write_recovered" },
+    ]);
+  });
+
+  it("gives up a write that keeps failing past maxElapsedMs: never calls back, writes nothing more, says why", async () => {
+    const store = new MemoryDeadLetterStore(Number.POSITIVE_INFINITY);
+    const clock = new FakeClock(0);
+    const gaveUp: SluiceError[] = [];
+    const w = new DeadLetterWriter(store, clock, () => 0.5, { initialMs: 100, maxMs: 1000, multiplier: 2 }, silentLogger, new AbortController().signal, {
+      maxElapsedMs: 2000,
+      emit: () => {},
+      giveUp: (e) => gaveUp.push(e),
+    });
+    let committed = false;
+    w.add([letter("a")], () => (committed = true));
+    await driveUntil(clock, () => gaveUp.length > 0);
+    expect(clock.now()).toBeGreaterThanOrEqual(2000);
+    const calls = store.writeCalls;
+    w.add([letter("b")], () => (committed = true));
+    await clock.advanceAsync(10_000);
+    await w.flush();
+    expect(committed).toBe(false);
+    expect(store.writeCalls).toBe(calls);
+    expect(gaveUp).toHaveLength(1);
+    expect(gaveUp[0]).toMatchObject({ code: "ERR_DEAD_LETTER_WRITE", message: expect.stringMatching(/^dead letters could not be written for 2(\.\d)? s \(\d+ attempts; the last: dead-letter store unavailable\); their records are not acked/) });
+    expect(clock.pendingTimers).toBe(0);
+  });
+
+  it("opens a store that could not open at start before its first write, within the write's retries", async () => {
+    const store = new MemoryDeadLetterStore();
+    let refusals = 2;
+    const open = store.open.bind(store);
+    store.open = async () => {
+      if (refusals-- > 0) throw Object.assign(new Error("disk I/O error"), { code: "SQLITE_IOERR_SHMSIZE" });
+      return open();
+    };
+    const { clock, w } = writer(store);
+    expect(await w.open()).toMatchObject({ code: "ERR_DEAD_LETTER_WRITE", message: "disk I/O error" });
+    expect(store.opened).toBe(false);
+    let committed = false;
+    w.add([letter("a")], () => (committed = true));
+    await driveUntil(clock, () => committed);
+    expect(store.opened).toBe(true);
+    expect(store.entries.map((e) => e.record.id)).toEqual(["a"]);
   });
 });

@@ -61,4 +61,67 @@ describe("acquireDirLock", () => {
     expect(fs.readdirSync(dir)).toEqual(["pipeline.lock"]);
     await lock.release();
   });
+
+  it("removes the temp files of takers that are gone, and leaves a live taker's", async () => {
+    const dir = tmpDir();
+    const file = join(dir, "pipeline.lock");
+    const gone = spawnSync(process.execPath, ["-e", ""]).pid;
+    fs.writeFileSync(join(dir, `pipeline.lock.${gone}.tmp`), "");
+    fs.writeFileSync(join(dir, `pipeline.lock.${process.ppid}.tmp`), "");
+    const lock = await acquireDirLock(file, "d");
+    expect(fs.readdirSync(dir).sort()).toEqual(["pipeline.lock", `pipeline.lock.${process.ppid}.tmp`]);
+    await lock.release();
+  });
+});
+
+describe("acquireDirLock on a full disk (a small tmpfs)", () => {
+  let mountPoint: string;
+  const mounted: string[] = [];
+  afterEach(() => {
+    for (const m of mounted.splice(0)) spawnSync("umount", ["-l", m]);
+  });
+
+  /** Mounts a 64 KiB tmpfs and fills it to the last byte; false (with the reason printed) where mounting is not permitted. */
+  function fullDisk(before: (dir: string) => void): boolean {
+    mountPoint = tmpDir();
+    const mount = spawnSync("mount", ["-t", "tmpfs", "-o", "size=64k", "tmpfs", mountPoint], { encoding: "utf8" });
+    if (mount.status !== 0) {
+      console.warn(`skipped: cannot mount a tmpfs here (${(mount.stderr || mount.error?.message || `exit ${mount.status}`).trim()})`);
+      return false;
+    }
+    mounted.push(mountPoint);
+    before(mountPoint);
+    const fd = fs.openSync(join(mountPoint, "filler"), "w");
+    try {
+      for (;;) fs.writeSync(fd, Buffer.alloc(4096));
+    } catch (err) {
+      expect((err as NodeJS.ErrnoException).code).toBe("ENOSPC");
+    } finally {
+      fs.closeSync(fd);
+    }
+    expect(() => fs.writeFileSync(join(mountPoint, "probe"), "x")).toThrow(/ENOSPC/);
+    fs.rmSync(join(mountPoint, "probe"), { force: true });
+    return true;
+  }
+
+  it("takes over the lock of a process that is gone, with its pid in it, and leaves no temp file", async (ctx) => {
+    const gone = spawnSync(process.execPath, ["-e", ""]).pid;
+    if (!fullDisk((dir) => fs.writeFileSync(join(dir, "lock"), `${gone} 1\n`))) return ctx.skip();
+    const lock = await acquireDirLock(join(mountPoint, "lock"), "d");
+    expect(lock.staleFrom).toBe(gone);
+    expect(fs.readFileSync(join(mountPoint, "lock"), "utf8")).toMatch(new RegExp(`^${process.pid} \\d+\n$`));
+    expect(fs.readdirSync(mountPoint).sort()).toEqual(["filler", "lock"]);
+    await lock.release();
+  });
+
+  it("takes a lock where there was none, and refuses a second taker while it is held", async (ctx) => {
+    if (!fullDisk(() => {})) return ctx.skip();
+    const file = join(mountPoint, "lock");
+    const lock = await acquireDirLock(file, "d");
+    expect(fs.readdirSync(mountPoint).sort()).toEqual(["filler", "lock"]);
+    // Without a free block the pid cannot be written: an empty lock, which is still refused in this process.
+    await expect(acquireDirLock(file, "d")).rejects.toMatchObject({ code: "ERR_LOCKED" });
+    expect(fs.readdirSync(mountPoint).sort()).toEqual(["filler", "lock"]);
+    await lock.release();
+  });
 });

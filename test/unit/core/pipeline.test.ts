@@ -554,4 +554,57 @@ describe("Pipeline, end to end in memory", () => {
     expect(reported.at(-1)).toBeGreaterThan(1);
     expectBalanced(tp, 400);
   });
+
+  describe("a pull source that cannot save its progress", () => {
+    /** A source whose acks fail while `failing` says so, and whose close fails if its last ack did. */
+    class UnsavedSource extends MemorySource {
+      failing = true;
+      private lastFailed = false;
+      override async ack(checkpoint: unknown): Promise<void> {
+        await super.ack(checkpoint);
+        this.lastFailed = this.failing;
+        if (this.failing) throw new SluiceError("ERR_SOURCE_READ", "EROFS: read-only file system", { location: "/data/checkpoints/src.json" });
+      }
+      override async close(): Promise<void> {
+        await super.close();
+        if (this.lastFailed) throw new SluiceError("ERR_SOURCE_READ", "EROFS: read-only file system", { location: "/data/checkpoints/src.json" });
+      }
+    }
+
+    it("ends failed with ERR_CHECKPOINT_WRITE after delivering everything", async () => {
+      const source = new UnsavedSource(payloads(30));
+      const tp = makePipeline({ sources: [source] });
+      const status = await tp.run();
+      expect(status).toMatchObject({
+        tag: "failed",
+        unacked: 0,
+        error: { code: "ERR_CHECKPOINT_WRITE", location: "/data/checkpoints/src.json", message: "source src: progress not saved (EROFS: read-only file system); its records were delivered, but the next run starts again from the last checkpoint saved" },
+      });
+      expect([...tp.sink.committed.keys()].sort()).toEqual(ids(30).sort());
+      expectBalanced(tp, 30);
+    });
+
+    it("ends completed when a later ack saved it", async () => {
+      const source = new UnsavedSource(payloads(30));
+      source.ackHook = () => {
+        if (source.acks.length >= 2) source.failing = false;
+      };
+      const tp = makePipeline({ sources: [source] });
+      expect(await tp.run()).toEqual({ tag: "completed" });
+      expect([...tp.sink.committed.keys()].sort()).toEqual(ids(30).sort());
+    });
+  });
+
+  it("ends failed with ERR_DEAD_LETTER_WRITE once dead letters keep failing past deadLetterMaxElapsedMs, leaving their records un-acked", async () => {
+    const inputs: MemoryInput[] = [...payloads(10), malformed("{oops"), ...payloads(9).map((p) => ({ ...p, id: `s-${String(p.id)}` }))];
+    const tp = makePipeline({ inputs, deadLetter: new MemoryDeadLetterStore(Number.POSITIVE_INFINITY), deadLetterMaxElapsedMs: 2000, shutdownTimeoutMs: 60_000 });
+    const started = tp.clock.now();
+    const status = await tp.run();
+    expect(status).toMatchObject({ tag: "failed", unacked: 10, error: { code: "ERR_DEAD_LETTER_WRITE", message: expect.stringContaining("dead letters could not be written for") } });
+    // The chunk holding the malformed line is never acked: the next run reads it again.
+    expect(tp.source.acks).toEqual([10]);
+    // Ended at once, not after shutdown_timeout.
+    expect(tp.clock.now() - started).toBeLessThan(10_000);
+    expect(tp.events).toContainEqual({ type: "dead_letter_write_failed", code: "ERR_DEAD_LETTER_WRITE", message: "dead-letter store unavailable" });
+  });
 });

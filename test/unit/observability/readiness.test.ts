@@ -99,6 +99,17 @@ describe("readiness", () => {
     expect(await metrics.registry.metrics()).toContain("sluice_buffer_writable 1");
   });
 
+  it("is not ready while dead letters cannot be written, says why, and sets sluice_dead_letter_writable", async () => {
+    const { metrics, probe } = setup();
+    expect(await metrics.registry.metrics()).toContain("sluice_dead_letter_writable 1");
+    metrics.handle({ type: "dead_letter_write_failed", code: "ERR_DEAD_LETTER_WRITE", message: "dead-letter store /d/dlq.db: /d/dlq.db was deleted" });
+    expect(probe.readiness()).toEqual({ ready: false, problems: ["dead_letter: cannot write: ERR_DEAD_LETTER_WRITE: dead-letter store /d/dlq.db: /d/dlq.db was deleted"] });
+    expect(await metrics.registry.metrics()).toContain("sluice_dead_letter_writable 0");
+    metrics.handle({ type: "dead_letter_write_recovered" });
+    expect(probe.readiness()).toEqual({ ready: true, problems: [] });
+    expect(await metrics.registry.metrics()).toContain("sluice_dead_letter_writable 1");
+  });
+
   it("says which component is not ready and why", () => {
     expect(setup("draining").probe.readiness()).toEqual({ ready: false, problems: ["pipeline: stopping"] });
     const { metrics, probe, at } = setup();

@@ -1,3 +1,4 @@
+import { renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -200,6 +201,30 @@ describe("sqlite dead-letter store", () => {
     const store = createSqliteDeadLetterStore(join(dir, "dlq.db"));
     await expect(store.write(letters())).rejects.toMatchObject({ code: "ERR_INTERNAL" });
     expect(readDeadLetters(join(dir, "missing.db"))).toEqual([]);
+  });
+
+  it.each([
+    ["the database", "", "deleted"],
+    ["its -wal", "-wal", "deleted"],
+    ["its -shm", "-shm", "deleted"],
+    ["the database", "", "replaced"],
+  ])("refuses to report a write durable once %s was %s, until the very file is back", async (_what, suffix, how) => {
+    const path = join(dir, "dlq.db");
+    const store = createSqliteDeadLetterStore(path);
+    await store.open();
+    const [first, second] = letters();
+    await store.write([first!]);
+    const file = `${path}${suffix}`;
+    renameSync(file, `${file}.moved`);
+    if (how === "replaced") writeFileSync(file, "");
+    const refused = { code: "ERR_DEAD_LETTER_WRITE", retryable: true, location: path, message: expect.stringContaining(`${file} was ${how === "deleted" ? "deleted" : "replaced by another file"}`) };
+    await expect(store.write([second!])).rejects.toMatchObject(refused);
+    await expect(store.write([second!])).rejects.toMatchObject(refused);
+    rmSync(file, { force: true });
+    renameSync(`${file}.moved`, file);
+    await store.write([second!]);
+    await store.close();
+    expect(readDeadLetters(path).map((r) => r.record_id)).toEqual(["r-0", "r-1"]);
   });
 
   it("wraps an unopenable path as retryable ERR_DEAD_LETTER_WRITE", async () => {
