@@ -107,11 +107,13 @@ function replyOf(err: unknown): Reply {
 /**
  * The bytes of bodies held at once: `max_body_bytes_in_flight`, else a quarter of the buffer's
  * byte bound (what is parsed goes on into the buffer, so ingest holds at most about 1.25 times
- * `buffer.max_bytes`), and never less than two bodies of `max_body`.
+ * `buffer.max_bytes`), and never less than two bodies of `max_body`. Unverified bodies, and
+ * bodies waiting in line for the buffer, may each hold half of it (at least one `max_body`).
  */
 function bodyBudget(o: HttpSourceOptions, bufferBytes: number | undefined): BodyBudget {
   const total = o.max_body_bytes_in_flight ?? Math.max(2 * o.max_body, Math.floor((bufferBytes ?? DEFAULT_BUFFER_BYTES) / 4));
-  return new BodyBudget(total, Math.max(o.max_body, Math.floor(total / 2)));
+  const half = Math.max(o.max_body, Math.floor(total / 2));
+  return new BodyBudget(total, half, half);
 }
 
 /** The `http` source. */
@@ -299,7 +301,7 @@ export class HttpSource implements Source {
       const taken = { records: false };
       let reply: Reply;
       try {
-        reply = await this.take(received.parsed, idempotencyKey ?? (signed ? `sig-${signed.signature.slice(0, 32)}` : randomUUID()), hold, taken);
+        reply = await this.take(received.parsed, idempotencyKey ?? (signed ? `sig-${signed.signature.slice(0, 32)}` : randomUUID()), hold, taken, res);
       } catch (err) {
         reply = replyOf(err);
       }
@@ -341,41 +343,79 @@ export class HttpSource implements Source {
    * Enqueues a request's records and waits until they are durable; the answer. `taken.records`
    * turns true once the buffer took (or dropped by policy) records of it: from then on its key is
    * bound to its body. The body's bytes are given back to the budget once the records are in.
+   *
+   * Admission: a request that fits at once goes in. One that does not waits in the buffer's line,
+   * behind every request that came before it and ahead of every later one, whatever the sizes,
+   * when the buffer expects to take it within `ack_timeout` (at the rate it freed room lately)
+   * and the bodies already waiting leave room for its own in the body budget's share for them.
+   * Otherwise it cannot wait: 429 at once, as before. A waiting request leaves the line when its
+   * client disconnects, when `ack_timeout` passes (429: none of its records were taken), or when
+   * sluice stops (503).
    */
-  private async take(parsed: ParsedBody, prefix: string, hold: BodyHold, taken: { records: boolean }): Promise<Reply> {
+  private async take(parsed: ParsedBody, prefix: string, hold: BodyHold, taken: { records: boolean }, res: ServerResponse): Promise<Reply> {
     const handle = this.handle!;
     const records: Entry[] = new Array<Entry>(parsed.records.length);
-    for (let i = 0; i < records.length; i++) records[i] = handle.record(parsed.records[i]!, parsed.bytes[i]!, `${prefix}:${i}`, parsed.texts[i]);
-
+    let bytes = 0;
+    for (let i = 0; i < records.length; i++) {
+      records[i] = handle.record(parsed.records[i]!, parsed.bytes[i]!, `${prefix}:${i}`, parsed.texts[i]);
+      bytes += parsed.bytes[i]!;
+    }
     // A request larger than a chunk goes in as several, so the buffer's bound holds for it too.
     // When one is refused, the chunks before it were taken: they are delivered, and the client's
     // retry (same Idempotency-Key, same ids) leaves each record once.
-    // The first chunk is refused at once when the buffer is full (429); the rest of a request
-    // already partly taken waits for room, up to `ack_timeout`.
+    const parts: Entry[][] = [];
+    for (let at = 0; at < records.length; at += handle.chunkSize) parts.push(records.length <= handle.chunkSize ? records : records.slice(at, at + handle.chunkSize));
+
     // One deadline for the whole request: room for its chunks, then their acks.
     const deadline = Date.now() + this.o.ack_timeout;
+    const giveUp = new AbortController();
+    const timer = setTimeout(() => giveUp.abort(), this.o.ack_timeout);
+    // A client gone (its connection closed before the answer) gives up its place in line.
+    const gone = () => giveUp.abort();
+    res.once("close", gone);
+    if (res.socket === null || res.socket.destroyed) giveUp.abort();
     const chunks: Pending[] = [];
-    let dropped = 0;
-    const giveUp = records.length > handle.chunkSize ? AbortSignal.timeout(this.o.ack_timeout) : undefined;
     try {
-      for (let at = 0; at < records.length; at += handle.chunkSize) {
-        const part = records.length <= handle.chunkSize ? records : records.slice(at, at + handle.chunkSize);
-        const outcome = await this.enqueue(handle, part, chunks, at === 0 || giveUp === undefined ? undefined : { wait: true, signal: giveUp });
-        if (outcome === "accepted" || outcome === "dropped") taken.records = true;
-        if (outcome === "dropped") dropped += part.length;
-        else if (outcome === "rejected" && at > 0) throw new HttpError(503, `buffer had no room for the rest of the request within ${this.o.ack_timeout} ms; retry with the same Idempotency-Key`);
-        else if (outcome === "rejected") throw new HttpError(429, "buffer is full; retry after the Retry-After delay");
-        else if (outcome === "stopping") throw new HttpError(503, "sluice is stopping; retry against another instance or later");
+      const expected = handle.expectedWait(records.length, bytes);
+      const waits = expected > 0 && expected <= this.o.ack_timeout && hold.queue();
+      const wait: EnqueueOptions = { wait: true, signal: giveUp.signal };
+      // Every chunk joins the line in one synchronous pass: no other request can come between
+      // them, so the request as a whole keeps its place.
+      let outcomes: PromiseSettledResult<EnqueueOutcome>[];
+      if (waits) outcomes = await Promise.allSettled(parts.map((part) => this.enqueue(handle, part, chunks, wait)));
+      else {
+        // The first chunk is refused at once when it does not fit (429); the rest of a request
+        // partly taken waits for room.
+        const first = await Promise.allSettled([this.enqueue(handle, parts[0]!, chunks, undefined)]);
+        const went = first[0]!.status === "fulfilled" && (first[0]!.value === "accepted" || first[0]!.value === "dropped");
+        outcomes = went ? [...first, ...(await Promise.allSettled(parts.slice(1).map((part) => this.enqueue(handle, part, chunks, wait))))] : first;
+      }
+      let dropped = 0;
+      const took = outcomes.some((o) => o.status === "fulfilled" && (o.value === "accepted" || o.value === "dropped"));
+      if (took) taken.records = true;
+      outcomes.forEach((o, i) => {
+        if (o.status === "fulfilled" && o.value === "dropped") dropped += parts[i]!.length;
+      });
+      for (const o of outcomes) {
+        if (o.status === "rejected") throw o.reason;
+        if (o.value === "stopping") throw new HttpError(503, "sluice is stopping; retry against another instance or later");
+      }
+      if (outcomes.some((o) => o.status === "fulfilled" && o.value === "rejected")) {
+        if (took) throw new HttpError(503, `buffer had no room for the rest of the request within ${this.o.ack_timeout} ms; retry with the same Idempotency-Key`);
+        if (waits) throw new HttpError(429, `buffer had no room for the request within ${this.o.ack_timeout} ms; retry after the Retry-After delay`);
+        throw new HttpError(429, "buffer is full; retry after the Retry-After delay");
       }
       hold.release();
       if (!(await this.waitDurable(chunks, deadline))) {
         throw new HttpError(503, `records not committed within ${this.o.ack_timeout} ms; retry with the same Idempotency-Key`);
       }
+      if (chunks.some((p) => p.abandoned)) throw new HttpError(503, "sluice stopped before the records were committed; retry with the same Idempotency-Key");
+      return { status: 202, body: dropped > 0 ? { accepted: records.length - dropped, dropped } : { accepted: records.length } };
     } finally {
+      clearTimeout(timer);
+      res.off("close", gone);
       for (const p of chunks) this.pending.delete(p);
     }
-    if (chunks.some((p) => p.abandoned)) throw new HttpError(503, "sluice stopped before the records were committed; retry with the same Idempotency-Key");
-    return { status: 202, body: dropped > 0 ? { accepted: records.length - dropped, dropped } : { accepted: records.length } };
   }
 
   /** Enqueues one chunk of a request; its checkpoint joins `chunks` when the buffer took it. */
