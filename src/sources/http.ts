@@ -1,8 +1,9 @@
 /**
  * The `http` source: producers POST records to `/v1/events` (one JSON object, a JSON array, or
  * NDJSON, optionally gzip-encoded) and get `202 {"accepted":N}` only once the records are durable:
- * on disk when the buffer is durable, else committed by every sink. Full buffer: 429, stopping:
- * 503, both with `Retry-After`. The same port serves `/health/live`, `/health/ready`, `/metrics`
+ * on disk when the buffer is durable, else committed by every sink. A request that does not fit
+ * waits in the buffer's line, in arrival order, when its turn is expected within `ack_timeout`;
+ * otherwise (or when its turn does not come) 429, and 503 when stopping, both with `Retry-After`. The same port serves `/health/live`, `/health/ready`, `/metrics`
  * (behind the ingest auth). Bodies are held within one budget of bytes and connections within
  * `max_connections`; answers given before a body is read are followed by draining it.
  */
@@ -31,7 +32,7 @@ const options = z
     keep_alive_timeout: duration().default(5_000).describe("An idle keep-alive connection is closed after this time"),
     ack_timeout: duration()
       .default(30_000)
-      .describe("Without a durable buffer: longest wait for the sinks to commit a request's records before answering 503"),
+      .describe("Longest a request waits: for room in the buffer (in line; 429 past it), then, without a durable buffer, for the sinks to commit its records (503 past it)"),
     retry_after: duration().default(1000).describe("Retry-After sent with 429 and 503 (rounded up to whole seconds)"),
     max_connections: z.number().int().positive().default(1024).describe("Most open connections; past it a new connection is closed at once and counted"),
     max_body_bytes_in_flight: byteSize()
@@ -483,12 +484,15 @@ export class HttpSource implements Source {
  * retry of the same request does not duplicate), else from a random request id.
  *
  * Gotchas: without a durable buffer, the 202 waits for every sink to commit (up to
- * `ack_timeout`); with one, only for the disk. A full buffer answers 429 at once, whatever
- * `when_full` says (except `drop_newest`, which answers 202 with `dropped`). While the pipeline
- * drains after a stop, the server keeps listening: `/health/ready` and new requests answer 503.
- * A request of more records than `buffer.chunk_size` goes in as several chunks: only the first
- * can be refused with 429; the others wait for room (up to `ack_timeout`, then 503, and the
- * chunks taken are still delivered, which a retry with the same Idempotency-Key absorbs).
+ * `ack_timeout`); with one, only for the disk. A request that does not fit a full buffer waits
+ * in line, first come first served whatever its size, when the buffer expects to take it within
+ * `ack_timeout` at the pace it drained lately and the waiting bodies hold less than half the
+ * body budget; else it gets 429 at once, whatever `when_full` says (except `drop_newest`, which
+ * answers 202 with `dropped`). A sink that stalled drains nothing, so then nobody waits. While
+ * the pipeline drains after a stop, the server keeps listening: `/health/ready` and new requests
+ * answer 503. A request of more records than `buffer.chunk_size` goes in as several chunks; once
+ * one is taken the others wait for room (up to `ack_timeout`, then 503, and the chunks taken are
+ * still delivered, which a retry with the same Idempotency-Key absorbs).
  * A concurrent repeat of a request (same Idempotency-Key and body, or same signature) waits for
  * the first and gets its answer; a repeat of one answered 202 gets that 202 without a second
  * enqueue. Past `max_body_bytes_in_flight` bytes of bodies being received, a request gets 503

@@ -79,6 +79,11 @@ export class GatedSink implements Sink {
     this.gate.resolve();
   }
 
+  /** Holds the writes from now on again, until the next {@link release}. */
+  hold(): void {
+    this.gate = deferred();
+  }
+
   connect(signal: AbortSignal): Promise<void> {
     return this.inner.connect(signal);
   }
