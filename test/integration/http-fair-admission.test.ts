@@ -110,8 +110,14 @@ describe.each(setups)("fair admission, $name", (setup) => {
 
     try {
       const smalls = Array.from({ length: setup.smallClients }, (_, c) => small(c));
-      // The flood first: the buffer full, 429s answered, before the large requests come.
-      await waitUntil("the buffer full and the first 429", () => (statuses.get("small 429") ?? 0) > 0, 30_000);
+      // The flood first: the buffer full before the large requests come.
+      const full = () => {
+        const u = p.pipeline.bufferUsage();
+        return u.records >= setup.bound.records || u.bytes >= 0.9 * setup.bound.bytes;
+      };
+      await waitUntil("the buffer full", full, 30_000);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(full()).toBe(true);
       const larges = Array.from({ length: LARGE_CLIENTS }, (_, c) => large(c));
       await Promise.all(larges);
       flooding = false;
