@@ -3,8 +3,9 @@
  * NDJSON, optionally gzip-encoded) and get `202 {"accepted":N}` only once the records are durable:
  * on disk when the buffer is durable, else committed by every sink. A request that does not fit
  * waits in the buffer's line, in arrival order, when its turn is expected within `ack_timeout`;
- * otherwise (or when its turn does not come) 429, and 503 when stopping, both with `Retry-After`. The same port serves `/health/live`, `/health/ready`, `/metrics`
- * (behind the ingest auth). Bodies are held within one budget of bytes and connections within
+ * otherwise (or when its turn does not come) 429, and 503 when stopping, both with
+ * `Retry-After`. The same port serves `/health/live`, `/health/ready`, `/metrics` (behind the
+ * ingest auth). Bodies are held within one budget of bytes and connections within
  * `max_connections`; answers given before a body is read are followed by draining it.
  */
 import { randomUUID } from "node:crypto";
