@@ -46,10 +46,8 @@ const RATE_TAU_MS = 5000;
  */
 export class WaitingLine<T> {
   private readonly waiters: Waiter<T>[] = [];
-  /** Records of every waiting push. */
-  records = 0;
-  /** Bytes of every waiting push, as its buffer counts them. */
-  bytes = 0;
+  private waitingRecords = 0;
+  private waitingBytes = 0;
   private freedRecords = 0;
   private freedBytes = 0;
   private freedAt = 0;
@@ -62,6 +60,16 @@ export class WaitingLine<T> {
   /** Pushes waiting. */
   get length(): number {
     return this.waiters.length;
+  }
+
+  /** Records of every waiting push. */
+  get records(): number {
+    return this.waitingRecords;
+  }
+
+  /** Bytes of every waiting push, as its buffer counts them. */
+  get bytes(): number {
+    return this.waitingBytes;
   }
 
   /** Joins the line at its end; resolves with what admitting answers, or `closed` when the line closes or `signal` aborts first. */
@@ -77,8 +85,8 @@ export class WaitingLine<T> {
           const i = this.waiters.indexOf(waiter);
           if (i < 0) return;
           this.waiters.splice(i, 1);
-          this.records -= records;
-          this.bytes -= bytes;
+          this.waitingRecords -= records;
+          this.waitingBytes -= bytes;
           resolve(this.hooks.closed());
           // The head may have been what held the next ones back.
           this.admit();
@@ -87,8 +95,8 @@ export class WaitingLine<T> {
       };
       signal?.addEventListener("abort", waiter.onAbort, { once: true });
       this.waiters.push(waiter);
-      this.records += records;
-      this.bytes += bytes;
+      this.waitingRecords += records;
+      this.waitingBytes += bytes;
     });
   }
 
@@ -96,8 +104,8 @@ export class WaitingLine<T> {
   admit(): void {
     while (this.waiters.length > 0 && this.hooks.fits(this.waiters[0]!.item)) {
       const w = this.waiters.shift()!;
-      this.records -= w.records;
-      this.bytes -= w.bytes;
+      this.waitingRecords -= w.records;
+      this.waitingBytes -= w.bytes;
       w.signal?.removeEventListener("abort", w.onAbort);
       w.resolve(this.hooks.admit(w.item));
     }
@@ -109,8 +117,8 @@ export class WaitingLine<T> {
       w.signal?.removeEventListener("abort", w.onAbort);
       w.resolve(this.hooks.closed());
     }
-    this.records = 0;
-    this.bytes = 0;
+    this.waitingRecords = 0;
+    this.waitingBytes = 0;
   }
 
   /** The buffer released room: feeds the drain rate. Does not admit (call {@link admit}). */
