@@ -371,26 +371,32 @@ export class HttpSource implements Source {
     // One deadline for the whole request: room for its chunks, then their acks.
     const deadline = Date.now() + this.o.ack_timeout;
     const giveUp = new AbortController();
-    const timer = setTimeout(() => giveUp.abort(), this.o.ack_timeout);
-    // A client gone (its connection closed before the answer) gives up its place in line.
+    let timer: NodeJS.Timeout | undefined;
     const gone = () => giveUp.abort();
-    res.once("close", gone);
-    if (res.socket === null || res.socket.destroyed) giveUp.abort();
+    // Armed only for a request that waits in line (most go in at once): it leaves the line at its
+    // deadline, or when its client is gone (the connection closed before the answer).
+    const wait = (): EnqueueOptions => {
+      if (timer === undefined) {
+        timer = setTimeout(gone, Math.max(0, deadline - Date.now()));
+        res.once("close", gone);
+        if (res.socket === null || res.socket.destroyed) giveUp.abort();
+      }
+      return { wait: true, signal: giveUp.signal };
+    };
     const chunks: Pending[] = [];
     try {
       const expected = handle.expectedWait(records.length, bytes);
       const waits = expected > 0 && expected <= this.o.ack_timeout && hold.queue();
-      const wait: EnqueueOptions = { wait: true, signal: giveUp.signal };
       // Every chunk joins the line in one synchronous pass: no other request can come between
       // them, so the request as a whole keeps its place.
       let outcomes: PromiseSettledResult<EnqueueOutcome>[];
-      if (waits) outcomes = await Promise.allSettled(parts.map((part) => this.enqueue(handle, part, chunks, wait)));
+      if (waits) outcomes = await Promise.allSettled(parts.map((part) => this.enqueue(handle, part, chunks, wait())));
       else {
         // The first chunk is refused at once when it does not fit (429); the rest of a request
         // partly taken waits for room.
         const first = await Promise.allSettled([this.enqueue(handle, parts[0]!, chunks, undefined)]);
         const went = first[0]!.status === "fulfilled" && (first[0]!.value === "accepted" || first[0]!.value === "dropped");
-        outcomes = went ? [...first, ...(await Promise.allSettled(parts.slice(1).map((part) => this.enqueue(handle, part, chunks, wait))))] : first;
+        outcomes = went ? [...first, ...(await Promise.allSettled(parts.slice(1).map((part) => this.enqueue(handle, part, chunks, wait()))))] : first;
       }
       let dropped = 0;
       const took = outcomes.some((o) => o.status === "fulfilled" && (o.value === "accepted" || o.value === "dropped"));
@@ -414,8 +420,10 @@ export class HttpSource implements Source {
       if (chunks.some((p) => p.abandoned)) throw new HttpError(503, "sluice stopped before the records were committed; retry with the same Idempotency-Key");
       return { status: 202, body: dropped > 0 ? { accepted: records.length - dropped, dropped } : { accepted: records.length } };
     } finally {
-      clearTimeout(timer);
-      res.off("close", gone);
+      if (timer !== undefined) {
+        clearTimeout(timer);
+        res.off("close", gone);
+      }
       for (const p of chunks) this.pending.delete(p);
     }
   }
