@@ -89,11 +89,17 @@ export interface SourceHandle {
   /**
    * Hands a chunk to the buffer. A pull source waits for room (unless `when_full: drop_newest`):
    * that wait is the backpressure. A push source is answered `rejected` at once when the buffer is
-   * full, unless it passes `wait` (the rest of a request whose first chunk was taken): then it
-   * waits for room until `signal` aborts (`rejected`) or the pipeline stops (`stopping`).
+   * full, unless it passes `wait`: then it waits for room, in line behind every push waiting
+   * before it, until `signal` aborts (`rejected`) or the pipeline stops (`stopping`).
    * `checkpoint` is given back to {@link Source.ack} once the chunk is done.
    */
   enqueue(records: Entry[], checkpoint: unknown, options?: EnqueueOptions): Promise<EnqueueOutcome>;
+  /**
+   * How long, in ms, records of this size enqueued now with `wait` would wait for room: 0 when
+   * they fit at once, `Infinity` while the buffer frees nothing (see `Buffer.expectedWait`). For a
+   * push source deciding whether its producer waits in line or is told to come back later.
+   */
+  expectedWait(records: number, bytes: number): number;
 }
 
 /** How a push source asks {@link SourceHandle.enqueue} to wait for room. */

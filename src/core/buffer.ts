@@ -1,4 +1,6 @@
+import { systemClock, type Clock } from "./clock.js";
 import type { AckTicket, Entry } from "./record.js";
+import { WaitingLine } from "./waiting-line.js";
 
 /** A chunk of records as one source enqueued it, with the ticket that acks it. */
 export interface Chunk {
@@ -45,6 +47,14 @@ export interface Buffer {
    * one oversized chunk cannot wedge a pipeline.
    */
   push(chunk: Chunk, wait: boolean, signal?: AbortSignal): Promise<PushResult>;
+  /**
+   * How long, in ms, a chunk of `records` records and `bytes` bytes pushed now with `wait` would
+   * wait before it is accepted: 0 when it would be accepted at once; else the room it needs
+   * (after every push waiting ahead of it) over the rate the buffer freed room lately;
+   * `Infinity` while nothing is freed (a stalled sink). An estimate, for a push source deciding
+   * whether its producer should wait or be told to come back later.
+   */
+  expectedWait(records: number, bytes: number): number;
   /** The next chunk in order; waits while empty; `undefined` once closed and empty. Single consumer. */
   pull(): Promise<Chunk | undefined>;
   /** Frees a chunk's records and bytes. Called exactly once per accepted chunk, when all its records are done. */
@@ -78,19 +88,15 @@ export interface Buffer {
   shutdown(): Promise<void>;
 }
 
-interface PendingPush {
-  chunk: Chunk;
-  resolve: (result: PushResult) => void;
-  signal: AbortSignal | undefined;
-  onAbort: () => void;
-}
-
-/** The in-memory buffer: a FIFO of chunks with a records-and-bytes bound and FIFO waiting producers. */
+/**
+ * The in-memory buffer: a FIFO of chunks with a records-and-bytes bound and FIFO waiting
+ * producers ({@link WaitingLine}). `clock` times the drain rate behind {@link expectedWait}.
+ */
 export class MemoryBuffer implements Buffer {
   readonly durable = false;
   private readonly queue: Chunk[] = [];
   private head = 0;
-  private readonly waiting: PendingPush[] = [];
+  private readonly line: WaitingLine<Chunk>;
   private records = 0;
   private bytes = 0;
   private closed = false;
@@ -100,7 +106,23 @@ export class MemoryBuffer implements Buffer {
   private grown = 0;
   private roomWaiters: (() => void)[] = [];
 
-  constructor(private readonly limits: BufferLimits) {}
+  constructor(
+    private readonly limits: BufferLimits,
+    clock: Clock = systemClock,
+  ) {
+    this.line = new WaitingLine<Chunk>(
+      {
+        fits: (chunk) => this.fits(chunk),
+        admit: (chunk) => {
+          this.admit(chunk);
+          return "accepted";
+        },
+        closed: () => "closed",
+        left: () => this.checkEmpty(),
+      },
+      () => clock.now(),
+    );
+  }
 
   open(): Promise<void> {
     return Promise.resolve();
@@ -113,26 +135,22 @@ export class MemoryBuffer implements Buffer {
   push(chunk: Chunk, wait: boolean, signal?: AbortSignal): Promise<PushResult> {
     if (this.closed || signal?.aborted) return Promise.resolve("closed");
     // FIFO fairness: a chunk may only jump in when nobody waits ahead of it.
-    if (this.waiting.length === 0 && this.fits(chunk)) {
+    if (this.line.length === 0 && this.fits(chunk)) {
       this.admit(chunk);
       return Promise.resolve("accepted");
     }
     if (!wait) return Promise.resolve("full");
-    return new Promise((resolve) => {
-      const pending: PendingPush = {
-        chunk,
-        resolve,
-        signal,
-        onAbort: () => {
-          const i = this.waiting.indexOf(pending);
-          if (i >= 0) this.waiting.splice(i, 1);
-          resolve("closed");
-          this.admitWaiting();
-        },
-      };
-      signal?.addEventListener("abort", pending.onAbort, { once: true });
-      this.waiting.push(pending);
-    });
+    return this.line.join(chunk, chunk.ticket.records, chunk.ticket.bytes, signal);
+  }
+
+  expectedWait(records: number, bytes: number): number {
+    if (this.line.length === 0 && this.fitsSize(records, bytes)) return 0;
+    const heldAndAhead = { records: this.records + this.line.records, bytes: this.bytes + this.line.bytes };
+    // Never more than everything held and ahead: a chunk larger than the bound fits an empty buffer.
+    return this.line.expectedWait(
+      Math.min(heldAndAhead.records, heldAndAhead.records + records - this.limits.maxRecords),
+      Math.min(heldAndAhead.bytes, heldAndAhead.bytes + bytes - this.limits.maxBytes),
+    );
   }
 
   pull(): Promise<Chunk | undefined> {
@@ -146,7 +164,7 @@ export class MemoryBuffer implements Buffer {
   release(ticket: AckTicket): void {
     this.records -= ticket.records;
     this.bytes -= ticket.bytes;
-    this.freed();
+    this.freed(ticket.records, ticket.bytes);
   }
 
   grow(records: number, bytes: number): void {
@@ -159,7 +177,7 @@ export class MemoryBuffer implements Buffer {
     this.records -= records;
     this.bytes -= bytes;
     this.grown -= records;
-    this.freed();
+    this.freed(records, bytes);
   }
 
   whenRoom(): Promise<void> | undefined {
@@ -171,27 +189,21 @@ export class MemoryBuffer implements Buffer {
     return this.grown === 0 || (this.records <= this.limits.maxRecords && this.bytes <= this.limits.maxBytes);
   }
 
-  private freed(): void {
-    this.admitWaiting();
+  private freed(records: number, bytes: number): void {
+    this.line.freed(records, bytes);
+    this.line.admit();
     if (this.roomWaiters.length > 0 && this.hasRoom()) {
       const waiters = this.roomWaiters;
       this.roomWaiters = [];
       for (const w of waiters) w();
     }
-    if (this.records === 0 && this.waiting.length === 0) {
-      const waiters = this.emptyWaiters;
-      this.emptyWaiters = [];
-      for (const w of waiters) w();
-    }
+    this.checkEmpty();
   }
 
   close(_keep?: boolean): void {
     if (this.closed) return;
     this.closed = true;
-    for (const p of this.waiting.splice(0)) {
-      p.signal?.removeEventListener("abort", p.onAbort);
-      p.resolve("closed");
-    }
+    this.line.close();
     if (this.puller && this.head >= this.queue.length) {
       const puller = this.puller;
       this.puller = undefined;
@@ -200,7 +212,7 @@ export class MemoryBuffer implements Buffer {
   }
 
   whenEmpty(): Promise<void> {
-    if (this.records === 0 && this.waiting.length === 0) return Promise.resolve();
+    if (this.records === 0 && this.line.length === 0) return Promise.resolve();
     return new Promise((resolve) => this.emptyWaiters.push(resolve));
   }
 
@@ -209,11 +221,19 @@ export class MemoryBuffer implements Buffer {
   }
 
   private fits(chunk: Chunk): boolean {
+    return this.fitsSize(chunk.ticket.records, chunk.ticket.bytes);
+  }
+
+  private fitsSize(records: number, bytes: number): boolean {
     if (this.records === 0) return true;
-    return (
-      this.records + chunk.ticket.records <= this.limits.maxRecords &&
-      this.bytes + chunk.ticket.bytes <= this.limits.maxBytes
-    );
+    return this.records + records <= this.limits.maxRecords && this.bytes + bytes <= this.limits.maxBytes;
+  }
+
+  private checkEmpty(): void {
+    if (this.records !== 0 || this.line.length !== 0) return;
+    const waiters = this.emptyWaiters;
+    this.emptyWaiters = [];
+    for (const w of waiters) w();
   }
 
   private admit(chunk: Chunk): void {
@@ -226,15 +246,6 @@ export class MemoryBuffer implements Buffer {
       return;
     }
     this.queue.push(chunk);
-  }
-
-  private admitWaiting(): void {
-    while (this.waiting.length > 0 && this.fits(this.waiting[0]!.chunk)) {
-      const p = this.waiting.shift()!;
-      p.signal?.removeEventListener("abort", p.onAbort);
-      this.admit(p.chunk);
-      p.resolve("accepted");
-    }
   }
 
   private take(): Chunk {

@@ -32,6 +32,7 @@ import { Deque } from "./deque.js";
 import { classify, SluiceError } from "./errors.js";
 import type { EventSink, Logger } from "./events.js";
 import type { AckTicket } from "./record.js";
+import { WaitingLine } from "./waiting-line.js";
 
 type Bytes = globalThis.Buffer;
 
@@ -118,9 +119,6 @@ interface Append {
 interface WaitingPush {
   readonly chunk: Chunk;
   readonly encoded: EncodedChunk;
-  readonly resolve: (result: PushResult | Promise<PushResult>) => void;
-  readonly signal: AbortSignal | undefined;
-  readonly onAbort: () => void;
 }
 
 function clamp(v: number, lo: number, hi: number): number {
@@ -199,7 +197,7 @@ export class DurableBuffer implements BufferContract {
   private heldRecords = 0;
   private heldBytes = 0;
 
-  private readonly waiting: WaitingPush[] = [];
+  private readonly line: WaitingLine<WaitingPush>;
   private appends: Append[] = [];
   private writer: Promise<void> | undefined;
   private current: { segment: Segment; fh: FileHandle } | undefined;
@@ -232,6 +230,15 @@ export class DurableBuffer implements BufferContract {
     this.logger = o.logger;
     this.clock = o.clock ?? systemClock;
     this.segmentBytes = o.segmentBytes ?? clamp(Math.floor(o.maxBytes / 16), 64 * 1024, 32 * 1024 * 1024);
+    this.line = new WaitingLine<WaitingPush>(
+      {
+        fits: (w) => this.fits(w.encoded),
+        admit: (w) => this.admit(w.chunk, w.encoded),
+        closed: () => this.answer("closed"),
+        left: () => this.checkEmpty(),
+      },
+      () => this.clock.now(),
+    );
   }
 
   /**
@@ -282,25 +289,22 @@ export class DurableBuffer implements BufferContract {
       return Promise.reject(new SluiceError("ERR_BUFFER_IO", `chunk of ${encoded.tail.length} bytes is larger than a log entry may be`, { retryable: false }));
     }
     // FIFO fairness: a chunk may only jump in when nobody waits ahead of it.
-    if (this.waiting.length === 0 && this.fits(encoded)) return this.admit(chunk, encoded);
+    if (this.line.length === 0 && this.fits(encoded)) return this.admit(chunk, encoded);
     if (!wait) return this.answer("full");
-    return new Promise((resolve) => {
-      const pending: WaitingPush = {
-        chunk,
-        encoded,
-        resolve,
-        signal,
-        onAbort: () => {
-          const i = this.waiting.indexOf(pending);
-          if (i >= 0) this.waiting.splice(i, 1);
-          resolve(this.answer("closed"));
-          this.admitWaiting();
-          this.checkEmpty();
-        },
-      };
-      signal?.addEventListener("abort", pending.onAbort, { once: true });
-      this.waiting.push(pending);
-    });
+    return this.line.join({ chunk, encoded }, encoded.records, frameSize(this.nextSeq, encoded), signal);
+  }
+
+  /**
+   * See {@link BufferContract.expectedWait}. Only the log's byte bound makes a push wait. The
+   * entry's encoded size is estimated from `bytes` (the records' estimated size: records go in
+   * as their JSON text) and a header; each record's envelope adds a little more.
+   */
+  expectedWait(_records: number, bytes: number): number {
+    const need = HEADER_BYTES + bytes;
+    if (this.line.length === 0 && (this.liveEntries === 0 || this.logBytes + need <= this.maxBytes)) return 0;
+    const heldAndAhead = this.logBytes + this.line.bytes;
+    // Never more than everything held and ahead: an entry larger than the bound fits an empty log.
+    return this.line.expectedWait(0, Math.min(heldAndAhead, heldAndAhead + need - this.maxBytes));
   }
 
   async pull(): Promise<Chunk | undefined> {
@@ -340,10 +344,7 @@ export class DurableBuffer implements BufferContract {
     }
     if (this.closed) return;
     this.closed = true;
-    for (const p of this.waiting.splice(0)) {
-      p.signal?.removeEventListener("abort", p.onAbort);
-      p.resolve(this.answer("closed"));
-    }
+    this.line.close();
     this.wakePuller();
     this.checkEmpty();
   }
@@ -570,14 +571,6 @@ export class DurableBuffer implements BufferContract {
     this.tail = result.catch(() => {});
     this.writer ??= this.writeLoop();
     return result;
-  }
-
-  private admitWaiting(): void {
-    while (this.waiting.length > 0 && this.fits(this.waiting[0]!.encoded)) {
-      const p = this.waiting.shift()!;
-      p.signal?.removeEventListener("abort", p.onAbort);
-      p.resolve(this.admit(p.chunk, p.encoded));
-    }
   }
 
   /** Writes queued appends, a group at a time, until none is left. Never rejects. */
@@ -853,7 +846,8 @@ export class DurableBuffer implements BufferContract {
     this.releasedInOrder++;
     this.trimOrder();
     this.scheduleAckedWrite();
-    this.admitWaiting();
+    this.line.freed(entry.records, entry.size);
+    this.line.admit();
     this.wakePuller();
     this.checkEmpty();
   }
@@ -885,7 +879,7 @@ export class DurableBuffer implements BufferContract {
 
   /** Every entry released; after a graceful stop, every entry handed out by pull. */
   private isEmpty(): boolean {
-    if (this.waiting.length !== 0) return false;
+    if (this.line.length !== 0) return false;
     return this.keep ? this.inFlightRecords === 0 : this.liveEntries === 0;
   }
 

@@ -386,6 +386,7 @@ export class Pipeline {
         e.raw = raw;
         return e;
       },
+      expectedWait: (records, bytes) => buffer.expectedWait(records, bytes),
       enqueue: async (records: Entry[], checkpoint: unknown, options?: EnqueueOptions): Promise<EnqueueOutcome> => {
         if (signal.aborted) return "stopping";
         const waitHere = wait || (options?.wait === true && whenFull !== "drop_newest");

@@ -19,15 +19,18 @@ export const DISCARD_LIMIT = 8 * 1024 * 1024;
  * The bytes of request bodies held at once, across every request. Bodies not yet authenticated
  * (HMAC-signed, the signature computed as they arrive) may hold at most `unverifiedMax` of it,
  * so that a flood of bogus signatures leaves room for requests whose bearer token was checked
- * from the headers.
+ * from the headers. Bodies of requests waiting in line for room in the buffer may hold at most
+ * `queuedMax` of it, so that new requests can still be read (and answered) while they wait.
  */
 export class BodyBudget {
   private used = 0;
   private usedUnverified = 0;
+  private usedQueued = 0;
 
   constructor(
     readonly total: number,
     readonly unverifiedMax: number,
+    readonly queuedMax: number,
   ) {}
 
   /** Takes `bytes` when they fit; false (nothing taken) when they do not. */
@@ -44,11 +47,24 @@ export class BodyBudget {
     this.used -= bytes;
     if (unverified) this.usedUnverified -= bytes;
   }
+
+  /** Counts `bytes` already taken as waiting in line, when they fit in `queuedMax`; false (nothing counted) when they do not. */
+  queue(bytes: number): boolean {
+    if (this.usedQueued + bytes > this.queuedMax) return false;
+    this.usedQueued += bytes;
+    return true;
+  }
+
+  /** Bytes counted by {@link queue} stop waiting (admitted, or given up). */
+  unqueue(bytes: number): void {
+    this.usedQueued -= bytes;
+  }
 }
 
 /** One request's share of a {@link BodyBudget}: what it took, given back at once by {@link release}. */
 export class BodyHold {
   private held = 0;
+  private queued = 0;
 
   constructor(
     private readonly budget: BodyBudget,
@@ -61,9 +77,18 @@ export class BodyHold {
     return true;
   }
 
+  /** Counts what this request holds as waiting in line; false when the budget's share for waiting bodies is spent. */
+  queue(): boolean {
+    if (!this.budget.queue(this.held)) return false;
+    this.queued = this.held;
+    return true;
+  }
+
   release(): void {
     this.budget.give(this.held, this.unverified);
+    this.budget.unqueue(this.queued);
     this.held = 0;
+    this.queued = 0;
   }
 }
 

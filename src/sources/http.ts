@@ -1,9 +1,11 @@
 /**
  * The `http` source: producers POST records to `/v1/events` (one JSON object, a JSON array, or
  * NDJSON, optionally gzip-encoded) and get `202 {"accepted":N}` only once the records are durable:
- * on disk when the buffer is durable, else committed by every sink. Full buffer: 429, stopping:
- * 503, both with `Retry-After`. The same port serves `/health/live`, `/health/ready`, `/metrics`
- * (behind the ingest auth). Bodies are held within one budget of bytes and connections within
+ * on disk when the buffer is durable, else committed by every sink. A request that does not fit
+ * waits in the buffer's line, in arrival order, when its turn is expected within `ack_timeout`;
+ * otherwise (or when its turn does not come) 429, and 503 when stopping, both with
+ * `Retry-After`. The same port serves `/health/live`, `/health/ready`, `/metrics` (behind the
+ * ingest auth). Bodies are held within one budget of bytes and connections within
  * `max_connections`; answers given before a body is read are followed by draining it.
  */
 import { randomUUID } from "node:crypto";
@@ -31,7 +33,7 @@ const options = z
     keep_alive_timeout: duration().default(5_000).describe("An idle keep-alive connection is closed after this time"),
     ack_timeout: duration()
       .default(30_000)
-      .describe("Without a durable buffer: longest wait for the sinks to commit a request's records before answering 503"),
+      .describe("Longest a request waits: for room in the buffer (in line; 429 past it), then, without a durable buffer, for the sinks to commit its records (503 past it)"),
     retry_after: duration().default(1000).describe("Retry-After sent with 429 and 503 (rounded up to whole seconds)"),
     max_connections: z.number().int().positive().default(1024).describe("Most open connections; past it a new connection is closed at once and counted"),
     max_body_bytes_in_flight: byteSize()
@@ -107,11 +109,13 @@ function replyOf(err: unknown): Reply {
 /**
  * The bytes of bodies held at once: `max_body_bytes_in_flight`, else a quarter of the buffer's
  * byte bound (what is parsed goes on into the buffer, so ingest holds at most about 1.25 times
- * `buffer.max_bytes`), and never less than two bodies of `max_body`.
+ * `buffer.max_bytes`), and never less than two bodies of `max_body`. Unverified bodies, and
+ * bodies waiting in line for the buffer, may each hold half of it (at least one `max_body`).
  */
 function bodyBudget(o: HttpSourceOptions, bufferBytes: number | undefined): BodyBudget {
   const total = o.max_body_bytes_in_flight ?? Math.max(2 * o.max_body, Math.floor((bufferBytes ?? DEFAULT_BUFFER_BYTES) / 4));
-  return new BodyBudget(total, Math.max(o.max_body, Math.floor(total / 2)));
+  const half = Math.max(o.max_body, Math.floor(total / 2));
+  return new BodyBudget(total, half, half);
 }
 
 /** The `http` source. */
@@ -299,7 +303,7 @@ export class HttpSource implements Source {
       const taken = { records: false };
       let reply: Reply;
       try {
-        reply = await this.take(received.parsed, idempotencyKey ?? (signed ? `sig-${signed.signature.slice(0, 32)}` : randomUUID()), hold, taken);
+        reply = await this.take(received.parsed, idempotencyKey ?? (signed ? `sig-${signed.signature.slice(0, 32)}` : randomUUID()), hold, taken, res);
       } catch (err) {
         reply = replyOf(err);
       }
@@ -341,41 +345,87 @@ export class HttpSource implements Source {
    * Enqueues a request's records and waits until they are durable; the answer. `taken.records`
    * turns true once the buffer took (or dropped by policy) records of it: from then on its key is
    * bound to its body. The body's bytes are given back to the budget once the records are in.
+   *
+   * Admission: a request that fits at once goes in. One that does not waits in the buffer's line,
+   * behind every request that came before it and ahead of every later one, whatever the sizes,
+   * when the buffer expects to take it within `ack_timeout` (at the rate it freed room lately)
+   * and the bodies already waiting leave room for its own in the body budget's share for them.
+   * Otherwise it cannot wait: 429 at once, as before. A waiting request leaves the line when its
+   * client disconnects, when `ack_timeout` passes (429: none of its records were taken), or when
+   * sluice stops (503).
    */
-  private async take(parsed: ParsedBody, prefix: string, hold: BodyHold, taken: { records: boolean }): Promise<Reply> {
+  private async take(parsed: ParsedBody, prefix: string, hold: BodyHold, taken: { records: boolean }, res: ServerResponse): Promise<Reply> {
     const handle = this.handle!;
     const records: Entry[] = new Array<Entry>(parsed.records.length);
-    for (let i = 0; i < records.length; i++) records[i] = handle.record(parsed.records[i]!, parsed.bytes[i]!, `${prefix}:${i}`, parsed.texts[i]);
-
+    let bytes = 0;
+    for (let i = 0; i < records.length; i++) {
+      records[i] = handle.record(parsed.records[i]!, parsed.bytes[i]!, `${prefix}:${i}`, parsed.texts[i]);
+      bytes += parsed.bytes[i]!;
+    }
     // A request larger than a chunk goes in as several, so the buffer's bound holds for it too.
     // When one is refused, the chunks before it were taken: they are delivered, and the client's
     // retry (same Idempotency-Key, same ids) leaves each record once.
-    // The first chunk is refused at once when the buffer is full (429); the rest of a request
-    // already partly taken waits for room, up to `ack_timeout`.
+    const parts: Entry[][] = [];
+    for (let at = 0; at < records.length; at += handle.chunkSize) parts.push(records.length <= handle.chunkSize ? records : records.slice(at, at + handle.chunkSize));
+
     // One deadline for the whole request: room for its chunks, then their acks.
     const deadline = Date.now() + this.o.ack_timeout;
+    const giveUp = new AbortController();
+    let timer: NodeJS.Timeout | undefined;
+    const gone = () => giveUp.abort();
+    // Armed only for a request that waits in line (most go in at once): it leaves the line at its
+    // deadline, or when its client is gone (the connection closed before the answer).
+    const wait = (): EnqueueOptions => {
+      if (timer === undefined) {
+        timer = setTimeout(gone, Math.max(0, deadline - Date.now()));
+        res.once("close", gone);
+        if (res.socket === null || res.socket.destroyed) giveUp.abort();
+      }
+      return { wait: true, signal: giveUp.signal };
+    };
     const chunks: Pending[] = [];
-    let dropped = 0;
-    const giveUp = records.length > handle.chunkSize ? AbortSignal.timeout(this.o.ack_timeout) : undefined;
     try {
-      for (let at = 0; at < records.length; at += handle.chunkSize) {
-        const part = records.length <= handle.chunkSize ? records : records.slice(at, at + handle.chunkSize);
-        const outcome = await this.enqueue(handle, part, chunks, at === 0 || giveUp === undefined ? undefined : { wait: true, signal: giveUp });
-        if (outcome === "accepted" || outcome === "dropped") taken.records = true;
-        if (outcome === "dropped") dropped += part.length;
-        else if (outcome === "rejected" && at > 0) throw new HttpError(503, `buffer had no room for the rest of the request within ${this.o.ack_timeout} ms; retry with the same Idempotency-Key`);
-        else if (outcome === "rejected") throw new HttpError(429, "buffer is full; retry after the Retry-After delay");
-        else if (outcome === "stopping") throw new HttpError(503, "sluice is stopping; retry against another instance or later");
+      const expected = handle.expectedWait(records.length, bytes);
+      const waits = expected > 0 && expected <= this.o.ack_timeout && hold.queue();
+      // Every chunk joins the line in one synchronous pass: no other request can come between
+      // them, so the request as a whole keeps its place.
+      let outcomes: PromiseSettledResult<EnqueueOutcome>[];
+      if (waits) outcomes = await Promise.allSettled(parts.map((part) => this.enqueue(handle, part, chunks, wait())));
+      else {
+        // The first chunk is refused at once when it does not fit (429); the rest of a request
+        // partly taken waits for room.
+        const first = await Promise.allSettled([this.enqueue(handle, parts[0]!, chunks, undefined)]);
+        const went = first[0]!.status === "fulfilled" && (first[0]!.value === "accepted" || first[0]!.value === "dropped");
+        outcomes = went ? [...first, ...(await Promise.allSettled(parts.slice(1).map((part) => this.enqueue(handle, part, chunks, wait()))))] : first;
+      }
+      let dropped = 0;
+      const took = outcomes.some((o) => o.status === "fulfilled" && (o.value === "accepted" || o.value === "dropped"));
+      if (took) taken.records = true;
+      outcomes.forEach((o, i) => {
+        if (o.status === "fulfilled" && o.value === "dropped") dropped += parts[i]!.length;
+      });
+      for (const o of outcomes) {
+        if (o.status === "rejected") throw o.reason;
+        if (o.value === "stopping") throw new HttpError(503, "sluice is stopping; retry against another instance or later");
+      }
+      if (outcomes.some((o) => o.status === "fulfilled" && o.value === "rejected")) {
+        if (took) throw new HttpError(503, `buffer had no room for the rest of the request within ${this.o.ack_timeout} ms; retry with the same Idempotency-Key`);
+        if (waits) throw new HttpError(429, `buffer had no room for the request within ${this.o.ack_timeout} ms; retry after the Retry-After delay`);
+        throw new HttpError(429, "buffer is full; retry after the Retry-After delay");
       }
       hold.release();
       if (!(await this.waitDurable(chunks, deadline))) {
         throw new HttpError(503, `records not committed within ${this.o.ack_timeout} ms; retry with the same Idempotency-Key`);
       }
+      if (chunks.some((p) => p.abandoned)) throw new HttpError(503, "sluice stopped before the records were committed; retry with the same Idempotency-Key");
+      return { status: 202, body: dropped > 0 ? { accepted: records.length - dropped, dropped } : { accepted: records.length } };
     } finally {
+      if (timer !== undefined) {
+        clearTimeout(timer);
+        res.off("close", gone);
+      }
       for (const p of chunks) this.pending.delete(p);
     }
-    if (chunks.some((p) => p.abandoned)) throw new HttpError(503, "sluice stopped before the records were committed; retry with the same Idempotency-Key");
-    return { status: 202, body: dropped > 0 ? { accepted: records.length - dropped, dropped } : { accepted: records.length } };
   }
 
   /** Enqueues one chunk of a request; its checkpoint joins `chunks` when the buffer took it. */
@@ -443,12 +493,15 @@ export class HttpSource implements Source {
  * retry of the same request does not duplicate), else from a random request id.
  *
  * Gotchas: without a durable buffer, the 202 waits for every sink to commit (up to
- * `ack_timeout`); with one, only for the disk. A full buffer answers 429 at once, whatever
- * `when_full` says (except `drop_newest`, which answers 202 with `dropped`). While the pipeline
- * drains after a stop, the server keeps listening: `/health/ready` and new requests answer 503.
- * A request of more records than `buffer.chunk_size` goes in as several chunks: only the first
- * can be refused with 429; the others wait for room (up to `ack_timeout`, then 503, and the
- * chunks taken are still delivered, which a retry with the same Idempotency-Key absorbs).
+ * `ack_timeout`); with one, only for the disk. A request that does not fit a full buffer waits
+ * in line, first come first served whatever its size, when the buffer expects to take it within
+ * `ack_timeout` at the pace it drained lately and the waiting bodies hold less than half the
+ * body budget; else it gets 429 at once, whatever `when_full` says (except `drop_newest`, which
+ * answers 202 with `dropped`). A sink that stalled drains nothing, so then nobody waits. While
+ * the pipeline drains after a stop, the server keeps listening: `/health/ready` and new requests
+ * answer 503. A request of more records than `buffer.chunk_size` goes in as several chunks; once
+ * one is taken the others wait for room (up to `ack_timeout`, then 503, and the chunks taken are
+ * still delivered, which a retry with the same Idempotency-Key absorbs).
  * A concurrent repeat of a request (same Idempotency-Key and body, or same signature) waits for
  * the first and gets its answer; a repeat of one answered 202 gets that 202 without a second
  * enqueue. Past `max_body_bytes_in_flight` bytes of bodies being received, a request gets 503

@@ -79,6 +79,11 @@ export class GatedSink implements Sink {
     this.gate.resolve();
   }
 
+  /** Holds the writes from now on again, until the next {@link release}. */
+  hold(): void {
+    this.gate = deferred();
+  }
+
   connect(signal: AbortSignal): Promise<void> {
     return this.inner.connect(signal);
   }
@@ -113,6 +118,34 @@ export class GatedSink implements Sink {
   }
 }
 
+/**
+ * A sink that drains at a steady rate: every write takes `msPerRecord` ms per record before the
+ * inner sink writes it, so a flood of producers keeps the buffer full.
+ */
+export class ThrottledSink implements Sink {
+  readonly maxInFlight: number;
+
+  constructor(
+    private readonly inner: Sink,
+    private readonly msPerRecord: number,
+  ) {
+    this.maxInFlight = inner.maxInFlight;
+  }
+
+  connect(signal: AbortSignal): Promise<void> {
+    return this.inner.connect(signal);
+  }
+
+  async write(records: readonly SluiceRecord[], signal: AbortSignal): Promise<WriteResult | void> {
+    await new Promise((resolve) => setTimeout(resolve, records.length * this.msPerRecord));
+    return this.inner.write(records, signal);
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
+
 /** Options of {@link startHttpPipeline}. */
 export interface HttpPipelineOptions {
   /** The http source's own options (snake_case, as in YAML); `listen` is filled in with a free port. */
@@ -121,6 +154,12 @@ export interface HttpPipelineOptions {
   readonly buffer?: { maxRecords: number; maxBytes?: number };
   /** A durable buffer (no fsync) in the temp dir instead of the memory buffer: enqueue then waits for a disk write, as in production. */
   readonly durable?: boolean;
+  /** The durable buffer's bound on its log, bytes; default 256 MiB. */
+  readonly durableMaxBytes?: number;
+  /** Put the sqlite sink behind a {@link ThrottledSink} of this many ms per record. */
+  readonly msPerRecord?: number;
+  /** The sink's batch `max_records`; default 500. */
+  readonly batchRecords?: number;
   /** Put the sqlite sink behind a {@link GatedSink}. */
   readonly gated?: boolean;
   /** The http source's `id_field` (the pipeline's); default `id`. */
@@ -162,22 +201,23 @@ export async function startHttpPipeline(o: HttpPipelineOptions = {}): Promise<Ht
   const ctx = (name: string) => ({ ...testContext({ name, dataDir: dir.path, baseDir: dir.path, service, bufferBytes: limits.maxBytes }), emit: metrics.handle });
   const source = http.create(http.options.parse({ listen: `127.0.0.1:${port}`, ...o.source }), ctx(sourceName));
   const inner = sqlite.create(sqlite.options.parse({ path: dbPath }), ctx("db"));
-  const gate = o.gated ? new GatedSink(inner) : undefined;
+  const throttled = o.msPerRecord === undefined ? inner : new ThrottledSink(inner, o.msPerRecord);
+  const gate = o.gated ? new GatedSink(throttled) : undefined;
   const pipeline = new Pipeline({
     sources: [{ name: sourceName, source, idField: o.idField }],
     transforms: [],
     sinks: [
       {
         name: "db",
-        sink: gate ?? inner,
-        batch: { maxRecords: 500, maxBytes: 16 * 1024 * 1024, maxWaitMs: 5 },
+        sink: gate ?? throttled,
+        batch: { maxRecords: o.batchRecords ?? 500, maxBytes: 16 * 1024 * 1024, maxWaitMs: 5 },
         retry: { maxAttempts: 5, maxElapsedMs: 10_000, backoff: { initialMs: 10, maxMs: 100, multiplier: 2 } },
         concurrency: 1,
       },
     ],
     deadLetter: deadLetterSqlite.create(deadLetterSqlite.options.parse({ path: join(dir.path, "dlq.db") }), ctx("dead_letter")),
     buffer: o.durable
-      ? new DurableBuffer({ path: join(dir.path, "buffer"), maxBytes: 256 * 1024 * 1024, fsync: false, memory: limits, emit: metrics.handle, logger: silentLogger })
+      ? new DurableBuffer({ path: join(dir.path, "buffer"), maxBytes: o.durableMaxBytes ?? 256 * 1024 * 1024, fsync: false, memory: limits, emit: metrics.handle, logger: silentLogger })
       : new MemoryBuffer(limits),
     whenFull: "reject",
     chunkSize: Math.min(100, o.buffer?.maxRecords ?? 100),

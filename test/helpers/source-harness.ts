@@ -85,6 +85,11 @@ export class SourceHarness implements SourceHandle {
     return this.outcome;
   }
 
+  /** Room is always there: the harness never makes a source wait in line. */
+  expectedWait(): number {
+    return 0;
+  }
+
   /** Every record enqueued so far, in order (malformed ones included). */
   get entries(): Entry[] {
     return this.chunks.flatMap((c) => c.records);

@@ -57,7 +57,7 @@ describe("RequestMemory", () => {
 
 describe("BodyBudget", () => {
   it("holds at most its total, unverified bodies at most their share; a hold gives back what it took", () => {
-    const b = new BodyBudget(100, 50);
+    const b = new BodyBudget(100, 50, 50);
     const signed = new BodyHold(b, true);
     expect(signed.take(40)).toBe(true);
     expect(signed.take(20)).toBe(false);
@@ -71,5 +71,23 @@ describe("BodyBudget", () => {
     const all = new BodyHold(b, false);
     expect(all.take(100)).toBe(true);
     all.release();
+  });
+
+  it("bodies waiting in line hold at most their share, given back on release", () => {
+    const b = new BodyBudget(100, 50, 50);
+    const first = new BodyHold(b, false);
+    expect(first.take(30)).toBe(true);
+    expect(first.queue()).toBe(true);
+    const second = new BodyHold(b, false);
+    expect(second.take(30)).toBe(true);
+    // 60 bytes would wait: past the share, so this one cannot, though the budget has them.
+    expect(second.queue()).toBe(false);
+    first.release();
+    expect(second.queue()).toBe(true);
+    second.release();
+    const third = new BodyHold(b, false);
+    expect(third.take(50)).toBe(true);
+    expect(third.queue()).toBe(true);
+    third.release();
   });
 });
