@@ -5,7 +5,6 @@
  * succeed. Once with ENOSPC injected into the buffer's writes (every other file writes as usual),
  * once on a real, full tmpfs (skipped, saying why, where mounting is not permitted).
  */
-import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import fsp, { type FileHandle } from "node:fs/promises";
 import type { Server } from "node:http";
@@ -18,6 +17,7 @@ import { silentLogger } from "../../src/core/events.js";
 import type { PipelineStatus, Pipeline } from "../../src/core/pipeline.js";
 import { startObservabilityServer } from "../../src/server/observability-server.js";
 import { freePort, waitUntil } from "../helpers/http-pipeline.js";
+import { fillDisk, mountTmpfs } from "../helpers/tmpfs.js";
 
 const cleanups: (() => Promise<void> | void)[] = [];
 afterEach(async () => {
@@ -127,25 +127,15 @@ describe("readiness while the durable buffer cannot write", () => {
     const dir = await tmp();
     const mountPoint = join(dir, "small");
     await fsp.mkdir(mountPoint);
-    const mount = spawnSync("mount", ["-t", "tmpfs", "-o", "size=512k", "tmpfs", mountPoint], { encoding: "utf8" });
-    if (mount.status !== 0) {
-      console.warn(`skipped: cannot mount a tmpfs here (${(mount.stderr || mount.error?.message || `exit ${mount.status}`).trim()})`);
-      ctx.skip();
-    }
-    cleanups.push(() => void spawnSync("umount", [mountPoint]));
+    const unmount = mountTmpfs(mountPoint, "size=512k");
+    if (unmount === undefined) return ctx.skip();
+    cleanups.push(unmount);
     const r = await start(dir, join(mountPoint, "buffer"));
     expect((await post(r)).status).toBe(202);
 
     // Fill the disk to the last byte.
     const filler = join(mountPoint, "filler");
-    const fd = fs.openSync(filler, "w");
-    try {
-      for (;;) fs.writeSync(fd, Buffer.alloc(4096));
-    } catch (err) {
-      expect((err as NodeJS.ErrnoException).code).toBe("ENOSPC");
-    } finally {
-      fs.closeSync(fd);
-    }
+    fillDisk(filler);
 
     // Larger than what is left of the segment's last page: it needs a page the disk does not have.
     expect((await post(r, 16 * 1024)).status).toBe(503);

@@ -4,13 +4,13 @@
  * permission where that binds, else skipped saying why). `sluice run` delivers every record, says
  * in one line that the progress was not saved, and exits 1.
  */
-import { spawnSync } from "node:child_process";
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { afterEach, describe, expect, it } from "vitest";
 import { runCli } from "../helpers/cli.js";
+import { mountTmpfs } from "../helpers/tmpfs.js";
 
 const cleanups: (() => Promise<void> | void)[] = [];
 afterEach(async () => {
@@ -19,9 +19,9 @@ afterEach(async () => {
 
 /** Makes `dir` read-only; false (having printed why) where that cannot be done here. */
 async function readOnly(dir: string): Promise<boolean> {
-  const mount = spawnSync("mount", ["-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", dir], { encoding: "utf8" });
-  if (mount.status === 0) {
-    cleanups.push(() => void spawnSync("umount", ["-l", dir]));
+  const unmount = mountTmpfs(dir, "ro,size=64k");
+  if (unmount !== undefined) {
+    cleanups.push(unmount);
     return true;
   }
   // Without the mount, permissions: they bind every user but root.
@@ -30,7 +30,6 @@ async function readOnly(dir: string): Promise<boolean> {
     cleanups.push(() => chmod(dir, 0o755));
     return true;
   }
-  console.warn(`skipped: cannot make a read-only directory here (${(mount.stderr || mount.error?.message || `exit ${mount.status}`).trim()})`);
   return false;
 }
 

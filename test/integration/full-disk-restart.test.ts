@@ -7,7 +7,6 @@
  * the sink (which frees the space), and then answer 202 again; every record that got a 202 is in
  * the sink, and no temp file is left. Skipped, saying why, where mounting a tmpfs is not permitted.
  */
-import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import fsp from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -16,6 +15,7 @@ import Database from "better-sqlite3";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { createSqliteDeadLetterStore } from "../../src/sinks/dead-letter-sqlite.js";
 import { killClis, startCli, type Cli } from "../helpers/cli.js";
+import { fillDisk, mountTmpfs } from "../helpers/tmpfs.js";
 import { freePort, waitUntil } from "../helpers/http-pipeline.js";
 
 const cleanups: (() => Promise<void> | void)[] = [];
@@ -56,23 +56,6 @@ async function waitLive(base: string, cli: Cli): Promise<void> {
   );
 }
 
-/** Writes zeros to a new file until the disk refuses: nothing is left after it. */
-function fillDisk(file: string): void {
-  const fd = fs.openSync(file, "w");
-  try {
-    for (let size = 64 * 1024; size >= 1; ) {
-      try {
-        fs.writeSync(fd, Buffer.alloc(size));
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== "ENOSPC") throw err;
-        size = Math.floor(size / 2);
-      }
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
 function tmpFiles(dir: string): string[] {
   return (fs.readdirSync(dir, { recursive: true }) as string[]).filter((f) => f.endsWith(".tmp") || f.endsWith("write-probe"));
 }
@@ -87,12 +70,9 @@ describe("a restart on a full disk", () => {
     cleanups.push(() => fsp.rm(dir, { recursive: true, force: true }));
     const mountPoint = join(dir, "small");
     await fsp.mkdir(mountPoint);
-    const mount = spawnSync("mount", ["-t", "tmpfs", "-o", "size=512k", "tmpfs", mountPoint], { encoding: "utf8" });
-    if (mount.status !== 0) {
-      console.warn(`skipped: cannot mount a tmpfs here (${(mount.stderr || mount.error?.message || `exit ${mount.status}`).trim()})`);
-      ctx.skip();
-    }
-    cleanups.push(() => void spawnSync("umount", ["-l", mountPoint]));
+    const unmount = mountTmpfs(mountPoint, "size=512k");
+    if (unmount === undefined) return ctx.skip();
+    cleanups.push(unmount);
     const sinkDb = join(dir, "out.db");
     const port = await freePort();
     const base = `http://127.0.0.1:${port}`;

@@ -8,6 +8,7 @@ import os from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { acquireDirLock } from "../../../src/core/dir-lock.js";
+import { fillDisk, mountTmpfs } from "../../helpers/tmpfs.js";
 
 const dirs: string[] = [];
 afterEach(() => {
@@ -76,29 +77,19 @@ describe("acquireDirLock", () => {
 
 describe("acquireDirLock on a full disk (a small tmpfs)", () => {
   let mountPoint: string;
-  const mounted: string[] = [];
+  const unmounts: (() => void)[] = [];
   afterEach(() => {
-    for (const m of mounted.splice(0)) spawnSync("umount", ["-l", m]);
+    for (const unmount of unmounts.splice(0)) unmount();
   });
 
   /** Mounts a 64 KiB tmpfs and fills it to the last byte; false (with the reason printed) where mounting is not permitted. */
   function fullDisk(before: (dir: string) => void): boolean {
     mountPoint = tmpDir();
-    const mount = spawnSync("mount", ["-t", "tmpfs", "-o", "size=64k", "tmpfs", mountPoint], { encoding: "utf8" });
-    if (mount.status !== 0) {
-      console.warn(`skipped: cannot mount a tmpfs here (${(mount.stderr || mount.error?.message || `exit ${mount.status}`).trim()})`);
-      return false;
-    }
-    mounted.push(mountPoint);
+    const unmount = mountTmpfs(mountPoint, "size=64k");
+    if (unmount === undefined) return false;
+    unmounts.push(unmount);
     before(mountPoint);
-    const fd = fs.openSync(join(mountPoint, "filler"), "w");
-    try {
-      for (;;) fs.writeSync(fd, Buffer.alloc(4096));
-    } catch (err) {
-      expect((err as NodeJS.ErrnoException).code).toBe("ENOSPC");
-    } finally {
-      fs.closeSync(fd);
-    }
+    fillDisk(join(mountPoint, "filler"));
     expect(() => fs.writeFileSync(join(mountPoint, "probe"), "x")).toThrow(/ENOSPC/);
     fs.rmSync(join(mountPoint, "probe"), { force: true });
     return true;
