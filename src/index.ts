@@ -26,7 +26,7 @@ export { byteSize, duration } from "./components/options.js";
 
 export { SluiceError, ERROR_CODES, classify } from "./core/errors.js";
 export type { ErrorCode } from "./core/errors.js";
-export type { SluiceRecord, JsonObject, JsonValue } from "./core/record.js";
+export type { SluiceRecord, RecordView, JsonObject, JsonValue } from "./core/record.js";
 export type { Clock } from "./core/clock.js";
 export type { Logger, InternalEvent } from "./core/events.js";
 export { Pipeline } from "./core/pipeline.js";

@@ -14,7 +14,7 @@ import { systemClock, type Clock } from "../core/clock.js";
 import { SluiceError } from "../core/errors.js";
 import { silentLogger, type EventSink, type InternalEvent, type Logger } from "../core/events.js";
 import { Pipeline, type PipelineStatus } from "../core/pipeline.js";
-import type { SluiceRecord } from "../core/record.js";
+import type { RecordView } from "../core/record.js";
 import { mapTransform } from "../transforms/module.js";
 import { Metrics, type RunSummary } from "../observability/metrics.js";
 import { definition as deadLetterSqlite } from "../sinks/dead-letter-sqlite.js";
@@ -127,20 +127,21 @@ export class PipelineBuilder<P extends object> {
   }
 
   /**
-   * Maps each payload (sync or async). The record's envelope is read-only context: a function
-   * that changes `id`, `key`, `source` or `receivedAt` fails that record (`ERR_TRANSFORM_ENVELOPE`).
+   * Maps each payload (sync or async). `record` is a frozen view of the envelope, for context: a
+   * write to it throws, failing that record (`ERR_TRANSFORM_ENVELOPE`), and changes nothing. A
+   * function declared with one parameter gets no view (none is built).
    * `limits`: `timeout` for a returned promise (default 30 s) and `max_split`, as in YAML.
    */
-  map<Q extends object>(fn: (payload: P, record: SluiceRecord<P>) => Q | Promise<Q>, limits: TransformLimitsInput = {}): PipelineBuilder<Q> {
+  map<Q extends object>(fn: (payload: P, record: RecordView) => Q | Promise<Q>, limits: TransformLimitsInput = {}): PipelineBuilder<Q> {
     return this.step("map", fn as unknown as Transform["apply"], limits);
   }
 
   /** Keeps payloads for which `fn` is true; the others are counted as dropped (`filtered`). */
-  filter(fn: (payload: P, record: SluiceRecord<P>) => boolean | Promise<boolean>, limits: TransformLimitsInput = {}): PipelineBuilder<P> {
+  filter(fn: (payload: P, record: RecordView) => boolean | Promise<boolean>, limits: TransformLimitsInput = {}): PipelineBuilder<P> {
     return this.step(
       "filter",
       (payload, record) => {
-        const keep = fn(payload as unknown as P, record as unknown as SluiceRecord<P>);
+        const keep = fn(payload as unknown as P, record);
         return typeof keep === "boolean" ? (keep ? payload : null) : keep.then((k) => (k ? payload : null));
       },
       limits,
@@ -148,7 +149,7 @@ export class PipelineBuilder<P extends object> {
   }
 
   /** Splits each payload into zero or more; parts get ids `<id>#<n>`. More than `limits.max_split` (default 10,000) dead-letters the record. */
-  flatMap<Q extends object>(fn: (payload: P, record: SluiceRecord<P>) => Q[] | Promise<Q[]>, limits: TransformLimitsInput = {}): PipelineBuilder<Q> {
+  flatMap<Q extends object>(fn: (payload: P, record: RecordView) => Q[] | Promise<Q[]>, limits: TransformLimitsInput = {}): PipelineBuilder<Q> {
     return this.step("flat_map", fn as unknown as Transform["apply"], limits);
   }
 

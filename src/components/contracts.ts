@@ -6,7 +6,7 @@ import type { z } from "zod";
 import type { Clock } from "../core/clock.js";
 import type { SluiceError } from "../core/errors.js";
 import type { EventSink, Logger } from "../core/events.js";
-import type { Entry, JsonObject, SluiceRecord } from "../core/record.js";
+import type { Entry, JsonObject, RecordView, SluiceRecord } from "../core/record.js";
 
 /** What every component factory gets besides its own config. */
 export interface ComponentContext {
@@ -149,12 +149,18 @@ export type TransformOutput = JsonObject | null | JsonObject[];
 export interface Transform {
   /**
    * Maps one payload. Throw (ideally a {@link SluiceError}) to dead-letter the record; the
-   * pipeline goes on. Must not mutate `record` other than its payload: a changed `id`, `key`,
-   * `source` or `receivedAt` dead-letters the record (`ERR_TRANSFORM_ENVELOPE`). A returned
-   * promise is bounded by the transform's `timeout` (`ERR_TRANSFORM_TIMEOUT`); a synchronous call
-   * is not, as nothing on the main thread can interrupt it.
+   * pipeline goes on. `record` is a frozen view of the envelope, not the engine's record: a write
+   * to it throws in strict code (dead-lettered with `ERR_TRANSFORM_ENVELOPE`) and changes nothing.
+   * A returned promise is bounded by the transform's `timeout` (`ERR_TRANSFORM_TIMEOUT`); a
+   * synchronous call is not, as nothing on the main thread can interrupt it.
    */
-  apply(payload: JsonObject, record: SluiceRecord): TransformOutput | Promise<TransformOutput>;
+  apply(payload: JsonObject, record: RecordView): TransformOutput | Promise<TransformOutput>;
+  /**
+   * `false` when `apply` never reads `record`: the chain then builds no view and passes
+   * `undefined` (a view is an allocation per record). Read before every call, so it may change
+   * once a lazily loaded function is known. Default: the view is passed.
+   */
+  readonly takesRecord?: boolean;
   /** Called once when the pipeline stops. */
   close?(): Promise<void>;
 }

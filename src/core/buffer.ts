@@ -1,5 +1,6 @@
 import { systemClock, type Clock } from "./clock.js";
 import type { AckTicket, Entry } from "./record.js";
+import { Room } from "./room.js";
 import { WaitingLine } from "./waiting-line.js";
 
 /** A chunk of records as one source enqueued it, with the ticket that acks it. */
@@ -78,12 +79,10 @@ export interface Buffer {
   grow(records: number, bytes: number): void;
   /** Gives back what {@link grow} counted, once those parts are done. */
   shrink(records: number, bytes: number): void;
-  /**
-   * `undefined` when the engine may transform more: what the buffer counts is within its bound,
-   * or nothing grown is counted (a split larger than the whole bound passes alone, as an
-   * oversized chunk does). Otherwise a promise that resolves once one of those holds.
-   */
-  whenRoom(): Promise<void> | undefined;
+  /** True when {@link grow} of `records` and `bytes` keeps what the buffer counts within its bound (durable buffer: its memory bound). */
+  hasRoom(records: number, bytes: number): boolean;
+  /** Resolves the next time the buffer gives room back (at the latest at the next {@link shrink}); ask {@link hasRoom} again then. */
+  whenFreed(): Promise<void>;
   /** Called once at the end of a run, after `whenEmpty` or the shutdown deadline: persists progress and releases files. */
   shutdown(): Promise<void>;
 }
@@ -102,14 +101,13 @@ export class MemoryBuffer implements Buffer {
   private closed = false;
   private puller: ((chunk: Chunk | undefined) => void) | undefined;
   private emptyWaiters: (() => void)[] = [];
-  /** Records counted by {@link grow} and not yet shrunk. */
-  private grown = 0;
-  private roomWaiters: (() => void)[] = [];
+  private readonly room: Room;
 
   constructor(
     private readonly limits: BufferLimits,
     clock: Clock = systemClock,
   ) {
+    this.room = new Room(limits);
     this.line = new WaitingLine<Chunk>(
       {
         fits: (chunk) => this.fits(chunk),
@@ -170,33 +168,26 @@ export class MemoryBuffer implements Buffer {
   grow(records: number, bytes: number): void {
     this.records += records;
     this.bytes += bytes;
-    this.grown += records;
   }
 
   shrink(records: number, bytes: number): void {
     this.records -= records;
     this.bytes -= bytes;
-    this.grown -= records;
     this.freed(records, bytes);
   }
 
-  whenRoom(): Promise<void> | undefined {
-    if (this.hasRoom()) return undefined;
-    return new Promise((resolve) => this.roomWaiters.push(resolve));
+  hasRoom(records: number, bytes: number): boolean {
+    return this.room.fits(this.records, this.bytes, records, bytes);
   }
 
-  private hasRoom(): boolean {
-    return this.grown === 0 || (this.records <= this.limits.maxRecords && this.bytes <= this.limits.maxBytes);
+  whenFreed(): Promise<void> {
+    return this.room.whenFreed();
   }
 
   private freed(records: number, bytes: number): void {
     this.line.freed(records, bytes);
     this.line.admit();
-    if (this.roomWaiters.length > 0 && this.hasRoom()) {
-      const waiters = this.roomWaiters;
-      this.roomWaiters = [];
-      for (const w of waiters) w();
-    }
+    this.room.freed();
     this.checkEmpty();
   }
 
@@ -225,8 +216,7 @@ export class MemoryBuffer implements Buffer {
   }
 
   private fitsSize(records: number, bytes: number): boolean {
-    if (this.records === 0) return true;
-    return this.records + records <= this.limits.maxRecords && this.bytes + bytes <= this.limits.maxBytes;
+    return this.records === 0 || this.room.fits(this.records, this.bytes, records, bytes);
   }
 
   private checkEmpty(): void {

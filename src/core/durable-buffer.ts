@@ -32,6 +32,7 @@ import { Deque } from "./deque.js";
 import { classify, SluiceError } from "./errors.js";
 import type { EventSink, Logger } from "./events.js";
 import type { AckTicket } from "./record.js";
+import { Room } from "./room.js";
 import { WaitingLine } from "./waiting-line.js";
 
 type Bytes = globalThis.Buffer;
@@ -208,9 +209,7 @@ export class DurableBuffer implements BufferContract {
   /** Ends the wait before retrying a failed read, when a stop or shutdown comes during it. */
   private stopReadRetry: (() => void) | undefined;
   private emptyWaiters: (() => void)[] = [];
-  /** Records counted in flight by {@link grow} and not yet shrunk. */
-  private grown = 0;
-  private roomWaiters: (() => void)[] = [];
+  private readonly room: Room;
 
   /** Set while writes fail (disk full, I/O error): bytes of the write that failed. */
   private failedWriteBytes: number | undefined;
@@ -226,6 +225,7 @@ export class DurableBuffer implements BufferContract {
     this.maxBytes = o.maxBytes;
     this.fsync = o.fsync;
     this.memory = o.memory;
+    this.room = new Room(o.memory);
     this.emit = o.emit;
     this.logger = o.logger;
     this.clock = o.clock ?? systemClock;
@@ -368,7 +368,6 @@ export class DurableBuffer implements BufferContract {
     this.inFlightBytes += bytes;
     this.heldRecords += records;
     this.heldBytes += bytes;
-    this.grown += records;
   }
 
   shrink(records: number, bytes: number): void {
@@ -376,22 +375,17 @@ export class DurableBuffer implements BufferContract {
     this.inFlightBytes -= bytes;
     this.heldRecords -= records;
     this.heldBytes -= bytes;
-    this.grown -= records;
     this.wakePuller();
-    if (this.roomWaiters.length > 0 && this.hasRoom()) {
-      const waiters = this.roomWaiters;
-      this.roomWaiters = [];
-      for (const w of waiters) w();
-    }
+    this.room.freed();
   }
 
-  whenRoom(): Promise<void> | undefined {
-    if (this.hasRoom()) return undefined;
-    return new Promise((resolve) => this.roomWaiters.push(resolve));
+  /** Against `memory`, like pull. Entries released do not wake {@link whenFreed}: shrinks do, which is all a split waits for. */
+  hasRoom(records: number, bytes: number): boolean {
+    return this.room.fits(this.inFlightRecords, this.inFlightBytes, records, bytes);
   }
 
-  private hasRoom(): boolean {
-    return this.grown === 0 || (this.inFlightRecords <= this.memory.maxRecords && this.inFlightBytes <= this.memory.maxBytes);
+  whenFreed(): Promise<void> {
+    return this.room.whenFreed();
   }
 
   /**
@@ -733,7 +727,7 @@ export class DurableBuffer implements BufferContract {
   // Pulling and releasing
 
   private fitsInFlight(entry: LogEntry): boolean {
-    return this.inFlightRecords + entry.records <= this.memory.maxRecords && this.inFlightBytes + entry.bytes <= this.memory.maxBytes;
+    return this.room.fits(this.inFlightRecords, this.inFlightBytes, entry.records, entry.bytes);
   }
 
   /** Moves the head of `unpulled` in flight and returns its chunk; undefined when it proved unreadable or on shutdown. */

@@ -8,8 +8,9 @@ import { DeadLetterWriter } from "./dead-letters.js";
 import type { DirLock } from "./dir-lock.js";
 import { classify, SluiceError } from "./errors.js";
 import { silentLogger, type EventSink, type Logger } from "./events.js";
-import { fieldGetter, RecordEntry, settle, type AckTicket, type Entry, type JsonObject, type JsonValue } from "./record.js";
+import { fieldGetter, RecordEntry, settle, type AckTicket, type Entry, type JsonValue } from "./record.js";
 import { SinkRunner, type BatchOptions, type RetryOptions } from "./sink-runner.js";
+import { Splitter } from "./split.js";
 import { TransformChain, type ChainStep } from "./transform-chain.js";
 
 /** A source and how its records get their envelope. */
@@ -155,6 +156,7 @@ export class Pipeline {
           onDone: (records, dead) => this.sinkDone(records, dead),
         }),
     );
+    const splitter = new Splitter({ buffer: o.buffer, emit: this.emit, signal: this.hardAbort.signal, handOn: (out) => this.fanOut(out.splice(0)) });
     this.chain = new TransformChain(
       o.transforms,
       {
@@ -163,8 +165,7 @@ export class Pipeline {
           settle(r.ticket, 1);
         },
         failed: (r, stage, err) => this.deadLetterEarly([r], stage, classify(err, "ERR_TRANSFORM_FAILED")),
-        split: (r, payloads) => this.split(r, payloads),
-        afterSplit: (out) => this.afterSplit(out),
+        split: (r, payloads, out, next) => splitter.run(r, payloads, out, next),
       },
       this.clock,
       this.hardAbort.signal,
@@ -451,62 +452,9 @@ export class Pipeline {
       this.fanOut(out);
       return undefined;
     }
-    return pending.then(() => this.fanOut(out));
-  }
-
-  /**
-   * The parts of a split record. They count against the buffer from here (the chunk counted the
-   * one record) and share a ticket of their own, which gives that room back and settles the
-   * record in its chunk once every part is done: a split's room returns without waiting for the
-   * rest of its chunk, so the engine can wait for it mid-chunk (see {@link afterSplit}).
-   */
-  private split(r: Entry, payloads: readonly JsonObject[]): Entry[] {
-    const n = payloads.length;
-    const parent = r.ticket;
-    const buffer = this.o.buffer;
-    const grownBytes = r.bytes * (n - 1);
-    buffer.grow(n - 1, grownBytes);
-    const ticket: AckTicket = {
-      seq: parent.seq,
-      checkpoint: parent.checkpoint,
-      receivedAt: parent.receivedAt,
-      records: n,
-      bytes: r.bytes * n,
-      pending: n,
-      onDone: () => {
-        buffer.shrink(n - 1, grownBytes);
-        settle(parent, 1);
-      },
-    };
-    this.emit({ type: "records_received", source: r.source, count: n - 1, bytes: 0 });
-    const parts: Entry[] = new Array<Entry>(n);
-    for (let i = 0; i < n; i++) {
-      const part = new RecordEntry(`${r.id}#${i}`, r.key, payloads[i]!, r.eventTime, r.source, r.bytes);
-      part.ticket = ticket;
-      parts[i] = part;
-    }
-    return parts;
-  }
-
-  /**
-   * A split pushed the buffer past its bound: the records transformed so far go to the sinks now,
-   * and the chain waits until they free enough room (or the run is hard-aborted) before it
-   * transforms more. Without this, one chunk whose records each split 100,000 ways held all
-   * those parts at once.
-   */
-  private afterSplit(out: Entry[]): Promise<void> | undefined {
-    const room = this.o.buffer.whenRoom();
-    if (room === undefined) return undefined;
-    this.fanOut(out.splice(0));
-    const signal = this.hardAbort.signal;
-    if (signal.aborted) return undefined;
-    return new Promise<void>((resolve) => {
-      const onAbort = () => resolve();
-      signal.addEventListener("abort", onAbort, { once: true });
-      void room.then(() => {
-        signal.removeEventListener("abort", onAbort);
-        resolve();
-      });
+    // After the hard abort the runners are aborted: what is left stays un-acked.
+    return pending.then(() => {
+      if (!this.hardAbort.signal.aborted) this.fanOut(out);
     });
   }
 

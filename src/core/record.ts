@@ -1,4 +1,4 @@
-import type { SluiceError } from "./errors.js";
+import { SluiceError } from "./errors.js";
 
 /** A JSON value as `JSON.parse` returns it. */
 export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
@@ -54,6 +54,43 @@ export interface SluiceRecord<P = JsonObject> {
 }
 
 /**
+ * What a transform gets as its second argument: the envelope, frozen, never the engine's record.
+ * Writing a field throws a `TypeError` in strict code (ES modules, TypeScript) and is ignored in
+ * sloppy code; either way the record is unchanged. Built once per record, on its first transform
+ * that takes it.
+ */
+export type RecordView = Readonly<Pick<SluiceRecord, "id" | "key" | "source" | "receivedAt" | "eventTime" | "attempts">>;
+
+/** The frozen {@link RecordView} of `entry` (cached on it: its envelope never changes). */
+export function recordView(entry: Entry): RecordView {
+  return (entry.view ??= Object.freeze({
+    id: entry.id,
+    key: entry.key,
+    source: entry.source,
+    receivedAt: entry.receivedAt,
+    eventTime: entry.eventTime,
+    attempts: entry.attempts,
+  }));
+}
+
+const VIEW_WRITE = /^Cannot (?:assign to read only property '(\w+)'|add property (\w+), object is not extensible)/;
+
+/**
+ * `ERR_TRANSFORM_ENVELOPE` when `err` is the `TypeError` of a write to a {@link RecordView}
+ * (strict code), so the dead letter says what went wrong; `undefined` for any other error.
+ */
+export function envelopeWriteError(err: unknown): SluiceError | undefined {
+  if (!(err instanceof TypeError)) return undefined;
+  const m = VIEW_WRITE.exec(err.message);
+  if (m === null) return undefined;
+  return new SluiceError(
+    "ERR_TRANSFORM_ENVELOPE",
+    `the transform wrote the record's ${m[1] ?? m[2]}; the record a transform gets is a read-only view of the envelope (id, key, source, receivedAt, eventTime, attempts): return a changed payload, and take the id from another payload field with the source's id_field`,
+    { cause: err },
+  );
+}
+
+/**
  * What the engine carries per record: the envelope plus bookkeeping that sinks must not touch.
  * One object per record, so the hot path allocates nothing else.
  */
@@ -74,6 +111,8 @@ export interface Entry<P = JsonObject> extends SluiceRecord<P> {
   raw: string | undefined;
   /** See {@link SluiceRecord.text}; the engine clears it before the transforms run. */
   text?: string | undefined;
+  /** What transforms get for this record, once one asked ({@link recordView}). */
+  view?: RecordView | undefined;
 }
 
 /**
@@ -110,6 +149,7 @@ export class RecordEntry implements Entry {
   failure: SluiceError | undefined = undefined;
   raw: string | undefined = undefined;
   text: string | undefined = undefined;
+  view: RecordView | undefined = undefined;
 
   constructor(
     readonly id: string,

@@ -1,7 +1,7 @@
 import type { Transform, TransformOutput } from "../components/contracts.js";
 import type { Clock } from "./clock.js";
 import { SluiceError } from "./errors.js";
-import type { AckTicket, JsonObject, Entry } from "./record.js";
+import { envelopeWriteError, recordView, type Entry, type JsonObject, type RecordView } from "./record.js";
 
 /** A transform with the stage name its dead letters carry (`transform:<type>`) and its limits. */
 export interface ChainStep {
@@ -23,36 +23,31 @@ export interface ChainHooks {
   filtered(record: Entry): void;
   /** A transform threw, timed out or broke a rule: the record goes to the dead-letter sink. */
   failed(record: Entry, stage: string, error: unknown): void;
-  /** A transform split a record: returns its parts, one per payload (the `index`-th with id `<id>#<index>`). */
-  split(record: Entry, payloads: readonly JsonObject[]): Entry[];
   /**
-   * After a split: `undefined` to go on at once, or a promise to wait for before transforming
-   * more (the buffer is past its bound). `out` holds the records transformed so far; the hook may
-   * take them (emptying it) to hand them on while the chain waits.
+   * A transform split a record: runs `next` over its parts, one per payload, in order (the
+   * `index`-th with id `<id>#<index>`), within the buffer's bound (see `split.ts`); may hand
+   * what `out` holds on meanwhile. Returns a promise only when it had to wait.
    */
-  afterSplit(out: Entry[]): Promise<void> | undefined;
+  split(record: Entry, payloads: readonly JsonObject[], out: Entry[], next: (part: Entry) => Promise<void> | undefined): Promise<void> | undefined;
 }
 
 function isThenable(value: unknown): value is PromiseLike<TransformOutput> {
   return typeof (value as PromiseLike<unknown> | null)?.then === "function";
 }
 
-/** The envelope as a transform could overwrite it (the types say read-only; JavaScript does not enforce it). */
-type Writable = { -readonly [K in "id" | "key" | "source" | "ticket"]: Entry[K] };
-
 /**
  * Runs records through the transforms in order. Synchronous transforms take a fast path that
  * creates no promise per record; a chain returns a promise only when some transform does, and
  * records still leave in input order.
  *
- * After every call the envelope (`id`, `key`, `source`, and the chunk ticket `receivedAt` comes
- * from) is compared with what it was: four reads, no copy. A transform that changed it fails that
- * record with `ERR_TRANSFORM_ENVELOPE`, its envelope put back, so the dead letter carries the
- * record's real id and sinks never see two records under one id.
+ * A transform gets the payload and a frozen {@link RecordView}, never the engine's record or its
+ * ticket, so it cannot change the envelope or settle a chunk. The view is built once per record
+ * and only for transforms that take it (`takesRecord`).
  *
  * A promise gets the step's `timeoutMs`; once the record is timed out (or the run hard-aborted
  * while it waits) the promise's later outcome is ignored: the record was dead-lettered (or left
- * un-acked) already and must not also reach the sinks.
+ * un-acked) already and must not also reach the sinks. After the hard abort no further record is
+ * transformed: what is left stays un-acked, as the sinks are aborted too.
  */
 export class TransformChain {
   constructor(
@@ -77,7 +72,7 @@ export class TransformChain {
 
   private async continueAsync(pending: Promise<void>, records: readonly Entry[], next: number, out: Entry[]): Promise<void> {
     await pending;
-    for (let i = next; i < records.length; i++) {
+    for (let i = next; i < records.length && !this.signal.aborted; i++) {
       const p = this.from(records[i]!, 0, out);
       if (p !== undefined) await p;
     }
@@ -88,20 +83,15 @@ export class TransformChain {
     let payload = record.payload;
     for (let s = first; s < this.steps.length; s++) {
       const step = this.steps[s]!;
-      const { id, key, source, ticket } = record;
+      const transform = step.transform;
       let result: TransformOutput | Promise<TransformOutput>;
       try {
-        result = step.transform.apply(payload, record);
+        result = transform.apply(payload, transform.takesRecord === false ? (undefined as unknown as RecordView) : recordView(record));
       } catch (err) {
-        this.hooks.failed(record, step.stage, this.envelopeChanged(record, id, key, source, ticket) ?? err);
+        this.hooks.failed(record, step.stage, envelopeWriteError(err) ?? err);
         return undefined;
       }
-      const changed = this.envelopeChanged(record, id, key, source, ticket);
-      if (changed !== undefined) {
-        this.hooks.failed(record, step.stage, changed);
-        return undefined;
-      }
-      if (isThenable(result)) return this.settleWithin(result, record, s, out, ticket);
+      if (isThenable(result)) return this.settleWithin(result, record, s, out);
       if (result === null || Array.isArray(result)) return this.after(record, s, result, out);
       payload = result;
     }
@@ -114,9 +104,8 @@ export class TransformChain {
    * Waits for a step's promise, at most its `timeoutMs` and never past the hard abort. Whichever
    * comes first decides; the others find `done` set and do nothing.
    */
-  private settleWithin(result: PromiseLike<TransformOutput>, record: Entry, s: number, out: Entry[], ticket: AckTicket): Promise<void> {
+  private settleWithin(result: PromiseLike<TransformOutput>, record: Entry, s: number, out: Entry[]): Promise<void> {
     const step = this.steps[s]!;
-    const { id, key, source } = record;
     const signal = this.signal;
     return new Promise<void>((resolve) => {
       let done = false;
@@ -148,39 +137,15 @@ export class TransformChain {
       result.then(
         (value) => {
           if (!finish()) return;
-          const changed = this.envelopeChanged(record, id, key, source, ticket);
-          if (changed !== undefined) {
-            this.hooks.failed(record, step.stage, changed);
-            resolve();
-            return;
-          }
           resolve(this.after(record, s, value, out));
         },
         (err: unknown) => {
           if (!finish()) return;
-          this.hooks.failed(record, step.stage, this.envelopeChanged(record, id, key, source, ticket) ?? err);
+          this.hooks.failed(record, step.stage, envelopeWriteError(err) ?? err);
           resolve();
         },
       );
     });
-  }
-
-  /**
-   * `undefined` when the envelope is as it was before a call; otherwise puts it back and returns
-   * the error that fails the record.
-   */
-  private envelopeChanged(record: Entry, id: string, key: string | undefined, source: string, ticket: AckTicket): SluiceError | undefined {
-    if (record.id === id && record.key === key && record.source === source && record.ticket === ticket) return undefined;
-    const fields = [record.id !== id && "id", record.key !== key && "key", record.source !== source && "source", record.ticket !== ticket && "receivedAt"].filter(Boolean).join(", ");
-    const writable = record as Writable;
-    writable.id = id;
-    writable.key = key;
-    writable.source = source;
-    writable.ticket = ticket;
-    return new SluiceError(
-      "ERR_TRANSFORM_ENVELOPE",
-      `the transform changed the record's ${fields}; the envelope (id, key, source, receivedAt) is read-only: return a changed payload, and take the id from another payload field with the source's id_field`,
-    );
   }
 
   private after(record: Entry, step: number, value: TransformOutput, out: Entry[]): Promise<void> | undefined {
@@ -201,11 +166,6 @@ export class TransformChain {
       this.hooks.failed(record, stage, new SluiceError("ERR_TRANSFORM_SPLIT", `the transform split one record into ${value.length} records, more than max_split (${maxSplit})`));
       return undefined;
     }
-    const parts = this.hooks.split(record, value);
-    let chain: Promise<void> | undefined;
-    for (const part of parts) {
-      chain = chain === undefined ? this.from(part, step + 1, out) : chain.then(() => this.from(part, step + 1, out));
-    }
-    return chain === undefined ? this.hooks.afterSplit(out) : chain.then(() => this.hooks.afterSplit(out));
+    return this.hooks.split(record, value, out, (part) => this.from(part, step + 1, out));
   }
 }

@@ -8,17 +8,16 @@ import { pathToFileURL } from "node:url";
 import { z } from "zod";
 import { defineComponent, type Transform, type TransformOutput } from "../components/contracts.js";
 import { SluiceError } from "../core/errors.js";
-import type { JsonObject, SluiceRecord } from "../core/record.js";
+import { envelopeWriteError, type JsonObject, type RecordView } from "../core/record.js";
 
 /**
  * A user's payload function: return the payload (changed or not), `null` to filter the record
- * out, or an array of payloads to split it; sync or async. `record` is the read-only envelope
- * (id, key, source, times) for context.
+ * out, or an array of payloads to split it; sync or async. `record` is a frozen view of the
+ * envelope (id, key, source, times, attempts) for context. A function declared with fewer than
+ * two parameters gets `undefined` instead (no view is built for it): declare `record` to use it,
+ * also through `arguments` or a rest parameter.
  */
-export type PayloadFunction = (
-  payload: JsonObject,
-  record: Readonly<SluiceRecord>,
-) => TransformOutput | Promise<TransformOutput>;
+export type PayloadFunction = (payload: JsonObject, record: RecordView) => TransformOutput | Promise<TransformOutput>;
 
 /** Extensions loaded through tsx; everything else goes to Node's own `import()`. */
 const TYPESCRIPT_EXTENSIONS = new Set([".ts", ".mts", ".cts"]);
@@ -142,7 +141,12 @@ class FunctionTransform implements Transform {
     else this.#loader = source.load;
   }
 
-  apply(payload: JsonObject, record: SluiceRecord): TransformOutput | Promise<TransformOutput> {
+  /** Whether the function declares `record`; true until a lazily loaded one is known. */
+  get takesRecord(): boolean {
+    return this.#fn === undefined || this.#fn.length >= 2;
+  }
+
+  apply(payload: JsonObject, record: RecordView): TransformOutput | Promise<TransformOutput> {
     const fn = this.#fn;
     if (fn === undefined) return this.#applyWhenLoaded(payload, record);
     let out: unknown;
@@ -158,7 +162,7 @@ class FunctionTransform implements Transform {
     return this.#check(out);
   }
 
-  async #applyWhenLoaded(payload: JsonObject, record: SluiceRecord): Promise<TransformOutput> {
+  async #applyWhenLoaded(payload: JsonObject, record: RecordView): Promise<TransformOutput> {
     // One load shared by every record that arrives before it finishes; a failed load stays
     // failed, so each record gets the same config error instead of retrying the import.
     this.#loading ??= this.#loader!().then((fn) => (this.#fn = fn));
@@ -200,7 +204,7 @@ class FunctionTransform implements Transform {
 
   #failure(err: unknown): SluiceError {
     if (err instanceof SluiceError) return err;
-    return new SluiceError("ERR_TRANSFORM_FAILED", `${this.#label} threw ${errorText(err)}`, {
+    return envelopeWriteError(err) ?? new SluiceError("ERR_TRANSFORM_FAILED", `${this.#label} threw ${errorText(err)}`, {
       location: this.#location,
       cause: err,
     });

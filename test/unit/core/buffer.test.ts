@@ -191,26 +191,28 @@ describe("MemoryBuffer", () => {
   });
 });
 
-describe("MemoryBuffer: split parts (grow, shrink, whenRoom)", () => {
-  it("counts grown parts against the bound until shrunk: pushes wait, whenRoom waits past the bound", async () => {
+describe("MemoryBuffer: split parts (grow, shrink, hasRoom, whenFreed)", () => {
+  it("counts grown parts against the bound until shrunk: pushes wait, hasRoom says whether one more fits", async () => {
     const buffer = new MemoryBuffer({ maxRecords: 10, maxBytes: 1_000_000 });
     const a = chunk(4);
     expect(await buffer.push(a, false)).toBe("accepted");
     expect(await buffer.pull()).toBe(a);
-    expect(buffer.whenRoom()).toBeUndefined();
+    expect(buffer.hasRoom(6, 60)).toBe(true);
+    expect(buffer.hasRoom(7, 70)).toBe(false);
 
     buffer.grow(5, 50);
     expect(buffer.usage()).toEqual({ records: 9, bytes: 90 });
-    expect(buffer.whenRoom()).toBeUndefined(); // within the bound
+    expect(buffer.hasRoom(1, 10)).toBe(true);
+    expect(buffer.hasRoom(2, 10)).toBe(false);
     expect(await buffer.push(chunk(2), false)).toBe("full");
     const waiting = track(buffer.push(chunk(2), true));
 
     buffer.grow(5, 50);
-    let roomed = false;
-    void buffer.whenRoom()!.then(() => (roomed = true));
+    let freed = false;
+    void buffer.whenFreed().then(() => (freed = true));
     buffer.shrink(5, 50);
     await flush();
-    expect(roomed).toBe(true);
+    expect(freed).toBe(true);
     expect(waiting.result).toBeUndefined(); // 9 + 2 > 10: the push still waits
     buffer.shrink(5, 50);
     await flush();
@@ -218,24 +220,18 @@ describe("MemoryBuffer: split parts (grow, shrink, whenRoom)", () => {
     expect(buffer.usage()).toEqual({ records: 6, bytes: 60 });
   });
 
-  it("lets a split larger than the whole bound pass alone: whenRoom resolves once no part is held", async () => {
-    const buffer = new MemoryBuffer({ maxRecords: 10, maxBytes: 1_000_000 });
+  it("checks bytes as well as records, and wakes whenFreed on a release too", async () => {
+    const buffer = new MemoryBuffer({ maxRecords: 100, maxBytes: 100 });
     const a = chunk(3);
     await buffer.push(a, false);
     await buffer.pull();
-    buffer.grow(99, 990);
-    const room = buffer.whenRoom();
-    expect(room).toBeInstanceOf(Promise);
-    let roomed = false;
-    void room!.then(() => (roomed = true));
-    buffer.shrink(99, 990);
-    await flush();
-    expect(roomed).toBe(true);
-    expect(buffer.usage()).toEqual({ records: 3, bytes: 30 });
-    let empty = false;
-    void buffer.whenEmpty().then(() => (empty = true));
+    expect(buffer.hasRoom(1, 70)).toBe(true);
+    expect(buffer.hasRoom(1, 71)).toBe(false);
+    let freed = false;
+    void buffer.whenFreed().then(() => (freed = true));
     buffer.release(a.ticket);
     await flush();
-    expect(empty).toBe(true);
+    expect(freed).toBe(true);
+    expect(buffer.hasRoom(1, 100)).toBe(true);
   });
 });

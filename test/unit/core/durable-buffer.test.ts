@@ -915,15 +915,17 @@ describe("DurableBuffer", () => {
     );
   });
 
-  it("counts split parts as in flight in memory: pull waits while they fill it, whenRoom until they are shrunk", async () => {
+  it("counts split parts as in flight in memory: pull waits while they fill it, hasRoom against memory, whenFreed at the shrink", async () => {
     const dir = tmpDir();
     const { buffer } = await open(dir, { memory: { maxRecords: 10, maxBytes: 1 << 20 } });
     expect(await buffer.push(chunkOf(["a", "b"]), false)).toBe("accepted");
     expect(await buffer.push(chunkOf(["c", "d"]), false)).toBe("accepted");
     const [first] = await pullN(buffer, 1);
+    expect(buffer.hasRoom(8, 80)).toBe(true);
     buffer.grow(20, 200);
+    expect(buffer.hasRoom(1, 10)).toBe(false);
     let roomed = false;
-    void buffer.whenRoom()!.then(() => (roomed = true));
+    void buffer.whenFreed().then(() => (roomed = true));
     let next: Chunk | undefined;
     void buffer.pull().then((c) => (next = c));
     await new Promise((r) => setTimeout(r, 20));
@@ -932,6 +934,7 @@ describe("DurableBuffer", () => {
     buffer.shrink(20, 200);
     await new Promise((r) => setTimeout(r, 20));
     expect(roomed).toBe(true);
+    expect(buffer.hasRoom(1, 10)).toBe(true);
     expect(ids(next)).toEqual(["c", "d"]);
     finish(first!);
     finish(next!);
