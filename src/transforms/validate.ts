@@ -167,12 +167,15 @@ function compile(schema: JsonSchema, location: string, logger: Logger | undefine
         ? new Ajv2019(ajvOptions)
         : new Ajv(ajvOptions);
     const validate = ajv.compile(schema);
-    if ((validate as { $async?: unknown }).$async === true) throw new Error("asynchronous schemas ($async) are not supported");
+    if ((validate as { $async?: unknown }).$async === true) {
+      throw new SluiceError("ERR_CONFIG_INVALID", "asynchronous schemas ($async) are not supported: validate checks each record synchronously");
+    }
     return validate;
   } catch (err) {
+    // ajv's own errors and ours alike: the message gets the schema's path, the code stays ours.
     throw new SluiceError("ERR_CONFIG_INVALID", `JSON Schema ${location} is invalid: ${(err as Error).message}`, {
       location,
-      cause: err,
+      cause: err instanceof SluiceError ? err.cause : err,
     });
   }
 }
@@ -192,7 +195,8 @@ const linearRegExp: NonNullable<CodeOptions["regExp"]> = Object.assign(
     try {
       re = RE2JS.compile(RE2JS.translateRegExp(pattern));
     } catch (err) {
-      throw new Error(
+      throw new SluiceError(
+        "ERR_CONFIG_INVALID",
         `pattern ${JSON.stringify(pattern)} cannot run on a linear-time regex engine (RE2: no lookahead, lookbehind or backreferences): ${(err as Error).message}`,
         { cause: err },
       );

@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, afterEach, beforeEach, expect, it } from "vitest";
-import { killClis, startCli } from "../helpers/cli.js";
+import { killClis, runCli, startCli } from "../helpers/cli.js";
 import { waitUntil } from "../helpers/http-pipeline.js";
 
 const FIXTURES = resolve(import.meta.dirname, "../fixtures/transforms");
@@ -139,4 +139,25 @@ it("a transform that sets record.id on 1,000 records: all dead-lettered with ERR
   } finally {
     db.close();
   }
+}, 30_000);
+
+it.each([
+  ["an asynchronous schema", { $async: true, type: "object" }, /asynchronous schemas \(\$async\) are not supported/],
+  ["a pattern RE2 cannot run", { type: "object", properties: { id: { type: "string", pattern: "^(?=a)a+$" } } }, /pattern "\^\(\?=a\)a\+\$" cannot run on a linear-time regex engine/],
+])("sluice validate refuses %s as a config error (exit 2), naming the schema file", async (_what, schema, message) => {
+  const schemaFile = join(dir, "schema.json");
+  await writeFile(schemaFile, JSON.stringify(schema));
+  const file = await config([
+    "sources:",
+    "  gen: { type: generator, count: 1 }",
+    "transforms:",
+    `  - { type: validate, schema: ${schemaFile} }`,
+    "sinks:",
+    "  out: { type: blackhole }",
+  ]);
+  const { code, stdout, stderr } = await runCli(["validate", file], { cwd: dir });
+  const output = stdout + stderr;
+  expect(code, output).toBe(2);
+  expect(output).toContain(schemaFile);
+  expect(output).toMatch(message);
 }, 30_000);

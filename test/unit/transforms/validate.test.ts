@@ -255,5 +255,13 @@ describe("validate transform: patterns run in linear time", () => {
     expect(error?.message).toMatch(/pattern "\^\(\?=\.\*\\\\d\)\\\\w\+\$" cannot run on a linear-time regex engine/);
     const backref = await checkValidateTransform({ type: "object", properties: { p: { type: "string", pattern: "^(a)\\1$" } } });
     expect(backref?.message).toMatch(/pattern "\^\(a\)\\\\1\$" cannot run on a linear-time regex engine/);
+    // The refusal is one catalogue error, not a plain Error wrapped in one: the cause is RE2's own complaint.
+    expect((error?.cause as Error).message).not.toMatch(/linear-time/);
+  });
+
+  it("refuses an asynchronous schema as ERR_CONFIG_INVALID", async () => {
+    const error = await checkValidateTransform({ $async: true, type: "object" });
+    expect(error?.code).toBe("ERR_CONFIG_INVALID");
+    expect(error?.message).toMatch(/asynchronous schemas \(\$async\) are not supported/);
   });
 });
