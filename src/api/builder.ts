@@ -14,7 +14,7 @@ import { systemClock, type Clock } from "../core/clock.js";
 import { SluiceError } from "../core/errors.js";
 import { silentLogger, type EventSink, type InternalEvent, type Logger } from "../core/events.js";
 import { Pipeline, type PipelineStatus } from "../core/pipeline.js";
-import type { RecordView } from "../core/record.js";
+import type { JsonObject, RecordView } from "../core/record.js";
 import { mapTransform } from "../transforms/module.js";
 import { Metrics, type RunSummary } from "../observability/metrics.js";
 import { definition as deadLetterSqlite } from "../sinks/dead-letter-sqlite.js";
@@ -138,14 +138,11 @@ export class PipelineBuilder<P extends object> {
 
   /** Keeps payloads for which `fn` is true; the others are counted as dropped (`filtered`). */
   filter(fn: (payload: P, record: RecordView) => boolean | Promise<boolean>, limits: TransformLimitsInput = {}): PipelineBuilder<P> {
-    return this.step(
-      "filter",
-      (payload, record) => {
-        const keep = fn(payload as unknown as P, record);
-        return typeof keep === "boolean" ? (keep ? payload : null) : keep.then((k) => (k ? payload : null));
-      },
-      limits,
-    );
+    const decide = (keep: boolean | Promise<boolean>, payload: JsonObject) => (typeof keep === "boolean" ? (keep ? payload : null) : keep.then((k) => (k ? payload : null)));
+    // Declared with the payload only, the wrapper too takes one parameter: no view is built per record.
+    const apply: Transform["apply"] =
+      fn.length >= 2 ? (payload, record) => decide(fn(payload as unknown as P, record), payload) : (payload) => decide(fn(payload as unknown as P, undefined as unknown as RecordView), payload);
+    return this.step("filter", apply, limits);
   }
 
   /** Splits each payload into zero or more; parts get ids `<id>#<n>`. More than `limits.max_split` (default 10,000) dead-letters the record. */

@@ -176,7 +176,7 @@ const WALK_BUDGET = 256;
  * `JSON.stringify`, which costs little next to producing it. A part that cannot be serialized
  * (a cycle) counts as the budget's worth, and its sink rejects it.
  */
-export function estimateBytes(payload: JsonObject): number {
+function estimateBytes(payload: JsonObject): number {
   let budget = WALK_BUDGET;
   const walk = (v: JsonValue): number => {
     if (--budget < 0) return 0;
