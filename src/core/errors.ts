@@ -28,7 +28,7 @@ export const ERROR_CODES = {
   ERR_TRANSFORM_TIMEOUT: { retryable: false },
   /** A transform split one record into more than its `max_split` records. */
   ERR_TRANSFORM_SPLIT: { retryable: false },
-  /** A transform changed the record's envelope (`id`, `key`, `source`, `receivedAt`), which is read-only. */
+  /** A transform wrote to the read-only view of the envelope it gets (`id`, `key`, `source`, `receivedAt`, ...). */
   ERR_TRANSFORM_ENVELOPE: { retryable: false },
   /** A source failed while reading (file vanished, permission denied). */
   ERR_SOURCE_READ: { retryable: true },
