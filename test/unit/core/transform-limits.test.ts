@@ -15,7 +15,7 @@ import { mapTransform, type PayloadFunction } from "../../../src/transforms/modu
 import type { ChainStep } from "../../../src/core/transform-chain.js";
 import { Metrics } from "../../../src/observability/metrics.js";
 import { FakeClock } from "../../helpers/fake-clock.js";
-import { guardClock, makePipeline, MemoryDeadLetterStore, MemorySource, runToEnd, type TestPipeline } from "../../helpers/memory.js";
+import { guardClock, makePipeline, MemoryDeadLetterStore, MemorySink, MemorySource, runToEnd, type TestPipeline } from "../../helpers/memory.js";
 
 function payloads(n: number): JsonObject[] {
   return Array.from({ length: n }, (_, i): JsonObject => ({ id: `r-${i}`, v: i }));
@@ -253,6 +253,24 @@ describe("a transform that splits records", () => {
     expect(await tp.run()).toEqual({ tag: "completed" });
     expect(peak).toBe(11);
     expectBalanced(tp, 20);
+  });
+
+  it("stops producing parts at the hard abort while a split waits for room: the record stays un-acked", async () => {
+    let produced = 0;
+    const split = step("transform:module", (p) => Array.from({ length: 50 }, (_, part) => ({ ...p, part })));
+    const count = step("transform:count", (p) => {
+      produced++;
+      return p;
+    });
+    // Every write hangs: the room the first parts take never comes back.
+    const sink = new MemorySink({ schedule: () => "hang" });
+    const tp = makePipeline({ inputs: payloads(2), chunkSize: 2, transforms: [split, count], sinks: [sink], limits: { maxRecords: 10 }, shutdownTimeoutMs: 2000 });
+    const running = tp.start();
+    await tp.drive(() => produced === 8);
+    tp.pipeline.stop();
+    expect(await tp.run(running)).toEqual({ tag: "timed_out", unacked: 10 });
+    expect(produced).toBe(8);
+    expect(tp.source.acks).toEqual([]);
   });
 
   it("runs 20 records split 100,000 ways each to the end within max_records", async () => {
