@@ -160,6 +160,8 @@ export class Metrics {
       case "records_dead_lettered": {
         const sink = c.sinks[event.sink];
         if (sink) sink.dead_lettered += event.count;
+        // A batch that ended dead-lettered is no longer retried: left marked, an idle sink would stay unready forever.
+        if (this.down.get(event.sink)?.state === "retrying") this.down.delete(event.sink);
         this.deadLettered.inc({ sink: event.sink, code: event.code }, event.count);
         break;
       }
@@ -245,7 +247,8 @@ export class Metrics {
         this.deadLetterWritable.set(1);
         break;
       case "component_error":
-        if (event.component in c.sinks) this.markDown(event.component, "retrying", event.message);
+        // Logged only: a sink is down while its writes are retried or it is connecting, and only those
+        // have an event that clears them. An idle pool connection dropped by a server restart is not a write failing.
         this.logRateLimited(`error:${event.component}:${event.code}`, { component: event.component, code: event.code, err: event.message }, "component error");
         break;
     }
