@@ -257,6 +257,22 @@ export interface AckedState {
   readonly written?: number;
 }
 
+/** Whether `state` counts `seq` as released: at or below `through`, or in a released range (found by binary search). */
+export function isReleased(state: AckedState, seq: number): boolean {
+  if (seq <= state.through) return true;
+  const ranges = state.released;
+  let lo = 0;
+  let hi = ranges.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    const [a, b] = ranges[mid]!;
+    if (seq < a) hi = mid - 1;
+    else if (seq > b) lo = mid + 1;
+    else return true;
+  }
+  return false;
+}
+
 /** How many seqs in `[from, to)` `state` does not count as released. */
 export function unreleasedIn(state: AckedState, from: number, to: number): number {
   const start = Math.max(from, state.through + 1);

@@ -90,6 +90,7 @@ export class Metrics {
   private readonly bufferWritable = new Gauge({ name: "sluice_buffer_writable", help: "1 while the buffer can write; 0 while the durable buffer's writes fail (disk full, I/O error) and /health/ready says not ready.", registers: [this.registry] });
   /** Why the durable buffer's latest write failed, while writes fail; for readiness. */
   private bufferWriteError: string | undefined;
+  private bufferReadError: string | undefined;
   private readonly deadLetterWritable = new Gauge({ name: "sluice_dead_letter_writable", help: "1 while dead letters can be written; 0 while dead-letter writes fail (retried) and /health/ready says not ready.", registers: [this.registry] });
   /** Why the latest dead-letter write failed, while they fail; for readiness. */
   private deadLetterWriteError: string | undefined;
@@ -238,6 +239,12 @@ export class Metrics {
         this.bufferWriteError = undefined;
         this.bufferWritable.set(1);
         break;
+      case "buffer_read_failed":
+        this.bufferReadError = event.reason;
+        break;
+      case "buffer_read_recovered":
+        this.bufferReadError = undefined;
+        break;
       case "dead_letter_write_failed":
         this.deadLetterWriteError = `${event.code}: ${event.message}`;
         this.deadLetterWritable.set(0);
@@ -275,6 +282,11 @@ export class Metrics {
   /** Why the durable buffer cannot write, while its writes fail; undefined while it can. */
   bufferUnwritable(): string | undefined {
     return this.bufferWriteError;
+  }
+
+  /** Why the durable buffer cannot read entries back, while its reads keep failing; undefined while they succeed. */
+  bufferUnreadable(): string | undefined {
+    return this.bufferReadError;
   }
 
   /** Why dead letters cannot be written, while their writes fail; undefined while they can. */

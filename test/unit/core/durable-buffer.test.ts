@@ -502,6 +502,128 @@ describe("DurableBuffer", () => {
     expect(reopened.events).toEqual([]);
   });
 
+  /** Pushes a, b, c (one segment each) and flips a byte of b on disk: b fails its check when pulled. */
+  async function withCorruptSecond(dir: string): Promise<Opened & { bad: string }> {
+    const opened = await open(dir, { segmentBytes: 1, memory: { maxRecords: 1, maxBytes: 1 << 20 } });
+    for (const id of ["a", "b", "c"]) expect(await opened.buffer.push(chunkOf([id], { payload: (i) => ({ id: i, pad: "p".repeat(40) }) }), false)).toBe("accepted");
+    const bad = join(dir, segments(dir)[1]!);
+    const fd = fs.openSync(bad, "r+");
+    const byte = Buffer.alloc(1);
+    fs.readSync(fd, byte, 0, 1, 30);
+    fs.writeSync(fd, Buffer.from([byte[0]! ^ 0x20]), 0, 1, 30);
+    fs.closeSync(fd);
+    return { ...opened, bad };
+  }
+
+  /** Makes every quarantine copy fail as on a full disk, until restored. */
+  function failQuarantineWrites(): void {
+    const realWrite = fsp.writeFile;
+    vi.spyOn(fsp, "writeFile").mockImplementation(((path: string, ...rest: unknown[]) =>
+      String(path).includes(`${join("quarantine", "")}`)
+        ? Promise.reject(Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" }))
+        : (realWrite as (...a: unknown[]) => Promise<unknown>)(path, ...rest)) as typeof fsp.writeFile);
+  }
+
+  it("keeps the segment of an entry whose quarantine copy failed, and copies it once writes succeed again", async () => {
+    const dir = tmpDir();
+    const { buffer, events, warnings, clock, bad } = await withCorruptSecond(dir);
+    const corrupt = fs.readFileSync(bad);
+    failQuarantineWrites();
+    const [a] = await pullN(buffer, 1);
+    finish(a!);
+    const [c] = await pullN(buffer, 1);
+    expect(ids(c)).toEqual(["c"]);
+    finish(c!);
+    expect(events.filter((e) => e.type === "buffer_corrupt")).toMatchObject([{ reason: "bad_checksum", records: 1 }]);
+    expect(warnings.some((w) => w.includes("could not write quarantine file"))).toBe(true);
+    // The acked write that would delete released segments: b's must stay, the copy is all there is.
+    clock.advance(100);
+    await vi.waitFor(async () => expect(await readAcked(dir)).toMatchObject({ tag: "ok", state: { through: 2 } }));
+    await buffer.whenEmpty();
+    expect(fs.existsSync(bad)).toBe(true);
+    expect(fs.readdirSync(join(dir, "quarantine"))).toEqual([]);
+
+    vi.restoreAllMocks();
+    await clock.advanceAsync(1000);
+    const copy = join(dir, "quarantine", `${bad.split("/").pop()!.slice(0, -4)}-0.bad`);
+    await vi.waitFor(() => expect(fs.existsSync(copy)).toBe(true));
+    expect(fs.readFileSync(copy).equals(corrupt.subarray(0, fs.readFileSync(copy).length))).toBe(true);
+    clock.advance(100);
+    await vi.waitFor(() => expect(fs.existsSync(bad)).toBe(false));
+    await buffer.shutdown();
+  });
+
+  it("leaves a segment whose quarantine copy still fails at shutdown for the next start, which copies it", async () => {
+    const dir = tmpDir();
+    const { buffer, bad } = await withCorruptSecond(dir);
+    failQuarantineWrites();
+    for (let i = 0; i < 2; i++) finish((await pullN(buffer, 1))[0]!);
+    await buffer.whenEmpty();
+    await buffer.shutdown();
+    expect(fs.existsSync(bad)).toBe(true);
+    vi.restoreAllMocks();
+
+    const reopened = await open(dir);
+    const name = bad.split("/").pop()!.slice(0, -4);
+    // The lone entry of its segment reads as a torn tail at start.
+    expect(reopened.events.filter((e) => e.type === "buffer_corrupt")).toMatchObject([{ reason: "torn_tail", entries: 1 }]);
+    expect(fs.readdirSync(join(dir, "quarantine")).filter((f) => f.startsWith(name))).toHaveLength(1);
+    expect(fs.existsSync(bad)).toBe(false);
+    expect(reopened.buffer.usage()).toEqual({ records: 0, bytes: 0 });
+  });
+
+  it("reports the entries of a segment deleted by hand as lost and goes on with the next", async () => {
+    const dir = tmpDir();
+    const { buffer, events, warnings } = await open(dir, { segmentBytes: 200, memory: { maxRecords: 1, maxBytes: 1 << 20 } });
+    for (const id of ["a", "b", "c", "d"]) expect(await buffer.push(chunkOf([id], { payload: (i) => ({ id: i, pad: "p".repeat(60) }) }), false)).toBe("accepted");
+    const segs = segments(dir);
+    expect(segs.length).toBeGreaterThan(1);
+    // a is kept in memory; what follows in the first segment can only be read from disk.
+    fs.rmSync(join(dir, segs[0]!));
+    const got: string[] = [];
+    buffer.close();
+    for (let c = await buffer.pull(); c !== undefined; c = await buffer.pull()) {
+      got.push(...ids(c));
+      finish(c);
+    }
+    const lost = events.filter((e) => e.type === "buffer_corrupt");
+    expect(lost).toHaveLength(1);
+    expect(lost[0]).toMatchObject({ reason: "missing", bytes: 0 });
+    const entries = (lost[0] as { entries: number }).entries;
+    expect(entries).toBeGreaterThan(0);
+    expect(got.length + entries).toBe(4);
+    expect(got[0]).toBe("a");
+    expect(warnings.some((w) => w.includes(`${segs[0]} is gone`))).toBe(true);
+    await buffer.whenEmpty();
+  });
+
+  it("keeps retrying a read that fails with an I/O error, reports it (not ready) from the second failure, and recovers", async () => {
+    const dir = tmpDir();
+    const proto = (await fileHandlePrototype(dir)) as unknown as { read: (...args: unknown[]) => Promise<unknown> };
+    const { buffer, events, clock } = await open(dir, { memory: { maxRecords: 1, maxBytes: 1 << 20 } });
+    expect(await buffer.push(chunkOf(["a"]), false)).toBe("accepted");
+    expect(await buffer.push(chunkOf(["b"]), false)).toBe("accepted");
+    const [a] = await pullN(buffer, 1);
+    const spy = vi.spyOn(proto, "read").mockRejectedValue(Object.assign(new Error("EIO: i/o error, read"), { code: "EIO" }));
+    finish(a!);
+    let b: Chunk | undefined;
+    const pulled = buffer.pull().then((c) => (b = c));
+    await vi.waitFor(() => expect(spy).toHaveBeenCalledTimes(1));
+    expect(events.some((e) => e.type === "buffer_read_failed")).toBe(false);
+    await clock.advanceAsync(1000);
+    await vi.waitFor(() => expect(spy).toHaveBeenCalledTimes(2));
+    await vi.waitFor(() => expect(events).toContainEqual({ type: "buffer_read_failed", reason: "EIO: i/o error, read" }));
+    await clock.advanceAsync(2000);
+    await vi.waitFor(() => expect(spy).toHaveBeenCalledTimes(3));
+    expect(b).toBeUndefined();
+    spy.mockRestore();
+    await clock.advanceAsync(4000);
+    await pulled;
+    expect(ids(b)).toEqual(["b"]);
+    expect(events.at(-1)).toEqual({ type: "buffer_read_recovered" });
+    expect(events.filter((e) => e.type === "buffer_corrupt")).toEqual([]);
+  });
+
   it("does not report again, on the next start, an entry quarantined when read back whose segment is still there", async () => {
     const dir = tmpDir();
     const { buffer } = await open(dir, { memory: { maxRecords: 1, maxBytes: 1 << 20 } });

@@ -126,6 +126,14 @@ describe("readiness", () => {
     expect(await metrics.registry.metrics()).toContain("sluice_buffer_writable 1");
   });
 
+  it("is not ready while the durable buffer cannot read entries back, and says why", () => {
+    const { metrics, probe } = setup();
+    metrics.handle({ type: "buffer_read_failed", reason: "EIO: i/o error, read" });
+    expect(probe.readiness()).toEqual({ ready: false, problems: ["buffer: cannot read: EIO: i/o error, read"] });
+    metrics.handle({ type: "buffer_read_recovered" });
+    expect(probe.readiness()).toEqual({ ready: true, problems: [] });
+  });
+
   it("is not ready while dead letters cannot be written, says why, and sets sluice_dead_letter_writable", async () => {
     const { metrics, probe } = setup();
     expect(await metrics.registry.metrics()).toContain("sluice_dead_letter_writable 1");
