@@ -19,7 +19,7 @@ import { readAcked } from "../../../src/core/durable-log.js";
 import { SluiceError } from "../../../src/core/errors.js";
 import type { InternalEvent, Logger } from "../../../src/core/events.js";
 import { RecordEntry, settle, type AckTicket, type JsonObject } from "../../../src/core/record.js";
-import { FakeClock } from "../../helpers/fake-clock.js";
+import { FakeClock, flush } from "../../helpers/fake-clock.js";
 
 const dirs: string[] = [];
 const buffers: DurableBuffer[] = [];
@@ -792,10 +792,12 @@ describe("DurableBuffer", () => {
     for (let i = 0; i < 4; i++) await buffer.push(chunkOf([`r${i}`]), false);
     expect(segments(dir)).toHaveLength(4);
     const pulled = await pullN(buffer, 4);
+    const rm = vi.spyOn(fsp, "rm");
     finish(pulled[1]!);
     finish(pulled[3]!);
     // Not before `acked` says its entries are released: a crash in between would make them look lost.
-    await new Promise((r) => setTimeout(r, 20));
+    await flush();
+    expect(rm).not.toHaveBeenCalled();
     expect(segments(dir)).toHaveLength(4);
     clock.advance(100);
     // r3's segment is the one being written: it stays until a new segment takes over or shutdown.
@@ -821,9 +823,11 @@ describe("DurableBuffer", () => {
     clock.advance(100);
     await vi.waitFor(async () => expect(await readAcked(dir)).toMatchObject({ tag: "ok", state: { written: 3 } }));
     const pulled = await pullN(buffer, 3);
+    const rm = vi.spyOn(fsp, "rm");
     finish(pulled[0]!);
     // The crash comes before the next `acked` write: a's segment must still be there.
-    await new Promise((r) => setTimeout(r, 20));
+    await flush();
+    expect(rm).not.toHaveBeenCalled();
     const copy = crashCopy(dir);
     const replay = await open(copy);
     expect(replay.events.filter((e) => e.type === "buffer_corrupt")).toEqual([]);
@@ -1045,15 +1049,15 @@ describe("DurableBuffer", () => {
     const [first] = await pullN(buffer, 1);
     buffer.grow(20, 200);
     let roomed = false;
-    void buffer.whenRoom()!.then(() => (roomed = true));
+    const room = buffer.whenRoom()!.then(() => (roomed = true));
     let next: Chunk | undefined;
-    void buffer.pull().then((c) => (next = c));
-    await new Promise((r) => setTimeout(r, 20));
+    const pulling = buffer.pull().then((c) => (next = c));
+    // c, d are kept in memory: without the wait, pull would hand them out within this flush.
+    await flush();
     expect([roomed, next]).toEqual([false, undefined]);
     expect(buffer.usage().records).toBe(4); // the log's records: parts are not in it
     buffer.shrink(20, 200);
-    await new Promise((r) => setTimeout(r, 20));
-    expect(roomed).toBe(true);
+    await Promise.all([room, pulling]);
     expect(ids(next)).toEqual(["c", "d"]);
     finish(first!);
     finish(next!);
