@@ -103,7 +103,8 @@ async function open(dir: string, o: Partial<DurableBufferOptions> = {}): Promise
 /** The log directory as a SIGKILL at this instant leaves it: a copy, which a new buffer opens. */
 function crashCopy(dir: string): string {
   const copy = tmpDir();
-  fs.cpSync(dir, copy, { recursive: true });
+  // Verbatim: the lock is a symlink whose target is a pid, not a path to resolve.
+  fs.cpSync(dir, copy, { recursive: true, verbatimSymlinks: true });
   return copy;
 }
 
@@ -353,10 +354,11 @@ describe("DurableBuffer", () => {
     for (const id of ["a", "b", "c"]) await first.buffer.push(chunkOf([id]), false);
     await pullN(first.buffer, 1);
     // SIGKILL: the instance is dropped as it is and its lock names a process that is gone.
-    fs.writeFileSync(join(dir, "lock"), `${deadPid()}\n`);
+    fs.rmSync(join(dir, "lock"));
+    fs.symlinkSync(`${deadPid()} 1`, join(dir, "lock"));
     const second = await open(dir);
     expect((await pullN(second.buffer, 3)).map(ids)).toEqual([["a"], ["b"], ["c"]]);
-    expect(fs.readFileSync(join(dir, "lock"), "utf8").split(" ")[0]).toBe(String(process.pid));
+    expect(fs.readlinkSync(join(dir, "lock")).split(" ")[0]).toBe(String(process.pid));
   });
 
   it("never brings back released entries after shutdown and reopen, also when released out of order", async () => {
@@ -367,7 +369,7 @@ describe("DurableBuffer", () => {
     for (const i of [4, 1, 2]) finish(pulled[i]!);
     expect(buffer.usage().records).toBe(3);
     await buffer.shutdown();
-    expect(fs.existsSync(join(dir, "lock"))).toBe(false);
+    expect(fs.lstatSync(join(dir, "lock"), { throwIfNoEntry: false })).toBeUndefined();
 
     const second = await open(dir);
     expect(second.buffer.usage().records).toBe(3);
@@ -907,7 +909,7 @@ describe("DurableBuffer", () => {
     }
     const fourth = await open(dir);
     expect(fourth.warnings).toContain("durable buffer: took over the lock of a process that is gone");
-    expect(fs.readFileSync(join(dir, "lock"), "utf8").split(" ")[0]).toBe(String(process.pid));
+    expect(fs.readlinkSync(join(dir, "lock")).split(" ")[0]).toBe(String(process.pid));
   });
 
   it("tells a live process from the one that took the lock by its start time: a reused pid does not hold the lock", async () => {
@@ -920,7 +922,7 @@ describe("DurableBuffer", () => {
       fs.writeFileSync(join(dir, "lock"), `${child.pid} ${Number(started) - 1}\n`);
       const taken = await open(dir);
       expect(taken.warnings).toContain("durable buffer: took over the lock of a process that is gone");
-      expect(fs.readFileSync(join(dir, "lock"), "utf8")).toMatch(new RegExp(`^${process.pid} \\d+\n$`));
+      expect(fs.readlinkSync(join(dir, "lock"))).toMatch(new RegExp(`^${process.pid} \\d+$`));
       await taken.buffer.shutdown();
       // The same pid and start time: that very process holds it.
       fs.writeFileSync(join(dir, "lock"), `${child.pid} ${started}\n`);
