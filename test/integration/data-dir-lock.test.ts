@@ -49,7 +49,8 @@ function deadPid(): number {
 
 describe("the data_dir lock", () => {
   it("refuses a second `sluice run` of the same pipeline (exit 1, naming the data_dir and the pid); the first completes and gives the lock up", async () => {
-    const config = await writeConfig(300, 150);
+    // 6 s: a second CLI start takes seconds under load, and must come while the first still runs.
+    const config = await writeConfig(900, 150);
     const first = startCli(config, join(dir, "first.json"), dir);
     await waitUntil("the first run to take the lock", () => Promise.resolve(lockExists()), 20_000);
     expect((await readlink(lockFile())).split(" ")[0]).toBe(String(first.process.pid));
@@ -62,7 +63,7 @@ describe("the data_dir lock", () => {
 
     expect((await first.exited).code).toBe(0);
     const summary = JSON.parse(await readFile(join(dir, "first.json"), "utf8")) as { records: { delivered: number } };
-    expect(summary.records.delivered).toBe(300);
+    expect(summary.records.delivered).toBe(900);
     expect(lockExists()).toBe(false);
   });
 
