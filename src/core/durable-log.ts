@@ -10,9 +10,9 @@
  * - `acked`: `<crc32 hex> {"through":N,"released":[[a,b],...],"written":W}`: entries up to N and in
  *   each range are released; every entry below W had been written (the log's index: an entry
  *   below W that is neither released nor found on start was lost). Files of earlier versions have no W.
- * - `lock`: the pid (and start time) of the process that has the log open (`dir-lock.ts`).
+ * - `lock`: a symlink whose target is the pid (and start time) of the process that has the log open (`dir-lock.ts`).
  * - `quarantine/<segment>-<offset>.bad`: bytes recovery cut out of a segment, or an entry that
- *   failed its check when read back.
+ *   failed its check when read back. A segment whose copy failed is kept until it succeeds.
  * - `write-probe`: a scratch file, there only while writes fail (see {@link writeProbe}).
  */
 import { constants as fsConstants } from "node:fs";
