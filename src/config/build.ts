@@ -88,13 +88,15 @@ export function serviceProbe(pipeline: () => Pipeline | undefined, metrics: Metr
     readiness: () => {
       const state = pipeline()?.status().tag ?? "idle";
       const bufferError = metrics.bufferUnwritable();
+      const readError = metrics.bufferUnreadable();
       const deadLetterError = metrics.deadLetterUnwritable();
       const problems: string[] = [];
       if (state !== "running") problems.push(`pipeline: ${state === "idle" ? "starting" : state === "draining" ? "stopping" : "stopped"}`);
       problems.push(...metrics.sinksDown(unreadyAfterMs));
       if (bufferError !== undefined) problems.push(`buffer: cannot write: ${bufferError}`);
+      if (readError !== undefined) problems.push(`buffer: cannot read: ${readError}`);
       if (deadLetterError !== undefined) problems.push(`dead_letter: cannot write: ${deadLetterError}`);
-      return { ready: state === "running" && metrics.failingSinks(unreadyAfterMs).length === 0 && bufferError === undefined && deadLetterError === undefined, problems };
+      return { ready: state === "running" && metrics.failingSinks(unreadyAfterMs).length === 0 && bufferError === undefined && readError === undefined && deadLetterError === undefined, problems };
     },
     metrics: async () => ({ contentType: metrics.registry.contentType, text: await metrics.registry.metrics() }),
   };

@@ -1,9 +1,9 @@
 /**
  * The lock that keeps two processes (or two pipelines of one process) off one directory: the
- * pipeline's `data_dir` and the durable buffer's log each take one. A lock is a file holding the
- * pid of its holder and, where /proc tells it, the time that process started.
+ * pipeline's `data_dir` and the durable buffer's log each take one. A lock is a symlink whose
+ * target is the pid of its holder and, where /proc tells it, the time that process started.
  */
-import fs, { type FileHandle } from "node:fs/promises";
+import fs from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { SluiceError } from "./errors.js";
 
@@ -16,7 +16,7 @@ export interface DirLock {
   readonly file: string;
   /** The pid of the dead process whose lock was taken over, if it was. */
   readonly staleFrom: number | undefined;
-  /** Gives the lock up (removes the file). Safe to call more than once. */
+  /** Gives the lock up (removes it if it still names this process). Safe to call more than once. */
   release(): Promise<void>;
 }
 
@@ -40,10 +40,10 @@ async function startTime(pid: number): Promise<string | undefined> {
   }
 }
 
-/** The lock file's content for this process: its pid, and its start time where /proc tells it. */
-async function lockContent(): Promise<string> {
+/** The lock's target for this process: its pid, and its start time where /proc tells it. */
+async function lockTarget(): Promise<string> {
   const started = await startTime(process.pid);
-  return started === undefined ? `${process.pid}\n` : `${process.pid} ${started}\n`;
+  return started === undefined ? `${process.pid}` : `${process.pid} ${started}`;
 }
 
 async function isLive(holder: Holder, lockFile: string): Promise<boolean> {
@@ -61,65 +61,62 @@ async function isLive(holder: Holder, lockFile: string): Promise<boolean> {
   return started === undefined || started === holder.started;
 }
 
-async function lockHolder(lockFile: string): Promise<Holder | undefined> {
+/**
+ * What the lock at `file` says: a symlink's target, or a regular file's content (a lock left by an
+ * earlier version); undefined when there is none.
+ */
+async function readLock(file: string): Promise<string | undefined> {
   try {
-    const [pidText, started] = (await fs.readFile(lockFile, "utf8")).trim().split(" ");
-    const pid = Number(pidText);
-    return Number.isSafeInteger(pid) && pid > 0 ? { pid, started } : undefined;
-  } catch {
-    return undefined;
+    return await fs.readlink(file);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "EINVAL") return undefined;
   }
+  return fs.readFile(file, "utf8").catch(() => undefined);
 }
 
-/** Errors of a write that found no room: the lock then needs a way that allocates no data block. */
-const NO_SPACE: ReadonlySet<string | undefined> = new Set(["ENOSPC", "EDQUOT"]);
+/** The holder a lock names; undefined when it is garbled or empty. */
+function parseHolder(text: string): Holder | undefined {
+  const [pidText, started] = text.trim().split(" ");
+  const pid = Number(pidText);
+  return Number.isSafeInteger(pid) && pid > 0 ? { pid, started } : undefined;
+}
+
+/** Names of files set aside while taking over a stale lock, unique in this process. */
+let asideCount = 0;
 
 /**
- * Creates the lock file `file` holding `content`; false when it exists already. The preferred way
- * hard-links a complete temp file, so nobody reads a half-written pid. On a disk without room for
- * the temp file (a durable buffer that filled it, then a crash: the restart is what frees the
- * space) the lock is created empty with `O_EXCL`, which needs an inode but no data block, and the
- * pid written into it if a block can still be had. The temp file is removed however this ends.
+ * Removes a stale lock that said `stale`, unless another taker replaced it meanwhile: it is renamed
+ * aside first (atomic: of two takers, one gets it), and only removed if the renamed one still says
+ * `stale`; a fresh lock moved by mistake is put back. Without this, a taker that judged the old
+ * lock stale could delete the lock another taker just created, and both would run.
  */
-async function createLock(file: string, content: string): Promise<boolean> {
-  const tmp = `${file}.${process.pid}.tmp`;
+async function removeStale(file: string, stale: string): Promise<void> {
+  const aside = `${file}.${process.pid}-${++asideCount}.tmp`;
   try {
-    await fs.writeFile(tmp, content);
-    await fs.link(tmp, file);
-    return true;
+    await fs.rename(file, aside);
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === "EEXIST") return false;
-    if (!NO_SPACE.has(code)) throw err;
-  } finally {
-    await fs.rm(tmp, { force: true });
-  }
-  let fh: FileHandle;
-  try {
-    fh = await fs.open(file, "wx");
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "EEXIST") return false;
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return;
     throw err;
   }
-  try {
-    await fh.writeFile(content);
-  } catch {
-    // Still no room: the lock stays empty, which a later taker reads as garbled and takes over.
-  } finally {
-    await fh.close();
+  if ((await readLock(aside)) === stale) {
+    await fs.rm(aside, { force: true });
+    return;
   }
-  return true;
+  // A hard link of the symlink itself: unlike rename, it never replaces a lock created meanwhile.
+  await fs.link(aside, file).catch(() => {});
+  await fs.rm(aside, { force: true });
 }
 
 /**
- * Removes the temp files of takers that are gone (`<file>.<pid>.tmp` of a process killed between
- * writing and removing it); a live taker's is left alone, its link may be about to happen.
+ * Removes the temp files of takers that are gone: `<file>.<pid>-<n>.tmp` (a lock set aside by a
+ * taker killed before removing it) and `<file>.<pid>.tmp` (an earlier version's). A live taker's
+ * are left alone: it may be about to use them.
  */
 async function removeLeftovers(file: string): Promise<void> {
   const prefix = `${basename(file)}.`;
   for (const name of await fs.readdir(dirname(file)).catch(() => [] as string[])) {
     if (!name.startsWith(prefix) || !name.endsWith(".tmp")) continue;
-    const pid = Number(name.slice(prefix.length, -4));
+    const pid = Number(name.slice(prefix.length, -4).split("-")[0]);
     if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid) continue;
     if (await isLive({ pid, started: undefined }, file)) continue;
     await fs.rm(join(dirname(file), name), { force: true }).catch(() => {});
@@ -127,46 +124,53 @@ async function removeLeftovers(file: string): Promise<void> {
 }
 
 /**
- * Takes the lock file `file` (in an existing directory) for this process; `what` names the
- * directory in messages (`data_dir /srv/data`). A lock whose process is alive, this one included
- * (another pipeline on the same directory), refuses with `ERR_LOCKED` naming that pid; a stale one
- * (its process is gone, e.g. after SIGKILL; its pid now names a process started at another time;
- * or its content is garbled or empty) is taken over, and its pid is in `staleFrom`. The lock is
- * created by hard-linking a complete temp file, so nobody reads a half-written pid; on a full disk
- * it is created without free space (see {@link createLock}). Temp files of takers that are gone
- * are removed once the lock is taken.
+ * Takes the lock `file` (in an existing directory) for this process; `what` names the directory
+ * in messages (`data_dir /srv/data`). A lock whose process is alive, this one included (another
+ * pipeline on the same directory), refuses with `ERR_LOCKED` naming that pid; a stale one (its
+ * process is gone, e.g. after SIGKILL; its pid now names a process started at another time; or its
+ * content is garbled or empty) is taken over, and its pid is in `staleFrom`. Lock files of earlier
+ * versions (regular files holding the same text) are read and taken over the same way.
  *
- * Gotchas: two processes taking over the same stale lock at the same moment can both win; the
- * lock guards against a second start by mistake, not against a race on purpose. A lock created on
- * a disk with not one free block stays empty, and another process would take it over as garbled.
+ * The lock is a symlink whose target is `<pid> <start time>`: created atomically, never seen
+ * half-written, and its short target needs no data block (a fast symlink on ext4 and tmpfs), so it
+ * is taken on a disk without one free byte (a durable buffer that filled it, then a crash: the
+ * restart is what frees the space). Of takers racing for one stale lock, exactly one wins (see
+ * {@link removeStale}); `release` removes the lock only while it still names this process.
+ *
+ * Gotchas: the put-back of a fresh lock moved aside by a losing taker fails if a third taker
+ * created one in that instant; the lock guards against a second start by mistake, not a siege.
  */
 export async function acquireDirLock(file: string, what: string): Promise<DirLock> {
-  const content = await lockContent();
+  const target = await lockTarget();
   let staleFrom: number | undefined;
-  for (let attempt = 0; attempt < 3; attempt++) {
-    if (await createLock(file, content)) {
-      heldLocks.add(file);
-      let held = true;
-      const release = async (): Promise<void> => {
-        // Once given up, the file may be another lock's: only the first release removes it.
-        if (!held) return;
-        held = false;
-        heldLocks.delete(file);
-        await fs.rm(file, { force: true });
-      };
-      await removeLeftovers(file);
-      return { file, staleFrom, release };
+  for (let attempt = 0; attempt < 5; attempt++) {
+    try {
+      await fs.symlink(target, file);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+      const text = await readLock(file);
+      // Gone meanwhile (its holder released it, or another taker set it aside): try again.
+      if (text === undefined) continue;
+      const holder = parseHolder(text);
+      if (holder !== undefined && (await isLive(holder, file))) {
+        const by = holder.pid === process.pid ? `this process (pid ${holder.pid}): another pipeline on it is built or running` : `process ${holder.pid}`;
+        throw new SluiceError("ERR_LOCKED", `${what} is in use by ${by}; stop it first, or delete ${file} if no sluice process uses this directory`, { location: file });
+      }
+      staleFrom = holder?.pid;
+      await removeStale(file, text);
+      continue;
     }
-    const holder = await lockHolder(file);
-    // A lock without a pid is ours if we hold it: one this process created on a full disk.
-    if (holder === undefined ? heldLocks.has(file) : await isLive(holder, file)) {
-      const pid = holder?.pid ?? process.pid;
-      const by = pid === process.pid ? `this process (pid ${pid}): another pipeline on it is built or running` : `process ${pid}`;
-      throw new SluiceError("ERR_LOCKED", `${what} is in use by ${by}; stop it first, or delete ${file} if no sluice process uses this directory`, { location: file });
-    }
-    staleFrom = holder?.pid;
-    // Removing the stale lock also gives back its block, which a full disk needs for the new one.
-    await fs.rm(file, { force: true });
+    heldLocks.add(file);
+    let held = true;
+    const release = async (): Promise<void> => {
+      // Once given up, or taken over (by someone who judged this process gone), the lock is another's.
+      if (!held) return;
+      held = false;
+      heldLocks.delete(file);
+      if ((await readLock(file)) === target) await fs.rm(file, { force: true });
+    };
+    await removeLeftovers(file);
+    return { file, staleFrom, release };
   }
   throw new SluiceError("ERR_LOCKED", `${what}: could not take ${file}; another process keeps taking it`, { location: file });
 }

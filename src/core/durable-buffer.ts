@@ -8,15 +8,16 @@ import { constants as fsConstants } from "node:fs";
 import { join } from "node:path";
 import type { Buffer as BufferContract, BufferLimits, Chunk, PushResult } from "./buffer.js";
 import { systemClock, type Clock } from "./clock.js";
+import { BufferQuarantine } from "./buffer-quarantine.js";
 import { acquireDirLock, type DirLock } from "./dir-lock.js";
 import {
   encodeChunk,
   frameHead,
   frameSize,
   HEADER_BYTES,
+  isReleased,
   isSegmentName,
   MAX_BODY_BYTES,
-  quarantine,
   readAcked,
   readFrame,
   scanSegment,
@@ -70,6 +71,8 @@ interface Segment {
   /** Bytes in it: where the next append goes. */
   size: number;
   deleted: boolean;
+  /** Entries' bytes in it whose quarantine copy failed and is retried: it must not be deleted before. */
+  uncopied: number;
 }
 
 /**
@@ -148,7 +151,10 @@ function ioError(message: string, err: unknown): SluiceError {
  * - `open` recovers the log: entries not released by the previous run are pulled first; torn or
  *   corrupt bytes are quarantined, reported (`buffer_corrupt`) and skipped, never fatal; entries
  *   `acked` says were written but no segment holds are reported lost. An entry that fails its
- *   check when pull reads it back is quarantined and reported with its records, and released.
+ *   check when pull reads it back is quarantined and reported with its records, and released; a
+ *   segment whose quarantine copy failed (disk full) is kept until a retried copy succeeds. Entries
+ *   of a segment that is gone are reported lost (`missing`); a read failing with an I/O error is
+ *   retried for ever, reported from its second failure (`buffer_read_failed`: not ready).
  * - A failed write is reported (`buffer_write_failed`); until a write succeeds again
  *   (`buffer_write_recovered`), a probe write every second checks whether one would.
  *
@@ -199,6 +205,7 @@ export class DurableBuffer implements BufferContract {
   private heldBytes = 0;
 
   private readonly line: WaitingLine<WaitingPush>;
+  private readonly quarantine: BufferQuarantine;
   private appends: Append[] = [];
   private writer: Promise<void> | undefined;
   private current: { segment: Segment; fh: FileHandle } | undefined;
@@ -229,6 +236,7 @@ export class DurableBuffer implements BufferContract {
     this.emit = o.emit;
     this.logger = o.logger;
     this.clock = o.clock ?? systemClock;
+    this.quarantine = new BufferQuarantine({ dir: o.path, emit: o.emit, logger: o.logger, clock: this.clock });
     this.segmentBytes = o.segmentBytes ?? clamp(Math.floor(o.maxBytes / 16), 64 * 1024, 32 * 1024 * 1024);
     this.line = new WaitingLine<WaitingPush>(
       {
@@ -247,7 +255,7 @@ export class DurableBuffer implements BufferContract {
    * when the directory is locked by a live process, `ERR_BUFFER_IO` when it cannot be read;
    * corruption never rejects. Needs no free space (a full disk is what a crashed buffer may leave):
    * the lock is taken without it, leftover temp files are removed, and a quarantine copy that does
-   * not fit is only a warning; appends then fail until deliveries free room.
+   * not fit keeps the file it came from; appends then fail until deliveries free room.
    */
   async open(): Promise<void> {
     if (this.phase !== "new") throw new SluiceError("ERR_INTERNAL", "DurableBuffer.open() is called once");
@@ -408,6 +416,7 @@ export class DurableBuffer implements BufferContract {
     // From here on, late releases only update counters: the files may belong to the next process soon.
     this.phase = "shut";
     this.stopReadRetry?.();
+    this.quarantine.stop();
     this.wakePuller();
     this.cancelAckedTimer?.();
     this.cancelAckedTimer = undefined;
@@ -418,7 +427,7 @@ export class DurableBuffer implements BufferContract {
     for (const handle of [this.current, this.reader]) await handle?.fh.close().catch(() => {});
     this.current = undefined;
     this.reader = undefined;
-    if (last !== undefined && last.live === 0) await fs.rm(join(this.dir, last.name), { force: true }).catch(() => {});
+    if (last !== undefined && last.live === 0 && last.uncopied === 0) await fs.rm(join(this.dir, last.name), { force: true }).catch(() => {});
     await Promise.all(this.background);
     const lock = this.lock;
     this.lock = undefined;
@@ -435,27 +444,14 @@ export class DurableBuffer implements BufferContract {
     if (acked.tag === "ok") state = acked.state;
     if (acked.tag === "corrupt") {
       // Replaying everything still on disk is safe: redelivery is allowed, loss is not.
-      await this.reportCorrupt("acked", 0, acked.data, "acked_unreadable", `acked file ${acked.detail}; replaying every entry still in the log`);
+      await this.quarantine.report("acked", 0, acked.data, "acked_unreadable", `acked file ${acked.detail}; replaying every entry still in the log`);
     }
-    const ranges = state.released;
-    const isReleased = (seq: number): boolean => {
-      let lo = 0;
-      let hi = ranges.length - 1;
-      while (lo <= hi) {
-        const mid = (lo + hi) >> 1;
-        const [a, b] = ranges[mid]!;
-        if (seq < a) hi = mid - 1;
-        else if (seq > b) lo = mid + 1;
-        else return true;
-      }
-      return false;
-    };
 
     const names = (await fs.readdir(this.dir)).filter(isSegmentName).sort();
     const firstSeqs = names.map((name) => Number(name.slice(0, -4)));
     // Without an index (no acked file yet, or one of an earlier version) what was written is unknown.
     const written = state.written ?? -1;
-    this.reportMissing(unreleasedIn(state, 0, Math.min(firstSeqs[0] ?? written, written)), "before the first segment: a segment file is gone");
+    this.quarantine.reportMissing(unreleasedIn(state, 0, Math.min(firstSeqs[0] ?? written, written)), "before the first segment: a segment file is gone");
     let lastSeq = -1;
     let replayRecords = 0;
     let replayChunks = 0;
@@ -464,21 +460,23 @@ export class DurableBuffer implements BufferContract {
       const data = await fs.readFile(file);
       const scan = scanSegment(data, lastSeq);
       const base = name.slice(0, -4);
+      // A bad range whose copy failed keeps the file as it is, for the next start to copy again.
+      let uncopied = 0;
       for (const bad of scan.bad) {
         const reason = bad.tail ? "torn_tail" : bad.problem;
         const detail = bad.tail ? `torn tail (${bad.problem}) cut off` : `corrupt entry (${bad.problem}) skipped`;
-        await this.reportCorrupt(`${base}-${bad.offset}`, bad.offset, data.subarray(bad.offset, bad.offset + bad.length), reason, `${name}: ${detail}`);
+        if (!(await this.quarantine.report(`${base}-${bad.offset}`, bad.offset, data.subarray(bad.offset, bad.offset + bad.length), reason, `${name}: ${detail}`))) uncopied++;
       }
-      if (scan.end < data.length) {
+      if (scan.end < data.length && uncopied === 0) {
         await fs.truncate(file, scan.end).catch((err: unknown) => this.logger.warn({ file, err: String(err) }, "durable buffer: could not truncate a torn tail"));
       }
-      const segment: Segment = { name, live: 0, size: scan.end, deleted: false };
+      const segment: Segment = { name, live: 0, size: scan.end, deleted: false, uncopied };
       // The seqs this segment was written with: up to the next segment's first, and below `written`.
       const end = Math.min(firstSeqs[i + 1] ?? written, written);
       let found = scan.bad.length;
       for (const s of scan.entries) {
         lastSeq = s.seq;
-        if (s.seq <= state.through || isReleased(s.seq)) continue;
+        if (isReleased(state, s.seq)) continue;
         if (s.seq < end) found++;
         const entry: LogEntry = { seq: s.seq, size: s.length, records: s.records, bytes: s.bytes, segment, offset: s.offset, state: "queued", chunk: undefined };
         this.order.push(entry);
@@ -490,10 +488,10 @@ export class DurableBuffer implements BufferContract {
         replayRecords += s.records;
         replayChunks++;
       }
-      this.reportMissing(unreleasedIn(state, firstSeqs[i]!, end) - found, `${name} (${data.length} bytes) is shorter than the acked index says`);
-      if (segment.live === 0) await fs.rm(file, { force: true });
+      this.quarantine.reportMissing(unreleasedIn(state, firstSeqs[i]!, end) - found, `${name} (${data.length} bytes) is shorter than the acked index says`);
+      if (segment.live === 0 && uncopied === 0) await fs.rm(file, { force: true });
     }
-    const lastRange = ranges[ranges.length - 1];
+    const lastRange = state.released[state.released.length - 1];
     // Never below `written`: a seq the index knows must not name a new entry.
     this.nextSeq = Math.max(lastSeq, state.through, lastRange === undefined ? -1 : lastRange[1], written - 1) + 1;
     this.writtenBelow = this.nextSeq;
@@ -503,31 +501,6 @@ export class DurableBuffer implements BufferContract {
     await fs.rm(join(this.dir, "acked.tmp"), { force: true });
     await fs.rm(join(this.dir, "write-probe"), { force: true });
     return acked.tag === "corrupt";
-  }
-
-  /**
-   * Quarantines bad bytes (found on open, or in an entry read back while running), reports them
-   * unless an earlier run quarantined (and reported) the same bytes, and goes on whatever happens.
-   * `records`: how many records of this run the entry held.
-   */
-  private async reportCorrupt(name: string, offset: number, data: Bytes, reason: string, detail: string, records?: number): Promise<void> {
-    let file: string | undefined;
-    try {
-      const q = await quarantine(this.dir, name, data);
-      if (q.already) return;
-      file = q.file;
-    } catch (err) {
-      this.logger.warn({ path: this.dir, err: String(err) }, "durable buffer: could not write a quarantine file");
-    }
-    this.emit({ type: "buffer_corrupt", entries: 1, bytes: data.length, reason, records });
-    this.logger.warn({ path: this.dir, offset, bytes: data.length, reason, records, quarantine: file }, `durable buffer: ${detail}`);
-  }
-
-  /** Reports entries the index says were written, not released, and not found: lost, with nothing left to quarantine. */
-  private reportMissing(entries: number, where: string): void {
-    if (entries <= 0) return;
-    this.emit({ type: "buffer_corrupt", entries, bytes: 0, reason: "missing" });
-    this.logger.warn({ path: this.dir, entries }, `durable buffer: ${where}: ${entries} entr${entries === 1 ? "y" : "ies"} not yet delivered are lost`);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -623,7 +596,7 @@ export class DurableBuffer implements BufferContract {
     // would, in one trip to libuv's threads instead of two (measured: a group's commit from 5.4 to
     // 3.8 ms under the HTTP bench's load, where each trip also waits for the busy event loop).
     const fh = await fs.open(join(this.dir, name), this.fsync ? fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_DSYNC : "wx");
-    const segment: Segment = { name, live: 0, size: 0, deleted: false };
+    const segment: Segment = { name, live: 0, size: 0, deleted: false, uncopied: 0 };
     try {
       // A new file's directory entry is durable only once the directory is synced.
       if (this.fsync) {
@@ -758,7 +731,9 @@ export class DurableBuffer implements BufferContract {
         data = await this.readEntry(entry);
       } catch (err) {
         if (this.pullEnded()) return this.giveBack(entry);
-        // An I/O error may pass (too many open files); the entry is not given up.
+        if ((err as NodeJS.ErrnoException).code === "ENOENT") return this.loseUnread(entry);
+        // An I/O error may pass (too many open files); the entry is not given up, but a second failure in a row makes the buffer unready.
+        if (wait > READ_RETRY_MS) this.emit({ type: "buffer_read_failed", reason: err instanceof Error ? err.message : String(err) });
         this.logger.error({ path: this.dir, seq: entry.seq, err: String(err), retryInMs: wait }, "durable buffer: could not read an entry; retrying");
         // A graceful stop or shutdown cuts the wait short: pull must end, not retry for ever.
         await new Promise<void>((resolve) => {
@@ -772,6 +747,7 @@ export class DurableBuffer implements BufferContract {
         if (this.pullEnded()) return this.giveBack(entry);
         continue;
       }
+      if (wait > READ_RETRY_MS * 2) this.emit({ type: "buffer_read_recovered" });
       const frame = readFrame(data, 0, entry.seq);
       if (typeof frame !== "string" && frame.seq === entry.seq) {
         const ticket = new EntryTicket(entry, frame.receivedAt, entry.records, entry.bytes, this.onTicketDone);
@@ -779,18 +755,34 @@ export class DurableBuffer implements BufferContract {
         return { records: frame.records, ticket };
       }
       const problem = typeof frame === "string" ? frame : "bad_seq";
-      const segment = entry.segment!.name;
-      await this.reportCorrupt(
-        `${segment.slice(0, -4)}-${entry.offset}`,
-        entry.offset,
-        data,
-        problem,
-        `${segment}: entry ${entry.seq} changed on disk since it was written or checked (${problem}); quarantined, its ${entry.records} record(s) are not delivered`,
-        entry.records,
-      );
+      const segment = entry.segment!;
+      const name = `${segment.name.slice(0, -4)}-${entry.offset}`;
+      const detail = `${segment.name}: entry ${entry.seq} changed on disk since it was written or checked (${problem}); quarantined, its ${entry.records} record(s) are not delivered`;
+      if (!(await this.quarantine.report(name, entry.offset, data, problem, detail, entry.records))) {
+        // Kept on disk until the copy succeeds: deleting the segment now would lose the only evidence.
+        segment.uncopied++;
+        this.quarantine.retry(name, data, () => {
+          if (--segment.uncopied === 0 && segment.live === 0 && segment !== this.current?.segment) this.releasable.push(segment);
+          this.scheduleAckedWrite();
+        });
+      }
       this.retire(entry);
       return undefined;
     }
+  }
+
+  /**
+   * The segment of `entry` is gone (deleted by hand): it and the entries after it in that segment
+   * still to be read are lost. Reported, and pull goes on instead of retrying for ever.
+   */
+  private loseUnread(entry: LogEntry): undefined {
+    const segment = entry.segment!;
+    const lost = [entry];
+    for (let next = this.unpulled.peek(); next?.segment === segment && next.chunk === undefined; next = this.unpulled.peek()) lost.push(this.unpulled.shift()!);
+    const records = lost.reduce((n, e) => n + e.records, 0);
+    this.quarantine.reportMissing(lost.length, `${segment.name} is gone`, records);
+    for (const e of lost) this.retire(e);
+    return undefined;
   }
 
   /** True once pull hands out nothing more: after a graceful stop or shutdown. */
@@ -836,7 +828,7 @@ export class DurableBuffer implements BufferContract {
       this.heldBytes -= entry.bytes;
     }
     const segment = entry.segment;
-    if (segment !== undefined && --segment.live === 0 && segment !== this.current?.segment) this.releasable.push(segment);
+    if (segment !== undefined && --segment.live === 0 && segment.uncopied === 0 && segment !== this.current?.segment) this.releasable.push(segment);
     this.releasedInOrder++;
     this.trimOrder();
     this.scheduleAckedWrite();

@@ -10,9 +10,9 @@
  * - `acked`: `<crc32 hex> {"through":N,"released":[[a,b],...],"written":W}`: entries up to N and in
  *   each range are released; every entry below W had been written (the log's index: an entry
  *   below W that is neither released nor found on start was lost). Files of earlier versions have no W.
- * - `lock`: the pid (and start time) of the process that has the log open (`dir-lock.ts`).
+ * - `lock`: a symlink whose target is the pid (and start time) of the process that has the log open (`dir-lock.ts`).
  * - `quarantine/<segment>-<offset>.bad`: bytes recovery cut out of a segment, or an entry that
- *   failed its check when read back.
+ *   failed its check when read back. A segment whose copy failed is kept until it succeeds.
  * - `write-probe`: a scratch file, there only while writes fail (see {@link writeProbe}).
  */
 import { constants as fsConstants } from "node:fs";
@@ -255,6 +255,22 @@ export interface AckedState {
   readonly released: readonly (readonly [number, number])[];
   /** Every entry with a lower seq had been written; absent in files of earlier versions. */
   readonly written?: number;
+}
+
+/** Whether `state` counts `seq` as released: at or below `through`, or in a released range (found by binary search). */
+export function isReleased(state: AckedState, seq: number): boolean {
+  if (seq <= state.through) return true;
+  const ranges = state.released;
+  let lo = 0;
+  let hi = ranges.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    const [a, b] = ranges[mid]!;
+    if (seq < a) hi = mid - 1;
+    else if (seq > b) lo = mid + 1;
+    else return true;
+  }
+  return false;
 }
 
 /** How many seqs in `[from, to)` `state` does not count as released. */

@@ -41,6 +41,10 @@ export type InternalEvent =
   | { type: "buffer_write_failed"; reason: string }
   /** A durable buffer write succeeded after writes had failed. */
   | { type: "buffer_write_recovered" }
+  /** Reading a durable buffer entry back failed twice in a row (an I/O error); it is retried, and the buffer is not ready until a read succeeds. */
+  | { type: "buffer_read_failed"; reason: string }
+  /** A durable buffer read succeeded after reads had failed. */
+  | { type: "buffer_read_recovered" }
   /** A dead-letter write failed and is retried (or given up, ending the run): `/health/ready` is false until one succeeds. */
   | { type: "dead_letter_write_failed"; code: string; message: string }
   /** A dead-letter write succeeded after writes had failed. */

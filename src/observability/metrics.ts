@@ -90,6 +90,7 @@ export class Metrics {
   private readonly bufferWritable = new Gauge({ name: "sluice_buffer_writable", help: "1 while the buffer can write; 0 while the durable buffer's writes fail (disk full, I/O error) and /health/ready says not ready.", registers: [this.registry] });
   /** Why the durable buffer's latest write failed, while writes fail; for readiness. */
   private bufferWriteError: string | undefined;
+  private bufferReadError: string | undefined;
   private readonly deadLetterWritable = new Gauge({ name: "sluice_dead_letter_writable", help: "1 while dead letters can be written; 0 while dead-letter writes fail (retried) and /health/ready says not ready.", registers: [this.registry] });
   /** Why the latest dead-letter write failed, while they fail; for readiness. */
   private deadLetterWriteError: string | undefined;
@@ -160,6 +161,8 @@ export class Metrics {
       case "records_dead_lettered": {
         const sink = c.sinks[event.sink];
         if (sink) sink.dead_lettered += event.count;
+        // A batch that ended dead-lettered is no longer retried: left marked, an idle sink would stay unready forever.
+        if (this.down.get(event.sink)?.state === "retrying") this.down.delete(event.sink);
         this.deadLettered.inc({ sink: event.sink, code: event.code }, event.count);
         break;
       }
@@ -236,6 +239,12 @@ export class Metrics {
         this.bufferWriteError = undefined;
         this.bufferWritable.set(1);
         break;
+      case "buffer_read_failed":
+        this.bufferReadError = event.reason;
+        break;
+      case "buffer_read_recovered":
+        this.bufferReadError = undefined;
+        break;
       case "dead_letter_write_failed":
         this.deadLetterWriteError = `${event.code}: ${event.message}`;
         this.deadLetterWritable.set(0);
@@ -245,7 +254,8 @@ export class Metrics {
         this.deadLetterWritable.set(1);
         break;
       case "component_error":
-        if (event.component in c.sinks) this.markDown(event.component, "retrying", event.message);
+        // Logged only: a sink is down while its writes are retried or it is connecting, and only those
+        // have an event that clears them. An idle pool connection dropped by a server restart is not a write failing.
         this.logRateLimited(`error:${event.component}:${event.code}`, { component: event.component, code: event.code, err: event.message }, "component error");
         break;
     }
@@ -272,6 +282,11 @@ export class Metrics {
   /** Why the durable buffer cannot write, while its writes fail; undefined while it can. */
   bufferUnwritable(): string | undefined {
     return this.bufferWriteError;
+  }
+
+  /** Why the durable buffer cannot read entries back, while its reads keep failing; undefined while they succeed. */
+  bufferUnreadable(): string | undefined {
+    return this.bufferReadError;
   }
 
   /** Why dead letters cannot be written, while their writes fail; undefined while they can. */

@@ -839,6 +839,7 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
         application_name: "sluice",
       });
       // An idle connection's failure (a server restart) surfaces here; the pool drops it and the next write opens a new one.
+      // Logged only, not the sink being down: with no traffic nothing would ever clear it (readiness stuck false).
       p.on("error", (err) =>
         settings.emit({ type: "component_error", component: settings.name, code: "ERR_SINK_WRITE", message: classifyPostgresError(err, "ERR_SINK_WRITE", "ERR_SINK_WRITE", location).message }),
       );

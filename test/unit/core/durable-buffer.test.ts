@@ -19,7 +19,7 @@ import { readAcked } from "../../../src/core/durable-log.js";
 import { SluiceError } from "../../../src/core/errors.js";
 import type { InternalEvent, Logger } from "../../../src/core/events.js";
 import { RecordEntry, settle, type AckTicket, type JsonObject } from "../../../src/core/record.js";
-import { FakeClock } from "../../helpers/fake-clock.js";
+import { FakeClock, flush } from "../../helpers/fake-clock.js";
 
 const dirs: string[] = [];
 const buffers: DurableBuffer[] = [];
@@ -103,7 +103,8 @@ async function open(dir: string, o: Partial<DurableBufferOptions> = {}): Promise
 /** The log directory as a SIGKILL at this instant leaves it: a copy, which a new buffer opens. */
 function crashCopy(dir: string): string {
   const copy = tmpDir();
-  fs.cpSync(dir, copy, { recursive: true });
+  // Verbatim: the lock is a symlink whose target is a pid, not a path to resolve.
+  fs.cpSync(dir, copy, { recursive: true, verbatimSymlinks: true });
   return copy;
 }
 
@@ -353,10 +354,11 @@ describe("DurableBuffer", () => {
     for (const id of ["a", "b", "c"]) await first.buffer.push(chunkOf([id]), false);
     await pullN(first.buffer, 1);
     // SIGKILL: the instance is dropped as it is and its lock names a process that is gone.
-    fs.writeFileSync(join(dir, "lock"), `${deadPid()}\n`);
+    fs.rmSync(join(dir, "lock"));
+    fs.symlinkSync(`${deadPid()} 1`, join(dir, "lock"));
     const second = await open(dir);
     expect((await pullN(second.buffer, 3)).map(ids)).toEqual([["a"], ["b"], ["c"]]);
-    expect(fs.readFileSync(join(dir, "lock"), "utf8").split(" ")[0]).toBe(String(process.pid));
+    expect(fs.readlinkSync(join(dir, "lock")).split(" ")[0]).toBe(String(process.pid));
   });
 
   it("never brings back released entries after shutdown and reopen, also when released out of order", async () => {
@@ -367,7 +369,7 @@ describe("DurableBuffer", () => {
     for (const i of [4, 1, 2]) finish(pulled[i]!);
     expect(buffer.usage().records).toBe(3);
     await buffer.shutdown();
-    expect(fs.existsSync(join(dir, "lock"))).toBe(false);
+    expect(fs.lstatSync(join(dir, "lock"), { throwIfNoEntry: false })).toBeUndefined();
 
     const second = await open(dir);
     expect(second.buffer.usage().records).toBe(3);
@@ -500,6 +502,128 @@ describe("DurableBuffer", () => {
     const reopened = await open(dir);
     expect(reopened.buffer.usage()).toEqual({ records: 0, bytes: 0 });
     expect(reopened.events).toEqual([]);
+  });
+
+  /** Pushes a, b, c (one segment each) and flips a byte of b on disk: b fails its check when pulled. */
+  async function withCorruptSecond(dir: string): Promise<Opened & { bad: string }> {
+    const opened = await open(dir, { segmentBytes: 1, memory: { maxRecords: 1, maxBytes: 1 << 20 } });
+    for (const id of ["a", "b", "c"]) expect(await opened.buffer.push(chunkOf([id], { payload: (i) => ({ id: i, pad: "p".repeat(40) }) }), false)).toBe("accepted");
+    const bad = join(dir, segments(dir)[1]!);
+    const fd = fs.openSync(bad, "r+");
+    const byte = Buffer.alloc(1);
+    fs.readSync(fd, byte, 0, 1, 30);
+    fs.writeSync(fd, Buffer.from([byte[0]! ^ 0x20]), 0, 1, 30);
+    fs.closeSync(fd);
+    return { ...opened, bad };
+  }
+
+  /** Makes every quarantine copy fail as on a full disk, until restored. */
+  function failQuarantineWrites(): void {
+    const realWrite = fsp.writeFile;
+    vi.spyOn(fsp, "writeFile").mockImplementation(((path: string, ...rest: unknown[]) =>
+      String(path).includes(`${join("quarantine", "")}`)
+        ? Promise.reject(Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" }))
+        : (realWrite as (...a: unknown[]) => Promise<unknown>)(path, ...rest)) as typeof fsp.writeFile);
+  }
+
+  it("keeps the segment of an entry whose quarantine copy failed, and copies it once writes succeed again", async () => {
+    const dir = tmpDir();
+    const { buffer, events, warnings, clock, bad } = await withCorruptSecond(dir);
+    const corrupt = fs.readFileSync(bad);
+    failQuarantineWrites();
+    const [a] = await pullN(buffer, 1);
+    finish(a!);
+    const [c] = await pullN(buffer, 1);
+    expect(ids(c)).toEqual(["c"]);
+    finish(c!);
+    expect(events.filter((e) => e.type === "buffer_corrupt")).toMatchObject([{ reason: "bad_checksum", records: 1 }]);
+    expect(warnings.some((w) => w.includes("could not write quarantine file"))).toBe(true);
+    // The acked write that would delete released segments: b's must stay, the copy is all there is.
+    clock.advance(100);
+    await vi.waitFor(async () => expect(await readAcked(dir)).toMatchObject({ tag: "ok", state: { through: 2 } }));
+    await buffer.whenEmpty();
+    expect(fs.existsSync(bad)).toBe(true);
+    expect(fs.readdirSync(join(dir, "quarantine"))).toEqual([]);
+
+    vi.restoreAllMocks();
+    await clock.advanceAsync(1000);
+    const copy = join(dir, "quarantine", `${bad.split("/").pop()!.slice(0, -4)}-0.bad`);
+    await vi.waitFor(() => expect(fs.existsSync(copy)).toBe(true));
+    expect(fs.readFileSync(copy).equals(corrupt.subarray(0, fs.readFileSync(copy).length))).toBe(true);
+    clock.advance(100);
+    await vi.waitFor(() => expect(fs.existsSync(bad)).toBe(false));
+    await buffer.shutdown();
+  });
+
+  it("leaves a segment whose quarantine copy still fails at shutdown for the next start, which copies it", async () => {
+    const dir = tmpDir();
+    const { buffer, bad } = await withCorruptSecond(dir);
+    failQuarantineWrites();
+    for (let i = 0; i < 2; i++) finish((await pullN(buffer, 1))[0]!);
+    await buffer.whenEmpty();
+    await buffer.shutdown();
+    expect(fs.existsSync(bad)).toBe(true);
+    vi.restoreAllMocks();
+
+    const reopened = await open(dir);
+    const name = bad.split("/").pop()!.slice(0, -4);
+    // The lone entry of its segment reads as a torn tail at start.
+    expect(reopened.events.filter((e) => e.type === "buffer_corrupt")).toMatchObject([{ reason: "torn_tail", entries: 1 }]);
+    expect(fs.readdirSync(join(dir, "quarantine")).filter((f) => f.startsWith(name))).toHaveLength(1);
+    expect(fs.existsSync(bad)).toBe(false);
+    expect(reopened.buffer.usage()).toEqual({ records: 0, bytes: 0 });
+  });
+
+  it("reports the entries of a segment deleted by hand as lost and goes on with the next", async () => {
+    const dir = tmpDir();
+    const { buffer, events, warnings } = await open(dir, { segmentBytes: 200, memory: { maxRecords: 1, maxBytes: 1 << 20 } });
+    for (const id of ["a", "b", "c", "d"]) expect(await buffer.push(chunkOf([id], { payload: (i) => ({ id: i, pad: "p".repeat(60) }) }), false)).toBe("accepted");
+    const segs = segments(dir);
+    expect(segs.length).toBeGreaterThan(1);
+    // a is kept in memory; what follows in the first segment can only be read from disk.
+    fs.rmSync(join(dir, segs[0]!));
+    const got: string[] = [];
+    buffer.close();
+    for (let c = await buffer.pull(); c !== undefined; c = await buffer.pull()) {
+      got.push(...ids(c));
+      finish(c);
+    }
+    const lost = events.filter((e) => e.type === "buffer_corrupt");
+    expect(lost).toHaveLength(1);
+    expect(lost[0]).toMatchObject({ reason: "missing", bytes: 0 });
+    const entries = (lost[0] as { entries: number }).entries;
+    expect(entries).toBeGreaterThan(0);
+    expect(got.length + entries).toBe(4);
+    expect(got[0]).toBe("a");
+    expect(warnings.some((w) => w.includes(`${segs[0]} is gone`))).toBe(true);
+    await buffer.whenEmpty();
+  });
+
+  it("keeps retrying a read that fails with an I/O error, reports it (not ready) from the second failure, and recovers", async () => {
+    const dir = tmpDir();
+    const proto = (await fileHandlePrototype(dir)) as unknown as { read: (...args: unknown[]) => Promise<unknown> };
+    const { buffer, events, clock } = await open(dir, { memory: { maxRecords: 1, maxBytes: 1 << 20 } });
+    expect(await buffer.push(chunkOf(["a"]), false)).toBe("accepted");
+    expect(await buffer.push(chunkOf(["b"]), false)).toBe("accepted");
+    const [a] = await pullN(buffer, 1);
+    const spy = vi.spyOn(proto, "read").mockRejectedValue(Object.assign(new Error("EIO: i/o error, read"), { code: "EIO" }));
+    finish(a!);
+    let b: Chunk | undefined;
+    const pulled = buffer.pull().then((c) => (b = c));
+    await vi.waitFor(() => expect(spy).toHaveBeenCalledTimes(1));
+    expect(events.some((e) => e.type === "buffer_read_failed")).toBe(false);
+    await clock.advanceAsync(1000);
+    await vi.waitFor(() => expect(spy).toHaveBeenCalledTimes(2));
+    await vi.waitFor(() => expect(events).toContainEqual({ type: "buffer_read_failed", reason: "EIO: i/o error, read" }));
+    await clock.advanceAsync(2000);
+    await vi.waitFor(() => expect(spy).toHaveBeenCalledTimes(3));
+    expect(b).toBeUndefined();
+    spy.mockRestore();
+    await clock.advanceAsync(4000);
+    await pulled;
+    expect(ids(b)).toEqual(["b"]);
+    expect(events.at(-1)).toEqual({ type: "buffer_read_recovered" });
+    expect(events.filter((e) => e.type === "buffer_corrupt")).toEqual([]);
   });
 
   it("does not report again, on the next start, an entry quarantined when read back whose segment is still there", async () => {
@@ -670,10 +794,12 @@ describe("DurableBuffer", () => {
     for (let i = 0; i < 4; i++) await buffer.push(chunkOf([`r${i}`]), false);
     expect(segments(dir)).toHaveLength(4);
     const pulled = await pullN(buffer, 4);
+    const rm = vi.spyOn(fsp, "rm");
     finish(pulled[1]!);
     finish(pulled[3]!);
     // Not before `acked` says its entries are released: a crash in between would make them look lost.
-    await new Promise((r) => setTimeout(r, 20));
+    await flush();
+    expect(rm).not.toHaveBeenCalled();
     expect(segments(dir)).toHaveLength(4);
     clock.advance(100);
     // r3's segment is the one being written: it stays until a new segment takes over or shutdown.
@@ -699,9 +825,11 @@ describe("DurableBuffer", () => {
     clock.advance(100);
     await vi.waitFor(async () => expect(await readAcked(dir)).toMatchObject({ tag: "ok", state: { written: 3 } }));
     const pulled = await pullN(buffer, 3);
+    const rm = vi.spyOn(fsp, "rm");
     finish(pulled[0]!);
     // The crash comes before the next `acked` write: a's segment must still be there.
-    await new Promise((r) => setTimeout(r, 20));
+    await flush();
+    expect(rm).not.toHaveBeenCalled();
     const copy = crashCopy(dir);
     const replay = await open(copy);
     expect(replay.events.filter((e) => e.type === "buffer_corrupt")).toEqual([]);
@@ -781,7 +909,7 @@ describe("DurableBuffer", () => {
     }
     const fourth = await open(dir);
     expect(fourth.warnings).toContain("durable buffer: took over the lock of a process that is gone");
-    expect(fs.readFileSync(join(dir, "lock"), "utf8").split(" ")[0]).toBe(String(process.pid));
+    expect(fs.readlinkSync(join(dir, "lock")).split(" ")[0]).toBe(String(process.pid));
   });
 
   it("tells a live process from the one that took the lock by its start time: a reused pid does not hold the lock", async () => {
@@ -794,7 +922,7 @@ describe("DurableBuffer", () => {
       fs.writeFileSync(join(dir, "lock"), `${child.pid} ${Number(started) - 1}\n`);
       const taken = await open(dir);
       expect(taken.warnings).toContain("durable buffer: took over the lock of a process that is gone");
-      expect(fs.readFileSync(join(dir, "lock"), "utf8")).toMatch(new RegExp(`^${process.pid} \\d+\n$`));
+      expect(fs.readlinkSync(join(dir, "lock"))).toMatch(new RegExp(`^${process.pid} \\d+$`));
       await taken.buffer.shutdown();
       // The same pid and start time: that very process holds it.
       fs.writeFileSync(join(dir, "lock"), `${child.pid} ${started}\n`);
@@ -925,14 +1053,15 @@ describe("DurableBuffer", () => {
     buffer.grow(20, 200);
     expect(buffer.hasRoom(1, 10)).toBe(false);
     let roomed = false;
-    void buffer.whenFreed().then(() => (roomed = true));
+    const room = buffer.whenFreed().then(() => (roomed = true));
     let next: Chunk | undefined;
-    void buffer.pull().then((c) => (next = c));
-    await new Promise((r) => setTimeout(r, 20));
+    const pulling = buffer.pull().then((c) => (next = c));
+    // c, d are kept in memory: without the wait, pull would hand them out within this flush.
+    await flush();
     expect([roomed, next]).toEqual([false, undefined]);
     expect(buffer.usage().records).toBe(4); // the log's records: parts are not in it
     buffer.shrink(20, 200);
-    await new Promise((r) => setTimeout(r, 20));
+    await Promise.all([room, pulling]);
     expect(roomed).toBe(true);
     expect(buffer.hasRoom(1, 10)).toBe(true);
     expect(ids(next)).toEqual(["c", "d"]);

@@ -183,8 +183,6 @@ describe("DurableBuffer's line", () => {
     return bytes;
   }
 
-  const settle = () => new Promise((r) => setTimeout(r, 20));
-
   it("keeps a large waiter's place ahead of small ones, drops an aborted waiter, and answers the rest `closed` on close", async () => {
     const [S, F, L] = [await sizeOf(1), await sizeOf(10), await sizeOf(20)];
     // Two entries of 10 fill it; the large one needs both released, a small one only one.
@@ -198,19 +196,21 @@ describe("DurableBuffer's line", () => {
       expect(await buffer.push(fixed(10), false)).toBe("accepted");
       const results: string[] = [];
       const abortable = new AbortController();
-      void buffer.push(fixed(20), true).then((r) => results.push(`large ${r}`));
-      void buffer.push(fixed(1), true, abortable.signal).then((r) => results.push(`aborted ${r}`));
-      void buffer.push(fixed(1), true).then((r) => results.push(`small ${r}`));
+      const large = buffer.push(fixed(20), true).then((r) => results.push(`large ${r}`));
+      const aborted = buffer.push(fixed(1), true, abortable.signal).then((r) => results.push(`aborted ${r}`));
+      const small = buffer.push(fixed(1), true).then((r) => results.push(`small ${r}`));
       // Nothing freed yet: no rate to wait on.
       expect(buffer.expectedWait(1, 20)).toBe(Infinity);
       abortable.abort();
-      await settle();
+      await aborted;
       expect(results).toEqual(["aborted closed"]);
 
       const a = await buffer.pull();
       // Releasing one entry frees room the small one would fit in; the large one, ahead, keeps it.
       a!.ticket.onDone(a!.ticket);
-      await settle();
+      // Admission is synchronous: a waiter let in now would already count in the log.
+      expect(buffer.usage().records).toBe(10);
+      await flush();
       expect(results).toEqual(["aborted closed"]);
       // A push that does not wait may not take it either.
       expect(await buffer.push(fixed(1), false)).toBe("full");
@@ -219,11 +219,12 @@ describe("DurableBuffer's line", () => {
       expect(buffer.expectedWait(1, 20)).toBeLessThan(Infinity);
       const b = await buffer.pull();
       b!.ticket.onDone(b!.ticket);
-      await settle();
+      expect(buffer.usage().records).toBe(20);
+      await large;
       expect(results).toEqual(["aborted closed", "large accepted"]);
       expect(buffer.usage().bytes).toBeLessThanOrEqual(maxBytes);
       buffer.close();
-      await settle();
+      await small;
       expect(results).toEqual(["aborted closed", "large accepted", "small closed"]);
     } finally {
       await buffer.shutdown();

@@ -46,15 +46,42 @@ describe("readiness", () => {
     expect(probe.readiness()).toEqual({ ready: true, problems: [] });
   });
 
-  it("counts a sink that cannot connect as failing until it connects; other components' errors do not count", () => {
+  it("counts a sink that cannot connect as failing until it connects", () => {
     const { metrics, probe, at } = setup();
-    metrics.handle({ type: "component_error", component: "files", code: "ERR_SINK_CONNECT", message: "refused" });
-    metrics.handle({ type: "component_error", component: "web", code: "ERR_SOURCE_READ", message: "ack failed" });
+    metrics.handle(connectFailed("files", at.now));
     at.now += UNREADY_AFTER;
     expect(metrics.failingSinks(UNREADY_AFTER)).toEqual(["files"]);
     expect(probe.readiness().ready).toBe(false);
-    metrics.handle({ type: "sink_connected", sink: "files", attempt: 1 });
+    metrics.handle({ type: "sink_connected", sink: "files", attempt: 2 });
     expect(probe.readiness().ready).toBe(true);
+  });
+
+  it("does not count a component error as a sink down: an idle pool connection dropped by a restart, with no traffic after", () => {
+    const { metrics, probe, at } = setup();
+    // What the postgres sink's pool emits when the server restarts while sluice is idle.
+    metrics.handle({ type: "component_error", component: "db", code: "ERR_SINK_WRITE", message: "terminating connection due to administrator command" });
+    metrics.handle({ type: "component_error", component: "web", code: "ERR_SOURCE_READ", message: "ack failed" });
+    at.now += UNREADY_AFTER * 10;
+    expect(metrics.failingSinks(UNREADY_AFTER)).toEqual([]);
+    expect(probe.readiness()).toEqual({ ready: true, problems: [] });
+  });
+
+  it("clears a retrying sink when its batch ends dead-lettered, though nothing is delivered after", () => {
+    const { metrics, probe, at } = setup();
+    metrics.handle(retried("db"));
+    at.now += 10_000;
+    metrics.handle({ type: "records_dead_lettered", sink: "db", code: "ERR_SINK_WRITE", count: 10 });
+    at.now += UNREADY_AFTER * 10;
+    expect(metrics.failingSinks(UNREADY_AFTER)).toEqual([]);
+    expect(probe.readiness()).toEqual({ ready: true, problems: [] });
+  });
+
+  it("keeps a connecting sink down when records it wrote earlier are dead-lettered", () => {
+    const { metrics, probe, at } = setup();
+    metrics.handle(connectFailed("db", at.now));
+    metrics.handle({ type: "records_dead_lettered", sink: "db", code: "ERR_SINK_WRITE", count: 1 });
+    at.now += UNREADY_AFTER;
+    expect(probe.readiness().ready).toBe(false);
   });
 
   it("names a sink that is connecting, since when (its first attempt) and why, before and after unready_after", () => {
@@ -97,6 +124,14 @@ describe("readiness", () => {
     metrics.handle({ type: "buffer_write_recovered" });
     expect(probe.readiness()).toEqual({ ready: true, problems: [] });
     expect(await metrics.registry.metrics()).toContain("sluice_buffer_writable 1");
+  });
+
+  it("is not ready while the durable buffer cannot read entries back, and says why", () => {
+    const { metrics, probe } = setup();
+    metrics.handle({ type: "buffer_read_failed", reason: "EIO: i/o error, read" });
+    expect(probe.readiness()).toEqual({ ready: false, problems: ["buffer: cannot read: EIO: i/o error, read"] });
+    metrics.handle({ type: "buffer_read_recovered" });
+    expect(probe.readiness()).toEqual({ ready: true, problems: [] });
   });
 
   it("is not ready while dead letters cannot be written, says why, and sets sluice_dead_letter_writable", async () => {
