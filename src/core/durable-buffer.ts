@@ -32,6 +32,7 @@ import { Deque } from "./deque.js";
 import { classify, SluiceError } from "./errors.js";
 import type { EventSink, Logger } from "./events.js";
 import type { AckTicket } from "./record.js";
+import { Retry, type RetryPolicy } from "./retry.js";
 import { WaitingLine } from "./waiting-line.js";
 
 type Bytes = globalThis.Buffer;
@@ -58,9 +59,8 @@ export interface DurableBufferOptions {
 const ACKED_INTERVAL_MS = 100;
 /** While writes fail, how often a probe write checks whether they would succeed again, ms. */
 const WRITE_PROBE_MS = 1000;
-/** First and longest wait before retrying a failed read of an entry, ms. */
-const READ_RETRY_MS = 1000;
-const READ_RETRY_MAX_MS = 30_000;
+/** Retries of a failed read of an entry: every error, for ever (an entry on disk is not given up), 1 s doubling to 30 s. */
+const READ_RETRY: RetryPolicy = { backoff: { initialMs: 1000, maxMs: 30_000, multiplier: 2, jitter: "none" }, retry: "all" };
 
 interface Segment {
   readonly name: string;
@@ -758,26 +758,26 @@ export class DurableBuffer implements BufferContract {
     }
     this.heldRecords += entry.records;
     this.heldBytes += entry.bytes;
-    for (let wait = READ_RETRY_MS; ; wait = Math.min(wait * 2, READ_RETRY_MAX_MS)) {
+    // A graceful stop or shutdown cuts a wait short: pull must end, not retry for ever.
+    const stop = new AbortController();
+    this.stopReadRetry = () => stop.abort();
+    const retries = new Retry(READ_RETRY, { clock: this.clock, random: Math.random, signal: stop.signal });
+    for (;;) {
+      retries.begin();
       let data: Bytes;
       try {
         data = await this.readEntry(entry);
       } catch (err) {
         if (this.pullEnded()) return this.giveBack(entry);
         // An I/O error may pass (too many open files); the entry is not given up.
+        const decision = retries.decide(classify(err, "ERR_BUFFER_IO"));
+        const wait = decision.tag === "retry" ? decision.delayMs : 0;
         this.logger.error({ path: this.dir, seq: entry.seq, err: String(err), retryInMs: wait }, "durable buffer: could not read an entry; retrying");
-        // A graceful stop or shutdown cuts the wait short: pull must end, not retry for ever.
-        await new Promise<void>((resolve) => {
-          const cancel = this.clock.setTimer(wait, resolve);
-          this.stopReadRetry = () => {
-            cancel();
-            resolve();
-          };
-        });
-        this.stopReadRetry = undefined;
+        await retries.wait(wait);
         if (this.pullEnded()) return this.giveBack(entry);
         continue;
       }
+      this.stopReadRetry = undefined;
       const frame = readFrame(data, 0, entry.seq);
       if (typeof frame !== "string" && frame.seq === entry.seq) {
         const ticket = new EntryTicket(entry, frame.receivedAt, entry.records, entry.bytes, this.onTicketDone);
