@@ -41,7 +41,7 @@ describe("a transform that never settles", () => {
     expect(tp.clock.now() - started).toBeGreaterThanOrEqual(30_000);
     expect([...tp.sink.committed.keys()].sort()).toEqual(["r-0", "r-1", "r-3", "r-4"]);
     expect(tp.deadLetters.entries.map((e) => [e.record.id, e.sink, e.code])).toEqual([["r-2", "transform:module", "ERR_TRANSFORM_TIMEOUT"]]);
-    expect(tp.source.acks.at(-1)).toBe(5);
+    expect(tp.source.ackCalls.at(-1)).toBe(5);
     expectBalanced(tp, 5);
   });
 
@@ -72,7 +72,7 @@ describe("a transform that never settles", () => {
     tp.pipeline.stop();
     expect(await tp.run(running)).toEqual({ tag: "timed_out", unacked: 3 });
     expect(tp.clock.now() - stoppedAt).toBe(2000);
-    expect(tp.source.acks).toEqual([]);
+    expect(tp.source.ackCalls).toEqual([]);
     expect(tp.deadLetters.entries).toEqual([]);
   });
 });
@@ -112,7 +112,7 @@ describe("a transform that rewrites the envelope", () => {
       ["r-2", "src", "ERR_TRANSFORM_ENVELOPE", "receivedAt"],
     ]);
     // The chunk's ticket was put back: it is acked.
-    expect(tp.source.acks.at(-1)).toBe(4);
+    expect(tp.source.ackCalls.at(-1)).toBe(4);
     expectBalanced(tp, 4);
   });
 
