@@ -56,6 +56,8 @@ export interface MemorySourceOptions {
   readonly dropAfterChunks?: number;
   /** With `connect`: a permanent error every `connect` rejects with, instead of succeeding. */
   readonly connectError?: SluiceError;
+  /** Gives the source an `inProgress` hook, ticked this often (ms); its calls are kept in `inProgressCalls`. */
+  readonly workingIntervalMs?: number;
   /** Payload field holding the ordering key (the source's `key_field`); none by default. */
   readonly keyField?: string;
   /**
@@ -93,6 +95,10 @@ export class MemorySource implements Source {
   readonly acks: SourceAcks;
   readonly whenFull: SourceWhenFull;
   readonly connect: ((signal: AbortSignal) => Promise<void>) | undefined;
+  readonly inProgress: ((checkpoint: unknown) => void) | undefined;
+  readonly workingIntervalMs: number | undefined;
+  /** Every `inProgress` call, with the clock's time. */
+  readonly inProgressCalls: { checkpoint: unknown; at: number }[] = [];
   readonly keyField: string | undefined;
   /** Every checkpoint passed to `ack`, in call order. */
   readonly ackCalls: unknown[] = [];
@@ -120,6 +126,8 @@ export class MemorySource implements Source {
     this.whenFull = o.whenFull ?? "wait";
     this.keyField = o.keyField;
     this.clock = o.clock;
+    this.workingIntervalMs = o.workingIntervalMs;
+    this.inProgress = o.workingIntervalMs === undefined ? undefined : (checkpoint) => this.inProgressCalls.push({ checkpoint, at: this.needClock().now() });
     this.connect =
       o.connectFailures === undefined && o.connectError === undefined
         ? undefined
