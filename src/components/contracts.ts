@@ -97,6 +97,16 @@ export interface SourceHandle {
    */
   enqueue(records: Entry[], checkpoint: unknown, options?: EnqueueOptions): Promise<EnqueueOutcome>;
   /**
+   * Room first: waits until the buffer could take records now, and resolves with how many of the
+   * `n` the source wants it may fetch (at least 1, at most `n`), or 0 when the pipeline stops or
+   * `signal` aborts first. For a source that would otherwise read first and wait in `enqueue`
+   * after, while what it read ages at its service (entries pending in a Redis group, messages
+   * toward JetStream's `ack_wait`). An estimate, not a reservation: another source may take the
+   * room meanwhile, and `enqueue` then waits as usual. Under `when_full: drop_newest` it does not
+   * wait (the chunk would be dropped, not held).
+   */
+  waitForRoom(n: number, signal?: AbortSignal): Promise<number>;
+  /**
    * How long, in ms, records of this size enqueued now with `wait` would wait for room: 0 when
    * they fit at once, `Infinity` while the buffer frees nothing (see `Buffer.expectedWait`). For a
    * push source deciding whether its producer waits in line or is told to come back later.

@@ -55,6 +55,15 @@ export interface Buffer {
    * whether its producer should wait or be told to come back later.
    */
   expectedWait(records: number, bytes: number): number;
+  /**
+   * How many records a source could fetch now and push without waiting: 0 while nobody may push
+   * (the bound is reached, or pushes wait in line ahead), `Infinity` when records are not what
+   * bounds it (an empty buffer takes any chunk; the durable log is bound by bytes) and there is
+   * room. For a source's `waitForRoom`: an estimate, not a reservation.
+   */
+  room(): number;
+  /** Resolves the next time room is freed or the buffer closes (then look at {@link room} again). */
+  whenFreed(): Promise<void>;
   /** The next chunk in order; waits while empty; `undefined` once closed and empty. Single consumer. */
   pull(): Promise<Chunk | undefined>;
   /** Frees a chunk's records and bytes. Called exactly once per accepted chunk, when all its records are done. */
@@ -153,6 +162,16 @@ export class MemoryBuffer implements Buffer {
     );
   }
 
+  room(): number {
+    if (this.closed || this.line.length > 0) return 0;
+    if (this.records === 0) return Number.POSITIVE_INFINITY;
+    return this.bytes >= this.limits.maxBytes ? 0 : Math.max(0, this.limits.maxRecords - this.records);
+  }
+
+  whenFreed(): Promise<void> {
+    return this.closed ? Promise.resolve() : this.line.whenFreed();
+  }
+
   pull(): Promise<Chunk | undefined> {
     if (this.head < this.queue.length) return Promise.resolve(this.take());
     if (this.closed) return Promise.resolve(undefined);
@@ -192,6 +211,7 @@ export class MemoryBuffer implements Buffer {
   private freed(records: number, bytes: number): void {
     this.line.freed(records, bytes);
     this.line.admit();
+    this.line.wakeFreed();
     if (this.roomWaiters.length > 0 && this.hasRoom()) {
       const waiters = this.roomWaiters;
       this.roomWaiters = [];

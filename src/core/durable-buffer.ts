@@ -307,6 +307,16 @@ export class DurableBuffer implements BufferContract {
     return this.line.expectedWait(0, Math.min(heldAndAhead, heldAndAhead + need - this.maxBytes));
   }
 
+  /** See {@link BufferContract.room}: the log is bound by bytes, so there is room for any number of records while it is under its bound and nobody waits. */
+  room(): number {
+    if (this.closed || this.phase !== "open" || this.line.length > 0) return 0;
+    return this.liveEntries === 0 || this.logBytes < this.maxBytes ? Number.POSITIVE_INFINITY : 0;
+  }
+
+  whenFreed(): Promise<void> {
+    return this.closed ? Promise.resolve() : this.line.whenFreed();
+  }
+
   async pull(): Promise<Chunk | undefined> {
     if (this.phase === "new") throw new SluiceError("ERR_INTERNAL", "DurableBuffer.pull() before open()");
     for (;;) {
@@ -848,6 +858,7 @@ export class DurableBuffer implements BufferContract {
     this.scheduleAckedWrite();
     this.line.freed(entry.records, entry.size);
     this.line.admit();
+    this.line.wakeFreed();
     this.wakePuller();
     this.checkEmpty();
   }

@@ -423,6 +423,25 @@ export class Pipeline {
         return e;
       },
       expectedWait: (records, bytes) => buffer.expectedWait(records, bytes),
+      waitForRoom: async (n, giveUp) => {
+        if (whenFull === "drop_newest") return signal.aborted ? 0 : n;
+        for (;;) {
+          if (signal.aborted || giveUp?.aborted === true) return 0;
+          const room = buffer.room();
+          if (room > 0) return Math.max(1, Math.min(n, room));
+          // A listener, not AbortSignal.any: on Node 20 a composite of the long-lived `signal` leaks until it aborts.
+          let onAbort: () => void = () => {};
+          const aborted = new Promise<void>((resolve) => (onAbort = resolve));
+          signal.addEventListener("abort", onAbort, { once: true });
+          giveUp?.addEventListener("abort", onAbort, { once: true });
+          try {
+            await Promise.race([buffer.whenFreed(), aborted]);
+          } finally {
+            signal.removeEventListener("abort", onAbort);
+            giveUp?.removeEventListener("abort", onAbort);
+          }
+        }
+      },
       enqueue: async (records: Entry[], checkpoint: unknown, options?: EnqueueOptions): Promise<EnqueueOutcome> => {
         if (signal.aborted) return "stopping";
         const waitHere = wait || (options?.wait === true && whenFull !== "drop_newest");

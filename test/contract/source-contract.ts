@@ -131,6 +131,7 @@ export function withScriptedFaults(source: Source, script: { connectFailures: nu
         record: (...a) => handle.record(...a),
         malformed: (...a) => handle.malformed(...a),
         expectedWait: (...a) => handle.expectedWait(...a),
+        waitForRoom: (...a) => handle.waitForRoom(...a),
         enqueue: async (records, checkpoint, options): Promise<EnqueueOutcome> => {
           if (!dropped && chunks >= script.dropAfterChunks) {
             dropped = true;

@@ -56,6 +56,8 @@ export interface MemorySourceOptions {
   readonly dropAfterChunks?: number;
   /** With `connect`: a permanent error every `connect` rejects with, instead of succeeding. */
   readonly connectError?: SluiceError;
+  /** Waits for room (`handle.waitForRoom`) before it builds each chunk, like a broker source reading COUNT = room; what it was granted is kept in `roomGranted`. */
+  readonly roomFirst?: boolean;
   /** Gives the source an `inProgress` hook, ticked this often (ms); its calls are kept in `inProgressCalls`. */
   readonly workingIntervalMs?: number;
   /** Payload field holding the ordering key (the source's `key_field`); none by default. */
@@ -97,6 +99,8 @@ export class MemorySource implements Source {
   readonly connect: ((signal: AbortSignal) => Promise<void>) | undefined;
   readonly inProgress: ((checkpoint: unknown) => void) | undefined;
   readonly workingIntervalMs: number | undefined;
+  /** With `roomFirst`: each grant of `waitForRoom`, and the clock's time when the chunk was then built. */
+  readonly roomGranted: { may: number; at: number }[] = [];
   /** Every `inProgress` call, with the clock's time. */
   readonly inProgressCalls: { checkpoint: unknown; at: number }[] = [];
   readonly keyField: string | undefined;
@@ -191,6 +195,11 @@ export class MemorySource implements Source {
         }
       }
       if (signal.aborted) return;
+      if (this.o.roomFirst === true) {
+        const may = await handle.waitForRoom(size, signal);
+        if (may === 0) return;
+        this.roomGranted.push({ may, at: this.needClock().now() });
+      }
       const end = Math.min(this.inputs.length, start + size);
       if (this.runs > 1 && this.acks === "individual" && this.ackCalls.includes(end)) continue;
       const records: Entry[] = [];

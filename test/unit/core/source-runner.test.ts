@@ -114,3 +114,32 @@ describe("inProgress", () => {
     expect(tp.clock.pendingTimers).toBe(0);
   });
 });
+
+describe("waitForRoom", () => {
+  it("makes a source wait for room before it fetches, and grants at most the room there is", async () => {
+    const source = new MemorySource(payloads(40), { roomFirst: true });
+    const sink = new MemorySink({ schedule: () => ({ delayMs: 1_000, then: "ok" }) });
+    const tp = makePipeline({ sources: [source], sinks: [sink], chunkSize: 10, limits: { maxRecords: 25 }, batch: { maxRecords: 10 } });
+    const t0 = tp.clock.now();
+    expect(await tp.run()).toEqual({ tag: "completed" });
+    expect(source.roomGranted.slice(0, 3).map((g) => [g.may, g.at - t0])).toEqual([
+      [10, 0],
+      [10, 0],
+      [5, 0],
+    ]);
+    // The fourth chunk is fetched only once the first was committed and released its room.
+    expect(source.roomGranted[3]!.at - t0).toBeGreaterThanOrEqual(1_000);
+    expect(tp.sink.committed.size).toBe(40);
+  });
+
+  it("answers 0 at once when the pipeline stops while the source waits for room", async () => {
+    const source = new MemorySource(payloads(40), { roomFirst: true });
+    const sink = new MemorySink({ schedule: () => "hang" });
+    const tp = makePipeline({ sources: [source], sinks: [sink], chunkSize: 10, limits: { maxRecords: 10 }, shutdownTimeoutMs: 1_000 });
+    const running = tp.start();
+    await tp.drive(() => sink.writes.length > 0);
+    tp.pipeline.stop();
+    expect((await tp.run(running)).tag).toBe("timed_out");
+    expect(source.roomGranted).toHaveLength(1);
+  });
+});
