@@ -49,7 +49,7 @@ export function readinessAnswer(r: Readiness): { status: 200 | 503; body: { stat
 
 /** What a component serving HTTP can ask the pipeline. */
 export interface ServiceProbe {
-  /** Not ready while the pipeline is not running (starting, stopping) a sink has been failing past `observability.unready_after`, or the durable buffer cannot write. */
+  /** Not ready while the pipeline is not running (starting, stopping), a source with a connection is down, a sink has been failing past `observability.unready_after`, or the durable buffer cannot write. */
   readiness(): Readiness;
   /** The Prometheus exposition of the pipeline's metrics. */
   metrics(): Promise<{ contentType: string; text: string }>;
