@@ -109,7 +109,7 @@ export interface SourceHandle {
   /**
    * How long, in ms, records of this size enqueued now with `wait` would wait for room: 0 when
    * they fit at once, `Infinity` while the buffer frees nothing (see `Buffer.expectedWait`). For a
-   * push source deciding whether its producer waits in line or is told to come back later.
+   * `whenFull: "reject"` source deciding whether its producer waits in line or is told to come back later.
    */
   expectedWait(records: number, bytes: number): number;
 }

@@ -51,7 +51,7 @@ export interface Buffer {
    * How long, in ms, a chunk of `records` records and `bytes` bytes pushed now with `wait` would
    * wait before it is accepted: 0 when it would be accepted at once; else the room it needs
    * (after every push waiting ahead of it) over the rate the buffer freed room lately;
-   * `Infinity` while nothing is freed (a stalled sink). An estimate, for a push source deciding
+   * `Infinity` while nothing is freed (a stalled sink). An estimate, for a `whenFull: "reject"` source deciding
    * whether its producer should wait or be told to come back later.
    */
   expectedWait(records: number, bytes: number): number;

@@ -119,7 +119,7 @@ export class Pipeline {
   private failure: SluiceError | undefined;
   /** Set when a stop did not drain because a sink never connected (see {@link stop}). */
   private abandoned: SluiceError | undefined;
-  /** Pull sources whose latest ack (or close) failed to save their progress, with why. */
+  /** `ordered` sources whose latest ack (or close) failed to save their progress, with why. */
   private readonly unsaved = new Map<string, SluiceError>();
   private cancelDeadline: (() => void) | undefined;
 
@@ -630,7 +630,7 @@ export class Pipeline {
   }
 
   /**
-   * A run that ended well but could not save a pull source's progress (its last ack and its
+   * A run that ended well but could not save an `ordered` source's progress (its last ack and its
    * `close` both failed) ends `failed` with `ERR_CHECKPOINT_WRITE`: its records were delivered,
    * but the next run starts from the last checkpoint saved and delivers them again.
    */
