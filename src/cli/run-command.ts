@@ -85,12 +85,12 @@ export async function validateCommand(file: string, io: Io): Promise<number> {
 
 const fmt = (n: number) => Math.round(n).toLocaleString("en-US");
 
-/** The live progress line; each sink that is down is named at its end (`| sink db: connecting, down 45 s: ...`). */
-function progressLine(s: CountsSnapshot, rate: number, maxRecords: number, sinksDown: readonly string[]): string {
+/** The live progress line; each source or sink that is down is named at its end (`| sink db: connecting, down 45 s: ...`). */
+function progressLine(s: CountsSnapshot, rate: number, maxRecords: number, down: readonly string[]): string {
   const fill = maxRecords > 0 ? Math.round((s.buffer_records / maxRecords) * 100) : 0;
   const present = s.already_present > 0 ? ` (${fmt(s.already_present)} already present)` : "";
   const line = `${fmt(rate)} rec/s | received ${fmt(s.received)} delivered ${fmt(s.delivered)}${present} dead-lettered ${fmt(s.dead_lettered)} dropped ${fmt(s.dropped)} retried ${fmt(s.retried)} | buffer ${fmt(s.buffer_records)}/${fmt(maxRecords)} (${fill}%)`;
-  return sinksDown.length > 0 ? `${line} | ${sinksDown.join(" | ")}` : line;
+  return down.length > 0 ? `${line} | ${down.join(" | ")}` : line;
 }
 
 /**
@@ -223,7 +223,7 @@ function startProgress(metrics: Metrics, maxRecords: number, unreadyAfterMs: num
     const rate = ((s.delivered + s.dead_lettered - last.delivered - last.dead_lettered) * 1000) / (now - lastAt);
     last = s;
     lastAt = now;
-    io.stderr.write(`\x1b[2K\r${progressLine(s, rate, maxRecords, metrics.sinksDown(unreadyAfterMs))}`);
+    io.stderr.write(`\x1b[2K\r${progressLine(s, rate, maxRecords, [...metrics.sourcesDown(), ...metrics.sinksDown(unreadyAfterMs)])}`);
   }, 1000);
   timer.unref();
   return () => {

@@ -30,7 +30,8 @@ export interface ComponentContext {
 }
 
 /**
- * Whether the pipeline takes traffic, and what is wrong: each sink that cannot connect, from its
+ * Whether the pipeline takes traffic, and what is wrong: each source that is not connected
+ * (`source q: connecting, down 12 s: ...`; unready at once), each sink that cannot connect, from its
  * first failed attempt (`sink db: connecting, down 45 s: ECONNREFUSED 127.0.0.1:5433`; before
  * `observability.unready_after` that does not yet make it unready), and each sink whose writes
  * have failed for `unready_after`.
@@ -48,7 +49,7 @@ export function readinessAnswer(r: Readiness): { status: 200 | 503; body: { stat
 
 /** What a component serving HTTP can ask the pipeline. */
 export interface ServiceProbe {
-  /** Not ready while the pipeline is not running (starting, stopping) a sink has been failing past `observability.unready_after`, or the durable buffer cannot write. */
+  /** Not ready while the pipeline is not running (starting, stopping), a source with a connection is down, a sink has been failing past `observability.unready_after`, or the durable buffer cannot write. */
   readiness(): Readiness;
   /** The Prometheus exposition of the pipeline's metrics. */
   metrics(): Promise<{ contentType: string; text: string }>;
@@ -60,7 +61,7 @@ export type EnqueueOutcome =
   | "accepted"
   /** Dropped by `when_full: drop_newest`; counted, and acked at once. */
   | "dropped"
-  /** Refused by `when_full: reject` (push sources only): tell the producer to retry later. */
+  /** Refused: the buffer is full and the source declared `whenFull: "reject"` (or `when_full: reject`): tell the producer to retry later. */
   | "rejected"
   /** The pipeline is stopping: tell the producer to retry elsewhere or later. */
   | "stopping";
@@ -87,22 +88,33 @@ export interface SourceHandle {
   /** Builds a record for input that could not be parsed (id `<source name>:<position>`); it goes to the dead-letter sink with `error`. */
   malformed(raw: string, position: string | number, error: SluiceError): Entry;
   /**
-   * Hands a chunk to the buffer. A pull source waits for room (unless `when_full: drop_newest`):
-   * that wait is the backpressure. A push source is answered `rejected` at once when the buffer is
-   * full, unless it passes `wait`: then it waits for room, in line behind every push waiting
-   * before it, until `signal` aborts (`rejected`) or the pipeline stops (`stopping`).
+   * Hands a chunk to the buffer. A source with `whenFull: "wait"` waits for room (unless
+   * `when_full: drop_newest`): that wait is the backpressure. One with `whenFull: "reject"` is
+   * answered `rejected` at once when the buffer is full, unless it passes `wait`: then it waits for
+   * room, in line behind every chunk waiting before it, until `signal` aborts (`rejected`) or the
+   * pipeline stops (`stopping`).
    * `checkpoint` is given back to {@link Source.ack} once the chunk is done.
    */
   enqueue(records: Entry[], checkpoint: unknown, options?: EnqueueOptions): Promise<EnqueueOutcome>;
   /**
+   * Room first: waits until the buffer could take records now, and resolves with how many of the
+   * `n` the source wants it may fetch (at least 1, at most `n`), or 0 when the pipeline stops or
+   * `signal` aborts first. For a source that would otherwise read first and wait in `enqueue`
+   * after, while what it read ages at its service (entries pending in a Redis group, messages
+   * toward JetStream's `ack_wait`). An estimate, not a reservation: another source may take the
+   * room meanwhile, and `enqueue` then waits as usual. Under `when_full: drop_newest` it does not
+   * wait (the chunk would be dropped, not held).
+   */
+  waitForRoom(n: number, signal?: AbortSignal): Promise<number>;
+  /**
    * How long, in ms, records of this size enqueued now with `wait` would wait for room: 0 when
    * they fit at once, `Infinity` while the buffer frees nothing (see `Buffer.expectedWait`). For a
-   * push source deciding whether its producer waits in line or is told to come back later.
+   * `whenFull: "reject"` source deciding whether its producer waits in line or is told to come back later.
    */
   expectedWait(records: number, bytes: number): number;
 }
 
-/** How a push source asks {@link SourceHandle.enqueue} to wait for room. */
+/** How a `whenFull: "reject"` source asks {@link SourceHandle.enqueue} to wait for room. */
 export interface EnqueueOptions {
   /** Wait for room instead of answering `rejected` at once. */
   readonly wait?: boolean;
@@ -110,34 +122,80 @@ export interface EnqueueOptions {
   readonly signal?: AbortSignal;
 }
 
-/** A source of records. Created by its definition's factory, used by one pipeline. */
+/**
+ * How a source is told its chunks are done. `ordered`: one contiguous checkpoint, moved only over
+ * the prefix of chunks that are all done, acks in order and never concurrent (a file offset, a
+ * sequence number). `individual`: each chunk acked on its own as soon as it is done, in any order
+ * and possibly concurrently (broker messages, HTTP requests): one slow or failing record holds
+ * back only its own chunk.
+ */
+export type SourceAcks = "ordered" | "individual";
+
+/**
+ * What a source's `enqueue` does when the buffer is full (under `when_full: block` or `reject`;
+ * `drop_newest` drops either way). `wait`: it waits for room, which is the backpressure (a source
+ * that can simply stop reading: files, generators, brokers). `reject`: it is answered `rejected`
+ * at once, unless it asks to wait per chunk (a source that must answer a producer now: HTTP).
+ */
+export type SourceWhenFull = "wait" | "reject";
+
+/**
+ * A source of records. Created by its definition's factory, used by one pipeline.
+ *
+ * The engine calls, in this order: {@link connect} (if present) until it resolves, then
+ * {@link run}; {@link ack} and {@link inProgress} while chunks are in flight; {@link close} once
+ * at the end. A source with `connect` that loses its connection mid-run rejects `run` with a
+ * retryable error: the engine then calls `connect` again (with backoff) and `run` again. What was
+ * read and not acked before the loss is the source's to redeliver (a broker does).
+ */
 export interface Source {
+  /** How the engine acks chunks (see {@link SourceAcks}). */
+  readonly acks: SourceAcks;
+  /** What `enqueue` does when the buffer is full (see {@link SourceWhenFull}). */
+  readonly whenFull: SourceWhenFull;
   /**
-   * `pull` sources (file, generator, brokers) can simply stop reading when the buffer is full;
-   * `push` sources (HTTP) must answer their producer, so they see `rejected` at once instead of
-   * waiting for room, and are acked per chunk (see {@link ack}).
+   * Optional. Opens the connection to the source's service. Called by the engine before each
+   * `run`: at start, and again after `run` rejected with a retryable error (a lost connection).
+   * A rejection is retried with the sinks' backoff until it resolves or the pipeline stops; while
+   * it fails, `/health/ready` names the source (`source q: connecting, down 12 s: ...`). A
+   * permanent error (`retryable: false`: bad credentials, a missing stream with creation off)
+   * ends the run, exit 1. `signal` aborts an attempt when the pipeline stops. Wrap the client's
+   * errors in `ERR_SOURCE_CONNECT`.
    */
-  readonly kind: "pull" | "push";
+  connect?(signal: AbortSignal): Promise<void>;
   /**
-   * Called once by the pipeline. Produces records until the input is exhausted (a finite source
-   * resolves) or `signal` aborts (stop taking new records and resolve). A rejection is a fatal
-   * runtime error of the pipeline.
+   * Called after `connect` resolved (or once, without `connect`). Produces records until the input
+   * is exhausted (a finite source resolves) or `signal` aborts (stop taking new records and
+   * resolve). A rejection of a source with `connect` that is retryable means "connection lost":
+   * the engine reconnects and calls `run` again. Any other rejection is a fatal runtime error of
+   * the pipeline (exit 1).
    */
   run(handle: SourceHandle, signal: AbortSignal): Promise<void>;
   /**
    * Tells the source a chunk is done: on disk when the buffer is durable, else delivered,
-   * dead-lettered or dropped by every sink. A `pull` source is called in order and never
-   * concurrently, with the checkpoint of the newest chunk such that it and all chunks before it
-   * are done: persist it (brokers: ack; files: save the offset); it may batch or delay persistence,
-   * since redelivery is safe. A `push` source is called once per chunk with that chunk's own
-   * checkpoint, in any order: answer its producer. A `pull` source rejects when it could not save
-   * the checkpoint: the run goes on, and ends `failed` (`ERR_CHECKPOINT_WRITE`, exit 1) unless a
-   * later ack or `close` saves its progress.
+   * dead-lettered or dropped by every sink; never before. With `acks: "ordered"` it is called in
+   * order and never concurrently, with the checkpoint of the newest chunk such that it and all
+   * chunks before it are done: persist it (files: save the offset); it may batch or delay
+   * persistence, since redelivery is safe; it rejects when it could not save the checkpoint: the
+   * run goes on, and ends `failed` (`ERR_CHECKPOINT_WRITE`, exit 1) unless a later ack or `close`
+   * saves its progress. With `acks: "individual"` it is called once per chunk with that chunk's
+   * own checkpoint, in any order, possibly concurrently: ack the broker's messages, answer the
+   * producer; a rejection is logged (the message is redelivered by its broker).
    */
   ack(checkpoint: unknown): Promise<void> | void;
   /**
+   * Optional. Tells the source's service that a chunk is still being worked on (JetStream
+   * `working()`, extending a visibility timeout), so it is not redelivered while it is slow.
+   * Called by the engine every {@link workingIntervalMs} (on the pipeline's clock) for each chunk
+   * in flight, with that chunk's checkpoint, until the chunk is acked or the run ends. Not
+   * awaited in order; a rejection is logged and the next tick tries again.
+   */
+  inProgress?(checkpoint: unknown): Promise<void> | void;
+  /** How often {@link inProgress} is called for a chunk in flight, ms; required with it (e.g. a third of the broker's ack wait). */
+  readonly workingIntervalMs?: number;
+  /**
    * Called once after `run` resolved and the last ack settled; persist state and release
-   * resources. For a `pull` source, resolving means its progress is saved, rejecting that it is not.
+   * resources. With `acks: "ordered"`, resolving means its progress is saved, rejecting that it is not.
    */
   close(): Promise<void>;
 }

@@ -92,11 +92,12 @@ export function serviceProbe(pipeline: () => Pipeline | undefined, metrics: Metr
       const deadLetterError = metrics.deadLetterUnwritable();
       const problems: string[] = [];
       if (state !== "running") problems.push(`pipeline: ${state === "idle" ? "starting" : state === "draining" ? "stopping" : "stopped"}`);
-      problems.push(...metrics.sinksDown(unreadyAfterMs));
+      const sourcesDown = metrics.sourcesDown();
+      problems.push(...sourcesDown, ...metrics.sinksDown(unreadyAfterMs));
       if (bufferError !== undefined) problems.push(`buffer: cannot write: ${bufferError}`);
       if (readError !== undefined) problems.push(`buffer: cannot read: ${readError}`);
       if (deadLetterError !== undefined) problems.push(`dead_letter: cannot write: ${deadLetterError}`);
-      return { ready: state === "running" && metrics.failingSinks(unreadyAfterMs).length === 0 && bufferError === undefined && readError === undefined && deadLetterError === undefined, problems };
+      return { ready: state === "running" && sourcesDown.length === 0 && metrics.failingSinks(unreadyAfterMs).length === 0 && bufferError === undefined && readError === undefined && deadLetterError === undefined, problems };
     },
     metrics: async () => ({ contentType: metrics.registry.contentType, text: await metrics.registry.metrics() }),
   };

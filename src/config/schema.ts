@@ -34,7 +34,7 @@ export function reservedNameIssue(path: string, name: string): ConfigIssue | und
 const bufferSchema = z.strictObject({
   max_records: z.number().int().positive().default(DEFAULTS.buffer.max_records).describe("Most records held at once: queued, being transformed or written, until acked."),
   max_bytes: byteSize().default(DEFAULTS.buffer.max_bytes).describe("Most estimated bytes held at once, e.g. 64MiB."),
-  when_full: z.enum(["block", "reject", "drop_newest"]).default(DEFAULTS.buffer.when_full).describe("block or reject: pull sources wait, push sources (http) refuse with 429 and Retry-After; drop_newest: drop and count."),
+  when_full: z.enum(["block", "reject", "drop_newest"]).default(DEFAULTS.buffer.when_full).describe("block or reject: sources that can stop reading (file, generator) wait, sources that answer producers (http) refuse with 429 and Retry-After; drop_newest: drop and count."),
   chunk_size: z.number().int().positive().default(DEFAULTS.buffer.chunk_size).describe("Records a source hands over at once."),
   durable: z
     .strictObject({

@@ -6,14 +6,17 @@ export interface BackoffPolicy {
   maxMs: number;
   /** Growth factor of the cap per attempt. */
   multiplier: number;
+  /** `full` (default): a delay uniform in [0, cap]. `none`: the cap itself, for a lone retrier (a log read) with nobody to spread apart from. */
+  jitter?: "full" | "none";
 }
 
 /**
- * The delay before retry number `retry` (1-based): uniform in [0, min(max, initial * multiplier^(retry-1))].
+ * The delay before retry number `retry` (1-based): uniform in [0, min(max, initial * multiplier^(retry-1))],
+ * or that cap itself without jitter.
  * Full jitter spreads retries of many lanes apart instead of letting them hit a recovering sink together.
  * `random` is injected so tests are deterministic.
  */
 export function backoffDelay(policy: BackoffPolicy, retry: number, random: () => number): number {
   const cap = Math.min(policy.maxMs, policy.initialMs * policy.multiplier ** Math.max(0, retry - 1));
-  return Math.floor(random() * cap);
+  return policy.jitter === "none" ? cap : Math.floor(random() * cap);
 }

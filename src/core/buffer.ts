@@ -52,10 +52,19 @@ export interface Buffer {
    * How long, in ms, a chunk of `records` records and `bytes` bytes pushed now with `wait` would
    * wait before it is accepted: 0 when it would be accepted at once; else the room it needs
    * (after every push waiting ahead of it) over the rate the buffer freed room lately;
-   * `Infinity` while nothing is freed (a stalled sink). An estimate, for a push source deciding
+   * `Infinity` while nothing is freed (a stalled sink). An estimate, for a `whenFull: "reject"` source deciding
    * whether its producer should wait or be told to come back later.
    */
   expectedWait(records: number, bytes: number): number;
+  /**
+   * How many records a source could fetch now and push without waiting: 0 while nobody may push
+   * (the bound is reached, or pushes wait in line ahead), `Infinity` when records are not what
+   * bounds it (an empty buffer takes any chunk; the durable log is bound by bytes) and there is
+   * room. For a source's `waitForRoom`: an estimate, not a reservation.
+   */
+  room(): number;
+  /** Resolves the next time room is freed or the buffer closes (then look at {@link room} again). */
+  whenFreed(): Promise<void>;
   /** The next chunk in order; waits while empty; `undefined` once closed and empty. Single consumer. */
   pull(): Promise<Chunk | undefined>;
   /** Frees a chunk's records and bytes. Called exactly once per accepted chunk, when all its records are done. */
@@ -82,7 +91,7 @@ export interface Buffer {
   /** True when {@link grow} of `records` and `bytes` keeps what the buffer counts within its bound (durable buffer: its memory bound). */
   hasRoom(records: number, bytes: number): boolean;
   /** Resolves the next time the buffer gives room back (at the latest at the next {@link shrink}); ask {@link hasRoom} again then. */
-  whenFreed(): Promise<void>;
+  whenPartRoom(): Promise<void>;
   /** Called once at the end of a run, after `whenEmpty` or the shutdown deadline: persists progress and releases files. */
   shutdown(): Promise<void>;
 }
@@ -101,13 +110,13 @@ export class MemoryBuffer implements Buffer {
   private closed = false;
   private puller: ((chunk: Chunk | undefined) => void) | undefined;
   private emptyWaiters: (() => void)[] = [];
-  private readonly room: Room;
+  private readonly bound: Room;
 
   constructor(
     private readonly limits: BufferLimits,
     clock: Clock = systemClock,
   ) {
-    this.room = new Room(limits);
+    this.bound = new Room(limits);
     this.line = new WaitingLine<Chunk>(
       {
         fits: (chunk) => this.fits(chunk),
@@ -151,6 +160,16 @@ export class MemoryBuffer implements Buffer {
     );
   }
 
+  room(): number {
+    if (this.closed || this.line.length > 0) return 0;
+    if (this.records === 0) return Number.POSITIVE_INFINITY;
+    return this.bytes >= this.limits.maxBytes ? 0 : Math.max(0, this.limits.maxRecords - this.records);
+  }
+
+  whenFreed(): Promise<void> {
+    return this.closed ? Promise.resolve() : this.line.whenFreed();
+  }
+
   pull(): Promise<Chunk | undefined> {
     if (this.head < this.queue.length) return Promise.resolve(this.take());
     if (this.closed) return Promise.resolve(undefined);
@@ -177,17 +196,18 @@ export class MemoryBuffer implements Buffer {
   }
 
   hasRoom(records: number, bytes: number): boolean {
-    return this.room.fits(this.records, this.bytes, records, bytes);
+    return this.bound.fits(this.records, this.bytes, records, bytes);
   }
 
-  whenFreed(): Promise<void> {
-    return this.room.whenFreed();
+  whenPartRoom(): Promise<void> {
+    return this.bound.whenFreed();
   }
 
   private freed(records: number, bytes: number): void {
     this.line.freed(records, bytes);
     this.line.admit();
-    this.room.freed();
+    this.line.wakeFreed();
+    this.bound.freed();
     this.checkEmpty();
   }
 
@@ -216,7 +236,7 @@ export class MemoryBuffer implements Buffer {
   }
 
   private fitsSize(records: number, bytes: number): boolean {
-    return this.records === 0 || this.room.fits(this.records, this.bytes, records, bytes);
+    return this.records === 0 || this.bound.fits(this.records, this.bytes, records, bytes);
   }
 
   private checkEmpty(): void {

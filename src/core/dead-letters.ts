@@ -1,8 +1,9 @@
 import type { DeadLetter, DeadLetterStore } from "../components/contracts.js";
-import { backoffDelay, type BackoffPolicy } from "./backoff.js";
-import { formatSeconds, sleep, type Clock } from "./clock.js";
+import type { BackoffPolicy } from "./backoff.js";
+import { formatSeconds, type Clock } from "./clock.js";
 import { classify, SluiceError } from "./errors.js";
 import type { EventSink, Logger } from "./events.js";
+import { retry } from "./retry.js";
 
 interface Pending {
   entries: readonly DeadLetter[];
@@ -99,43 +100,51 @@ export class DeadLetterWriter {
   }
 
   private async writeWithRetry(entries: readonly DeadLetter[]): Promise<boolean> {
-    const started = this.clock.now();
-    for (let attempt = 1; ; attempt++) {
-      try {
+    const outcome = await retry(
+      async () => {
         if (!this.opened) {
           await this.store.open();
           this.opened = true;
         }
         await this.store.write(entries);
-        if (this.failing) {
-          this.failing = false;
-          this.failures.emit({ type: "dead_letter_write_recovered" });
-        }
-        return true;
-      } catch (err) {
-        const e = classify(err, "ERR_DEAD_LETTER_WRITE");
-        this.failing = true;
-        this.failures.emit({ type: "dead_letter_write_failed", code: e.code, message: e.message });
-        const elapsed = this.clock.now() - started;
-        if (elapsed >= this.failures.maxElapsedMs) {
-          this.gaveUp = true;
-          this.logger.error({ code: e.code, err: e.message, attempt, entries: entries.length }, "dead-letter write failed; giving up");
-          this.failures.giveUp(
-            new SluiceError(
-              "ERR_DEAD_LETTER_WRITE",
-              `dead letters could not be written for ${formatSeconds(elapsed)} (${attempt} attempts; the last: ${e.message}); their records are not acked, the next run delivers them again`,
-              { cause: e, location: e.location },
-            ),
-          );
-          return false;
-        }
-        this.logger.error({ code: e.code, err: e.message, attempt, entries: entries.length }, "dead-letter write failed; retrying");
-        try {
-          await sleep(this.clock, Math.max(1, backoffDelay(this.backoff, attempt, this.random)), this.signal);
-        } catch {
-          return false;
-        }
+      },
+      {
+        backoff: this.backoff,
+        maxElapsedMs: this.failures.maxElapsedMs,
+        elapsed: "failing",
+        minDelayMs: 1,
+        // A dead letter is never dropped: even an error its store calls permanent is retried, within the bound.
+        retry: "all",
+        clock: this.clock,
+        random: this.random,
+        signal: this.signal,
+        fallback: "ERR_DEAD_LETTER_WRITE",
+        onFailure: (e, attempt, decision) => {
+          this.failing = true;
+          this.failures.emit({ type: "dead_letter_write_failed", code: e.code, message: e.message });
+          const giving = decision.tag === "give_up";
+          this.logger.error({ code: e.code, err: e.message, attempt, entries: entries.length }, giving ? "dead-letter write failed; giving up" : "dead-letter write failed; retrying");
+        },
+      },
+    );
+    if (outcome.tag === "done") {
+      if (this.failing) {
+        this.failing = false;
+        this.failures.emit({ type: "dead_letter_write_recovered" });
       }
+      return true;
     }
+    if (outcome.tag === "gave_up") {
+      this.gaveUp = true;
+      const e = outcome.error;
+      this.failures.giveUp(
+        new SluiceError(
+          "ERR_DEAD_LETTER_WRITE",
+          `dead letters could not be written for ${formatSeconds(outcome.elapsedMs)} (${outcome.attempts} attempts; the last: ${e.message}); their records are not acked, the next run delivers them again`,
+          { cause: e, location: e.location },
+        ),
+      );
+    }
+    return false;
   }
 }

@@ -34,6 +34,7 @@ import { classify, SluiceError } from "./errors.js";
 import type { EventSink, Logger } from "./events.js";
 import type { AckTicket } from "./record.js";
 import { Room } from "./room.js";
+import { Retry, type RetryPolicy } from "./retry.js";
 import { WaitingLine } from "./waiting-line.js";
 
 type Bytes = globalThis.Buffer;
@@ -60,9 +61,8 @@ export interface DurableBufferOptions {
 const ACKED_INTERVAL_MS = 100;
 /** While writes fail, how often a probe write checks whether they would succeed again, ms. */
 const WRITE_PROBE_MS = 1000;
-/** First and longest wait before retrying a failed read of an entry, ms. */
-const READ_RETRY_MS = 1000;
-const READ_RETRY_MAX_MS = 30_000;
+/** Retries of a failed read of an entry: every error, for ever (an entry on disk is not given up), 1 s doubling to 30 s. */
+const READ_RETRY: RetryPolicy = { backoff: { initialMs: 1000, maxMs: 30_000, multiplier: 2, jitter: "none" }, retry: "all" };
 
 interface Segment {
   readonly name: string;
@@ -216,7 +216,7 @@ export class DurableBuffer implements BufferContract {
   /** Ends the wait before retrying a failed read, when a stop or shutdown comes during it. */
   private stopReadRetry: (() => void) | undefined;
   private emptyWaiters: (() => void)[] = [];
-  private readonly room: Room;
+  private readonly bound: Room;
 
   /** Set while writes fail (disk full, I/O error): bytes of the write that failed. */
   private failedWriteBytes: number | undefined;
@@ -232,7 +232,7 @@ export class DurableBuffer implements BufferContract {
     this.maxBytes = o.maxBytes;
     this.fsync = o.fsync;
     this.memory = o.memory;
-    this.room = new Room(o.memory);
+    this.bound = new Room(o.memory);
     this.emit = o.emit;
     this.logger = o.logger;
     this.clock = o.clock ?? systemClock;
@@ -315,6 +315,16 @@ export class DurableBuffer implements BufferContract {
     return this.line.expectedWait(0, Math.min(heldAndAhead, heldAndAhead + need - this.maxBytes));
   }
 
+  /** See {@link BufferContract.room}: the log is bound by bytes, so there is room for any number of records while it is under its bound and nobody waits. */
+  room(): number {
+    if (this.closed || this.phase !== "open" || this.line.length > 0) return 0;
+    return this.liveEntries === 0 || this.logBytes < this.maxBytes ? Number.POSITIVE_INFINITY : 0;
+  }
+
+  whenFreed(): Promise<void> {
+    return this.closed ? Promise.resolve() : this.line.whenFreed();
+  }
+
   async pull(): Promise<Chunk | undefined> {
     if (this.phase === "new") throw new SluiceError("ERR_INTERNAL", "DurableBuffer.pull() before open()");
     for (;;) {
@@ -384,16 +394,16 @@ export class DurableBuffer implements BufferContract {
     this.heldRecords -= records;
     this.heldBytes -= bytes;
     this.wakePuller();
-    this.room.freed();
+    this.bound.freed();
   }
 
-  /** Against `memory`, like pull. Entries released do not wake {@link whenFreed}: shrinks do, which is all a split waits for. */
+  /** Against `memory`, like pull. Entries released do not wake {@link whenPartRoom}: shrinks do, which is all a split waits for. */
   hasRoom(records: number, bytes: number): boolean {
-    return this.room.fits(this.inFlightRecords, this.inFlightBytes, records, bytes);
+    return this.bound.fits(this.inFlightRecords, this.inFlightBytes, records, bytes);
   }
 
-  whenFreed(): Promise<void> {
-    return this.room.whenFreed();
+  whenPartRoom(): Promise<void> {
+    return this.bound.whenFreed();
   }
 
   /**
@@ -700,7 +710,7 @@ export class DurableBuffer implements BufferContract {
   // Pulling and releasing
 
   private fitsInFlight(entry: LogEntry): boolean {
-    return this.room.fits(this.inFlightRecords, this.inFlightBytes, entry.records, entry.bytes);
+    return this.bound.fits(this.inFlightRecords, this.inFlightBytes, entry.records, entry.bytes);
   }
 
   /** Moves the head of `unpulled` in flight and returns its chunk; undefined when it proved unreadable or on shutdown. */
@@ -725,29 +735,34 @@ export class DurableBuffer implements BufferContract {
     }
     this.heldRecords += entry.records;
     this.heldBytes += entry.bytes;
-    for (let wait = READ_RETRY_MS; ; wait = Math.min(wait * 2, READ_RETRY_MAX_MS)) {
+    // A graceful stop or shutdown cuts a wait short: pull must end, not retry for ever.
+    const stop = new AbortController();
+    this.stopReadRetry = () => stop.abort();
+    const retries = new Retry(READ_RETRY, { clock: this.clock, random: Math.random, signal: stop.signal });
+    let failures = 0;
+    for (;;) {
+      retries.begin();
       let data: Bytes;
       try {
         data = await this.readEntry(entry);
       } catch (err) {
         if (this.pullEnded()) return this.giveBack(entry);
-        if ((err as NodeJS.ErrnoException).code === "ENOENT") return this.loseUnread(entry);
+        if ((err as NodeJS.ErrnoException).code === "ENOENT") {
+          this.stopReadRetry = undefined;
+          return this.loseUnread(entry);
+        }
         // An I/O error may pass (too many open files); the entry is not given up, but a second failure in a row makes the buffer unready.
-        if (wait > READ_RETRY_MS) this.emit({ type: "buffer_read_failed", reason: err instanceof Error ? err.message : String(err) });
+        failures++;
+        if (failures > 1) this.emit({ type: "buffer_read_failed", reason: err instanceof Error ? err.message : String(err) });
+        const decision = retries.decide(classify(err, "ERR_BUFFER_IO"));
+        const wait = decision.tag === "retry" ? decision.delayMs : 0;
         this.logger.error({ path: this.dir, seq: entry.seq, err: String(err), retryInMs: wait }, "durable buffer: could not read an entry; retrying");
-        // A graceful stop or shutdown cuts the wait short: pull must end, not retry for ever.
-        await new Promise<void>((resolve) => {
-          const cancel = this.clock.setTimer(wait, resolve);
-          this.stopReadRetry = () => {
-            cancel();
-            resolve();
-          };
-        });
-        this.stopReadRetry = undefined;
+        await retries.wait(wait);
         if (this.pullEnded()) return this.giveBack(entry);
         continue;
       }
-      if (wait > READ_RETRY_MS * 2) this.emit({ type: "buffer_read_recovered" });
+      this.stopReadRetry = undefined;
+      if (failures > 1) this.emit({ type: "buffer_read_recovered" });
       const frame = readFrame(data, 0, entry.seq);
       if (typeof frame !== "string" && frame.seq === entry.seq) {
         const ticket = new EntryTicket(entry, frame.receivedAt, entry.records, entry.bytes, this.onTicketDone);
@@ -834,6 +849,7 @@ export class DurableBuffer implements BufferContract {
     this.scheduleAckedWrite();
     this.line.freed(entry.records, entry.size);
     this.line.admit();
+    this.line.wakeFreed();
     this.wakePuller();
     this.checkEmpty();
   }

@@ -30,6 +30,12 @@ export const ERROR_CODES = {
   ERR_TRANSFORM_SPLIT: { retryable: false },
   /** A transform wrote to the read-only view of the envelope it gets (`id`, `key`, `source`, `receivedAt`, ...). */
   ERR_TRANSFORM_ENVELOPE: { retryable: false },
+  /**
+   * A source could not connect to its service, or lost its connection mid-run (a source that
+   * declares `connect`); the engine reconnects with backoff. Permanent (`retryable: false`, e.g.
+   * bad credentials, a missing stream with creation off) ends the run.
+   */
+  ERR_SOURCE_CONNECT: { retryable: true },
   /** A source failed while reading (file vanished, permission denied). */
   ERR_SOURCE_READ: { retryable: true },
   /** The dead-letter store could not persist an entry (or its file was deleted or replaced while open). */

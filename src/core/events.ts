@@ -24,6 +24,14 @@ export type InternalEvent =
    * one ends the run. `downSince` is when the first attempt started (clock ms).
    */
   | { type: "sink_connect_failed"; sink: string; attempt: number; downSince: number; code: string; message: string; retryable: boolean; connectTimeoutMs: number | undefined }
+  /** A source with `connect` connected (at start, or again after a loss), at its `attempt`-th try since it was last up. */
+  | { type: "source_connected"; source: string; attempt: number }
+  /**
+   * A source's connect attempt failed (`attempt` ≥ 1), or its connection was lost mid-run
+   * (`attempt` 0: `run` rejected with a retryable error). Retryable: retried with backoff until it
+   * connects or the pipeline stops; permanent: the run ends. `downSince`: when it went down (clock ms).
+   */
+  | { type: "source_connect_failed"; source: string; attempt: number; downSince: number; code: string; message: string; retryable: boolean }
   | { type: "backpressure"; source: string; seconds: number }
   /** An ingest request (http source) was answered with `status`. */
   | { type: "http_request"; source: string; status: number }

@@ -10,6 +10,7 @@ import { classify, SluiceError } from "./errors.js";
 import { silentLogger, type EventSink, type Logger } from "./events.js";
 import { fieldGetter, RecordEntry, settle, type AckTicket, type Entry, type JsonValue } from "./record.js";
 import { SinkRunner, type BatchOptions, type RetryOptions } from "./sink-runner.js";
+import { InProgressTicker, runSource } from "./source-runner.js";
 import { Splitter } from "./split.js";
 import { TransformChain, type ChainStep } from "./transform-chain.js";
 
@@ -23,6 +24,8 @@ export interface SourceSettings {
   readonly keyField?: string;
   /** Payload field holding the event time (ms since epoch, or a date string); none by default. */
   readonly timeField?: string;
+  /** Backoff between connect attempts of a source that has `connect`; default the sinks' default (100 ms doubling to 10 s). */
+  readonly connectBackoff?: BackoffPolicy;
 }
 
 /** A sink and how it is driven. */
@@ -93,6 +96,8 @@ function asTime(v: JsonValue | undefined): number | undefined {
 }
 
 const DEFAULT_DLQ_BACKOFF: BackoffPolicy = { initialMs: 100, maxMs: 10_000, multiplier: 2 };
+/** The sinks' default retry backoff (`retry.initial_backoff_ms`, `max_backoff_ms`), so a source reconnects like a sink. */
+const DEFAULT_SOURCE_BACKOFF: BackoffPolicy = { initialMs: 100, maxMs: 10_000, multiplier: 2 };
 
 /**
  * A running pipeline: sources -> buffer -> transform chain -> every sink, with acks flowing back.
@@ -109,11 +114,13 @@ export class Pipeline {
   private readonly runners: SinkRunner[];
   private readonly chain: TransformChain;
   private readonly trackers: AckTracker[];
+  /** Per source: the ticks of its `inProgress` hook, when it has one. */
+  private readonly tickers: (InProgressTicker | undefined)[];
   private state: PipelineState = { tag: "idle" };
   private failure: SluiceError | undefined;
   /** Set when a stop did not drain because a sink never connected (see {@link stop}). */
   private abandoned: SluiceError | undefined;
-  /** Pull sources whose latest ack (or close) failed to save their progress, with why. */
+  /** `ordered` sources whose latest ack (or close) failed to save their progress, with why. */
   private readonly unsaved = new Map<string, SluiceError>();
   private cancelDeadline: (() => void) | undefined;
 
@@ -185,6 +192,16 @@ export class Pipeline {
           },
         ),
     );
+    this.tickers = o.sources.map((s) => {
+      const { source, name } = s;
+      if (source.inProgress === undefined) return undefined;
+      const interval = source.workingIntervalMs;
+      if (interval === undefined || !(interval > 0)) throw new SluiceError("ERR_CONFIG_INVALID", `source ${name} has inProgress but no positive workingIntervalMs`);
+      return new InProgressTicker(source, interval, this.clock, (err) => {
+        const e = classify(err, "ERR_SOURCE_CONNECT");
+        this.emit({ type: "component_error", component: name, code: e.code, message: e.message });
+      });
+    });
   }
 
   /** The lifecycle state right now. */
@@ -234,7 +251,7 @@ export class Pipeline {
       });
     });
 
-    const sourcesDone = Promise.all(this.o.sources.map((s, i) => this.runSource(s, this.trackers[i]!))).then(() => this.o.buffer.close());
+    const sourcesDone = Promise.all(this.o.sources.map((s, i) => this.runSource(s, this.trackers[i]!, this.tickers[i]))).then(() => this.o.buffer.close());
 
     for (let chunk = await this.o.buffer.pull(); chunk !== undefined; chunk = await this.o.buffer.pull()) {
       const pending = this.process(chunk.records);
@@ -253,6 +270,8 @@ export class Pipeline {
     await Promise.race([Promise.all(this.trackers.map((t) => t.flush())), hard]);
     await this.deadLetters.flush();
 
+    // Chunks still in flight now stay un-acked: their broker may redeliver them, nobody works on them.
+    for (const t of this.tickers) t?.stopAll();
     const unacked = this.o.buffer.usage().records;
     const ended: PipelineStatus = this.failure
       ? { tag: "failed", error: this.failure, unacked }
@@ -305,7 +324,7 @@ export class Pipeline {
    * `shutdown_timeout`. It is left behind: the buffer closes under it, so nothing it enqueues
    * later is taken, and what it had not had acked stays un-acked for the next run.
    */
-  private async runSource(s: SourceSettings, tracker: AckTracker): Promise<void> {
+  private async runSource(s: SourceSettings, tracker: AckTracker, ticker: InProgressTicker | undefined): Promise<void> {
     const hard = this.hardAbort.signal;
     let onHard: () => void = () => {};
     const deadline = new Promise<"deadline">((resolve) => {
@@ -314,7 +333,16 @@ export class Pipeline {
       else hard.addEventListener("abort", onHard, { once: true });
     });
     try {
-      const ended = await Promise.race([s.source.run(this.handleFor(s, tracker), this.sourceAbort.signal), deadline]);
+      const running = runSource(this.handleFor(s, tracker, ticker), {
+        name: s.name,
+        source: s.source,
+        backoff: s.connectBackoff ?? DEFAULT_SOURCE_BACKOFF,
+        clock: this.clock,
+        random: this.random,
+        emit: this.emit,
+        signal: this.sourceAbort.signal,
+      });
+      const ended = await Promise.race([running, deadline]);
       // Without `abandoned` (a sink never connected: the stop aborts at once, no time to return).
       if (ended === "deadline" && this.abandoned === undefined) this.logger.warn({ component: s.name }, "source did not stop before shutdown_timeout; leaving it, its records un-acked");
     } catch (err) {
@@ -339,11 +367,12 @@ export class Pipeline {
   /**
    * The enqueue side of a source. When a chunk counts as done for its source: with a durable
    * buffer, once it is on disk; otherwise once every sink (or the dead-letter sink) committed
-   * every record. Pull sources are acked over the contiguous prefix of done chunks (their
-   * checkpoint is a resume position); push sources are acked per chunk, in any order, since each
-   * chunk answers its own producer.
+   * every record. `acks: "ordered"` sources are acked over the contiguous prefix of done chunks
+   * (their checkpoint is a resume position); `individual` ones per chunk, in any order, since
+   * each chunk answers its own producer or broker message. Apart from that, `whenFull` says
+   * whether a full buffer makes `enqueue` wait or answer `rejected`.
    */
-  private handleFor(s: SourceSettings, tracker: AckTracker): SourceHandle {
+  private handleFor(s: SourceSettings, tracker: AckTracker, ticker: InProgressTicker | undefined): SourceHandle {
     const getId = fieldGetter(s.idField ?? "id");
     const getKey = s.keyField === undefined ? undefined : fieldGetter(s.keyField);
     const getTime = s.timeField === undefined ? undefined : fieldGetter(s.timeField);
@@ -351,10 +380,10 @@ export class Pipeline {
     const source = s.source;
     const { buffer, whenFull } = this.o;
     const durable = buffer.durable;
-    // A push source answers its producer instead of waiting for room (DESIGN.md: 429/503, not queueing).
-    const wait = source.kind === "pull" && whenFull !== "drop_newest";
+    // A `reject` source answers its producer instead of waiting for room (DESIGN.md: 429/503, not queueing).
+    const wait = source.whenFull === "wait" && whenFull !== "drop_newest";
     const signal = this.sourceAbort.signal;
-    const ackPush = (checkpoint: unknown) => {
+    const ackOne = (checkpoint: unknown) => {
       Promise.resolve()
         .then(() => source.ack(checkpoint))
         .catch((err: unknown) => {
@@ -363,7 +392,14 @@ export class Pipeline {
         });
     };
     /** The chunk is done for its source. */
-    const done = source.kind === "push" ? (ticket: AckTicket) => ackPush(ticket.checkpoint) : (ticket: AckTicket) => tracker.complete(ticket);
+    const ack = source.acks === "individual" ? (ticket: AckTicket) => ackOne(ticket.checkpoint) : (ticket: AckTicket) => tracker.complete(ticket);
+    const done =
+      ticker === undefined
+        ? ack
+        : (ticket: AckTicket) => {
+            ticker.done(ticket);
+            ack(ticket);
+          };
     const onDone = durable
       ? () => {}
       : (ticket: AckTicket) => {
@@ -388,6 +424,25 @@ export class Pipeline {
         return e;
       },
       expectedWait: (records, bytes) => buffer.expectedWait(records, bytes),
+      waitForRoom: async (n, giveUp) => {
+        if (whenFull === "drop_newest") return signal.aborted ? 0 : n;
+        for (;;) {
+          if (signal.aborted || giveUp?.aborted === true) return 0;
+          const room = buffer.room();
+          if (room > 0) return Math.max(1, Math.min(n, room));
+          // A listener, not AbortSignal.any: on Node 20 a composite of the long-lived `signal` leaks until it aborts.
+          let onAbort: () => void = () => {};
+          const aborted = new Promise<void>((resolve) => (onAbort = resolve));
+          signal.addEventListener("abort", onAbort, { once: true });
+          giveUp?.addEventListener("abort", onAbort, { once: true });
+          try {
+            await Promise.race([buffer.whenFreed(), aborted]);
+          } finally {
+            signal.removeEventListener("abort", onAbort);
+            giveUp?.removeEventListener("abort", onAbort);
+          }
+        }
+      },
       enqueue: async (records: Entry[], checkpoint: unknown, options?: EnqueueOptions): Promise<EnqueueOutcome> => {
         if (signal.aborted) return "stopping";
         const waitHere = wait || (options?.wait === true && whenFull !== "drop_newest");
@@ -415,6 +470,8 @@ export class Pipeline {
           ticket.seq = tracker.nextTicketSeq();
           this.emit({ type: "records_received", source: name, count: records.length, bytes });
           if (durable || ticket.pending === 0) done(ticket);
+          // A durable buffer acked the chunk already: its broker is done with it.
+          else ticker?.start(ticket);
           return "accepted";
         }
         if (result === "closed") return signal.aborted || giveUp?.aborted !== true ? "stopping" : "rejected";
@@ -521,7 +578,7 @@ export class Pipeline {
   }
 
   /**
-   * A run that ended well but could not save a pull source's progress (its last ack and its
+   * A run that ended well but could not save an `ordered` source's progress (its last ack and its
    * `close` both failed) ends `failed` with `ERR_CHECKPOINT_WRITE`: its records were delivered,
    * but the next run starts from the last checkpoint saved and delivers them again.
    */
@@ -548,9 +605,9 @@ export class Pipeline {
     await this.o.deadLetter.close();
   }
 
-  /** A pull source's `close` persists its progress: its outcome is the last word on whether it was saved. */
+  /** An `ordered` source's `close` persists its progress: its outcome is the last word on whether it was saved. */
   private async closeSource(s: SourceSettings): Promise<void> {
-    if (s.source.kind === "push") return s.source.close();
+    if (s.source.acks === "individual") return s.source.close();
     try {
       await s.source.close();
       this.unsaved.delete(s.name);

@@ -1,5 +1,5 @@
 /**
- * The room accounting both buffers share for split parts (`Buffer.grow`, `hasRoom`, `whenFreed`;
+ * The room accounting both buffers share for split parts (`Buffer.grow`, `hasRoom`, `whenPartRoom`;
  * the engine's side is `split.ts`): the bound check and the line of waits for freed room.
  */
 import type { BufferLimits } from "./buffer.js";

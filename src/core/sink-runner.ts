@@ -1,11 +1,12 @@
 import type { DeadLetter, Sink } from "../components/contracts.js";
 import { AdaptiveConcurrency, type Concurrency, type WriteOutcome } from "./adaptive-concurrency.js";
-import { backoffDelay, type BackoffPolicy } from "./backoff.js";
-import { formatSeconds, sleep, type Clock } from "./clock.js";
+import type { BackoffPolicy } from "./backoff.js";
+import { formatSeconds, type Clock } from "./clock.js";
 import type { DeadLetterWriter } from "./dead-letters.js";
 import { classify, SluiceError } from "./errors.js";
 import type { EventSink, Logger } from "./events.js";
 import type { Entry } from "./record.js";
+import { retry, Retry } from "./retry.js";
 
 /** When a sink's batch is cut: whichever limit is reached first. */
 export interface BatchOptions {
@@ -144,28 +145,26 @@ export class SinkRunner {
             connecting.abort(new SluiceError("ERR_SINK_CONNECT", "connect_timeout reached"));
           });
     try {
-      for (let attempt = 1; !connecting.signal.aborted; attempt++) {
-        try {
-          await this.o.sink.connect(connecting.signal);
-          this.connected = true;
-          this.connectError = undefined;
-          this.o.emit({ type: "sink_connected", sink: name, attempt });
-          for (const lane of this.lanes) this.pump(lane);
-          return undefined;
-        } catch (err) {
-          // An attempt cut off by the abort failed because of it: the reason to report is the last real one.
-          if (connecting.signal.aborted) break;
-          const e = classify(err, "ERR_SINK_CONNECT");
+      const outcome = await retry(() => this.o.sink.connect(connecting.signal), {
+        backoff: this.o.retry.backoff,
+        minDelayMs: 1,
+        clock,
+        random: this.o.random,
+        signal: connecting.signal,
+        fallback: "ERR_SINK_CONNECT",
+        onFailure: (e, attempt) => {
           this.connectError = e;
           this.o.emit({ type: "sink_connect_failed", sink: name, attempt, downSince: this.connectingSince, code: e.code, message: e.message, retryable: e.retryable, connectTimeoutMs: timeoutMs });
-          if (!e.retryable) return e;
-          try {
-            await sleep(clock, Math.max(1, backoffDelay(this.o.retry.backoff, attempt, this.o.random)), connecting.signal);
-          } catch {
-            break;
-          }
-        }
+        },
+      });
+      if (outcome.tag === "done") {
+        this.connected = true;
+        this.connectError = undefined;
+        this.o.emit({ type: "sink_connected", sink: name, attempt: outcome.attempts });
+        for (const lane of this.lanes) this.pump(lane);
+        return undefined;
       }
+      if (outcome.tag === "gave_up") return outcome.error;
       if (!timedOut) return undefined;
       return new SluiceError("ERR_SINK_CONNECT", `sink ${name} could not connect within ${formatSeconds(timeoutMs!)}: ${this.downReason()}`, {
         cause: this.connectError,
@@ -358,11 +357,12 @@ export class SinkRunner {
    * the hard deadline aborts are left alone: un-acked, they are redelivered on the next run.
    */
   private async writeWithRetry(batch: Entry[]): Promise<void> {
-    const { clock, retry, sink, signal, name } = this.o;
+    const { clock, sink, signal, name } = this.o;
     let pending = batch;
-    const firstAttemptAt = clock.now();
+    const retries = new Retry(this.o.retry, this.o);
     let firstFailureAt: number | undefined;
-    for (let attempt = 1; ; attempt++) {
+    for (;;) {
+      const attempt = retries.begin();
       if (signal.aborted) return;
       for (const r of pending) if (r.attempts < attempt) r.attempts = attempt;
       const started = clock.now();
@@ -421,19 +421,13 @@ export class SinkRunner {
         if (retryable.length === 0) return;
       }
 
-      // max_elapsed bounds when an attempt may start, so the check counts the wait before it.
-      const delay = attempt >= retry.maxAttempts ? 0 : backoffDelay(retry.backoff, attempt, this.o.random);
-      const exhausted = attempt >= retry.maxAttempts || now + delay - firstAttemptAt >= retry.maxElapsedMs;
-      if (exhausted) {
+      const decision = retries.decide(lastError);
+      if (decision.tag === "give_up") {
         this.deadLetter(retryable, lastError, attempt, firstFailureAt, now);
         return;
       }
-      this.o.emit({ type: "records_retried", sink: name, count: retryable.length, code: lastError.code, message: lastError.message, delayMs: delay });
-      try {
-        await sleep(clock, delay, signal);
-      } catch {
-        return;
-      }
+      this.o.emit({ type: "records_retried", sink: name, count: retryable.length, code: lastError.code, message: lastError.message, delayMs: decision.delayMs });
+      if (!(await retries.wait(decision.delayMs))) return;
       pending = retryable;
     }
   }

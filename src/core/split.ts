@@ -82,7 +82,7 @@ export class Splitter {
           resolve();
         };
         signal.addEventListener("abort", done, { once: true });
-        void buffer.whenFreed().then(done);
+        void buffer.whenPartRoom().then(done);
       });
     }
   }

@@ -51,6 +51,8 @@ export class WaitingLine<T> {
   private freedRecords = 0;
   private freedBytes = 0;
   private freedAt = 0;
+  /** Sources waiting for room before they fetch (see {@link whenFreed}). */
+  private freedWaiters: (() => void)[] = [];
 
   constructor(
     private readonly hooks: LineHooks<T>,
@@ -111,8 +113,17 @@ export class WaitingLine<T> {
     }
   }
 
+  /**
+   * Resolves the next time the buffer frees room (after its waiters were admitted) or closes: for
+   * a source that waits for room before it fetches and then looks again.
+   */
+  whenFreed(): Promise<void> {
+    return new Promise((resolve) => this.freedWaiters.push(resolve));
+  }
+
   /** Every waiter leaves with the `closed` answer. */
   close(): void {
+    this.wakeFreed();
     for (const w of this.waiters.splice(0)) {
       w.signal?.removeEventListener("abort", w.onAbort);
       w.resolve(this.hooks.closed());
@@ -126,6 +137,12 @@ export class WaitingLine<T> {
     this.decay();
     this.freedRecords += records;
     this.freedBytes += bytes;
+  }
+
+  /** Wakes the {@link whenFreed} waiters; the buffer calls it after {@link admit}, so chunks already waiting go first. */
+  wakeFreed(): void {
+    if (this.freedWaiters.length === 0) return;
+    for (const w of this.freedWaiters.splice(0)) w();
   }
 
   /**

@@ -99,6 +99,10 @@ export class Metrics {
   private run: { startedAt?: number; doneAt?: number } = {};
   private readonly connectAttempts = new Counter({ name: "sluice_sink_connect_attempts_total", help: "Attempts to connect a sink, by outcome (connected, failed).", labelNames: ["sink", "outcome"], registers: [this.registry] });
   private readonly sinkUp = new Gauge({ name: "sluice_sink_up", help: "1 once a sink has connected, 0 while it is connecting.", labelNames: ["sink"], registers: [this.registry] });
+  private readonly sourceConnectAttempts = new Counter({ name: "sluice_source_connect_attempts_total", help: "Attempts to connect a source that has a connection (at start and after a loss), by outcome (connected, failed, lost).", labelNames: ["source", "outcome"], registers: [this.registry] });
+  private readonly sourceUp = new Gauge({ name: "sluice_source_up", help: "1 while a source with a connection is connected, 0 while it is connecting.", labelNames: ["source"], registers: [this.registry] });
+  /** Sources with a connection that are down (never connected, or lost it), for readiness and the progress line. */
+  private readonly sourceDown = new Map<string, { readonly since: number; readonly message: string }>();
   /** Sinks failing (retrying, or not connecting) without one success since, for readiness and the progress line. */
   private readonly down = new Map<string, SinkDown>();
   private readonly httpRefused = new Counter({ name: "sluice_http_connections_refused_total", help: "Connections an http source closed at once because it had max_connections open.", labelNames: ["source"], registers: [this.registry] });
@@ -205,6 +209,24 @@ export class Metrics {
         this.sinkUp.set({ sink: event.sink }, 1);
         if (event.attempt > 1) this.logger.info({ sink: event.sink, attempts: event.attempt }, "sink connected");
         break;
+      case "source_connected":
+        this.sourceDown.delete(event.source);
+        this.sourceConnectAttempts.inc({ source: event.source, outcome: "connected" });
+        this.sourceUp.set({ source: event.source }, 1);
+        if (event.attempt > 1) this.logger.info({ source: event.source, attempts: event.attempt }, "source connected");
+        break;
+      case "source_connect_failed": {
+        this.sourceDown.set(event.source, { since: event.downSince, message: event.message });
+        this.sourceConnectAttempts.inc({ source: event.source, outcome: event.attempt === 0 ? "lost" : "failed" });
+        this.sourceUp.set({ source: event.source }, 0);
+        const what = event.attempt === 0 ? "lost its connection" : "cannot connect";
+        this.logRateLimited(
+          `source-connect:${event.source}:${event.code}`,
+          { source: event.source, code: event.code, err: event.message, attempt: event.attempt, down: formatSeconds(this.now() - event.downSince) },
+          `source ${event.source} ${what}; ${event.retryable ? "retrying until it connects" : "giving up"}`,
+        );
+        break;
+      }
       case "sink_connect_failed": {
         this.down.set(event.sink, { sink: event.sink, state: "connecting", since: event.downSince, message: event.message });
         this.connectAttempts.inc({ sink: event.sink, outcome: "failed" });
@@ -306,6 +328,16 @@ export class Metrics {
     return [...this.down.values()]
       .filter((d) => d.state === "connecting" || now - d.since >= retryingForMs)
       .map((d) => `sink ${d.sink}: ${d.state}, down ${formatSeconds(now - d.since)}: ${d.message}`);
+  }
+
+  /**
+   * Each source with a connection that is down right now, as the progress line and
+   * `/health/ready` say it: `source q: connecting, down 12 s: ECONNREFUSED 127.0.0.1:6379`. A
+   * source down makes the pipeline not ready at once: nothing comes in from it.
+   */
+  sourcesDown(): string[] {
+    const now = this.now();
+    return [...this.sourceDown].map(([source, d]) => `source ${source}: connecting, down ${formatSeconds(now - d.since)}: ${d.message}`);
   }
 
   /** Keeps the first failure's time (down since) and the latest message (why). */

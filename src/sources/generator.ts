@@ -95,7 +95,8 @@ class ChunkPacer {
 }
 
 class GeneratorSource implements Source {
-  readonly kind = "pull";
+  readonly acks = "ordered";
+  readonly whenFull = "wait";
   private readonly sensors: string[] = [];
 
   constructor(

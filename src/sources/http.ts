@@ -120,7 +120,10 @@ function bodyBudget(o: HttpSourceOptions, bufferBytes: number | undefined): Body
 
 /** The `http` source. */
 export class HttpSource implements Source {
-  readonly kind = "push";
+  /** Each request is answered on its own, as soon as its records are durable, in any order. */
+  readonly acks = "individual";
+  /** A producer is answered 429/503 with `Retry-After` instead of queueing (a request may choose to wait in line). */
+  readonly whenFull = "reject";
   private server: Server | undefined;
   private handle: SourceHandle | undefined;
   private stopping = false;

@@ -8,7 +8,7 @@
  * `connect`, more writes in flight than `maxInFlight`, overlapping or backwards acks) in a
  * `violations` list: tests assert it stays empty.
  */
-import type { DeadLetter, DeadLetterStore, EnqueueOutcome, Sink, Source, SourceHandle, WriteResult } from "../../src/components/contracts.js";
+import type { DeadLetter, DeadLetterStore, EnqueueOutcome, Sink, Source, SourceAcks, SourceHandle, SourceWhenFull, WriteResult } from "../../src/components/contracts.js";
 import type { Concurrency } from "../../src/core/adaptive-concurrency.js";
 import type { BackoffPolicy } from "../../src/core/backoff.js";
 import { MemoryBuffer, type BufferLimits, type WhenFull } from "../../src/core/buffer.js";
@@ -43,8 +43,23 @@ export type MemoryInput = JsonObject | MalformedInput;
 export interface MemorySourceOptions {
   /** The source's name in the pipeline; default `"src"`. */
   readonly name?: string;
-  /** `pull` (default) or `push` (sees `rejected` under `when_full: reject`). */
-  readonly kind?: "pull" | "push";
+  /** How it is acked: `ordered` (default, like a file) or `individual` (like HTTP or a broker). */
+  readonly acks?: SourceAcks;
+  /** What a full buffer does to `enqueue`: `wait` (default) or `reject` (sees `rejected` under `when_full: reject`). */
+  readonly whenFull?: SourceWhenFull;
+  /**
+   * Gives the source a `connect` that rejects this many times (retryable `ERR_SOURCE_CONNECT`,
+   * "ECONNREFUSED") before it resolves; absent: no `connect` at all.
+   */
+  readonly connectFailures?: number;
+  /** With `connect`: `run` rejects with a retryable `ERR_SOURCE_CONNECT` ("connection reset") once, after this many chunks, like a broker that drops. The next `run` starts again after the last acked checkpoint. */
+  readonly dropAfterChunks?: number;
+  /** With `connect`: a permanent error every `connect` rejects with, instead of succeeding. */
+  readonly connectError?: SluiceError;
+  /** Waits for room (`handle.waitForRoom`) before it builds each chunk, like a broker source reading COUNT = room; what it was granted is kept in `roomGranted`. */
+  readonly roomFirst?: boolean;
+  /** Gives the source an `inProgress` hook, ticked this often (ms); its calls are kept in `inProgressCalls`. */
+  readonly workingIntervalMs?: number;
   /** Payload field holding the ordering key (the source's `key_field`); none by default. */
   readonly keyField?: string;
   /**
@@ -79,10 +94,22 @@ export interface MemorySourceOptions {
  */
 export class MemorySource implements Source {
   readonly name: string;
-  readonly kind: "pull" | "push";
+  readonly acks: SourceAcks;
+  readonly whenFull: SourceWhenFull;
+  readonly connect: ((signal: AbortSignal) => Promise<void>) | undefined;
+  readonly inProgress: ((checkpoint: unknown) => void) | undefined;
+  readonly workingIntervalMs: number | undefined;
+  /** With `roomFirst`: each grant of `waitForRoom`, and the clock's time when the chunk was then built. */
+  readonly roomGranted: { may: number; at: number }[] = [];
+  /** Every `inProgress` call, with the clock's time. */
+  readonly inProgressCalls: { checkpoint: unknown; at: number }[] = [];
   readonly keyField: string | undefined;
   /** Every checkpoint passed to `ack`, in call order. */
-  readonly acks: unknown[] = [];
+  readonly ackCalls: unknown[] = [];
+  /** Calls of `connect`, and of `run`. */
+  connects = 0;
+  runs = 0;
+  private dropped = false;
   /** The outcome of every `enqueue`, in order, with the chunk's checkpoint. */
   readonly outcomes: { outcome: EnqueueOutcome; checkpoint: number; records: number }[] = [];
   /** Contract violations seen by the source (pull: overlapping or backwards acks; push: a chunk acked twice; both: ack after close). */
@@ -99,12 +126,24 @@ export class MemorySource implements Source {
     private readonly o: MemorySourceOptions = {},
   ) {
     this.name = o.name ?? "src";
-    this.kind = o.kind ?? "pull";
+    this.acks = o.acks ?? "ordered";
+    this.whenFull = o.whenFull ?? "wait";
     this.keyField = o.keyField;
     this.clock = o.clock;
+    this.workingIntervalMs = o.workingIntervalMs;
+    this.inProgress = o.workingIntervalMs === undefined ? undefined : (checkpoint) => this.inProgressCalls.push({ checkpoint, at: this.needClock().now() });
+    this.connect =
+      o.connectFailures === undefined && o.connectError === undefined
+        ? undefined
+        : async () => {
+            this.connects++;
+            if (o.connectError !== undefined) throw o.connectError;
+            if (this.connects <= (o.connectFailures ?? 0)) throw new SluiceError("ERR_SOURCE_CONNECT", "ECONNREFUSED 127.0.0.1:6379");
+          };
   }
 
   async run(handle: SourceHandle, signal: AbortSignal): Promise<void> {
+    this.runs++;
     try {
       await this.produce(handle, signal);
     } finally {
@@ -114,17 +153,17 @@ export class MemorySource implements Source {
 
   async ack(checkpoint: unknown): Promise<void> {
     if (this.closed) this.violations.push(`ack(${String(checkpoint)}) after close`);
-    const last = this.acks.at(-1);
-    if (this.kind === "push") {
+    const last = this.ackCalls.at(-1);
+    if (this.acks === "individual") {
       // Push sources are acked once per chunk, in any order, possibly while another ack runs.
-      if (this.acks.includes(checkpoint)) this.violations.push(`ack(${String(checkpoint)}) twice`);
+      if (this.ackCalls.includes(checkpoint)) this.violations.push(`ack(${String(checkpoint)}) twice`);
     } else {
       if (this.acking) this.violations.push(`ack(${String(checkpoint)}) while another ack runs`);
       if (typeof last === "number" && typeof checkpoint === "number" && checkpoint <= last) {
         this.violations.push(`ack(${checkpoint}) after ack(${last})`);
       }
     }
-    this.acks.push(checkpoint);
+    this.ackCalls.push(checkpoint);
     this.acking = true;
     try {
       await this.ackHook?.(checkpoint);
@@ -140,7 +179,13 @@ export class MemorySource implements Source {
   private async produce(handle: SourceHandle, signal: AbortSignal): Promise<void> {
     const size = Math.max(1, handle.chunkSize);
     let chunks = 0;
-    for (let start = 0; start < this.inputs.length; start += size) {
+    // Like a broker after a reconnect: what was not acked is delivered again.
+    const from = this.runs > 1 && this.acks === "ordered" ? ((this.ackCalls.at(-1) as number | undefined) ?? 0) : 0;
+    for (let start = from; start < this.inputs.length; start += size) {
+      if (this.o.dropAfterChunks !== undefined && !this.dropped && chunks >= this.o.dropAfterChunks) {
+        this.dropped = true;
+        throw new SluiceError("ERR_SOURCE_CONNECT", "connection reset by peer");
+      }
       if (this.o.failAfterChunks !== undefined && chunks >= this.o.failAfterChunks) throw this.o.failWith ?? new Error("source broke");
       if ((this.o.gapMs ?? 0) > 0) {
         try {
@@ -150,7 +195,13 @@ export class MemorySource implements Source {
         }
       }
       if (signal.aborted) return;
+      if (this.o.roomFirst === true) {
+        const may = await handle.waitForRoom(size, signal);
+        if (may === 0) return;
+        this.roomGranted.push({ may, at: this.needClock().now() });
+      }
       const end = Math.min(this.inputs.length, start + size);
+      if (this.runs > 1 && this.acks === "individual" && this.ackCalls.includes(end)) continue;
       const records: Entry[] = [];
       for (let i = start; i < end; i++) {
         const input = this.inputs[i]!;

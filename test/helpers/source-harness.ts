@@ -85,6 +85,11 @@ export class SourceHarness implements SourceHandle {
     return this.outcome;
   }
 
+  /** Room is always there, for as many as asked, until the harness answers `stopping`. */
+  waitForRoom(n: number): Promise<number> {
+    return Promise.resolve(this.outcome === "stopping" ? 0 : n);
+  }
+
   /** Room is always there: the harness never makes a source wait in line. */
   expectedWait(): number {
     return 0;

@@ -94,7 +94,8 @@ describe("the data_dir lock", () => {
   it("refuses a second pipeline on the same data_dir in one process until the first run ends, also a failed one", async () => {
     let failNow: (() => void) | undefined;
     const failing: Source = {
-      kind: "pull",
+      acks: "ordered",
+      whenFull: "wait",
       run: () => new Promise<void>((_resolve, reject) => (failNow = () => reject(new Error("source broke")))),
       ack: () => {},
       close: async () => {},

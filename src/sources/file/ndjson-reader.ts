@@ -320,7 +320,7 @@ export class NdjsonReader {
     const records = this.pending;
     this.pending = [];
     const outcome = await this.sink(records, this.offset, this.line);
-    // A pull source is never `rejected`; `dropped` records are counted by the engine and acked.
+    // A `whenFull: "wait"` source is never `rejected`; `dropped` records are counted by the engine and acked.
     return outcome !== "stopping";
   }
 }

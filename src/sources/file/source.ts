@@ -97,7 +97,10 @@ function prefixOf(generation: FileGeneration): string {
 }
 
 class FileSource implements Source {
-  readonly kind = "pull";
+  /** One contiguous checkpoint: the byte offset every record before which is done. */
+  readonly acks = "ordered";
+  /** A file can simply stop being read while the buffer is full. */
+  readonly whenFull = "wait";
   private readonly path: string | undefined;
   private readonly store: CheckpointStore | undefined;
   /** Set while reading a stream (stdin, a named pipe): nothing to checkpoint. */

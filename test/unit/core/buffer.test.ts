@@ -191,7 +191,7 @@ describe("MemoryBuffer", () => {
   });
 });
 
-describe("MemoryBuffer: split parts (grow, shrink, hasRoom, whenFreed)", () => {
+describe("MemoryBuffer: split parts (grow, shrink, hasRoom, whenPartRoom)", () => {
   it("counts grown parts against the bound until shrunk: pushes wait, hasRoom says whether one more fits", async () => {
     const buffer = new MemoryBuffer({ maxRecords: 10, maxBytes: 1_000_000 });
     const a = chunk(4);
@@ -209,7 +209,7 @@ describe("MemoryBuffer: split parts (grow, shrink, hasRoom, whenFreed)", () => {
 
     buffer.grow(5, 50);
     let freed = false;
-    void buffer.whenFreed().then(() => (freed = true));
+    void buffer.whenPartRoom().then(() => (freed = true));
     buffer.shrink(5, 50);
     await flush();
     expect(freed).toBe(true);
@@ -220,7 +220,7 @@ describe("MemoryBuffer: split parts (grow, shrink, hasRoom, whenFreed)", () => {
     expect(buffer.usage()).toEqual({ records: 6, bytes: 60 });
   });
 
-  it("checks bytes as well as records, and wakes whenFreed on a release too", async () => {
+  it("checks bytes as well as records, and wakes whenPartRoom on a release too", async () => {
     const buffer = new MemoryBuffer({ maxRecords: 100, maxBytes: 100 });
     const a = chunk(3);
     await buffer.push(a, false);
@@ -228,7 +228,7 @@ describe("MemoryBuffer: split parts (grow, shrink, hasRoom, whenFreed)", () => {
     expect(buffer.hasRoom(1, 70)).toBe(true);
     expect(buffer.hasRoom(1, 71)).toBe(false);
     let freed = false;
-    void buffer.whenFreed().then(() => (freed = true));
+    void buffer.whenPartRoom().then(() => (freed = true));
     buffer.release(a.ticket);
     await flush();
     expect(freed).toBe(true);

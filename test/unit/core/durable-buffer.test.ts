@@ -1043,7 +1043,7 @@ describe("DurableBuffer", () => {
     );
   });
 
-  it("counts split parts as in flight in memory: pull waits while they fill it, hasRoom against memory, whenFreed at the shrink", async () => {
+  it("counts split parts as in flight in memory: pull waits while they fill it, hasRoom against memory, whenPartRoom at the shrink", async () => {
     const dir = tmpDir();
     const { buffer } = await open(dir, { memory: { maxRecords: 10, maxBytes: 1 << 20 } });
     expect(await buffer.push(chunkOf(["a", "b"]), false)).toBe("accepted");
@@ -1053,7 +1053,7 @@ describe("DurableBuffer", () => {
     buffer.grow(20, 200);
     expect(buffer.hasRoom(1, 10)).toBe(false);
     let roomed = false;
-    const room = buffer.whenFreed().then(() => (roomed = true));
+    const room = buffer.whenPartRoom().then(() => (roomed = true));
     let next: Chunk | undefined;
     const pulling = buffer.pull().then((c) => (next = c));
     // c, d are kept in memory: without the wait, pull would hand them out within this flush.

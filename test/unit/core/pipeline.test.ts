@@ -56,7 +56,7 @@ describe("Pipeline, end to end in memory", () => {
     expect([...tp.sink.committed.keys()].sort()).toEqual(ids(25).sort());
     expect(tp.sink.commitLog).toHaveLength(25);
     expect(tp.sink.writes.every((w) => w.ids.length <= 3)).toBe(true);
-    expect(tp.source.acks.at(-1)).toBe(25);
+    expect(tp.source.ackCalls.at(-1)).toBe(25);
     const s = tp.metrics.snapshot();
     expect(s.delivered).toBe(25);
     expect(s.sinks).toEqual({ sink: { delivered: 25, new: 25, already_present: 0, dead_lettered: 0 } });
@@ -74,7 +74,7 @@ describe("Pipeline, end to end in memory", () => {
   it("completes with no input at all", async () => {
     const tp = makePipeline({ inputs: [] });
     expect(await tp.run()).toEqual({ tag: "completed" });
-    expect(tp.source.acks).toEqual([]);
+    expect(tp.source.ackCalls).toEqual([]);
     expectBalanced(tp, 0);
   });
 
@@ -88,14 +88,14 @@ describe("Pipeline, end to end in memory", () => {
       // `a` has everything, `b` nothing yet: no record is delivered, no checkpoint moves.
       expect(b.committed.size).toBe(0);
       expect(tp.metrics.snapshot().delivered).toBe(0);
-      expect(tp.source.acks).toEqual([]);
+      expect(tp.source.ackCalls).toEqual([]);
 
       expect(await tp.run(running)).toEqual({ tag: "completed" });
       expect(b.committed.size).toBe(6);
       const s = tp.metrics.snapshot();
       expect(s.delivered).toBe(6);
       expect(s.sinks).toEqual({ a: { delivered: 6, new: 6, already_present: 0, dead_lettered: 0 }, b: { delivered: 6, new: 6, already_present: 0, dead_lettered: 0 } });
-      expect(tp.source.acks.at(-1)).toBe(6);
+      expect(tp.source.ackCalls.at(-1)).toBe(6);
       expectBalanced(tp, 6);
     });
 
@@ -114,7 +114,7 @@ describe("Pipeline, end to end in memory", () => {
       expect(s.sinks).toEqual({ a: { delivered: 8, new: 8, already_present: 0, dead_lettered: 0 }, b: { delivered: 7, new: 7, already_present: 0, dead_lettered: 1 } });
       expect(tp.deadLetters.entries).toHaveLength(1);
       expect(tp.deadLetters.entries[0]).toMatchObject({ sink: "b", code: "ERR_SINK_REJECTED", attempts: 1, record: { id: "r-3" } });
-      expect(tp.source.acks.at(-1)).toBe(8);
+      expect(tp.source.ackCalls.at(-1)).toBe(8);
       expectBalanced(tp, 8);
     });
 
@@ -166,7 +166,7 @@ describe("Pipeline, end to end in memory", () => {
     const s = tp.metrics.snapshot();
     expect([s.delivered, s.dead_lettered]).toEqual([3, 3]);
     // The chunk made only of malformed input is acked too.
-    expect(tp.source.acks.at(-1)).toBe(6);
+    expect(tp.source.ackCalls.at(-1)).toBe(6);
     expectBalanced(tp, 6);
   });
 
@@ -182,7 +182,7 @@ describe("Pipeline, end to end in memory", () => {
       expect([s.delivered, s.dropped]).toEqual([5, 3]);
       const prom = await tp.metrics.registry.getSingleMetricAsString("sluice_records_dropped_total");
       expect(prom).toContain('sluice_records_dropped_total{reason="filtered"} 3');
-      expect(tp.source.acks.at(-1)).toBe(8);
+      expect(tp.source.ackCalls.at(-1)).toBe(8);
       expectBalanced(tp, 8);
     });
 
@@ -190,7 +190,7 @@ describe("Pipeline, end to end in memory", () => {
       const filter = step("transform:module", (p) => ((p.v as number) >= 4 ? null : p));
       const tp = makePipeline({ inputs: payloads(6), chunkSize: 2, transforms: [filter] });
       await tp.run();
-      expect(tp.source.acks.at(-1)).toBe(6);
+      expect(tp.source.ackCalls.at(-1)).toBe(6);
       expectBalanced(tp, 6);
     });
 
@@ -205,7 +205,7 @@ describe("Pipeline, end to end in memory", () => {
       expect(tp.sink.committed.get("r-1#1")!.payload).toEqual({ id: "r-1", v: 1, part: 1 });
       const s = tp.metrics.snapshot();
       expect([s.received, s.delivered]).toEqual([6, 6]);
-      expect(tp.source.acks.at(-1)).toBe(3);
+      expect(tp.source.ackCalls.at(-1)).toBe(3);
       expectBalanced(tp, 6);
     });
 
@@ -238,7 +238,7 @@ describe("Pipeline, end to end in memory", () => {
       ]);
       const s = tp.metrics.snapshot();
       expect([s.delivered, s.dead_lettered]).toEqual([2, 4]);
-      expect(tp.source.acks.at(-1)).toBe(6);
+      expect(tp.source.ackCalls.at(-1)).toBe(6);
       expectBalanced(tp, 6);
     });
 
@@ -280,12 +280,12 @@ describe("Pipeline, end to end in memory", () => {
       expect(sink.committed.size).toBe(s.delivered);
       const prom = await tp.metrics.registry.getSingleMetricAsString("sluice_records_dropped_total");
       expect(prom).toContain(`sluice_records_dropped_total{reason="buffer_full"} ${s.dropped}`);
-      expect(tp.source.acks.at(-1)).toBe(20);
+      expect(tp.source.ackCalls.at(-1)).toBe(20);
       expectBalanced(tp, 20);
     });
 
     it("reject answers a push source `rejected` at once; rejected records are not received", async () => {
-      const source = new MemorySource(payloads(20), { kind: "push" });
+      const source = new MemorySource(payloads(20), { acks: "individual", whenFull: "reject" });
       const sink = new MemorySink({ schedule: () => ({ delayMs: 1000, then: "ok" }) });
       const tp = makePipeline({ sources: [source], sinks: [sink], whenFull: "reject", limits: { maxRecords: 4 }, chunkSize: 2 });
       await tp.run();
@@ -331,7 +331,7 @@ describe("Pipeline, end to end in memory", () => {
       const taken = source.outcomes.filter((o) => o.outcome === "accepted");
       expect(taken.length).toBe(10);
       expect(sink.committed.size).toBe(50);
-      expect(source.acks.at(-1)).toBe(50);
+      expect(source.ackCalls.at(-1)).toBe(50);
       // The partial batch left at stop time was written then, not after max_wait (60 s).
       expect(tp.clock.now() - t0).toBeLessThan(1000);
       expectBalanced(tp, 50);
@@ -350,7 +350,7 @@ describe("Pipeline, end to end in memory", () => {
         ["r-0", "r-1", "r-2"],
         ["r-3", "r-4", "r-5"],
       ]);
-      expect(source.acks).toEqual([3]);
+      expect(source.ackCalls).toEqual([3]);
       expect(tp.metrics.snapshot().in_flight).toBe(3);
       expect(sink.closed && source.closed).toBe(true);
     });
@@ -363,7 +363,7 @@ describe("Pipeline, end to end in memory", () => {
       tp.clock.setTimer(100, () => tp.pipeline.stop());
       expect(await tp.run()).toEqual({ tag: "timed_out", unacked: 6 });
       expect(tp.clock.now()).toBe(t0 + 100 + 1000);
-      expect(source.acks).toEqual([]);
+      expect(source.ackCalls).toEqual([]);
     });
 
     it("a source that ignores the stop does not hold the run past shutdown_timeout; its undelivered records stay un-acked", async () => {
@@ -382,7 +382,7 @@ describe("Pipeline, end to end in memory", () => {
       tp.clock.setTimer(50, () => tp.pipeline.stop());
       expect(await tp.run()).toEqual({ tag: "timed_out", unacked: 3 });
       expect(tp.clock.now()).toBe(t0 + 50 + 2000);
-      expect(source.acks).toEqual([3]);
+      expect(source.ackCalls).toEqual([3]);
       expect(source.closed).toBe(true);
     });
 
@@ -397,7 +397,7 @@ describe("Pipeline, end to end in memory", () => {
       expect(status).toMatchObject({ tag: "failed", unacked: 0, error: { code } });
       if (status.tag === "failed" && !(thrown instanceof SluiceError)) expect(status.error.cause).toBe(thrown);
       expect([...tp.sink.committed.keys()]).toEqual(ids(4));
-      expect(source.acks.at(-1)).toBe(4);
+      expect(source.ackCalls.at(-1)).toBe(4);
       expectBalanced(tp, 4);
     });
   });
@@ -411,7 +411,7 @@ describe("Pipeline, end to end in memory", () => {
     expect(status).toMatchObject({ tag: "failed", error: { code: "ERR_SINK_CONNECT", message: "table has the wrong shape" } });
     expect(sink.connectCalls).toHaveLength(1);
     expect(tp.clock.now() - t0).toBeLessThan(1000);
-    expect(source.acks).toEqual([]);
+    expect(source.ackCalls).toEqual([]);
   });
 
   describe("a sink that cannot connect", () => {
@@ -424,7 +424,7 @@ describe("Pipeline, end to end in memory", () => {
       expect(tp.clock.now() - t0).toBe(30_000);
       expect(status).toMatchObject({ tag: "failed", unacked: 6, error: { code: "ERR_SINK_CONNECT" } });
       if (status.tag === "failed") expect(status.error.message).toBe(`sink sink could not connect within 30 s: connect refused (${tp.sink.connectCalls.length})`);
-      expect(tp.source.acks).toEqual([]);
+      expect(tp.source.ackCalls).toEqual([]);
       expect(tp.sink.writes).toEqual([]);
       expect(tp.metrics.sinksDown(30_000)).toEqual([`sink sink: connecting, down 30 s: connect refused (${tp.sink.connectCalls.length})`]);
     });
@@ -455,7 +455,7 @@ describe("Pipeline, end to end in memory", () => {
       expect(tp.clock.now() - stoppedAt).toBeLessThan(1000);
       expect(status).toMatchObject({ tag: "failed", unacked: 6, error: { code: "ERR_SINK_CONNECT" } });
       if (status.tag === "failed") expect(status.error.message).toMatch(/^stopped before sink sink connected \(down 5(\.\d)? s: connect refused \(\d+\)\)$/);
-      expect(source.acks).toEqual([]);
+      expect(source.ackCalls).toEqual([]);
       expect(tp.sink.closed && tp.source.closed).toBe(true);
     });
 
@@ -491,10 +491,10 @@ describe("Pipeline, end to end in memory", () => {
     await tp.drive(() => sink.committed.has("r-3"));
     // Chunk 1 is committed, chunk 0 is not: its checkpoint must not move.
     expect(sink.committed.has("r-0")).toBe(false);
-    expect(tp.source.acks).toEqual([]);
+    expect(tp.source.ackCalls).toEqual([]);
 
     await tp.run(running);
-    expect(tp.source.acks.at(-1)).toBe(12);
+    expect(tp.source.ackCalls.at(-1)).toBe(12);
     // Strictly increasing, never overlapping (the source checks both and records violations).
     expect(tp.source.violations).toEqual([]);
     expectBalanced(tp, 12);
@@ -512,7 +512,7 @@ describe("Pipeline, end to end in memory", () => {
     expect(dlq.writeCalls).toBe(3);
     expect(dlq.entries).toHaveLength(1);
     expect(dlq.entries[0]).toMatchObject({ sink: "sink", code: "ERR_SINK_REJECTED", record: { id: "r-4" } });
-    expect(source.acks.at(-1)).toBe(9);
+    expect(source.ackCalls.at(-1)).toBe(9);
     // r-4 is in the chunk ending at 6: acking 6 or later before its dead letter is durable would lose it.
     for (const [cp, durable] of durableAtAck) if ((cp as number) >= 6) expect(durable).toEqual(["r-4"]);
     const s = tp.metrics.snapshot();
@@ -532,7 +532,7 @@ describe("Pipeline, end to end in memory", () => {
     // 31 inputs, one split into two: 32 received; r-7 dropped; r-11 and the malformed line dead-lettered.
     expect([s.received, s.delivered, s.dead_lettered, s.dropped]).toEqual([32, 29, 2, 1]);
     expect(s.retried).toBeGreaterThan(0);
-    expect(tp.source.acks.at(-1)).toBe(31);
+    expect(tp.source.ackCalls.at(-1)).toBe(31);
     expectBalanced(tp, 32);
   });
 
@@ -587,7 +587,7 @@ describe("Pipeline, end to end in memory", () => {
     it("ends completed when a later ack saved it", async () => {
       const source = new UnsavedSource(payloads(30));
       source.ackHook = () => {
-        if (source.acks.length >= 2) source.failing = false;
+        if (source.ackCalls.length >= 2) source.failing = false;
       };
       const tp = makePipeline({ sources: [source] });
       expect(await tp.run()).toEqual({ tag: "completed" });
@@ -602,7 +602,7 @@ describe("Pipeline, end to end in memory", () => {
     const status = await tp.run();
     expect(status).toMatchObject({ tag: "failed", unacked: 10, error: { code: "ERR_DEAD_LETTER_WRITE", message: expect.stringContaining("dead letters could not be written for") } });
     // The chunk holding the malformed line is never acked: the next run reads it again.
-    expect(tp.source.acks).toEqual([10]);
+    expect(tp.source.ackCalls).toEqual([10]);
     // Ended at once, not after shutdown_timeout.
     expect(tp.clock.now() - started).toBeLessThan(10_000);
     expect(tp.events).toContainEqual({ type: "dead_letter_write_failed", code: "ERR_DEAD_LETTER_WRITE", message: "dead-letter store unavailable" });

@@ -209,7 +209,7 @@ describe("engine properties", () => {
         }
 
         expect(tp.source.violations).toEqual([]);
-        expect(tp.source.acks.at(-1)).toBe(ids.length === 0 ? undefined : ids.length);
+        expect(tp.source.ackCalls.at(-1)).toBe(ids.length === 0 ? undefined : ids.length);
         expect(tp.pipeline.bufferUsage()).toEqual({ records: 0, bytes: 0 });
       }),
       { numRuns: NUM_RUNS },

@@ -42,7 +42,7 @@ describe("a transform that never settles", () => {
     expect(tp.clock.now() - started).toBeGreaterThanOrEqual(30_000);
     expect([...tp.sink.committed.keys()].sort()).toEqual(["r-0", "r-1", "r-3", "r-4"]);
     expect(tp.deadLetters.entries.map((e) => [e.record.id, e.sink, e.code])).toEqual([["r-2", "transform:module", "ERR_TRANSFORM_TIMEOUT"]]);
-    expect(tp.source.acks.at(-1)).toBe(5);
+    expect(tp.source.ackCalls.at(-1)).toBe(5);
     expectBalanced(tp, 5);
   });
 
@@ -73,7 +73,7 @@ describe("a transform that never settles", () => {
     tp.pipeline.stop();
     expect(await tp.run(running)).toEqual({ tag: "timed_out", unacked: 3 });
     expect(tp.clock.now() - stoppedAt).toBe(2000);
-    expect(tp.source.acks).toEqual([]);
+    expect(tp.source.ackCalls).toEqual([]);
     expect(tp.deadLetters.entries).toEqual([]);
   });
 });
@@ -166,7 +166,7 @@ describe("a hard abort while a transform's promise waits", () => {
     expect(await tp.run(running)).toEqual({ tag: "timed_out", unacked: 5 });
     expect(calls).toBe(1);
     expect(tp.sink.writes).toEqual([]);
-    expect(tp.source.acks).toEqual([]);
+    expect(tp.source.ackCalls).toEqual([]);
   });
 });
 
@@ -270,7 +270,7 @@ describe("a transform that splits records", () => {
     tp.pipeline.stop();
     expect(await tp.run(running)).toEqual({ tag: "timed_out", unacked: 10 });
     expect(produced).toBe(8);
-    expect(tp.source.acks).toEqual([]);
+    expect(tp.source.ackCalls).toEqual([]);
   });
 
   it("runs 20 records split 100,000 ways each to the end within max_records", async () => {

@@ -32,6 +32,18 @@ describe("readiness", () => {
     expect(serviceProbe(() => undefined, metrics, UNREADY_AFTER).readiness().ready).toBe(false);
   });
 
+  it("turns unready at once while a source with a connection is down, names it, and ready again once it connects", () => {
+    const { metrics, probe, at } = setup();
+    const since = at.now;
+    metrics.handle({ type: "source_connect_failed", source: "q", attempt: 1, downSince: since, code: "ERR_SOURCE_CONNECT", message: "ECONNREFUSED 127.0.0.1:6379", retryable: true });
+    at.now += 12_000;
+    expect(probe.readiness()).toEqual({ ready: false, problems: ["source q: connecting, down 12 s: ECONNREFUSED 127.0.0.1:6379"] });
+    metrics.handle({ type: "source_connected", source: "q", attempt: 2 });
+    expect(probe.readiness()).toEqual({ ready: true, problems: [] });
+    metrics.handle({ type: "source_connect_failed", source: "q", attempt: 0, downSince: at.now, code: "ERR_SOURCE_CONNECT", message: "connection reset by peer", retryable: true });
+    expect(probe.readiness()).toEqual({ ready: false, problems: ["source q: connecting, down 0 s: connection reset by peer"] });
+  });
+
   it("turns unready once a sink has retried for unready_after without a success, and ready again on a delivery", () => {
     const { metrics, probe, at } = setup();
     metrics.handle(retried("db"));
