@@ -15,6 +15,7 @@ import { join } from "node:path";
 import Database from "better-sqlite3";
 import type { ServiceProbe, Sink, WriteResult } from "../../src/components/contracts.js";
 import { MemoryBuffer } from "../../src/core/buffer.js";
+import type { Clock } from "../../src/core/clock.js";
 import { DurableBuffer } from "../../src/core/durable-buffer.js";
 import { silentLogger } from "../../src/core/events.js";
 import { Pipeline, type PipelineStatus } from "../../src/core/pipeline.js";
@@ -176,6 +177,8 @@ export interface HttpPipelineOptions {
   readonly shutdownTimeoutMs?: number;
   /** Run in this directory (sink, buffer, dead letters), left in place on close, instead of a new temp dir: a second pipeline on it is a restart on the same sink. */
   readonly dir?: string;
+  /** The http source's clock (its deadlines and timeouts); the system clock by default. */
+  readonly clock?: Clock;
 }
 
 /** A running pipeline with an http source, and what a test needs to drive and inspect it. */
@@ -210,7 +213,7 @@ export async function startHttpPipeline(o: HttpPipelineOptions = {}): Promise<Ht
   };
   const limits = { maxRecords: o.buffer?.maxRecords ?? 10_000, maxBytes: o.buffer?.maxBytes ?? 64 * 1024 * 1024 };
   const ctx = (name: string) => ({ ...testContext({ name, dataDir: dir.path, baseDir: dir.path, service, bufferBytes: limits.maxBytes }), emit: metrics.handle });
-  const source = http.create(http.options.parse({ listen: `127.0.0.1:${port}`, ...o.source }), ctx(sourceName));
+  const source = http.create(http.options.parse({ listen: `127.0.0.1:${port}`, ...o.source }), { ...ctx(sourceName), ...(o.clock ? { clock: o.clock } : {}) });
   const inner = sqlite.create(sqlite.options.parse({ path: dbPath }), ctx("db"));
   const throttled = o.msPerRecord === undefined ? inner : new ThrottledSink(inner, o.msPerRecord);
   const gate = o.gated ? new GatedSink(throttled) : undefined;

@@ -7,6 +7,7 @@ import { createHmac, randomUUID } from "node:crypto";
 import { connect } from "node:net";
 import { gzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { FakeClock } from "../helpers/fake-clock.js";
 import { keyedId, rawRequest, send, startHttpPipeline, waitUntil, type Answer, type HttpPipeline } from "../helpers/http-pipeline.js";
 
 const TOKEN_A = "token-a-0123456789abcdef";
@@ -588,6 +589,25 @@ describe("http source: a full buffer and a stopping pipeline", () => {
       expect(answer.body).toEqual({ accepted: 250 });
       expect(q.rows().size).toBe(250);
       expect(q.gate!.committed).toHaveLength(250);
+    } finally {
+      await q.close();
+    }
+  });
+
+  it("ack_timeout runs on the source's clock: without a durable buffer, records not committed by then are answered 503", async () => {
+    const clock = new FakeClock(Date.now());
+    const q = await startHttpPipeline({ gated: true, clock, source: { ack_timeout: "30s" } });
+    try {
+      const answer = send(`${q.base}/v1/events`, { method: "POST", headers: { "content-type": "application/json", "idempotency-key": "clock" }, body: JSON.stringify({ n: 1 }) });
+      await q.gate!.stalled;
+      await waitUntil("the request to wait for its ack", () => clock.pendingTimers > 0);
+      let answered = false;
+      void answer.then(() => (answered = true));
+      clock.advance(29_999);
+      await new Promise((r) => setTimeout(r, 100));
+      expect(answered).toBe(false);
+      clock.advance(1);
+      expectError(await answer, 503, /^records not committed within 30000 ms/);
     } finally {
       await q.close();
     }
