@@ -282,7 +282,7 @@ export class HttpSource implements Source {
 
     const hold = new BodyHold(this.budget, signed !== undefined);
     try {
-      const received = await this.receive(req, res, { format, encoding }, declared, hold, signed, idempotencyKey !== undefined || signed !== undefined);
+      const received = await this.receive(req, res, { format, encoding }, hold, signed, idempotencyKey !== undefined || signed !== undefined);
       // From the claims to the enqueue, no await comes before a claim is made: a concurrent
       // request of the same key or signature finds it and waits for this one's answer.
       const signature = signed ? this.signatures.claim(signed.signature, received.sum, signed.expiresAt) : undefined;
@@ -334,7 +334,7 @@ export class HttpSource implements Source {
    * Reads the body within `max_body` and the body budget (503 once a part does not fit), checks
    * its signature, decodes and parses it.
    */
-  private async receive(req: IncomingMessage, res: ServerResponse, form: { format: BodyFormat; encoding: BodyEncoding }, declared: number | undefined, hold: BodyHold, signed: SignatureCheck | undefined, named: boolean): Promise<Received> {
+  private async receive(req: IncomingMessage, res: ServerResponse, form: { format: BodyFormat; encoding: BodyEncoding }, hold: BodyHold, signed: SignatureCheck | undefined, named: boolean): Promise<Received> {
     const take = (bytes: number) => {
       if (!hold.take(bytes)) throw new HttpError(503, "too many request bodies are being received; retry after the Retry-After delay");
     };
@@ -394,13 +394,13 @@ export class HttpSource implements Source {
     const clock = this.ctx.clock;
     const deadline = clock.now() + this.o.ack_timeout;
     const giveUp = new AbortController();
-    let timer: (() => void) | undefined;
+    let cancelTimer: (() => void) | undefined;
     const gone = () => giveUp.abort();
     // Armed only for a request that waits in line (most go in at once): it leaves the line at its
     // deadline, or when its client is gone (the connection closed before the answer).
     const wait = (): EnqueueOptions => {
-      if (timer === undefined) {
-        timer = clock.setTimer(Math.max(0, deadline - clock.now()), gone);
+      if (cancelTimer === undefined) {
+        cancelTimer = clock.setTimer(Math.max(0, deadline - clock.now()), gone);
         res.once("close", gone);
         if (res.socket === null || res.socket.destroyed) giveUp.abort();
       }
@@ -443,8 +443,8 @@ export class HttpSource implements Source {
       if (chunks.some((p) => p.abandoned)) throw new HttpError(503, "sluice stopped before the records were committed; retry with the same Idempotency-Key");
       return { status: 202, body: dropped > 0 ? { accepted: records.length - dropped, dropped } : { accepted: records.length } };
     } finally {
-      if (timer !== undefined) {
-        timer();
+      if (cancelTimer !== undefined) {
+        cancelTimer();
         res.off("close", gone);
       }
       for (const p of chunks) this.pending.delete(p);
