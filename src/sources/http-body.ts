@@ -50,24 +50,35 @@ export interface ReadOptions {
   readonly take?: (bytes: number) => void;
   /** Sees each chunk as it arrives (the signature check), before it is kept. */
   readonly onChunk?: (chunk: Buffer) => void;
+  /** Longest wait for the next chunk, ms, on `setTimer`; past it, 408. */
+  readonly idle?: { readonly ms: number; readonly setTimer: (ms: number, fn: () => void) => () => void };
 }
 
 /**
- * Reads the whole body, refusing with 413 as soon as it passes `limit` bytes, or with what `take`
- * throws. A refused body is left unread: the caller answers and discards the
- * rest (`endEarly`), so the client gets to read the answer.
+ * Reads the whole body, refusing with 413 as soon as it passes `limit` bytes, with what `take`
+ * throws, or with 408 when no chunk comes within `idle`. A refused body is left unread: the
+ * caller answers and discards the rest (`endEarly`), so the client gets to read the answer.
  */
 export function readBody(req: IncomingMessage, o: ReadOptions): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const parts: Buffer[] = [];
     let size = 0;
+    let cancel = () => {};
+    // A stalled body holds its bytes of the budget: without this it would hold them until
+    // request_timeout, and a few stalled clients would keep every other body out.
+    const arm = () => {
+      cancel();
+      if (o.idle) cancel = o.idle.setTimer(o.idle.ms, () => stop(new HttpError(408, `no part of the body came within ${o.idle!.ms} ms`)));
+    };
     const stop = (err: HttpError) => {
+      cancel();
       req.off("data", onData);
       req.off("end", onEnd);
       req.pause();
       reject(err);
     };
     const onData = (part: Buffer) => {
+      arm();
       size += part.length;
       if (size > o.limit) return stop(new HttpError(413, `body larger than the limit of ${o.limit} bytes`));
       try {
@@ -78,10 +89,17 @@ export function readBody(req: IncomingMessage, o: ReadOptions): Promise<Buffer> 
       o.onChunk?.(part);
       parts.push(part);
     };
-    const onEnd = () => resolve(parts.length === 1 ? parts[0]! : Buffer.concat(parts, size));
+    const onEnd = () => {
+      cancel();
+      resolve(parts.length === 1 ? parts[0]! : Buffer.concat(parts, size));
+    };
+    arm();
     req.on("data", onData);
     req.on("end", onEnd);
-    req.on("error", (err) => reject(new HttpError(400, `request aborted while reading the body: ${err.message}`)));
+    req.on("error", (err) => {
+      cancel();
+      reject(new HttpError(400, `request aborted while reading the body: ${err.message}`));
+    });
   });
 }
 
@@ -109,9 +127,11 @@ export async function decode(body: Buffer, encoding: BodyEncoding, limit: number
   }
 }
 
-const utf8 = new TextDecoder("utf-8", { fatal: true });
+// Drops a leading byte order mark (ignoreBOM is false), as the file source does: producers on
+// Windows write one, and it is no part of the first record.
+const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: false });
 
-/** The body as text; 400 when it is not UTF-8. */
+/** The body as text, without a leading byte order mark; 400 when it is not UTF-8. */
 export function text(body: Buffer): string {
   try {
     return utf8.decode(body);

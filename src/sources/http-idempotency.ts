@@ -1,6 +1,6 @@
 /**
  * What the http source remembers of requests it took, to answer their repeats: Idempotency-Keys
- * bound to a checksum of their body, and signatures of signed requests with their answer. A
+ * bound to a digest of their body, and signatures of signed requests with their answer. A
  * request is claimed synchronously, before any await, so two concurrent requests of one key
  * cannot both pass as the first.
  */
@@ -23,7 +23,7 @@ export type Claim =
   | { readonly tag: "conflict" };
 
 interface Slot {
-  readonly sum: number;
+  readonly sum: string;
   /** Records were taken under this name, so it stays bound to `sum`. */
   bound: boolean;
   inflight: Promise<Reply> | undefined;
@@ -32,7 +32,7 @@ interface Slot {
 }
 
 /**
- * Requests by name (an Idempotency-Key, a signature), each bound to the checksum of its body.
+ * Requests by name (an Idempotency-Key, a signature), each bound to the digest of its body.
  * A repeat of a request answered 2xx gets that answer again, and nothing is enqueued twice. A
  * request whose records were not taken at all (refused whole: 429, 503 before its first chunk)
  * leaves its name unbound, so the client may retry it with other records; one refused after
@@ -48,8 +48,8 @@ export class RequestMemory {
     private readonly now: () => number,
   ) {}
 
-  /** Claims `name` for a body with checksum `sum`, remembered until `expiresAt` (ms since the epoch). */
-  claim(name: string, sum: number, expiresAt = Infinity): Claim {
+  /** Claims `name` for a body with digest `sum`, remembered until `expiresAt` (ms since the epoch). */
+  claim(name: string, sum: string, expiresAt = Infinity): Claim {
     let slot = this.slots.get(name);
     if (slot !== undefined && slot.expiresAt <= this.now()) {
       this.slots.delete(name);
@@ -78,13 +78,18 @@ export class RequestMemory {
     return { tag: "first", settle };
   }
 
-  /** Forgets expired names, then the oldest past `max`: names come in about the order they expire. */
+  /**
+   * Forgets expired names, then the oldest past `max`: names come in about the order they expire.
+   * A slot whose request is in flight is never forgotten: its waiters hold its promise, and a
+   * request of the same name with another body coming then would find no slot, pass as the first,
+   * and run alongside it. In-flight slots are bounded by the open connections
+   * (`max_connections`), so the map holds at most `max` plus that many.
+   */
   private evict(): void {
     const now = this.now();
     for (const [name, slot] of this.slots) {
       if (this.slots.size <= this.max && slot.expiresAt > now) break;
       if (slot.inflight === undefined) this.slots.delete(name);
-      else if (this.slots.size > this.max) this.slots.delete(name);
     }
   }
 }

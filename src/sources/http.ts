@@ -8,9 +8,8 @@
  * ingest auth). Bodies are held within one budget of bytes and connections within
  * `max_connections`; answers given before a body is read are followed by draining it.
  */
-import { randomUUID } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import { crc32 } from "node:zlib";
 import { z } from "zod";
 import { SluiceError } from "../core/errors.js";
 import type { Entry } from "../core/record.js";
@@ -30,6 +29,7 @@ const options = z
     max_records: z.number().int().positive().default(10_000).describe("Most records in one request (413 beyond)"),
     header_timeout: duration().default(10_000).describe("A client must send its headers within this time"),
     request_timeout: duration().default(30_000).describe("A client must send its whole request within this time"),
+    body_timeout: duration().default(5_000).describe("Longest pause between two parts of a body (408 and the connection closed past it), so a stalled body gives its bytes of the body budget back"),
     keep_alive_timeout: duration().default(5_000).describe("An idle keep-alive connection is closed after this time"),
     ack_timeout: duration()
       .default(30_000)
@@ -80,12 +80,16 @@ interface Pending {
 /** A body read, decoded and parsed, with what names it for repeats. */
 interface Received {
   readonly parsed: ParsedBody;
-  /** CRC-32 of the decoded body, when a key or a signature names the request. */
-  readonly sum: number;
+  /**
+   * First 16 hex digits of the SHA-256 of the decoded body: what binds a key or a signature to
+   * its body, and part of the fallback ids. A CRC would let two bodies under one key collide,
+   * and the second be answered as a repeat of the first with nothing enqueued.
+   */
+  readonly sum: string;
 }
 
 const MAX_IDEMPOTENCY_KEY = 200;
-/** Idempotency-Keys remembered with a checksum of their body, to refuse a key reused for other records. */
+/** Idempotency-Keys remembered with a digest of their body, to refuse a key reused for other records. */
 const REMEMBERED_KEYS = 50_000;
 /** Signatures remembered with their answer, each until it leaves the replay window. */
 const REMEMBERED_SIGNATURES = 100_000;
@@ -131,7 +135,7 @@ export class HttpSource implements Source {
   private readonly retryAfter: string;
   /** Requests whose records are enqueued and not yet acked. */
   private readonly pending = new Set<Pending>();
-  /** Idempotency-Keys bound to the checksum of the body whose records were taken under them, with its answer. */
+  /** Idempotency-Keys bound to the digest of the body whose records were taken under them, with its answer. */
   private readonly keys: RequestMemory;
   /** Signatures of signed requests whose records were taken, with their answer, while in the replay window. */
   private readonly signatures: RequestMemory;
@@ -256,8 +260,8 @@ export class HttpSource implements Source {
   }
 
   /**
-   * Takes a request: headers checked first (stopping, Idempotency-Key, auth, type, size, the
-   * body budget), then the body read within the budget, then claimed under its key and signature
+   * Takes a request: headers checked first (stopping, Idempotency-Key, auth, type, size), then
+   * the body read within the budget, then claimed under its key and signature
    * (a repeat gets the first answer), then enqueued.
    */
   private async ingest(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -281,7 +285,7 @@ export class HttpSource implements Source {
 
     const hold = new BodyHold(this.budget, signed !== undefined);
     try {
-      const received = await this.receive(req, res, { format, encoding }, declared, hold, signed, idempotencyKey !== undefined || signed !== undefined);
+      const received = await this.receive(req, res, { format, encoding }, hold, signed, idempotencyKey !== undefined || signed !== undefined);
       // From the claims to the enqueue, no await comes before a claim is made: a concurrent
       // request of the same key or signature finds it and waits for this one's answer.
       const signature = signed ? this.signatures.claim(signed.signature, received.sum, signed.expiresAt) : undefined;
@@ -306,7 +310,7 @@ export class HttpSource implements Source {
       const taken = { records: false };
       let reply: Reply;
       try {
-        reply = await this.take(received.parsed, idempotencyKey ?? (signed ? `sig-${signed.signature.slice(0, 32)}` : randomUUID()), hold, taken, res);
+        reply = await this.take(received.parsed, this.idPrefix(idempotencyKey, signed, received.sum), hold, taken, res);
       } catch (err) {
         reply = replyOf(err);
       }
@@ -317,24 +321,42 @@ export class HttpSource implements Source {
     }
   }
 
-  /** Reads the body within `max_body` and the body budget (503 before reading when it is spent), checks its signature, decodes and parses it. */
-  private async receive(req: IncomingMessage, res: ServerResponse, form: { format: BodyFormat; encoding: BodyEncoding }, declared: number | undefined, hold: BodyHold, signed: SignatureCheck | undefined, named: boolean): Promise<Received> {
+  /**
+   * What a request's fallback record ids start with. Under a key, the body's digest goes in too:
+   * the key's binding to its body lives only in memory, and once forgotten (a restart, 50,000
+   * later keys) another body under the key must not take the earlier records' ids, or the sinks
+   * would drop its records as redeliveries after answering 202. A retry of the same body keeps
+   * its ids whatever memory holds.
+   */
+  private idPrefix(key: string | undefined, signed: SignatureCheck | undefined, sum: string): string {
+    if (key !== undefined) return `${key}:${sum}`;
+    return signed ? `sig-${signed.signature.slice(0, 32)}` : randomUUID();
+  }
+
+  /**
+   * Reads the body within `max_body` and the body budget (503 once a part does not fit), checks
+   * its signature, decodes and parses it.
+   */
+  private async receive(req: IncomingMessage, res: ServerResponse, form: { format: BodyFormat; encoding: BodyEncoding }, hold: BodyHold, signed: SignatureCheck | undefined, named: boolean): Promise<Received> {
     const take = (bytes: number) => {
       if (!hold.take(bytes)) throw new HttpError(503, "too many request bodies are being received; retry after the Retry-After delay");
     };
-    // A declared length is reserved whole before a byte is read; a chunked body as it arrives.
-    if (declared !== undefined) take(declared);
+    // Bytes are reserved as they arrive, never by the declared length: a Content-Length costs a
+    // client nothing to send, and reserving it let a few sockets that sent headers and then
+    // nothing hold the whole budget until request_timeout. A stalled body is cut at body_timeout.
     if (this.awaitingContinue.delete(req)) res.writeContinue();
     const raw = await readBody(req, {
       limit: this.o.max_body,
-      ...(declared === undefined ? { take } : {}),
+      take,
+      idle: { ms: this.o.body_timeout, setTimer: (ms, fn) => this.ctx.clock.setTimer(ms, fn) },
       ...(signed ? { onChunk: (c: Buffer) => signed.update(c) } : {}),
     });
     signed?.verify();
     // Inflating may take up to max_body more: reserved before, so gzip cannot multiply the budget.
     if (form.encoding === "gzip") take(this.o.max_body);
     const body = await decode(raw, form.encoding, this.o.max_body);
-    return { parsed: parseBody(text(body), form.format, this.o.max_depth, this.o.max_records), sum: named ? crc32(body) : 0 };
+    const sum = named ? createHash("sha256").update(body).digest("hex").slice(0, 16) : "";
+    return { parsed: parseBody(text(body), form.format, this.o.max_depth, this.o.max_records), sum };
   }
 
   /** The answer to a repeat of a request: the first one's, or 422 when the name is bound to another body. */
@@ -372,15 +394,16 @@ export class HttpSource implements Source {
     for (let at = 0; at < records.length; at += handle.chunkSize) parts.push(records.length <= handle.chunkSize ? records : records.slice(at, at + handle.chunkSize));
 
     // One deadline for the whole request: room for its chunks, then their acks.
-    const deadline = Date.now() + this.o.ack_timeout;
+    const clock = this.ctx.clock;
+    const deadline = clock.now() + this.o.ack_timeout;
     const giveUp = new AbortController();
-    let timer: NodeJS.Timeout | undefined;
+    let cancelTimer: (() => void) | undefined;
     const gone = () => giveUp.abort();
     // Armed only for a request that waits in line (most go in at once): it leaves the line at its
     // deadline, or when its client is gone (the connection closed before the answer).
     const wait = (): EnqueueOptions => {
-      if (timer === undefined) {
-        timer = setTimeout(gone, Math.max(0, deadline - Date.now()));
+      if (cancelTimer === undefined) {
+        cancelTimer = clock.setTimer(Math.max(0, deadline - clock.now()), gone);
         res.once("close", gone);
         if (res.socket === null || res.socket.destroyed) giveUp.abort();
       }
@@ -423,8 +446,8 @@ export class HttpSource implements Source {
       if (chunks.some((p) => p.abandoned)) throw new HttpError(503, "sluice stopped before the records were committed; retry with the same Idempotency-Key");
       return { status: 202, body: dropped > 0 ? { accepted: records.length - dropped, dropped } : { accepted: records.length } };
     } finally {
-      if (timer !== undefined) {
-        clearTimeout(timer);
+      if (cancelTimer !== undefined) {
+        cancelTimer();
         res.off("close", gone);
       }
       for (const p of chunks) this.pending.delete(p);
@@ -451,14 +474,14 @@ export class HttpSource implements Source {
 
   /** Waits for the acks of every chunk of a request until `deadline` (ms since epoch); false on timeout. */
   private async waitDurable(chunks: readonly Pending[], deadline: number): Promise<boolean> {
-    let timer: NodeJS.Timeout | undefined;
+    let cancel = () => {};
     const timeout = new Promise<boolean>((resolve) => {
-      timer = setTimeout(() => resolve(false), Math.max(0, deadline - Date.now()));
+      cancel = this.ctx.clock.setTimer(Math.max(0, deadline - this.ctx.clock.now()), () => resolve(false));
     });
     try {
       return await Promise.race([Promise.all(chunks.map((p) => p.durable)).then(() => true), timeout]);
     } finally {
-      clearTimeout(timer);
+      cancel();
     }
   }
 
@@ -484,16 +507,19 @@ export class HttpSource implements Source {
     if (reply.status === 401) headers["www-authenticate"] = 'Bearer realm="sluice"';
     if (reply.status === 405) headers.allow = req.url?.startsWith(this.o.path) ? "POST" : "GET, HEAD";
     // While stopping, every answer ends its connection, so close() finds none idle to reset.
-    if (reply.status === 413 || this.stopping) headers.connection = "close";
-    if (!req.complete) endEarly(req, res, reply.status, headers, json, this.awaitingContinue.has(req));
+    if (reply.status === 413 || reply.status === 408 || this.stopping) headers.connection = "close";
+    // A 408 answers a client that stopped sending: waiting to discard the rest of its body would
+    // keep its connection until request_timeout, so the connection closes after the answer.
+    if (!req.complete && reply.status !== 408) endEarly(req, res, reply.status, headers, json, this.awaitingContinue.has(req));
     else res.writeHead(reply.status, headers).end(json);
   }
 }
 
 /**
  * The `http` source: an ingest endpoint. Record ids come from the payload's `id_field`; without
- * one, from the `Idempotency-Key` header and the record's index in the request (so a client's
- * retry of the same request does not duplicate), else from a random request id.
+ * one, from the `Idempotency-Key` header, a digest of the body and the record's index in the
+ * request (so a client's retry of the same request does not duplicate, and another body under a
+ * key sluice forgot takes ids of its own), else from a random request id.
  *
  * Gotchas: without a durable buffer, the 202 waits for every sink to commit (up to
  * `ack_timeout`); with one, only for the disk. A request that does not fit a full buffer waits
@@ -507,8 +533,9 @@ export class HttpSource implements Source {
  * still delivered, which a retry with the same Idempotency-Key absorbs).
  * A concurrent repeat of a request (same Idempotency-Key and body, or same signature) waits for
  * the first and gets its answer; a repeat of one answered 202 gets that 202 without a second
- * enqueue. Past `max_body_bytes_in_flight` bytes of bodies being received, a request gets 503
- * before its body is read.
+ * enqueue. Bytes of bodies are counted as they arrive (never by the declared length): once
+ * `max_body_bytes_in_flight` are held, a body's next part is answered 503, and a body that sends
+ * nothing for `body_timeout` is answered 408, its bytes given back.
  */
 export const definition = defineComponent({
   type: "http",

@@ -8,12 +8,14 @@
  * Built from the component definitions and `Pipeline` directly, not the library API, so it does
  * not depend on `config/build.ts`; the buffer is in memory unless a test asks for the durable one.
  */
+import { createHash } from "node:crypto";
 import { request as httpRequest, type IncomingHttpHeaders } from "node:http";
 import { createServer, type AddressInfo } from "node:net";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import type { ServiceProbe, Sink, WriteResult } from "../../src/components/contracts.js";
 import { MemoryBuffer } from "../../src/core/buffer.js";
+import type { Clock } from "../../src/core/clock.js";
 import { DurableBuffer } from "../../src/core/durable-buffer.js";
 import { silentLogger } from "../../src/core/events.js";
 import { Pipeline, type PipelineStatus } from "../../src/core/pipeline.js";
@@ -43,6 +45,14 @@ export async function waitUntil(what: string, check: () => boolean | Promise<boo
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 10));
   }
+}
+
+/**
+ * The id the http source gives record `index` of a request sent under `key` with `body` (the
+ * decoded body) when the record has no id of its own: `<source>:<key>:<16 hex of sha256(body)>:<index>`.
+ */
+export function keyedId(key: string, body: string, index: number, source = "web"): string {
+  return `${source}:${key}:${createHash("sha256").update(body).digest("hex").slice(0, 16)}:${index}`;
 }
 
 /** A promise with its resolve exposed. */
@@ -165,6 +175,10 @@ export interface HttpPipelineOptions {
   /** The http source's `id_field` (the pipeline's); default `id`. */
   readonly idField?: string;
   readonly shutdownTimeoutMs?: number;
+  /** Run in this directory (sink, buffer, dead letters), left in place on close, instead of a new temp dir: a second pipeline on it is a restart on the same sink. */
+  readonly dir?: string;
+  /** The http source's clock (its deadlines and timeouts); the system clock by default. */
+  readonly clock?: Clock;
 }
 
 /** A running pipeline with an http source, and what a test needs to drive and inspect it. */
@@ -187,7 +201,7 @@ export interface HttpPipeline {
 
 /** Starts a pipeline: http source on a free loopback port -> memory buffer -> sqlite (gated if asked). Resolves once the port answers. */
 export async function startHttpPipeline(o: HttpPipelineOptions = {}): Promise<HttpPipeline> {
-  const dir = await makeTempDir("sluice-http-");
+  const dir = o.dir !== undefined ? { path: o.dir, remove: async () => {} } : await makeTempDir("sluice-http-");
   const port = await freePort();
   const sourceName = "web";
   const dbPath = join(dir.path, "out.db");
@@ -199,7 +213,7 @@ export async function startHttpPipeline(o: HttpPipelineOptions = {}): Promise<Ht
   };
   const limits = { maxRecords: o.buffer?.maxRecords ?? 10_000, maxBytes: o.buffer?.maxBytes ?? 64 * 1024 * 1024 };
   const ctx = (name: string) => ({ ...testContext({ name, dataDir: dir.path, baseDir: dir.path, service, bufferBytes: limits.maxBytes }), emit: metrics.handle });
-  const source = http.create(http.options.parse({ listen: `127.0.0.1:${port}`, ...o.source }), ctx(sourceName));
+  const source = http.create(http.options.parse({ listen: `127.0.0.1:${port}`, ...o.source }), { ...ctx(sourceName), ...(o.clock ? { clock: o.clock } : {}) });
   const inner = sqlite.create(sqlite.options.parse({ path: dbPath }), ctx("db"));
   const throttled = o.msPerRecord === undefined ? inner : new ThrottledSink(inner, o.msPerRecord);
   const gate = o.gated ? new GatedSink(throttled) : undefined;

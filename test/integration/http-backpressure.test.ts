@@ -7,7 +7,7 @@
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import { expect, it } from "vitest";
-import { send, startHttpPipeline, waitUntil, type Answer } from "../helpers/http-pipeline.js";
+import { keyedId, send, startHttpPipeline, waitUntil, type Answer } from "../helpers/http-pipeline.js";
 
 // A rough heap check needs a collection first, or garbage would read as growth.
 setFlagsFromString("--expose-gc");
@@ -43,8 +43,9 @@ it("a stalled sink: 429 + Retry-After, buffer and heap bounded; after recovery e
     const retriedKeys = new Set<string>();
     const unexpected: string[] = [];
 
+    const bodyOf = (key: string) => Array.from({ length: RECORDS_PER_REQUEST }, (_, i) => JSON.stringify({ key, i, pad: PAD })).join("\n");
     const post = (key: string): Promise<Answer> => {
-      const body = Array.from({ length: RECORDS_PER_REQUEST }, (_, i) => JSON.stringify({ key, i, pad: PAD })).join("\n");
+      const body = bodyOf(key);
       return send(`${p.base}/v1/events`, { method: "POST", headers: { "content-type": "application/x-ndjson", "idempotency-key": key }, body });
     };
 
@@ -98,12 +99,12 @@ it("a stalled sink: 429 + Retry-After, buffer and heap bounded; after recovery e
     const allKeys = Array.from({ length: CLIENTS * REQUESTS_PER_CLIENT }, (_, i) => `c${Math.floor(i / REQUESTS_PER_CLIENT)}-r${i % REQUESTS_PER_CLIENT}`);
     expect([...acceptedKeys].sort()).toEqual([...allKeys].sort());
     expect(retriedKeys.size).toBeGreaterThan(0);
-    const expectedIds = allKeys.flatMap((k) => Array.from({ length: RECORDS_PER_REQUEST }, (_, i) => `web:${k}:${i}`)).sort();
+    const expectedIds = allKeys.flatMap((k) => Array.from({ length: RECORDS_PER_REQUEST }, (_, i) => keyedId(k, bodyOf(k), i))).sort();
     // Exactly once: the sink committed each id one time (no redelivery), and SQLite has each row.
     expect([...gate.committed].sort()).toEqual(expectedIds);
     const rows = p.rows();
     expect([...rows.keys()].sort()).toEqual(expectedIds);
-    for (const key of retriedKeys) expect(rows.get(`web:${key}:0`)).toMatchObject({ key, i: 0 });
+    for (const key of retriedKeys) expect(rows.get(keyedId(key, bodyOf(key), 0))).toMatchObject({ key, i: 0 });
     expect(p.pipeline.bufferUsage()).toEqual({ records: 0, bytes: 0 });
   } finally {
     clearInterval(sampler);

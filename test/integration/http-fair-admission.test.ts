@@ -6,7 +6,7 @@
  * long each waited from its first try to its 202.
  */
 import { describe, expect, it } from "vitest";
-import { send, startHttpPipeline, waitUntil, type Answer, type HttpPipeline } from "../helpers/http-pipeline.js";
+import { keyedId, send, startHttpPipeline, waitUntil, type Answer, type HttpPipeline } from "../helpers/http-pipeline.js";
 
 const ACK_TIMEOUT_MS = 5000;
 const LARGE_RECORDS = 150;
@@ -60,8 +60,9 @@ describe.each(setups)("fair admission, $name", (setup) => {
     const statuses = new Map<string, number>();
     const count = (who: string, a: Answer) => statuses.set(`${who} ${a.status}`, (statuses.get(`${who} ${a.status}`) ?? 0) + 1);
 
+    const bodyOf = (key: string, records: number) => Array.from({ length: records }, (_, i) => JSON.stringify({ key, i })).join("\n");
     const post = (key: string, records: number): Promise<Answer> => {
-      const body = Array.from({ length: records }, (_, i) => JSON.stringify({ key, i })).join("\n");
+      const body = bodyOf(key, records);
       return send(`${p.base}/v1/events`, { method: "POST", headers: { "content-type": "application/x-ndjson", "idempotency-key": key }, body });
     };
     const accepted = (key: string, records: number, a: Answer) => {
@@ -139,7 +140,10 @@ describe.each(setups)("fair admission, $name", (setup) => {
 
       // Everything answered 202 is in the sink, each record once.
       await waitUntil("every accepted record in the sink", () => p.pipeline.bufferUsage().records === 0, 30_000);
-      const expected = acceptedKeys.flatMap((k) => Array.from({ length: k.startsWith("L") ? LARGE_RECORDS : 1 }, (_, i) => `web:${k}:${i}`)).sort();
+      const expected = acceptedKeys.flatMap((k) => {
+        const records = k.startsWith("L") ? LARGE_RECORDS : 1;
+        return Array.from({ length: records }, (_, i) => keyedId(k, bodyOf(k, records), i));
+      }).sort();
       const rows = p.rows();
       expect(expected.filter((id) => !rows.has(id))).toEqual([]);
     } finally {

@@ -112,19 +112,21 @@ sinks:
     const metrics = await fetch(`${base}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } }).then((r) => r.text());
     const answered = (status: number) => Number(new RegExp(`^sluice_http_requests_total\\{source="web",status="${status}"\\} (\\d+)$`, "m").exec(metrics)?.[1] ?? 0);
     const refused = Number(/^sluice_http_connections_refused_total\{source="web"\} (\d+)$/m.exec(metrics)?.[1] ?? 0);
-    const report = `RSS before ${before >> 10} MiB, peak ${hwm >> 10} MiB; legit ${legit} (${attempts.join(", ")}); flood ${JSON.stringify(counts)}; server answered 401: ${answered(401)}, 503: ${answered(503)}, refused ${refused} connections`;
+    const report = `RSS before ${before >> 10} MiB, peak ${hwm >> 10} MiB; legit ${legit} (${attempts.join(", ")}); flood ${JSON.stringify(counts)}; server answered 401: ${answered(401)}, 408: ${answered(408)}, 503: ${answered(503)}, refused ${refused} connections`;
     console.log(report);
 
     expect(hwm, report).toBeLessThan(RSS_LIMIT_KIB);
     expect(legit, report).toBe(202);
     expect(legitMs, report).toBeLessThan(5000);
-    // No flood request was taken: each got 401 (bad signature) within the budget, 503 (over it,
-    // before its body was read), or its connection was refused past max_connections (1024).
+    // No flood request was taken: each got 401 (bad signature) within the budget, 503 (a part of
+    // its body over it), 408 (its last byte, held back until every body was sent, came after
+    // body_timeout), or its connection was refused past max_connections (1024).
     expect(counts["202"], report).toBeUndefined();
     // (A refused attempt of the legitimate client counts as a refusal too.)
     const legitRefused = attempts.filter((a) => a.endsWith(": 0")).length;
-    expect(answered(401) + answered(503) + refused, report).toBeGreaterThanOrEqual(CONNECTIONS);
-    expect(answered(401) + answered(503) + refused, report).toBeLessThanOrEqual(CONNECTIONS + legitRefused);
+    const refusals = answered(401) + answered(408) + answered(503) + refused;
+    expect(refusals, report).toBeGreaterThanOrEqual(CONNECTIONS);
+    expect(refusals, report).toBeLessThanOrEqual(CONNECTIONS + legitRefused);
     expect(answered(503), report).toBeGreaterThan(0);
   } finally {
     clearInterval(sampler);

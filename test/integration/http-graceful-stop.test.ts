@@ -11,7 +11,7 @@ import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import Database from "better-sqlite3";
 import { afterEach, beforeEach, expect, it } from "vitest";
-import { freePort, send, waitUntil, type Answer } from "../helpers/http-pipeline.js";
+import { freePort, keyedId, send, waitUntil, type Answer } from "../helpers/http-pipeline.js";
 import { makeTempDir } from "../helpers/source-harness.js";
 
 const ROOT = resolve(import.meta.dirname, "../..");
@@ -98,11 +98,12 @@ sinks:
     30_000,
   );
 
+  const bodyOf = (key: string, n: number) => JSON.stringify(Array.from({ length: n }, (_, i) => ({ key, i })));
   const post = (key: string, n: number): Promise<Answer> =>
     send(`${base}/v1/events`, {
       method: "POST",
       headers: { "content-type": "application/json", "idempotency-key": key },
-      body: JSON.stringify(Array.from({ length: n }, (_, i) => ({ key, i }))),
+      body: bodyOf(key, n),
     });
   const keys = Array.from({ length: REQUESTS }, (_, r) => `before-${r}`);
   const accepted = keys.map((k) => post(k, RECORDS_PER_REQUEST));
@@ -144,7 +145,7 @@ sinks:
   expect(output).toMatch(/sluice run stopped in/);
   expect(output).not.toContain("un-acked");
 
-  const expected = keys.flatMap((k) => Array.from({ length: RECORDS_PER_REQUEST }, (_, i) => `web:${k}:${i}`)).sort();
+  const expected = keys.flatMap((k) => Array.from({ length: RECORDS_PER_REQUEST }, (_, i) => keyedId(k, bodyOf(k, RECORDS_PER_REQUEST), i))).sort();
   expect(ids(db)).toEqual(expected);
   const s = JSON.parse(await readFile(summaryFile, "utf8")) as { records: { received: number; delivered: number; dead_lettered: number; dropped: number } };
   expect(s.records).toMatchObject({ received: total, delivered: total, dead_lettered: 0, dropped: 0 });

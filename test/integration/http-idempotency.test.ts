@@ -6,7 +6,8 @@
  */
 import { createHmac, randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { send, startHttpPipeline, waitUntil, type Answer, type HttpPipeline } from "../helpers/http-pipeline.js";
+import { makeTempDir } from "../helpers/source-harness.js";
+import { keyedId, send, startHttpPipeline, waitUntil, type Answer, type HttpPipeline } from "../helpers/http-pipeline.js";
 
 const TOKEN = "token-0123456789abcdef";
 const SECRET = "hmac-secret-0123456789";
@@ -69,7 +70,7 @@ describe("http source: concurrent requests of one Idempotency-Key", () => {
         if (a.status !== 202) return;
         accepted++;
         expect(a.body).toEqual({ accepted: 2 });
-        pair.bodies[side]!.forEach((record, n) => expect(rows.get(`web:${pair.key}:${n}`)).toEqual(record));
+        pair.bodies[side]!.forEach((record, n) => expect(rows.get(keyedId(pair.key, JSON.stringify(pair.bodies[side]), n))).toEqual(record));
       });
     });
     expect(accepted).toBe(50);
@@ -110,7 +111,8 @@ describe("http source: concurrent requests of one Idempotency-Key", () => {
       expect(a.status, a.text).toBe(202);
       expect(b.status).toBe(202);
       expect(b.body).toEqual(a.body);
-      expect(q.gate!.committed.sort()).toEqual([`web:${key}:0`, `web:${key}:1`]);
+      const sent = JSON.stringify([{ n: 1 }, { n: 2 }]);
+      expect(q.gate!.committed.sort()).toEqual([keyedId(key, sent, 0), keyedId(key, sent, 1)]);
     } finally {
       await q.close();
     }
@@ -134,6 +136,39 @@ describe("http source: concurrent requests of one Idempotency-Key", () => {
       expect(retried.body).toEqual({ accepted: 3 });
     } finally {
       await q.close();
+    }
+  });
+});
+
+describe("http source: an Idempotency-Key the source no longer remembers", () => {
+  it("after a restart on the same sink, key K with another body is taken as new records: both bodies' records are in the sink", async () => {
+    const dir = await makeTempDir("sluice-http-restart-");
+    try {
+      const key = `restart-${randomUUID()}`;
+      const bodyA = JSON.stringify([{ side: "a", n: 0 }, { side: "a", n: 1 }]);
+      const bodyB = JSON.stringify([{ side: "b", n: 0 }, { side: "b", n: 1 }]);
+      const postTo = (q: HttpPipeline, body: string) => send(`${q.base}/v1/events`, { method: "POST", headers: { "content-type": "application/json", "idempotency-key": key }, body });
+      const first = await startHttpPipeline({ dir: dir.path });
+      expect((await postTo(first, bodyA)).status).toBe(202);
+      await first.close();
+      // A new source instance: the key's binding to body A was in the first one's memory only.
+      const second = await startHttpPipeline({ dir: dir.path });
+      try {
+        const b = await postTo(second, bodyB);
+        expect(b.status, b.text).toBe(202);
+        // This instance now binds K to body B: body A again is refused, and its records are in already.
+        const again = await postTo(second, bodyA);
+        expect(again.status, again.text).toBe(422);
+        await waitUntil("both bodies' records in the sink", () => second.rows().size === 4, 5000);
+        const rows = second.rows();
+        for (const [body, side] of [[bodyA, "a"], [bodyB, "b"]] as const) {
+          for (const n of [0, 1]) expect(rows.get(keyedId(key, body, n))).toEqual({ side, n });
+        }
+      } finally {
+        await second.close();
+      }
+    } finally {
+      await dir.remove();
     }
   });
 });
@@ -167,7 +202,7 @@ describe("http source: replayed signed requests", () => {
       expect(a.status, a.text).toBe(202);
       expect(a.body).toEqual({ accepted: 1 });
     }
-    expect((await rowsOf(run, 1)).get(`web:${key}:0`)).toEqual({ run });
+    expect((await rowsOf(run, 1)).get(keyedId(key, body, 0))).toEqual({ run });
     expect((await received()) - before).toBe(1);
 
     // The replay of a captured request under a new key (which would give its records new ids).

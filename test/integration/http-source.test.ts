@@ -7,7 +7,8 @@ import { createHmac, randomUUID } from "node:crypto";
 import { connect } from "node:net";
 import { gzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { rawRequest, send, startHttpPipeline, waitUntil, type Answer, type HttpPipeline } from "../helpers/http-pipeline.js";
+import { FakeClock } from "../helpers/fake-clock.js";
+import { keyedId, rawRequest, send, startHttpPipeline, waitUntil, type Answer, type HttpPipeline } from "../helpers/http-pipeline.js";
 
 const TOKEN_A = "token-a-0123456789abcdef";
 const TOKEN_B = "token-b-0123456789abcdef";
@@ -97,7 +98,7 @@ describe("http source: good input", () => {
     expect(a.status, a.text).toBe(202);
     expect(a.body).toEqual({ accepted: 250 });
     expect(rowsWithMarker(m)).toBe(250);
-    expect(p.rows().get(`web:${m}:249`)).toEqual({ m, n: 249 });
+    expect(p.rows().get(keyedId(m, lines, 249))).toEqual({ m, n: 249 });
   });
 
   it("the chunks after a request's first do not leak an AbortSignal.any per chunk (Node 20 keeps each one on the pipeline's signal)", async () => {
@@ -221,7 +222,7 @@ describe("http source: 400", () => {
     expect(rowsWithMarker(m)).toBe(0);
     const longest = await ingest(JSON.stringify({ m }), { "idempotency-key": "k".repeat(200) });
     expect(longest.status, longest.text).toBe(202);
-    expect(p.rows().get(`web:${"k".repeat(200)}:0`)).toEqual({ m });
+    expect(p.rows().get(keyedId("k".repeat(200), JSON.stringify({ m }), 0))).toEqual({ m });
     await expectStillServes();
   });
 
@@ -369,7 +370,7 @@ describe("http source: too many records, a reused Idempotency-Key", () => {
     expectError(other, 422, /was used before for a different body; send new records under a new key$/);
     const again = await ingest(JSON.stringify({ amount: 10 }), { "idempotency-key": key });
     expect(again.status, again.text).toBe(202);
-    expect(p.rows().get(`web:${key}:0`)).toEqual({ amount: 10 });
+    expect(p.rows().get(keyedId(key, JSON.stringify({ amount: 10 }), 0))).toEqual({ amount: 10 });
     await expectStillServes();
   });
 });
@@ -467,7 +468,7 @@ describe("http source: slow clients", () => {
 });
 
 describe("http source: Idempotency-Key and id_field", () => {
-  it("the same request sent twice leaves each record once, with id `<source>:<key>:<index>`; a payload id wins", async () => {
+  it("the same request sent twice leaves each record once, with id `<source>:<key>:<body digest>:<index>`; a payload id wins", async () => {
     const key = `req-${randomUUID()}`;
     const m = marker();
     const body = JSON.stringify([{ m, n: 0 }, { m, n: 1, id: `${m}-own` }, { m, n: 2 }]);
@@ -477,8 +478,8 @@ describe("http source: Idempotency-Key and id_field", () => {
       expect(a.body).toEqual({ accepted: 3 });
     }
     const rows = [...p.rows()].filter(([, v]) => v.m === m);
-    expect(rows.map(([id]) => id).sort()).toEqual([`${m}-own`, `web:${key}:0`, `web:${key}:2`].sort());
-    expect(p.rows().get(`web:${key}:2`)).toEqual({ m, n: 2 });
+    expect(rows.map(([id]) => id).sort()).toEqual([`${m}-own`, keyedId(key, body, 0), keyedId(key, body, 2)].sort());
+    expect(p.rows().get(keyedId(key, body, 2))).toEqual({ m, n: 2 });
 
     // Without a key, the same body twice is two requests: new ids each time.
     const m2 = marker();
@@ -562,7 +563,9 @@ describe("http source: a full buffer and a stopping pipeline", () => {
       expect(firstAnswer.body).toEqual({ accepted: 3 });
       const retried = await post([{ n: 4 }, { n: 5 }], "second");
       expect(retried.status, retried.text).toBe(202);
-      expect([...q.rows().keys()].sort()).toEqual(["web:first:0", "web:first:1", "web:first:2", "web:second:0", "web:second:1"]);
+      const firstBody = JSON.stringify([{ n: 1 }, { n: 2 }, { n: 3 }]);
+      const secondBody = JSON.stringify([{ n: 4 }, { n: 5 }]);
+      expect([...q.rows().keys()].sort()).toEqual([0, 1, 2].map((i) => keyedId("first", firstBody, i)).concat([0, 1].map((i) => keyedId("second", secondBody, i))).sort());
     } finally {
       await q.close();
     }
@@ -591,6 +594,25 @@ describe("http source: a full buffer and a stopping pipeline", () => {
     }
   });
 
+  it("ack_timeout runs on the source's clock: without a durable buffer, records not committed by then are answered 503", async () => {
+    const clock = new FakeClock(Date.now());
+    const q = await startHttpPipeline({ gated: true, clock, source: { ack_timeout: "30s" } });
+    try {
+      const answer = send(`${q.base}/v1/events`, { method: "POST", headers: { "content-type": "application/json", "idempotency-key": "clock" }, body: JSON.stringify({ n: 1 }) });
+      await q.gate!.stalled;
+      await waitUntil("the request to wait for its ack", () => clock.pendingTimers > 0);
+      let answered = false;
+      void answer.then(() => (answered = true));
+      clock.advance(29_999);
+      await new Promise((r) => setTimeout(r, 100));
+      expect(answered).toBe(false);
+      clock.advance(1);
+      expectError(await answer, 503, /^records not committed within 30000 ms/);
+    } finally {
+      await q.close();
+    }
+  });
+
   it("the rest of a request that finds no room within ack_timeout: 503 with Retry-After; the chunk taken is still delivered", async () => {
     const q = await startHttpPipeline({ gated: true, buffer: { maxRecords: 100 }, source: { ack_timeout: "300ms" } });
     try {
@@ -600,7 +622,7 @@ describe("http source: a full buffer and a stopping pipeline", () => {
       expect(a.headers["retry-after"]).toBe("1");
       q.gate!.release();
       await waitUntil("the first chunk to be delivered", () => q.rows().size === 100);
-      expect(q.rows().has("web:slow:0")).toBe(true);
+      expect(q.rows().has(keyedId("slow", body, 0))).toBe(true);
     } finally {
       await q.close();
     }
@@ -651,7 +673,8 @@ describe("http source: a full buffer and a stopping pipeline", () => {
       expect(answer.status, answer.text).toBe(202);
       expect(answer.body).toEqual({ accepted: 2 });
       expect(await q.done).toEqual({ tag: "stopped" });
-      expect([...q.rows().keys()].sort()).toEqual(["web:before-stop:0", "web:before-stop:1"]);
+      const body = JSON.stringify([{ n: 1 }, { n: 2 }]);
+      expect([...q.rows().keys()].sort()).toEqual([keyedId("before-stop", body, 0), keyedId("before-stop", body, 1)].sort());
     } finally {
       await q.close();
     }
