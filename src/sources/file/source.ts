@@ -11,7 +11,7 @@ import { sleep } from "../../core/clock.js";
 import { SluiceError } from "../../core/errors.js";
 import { defineComponent, type ComponentContext, type Source, type SourceHandle } from "../../components/contracts.js";
 import { byteSize, duration } from "../../components/options.js";
-import { CheckpointStore, type FileCheckpoint, type SavedCheckpoint } from "./checkpoint-store.js";
+import { CheckpointStore, type FileCheckpoint, type SavedCheckpoint, type SavedGeneration } from "./checkpoint-store.js";
 import { fifoBytes } from "./fifo.js";
 import { endsAt, FileGeneration, identityOf, sameIdentity, startsWith, tailAt, type FileIdentity, type PreviousGeneration, type Tail } from "./identity.js";
 import { NdjsonReader, READ_BYTES, readNdjsonStream } from "./ndjson-reader.js";
@@ -429,7 +429,11 @@ class FileSource implements Source {
     const { identity } = current;
     const savedIdentity = saved.dev === undefined || saved.ino === undefined ? undefined : { dev: saved.dev, ino: saved.ino };
     const previous: PreviousGeneration = { identity: savedIdentity, fingerprint: saved.fingerprint, epoch: saved.epoch };
-    if (saved.ino !== identity.ino || (saved.dev !== undefined && saved.dev !== identity.dev)) {
+    // The trail naming the path's own file: the source went on to a later generation of it in place
+    // (truncated or rewritten) before any of that generation was acked; resuming the checkpoint's
+    // would read the new content under the old generation's ids.
+    const supersededInPlace = saved.trail.some((t) => sameIdentity(t.identity, identity));
+    if (supersededInPlace || saved.ino !== identity.ino || (saved.dev !== undefined && saved.dev !== identity.dev)) {
       const rotated = await this.startAfterRotations(path, fh, saved, current, siblings, compressed);
       if (rotated !== undefined) return rotated;
       this.ctx.logger.warn({ ...log, offset: saved.offset }, "file was replaced since the checkpoint (inode changed); reading it from the start as a new generation");
@@ -522,9 +526,12 @@ class FileSource implements Source {
     // Files the checkpoint names (its own, its trail's, the path's): never taken for unseen rotations.
     const named: FileIdentity[] = [current.identity];
     /** Reads `generation` from `offset` in the file it went to; one rewritten since from its start, as the generation after it. */
-    const follow = async (generation: FileGeneration, offset: number, line: number, tail: Tail | undefined): Promise<void> => {
+    const follow = async (generation: FileGeneration, offset: number, line: number, tail: Tail | undefined, later: readonly SavedGeneration[]): Promise<void> => {
       last = generation;
       named.push(generation.identity);
+      // A later generation of the same file: this one was truncated or rewritten in place, its
+      // content is gone, and what the file holds now is read as that later generation.
+      if (later.some((t) => sameIdentity(t.identity, generation.identity))) return;
       const found = await findRotated(path, generation.identity, generation.fingerprint, offset, tail);
       if (found?.same !== true) {
         // Truncated (or gone) unseen: a copytruncate's copy still holds the rest, under the generation's ids.
@@ -545,18 +552,24 @@ class FileSource implements Source {
     };
     if (saved.dev !== undefined && saved.ino !== undefined && saved.fingerprint !== undefined) {
       const generation = FileGeneration.resumed({ dev: saved.dev, ino: saved.ino }, saved.fingerprint, saved.epoch, saved.token, saved.previous);
-      await follow(generation, saved.offset, saved.line, saved.tail);
+      await follow(generation, saved.offset, saved.line, saved.tail, saved.trail);
       if (parts[0]?.generation === generation) base = { offset: saved.offset, line: saved.line, generation, size: saved.sizeAtAck, tail: saved.tail };
     }
     let atPath: FileGeneration | undefined;
-    for (const t of saved.trail) {
+    for (const [i, t] of saved.trail.entries()) {
       const generation = FileGeneration.resumed(t.identity, t.fingerprint, t.epoch, t.token, t.previous);
+      const later = saved.trail.slice(i + 1);
       if (sameIdentity(t.identity, current.identity)) {
+        if (later.some((l) => sameIdentity(l.identity, current.identity))) {
+          // Superseded in place by a later generation of the path's file, read as that one.
+          last = generation;
+          continue;
+        }
         // Still at the path: the trail's generation, or (rewritten since) the one after it.
         atPath = (await startsWith(fh, t.fingerprint)) ? generation : await FileGeneration.open(fh, generation);
         break;
       }
-      await follow(generation, 0, 0, undefined);
+      await follow(generation, 0, 0, undefined, later);
     }
     const log = { source: this.ctx.name, path };
     // Rotated away unseen, between the checkpoint's last generation and the path's file: only
