@@ -641,8 +641,10 @@ export function createFileSource(opts: FileSourceOptions, ctx: ComponentContext,
  * skipped; a trailing `\r` and a leading byte order mark are stripped.
  *
  * Gotchas: the checkpoint (`<data_dir>/checkpoints/<name>.json`) is keyed by the resolved path and
- * the generation; a replaced, shrunk or rewritten file is read from the start as a new generation
- * (logged as a warning). Without `follow`, a last line without `\n` is read as a line; if the
+ * the generation; a replaced, shrunk or rewritten file (told by its first line and the bytes just
+ * before the offset) is read from the start as a new generation (logged as a warning). Rotated
+ * files next to the path that no generation was read from are read, oldest first, before the
+ * path's file; compressed ones never (see `rotated.ts` for the bound on open generations). Without `follow`, a last line without `\n` is read as a line; if the
  * file later grows, the next run starts after it. stdin and named pipes have no checkpoint.
  */
 export const definition = defineComponent({

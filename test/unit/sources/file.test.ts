@@ -289,7 +289,9 @@ describe("file source: reading", () => {
     const error = failureOf(harness.failures[0]!);
     expect(error.code).toBe("ERR_RECORD_MALFORMED");
     expect(error.location).toBe(`${inputPath}:2`);
-    expect(error.message).toBe("line is not valid UTF-8 (the line starts at byte 8)");
+    expect(error.message).toBe(`line is not valid UTF-8 (the line starts at byte 8; its bytes in base64: ${bad.toString("base64")})`);
+    // The raw text shows the bad byte as U+FFFD; the message keeps the line's exact bytes.
+    expect(Buffer.from(/base64: (\S+)\)$/.exec(error.message)![1]!, "base64").equals(bad)).toBe(true);
     expect(harness.failures[0]!.id).toBe(`logs:${tokenOf(harness)}:8`);
     expect(harness.failures[0]!.raw).toBe('{"name":"caf\ufffd"}');
 
