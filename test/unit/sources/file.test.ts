@@ -617,6 +617,38 @@ describe("file source: generations between runs", () => {
     expect(second.harness.entries.filter((e) => before.has(e.id))).toEqual([]);
   });
 
+  it("after a copytruncate while down, reads the rest of the checkpoint's generation from the copy under its ids, then the file", async () => {
+    await writeFile(inputPath, ndjson(unkeyed(1, 30)));
+    const first = await runOnce({}, 10);
+    await first.harness.ackThrough(first.source, 0); // acked at line 10; 11-30 read, never acked
+    await first.source.close();
+    await copyFile(inputPath, join(tmp.path, "in.ndjson.1"));
+    await truncate(inputPath, 0);
+    await appendFile(inputPath, ndjson(unkeyed(101, 103)));
+    const second = await runAndAck();
+    expect(second.harness.payloads.map((p) => p.n)).toEqual([...Array.from({ length: 20 }, (_, i) => 11 + i), 101, 102, 103]);
+    expect(second.harness.entries.slice(0, 20).map((e) => e.id)).toEqual(first.harness.entries.slice(10, 30).map((e) => e.id));
+    expect(second.logger.at("info").map((l) => l.msg)).toContain("reading the rest of the file from its copy (copytruncate), then the file at the path from its start");
+  });
+
+  it("with a version 2 checkpoint, names the rotated files it cannot place in a warning instead of skipping them silently", async () => {
+    await writeFile(inputPath, ndjson(unkeyed(1, 10)));
+    await runAndAck();
+    const v2 = await savedCheckpoint();
+    delete v2.known;
+    delete v2.tail;
+    await writeFile(join(dataDir, "checkpoints", "logs.json"), JSON.stringify({ ...v2, version: 2 }));
+    await rename(inputPath, join(tmp.path, "in.ndjson.1"));
+    await writeFile(inputPath, ndjson(unkeyed(11, 12)));
+    await rename(join(tmp.path, "in.ndjson.1"), join(tmp.path, "in.ndjson.2"));
+    await rename(inputPath, join(tmp.path, "in.ndjson.1"));
+    await writeFile(inputPath, ndjson(unkeyed(21, 22)));
+    const second = await runAndAck();
+    expect(second.harness.payloads.map((p) => p.n)).toEqual([21, 22]);
+    const warning = second.logger.at("warn").find((l) => l.msg?.includes("does not say which rotated files were read"));
+    expect(warning?.obj).toMatchObject({ files: [join(tmp.path, "in.ndjson.1")] });
+  });
+
   it("migrates a checkpoint written before generations: resumes at its offset, with the ids that version gave", async () => {
     const all = unkeyed(1, 20);
     await writeFile(inputPath, ndjson(all));
