@@ -183,8 +183,8 @@ class FileSource implements Source {
     }
     try {
       // Every file a generation was or will be read from, and the rotated files accounted for.
-    const seen: FileIdentity[] = [...startAt.known];
-    const start = parts[0]!;
+      const seen: FileIdentity[] = [...startAt.known];
+      const start = parts[0]!;
       let gen = start.generation;
       let reading = start.fh;
       // The tail of the last chunk handed over, and where: a file that no longer holds it was rewritten.
@@ -286,7 +286,10 @@ class FileSource implements Source {
             const taken = missed.slice(0, Math.max(MAX_OPEN_GENERATIONS - parts.length - 1, 0));
             for (const sibling of taken) {
               const sfh = await openSibling(sibling);
-              if (sfh === undefined) continue;
+              if (sfh === undefined) {
+                this.ctx.logger.warn({ ...log, file: sibling.file }, "a rotated file went away before it could be read");
+                continue;
+              }
               const generation = await FileGeneration.open(sfh, last);
               last = generation;
               parts.push({ generation, fh: sfh, offset: 0, line: 0, file: sibling.file });
