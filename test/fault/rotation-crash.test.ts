@@ -99,7 +99,7 @@ sinks:
     await sleep(300);
     last.process.kill("SIGTERM");
     expect((await last.exited).code, last.output()).toBe(0);
-    expect(last.output()).toContain("file was rotated since the checkpoint; reading the rest of the rotated file first");
+    expect(last.output()).toContain("reading files rotated since the checkpoint, oldest first");
 
     const conn = new Database(db, { readonly: true });
     try {

@@ -8,7 +8,7 @@ import { z } from "zod";
 import type { Clock } from "../../core/clock.js";
 import { classify, SluiceError } from "../../core/errors.js";
 import type { EventSink, Logger } from "../../core/events.js";
-import type { Fingerprint, FileIdentity, PreviousGeneration } from "./identity.js";
+import { sameIdentity, type Fingerprint, type FileIdentity, type PreviousGeneration, type Tail } from "./identity.js";
 
 /** A generation as a checkpoint names it (see `FileGeneration`). */
 export interface GenerationState {
@@ -27,13 +27,16 @@ export interface GenerationState {
  * The checkpoint a file source hands to `enqueue`: the byte offset just after the chunk's last
  * line, the number of lines before that offset, the generation of the file they are in, and how
  * many bytes of that generation had been read when the chunk was handed over (saved as
- * `size_at_ack`: a file found shorter than that on the next start was truncated since).
+ * `size_at_ack`: a file found shorter than that on the next start was truncated since), and the
+ * {@link Tail} at the offset (a file that no longer holds it was rewritten since).
  */
 export interface FileCheckpoint {
   readonly offset: number;
   readonly line: number;
   readonly generation: GenerationState;
   readonly size: number;
+  /** Undefined at offset 0. */
+  readonly tail: Tail | undefined;
 }
 
 /** A generation as saved: its token undefined when it was not fixed yet. */
@@ -62,6 +65,14 @@ export interface SavedCheckpoint {
   readonly previous: PreviousGeneration | undefined;
   /** Generations started after the checkpoint's, in order, none of whose lines is acked yet. */
   readonly trail: readonly SavedGeneration[];
+  /** Undefined for a checkpoint of before version 3, which kept no tail. */
+  readonly tail: Tail | undefined;
+  /**
+   * The rotated files next to the path that are accounted for: there before the source first ran,
+   * or generations it started. Any other rotated file found next to the path was rotated away
+   * unseen. Undefined for a checkpoint of before version 3, which kept no such list.
+   */
+  readonly known: readonly FileIdentity[] | undefined;
 }
 
 const fingerprintSchema = z.object({ bytes: z.number().int().nonnegative(), sha256: z.string(), complete: z.boolean() });
@@ -77,14 +88,18 @@ const generationSchema = z.object({
   previous: z.object({ sha256: z.string(), epoch: z.number().int().nonnegative() }).optional(),
 });
 
-/** Written since generations: `version: 2`. */
+const tailSchema = z.object({ bytes: z.number().int().positive(), sha256: z.string() });
+
+/** Written since generations (version 2); version 3 added `tail` and `known`, absent from a version 2 checkpoint. */
 const currentSchema = generationSchema.extend({
-  version: z.literal(2),
+  version: z.union([z.literal(2), z.literal(3)]),
   path: z.string(),
   offset: z.number().int().nonnegative(),
   line: z.number().int().nonnegative(),
   size_at_ack: z.number().int().nonnegative(),
   trail: z.array(generationSchema).default([]),
+  tail: tailSchema.optional(),
+  known: z.array(z.object({ dev: z.string(), ino: z.string() })).optional(),
 });
 
 function savedGeneration(g: z.output<typeof generationSchema>): SavedGeneration {
@@ -135,6 +150,8 @@ function parseSaved(value: unknown): SavedCheckpoint {
       fingerprint: c.fingerprint,
       previous: g.previous,
       trail: c.trail.map(savedGeneration),
+      tail: c.tail,
+      known: c.known,
     };
   }
   // Migrated, not refused: the file it names resumes where it was, under the ids it had.
@@ -151,6 +168,8 @@ function parseSaved(value: unknown): SavedCheckpoint {
     fingerprint: undefined,
     previous: undefined,
     trail: [],
+    tail: undefined,
+    known: undefined,
   };
 }
 
@@ -159,12 +178,15 @@ function parseSaved(value: unknown): SavedCheckpoint {
  * fsync, rename), at most once per interval plus once at close, and only checkpoints that were
  * acked. With it, the trail: the generations the source went on to (rotations) whose lines are
  * not acked yet, saved as soon as each starts, so that a restart finds each of them by its inode,
- * however many rotations happened while nothing could be acked.
+ * however many rotations happened while nothing could be acked. And the rotated files that are
+ * accounted for (see {@link SavedCheckpoint.known}), so that a restart tells a file rotated away
+ * unseen from one that was there before.
  */
 export class CheckpointStore {
   private acked: FileCheckpoint | undefined;
   private written: FileCheckpoint | undefined;
   private trail: GenerationState[] = [];
+  private known: FileIdentity[] = [];
   private lastWriteAt = Number.NEGATIVE_INFINITY;
   private cancelTimer: (() => void) | undefined;
   private writing: Promise<void> = Promise.resolve();
@@ -207,19 +229,36 @@ export class CheckpointStore {
    * Saves, before any line is read, where the run starts (`base`: the checkpoint it resumes, or
    * the start of a generation with nothing before it) and the generations it will read after it
    * (`trail`): a file rotated away while sluice is down, before any ack, is still found by its
-   * inode on the next start. Does not count as a write for the interval.
+   * inode on the next start; `known`: the rotated files accounted for. Does not count as a write
+   * for the interval.
    */
-  async begin(base: FileCheckpoint, trail: readonly GenerationState[]): Promise<void> {
+  async begin(base: FileCheckpoint, trail: readonly GenerationState[], known: readonly FileIdentity[]): Promise<void> {
     this.acked = base;
     this.trail = [...trail];
+    this.known = [...known];
     await this.persistNow();
   }
 
-  /** The source went on to a new generation (a rotation): saved at once, in the trail. */
+  /** The source went on to a new generation (a rotation): saved at once, in the trail and as known. */
   async started(generation: GenerationState): Promise<void> {
     if (this.trail.includes(generation) || this.acked?.generation === generation) return;
     this.trail.push(generation);
+    this.addKnown([generation.identity]);
     await this.persistNow();
+  }
+
+  /**
+   * Counts rotated files as accounted for without reading them (copies a copytruncate left, whose
+   * lines were read from the file itself); saved with the next write. Never for a file still to
+   * be read: a crash before it is read would then leave it unread.
+   */
+  addKnown(files: readonly FileIdentity[]): void {
+    for (const f of files) if (!this.known.some((k) => sameIdentity(k, f))) this.known.push(f);
+  }
+
+  /** Forgets known files no longer in the directory (`present`: every file there now), so the list stays as long as the directory. */
+  pruneKnown(present: readonly FileIdentity[]): void {
+    this.known = this.known.filter((k) => present.some((p) => sameIdentity(k, p)));
   }
 
   /**
@@ -275,13 +314,15 @@ export class CheckpointStore {
   private async persist(checkpoint: FileCheckpoint): Promise<void> {
     try {
       const stored: z.input<typeof currentSchema> = {
-        version: 2,
+        version: 3,
         path: this.path,
         offset: checkpoint.offset,
         line: checkpoint.line,
         size_at_ack: checkpoint.size,
         ...generationFields(checkpoint.generation),
         trail: this.trail.map(generationFields),
+        ...(checkpoint.tail === undefined ? {} : { tail: checkpoint.tail }),
+        known: this.known.map((k) => ({ dev: k.dev, ino: k.ino })),
       };
       await writeFileAtomic(this.file, `${JSON.stringify(stored)}\n`);
       this.written = checkpoint;

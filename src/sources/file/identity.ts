@@ -41,15 +41,20 @@ export function sameIdentity(a: FileIdentity, b: FileIdentity): boolean {
   return a.dev === b.dev && a.ino === b.ino;
 }
 
-async function readHead(fh: FileHandle, length: number): Promise<Buffer> {
+/** Up to `length` bytes of the file from `position`: fewer when the file ends first. */
+async function readAt(fh: FileHandle, position: number, length: number): Promise<Buffer> {
   const buf = Buffer.alloc(length);
   let got = 0;
   while (got < length) {
-    const { bytesRead } = await fh.read(buf, got, length - got, got);
+    const { bytesRead } = await fh.read(buf, got, length - got, position + got);
     if (bytesRead === 0) break;
     got += bytesRead;
   }
   return buf.subarray(0, got);
+}
+
+function readHead(fh: FileHandle, length: number): Promise<Buffer> {
+  return readAt(fh, 0, length);
 }
 
 function sha256(bytes: Buffer): string {
@@ -71,6 +76,37 @@ export async function fingerprintOf(fh: FileHandle): Promise<Fingerprint> {
 export async function startsWith(fh: FileHandle, fp: Fingerprint): Promise<boolean> {
   const head = await readHead(fh, fp.bytes);
   return head.length === fp.bytes && sha256(head) === fp.sha256;
+}
+
+/** Bytes before a checkpoint's offset that its {@link Tail} covers at most: the last line read, or its end. */
+export const TAIL_MAX_BYTES = 1024;
+
+/**
+ * A hash of the bytes just before a position: the `bytes` bytes ending at it (the last line read,
+ * or its last {@link TAIL_MAX_BYTES}). The first line alone cannot tell a file rewritten with the
+ * same header from the one that was read; the bytes right before the position can.
+ */
+export interface Tail {
+  readonly bytes: number;
+  readonly sha256: string;
+}
+
+/** The tail of an open file at `offset` as it is now; undefined at offset 0 (nothing before it to compare). */
+export async function tailAt(fh: FileHandle, offset: number): Promise<Tail | undefined> {
+  const bytes = Math.min(offset, TAIL_MAX_BYTES);
+  if (bytes === 0) return undefined;
+  const got = await readAt(fh, offset - bytes, bytes);
+  return { bytes, sha256: sha256(got) };
+}
+
+/**
+ * True when the file still holds, just before `offset`, the bytes `tail` was taken of. False: the
+ * file was rewritten (or truncated) since those bytes were read, even if its first line is the same.
+ */
+export async function endsAt(fh: FileHandle, offset: number, tail: Tail): Promise<boolean> {
+  if (offset < tail.bytes) return false;
+  const got = await readAt(fh, offset - tail.bytes, tail.bytes);
+  return got.length === tail.bytes && sha256(got) === tail.sha256;
 }
 
 /**

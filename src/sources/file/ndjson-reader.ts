@@ -271,9 +271,13 @@ export class NdjsonReader {
   private acceptBytes(bytes: Buffer, from: number, to: number, start: number, valid: boolean): void {
     if (!valid && !isUtf8(bytes.subarray(from, to))) {
       // Decoding would turn the bad bytes into U+FFFD and deliver a record that is not what was
-      // written; the raw text keeps them so in the dead letter, where a reader sees where they were.
+      // written. The dead letter's raw is text, so it shows them as U+FFFD (where they were); the
+      // exact bytes go into the message as base64, the one place that keeps them without a change
+      // to the dead-letter schema.
+      const kept = bytes.subarray(from, Math.min(to, from + RAW_PREFIX_BYTES));
+      const cut = to - from > RAW_PREFIX_BYTES ? `first ${RAW_PREFIX_BYTES} bytes` : "bytes";
       this.pending.push(
-        this.malformedEntry(bytes.toString("utf8", from, Math.min(to, from + RAW_PREFIX_BYTES)), start, `line is not valid UTF-8 (the line starts at byte ${start})`),
+        this.malformedEntry(kept.toString("utf8"), start, `line is not valid UTF-8 (the line starts at byte ${start}; its ${cut} in base64: ${kept.toString("base64")})`),
       );
       return;
     }

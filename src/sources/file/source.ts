@@ -4,17 +4,18 @@
  * The parts: `ndjson-reader.ts` (bytes to records), `identity.ts` (which file, which generation),
  * `checkpoint-store.ts` (the saved position), `fifo.ts` (named pipes).
  */
-import { open, readdir, stat, type FileHandle } from "node:fs/promises";
-import { basename, dirname, join, resolve } from "node:path";
+import { open, stat, type FileHandle } from "node:fs/promises";
+import { dirname, resolve } from "node:path";
 import { z } from "zod";
 import { sleep } from "../../core/clock.js";
 import { SluiceError } from "../../core/errors.js";
 import { defineComponent, type ComponentContext, type Source, type SourceHandle } from "../../components/contracts.js";
 import { byteSize, duration } from "../../components/options.js";
-import { CheckpointStore, type FileCheckpoint, type SavedCheckpoint } from "./checkpoint-store.js";
+import { CheckpointStore, type FileCheckpoint, type SavedCheckpoint, type SavedGeneration } from "./checkpoint-store.js";
 import { fifoBytes } from "./fifo.js";
-import { FileGeneration, sameIdentity, startsWith, type FileIdentity, type Fingerprint, type PreviousGeneration } from "./identity.js";
+import { endsAt, FileGeneration, identityOf, sameIdentity, startsWith, tailAt, type FileIdentity, type PreviousGeneration, type Tail } from "./identity.js";
 import { NdjsonReader, READ_BYTES, readNdjsonStream } from "./ndjson-reader.js";
+import { findCopy, findRotated, listSiblings, MAX_OPEN_GENERATIONS, openSibling, unknownSiblings, type Sibling } from "./rotated.js";
 
 export { readNdjsonStream, type NdjsonStreamSettings, type StreamCheckpoint } from "./ndjson-reader.js";
 export type { FileCheckpoint } from "./checkpoint-store.js";
@@ -78,6 +79,8 @@ interface Part {
   readonly fh: FileHandle;
   readonly offset: number;
   readonly line: number;
+  /** Where the file was when it was opened, for the logs. */
+  readonly file: string;
 }
 
 /**
@@ -89,6 +92,8 @@ interface Start {
   readonly parts: readonly Part[];
   /** The checkpoint in effect before anything is read: the saved one, or the start of a generation with nothing before it. */
   readonly base: FileCheckpoint;
+  /** The files accounted for (see `SavedCheckpoint.known`): the rotated files already there that are not read, and every part's. */
+  readonly known: readonly FileIdentity[];
 }
 
 /** The position prefix of a generation's lines (see {@link NdjsonReader.positionPrefix}). */
@@ -160,29 +165,47 @@ class FileSource implements Source {
    * rotation (another file at the path): a truncated file is read again from its start as a new
    * generation; a rotated one is read to its end through the descriptor still open, and once it
    * stayed quiet for a poll (the writer may not have reopened the path yet), the new file is read
-   * from its start as the next generation.
+   * from its start as the next generation. A truncation is also told by the bytes just before the
+   * position (see `Tail`): a rewrite that keeps the first line and grows past the position between
+   * two polls. When the path was rotated, the directory is looked through for rotated files no
+   * generation was read from (the path rotated twice between two looks, as when the sink is slow):
+   * each is opened at once (its descriptor keeps it readable whatever is renamed or deleted next)
+   * and read, oldest first, before the file now at the path.
    */
   private async runFile(path: string, store: CheckpointStore, fh: FileHandle, handle: SourceHandle, signal: AbortSignal): Promise<void> {
     const log = { source: this.ctx.name, path };
     // What is left to read, in order; the first is being read. Files rotated away come first.
     let parts: Part[];
+    let startAt: Start;
     try {
-      parts = [...(await this.startPosition(path, store, fh)).parts];
+      startAt = await this.startPosition(path, store, fh);
+      parts = [...startAt.parts];
     } catch (err) {
       await fh.close();
       throw err;
     }
     try {
+      // Every file a generation was or will be read from, and the rotated files accounted for.
+      const seen: FileIdentity[] = [...startAt.known];
       const start = parts[0]!;
       let gen = start.generation;
       let reading = start.fh;
+      // The tail of the last chunk handed over, and where: a file that no longer holds it was rewritten.
+      let lastTail: { generation: FileGeneration; offset: number; tail: Tail | undefined } | undefined;
       // Where `reading` had got to when a rotation was seen; undefined: switch without waiting.
       let quietAt: number | undefined;
       const reader: NdjsonReader = new NdjsonReader(
         handle,
         { location: path, maxLineBytes: this.opts.max_line_bytes, signal },
-        // `gen` is read when the chunk is enqueued: chunks of a new generation carry it.
-        (records, offset, line) => handle.enqueue(records, { offset, line, generation: gen, size: reader.readPos } satisfies FileCheckpoint),
+        // `gen` is read when the chunk is enqueued: chunks of a new generation carry it. The tail is
+        // read back from the file (one small read per chunk): the reader keeps no bytes behind it.
+        async (records, offset, line) => {
+          const tail = await tailAt(reading, offset).catch((err: unknown) => {
+            throw readError(path, "cannot read", err);
+          });
+          lastTail = { generation: gen, offset, tail };
+          return handle.enqueue(records, { offset, line, generation: gen, size: reader.readPos, tail } satisfies FileCheckpoint);
+        },
         start.offset,
         start.line,
       );
@@ -258,7 +281,27 @@ class FileSource implements Source {
           if (!(await reader.flush())) return;
           const rotatedTo = await this.openIfRotated(path, gen.identity);
           if (rotatedTo !== undefined) {
-            parts = [...parts, { generation: await FileGeneration.open(rotatedTo, gen), fh: rotatedTo, offset: 0, line: 0 }];
+            const rotatedToId = await identityOf(rotatedTo);
+            const { files } = await listSiblings(path);
+            store.pruneKnown([...files.map((f) => f.identity), rotatedToId, ...parts.map((p) => p.generation.identity)]);
+            const missed = unknownSiblings(files, [...seen, rotatedToId]);
+            let last: PreviousGeneration = gen;
+            const taken = missed.slice(0, Math.max(MAX_OPEN_GENERATIONS - parts.length - 1, 0));
+            for (const sibling of taken) {
+              const sfh = await openSibling(sibling);
+              if (sfh === undefined) {
+                this.ctx.logger.warn({ ...log, file: sibling.file }, "a rotated file went away before it could be read");
+                continue;
+              }
+              const generation = await FileGeneration.open(sfh, last);
+              last = generation;
+              parts.push({ generation, fh: sfh, offset: 0, line: 0, file: sibling.file });
+              seen.push(sibling.identity);
+            }
+            if (taken.length > 0) this.ctx.logger.info({ ...log, files: taken.map((m) => m.file) }, "the path was rotated more than once since the last look; reading the rotated files in between first, oldest first");
+            this.warnTooMany(missed.slice(taken.length), seen, store);
+            parts.push({ generation: await FileGeneration.open(rotatedTo, last), fh: rotatedTo, offset: 0, line: 0, file: path });
+            seen.push(rotatedToId);
             quietAt = reader.readPos;
           }
         }
@@ -271,9 +314,12 @@ class FileSource implements Source {
         // last poll would otherwise be read from the middle of its new content.
         if (parts.length === 1) {
           const size = (await reading.stat()).size;
-          if (size < reader.readPos || !(await startsWith(reading, gen.fingerprint))) {
+          const rewritten = async (): Promise<boolean> =>
+            lastTail !== undefined && lastTail.generation === gen && lastTail.tail !== undefined && !(await endsAt(reading, lastTail.offset, lastTail.tail));
+          if (size < reader.readPos || !(await startsWith(reading, gen.fingerprint)) || (await rewritten())) {
             this.ctx.logger.warn({ ...log, size, offset: reader.readPos }, "file was truncated; reading it again from the start as a new generation");
-            const next: Part = { generation: await FileGeneration.open(reading, gen), fh: reading, offset: 0, line: 0 };
+            await this.forgetCopies(path, gen, seen, store);
+            const next: Part = { generation: await FileGeneration.open(reading, gen), fh: reading, offset: 0, line: 0, file: path };
             parts = [next];
             await switchTo(next);
           }
@@ -282,6 +328,39 @@ class FileSource implements Source {
     } finally {
       for (const part of parts) await part.fh.close();
     }
+  }
+
+  /**
+   * Rotated files more than {@link MAX_OPEN_GENERATIONS} allows at once: warned about and counted
+   * as accounted for, so that they are not read later, out of order, after newer generations.
+   */
+  private warnTooMany(files: readonly Sibling[], seen: FileIdentity[], store: CheckpointStore): void {
+    if (files.length === 0) return;
+    this.ctx.logger.warn(
+      { source: this.ctx.name, path: this.path, files: files.map((f) => f.file), max_open_generations: MAX_OPEN_GENERATIONS },
+      "more rotated files to read than generations held open at once; these are not read",
+    );
+    seen.push(...files.map((f) => f.identity));
+    store.addKnown(files.map((f) => f.identity));
+  }
+
+  /**
+   * After a truncation in place: the rotated files no generation was read from that start as the
+   * truncated generation did are the copies a copytruncate made of it, whose lines were read from
+   * the file itself. Counted as accounted for, so that a later rotation does not read them again.
+   */
+  private async forgetCopies(path: string, gen: FileGeneration, seen: FileIdentity[], store: CheckpointStore): Promise<void> {
+    const copies: Sibling[] = [];
+    for (const sibling of unknownSiblings((await listSiblings(path)).files, seen)) {
+      const fh = await openSibling(sibling);
+      if (fh === undefined) continue;
+      if (await startsWith(fh, gen.fingerprint)) copies.push(sibling);
+      await fh.close();
+    }
+    if (copies.length === 0) return;
+    this.ctx.logger.info({ source: this.ctx.name, path, files: copies.map((c) => c.file) }, "copies of the truncated file (copytruncate) are not read: their lines were read from the file");
+    seen.push(...copies.map((c) => c.identity));
+    store.addKnown(copies.map((c) => c.identity));
   }
 
   /** The file now at `path` when it is not `identity` (the path was rotated); undefined while it is, or while nothing is there. */
@@ -322,14 +401,15 @@ class FileSource implements Source {
   /**
    * Where to start, and saves it (see {@link CheckpointStore.begin}): in the saved checkpoint's
    * generation when the file at the path is still it (same device and inode, still starting with
-   * the same first line, not shorter than when the checkpoint was acked); else first in the files
-   * it and the generations after it were rotated away to within the same directory, then the
-   * path's file from its start, as the next generation.
+   * the same first line, still holding the bytes read last before the offset, not shorter than
+   * when the checkpoint was acked); else first in the files it and the generations after it were
+   * rotated away to within the same directory, then in the rotated files no generation was read
+   * from (rotated away while sluice was down), then the path's file from its start.
    */
   private async startPosition(path: string, store: CheckpointStore, fh: FileHandle): Promise<Start> {
     const start = await this.findStart(path, store, fh, await FileGeneration.open(fh, undefined));
     const [first, ...rest] = start.parts;
-    await store.begin(start.base, first === undefined ? [] : [first, ...rest].map((p) => p.generation).filter((g) => g !== start.base.generation));
+    await store.begin(start.base, first === undefined ? [] : [first, ...rest].map((p) => p.generation).filter((g) => g !== start.base.generation), start.known);
     return start;
   }
 
@@ -337,9 +417,12 @@ class FileSource implements Source {
   private async findStart(path: string, store: CheckpointStore, fh: FileHandle, current: FileGeneration): Promise<Start> {
     const saved = await store.load();
     const log = { source: this.ctx.name, path };
-    const fresh = async (previous: PreviousGeneration | undefined): Promise<Start> => {
+    const { files: siblings, compressed } = await listSiblings(path);
+    const present = siblings.map((s) => s.identity);
+    // With no checkpoint, rotated files already there are history: accounted for, never read.
+    const fresh = async (previous: PreviousGeneration | undefined, known: readonly FileIdentity[] = present): Promise<Start> => {
       const generation = previous === undefined ? current : await FileGeneration.open(fh, previous);
-      return { parts: [{ generation, fh, offset: 0, line: 0 }], base: { offset: 0, line: 0, generation, size: 0 } };
+      return { parts: [{ generation, fh, offset: 0, line: 0, file: path }], base: { offset: 0, line: 0, generation, size: 0, tail: undefined }, known: [...known, current.identity] };
     };
     if (saved === undefined) {
       this.ctx.logger.info(log, "no checkpoint; reading from the start");
@@ -352,72 +435,183 @@ class FileSource implements Source {
     const { identity } = current;
     const savedIdentity = saved.dev === undefined || saved.ino === undefined ? undefined : { dev: saved.dev, ino: saved.ino };
     const previous: PreviousGeneration = { identity: savedIdentity, fingerprint: saved.fingerprint, epoch: saved.epoch };
-    if (saved.ino !== identity.ino || (saved.dev !== undefined && saved.dev !== identity.dev)) {
-      const rotated = await this.startAfterRotations(path, fh, saved, current);
+    // The trail naming the path's own file: the source went on to a later generation of it in place
+    // (truncated or rewritten) before any of that generation was acked; resuming the checkpoint's
+    // would read the new content under the old generation's ids.
+    const supersededInPlace = saved.trail.some((t) => sameIdentity(t.identity, identity));
+    if (supersededInPlace || saved.ino !== identity.ino || (saved.dev !== undefined && saved.dev !== identity.dev)) {
+      const rotated = await this.startAfterRotations(path, fh, saved, current, siblings, compressed);
       if (rotated !== undefined) return rotated;
       this.ctx.logger.warn({ ...log, offset: saved.offset }, "file was replaced since the checkpoint (inode changed); reading it from the start as a new generation");
       return fresh(previous);
     }
     const size = (await fh.stat()).size;
-    if (size < saved.offset || size < saved.sizeAtAck) {
-      this.ctx.logger.warn({ ...log, size, offset: saved.offset, size_at_ack: saved.sizeAtAck }, "file is shorter than at the checkpoint (truncated); reading it from the start as a new generation");
-      return fresh(previous);
-    }
-    if (saved.fingerprint !== undefined && !(await startsWith(fh, saved.fingerprint))) {
-      this.ctx.logger.warn({ ...log, offset: saved.offset }, "file no longer starts as it did at the checkpoint (rewritten); reading it from the start as a new generation");
-      return fresh(previous);
+    const notResumable = async (): Promise<string | undefined> => {
+      if (size < saved.offset || size < saved.sizeAtAck) return "file is shorter than at the checkpoint (truncated); reading it from the start as a new generation";
+      if (saved.fingerprint !== undefined && !(await startsWith(fh, saved.fingerprint))) {
+        return "file no longer starts as it did at the checkpoint (rewritten); reading it from the start as a new generation";
+      }
+      if (saved.tail !== undefined && !(await endsAt(fh, saved.offset, saved.tail))) {
+        return "file no longer holds the line read last before the checkpoint (rewritten); reading it from the start as a new generation";
+      }
+      return undefined;
+    };
+    const why = await notResumable();
+    if (why !== undefined) {
+      this.ctx.logger.warn({ ...log, size, offset: saved.offset, size_at_ack: saved.sizeAtAck }, why);
+      const copy =
+        saved.known === undefined || saved.fingerprint === undefined ? undefined : await findCopy(unknownSiblings(siblings, [...saved.known, identity]), saved.fingerprint, saved.offset, saved.tail);
+      if (copy !== undefined) {
+        // A copytruncate while sluice was down: the copy holds the rest of the checkpoint's generation.
+        this.ctx.logger.info({ ...log, files: [copy.sibling.file, path], offset: saved.offset }, "reading the rest of the file from its copy (copytruncate), then the file at the path from its start");
+        const generation = FileGeneration.resumed(identity, saved.fingerprint!, saved.epoch, saved.token, saved.previous);
+        const next = await FileGeneration.open(fh, generation);
+        return {
+          parts: [
+            { generation, fh: copy.fh, offset: saved.offset, line: saved.line, file: copy.sibling.file },
+            { generation: next, fh, offset: 0, line: 0, file: path },
+          ],
+          base: { offset: saved.offset, line: saved.line, generation, size: saved.sizeAtAck, tail: saved.tail },
+          known: [...this.accountFor(saved, siblings.filter((s) => s !== copy.sibling), "copies of the file before it was truncated are not read (copytruncate)"), copy.sibling.identity, identity],
+        };
+      }
+      // Rotated files the checkpoint does not know of are copies of the old content (copytruncate): not read.
+      return fresh(previous, this.accountFor(saved, siblings, "copies of the file before it was truncated are not read (copytruncate)"));
     }
     this.ctx.logger.info({ ...log, offset: saved.offset, line: saved.line }, "resuming from checkpoint");
     // A checkpoint of before generations has no fingerprint: the file's own becomes the generation's.
     const generation = FileGeneration.resumed(identity, saved.fingerprint ?? current.fingerprint, saved.epoch, saved.token, saved.previous);
-    return { parts: [{ generation, fh, offset: saved.offset, line: saved.line }], base: { offset: saved.offset, line: saved.line, generation, size: saved.sizeAtAck } };
+    return {
+      parts: [{ generation, fh, offset: saved.offset, line: saved.line, file: path }],
+      base: { offset: saved.offset, line: saved.line, generation, size: saved.sizeAtAck, tail: saved.tail },
+      // The path's file was never rotated since: any rotated file the checkpoint does not know of is a copy.
+      known: [...this.accountFor(saved, siblings, "rotated files that are copies of the file at the path are not read"), identity],
+    };
+  }
+
+  /**
+   * The rotated files now there, all counted as accounted for: those the checkpoint knew of, and
+   * the others, which are logged with `why` they are not read (a checkpoint of before version 3
+   * knew of none, so it cannot place any: a warning then).
+   */
+  private accountFor(saved: SavedCheckpoint, siblings: readonly Sibling[], why: string): FileIdentity[] {
+    const unknown = unknownSiblings(siblings, saved.known ?? []);
+    if (saved.known === undefined) this.cannotPlace(unknown);
+    else if (unknown.length > 0) this.ctx.logger.info({ source: this.ctx.name, path: this.path, files: unknown.map((u) => u.file) }, why);
+    return siblings.map((s) => s.identity);
+  }
+
+  /** Rotated files a checkpoint of before version 3 cannot tell apart from history: warned about, not read. */
+  private cannotPlace(files: readonly Sibling[]): void {
+    if (files.length === 0) return;
+    this.ctx.logger.warn(
+      { source: this.ctx.name, path: this.path, files: files.map((f) => f.file) },
+      "the checkpoint (written by an older sluice) does not say which rotated files were read: these are not read",
+    );
   }
 
   /**
    * The parts to read when the path's file is no longer the checkpoint's: the files the
-   * checkpoint's generation and those of its trail were rotated away to within `dir` (found by
-   * inode and first line, each skipped when gone: deleted, compressed, moved elsewhere), then the
-   * path's file, which is the trail's next generation or a new one. Undefined when none was found.
+   * checkpoint's generation and those of its trail were rotated away to within the directory
+   * (found by inode and first line, each skipped when gone: deleted, compressed, moved elsewhere),
+   * then the rotated files the checkpoint does not know of (rotated away while sluice was down),
+   * oldest first, then the path's file, which is the trail's next generation or a new one.
+   * Undefined when none was found.
    */
-  private async startAfterRotations(path: string, fh: FileHandle, saved: SavedCheckpoint, current: FileGeneration): Promise<Start | undefined> {
+  private async startAfterRotations(
+    path: string,
+    fh: FileHandle,
+    saved: SavedCheckpoint,
+    current: FileGeneration,
+    siblings: readonly Sibling[],
+    compressed: readonly string[],
+  ): Promise<Start | undefined> {
     const parts: Part[] = [];
     let base: FileCheckpoint | undefined;
     let last: PreviousGeneration = { identity: undefined, fingerprint: saved.fingerprint, epoch: saved.epoch };
+    // Files the checkpoint names (its own, its trail's, the path's): never taken for unseen rotations.
+    const named: FileIdentity[] = [current.identity];
     /** Reads `generation` from `offset` in the file it went to; one rewritten since from its start, as the generation after it. */
-    const follow = async (generation: FileGeneration, offset: number, line: number): Promise<void> => {
+    const follow = async (generation: FileGeneration, offset: number, line: number, tail: Tail | undefined, later: readonly SavedGeneration[]): Promise<void> => {
       last = generation;
-      const found = await findRotated(path, generation.identity, generation.fingerprint, offset);
+      named.push(generation.identity);
+      // A later generation of the same file: this one was truncated or rewritten in place, its
+      // content is gone, and what the file holds now is read as that later generation.
+      if (later.some((t) => sameIdentity(t.identity, generation.identity))) return;
+      const found = await findRotated(path, generation.identity, generation.fingerprint, offset, tail);
+      if (found?.same !== true) {
+        // Truncated (or gone) unseen: a copytruncate's copy still holds the rest, under the generation's ids.
+        const copy = saved.known === undefined ? undefined : await findCopy(unknownSiblings(siblings, [...named, ...saved.known]), generation.fingerprint, offset, tail);
+        if (copy !== undefined) {
+          named.push(copy.sibling.identity);
+          parts.push({ generation, fh: copy.fh, offset, line, file: copy.sibling.file });
+        }
+      }
       if (found === undefined) return;
-      if (found.same) parts.push({ generation, fh: found.fh, offset, line });
+      const file = siblings.find((s) => sameIdentity(s.identity, generation.identity))?.file ?? path;
+      if (found.same) parts.push({ generation, fh: found.fh, offset, line, file });
       else {
         const rewritten = await FileGeneration.open(found.fh, generation);
         last = rewritten;
-        parts.push({ generation: rewritten, fh: found.fh, offset: 0, line: 0 });
+        parts.push({ generation: rewritten, fh: found.fh, offset: 0, line: 0, file });
       }
     };
     if (saved.dev !== undefined && saved.ino !== undefined && saved.fingerprint !== undefined) {
       const generation = FileGeneration.resumed({ dev: saved.dev, ino: saved.ino }, saved.fingerprint, saved.epoch, saved.token, saved.previous);
-      await follow(generation, saved.offset, saved.line);
-      if (parts[0]?.generation === generation) base = { offset: saved.offset, line: saved.line, generation, size: saved.sizeAtAck };
+      await follow(generation, saved.offset, saved.line, saved.tail, saved.trail);
+      if (parts[0]?.generation === generation) base = { offset: saved.offset, line: saved.line, generation, size: saved.sizeAtAck, tail: saved.tail };
     }
     let atPath: FileGeneration | undefined;
-    for (const t of saved.trail) {
+    for (const [i, t] of saved.trail.entries()) {
       const generation = FileGeneration.resumed(t.identity, t.fingerprint, t.epoch, t.token, t.previous);
+      const later = saved.trail.slice(i + 1);
       if (sameIdentity(t.identity, current.identity)) {
+        if (later.some((l) => sameIdentity(l.identity, current.identity))) {
+          // Superseded in place by a later generation of the path's file, read as that one.
+          last = generation;
+          continue;
+        }
         // Still at the path: the trail's generation, or (rewritten since) the one after it.
         atPath = (await startsWith(fh, t.fingerprint)) ? generation : await FileGeneration.open(fh, generation);
         break;
       }
-      await follow(generation, 0, 0);
+      await follow(generation, 0, 0, undefined, later);
+    }
+    const log = { source: this.ctx.name, path };
+    // Rotated away unseen, between the checkpoint's last generation and the path's file: only
+    // when the path's file is not itself a generation the checkpoint named.
+    const unseen = atPath === undefined ? unknownSiblings(siblings, [...named, ...(saved.known ?? siblings.map((s) => s.identity))]) : [];
+    if (saved.known === undefined) this.cannotPlace(unknownSiblings(siblings, named));
+    const taken = unseen.slice(0, Math.max(MAX_OPEN_GENERATIONS - parts.length - 1, 0));
+    for (const sibling of taken) {
+      const sfh = await openSibling(sibling);
+      if (sfh === undefined) {
+        this.ctx.logger.warn({ ...log, file: sibling.file }, "a rotated file went away before it could be read");
+        continue;
+      }
+      const generation = await FileGeneration.open(sfh, last);
+      last = generation;
+      parts.push({ generation, fh: sfh, offset: 0, line: 0, file: sibling.file });
+    }
+    if (unseen.length > taken.length) {
+      this.ctx.logger.warn(
+        { ...log, files: unseen.slice(taken.length).map((u) => u.file), max_open_generations: MAX_OPEN_GENERATIONS },
+        "more rotated files to read than generations held open at once; these are not read",
+      );
     }
     if (parts.length === 0 && atPath === undefined) return undefined;
-    this.ctx.logger.info(
-      { source: this.ctx.name, path, rotated_files: parts.length, offset: saved.offset },
-      "file was rotated since the checkpoint; reading the rest of the rotated file first",
-    );
     const generation = atPath ?? (await FileGeneration.open(fh, last));
-    parts.push({ generation, fh, offset: 0, line: 0 });
-    return { parts, base: base ?? { offset: 0, line: 0, generation: parts[0]!.generation, size: 0 } };
+    parts.push({ generation, fh, offset: 0, line: 0, file: path });
+    this.ctx.logger.info(
+      { ...log, files: parts.map((p) => p.file), offset: saved.offset },
+      "reading files rotated since the checkpoint, oldest first (the checkpoint's own from its offset), then the file at the path",
+    );
+    if (compressed.length > 0) this.ctx.logger.info({ ...log, files: compressed }, "compressed rotated files are not read: a compressed rotation must be read before it is compressed");
+    return {
+      parts,
+      base: base ?? { offset: 0, line: 0, generation: parts[0]!.generation, size: 0, tail: undefined },
+      known: [...siblings.map((s) => s.identity), current.identity],
+    };
   }
 
   async ack(checkpoint: unknown): Promise<void> {
@@ -429,29 +623,6 @@ class FileSource implements Source {
   async close(): Promise<void> {
     await this.store?.close();
   }
-}
-
-/**
- * The file a generation went to when the path was rotated by renaming it within its directory
- * (logrotate's `create`, `mv app.log app.log.1`): a file whose name starts with the path's (so
- * that an inode reused by another file is never taken for it) with the same device and inode.
- * `same`: it still starts with the generation's first line and has at least `minSize` bytes;
- * otherwise it was truncated or rewritten after the generation was seen. Undefined when it is not
- * there (deleted, compressed, moved elsewhere).
- */
-async function findRotated(path: string, identity: FileIdentity, fingerprint: Fingerprint, minSize: number): Promise<{ fh: FileHandle; same: boolean } | undefined> {
-  const dir = dirname(path);
-  const prefix = basename(path);
-  const names = await readdir(dir).catch(() => []);
-  for (const name of names) {
-    if (!name.startsWith(prefix)) continue;
-    const s = await stat(join(dir, name), { bigint: true }).catch(() => undefined);
-    if (s === undefined || !s.isFile() || String(s.dev) !== identity.dev || String(s.ino) !== identity.ino) continue;
-    const fh = await open(join(dir, name), "r").catch(() => undefined);
-    if (fh === undefined) return undefined;
-    return { fh, same: (await fh.stat()).size >= minSize && (await startsWith(fh, fingerprint)) };
-  }
-  return undefined;
 }
 
 /**
@@ -476,8 +647,10 @@ export function createFileSource(opts: FileSourceOptions, ctx: ComponentContext,
  * skipped; a trailing `\r` and a leading byte order mark are stripped.
  *
  * Gotchas: the checkpoint (`<data_dir>/checkpoints/<name>.json`) is keyed by the resolved path and
- * the generation; a replaced, shrunk or rewritten file is read from the start as a new generation
- * (logged as a warning). Without `follow`, a last line without `\n` is read as a line; if the
+ * the generation; a replaced, shrunk or rewritten file (told by its first line and the bytes just
+ * before the offset) is read from the start as a new generation (logged as a warning). Rotated
+ * files next to the path that no generation was read from are read, oldest first, before the
+ * path's file; compressed ones never (see `rotated.ts` for the bound on open generations). Without `follow`, a last line without `\n` is read as a line; if the
  * file later grows, the next run starts after it. stdin and named pipes have no checkpoint.
  */
 export const definition = defineComponent({

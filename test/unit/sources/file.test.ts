@@ -99,10 +99,12 @@ describe("file source: reading", () => {
     expect(harness.entries.map((e) => e.id).slice(0, 2)).toEqual(["r1", "r2"]);
     const offsetAfter = (n: number) => Buffer.byteLength(ndjson(lines(1, n)));
     const generation = expect.objectContaining({ token: expect.stringMatching(/^[0-9a-f]{12}$/), epoch: 0 });
+    // The tail: a hash of the 1 KiB just before the offset.
+    const tail = { bytes: 1024, sha256: expect.stringMatching(/^[0-9a-f]{64}$/) };
     expect(harness.chunks.map((c) => c.checkpoint)).toEqual([
-      { offset: offsetAfter(100), line: 100, generation, size: content.length },
-      { offset: offsetAfter(200), line: 200, generation, size: content.length },
-      { offset: content.length, line: 250, generation, size: content.length },
+      { offset: offsetAfter(100), line: 100, generation, size: content.length, tail },
+      { offset: offsetAfter(200), line: 200, generation, size: content.length, tail },
+      { offset: content.length, line: 250, generation, size: content.length, tail },
     ]);
     expect(harness.entries[0]!.bytes).toBe(Buffer.byteLength(lines(1, 1)[0]!));
   });
@@ -287,7 +289,9 @@ describe("file source: reading", () => {
     const error = failureOf(harness.failures[0]!);
     expect(error.code).toBe("ERR_RECORD_MALFORMED");
     expect(error.location).toBe(`${inputPath}:2`);
-    expect(error.message).toBe("line is not valid UTF-8 (the line starts at byte 8)");
+    expect(error.message).toBe(`line is not valid UTF-8 (the line starts at byte 8; its bytes in base64: ${bad.toString("base64")})`);
+    // The raw text shows the bad byte as U+FFFD; the message keeps the line's exact bytes.
+    expect(Buffer.from(/base64: (\S+)\)$/.exec(error.message)![1]!, "base64").equals(bad)).toBe(true);
     expect(harness.failures[0]!.id).toBe(`logs:${tokenOf(harness)}:8`);
     expect(harness.failures[0]!.raw).toBe('{"name":"caf\ufffd"}');
 
@@ -355,7 +359,7 @@ describe("file source: checkpoints", () => {
     const st = await stat(inputPath, { bigint: true });
     const token = tokenOf(first.harness);
     expect(saved).toEqual({
-      version: 2,
+      version: 3,
       path: inputPath,
       offset: expectedOffset,
       line: 20,
@@ -366,6 +370,8 @@ describe("file source: checkpoints", () => {
       epoch: 0,
       generation: token,
       trail: [],
+      tail: { bytes: expectedOffset, sha256: expect.stringMatching(/^[0-9a-f]{64}$/) },
+      known: [{ dev: String(st.dev), ino: String(st.ino) }],
     });
 
     const second = await runOnce({}, 10);
@@ -541,7 +547,7 @@ describe("file source: generations between runs", () => {
     expect(second.harness.payloads.map((p) => p.n)).toEqual([...Array.from({ length: 15 }, (_, i) => 21 + i), 101, 102, 103, 104, 105]);
     // The rest of the old generation keeps its ids: the redelivered lines 21-30 match the first run's.
     expect(second.harness.entries.slice(0, 10).map((e) => e.id)).toEqual(first.harness.entries.slice(20, 30).map((e) => e.id));
-    expect(second.logger.at("info").map((l) => l.msg)).toContain("file was rotated since the checkpoint; reading the rest of the rotated file first");
+    expect(second.logger.at("info").find((l) => l.msg?.startsWith("reading files rotated since the checkpoint"))?.obj).toMatchObject({ files: [join(tmp.path, "in.ndjson.1"), inputPath] });
     expect(await savedCheckpoint()).toMatchObject({ offset: Buffer.byteLength(ndjson(unkeyed(101, 105))), line: 5, trail: [] });
   });
 
@@ -579,6 +585,70 @@ describe("file source: generations between runs", () => {
     expect(await savedCheckpoint()).toMatchObject({ offset: Buffer.byteLength(ndjson(unkeyed(23, 25))), trail: [] });
   });
 
+  it("reads every generation rotated away while down, oldest first, before the file at the path", async () => {
+    // A rotation from before the first run is history, not something this source ever had to read.
+    await writeFile(join(tmp.path, "in.ndjson.9"), ndjson(unkeyed(900, 901)));
+    await writeFile(inputPath, ndjson(unkeyed(1, 10)));
+    await runAndAck();
+    // Two rename rotations while sluice is down (logrotate shifts .1 to .2, then the path to .1).
+    await rename(inputPath, join(tmp.path, "in.ndjson.1"));
+    await writeFile(inputPath, ndjson(unkeyed(11, 15)));
+    await rename(join(tmp.path, "in.ndjson.1"), join(tmp.path, "in.ndjson.2"));
+    await rename(inputPath, join(tmp.path, "in.ndjson.1"));
+    await writeFile(inputPath, ndjson(unkeyed(16, 20)));
+    await writeFile(join(tmp.path, "in.ndjson.3.gz"), "not read");
+    const second = await runAndAck();
+    expect(second.harness.payloads.map((p) => p.n)).toEqual(Array.from({ length: 10 }, (_, i) => 11 + i));
+    const infos = second.logger.at("info");
+    expect(infos.find((l) => l.msg?.startsWith("reading files rotated since the checkpoint"))?.obj).toMatchObject({ files: [join(tmp.path, "in.ndjson.2"), join(tmp.path, "in.ndjson.1"), inputPath] });
+    expect(infos.find((l) => l.msg?.startsWith("compressed rotated files are not read"))?.obj).toMatchObject({ files: [join(tmp.path, "in.ndjson.3.gz")] });
+    expect(await savedCheckpoint()).toMatchObject({ version: 3, trail: [] });
+  });
+
+  it("reads a file rewritten with the same first line and grown past the checkpoint from the start: the bytes before the offset changed", async () => {
+    const header = JSON.stringify({ header: "v1" });
+    await writeFile(inputPath, ndjson([header, ...unkeyed(1, 10)]));
+    const first = await runAndAck();
+    await writeFile(inputPath, ndjson([header, ...unkeyed(101, 120)])); // same inode, same first line, longer
+    const second = await runAndAck();
+    expect(second.harness.payloads.map((p) => p.n ?? "header")).toEqual(["header", ...Array.from({ length: 20 }, (_, i) => 101 + i)]);
+    expect(second.logger.at("warn").map((l) => l.msg)).toEqual(["file no longer holds the line read last before the checkpoint (rewritten); reading it from the start as a new generation"]);
+    const before = new Set(first.harness.entries.map((e) => e.id));
+    expect(second.harness.entries.filter((e) => before.has(e.id))).toEqual([]);
+  });
+
+  it("after a copytruncate while down, reads the rest of the checkpoint's generation from the copy under its ids, then the file", async () => {
+    await writeFile(inputPath, ndjson(unkeyed(1, 30)));
+    const first = await runOnce({}, 10);
+    await first.harness.ackThrough(first.source, 0); // acked at line 10; 11-30 read, never acked
+    await first.source.close();
+    await copyFile(inputPath, join(tmp.path, "in.ndjson.1"));
+    await truncate(inputPath, 0);
+    await appendFile(inputPath, ndjson(unkeyed(101, 103)));
+    const second = await runAndAck();
+    expect(second.harness.payloads.map((p) => p.n)).toEqual([...Array.from({ length: 20 }, (_, i) => 11 + i), 101, 102, 103]);
+    expect(second.harness.entries.slice(0, 20).map((e) => e.id)).toEqual(first.harness.entries.slice(10, 30).map((e) => e.id));
+    expect(second.logger.at("info").map((l) => l.msg)).toContain("reading the rest of the file from its copy (copytruncate), then the file at the path from its start");
+  });
+
+  it("with a version 2 checkpoint, names the rotated files it cannot place in a warning instead of skipping them silently", async () => {
+    await writeFile(inputPath, ndjson(unkeyed(1, 10)));
+    await runAndAck();
+    const v2 = await savedCheckpoint();
+    delete v2.known;
+    delete v2.tail;
+    await writeFile(join(dataDir, "checkpoints", "logs.json"), JSON.stringify({ ...v2, version: 2 }));
+    await rename(inputPath, join(tmp.path, "in.ndjson.1"));
+    await writeFile(inputPath, ndjson(unkeyed(11, 12)));
+    await rename(join(tmp.path, "in.ndjson.1"), join(tmp.path, "in.ndjson.2"));
+    await rename(inputPath, join(tmp.path, "in.ndjson.1"));
+    await writeFile(inputPath, ndjson(unkeyed(21, 22)));
+    const second = await runAndAck();
+    expect(second.harness.payloads.map((p) => p.n)).toEqual([21, 22]);
+    const warning = second.logger.at("warn").find((l) => l.msg?.includes("does not say which rotated files were read"));
+    expect(warning?.obj).toMatchObject({ files: [join(tmp.path, "in.ndjson.1")] });
+  });
+
   it("migrates a checkpoint written before generations: resumes at its offset, with the ids that version gave", async () => {
     const all = unkeyed(1, 20);
     await writeFile(inputPath, ndjson(all));
@@ -590,7 +660,7 @@ describe("file source: generations between runs", () => {
     expect(run.harness.payloads.map((p) => p.n)).toEqual([13, 14, 15, 16, 17, 18, 19, 20]);
     expect(run.harness.entries[0]!.id).toBe(`logs:${offset}`);
     expect(run.logger.at("warn")).toEqual([]);
-    expect(await savedCheckpoint()).toMatchObject({ version: 2, generation: "", epoch: 0, line: 20, ino: String(ino) });
+    expect(await savedCheckpoint()).toMatchObject({ version: 3, generation: "", epoch: 0, line: 20, ino: String(ino) });
   });
 });
 
@@ -785,6 +855,44 @@ describe("file source: follow across rotations, records without ids", () => {
     await poll(f.clock);
     expect(f.harness.payloads.map((p) => p.n)).toEqual([1, 2, 3, 4, 5, 101, 102, 103]);
     expect(uniqueIds(f.harness)).toBe(8);
+    await f.stop();
+  });
+
+  it("two rename rotations while the source is held back: the generation between them is read too, in order", async () => {
+    await writeFile(inputPath, ndjson(unkeyed(1, 4)));
+    const clock = new FakeClock();
+    const { source } = makeSource({ follow: true }, { clock });
+    const harness = new SourceHarness({ source: "logs", chunkSize: 2 });
+    let release: () => void = () => {};
+    const held = new Promise<void>((r) => (release = r));
+    harness.onEnqueue = () => held; // a sink that lags: the source waits on its first chunk
+    const controller = new AbortController();
+    const done = source.run(harness, controller.signal);
+    await vi.waitFor(() => expect(harness.chunks).toHaveLength(1));
+    await rename(inputPath, join(tmp.path, "in.ndjson.1"));
+    await writeFile(inputPath, ndjson(unkeyed(11, 13)));
+    await rename(join(tmp.path, "in.ndjson.1"), join(tmp.path, "in.ndjson.2"));
+    await rename(inputPath, join(tmp.path, "in.ndjson.1"));
+    await writeFile(inputPath, ndjson(unkeyed(21, 23)));
+    harness.onEnqueue = undefined;
+    release();
+    await vi.waitFor(() => expect(clock.pendingTimers).toBe(1));
+    for (let i = 0; i < 4; i++) await poll(clock);
+    expect(harness.payloads.map((p) => p.n)).toEqual([1, 2, 3, 4, 11, 12, 13, 21, 22, 23]);
+    expect(uniqueIds(harness)).toBe(10);
+    controller.abort();
+    await done;
+  });
+
+  it("a rewrite with the same first line, grown past the position between two polls, is read from its start", async () => {
+    const header = JSON.stringify({ header: "v1" });
+    await writeFile(inputPath, ndjson([header, ...unkeyed(1, 3)]));
+    const f = await following();
+    await writeFile(inputPath, ndjson([header, ...unkeyed(11, 20)]));
+    await poll(f.clock);
+    await poll(f.clock);
+    expect(f.harness.payloads.map((p) => p.n ?? "header")).toEqual(["header", 1, 2, 3, "header", ...Array.from({ length: 10 }, (_, i) => 11 + i)]);
+    expect(uniqueIds(f.harness)).toBe(15);
     await f.stop();
   });
 
