@@ -192,6 +192,7 @@ export function createRedisStreamsSink(settings: RedisStreamsSinkSettings): Sink
     async connect(signal) {
       if (client !== undefined) return;
       const redis = open();
+      lastError = undefined;
       const abort = () => redis.disconnect();
       signal.addEventListener("abort", abort, { once: true });
       try {
@@ -199,7 +200,8 @@ export function createRedisStreamsSink(settings: RedisStreamsSinkSettings): Sink
         await redis.ping();
       } catch (err) {
         redis.disconnect();
-        throw classifyRedisError(err, "ERR_SINK_CONNECT", location);
+        // A refused AUTH reaches connect() as "Connection is closed."; the server's reply came as an event.
+        throw classifyRedisError(lastError instanceof ReplyError ? lastError : err, "ERR_SINK_CONNECT", location);
       } finally {
         signal.removeEventListener("abort", abort);
       }
