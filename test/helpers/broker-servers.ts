@@ -125,7 +125,13 @@ export function startRedisServer(options: { password?: string } = {}): Promise<B
   );
 }
 
-/** A private `nats-server -js` storing its streams in its temp directory. */
-export function startNatsServer(): Promise<BrokerServer> {
-  return startServer("nats-server", (port, dir) => ["-js", "-sd", join(dir, "jetstream"), "-a", "127.0.0.1", "-p", String(port)], (port) => `nats://127.0.0.1:${port}`, "sluice-nats-");
+/** A private `nats-server -js` storing its streams in its temp directory, optionally with a user and password. */
+export function startNatsServer(options: { user?: string; password?: string } = {}): Promise<BrokerServer> {
+  const auth = options.user === undefined ? [] : ["--user", options.user, "--pass", options.password ?? ""];
+  return startServer(
+    "nats-server",
+    (port, dir) => ["-js", "-sd", join(dir, "jetstream"), "-a", "127.0.0.1", "-p", String(port), ...auth],
+    (port) => `nats://127.0.0.1:${port}`,
+    "sluice-nats-",
+  );
 }

@@ -18,7 +18,7 @@ import { definition as natsJetStream } from "../../src/sinks/nats-jetstream.js";
 import { definition as redisStreams, partitionStream } from "../../src/sinks/redis-streams.js";
 import { sinkContext } from "../contract/sink-contract.js";
 import { deleteJetStream, deleteKeys, NATS_URL, natsConnect, readJetStream, readStream, REDIS_URL, redisClient, uniqueName } from "../helpers/brokers.js";
-import { canStartBroker, startRedisServer, type BrokerServer } from "../helpers/broker-servers.js";
+import { canStartBroker, startNatsServer, startRedisServer, type BrokerServer } from "../helpers/broker-servers.js";
 import { runCli } from "../helpers/cli.js";
 import { makeRecords } from "../helpers/records.js";
 import { requireService } from "../helpers/services.js";
@@ -336,6 +336,38 @@ describe.skipIf(!canStartBroker("redis-server", "redis_streams credentials test"
 
   it("connects and writes with the password in the URL", async () => {
     const s = redisStreams.create(redisStreams.options.parse({ url: server!.url, stream: "s" }), ctx);
+    await s.connect(signal);
+    try {
+      expect(await s.write(makeRecords(5), signal)).toEqual({});
+    } finally {
+      await s.close();
+    }
+  });
+});
+
+describe.skipIf(!canStartBroker("nats-server", "nats_jetstream credentials test"))("nats_jetstream sink on a private NATS with a user and password", () => {
+  let server: BrokerServer | undefined;
+
+  beforeAll(async () => {
+    server = await startNatsServer({ user: "sluice", password: "right-password" });
+  }, 30_000);
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  const sinkWith = (auth: Record<string, string>) =>
+    natsJetStream.create(natsJetStream.options.parse({ servers: server!.url, subject: "in", create_stream: { name: "IN" }, ...auth }), ctx);
+
+  it("fails connect permanently, without the password in the message, on a wrong or missing password", async () => {
+    const wrong = await connectError(sinkWith({ user: "sluice", password: "wrong-password" }));
+    expect([wrong.code, wrong.retryable]).toEqual(["ERR_SINK_CONNECT", false]);
+    expect(wrong.message).not.toContain("wrong-password");
+    const missing = await connectError(sinkWith({}));
+    expect([missing.code, missing.retryable]).toEqual(["ERR_SINK_CONNECT", false]);
+  });
+
+  it("connects, creates its stream and writes with the right password", async () => {
+    const s = sinkWith({ user: "sluice", password: "right-password" });
     await s.connect(signal);
     try {
       expect(await s.write(makeRecords(5), signal)).toEqual({});
