@@ -334,13 +334,20 @@ describe.skipIf(!canStartBroker("redis-server", "redis_streams credentials test"
     expect(missing.message).toMatch(/NOAUTH/);
   });
 
-  it("connects and writes with the password in the URL", async () => {
+  it("connects and writes with the password in the URL, also after the script cache was flushed (NOSCRIPT)", async () => {
     const s = redisStreams.create(redisStreams.options.parse({ url: server!.url, stream: "s" }), ctx);
+    const redis = redisClient(server!.url);
     await s.connect(signal);
     try {
-      expect(await s.write(makeRecords(5), signal)).toEqual({});
+      expect(await s.write(makeRecords(50), signal)).toEqual({});
+      // Only on this private server: SCRIPT FLUSH would break other users of a shared one.
+      await redis.script("FLUSH");
+      expect(await s.write(makeRecords(100, { start: 25 }), signal)).toEqual({ failures: [], alreadyPresent: Array.from({ length: 25 }, (_, i) => i) });
+      const ids = (await readStream(redis, "s")).map((e) => e.fields.id);
+      expect(ids).toEqual(makeRecords(125).map((r) => r.id));
     } finally {
       await s.close();
+      redis.disconnect();
     }
   });
 });
