@@ -238,7 +238,8 @@ export function createNatsJetStreamSink(settings: NatsJetStreamSinkSettings): Si
         let body: string;
         let h: MsgHdrs;
         try {
-          body = JSON.stringify(record.payload);
+          // The JSON as the source read it, when no transform changed the payload: no second serialization.
+          body = record.text ?? JSON.stringify(record.payload);
           h = messageHeaders(record);
         } catch (err) {
           // A payload JSON cannot represent (a cycle, a BigInt) or an invalid event time: only this record is bad.

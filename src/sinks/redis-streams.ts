@@ -147,7 +147,8 @@ export function classifyRedisError(err: unknown, code: ErrorCode, location: stri
 
 /** One record's script arguments, or why it cannot be written. */
 function entryArgs(record: SluiceRecord, settings: RedisStreamsSinkSettings, maxLen: string): string[] {
-  const args = [String(settings.dedupeWindowMs), maxLen, "id", record.id, settings.bodyKey, JSON.stringify(record.payload)];
+  // The JSON as the source read it, when no transform changed the payload: no second serialization.
+  const args = [String(settings.dedupeWindowMs), maxLen, "id", record.id, settings.bodyKey, record.text ?? JSON.stringify(record.payload)];
   if (record.key !== undefined) args.push("key", record.key);
   if (record.eventTime !== undefined) args.push("event_time", new Date(record.eventTime).toISOString());
   return args;

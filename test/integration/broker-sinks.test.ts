@@ -7,7 +7,7 @@
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { jetstreamManager } from "@nats-io/jetstream";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Redis } from "ioredis";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -204,6 +204,16 @@ describe.skipIf(!hasRedis)("redis_streams sink on the machine's Redis", () => {
     expect(await redis.xlen(`${name}:1`)).toBe(expectedFailed.length);
   });
 
+  it("writes the payload's JSON as the source read it, when the record still has it", async () => {
+    const name = stream();
+    const s = sink({ stream: name });
+    await s.connect(signal);
+    const [plain, read] = makeRecords(2);
+    const text = '{ "id": "r-1",  "sensor": "sensor-1", "value": 3.70, "ts": "x" }';
+    await s.write([plain!, { ...read!, text }], signal);
+    expect((await readStream(redis, name)).map((e) => e.fields.body)).toEqual([JSON.stringify(plain!.payload), text]);
+  });
+
   it("fails connect retryably when nothing listens", async () => {
     const refused = await connectError(sink({ url: "redis://127.0.0.1:1", stream: stream() }));
     expect([refused.code, refused.retryable]).toEqual(["ERR_SINK_CONNECT", true]);
@@ -274,6 +284,19 @@ describe.skipIf(!hasNats)("nats_jetstream sink on the machine's NATS", () => {
     expect(await second.write(records, signal)).toEqual({ failures: [], alreadyPresent: Array.from({ length: 300 }, (_, i) => i) });
     const stored = await readJetStream(nc, name);
     expect(stored.map((r) => r.id)).toEqual(records.map((r) => r.id));
+  });
+
+  it("publishes the payload's JSON as the source read it, when the record still has it", async () => {
+    const { name, subject } = names();
+    const s = sink({ subject, create_stream: { name, storage: "memory" } });
+    await s.connect(signal);
+    const [plain, read] = makeRecords(2);
+    const text = '{ "id": "r-1",  "sensor": "sensor-1", "value": 3.70, "ts": "x" }';
+    await s.write([plain!, { ...read!, text }], signal);
+    const consumer = await jetstream(nc).consumers.get(name);
+    const bodies: string[] = [];
+    for await (const m of await consumer.fetch({ max_messages: 2, expires: 2000 })) bodies.push(m.string());
+    expect(bodies).toEqual([JSON.stringify(plain!.payload), text]);
   });
 
   it("fails connect permanently, naming the subject, when no stream stores it and create_stream is off", async () => {
