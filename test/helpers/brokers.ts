@@ -3,7 +3,7 @@
  * Redis and NATS: each test writes to its own stream (a random suffix) and deletes only that.
  */
 import { randomBytes } from "node:crypto";
-import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { jetstream, jetstreamManager, JetStreamApiCodes, JetStreamApiError } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { Redis } from "ioredis";
 import type { JsonObject } from "../../src/core/record.js";
@@ -62,9 +62,10 @@ export async function readJetStream(nc: NatsConnection, stream: string): Promise
   let total: number;
   try {
     total = (await jsm.streams.info(stream)).state.messages;
-  } catch {
+  } catch (err) {
     // Before the first connect there is no stream yet: nothing stored.
-    return [];
+    if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.StreamNotFound) return [];
+    throw err;
   }
   if (total === 0) return [];
   const consumer = await jetstream(nc).consumers.get(stream);
