@@ -22,30 +22,52 @@ const CONNECT_TIMEOUT_MS = 10_000;
 /** Batches the sink takes at once: pipelines on one connection, written in order by the server. */
 const MAX_IN_FLIGHT = 8;
 
+/** Most records per script call: a call blocks the server while it runs, so a batch is cut into calls of this many, all in one pipeline. */
+const RECORDS_PER_CALL = 256;
+
 /**
- * The atomic write of one record. KEYS: the dedupe key, the stream. ARGV: the dedupe window in ms,
- * the MAXLEN (or empty), then the entry's field/value pairs. Returns the entry id, or nil when the
- * id was written within the window. XADD runs before SET: a script is not rolled back when a
- * command fails, and a failed XADD (WRONGTYPE, OOM) must not leave the id marked as written.
+ * The atomic write of a group of records. KEYS: per record its dedupe key and its stream. ARGV:
+ * the dedupe window in ms, the MAXLEN (or empty), then per record the number of its entry's
+ * field/value strings followed by them. Per record it answers the entry id; 0 when the id was
+ * written within the window; or `!<error>` when XADD failed (WRONGTYPE, OOM). SET NX first and,
+ * when XADD fails, DEL: a script is not rolled back when a command fails, and a failed XADD must
+ * not leave the id marked as written. A SET that fails (OOM) fails the whole call; the records
+ * before it stay written and read as already present when the batch is retried.
  */
 const WRITE_ONCE = `
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-local args = {'XADD', KEYS[2]}
-if ARGV[2] ~= '' then
-  args[#args + 1] = 'MAXLEN'
-  args[#args + 1] = '~'
-  args[#args + 1] = ARGV[2]
+local window, maxlen = ARGV[1], ARGV[2]
+local out = {}
+local a = 3
+for i = 1, #KEYS / 2 do
+  local n = tonumber(ARGV[a])
+  a = a + 1
+  if redis.call('SET', KEYS[2 * i - 1], '1', 'NX', 'PX', window) then
+    local args = {'XADD', KEYS[2 * i]}
+    if maxlen ~= '' then
+      args[#args + 1] = 'MAXLEN'
+      args[#args + 1] = '~'
+      args[#args + 1] = maxlen
+    end
+    args[#args + 1] = '*'
+    for j = a, a + n - 1 do args[#args + 1] = ARGV[j] end
+    local entry = redis.pcall(unpack(args))
+    if type(entry) == 'table' and entry.err then
+      redis.call('DEL', KEYS[2 * i - 1])
+      out[i] = '!' .. entry.err
+    else
+      out[i] = entry
+    end
+  else
+    out[i] = 0
+  end
+  a = a + n
 end
-args[#args + 1] = '*'
-for i = 3, #ARGV do args[#args + 1] = ARGV[i] end
-local entry = redis.call(unpack(args))
-redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
-return entry
+return out
 `;
 
 declare module "ioredis" {
   interface RedisCommander<Context> {
-    sluiceWriteOnce(dedupeKey: string, stream: string, ...args: string[]): Result<string | null, Context>;
+    sluiceWriteOnce(numberOfKeys: number, ...keysAndArgs: string[]): Result<(string | number)[], Context>;
   }
 }
 
@@ -145,21 +167,21 @@ export function classifyRedisError(err: unknown, code: ErrorCode, location: stri
   return new SluiceError(code, `redis: ${wrapped.message}`, { cause: err, retryable: true, location });
 }
 
-/** One record's script arguments, or why it cannot be written. */
-function entryArgs(record: SluiceRecord, settings: RedisStreamsSinkSettings, maxLen: string): string[] {
+/** One record's entry as field/value strings. Throws for a payload JSON cannot hold or an invalid event time. */
+function entryFields(record: SluiceRecord, bodyKey: string): string[] {
   // The JSON as the source read it, when no transform changed the payload: no second serialization.
-  const args = [String(settings.dedupeWindowMs), maxLen, "id", record.id, settings.bodyKey, record.text ?? JSON.stringify(record.payload)];
-  if (record.key !== undefined) args.push("key", record.key);
-  if (record.eventTime !== undefined) args.push("event_time", new Date(record.eventTime).toISOString());
-  return args;
+  const fields = ["id", record.id, bodyKey, record.text ?? JSON.stringify(record.payload)];
+  if (record.key !== undefined) fields.push("key", record.key);
+  if (record.eventTime !== undefined) fields.push("event_time", new Date(record.eventTime).toISOString());
+  return fields;
 }
 
 /**
  * Builds a Redis Streams sink (what the `redis_streams` definition's factory returns).
  *
- * Each record is one call of an atomic Lua script: if `<prefix>:<id>` exists, nothing (reported as
- * already present); else XADD the entry and SET the key with the window as expiry. A batch's calls
- * go in one pipeline, one round trip. Commands are never queued while disconnected nor resent
+ * Records go through an atomic Lua script, up to 256 per call: per record, `SET <prefix>:<id> 1 NX
+ * PX <window>`; when the key was there, nothing (reported as already present); else XADD the entry
+ * (and DEL the key again if XADD fails). A batch's calls go in one pipeline, one round trip. Commands are never queued while disconnected nor resent
  * after a reconnect: a write fails (retryable) and the engine's retry writes the batch again, which
  * the script makes safe. Standalone Redis only: a script's keys must live on one server, which
  * Redis Cluster does not promise for the dedupe key and its stream.
@@ -167,6 +189,7 @@ function entryArgs(record: SluiceRecord, settings: RedisStreamsSinkSettings, max
 export function createRedisStreamsSink(settings: RedisStreamsSinkSettings): Sink {
   const location = settings.partitions === 1 ? `redis stream ${settings.stream}` : `redis streams ${settings.stream}:0..${settings.partitions - 1}`;
   const maxLen = settings.maxLen === undefined ? "" : String(settings.maxLen);
+  const window = String(settings.dedupeWindowMs);
   let client: Redis | undefined;
   /** The newest error ioredis reported on its own (a lost connection), for the next write's message. */
   let lastError: unknown;
@@ -182,7 +205,7 @@ export function createRedisStreamsSink(settings: RedisStreamsSinkSettings): Sink
       // ioredis reconnects in the background; until it has, writes fail at once and the engine backs off.
       retryStrategy: (times) => Math.min(times * 100, 2000),
     });
-    redis.defineCommand("sluiceWriteOnce", { numberOfKeys: 2, lua: WRITE_ONCE });
+    redis.defineCommand("sluiceWriteOnce", { lua: WRITE_ONCE });
     redis.on("error", (err: unknown) => (lastError = err));
     return redis;
   }
@@ -216,44 +239,64 @@ export function createRedisStreamsSink(settings: RedisStreamsSinkSettings): Sink
       if (records.length === 0) return {};
 
       const failures: RecordFailure[] = [];
-      /** Batch index of each pipelined call. */
-      const sent: number[] = [];
+      /** Per script call, the batch index of each of its records. */
+      const calls: number[][] = [];
       const pipeline = redis.pipeline();
+      let indexes: number[] = [];
+      let keys: string[] = [];
+      let args: string[] = [window, maxLen];
+      const flush = () => {
+        pipeline.sluiceWriteOnce(keys.length, ...keys, ...args);
+        calls.push(indexes);
+        indexes = [];
+        keys = [];
+        args = [window, maxLen];
+      };
       records.forEach((record, index) => {
-        let args: string[];
+        let fields: string[];
         try {
-          args = entryArgs(record, settings, maxLen);
+          fields = entryFields(record, settings.bodyKey);
         } catch (err) {
           // A payload JSON cannot represent (a cycle, a BigInt) or an invalid event time: only this record is bad.
           const message = `redis_streams sink: record ${record.id} cannot be stored: ${(err as Error).message}`;
           failures.push({ index, error: new SluiceError("ERR_SINK_REJECTED", message, { cause: err, location }) });
           return;
         }
-        pipeline.sluiceWriteOnce(`${settings.dedupePrefix}:${record.id}`, partitionStream(settings.stream, settings.partitions, record), ...args);
-        sent.push(index);
+        keys.push(`${settings.dedupePrefix}:${record.id}`, partitionStream(settings.stream, settings.partitions, record));
+        args.push(String(fields.length), ...fields);
+        indexes.push(index);
+        if (indexes.length === RECORDS_PER_CALL) flush();
       });
-      if (sent.length === 0) return { failures };
+      if (indexes.length > 0) flush();
+      if (calls.length === 0) return { failures };
 
       let replies: [Error | null, unknown][] | null;
       try {
         replies = await pipeline.exec();
       } catch (err) {
-        throw classifyRedisError(err ?? lastError, "ERR_SINK_WRITE", location);
+        throw classifyRedisError(err, "ERR_SINK_WRITE", location);
       }
       if (replies === null) throw new SluiceError("ERR_SINK_WRITE", "redis: the pipeline was discarded", { cause: lastError, location });
 
       const present: number[] = [];
-      for (let i = 0; i < sent.length; i++) {
-        const [err, reply] = replies[i]!;
-        const index = sent[i]!;
-        if (err !== null) {
-          const error = classifyRedisError(err, "ERR_SINK_WRITE", location);
-          // A lost connection or a full server is not this record's fault: the whole batch goes back for
-          // retry, so no later record of its key is committed before it (the script skips those written).
-          if (error.retryable || error.code === "ERR_INTERNAL") throw error;
-          failures.push({ index, error });
-        } else if (reply === null) {
-          present.push(index);
+      for (let c = 0; c < calls.length; c++) {
+        const [err, reply] = replies[c]!;
+        // A failed call (a lost connection, OOM at SET, a timeout) is not its records' fault: the whole
+        // batch goes back for retry, so no later record of a key is committed before an earlier one;
+        // the records the call did write read as already present then.
+        if (err !== null) throw classifyRedisError(err, "ERR_SINK_WRITE", location);
+        const results = reply as (string | number)[];
+        const group = calls[c]!;
+        for (let i = 0; i < group.length; i++) {
+          const result = results[i];
+          const index = group[i]!;
+          if (result === 0) {
+            present.push(index);
+          } else if (typeof result === "string" && result.startsWith("!")) {
+            const error = classifyRedisError(new ReplyError(result.slice(1)), "ERR_SINK_WRITE", location);
+            if (error.retryable) throw error;
+            failures.push({ index, error });
+          }
         }
       }
       failures.sort((a, b) => a.index - b.index);
