@@ -357,6 +357,40 @@ describe.skipIf(!canStartBroker("redis-server", "redis_streams credentials test"
     expect(missing.message).toMatch(/NOAUTH/);
   });
 
+  it("fails a batch retryably when Redis is out of memory, and the retry after room is made writes each record once", async () => {
+    const redis = redisClient(server!.url);
+    const s = redisStreams.create(redisStreams.options.parse({ url: server!.url, stream: "oom" }), ctx);
+    await s.connect(signal);
+    try {
+      const used = Number(/used_memory:(\d+)/.exec(await redis.info("memory"))![1]);
+      // Room for some of the batch, not all of it: the OOM hits in the middle.
+      await redis.config("SET", "maxmemory", String(used + 300_000));
+      await redis.config("SET", "maxmemory-policy", "noeviction");
+      const records = makeRecords(5000);
+      const err: unknown = await s.write(records, signal).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(err).toBeInstanceOf(SluiceError);
+      expect([(err as SluiceError).code, (err as SluiceError).retryable]).toEqual(["ERR_SINK_WRITE", true]);
+      expect((err as SluiceError).message).toMatch(/OOM/);
+      const before = await redis.xlen("oom");
+      expect(before).toBeGreaterThan(0);
+      expect(before).toBeLessThan(5000);
+
+      await redis.config("SET", "maxmemory", "0");
+      const retry = await s.write(records, signal);
+      expect(retry?.failures ?? []).toEqual([]);
+      expect(retry?.alreadyPresent).toHaveLength(before);
+      const ids = (await readStream(redis, "oom")).map((e) => e.fields.id);
+      expect(ids).toEqual(records.map((r) => r.id));
+    } finally {
+      await redis.config("SET", "maxmemory", "0");
+      await s.close();
+      redis.disconnect();
+    }
+  });
+
   it("connects and writes with the password in the URL, also after the script cache was flushed (NOSCRIPT)", async () => {
     const s = redisStreams.create(redisStreams.options.parse({ url: server!.url, stream: "s" }), ctx);
     const redis = redisClient(server!.url);
