@@ -55,7 +55,10 @@ const options = z
     user: z.string().min(1).optional().describe("User name, with password"),
     password: z.string().optional().describe("Password of user; write ${NATS_PASSWORD} to keep it out of the file"),
     token: z.string().min(1).optional().describe("Authentication token, instead of user and password"),
-    ack_timeout: duration().default(10_000).describe("How long a publish waits for the stream's ack before the batch is retried; default 10s"),
+    ack_timeout: duration()
+      .default(10_000)
+      .refine((ms) => ms >= 1, "must be at least 1 ms")
+      .describe("How long a publish waits for the stream's ack before the batch is retried; default 10s"),
     create_stream: streamOptions
       .optional()
       .describe("Create this stream at connect when it is missing; without it a stream must already store subject, else connect fails"),

@@ -333,7 +333,8 @@ export const definition = defineComponent<typeof options, Sink>({
       partitions: opts.partitions,
       maxLen: opts.max_len,
       bodyKey: opts.body_key,
-      dedupeWindowMs: opts.dedupe_window,
+      // PX takes whole milliseconds.
+      dedupeWindowMs: Math.ceil(opts.dedupe_window),
       dedupePrefix: opts.dedupe_prefix ?? `${opts.stream}:dedupe`,
     });
   },

@@ -75,6 +75,10 @@ describe("options", () => {
     expect(redisStreams.options.safeParse({ url: "redis://h", stream: "s", body_key: "id" }).success).toBe(false);
     expect(redisStreams.options.parse({ url: "redis://h", stream: "s" })).toMatchObject({ body_key: "body", dedupe_window: 120_000, partitions: 1 });
   });
+  it("refuses a dedupe window or ack timeout of 0", () => {
+    expect(redisStreams.options.safeParse({ url: "redis://h", stream: "s", dedupe_window: 0 }).success).toBe(false);
+    expect(natsJetStream.options.safeParse({ servers: "nats://h", subject: "x", ack_timeout: 0 }).success).toBe(false);
+  });
   it("refuses a token with a user, and a user without a password", () => {
     expect(natsJetStream.options.safeParse({ servers: "nats://h", subject: "x", token: "t", user: "u", password: "p" }).success).toBe(false);
     expect(natsJetStream.options.safeParse({ servers: "nats://h", subject: "x", user: "u" }).success).toBe(false);
