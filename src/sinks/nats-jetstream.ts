@@ -166,26 +166,30 @@ export function createNatsJetStreamSink(settings: NatsJetStreamSinkSettings): Si
   let nc: NatsConnection | undefined;
   let js: JetStreamClient | undefined;
 
-  /** Finds (or creates) the stream that stores the subject; permanent when there is none. */
+  /** Creates `createStream` when missing, then finds the stream that stores the subject; permanent when there is none. */
   async function checkStream(conn: NatsConnection): Promise<void> {
     const jsm = await jetstreamManager(conn, { timeout: settings.ackTimeoutMs });
     const create = settings.createStream;
     if (create !== undefined) {
-      try {
-        await jsm.streams.info(create.name);
-        return;
-      } catch (err) {
-        if (!isStreamNotFound(err)) throw err;
+      const exists = await jsm.streams.info(create.name).then(
+        () => true,
+        (err: unknown) => {
+          if (isStreamNotFound(err)) return false;
+          throw err;
+        },
+      );
+      if (!exists) {
+        await jsm.streams.add({
+          name: create.name,
+          subjects: [...create.subjects],
+          storage: create.storage === "file" ? StorageType.File : StorageType.Memory,
+          num_replicas: create.replicas,
+          duplicate_window: nanos(create.duplicateWindowMs),
+        });
       }
-      await jsm.streams.add({
-        name: create.name,
-        subjects: [...create.subjects],
-        storage: create.storage === "file" ? StorageType.File : StorageType.Memory,
-        num_replicas: create.replicas,
-        duplicate_window: nanos(create.duplicateWindowMs),
-      });
-      return;
     }
+    // Also after creating: an existing stream of that name, or subjects that miss `subject`, would
+    // leave every publish without a stream to answer it, retried until the records are dead-lettered.
     try {
       await jsm.streams.find(settings.subject);
     } catch (err) {
