@@ -8,7 +8,9 @@ import type { DeadLetterStore, Sink, Source, Transform } from "../components/con
 import { definition as deadLetterSqlite } from "../sinks/dead-letter-sqlite.js";
 import { definition as blackhole } from "../sinks/blackhole.js";
 import { definition as fileSink } from "../sinks/file.js";
+import { definition as natsJetStream } from "../sinks/nats-jetstream.js";
 import { definition as postgres } from "../sinks/postgres.js";
+import { definition as redisStreams } from "../sinks/redis-streams.js";
 import { definition as sqlite } from "../sinks/sqlite.js";
 import { definition as stdout } from "../sinks/stdout.js";
 import { definition as fileSource } from "../sources/file/source.js";
@@ -46,6 +48,8 @@ export const sinks = {
   file: (options: z.input<typeof fileSink.options>): SinkFactory<object> => fromDefinition(fileSink, options),
   stdout: (options: z.input<typeof stdout.options> = {}): SinkFactory<object> => fromDefinition(stdout, options),
   blackhole: (): SinkFactory<object> => fromDefinition(blackhole, {}),
+  redisStreams: (options: z.input<typeof redisStreams.options>): SinkFactory<object> => fromDefinition(redisStreams, options),
+  natsJetStream: (options: z.input<typeof natsJetStream.options>): SinkFactory<object> => fromDefinition(natsJetStream, options),
   /** A sink you implement against the {@link Sink} contract, typed by the payloads it accepts. */
   custom: <P extends object>(type: string, create: (ctx: ComponentContext) => Sink): SinkFactory<P> => ({ type, create }),
 };

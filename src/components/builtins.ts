@@ -5,7 +5,9 @@
 import { definition as deadLetterSqlite } from "../sinks/dead-letter-sqlite.js";
 import { definition as blackholeSink } from "../sinks/blackhole.js";
 import { definition as fileSink } from "../sinks/file.js";
+import { definition as natsJetStreamSink } from "../sinks/nats-jetstream.js";
 import { definition as postgresSink } from "../sinks/postgres.js";
+import { definition as redisStreamsSink } from "../sinks/redis-streams.js";
 import { definition as sqliteSink } from "../sinks/sqlite.js";
 import { definition as stdoutSink } from "../sinks/stdout.js";
 import { definition as fileSource } from "../sources/file/source.js";
@@ -22,7 +24,7 @@ export const SOURCES: readonly SourceDefinition[] = [generatorSource, fileSource
 export const TRANSFORMS: readonly TransformDefinition[] = [moduleTransform, validateTransform];
 
 /** Sink types by their `type:` name. */
-export const SINKS: readonly SinkDefinition[] = [sqliteSink, postgresSink, fileSink, stdoutSink, blackholeSink];
+export const SINKS: readonly SinkDefinition[] = [sqliteSink, postgresSink, fileSink, stdoutSink, blackholeSink, redisStreamsSink, natsJetStreamSink];
 
 /** Dead-letter store types by their `type:` name. */
 export const DEAD_LETTER_STORES: readonly DeadLetterDefinition[] = [deadLetterSqlite];

@@ -1,0 +1,321 @@
+/**
+ * The `nats_jetstream` sink: one JetStream message per record, published with `Nats-Msg-Id` = the
+ * record id so the stream's duplicate window absorbs a redelivery; a batch's publishes are all
+ * outstanding at once and the write resolves when every ack arrived.
+ */
+import { jetstream, jetstreamManager, JetStreamApiCodes, JetStreamApiError, StorageType, type JetStreamClient, type PubAck } from "@nats-io/jetstream";
+import {
+  AuthorizationError,
+  connect,
+  headers,
+  InvalidArgumentError,
+  InvalidSubjectError,
+  nanos,
+  PermissionViolationError,
+  UserAuthenticationExpiredError,
+  type MsgHdrs,
+  type NatsConnection,
+} from "@nats-io/transport-node";
+import { z } from "zod";
+import { classify, SluiceError, type ErrorCode } from "../core/errors.js";
+import type { SluiceRecord } from "../core/record.js";
+import { defineComponent, type RecordFailure, type Sink, type WriteResult } from "../components/contracts.js";
+import { duration } from "../components/options.js";
+
+/** Header with the record's key (percent-encoded), absent for a keyless record. */
+export const KEY_HEADER = "Sluice-Key";
+/** Header with the record's event time (ISO 8601), absent when it has none. */
+export const EVENT_TIME_HEADER = "Sluice-Event-Time";
+
+/** Batches the sink takes at once; each has all its publishes outstanding. */
+const MAX_IN_FLIGHT = 4;
+
+/** How long `connect` waits for the server, in ms. */
+const CONNECT_TIMEOUT_MS = 10_000;
+
+/** JetStream API codes of a stream at its limits with `discard: new`: consumers make room again. */
+const STREAM_FULL_CODES = new Set([10077, 10078, 10047]);
+
+const streamOptions = z.strictObject({
+  name: z.string().min(1).describe("Stream name"),
+  subjects: z.array(z.string().min(1)).min(1).optional().describe("Subjects the stream stores; default: [subject]"),
+  storage: z.enum(["file", "memory"]).default("file").describe("file: messages survive a server restart; memory: they do not"),
+  replicas: z.number().int().min(1).max(5).default(1).describe("Copies in a JetStream cluster; 3 survives the loss of one server"),
+  duplicate_window: duration()
+    .default(120_000)
+    .describe("How long the stream remembers a Nats-Msg-Id: a redelivery within it is a duplicate, not a new message; default 2m"),
+});
+
+const options = z
+  .strictObject({
+    servers: z
+      .union([z.string().min(1), z.array(z.string().min(1)).min(1)])
+      .describe("Server URL(s), nats://host:4222; several for a cluster"),
+    subject: z.string().min(1).describe("Subject every record is published to; a stream must store it"),
+    user: z.string().min(1).optional().describe("User name, with password"),
+    password: z.string().optional().describe("Password of user; write ${NATS_PASSWORD} to keep it out of the file"),
+    token: z.string().min(1).optional().describe("Authentication token, instead of user and password"),
+    ack_timeout: duration()
+      .default(10_000)
+      .refine((ms) => ms >= 1, "must be at least 1 ms")
+      .describe("How long a publish waits for the stream's ack before the batch is retried; default 10s"),
+    create_stream: streamOptions
+      .optional()
+      .describe("Create this stream at connect when it is missing; without it a stream must already store subject, else connect fails"),
+  })
+  .superRefine((o, ctx) => {
+    if (o.token !== undefined && o.user !== undefined) ctx.addIssue({ code: "custom", path: ["token"], message: "give token or user and password, not both" });
+    if ((o.user === undefined) !== (o.password === undefined)) {
+      ctx.addIssue({ code: "custom", path: [o.user === undefined ? "user" : "password"], message: "user and password go together" });
+    }
+  });
+
+/** A stream the sink creates when missing. */
+export interface JetStreamStreamSettings {
+  readonly name: string;
+  readonly subjects: readonly string[];
+  readonly storage: "file" | "memory";
+  readonly replicas: number;
+  /** ms */
+  readonly duplicateWindowMs: number;
+}
+
+/** Everything a {@link createNatsJetStreamSink} needs; the definition builds it from validated options. */
+export interface NatsJetStreamSinkSettings {
+  readonly servers: readonly string[];
+  readonly subject: string;
+  readonly user?: string | undefined;
+  /** Never put into messages. */
+  readonly password?: string | undefined;
+  /** Never put into messages. */
+  readonly token?: string | undefined;
+  /** ms */
+  readonly ackTimeoutMs: number;
+  readonly createStream?: JetStreamStreamSettings | undefined;
+}
+
+/**
+ * A string as a header value: `%` and every byte outside printable ASCII percent-encoded, from
+ * UTF-8. Injective, so distinct ids stay distinct message ids, and safe for a header, which cannot
+ * hold a line break and loses leading and trailing spaces. `decodeURIComponent` reverses it. Lone
+ * surrogates become U+FFFD first, as in any UTF-8 text.
+ */
+export function headerValue(text: string): string {
+  if (/^[\x21-\x24\x26-\x7e]*$/.test(text)) return text;
+  let out = "";
+  for (const byte of Buffer.from(text, "utf8")) {
+    out += byte >= 0x21 && byte <= 0x7e && byte !== 0x25 ? String.fromCharCode(byte) : `%${byte.toString(16).toUpperCase().padStart(2, "0")}`;
+  }
+  return out;
+}
+
+/**
+ * Wraps a nats.js error as a {@link SluiceError}: bad credentials, a permission violation, an
+ * invalid subject or argument, JetStream not enabled are a permanent `code`; a JetStream API error
+ * is retryable when the stream is at its limits or the server answers 503, else permanent
+ * ERR_SINK_REJECTED; anything else (connection refused or lost, a timeout, no responders while a
+ * stream leader is elected) is retryable `code`. A programmer error stays a permanent ERR_INTERNAL.
+ */
+export function classifyNatsError(err: unknown, code: ErrorCode, location: string): SluiceError {
+  if (err instanceof SluiceError) return err;
+  const message = `nats: ${err instanceof Error ? err.message : String(err)}`;
+  if (
+    err instanceof AuthorizationError ||
+    err instanceof UserAuthenticationExpiredError ||
+    err instanceof PermissionViolationError ||
+    err instanceof InvalidSubjectError ||
+    err instanceof InvalidArgumentError ||
+    // The package does not export the class of this one; its name is set and stable.
+    (err instanceof Error && err.name === "JetStreamNotEnabled")
+  ) {
+    return new SluiceError(code, message, { cause: err, retryable: false, location });
+  }
+  if (err instanceof JetStreamApiError) {
+    if (err.status === 503 || STREAM_FULL_CODES.has(err.code)) return new SluiceError(code, message, { cause: err, retryable: true, location });
+    return new SluiceError(code === "ERR_SINK_WRITE" ? "ERR_SINK_REJECTED" : code, message, { cause: err, retryable: false, location });
+  }
+  const wrapped = classify(err, code);
+  if (wrapped.code === "ERR_INTERNAL") return wrapped;
+  return new SluiceError(code, message, { cause: err, retryable: true, location });
+}
+
+function isStreamNotFound(err: unknown): boolean {
+  return err instanceof JetStreamApiError && err.code === JetStreamApiCodes.StreamNotFound;
+}
+
+/** The headers of one record's message. Throws RangeError for an invalid event time. */
+function messageHeaders(record: SluiceRecord): MsgHdrs {
+  const h = headers();
+  if (record.key !== undefined) h.set(KEY_HEADER, headerValue(record.key));
+  if (record.eventTime !== undefined) h.set(EVENT_TIME_HEADER, new Date(record.eventTime).toISOString());
+  return h;
+}
+
+/**
+ * Builds a JetStream sink (what the `nats_jetstream` definition's factory returns).
+ *
+ * `connect` opens the connection (nats.js then reconnects on its own) and checks that a stream
+ * stores `subject`, creating `createStream` when it is missing. A write publishes every record of
+ * the batch at once and waits for all their acks; a duplicate ack (the id was published within the
+ * stream's `duplicate_window`) is reported as already present. A publish that times out or finds
+ * no stream fails the batch (retryable) rather than the record, so no later record of its key is
+ * committed before it; the retry's duplicates are absorbed by the window.
+ */
+export function createNatsJetStreamSink(settings: NatsJetStreamSinkSettings): Sink {
+  const location = `nats subject ${settings.subject}`;
+  let nc: NatsConnection | undefined;
+  let js: JetStreamClient | undefined;
+
+  /** Creates `createStream` when missing, then finds the stream that stores the subject; permanent when there is none. */
+  async function checkStream(conn: NatsConnection): Promise<void> {
+    const jsm = await jetstreamManager(conn, { timeout: settings.ackTimeoutMs });
+    const create = settings.createStream;
+    if (create !== undefined) {
+      const exists = await jsm.streams.info(create.name).then(
+        () => true,
+        (err: unknown) => {
+          if (isStreamNotFound(err)) return false;
+          throw err;
+        },
+      );
+      if (!exists) {
+        await jsm.streams.add({
+          name: create.name,
+          subjects: [...create.subjects],
+          storage: create.storage === "file" ? StorageType.File : StorageType.Memory,
+          num_replicas: create.replicas,
+          duplicate_window: nanos(create.duplicateWindowMs),
+        });
+      }
+    }
+    // Also after creating: an existing stream of that name, or subjects that miss `subject`, would
+    // leave every publish without a stream to answer it, retried until the records are dead-lettered.
+    try {
+      await jsm.streams.find(settings.subject);
+    } catch (err) {
+      if (!isStreamNotFound(err)) throw err;
+      throw new SluiceError("ERR_SINK_CONNECT", `nats: no JetStream stream stores subject ${settings.subject}; create one, or set create_stream`, {
+        cause: err,
+        retryable: false,
+        location,
+      });
+    }
+  }
+
+  return {
+    maxInFlight: MAX_IN_FLIGHT,
+
+    async connect(signal) {
+      if (nc !== undefined) return;
+      let conn: NatsConnection | undefined;
+      const abort = () => void conn?.close();
+      signal.addEventListener("abort", abort, { once: true });
+      try {
+        conn = await connect({
+          servers: [...settings.servers],
+          name: "sluice",
+          user: settings.user,
+          pass: settings.password,
+          token: settings.token,
+          timeout: CONNECT_TIMEOUT_MS,
+          // Once connected, never give up: a write while reconnecting times out and the engine retries it.
+          maxReconnectAttempts: -1,
+        });
+        await checkStream(conn);
+      } catch (err) {
+        await conn?.close().catch(() => undefined);
+        throw classifyNatsError(err, "ERR_SINK_CONNECT", location);
+      } finally {
+        signal.removeEventListener("abort", abort);
+      }
+      nc = conn;
+      js = jetstream(conn, { timeout: settings.ackTimeoutMs });
+    },
+
+    async write(records, signal): Promise<WriteResult | void> {
+      const client = js;
+      if (client === undefined) throw new SluiceError("ERR_INTERNAL", "nats_jetstream sink: write before connect", { location });
+      if (signal.aborted) throw new SluiceError("ERR_ABORTED", "nats_jetstream sink: aborted before writing", { cause: signal.reason, location });
+      if (records.length === 0) return {};
+
+      const failures: RecordFailure[] = [];
+      const indexes: number[] = [];
+      const acks: Promise<PubAck>[] = [];
+      records.forEach((record, index) => {
+        let body: string;
+        let h: MsgHdrs;
+        try {
+          // The JSON as the source read it, when no transform changed the payload: no second serialization.
+          body = record.text ?? JSON.stringify(record.payload);
+          h = messageHeaders(record);
+        } catch (err) {
+          // A payload JSON cannot represent (a cycle, a BigInt) or an invalid event time: only this record is bad.
+          const message = `nats_jetstream sink: record ${record.id} cannot be published: ${(err as Error).message}`;
+          failures.push({ index, error: new SluiceError("ERR_SINK_REJECTED", message, { cause: err, location }) });
+          return;
+        }
+        indexes.push(index);
+        acks.push(client.publish(settings.subject, body, { msgID: headerValue(record.id), headers: h, timeout: settings.ackTimeoutMs }));
+      });
+
+      const settled = await Promise.allSettled(acks);
+      const present: number[] = [];
+      let retry: SluiceError | undefined;
+      for (let i = 0; i < settled.length; i++) {
+        const outcome = settled[i]!;
+        const index = indexes[i]!;
+        if (outcome.status === "fulfilled") {
+          if (outcome.value.duplicate) present.push(index);
+          continue;
+        }
+        const error = classifyNatsError(outcome.reason, "ERR_SINK_WRITE", location);
+        // A lost connection or a full stream is not this record's fault: the whole batch goes back for retry.
+        if (error.retryable || error.code === "ERR_INTERNAL") retry ??= error;
+        else failures.push({ index, error });
+      }
+      if (retry !== undefined) throw retry;
+      failures.sort((a, b) => a.index - b.index);
+      return failures.length > 0 || present.length > 0 ? { failures, alreadyPresent: present } : {};
+    },
+
+    async close() {
+      const conn = nc;
+      nc = undefined;
+      js = undefined;
+      // Every write waited for its acks: nothing is left to flush.
+      await conn?.close();
+    },
+  };
+}
+
+/**
+ * The `nats_jetstream` sink: one message per record on `subject` (body: the payload as JSON;
+ * headers `Nats-Msg-Id` = the record id, `Sluice-Key`, `Sluice-Event-Time`), idempotent within the
+ * stream's duplicate window, the stream optionally created.
+ */
+export const definition = defineComponent<typeof options, Sink>({
+  type: "nats_jetstream",
+  summary: "Publishes records to a NATS JetStream stream, idempotent by id within its duplicate window",
+  options,
+  create(opts) {
+    const stream = opts.create_stream;
+    return createNatsJetStreamSink({
+      servers: typeof opts.servers === "string" ? [opts.servers] : opts.servers,
+      subject: opts.subject,
+      user: opts.user,
+      password: opts.password,
+      token: opts.token,
+      ackTimeoutMs: opts.ack_timeout,
+      createStream:
+        stream === undefined
+          ? undefined
+          : {
+              name: stream.name,
+              subjects: stream.subjects ?? [opts.subject],
+              storage: stream.storage,
+              replicas: stream.replicas,
+              duplicateWindowMs: stream.duplicate_window,
+            },
+    });
+  },
+});
