@@ -3,24 +3,30 @@
  * record id so the stream's duplicate window absorbs a redelivery; a batch's publishes are all
  * outstanding at once and the write resolves when every ack arrived.
  */
-import { jetstream, jetstreamManager, JetStreamApiCodes, JetStreamApiError, StorageType, type JetStreamClient, type PubAck } from "@nats-io/jetstream";
-import {
-  AuthorizationError,
-  connect,
-  headers,
-  InvalidArgumentError,
-  InvalidSubjectError,
-  nanos,
-  PermissionViolationError,
-  UserAuthenticationExpiredError,
-  type MsgHdrs,
-  type NatsConnection,
-} from "@nats-io/transport-node";
+import type { JetStreamClient, PubAck } from "@nats-io/jetstream";
+import type { MsgHdrs, NatsConnection } from "@nats-io/transport-node";
 import { z } from "zod";
 import { classify, SluiceError, type ErrorCode } from "../core/errors.js";
 import type { SluiceRecord } from "../core/record.js";
 import { defineComponent, type RecordFailure, type Sink, type WriteResult } from "../components/contracts.js";
 import { duration } from "../components/options.js";
+
+/** The two nats.js modules the sink uses, once {@link loadNats} has loaded them. */
+export interface NatsModules {
+  readonly core: typeof import("@nats-io/transport-node");
+  readonly js: typeof import("@nats-io/jetstream");
+}
+
+/** nats.js, imported on first use only: a pipeline without this sink never pays for loading it. */
+let natsModules: Promise<NatsModules> | undefined;
+/** The loaded modules, for classifying errors synchronously; undefined until {@link loadNats} resolved. */
+let loadedNats: NatsModules | undefined;
+
+/** Imports `@nats-io/transport-node` and `@nats-io/jetstream` once (later calls share the same promise). */
+export function loadNats(): Promise<NatsModules> {
+  natsModules ??= Promise.all([import("@nats-io/transport-node"), import("@nats-io/jetstream")]).then(([core, js]) => (loadedNats = { core, js }));
+  return natsModules;
+}
 
 /** Header with the record's key (percent-encoded), absent for a keyless record. */
 export const KEY_HEADER = "Sluice-Key";
@@ -119,18 +125,21 @@ export function headerValue(text: string): string {
 export function classifyNatsError(err: unknown, code: ErrorCode, location: string): SluiceError {
   if (err instanceof SluiceError) return err;
   const message = `nats: ${err instanceof Error ? err.message : String(err)}`;
+  // Before nats.js is loaded no error can be one of its classes: only the generic checks apply.
+  const core = loadedNats?.core;
   if (
-    err instanceof AuthorizationError ||
-    err instanceof UserAuthenticationExpiredError ||
-    err instanceof PermissionViolationError ||
-    err instanceof InvalidSubjectError ||
-    err instanceof InvalidArgumentError ||
+    (core !== undefined &&
+      (err instanceof core.AuthorizationError ||
+        err instanceof core.UserAuthenticationExpiredError ||
+        err instanceof core.PermissionViolationError ||
+        err instanceof core.InvalidSubjectError ||
+        err instanceof core.InvalidArgumentError)) ||
     // The package does not export the class of this one; its name is set and stable.
     (err instanceof Error && err.name === "JetStreamNotEnabled")
   ) {
     return new SluiceError(code, message, { cause: err, retryable: false, location });
   }
-  if (err instanceof JetStreamApiError) {
+  if (loadedNats !== undefined && err instanceof loadedNats.js.JetStreamApiError) {
     if (err.status === 503 || STREAM_FULL_CODES.has(err.code)) return new SluiceError(code, message, { cause: err, retryable: true, location });
     return new SluiceError(code === "ERR_SINK_WRITE" ? "ERR_SINK_REJECTED" : code, message, { cause: err, retryable: false, location });
   }
@@ -140,11 +149,12 @@ export function classifyNatsError(err: unknown, code: ErrorCode, location: strin
 }
 
 function isStreamNotFound(err: unknown): boolean {
-  return err instanceof JetStreamApiError && err.code === JetStreamApiCodes.StreamNotFound;
+  const js = loadedNats?.js;
+  return js !== undefined && err instanceof js.JetStreamApiError && err.code === js.JetStreamApiCodes.StreamNotFound;
 }
 
 /** The headers of one record's message. Throws RangeError for an invalid event time. */
-function messageHeaders(record: SluiceRecord): MsgHdrs {
+function messageHeaders(headers: () => MsgHdrs, record: SluiceRecord): MsgHdrs {
   const h = headers();
   if (record.key !== undefined) h.set(KEY_HEADER, headerValue(record.key));
   if (record.eventTime !== undefined) h.set(EVENT_TIME_HEADER, new Date(record.eventTime).toISOString());
@@ -165,10 +175,12 @@ export function createNatsJetStreamSink(settings: NatsJetStreamSinkSettings): Si
   const location = `nats subject ${settings.subject}`;
   let nc: NatsConnection | undefined;
   let js: JetStreamClient | undefined;
+  /** `headers` of the loaded transport, set with `js`. */
+  let newHeaders: (() => MsgHdrs) | undefined;
 
   /** Creates `createStream` when missing, then finds the stream that stores the subject; permanent when there is none. */
-  async function checkStream(conn: NatsConnection): Promise<void> {
-    const jsm = await jetstreamManager(conn, { timeout: settings.ackTimeoutMs });
+  async function checkStream({ core, js: jetstream }: NatsModules, conn: NatsConnection): Promise<void> {
+    const jsm = await jetstream.jetstreamManager(conn, { timeout: settings.ackTimeoutMs });
     const create = settings.createStream;
     if (create !== undefined) {
       const exists = await jsm.streams.info(create.name).then(
@@ -182,9 +194,9 @@ export function createNatsJetStreamSink(settings: NatsJetStreamSinkSettings): Si
         await jsm.streams.add({
           name: create.name,
           subjects: [...create.subjects],
-          storage: create.storage === "file" ? StorageType.File : StorageType.Memory,
+          storage: create.storage === "file" ? jetstream.StorageType.File : jetstream.StorageType.Memory,
           num_replicas: create.replicas,
-          duplicate_window: nanos(create.duplicateWindowMs),
+          duplicate_window: core.nanos(create.duplicateWindowMs),
         });
       }
     }
@@ -207,11 +219,12 @@ export function createNatsJetStreamSink(settings: NatsJetStreamSinkSettings): Si
 
     async connect(signal) {
       if (nc !== undefined) return;
+      const nats = await loadNats();
       let conn: NatsConnection | undefined;
       const abort = () => void conn?.close();
       signal.addEventListener("abort", abort, { once: true });
       try {
-        conn = await connect({
+        conn = await nats.core.connect({
           servers: [...settings.servers],
           name: "sluice",
           user: settings.user,
@@ -221,7 +234,7 @@ export function createNatsJetStreamSink(settings: NatsJetStreamSinkSettings): Si
           // Once connected, never give up: a write while reconnecting times out and the engine retries it.
           maxReconnectAttempts: -1,
         });
-        await checkStream(conn);
+        await checkStream(nats, conn);
       } catch (err) {
         await conn?.close().catch(() => undefined);
         throw classifyNatsError(err, "ERR_SINK_CONNECT", location);
@@ -229,12 +242,14 @@ export function createNatsJetStreamSink(settings: NatsJetStreamSinkSettings): Si
         signal.removeEventListener("abort", abort);
       }
       nc = conn;
-      js = jetstream(conn, { timeout: settings.ackTimeoutMs });
+      js = nats.js.jetstream(conn, { timeout: settings.ackTimeoutMs });
+      newHeaders = nats.core.headers;
     },
 
     async write(records, signal): Promise<WriteResult | void> {
       const client = js;
-      if (client === undefined) throw new SluiceError("ERR_INTERNAL", "nats_jetstream sink: write before connect", { location });
+      const headers = newHeaders;
+      if (client === undefined || headers === undefined) throw new SluiceError("ERR_INTERNAL", "nats_jetstream sink: write before connect", { location });
       if (signal.aborted) throw new SluiceError("ERR_ABORTED", "nats_jetstream sink: aborted before writing", { cause: signal.reason, location });
       if (records.length === 0) return {};
 
@@ -247,7 +262,7 @@ export function createNatsJetStreamSink(settings: NatsJetStreamSinkSettings): Si
         try {
           // The JSON as the source read it, when no transform changed the payload: no second serialization.
           body = record.text ?? JSON.stringify(record.payload);
-          h = messageHeaders(record);
+          h = messageHeaders(headers, record);
         } catch (err) {
           // A payload JSON cannot represent (a cycle, a BigInt) or an invalid event time: only this record is bad.
           const message = `nats_jetstream sink: record ${record.id} cannot be published: ${(err as Error).message}`;
@@ -282,6 +297,7 @@ export function createNatsJetStreamSink(settings: NatsJetStreamSinkSettings): Si
       const conn = nc;
       nc = undefined;
       js = undefined;
+      newHeaders = undefined;
       // Every write waited for its acks: nothing is left to flush.
       await conn?.close();
     },

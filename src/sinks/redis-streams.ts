@@ -3,12 +3,35 @@
  * idempotent by record id within `dedupe_window` through an atomic Lua script, optionally spread
  * over `partitions` streams by key.
  */
-import { Redis, ReplyError, type Result } from "ioredis";
+import type { Redis, Result } from "ioredis";
 import { z } from "zod";
 import { classify, SluiceError, type ErrorCode } from "../core/errors.js";
 import type { SluiceRecord } from "../core/record.js";
 import { defineComponent, type RecordFailure, type Sink, type WriteResult } from "../components/contracts.js";
 import { duration } from "../components/options.js";
+
+/** What the sink takes from ioredis, once {@link loadRedis} has loaded it. */
+export interface RedisModule {
+  readonly Redis: typeof Redis;
+  /** The class of a server's error reply (ioredis types it as any). */
+  readonly ReplyError: new (message: string) => Error;
+}
+
+/** ioredis, imported on first use only: a pipeline without this sink never pays for loading it. */
+let redisModule: Promise<RedisModule> | undefined;
+/** The loaded module, for classifying errors synchronously; undefined until {@link loadRedis} resolved. */
+let loadedRedis: RedisModule | undefined;
+
+/** Imports ioredis once (later calls share the same promise). */
+export function loadRedis(): Promise<RedisModule> {
+  redisModule ??= import("ioredis").then((mod) => (loadedRedis = { Redis: mod.Redis, ReplyError: mod.ReplyError as RedisModule["ReplyError"] }));
+  return redisModule;
+}
+
+/** Whether `err` is a reply from the server. Before ioredis is loaded no error can be one. */
+function isReplyError(err: unknown): err is Error {
+  return loadedRedis !== undefined && err instanceof loadedRedis.ReplyError;
+}
 
 /** Fields the sink fills itself besides the payload's; `body_key` may not be one of them. */
 const ENVELOPE_FIELDS = ["id", "key", "event_time"] as const;
@@ -155,8 +178,8 @@ const WRONGTYPE = /^WRONGTYPE\b/;
  */
 export function classifyRedisError(err: unknown, code: ErrorCode, location: string): SluiceError {
   if (err instanceof SluiceError) return err;
-  if (err instanceof ReplyError) {
-    const reply = (err as Error).message;
+  if (isReplyError(err)) {
+    const reply = err.message;
     const message = `redis: ${reply}`;
     if (WRONGTYPE.test(reply)) return new SluiceError("ERR_SINK_REJECTED", message, { cause: err, location });
     return new SluiceError(code, message, { cause: err, retryable: RETRYABLE_REPLIES.test(reply), location });
@@ -194,8 +217,8 @@ export function createRedisStreamsSink(settings: RedisStreamsSinkSettings): Sink
   /** The newest error ioredis reported on its own: a refused AUTH comes only this way. */
   let lastError: unknown;
 
-  function open(): Redis {
-    const redis = new Redis(settings.url, {
+  function open(ioredis: RedisModule): Redis {
+    const redis = new ioredis.Redis(settings.url, {
       lazyConnect: true,
       enableOfflineQueue: false,
       autoResendUnfulfilledCommands: false,
@@ -215,7 +238,7 @@ export function createRedisStreamsSink(settings: RedisStreamsSinkSettings): Sink
 
     async connect(signal) {
       if (client !== undefined) return;
-      const redis = open();
+      const redis = open(await loadRedis());
       lastError = undefined;
       const abort = () => redis.disconnect();
       signal.addEventListener("abort", abort, { once: true });
@@ -225,7 +248,7 @@ export function createRedisStreamsSink(settings: RedisStreamsSinkSettings): Sink
       } catch (err) {
         redis.disconnect();
         // A refused AUTH reaches connect() as "Connection is closed."; the server's reply came as an event.
-        throw classifyRedisError(lastError instanceof ReplyError ? lastError : err, "ERR_SINK_CONNECT", location);
+        throw classifyRedisError(isReplyError(lastError) ? lastError : err, "ERR_SINK_CONNECT", location);
       } finally {
         signal.removeEventListener("abort", abort);
       }
@@ -274,7 +297,9 @@ export function createRedisStreamsSink(settings: RedisStreamsSinkSettings): Sink
         if (result === 0) {
           present.push(index);
         } else if (typeof result === "string" && result.startsWith("!")) {
-          const error = classifyRedisError(new ReplyError(result.slice(1)), "ERR_SINK_WRITE", location);
+          // ioredis is loaded: the client that answered came from it.
+          const reply = new loadedRedis!.ReplyError(result.slice(1));
+          const error = classifyRedisError(reply, "ERR_SINK_WRITE", location);
           // OOM and the like: retry the whole batch; the script wrote nothing after this record.
           if (error.retryable) throw error;
           if (error.code === "ERR_SINK_REJECTED") {

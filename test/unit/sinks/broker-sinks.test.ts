@@ -4,9 +4,14 @@
  */
 import { AuthorizationError, TimeoutError } from "@nats-io/transport-node";
 import { ReplyError } from "ioredis";
-import { describe, expect, it } from "vitest";
-import { classifyNatsError, definition as natsJetStream, headerValue } from "../../../src/sinks/nats-jetstream.js";
-import { classifyRedisError, definition as redisStreams, partitionStream } from "../../../src/sinks/redis-streams.js";
+import { beforeAll, describe, expect, it } from "vitest";
+import { classifyNatsError, definition as natsJetStream, headerValue, loadNats } from "../../../src/sinks/nats-jetstream.js";
+import { classifyRedisError, definition as redisStreams, loadRedis, partitionStream } from "../../../src/sinks/redis-streams.js";
+
+// The sinks load their client library on connect; classification knows its error classes from then on.
+beforeAll(async () => {
+  await Promise.all([loadRedis(), loadNats()]);
+});
 
 describe("classifyRedisError", () => {
   const reply = (message: string): Error => new (ReplyError as new (m: string) => Error)(message);
