@@ -84,9 +84,12 @@ export interface SourceHandle {
    * {@link SluiceRecord.text}): the durable buffer and the postgres sink write it instead of
    * serializing the payload again.
    */
-  record(payload: JsonObject, bytes: number, position: string | number, text?: string): Entry;
-  /** Builds a record for input that could not be parsed (id `<source name>:<position>`); it goes to the dead-letter sink with `error`. */
-  malformed(raw: string, position: string | number, error: SluiceError): Entry;
+  record(payload: JsonObject, bytes: number, position: string | number, text?: string, envelope?: ServiceEnvelope): Entry;
+  /**
+   * Builds a record for input that could not be parsed, or that its service gave up on (id
+   * `envelope.id`, else `<source name>:<position>`); it goes to the dead-letter sink with `error`.
+   */
+  malformed(raw: string, position: string | number, error: SluiceError, envelope?: ServiceEnvelope): Entry;
   /**
    * Hands a chunk to the buffer. A source with `whenFull: "wait"` waits for room (unless
    * `when_full: drop_newest`): that wait is the backpressure. One with `whenFull: "reject"` is
@@ -112,6 +115,19 @@ export interface SourceHandle {
    * `whenFull: "reject"` source deciding whether its producer waits in line or is told to come back later.
    */
   expectedWait(records: number, bytes: number): number;
+}
+
+/**
+ * The envelope a broker stored beside a payload (a `redis_streams` entry's `id`, `key` and
+ * `event_time` fields, a JetStream message's `Nats-Msg-Id` and headers), so a record keeps its id,
+ * key and event time from one sluice to the next. Each is used only where the source's
+ * `id_field`, `key_field` or `time_field` finds nothing in the payload.
+ */
+export interface ServiceEnvelope {
+  readonly id?: string | undefined;
+  readonly key?: string | undefined;
+  /** ms since the epoch. */
+  readonly eventTime?: number | undefined;
 }
 
 /** How a `whenFull: "reject"` source asks {@link SourceHandle.enqueue} to wait for room. */

@@ -36,6 +36,12 @@ export const ERROR_CODES = {
    * bad credentials, a missing stream with creation off) ends the run.
    */
   ERR_SOURCE_CONNECT: { retryable: true },
+  /**
+   * A broker delivered a record `max_deliveries` times (redis_streams) or `max_deliver` times
+   * (nats_jetstream) without it being committed: a record that keeps failing or keeps crashing
+   * workers. It is dead-lettered and acked, so it is not redelivered forever.
+   */
+  ERR_MAX_DELIVERIES: { retryable: false },
   /** A source failed while reading (file vanished, permission denied). */
   ERR_SOURCE_READ: { retryable: true },
   /** The dead-letter store could not persist an entry (or its file was deleted or replaced while open). */

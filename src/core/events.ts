@@ -33,6 +33,14 @@ export type InternalEvent =
    */
   | { type: "source_connect_failed"; source: string; attempt: number; downSince: number; code: string; message: string; retryable: boolean }
   | { type: "backpressure"; source: string; seconds: number }
+  /**
+   * A broker source's backlog, read from its service now and then: `pending` entries delivered to
+   * its consumer group (or consumer) and not yet acked, `lag` entries not yet delivered to it
+   * (undefined when the service cannot tell).
+   */
+  | { type: "source_backlog"; source: string; pending: number; lag: number | undefined }
+  /** A broker source took over `count` entries that another consumer read and never acked (it died or stalled). */
+  | { type: "records_reclaimed"; source: string; count: number }
   /** An ingest request (http source) was answered with `status`. */
   | { type: "http_request"; source: string; status: number }
   /** An http source refused a connection: it had `max_connections` open. */

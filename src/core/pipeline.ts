@@ -410,15 +410,17 @@ export class Pipeline {
         };
     return {
       chunkSize: this.o.chunkSize,
-      record: (payload, bytes, position, text) => {
+      record: (payload, bytes, position, text, envelope) => {
         const idValue = getId(payload);
-        const id = typeof idValue === "string" ? idValue : typeof idValue === "number" ? String(idValue) : `${name}:${position}`;
-        const entry = new RecordEntry(id, getKey && asText(getKey(payload)), payload, getTime && asTime(getTime(payload)), name, bytes);
+        const id = typeof idValue === "string" ? idValue : typeof idValue === "number" ? String(idValue) : (envelope?.id ?? `${name}:${position}`);
+        const key = (getKey && asText(getKey(payload))) ?? envelope?.key;
+        const eventTime = (getTime && asTime(getTime(payload))) ?? envelope?.eventTime;
+        const entry = new RecordEntry(id, key, payload, eventTime, name, bytes);
         entry.text = text;
         return entry;
       },
-      malformed: (raw, position, error) => {
-        const e = new RecordEntry(`${name}:${position}`, undefined, {}, undefined, name, raw.length);
+      malformed: (raw, position, error, envelope) => {
+        const e = new RecordEntry(envelope?.id ?? `${name}:${position}`, envelope?.key, {}, undefined, name, raw.length);
         e.failure = error;
         e.raw = raw;
         return e;

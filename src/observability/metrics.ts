@@ -100,6 +100,9 @@ export class Metrics {
   private readonly connectAttempts = new Counter({ name: "sluice_sink_connect_attempts_total", help: "Attempts to connect a sink, by outcome (connected, failed).", labelNames: ["sink", "outcome"], registers: [this.registry] });
   private readonly sinkUp = new Gauge({ name: "sluice_sink_up", help: "1 once a sink has connected, 0 while it is connecting.", labelNames: ["sink"], registers: [this.registry] });
   private readonly sourceConnectAttempts = new Counter({ name: "sluice_source_connect_attempts_total", help: "Attempts to connect a source that has a connection (at start and after a loss), by outcome (connected, failed, lost).", labelNames: ["source", "outcome"], registers: [this.registry] });
+  private readonly sourcePending = new Gauge({ name: "sluice_source_pending", help: "Entries a broker source's consumer group (or consumer) was delivered and has not acked yet.", labelNames: ["source"], registers: [this.registry] });
+  private readonly sourceLag = new Gauge({ name: "sluice_source_lag", help: "Entries in a broker source's stream not yet delivered to its consumer group (or consumer).", labelNames: ["source"], registers: [this.registry] });
+  private readonly reclaimed = new Counter({ name: "sluice_source_reclaimed_total", help: "Entries a broker source took over from a consumer that read and never acked them (it died or stalled).", labelNames: ["source"], registers: [this.registry] });
   private readonly sourceUp = new Gauge({ name: "sluice_source_up", help: "1 while a source with a connection is connected, 0 while it is connecting.", labelNames: ["source"], registers: [this.registry] });
   /** Sources with a connection that are down (never connected, or lost it), for readiness and the progress line. */
   private readonly sourceDown = new Map<string, { readonly since: number; readonly message: string }>();
@@ -208,6 +211,13 @@ export class Metrics {
         this.connectAttempts.inc({ sink: event.sink, outcome: "connected" });
         this.sinkUp.set({ sink: event.sink }, 1);
         if (event.attempt > 1) this.logger.info({ sink: event.sink, attempts: event.attempt }, "sink connected");
+        break;
+      case "source_backlog":
+        this.sourcePending.set({ source: event.source }, event.pending);
+        if (event.lag !== undefined) this.sourceLag.set({ source: event.source }, event.lag);
+        break;
+      case "records_reclaimed":
+        this.reclaimed.inc({ source: event.source }, event.count);
         break;
       case "source_connected":
         this.sourceDown.delete(event.source);
