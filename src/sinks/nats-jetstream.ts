@@ -6,41 +6,17 @@
 import type { JetStreamClient, PubAck } from "@nats-io/jetstream";
 import type { MsgHdrs, NatsConnection } from "@nats-io/transport-node";
 import { z } from "zod";
-import { classify, SluiceError, type ErrorCode } from "../core/errors.js";
+import { classifyNatsError, EVENT_TIME_HEADER, headerValue, isStreamNotFound, KEY_HEADER, loadNats, type NatsModules } from "../brokers/nats.js";
+import { SluiceError } from "../core/errors.js";
 import type { SluiceRecord } from "../core/record.js";
 import { defineComponent, type RecordFailure, type Sink, type WriteResult } from "../components/contracts.js";
 import { duration } from "../components/options.js";
-
-/** The two nats.js modules the sink uses, once {@link loadNats} has loaded them. */
-export interface NatsModules {
-  readonly core: typeof import("@nats-io/transport-node");
-  readonly js: typeof import("@nats-io/jetstream");
-}
-
-/** nats.js, imported on first use only: a pipeline without this sink never pays for loading it. */
-let natsModules: Promise<NatsModules> | undefined;
-/** The loaded modules, for classifying errors synchronously; undefined until {@link loadNats} resolved. */
-let loadedNats: NatsModules | undefined;
-
-/** Imports `@nats-io/transport-node` and `@nats-io/jetstream` once (later calls share the same promise). */
-export function loadNats(): Promise<NatsModules> {
-  natsModules ??= Promise.all([import("@nats-io/transport-node"), import("@nats-io/jetstream")]).then(([core, js]) => (loadedNats = { core, js }));
-  return natsModules;
-}
-
-/** Header with the record's key (percent-encoded), absent for a keyless record. */
-export const KEY_HEADER = "Sluice-Key";
-/** Header with the record's event time (ISO 8601), absent when it has none. */
-export const EVENT_TIME_HEADER = "Sluice-Event-Time";
 
 /** Batches the sink takes at once; each has all its publishes outstanding. */
 const MAX_IN_FLIGHT = 4;
 
 /** How long `connect` waits for the server, in ms. */
 const CONNECT_TIMEOUT_MS = 10_000;
-
-/** JetStream API codes of a stream at its limits with `discard: new`: consumers make room again. */
-const STREAM_FULL_CODES = new Set([10077, 10078, 10047]);
 
 const streamOptions = z.strictObject({
   name: z.string().min(1).describe("Stream name"),
@@ -98,59 +74,6 @@ export interface NatsJetStreamSinkSettings {
   /** ms */
   readonly ackTimeoutMs: number;
   readonly createStream?: JetStreamStreamSettings | undefined;
-}
-
-/**
- * A string as a header value: `%` and every byte outside printable ASCII percent-encoded, from
- * UTF-8. Injective, so distinct ids stay distinct message ids, and safe for a header, which cannot
- * hold a line break and loses leading and trailing spaces. `decodeURIComponent` reverses it. Lone
- * surrogates become U+FFFD first, as in any UTF-8 text.
- */
-export function headerValue(text: string): string {
-  if (/^[\x21-\x24\x26-\x7e]*$/.test(text)) return text;
-  let out = "";
-  for (const byte of Buffer.from(text, "utf8")) {
-    out += byte >= 0x21 && byte <= 0x7e && byte !== 0x25 ? String.fromCharCode(byte) : `%${byte.toString(16).toUpperCase().padStart(2, "0")}`;
-  }
-  return out;
-}
-
-/**
- * Wraps a nats.js error as a {@link SluiceError}: bad credentials, a permission violation, an
- * invalid subject or argument, JetStream not enabled are a permanent `code`; a JetStream API error
- * is retryable when the stream is at its limits or the server answers 503, else permanent
- * ERR_SINK_REJECTED; anything else (connection refused or lost, a timeout, no responders while a
- * stream leader is elected) is retryable `code`. A programmer error stays a permanent ERR_INTERNAL.
- */
-export function classifyNatsError(err: unknown, code: ErrorCode, location: string): SluiceError {
-  if (err instanceof SluiceError) return err;
-  const message = `nats: ${err instanceof Error ? err.message : String(err)}`;
-  // Before nats.js is loaded no error can be one of its classes: only the generic checks apply.
-  const core = loadedNats?.core;
-  if (
-    (core !== undefined &&
-      (err instanceof core.AuthorizationError ||
-        err instanceof core.UserAuthenticationExpiredError ||
-        err instanceof core.PermissionViolationError ||
-        err instanceof core.InvalidSubjectError ||
-        err instanceof core.InvalidArgumentError)) ||
-    // The package does not export the class of this one; its name is set and stable.
-    (err instanceof Error && err.name === "JetStreamNotEnabled")
-  ) {
-    return new SluiceError(code, message, { cause: err, retryable: false, location });
-  }
-  if (loadedNats !== undefined && err instanceof loadedNats.js.JetStreamApiError) {
-    if (err.status === 503 || STREAM_FULL_CODES.has(err.code)) return new SluiceError(code, message, { cause: err, retryable: true, location });
-    return new SluiceError(code === "ERR_SINK_WRITE" ? "ERR_SINK_REJECTED" : code, message, { cause: err, retryable: false, location });
-  }
-  const wrapped = classify(err, code);
-  if (wrapped.code === "ERR_INTERNAL") return wrapped;
-  return new SluiceError(code, message, { cause: err, retryable: true, location });
-}
-
-function isStreamNotFound(err: unknown): boolean {
-  const js = loadedNats?.js;
-  return js !== undefined && err instanceof js.JetStreamApiError && err.code === js.JetStreamApiCodes.StreamNotFound;
 }
 
 /** The headers of one record's message. Throws RangeError for an invalid event time. */

@@ -4,34 +4,12 @@
  * over `partitions` streams by key.
  */
 import type { Redis, Result } from "ioredis";
+import { classifyRedisError, isReplyError, loadedRedisModule, loadRedis, partitionStream, type RedisModule } from "../brokers/redis.js";
 import { z } from "zod";
-import { classify, SluiceError, type ErrorCode } from "../core/errors.js";
+import { SluiceError } from "../core/errors.js";
 import type { SluiceRecord } from "../core/record.js";
 import { defineComponent, type RecordFailure, type Sink, type WriteResult } from "../components/contracts.js";
 import { duration } from "../components/options.js";
-
-/** What the sink takes from ioredis, once {@link loadRedis} has loaded it. */
-export interface RedisModule {
-  readonly Redis: typeof Redis;
-  /** The class of a server's error reply (ioredis types it as any). */
-  readonly ReplyError: new (message: string) => Error;
-}
-
-/** ioredis, imported on first use only: a pipeline without this sink never pays for loading it. */
-let redisModule: Promise<RedisModule> | undefined;
-/** The loaded module, for classifying errors synchronously; undefined until {@link loadRedis} resolved. */
-let loadedRedis: RedisModule | undefined;
-
-/** Imports ioredis once (later calls share the same promise). */
-export function loadRedis(): Promise<RedisModule> {
-  redisModule ??= import("ioredis").then((mod) => (loadedRedis = { Redis: mod.Redis, ReplyError: mod.ReplyError as RedisModule["ReplyError"] }));
-  return redisModule;
-}
-
-/** Whether `err` is a reply from the server. Before ioredis is loaded no error can be one. */
-function isReplyError(err: unknown): err is Error {
-  return loadedRedis !== undefined && err instanceof loadedRedis.ReplyError;
-}
 
 /** Fields the sink fills itself besides the payload's; `body_key` may not be one of them. */
 const ENVELOPE_FIELDS = ["id", "key", "event_time"] as const;
@@ -147,48 +125,6 @@ export interface RedisStreamsSinkSettings {
   readonly dedupePrefix: string;
 }
 
-/** FNV-1a (32 bits) of the UTF-8 bytes: stable across processes and easy to repeat in another language. */
-function fnv1a(text: string): number {
-  let h = 0x811c9dc5;
-  for (const byte of Buffer.from(text, "utf8")) {
-    h ^= byte;
-    h = Math.imul(h, 0x01000193);
-  }
-  return h >>> 0;
-}
-
-/** The stream a record goes to: `stream` itself, or `<stream>:<FNV-1a(key, else id) mod partitions>`. */
-export function partitionStream(stream: string, partitions: number, record: Pick<SluiceRecord, "id" | "key">): string {
-  if (partitions === 1) return stream;
-  return `${stream}:${fnv1a(record.key ?? record.id) % partitions}`;
-}
-
-/** Reply prefixes that may pass: memory full, loading after a restart, a busy script, a replica after failover, failing RDB saves, script cache flushed, too many clients. */
-const RETRYABLE_REPLIES = /^(OOM|LOADING|BUSY|READONLY|MISCONF|NOSCRIPT|TRYAGAIN|CLUSTERDOWN|MASTERDOWN)\b|^ERR max number of clients/;
-/** A key holding another type than a stream: the stream's fault, not the connection's. */
-const WRONGTYPE = /^WRONGTYPE\b/;
-
-/**
- * Wraps an ioredis error as a {@link SluiceError}. A reply from the server, by its prefix: OOM,
- * LOADING, BUSY, READONLY, MISCONF, NOSCRIPT (and the cluster and client-limit replies) are
- * retryable `code`; WRONGTYPE is a permanent ERR_SINK_REJECTED; any other reply (NOAUTH,
- * WRONGPASS, NOPERM, a syntax error) is a permanent `code`: no retry clears it. Anything else
- * (connection refused or lost, a timeout) is retryable `code`; a programmer error stays a
- * permanent ERR_INTERNAL.
- */
-export function classifyRedisError(err: unknown, code: ErrorCode, location: string): SluiceError {
-  if (err instanceof SluiceError) return err;
-  if (isReplyError(err)) {
-    const reply = err.message;
-    const message = `redis: ${reply}`;
-    if (WRONGTYPE.test(reply)) return new SluiceError("ERR_SINK_REJECTED", message, { cause: err, location });
-    return new SluiceError(code, message, { cause: err, retryable: RETRYABLE_REPLIES.test(reply), location });
-  }
-  const wrapped = classify(err, code);
-  if (wrapped.code === "ERR_INTERNAL") return wrapped;
-  return new SluiceError(code, `redis: ${wrapped.message}`, { cause: err, retryable: true, location });
-}
-
 /** One record's entry as field/value strings. Throws for a payload JSON cannot hold or an invalid event time. */
 function entryFields(record: SluiceRecord, bodyKey: string): string[] {
   // The JSON as the source read it, when no transform changed the payload: no second serialization.
@@ -298,7 +234,7 @@ export function createRedisStreamsSink(settings: RedisStreamsSinkSettings): Sink
           present.push(index);
         } else if (typeof result === "string" && result.startsWith("!")) {
           // ioredis is loaded: the client that answered came from it.
-          const reply = new loadedRedis!.ReplyError(result.slice(1));
+          const reply = new (loadedRedisModule()!.ReplyError)(result.slice(1));
           const error = classifyRedisError(reply, "ERR_SINK_WRITE", location);
           // OOM and the like: retry the whole batch; the script wrote nothing after this record.
           if (error.retryable) throw error;

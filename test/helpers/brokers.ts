@@ -7,7 +7,7 @@ import { jetstream, jetstreamManager, JetStreamApiCodes, JetStreamApiError } fro
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { Redis } from "ioredis";
 import type { JsonObject } from "../../src/core/record.js";
-import { EVENT_TIME_HEADER, KEY_HEADER } from "../../src/sinks/nats-jetstream.js";
+import { EVENT_TIME_HEADER, KEY_HEADER } from "../../src/brokers/nats.js";
 import type { StoredRecord } from "../contract/sink-contract.js";
 
 export const REDIS_URL = process.env.SLUICE_REDIS_URL ?? "redis://127.0.0.1:6379";

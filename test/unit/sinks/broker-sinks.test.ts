@@ -5,8 +5,10 @@
 import { AuthorizationError, TimeoutError } from "@nats-io/transport-node";
 import { ReplyError } from "ioredis";
 import { beforeAll, describe, expect, it } from "vitest";
-import { classifyNatsError, definition as natsJetStream, headerValue, loadNats } from "../../../src/sinks/nats-jetstream.js";
-import { classifyRedisError, definition as redisStreams, loadRedis, partitionStream } from "../../../src/sinks/redis-streams.js";
+import { classifyNatsError, headerValue, loadNats } from "../../../src/brokers/nats.js";
+import { definition as natsJetStream } from "../../../src/sinks/nats-jetstream.js";
+import { classifyRedisError, loadRedis, partitionStream } from "../../../src/brokers/redis.js";
+import { definition as redisStreams } from "../../../src/sinks/redis-streams.js";
 
 // The sinks load their client library on connect; classification knows its error classes from then on.
 beforeAll(async () => {
