@@ -133,9 +133,12 @@ function isReply(err: unknown, prefix: string): boolean {
  * retry clears.
  */
 function sourceError(err: unknown, location: string): SluiceError {
+  if (err instanceof SluiceError) return err;
   const e = classifyRedisError(err, "ERR_SOURCE_CONNECT", location);
-  if (e.code === "ERR_SINK_REJECTED") return new SluiceError("ERR_SOURCE_CONNECT", `${e.message} (the key is not a stream)`, { cause: err, retryable: false, location });
-  return e;
+  if (e.code === "ERR_INTERNAL") return e;
+  const message = `${location}: ${e.message.replace(/^redis: /, "")}`;
+  if (e.code === "ERR_SINK_REJECTED") return new SluiceError("ERR_SOURCE_CONNECT", `${message} (the key is not a stream)`, { cause: err, retryable: false, location });
+  return new SluiceError("ERR_SOURCE_CONNECT", message, { cause: err, retryable: e.retryable, location });
 }
 
 /**
@@ -190,12 +193,15 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
     }).on("error", (err: unknown) => (conn.lastError = err));
   }
 
-  function retire(conn: Connection): void {
+  /** Closes a connection pair for good; resolves once the acks already sent have their replies (QUIT). */
+  async function retire(conn: Connection): Promise<void> {
     conn.retired = true;
     conn.readerRetired = true;
     conn.reader.disconnect();
-    // QUIT lets the acks already sent get their replies.
-    conn.commands.quit().catch(() => conn.commands.disconnect());
+    await conn.commands.quit().then(
+      () => {},
+      () => conn.commands.disconnect(),
+    );
   }
 
   async function createGroups(commands: Redis, streams: readonly string[]): Promise<void> {
@@ -219,8 +225,36 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
       for (const id of ids) set.add(id);
     }
     const outcome = await handle.enqueue(records, checkpoint);
-    if (outcome === "rejected" || outcome === "stopping") release(checkpoint);
+    if (outcome === "rejected" || outcome === "stopping") {
+      release(checkpoint);
+      await giveBack(checkpoint);
+    }
     return outcome;
+  }
+
+  /**
+   * Marks entries this process read and will not deliver as idle for claim_idle already (XCLAIM
+   * IDLE, JUSTID: no delivery counted), so the next reclaim pass of any worker takes them instead
+   * of waiting claim_idle for them. Best effort: otherwise they are reclaimed after claim_idle.
+   */
+  async function giveBack(checkpoint: RedisStreamsCheckpoint): Promise<void> {
+    const conn = current;
+    if (conn === undefined || conn.commands.status !== "ready") return;
+    const pipeline = conn.commands.pipeline();
+    for (const [stream, ids] of checkpoint) if (ids.length > 0) pipeline.xclaim(stream, group, consumer, 0, ...ids, "IDLE", claimIdleMs, "JUSTID");
+    await pipeline.exec().catch(() => {});
+  }
+
+  /** Sends the XACKs that failed with an earlier connection (or a timeout) on `conn`. */
+  async function ackLate(conn: Connection): Promise<void> {
+    for (const checkpoint of unacked.splice(0)) {
+      try {
+        await xack(conn.commands, checkpoint);
+      } catch (err) {
+        logger.warn({ source: ctx.name, err: String(err) }, "XACK of a delivered chunk failed again; its entries will be redelivered");
+      }
+      release(checkpoint);
+    }
   }
 
   /** Reads new entries once: at most `room` of them over the streams assigned now. */
@@ -352,19 +386,19 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
     workingIntervalMs: claimIdleMs / 3,
 
     async connect(signal) {
-      if (current !== undefined) retire(current);
+      if (current !== undefined) void retire(current);
       current = undefined;
       const ioredis = await loadRedis();
       const errors: { lastError?: unknown } = {};
       const conn: Connection = { reader: open(ioredis, "reader", errors), commands: open(ioredis, "commands", errors), lost: undefined, onLost: () => {}, retired: false, readerRetired: false };
-      const abort = () => retire(conn);
+      const abort = () => void retire(conn);
       signal.addEventListener("abort", abort, { once: true });
       try {
         await Promise.all([conn.reader.connect(), conn.commands.connect()]);
         await Promise.all([conn.reader.ping(), conn.commands.ping()]);
         await createGroups(conn.commands, settings.streams);
       } catch (err) {
-        retire(conn);
+        void retire(conn);
         // A refused AUTH reaches connect() as "Connection is closed."; the server's reply came as an event.
         throw sourceError(isReplyError(errors.lastError) ? errors.lastError : err, location);
       } finally {
@@ -373,17 +407,13 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
       const onEnd = (role: "reader" | "commands") => {
         if (conn.retired || conn.lost !== undefined || (role === "reader" && conn.readerRetired)) return;
         const why = errors.lastError instanceof Error ? `: ${errors.lastError.message}` : "";
-        conn.lost = new SluiceError("ERR_SOURCE_CONNECT", `redis: connection lost${why}`, { cause: errors.lastError, location });
+        conn.lost = new SluiceError("ERR_SOURCE_CONNECT", `${location}: connection lost${why}`, { cause: errors.lastError, location });
         conn.onLost();
       };
       conn.reader.on("end", () => onEnd("reader"));
       conn.commands.on("end", () => onEnd("commands"));
       current = conn;
-      const late = unacked.splice(0);
-      for (const checkpoint of late) {
-        await xack(conn.commands, checkpoint).catch((err: unknown) => logger.warn({ source: ctx.name, err: String(err) }, "XACK of a delivered chunk failed again; its entries will be redelivered"));
-        release(checkpoint);
-      }
+      await ackLate(conn);
     },
 
     async run(handle, signal) {
@@ -403,6 +433,7 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
       try {
         while (!stop.signal.aborted) {
           if (clock.now() >= nextReclaim) {
+            await ackLate(conn);
             for (const stream of assigned()) {
               try {
                 if (!(await reclaimStream(conn, handle, stream, stop.signal))) break;
@@ -465,7 +496,7 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
     async close() {
       const conn = current;
       current = undefined;
-      if (conn !== undefined) retire(conn);
+      if (conn !== undefined) await retire(conn);
     },
   };
 }
