@@ -9,10 +9,13 @@ import { z } from "zod";
 import { sleep } from "../core/clock.js";
 import { SluiceError } from "../core/errors.js";
 import type { Entry } from "../core/record.js";
-import { classifyRedisError, isReplyError, loadRedis, type RedisModule } from "../brokers/redis.js";
+import { isReplyError, loadRedis, type RedisModule } from "../brokers/redis.js";
 import { defineComponent, type ComponentContext, type EnqueueOutcome, type Source, type SourceHandle } from "../components/contracts.js";
 import { duration } from "../components/options.js";
-import { ENVELOPE_FIELDS, entryRecord, exhaustedRecord, parseGroupInfo, parsePending, type EntryFormat, type PendingEntry, type RawEntry } from "./redis-streams-entries.js";
+import { ENVELOPE_FIELDS, entryRecord, exhaustedRecord, type EntryFormat, type PendingEntry, type RawEntry } from "./redis-streams-entries.js";
+import { ConsumerGroup, isReply, sourceError, type RedisStreamsCheckpoint } from "./redis-streams-group.js";
+
+export type { RedisStreamsCheckpoint } from "./redis-streams-group.js";
 
 /** How long `connect` waits for the server, in ms. */
 const CONNECT_TIMEOUT_MS = 10_000;
@@ -99,46 +102,24 @@ export interface RedisStreamsSourceSettings extends EntryFormat {
   readonly assigned?: () => readonly string[];
 }
 
-/** A chunk's checkpoint: its entry ids per stream, XACKed once the chunk is done. */
-export type RedisStreamsCheckpoint = ReadonlyMap<string, readonly string[]>;
-
 /** The two connections of one connect: the blocking read on its own, so an XACK never waits behind a BLOCK. */
 interface Connection {
   readonly reader: Redis;
-  readonly commands: Redis;
+  /** The group's other commands, on the second connection. */
+  readonly group: ConsumerGroup;
   /** Set when either connection closed without being asked to: the run ends with it. */
   lost: SluiceError | undefined;
   /** Called when `lost` is set. */
   onLost: () => void;
-  /** Set before this process closes the connections itself (a reconnect, `close`): not a loss. */
+  /** Set before this process closes both connections itself (a reconnect, `close`): not a loss. */
   retired: boolean;
-  /** Set before a stop closes the reader (the commands connection stays for the acks): not a loss. */
+  /** Set before a stop closes the reader (the other connection stays for the acks): not a loss. */
   readerRetired: boolean;
 }
 
-/** Client names carry the consumer name; Redis refuses spaces and newlines in them. */
+/** Client names carry the consumer name (to find a worker's connections in CLIENT LIST); Redis refuses spaces and newlines in them. */
 function clientName(consumer: string, role: string): string {
   return `sluice:${consumer.replace(/[^\w.:@-]/g, "_")}:${role}`;
-}
-
-/** Whether `err` is a reply starting with `prefix` (NOGROUP, BUSYGROUP). */
-function isReply(err: unknown, prefix: string): boolean {
-  return isReplyError(err) && err.message.startsWith(prefix);
-}
-
-/**
- * Wraps an error of the source's connections as `ERR_SOURCE_CONNECT`: retryable for a lost or
- * refused connection, a timeout, a server loading or out of memory; permanent for a refused AUTH
- * or ACL (NOAUTH, WRONGPASS, NOPERM), a key that is not a stream (WRONGTYPE) and other replies no
- * retry clears.
- */
-function sourceError(err: unknown, location: string): SluiceError {
-  if (err instanceof SluiceError) return err;
-  const e = classifyRedisError(err, "ERR_SOURCE_CONNECT", location);
-  if (e.code === "ERR_INTERNAL") return e;
-  const message = `${location}: ${e.message.replace(/^redis: /, "")}`;
-  if (e.code === "ERR_SINK_REJECTED") return new SluiceError("ERR_SOURCE_CONNECT", `${message} (the key is not a stream)`, { cause: err, retryable: false, location });
-  return new SluiceError("ERR_SOURCE_CONNECT", message, { cause: err, retryable: e.retryable, location });
 }
 
 /**
@@ -153,33 +134,37 @@ function sourceError(err: unknown, location: string): SluiceError {
  * (fresh clients). Acks that could not be sent then are sent after the next connect.
  */
 export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, ctx: ComponentContext): Source {
-  const { group, consumer, claimIdleMs, maxDeliveries } = settings;
+  const { consumer, claimIdleMs, maxDeliveries } = settings;
   const location = settings.streams.length === 1 ? `redis stream ${settings.streams[0]}` : `redis streams ${settings.streams[0]}..${settings.streams.at(-1)}`;
   const assigned = settings.assigned ?? (() => settings.streams);
   const reclaimEveryMs = Math.max(claimIdleMs / 2, MIN_RECLAIM_EVERY_MS);
   const { clock, logger } = ctx;
+  const log = { source: ctx.name };
   let current: Connection | undefined;
   /** Entry ids read by this process and not yet acked (or given back), per stream: never reclaimed from ourselves. */
   const inFlight = new Map<string, Set<string>>();
-  /** Done chunks whose XACK failed with the connection: sent after the next connect. */
+  /** Done chunks whose XACK failed with the connection: sent again after the next connect (still in flight meanwhile). */
   const unacked: RedisStreamsCheckpoint[] = [];
   /** Which of several streams the next short read starts at, so each gets its turn. */
   let turn = 0;
 
-  const held = (stream: string): Set<string> => {
-    let ids = inFlight.get(stream);
-    if (ids === undefined) inFlight.set(stream, (ids = new Set()));
-    return ids;
+  const hold = (checkpoint: RedisStreamsCheckpoint) => {
+    for (const [stream, ids] of checkpoint) {
+      let set = inFlight.get(stream);
+      if (set === undefined) inFlight.set(stream, (set = new Set()));
+      for (const id of ids) set.add(id);
+    }
   };
   const release = (checkpoint: RedisStreamsCheckpoint) => {
     for (const [stream, ids] of checkpoint) {
       const set = inFlight.get(stream);
-      if (set === undefined) continue;
-      for (const id of ids) set.delete(id);
+      if (set !== undefined) for (const id of ids) set.delete(id);
     }
   };
+  /** The current connection pair when its command connection is up (the reader may be closed by a stop). */
+  const commands = (): ConsumerGroup | undefined => (current?.group.redis.status === "ready" ? current.group : undefined);
 
-  function open(ioredis: RedisModule, role: "reader" | "commands", conn: { lastError?: unknown }): Redis {
+  function open(ioredis: RedisModule, role: "reader" | "commands", errors: { last?: unknown }): Redis {
     return new ioredis.Redis(settings.url, {
       lazyConnect: true,
       enableOfflineQueue: false,
@@ -190,7 +175,7 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
       // No reconnect in the background: the engine reconnects (connect), with fresh clients.
       retryStrategy: () => null,
       connectionName: clientName(consumer, role),
-    }).on("error", (err: unknown) => (conn.lastError = err));
+    }).on("error", (err: unknown) => (errors.last = err));
   }
 
   /** Closes a connection pair for good; resolves once the acks already sent have their replies (QUIT). */
@@ -198,61 +183,30 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
     conn.retired = true;
     conn.readerRetired = true;
     conn.reader.disconnect();
-    await conn.commands.quit().then(
+    await conn.group.redis.quit().then(
       () => {},
-      () => conn.commands.disconnect(),
+      () => conn.group.redis.disconnect(),
     );
   }
 
-  async function createGroups(commands: Redis, streams: readonly string[]): Promise<void> {
-    const replies = await commands.pipeline(streams.map((s) => ["xgroup", "CREATE", s, group, settings.start, "MKSTREAM"])).exec();
-    replies?.forEach(([err], i) => {
-      if (err && !isReply(err, "BUSYGROUP")) throw sourceError(err, `redis stream ${streams[i]}`);
-    });
-  }
-
-  async function xack(commands: Redis, checkpoint: RedisStreamsCheckpoint): Promise<void> {
-    const pipeline = commands.pipeline();
-    for (const [stream, ids] of checkpoint) if (ids.length > 0) pipeline.xack(stream, group, ...ids);
-    const replies = await pipeline.exec();
-    for (const [err] of replies ?? []) if (err) throw err;
-  }
-
-  /** Hands a chunk to the engine; entries it did not take are given back (pending here, reclaimed later). */
+  /** Hands a chunk to the engine; entries it did not take are given back to the group. */
   async function hand(handle: SourceHandle, records: Entry[], checkpoint: RedisStreamsCheckpoint): Promise<EnqueueOutcome> {
-    for (const [stream, ids] of checkpoint) {
-      const set = held(stream);
-      for (const id of ids) set.add(id);
-    }
+    hold(checkpoint);
     const outcome = await handle.enqueue(records, checkpoint);
     if (outcome === "rejected" || outcome === "stopping") {
       release(checkpoint);
-      await giveBack(checkpoint);
+      // Idle for claim_idle already: the next reclaim pass of any worker takes them. Best effort: else after claim_idle.
+      await commands()
+        ?.setIdle(checkpoint, claimIdleMs)
+        .catch(() => {});
     }
     return outcome;
   }
 
-  /**
-   * Marks entries this process read and will not deliver as idle for claim_idle already (XCLAIM
-   * IDLE, JUSTID: no delivery counted), so the next reclaim pass of any worker takes them instead
-   * of waiting claim_idle for them. Best effort: otherwise they are reclaimed after claim_idle.
-   */
-  async function giveBack(checkpoint: RedisStreamsCheckpoint): Promise<void> {
-    const conn = current;
-    if (conn === undefined || conn.commands.status !== "ready") return;
-    const pipeline = conn.commands.pipeline();
-    for (const [stream, ids] of checkpoint) if (ids.length > 0) pipeline.xclaim(stream, group, consumer, 0, ...ids, "IDLE", claimIdleMs, "JUSTID");
-    await pipeline.exec().catch(() => {});
-  }
-
-  /** Sends the XACKs that failed with an earlier connection (or a timeout) on `conn`. */
-  async function ackLate(conn: Connection): Promise<void> {
+  /** Sends the XACKs that failed earlier (a lost connection, a timeout). */
+  async function ackLate(group: ConsumerGroup): Promise<void> {
     for (const checkpoint of unacked.splice(0)) {
-      try {
-        await xack(conn.commands, checkpoint);
-      } catch (err) {
-        logger.warn({ source: ctx.name, err: String(err) }, "XACK of a delivered chunk failed again; its entries will be redelivered");
-      }
+      await group.ack(checkpoint).catch((err: unknown) => logger.warn({ ...log, err: String(err) }, "XACK of a delivered chunk failed again; its entries will be delivered again"));
       release(checkpoint);
     }
   }
@@ -273,16 +227,16 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
     const count = Math.floor(room / streams.length);
     let reply: [string, RawEntry[]][] | null;
     try {
-      reply = (await conn.reader.xreadgroup("GROUP", group, consumer, "COUNT", count, "BLOCK", settings.blockMs, "STREAMS", ...streams, ...streams.map(() => ">"))) as [string, RawEntry[]][] | null;
+      reply = (await conn.reader.xreadgroup("GROUP", settings.group, consumer, "COUNT", count, "BLOCK", settings.blockMs, "STREAMS", ...streams, ...streams.map(() => ">"))) as
+        | [string, RawEntry[]][]
+        | null;
     } catch (err) {
       if (signal.aborted) return undefined;
-      if (isReply(err, "NOGROUP")) {
-        // The server lost the group (a restart without persistence, a deleted stream): make it again.
-        logger.warn({ source: ctx.name, group, streams }, "the consumer group is missing (Redis restarted without its data, or the stream was deleted); creating it again");
-        await createGroups(conn.commands, streams);
-        return undefined;
-      }
-      throw err;
+      if (!isReply(err, "NOGROUP")) throw err;
+      // The group is gone (the stream was deleted, or Redis restarted without its data): make it again.
+      logger.warn({ ...log, group: settings.group, streams }, "the consumer group is missing; creating it again");
+      await conn.group.create(streams, settings.start);
+      return undefined;
     }
     if (reply === null) return undefined;
     const records: Entry[] = [];
@@ -300,7 +254,8 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
 
   /**
    * Takes over entries of `stream` pending longer than claim_idle with another consumer, or with
-   * this one but not in flight here (read before a crash, or a read whose reply was lost).
+   * this one but not in flight here (read before a crash, or a read whose reply was lost), a chunk
+   * at a time, each waiting for room first. False when the run is stopping.
    *
    * XPENDING IDLE + XCLAIM rather than XAUTOCLAIM: XPENDING tells each entry's delivery count
    * (what max_deliveries is about; XAUTOCLAIM does not), and the entries this process holds in
@@ -308,73 +263,65 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
    * in-flight entry whose idle time crossed claim_idle before its next refresh). XCLAIM with
    * claim_idle as its min idle time is atomic: of two workers claiming at once, one gets an entry.
    */
-  async function reclaimStream(conn: Connection, handle: SourceHandle, stream: string, signal: AbortSignal): Promise<boolean> {
-    let from = "-";
+  async function reclaim(group: ConsumerGroup, handle: SourceHandle, stream: string, signal: AbortSignal): Promise<boolean> {
+    let after: string | undefined;
     for (;;) {
       const room = await handle.waitForRoom(handle.chunkSize, signal);
       if (room === 0) return false;
-      const pending = parsePending(await conn.commands.xpending(stream, group, "IDLE", claimIdleMs, from, "+", room));
+      const pending = await group.idle(stream, claimIdleMs, after, room);
       if (pending.length === 0) return true;
-      from = `(${pending.at(-1)!.id}`;
+      after = pending.at(-1)!.id;
       const mine = inFlight.get(stream);
       const candidates = pending.filter((p) => p.consumer !== consumer || mine?.has(p.id) !== true);
-      if (candidates.length > 0 && (await claim(conn, handle, stream, candidates)) === "stopping") return false;
+      if (candidates.length > 0 && (await claim(group, handle, stream, candidates)) === "stopping") return false;
       if (pending.length < room) return true;
     }
   }
 
-  async function claim(conn: Connection, handle: SourceHandle, stream: string, candidates: PendingEntry[]): Promise<EnqueueOutcome | undefined> {
-    const deliveries = new Map(candidates.map((p) => [p.id, p.deliveries]));
-    const claimed = (await conn.commands.xclaim(stream, group, consumer, claimIdleMs, ...deliveries.keys())) as (RawEntry | null)[];
+  async function claim(group: ConsumerGroup, handle: SourceHandle, stream: string, candidates: PendingEntry[]): Promise<EnqueueOutcome | undefined> {
+    /** Deliveries so far per entry asked for; what is left after the claim was not returned. */
+    const asked = new Map(candidates.map((p) => [p.id, p.deliveries]));
+    const claimed = await group.claim(stream, claimIdleMs, [...asked.keys()]);
     const records: Entry[] = [];
     const ids: string[] = [];
     let exhausted = 0;
     for (const entry of claimed) {
       if (entry === null || entry[1] === null) continue;
       const [id, fields] = entry;
-      const times = deliveries.get(id) ?? 0;
-      deliveries.delete(id);
-      if (times >= maxDeliveries) exhausted++;
-      records.push(times >= maxDeliveries ? exhaustedRecord(handle, stream, id, fields, times, settings) : entryRecord(handle, stream, id, fields, settings));
+      const times = asked.get(id) ?? 0;
+      asked.delete(id);
+      if (times >= maxDeliveries) {
+        exhausted++;
+        records.push(exhaustedRecord(handle, stream, id, fields, times, settings));
+      } else {
+        records.push(entryRecord(handle, stream, id, fields, settings));
+      }
       ids.push(id);
     }
-    // What was asked and not returned: claimed by another worker meanwhile, or deleted from the stream (trimmed) while pending.
-    if (deliveries.size > 0) await dropTrimmed(conn, stream, [...deliveries.keys()]);
+    // Not returned: claimed by another worker meanwhile, or deleted from the stream (trimmed) while pending.
+    if (asked.size > 0) {
+      const gone = await group.missing(stream, [...asked.keys()]);
+      if (gone.length > 0) {
+        // Redis 7 dropped them from the pending list itself; older servers claimed them for us as nil.
+        await group.ack(new Map([[stream, gone]]));
+        logger.warn({ ...log, stream, entries: gone.length }, "pending entries were deleted from the stream (trimmed) before they were acked; they cannot be delivered");
+      }
+    }
     if (records.length === 0) return undefined;
     ctx.emit({ type: "records_reclaimed", source: ctx.name, count: records.length });
-    if (exhausted > 0) logger.warn({ source: ctx.name, stream, entries: exhausted, maxDeliveries }, "entries reached max_deliveries; dead-lettering them");
+    if (exhausted > 0) logger.warn({ ...log, stream, entries: exhausted, maxDeliveries }, "entries were delivered max_deliveries times without being committed; dead-lettering them");
     return hand(handle, records, new Map([[stream, ids]]));
   }
 
-  /** Acks away the entries of `ids` that no longer exist in `stream`: they cannot be delivered (Redis 7 already dropped them from the pending list). */
-  async function dropTrimmed(conn: Connection, stream: string, ids: string[]): Promise<void> {
-    const replies = await conn.commands.pipeline(ids.map((id) => ["xrange", stream, id, id])).exec();
-    const gone = ids.filter((_, i) => {
-      const [err, range] = replies?.[i] ?? [];
-      return !err && Array.isArray(range) && range.length === 0;
-    });
-    if (gone.length === 0) return;
-    await xack(conn.commands, new Map([[stream, gone]]));
-    logger.warn({ source: ctx.name, stream, entries: gone.length }, "pending entries were deleted from the stream (trimmed) before they were acked; they cannot be delivered");
-  }
-
-  /** Emits the group's pending entries and lag, summed over the assigned streams, every few seconds until `signal` aborts. */
-  async function reportBacklog(conn: Connection, signal: AbortSignal): Promise<void> {
+  /** Emits the group's pending entries and lag over the assigned streams every few seconds until `signal` aborts. */
+  async function reportBacklog(group: ConsumerGroup, signal: AbortSignal): Promise<void> {
     while (!signal.aborted) {
       try {
-        const streams = assigned();
-        const replies = await conn.commands.pipeline(streams.map((s) => ["xinfo", "GROUPS", s])).exec();
-        let pending = 0;
-        let lag: number | undefined = 0;
-        for (const [err, reply] of replies ?? []) {
-          const info = err ? undefined : parseGroupInfo(reply, group);
-          pending += info?.pending ?? 0;
-          lag = lag === undefined || info?.lag === undefined ? undefined : lag + info.lag;
-        }
+        const { pending, lag } = await group.backlog(assigned());
         ctx.emit({ type: "source_backlog", source: ctx.name, pending, lag });
       } catch (err) {
         // The read loop finds a lost connection; a missed report only leaves the gauges a few seconds old.
-        logger.debug({ source: ctx.name, err: String(err) }, "could not read the group's backlog");
+        logger.debug({ ...log, err: String(err) }, "could not read the group's backlog");
       }
       await sleep(clock, BACKLOG_EVERY_MS, signal).catch(() => {});
     }
@@ -389,31 +336,38 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
       if (current !== undefined) void retire(current);
       current = undefined;
       const ioredis = await loadRedis();
-      const errors: { lastError?: unknown } = {};
-      const conn: Connection = { reader: open(ioredis, "reader", errors), commands: open(ioredis, "commands", errors), lost: undefined, onLost: () => {}, retired: false, readerRetired: false };
+      const errors: { last?: unknown } = {};
+      const conn: Connection = {
+        reader: open(ioredis, "reader", errors),
+        group: new ConsumerGroup(open(ioredis, "commands", errors), settings.group, consumer),
+        lost: undefined,
+        onLost: () => {},
+        retired: false,
+        readerRetired: false,
+      };
       const abort = () => void retire(conn);
       signal.addEventListener("abort", abort, { once: true });
       try {
-        await Promise.all([conn.reader.connect(), conn.commands.connect()]);
-        await Promise.all([conn.reader.ping(), conn.commands.ping()]);
-        await createGroups(conn.commands, settings.streams);
+        await Promise.all([conn.reader.connect(), conn.group.redis.connect()]);
+        await Promise.all([conn.reader.ping(), conn.group.redis.ping()]);
+        await conn.group.create(settings.streams, settings.start);
       } catch (err) {
         void retire(conn);
         // A refused AUTH reaches connect() as "Connection is closed."; the server's reply came as an event.
-        throw sourceError(isReplyError(errors.lastError) ? errors.lastError : err, location);
+        throw sourceError(isReplyError(errors.last) ? errors.last : err, location);
       } finally {
         signal.removeEventListener("abort", abort);
       }
       const onEnd = (role: "reader" | "commands") => {
         if (conn.retired || conn.lost !== undefined || (role === "reader" && conn.readerRetired)) return;
-        const why = errors.lastError instanceof Error ? `: ${errors.lastError.message}` : "";
-        conn.lost = new SluiceError("ERR_SOURCE_CONNECT", `${location}: connection lost${why}`, { cause: errors.lastError, location });
+        const why = errors.last instanceof Error ? `: ${errors.last.message}` : "";
+        conn.lost = new SluiceError("ERR_SOURCE_CONNECT", `${location}: connection lost${why}`, { cause: errors.last, location });
         conn.onLost();
       };
       conn.reader.on("end", () => onEnd("reader"));
-      conn.commands.on("end", () => onEnd("commands"));
+      conn.group.redis.on("end", () => onEnd("commands"));
       current = conn;
-      await ackLate(conn);
+      await ackLate(conn.group);
     },
 
     async run(handle, signal) {
@@ -422,32 +376,30 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
       const stop = new AbortController();
       const onStop = () => {
         stop.abort();
-        // A read blocked for up to `block` must not hold the stop: its entries stay pending here and are reclaimed later.
+        // A read blocked for up to `block` must not hold the stop: what it read stays pending here and is reclaimed later.
         conn.readerRetired = true;
         conn.reader.disconnect();
       };
       conn.onLost = onStop;
       signal.addEventListener("abort", onStop, { once: true });
-      const backlog = reportBacklog(conn, stop.signal);
+      const backlog = reportBacklog(conn.group, stop.signal);
       let nextReclaim = clock.now();
       try {
         while (!stop.signal.aborted) {
           if (clock.now() >= nextReclaim) {
-            await ackLate(conn);
+            await ackLate(conn.group);
             for (const stream of assigned()) {
               try {
-                if (!(await reclaimStream(conn, handle, stream, stop.signal))) break;
+                if (!(await reclaim(conn.group, handle, stream, stop.signal))) break;
               } catch (err) {
-                if (stop.signal.aborted) break;
-                if (isReply(err, "NOGROUP")) continue;
-                throw err;
+                // A stream deleted meanwhile: the read finds it and makes its group again.
+                if (!isReply(err, "NOGROUP")) throw err;
               }
             }
             nextReclaim = clock.now() + reclaimEveryMs;
           }
           const room = await handle.waitForRoom(handle.chunkSize, stop.signal);
-          if (room === 0) break;
-          if ((await read(conn, handle, room, stop.signal)) === "stopping") break;
+          if (room === 0 || (await read(conn, handle, room, stop.signal)) === "stopping") break;
         }
       } catch (err) {
         if (!signal.aborted) throw conn.lost ?? sourceError(err, location);
@@ -462,35 +414,28 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
 
     async ack(checkpoint) {
       const cp = checkpoint as RedisStreamsCheckpoint;
-      const conn = current;
       try {
-        // The reader may be gone (a stop, a lost reader); the acks need only this connection.
-        if (conn === undefined || conn.commands.status !== "ready") throw conn?.lost ?? new SluiceError("ERR_SOURCE_CONNECT", "not connected", { location });
-        await xack(conn.commands, cp);
+        const group = commands();
+        if (group === undefined) throw current?.lost ?? new SluiceError("ERR_SOURCE_CONNECT", `${location}: not connected`, { location });
+        await group.ack(cp);
       } catch (err) {
         const e = sourceError(err, location);
         if (!e.retryable) {
           release(cp);
           throw e;
         }
-        // Still in flight for the reclaim pass: the next connect sends it.
+        // Kept in flight (not reclaimed from ourselves) until the XACK is sent again.
         unacked.push(cp);
-        throw new SluiceError("ERR_SOURCE_CONNECT", `XACK failed (sent again after reconnecting): ${e.message}`, { cause: e, location });
+        throw new SluiceError("ERR_SOURCE_CONNECT", `XACK failed, sent again later: ${e.message}`, { cause: e, location });
       }
       release(cp);
     },
 
     async inProgress(checkpoint) {
-      const conn = current;
-      if (conn === undefined || conn.commands.status !== "ready") return;
-      const pipeline = conn.commands.pipeline();
-      for (const [stream, ids] of checkpoint as RedisStreamsCheckpoint) {
-        const mine = inFlight.get(stream);
-        const still = ids.filter((id) => mine?.has(id) === true);
-        // Min idle 0 and JUSTID: resets the entries' idle time without counting a delivery, so no other worker claims them.
-        if (still.length > 0) pipeline.xclaim(stream, group, consumer, 0, ...still, "JUSTID");
-      }
-      if (pipeline.length > 0) await pipeline.exec();
+      const cp = checkpoint as RedisStreamsCheckpoint;
+      const still = new Map([...cp].map(([stream, ids]) => [stream, ids.filter((id) => inFlight.get(stream)?.has(id) === true)]));
+      // Idle time back to 0 without counting a delivery: no other worker claims a chunk that is only slow.
+      await commands()?.setIdle(still);
     },
 
     async close() {
