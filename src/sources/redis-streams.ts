@@ -232,8 +232,8 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
         | null;
     } catch (err) {
       if (signal.aborted) return undefined;
-      if (!isReply(err, "NOGROUP")) throw err;
-      // The group is gone (the stream was deleted, or Redis restarted without its data): make it again.
+      // NOGROUP: the group is gone (destroyed, or Redis restarted without its data); UNBLOCKED: the stream was deleted under the read.
+      if (!isReply(err, "NOGROUP") && !isReply(err, "UNBLOCKED")) throw err;
       logger.warn({ ...log, group: settings.group, streams }, "the consumer group is missing; creating it again");
       await conn.group.create(streams, settings.start);
       return undefined;

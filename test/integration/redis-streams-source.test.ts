@@ -84,7 +84,7 @@ async function until(cond: () => boolean | Promise<boolean>, what: string, timeo
 
 const runs: Run[] = [];
 
-/** Runs the source with `options` (url filled in) into a {@link HeldSink}, on a memory buffer of `maxRecords`. */
+/** Runs the source with `options` (the machine's Redis unless they name a `url`) into a {@link HeldSink}, on a memory buffer of `maxRecords`. */
 function start(options: Record<string, unknown>, o: { open?: boolean; maxRecords?: number; chunkSize?: number; shutdownTimeoutMs?: number } = {}): Run {
   const sink = new HeldSink(o.open ?? true);
   const deadLetters = new MemoryDeadLetterStore();
@@ -348,6 +348,27 @@ describe.skipIf(!hasRedis)("redis_streams source", () => {
     expect(run.events.filter((e) => e.type === "source_connected").length).toBeGreaterThanOrEqual(2);
   });
 
+  it("creates its group again when the stream or the group is deleted under a blocked read", async () => {
+    const s = stream();
+    const run = start({ stream: s, block: 5_000 });
+    await until(async () => (await redis.exists(s)) === 1, "the stream created");
+    await addBodies(redis, s, [{ n: 0 }]);
+    await until(() => run.sink.committed.size === 1, "the first entry");
+    // The reader is blocked again (5 s): deleting the stream unblocks it with UNBLOCKED, destroying the group with NOGROUP.
+    await new Promise((r) => setTimeout(r, 50));
+    await redis.del(s);
+    await until(async () => (await redis.exists(s)) === 1, "the stream created again");
+    await addBodies(redis, s, [{ n: 1 }]);
+    await until(() => run.sink.committed.size === 2, "the entry after the deletion");
+    await new Promise((r) => setTimeout(r, 50));
+    await redis.xgroup("DESTROY", s, "sluice");
+    await until(async () => ((await redis.xinfo("GROUPS", s)) as unknown[]).length === 1, "the group created again");
+    await addBodies(redis, s, [{ n: 2 }]);
+    await until(() => run.sink.committed.size >= 3, "the entry after the group was destroyed");
+    expect(new Set(payloadsOf(run).map((p) => p.n))).toEqual(new Set([0, 1, 2]));
+    expect(run.events.filter((e) => e.type === "source_connect_failed")).toEqual([]);
+  });
+
   it("reads <stream>:0 .. <stream>:2 with partitions: 3", async () => {
     const s = stream();
     for (let p = 0; p < 3; p++) await addBodies(redis, `${s}:${p}`, Array.from({ length: 5 }, (_, n) => ({ p, n })));
@@ -479,4 +500,31 @@ sinks:
     expect(result.stderr).not.toContain("wrong-password");
     expect(Date.now() - started).toBeLessThan(15_000);
   }, 30_000);
+});
+
+describe.skipIf(!canStartBroker("redis-server", "redis_streams source restart test"))("redis_streams source on a private Redis that restarts", () => {
+  let server: BrokerServer | undefined;
+  let redis: Redis | undefined;
+
+  beforeAll(async () => {
+    server = await startRedisServer();
+    redis = redisClient(server.url);
+  });
+  afterAll(async () => {
+    for (const r of runs.splice(0)) await r.stop();
+    await redis?.quit().catch(() => undefined);
+    await server?.stop();
+  });
+
+  it("reconnects after Redis is killed and restarted (AOF) mid-run, and delivers every entry once acked", async () => {
+    const s = "events";
+    await addBodies(redis!, s, Array.from({ length: 500 }, (_, n) => ({ n })));
+    const run = start({ url: server!.url, stream: s, claim_idle: 200, block: 100 });
+    await until(() => run.sink.committed.size >= 100, "100 committed");
+    await server!.restart();
+    await addBodies(redis!, s, Array.from({ length: 500 }, (_, i) => ({ n: 500 + i })));
+    await until(() => new Set(payloadsOf(run).map((p) => p.n)).size === 1000, "all 1000 delivered", 30_000);
+    await until(async () => (await pendingCount(redis!, s, "sluice")) === 0, "all acked");
+    expect(run.events.some((e) => e.type === "source_connect_failed" && e.attempt === 0)).toBe(true);
+  }, 60_000);
 });
