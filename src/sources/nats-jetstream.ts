@@ -135,8 +135,6 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
   let down: string | undefined;
   /** Called on every change of `down`. */
   const watchers = new Set<() => void>();
-  /** Chunks in the buffer and not yet acked: handed back to the server at `close` (a stop that timed out). */
-  const inFlight = new Set<JetStreamChunk>();
 
   const changed = (why: string | undefined) => {
     down = why;
@@ -329,17 +327,6 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
     if (first !== undefined) throw classifyNatsError(first, "ERR_SOURCE_CONNECT", `${location}: ${what}`);
   }
 
-  /** Hands messages back for redelivery at once; best effort (a closed connection leaves them to `ack_wait`). */
-  function naks(messages: readonly JsMsg[]): void {
-    for (const m of messages) {
-      try {
-        m.nak();
-      } catch {
-        return;
-      }
-    }
-  }
-
   /** The error `run` rejects with once the connection was lost. */
   const lost = () => new SluiceError("ERR_SOURCE_CONNECT", `nats: ${down ?? "connection lost"}`, { retryable: true, location });
 
@@ -408,12 +395,12 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
 
     ack(checkpoint) {
       const chunk = checkpoint as JetStreamChunk;
-      inFlight.delete(chunk);
       const terminate = chunk.terminate === undefined ? undefined : new Set(chunk.terminate);
       // Plain acks (one publish each, written out together), not ackAck round trips: an ack lost
       // on the way only means a redelivery, which the record's stable id absorbs.
       each(chunk.messages, "ack", (m, i) => {
-        if (terminate?.has(i) === true) m.term(`dead-lettered by sluice after ${m.info.deliveryCount} deliveries`);
+        // Without a reason: nats-server 2.9 does not know `+TERM <reason>` and ignores it.
+        if (terminate?.has(i) === true) m.term();
         else m.ack();
       });
     },
@@ -427,11 +414,7 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
       nc = undefined;
       consumer = undefined;
       jsm = undefined;
-      const unfinished = [...inFlight];
-      inFlight.clear();
       if (conn === undefined || conn.isClosed()) return;
-      // Not done and never will be in this run: redelivered at once (to another worker) instead of after ack_wait.
-      for (const chunk of unfinished) naks(chunk.messages);
       // The acks of the last chunks may still be queued on the connection: a flush sends them
       // first, unless the server is away (then they are lost, and the messages redelivered).
       if (down === undefined) await Promise.race([conn.flush().catch(() => undefined), new Promise((r) => setTimeout(r, CONNECT_TIMEOUT_MS).unref())]);
@@ -443,7 +426,9 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
    * One pull of up to `n` messages, handed to the buffer as they arrive: a chunk is enqueued
    * whenever nothing more is queued yet (or it is full), so a slow trickle is not held until the
    * pull expires. Resolves false when the pipeline stops taking records. Messages pulled but not
-   * handed over are naked, so the server redelivers them at once rather than after `ack_wait`.
+   * handed over are left to the server, which redelivers them after `ack_wait`: not `nak()`ed, as
+   * nats-server 2.9 then redelivers the last message delivered with its delivery count reset,
+   * and a message that keeps a worker from stopping in time would never reach `max_deliver`.
    */
   async function pull(handle: SourceHandle, c: Consumer, n: number, signal: AbortSignal): Promise<boolean> {
     const messages = await c.fetch({ max_messages: n, expires: PULL_EXPIRES_MS });
@@ -461,19 +446,11 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
         ctx.emit({ type: "records_reclaimed", source: ctx.name, count: redelivered });
         redelivered = 0;
       }
-      inFlight.add(handing);
-      const outcome = await handle.enqueue(entries, handing);
-      if (outcome !== "stopping") return true;
-      inFlight.delete(handing);
-      naks(handing.messages);
-      return false;
+      return (await handle.enqueue(entries, handing)) !== "stopping";
     };
     try {
       for await (const m of messages) {
-        if (signal.aborted) {
-          naks([m]);
-          continue;
-        }
+        if (signal.aborted) break;
         if (m.info.deliveryCount > 1) redelivered++;
         records.push(toEntry(handle, m, chunk));
         chunk.messages.push(m);
@@ -485,7 +462,6 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
       return records.length === 0 || (await flush());
     } finally {
       signal.removeEventListener("abort", onStop);
-      naks(chunk.messages);
     }
   }
 }

@@ -37,8 +37,7 @@ describe.skipIf(!hasNats)("nats_jetstream source", () => {
         const jsm = await jetstreamManager(nc);
         await jsm.streams.add({ name: stream, subjects: [subject] });
       },
-      // ack_wait 1 s: a record left un-acked by a stop that timed out comes back soon (close
-      // hands it back at once anyway; this bounds the case where it could not).
+      // ack_wait 1 s: what a stopped run left un-acked comes back to the next one after it.
       create: (ctx) => definition.create(definition.options.parse({ servers: NATS_URL, stream, consumer: "contract", ack_wait: "1s" }), ctx),
       // Published once: a later run gets what was not acked from the broker, as a worker would.
       // No `id` in the payload: ids come from Nats-Msg-Id, which redelivery must keep.
