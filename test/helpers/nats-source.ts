@@ -86,6 +86,8 @@ export interface SourceRunOptions {
   /** default 5 s */
   readonly shutdownTimeoutMs?: number;
   readonly logger?: Logger;
+  /** Sees every event right after the metrics did (to sample readiness at a `source_connect_failed`). */
+  readonly onEvent?: (e: InternalEvent, metrics: Metrics) => void;
 }
 
 /** Starts a pipeline: the `nats_jetstream` source (named `js`) -> `sink` (named `out`). */
@@ -98,6 +100,7 @@ export function runSource(o: SourceRunOptions): SourceRun {
   const emit = (e: InternalEvent) => {
     events.push(e);
     metrics.handle(e);
+    o.onEvent?.(e, metrics);
   };
   const logger = o.logger ?? silentLogger;
   const source = definition.create(definition.options.parse(o.source), { name: "js", dataDir: "", baseDir: "", clock: systemClock, logger, emit, bufferRecords: maxRecords });
