@@ -2,6 +2,7 @@
  * What the NATS JetStream source and sink share: nats.js loaded on first use, the headers that
  * carry a record's envelope, and the classification of its errors.
  */
+import { z } from "zod";
 import { classify, SluiceError, type ErrorCode } from "../core/errors.js";
 
 /** The two nats.js modules sluice uses, once {@link loadNats} has loaded them. */
@@ -19,6 +20,27 @@ let loadedNats: NatsModules | undefined;
 export function loadNats(): Promise<NatsModules> {
   natsModules ??= Promise.all([import("@nats-io/transport-node"), import("@nats-io/jetstream")]).then(([core, js]) => (loadedNats = { core, js }));
   return natsModules;
+}
+
+/** The connection options of the `nats_jetstream` source and sink: where the servers are and how to log in. */
+export const natsConnectionOptions = {
+  servers: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).describe("Server URL(s), nats://host:4222; several for a cluster"),
+  user: z.string().min(1).optional().describe("User name, with password"),
+  password: z.string().optional().describe("Password of user; write ${NATS_PASSWORD} to keep it out of the file"),
+  token: z.string().min(1).optional().describe("Authentication token, instead of user and password"),
+};
+
+/** Checks the credentials of {@link natsConnectionOptions}: a token or a user and password, not both, and never half a pair. */
+export function checkNatsCredentials(o: { user?: string | undefined; password?: string | undefined; token?: string | undefined }, ctx: z.RefinementCtx): void {
+  if (o.token !== undefined && o.user !== undefined) ctx.addIssue({ code: "custom", path: ["token"], message: "give token or user and password, not both" });
+  if ((o.user === undefined) !== (o.password === undefined)) {
+    ctx.addIssue({ code: "custom", path: [o.user === undefined ? "user" : "password"], message: "user and password go together" });
+  }
+}
+
+/** `servers` as a list. */
+export function serverList(servers: string | readonly string[]): readonly string[] {
+  return typeof servers === "string" ? [servers] : servers;
 }
 
 /** Header with the record's key (percent-encoded), absent for a keyless record. */

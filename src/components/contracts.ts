@@ -27,6 +27,8 @@ export interface ComponentContext {
   readonly service?: ServiceProbe;
   /** The buffer's byte bound (`buffer.max_bytes`), for a source that sizes its own memory by it (http). */
   readonly bufferBytes?: number;
+  /** The buffer's record bound (`buffer.max_records`), for a broker source that caps what its broker delivers ahead by it (nats_jetstream). */
+  readonly bufferRecords?: number;
 }
 
 /**

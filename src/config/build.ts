@@ -141,7 +141,7 @@ export async function buildPipeline(config: PipelineConfig, o: BuildOptions): Pr
   // Components are created before the pipeline that holds them; the probe reads it when asked.
   const created: { pipeline?: Pipeline } = {};
   const service = serviceProbe(() => created.pipeline, metrics, config.observability.unready_after);
-  const ctx = (name: string, baseDir: string): ComponentContext => ({ name, dataDir, baseDir, clock, logger: o.logger, emit: metrics.handle, service, bufferBytes: config.buffer.max_bytes });
+  const ctx = (name: string, baseDir: string): ComponentContext => ({ name, dataDir, baseDir, clock, logger: o.logger, emit: metrics.handle, service, bufferBytes: config.buffer.max_bytes, bufferRecords: config.buffer.max_records });
 
   const pipeline = await releasingOnThrow(lock, () => new Pipeline({
     sources: config.sources.map((s) => ({

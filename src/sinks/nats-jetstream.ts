@@ -6,7 +6,18 @@
 import type { JetStreamClient, PubAck } from "@nats-io/jetstream";
 import type { MsgHdrs, NatsConnection } from "@nats-io/transport-node";
 import { z } from "zod";
-import { classifyNatsError, EVENT_TIME_HEADER, headerValue, isStreamNotFound, KEY_HEADER, loadNats, type NatsModules } from "../brokers/nats.js";
+import {
+  checkNatsCredentials,
+  classifyNatsError,
+  EVENT_TIME_HEADER,
+  headerValue,
+  isStreamNotFound,
+  KEY_HEADER,
+  loadNats,
+  natsConnectionOptions,
+  serverList,
+  type NatsModules,
+} from "../brokers/nats.js";
 import { SluiceError } from "../core/errors.js";
 import type { SluiceRecord } from "../core/record.js";
 import { defineComponent, type RecordFailure, type Sink, type WriteResult } from "../components/contracts.js";
@@ -30,13 +41,11 @@ const streamOptions = z.strictObject({
 
 const options = z
   .strictObject({
-    servers: z
-      .union([z.string().min(1), z.array(z.string().min(1)).min(1)])
-      .describe("Server URL(s), nats://host:4222; several for a cluster"),
+    servers: natsConnectionOptions.servers,
     subject: z.string().min(1).describe("Subject every record is published to; a stream must store it"),
-    user: z.string().min(1).optional().describe("User name, with password"),
-    password: z.string().optional().describe("Password of user; write ${NATS_PASSWORD} to keep it out of the file"),
-    token: z.string().min(1).optional().describe("Authentication token, instead of user and password"),
+    user: natsConnectionOptions.user,
+    password: natsConnectionOptions.password,
+    token: natsConnectionOptions.token,
     ack_timeout: duration()
       .default(10_000)
       .refine((ms) => ms >= 1, "must be at least 1 ms")
@@ -45,12 +54,7 @@ const options = z
       .optional()
       .describe("Create this stream at connect when it is missing; without it a stream must already store subject, else connect fails"),
   })
-  .superRefine((o, ctx) => {
-    if (o.token !== undefined && o.user !== undefined) ctx.addIssue({ code: "custom", path: ["token"], message: "give token or user and password, not both" });
-    if ((o.user === undefined) !== (o.password === undefined)) {
-      ctx.addIssue({ code: "custom", path: [o.user === undefined ? "user" : "password"], message: "user and password go together" });
-    }
-  });
+  .superRefine(checkNatsCredentials);
 
 /** A stream the sink creates when missing. */
 export interface JetStreamStreamSettings {
@@ -239,7 +243,7 @@ export const definition = defineComponent<typeof options, Sink>({
   create(opts) {
     const stream = opts.create_stream;
     return createNatsJetStreamSink({
-      servers: typeof opts.servers === "string" ? [opts.servers] : opts.servers,
+      servers: serverList(opts.servers),
       subject: opts.subject,
       user: opts.user,
       password: opts.password,

@@ -1,0 +1,353 @@
+/**
+ * The `nats_jetstream` source against the machine's NATS JetStream, beyond the contract suite:
+ * the consumer it creates, updates or binds to; ids, keys and event times across redelivery; acks
+ * only after commit; what it has in flight bounded by the buffer; `working()` keeping a slow chunk
+ * from redelivery; `max_deliver` and malformed messages dead-lettered; and the CLI reading what the
+ * `nats_jetstream` sink wrote. Each test reads its own stream (random suffix) and deletes it.
+ */
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import Database from "better-sqlite3";
+import { AckPolicy, jetstreamManager } from "@nats-io/jetstream";
+import { nanos, type NatsConnection } from "@nats-io/transport-node";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { headerValue } from "../../src/brokers/nats.js";
+import { systemClock } from "../../src/core/clock.js";
+import { SluiceError } from "../../src/core/errors.js";
+import { silentLogger } from "../../src/core/events.js";
+import { definition } from "../../src/sources/nats-jetstream.js";
+import { deleteJetStream, NATS_URL, natsConnect, uniqueName } from "../helpers/brokers.js";
+import { killClis, runCli, startCli } from "../helpers/cli.js";
+import { MemorySink } from "../helpers/memory.js";
+import { consumerInfo, createStream, GatedSink, publish, runSource, until, type SourceRun, type SourceRunOptions } from "../helpers/nats-source.js";
+import { requireService } from "../helpers/services.js";
+
+const address = new URL(NATS_URL);
+const hasNats = await requireService("NATS", address.hostname, Number(address.port || 4222));
+
+describe.skipIf(!hasNats)("nats_jetstream source on the machine's NATS", () => {
+  let nc: NatsConnection;
+  const streams: string[] = [];
+  const runs: SourceRun[] = [];
+
+  beforeAll(async () => {
+    nc = await natsConnect();
+  });
+
+  afterEach(async () => {
+    for (const r of runs.splice(0)) {
+      r.pipeline.stop();
+      await r.done;
+    }
+  });
+
+  afterAll(async () => {
+    killClis();
+    for (const s of streams) await deleteJetStream(nc, s);
+    await nc.close();
+  });
+
+  /** A fresh stream storing its own subject. */
+  async function stream(): Promise<{ name: string; subject: string }> {
+    const name = uniqueName("sluice_src_it_");
+    const subject = `sluice.it.${name}`;
+    await createStream(nc, name, subject);
+    streams.push(name);
+    return { name, subject };
+  }
+
+  function start(o: SourceRunOptions): SourceRun {
+    const r = runSource(o);
+    runs.push(r);
+    return r;
+  }
+
+  /** Stops a run and waits for its end (it is then no longer stopped after the test). */
+  async function stop(r: SourceRun) {
+    runs.splice(runs.indexOf(r), 1);
+    r.pipeline.stop();
+    return r.done;
+  }
+
+  const bodies = (from: number, to: number) => Array.from({ length: to - from }, (_, i) => ({ body: JSON.stringify({ n: from + i }) }));
+  const received = (r: SourceRun) => r.events.reduce((n, e) => n + (e.type === "records_received" ? e.count : 0), 0);
+  const reclaimed = (r: SourceRun) => r.events.reduce((n, e) => n + (e.type === "records_reclaimed" ? e.count : 0), 0);
+  const settled = async (name: string, consumer: string) => {
+    const info = await consumerInfo(nc, name, consumer);
+    return info.num_ack_pending === 0 && info.num_pending === 0;
+  };
+
+  /** Why `connect` of a source with these options failed. */
+  async function connectError(options: Record<string, unknown>): Promise<SluiceError> {
+    const source = definition.create(definition.options.parse({ servers: NATS_URL, ...options }), {
+      name: "js",
+      dataDir: "",
+      baseDir: "",
+      clock: systemClock,
+      logger: silentLogger,
+      emit: () => {},
+    });
+    const err: unknown = await source.connect!(new AbortController().signal).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    await source.close();
+    expect(err).toBeInstanceOf(SluiceError);
+    return err as SluiceError;
+  }
+
+  it("creates its consumer when missing: explicit acks, ack_wait, deliver, filter, max_ack_pending from the buffer, no server max_deliver", async () => {
+    const { name, subject } = await stream();
+    await publish(nc, subject, [{ body: JSON.stringify({ id: "before" }) }]);
+    const sink = new GatedSink();
+    const r = start({ source: { servers: NATS_URL, stream: name, consumer: "fresh", filter_subject: subject, deliver: "new", ack_wait: "5s", max_deliver: 4 }, sink, maxRecords: 200 });
+    await until(() => r.events.some((e) => e.type === "source_connected"), "the source connected");
+    const info = await consumerInfo(nc, name, "fresh");
+    expect(info.config).toMatchObject({
+      durable_name: "fresh",
+      ack_policy: AckPolicy.Explicit,
+      ack_wait: nanos(5000),
+      deliver_policy: "new",
+      filter_subject: subject,
+      max_ack_pending: 200 + 1000,
+      max_deliver: -1,
+    });
+    expect(info.config.deliver_subject).toBeUndefined();
+    await publish(nc, subject, [{ body: JSON.stringify({ id: "after" }) }]);
+    await until(() => sink.committed.has("after"), "the message published after the consumer was created");
+    expect(sink.committed.has("before")).toBe(false);
+  });
+
+  it("updates an existing consumer's ack_wait and max_ack_pending to its own, unless bound", async () => {
+    const { name, subject } = await stream();
+    const jsm = await jetstreamManager(nc);
+    await jsm.consumers.add(name, { durable_name: "old", ack_policy: AckPolicy.Explicit, ack_wait: nanos(60_000), max_ack_pending: 7 });
+    await publish(nc, subject, bodies(0, 20));
+    const sink = new GatedSink();
+    const r = start({ source: { servers: NATS_URL, stream: name, consumer: "old", ack_wait: "2s" }, sink, maxRecords: 50 });
+    await until(() => sink.committed.size === 20, "20 records committed");
+    expect((await consumerInfo(nc, name, "old")).config).toMatchObject({ ack_wait: nanos(2000), max_ack_pending: 1050, max_deliver: -1 });
+    await stop(r);
+  });
+
+  it("binds to an existing consumer and leaves it as it is", async () => {
+    const { name, subject } = await stream();
+    const jsm = await jetstreamManager(nc);
+    await jsm.consumers.add(name, { durable_name: "ops", ack_policy: AckPolicy.Explicit, ack_wait: nanos(60_000), max_ack_pending: 500, max_deliver: 50 });
+    const before = (await consumerInfo(nc, name, "ops")).config;
+    await publish(nc, subject, bodies(0, 30));
+    const sink = new GatedSink();
+    start({ source: { servers: NATS_URL, stream: name, consumer: "ops", bind: true, ack_wait: "30s" }, sink });
+    await until(() => sink.committed.size === 30, "30 records committed");
+    expect((await consumerInfo(nc, name, "ops")).config).toEqual(before);
+    await until(() => settled(name, "ops"), "every message acked");
+  });
+
+  it("fails for good, saying why, on a missing stream, a missing consumer with bind, and a consumer it cannot use", async () => {
+    const { name } = await stream();
+    const missingStream = await connectError({ stream: uniqueName("sluice_src_none_") });
+    expect(missingStream).toMatchObject({ code: "ERR_SOURCE_CONNECT", retryable: false });
+    expect(missingStream.message).toMatch(/stream sluice_src_none_\w+ does not exist/);
+
+    const missingConsumer = await connectError({ stream: name, consumer: "nobody", bind: true });
+    expect(missingConsumer).toMatchObject({ code: "ERR_SOURCE_CONNECT", retryable: false });
+    expect(missingConsumer.message).toMatch(/consumer nobody of stream \w+ does not exist, and bind: true does not create it/);
+    const jsm = await jetstreamManager(nc);
+    await expect(jsm.consumers.info(name, "nobody")).rejects.toThrow();
+
+    await jsm.consumers.add(name, { durable_name: "short", ack_policy: AckPolicy.Explicit, ack_wait: nanos(1000) });
+    const shortWait = await connectError({ stream: name, consumer: "short", bind: true, ack_wait: "30s" });
+    expect(shortWait).toMatchObject({ code: "ERR_SOURCE_CONNECT", retryable: false });
+    expect(shortWait.message).toMatch(/ack_wait 1000 ms, less than this source's ack_wait 30000 ms/);
+
+    await jsm.consumers.add(name, { durable_name: "noack", ack_policy: AckPolicy.None });
+    expect((await connectError({ stream: name, consumer: "noack" })).message).toMatch(/needs explicit acks/);
+
+    // Through the engine: the run ends at once, failed, with that message.
+    const r = start({ source: { servers: NATS_URL, stream: name, consumer: "nobody", bind: true }, sink: new GatedSink() });
+    const status = await r.done;
+    expect(status.tag).toBe("failed");
+    expect(status.tag === "failed" && status.error.message).toMatch(/^source js cannot connect: nats: consumer nobody/);
+  });
+
+  it("keeps ids, keys and event times from the message across redelivery", async () => {
+    const { name, subject } = await stream();
+    await publish(nc, subject, [
+      { body: JSON.stringify({ n: 0 }) },
+      { body: JSON.stringify({ n: 1 }), msgId: headerValue("id with space and 100%") },
+      { body: JSON.stringify({ n: 2 }), msgId: "k-2", headers: { "Sluice-Key": headerValue("key ü"), "Sluice-Event-Time": "2024-01-02T03:04:05.678Z" } },
+      { body: JSON.stringify({ n: 3, id: "from-payload" }), msgId: "from-header" },
+    ]);
+    const source = { servers: NATS_URL, stream: name, consumer: "ids", ack_wait: "1s" };
+    const first = start({ source, sink: new GatedSink(true), shutdownTimeoutMs: 100 });
+    const held = first;
+    await until(() => received(held) === 4, "4 records received");
+    expect((await stop(first)).tag).toBe("timed_out");
+
+    const sink = new GatedSink();
+    const second = start({ source, sink });
+    await until(() => sink.committed.size === 4, "4 records committed in the second run");
+    expect([...sink.committed.keys()].sort()).toEqual([`${name}:1`, "from-payload", "id with space and 100%", "k-2"].sort());
+    expect(sink.committed.get("k-2")).toMatchObject({ key: "key ü", eventTime: Date.parse("2024-01-02T03:04:05.678Z") });
+    expect(sink.committed.get(`${name}:1`)).toMatchObject({ key: undefined, eventTime: undefined, text: '{"n":0}' });
+    // The first run left them un-acked: redelivered after ack_wait, counted as reclaimed.
+    expect(reclaimed(second)).toBe(4);
+    await until(() => settled(name, "ids"), "every message acked");
+  });
+
+  it("acks a message only once its record is committed, and reports the backlog", async () => {
+    const { name, subject } = await stream();
+    await publish(nc, subject, bodies(0, 300));
+    const sink = new GatedSink(true);
+    const r = start({ source: { servers: NATS_URL, stream: name, consumer: "acks" }, sink });
+    await until(() => received(r) === 300, "300 records received");
+    await until(async () => (await consumerInfo(nc, name, "acks")).num_ack_pending === 300, "300 messages pending at the server");
+    // Every 5 s the source reads its consumer's backlog: all 300 delivered and pending, none left.
+    await until(() => r.events.some((e) => e.type === "source_backlog" && e.pending === 300 && e.lag === 0), "a backlog report", 12_000);
+    const text = await r.metrics.registry.metrics();
+    expect(text).toMatch(/sluice_source_pending\{source="js"\} 300/);
+    expect((await consumerInfo(nc, name, "acks")).num_ack_pending).toBe(300);
+    sink.release();
+    await until(() => settled(name, "acks"), "every message acked");
+    expect(sink.committed.size).toBe(300);
+  });
+
+  it("has at most the buffer's bound plus one chunk delivered and not acked", async () => {
+    const { name, subject } = await stream();
+    await publish(nc, subject, bodies(0, 3000));
+    const sink = new MemorySink({ clock: systemClock, schedule: () => ({ delayMs: 3, then: "ok" }) });
+    const r = start({ source: { servers: NATS_URL, stream: name, consumer: "bound" }, sink, maxRecords: 100, chunkSize: 20, batch: 20 });
+    let most = 0;
+    await until(async () => {
+      const info = await consumerInfo(nc, name, "bound").catch(() => undefined);
+      if (info === undefined) return false;
+      most = Math.max(most, info.num_ack_pending);
+      return info.num_ack_pending === 0 && info.num_pending === 0;
+    }, "every message acked", 60_000);
+    expect(sink.committed.size).toBe(3000);
+    expect(most).toBeGreaterThan(20);
+    expect(most).toBeLessThanOrEqual(100 + 20);
+    expect(r.buffer.usage().records).toBe(0);
+  });
+
+  it("keeps a chunk held longer than ack_wait from redelivery with working()", async () => {
+    const { name, subject } = await stream();
+    await publish(nc, subject, bodies(0, 50));
+    const sink = new GatedSink(true);
+    const r = start({ source: { servers: NATS_URL, stream: name, consumer: "slow", ack_wait: "1s" }, sink });
+    await until(() => received(r) === 50, "50 records received");
+    // Three times ack_wait: without working() the server would have redelivered every message twice.
+    await new Promise((resolve) => setTimeout(resolve, 3000));
+    sink.release();
+    await until(() => settled(name, "slow"), "every message acked");
+    const info = await consumerInfo(nc, name, "slow");
+    expect(info.num_redelivered).toBe(0);
+    expect(info.delivered.consumer_seq).toBe(50);
+    expect(received(r)).toBe(50);
+    expect(reclaimed(r)).toBe(0);
+    expect(sink.commitLog).toHaveLength(50);
+  });
+
+  it("dead-letters a message delivered more than max_deliver times with ERR_MAX_DELIVERIES, and terminates it", async () => {
+    const { name, subject } = await stream();
+    await publish(nc, subject, [{ body: JSON.stringify({ poison: true }), msgId: "poison-1" }]);
+    const source = { servers: NATS_URL, stream: name, consumer: "poison", ack_wait: "1s", max_deliver: 2 };
+    // Two workers take it and stop before committing it: the server redelivers it after ack_wait.
+    for (let delivery = 1; delivery <= 2; delivery++) {
+      const r = start({ source, sink: new GatedSink(true), shutdownTimeoutMs: 50 });
+      await until(() => received(r) === 1, `delivery ${delivery}`);
+      expect(r.deadLetters.entries).toEqual([]);
+      expect((await stop(r)).tag).toBe("timed_out");
+    }
+    const terminated: string[] = [];
+    const advisories = nc.subscribe(`$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.${name}.poison`, {
+      callback: (_err, m) => {
+        terminated.push(m.string());
+      },
+    });
+    const sink = new GatedSink();
+    const r = start({ source, sink });
+    await until(() => r.deadLetters.entries.length === 1, "the dead letter");
+    const dead = r.deadLetters.entries[0]!;
+    expect(dead).toMatchObject({ code: "ERR_MAX_DELIVERIES", sink: "source:js", raw: '{"poison":true}' });
+    expect(dead.record.id).toBe("poison-1");
+    expect(dead.message).toBe(`nats: message delivered 3 times, more than max_deliver 2, without being committed (at ${name} seq 1)`);
+    await until(() => settled(name, "poison"), "the message settled");
+    await until(() => terminated.length === 1, "the server's termination advisory");
+    expect(JSON.parse(terminated[0]!)).toMatchObject({ stream_seq: 1, deliveries: 3 });
+    advisories.unsubscribe();
+    // Settled for good: never delivered again, also after ack_wait.
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    expect(received(r)).toBe(1);
+    expect(sink.committed.size).toBe(0);
+  });
+
+  it("dead-letters messages that are not JSON objects, with the stream sequence as location, and acks them", async () => {
+    const { name, subject } = await stream();
+    await publish(nc, subject, [{ body: "not json" }, { body: "[1,2]" }, { body: "42" }, { body: JSON.stringify({ n: "good" }) }]);
+    const sink = new GatedSink();
+    const r = start({ source: { servers: NATS_URL, stream: name, consumer: "bad" }, sink });
+    await until(() => r.deadLetters.entries.length === 3 && sink.committed.size === 1, "3 dead letters and 1 record");
+    const dead = r.deadLetters.entries.map((d) => ({ code: d.code, raw: d.raw, id: d.record.id }));
+    expect(dead.map((d) => d.code)).toEqual(["ERR_RECORD_MALFORMED", "ERR_RECORD_MALFORMED", "ERR_RECORD_MALFORMED"]);
+    expect(dead.map((d) => d.raw)).toEqual(["not json", "[1,2]", "42"]);
+    expect(dead.map((d) => d.id)).toEqual([`${name}:1`, `${name}:2`, `${name}:3`]);
+    expect(r.deadLetters.entries.map((d) => d.message)).toEqual([
+      expect.stringMatching(new RegExp(`^message is not valid JSON: .* \\(at ${name} seq 1\\)$`)),
+      `message is not a JSON object (at ${name} seq 2)`,
+      `message is not a JSON object (at ${name} seq 3)`,
+    ]);
+    await until(() => settled(name, "bad"), "every message acked");
+  });
+
+  it("reads with `sluice run` what the nats_jetstream sink wrote, ids and all, into SQLite", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "sluice-nats-src-cli-"));
+    const name = uniqueName("sluice_src_cli_");
+    streams.push(name);
+    try {
+      const subject = `sluice.cli.${name}`;
+      const ingest = join(dir, "ingest.yaml");
+      await writeFile(
+        ingest,
+        `data_dir: ${join(dir, "ingest-data")}
+sources:
+  readings: { type: generator, count: 2000, keys: 20 }
+sinks:
+  js: { type: nats_jetstream, servers: ${NATS_URL}, subject: ${subject}, create_stream: { name: ${name} } }
+`,
+      );
+      const first = await runCli(["run", ingest, "--no-progress"], { cwd: dir });
+      expect(first.code, first.stderr).toBe(0);
+
+      const worker = join(dir, "worker.yaml");
+      const db = join(dir, "out.db");
+      await writeFile(
+        worker,
+        `data_dir: ${join(dir, "worker-data")}
+sources:
+  js: { type: nats_jetstream, servers: ${NATS_URL}, stream: ${name}, consumer: workers, key_field: sensor }
+sinks:
+  db: { type: sqlite, path: ${db} }
+`,
+      );
+      const summary = join(dir, "summary.json");
+      const cli = startCli(worker, summary, dir);
+      await until(async () => (await consumerInfo(nc, name, "workers").catch(() => undefined))?.delivered.stream_seq === 2000, "2000 messages delivered", 60_000);
+      await until(() => settled(name, "workers"), "every message acked", 30_000);
+      cli.process.kill("SIGTERM");
+      const exit = await cli.exited;
+      expect(exit.code, cli.output()).toBe(0);
+      const s = JSON.parse(await readFile(summary, "utf8")) as { records: { received: number; delivered: number; dead_lettered: number } };
+      expect(s.records).toMatchObject({ received: 2000, delivered: 2000, dead_lettered: 0 });
+      const sqlite = new Database(db, { readonly: true });
+      const rows = sqlite.prepare("select id, key from records").all() as { id: string; key: string }[];
+      sqlite.close();
+      expect(rows).toHaveLength(2000);
+      expect(new Set(rows.map((row) => row.id)).size).toBe(2000);
+      expect(rows.every((row) => /^sensor-\d+$/.test(row.key))).toBe(true);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
+});
