@@ -76,6 +76,9 @@ describe("sqlite dead-letter store", () => {
         last_failure_at: "2024-05-05T06:07:09.509Z",
         payload: JSON.stringify(first!.record.payload),
         raw: null,
+        status: "pending",
+        replayed_at: null,
+        resolved_at: null,
       },
       {
         seq: 2,
@@ -89,6 +92,9 @@ describe("sqlite dead-letter store", () => {
         last_failure_at: "2024-05-05T06:07:08.009Z",
         payload: "{}",
         raw: "{not json\u0000",
+        status: "pending",
+        replayed_at: null,
+        resolved_at: null,
       },
     ]);
     expect(readDeadLetters(path)).toEqual(rows);
@@ -115,6 +121,9 @@ describe("sqlite dead-letter store", () => {
         "last_failure_at TEXT",
         "payload TEXT",
         "raw TEXT",
+        "status TEXT",
+        "replayed_at TEXT",
+        "resolved_at TEXT",
       ]);
     } finally {
       db.close();
