@@ -243,6 +243,12 @@ function recordOf(handle: SourceHandle, e: StoredDeadLetter): Entry {
 }
 
 /**
+ * Most entries per chunk. A chunk is marked once all its records are done: smaller chunks mean a
+ * finer progress, and less to deliver again (absorbed by the sinks) after a replay is killed.
+ */
+const MAX_CHUNK = 100;
+
+/**
  * A source that reads the given dead letters (of one original source, under whose name it runs)
  * at the pacer's pace, one chunk per turn, each chunk acked with the `seq`s of its entries.
  * `individual` acks: a chunk is marked as soon as it is done, whatever the others do.
@@ -258,7 +264,7 @@ export class DeadLetterReplaySource implements Source {
   ) {}
 
   async run(handle: SourceHandle, signal: AbortSignal): Promise<void> {
-    const size = Math.max(1, Math.min(handle.chunkSize, this.pacer.chunkSize));
+    const size = Math.max(1, Math.min(handle.chunkSize, this.pacer.chunkSize, MAX_CHUNK));
     for (let i = 0; i < this.entries.length; ) {
       const chunk = this.entries.slice(i, i + size);
       if (!(await this.pacer.take(chunk.length, signal))) return;
