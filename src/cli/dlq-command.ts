@@ -7,6 +7,7 @@ import { createInterface } from "node:readline/promises";
 import type { DeadLetterFilter, DeadLetterStatus, DeadLetterStore, DeadLetterWorkflow } from "../components/contracts.js";
 import { duration } from "../components/options.js";
 import { replayDeadLetters, type ReplayResult } from "../config/replay.js";
+import type { ReplayCounts } from "../core/dead-letter-replay.js";
 import { formatIssues, loadConfig } from "../config/load.js";
 import type { PipelineConfig } from "../config/schema.js";
 import { systemClock } from "../core/clock.js";
@@ -187,6 +188,18 @@ async function purge(workflow: DeadLetterWorkflow, filter: DeadLetterFilter, o: 
   return EXIT.ok;
 }
 
+/** The live replay line on a terminal, at most ten times a second (and always the last count). */
+function progressLine(io: Io): (c: Readonly<ReplayCounts>) => void {
+  let shownAt = 0;
+  return (c) => {
+    const done = c.replayed + c.failedAgain;
+    const now = performance.now();
+    if (now - shownAt < 100 && done < c.total) return;
+    shownAt = now;
+    io.stderr.write(`\x1b[2K\rreplaying: ${done}/${c.total} done, ${c.replayed} replayed, ${c.failedAgain} failed again`);
+  };
+}
+
 async function replay(
   config: PipelineConfig,
   file: string,
@@ -224,7 +237,7 @@ async function replay(
       to: o.to,
       rate,
       signal: stop.signal,
-      onProgress: tty ? (c) => io.stderr.write(`\x1b[2K\rreplaying: ${c.replayed + c.failedAgain}/${c.total} done, ${c.replayed} replayed, ${c.failedAgain} failed again`) : undefined,
+      onProgress: tty ? progressLine(io) : undefined,
     });
   } catch (err) {
     if (err instanceof SluiceError && err.code === "ERR_LOCKED") {
