@@ -59,7 +59,7 @@ export async function main(argv: readonly string[], io: DlqIo = { stdout: proces
   const actions = [
     ["list", "list entries as a table (default: pending ones) with counts; --json: one JSON object per line"],
     ["show", "print whole entries (payload, raw input, error, attempts, times); default: every status"],
-    ["replay", "send entries (default: pending ones) through the pipeline's transforms and the sink that failed them; marks each replayed, or keeps it pending with the new error"],
+    ["replay", "send entries (default: pending ones) back where they failed: a sink's to that sink, a stage's through the transforms to every sink; marks each replayed, or keeps it pending with the new error"],
     ["purge", "delete entries: by default replayed and resolved ones; --all also pending ones (with --yes when not asked on a terminal)"],
   ] as const;
   for (const [action, description] of actions) {
