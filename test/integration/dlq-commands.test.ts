@@ -7,8 +7,10 @@
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Writable } from "node:stream";
 import Database from "better-sqlite3";
 import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest";
+import { main } from "../../src/cli/main.js";
 import type { DeadLetter } from "../../src/components/contracts.js";
 import { acquireDirLock } from "../../src/core/dir-lock.js";
 import { createSqliteDeadLetterStore, readDeadLetters, type DeadLetterRow } from "../../src/sinks/dead-letter-sqlite.js";
@@ -36,11 +38,11 @@ async function pipeline(name: string, o: { count?: number; dbExtra?: string; ext
   await writeFile(
     file,
     [
-      "data_dir: ./data",
+      `data_dir: ${join(dir, "data")}`,
       "sources:",
       `  gen: { type: generator, count: ${o.count ?? 20} }`,
       "sinks:",
-      `  db: { type: sqlite, path: ./out.db${o.dbExtra === undefined ? "" : `, ${o.dbExtra}`} }`,
+      `  db: { type: sqlite, path: ${join(dir, "out.db")}${o.dbExtra === undefined ? "" : `, ${o.dbExtra}`} }`,
       ...(o.extra ?? []),
     ].join("\n"),
   );
@@ -51,6 +53,21 @@ const ALWAYS_FAILS = "chaos: { permanent_failure_rate: 1 }";
 
 function sluice(argv: readonly string[]): Promise<CliResult> {
   return runCli(argv, { cwd: dir });
+}
+
+/** The CLI in this process (its config paths are absolute): for output that needs no real process. */
+async function inProcess(argv: readonly string[]): Promise<CliResult> {
+  let stdout = "";
+  let stderr = "";
+  const sink = (add: (s: string) => void) =>
+    new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        add(chunk.toString());
+        done();
+      },
+    });
+  const code = await main(argv, { stdout: sink((s) => (stdout += s)), stderr: sink((s) => (stderr += s)) });
+  return { code, stdout, stderr };
 }
 
 /** Runs the pipeline to its end and checks it exited 0. */
@@ -108,7 +125,7 @@ describe("sluice dlq list and show", () => {
     const file = await pipeline("p");
     await seed();
     const list = async (...args: string[]) => {
-      const r = await sluice(["dlq", "list", file, "--json", ...args]);
+      const r = await inProcess(["dlq", "list", file, "--json", ...args]);
       expect(r.code, r.stderr).toBe(0);
       return ndjson(r.stdout);
     };
@@ -131,20 +148,20 @@ describe("sluice dlq list and show", () => {
     expect(await list("--since", "2h")).toEqual([]);
     expect(await list("--status", "replayed")).toEqual([]);
 
-    const table = await sluice(["dlq", "list", file, "--sink", "db"]);
+    const table = await inProcess(["dlq", "list", file, "--sink", "db"]);
     expect(table.code).toBe(0);
     expect(table.stdout).toMatch(/^SEQ\s+RECORD ID\s+SINK\s+STATUS\s+CODE\s+ATTEMPTS\s+LAST FAILURE\s+MESSAGE$/m);
     expect(table.stdout).toMatch(/^6\s+r-5\s+db\s+pending\s+ERR_SINK_REJECTED\s+2\s+2026-01-01T05:00:00.000Z\s+failed 5$/m);
     expect(table.stdout.trim().split("\n").at(-1)).toBe("3 entries: 3 pending; by sink: db 3; by code: ERR_SINK_REJECTED 2, ERR_CHAOS_PERMANENT 1");
 
-    const show = await sluice(["dlq", "show", file, "--id", "r-1"]);
+    const show = await inProcess(["dlq", "show", file, "--id", "r-1"]);
     expect(show.code).toBe(0);
     expect(show.stdout).toMatch(/^entry 2$/m);
     expect(show.stdout).toMatch(/^ {2}code {14}ERR_CHAOS_PERMANENT$/m);
     expect(show.stdout).toMatch(/^ {2}payload {11}\{$/m);
     expect(show.stdout).toContain('"id": "r-1"');
 
-    const bad = await sluice(["dlq", "list", file, "--since", "yesterday"]);
+    const bad = await inProcess(["dlq", "list", file, "--since", "yesterday"]);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toContain("--since yesterday: not an ISO 8601 date");
   });
