@@ -10,7 +10,7 @@ import { systemClock, type Clock } from "../core/clock.js";
 import { DeadLetterReplaySource, planReplay, ReplayLedger, ReplayPacer, type ReplayCounts, type ReplayGroup, type SkippedEntry } from "../core/dead-letter-replay.js";
 import { SluiceError } from "../core/errors.js";
 import type { EventSink, Logger } from "../core/events.js";
-import { Pipeline } from "../core/pipeline.js";
+import { Pipeline, type PipelineStatus } from "../core/pipeline.js";
 import { lockDataDir, sinkSettings } from "./build.js";
 import type { PipelineConfig } from "./schema.js";
 
@@ -85,7 +85,7 @@ export async function replayDeadLetters(config: PipelineConfig, o: ReplayOptions
       const pipeline = groupPipeline(config, o, group, ledger, pacer, dataDir, clock, emit);
       const stop = () => pipeline.stop();
       o.signal?.addEventListener("abort", stop, { once: true });
-      let status;
+      let status: PipelineStatus;
       try {
         status = await pipeline.run();
       } finally {

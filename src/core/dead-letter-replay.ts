@@ -6,13 +6,9 @@
  */
 import type { DeadLetter, DeadLetterStore, DeadLetterWorkflow, Source, SourceHandle, StoredDeadLetter } from "../components/contracts.js";
 import { sleep, type Clock } from "./clock.js";
+import { isStage } from "./dead-letters.js";
 import { SluiceError } from "./errors.js";
 import type { Entry, JsonObject } from "./record.js";
-
-/** Stages before the sinks (`source:<name>`, `transform:<type>`); any other entry is a sink's. */
-export function isStageEntry(entry: Pick<StoredDeadLetter, "sink">): boolean {
-  return entry.sink.startsWith("source:") || entry.sink.startsWith("transform:");
-}
 
 /** Entries that go to the same sinks by the same way: one pipeline. */
 export interface ReplayGroup {
@@ -48,7 +44,7 @@ export function planReplay(entries: readonly StoredDeadLetter[], sinks: readonly
   const groups = new Map<string, { sinks: string[]; transforms: boolean; entries: StoredDeadLetter[] }>();
   const skipped: SkippedEntry[] = [];
   for (const entry of entries) {
-    const stage = isStageEntry(entry);
+    const stage = isStage(entry.sink);
     const targets = to !== undefined ? [to] : stage ? [...sinks] : [entry.sink];
     if (!stage && to === undefined && !sinks.includes(entry.sink)) {
       skipped.push({ entry, reason: `sink ${entry.sink} is not in the config (replay it elsewhere with --to <sink>)` });
@@ -123,6 +119,8 @@ export interface ReplayCounts {
 export class ReplayLedger {
   private readonly seqsById = new Map<string, number[]>();
   private readonly failed = new Set<number>();
+  /** Dead letters already recorded on their entries: the writer retries a failed write with the same objects, whose attempts must not add up twice. */
+  private readonly recorded = new WeakSet<DeadLetter>();
   private readonly marking = new Set<Promise<void>>();
   private markError: unknown;
 
@@ -168,6 +166,7 @@ export class ReplayLedger {
       write: async (entries: readonly DeadLetter[]) => {
         const unknown: DeadLetter[] = [];
         for (const e of entries) {
+          if (this.recorded.has(e)) continue;
           const seqs = this.seqsOf(e.record.id);
           if (seqs === undefined) {
             unknown.push(e);
@@ -177,6 +176,7 @@ export class ReplayLedger {
             await this.workflow.failedAgain(seq, { code: e.code, message: e.message, attempts: e.attempts, at: e.lastFailureAt });
             this.failed.add(seq);
           }
+          this.recorded.add(e);
         }
         if (unknown.length > 0) await this.store.write(unknown);
       },

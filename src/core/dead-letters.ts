@@ -11,6 +11,15 @@ interface Pending {
   onCommitted: () => void;
 }
 
+/**
+ * Whether a dead letter's `sink` names a stage before the sinks (`source:<name>`,
+ * `transform:<type>`) rather than a sink: a record a sink committed has passed those stages, and
+ * a replay sends such an entry through the transforms to every sink.
+ */
+export function isStage(sink: string): boolean {
+  return sink.startsWith("source:") || sink.startsWith("transform:");
+}
+
 /** What a {@link DeadLetterWriter} does about failing writes besides retrying them. */
 export interface DeadLetterFailures {
   /** Longest time one write may keep failing, ms; then {@link giveUp}. */

@@ -18,6 +18,7 @@ import {
   type DeadLetterWorkflow,
   type StoredDeadLetter,
 } from "../components/contracts.js";
+import { isStage } from "../core/dead-letters.js";
 import type { SluiceRecord } from "../core/record.js";
 import { classifySqliteError } from "./sqlite.js";
 
@@ -97,10 +98,6 @@ const MARK_REPLAYED = "UPDATE dead_letters SET status = 'replayed', replayed_at 
 const FAILED_AGAIN = `UPDATE dead_letters SET attempts = attempts + ?, code = ?, message = ?, last_failure_at = ?,
   status = 'pending', replayed_at = NULL, resolved_at = NULL WHERE seq = ?`;
 
-/** Stages before the sinks: a record a sink committed has passed them. */
-function isStage(sink: string): boolean {
-  return sink.startsWith("source:") || sink.startsWith("transform:");
-}
 
 /** One row of the `dead_letters` table, as {@link readDeadLetters} returns it. Times are ISO 8601. */
 export interface DeadLetterRow {
