@@ -265,8 +265,8 @@ describe("sluice dlq replay", () => {
 
   it("interrupted by SIGKILL and run again, delivers each entry once and marks every one replayed", async () => {
     await run(await pipeline("failing", { count: 40, dbExtra: ALWAYS_FAILS }));
-    // A slow sink: one record per batch, 50 ms each; five entries per chunk (the unit of marking).
-    const slow = await pipeline("slow", { count: 40, dbExtra: "batch: { max_records: 1 }, chaos: { latency: 50ms }", extra: ["buffer: { chunk_size: 5 }"] });
+    // A slow sink: one record per batch, 100 ms each; five entries per chunk (the unit of marking).
+    const slow = await pipeline("slow", { count: 40, dbExtra: "batch: { max_records: 1 }, chaos: { latency: 100ms }", extra: ["buffer: { chunk_size: 5 }"] });
     const first = startSluice(["dlq", "replay", slow, "--json"], dir);
     const deadline = Date.now() + 30_000;
     while (rows().filter((r) => r.status === "replayed").length < 10) {
