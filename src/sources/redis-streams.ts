@@ -211,12 +211,12 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
     }
   }
 
-  /** Reads new entries once: at most `room` of them over the streams assigned now. */
-  async function read(conn: Connection, handle: SourceHandle, room: number, signal: AbortSignal): Promise<EnqueueOutcome | undefined> {
+  /** Reads new entries once: at most `room` of them over the streams assigned now; null when none came. */
+  async function fetch(conn: Connection, room: number, signal: AbortSignal): Promise<[string, RawEntry[]][] | null> {
     const all = assigned();
     if (all.length === 0) {
       await sleep(clock, settings.blockMs, signal).catch(() => {});
-      return undefined;
+      return null;
     }
     // COUNT is per stream: split the room so the whole read never exceeds it, taking turns when it is smaller than the number of streams.
     let streams = all;
@@ -225,20 +225,22 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
       turn = (turn + room) % all.length;
     }
     const count = Math.floor(room / streams.length);
-    let reply: [string, RawEntry[]][] | null;
     try {
-      reply = (await conn.reader.xreadgroup("GROUP", settings.group, consumer, "COUNT", count, "BLOCK", settings.blockMs, "STREAMS", ...streams, ...streams.map(() => ">"))) as
+      return (await conn.reader.xreadgroup("GROUP", settings.group, consumer, "COUNT", count, "BLOCK", settings.blockMs, "STREAMS", ...streams, ...streams.map(() => ">"))) as
         | [string, RawEntry[]][]
         | null;
     } catch (err) {
-      if (signal.aborted) return undefined;
+      if (signal.aborted) return null;
       // NOGROUP: the group is gone (destroyed, or Redis restarted without its data); UNBLOCKED: the stream was deleted under the read.
       if (!isReply(err, "NOGROUP") && !isReply(err, "UNBLOCKED")) throw err;
       logger.warn({ ...log, group: settings.group, streams }, "the consumer group is missing; creating it again");
       await conn.group.create(streams, settings.start);
-      return undefined;
+      return null;
     }
-    if (reply === null) return undefined;
+  }
+
+  /** Builds a read's records and hands them over as one chunk. */
+  function take(handle: SourceHandle, reply: [string, RawEntry[]][]): Promise<EnqueueOutcome> {
     const records: Entry[] = [];
     const checkpoint = new Map<string, string[]>();
     for (const [stream, entries] of reply) {
@@ -384,9 +386,11 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
       signal.addEventListener("abort", onStop, { once: true });
       const backlog = reportBacklog(conn.group, stop.signal);
       let nextReclaim = clock.now();
+      /** The next read, sent before the last one's records are built when there is room for both: Redis answers it meanwhile. */
+      let ahead: Promise<[string, RawEntry[]][] | null> | undefined;
       try {
         while (!stop.signal.aborted) {
-          if (clock.now() >= nextReclaim) {
+          if (ahead === undefined && clock.now() >= nextReclaim) {
             await ackLate(conn.group);
             for (const stream of assigned()) {
               try {
@@ -398,8 +402,25 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
             }
             nextReclaim = clock.now() + reclaimEveryMs;
           }
-          const room = await handle.waitForRoom(handle.chunkSize, stop.signal);
-          if (room === 0 || (await read(conn, handle, room, stop.signal)) === "stopping") break;
+          if (ahead === undefined) {
+            const room = await handle.waitForRoom(handle.chunkSize, stop.signal);
+            if (room === 0) break;
+            ahead = fetch(conn, room, stop.signal);
+          }
+          const reply = await ahead;
+          ahead = undefined;
+          if (reply === null) continue;
+          const read = reply.reduce((n, [, entries]) => n + entries.length, 0);
+          // Room for more than this reply right now: ask for it before building this one (unless a reclaim pass is due, which goes first).
+          if (clock.now() < nextReclaim && handle.expectedWait(read + 1, 0) === 0) {
+            const room = (await handle.waitForRoom(handle.chunkSize + read, stop.signal)) - read;
+            if (room > 0) {
+              ahead = fetch(conn, room, stop.signal);
+              // Awaited on the next turn; a stop in between leaves it to fail unheard (its entries are reclaimed).
+              ahead.catch(() => {});
+            }
+          }
+          if ((await take(handle, reply)) === "stopping") break;
         }
       } catch (err) {
         if (!signal.aborted) throw conn.lost ?? sourceError(err, location);

@@ -276,7 +276,17 @@ describe.skipIf(!hasRedis)("redis_streams source", () => {
     // Another worker reads everything and dies without acking.
     await redis.xreadgroup("GROUP", "sluice", "dead", "COUNT", 100, "STREAMS", s, ">");
     const run = start({ stream: s, claim_idle: 200 });
-    await until(() => run.sink.committed.size === 20, "the dead consumer's 20 entries delivered");
+    // New entries keep coming meanwhile: reading them must not keep the reclaim pass from running.
+    let live = true;
+    const producing = (async () => {
+      for (let i = 0; live; i++) {
+        await addBodies(redis, s, [{ live: i }]);
+        await new Promise((r) => setTimeout(r, 2));
+      }
+    })();
+    await until(() => payloadsOf(run).filter((p) => p.n !== undefined).length === 20, "the dead consumer's 20 entries delivered", 10_000);
+    live = false;
+    await producing;
     await until(async () => (await pendingCount(redis, s, "sluice")) === 0, "all acked");
     expect(await run.metrics.registry.metrics()).toMatch(/sluice_source_reclaimed_total\{source="src"\} 20/);
   });
