@@ -25,6 +25,7 @@ import { deleteKeys, REDIS_URL, redisClient, uniqueName } from "../helpers/broke
 import { canStartBroker, startRedisServer, type BrokerServer } from "../helpers/broker-servers.js";
 import { killClis, runCli, startCli } from "../helpers/cli.js";
 import { MemoryDeadLetterStore } from "../helpers/memory.js";
+import { CapturingLogger } from "../helpers/source-harness.js";
 import { requireService } from "../helpers/services.js";
 
 const address = new URL(REDIS_URL);
@@ -69,6 +70,8 @@ interface Run {
   readonly deadLetters: MemoryDeadLetterStore;
   readonly events: InternalEvent[];
   readonly metrics: Metrics;
+  /** What the source logged. */
+  readonly logger: CapturingLogger;
   readonly done: Promise<PipelineStatus>;
   stop(): Promise<PipelineStatus>;
 }
@@ -94,7 +97,8 @@ function start(options: Record<string, unknown>, o: { open?: boolean; maxRecords
     events.push(e);
     metrics.handle(e);
   };
-  const ctx = { name: "src", dataDir: tmpdir(), baseDir: tmpdir(), clock: systemClock, logger: silentLogger, emit };
+  const logger = new CapturingLogger();
+  const ctx = { name: "src", dataDir: tmpdir(), baseDir: tmpdir(), clock: systemClock, logger, emit };
   const source = redisStreams.create(redisStreams.options.parse({ url: REDIS_URL, ...options }), ctx);
   const pipeline = new Pipeline({
     sources: [{ name: "src", source, connectBackoff: { initialMs: 5, maxMs: 50, multiplier: 2 } }],
@@ -114,6 +118,7 @@ function start(options: Record<string, unknown>, o: { open?: boolean; maxRecords
     deadLetters,
     events,
     metrics,
+    logger,
     done,
     stop: () => {
       pipeline.stop();
@@ -309,6 +314,19 @@ describe.skipIf(!hasRedis)("redis_streams source", () => {
     expect(dead!.message).toMatch(/delivered 3 times/);
     await until(async () => (await pendingCount(redis, s, "sluice")) === 0, "the poison entry acked");
     expect(run.sink.attempted.has(`${s}:${poison}`)).toBe(false);
+  });
+
+  it("acks away, with a warning, a dead consumer's entries that were trimmed from the stream before they could be reclaimed", async () => {
+    const s = stream();
+    await redis.xgroup("CREATE", s, "sluice", "0", "MKSTREAM");
+    const ids = await addBodies(redis, s, Array.from({ length: 6 }, (_, n) => ({ n })));
+    await redis.xreadgroup("GROUP", "sluice", "dead", "COUNT", 100, "STREAMS", s, ">");
+    await redis.xdel(s, ids[1]!, ids[4]!);
+    const run = start({ stream: s, claim_idle: 100 });
+    await until(() => run.sink.committed.size === 4, "the 4 entries still in the stream delivered");
+    await until(async () => (await pendingCount(redis, s, "sluice")) === 0, "nothing left pending");
+    expect(payloadsOf(run).map((p) => p.n)).toEqual([0, 2, 3, 5]);
+    expect(run.logger.at("warn").find((l) => /deleted from the stream/.test(l.msg ?? ""))?.obj).toMatchObject({ stream: s, entries: 2 });
   });
 
   it("keeps a chunk that a slow sink holds past claim_idle from another worker on the same group", async () => {
