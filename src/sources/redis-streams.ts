@@ -141,25 +141,20 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
   const { clock, logger } = ctx;
   const log = { source: ctx.name };
   let current: Connection | undefined;
-  /** Entry ids read by this process and not yet acked (or given back), per stream: never reclaimed from ourselves. */
-  const inFlight = new Map<string, Set<string>>();
+  /** Chunks read by this process and not yet acked (or given back): their entries are never reclaimed from ourselves. A set of chunks, not of ids: no per-entry work on the hot path. */
+  const inFlight = new Set<RedisStreamsCheckpoint>();
   /** Done chunks whose XACK failed with the connection: sent again after the next connect (still in flight meanwhile). */
   const unacked: RedisStreamsCheckpoint[] = [];
   /** Which of several streams the next short read starts at, so each gets its turn. */
   let turn = 0;
 
-  const hold = (checkpoint: RedisStreamsCheckpoint) => {
-    for (const [stream, ids] of checkpoint) {
-      let set = inFlight.get(stream);
-      if (set === undefined) inFlight.set(stream, (set = new Set()));
-      for (const id of ids) set.add(id);
-    }
-  };
-  const release = (checkpoint: RedisStreamsCheckpoint) => {
-    for (const [stream, ids] of checkpoint) {
-      const set = inFlight.get(stream);
-      if (set !== undefined) for (const id of ids) set.delete(id);
-    }
+  const hold = (checkpoint: RedisStreamsCheckpoint) => void inFlight.add(checkpoint);
+  const release = (checkpoint: RedisStreamsCheckpoint) => void inFlight.delete(checkpoint);
+  /** The entry ids of `stream` in flight here, for a reclaim pass (at most every second). */
+  const heldIn = (stream: string): Set<string> => {
+    const ids = new Set<string>();
+    for (const checkpoint of inFlight) for (const id of checkpoint.get(stream) ?? []) ids.add(id);
+    return ids;
   };
   /** The current connection pair when its command connection is up (the reader may be closed by a stop). */
   const commands = (): ConsumerGroup | undefined => (current?.group.redis.status === "ready" ? current.group : undefined);
@@ -273,8 +268,8 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
       const pending = await group.idle(stream, claimIdleMs, after, room);
       if (pending.length === 0) return true;
       after = pending.at(-1)!.id;
-      const mine = inFlight.get(stream);
-      const candidates = pending.filter((p) => p.consumer !== consumer || mine?.has(p.id) !== true);
+      const mine = heldIn(stream);
+      const candidates = pending.filter((p) => p.consumer !== consumer || !mine.has(p.id));
       if (candidates.length > 0 && (await claim(group, handle, stream, candidates)) === "stopping") return false;
       if (pending.length < room) return true;
     }
@@ -454,9 +449,8 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
 
     async inProgress(checkpoint) {
       const cp = checkpoint as RedisStreamsCheckpoint;
-      const still = new Map([...cp].map(([stream, ids]) => [stream, ids.filter((id) => inFlight.get(stream)?.has(id) === true)]));
       // Idle time back to 0 without counting a delivery: no other worker claims a chunk that is only slow.
-      await commands()?.setIdle(still);
+      if (inFlight.has(cp)) await commands()?.setIdle(cp);
     },
 
     async close() {
