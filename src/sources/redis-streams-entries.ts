@@ -30,7 +30,7 @@ interface EntryParts {
   bytes: number;
 }
 
-function split(stream: string, entryId: string, fields: readonly string[], format: EntryFormat): EntryParts {
+function split(position: string, fields: readonly string[], format: EntryFormat): EntryParts {
   let body: string | undefined;
   let id: string | undefined;
   let key: string | undefined;
@@ -49,7 +49,7 @@ function split(stream: string, entryId: string, fields: readonly string[], forma
       eventTime = Number.isNaN(ms) ? undefined : ms;
     } else (others ??= {})[field] = value;
   }
-  return { body, envelope: { id: id ?? `${stream}:${entryId}`, key, eventTime }, others, bytes };
+  return { body, envelope: { id: id ?? position, key, eventTime }, others, bytes };
 }
 
 /**
@@ -62,7 +62,7 @@ function split(stream: string, entryId: string, fields: readonly string[], forma
  */
 export function entryRecord(handle: SourceHandle, stream: string, entryId: string, fields: readonly string[], format: EntryFormat): Entry {
   const position = `${stream}:${entryId}`;
-  const { body, envelope, others, bytes } = split(stream, entryId, fields, format);
+  const { body, envelope, others, bytes } = split(position, fields, format);
   if (body === undefined) return handle.record(others ?? {}, bytes, position, undefined, envelope);
   let payload: unknown;
   try {
@@ -86,11 +86,12 @@ export function entryRecord(handle: SourceHandle, stream: string, entryId: strin
  * (`ERR_MAX_DELIVERIES`) carrying its body (or, without one, its fields as JSON).
  */
 export function exhaustedRecord(handle: SourceHandle, stream: string, entryId: string, fields: readonly string[], deliveries: number, format: EntryFormat): Entry {
-  const { body, envelope, others } = split(stream, entryId, fields, format);
+  const position = `${stream}:${entryId}`;
+  const { body, envelope, others } = split(position, fields, format);
   const error = new SluiceError("ERR_MAX_DELIVERIES", `entry ${entryId} of ${stream} was delivered ${deliveries} times without being committed; giving up on it`, {
     location: `${stream} entry ${entryId}`,
   });
-  return handle.malformed(body ?? JSON.stringify(others ?? {}), `${stream}:${entryId}`, error, envelope);
+  return handle.malformed(body ?? JSON.stringify(others ?? {}), position, error, envelope);
 }
 
 /** One line of `XPENDING <stream> <group> IDLE <ms> <start> <end> <count>`. */

@@ -141,25 +141,20 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
   const { clock, logger } = ctx;
   const log = { source: ctx.name };
   let current: Connection | undefined;
-  /** Entry ids read by this process and not yet acked (or given back), per stream: never reclaimed from ourselves. */
-  const inFlight = new Map<string, Set<string>>();
+  /** Chunks read by this process and not yet acked (or given back): their entries are never reclaimed from ourselves. A set of chunks, not of ids: no per-entry work on the hot path. */
+  const inFlight = new Set<RedisStreamsCheckpoint>();
   /** Done chunks whose XACK failed with the connection: sent again after the next connect (still in flight meanwhile). */
   const unacked: RedisStreamsCheckpoint[] = [];
   /** Which of several streams the next short read starts at, so each gets its turn. */
   let turn = 0;
 
-  const hold = (checkpoint: RedisStreamsCheckpoint) => {
-    for (const [stream, ids] of checkpoint) {
-      let set = inFlight.get(stream);
-      if (set === undefined) inFlight.set(stream, (set = new Set()));
-      for (const id of ids) set.add(id);
-    }
-  };
-  const release = (checkpoint: RedisStreamsCheckpoint) => {
-    for (const [stream, ids] of checkpoint) {
-      const set = inFlight.get(stream);
-      if (set !== undefined) for (const id of ids) set.delete(id);
-    }
+  const hold = (checkpoint: RedisStreamsCheckpoint) => void inFlight.add(checkpoint);
+  const release = (checkpoint: RedisStreamsCheckpoint) => void inFlight.delete(checkpoint);
+  /** The entry ids of `stream` in flight here, for a reclaim pass (at most every second). */
+  const heldIn = (stream: string): Set<string> => {
+    const ids = new Set<string>();
+    for (const checkpoint of inFlight) for (const id of checkpoint.get(stream) ?? []) ids.add(id);
+    return ids;
   };
   /** The current connection pair when its command connection is up (the reader may be closed by a stop). */
   const commands = (): ConsumerGroup | undefined => (current?.group.redis.status === "ready" ? current.group : undefined);
@@ -211,12 +206,12 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
     }
   }
 
-  /** Reads new entries once: at most `room` of them over the streams assigned now. */
-  async function read(conn: Connection, handle: SourceHandle, room: number, signal: AbortSignal): Promise<EnqueueOutcome | undefined> {
+  /** Reads new entries once: at most `room` of them over the streams assigned now; null when none came. */
+  async function fetch(conn: Connection, room: number, signal: AbortSignal): Promise<[string, RawEntry[]][] | null> {
     const all = assigned();
     if (all.length === 0) {
       await sleep(clock, settings.blockMs, signal).catch(() => {});
-      return undefined;
+      return null;
     }
     // COUNT is per stream: split the room so the whole read never exceeds it, taking turns when it is smaller than the number of streams.
     let streams = all;
@@ -225,20 +220,22 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
       turn = (turn + room) % all.length;
     }
     const count = Math.floor(room / streams.length);
-    let reply: [string, RawEntry[]][] | null;
     try {
-      reply = (await conn.reader.xreadgroup("GROUP", settings.group, consumer, "COUNT", count, "BLOCK", settings.blockMs, "STREAMS", ...streams, ...streams.map(() => ">"))) as
+      return (await conn.reader.xreadgroup("GROUP", settings.group, consumer, "COUNT", count, "BLOCK", settings.blockMs, "STREAMS", ...streams, ...streams.map(() => ">"))) as
         | [string, RawEntry[]][]
         | null;
     } catch (err) {
-      if (signal.aborted) return undefined;
+      if (signal.aborted) return null;
       // NOGROUP: the group is gone (destroyed, or Redis restarted without its data); UNBLOCKED: the stream was deleted under the read.
       if (!isReply(err, "NOGROUP") && !isReply(err, "UNBLOCKED")) throw err;
       logger.warn({ ...log, group: settings.group, streams }, "the consumer group is missing; creating it again");
       await conn.group.create(streams, settings.start);
-      return undefined;
+      return null;
     }
-    if (reply === null) return undefined;
+  }
+
+  /** Builds a read's records and hands them over as one chunk. */
+  function take(handle: SourceHandle, reply: [string, RawEntry[]][]): Promise<EnqueueOutcome> {
     const records: Entry[] = [];
     const checkpoint = new Map<string, string[]>();
     for (const [stream, entries] of reply) {
@@ -271,8 +268,8 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
       const pending = await group.idle(stream, claimIdleMs, after, room);
       if (pending.length === 0) return true;
       after = pending.at(-1)!.id;
-      const mine = inFlight.get(stream);
-      const candidates = pending.filter((p) => p.consumer !== consumer || mine?.has(p.id) !== true);
+      const mine = heldIn(stream);
+      const candidates = pending.filter((p) => p.consumer !== consumer || !mine.has(p.id));
       if (candidates.length > 0 && (await claim(group, handle, stream, candidates)) === "stopping") return false;
       if (pending.length < room) return true;
     }
@@ -384,9 +381,11 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
       signal.addEventListener("abort", onStop, { once: true });
       const backlog = reportBacklog(conn.group, stop.signal);
       let nextReclaim = clock.now();
+      /** The next read, sent before the last one's records are built when there is room for both: Redis answers it meanwhile. */
+      let ahead: Promise<[string, RawEntry[]][] | null> | undefined;
       try {
         while (!stop.signal.aborted) {
-          if (clock.now() >= nextReclaim) {
+          if (ahead === undefined && clock.now() >= nextReclaim) {
             await ackLate(conn.group);
             for (const stream of assigned()) {
               try {
@@ -398,8 +397,25 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
             }
             nextReclaim = clock.now() + reclaimEveryMs;
           }
-          const room = await handle.waitForRoom(handle.chunkSize, stop.signal);
-          if (room === 0 || (await read(conn, handle, room, stop.signal)) === "stopping") break;
+          if (ahead === undefined) {
+            const room = await handle.waitForRoom(handle.chunkSize, stop.signal);
+            if (room === 0) break;
+            ahead = fetch(conn, room, stop.signal);
+          }
+          const reply = await ahead;
+          ahead = undefined;
+          if (reply === null) continue;
+          const read = reply.reduce((n, [, entries]) => n + entries.length, 0);
+          // Room for more than this reply right now: ask for it before building this one (unless a reclaim pass is due, which goes first).
+          if (clock.now() < nextReclaim && handle.expectedWait(read + 1, 0) === 0) {
+            const room = (await handle.waitForRoom(handle.chunkSize + read, stop.signal)) - read;
+            if (room > 0) {
+              ahead = fetch(conn, room, stop.signal);
+              // Awaited on the next turn; a stop in between leaves it to fail unheard (its entries are reclaimed).
+              ahead.catch(() => {});
+            }
+          }
+          if ((await take(handle, reply)) === "stopping") break;
         }
       } catch (err) {
         if (!signal.aborted) throw conn.lost ?? sourceError(err, location);
@@ -433,9 +449,8 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
 
     async inProgress(checkpoint) {
       const cp = checkpoint as RedisStreamsCheckpoint;
-      const still = new Map([...cp].map(([stream, ids]) => [stream, ids.filter((id) => inFlight.get(stream)?.has(id) === true)]));
       // Idle time back to 0 without counting a delivery: no other worker claims a chunk that is only slow.
-      await commands()?.setIdle(still);
+      if (inFlight.has(cp)) await commands()?.setIdle(cp);
     },
 
     async close() {
