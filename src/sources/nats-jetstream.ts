@@ -17,8 +17,12 @@ import { duration } from "../components/options.js";
 const CONNECT_TIMEOUT_MS = 10_000;
 /** Most messages one pull asks for; also the slack `max_ack_pending` has over the buffer by default. */
 const MAX_PULL = 1000;
-/** How long a pull waits on the server for messages, ms (nats.js's minimum): an idle stream costs one request a second. */
-const PULL_EXPIRES_MS = 1000;
+/**
+ * How long a pull waits on the server for messages it has not got yet, ms. Messages are handed on
+ * as they arrive, so this adds no latency; it sets the idle heartbeat (half of it), and a pull that
+ * misses two ends `run` as a lost connection: short values misfire on a busy machine.
+ */
+const PULL_EXPIRES_MS = 5000;
 /** How often the consumer's backlog is read for the metrics, ms. */
 const BACKLOG_INTERVAL_MS = 5000;
 /** nats.js's pause between its own reconnect attempts, ms (see `connect` for who owns reconnecting). */
