@@ -329,6 +329,9 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
     },
 
     inProgress(checkpoint) {
+      // nats.js holds what is published while it reconnects, without bound: acks are needed once
+      // each, but ticks for every chunk in flight would pile up for as long as the server is away.
+      if (down !== undefined) return;
       each((checkpoint as JetStreamChunk).messages, "working()", (m) => m.working());
     },
 
