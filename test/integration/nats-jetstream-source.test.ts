@@ -48,11 +48,11 @@ describe.skipIf(!hasNats)("nats_jetstream source on the machine's NATS", () => {
     await nc.close();
   });
 
-  /** A fresh stream storing its own subject. */
+  /** A fresh stream storing its own subject and the subjects below it. */
   async function stream(): Promise<{ name: string; subject: string }> {
     const name = uniqueName("sluice_src_it_");
     const subject = `sluice.it.${name}`;
-    await createStream(nc, name, subject);
+    await createStream(nc, name, [subject, `${subject}.>`]);
     streams.push(name);
     return { name, subject };
   }
@@ -145,7 +145,7 @@ describe.skipIf(!hasNats)("nats_jetstream source on the machine's NATS", () => {
   });
 
   it("fails for good, saying why, on a missing stream, a missing consumer with bind, and a consumer it cannot use", async () => {
-    const { name } = await stream();
+    const { name, subject } = await stream();
     const missingStream = await connectError({ stream: uniqueName("sluice_src_none_") });
     expect(missingStream).toMatchObject({ code: "ERR_SOURCE_CONNECT", retryable: false });
     expect(missingStream.message).toMatch(/stream sluice_src_none_\w+ does not exist/);
@@ -163,6 +163,12 @@ describe.skipIf(!hasNats)("nats_jetstream source on the machine's NATS", () => {
 
     await jsm.consumers.add(name, { durable_name: "noack", ack_policy: AckPolicy.None });
     expect((await connectError({ stream: name, consumer: "noack" })).message).toMatch(/needs explicit acks/);
+    await jsm.consumers.add(name, { durable_name: "push", ack_policy: AckPolicy.Explicit, deliver_subject: `push.${name}` });
+    expect((await connectError({ stream: name, consumer: "push" })).message).toMatch(/is a push consumer; sluice needs a pull consumer/);
+    await jsm.consumers.add(name, { durable_name: "filtered", ack_policy: AckPolicy.Explicit, filter_subject: `${subject}.a` });
+    expect((await connectError({ stream: name, consumer: "filtered", filter_subject: `${subject}.b` })).message).toMatch(
+      new RegExp(`filters ${subject}\\.a, not ${subject}\\.b; delete it or use another consumer name`),
+    );
 
     // Through the engine: the run ends at once, failed, with that message.
     const r = start({ source: { servers: NATS_URL, stream: name, consumer: "nobody", bind: true }, sink: new GatedSink() });
