@@ -11,12 +11,17 @@ export type {
   ComponentContext,
   ComponentDefinition,
   DeadLetter,
+  DeadLetterFilter,
+  DeadLetterStatus,
   DeadLetterStore,
+  DeadLetterWorkflow,
   EnqueueOutcome,
   RecordFailure,
+  ReplayFailure,
   Sink,
   Source,
   SourceHandle,
+  StoredDeadLetter,
   Transform,
   TransformOutput,
   WriteResult,
@@ -37,6 +42,9 @@ export type { Buffer, BufferLimits, WhenFull } from "./core/buffer.js";
 
 export { loadConfig, parseConfig, formatIssues } from "./config/load.js";
 export { buildPipeline } from "./config/build.js";
+export { replayDeadLetters } from "./config/replay.js";
+export type { ReplayOptions, ReplayResult } from "./config/replay.js";
+export type { ReplayCounts, SkippedEntry } from "./core/dead-letter-replay.js";
 export type { BuiltPipeline } from "./config/build.js";
 export { Metrics } from "./observability/metrics.js";
 export type { RunSummary, CountsSnapshot } from "./observability/metrics.js";

@@ -16,6 +16,7 @@ import { definition as stdout } from "../sinks/stdout.js";
 import { definition as fileSource } from "../sources/file/source.js";
 import { definition as generator } from "../sources/generator.js";
 import { definition as httpSource } from "../sources/http.js";
+import { definition as redisStreamsSource } from "../sources/redis-streams.js";
 import { definition as natsJetStreamSource } from "../sources/nats-jetstream.js";
 import { definition as moduleTransform } from "../transforms/module.js";
 import { definition as validate } from "../transforms/validate.js";
@@ -38,6 +39,8 @@ export const sources = {
   file: <P extends object>(options: z.input<typeof fileSource.options>): SourceFactory<P> => fromDefinition(fileSource, options),
   /** An ingest endpoint (`POST /v1/events`); name the payload type producers send. */
   http: <P extends object>(options: z.input<typeof httpSource.options> = {}): SourceFactory<P> => fromDefinition(httpSource, options),
+  /** A Redis Streams consumer group; name the payload type its entries' bodies hold. */
+  redisStreams: <P extends object>(options: z.input<typeof redisStreamsSource.options>): SourceFactory<P> => fromDefinition(redisStreamsSource, options),
   /** A NATS JetStream durable pull consumer; name the payload type the stream's messages hold. */
   natsJetStream: <P extends object>(options: z.input<typeof natsJetStreamSource.options>): SourceFactory<P> => fromDefinition(natsJetStreamSource, options),
   /** A source you implement against the {@link Source} contract. */

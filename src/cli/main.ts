@@ -2,7 +2,8 @@
 import { readFileSync } from "node:fs";
 import { Command, CommanderError } from "commander";
 import { componentsCommand } from "./components-command.js";
-import { EXIT, runCommand, validateCommand, type Io } from "./run-command.js";
+import { dlqCommand, type DlqIo, type DlqOptions } from "./dlq-command.js";
+import { EXIT, runCommand, validateCommand } from "./run-command.js";
 
 /** The package's version, read from its package.json (two levels up from src/cli and from dist/cli alike). */
 function packageVersion(): string {
@@ -10,7 +11,7 @@ function packageVersion(): string {
 }
 
 /** Runs the CLI with `argv` (without `node` and the script path) and resolves with the exit code. */
-export async function main(argv: readonly string[], io: Io = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {
+export async function main(argv: readonly string[], io: DlqIo = { stdout: process.stdout, stderr: process.stderr, stdin: process.stdin }): Promise<number> {
   // Read only when asked: a bundle of the CLI (the benchmarks' children) has no package.json two levels up.
   if (argv.length === 1 && (argv[0] === "-V" || argv[0] === "--version")) {
     io.stdout.write(`${packageVersion()}\n`);
@@ -50,6 +51,40 @@ export async function main(argv: readonly string[], io: Io = { stdout: process.s
     .action((filter: string | undefined) => {
       code = componentsCommand(filter, io);
     });
+
+  const dlq = program
+    .command("dlq")
+    .description("the pipeline's dead letters: list, show, replay through the pipeline, purge");
+  const collect = (value: string, previous: string[] = []) => [...previous, value];
+  const actions = [
+    ["list", "list entries as a table (default: pending ones) with counts; --json: one JSON object per line"],
+    ["show", "print whole entries (payload, raw input, error, attempts, times); default: every status"],
+    ["replay", "send entries (default: pending ones) back where they failed: a sink's to that sink, a stage's through the transforms to every sink; marks each replayed, or keeps it pending with the new error"],
+    ["purge", "delete entries: by default replayed and resolved ones; --all also pending ones (with --yes when not asked on a terminal)"],
+  ] as const;
+  for (const [action, description] of actions) {
+    const command = dlq
+      .command(action)
+      .description(description)
+      .argument("<config>", "pipeline YAML file (its dead_letter store is used)")
+      .option("--sink <name>", "only entries of this sink or stage (source:<name>, transform:<type>); repeatable", collect)
+      .option("--code <code>", "only entries with this error code; repeatable", collect)
+      .option("--id <record-id>", "only entries of this record id; repeatable", collect)
+      .option("--since <time>", "only entries that last failed at or after this ISO date, or this long ago (2h, 30m)")
+      .option("--until <time>", "only entries that last failed before this ISO date, or this long ago")
+      .option("--status <status>", "pending, replayed, resolved or all")
+      .option("--limit <n>", "at most n entries, oldest first")
+      .option("--json", "NDJSON: one entry (replay, purge: the summary) per line");
+    if (action === "replay") {
+      command.option("--to <sink>", "send every entry to this sink instead").option("--rate <records/s>", "replay at most this many entries per second");
+    }
+    if (action === "purge") {
+      command.option("--all", "delete pending entries too (every status, or --status)").option("--yes", "do not ask before --all deletes");
+    }
+    command.action(async (config: string, opts: DlqOptions) => {
+      code = await dlqCommand(action, config, opts, io);
+    });
+  }
 
   try {
     await program.parseAsync([...argv], { from: "user" });

@@ -171,7 +171,8 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
   const showProgress = opts.progress ?? (config.observability.progress === "always" || (config.observability.progress === "auto" && io.stderr.isTTY === true));
   const stopProgress = showProgress ? startProgress(metrics, config.buffer.max_records, config.observability.unready_after, io) : () => {};
 
-  const dlq = config.deadLetter.options.path ? String(config.deadLetter.options.path) : resolve(built.dataDir, "dlq.db");
+  const dlqPath = config.deadLetter.options.path ? String(config.deadLetter.options.path) : resolve(built.dataDir, "dlq.db");
+  const dlq = `${dlqPath} (sluice dlq list ${file})`;
   // Never end without the summary: an exit while run() is pending says what was left un-acked.
   const stopExitReport = reportEarlyExit((reason) => {
     const summary = metrics.summary((performance.now() - started) / 1000);

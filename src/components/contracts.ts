@@ -300,6 +300,75 @@ export interface DeadLetter {
   readonly lastFailureAt: number;
 }
 
+/**
+ * Where an entry stands. `pending`: nobody delivered its record yet. `replayed`: `sluice dlq replay`
+ * delivered it. `resolved`: a normal run delivered its record later (a redelivery that succeeded).
+ */
+export type DeadLetterStatus = "pending" | "replayed" | "resolved";
+
+/** One entry as a store keeps it, for `sluice dlq`. Times are ms since the epoch, `undefined` when not known. */
+export interface StoredDeadLetter {
+  /** The entry's number in its store: stable, unique, in the order entries were first written. */
+  readonly seq: number;
+  readonly recordId: string;
+  readonly source: string;
+  /** The sink that gave up on the record, or the stage (`source:<name>`, `transform:<type>`) that rejected it. */
+  readonly sink: string;
+  readonly code: string;
+  readonly message: string;
+  readonly attempts: number;
+  readonly firstFailureAt: number | undefined;
+  readonly lastFailureAt: number | undefined;
+  /** The payload as JSON text (for a sink's entry, as the transforms left it; for a transform's, as the source read it). */
+  readonly payload: string | undefined;
+  /** The unparsable input, for records that never became JSON. */
+  readonly raw: string | undefined;
+  readonly status: DeadLetterStatus;
+  readonly replayedAt: number | undefined;
+  readonly resolvedAt: number | undefined;
+}
+
+/** Which entries a `sluice dlq` command works on: every given criterion must hold (a list: any of its values). */
+export interface DeadLetterFilter {
+  readonly sinks?: readonly string[];
+  readonly codes?: readonly string[];
+  readonly recordIds?: readonly string[];
+  /** Last failure at or after this time, ms since the epoch. */
+  readonly since?: number;
+  /** Last failure before this time, ms since the epoch. */
+  readonly until?: number;
+  /** Default: every status. */
+  readonly statuses?: readonly DeadLetterStatus[];
+  /** At most this many entries, the oldest (lowest `seq`) first. */
+  readonly limit?: number;
+}
+
+/** A replayed entry's record failed again: what the store records on the entry, which stays `pending`. */
+export interface ReplayFailure {
+  readonly code: string;
+  readonly message: string;
+  /** Write attempts of the replay, added to the entry's. */
+  readonly attempts: number;
+  /** ms since the epoch. */
+  readonly at: number;
+}
+
+/**
+ * What `sluice dlq` needs of a store besides writing: read entries, record a replay's outcome,
+ * delete. Every method is called only after {@link DeadLetterStore.open} resolved; a rejection is
+ * reported by the command (nothing is retried).
+ */
+export interface DeadLetterWorkflow {
+  /** The entries `filter` selects, oldest first. */
+  select(filter: DeadLetterFilter): Promise<StoredDeadLetter[]>;
+  /** Marks entries `replayed` at `at` (ms): called once the sink committed their records. */
+  markReplayed(seqs: readonly number[], at: number): Promise<void>;
+  /** The entry's record failed again on replay: its attempts add up, code, message and last failure are the new ones, it stays `pending`. */
+  failedAgain(seq: number, failure: ReplayFailure): Promise<void>;
+  /** Deletes the entries `filter` selects; resolves with how many. */
+  purge(filter: DeadLetterFilter): Promise<number>;
+}
+
 /** Where records go that cannot be delivered. Writes must be durable when they resolve. */
 export interface DeadLetterStore {
   /**
@@ -309,6 +378,17 @@ export interface DeadLetterStore {
   open(): Promise<void>;
   /** Persists entries; the engine retries a rejection with backoff (it never drops a dead letter). */
   write(entries: readonly DeadLetter[]): Promise<void>;
+  /**
+   * Optional. Called by each sink runner with every batch `sink` committed, on the hot path, after
+   * `open` resolved: the store marks `resolved` its pending entries of those record ids and that
+   * sink (and of the stages before the sinks, which the record has now passed). Must be cheap when
+   * it holds none of the ids (a set lookup per record, nothing when it holds no pending entry of
+   * the sink). Best effort: a rejection (or throw) is logged, and the entry stays `pending`; a
+   * replay of it is absorbed by the sink's idempotent write.
+   */
+  committed?(sink: string, records: readonly SluiceRecord[]): void | Promise<void>;
+  /** Optional: reading, replay bookkeeping and purging for `sluice dlq`; a store without it is only written. */
+  readonly workflow?: DeadLetterWorkflow;
   /** Called once at the end. */
   close(): Promise<void>;
 }

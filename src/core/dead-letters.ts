@@ -1,4 +1,5 @@
 import type { DeadLetter, DeadLetterStore } from "../components/contracts.js";
+import type { SluiceRecord } from "./record.js";
 import type { BackoffPolicy } from "./backoff.js";
 import { formatSeconds, type Clock } from "./clock.js";
 import { classify, SluiceError } from "./errors.js";
@@ -8,6 +9,15 @@ import { retry } from "./retry.js";
 interface Pending {
   entries: readonly DeadLetter[];
   onCommitted: () => void;
+}
+
+/**
+ * Whether a dead letter's `sink` names a stage before the sinks (`source:<name>`,
+ * `transform:<type>`) rather than a sink: a record a sink committed has passed those stages, and
+ * a replay sends such an entry through the transforms to every sink.
+ */
+export function isStage(sink: string): boolean {
+  return sink.startsWith("source:") || sink.startsWith("transform:");
 }
 
 /** What a {@link DeadLetterWriter} does about failing writes besides retrying them. */
@@ -71,6 +81,22 @@ export class DeadLetterWriter {
     }
     this.queue.push({ entries, onCommitted });
     this.kick();
+  }
+
+  /**
+   * Tells the store `sink` committed `records` (see `DeadLetterStore.committed`): called by the
+   * sink runner per committed batch. Does nothing while the store is not open or has no such
+   * method; a failure is logged and forgotten (the entries stay pending).
+   */
+  committed(sink: string, records: readonly SluiceRecord[]): void {
+    if (!this.opened || this.store.committed === undefined) return;
+    const failed = (err: unknown) => this.logger.warn({ component: "dead_letter", sink, err: String(err) }, "could not mark dead letters of delivered records resolved");
+    try {
+      const pending = this.store.committed(sink, records);
+      if (pending !== undefined) pending.catch(failed);
+    } catch (err) {
+      failed(err);
+    }
   }
 
   /** Resolves when everything queued so far is written (or abandoned at the deadline). */

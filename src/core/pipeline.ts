@@ -18,8 +18,11 @@ import { TransformChain, type ChainStep } from "./transform-chain.js";
 export interface SourceSettings {
   readonly name: string;
   readonly source: Source;
-  /** Payload field (dotted path allowed) holding the record id; default `id`. */
-  readonly idField?: string;
+  /**
+   * Payload field (dotted path allowed) holding the record id; default `id`. `false`: the id is
+   * always the envelope's (a replay of dead letters, whose records keep the ids they had).
+   */
+  readonly idField?: string | false;
   /** Payload field holding the ordering key; none by default. */
   readonly keyField?: string;
   /** Payload field holding the event time (ms since epoch, or a date string); none by default. */
@@ -373,7 +376,7 @@ export class Pipeline {
    * whether a full buffer makes `enqueue` wait or answer `rejected`.
    */
   private handleFor(s: SourceSettings, tracker: AckTracker, ticker: InProgressTicker | undefined): SourceHandle {
-    const getId = fieldGetter(s.idField ?? "id");
+    const getId = s.idField === false ? undefined : fieldGetter(s.idField ?? "id");
     const getKey = s.keyField === undefined ? undefined : fieldGetter(s.keyField);
     const getTime = s.timeField === undefined ? undefined : fieldGetter(s.timeField);
     const name = s.name;
@@ -411,7 +414,7 @@ export class Pipeline {
     return {
       chunkSize: this.o.chunkSize,
       record: (payload, bytes, position, text, envelope) => {
-        const idValue = getId(payload);
+        const idValue = getId?.(payload);
         const id = typeof idValue === "string" ? idValue : typeof idValue === "number" ? String(idValue) : (envelope?.id ?? `${name}:${position}`);
         const key = (getKey && asText(getKey(payload))) ?? envelope?.key;
         const eventTime = (getTime && asTime(getTime(payload))) ?? envelope?.eventTime;

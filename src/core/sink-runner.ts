@@ -441,6 +441,7 @@ export class SinkRunner {
       else r.storedNew = true;
     }
     this.o.emit({ type: "records_delivered", sink: this.o.name, records, alreadyPresent, now });
+    this.o.deadLetters.committed(this.o.name, records);
     this.o.onDone(records, false);
   }
 

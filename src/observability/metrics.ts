@@ -55,6 +55,13 @@ export interface RunSummary {
  * A sink that is down: `connecting` (it has not connected yet, or its connect attempts fail) or
  * `retrying` (writes fail and are retried), since when (ms) and the last error's message.
  */
+/**
+ * How long after a batch gave up (dead-lettered after its retries) a new failure of the same sink
+ * still counts as the same outage: longer than a batch takes to fill and fail again under traffic,
+ * short enough that an idle sink's old failure is forgotten.
+ */
+const GAVE_UP_MEMORY_MS = 10_000;
+
 interface SinkDown {
   readonly sink: string;
   readonly state: "connecting" | "retrying";
@@ -108,6 +115,8 @@ export class Metrics {
   private readonly sourceDown = new Map<string, { readonly since: number; readonly message: string }>();
   /** Sinks failing (retrying, or not connecting) without one success since, for readiness and the progress line. */
   private readonly down = new Map<string, SinkDown>();
+  /** Sinks whose last retried batch ended dead-lettered: since when they have failed, and when that batch gave up. */
+  private readonly gaveUp = new Map<string, { since: number; at: number }>();
   private readonly httpRefused = new Counter({ name: "sluice_http_connections_refused_total", help: "Connections an http source closed at once because it had max_connections open.", labelNames: ["source"], registers: [this.registry] });
   private readonly latency = new WeightedHistogram("sluice_end_to_end_latency_seconds", "Time from a record's receipt to its commit by a sink.", "sink", LATENCY_BUCKETS, this.registry);
 
@@ -160,6 +169,7 @@ export class Metrics {
           sink.already_present += event.alreadyPresent;
         }
         this.down.delete(event.sink);
+        this.gaveUp.delete(event.sink);
         this.delivered.inc({ sink: event.sink }, event.records.length);
         this.alreadyPresent.inc({ sink: event.sink }, event.alreadyPresent);
         this.observeLatency(event.sink, event.records, event.now);
@@ -168,8 +178,14 @@ export class Metrics {
       case "records_dead_lettered": {
         const sink = c.sinks[event.sink];
         if (sink) sink.dead_lettered += event.count;
-        // A batch that ended dead-lettered is no longer retried: left marked, an idle sink would stay unready forever.
-        if (this.down.get(event.sink)?.state === "retrying") this.down.delete(event.sink);
+        // A batch that ended dead-lettered is no longer retried: left marked, an idle sink would stay
+        // unready forever. Its down-since is kept a while, so a sink whose every batch gives up
+        // (retry.max_elapsed shorter than unready_after) still turns unready.
+        const retrying = this.down.get(event.sink);
+        if (retrying?.state === "retrying") {
+          this.down.delete(event.sink);
+          this.gaveUp.set(event.sink, { since: retrying.since, at: this.now() });
+        }
         this.deadLettered.inc({ sink: event.sink, code: event.code }, event.count);
         break;
       }
@@ -350,9 +366,15 @@ export class Metrics {
     return [...this.sourceDown].map(([source, d]) => `source ${source}: connecting, down ${formatSeconds(now - d.since)}: ${d.message}`);
   }
 
-  /** Keeps the first failure's time (down since) and the latest message (why). */
+  /**
+   * Keeps the first failure's time (down since) and the latest message (why). A sink that fails
+   * again within {@link GAVE_UP_MEMORY_MS} of a batch that gave up is still down since that batch's first failure.
+   */
   private markDown(sink: string, state: SinkDown["state"], message: string): void {
-    const since = this.down.get(sink)?.since ?? this.now();
+    const now = this.now();
+    const gaveUp = this.gaveUp.get(sink);
+    this.gaveUp.delete(sink);
+    const since = this.down.get(sink)?.since ?? (gaveUp !== undefined && now - gaveUp.at <= GAVE_UP_MEMORY_MS ? gaveUp.since : now);
     this.down.set(sink, { sink, state, since, message });
   }
 

@@ -9,7 +9,17 @@ import { dirname, join, resolve } from "node:path";
 import Database from "better-sqlite3";
 import { z } from "zod";
 import { SluiceError } from "../core/errors.js";
-import { defineComponent, type DeadLetter, type DeadLetterStore } from "../components/contracts.js";
+import {
+  defineComponent,
+  type DeadLetter,
+  type DeadLetterFilter,
+  type DeadLetterStatus,
+  type DeadLetterStore,
+  type DeadLetterWorkflow,
+  type StoredDeadLetter,
+} from "../components/contracts.js";
+import { isStage } from "../core/dead-letters.js";
+import type { SluiceRecord } from "../core/record.js";
 import { classifySqliteError } from "./sqlite.js";
 
 const options = z.strictObject({
@@ -34,8 +44,24 @@ const CREATE_TABLE = `CREATE TABLE IF NOT EXISTS dead_letters (
   first_failure_at TEXT,
   last_failure_at TEXT,
   payload TEXT,
-  raw TEXT
+  raw TEXT,
+  status TEXT NOT NULL DEFAULT 'pending',
+  replayed_at TEXT,
+  resolved_at TEXT
 )`;
+
+/**
+ * Columns added after the first two schemas, each with the ALTER that adds it to an older table.
+ * Rows already there become `pending`: nothing has delivered them since.
+ */
+const ADDED_COLUMNS: readonly [string, string][] = [
+  ["status", "ALTER TABLE dead_letters ADD COLUMN status TEXT NOT NULL DEFAULT 'pending'"],
+  ["replayed_at", "ALTER TABLE dead_letters ADD COLUMN replayed_at TEXT"],
+  ["resolved_at", "ALTER TABLE dead_letters ADD COLUMN resolved_at TEXT"],
+];
+
+/** For `sluice dlq list --status pending` and the pending ids loaded for resolved marking. */
+const STATUS_INDEX = "CREATE INDEX IF NOT EXISTS dead_letters_status ON dead_letters (status, sink)";
 
 /** The key of a dead letter. Its absence marks a database of the first schema, which allowed a second row per record and sink. */
 const KEY_INDEX = "dead_letters_record_sink";
@@ -55,7 +81,8 @@ CREATE UNIQUE INDEX ${KEY_INDEX} ON dead_letters (record_id, sink);`;
 
 /**
  * A record dead-lettered again by the same sink (a rerun) updates its row: attempts add up, the
- * error and last failure time are the newest, the first failure time and `seq` stay.
+ * error and last failure time are the newest, the first failure time and `seq` stay, and it is
+ * `pending` again (whatever replay or run delivered it before, it failed since).
  */
 const UPSERT = `INSERT INTO dead_letters (record_id, source, sink, code, message, attempts, first_failure_at, last_failure_at, payload, raw)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -63,7 +90,14 @@ ON CONFLICT (record_id, sink) DO UPDATE SET
   source = excluded.source, code = excluded.code, message = excluded.message,
   attempts = dead_letters.attempts + excluded.attempts,
   first_failure_at = coalesce(dead_letters.first_failure_at, excluded.first_failure_at),
-  last_failure_at = excluded.last_failure_at, payload = excluded.payload, raw = excluded.raw`;
+  last_failure_at = excluded.last_failure_at, payload = excluded.payload, raw = excluded.raw,
+  status = 'pending', replayed_at = NULL, resolved_at = NULL`;
+
+const RESOLVE = "UPDATE dead_letters SET status = 'resolved', resolved_at = ? WHERE record_id = ? AND sink = ? AND status = 'pending'";
+const MARK_REPLAYED = "UPDATE dead_letters SET status = 'replayed', replayed_at = ?, resolved_at = NULL WHERE seq = ?";
+const FAILED_AGAIN = `UPDATE dead_letters SET attempts = attempts + ?, code = ?, message = ?, last_failure_at = ?,
+  status = 'pending', replayed_at = NULL, resolved_at = NULL WHERE seq = ?`;
+
 
 /** One row of the `dead_letters` table, as {@link readDeadLetters} returns it. Times are ISO 8601. */
 export interface DeadLetterRow {
@@ -85,6 +119,67 @@ export interface DeadLetterRow {
   readonly payload: string | null;
   /** The unparsable input, for records that never became JSON. */
   readonly raw: string | null;
+  /** `pending`, `replayed` or `resolved` (see {@link DeadLetterStatus}). */
+  readonly status: DeadLetterStatus;
+  readonly replayed_at: string | null;
+  readonly resolved_at: string | null;
+}
+
+function msOrUndefined(iso: string | null): number | undefined {
+  if (iso === null) return undefined;
+  const ms = Date.parse(iso);
+  return Number.isNaN(ms) ? undefined : ms;
+}
+
+function stored(row: DeadLetterRow): StoredDeadLetter {
+  return {
+    seq: row.seq,
+    recordId: row.record_id,
+    source: row.source,
+    sink: row.sink,
+    code: row.code,
+    message: row.message,
+    attempts: row.attempts,
+    firstFailureAt: msOrUndefined(row.first_failure_at),
+    lastFailureAt: msOrUndefined(row.last_failure_at),
+    payload: row.payload ?? undefined,
+    raw: row.raw ?? undefined,
+    status: row.status,
+    replayedAt: msOrUndefined(row.replayed_at),
+    resolvedAt: msOrUndefined(row.resolved_at),
+  };
+}
+
+/** The WHERE clause (or "") and its parameters for `filter`, without its limit. */
+function where(filter: DeadLetterFilter): { sql: string; params: (string | number)[] } {
+  const clauses: string[] = [];
+  const params: (string | number)[] = [];
+  const anyOf = (column: string, values: readonly string[] | undefined) => {
+    if (values === undefined) return;
+    clauses.push(values.length === 0 ? "0" : `${column} IN (${values.map(() => "?").join(", ")})`);
+    params.push(...values);
+  };
+  anyOf("sink", filter.sinks);
+  anyOf("code", filter.codes);
+  anyOf("record_id", filter.recordIds);
+  anyOf("status", filter.statuses);
+  // ISO 8601 UTC strings of one width compare as their times do.
+  if (filter.since !== undefined) {
+    clauses.push("last_failure_at >= ?");
+    params.push(new Date(filter.since).toISOString());
+  }
+  if (filter.until !== undefined) {
+    clauses.push("last_failure_at < ?");
+    params.push(new Date(filter.until).toISOString());
+  }
+  return { sql: clauses.length === 0 ? "" : `WHERE ${clauses.join(" AND ")}`, params };
+}
+
+/** `SELECT seq` of the entries `filter` selects, oldest first, limited. */
+function selectSeqs(filter: DeadLetterFilter): { sql: string; params: (string | number)[] } {
+  const w = where(filter);
+  const limit = filter.limit === undefined ? "" : " LIMIT ?";
+  return { sql: `SELECT seq FROM dead_letters ${w.sql} ORDER BY seq${limit}`, params: filter.limit === undefined ? w.params : [...w.params, filter.limit] };
 }
 
 /** A file of the open database (the db, its -wal, its -shm) as it was when opened. */
@@ -94,7 +189,7 @@ interface OpenedFile {
   readonly ino: number;
 }
 
-function opened(path: string): OpenedFile {
+function openedFile(path: string): OpenedFile {
   const { dev, ino } = statSync(path);
   return { path, dev, ino };
 }
@@ -145,11 +240,24 @@ function payloadText(payload: unknown): string {
  * un-acked. The store does not create the file again: the dead letters already written went with
  * the old one, and the next run (which opens the path afresh) is where that is noticed and fixed.
  * Putting the very files back (a rename undone) makes writes succeed again.
+ *
+ * `committed` (resolved marking) loads the record ids of the pending entries into memory at its
+ * first call (one small string per pending entry) and then costs a set lookup per committed
+ * record, or nothing for a sink without pending entries; only a hit writes (one transaction).
+ * `now` stamps `resolved_at`. `workflow` serves `sluice dlq`.
  */
-export function createSqliteDeadLetterStore(path: string): DeadLetterStore {
+export function createSqliteDeadLetterStore(path: string, now: () => number = Date.now): DeadLetterStore {
   let db: Database.Database | undefined;
   let writeAll: ((entries: readonly DeadLetter[]) => void) | undefined;
   let files: OpenedFile[] = [];
+  /**
+   * The record ids of pending entries, per sink or stage: loaded at the first `committed`, kept up
+   * to date by this store's own writes. Another process's changes meanwhile (a purge) only make a
+   * lookup find an id whose UPDATE then changes nothing.
+   */
+  let pending: Map<string, Set<string>> | undefined;
+  /** The stages (`source:…`, `transform:…`) among `pending`'s keys. */
+  const stages = new Set<string>();
 
   function gone(what: string): SluiceError {
     return new SluiceError("ERR_DEAD_LETTER_WRITE", `dead-letter store ${path}: ${what} while sluice had it open; dead letters are not written to it (restart sluice to create it again)`, {
@@ -168,6 +276,75 @@ export function createSqliteDeadLetterStore(path: string): DeadLetterStore {
     });
   }
 
+  function opened(): Database.Database {
+    if (db === undefined) throw new SluiceError("ERR_INTERNAL", `dead-letter store ${path}: used before open`);
+    return db;
+  }
+
+  function addPending(sink: string, recordId: string): void {
+    if (pending === undefined) return;
+    let ids = pending.get(sink);
+    if (ids === undefined) {
+      ids = new Set();
+      pending.set(sink, ids);
+      if (isStage(sink)) stages.add(sink);
+    }
+    ids.add(recordId);
+  }
+
+  function dropPending(sink: string, recordId: string): void {
+    const ids = pending?.get(sink);
+    if (ids === undefined) return;
+    ids.delete(recordId);
+    if (ids.size > 0) return;
+    pending!.delete(sink);
+    stages.delete(sink);
+  }
+
+  function loadPending(conn: Database.Database): void {
+    pending = new Map();
+    const rows = conn.prepare("SELECT record_id, sink FROM dead_letters WHERE status = 'pending'").raw().iterate() as Iterable<[string, string]>;
+    for (const [recordId, sink] of rows) addPending(sink, recordId);
+  }
+
+  const workflow: DeadLetterWorkflow = {
+    async select(filter) {
+      const q = selectSeqs(filter);
+      const rows = opened()
+        .prepare(`SELECT * FROM dead_letters WHERE seq IN (${q.sql}) ORDER BY seq`)
+        .all(...q.params) as DeadLetterRow[];
+      return rows.map(stored);
+    },
+
+    async markReplayed(seqs, at) {
+      const conn = opened();
+      const mark = conn.prepare<[string, number]>(MARK_REPLAYED);
+      const when = new Date(at).toISOString();
+      const keyOf = conn.prepare<[number], { record_id: string; sink: string }>("SELECT record_id, sink FROM dead_letters WHERE seq = ?");
+      conn.transaction(() => {
+        for (const seq of seqs) {
+          mark.run(when, seq);
+          const key = keyOf.get(seq);
+          if (key !== undefined) dropPending(key.sink, key.record_id);
+        }
+      }).immediate();
+    },
+
+    async failedAgain(seq, f) {
+      const conn = opened();
+      conn.prepare<[number, string, string, string | null, number]>(FAILED_AGAIN).run(f.attempts, f.code, f.message, isoOrNull(f.at), seq);
+      const key = conn.prepare<[number], { record_id: string; sink: string }>("SELECT record_id, sink FROM dead_letters WHERE seq = ?").get(seq);
+      if (key !== undefined) addPending(key.sink, key.record_id);
+    },
+
+    async purge(filter) {
+      const q = selectSeqs(filter);
+      return opened()
+        .prepare(`DELETE FROM dead_letters WHERE seq IN (${q.sql})`)
+        .run(...q.params).changes;
+    },
+  };
+
   return {
     async open() {
       if (db !== undefined) return;
@@ -180,6 +357,9 @@ export function createSqliteDeadLetterStore(path: string): DeadLetterStore {
           conn.exec(CREATE_TABLE);
           conn.transaction(() => {
             if (conn.prepare("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?").get(KEY_INDEX) === undefined) conn.exec(MIGRATE);
+            const columns = new Set((conn.pragma("table_info(dead_letters)") as { name: string }[]).map((c) => c.name));
+            for (const [column, alter] of ADDED_COLUMNS) if (!columns.has(column)) conn.exec(alter);
+            conn.exec(STATUS_INDEX);
           }).immediate();
           const insert = conn.prepare<[string, string, string, string, string, number, string | null, string | null, string, string | null]>(UPSERT);
           writeAll = conn.transaction((entries: readonly DeadLetter[]) => {
@@ -199,7 +379,7 @@ export function createSqliteDeadLetterStore(path: string): DeadLetterStore {
             }
           }).immediate;
           // WAL mode keeps -wal and -shm while a connection is open: all three hold committed entries or their index.
-          files = [opened(path), opened(`${path}-wal`), opened(`${path}-shm`)];
+          files = [openedFile(path), openedFile(`${path}-wal`), openedFile(`${path}-shm`)];
         } catch (err) {
           conn.close();
           throw err;
@@ -224,12 +404,37 @@ export function createSqliteDeadLetterStore(path: string): DeadLetterStore {
       // A deletion during the commit: the entries are in a file that is gone.
       const after = whatChanged(files);
       if (after !== undefined) throw gone(after);
+      for (const e of entries) addPending(e.sink, e.record.id);
     },
+
+    committed(sink: string, records: readonly SluiceRecord[]) {
+      const conn = db;
+      if (conn === undefined) return;
+      if (pending === undefined) loadPending(conn);
+      const ids = pending!.get(sink);
+      if (ids === undefined && stages.size === 0) return;
+      let hits: [string, string][] | undefined;
+      for (const r of records) {
+        if (ids?.has(r.id) === true) (hits ??= []).push([r.id, sink]);
+        for (const stage of stages) if (pending!.get(stage)?.has(r.id) === true) (hits ??= []).push([r.id, stage]);
+      }
+      if (hits === undefined) return;
+      const resolve = conn.prepare<[string, string, string]>(RESOLVE);
+      const when = new Date(now()).toISOString();
+      conn.transaction(() => {
+        for (const [id, s] of hits) resolve.run(when, id, s);
+      }).immediate();
+      for (const [id, s] of hits) dropPending(s, id);
+    },
+
+    workflow,
 
     async close() {
       const conn = db;
       db = undefined;
       writeAll = undefined;
+      pending = undefined;
+      stages.clear();
       conn?.close();
     },
   };
@@ -237,6 +442,7 @@ export function createSqliteDeadLetterStore(path: string): DeadLetterStore {
 
 /**
  * Reads every row of a dead-letter database, oldest first. For tests and the CLI's summary.
+ * A database of an earlier schema (not yet opened by this version) has no status columns.
  *
  * Gotchas: returns `[]` when the file does not exist (nothing was ever dead-lettered there);
  * reads all rows into memory, so it is not meant for a huge store. Safe to call while a pipeline
@@ -256,7 +462,9 @@ export function readDeadLetters(path: string): DeadLetterRow[] {
  * The `sqlite` dead-letter store: table `dead_letters` (seq, record_id, source, sink, code,
  * message, attempts, first/last failure time, payload, raw) in `path`, default
  * `<data_dir>/dlq.db`, one row per (record_id, sink): a rerun that dead-letters a record again
- * updates its row. A database of the first schema (a row per dead-lettering) is migrated on open.
+ * updates its row. Each row has a status (`pending`, `replayed` with `replayed_at`, `resolved`
+ * with `resolved_at`). A database of an earlier schema (a row per dead-lettering; no status
+ * columns) is migrated on open, its rows `pending`.
  * Durable when a write resolves, which it does only while the path still names the database it
  * opened (with its -wal and -shm); read it back with {@link readDeadLetters}.
  */
@@ -265,6 +473,6 @@ export const definition = defineComponent<typeof options, DeadLetterStore>({
   summary: "Keeps dead-lettered records, with error code, message and attempts, in a SQLite table",
   options,
   create(opts, ctx) {
-    return createSqliteDeadLetterStore(opts.path === undefined ? join(ctx.dataDir, "dlq.db") : resolve(ctx.baseDir, opts.path));
+    return createSqliteDeadLetterStore(opts.path === undefined ? join(ctx.dataDir, "dlq.db") : resolve(ctx.baseDir, opts.path), () => ctx.clock.now());
   },
 });

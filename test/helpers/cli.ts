@@ -41,6 +41,22 @@ export function startCli(configFile: string, summaryFile: string, cwd: string): 
   return { process: child, exited, output: () => stderr };
 }
 
+/** Starts `sluice <argv>` in `cwd` (stdout and stderr kept), for a test that signals or kills it mid-way. */
+export function startSluice(argv: readonly string[], cwd: string): Cli {
+  const child = spawn(process.execPath, ["--conditions=sluice-source", "--import", TSX, ENTRY, ...argv], { cwd, stdio: ["ignore", "pipe", "pipe"] });
+  running.add(child);
+  let output = "";
+  child.stdout!.on("data", (d: Buffer) => (output += d.toString()));
+  child.stderr!.on("data", (d: Buffer) => (output += d.toString()));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((done) =>
+    child.on("exit", (code, signal) => {
+      running.delete(child);
+      done({ code, signal });
+    }),
+  );
+  return { process: child, exited, output: () => output };
+}
+
 /** SIGKILLs every CLI child this file started that is still running. */
 export function killClis(): void {
   for (const child of running) child.kill("SIGKILL");

@@ -88,6 +88,26 @@ describe("readiness", () => {
     expect(probe.readiness()).toEqual({ ready: true, problems: [] });
   });
 
+  it("turns unready when every batch gives up before unready_after (retry.max_elapsed shorter), and forgets an old give-up", () => {
+    const { metrics, probe, at } = setup();
+    const first = at.now;
+    // Batches that each retry for 8 s, then are dead-lettered; the next one fails at once.
+    for (let i = 0; i < 4; i++) {
+      metrics.handle(retried("db"));
+      at.now += 8_000;
+      metrics.handle({ type: "records_dead_lettered", sink: "db", code: "ERR_SINK_WRITE", count: 10 });
+      at.now += 100;
+    }
+    metrics.handle(retried("db"));
+    expect(at.now - first).toBeGreaterThanOrEqual(UNREADY_AFTER);
+    expect(probe.readiness()).toEqual({ ready: false, problems: ["sink db: retrying, down 32 s: down"] });
+    metrics.handle({ type: "records_dead_lettered", sink: "db", code: "ERR_SINK_WRITE", count: 10 });
+    // Idle for a minute, then one failure: a new outage, not the old one.
+    at.now += 60_000;
+    metrics.handle(retried("db"));
+    expect(probe.readiness()).toEqual({ ready: true, problems: [] });
+  });
+
   it("keeps a connecting sink down when records it wrote earlier are dead-lettered", () => {
     const { metrics, probe, at } = setup();
     metrics.handle(connectFailed("db", at.now));

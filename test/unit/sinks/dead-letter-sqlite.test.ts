@@ -76,6 +76,9 @@ describe("sqlite dead-letter store", () => {
         last_failure_at: "2024-05-05T06:07:09.509Z",
         payload: JSON.stringify(first!.record.payload),
         raw: null,
+        status: "pending",
+        replayed_at: null,
+        resolved_at: null,
       },
       {
         seq: 2,
@@ -89,6 +92,9 @@ describe("sqlite dead-letter store", () => {
         last_failure_at: "2024-05-05T06:07:08.009Z",
         payload: "{}",
         raw: "{not json\u0000",
+        status: "pending",
+        replayed_at: null,
+        resolved_at: null,
       },
     ]);
     expect(readDeadLetters(path)).toEqual(rows);
@@ -115,6 +121,9 @@ describe("sqlite dead-letter store", () => {
         "last_failure_at TEXT",
         "payload TEXT",
         "raw TEXT",
+        "status TEXT",
+        "replayed_at TEXT",
+        "resolved_at TEXT",
       ]);
     } finally {
       db.close();
@@ -231,6 +240,110 @@ describe("sqlite dead-letter store", () => {
     // A directory where the database file should be: SQLite cannot open it.
     const store = createSqliteDeadLetterStore(dir);
     await expect(store.open()).rejects.toMatchObject({ code: "ERR_DEAD_LETTER_WRITE", retryable: true });
+  });
+});
+
+describe("sqlite dead-letter store: status, resolved marking and the dlq workflow", () => {
+  /** The schema main had before statuses: the keyed table, no status columns. */
+  function currentSchemaDatabase(path: string): void {
+    const old = new Database(path);
+    old.pragma("journal_mode = WAL");
+    old.exec(`CREATE TABLE dead_letters (seq INTEGER PRIMARY KEY AUTOINCREMENT, record_id TEXT, source TEXT, sink TEXT, code TEXT,
+      message TEXT, attempts INTEGER, first_failure_at TEXT, last_failure_at TEXT, payload TEXT, raw TEXT);
+      CREATE UNIQUE INDEX dead_letters_record_sink ON dead_letters (record_id, sink);`);
+    const insert = old.prepare("INSERT INTO dead_letters (record_id, source, sink, code, message, attempts, first_failure_at, last_failure_at, payload, raw) VALUES (?, 'src', ?, 'ERR_SINK_REJECTED', 'no', 2, ?, ?, '{\"v\":1}', NULL)");
+    insert.run("a", "db", "2024-01-01T00:00:00.000Z", "2024-01-01T00:00:05.000Z");
+    insert.run("b", "db", "2024-01-02T00:00:00.000Z", "2024-01-02T00:00:00.000Z");
+    insert.run("a", "transform:validate", "2024-01-01T00:00:00.000Z", "2024-01-01T00:00:00.000Z");
+    old.close();
+  }
+
+  it("migrates a database of the current schema: status columns added, every row pending and still selectable", async () => {
+    const path = join(dir, "dlq.db");
+    currentSchemaDatabase(path);
+    const store = createSqliteDeadLetterStore(path);
+    await store.open();
+    const selected = await store.workflow!.select({});
+    expect(selected.map((e) => [e.seq, e.recordId, e.sink, e.status, e.attempts, e.payload])).toEqual([
+      [1, "a", "db", "pending", 2, '{"v":1}'],
+      [2, "b", "db", "pending", 2, '{"v":1}'],
+      [3, "a", "transform:validate", "pending", 2, '{"v":1}'],
+    ]);
+    // A rerun still updates the migrated row (the key survived) and keeps it pending.
+    await store.write([{ ...letters()[0]!, record: { ...letters()[0]!.record, id: "b" }, sink: "db", attempts: 1 }]);
+    await store.close();
+    const reopened = createSqliteDeadLetterStore(path);
+    await reopened.open();
+    await reopened.close();
+    const rows = readDeadLetters(path);
+    expect(rows.map((r) => [r.seq, r.status, r.attempts, r.replayed_at, r.resolved_at])).toEqual([
+      [1, "pending", 2, null, null],
+      [2, "pending", 3, null, null],
+      [3, "pending", 2, null, null],
+    ]);
+    const db = new Database(path, { readonly: true });
+    expect(db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY name").all()).toEqual([{ name: "dead_letters_record_sink" }, { name: "dead_letters_status" }]);
+    db.close();
+  });
+
+  it("marks pending entries of a committed record resolved: that sink's and the stages', not another sink's", async () => {
+    const path = join(dir, "dlq.db");
+    currentSchemaDatabase(path);
+    const clock = new FakeClock(Date.UTC(2025, 0, 1));
+    const store = createSqliteDeadLetterStore(path, () => clock.now());
+    await store.open();
+    const records = makeRecords(3).map((r, i) => ({ ...r, id: ["a", "b", "zzz"][i]! }));
+    // Sink "other" holds no pending entry: nothing happens.
+    await store.committed!("other", records);
+    await store.committed!("db", records.slice(0, 1));
+    let rows = readDeadLetters(path);
+    expect(rows.map((r) => [r.record_id, r.sink, r.status, r.resolved_at])).toEqual([
+      ["a", "db", "resolved", "2025-01-01T00:00:00.000Z"],
+      ["b", "db", "pending", null],
+      ["a", "transform:validate", "resolved", "2025-01-01T00:00:00.000Z"],
+    ]);
+    // Written after the pending ids were loaded: known too.
+    await store.write([{ ...letters()[0]!, record: records[2]!, sink: "db" }]);
+    clock.advance(1000);
+    await store.committed!("db", records);
+    rows = readDeadLetters(path);
+    expect(rows.map((r) => [r.record_id, r.status, r.resolved_at])).toEqual([
+      ["a", "resolved", "2025-01-01T00:00:00.000Z"],
+      ["b", "resolved", "2025-01-01T00:00:01.000Z"],
+      ["a", "resolved", "2025-01-01T00:00:00.000Z"],
+      ["zzz", "resolved", "2025-01-01T00:00:01.000Z"],
+    ]);
+    // Dead-lettered again later: pending again, its resolution forgotten.
+    await store.write([{ ...letters()[0]!, record: records[1]!, sink: "db" }]);
+    expect(readDeadLetters(path)[1]).toMatchObject({ record_id: "b", status: "pending", resolved_at: null });
+    await store.close();
+  });
+
+  it("selects by every filter, marks replayed, records a failure again, and purges", async () => {
+    const path = join(dir, "dlq.db");
+    currentSchemaDatabase(path);
+    const store = createSqliteDeadLetterStore(path);
+    await store.open();
+    const w = store.workflow!;
+    const seqs = async (f: Parameters<typeof w.select>[0]) => (await w.select(f)).map((e) => e.seq);
+    expect(await seqs({ sinks: ["db"], recordIds: ["a"] })).toEqual([1]);
+    expect(await seqs({ since: Date.parse("2024-01-01T00:00:05.000Z") })).toEqual([1, 2]);
+    expect(await seqs({ until: Date.parse("2024-01-01T00:00:05.000Z") })).toEqual([3]);
+    expect(await seqs({ codes: ["ERR_OTHER"] })).toEqual([]);
+    expect(await seqs({ sinks: [] })).toEqual([]);
+    expect(await seqs({ limit: 2 })).toEqual([1, 2]);
+
+    await w.markReplayed([1], Date.UTC(2025, 0, 1));
+    await w.failedAgain(2, { code: "ERR_SINK_WRITE", message: "again", attempts: 3, at: Date.UTC(2025, 0, 2) });
+    const [one, two] = await w.select({ recordIds: ["a", "b"], sinks: ["db"] });
+    expect(one).toMatchObject({ status: "replayed", replayedAt: Date.UTC(2025, 0, 1) });
+    expect(two).toMatchObject({ status: "pending", attempts: 5, code: "ERR_SINK_WRITE", message: "again", lastFailureAt: Date.UTC(2025, 0, 2), firstFailureAt: Date.parse("2024-01-02T00:00:00.000Z") });
+    expect(await seqs({ statuses: ["pending"] })).toEqual([2, 3]);
+
+    expect(await w.purge({ statuses: ["replayed", "resolved"] })).toBe(1);
+    expect(await w.purge({ limit: 1 })).toBe(1);
+    expect(await seqs({})).toEqual([3]);
+    await store.close();
   });
 });
 

@@ -1,0 +1,131 @@
+/**
+ * How the `redis_streams` source turns stream entries into records, and reads the replies of the
+ * commands it sends besides XREADGROUP (XPENDING, XINFO GROUPS). Pure functions: no connection.
+ */
+import { SluiceError } from "../core/errors.js";
+import type { Entry, JsonObject } from "../core/record.js";
+import type { ServiceEnvelope, SourceHandle } from "../components/contracts.js";
+
+/** Entry fields the `redis_streams` sink writes beside the body: they fill the record's envelope, not its payload. */
+export const ENVELOPE_FIELDS = ["id", "key", "event_time"] as const;
+
+/** What the source needs to decode an entry. */
+export interface EntryFormat {
+  /** The field holding the payload JSON. */
+  readonly bodyKey: string;
+  /** The payload field other (non-envelope) fields go under when the entry has a body. */
+  readonly metadataField: string;
+}
+
+/** An entry as ioredis returns it: its id and its fields as a flat field/value list; `null` fields for an entry deleted while pending (a history read). */
+export type RawEntry = [id: string, fields: string[] | null];
+
+/** An entry's parts after one pass over its fields. */
+interface EntryParts {
+  body: string | undefined;
+  envelope: ServiceEnvelope;
+  /** Fields other than the body and the envelope's, in order; undefined when there are none. */
+  others: Record<string, string> | undefined;
+  /** The fields' total length, the record's size estimate for the buffer's byte bound. */
+  bytes: number;
+}
+
+function split(stream: string, entryId: string, fields: readonly string[], format: EntryFormat): EntryParts {
+  let body: string | undefined;
+  let id: string | undefined;
+  let key: string | undefined;
+  let eventTime: number | undefined;
+  let others: Record<string, string> | undefined;
+  let bytes = 0;
+  for (let i = 0; i + 1 < fields.length; i += 2) {
+    const field = fields[i]!;
+    const value = fields[i + 1]!;
+    bytes += field.length + value.length;
+    if (field === format.bodyKey) body = value;
+    else if (field === "id") id = value;
+    else if (field === "key") key = value;
+    else if (field === "event_time") {
+      const ms = Date.parse(value);
+      eventTime = Number.isNaN(ms) ? undefined : ms;
+    } else (others ??= {})[field] = value;
+  }
+  return { body, envelope: { id: id ?? `${stream}:${entryId}`, key, eventTime }, others, bytes };
+}
+
+/**
+ * One entry of `stream` as a record (what the read loop enqueues). The payload is the JSON object
+ * in the body field, with the other non-envelope fields under `metadataField` when there are any;
+ * an entry without a body field is its fields (minus `id`, `key`, `event_time`) as strings. The
+ * envelope is the entry's `id` field (else `<stream>:<entry id>`, stable across redeliveries and
+ * workers), `key` and `event_time`. A body that is not a JSON object is dead-lettered
+ * (`ERR_RECORD_MALFORMED`, located `<stream> entry <id>`).
+ */
+export function entryRecord(handle: SourceHandle, stream: string, entryId: string, fields: readonly string[], format: EntryFormat): Entry {
+  const position = `${stream}:${entryId}`;
+  const { body, envelope, others, bytes } = split(stream, entryId, fields, format);
+  if (body === undefined) return handle.record(others ?? {}, bytes, position, undefined, envelope);
+  let payload: unknown;
+  try {
+    payload = JSON.parse(body);
+  } catch (err) {
+    const error = new SluiceError("ERR_RECORD_MALFORMED", `field ${format.bodyKey} is not JSON: ${(err as Error).message}`, { location: `${stream} entry ${entryId}` });
+    return handle.malformed(body, position, error, envelope);
+  }
+  if (payload === null || typeof payload !== "object" || Array.isArray(payload)) {
+    const error = new SluiceError("ERR_RECORD_MALFORMED", `field ${format.bodyKey} is not a JSON object`, { location: `${stream} entry ${entryId}` });
+    return handle.malformed(body, position, error, envelope);
+  }
+  const object = payload as JsonObject;
+  if (others === undefined) return handle.record(object, bytes, position, body, envelope);
+  object[format.metadataField] = others;
+  return handle.record(object, bytes, position, undefined, envelope);
+}
+
+/**
+ * An entry that was delivered `deliveries` times without being acked, as a dead letter
+ * (`ERR_MAX_DELIVERIES`) carrying its body (or, without one, its fields as JSON).
+ */
+export function exhaustedRecord(handle: SourceHandle, stream: string, entryId: string, fields: readonly string[], deliveries: number, format: EntryFormat): Entry {
+  const { body, envelope, others } = split(stream, entryId, fields, format);
+  const error = new SluiceError("ERR_MAX_DELIVERIES", `entry ${entryId} of ${stream} was delivered ${deliveries} times without being committed; giving up on it`, {
+    location: `${stream} entry ${entryId}`,
+  });
+  return handle.malformed(body ?? JSON.stringify(others ?? {}), `${stream}:${entryId}`, error, envelope);
+}
+
+/** One line of `XPENDING <stream> <group> IDLE <ms> <start> <end> <count>`. */
+export interface PendingEntry {
+  readonly id: string;
+  readonly consumer: string;
+  /** Times the entry was delivered (read or claimed with its fields) so far. */
+  readonly deliveries: number;
+}
+
+/** Reads the extended form of XPENDING's reply: `[id, consumer, idle ms, deliveries]` per entry. */
+export function parsePending(reply: unknown): PendingEntry[] {
+  if (!Array.isArray(reply)) return [];
+  return reply.map((line) => {
+    const [id, consumer, , deliveries] = line as [string, string, number, number];
+    return { id, consumer, deliveries: Number(deliveries) };
+  });
+}
+
+/** A group's backlog in one stream, from XINFO GROUPS. */
+export interface GroupBacklog {
+  readonly pending: number;
+  /** Entries not yet delivered to the group; undefined when the server cannot tell (before Redis 7, or after some deletions). */
+  readonly lag: number | undefined;
+}
+
+/** Finds `group` in an XINFO GROUPS reply (per group a flat name/value list); undefined when the stream has no such group. */
+export function parseGroupInfo(reply: unknown, group: string): GroupBacklog | undefined {
+  if (!Array.isArray(reply)) return undefined;
+  for (const info of reply as unknown[][]) {
+    const fields = new Map<string, unknown>();
+    for (let i = 0; i + 1 < info.length; i += 2) fields.set(String(info[i]), info[i + 1]);
+    if (fields.get("name") !== group) continue;
+    const lag = fields.get("lag");
+    return { pending: Number(fields.get("pending") ?? 0), lag: typeof lag === "number" ? lag : undefined };
+  }
+  return undefined;
+}

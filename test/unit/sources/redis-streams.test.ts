@@ -1,0 +1,150 @@
+/**
+ * The redis_streams source without a server: how an entry becomes a record (payload, text,
+ * envelope, metadata, malformed bodies, max_deliveries dead letters), how the replies of XPENDING
+ * and XINFO GROUPS are read, and what its options accept.
+ */
+import { describe, expect, it } from "vitest";
+import type { ServiceEnvelope, SourceHandle } from "../../../src/components/contracts.js";
+import type { SluiceError } from "../../../src/core/errors.js";
+import type { Entry, JsonObject } from "../../../src/core/record.js";
+import { entryRecord, exhaustedRecord, parseGroupInfo, parsePending } from "../../../src/sources/redis-streams-entries.js";
+import { definition } from "../../../src/sources/redis-streams.js";
+
+/** What the source passed to `record` or `malformed`. */
+type Call =
+  | { kind: "record"; payload: JsonObject; bytes: number; position: string | number; text: string | undefined; envelope: ServiceEnvelope | undefined }
+  | { kind: "malformed"; raw: string; position: string | number; error: SluiceError; envelope: ServiceEnvelope | undefined };
+
+/** A handle that only remembers the last call. */
+function recordingHandle(): { handle: SourceHandle; last: () => Call } {
+  let last: Call | undefined;
+  const entry = {} as Entry;
+  const handle = {
+    chunkSize: 10,
+    record: (payload, bytes, position, text, envelope) => ((last = { kind: "record", payload, bytes, position, text, envelope }), entry),
+    malformed: (raw, position, error, envelope) => ((last = { kind: "malformed", raw, position, error, envelope }), entry),
+    enqueue: () => Promise.resolve("accepted"),
+    waitForRoom: (n) => Promise.resolve(n),
+    expectedWait: () => 0,
+  } satisfies SourceHandle;
+  return { handle, last: () => last! };
+}
+
+const format = { bodyKey: "body", metadataField: "_redis" };
+
+function decode(fields: string[]): Call {
+  const { handle, last } = recordingHandle();
+  entryRecord(handle, "events", "1-0", fields, format);
+  return last();
+}
+
+describe("redis_streams entries", () => {
+  it("passes the body as the payload and as its text, with the id <stream>:<entry id> when the entry has none", () => {
+    expect(decode(["body", '{"a":1}'])).toEqual({
+      kind: "record",
+      payload: { a: 1 },
+      bytes: 11,
+      position: "events:1-0",
+      text: '{"a":1}',
+      envelope: { id: "events:1-0", key: undefined, eventTime: undefined },
+    });
+  });
+
+  it("fills the envelope from the id, key and event_time fields; an unreadable time is left out", () => {
+    expect(decode(["id", "r-1", "body", "{}", "key", "k", "event_time", "2026-01-02T03:04:05.000Z"])).toMatchObject({
+      payload: {},
+      envelope: { id: "r-1", key: "k", eventTime: Date.parse("2026-01-02T03:04:05.000Z") },
+    });
+    expect(decode(["body", "{}", "event_time", "yesterday"])).toMatchObject({ envelope: { eventTime: undefined } });
+  });
+
+  it("puts other fields under the metadata field, and then passes no text (the payload is no longer the body)", () => {
+    expect(decode(["body", '{"a":1}', "trace", "t", "hop", "2"])).toMatchObject({ payload: { a: 1, _redis: { trace: "t", hop: "2" } }, text: undefined });
+  });
+
+  it("makes an entry without a body field a payload of its fields as strings, without the envelope's", () => {
+    expect(decode(["id", "x", "temp", "21.5", "key", "k", "unit", "C"])).toMatchObject({ payload: { temp: "21.5", unit: "C" }, text: undefined, envelope: { id: "x", key: "k" } });
+  });
+
+  it.each([
+    ["not JSON", "{nope", /is not JSON/],
+    ["an array", "[1]", /is not a JSON object/],
+    ["null", "null", /is not a JSON object/],
+    ["a number", "42", /is not a JSON object/],
+  ])("dead-letters a body that is %s, located by stream and entry id, keeping its envelope", (_what, body, message) => {
+    const call = decode(["id", "r-9", "body", body]);
+    expect(call).toMatchObject({ kind: "malformed", raw: body, position: "events:1-0", envelope: { id: "r-9" } });
+    const { error } = call as Extract<Call, { kind: "malformed" }>;
+    expect(error.code).toBe("ERR_RECORD_MALFORMED");
+    expect(error.message).toMatch(message);
+    expect(error.location).toBe("events entry 1-0");
+  });
+
+  it("dead-letters an exhausted entry with ERR_MAX_DELIVERIES and its body, or its fields without one", () => {
+    const { handle, last } = recordingHandle();
+    exhaustedRecord(handle, "events", "7-0", ["id", "r-7", "body", '{"x":1}'], 10, format);
+    const call = last() as Extract<Call, { kind: "malformed" }>;
+    expect(call).toMatchObject({ raw: '{"x":1}', position: "events:7-0", envelope: { id: "r-7" } });
+    expect(call.error.code).toBe("ERR_MAX_DELIVERIES");
+    expect(call.error.message).toMatch(/delivered 10 times/);
+    exhaustedRecord(handle, "events", "8-0", ["a", "1"], 3, format);
+    expect(last()).toMatchObject({ raw: '{"a":"1"}', envelope: { id: "events:8-0" } });
+  });
+});
+
+describe("redis_streams replies", () => {
+  it("reads XPENDING's extended form", () => {
+    expect(parsePending([["1-0", "c1", 5000, 3]])).toEqual([{ id: "1-0", consumer: "c1", deliveries: 3 }]);
+    expect(parsePending(null)).toEqual([]);
+  });
+
+  it("finds the group in XINFO GROUPS; lag is undefined when the server gives none", () => {
+    const reply = [
+      ["name", "other", "consumers", 1, "pending", 9, "last-delivered-id", "0-0", "entries-read", 0, "lag", 4],
+      ["name", "g", "consumers", 2, "pending", 3, "last-delivered-id", "5-0", "entries-read", 5, "lag", null],
+    ];
+    expect(parseGroupInfo(reply, "g")).toEqual({ pending: 3, lag: undefined });
+    expect(parseGroupInfo(reply, "other")).toEqual({ pending: 9, lag: 4 });
+    expect(parseGroupInfo(reply, "missing")).toBeUndefined();
+  });
+});
+
+describe("redis_streams options", () => {
+  const parse = (o: Record<string, unknown>) => definition.options.safeParse({ url: "redis://127.0.0.1:6379", stream: "events", ...o });
+
+  it("has the agreed defaults", () => {
+    expect(parse({}).data).toEqual({
+      url: "redis://127.0.0.1:6379",
+      stream: "events",
+      group: "sluice",
+      start: "0",
+      body_key: "body",
+      metadata_field: "_redis",
+      partitions: 1,
+      block: 2_000,
+      claim_idle: 60_000,
+      max_deliveries: 10,
+    });
+  });
+
+  it('takes start 0 written as a number, and "$"', () => {
+    expect(parse({ start: 0 }).data?.start).toBe("0");
+    expect(parse({ start: "$" }).data?.start).toBe("$");
+    expect(parse({ start: "5-0" }).success).toBe(false);
+  });
+
+  it.each([
+    [{ body_key: "id" }, "body_key"],
+    [{ metadata_field: "event_time" }, "metadata_field"],
+    [{ block: 0 }, "block"],
+    [{ block: "2m" }, "block"],
+    [{ claim_idle: "5ms" }, "claim_idle"],
+    [{ max_deliveries: 0 }, "max_deliveries"],
+    [{ partitions: 0 }, "partitions"],
+    [{ ordred: true }, ""],
+  ])("refuses %j", (o, path) => {
+    const result = parse(o);
+    expect(result.success).toBe(false);
+    expect(result.error!.issues.map((i) => i.path.join("."))).toContain(path);
+  });
+});
