@@ -177,6 +177,25 @@ describe.skipIf(!hasNats)("nats_jetstream source on the machine's NATS", () => {
     expect(status.tag === "failed" && status.error.message).toMatch(/^source js cannot connect: nats: consumer nobody/);
   });
 
+  it("creates its consumer again when it is deleted under a run, and goes on", async () => {
+    const { name, subject } = await stream();
+    await publish(nc, subject, bodies(0, 50));
+    const sink = new GatedSink();
+    const r = start({ source: { servers: NATS_URL, stream: name, consumer: "gone" }, sink });
+    await until(() => sink.committed.size === 50, "50 records committed");
+    await until(() => settled(name, "gone"), "every message acked");
+    await (await jetstreamManager(nc)).consumers.delete(name, "gone");
+    await until(() => r.events.filter((e) => e.type === "source_connected").length >= 2, "the source connected again", 20_000);
+    await publish(nc, subject, bodies(50, 60));
+    await until(() => sink.committed.size === 60, "the 10 records published after");
+    await until(() => settled(name, "gone"), "every message acked");
+    const lost = r.events.filter((e) => e.type === "source_connect_failed" && e.attempt === 0);
+    // Reported like a lost connection (the engine connects again, which creates the consumer), and counted.
+    expect(lost.map((e) => e.type === "source_connect_failed" && e.message)).toContain("nats: consumer deleted");
+    // The new consumer starts over (deliver: all): the 50 again, under the ids they had.
+    expect(sink.commitLog.length).toBe(110);
+  });
+
   it("keeps ids, keys and event times from the message across redelivery", async () => {
     const { name, subject } = await stream();
     await publish(nc, subject, [
