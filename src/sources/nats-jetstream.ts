@@ -4,21 +4,27 @@
  * is committed, tells the server `working()` for chunks in flight, and dead-letters a message the
  * server delivered more than `max_deliver` times.
  */
-import type { Consumer, ConsumerConfig, ConsumerInfo, JetStreamManager, JsMsg } from "@nats-io/jetstream";
+import type { Consumer, JetStreamManager, JsMsg } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { z } from "zod";
-import { checkNatsCredentials, classifyNatsError, EVENT_TIME_HEADER, isStreamNotFound, KEY_HEADER, loadNats, natsConnectionOptions, serverList, type NatsModules } from "../brokers/nats.js";
+import { checkNatsCredentials, classifyNatsError, loadNats, natsConnectionOptions, serverList, type NatsModules } from "../brokers/nats.js";
 import { SluiceError } from "../core/errors.js";
-import type { Entry, JsonObject } from "../core/record.js";
-import { defineComponent, type ComponentContext, type ServiceEnvelope, type Source, type SourceHandle } from "../components/contracts.js";
+import type { Entry } from "../core/record.js";
+import { defineComponent, type ComponentContext, type Source, type SourceHandle } from "../components/contracts.js";
 import { duration } from "../components/options.js";
+import { setUpConsumer } from "./nats-jetstream/consumer.js";
+import { addMessage, type JetStreamChunk } from "./nats-jetstream/messages.js";
 
 /** How long `connect` waits for the server (a first connection, or nats.js reconnecting), and each JetStream API call, in ms. */
 const CONNECT_TIMEOUT_MS = 10_000;
 /** Most messages one pull asks for; also the slack `max_ack_pending` has over the buffer by default. */
 const MAX_PULL = 1000;
-/** How long a pull waits on the server for messages, ms (nats.js's minimum): an idle stream costs one request a second. */
-const PULL_EXPIRES_MS = 1000;
+/**
+ * How long a pull waits on the server for messages it has not got yet, ms. Messages are handed on
+ * as they arrive, so this adds no latency; it sets the idle heartbeat (half of it), and a pull that
+ * misses two ends `run` as a lost connection: short values misfire on a busy machine.
+ */
+const PULL_EXPIRES_MS = 5000;
 /** How often the consumer's backlog is read for the metrics, ms. */
 const BACKLOG_INTERVAL_MS = 5000;
 /** nats.js's pause between its own reconnect attempts, ms (see `connect` for who owns reconnecting). */
@@ -76,40 +82,6 @@ export interface NatsJetStreamSourceSettings {
   readonly user?: string | undefined;
   readonly password?: string | undefined;
   readonly token?: string | undefined;
-}
-
-/**
- * What a chunk's checkpoint holds: its messages, and which of them were dead-lettered for having
- * been delivered too often (terminated rather than acked once the dead letter is committed).
- */
-interface JetStreamChunk {
-  readonly messages: JsMsg[];
-  /** Indexes into `messages`; undefined when none. */
-  terminate: number[] | undefined;
-}
-
-/** A header value as the sink wrote it (percent-encoded); as it is when it is not valid percent-encoding (another producer's). */
-function decodeHeader(value: string): string {
-  try {
-    return decodeURIComponent(value);
-  } catch {
-    return value;
-  }
-}
-
-/** The envelope a message carries in its headers; its id is `<stream>:<sequence>` when it has no `Nats-Msg-Id`. */
-function envelopeOf(m: JsMsg, stream: string): ServiceEnvelope {
-  const h = m.headers;
-  if (h === undefined) return { id: `${stream}:${m.seq}` };
-  const id = h.get("Nats-Msg-Id");
-  const key = h.get(KEY_HEADER);
-  const time = h.get(EVENT_TIME_HEADER);
-  const eventTime = time === "" ? Number.NaN : Date.parse(time);
-  return {
-    id: id === "" ? `${stream}:${m.seq}` : decodeHeader(id),
-    key: h.has(KEY_HEADER) ? decodeHeader(key) : undefined,
-    eventTime: Number.isNaN(eventTime) ? undefined : eventTime,
-  };
 }
 
 /**
@@ -174,73 +146,6 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
     });
   }
 
-  /** A permanent connect error about the stream or consumer. */
-  const refuse = (message: string, cause?: unknown) => new SluiceError("ERR_SOURCE_CONNECT", `nats: ${message}`, { cause, retryable: false, location });
-
-  /** The consumer's config as this source creates it. */
-  function wanted(nats: NatsModules): Partial<ConsumerConfig> {
-    return {
-      durable_name: settings.consumer,
-      ack_policy: nats.js.AckPolicy.Explicit,
-      ack_wait: nats.core.nanos(settings.ackWaitMs),
-      deliver_policy: settings.deliver === "all" ? nats.js.DeliverPolicy.All : nats.js.DeliverPolicy.New,
-      ...(settings.filterSubject === undefined ? {} : { filter_subject: settings.filterSubject }),
-      max_ack_pending: maxAckPending,
-      // The server never gives up on a message: sluice does, after max_deliver deliveries, with a
-      // dead letter. A server limit would leave a message that reached it un-acked and never
-      // delivered again, neither delivered nor dead-lettered.
-      max_deliver: -1,
-    };
-  }
-
-  /** Checks the stream, then gets, creates or updates the consumer (see the options); permanent errors for what no retry fixes. */
-  async function setUp(nats: NatsModules, conn: NatsConnection): Promise<Consumer> {
-    jsm ??= await nats.js.jetstreamManager(conn, { timeout: CONNECT_TIMEOUT_MS });
-    try {
-      await jsm.streams.info(stream);
-    } catch (err) {
-      if (isStreamNotFound(err)) throw refuse(`stream ${stream} does not exist; create it (the nats_jetstream sink's create_stream can)`, err);
-      throw err;
-    }
-    let info: ConsumerInfo | undefined;
-    try {
-      info = await jsm.consumers.info(stream, settings.consumer);
-    } catch (err) {
-      if (!(err instanceof nats.js.JetStreamApiError && err.code === nats.js.JetStreamApiCodes.ConsumerNotFound)) throw err;
-    }
-    const config = wanted(nats);
-    if (info === undefined) {
-      if (settings.bind) throw refuse(`consumer ${settings.consumer} of stream ${stream} does not exist, and bind: true does not create it`);
-      info = await jsm.consumers.add(stream, config);
-    } else {
-      const c = info.config;
-      if (c.deliver_subject !== undefined && c.deliver_subject !== "") throw refuse(`consumer ${settings.consumer} of stream ${stream} is a push consumer; sluice needs a pull consumer`);
-      if (c.ack_policy !== nats.js.AckPolicy.Explicit) throw refuse(`consumer ${settings.consumer} of stream ${stream} has ack_policy ${c.ack_policy}; sluice needs explicit acks`);
-      if (settings.bind) {
-        // The working() ticks are ack_wait/3 apart on our side: a shorter wait there would redeliver chunks still in flight.
-        // The server's default when a consumer has none set.
-        const ackWait = c.ack_wait ?? nats.core.nanos(30_000);
-        if (ackWait < config.ack_wait!) {
-          throw refuse(`consumer ${settings.consumer} has ack_wait ${ackWait / 1e6} ms, less than this source's ack_wait ${settings.ackWaitMs} ms; set ack_wait to at most the consumer's`);
-        }
-        if (c.max_deliver !== undefined && c.max_deliver > 0 && c.max_deliver <= maxDeliver) {
-          ctx.logger.warn(
-            { component: ctx.name, consumer_max_deliver: c.max_deliver, max_deliver: maxDeliver },
-            "the bound consumer stops redelivering before max_deliver: a message that reaches its limit is neither delivered nor dead-lettered",
-          );
-        }
-      } else {
-        if (settings.filterSubject !== undefined && (c.filter_subject ?? "") !== settings.filterSubject) {
-          throw refuse(`consumer ${settings.consumer} of stream ${stream} filters ${c.filter_subject || "nothing"}, not ${settings.filterSubject}; delete it or use another consumer name`);
-        }
-        if (c.ack_wait !== config.ack_wait || c.max_ack_pending !== config.max_ack_pending || c.max_deliver !== config.max_deliver) {
-          info = await jsm.consumers.update(stream, settings.consumer, { ack_wait: config.ack_wait, max_ack_pending: config.max_ack_pending, max_deliver: config.max_deliver });
-        }
-      }
-    }
-    return nats.js.jetstream(conn, { timeout: CONNECT_TIMEOUT_MS }).consumers.getConsumerFromInfo(info);
-  }
-
   /** A new connection; nats.js reconnects it on its own from then on (see above). */
   async function open(nats: NatsModules, signal: AbortSignal): Promise<NatsConnection> {
     const attempt = nats.core.connect({
@@ -260,32 +165,6 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
     } finally {
       signal.removeEventListener("abort", abort);
     }
-  }
-
-  /** The record (or dead letter) for one message; notes in `chunk` a message to terminate. */
-  function toEntry(handle: SourceHandle, m: JsMsg, chunk: JetStreamChunk): Entry {
-    const seq = m.seq;
-    const envelope = envelopeOf(m, stream);
-    const text = m.string();
-    const where = `${stream} seq ${seq}`;
-    const deliveries = m.info.deliveryCount;
-    if (deliveries > maxDeliver) {
-      (chunk.terminate ??= []).push(chunk.messages.length);
-      const error = new SluiceError("ERR_MAX_DELIVERIES", `nats: message delivered ${deliveries} times, more than max_deliver ${maxDeliver}, without being committed`, {
-        location: where,
-      });
-      return handle.malformed(text, seq, error, envelope);
-    }
-    let value: unknown;
-    try {
-      value = JSON.parse(text);
-    } catch (err) {
-      return handle.malformed(text, seq, new SluiceError("ERR_RECORD_MALFORMED", `message is not valid JSON: ${(err as Error).message}`, { location: where }), envelope);
-    }
-    if (typeof value !== "object" || value === null || Array.isArray(value)) {
-      return handle.malformed(text, seq, new SluiceError("ERR_RECORD_MALFORMED", "message is not a JSON object", { location: where }), envelope);
-    }
-    return handle.record(value as JsonObject, m.data.length, seq, text, envelope);
   }
 
   /** Emits the consumer's backlog every {@link BACKLOG_INTERVAL_MS}; returns the function that stops it. */
@@ -327,6 +206,48 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
     if (first !== undefined) throw classifyNatsError(first, "ERR_SOURCE_CONNECT", `${location}: ${what}`);
   }
 
+  /**
+   * One pull of up to `n` messages, handed to the buffer as they arrive: a chunk is enqueued
+   * whenever nothing more is queued yet (or it is full), so a slow trickle is not held until the
+   * pull expires. Resolves false when the pipeline stops taking records. Messages pulled but not
+   * handed over are left to the server, which redelivers them after `ack_wait`: not `nak()`ed, as
+   * nats-server 2.9 then redelivers the last message delivered with its delivery count reset,
+   * and a message that keeps a worker from stopping in time would never reach `max_deliver`.
+   */
+  async function pull(handle: SourceHandle, c: Consumer, n: number, signal: AbortSignal): Promise<boolean> {
+    const messages = await c.fetch({ max_messages: n, expires: PULL_EXPIRES_MS });
+    const onStop = () => messages.stop();
+    signal.addEventListener("abort", onStop, { once: true });
+    let chunk: JetStreamChunk = { messages: [], terminate: undefined };
+    let records: Entry[] = [];
+    let redelivered = 0;
+    const flush = async (): Promise<boolean> => {
+      const handing = chunk;
+      const entries = records;
+      chunk = { messages: [], terminate: undefined };
+      records = [];
+      if (redelivered > 0) {
+        ctx.emit({ type: "records_reclaimed", source: ctx.name, count: redelivered });
+        redelivered = 0;
+      }
+      return (await handle.enqueue(entries, handing)) !== "stopping";
+    };
+    try {
+      for await (const m of messages) {
+        if (signal.aborted) break;
+        if (m.info.deliveryCount > 1) redelivered++;
+        addMessage(handle, chunk, records, m, stream, maxDeliver);
+        if ((messages.getPending() === 0 || records.length >= handle.chunkSize) && !(await flush())) {
+          messages.stop();
+          return false;
+        }
+      }
+      return records.length === 0 || (await flush());
+    } finally {
+      signal.removeEventListener("abort", onStop);
+    }
+  }
+
   /** The error `run` rejects with once the connection was lost. */
   const lost = () => new SluiceError("ERR_SOURCE_CONNECT", `nats: ${down ?? "connection lost"}`, { retryable: true, location });
 
@@ -357,7 +278,9 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
         if (down !== undefined) throw lost();
       }
       try {
-        consumer = await setUp(nats, nc);
+        jsm ??= await nats.js.jetstreamManager(nc, { timeout: CONNECT_TIMEOUT_MS });
+        const info = await setUpConsumer(nats, jsm, { ...settings, maxAckPending }, ctx.logger, ctx.name);
+        consumer = nats.js.jetstream(nc, { timeout: CONNECT_TIMEOUT_MS }).consumers.getConsumerFromInfo(info);
       } catch (err) {
         throw classifyNatsError(err, "ERR_SOURCE_CONNECT", location);
       }
@@ -406,6 +329,9 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
     },
 
     inProgress(checkpoint) {
+      // nats.js holds what is published while it reconnects, without bound: acks are needed once
+      // each, but ticks for every chunk in flight would pile up for as long as the server is away.
+      if (down !== undefined) return;
       each((checkpoint as JetStreamChunk).messages, "working()", (m) => m.working());
     },
 
@@ -422,48 +348,6 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
     },
   };
 
-  /**
-   * One pull of up to `n` messages, handed to the buffer as they arrive: a chunk is enqueued
-   * whenever nothing more is queued yet (or it is full), so a slow trickle is not held until the
-   * pull expires. Resolves false when the pipeline stops taking records. Messages pulled but not
-   * handed over are left to the server, which redelivers them after `ack_wait`: not `nak()`ed, as
-   * nats-server 2.9 then redelivers the last message delivered with its delivery count reset,
-   * and a message that keeps a worker from stopping in time would never reach `max_deliver`.
-   */
-  async function pull(handle: SourceHandle, c: Consumer, n: number, signal: AbortSignal): Promise<boolean> {
-    const messages = await c.fetch({ max_messages: n, expires: PULL_EXPIRES_MS });
-    const onStop = () => messages.stop();
-    signal.addEventListener("abort", onStop, { once: true });
-    let chunk: JetStreamChunk = { messages: [], terminate: undefined };
-    let records: Entry[] = [];
-    let redelivered = 0;
-    const flush = async (): Promise<boolean> => {
-      const handing = chunk;
-      const entries = records;
-      chunk = { messages: [], terminate: undefined };
-      records = [];
-      if (redelivered > 0) {
-        ctx.emit({ type: "records_reclaimed", source: ctx.name, count: redelivered });
-        redelivered = 0;
-      }
-      return (await handle.enqueue(entries, handing)) !== "stopping";
-    };
-    try {
-      for await (const m of messages) {
-        if (signal.aborted) break;
-        if (m.info.deliveryCount > 1) redelivered++;
-        records.push(toEntry(handle, m, chunk));
-        chunk.messages.push(m);
-        if ((messages.getPending() === 0 || records.length >= handle.chunkSize) && !(await flush())) {
-          messages.stop();
-          return false;
-        }
-      }
-      return records.length === 0 || (await flush());
-    } finally {
-      signal.removeEventListener("abort", onStop);
-    }
-  }
 }
 
 /**

@@ -162,10 +162,10 @@ export async function publish(nc: NatsConnection, subject: string, messages: Ite
   await Promise.all(outstanding);
 }
 
-/** Creates stream `name` storing `subject` (file storage). */
-export async function createStream(nc: NatsConnection, name: string, subject: string): Promise<void> {
+/** Creates stream `name` storing `subjects` (file storage). */
+export async function createStream(nc: NatsConnection, name: string, subjects: string | readonly string[]): Promise<void> {
   const jsm = await jetstreamManager(nc);
-  await jsm.streams.add({ name, subjects: [subject] });
+  await jsm.streams.add({ name, subjects: typeof subjects === "string" ? [subjects] : [...subjects] });
 }
 
 /** The consumer's state on the server now. */

@@ -48,11 +48,11 @@ describe.skipIf(!hasNats)("nats_jetstream source on the machine's NATS", () => {
     await nc.close();
   });
 
-  /** A fresh stream storing its own subject. */
+  /** A fresh stream storing its own subject and the subjects below it. */
   async function stream(): Promise<{ name: string; subject: string }> {
     const name = uniqueName("sluice_src_it_");
     const subject = `sluice.it.${name}`;
-    await createStream(nc, name, subject);
+    await createStream(nc, name, [subject, `${subject}.>`]);
     streams.push(name);
     return { name, subject };
   }
@@ -145,7 +145,7 @@ describe.skipIf(!hasNats)("nats_jetstream source on the machine's NATS", () => {
   });
 
   it("fails for good, saying why, on a missing stream, a missing consumer with bind, and a consumer it cannot use", async () => {
-    const { name } = await stream();
+    const { name, subject } = await stream();
     const missingStream = await connectError({ stream: uniqueName("sluice_src_none_") });
     expect(missingStream).toMatchObject({ code: "ERR_SOURCE_CONNECT", retryable: false });
     expect(missingStream.message).toMatch(/stream sluice_src_none_\w+ does not exist/);
@@ -163,12 +163,37 @@ describe.skipIf(!hasNats)("nats_jetstream source on the machine's NATS", () => {
 
     await jsm.consumers.add(name, { durable_name: "noack", ack_policy: AckPolicy.None });
     expect((await connectError({ stream: name, consumer: "noack" })).message).toMatch(/needs explicit acks/);
+    await jsm.consumers.add(name, { durable_name: "push", ack_policy: AckPolicy.Explicit, deliver_subject: `push.${name}` });
+    expect((await connectError({ stream: name, consumer: "push" })).message).toMatch(/is a push consumer; sluice needs a pull consumer/);
+    await jsm.consumers.add(name, { durable_name: "filtered", ack_policy: AckPolicy.Explicit, filter_subject: `${subject}.a` });
+    expect((await connectError({ stream: name, consumer: "filtered", filter_subject: `${subject}.b` })).message).toMatch(
+      new RegExp(`filters ${subject}\\.a, not ${subject}\\.b; delete it or use another consumer name`),
+    );
 
     // Through the engine: the run ends at once, failed, with that message.
     const r = start({ source: { servers: NATS_URL, stream: name, consumer: "nobody", bind: true }, sink: new GatedSink() });
     const status = await r.done;
     expect(status.tag).toBe("failed");
     expect(status.tag === "failed" && status.error.message).toMatch(/^source js cannot connect: nats: consumer nobody/);
+  });
+
+  it("creates its consumer again when it is deleted under a run, and goes on", async () => {
+    const { name, subject } = await stream();
+    await publish(nc, subject, bodies(0, 50));
+    const sink = new GatedSink();
+    const r = start({ source: { servers: NATS_URL, stream: name, consumer: "gone" }, sink });
+    await until(() => sink.committed.size === 50, "50 records committed");
+    await until(() => settled(name, "gone"), "every message acked");
+    await (await jetstreamManager(nc)).consumers.delete(name, "gone");
+    await until(() => r.events.filter((e) => e.type === "source_connected").length >= 2, "the source connected again", 20_000);
+    await publish(nc, subject, bodies(50, 60));
+    await until(() => sink.committed.size === 60, "the 10 records published after");
+    await until(() => settled(name, "gone"), "every message acked");
+    const lost = r.events.filter((e) => e.type === "source_connect_failed" && e.attempt === 0);
+    // Reported like a lost connection (the engine connects again, which creates the consumer), and counted.
+    expect(lost.map((e) => e.type === "source_connect_failed" && e.message)).toContain("nats: consumer deleted");
+    // The new consumer starts over (deliver: all): the 50 again, under the ids they had.
+    expect(sink.commitLog.length).toBe(110);
   });
 
   it("keeps ids, keys and event times from the message across redelivery", async () => {

@@ -1,0 +1,96 @@
+/**
+ * The `nats_jetstream` source's durable consumer: checked, created, updated or bound to at
+ * connect, with a permanent error for what no retry fixes.
+ */
+import type { ConsumerConfig, ConsumerInfo, JetStreamManager } from "@nats-io/jetstream";
+import { isStreamNotFound, type NatsModules } from "../../brokers/nats.js";
+import { SluiceError } from "../../core/errors.js";
+import type { Logger } from "../../core/events.js";
+
+/** The server's `ack_wait` when a consumer has none set, ms. */
+const SERVER_ACK_WAIT_MS = 30_000;
+
+/** What the source wants of its consumer. */
+export interface ConsumerSettings {
+  readonly stream: string;
+  readonly consumer: string;
+  readonly bind: boolean;
+  readonly filterSubject?: string | undefined;
+  readonly deliver: "all" | "new";
+  /** ms */
+  readonly ackWaitMs: number;
+  readonly maxDeliver: number;
+  readonly maxAckPending: number;
+}
+
+/** The consumer's config as the source creates it. */
+function wanted(nats: NatsModules, s: ConsumerSettings): Partial<ConsumerConfig> {
+  return {
+    durable_name: s.consumer,
+    ack_policy: nats.js.AckPolicy.Explicit,
+    ack_wait: nats.core.nanos(s.ackWaitMs),
+    deliver_policy: s.deliver === "all" ? nats.js.DeliverPolicy.All : nats.js.DeliverPolicy.New,
+    ...(s.filterSubject === undefined ? {} : { filter_subject: s.filterSubject }),
+    max_ack_pending: s.maxAckPending,
+    // The server never gives up on a message: sluice does, after max_deliver deliveries, with a
+    // dead letter. A server limit would leave a message that reached it un-acked and never
+    // delivered again, neither delivered nor dead-lettered.
+    max_deliver: -1,
+  };
+}
+
+/**
+ * Checks that the stream exists, then gets the consumer: created when missing (unless `bind`),
+ * else checked to be a pull consumer with explicit acks and, unless `bind`, updated to the
+ * source's `ack_wait`, `max_ack_pending` and `max_deliver`. A bound consumer is left as it is; its
+ * `ack_wait` must be at least the source's (the `working()` ticks are paced by the source's), and
+ * a server `max_deliver` at or below the source's is logged as a warning.
+ *
+ * Rejects with a permanent `ERR_SOURCE_CONNECT` naming the problem (a missing stream, a missing
+ * consumer with `bind`, a consumer the source cannot use); anything else the JetStream API throws
+ * is passed on, for the caller to classify.
+ */
+export async function setUpConsumer(nats: NatsModules, jsm: JetStreamManager, s: ConsumerSettings, logger: Logger, component: string): Promise<ConsumerInfo> {
+  const { stream, consumer } = s;
+  const refuse = (message: string, cause?: unknown) =>
+    new SluiceError("ERR_SOURCE_CONNECT", `nats: ${message}`, { cause, retryable: false, location: `nats stream ${stream} consumer ${consumer}` });
+  try {
+    await jsm.streams.info(stream);
+  } catch (err) {
+    if (isStreamNotFound(err)) throw refuse(`stream ${stream} does not exist; create it (the nats_jetstream sink's create_stream can)`, err);
+    throw err;
+  }
+  let info: ConsumerInfo | undefined;
+  try {
+    info = await jsm.consumers.info(stream, consumer);
+  } catch (err) {
+    if (!(err instanceof nats.js.JetStreamApiError && err.code === nats.js.JetStreamApiCodes.ConsumerNotFound)) throw err;
+  }
+  const config = wanted(nats, s);
+  if (info === undefined) {
+    if (s.bind) throw refuse(`consumer ${consumer} of stream ${stream} does not exist, and bind: true does not create it`);
+    return jsm.consumers.add(stream, config);
+  }
+  const c = info.config;
+  if (c.deliver_subject !== undefined && c.deliver_subject !== "") throw refuse(`consumer ${consumer} of stream ${stream} is a push consumer; sluice needs a pull consumer`);
+  if (c.ack_policy !== nats.js.AckPolicy.Explicit) throw refuse(`consumer ${consumer} of stream ${stream} has ack_policy ${c.ack_policy}; sluice needs explicit acks`);
+  if (s.bind) {
+    // working() ticks every third of the source's ack_wait: a shorter wait at the server would redeliver chunks still in flight.
+    const ackWait = c.ack_wait ?? nats.core.nanos(SERVER_ACK_WAIT_MS);
+    if (ackWait < config.ack_wait!) {
+      throw refuse(`consumer ${consumer} has ack_wait ${ackWait / 1e6} ms, less than this source's ack_wait ${s.ackWaitMs} ms; set ack_wait to at most the consumer's`);
+    }
+    if (c.max_deliver !== undefined && c.max_deliver > 0 && c.max_deliver <= s.maxDeliver) {
+      logger.warn(
+        { component, consumer_max_deliver: c.max_deliver, max_deliver: s.maxDeliver },
+        "the bound consumer stops redelivering before max_deliver: a message that reaches its limit is neither delivered nor dead-lettered",
+      );
+    }
+    return info;
+  }
+  if (s.filterSubject !== undefined && (c.filter_subject ?? "") !== s.filterSubject) {
+    throw refuse(`consumer ${consumer} of stream ${stream} filters ${c.filter_subject || "nothing"}, not ${s.filterSubject}; delete it or use another consumer name`);
+  }
+  if (c.ack_wait === config.ack_wait && c.max_ack_pending === config.max_ack_pending && c.max_deliver === config.max_deliver) return info;
+  return jsm.consumers.update(stream, consumer, { ack_wait: config.ack_wait, max_ack_pending: config.max_ack_pending, max_deliver: config.max_deliver });
+}
