@@ -60,7 +60,8 @@ export interface Buffer {
    * How many records a source could fetch now and push without waiting: 0 while nobody may push
    * (the bound is reached, or pushes wait in line ahead), `Infinity` when records are not what
    * bounds it (an empty buffer takes any chunk; the durable log is bound by bytes) and there is
-   * room. For a source's `waitForRoom`: an estimate, not a reservation.
+   * room. Under a byte bound, records are taken to be the size of those held. For a source's
+   * `waitForRoom`: an estimate, not a reservation.
    */
   room(): number;
   /** Resolves the next time room is freed or the buffer closes (then look at {@link room} again). */
@@ -163,7 +164,9 @@ export class MemoryBuffer implements Buffer {
   room(): number {
     if (this.closed || this.line.length > 0) return 0;
     if (this.records === 0) return Number.POSITIVE_INFINITY;
-    return this.bytes >= this.limits.maxBytes ? 0 : Math.max(0, this.limits.maxRecords - this.records);
+    // Under the byte bound too: the records held tell the size of the next ones.
+    const byteRoom = Math.floor(((this.limits.maxBytes - this.bytes) * this.records) / this.bytes);
+    return Math.max(0, Math.min(this.limits.maxRecords - this.records, byteRoom));
   }
 
   whenFreed(): Promise<void> {

@@ -468,6 +468,9 @@ export class Pipeline {
         // Only `giveUp`, not AbortSignal.any([signal, giveUp]): on Node 20 the long-lived `signal`
         // keeps every composite made from it until it aborts (a leak per call), and a stop needs
         // no signal here: stop() closes the buffer, which answers every waiting push `closed`.
+        // A chunk waiting for room ages at its broker like one in flight: keep telling it (working()).
+        const tickWhileWaiting = ticker !== undefined && waitHere;
+        if (tickWhileWaiting) ticker.start(ticket);
         const result = await buffer.push({ records, ticket }, waitHere, giveUp ?? signal);
         const waited = this.clock.now() - now;
         if (waited > 0 && result !== "full" && waitHere) this.emit({ type: "backpressure", source: name, seconds: waited / 1000 });
@@ -476,9 +479,10 @@ export class Pipeline {
           this.emit({ type: "records_received", source: name, count: records.length, bytes });
           if (durable || ticket.pending === 0) done(ticket);
           // A durable buffer acked the chunk already: its broker is done with it.
-          else ticker?.start(ticket);
+          else if (!tickWhileWaiting) ticker?.start(ticket);
           return "accepted";
         }
+        if (tickWhileWaiting) ticker.done(ticket);
         if (result === "closed") return signal.aborted || giveUp?.aborted !== true ? "stopping" : "rejected";
         if (whenFull === "drop_newest") {
           ticket.seq = tracker.nextTicketSeq();

@@ -113,6 +113,17 @@ describe("inProgress", () => {
     expect(source.ackCalls).toEqual([10]);
     expect(tp.clock.pendingTimers).toBe(0);
   });
+  it("is ticked for a chunk that waits for room in enqueue too: it ages at its broker while it waits", async () => {
+    const source = new MemorySource(payloads(20), { acks: "individual", whenFull: "wait", workingIntervalMs: 1_000 });
+    const sink = new MemorySink({ schedule: [{ delayMs: 3_500, then: "ok" }] });
+    const tp = makePipeline({ sources: [source], sinks: [sink], chunkSize: 10, batch: { maxRecords: 10 }, limits: { maxRecords: 10 } });
+    const t0 = tp.clock.now();
+    expect(await tp.run()).toEqual({ tag: "completed" });
+    // Chunk 20 waited in enqueue until chunk 10 was committed at 3.5 s: ticked meanwhile, and done when acked.
+    expect(source.inProgressCalls.filter((c) => c.checkpoint === 20).map((c) => c.at - t0)).toEqual([1_000, 2_000, 3_000]);
+    expect([...source.ackCalls].sort()).toEqual([10, 20]);
+    expect(tp.clock.pendingTimers).toBe(0);
+  });
 });
 
 describe("waitForRoom", () => {
@@ -130,6 +141,23 @@ describe("waitForRoom", () => {
     // The fourth chunk is fetched only once the first was committed and released its room.
     expect(source.roomGranted[3]!.at - t0).toBeGreaterThanOrEqual(1_000);
     expect(tp.sink.committed.size).toBe(40);
+  });
+
+  it("grants no more records than the byte bound holds, sized like the records held", async () => {
+    // 100-byte records: 5 fit the byte bound, though the record bound would take 1,000.
+    const source = new MemorySource(payloads(20), { roomFirst: true, bytesOf: () => 100 });
+    const sink = new MemorySink({ schedule: () => ({ delayMs: 1_000, then: "ok" }) });
+    const tp = makePipeline({ sources: [source], sinks: [sink], chunkSize: 4, limits: { maxRecords: 1_000, maxBytes: 500 }, batch: { maxRecords: 4 } });
+    const t0 = tp.clock.now();
+    expect(await tp.run()).toEqual({ tag: "completed" });
+    // An empty buffer takes a whole chunk; then only the one record the bytes leave room for.
+    expect(source.roomGranted.slice(0, 2).map((g) => [g.may, g.at - t0])).toEqual([
+      [4, 0],
+      [1, 0],
+    ]);
+    expect(source.roomGranted[2]!.at - t0).toBeGreaterThanOrEqual(1_000);
+    expect(source.outcomes.every((o) => o.outcome === "accepted")).toBe(true);
+    expect(tp.sink.committed.size).toBe(20);
   });
 
   it("answers 0 at once when the pipeline stops while the source waits for room", async () => {
