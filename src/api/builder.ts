@@ -6,7 +6,7 @@
 import { mkdir } from "node:fs/promises";
 import { resolve } from "node:path";
 import type { z } from "zod";
-import type { ComponentContext, ComponentDefinition, DeadLetterStore, Sink, Source, Transform } from "../components/contracts.js";
+import type { ComponentContext, ComponentDefinition, DeadLetterStore, OptionConflict, PipelineShape, Sink, Source, Transform } from "../components/contracts.js";
 import { createBuffer, lockDataDir, releasingOnThrow, serviceProbe, sinkSettings, type BuiltPipeline } from "../config/build.js";
 import { DEFAULTS } from "../config/defaults.js";
 import { reservedNameIssue, sinkDrivingSchema, topSchema, transformLimitsSchema, validateWith, type ConfigIssue, type TransformLimits } from "../config/schema.js";
@@ -23,6 +23,8 @@ import { definition as deadLetterSqlite } from "../sinks/dead-letter-sqlite.js";
 export interface Factory<T> {
   readonly type: string;
   create(ctx: ComponentContext): T;
+  /** Options the rest of the pipeline makes unkeepable (see `ComponentDefinition.conflicts`); checked by `build()`. */
+  conflicts?(pipeline: PipelineShape): readonly OptionConflict[];
 }
 
 /** A source whose records carry payloads of type `P`. */
@@ -52,7 +54,8 @@ export function fromDefinition<O extends z.ZodObject, T>(def: ComponentDefinitio
   const parsed = validateWith(def.options, options, def.type);
   if (parsed.value === undefined) throwInvalid(parsed.issues, def.type);
   const data = parsed.value;
-  return { type: def.type, create: (ctx) => def.create(data, ctx) };
+  const conflicts = def.conflicts;
+  return { type: def.type, create: (ctx) => def.create(data, ctx), ...(conflicts && { conflicts: (pipeline: PipelineShape) => conflicts(data, pipeline) }) };
 }
 
 /** Settings of the whole pipeline; the same keys and defaults as the YAML's top level. */
@@ -86,6 +89,8 @@ export interface RunResult {
 interface Stage {
   readonly name: string;
   readonly make: (ctx: (name: string) => ComponentContext) => unknown;
+  /** Issues of the component's options in a pipeline of this shape. */
+  readonly conflicts?: (pipeline: PipelineShape) => ConfigIssue[];
 }
 
 /** A transform's limits as the library takes them: the YAML's `timeout` (ms or `"30s"`) and `max_split`. */
@@ -121,6 +126,7 @@ export class PipelineBuilder<P extends object> {
     if (reserved) throwInvalid([reserved]);
     const stage: Stage = {
       name,
+      conflicts: (pipeline) => (factory.conflicts?.(pipeline) ?? []).map((c) => ({ path: `sources.${name}.${c.key}`, message: c.message })),
       make: (ctx) => ({ name, source: factory.create(ctx(name)), idField: envelope.id_field, keyField: envelope.key_field, timeField: envelope.time_field }),
     };
     return this.with({ sources: [...this.sources, stage] });
@@ -194,6 +200,9 @@ export class PipelineBuilder<P extends object> {
     const top = validateWith(topSchema, { ...engine, sources: { x: {} }, sinks: { x: {} } }, "");
     if (top.value === undefined) throwInvalid(top.issues);
     const t = top.value;
+    const shape: PipelineShape = { durableBuffer: t.buffer.durable !== undefined };
+    const conflicts = this.sources.flatMap((s) => s.conflicts?.(shape) ?? []);
+    if (conflicts.length > 0) throwInvalid(conflicts);
     const clock = this.settings.clock ?? systemClock;
     const logger = this.settings.logger ?? silentLogger;
     const cwd = this.settings.cwd ?? process.cwd();

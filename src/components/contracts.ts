@@ -393,6 +393,18 @@ export interface DeadLetterStore {
   close(): Promise<void>;
 }
 
+/** What a component may need to know of the rest of its pipeline, to refuse a combination in which it cannot keep its promise. */
+export interface PipelineShape {
+  /** The buffer is the durable disk log (`buffer.durable`), which acks sources once a chunk is on disk. */
+  readonly durableBuffer: boolean;
+}
+
+/** A component option that cannot work in this pipeline: the key (relative to the component) and why. */
+export interface OptionConflict {
+  readonly key: string;
+  readonly message: string;
+}
+
 /** A component type: its name, one-line summary, config schema (with defaults) and factory, in one declaration. */
 export interface ComponentDefinition<Options extends z.ZodObject, Instance> {
   /** The `type:` value in the config. */
@@ -403,6 +415,12 @@ export interface ComponentDefinition<Options extends z.ZodObject, Instance> {
   readonly options: Options;
   /** Builds an instance from validated options. Must not do I/O; connecting happens later. */
   create(options: z.output<Options>, ctx: ComponentContext): Instance;
+  /**
+   * Optional. Options that the rest of the pipeline makes unkeepable (a source that needs order
+   * kept through the buffer, with the durable buffer); checked with the config (`sluice validate`
+   * reports them, exit 2) and by the library's `build()`, before anything is created.
+   */
+  conflicts?(options: z.output<Options>, pipeline: PipelineShape): readonly OptionConflict[];
 }
 
 export type SourceDefinition<O extends z.ZodObject = z.ZodObject> = ComponentDefinition<O, Source>;

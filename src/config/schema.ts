@@ -391,6 +391,8 @@ export function validateConfig(raw: unknown): { config: PipelineConfig; issues: 
     if (!parsed) continue;
     const { type: _t, id_field, key_field, time_field, ...options } = parsed;
     sources.push({ name: n, definition: def, options, idField: id_field as string, keyField: key_field as string | undefined, timeField: time_field as string | undefined });
+    const shape = { durableBuffer: (top?.buffer ?? (isRecord(rawObj.buffer) ? rawObj.buffer : {})).durable !== undefined };
+    for (const c of def.conflicts?.(options as never, shape) ?? []) issues.push({ path: `sources.${n}.${c.key}`, message: c.message });
   }
 
   const transforms: TransformConfig[] = [];

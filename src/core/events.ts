@@ -41,6 +41,12 @@ export type InternalEvent =
   | { type: "source_backlog"; source: string; pending: number; lag: number | undefined }
   /** A broker source took over `count` entries that another consumer read and never acked (it died or stalled). */
   | { type: "records_reclaimed"; source: string; count: number }
+  /**
+   * An ordered broker source's partition leases changed: it holds `owned` partitions now, after
+   * taking `acquired` leases (at start, from a worker that died or let them go) and losing `lost`
+   * (found expired or held by another worker when renewing or reading).
+   */
+  | { type: "source_leases"; source: string; owned: number; acquired: number; lost: number }
   /** An ingest request (http source) was answered with `status`. */
   | { type: "http_request"; source: string; status: number }
   /** An http source refused a connection: it had `max_connections` open. */

@@ -110,6 +110,9 @@ export class Metrics {
   private readonly sourcePending = new Gauge({ name: "sluice_source_pending", help: "Entries a broker source's consumer group (or consumer) was delivered and has not acked yet.", labelNames: ["source"], registers: [this.registry] });
   private readonly sourceLag = new Gauge({ name: "sluice_source_lag", help: "Entries in a broker source's stream not yet delivered to its consumer group (or consumer).", labelNames: ["source"], registers: [this.registry] });
   private readonly reclaimed = new Counter({ name: "sluice_source_reclaimed_total", help: "Entries a broker source took over from a consumer that read and never acked them (it died or stalled).", labelNames: ["source"], registers: [this.registry] });
+  private readonly partitionsOwned = new Gauge({ name: "sluice_source_partitions_owned", help: "Partitions an ordered broker source holds the lease of (reads alone) now.", labelNames: ["source"], registers: [this.registry] });
+  private readonly leaseTakeovers = new Counter({ name: "sluice_source_lease_takeovers_total", help: "Partition leases an ordered broker source took: at start, from a worker that died, or one that let them go.", labelNames: ["source"], registers: [this.registry] });
+  private readonly leasesLost = new Counter({ name: "sluice_source_leases_lost_total", help: "Partition leases an ordered broker source found expired or taken by another worker (it was paused or cut off longer than lease_ttl).", labelNames: ["source"], registers: [this.registry] });
   private readonly sourceUp = new Gauge({ name: "sluice_source_up", help: "1 while a source with a connection is connected, 0 while it is connecting.", labelNames: ["source"], registers: [this.registry] });
   /** Sources with a connection that are down (never connected, or lost it), for readiness and the progress line. */
   private readonly sourceDown = new Map<string, { readonly since: number; readonly message: string }>();
@@ -234,6 +237,11 @@ export class Metrics {
         break;
       case "records_reclaimed":
         this.reclaimed.inc({ source: event.source }, event.count);
+        break;
+      case "source_leases":
+        this.partitionsOwned.set({ source: event.source }, event.owned);
+        if (event.acquired > 0) this.leaseTakeovers.inc({ source: event.source }, event.acquired);
+        if (event.lost > 0) this.leasesLost.inc({ source: event.source }, event.lost);
         break;
       case "source_connected":
         this.sourceDown.delete(event.source);

@@ -3,19 +3,21 @@
  * XACKs each chunk once every sink committed it, takes over entries other consumers left pending
  * (XPENDING + XCLAIM), and dead-letters an entry delivered `max_deliveries` times.
  */
+import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import type { Redis } from "ioredis";
-import { z } from "zod";
 import { sleep } from "../core/clock.js";
 import { SluiceError } from "../core/errors.js";
 import type { Entry } from "../core/record.js";
 import { isReplyError, loadRedis, type RedisModule } from "../brokers/redis.js";
 import { defineComponent, type ComponentContext, type EnqueueOutcome, type Source, type SourceHandle } from "../components/contracts.js";
-import { duration } from "../components/options.js";
-import { ENVELOPE_FIELDS, entryRecord, exhaustedRecord, type EntryFormat, type PendingEntry, type RawEntry } from "./redis-streams-entries.js";
+import { entryRecord, exhaustedRecord, type PendingEntry, type RawEntry } from "./redis-streams-entries.js";
 import { ConsumerGroup, isReply, sourceError, type RedisStreamsCheckpoint } from "./redis-streams-group.js";
+import { defineLeaseScripts, PartitionLeases, readHeld, redisLeaseStore } from "./redis-streams-leases.js";
+import { DEFAULT_LEASE_TTL_MS, options, orderedConflicts, type RedisStreamsSourceSettings } from "./redis-streams-options.js";
 
 export type { RedisStreamsCheckpoint } from "./redis-streams-group.js";
+export type { RedisStreamsSourceSettings } from "./redis-streams-options.js";
 
 /** How long `connect` waits for the server, in ms. */
 const CONNECT_TIMEOUT_MS = 10_000;
@@ -27,80 +29,6 @@ const READ_TIMEOUT_GRACE_MS = 10_000;
 const BACKLOG_EVERY_MS = 5_000;
 /** The shortest time between two reclaim passes, in ms. */
 const MIN_RECLAIM_EVERY_MS = 1_000;
-
-const options = z
-  .strictObject({
-    url: z
-      .string()
-      .min(1)
-      .describe("Server URL: redis://[user:password@]host:6379[/db], rediss:// for TLS; write ${REDIS_URL} to keep the password out of the file"),
-    stream: z.string().min(1).describe("Stream key to read; with partitions, the prefix of <stream>:0 .. <stream>:<partitions - 1> (as the redis_streams sink writes them)"),
-    group: z.string().min(1).default("sluice").describe("Consumer group, created when missing (with the stream, MKSTREAM); every worker of a fleet names the same one"),
-    start: z
-      .union([z.enum(["0", "$"]), z.literal(0).transform(() => "0" as const)])
-      .default("0")
-      .describe('Where a group created by this source starts: "0" (everything already in the stream) or "$" (only entries added from then on)'),
-    consumer: z.string().min(1).optional().describe("This worker's consumer name in the group; default <host name>-<pid>, unique per worker"),
-    body_key: z
-      .string()
-      .min(1)
-      .default("body")
-      .describe("Entry field holding the payload as JSON; an entry without it becomes a payload of its fields (as strings)"),
-    metadata_field: z
-      .string()
-      .min(1)
-      .default("_redis")
-      .describe("Payload field the entry's other fields (besides the body, id, key and event_time) go under, when it has any"),
-    partitions: z
-      .number()
-      .int()
-      .positive()
-      .max(1024)
-      .default(1)
-      .describe("Read <stream>:0 .. <stream>:<partitions - 1> in one group (what the redis_streams sink writes with partitions); 1 reads stream itself"),
-    block: duration()
-      .default(2_000)
-      .refine((ms) => ms >= 1 && ms <= 60_000, "must be between 1 ms and 60 s")
-      .describe("Longest one XREADGROUP waits for new entries (BLOCK); default 2s"),
-    claim_idle: duration()
-      .default(60_000)
-      .refine((ms) => ms >= 10, "must be at least 10 ms")
-      .describe("An entry pending this long with a consumer that is not working on it (it died or stalled) is claimed by this one; default 60s"),
-    max_deliveries: z
-      .number()
-      .int()
-      .positive()
-      .default(10)
-      .describe("An entry delivered this many times and still not acked goes to the dead letters (ERR_MAX_DELIVERIES) and is acked"),
-  })
-  .superRefine((o, ctx) => {
-    for (const key of ["body_key", "metadata_field"] as const) {
-      if ((ENVELOPE_FIELDS as readonly string[]).includes(o[key])) {
-        ctx.addIssue({ code: "custom", path: [key], message: `"${o[key]}" is an envelope field (${ENVELOPE_FIELDS.join(", ")})` });
-      }
-    }
-  });
-
-/** Everything a {@link createRedisStreamsSource} needs; the definition builds it from validated options. */
-export interface RedisStreamsSourceSettings extends EntryFormat {
-  /** Server URL. Never put into messages: it may hold a password. */
-  readonly url: string;
-  /** Every stream of the source (`stream`, or its partitions): groups are created on each. */
-  readonly streams: readonly string[];
-  readonly group: string;
-  readonly start: "0" | "$";
-  readonly consumer: string;
-  /** ms */
-  readonly blockMs: number;
-  /** ms */
-  readonly claimIdleMs: number;
-  readonly maxDeliveries: number;
-  /**
-   * The streams this worker reads now, asked before every read and every reclaim pass (a subset of
-   * `streams`, which may change between reads); default all of them.
-   */
-  readonly assigned?: () => readonly string[];
-}
 
 /** The two connections of one connect: the blocking read on its own, so an XACK never waits behind a BLOCK. */
 interface Connection {
@@ -136,11 +64,37 @@ function clientName(consumer: string, role: string): string {
 export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, ctx: ComponentContext): Source {
   const { consumer, claimIdleMs, maxDeliveries } = settings;
   const location = settings.streams.length === 1 ? `redis stream ${settings.streams[0]}` : `redis streams ${settings.streams[0]}..${settings.streams.at(-1)}`;
-  const assigned = settings.assigned ?? (() => settings.streams);
   const reclaimEveryMs = Math.max(claimIdleMs / 2, MIN_RECLAIM_EVERY_MS);
   const { clock, logger } = ctx;
   const log = { source: ctx.name };
   let current: Connection | undefined;
+  /** This run's name in the leases and the registry: the consumer name and a random part, so a restarted worker never takes its predecessor's leases for its own. */
+  const token = `${consumer}/${randomBytes(4).toString("hex")}`;
+  const lease = settings.lease;
+  const leases =
+    lease === undefined
+      ? undefined
+      : new PartitionLeases({
+          partitions: settings.streams,
+          ttlMs: lease.ttlMs,
+          token,
+          store: redisLeaseStore(
+            () => {
+              const group = commands();
+              if (group === undefined) throw current?.lost ?? new SluiceError("ERR_SOURCE_CONNECT", `${location}: not connected`, { location });
+              return group.redis;
+            },
+            { stream: lease.stream, group: settings.group, token, ttlMs: lease.ttlMs },
+          ),
+          clock,
+          logger,
+          source: ctx.name,
+          onChange: (change) => ctx.emit({ type: "source_leases", source: ctx.name, ...change }),
+        });
+  const assigned = leases !== undefined ? () => leases.reading() : (settings.assigned ?? (() => settings.streams));
+  /** Ends the lease keeper at close. */
+  const closing = new AbortController();
+  let keeper: Promise<void> | undefined;
   /** Chunks read by this process and not yet acked (or given back): their entries are never reclaimed from ourselves. A set of chunks, not of ids: no per-entry work on the hot path. */
   const inFlight = new Set<RedisStreamsCheckpoint>();
   /** Done chunks whose XACK failed with the connection: sent again after the next connect (still in flight meanwhile). */
@@ -158,9 +112,29 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
   };
   /** The current connection pair when its command connection is up (the reader may be closed by a stop). */
   const commands = (): ConsumerGroup | undefined => (current?.group.redis.status === "ready" ? current.group : undefined);
+  /** Whether a chunk in flight here holds entries of `stream`. */
+  const busy = (stream: string): boolean => {
+    for (const checkpoint of inFlight) if (checkpoint.has(stream)) return true;
+    return false;
+  };
+
+  /** Renews the leases every ttl / 3 from the first connect to `close`, also while `run` is not running (a stop draining, a reconnect). */
+  async function keepLeases(l: PartitionLeases, ttlMs: number): Promise<void> {
+    while (!closing.signal.aborted) {
+      await sleep(clock, ttlMs / 3, closing.signal).catch(() => {});
+      if (closing.signal.aborted) return;
+      try {
+        await l.tick();
+      } catch (err) {
+        // The read loop reports a lost connection; leases not renewed within the ttl are dropped here.
+        l.expire();
+        logger.debug({ ...log, err: String(err) }, "could not renew the partition leases");
+      }
+    }
+  }
 
   function open(ioredis: RedisModule, role: "reader" | "commands", errors: { last?: unknown }): Redis {
-    return new ioredis.Redis(settings.url, {
+    const redis = new ioredis.Redis(settings.url, {
       lazyConnect: true,
       enableOfflineQueue: false,
       autoResendUnfulfilledCommands: false,
@@ -171,6 +145,8 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
       retryStrategy: () => null,
       connectionName: clientName(consumer, role),
     }).on("error", (err: unknown) => (errors.last = err));
+    if (leases !== undefined) defineLeaseScripts(redis);
+    return redis;
   }
 
   /** Closes a connection pair for good; resolves once the acks already sent have their replies (QUIT). */
@@ -221,6 +197,7 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
     }
     const count = Math.floor(room / streams.length);
     try {
+      if (leases !== undefined) return await fetchHeld(conn, leases, streams, count);
       return (await conn.reader.xreadgroup("GROUP", settings.group, consumer, "COUNT", count, "BLOCK", settings.blockMs, "STREAMS", ...streams, ...streams.map(() => ">"))) as
         | [string, RawEntry[]][]
         | null;
@@ -232,6 +209,19 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
       await conn.group.create(streams, settings.start);
       return null;
     }
+  }
+
+  /**
+   * The read of an ordered source: the fenced script reads only streams whose lease is still ours
+   * (a worker paused past its ttl gets nothing, not entries the new owner would never see); when
+   * there was nothing new, XREAD BLOCK waits for the next entry without taking it.
+   */
+  async function fetchHeld(conn: Connection, l: PartitionLeases, streams: readonly string[], count: number): Promise<[string, RawEntry[]][] | null> {
+    const read = await readHeld(conn.reader, { group: settings.group, consumer, token }, streams, count);
+    for (const stream of read.lost) l.lost(stream);
+    if (read.reply !== null || read.waitOn.length === 0) return read.reply;
+    await conn.reader.xread("COUNT", 1, "BLOCK", settings.blockMs, "STREAMS", ...read.waitOn.map(([s]) => s), ...read.waitOn.map(([, after]) => after));
+    return null;
   }
 
   /** Builds a read's records and hands them over as one chunk. */
@@ -260,25 +250,26 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
    * in-flight entry whose idle time crossed claim_idle before its next refresh). XCLAIM with
    * claim_idle as its min idle time is atomic: of two workers claiming at once, one gets an entry.
    */
-  async function reclaim(group: ConsumerGroup, handle: SourceHandle, stream: string, signal: AbortSignal): Promise<boolean> {
+  async function reclaim(group: ConsumerGroup, handle: SourceHandle, stream: string, signal: AbortSignal, idleMs = claimIdleMs): Promise<boolean> {
     let after: string | undefined;
     for (;;) {
       const room = await handle.waitForRoom(handle.chunkSize, signal);
       if (room === 0) return false;
-      const pending = await group.idle(stream, claimIdleMs, after, room);
+      const pending = await group.idle(stream, idleMs, after, room);
       if (pending.length === 0) return true;
       after = pending.at(-1)!.id;
       const mine = heldIn(stream);
-      const candidates = pending.filter((p) => p.consumer !== consumer || !mine.has(p.id));
-      if (candidates.length > 0 && (await claim(group, handle, stream, candidates)) === "stopping") return false;
+      // Ordered: whatever is in flight here is being delivered here, even if a worker that lost the lease moved it back to its name.
+      const candidates = pending.filter((p) => !mine.has(p.id) || (leases === undefined && p.consumer !== consumer));
+      if (candidates.length > 0 && (await claim(group, handle, stream, candidates, idleMs)) === "stopping") return false;
       if (pending.length < room) return true;
     }
   }
 
-  async function claim(group: ConsumerGroup, handle: SourceHandle, stream: string, candidates: PendingEntry[]): Promise<EnqueueOutcome | undefined> {
+  async function claim(group: ConsumerGroup, handle: SourceHandle, stream: string, candidates: PendingEntry[], idleMs: number): Promise<EnqueueOutcome | undefined> {
     /** Deliveries so far per entry asked for; what is left after the claim was not returned. */
     const asked = new Map(candidates.map((p) => [p.id, p.deliveries]));
-    const claimed = await group.claim(stream, claimIdleMs, [...asked.keys()]);
+    const claimed = await group.claim(stream, idleMs, [...asked.keys()]);
     const records: Entry[] = [];
     const ids: string[] = [];
     let exhausted = 0;
@@ -324,10 +315,38 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
     }
   }
 
+  /**
+   * Ordered: gives up the leases being released whose chunks are all done, then claims what the
+   * previous owner of each partition just taken left unacked, in entry order, before any new entry
+   * of it is read. Called between reads only, so no read of a stream released here is on the way.
+   * False when the run is stopping.
+   */
+  async function settleLeases(l: PartitionLeases, group: ConsumerGroup, handle: SourceHandle, signal: AbortSignal): Promise<boolean> {
+    for (const stream of l.releasing()) if (!busy(stream)) await l.release(stream);
+    for (const stream of l.claiming()) {
+      if (!(await reclaim(group, handle, stream, signal, 0))) return false;
+      l.claimed(stream);
+    }
+    return true;
+  }
+
+  /** Tells the broker a slow chunk is still being worked on; not for ordered sources, whose partitions nobody else claims from while the lease is held. */
+  const working: Pick<Source, "inProgress" | "workingIntervalMs"> =
+    leases !== undefined
+      ? {}
+      : {
+          workingIntervalMs: claimIdleMs / 3,
+          async inProgress(checkpoint) {
+            const cp = checkpoint as RedisStreamsCheckpoint;
+            // Idle time back to 0 without counting a delivery: no other worker claims a chunk that is only slow.
+            if (inFlight.has(cp)) await commands()?.setIdle(cp);
+          },
+        };
+
   return {
     acks: "individual",
     whenFull: "wait",
-    workingIntervalMs: claimIdleMs / 3,
+    ...working,
 
     async connect(signal) {
       if (current !== undefined) void retire(current);
@@ -364,6 +383,18 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
       conn.reader.on("end", () => onEnd("reader"));
       conn.group.redis.on("end", () => onEnd("commands"));
       current = conn;
+      if (leases !== undefined) {
+        // Replies of reads may have been lost with the old connection: claim before reading again.
+        leases.reclaimAll();
+        try {
+          await leases.tick();
+        } catch (err) {
+          current = undefined;
+          void retire(conn);
+          throw sourceError(err, location);
+        }
+        keeper ??= keepLeases(leases, lease!.ttlMs);
+      }
       await ackLate(conn.group);
     },
 
@@ -385,6 +416,7 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
       let ahead: Promise<[string, RawEntry[]][] | null> | undefined;
       try {
         while (!stop.signal.aborted) {
+          if (ahead === undefined && leases !== undefined && !(await settleLeases(leases, conn.group, handle, stop.signal))) break;
           if (ahead === undefined && clock.now() >= nextReclaim) {
             await ackLate(conn.group);
             for (const stream of assigned()) {
@@ -406,8 +438,8 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
           ahead = undefined;
           if (reply === null) continue;
           const read = reply.reduce((n, [, entries]) => n + entries.length, 0);
-          // Room for more than this reply right now: ask for it before building this one (unless a reclaim pass is due, which goes first).
-          if (clock.now() < nextReclaim && handle.expectedWait(read + 1, 0) === 0) {
+          // Room for more than this reply right now: ask for it before building this one (unless a reclaim pass or a lease change is due, which goes first).
+          if (clock.now() < nextReclaim && !leases?.changing() && handle.expectedWait(read + 1, 0) === 0) {
             const room = (await handle.waitForRoom(handle.chunkSize + read, stop.signal)) - read;
             if (room > 0) {
               ahead = fetch(conn, room, stop.signal);
@@ -447,13 +479,11 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
       release(cp);
     },
 
-    async inProgress(checkpoint) {
-      const cp = checkpoint as RedisStreamsCheckpoint;
-      // Idle time back to 0 without counting a delivery: no other worker claims a chunk that is only slow.
-      if (inFlight.has(cp)) await commands()?.setIdle(cp);
-    },
-
     async close() {
+      closing.abort();
+      await keeper;
+      // Given up at once, not left to expire: the next owner claims what a stop could not drain.
+      await leases?.leave().catch((err: unknown) => logger.warn({ ...log, err: String(err) }, "could not give up the partition leases; they expire after lease_ttl"));
       const conn = current;
       current = undefined;
       if (conn !== undefined) await retire(conn);
@@ -480,6 +510,7 @@ export const definition = defineComponent<typeof options, Source>({
       {
         url: opts.url,
         streams: opts.partitions === 1 ? [opts.stream] : Array.from({ length: opts.partitions }, (_, i) => `${opts.stream}:${i}`),
+        ...(opts.ordered && { lease: { stream: opts.stream, ttlMs: Math.round(opts.lease_ttl ?? DEFAULT_LEASE_TTL_MS) } }),
         group: opts.group,
         start: opts.start,
         consumer: opts.consumer ?? defaultConsumer(),
@@ -492,4 +523,5 @@ export const definition = defineComponent<typeof options, Source>({
       ctx,
     );
   },
+  conflicts: orderedConflicts,
 });

@@ -8,6 +8,8 @@ import type { ServiceEnvelope, SourceHandle } from "../../../src/components/cont
 import type { SluiceError } from "../../../src/core/errors.js";
 import type { Entry, JsonObject } from "../../../src/core/record.js";
 import { entryRecord, exhaustedRecord, parseGroupInfo, parsePending } from "../../../src/sources/redis-streams-entries.js";
+import { pipeline, sinks, sources } from "../../../src/index.js";
+import { validateConfig } from "../../../src/config/schema.js";
 import { definition } from "../../../src/sources/redis-streams.js";
 
 /** What the source passed to `record` or `malformed`. */
@@ -124,6 +126,7 @@ describe("redis_streams options", () => {
       block: 2_000,
       claim_idle: 60_000,
       max_deliveries: 10,
+      ordered: false,
     });
   });
 
@@ -142,9 +145,36 @@ describe("redis_streams options", () => {
     [{ max_deliveries: 0 }, "max_deliveries"],
     [{ partitions: 0 }, "partitions"],
     [{ ordred: true }, ""],
+    [{ lease_ttl: "10s" }, "lease_ttl"],
+    [{ ordered: true, lease_ttl: "500ms" }, "lease_ttl"],
   ])("refuses %j", (o, path) => {
     const result = parse(o);
     expect(result.success).toBe(false);
     expect(result.error!.issues.map((i) => i.path.join("."))).toContain(path);
+  });
+});
+
+describe("redis_streams ordered with the durable buffer", () => {
+  const config = (buffer: Record<string, unknown>, ordered: boolean) => ({
+    buffer,
+    sources: { q: { type: "redis_streams", url: "redis://127.0.0.1:6379", stream: "events", partitions: 4, ordered } },
+    sinks: { out: { type: "blackhole" } },
+  });
+
+  it("is refused by the config, naming the key and why", () => {
+    const { issues } = validateConfig(config({ durable: {} }, true));
+    expect(issues).toHaveLength(1);
+    expect(issues[0]!.path).toBe("sources.q.ordered");
+    expect(issues[0]!.message).toMatch(/durable buffer acks entries once they are on this worker's disk/);
+    expect(validateConfig(config({}, true)).issues).toEqual([]);
+    expect(validateConfig(config({ durable: {} }, false)).issues).toEqual([]);
+  });
+
+  it("is refused by the library's build() before anything is created", async () => {
+    const built = pipeline({ buffer: { durable: {} }, data_dir: "/nonexistent/never-created" })
+      .source("q", sources.redisStreams({ url: "redis://127.0.0.1:6379", stream: "events", partitions: 4, ordered: true }))
+      .sink("out", sinks.blackhole())
+      .build();
+    await expect(built).rejects.toMatchObject({ code: "ERR_CONFIG_INVALID", message: expect.stringMatching(/^sources\.q\.ordered: ordered: true cannot keep order/) });
   });
 });
