@@ -46,7 +46,7 @@ export function canStartBroker(binary: "redis-server" | "nats-server", test: str
 }
 
 /** A TCP port on 127.0.0.1 that was free a moment ago. */
-async function freePort(): Promise<number> {
+export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer();
     server.once("error", reject);

@@ -23,10 +23,11 @@ export interface Cli {
 
 const running = new Set<ChildProcess>();
 
-/** Starts `sluice run <configFile> --summary-json <summaryFile> --no-progress` in `cwd`. */
-export function startCli(configFile: string, summaryFile: string, cwd: string): Cli {
+/** Starts `sluice run <configFile> --summary-json <summaryFile> --no-progress` in `cwd`, with this process's environment plus `env`. */
+export function startCli(configFile: string, summaryFile: string, cwd: string, env: Readonly<Record<string, string>> = {}): Cli {
   const child = spawn(process.execPath, ["--conditions=sluice-source", "--import", TSX, ENTRY, "run", configFile, "--summary-json", summaryFile, "--no-progress"], {
     cwd,
+    env: { ...process.env, ...env },
     stdio: ["ignore", "ignore", "pipe"],
   });
   running.add(child);
