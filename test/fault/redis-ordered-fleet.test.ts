@@ -2,7 +2,9 @@
  * An ordered fleet under random SIGKILLs: 3 real CLI workers run `redis_streams (ordered: true,
  * partitions: 6) -> postgres` on a private redis-server (AOF, `appendfsync always`) and one table
  * of the machine's PostgreSQL (db `test`, a table of this run). The test preloads 50 keys x 800
- * versions; a random worker is SIGKILLed every few seconds and started again. At the end: every
+ * versions; a random worker is SIGKILLed every few seconds and started again, and about every
+ * 10 s one is paused (SIGSTOP) for three times its lease_ttl and let go on (SIGCONT): its leases
+ * are taken over while it still holds chunks in flight, which it writes late. At the end: every
  * record exactly once in the table, nothing dead-lettered, no entry pending, and per key the
  * versions arrived in increasing order.
  *
@@ -15,7 +17,7 @@
  * test shows the check can fail: the same fleet without `ordered` (three workers sharing every
  * stream) breaks the order.
  */
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, readlink, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Redis } from "ioredis";
@@ -26,7 +28,7 @@ import { readDeadLetters } from "../../src/sinks/dead-letter-sqlite.js";
 import { canStartBroker, startRedisServer, type BrokerServer } from "../helpers/broker-servers.js";
 import { redisClient, uniqueName } from "../helpers/brokers.js";
 import { killClis } from "../helpers/cli.js";
-import { startFleet } from "../helpers/fleet.js";
+import { startFleet, type Fleet } from "../helpers/fleet.js";
 import { requireService } from "../helpers/services.js";
 
 const PG_URL = process.env.SLUICE_PG_URL ?? "postgres://postgres@127.0.0.1:5432/test";
@@ -81,6 +83,47 @@ async function preload(redis: Redis, stream: string, versions: number): Promise<
   }
 }
 
+/** The pid of worker `w`'s current run (from its data_dir lock), if it is a worker of this config: never signal a pid another process reused. */
+async function workerPid(fleet: Fleet, w: number, configFile: string): Promise<number | undefined> {
+  const lock = join(fleet.cwd(w), "data", "pipeline.lock");
+  const text = await readlink(lock).catch(() => readFile(lock, "utf8")).catch(() => undefined);
+  const pid = Number(text?.trim().split(" ")[0]);
+  if (!Number.isSafeInteger(pid) || pid <= 0) return undefined;
+  const cmdline = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+  return cmdline.includes(configFile) ? pid : undefined;
+}
+
+/** Pauses a random worker for `pauseMs` about every `everyMs` until the returned function is called; that resolves to the number of pauses. */
+function startPausing(fleet: Fleet, configFile: string, everyMs: number, pauseMs: number): () => Promise<number> {
+  let done = false;
+  let pauses = 0;
+  const loop = (async () => {
+    while (!done) {
+      await sleep(everyMs * (0.5 + Math.random()));
+      if (done) break;
+      const pid = await workerPid(fleet, Math.floor(Math.random() * WORKERS), configFile);
+      if (pid === undefined) continue;
+      try {
+        process.kill(pid, "SIGSTOP");
+      } catch {
+        continue;
+      }
+      pauses++;
+      await sleep(pauseMs);
+      try {
+        process.kill(pid, "SIGCONT");
+      } catch {
+        // Killed by the other loop meanwhile.
+      }
+    }
+    return pauses;
+  })();
+  return () => {
+    done = true;
+    return loop;
+  };
+}
+
 interface FleetRun {
   readonly kills: number;
   readonly late: number;
@@ -88,6 +131,9 @@ interface FleetRun {
   readonly seconds: number;
   /** Leases taken, over every run of every worker (from their logs). */
   readonly takeovers: number;
+  /** Leases found lost by their holder (from the logs). */
+  readonly lostLeases: number;
+  readonly pauses: number;
 }
 
 describe.skipIf(!canRun)("ordered fleet under SIGKILL (redis_streams -> postgres)", () => {
@@ -113,7 +159,7 @@ describe.skipIf(!canRun)("ordered fleet under SIGKILL (redis_streams -> postgres
   });
 
   /** Runs the fleet over `versions` versions of each key until the table holds them all; kills a random worker about every `killEveryMs` (none when 0). */
-  async function runFleet(o: { ordered: boolean; versions: number; killEveryMs: number; preloadFirst: boolean }): Promise<FleetRun> {
+  async function runFleet(o: { ordered: boolean; versions: number; killEveryMs: number; pauseEveryMs: number; preloadFirst: boolean }): Promise<FleetRun> {
     const stream = uniqueName("ordered-");
     const table = uniqueName("sluice_ordered_");
     tables.push(table);
@@ -156,6 +202,8 @@ observability: { listen: "127.0.0.1:\${SLUICE_WORKER_PORT}" }
       const started = Date.now();
       if (!o.preloadFirst) await preload(redis, stream, o.versions);
       const stopKilling = o.killEveryMs > 0 ? fleet.startKilling(o.killEveryMs) : async () => 0;
+      // Three times lease_ttl (2 s): long enough for its leases to be taken over while it is stopped.
+      const stopPausing = o.pauseEveryMs > 0 ? startPausing(fleet, configFile, o.pauseEveryMs, 6_000) : async () => 0;
       const count = async () => Number((await db.query(`SELECT count(*) AS n FROM "${table}"`)).rows[0].n);
       while ((await count()) < total) {
         if (Date.now() - started > RUN_TIMEOUT_MS) throw new Error(`only ${await count()} of ${total} rows after ${RUN_TIMEOUT_MS} ms`);
@@ -164,6 +212,7 @@ observability: { listen: "127.0.0.1:\${SLUICE_WORKER_PORT}" }
         await sleep(250);
       }
       const seconds = (Date.now() - started) / 1000;
+      const pauses = await stopPausing();
       const kills = await stopKilling();
       const results = await fleet.stop();
       for (const r of results) expect(r.code, `worker ${r.worker}:\n${r.output}`).toBe(0);
@@ -178,19 +227,23 @@ observability: { listen: "127.0.0.1:\${SLUICE_WORKER_PORT}" }
       expect(Number(newest.rows[0].n)).toBe(KEYS);
       const outputs = [...fleet.exits.map((e) => e.output), ...results.map((r) => r.output)].join("\n");
       const takeovers = outputs.split("partition lease taken").length - 1;
-      return { kills, late, rows, seconds, takeovers };
+      const lostLeases = outputs.split("partition lease lost").length - 1;
+      return { kills, late, rows, seconds, takeovers, lostLeases, pauses };
     } finally {
       fleet.abort();
     }
   }
 
   it(
-    "3 workers, a random one SIGKILLed every few seconds: every record once, and per key the versions reach the table in order",
+    "3 workers, a random one SIGKILLed every few seconds or paused past its lease_ttl: every record once, and per key the versions reach the table in order",
     async () => {
-      const run = await runFleet({ ordered: true, versions: 800, killEveryMs: 3_000, preloadFirst: true });
-      console.log(`ordered fleet: ${run.rows} rows in ${run.seconds.toFixed(1)} s, ${run.kills} kills, ${run.takeovers} leases taken, ${run.late} rows behind a newer version of their key`);
+      const run = await runFleet({ ordered: true, versions: 800, killEveryMs: 3_000, pauseEveryMs: 10_000, preloadFirst: true });
+      console.log(
+        `ordered fleet: ${run.rows} rows in ${run.seconds.toFixed(1)} s, ${run.kills} kills, ${run.pauses} pauses, ${run.takeovers} leases taken, ${run.lostLeases} found lost by their holder, ${run.late} rows behind a newer version of their key`,
+      );
       expect(run.rows).toBe(KEYS * 800);
       expect(run.kills).toBeGreaterThanOrEqual(3);
+      expect(run.pauses).toBeGreaterThanOrEqual(2);
       expect(run.late).toBe(0);
     },
     RUN_TIMEOUT_MS + 60_000,
@@ -199,7 +252,7 @@ observability: { listen: "127.0.0.1:\${SLUICE_WORKER_PORT}" }
   it(
     "the order check can fail: the same fleet without ordered (every worker reads every partition) writes versions of a key out of order",
     async () => {
-      const run = await runFleet({ ordered: false, versions: 100, killEveryMs: 0, preloadFirst: false });
+      const run = await runFleet({ ordered: false, versions: 100, killEveryMs: 0, pauseEveryMs: 0, preloadFirst: false });
       console.log(`unordered fleet: ${run.rows} rows in ${run.seconds.toFixed(1)} s, ${run.late} rows behind a newer version of their key`);
       expect(run.rows).toBe(KEYS * 100);
       expect(run.late).toBeGreaterThan(0);
