@@ -108,9 +108,12 @@ export interface SourceHandle {
    * after, while what it read ages at its service (entries pending in a Redis group, messages
    * toward JetStream's `ack_wait`). An estimate, not a reservation: another source may take the
    * room meanwhile, and `enqueue` then waits as usual. Under `when_full: drop_newest` it does not
-   * wait (the chunk would be dropped, not held).
+   * wait (the chunk would be dropped, not held). `recordBytes` is the source's estimate of one
+   * record's size (e.g. the average of what it read lately): the grant then fits the buffer's byte
+   * bound at that size, also in an empty buffer; without it, records are taken to be the size of
+   * those held, and an empty buffer grants all `n`.
    */
-  waitForRoom(n: number, signal?: AbortSignal): Promise<number>;
+  waitForRoom(n: number, signal?: AbortSignal, recordBytes?: number): Promise<number>;
   /**
    * How long, in ms, records of this size enqueued now with `wait` would wait for room: 0 when
    * they fit at once, `Infinity` while the buffer frees nothing (see `Buffer.expectedWait`). For a

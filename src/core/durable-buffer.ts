@@ -315,10 +315,16 @@ export class DurableBuffer implements BufferContract {
     return this.line.expectedWait(0, Math.min(heldAndAhead, heldAndAhead + need - this.maxBytes));
   }
 
-  /** See {@link BufferContract.room}: the log is bound by bytes, so there is room for any number of records while it is under its bound and nobody waits. */
-  room(): number {
+  /**
+   * See {@link BufferContract.room}: the log is bound by bytes, so without `recordBytes` there is
+   * room for any number of records while it is under its bound and nobody waits; with it, for as
+   * many records of that size as the bytes left hold (an empty log takes any entry).
+   */
+  room(recordBytes?: number): number {
     if (this.closed || this.phase !== "open" || this.line.length > 0) return 0;
-    return this.liveEntries === 0 || this.logBytes < this.maxBytes ? Number.POSITIVE_INFINITY : 0;
+    if (this.liveEntries === 0) return Number.POSITIVE_INFINITY;
+    if (recordBytes === undefined || recordBytes <= 0) return this.logBytes < this.maxBytes ? Number.POSITIVE_INFINITY : 0;
+    return Math.max(0, Math.floor((this.maxBytes - this.logBytes) / recordBytes));
   }
 
   whenFreed(): Promise<void> {

@@ -429,11 +429,11 @@ export class Pipeline {
         return e;
       },
       expectedWait: (records, bytes) => buffer.expectedWait(records, bytes),
-      waitForRoom: async (n, giveUp) => {
+      waitForRoom: async (n, giveUp, recordBytes) => {
         if (whenFull === "drop_newest") return signal.aborted ? 0 : n;
         for (;;) {
           if (signal.aborted || giveUp?.aborted === true) return 0;
-          const room = buffer.room();
+          const room = buffer.room(recordBytes);
           if (room > 0) return Math.max(1, Math.min(n, room));
           // A listener, not AbortSignal.any: on Node 20 a composite of the long-lived `signal` leaks until it aborts.
           let onAbort: () => void = () => {};

@@ -27,6 +27,8 @@ const READ_TIMEOUT_GRACE_MS = 10_000;
 const BACKLOG_EVERY_MS = 5_000;
 /** The shortest time between two reclaim passes, in ms. */
 const MIN_RECLAIM_EVERY_MS = 1_000;
+/** How much each chunk moves the running average of an entry's size (an exponential moving average per chunk). */
+const ENTRY_BYTES_WEIGHT = 0.25;
 
 const options = z
   .strictObject({
@@ -147,6 +149,22 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
   const unacked: RedisStreamsCheckpoint[] = [];
   /** Which of several streams the next short read starts at, so each gets its turn. */
   let turn = 0;
+  /** Running average of an entry's size in bytes (what the buffer's byte bound counts); undefined until an entry was read. */
+  let entryBytes: number | undefined;
+  /**
+   * How much room to wait for before a read or a claim of up to `n` entries: one entry until an
+   * entry's size is known, since COUNT must fit the byte bound too (entries read that do not fit
+   * sit pending in the group, ageing toward claim_idle, while sluice is full).
+   */
+  const room = (handle: SourceHandle, n: number, signal: AbortSignal): Promise<number> => handle.waitForRoom(entryBytes === undefined ? 1 : n, signal, entryBytes);
+  /** Moves the running average by a chunk's records. */
+  const measure = (records: readonly Entry[]): void => {
+    if (records.length === 0) return;
+    let bytes = 0;
+    for (const r of records) bytes += r.bytes;
+    const mean = bytes / records.length;
+    entryBytes = entryBytes === undefined ? mean : entryBytes + (mean - entryBytes) * ENTRY_BYTES_WEIGHT;
+  };
 
   const hold = (checkpoint: RedisStreamsCheckpoint) => void inFlight.add(checkpoint);
   const release = (checkpoint: RedisStreamsCheckpoint) => void inFlight.delete(checkpoint);
@@ -186,6 +204,7 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
 
   /** Hands a chunk to the engine; entries it did not take are given back to the group. */
   async function hand(handle: SourceHandle, records: Entry[], checkpoint: RedisStreamsCheckpoint): Promise<EnqueueOutcome> {
+    measure(records);
     hold(checkpoint);
     const outcome = await handle.enqueue(records, checkpoint);
     if (outcome === "rejected" || outcome === "stopping") {
@@ -206,8 +225,8 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
     }
   }
 
-  /** Reads new entries once: at most `room` of them over the streams assigned now; null when none came. */
-  async function fetch(conn: Connection, room: number, signal: AbortSignal): Promise<[string, RawEntry[]][] | null> {
+  /** Reads new entries once: at most `count` of them over the streams assigned now; null when none came. */
+  async function fetch(conn: Connection, count: number, signal: AbortSignal): Promise<[string, RawEntry[]][] | null> {
     const all = assigned();
     if (all.length === 0) {
       await sleep(clock, settings.blockMs, signal).catch(() => {});
@@ -215,13 +234,13 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
     }
     // COUNT is per stream: split the room so the whole read never exceeds it, taking turns when it is smaller than the number of streams.
     let streams = all;
-    if (room < all.length) {
-      streams = Array.from({ length: room }, (_, i) => all[(turn + i) % all.length]!);
-      turn = (turn + room) % all.length;
+    if (count < all.length) {
+      streams = Array.from({ length: count }, (_, i) => all[(turn + i) % all.length]!);
+      turn = (turn + count) % all.length;
     }
-    const count = Math.floor(room / streams.length);
+    const perStream = Math.floor(count / streams.length);
     try {
-      return (await conn.reader.xreadgroup("GROUP", settings.group, consumer, "COUNT", count, "BLOCK", settings.blockMs, "STREAMS", ...streams, ...streams.map(() => ">"))) as
+      return (await conn.reader.xreadgroup("GROUP", settings.group, consumer, "COUNT", perStream, "BLOCK", settings.blockMs, "STREAMS", ...streams, ...streams.map(() => ">"))) as
         | [string, RawEntry[]][]
         | null;
     } catch (err) {
@@ -263,15 +282,15 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
   async function reclaim(group: ConsumerGroup, handle: SourceHandle, stream: string, signal: AbortSignal): Promise<boolean> {
     let after: string | undefined;
     for (;;) {
-      const room = await handle.waitForRoom(handle.chunkSize, signal);
-      if (room === 0) return false;
-      const pending = await group.idle(stream, claimIdleMs, after, room);
+      const may = await room(handle, handle.chunkSize, signal);
+      if (may === 0) return false;
+      const pending = await group.idle(stream, claimIdleMs, after, may);
       if (pending.length === 0) return true;
       after = pending.at(-1)!.id;
       const mine = heldIn(stream);
       const candidates = pending.filter((p) => p.consumer !== consumer || !mine.has(p.id));
       if (candidates.length > 0 && (await claim(group, handle, stream, candidates)) === "stopping") return false;
-      if (pending.length < room) return true;
+      if (pending.length < may) return true;
     }
   }
 
@@ -398,19 +417,19 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
             nextReclaim = clock.now() + reclaimEveryMs;
           }
           if (ahead === undefined) {
-            const room = await handle.waitForRoom(handle.chunkSize, stop.signal);
-            if (room === 0) break;
-            ahead = fetch(conn, room, stop.signal);
+            const may = await room(handle, handle.chunkSize, stop.signal);
+            if (may === 0) break;
+            ahead = fetch(conn, may, stop.signal);
           }
           const reply = await ahead;
           ahead = undefined;
           if (reply === null) continue;
           const read = reply.reduce((n, [, entries]) => n + entries.length, 0);
-          // Room for more than this reply right now: ask for it before building this one (unless a reclaim pass is due, which goes first).
-          if (clock.now() < nextReclaim && handle.expectedWait(read + 1, 0) === 0) {
-            const room = (await handle.waitForRoom(handle.chunkSize + read, stop.signal)) - read;
-            if (room > 0) {
-              ahead = fetch(conn, room, stop.signal);
+          // Room for more than this reply right now, in records and in bytes: ask for it before building this one (unless a reclaim pass is due, which goes first).
+          if (entryBytes !== undefined && clock.now() < nextReclaim && handle.expectedWait(read + 1, (read + 1) * entryBytes) === 0) {
+            const may = (await handle.waitForRoom(handle.chunkSize + read, stop.signal, entryBytes)) - read;
+            if (may > 0) {
+              ahead = fetch(conn, may, stop.signal);
               // Awaited on the next turn; a stop in between leaves it to fail unheard (its entries are reclaimed).
               ahead.catch(() => {});
             }
