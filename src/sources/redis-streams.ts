@@ -27,6 +27,11 @@ const READ_TIMEOUT_GRACE_MS = 10_000;
 const BACKLOG_EVERY_MS = 5_000;
 /** The shortest time between two reclaim passes, in ms. */
 const MIN_RECLAIM_EVERY_MS = 1_000;
+/**
+ * A consumer of the group with no pending entries that has not read for this many times
+ * max(claim_idle, block) is a worker gone for good: the reclaim pass deletes it.
+ */
+const GONE_CONSUMER_IDLES = 10;
 /** How much each chunk moves the running average of an entry's size (an exponential moving average per chunk). */
 const ENTRY_BYTES_WEIGHT = 0.25;
 
@@ -140,6 +145,7 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
   const location = settings.streams.length === 1 ? `redis stream ${settings.streams[0]}` : `redis streams ${settings.streams[0]}..${settings.streams.at(-1)}`;
   const assigned = settings.assigned ?? (() => settings.streams);
   const reclaimEveryMs = Math.max(claimIdleMs / 2, MIN_RECLAIM_EVERY_MS);
+  const goneConsumerMs = GONE_CONSUMER_IDLES * Math.max(claimIdleMs, settings.blockMs);
   const { clock, logger } = ctx;
   const log = { source: ctx.name };
   let current: Connection | undefined;
@@ -147,6 +153,8 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
   const inFlight = new Set<RedisStreamsCheckpoint>();
   /** Done chunks whose XACK failed with the connection: sent again after the next connect (still in flight meanwhile). */
   const unacked: RedisStreamsCheckpoint[] = [];
+  /** Set once the server refused the script that deletes gone consumers (an ACL without EVAL): not tried again. */
+  let dropRefused = false;
   /** Which of several streams the next short read starts at, so each gets its turn. */
   let turn = 0;
   /** Running average of an entry's size in bytes (what the buffer's byte bound counts); undefined until an entry was read. */
@@ -329,6 +337,24 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
     return hand(handle, records, new Map([[stream, ids]]));
   }
 
+  /**
+   * Deletes the consumers of `stream` that have no pending entries and have not read for
+   * `goneConsumerMs` (workers that stopped without deleting theirs, or died with nothing pending).
+   * A connection error goes up like the reclaim pass's; a refused script is warned about once.
+   */
+  async function dropGone(group: ConsumerGroup, stream: string): Promise<void> {
+    if (dropRefused) return;
+    try {
+      const dropped = await group.dropIdle(stream, goneConsumerMs);
+      if (dropped > 0) logger.info({ ...log, stream, consumers: dropped }, "deleted consumers of the group that had no pending entries and had not read for a long time");
+    } catch (err) {
+      if (!isReplyError(err) || isReply(err, "NOGROUP")) throw err;
+      if (sourceError(err, location).retryable) return;
+      dropRefused = true;
+      logger.warn({ ...log, stream, err: err.message }, "could not delete gone consumers of the group (is EVAL allowed?); they stay in the group");
+    }
+  }
+
   /** Emits the group's pending entries and lag over the assigned streams every few seconds until `signal` aborts. */
   async function reportBacklog(group: ConsumerGroup, signal: AbortSignal): Promise<void> {
     while (!signal.aborted) {
@@ -409,6 +435,7 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
             for (const stream of assigned()) {
               try {
                 if (!(await reclaim(conn.group, handle, stream, stop.signal))) break;
+                await dropGone(conn.group, stream);
               } catch (err) {
                 // A stream deleted meanwhile: the read finds it and makes its group again.
                 if (!isReply(err, "NOGROUP")) throw err;
@@ -475,7 +502,12 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
     async close() {
       const conn = current;
       current = undefined;
-      if (conn !== undefined) await retire(conn);
+      if (conn === undefined) return;
+      // Leave the group where nothing is pending here: else every worker named after its host and pid stays in it forever.
+      if (conn.group.redis.status === "ready") {
+        await conn.group.leave(settings.streams).catch((err: unknown) => logger.warn({ ...log, err: String(err) }, "could not delete this consumer from the group; another worker deletes it later"));
+      }
+      await retire(conn);
     },
   };
 }

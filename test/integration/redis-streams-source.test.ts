@@ -21,6 +21,7 @@ import { Pipeline, type PipelineStatus } from "../../src/core/pipeline.js";
 import type { JsonObject, SluiceRecord } from "../../src/core/record.js";
 import { Metrics } from "../../src/observability/metrics.js";
 import { createRedisStreamsSource, definition as redisStreams } from "../../src/sources/redis-streams.js";
+import { ConsumerGroup } from "../../src/sources/redis-streams-group.js";
 import { deleteKeys, REDIS_URL, redisClient, uniqueName } from "../helpers/brokers.js";
 import { canStartBroker, startRedisServer, type BrokerServer } from "../helpers/broker-servers.js";
 import { killClis, runCli, startCli } from "../helpers/cli.js";
@@ -163,6 +164,12 @@ async function addBodies(redis: Redis, stream: string, bodies: JsonObject[]): Pr
   for (const b of bodies) pipeline.xadd(stream, "*", "body", JSON.stringify(b));
   const replies = await pipeline.exec();
   return replies!.map(([, id]) => id as string);
+}
+
+/** The names of the group's consumers on `stream`, sorted. */
+async function consumerNames(redis: Redis, stream: string, group = "sluice"): Promise<string[]> {
+  const consumers = (await redis.xinfo("CONSUMERS", stream, group)) as string[][];
+  return consumers.map((fields) => fields[fields.indexOf("name") + 1]!).sort();
 }
 
 const payloadsOf = (run: Run) => [...run.sink.committed.values()].map((r) => r.payload);
@@ -389,6 +396,54 @@ describe.skipIf(!hasRedis)("redis_streams source", () => {
     slow.sink.release();
     await until(() => slow.sink.committed.size === 10, "the slow worker committed its entries");
     await until(async () => (await pendingCount(redis, s, "sluice")) === 0, "all acked");
+  });
+
+  it("deletes its own consumer from the group when it stops with nothing pending, and keeps it while entries are pending with it", async () => {
+    const s = stream();
+    await addBodies(redis, s, Array.from({ length: 5 }, (_, n) => ({ n })));
+    const clean = start({ stream: s, consumer: "clean" });
+    await until(() => clean.sink.committed.size === 5, "5 committed");
+    await until(async () => (await pendingCount(redis, s, "sluice")) === 0, "all acked");
+    expect(await consumerNames(redis, s)).toEqual(["clean"]);
+    expect((await clean.stop()).tag).toBe("stopped");
+    expect(await consumerNames(redis, s)).toEqual([]);
+
+    await addBodies(redis, s, Array.from({ length: 5 }, (_, n) => ({ n: n + 5 })));
+    const stuck = start({ stream: s, consumer: "stuck" }, { open: false, shutdownTimeoutMs: 50 });
+    await until(() => stuck.sink.attempted.size === 5, "5 attempted");
+    expect((await stuck.stop()).tag).toBe("timed_out");
+    // Its entries stay pending with it, for another worker to claim.
+    expect(await consumerNames(redis, s)).toEqual(["stuck"]);
+    expect(await pendingCount(redis, s, "sluice")).toBe(5);
+  });
+
+  it("deletes, atomically, the group's consumers that have nothing pending and have not read for 10 x max(claim_idle, block); never one with pending entries", async () => {
+    const s = stream();
+    await redis.xgroup("CREATE", s, "sluice", "0", "MKSTREAM");
+    const [held] = await addBodies(redis, s, [{ n: 0 }]);
+    await redis.xgroup("CREATECONSUMER", s, "sluice", "gone");
+    await redis.xreadgroup("GROUP", "sluice", "holding", "COUNT", 1, "STREAMS", s, ">");
+    await redis.xgroup("CREATECONSUMER", s, "sluice", "me");
+    await new Promise((r) => setTimeout(r, 150));
+    await redis.xgroup("CREATECONSUMER", s, "sluice", "fresh");
+    const group = new ConsumerGroup(redis, "sluice", "me");
+    expect(await group.dropIdle(s, 100)).toBe(1);
+    expect(await consumerNames(redis, s)).toEqual(["fresh", "holding", "me"]);
+    expect(await group.leave([s, `${s}-no-such-stream`])).toEqual([s]);
+    expect(await consumerNames(redis, s)).toEqual(["fresh", "holding"]);
+    // The entry moved off "holding": it goes once idle, with nothing pending.
+    await redis.xclaim(s, "sluice", "other", 0, held!);
+    await new Promise((r) => setTimeout(r, 150));
+    expect(await group.dropIdle(s, 100)).toBe(2);
+    expect(await consumerNames(redis, s)).toEqual(["other"]);
+    expect(await pendingCount(redis, s, "sluice")).toBe(1);
+
+    // The source's reclaim pass does it: with claim_idle and block at 10 ms, consumers idle 100 ms go.
+    await redis.xgroup("CREATECONSUMER", s, "sluice", "left-behind");
+    const run = start({ stream: s, consumer: "worker", claim_idle: 10, block: 10 });
+    await until(() => run.sink.committed.size === 1, "the held entry reclaimed and committed");
+    await until(async () => !(await consumerNames(redis, s)).includes("left-behind"), "left-behind deleted", 5_000);
+    expect(await consumerNames(redis, s)).toContain("worker");
   });
 
   it("reconnects after its connections are killed and loses nothing", async () => {
