@@ -240,19 +240,26 @@ describe.skipIf(!hasRedis)("redis_streams source", () => {
     expect(second.events.reduce((n, e) => n + (e.type === "records_reclaimed" ? e.count : 0), 0)).toBe(3);
   });
 
-  it("fills key and event time from the entry, keeps other fields as metadata, and reads entries without a body as their fields", async () => {
+  it("fills key and event time from the entry, keeps other fields as metadata, and reads another producer's entries (no body) as all their fields", async () => {
     const s = stream();
     await redis.xadd(s, "*", "id", "a", "body", '{"v":1}', "key", "k1", "event_time", "2026-01-02T03:04:05.000Z", "trace", "t-1");
     await redis.xadd(s, "*", "id", "b", "body", '{"v":2}', "key", "k2");
     await redis.xadd(s, "*", "id", "c", "temp", "21.5", "unit", "C", "key", "k3");
+    const foreign = await redis.xadd(s, "*", "device", "d-7", "event_time", "2026-01-02T03:04:05.000Z", "key", "k4");
     const run = start({ stream: s });
-    await until(() => run.sink.committed.size === 3, "3 records");
+    await until(() => run.sink.committed.size === 4, "4 records");
     const [a, b, c] = ["a", "b", "c"].map((id) => run.sink.committed.get(id)!);
     expect(a).toMatchObject({ key: "k1", eventTime: Date.parse("2026-01-02T03:04:05.000Z"), payload: { v: 1, _redis: { trace: "t-1" } } });
     expect(a!.text).toBeUndefined();
     // The body as read, passed on for sinks to write without serializing again.
     expect(b).toMatchObject({ key: "k2", eventTime: undefined, payload: { v: 2 }, text: '{"v":2}' });
-    expect(c).toMatchObject({ key: "k3", payload: { temp: "21.5", unit: "C" } });
+    // Without a body every field is payload: its id is found there by id_field; key and time stay data (no key_field, time_field).
+    expect(c).toMatchObject({ key: undefined, eventTime: undefined, payload: { id: "c", temp: "21.5", unit: "C", key: "k3" } });
+    expect(run.sink.committed.get(`${s}:${foreign}`)).toMatchObject({
+      key: undefined,
+      eventTime: undefined,
+      payload: { device: "d-7", event_time: "2026-01-02T03:04:05.000Z", key: "k4" },
+    });
   });
 
   it("dead-letters a body that is not a JSON object, located by stream and entry id, and acks it", async () => {
