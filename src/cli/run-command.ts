@@ -144,12 +144,16 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
   if (report(file, await deepCheck(config, configDir, process.cwd()), io)) return EXIT.usage;
   const logger = createLogger(config.observability.log_level, io.stderr.isTTY === true);
   logCrashesTo(logger);
+  // Before the pipeline is built: it takes the tracer installed then. Loaded only when configured.
+  const tracingConfig = config.observability.tracing;
+  const tracing = tracingConfig === undefined ? undefined : (await import("../observability/tracing-sdk.js")).startTracing(tracingConfig, logger);
   const started = performance.now();
   let built: Awaited<ReturnType<typeof buildPipeline>>;
   try {
     built = await buildPipeline(config, { configDir, cwd: process.cwd(), logger });
   } catch (err) {
     io.stderr.write(`cannot start: ${(err as Error).message}\n`);
+    await tracing?.shutdown();
     return EXIT.runtime;
   }
   const { pipeline, metrics } = built;
@@ -207,6 +211,7 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
     server?.close();
+    await tracing?.shutdown();
   }
   const summary = metrics.summary((performance.now() - started) / 1000);
   const counts = metrics.snapshot();
