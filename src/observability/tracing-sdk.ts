@@ -1,13 +1,11 @@
 /**
  * The CLI's OpenTelemetry SDK: installed when `observability.tracing` is set, before the pipeline
  * is built (the engine picks the installed tracer up then, see `core/tracing.ts`). The library
- * never imports this module; the CLI loads it with `import()` only when tracing is configured, so
- * a run without tracing does not load the SDK at all.
+ * never imports this module. The SDK packages are loaded with `import()` inside
+ * {@link startTracing}, so a run without tracing never loads them, bundled (the benchmarks'
+ * children) or not: a bundler hoists the static imports of a module it inlines.
  */
 import { context, diag, DiagLogLevel, propagation, trace } from "@opentelemetry/api";
-import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
-import { resourceFromAttributes } from "@opentelemetry/resources";
-import { BatchSpanProcessor, NodeTracerProvider, ParentBasedSampler, TraceIdRatioBasedSampler } from "@opentelemetry/sdk-trace-node";
 import type { Logger } from "../core/events.js";
 
 /** `observability.tracing` as validated. */
@@ -43,7 +41,12 @@ export function tracesUrl(endpoint: string): string {
  * context as the propagator. The SDK's own warnings and errors (a collector that cannot be
  * reached) go to `logger` as warnings.
  */
-export function startTracing(config: TracingConfig, logger: Logger): TracingSdk {
+export async function startTracing(config: TracingConfig, logger: Logger): Promise<TracingSdk> {
+  const [{ OTLPTraceExporter }, { resourceFromAttributes }, { BatchSpanProcessor, NodeTracerProvider, ParentBasedSampler, TraceIdRatioBasedSampler }] = await Promise.all([
+    import("@opentelemetry/exporter-trace-otlp-http"),
+    import("@opentelemetry/resources"),
+    import("@opentelemetry/sdk-trace-node"),
+  ]);
   diag.setLogger(
     {
       error: (message, ...args) => logger.warn({ component: "tracing", detail: args.map(String).join(" ") }, message),
