@@ -9,6 +9,9 @@
  *
  * Env: BENCH_MAIN=0 skips this section; BENCH_RECORDS (2000000), BENCH_BIG_RECORDS (8000000; 0 skips), BENCH_RUNS (3).
  *
+ * Then the tracing section (bench/tracing.ts: the sluice run above with tracing off and on, sample
+ * ratio 1, in alternating rounds; BENCH_TRACING=0 skips it, BENCH_TRACING_RUNS, BENCH_TRACING_RECORDS).
+ *
  * Then the PostgreSQL section (bench/postgres.ts: psql \copy, multi-row INSERT and sluice into
  * real tables; BENCH_PG=0 skips it, BENCH_PG_RECORDS, BENCH_PG_RUNS, BENCH_PG_URL).
  *
@@ -23,6 +26,7 @@ import { ensureDataFile, warmPageCache } from "./data-gen.js";
 import type { ContenderResult } from "./contenders/protocol.js";
 import { runHttpBench } from "./http.js";
 import { runPostgresBench } from "./postgres.js";
+import { runTracingBench } from "./tracing.js";
 import { fmtInt, fmtRatio, intEnv, median, progress } from "./report.js";
 
 const RECORDS = intEnv("BENCH_RECORDS", 2_000_000, 1);
@@ -197,6 +201,7 @@ async function main(): Promise<number> {
 }
 
 const mainCode = await main();
+const tracingCode = await runTracingBench();
 const postgresCode = await runPostgresBench();
 const httpCode = await runHttpBench();
-process.exitCode = Math.max(mainCode, postgresCode, httpCode);
+process.exitCode = Math.max(mainCode, tracingCode, postgresCode, httpCode);

@@ -2,6 +2,7 @@
  * The contracts between the engine and its components. Each method says who calls it, how
  * often, and what its errors mean; a component that keeps these gets sluice's guarantees.
  */
+import type { Context } from "@opentelemetry/api";
 import type { z } from "zod";
 import type { Clock } from "../core/clock.js";
 import type { SluiceError } from "../core/errors.js";
@@ -141,6 +142,11 @@ export interface EnqueueOptions {
   readonly wait?: boolean;
   /** Gives up waiting: the chunk is then `rejected`. */
   readonly signal?: AbortSignal;
+  /**
+   * The producer's trace context (an HTTP request's `traceparent`, see `parentFromHeaders`): the
+   * chunk's `sluice.source.receive` span is its child. Used only when a tracer is installed.
+   */
+  readonly parent?: Context;
 }
 
 /**

@@ -3,6 +3,7 @@
  * format lives in `durable-log.ts`; this module decides what is written when, what stays in
  * memory, and when entries are released.
  */
+import type { SpanContext } from "@opentelemetry/api";
 import fs, { type FileHandle } from "node:fs/promises";
 import { constants as fsConstants } from "node:fs";
 import { join } from "node:path";
@@ -99,6 +100,8 @@ class EntryTicket implements AckTicket {
   seq = -1;
   readonly checkpoint = undefined;
   pending: number;
+  /** The receive span's context, for a chunk kept in memory from its push; one read back from disk has none. */
+  trace: SpanContext | undefined = undefined;
 
   constructor(
     readonly entry: LogEntry,
@@ -637,6 +640,7 @@ export class DurableBuffer implements BufferContract {
       entry.state = "queued";
       if (this.heldRecords + entry.records <= this.memory.maxRecords && this.heldBytes + entry.bytes <= this.memory.maxBytes) {
         const ticket = new EntryTicket(entry, a.chunk.ticket.receivedAt, entry.records, entry.bytes, this.onTicketDone);
+        ticket.trace = a.chunk.ticket.trace;
         for (const r of a.chunk.records) r.ticket = ticket;
         entry.chunk = { records: a.chunk.records, ticket };
         this.heldRecords += entry.records;
