@@ -8,7 +8,7 @@ import { dirname, resolve } from "node:path";
 import { buildPipeline } from "../config/build.js";
 import { formatIssues, loadConfig } from "../config/load.js";
 import type { PipelineConfig } from "../config/schema.js";
-import { createLogger } from "../observability/logger.js";
+import { createLogger, type LogLevel } from "../observability/logger.js";
 import type { CountsSnapshot, Metrics, RunSummary } from "../observability/metrics.js";
 import { startObservabilityServer } from "../server/observability-server.js";
 import { checkFileSourcePath } from "../sources/file/source.js";
@@ -134,6 +134,8 @@ export function summaryTable(summary: RunSummary, status: string, deadLetterHint
 export interface RunOptions {
   readonly summaryJson?: string;
   readonly progress?: boolean;
+  /** Overrides `observability.log_level`. */
+  readonly logLevel?: LogLevel;
 }
 
 /** `sluice run <config>`: runs to completion (finite sources) or to a graceful stop. */
@@ -142,7 +144,7 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
   if (!config) return EXIT.usage;
   const configDir = dirname(resolve(file));
   if (report(file, await deepCheck(config, configDir, process.cwd()), io)) return EXIT.usage;
-  const logger = createLogger(config.observability.log_level, io.stderr.isTTY === true);
+  const logger = createLogger(opts.logLevel ?? config.observability.log_level, io.stderr.isTTY === true);
   logCrashesTo(logger);
   const started = performance.now();
   let built: Awaited<ReturnType<typeof buildPipeline>>;
