@@ -1,6 +1,7 @@
 /** The `sluice` command line: argument parsing only; the work is in run-command.ts and the library. */
 import { readFileSync } from "node:fs";
 import { Command, CommanderError, Option } from "commander";
+import { duration } from "../components/options.js";
 import { componentsCommand } from "./components-command.js";
 import { dlqCommand, type DlqIo, type DlqOptions } from "./dlq-command.js";
 import { LOG_LEVELS, type LogLevel } from "../observability/logger.js";
@@ -45,10 +46,18 @@ export async function main(argv: readonly string[], io: DlqIo = { stdout: proces
 
   program
     .command("validate")
-    .description("check a pipeline config; exit 0 when valid, 2 with every error and its path")
+    .description("check a pipeline config (exit 2 with every error and its path), then connect to every source and sink (exit 1 when one fails)")
     .argument("<config>", "pipeline YAML file")
-    .action(async (config: string) => {
-      code = await validateCommand(config, io);
+    .option("--no-connect", "check the config only; do not connect to the sources and sinks")
+    .option("--timeout <duration>", "how long the connection checks may take (ms, or 500ms, 10s, 1m)", "10s")
+    .action(async (config: string, opts: { connect: boolean; timeout: string }) => {
+      const timeout = duration().safeParse(opts.timeout);
+      if (!timeout.success || timeout.data <= 0) {
+        io.stderr.write(`--timeout ${opts.timeout}: not a duration (ms, or 500ms, 10s, 1m)\n`);
+        code = EXIT.usage;
+        return;
+      }
+      code = await validateCommand(config, { connect: opts.connect, timeoutMs: timeout.data }, io);
     });
 
   program
