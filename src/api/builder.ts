@@ -247,7 +247,7 @@ export class PipelineBuilder<P extends object> {
       lock,
     }));
     created.pipeline = pipeline;
-    metrics.watchBuffer(() => pipeline.bufferUsage());
+    metrics.watchBuffer(() => pipeline.bufferUsage(), { records: t.buffer.max_records, bytes: t.buffer.max_bytes });
     return { pipeline, metrics, dataDir, service };
   }
 

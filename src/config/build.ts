@@ -184,6 +184,6 @@ export async function buildPipeline(config: PipelineConfig, o: BuildOptions): Pr
     lock,
   }));
   created.pipeline = pipeline;
-  metrics.watchBuffer(() => pipeline.bufferUsage());
+  metrics.watchBuffer(() => pipeline.bufferUsage(), { records: config.buffer.max_records, bytes: config.buffer.max_bytes });
   return { pipeline, metrics, dataDir, service };
 }

@@ -115,6 +115,8 @@ export class Metrics {
   private readonly down = new Map<string, SinkDown>();
   /** Sinks whose last retried batch ended dead-lettered: since when they have failed, and when that batch gave up. */
   private readonly gaveUp = new Map<string, { since: number; at: number }>();
+  private readonly bufferMaxRecords = new Gauge({ name: "sluice_buffer_max_records", help: "The buffer's bound in records (buffer.max_records): sluice_buffer_records / this is how full it is.", registers: [this.registry] });
+  private readonly bufferMaxBytes = new Gauge({ name: "sluice_buffer_max_bytes", help: "The buffer's bound in bytes (buffer.max_bytes): sluice_buffer_bytes / this is how full it is.", registers: [this.registry] });
   private readonly httpRefused = new Counter({ name: "sluice_http_connections_refused_total", help: "Connections an http source closed at once because it had max_connections open.", labelNames: ["source"], registers: [this.registry] });
   private readonly latency = new WeightedHistogram("sluice_end_to_end_latency_seconds", "Time from a record's receipt to its commit by a sink.", "sink", LATENCY_BUCKETS, this.registry);
 
@@ -146,9 +148,16 @@ export class Metrics {
     new Gauge({ name: "sluice_buffer_bytes", help: "Estimated bytes held by the buffer.", registers: [this.registry], collect() { this.set(probe().bytes); } });
   }
 
-  /** Reads the buffer's fill when metrics are scraped or a snapshot is taken. */
-  watchBuffer(probe: () => { records: number; bytes: number }): void {
+  /**
+   * Reads the buffer's fill when metrics are scraped or a snapshot is taken; `limits` (the
+   * buffer's `max_records` and `max_bytes`) become `sluice_buffer_max_records` and
+   * `sluice_buffer_max_bytes`, so a dashboard, an alert or `sluice top` can tell how full it is.
+   */
+  watchBuffer(probe: () => { records: number; bytes: number }, limits?: { records: number; bytes: number }): void {
     this.bufferProbe = probe;
+    if (limits === undefined) return;
+    this.bufferMaxRecords.set(limits.records);
+    this.bufferMaxBytes.set(limits.bytes);
   }
 
   /** The pipeline's event sink. Cheap: it runs once per batch, plus once per record for the latency histogram. */
