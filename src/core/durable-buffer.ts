@@ -658,7 +658,7 @@ export class DurableBuffer implements BufferContract {
 
   private async failGroup(group: Append[], bytes: number, err: unknown): Promise<void> {
     const error = ioError(`durable buffer: could not append to ${this.dir}`, err);
-    this.logger.error({ path: this.dir, code: error.code, err: error.message, chunks: group.length }, "durable buffer: write failed; the pushes of this group are rejected");
+    this.logger.error({ component: "buffer", code: error.code, first_record_id: group[0]?.chunk.records[0]?.id, path: this.dir, err: error.message, chunks: group.length }, "durable buffer: write failed; the pushes of this group are rejected");
     this.notWritable(bytes, err);
     // What reached the file (or the disk) of a failed write is unknown: cut the segment back
     // to its last good entry and write on in a new one.
@@ -766,7 +766,7 @@ export class DurableBuffer implements BufferContract {
         if (failures > 1) this.emit({ type: "buffer_read_failed", reason: err instanceof Error ? err.message : String(err) });
         const decision = retries.decide(classify(err, "ERR_BUFFER_IO"));
         const wait = decision.tag === "retry" ? decision.delayMs : 0;
-        this.logger.error({ path: this.dir, seq: entry.seq, err: String(err), retryInMs: wait }, "durable buffer: could not read an entry; retrying");
+        this.logger.error({ component: "buffer", code: "ERR_BUFFER_IO", path: this.dir, seq: entry.seq, err: String(err), retryInMs: wait }, "durable buffer: could not read an entry; retrying");
         await retries.wait(wait);
         if (this.pullEnded()) return this.giveBack(entry);
         continue;

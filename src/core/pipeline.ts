@@ -600,9 +600,13 @@ export class Pipeline {
       };
     });
     this.deadLetters.add(entries, () => {
-      const byCode = new Map<string, number>();
-      for (const e of entries) byCode.set(e.code, (byCode.get(e.code) ?? 0) + 1);
-      for (const [code, count] of byCode) this.emit({ type: "records_dead_lettered", sink: stage, code, count });
+      const byCode = new Map<string, { count: number; first: DeadLetter }>();
+      for (const e of entries) {
+        const seen = byCode.get(e.code);
+        if (seen === undefined) byCode.set(e.code, { count: 1, first: e });
+        else seen.count++;
+      }
+      for (const [code, { count, first }] of byCode) this.emit({ type: "records_dead_lettered", sink: stage, code, count, firstRecordId: first.record.id, message: first.message });
       this.emit({ type: "records_completed", delivered: 0, alreadyPresent: 0, deadLettered: records.length });
       for (const r of records) {
         r.deadLettered = true;

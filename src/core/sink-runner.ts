@@ -293,7 +293,7 @@ export class SinkRunner {
     void this.writeWithRetry(batch).then(
       () => this.laneFree(lane),
       (err: unknown) => {
-        this.o.logger.error({ sink: this.o.name, err: String(err) }, "internal error in sink runner");
+        this.o.logger.error({ component: this.o.name, code: "ERR_INTERNAL", first_record_id: batch[0]?.id, err: String(err) }, "internal error in sink runner");
         this.laneFree(lane);
       },
     );
@@ -441,7 +441,7 @@ export class SinkRunner {
         return;
       }
       this.traced(span, "retry", lastError);
-      this.o.emit({ type: "records_retried", sink: name, count: retryable.length, code: lastError.code, message: lastError.message, delayMs: decision.delayMs });
+      this.o.emit({ type: "records_retried", sink: name, count: retryable.length, code: lastError.code, message: lastError.message, delayMs: decision.delayMs, firstRecordId: retryable[0]!.id });
       if (!(await retries.wait(decision.delayMs))) return;
       pending = retryable;
     }
@@ -505,7 +505,7 @@ export class SinkRunner {
       lastFailureAt,
     }));
     this.o.deadLetters.add(entries, () => {
-      this.o.emit({ type: "records_dead_lettered", sink: this.o.name, code, count: records.length });
+      this.o.emit({ type: "records_dead_lettered", sink: this.o.name, code, count: records.length, firstRecordId: entries[0]!.record.id, message: entries[0]!.message });
       this.o.onDone(records, true);
     });
   }

@@ -185,7 +185,7 @@ export class HttpSource implements Source {
         resolve();
       });
     });
-    server.on("error", (err) => this.ctx.logger.error({ component: this.ctx.name, err: err.message }, "http server error"));
+    server.on("error", (err) => this.ctx.logger.error({ component: this.ctx.name, code: "ERR_SOURCE_READ", err: err.message }, "http server error"));
     const address = server.address();
     this.ctx.logger.info({ component: this.ctx.name, address: typeof address === "object" && address ? `${address.address}:${address.port}` : String(address), path: this.o.path }, "http source listening");
     if (!signal.aborted) await new Promise<void>((resolve) => signal.addEventListener("abort", () => resolve(), { once: true }));
@@ -494,7 +494,7 @@ export class HttpSource implements Source {
       res.destroy();
       return;
     }
-    if (!(err instanceof HttpError)) this.ctx.logger.error({ component: this.ctx.name, err: String(err) }, "http source failed on a request");
+    if (!(err instanceof HttpError)) this.ctx.logger.error({ component: this.ctx.name, code: "ERR_INTERNAL", err: String(err) }, "http source failed on a request");
     this.send(res, replyOf(err));
   }
 
