@@ -85,3 +85,27 @@ export function runChild<N extends string>(launcher: Launcher<N>, name: N, task:
     });
   });
 }
+
+/** How to start the `sluice` CLI: the esbuild bundle of src/cli/entry.ts, or tsx on the source. */
+export async function sluiceCommand(): Promise<{ args: string[]; mode: "bundled" | "tsx" }> {
+  const entry = join(REPO_DIR, "src", "cli", "entry.ts");
+  try {
+    const esbuild = await import("esbuild");
+    const outfile = join(BUILD_DIR, "sluice-cli.mjs");
+    await esbuild.build({
+      entryPoints: [entry],
+      outfile,
+      bundle: true,
+      platform: "node",
+      format: "esm",
+      target: "node20",
+      packages: "external",
+      sourcemap: "linked",
+      logLevel: "error",
+      absWorkingDir: REPO_DIR,
+    });
+    return { args: [outfile], mode: "bundled" };
+  } catch {
+    return { args: ["--conditions=sluice-source", "--import", "tsx", entry], mode: "tsx" };
+  }
+}
