@@ -29,7 +29,9 @@
  * BENCH_BROKERS_NATS=0, BENCH_BROKERS_BULLMQ=0 skip a part; BENCH_BROKERS_RECORDS,
  * BENCH_BROKERS_NATS_RECORDS, BENCH_BROKERS_BULLMQ_JOBS, BENCH_BROKERS_BULLMQ_CONCURRENCY;
  * BENCH_REDIS_URL (redis://127.0.0.1:6379), BENCH_NATS_URL (nats://127.0.0.1:4222);
- * BENCH_BROKERS_CPU_PROF=<dir> runs sluice under `node --cpu-prof` (figures then slower).
+ * BENCH_BROKERS_CPU_PROF=<dir> runs sluice under `node --cpu-prof` (figures then slower);
+ * BENCH_BROKERS_BASE_REF=<git ref> adds sluice built from that ref's src/ as one more contender
+ * in every round, for a before/after of a change in the same run (the report adds its ratio).
  * A service that cannot be reached skips its part, reason printed. The streams, groups, consumers
  * and queues are removed afterwards. Exit code non-zero only when a contender run failed.
  *
@@ -46,7 +48,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import { Redis } from "ioredis";
 import type { RunSummary } from "../src/observability/metrics.js";
 import { consumerDrained, createGroup, entryId, groupDrained, preloadBullmq, preloadJetStream, preloadRedis } from "./broker-preload.js";
-import { prepareLaunch, REPO_DIR, sluiceCommand, type Launcher } from "./build.js";
+import { prepareLaunch, REPO_DIR, sluiceCommand, sluiceCommandAt, type Launcher } from "./build.js";
 import { DONE_PREFIX, type BrokerTask } from "./contenders/broker-protocol.js";
 import { fmtInt, fmtRatio, intEnv, median, progress } from "./report.js";
 
@@ -69,14 +71,21 @@ const profileDir = process.env.BENCH_BROKERS_CPU_PROF ? resolve(process.env.BENC
 const TRANSFORM = join(REPO_DIR, "bench", "enrich-copy.mjs");
 const TIME = "/usr/bin/time";
 
-type Id = "redis-loop" | "sluice-redis" | "bullmq" | "nats-loop" | "sluice-nats";
+const baseRef = process.env.BENCH_BROKERS_BASE_REF || undefined;
+
+type Id = "redis-loop" | "sluice-redis" | "base-redis" | "bullmq" | "nats-loop" | "sluice-nats" | "base-nats";
 const LABELS: Record<Id, string> = {
   "redis-loop": "hand-written XREADGROUP/XACK loop",
   "sluice-redis": "sluice redis_streams -> blackhole",
+  "base-redis": `sluice at ${baseRef ?? "-"} (redis_streams)`,
   bullmq: `BullMQ worker, concurrency ${bullmqConcurrency}`,
   "nats-loop": "hand-written pull consumer, ack each",
   "sluice-nats": "sluice nats_jetstream -> blackhole",
+  "base-nats": `sluice at ${baseRef ?? "-"} (nats_jetstream)`,
 };
+const REDIS_IDS: readonly Id[] = ["redis-loop", "sluice-redis", "base-redis"];
+const NATS_IDS: readonly Id[] = ["nats-loop", "sluice-nats", "base-nats"];
+const SLUICE_IDS: readonly Id[] = ["sluice-redis", "base-redis", "sluice-nats", "base-nats"];
 const BASELINE_FILES = { "redis-loop": "redis-loop", bullmq: "bullmq-worker", "nats-loop": "nats-loop" } as const;
 type BaselineFile = (typeof BASELINE_FILES)[keyof typeof BASELINE_FILES];
 
@@ -263,6 +272,7 @@ export async function runBrokerBench(): Promise<number> {
     progress.live("bundling the broker contenders");
     const launcher: Launcher<BaselineFile> = await prepareLaunch(Object.values(BASELINE_FILES));
     const sluice = await sluiceCommand();
+    const base = baseRef === undefined ? undefined : await sluiceCommandAt(baseRef);
     const prof = profileDir === undefined ? [] : ["--cpu-prof", "--cpu-prof-dir", profileDir];
 
     if (withRedis) {
@@ -277,8 +287,10 @@ export async function runBrokerBench(): Promise<number> {
 
     const order: Id[] = [
       ...(withRedis ? (["redis-loop", "sluice-redis"] as const) : []),
+      ...(withRedis && base !== undefined ? (["base-redis"] as const) : []),
       ...(withBullmq ? (["bullmq"] as const) : []),
       ...(withNats ? (["nats-loop", "sluice-nats"] as const) : []),
+      ...(withNats && base !== undefined ? (["base-nats"] as const) : []),
     ];
     const results = new Map<Id, (Run | undefined)[]>(order.map((id) => [id, []]));
     const failures: string[] = [];
@@ -308,7 +320,7 @@ export async function runBrokerBench(): Promise<number> {
             const counts = await queue!.getJobCounts("waiting", "active", "delayed", "failed");
             if (Object.values(counts).some((n) => n !== 0)) throw new Error(`jobs left in the queue: ${JSON.stringify(counts)}`);
           };
-        } else if (id === "redis-loop" || id === "sluice-redis") {
+        } else if (REDIS_IDS.includes(id)) {
           records = redisRecords - after;
           await createGroup(redis!, stream, group, entryId(after));
           drained = () => groupDrained(redis!, stream, group, entryId(redisRecords));
@@ -326,17 +338,17 @@ export async function runBrokerBench(): Promise<number> {
           };
         }
         let summary: string | undefined;
-        if (id === "sluice-redis" || id === "sluice-nats") {
-          const source =
-            id === "sluice-redis"
+        if (SLUICE_IDS.includes(id)) {
+          const source = REDIS_IDS.includes(id)
               ? `{ type: redis_streams, url: ${JSON.stringify(redisUrl)}, stream: ${JSON.stringify(stream)}, group: ${JSON.stringify(group)} }`
               : `{ type: nats_jetstream, servers: ${JSON.stringify(natsUrl)}, stream: ${JSON.stringify(natsStream)}, consumer: ${JSON.stringify(group)} }`;
           const c = sluiceConfig(dir, source);
           summary = c.summary;
-          args = [...prof, ...sluice.args, "run", c.config, "--summary-json", c.summary];
+          args = [...prof, ...(id.startsWith("base-") ? base! : sluice).args, "run", c.config, "--summary-json", c.summary];
         } else {
+          const file = BASELINE_FILES[id as keyof typeof BASELINE_FILES];
           const task: BrokerTask = { url: id === "nats-loop" ? natsUrl : redisUrl, stream: id === "bullmq" ? group : id === "nats-loop" ? natsStream : stream, group, records, transform: TRANSFORM, concurrency: bullmqConcurrency };
-          args = [...launcher.args(BASELINE_FILES[id]), JSON.stringify(task)];
+          args = [...launcher.args(file), JSON.stringify(task)];
         }
         const load = loadavg()[0]!;
         progress.live(`${label} ... running`);
@@ -364,8 +376,8 @@ export async function runBrokerBench(): Promise<number> {
         return undefined;
       } finally {
         await rm(dir, { recursive: true, force: true });
-        if (id === "redis-loop" || id === "sluice-redis") await redis!.xgroup("DESTROY", stream, group).catch(() => undefined);
-        if (id === "nats-loop" || id === "sluice-nats") await nats!.jsm.consumers.delete(natsStream, group).catch(() => undefined);
+        if (REDIS_IDS.includes(id)) await redis!.xgroup("DESTROY", stream, group).catch(() => undefined);
+        if (NATS_IDS.includes(id)) await nats!.jsm.consumers.delete(natsStream, group).catch(() => undefined);
       }
     };
 
@@ -452,8 +464,8 @@ function report(results: Map<Id, (Run | undefined)[]>, quarter: Run | undefined,
     const render = (cells: string[]): string => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  ");
     out.push("", title, render(header), widths.map((w) => "-".repeat(w)).join("  "), ...rows.map(render));
   };
-  table(`Redis Streams, ${fmtInt(redisRecords)} entries (BullMQ: ${fmtInt(bullmqJobs)} jobs); vs loop: against the XREADGROUP/XACK loop`, ["redis-loop", "sluice-redis", "bullmq"], "redis-loop");
-  table(`NATS JetStream, ${fmtInt(natsRecords)} messages; vs loop: against the pull consumer`, ["nats-loop", "sluice-nats"], "nats-loop");
+  table(`Redis Streams, ${fmtInt(redisRecords)} entries (BullMQ: ${fmtInt(bullmqJobs)} jobs); vs loop: against the XREADGROUP/XACK loop`, ["redis-loop", "sluice-redis", "base-redis", "bullmq"], "redis-loop");
+  table(`NATS JetStream, ${fmtInt(natsRecords)} messages; vs loop: against the pull consumer`, ["nats-loop", "sluice-nats", "base-nats"], "nats-loop");
 
   const verdict = (v: number | undefined, target: number): string => (v === undefined ? "n/a " : v >= target ? "PASS" : "FAIL");
   const line = (v: number | undefined, target: number, text: string, cpu: number | undefined): string =>
@@ -462,6 +474,8 @@ function report(results: Map<Id, (Run | undefined)[]>, quarter: Run | undefined,
   if (results.has("redis-loop")) out.push(line(ratio("sluice-redis", "redis-loop"), TARGETS.vsRedisLoop, "sluice redis_streams records/s vs the XREADGROUP/XACK loop", ratio("sluice-redis", "redis-loop", perCpu)));
   if (results.has("bullmq") && results.has("sluice-redis")) out.push(line(ratio("sluice-redis", "bullmq"), TARGETS.vsBullmq, "sluice redis_streams records/s vs BullMQ jobs/s", ratio("sluice-redis", "bullmq", perCpu)));
   if (results.has("nats-loop")) out.push(line(ratio("sluice-nats", "nats-loop"), TARGETS.vsNatsLoop, "sluice nats_jetstream records/s vs the pull loop", ratio("sluice-nats", "nats-loop", perCpu)));
+  if (results.has("base-redis")) out.push(`  info  sluice redis_streams now vs at ${baseRef}: ${dash(ratio("sluice-redis", "base-redis"), fmtRatio)} (by CPU time: ${dash(ratio("sluice-redis", "base-redis", perCpu), fmtRatio)})`);
+  if (results.has("base-nats")) out.push(`  info  sluice nats_jetstream now vs at ${baseRef}: ${dash(ratio("sluice-nats", "base-nats"), fmtRatio)} (by CPU time: ${dash(ratio("sluice-nats", "base-nats", perCpu), fmtRatio)})`);
   const fullPeak = med("sluice-redis", (r) => r.maxRssMiB);
   if (results.has("sluice-redis")) {
     const growth = quarter?.maxRssMiB === undefined || fullPeak === undefined ? undefined : fullPeak / quarter.maxRssMiB - 1;
