@@ -18,12 +18,18 @@
  * Then the HTTP ingest section (bench/http.ts: NDJSON batches over 32 keep-alive connections into
  * `sluice run` with a durable buffer, next to a bare `node:http` server; BENCH_HTTP=0 skips it,
  * BENCH_HTTP_SECONDS, BENCH_HTTP_WARMUP_SECONDS, BENCH_HTTP_RUNS, BENCH_HTTP_CONNECTIONS, BENCH_HTTP_BATCH).
+ *
+ * Then the broker section (bench/brokers.ts: preloaded Redis stream and JetStream stream read by
+ * sluice's sources, next to hand-written consumer loops and BullMQ; BENCH_BROKERS=0 skips it,
+ * BENCH_BROKERS_RUNS, BENCH_BROKERS_RECORDS, BENCH_BROKERS_NATS_RECORDS, BENCH_BROKERS_BULLMQ_JOBS,
+ * BENCH_BROKERS_REDIS=0 / _NATS=0 / _BULLMQ=0, BENCH_REDIS_URL, BENCH_NATS_URL).
  */
 import { cpus, loadavg } from "node:os";
 import { join } from "node:path";
 import { CONTENDERS, prepareLaunch, REPO_DIR, runChild, type ContenderName } from "./build.js";
 import { ensureDataFile, warmPageCache } from "./data-gen.js";
 import type { ContenderResult } from "./contenders/protocol.js";
+import { runBrokerBench } from "./brokers.js";
 import { runHttpBench } from "./http.js";
 import { runPostgresBench } from "./postgres.js";
 import { runTracingBench } from "./tracing.js";
@@ -204,4 +210,5 @@ const mainCode = await main();
 const tracingCode = await runTracingBench();
 const postgresCode = await runPostgresBench();
 const httpCode = await runHttpBench();
-process.exitCode = Math.max(mainCode, tracingCode, postgresCode, httpCode);
+const brokersCode = await runBrokerBench();
+process.exitCode = Math.max(mainCode, tracingCode, postgresCode, httpCode, brokersCode);
