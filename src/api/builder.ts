@@ -7,7 +7,7 @@ import { mkdir } from "node:fs/promises";
 import { resolve } from "node:path";
 import type { z } from "zod";
 import type { ComponentContext, ComponentDefinition, DeadLetterStore, OptionConflict, PipelineShape, Sink, Source, Transform } from "../components/contracts.js";
-import { createBuffer, lockDataDir, releasingOnThrow, serviceProbe, sinkSettings, type BuiltPipeline } from "../config/build.js";
+import { createBuffer, flushingAtEnd, lockDataDir, releasingOnThrow, serviceProbe, sinkSettings, type BuiltPipeline } from "../config/build.js";
 import { DEFAULTS } from "../config/defaults.js";
 import { reservedNameIssue, sinkDrivingSchema, topSchema, transformLimitsSchema, validateWith, type ConfigIssue, type TransformLimits } from "../config/schema.js";
 import { systemClock, type Clock } from "../core/clock.js";
@@ -17,6 +17,7 @@ import { Pipeline, type PipelineStatus } from "../core/pipeline.js";
 import type { JsonObject, RecordView } from "../core/record.js";
 import { mapTransform } from "../transforms/module.js";
 import { Metrics, type RunSummary } from "../observability/metrics.js";
+import { RateLimitedLogger } from "../observability/rate-limited-logger.js";
 import { definition as deadLetterSqlite } from "../sinks/dead-letter-sqlite.js";
 
 /** Builds a component instance once the pipeline's context (data_dir, clock, logger) is known. */
@@ -204,7 +205,7 @@ export class PipelineBuilder<P extends object> {
     const conflicts = this.sources.flatMap((s) => s.conflicts?.(shape) ?? []);
     if (conflicts.length > 0) throwInvalid(conflicts);
     const clock = this.settings.clock ?? systemClock;
-    const logger = this.settings.logger ?? silentLogger;
+    const logger = new RateLimitedLogger(this.settings.logger ?? silentLogger, clock);
     const cwd = this.settings.cwd ?? process.cwd();
     const dataDir = resolve(cwd, t.data_dir);
     await mkdir(dataDir, { recursive: true });
@@ -214,7 +215,7 @@ export class PipelineBuilder<P extends object> {
       logger,
       () => clock.now(),
     );
-    const emit: EventSink =
+    const emit: EventSink = flushingAtEnd(
       onEvent === undefined
         ? metrics.handle
         : (event) => {
@@ -222,9 +223,11 @@ export class PipelineBuilder<P extends object> {
             try {
               onEvent(event);
             } catch (err) {
-              logger.error({ event: event.type, err: String(err) }, "onEvent listener threw; ignored");
+              logger.error({ component: "pipeline", code: "ERR_INTERNAL", event: event.type, err: String(err) }, "onEvent listener threw; ignored");
             }
-          };
+          },
+      logger,
+    );
     // Components are created before the pipeline that holds them; the probe reads it when asked.
     const created: { pipeline?: Pipeline } = {};
     const service = serviceProbe(() => created.pipeline, metrics, t.observability.unready_after);
@@ -253,7 +256,7 @@ export class PipelineBuilder<P extends object> {
       lock,
     }));
     created.pipeline = pipeline;
-    metrics.watchBuffer(() => pipeline.bufferUsage());
+    metrics.watchBuffer(() => pipeline.bufferUsage(), { records: t.buffer.max_records, bytes: t.buffer.max_bytes });
     return { pipeline, metrics, dataDir, service };
   }
 

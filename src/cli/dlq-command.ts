@@ -12,7 +12,7 @@ import { formatIssues, loadConfig } from "../config/load.js";
 import type { PipelineConfig } from "../config/schema.js";
 import { systemClock } from "../core/clock.js";
 import { SluiceError } from "../core/errors.js";
-import { createLogger } from "../observability/logger.js";
+import { createLogger, type LogLevel } from "../observability/logger.js";
 import { entryBlock, entryJson, entryTable } from "./dlq-format.js";
 import { EXIT, type Io } from "./run-command.js";
 
@@ -29,6 +29,8 @@ export interface DlqOptions {
   /** replay */
   readonly to?: string;
   readonly rate?: string;
+  /** replay: overrides `observability.log_level`. */
+  readonly logLevel?: LogLevel;
   /** purge */
   readonly all?: boolean;
   readonly yes?: boolean;
@@ -230,7 +232,7 @@ async function replay(
     result = await replayDeadLetters(config, {
       configDir: dirname(resolve(file)),
       cwd,
-      logger: createLogger(config.observability.log_level, tty),
+      logger: createLogger(o.logLevel ?? config.observability.log_level, tty),
       store,
       workflow,
       entries,

@@ -15,6 +15,7 @@ import type { EventSink, Logger } from "../core/events.js";
 import { Pipeline, type SinkSettings } from "../core/pipeline.js";
 import { mulberry32 } from "../core/random.js";
 import { Metrics } from "../observability/metrics.js";
+import { RateLimitedLogger } from "../observability/rate-limited-logger.js";
 import { DEFAULTS } from "./defaults.js";
 import type { PipelineConfig, SinkDriving } from "./schema.js";
 
@@ -125,6 +126,17 @@ export async function releasingOnThrow<T>(lock: DirLock, make: () => T): Promise
 }
 
 /**
+ * Passes events to `emit`; when the run ends, reports the log lines `logger` suppressed meanwhile,
+ * so no count is lost and no rate-limit timer outlives the run.
+ */
+export function flushingAtEnd(emit: EventSink, logger: RateLimitedLogger): EventSink {
+  return (event) => {
+    emit(event);
+    if (event.type === "pipeline_run" && event.phase === "done") logger.flush();
+  };
+}
+
+/**
  * Builds the pipeline a config describes. Creates `data_dir` and takes its lock (`ERR_LOCKED` when
  * another live run holds it); does no other I/O (components connect when run).
  */
@@ -132,16 +144,18 @@ export async function buildPipeline(config: PipelineConfig, o: BuildOptions): Pr
   const clock = o.clock ?? systemClock;
   const dataDir = resolve(o.cwd, config.dataDir);
   await mkdir(dataDir, { recursive: true });
-  const lock = await lockDataDir(dataDir, o.logger);
+  const logger = new RateLimitedLogger(o.logger, clock);
+  const lock = await lockDataDir(dataDir, logger);
   const metrics = new Metrics(
     config.sinks.map((s) => s.name),
-    o.logger,
+    logger,
     () => clock.now(),
   );
+  const emit = flushingAtEnd(metrics.handle, logger);
   // Components are created before the pipeline that holds them; the probe reads it when asked.
   const created: { pipeline?: Pipeline } = {};
   const service = serviceProbe(() => created.pipeline, metrics, config.observability.unready_after);
-  const ctx = (name: string, baseDir: string): ComponentContext => ({ name, dataDir, baseDir, clock, logger: o.logger, emit: metrics.handle, service, bufferBytes: config.buffer.max_bytes, bufferRecords: config.buffer.max_records });
+  const ctx = (name: string, baseDir: string): ComponentContext => ({ name, dataDir, baseDir, clock, logger, emit, service, bufferBytes: config.buffer.max_bytes, bufferRecords: config.buffer.max_records });
 
   const pipeline = await releasingOnThrow(lock, () => new Pipeline({
     sources: config.sources.map((s) => ({
@@ -159,17 +173,17 @@ export async function buildPipeline(config: PipelineConfig, o: BuildOptions): Pr
     })),
     sinks: config.sinks.map((s) => sinkSettings(s.name, s.definition.create(s.options as never, ctx(s.name, o.cwd)), s.driving, clock)),
     deadLetter: config.deadLetter.definition.create(config.deadLetter.options as never, ctx("dead_letter", o.cwd)),
-    buffer: createBuffer(config.buffer, dataDir, o.cwd, metrics.handle, o.logger),
+    buffer: createBuffer(config.buffer, dataDir, o.cwd, emit, logger),
     whenFull: config.buffer.when_full,
     chunkSize: Math.min(config.buffer.chunk_size, config.buffer.max_records),
     shutdownTimeoutMs: config.shutdownTimeoutMs,
     deadLetterMaxElapsedMs: config.deadLetter.retry.max_elapsed,
     clock,
-    logger: o.logger,
-    emit: metrics.handle,
+    logger,
+    emit,
     lock,
   }));
   created.pipeline = pipeline;
-  metrics.watchBuffer(() => pipeline.bufferUsage());
+  metrics.watchBuffer(() => pipeline.bufferUsage(), { records: config.buffer.max_records, bytes: config.buffer.max_bytes });
   return { pipeline, metrics, dataDir, service };
 }

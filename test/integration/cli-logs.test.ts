@@ -1,0 +1,92 @@
+/**
+ * The logs of a real `sluice run` whose stderr is a pipe: JSON lines, `--log-level` over the
+ * config's `log_level`, error lines with component, code and first record id, rate-limited.
+ */
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest";
+import { killClis, runCli } from "../helpers/cli.js";
+
+let dir: string;
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), "sluice-logs-"));
+});
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+afterAll(killClis);
+
+/** 2,000 records in batches of 20 to a sink that fails ~3% of records for good: dead letters in most batches. */
+async function failingPipeline(logLevel: string): Promise<string> {
+  const file = join(dir, "pipeline.yaml");
+  await writeFile(
+    file,
+    `data_dir: ./data
+observability: { log_level: ${logLevel}, progress: never }
+sources:
+  gen: { type: generator, count: 2000, seed: 7 }
+sinks:
+  db:
+    type: sqlite
+    path: ./out.db
+    batch: { max_records: 20 }
+    chaos: { permanent_failure_rate: 0.03, seed: 11 }
+`,
+  );
+  return file;
+}
+
+interface LogLine {
+  readonly level: number;
+  readonly msg: string;
+  readonly [field: string]: unknown;
+}
+
+/** The JSON lines of stderr (the summary table is plain text after them). */
+function jsonLines(stderr: string): LogLine[] {
+  return stderr
+    .split("\n")
+    .filter((l) => l.startsWith("{"))
+    .map((l) => JSON.parse(l) as LogLine);
+}
+
+describe("sluice run: logs", () => {
+  it("--log-level wins over log_level; error lines carry component, code and first record id, and repeats are rate-limited", async () => {
+    const file = await failingPipeline("silent");
+    const quiet = await runCli(["run", file], { cwd: dir });
+    expect(quiet.code).toBe(0);
+    expect(jsonLines(quiet.stderr)).toEqual([]);
+    expect(quiet.stderr).toMatch(/dead-lettered\s+[1-9]/);
+
+    await rm(join(dir, "data"), { recursive: true });
+    await rm(join(dir, "out.db"));
+    const loud = await runCli(["run", file, "--log-level", "error"], { cwd: dir });
+    expect(loud.code).toBe(0);
+    const lines = jsonLines(loud.stderr);
+    const errors = lines.filter((l) => l.level === 50);
+    expect(errors.length).toBeGreaterThan(0);
+    expect(lines.filter((l) => l.level < 50)).toEqual([]);
+    for (const line of errors) {
+      expect(line).toMatchObject({ component: "db", code: "ERR_CHAOS_PERMANENT" });
+      expect(line.first_record_id).toMatch(/^gen-\d+$/);
+    }
+    // Dozens of batches dead-letter records within a second: 5 lines pass, then one says how many were held back.
+    const passed = errors.filter((l) => l.suppressed === undefined);
+    const reports = errors.filter((l) => l.suppressed !== undefined);
+    expect(passed).toHaveLength(5);
+    expect(passed.every((l) => l.msg === "records dead-lettered")).toBe(true);
+    expect(reports).toHaveLength(1);
+    expect(reports[0]!.suppressed).toBeGreaterThan(10);
+    expect(reports[0]!.msg).toMatch(/^\d+ more like this suppressed in 10 s: records dead-lettered$/);
+    // The message is the first record's error.
+    expect(passed[0]!.err).toBe(`chaos: injected permanent failure of record ${String(passed[0]!.first_record_id)}`);
+  });
+
+  it("refuses an unknown --log-level (exit 2)", async () => {
+    const file = await failingPipeline("info");
+    const r = await runCli(["run", file, "--log-level", "loud"], { cwd: dir });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain("Allowed choices are debug, info, warn, error, silent");
+  });
+});
