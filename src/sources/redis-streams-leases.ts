@@ -11,7 +11,7 @@
  * keeps order, and what a worker that lost a lease does, is in docs/architecture.md.
  */
 import type { Redis } from "ioredis";
-import type { Clock } from "../core/clock.js";
+import { sleep, type Clock } from "../core/clock.js";
 import type { Logger } from "../core/events.js";
 import type { RawEntry } from "./redis-streams-entries.js";
 
@@ -156,6 +156,23 @@ export class PartitionLeases {
     const next = this.ticking.then(() => this.round());
     this.ticking = next.catch(() => {});
     return next;
+  }
+
+  /**
+   * Ticks every ttl / 3 until `signal` aborts. A tick that fails (Redis unreachable; the read loop
+   * reports that) drops the leases not renewed within the ttl.
+   */
+  async keep(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      await sleep(this.o.clock, this.o.ttlMs / 3, signal).catch(() => {});
+      if (signal.aborted) return;
+      try {
+        await this.tick();
+      } catch (err) {
+        this.expire();
+        this.o.logger.debug({ source: this.o.source, err: String(err) }, "could not renew the partition leases");
+      }
+    }
   }
 
   /** Gives up every lease and leaves the registry (a clean close); best effort, the leases expire anyway. */
@@ -327,19 +344,23 @@ export function redisLeaseStore(redis: () => Redis, o: { stream: string; group: 
   };
 }
 
-/** What one fenced read gave. */
-export interface HeldRead {
-  /** Streams whose lease is gone or another worker's: nothing was read from them. */
-  readonly lost: string[];
-  /** The XREADGROUP reply; null when nothing new was there. */
-  readonly reply: [string, RawEntry[]][] | null;
-  /** When nothing was read: each stream still held and the id after which its next entry will come (for XREAD BLOCK). */
-  readonly waitOn: [stream: string, after: string][];
-}
-
-/** Reads at most `count` new entries per stream of `streams` whose lease is still `token`'s (see the READ script). */
-export async function readHeld(redis: Redis, o: { group: string; consumer: string; token: string }, streams: readonly string[], count: number): Promise<HeldRead> {
+/**
+ * The read of an ordered source: at most `count` new entries per stream of `streams` whose lease is
+ * still `token`'s (the READ script; a worker paused past its ttl gets nothing, not entries the new
+ * holder would never see). Streams found lost are reported to `leases`. When nothing new was
+ * there, XREAD BLOCK waits up to `blockMs` for the next entry without taking it, and null is returned.
+ */
+export async function readHeld(
+  redis: Redis,
+  leases: PartitionLeases,
+  o: { group: string; consumer: string; token: string; blockMs: number },
+  streams: readonly string[],
+  count: number,
+): Promise<[string, RawEntry[]][] | null> {
   const [lost, reply, last] = await (redis as Scripted).sluiceReadHeld(streams.length * 2, ...streams.map((s) => leaseKey(s, o.group)), ...streams, o.token, o.group, o.consumer, count);
+  for (const i of lost) leases.lost(streams[i - 1]!);
+  if (reply !== null) return reply;
   const held = streams.filter((_, i) => !lost.includes(i + 1));
-  return { lost: lost.map((i) => streams[i - 1]!), reply, waitOn: reply === null ? held.map((s, i) => [s, last[i]!]) : [] };
+  if (held.length > 0) await redis.xread("COUNT", 1, "BLOCK", o.blockMs, "STREAMS", ...held, ...held.map((_, i) => last[i]!));
+  return null;
 }

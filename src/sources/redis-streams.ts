@@ -144,21 +144,6 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
     return false;
   };
 
-  /** Renews the leases every ttl / 3 from the first connect to `close`, also while `run` is not running (a stop draining, a reconnect). */
-  async function keepLeases(l: PartitionLeases, ttlMs: number): Promise<void> {
-    while (!closing.signal.aborted) {
-      await sleep(clock, ttlMs / 3, closing.signal).catch(() => {});
-      if (closing.signal.aborted) return;
-      try {
-        await l.tick();
-      } catch (err) {
-        // The read loop reports a lost connection; leases not renewed within the ttl are dropped here.
-        l.expire();
-        logger.debug({ ...log, err: String(err) }, "could not renew the partition leases");
-      }
-    }
-  }
-
   function open(ioredis: RedisModule, role: "reader" | "commands", errors: { last?: unknown }): Redis {
     const redis = new ioredis.Redis(settings.url, {
       lazyConnect: true,
@@ -224,7 +209,7 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
     }
     const perStream = Math.floor(count / streams.length);
     try {
-      if (leases !== undefined) return await fetchHeld(conn, leases, streams, perStream);
+      if (leases !== undefined) return await readHeld(conn.reader, leases, { group: settings.group, consumer, token, blockMs: settings.blockMs }, streams, perStream);
       return (await conn.reader.xreadgroup("GROUP", settings.group, consumer, "COUNT", perStream, "BLOCK", settings.blockMs, "STREAMS", ...streams, ...streams.map(() => ">"))) as
         | [string, RawEntry[]][]
         | null;
@@ -236,19 +221,6 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
       await conn.group.create(streams, settings.start);
       return null;
     }
-  }
-
-  /**
-   * The read of an ordered source: the fenced script reads only streams whose lease is still ours
-   * (a worker paused past its ttl gets nothing, not entries the new owner would never see); when
-   * there was nothing new, XREAD BLOCK waits for the next entry without taking it.
-   */
-  async function fetchHeld(conn: Connection, l: PartitionLeases, streams: readonly string[], count: number): Promise<[string, RawEntry[]][] | null> {
-    const read = await readHeld(conn.reader, { group: settings.group, consumer, token }, streams, count);
-    for (const stream of read.lost) l.lost(stream);
-    if (read.reply !== null || read.waitOn.length === 0) return read.reply;
-    await conn.reader.xread("COUNT", 1, "BLOCK", settings.blockMs, "STREAMS", ...read.waitOn.map(([s]) => s), ...read.waitOn.map(([, after]) => after));
-    return null;
   }
 
   /** Builds a read's records and hands them over as one chunk. */
@@ -438,7 +410,8 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
           void retire(conn);
           throw sourceError(err, location);
         }
-        keeper ??= keepLeases(leases, lease!.ttlMs);
+        // Renewed from the first connect to close, also while run is not running (a stop draining, a reconnect).
+        keeper ??= leases.keep(closing.signal);
       }
       await ackLate(conn.group);
     },

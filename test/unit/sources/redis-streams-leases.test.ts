@@ -196,6 +196,37 @@ describe("partition leases", () => {
     expect(a.owned()).toBe(0);
   });
 
+  it("keep renews every ttl / 3; while Redis cannot be asked, leases are dropped once the ttl since the last renewal passed", async () => {
+    const clock = new FakeClock();
+    const world = new World(clock);
+    const store = world.store("a");
+    let down = false;
+    const a = new PartitionLeases({
+      partitions: PARTITIONS,
+      ttlMs: TTL,
+      token: "a",
+      store: { ...store, heartbeat: (held) => (down ? Promise.reject(new Error("connection lost")) : store.heartbeat(held)) },
+      clock,
+      logger: silentLogger,
+      source: "src",
+      onChange: () => {},
+    });
+    await a.tick();
+    await settle(a);
+    const stop = new AbortController();
+    const kept = a.keep(stop.signal);
+    for (let i = 0; i < 6; i++) await clock.advanceAsync(TTL / 3);
+    expect(PARTITIONS.map((p) => world.owner(p))).toEqual(PARTITIONS.map(() => "a")); // renewed past two ttls
+    down = true;
+    // The last renewal was sent at 2 ttl: the leases hold to 3 ttl, and the tick after drops them.
+    for (let i = 0; i < 3; i++) await clock.advanceAsync(TTL / 3);
+    expect(a.owned()).toBe(6);
+    await clock.advanceAsync(TTL / 3);
+    expect(a.owned()).toBe(0);
+    stop.abort();
+    await kept;
+  });
+
   it("a new connection sends every held partition through its claim pass again", async () => {
     const world = new World(new FakeClock());
     const a = worker(world, "a");
