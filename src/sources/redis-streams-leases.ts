@@ -84,6 +84,8 @@ function offsetOf(token: string, n: number): number {
 export class PartitionLeases {
   private readonly held = new Map<string, Held>();
   private ticking: Promise<void> = Promise.resolve();
+  /** Set by the first heartbeat sent: before it, this worker is in no registry and holds nothing. */
+  private joined = false;
 
   constructor(private readonly o: PartitionLeasesOptions) {}
 
@@ -178,6 +180,7 @@ export class PartitionLeases {
   /** Gives up every lease and leaves the registry (a clean close); best effort, the leases expire anyway. */
   async leave(): Promise<void> {
     await this.ticking;
+    if (!this.joined) return;
     const partitions = [...this.held.keys()];
     this.held.clear();
     await this.o.store.release(partitions);
@@ -195,6 +198,7 @@ export class PartitionLeases {
     const { store, clock, partitions, ttlMs } = this.o;
     const sentAt = clock.now();
     const renewing = [...this.held.keys()];
+    this.joined = true;
     const { live, lost } = await store.heartbeat(renewing);
     const gone = new Set(lost);
     let lostNow = 0;

@@ -400,19 +400,8 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
       conn.reader.on("end", () => onEnd("reader"));
       conn.group.redis.on("end", () => onEnd("commands"));
       current = conn;
-      if (leases !== undefined) {
-        // Replies of reads may have been lost with the old connection: claim before reading again.
-        leases.reclaimAll();
-        try {
-          await leases.tick();
-        } catch (err) {
-          current = undefined;
-          void retire(conn);
-          throw sourceError(err, location);
-        }
-        // Renewed from the first connect to close, also while run is not running (a stop draining, a reconnect).
-        keeper ??= leases.keep(closing.signal);
-      }
+      // Replies of reads may have been lost with the old connection: claim before reading again.
+      leases?.reclaimAll();
       await ackLate(conn.group);
     },
 
@@ -433,6 +422,12 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
       /** The next read, sent before the last one's records are built when there is room for both: Redis answers it meanwhile. */
       let ahead: Promise<[string, RawEntry[]][] | null> | undefined;
       try {
+        if (leases !== undefined) {
+          // Joins the fleet here, not in connect: `sluice validate` connects and closes, and must not make a running fleet rebalance.
+          await leases.tick();
+          // Renewed from then to close, also while run is not running (a stop draining, a reconnect).
+          keeper ??= leases.keep(closing.signal);
+        }
         while (!stop.signal.aborted) {
           if (ahead === undefined && leases !== undefined && !(await settleLeases(leases, conn.group, handle, stop.signal))) break;
           if (ahead === undefined && clock.now() >= nextReclaim) {

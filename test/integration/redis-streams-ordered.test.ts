@@ -187,6 +187,17 @@ describe.skipIf(!hasRedis)("redis_streams ordered fleet", () => {
     expect(sum(b, "source_leases")).toBe(4);
   });
 
+  it("connect and close alone (what sluice validate does) neither join the fleet nor take a lease", async () => {
+    const s = name();
+    const ctx = { name: "src", dataDir: "/tmp", baseDir: "/tmp", clock: systemClock, logger: new CapturingLogger(), emit: () => {} };
+    const source = redisStreams.create(redisStreams.options.parse({ url: REDIS_URL, stream: s, partitions: 2, ordered: true }), ctx);
+    await source.connect!(new AbortController().signal);
+    expect(await redis.exists(`${s}:workers:sluice`, `${s}:0:lease:sluice`, `${s}:1:lease:sluice`)).toBe(0);
+    await source.close();
+    expect(await redis.exists(`${s}:0`, `${s}:1`)).toBe(2); // the group was created, as a run's connect does
+    expect(await redis.exists(`${s}:workers:sluice`, `${s}:0:lease:sluice`, `${s}:1:lease:sluice`)).toBe(0);
+  });
+
   it("a dead worker's unacked entries are claimed first, in entry order, once its lease expired", async () => {
     const s = name();
     const log: Commit[] = [];
