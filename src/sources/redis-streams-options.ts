@@ -88,13 +88,8 @@ export interface RedisStreamsSourceSettings extends EntryFormat {
   readonly claimIdleMs: number;
   readonly maxDeliveries: number;
   /**
-   * The streams this worker reads now, asked before every read and every reclaim pass (a subset of
-   * `streams`, which may change between reads); default all of them.
-   */
-  readonly assigned?: () => readonly string[];
-  /**
-   * Ordered fleet: each stream is read only under a lease (`assigned` is then the leases held).
-   * `stream` names the fleet's registry; `ttlMs` is the lease time to live.
+   * Ordered fleet: each stream is read only under a lease, and only while it is held. `stream`
+   * names the fleet's registry; `ttlMs` is the lease time to live.
    */
   readonly lease?: { readonly stream: string; readonly ttlMs: number };
 }

@@ -99,7 +99,8 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
           source: ctx.name,
           onChange: (change) => ctx.emit({ type: "source_leases", source: ctx.name, ...change }),
         });
-  const assigned = leases !== undefined ? () => leases.reading() : (settings.assigned ?? (() => settings.streams));
+  /** The streams read now, asked before every read and every reclaim pass: all of them, or with leases those held (which change between reads). */
+  const assigned = leases !== undefined ? () => leases.reading() : () => settings.streams;
   /** Ends the lease keeper at close. */
   const closing = new AbortController();
   let keeper: Promise<void> | undefined;

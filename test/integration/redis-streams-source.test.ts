@@ -20,7 +20,7 @@ import { silentLogger, type InternalEvent } from "../../src/core/events.js";
 import { Pipeline, type PipelineStatus } from "../../src/core/pipeline.js";
 import type { JsonObject, SluiceRecord } from "../../src/core/record.js";
 import { Metrics } from "../../src/observability/metrics.js";
-import { createRedisStreamsSource, definition as redisStreams } from "../../src/sources/redis-streams.js";
+import { definition as redisStreams } from "../../src/sources/redis-streams.js";
 import { ConsumerGroup } from "../../src/sources/redis-streams-group.js";
 import { deleteKeys, REDIS_URL, redisClient, uniqueName } from "../helpers/brokers.js";
 import { canStartBroker, startRedisServer, type BrokerServer } from "../helpers/broker-servers.js";
@@ -91,7 +91,7 @@ const runs: Run[] = [];
 /** Runs the source with `options` (the machine's Redis unless they name a `url`) into a {@link HeldSink}, on a memory buffer of `maxRecords`. */
 function start(
   options: Record<string, unknown>,
-  o: { open?: boolean; maxRecords?: number; maxBytes?: number; chunkSize?: number; shutdownTimeoutMs?: number; assigned?: () => readonly string[] } = {},
+  o: { open?: boolean; maxRecords?: number; maxBytes?: number; chunkSize?: number; shutdownTimeoutMs?: number } = {},
 ): Run {
   const sink = new HeldSink(o.open ?? true);
   const deadLetters = new MemoryDeadLetterStore();
@@ -104,25 +104,7 @@ function start(
   const logger = new CapturingLogger();
   const ctx = { name: "src", dataDir: tmpdir(), baseDir: tmpdir(), clock: systemClock, logger, emit };
   const parsed = redisStreams.options.parse({ url: REDIS_URL, ...options });
-  const source =
-    o.assigned === undefined
-      ? redisStreams.create(parsed, ctx)
-      : createRedisStreamsSource(
-          {
-            url: parsed.url,
-            streams: Array.from({ length: parsed.partitions }, (_, i) => `${parsed.stream}:${i}`),
-            group: parsed.group,
-            start: parsed.start,
-            consumer: parsed.consumer ?? "assigned",
-            bodyKey: parsed.body_key,
-            metadataField: parsed.metadata_field,
-            blockMs: parsed.block,
-            claimIdleMs: parsed.claim_idle,
-            maxDeliveries: parsed.max_deliveries,
-            assigned: o.assigned,
-          },
-          ctx,
-        );
+  const source = redisStreams.create(parsed, ctx);
   const pipeline = new Pipeline({
     sources: [{ name: "src", source, connectBackoff: { initialMs: 5, maxMs: 50, multiplier: 2 } }],
     transforms: [],
@@ -512,26 +494,6 @@ describe.skipIf(!hasRedis)("redis_streams source", () => {
       expect(payloadsOf(run).filter((x) => x.p === p).map((x) => x.n)).toEqual([0, 1, 2, 3, 4]);
       await until(async () => (await pendingCount(redis, `${s}:${p}`, "sluice")) === 0, `partition ${p} acked`);
     }
-  });
-
-  it("reads only the streams its assignment names, asked again before every read (the hook ordered fleets use)", async () => {
-    const s = stream();
-    for (let p = 0; p < 2; p++) await addBodies(redis, `${s}:${p}`, [{ p }]);
-    let assigned: string[] = [`${s}:0`];
-    const run = start({ stream: s, partitions: 2, block: 50, claim_idle: 100 }, { assigned: () => assigned });
-    await until(() => run.sink.committed.size === 1, "the assigned stream's entry");
-    await new Promise((r) => setTimeout(r, 200));
-    expect(payloadsOf(run)).toEqual([{ p: 0 }]);
-    // Both groups exist from connect on, read or not.
-    expect(((await redis.xinfo("GROUPS", `${s}:1`)) as unknown[]).length).toBe(1);
-    assigned = [`${s}:1`];
-    await until(() => run.sink.committed.size === 2, "the newly assigned stream's entry");
-    await addBodies(redis, `${s}:0`, [{ p: 0, late: true }]);
-    await new Promise((r) => setTimeout(r, 200));
-    expect(payloadsOf(run)).toEqual([{ p: 0 }, { p: 1 }]);
-    assigned = [];
-    await new Promise((r) => setTimeout(r, 100));
-    expect(run.events.filter((e) => e.type === "source_connect_failed")).toEqual([]);
   });
 });
 
