@@ -13,6 +13,7 @@ import { formatIssues, loadConfig } from "../config/load.js";
 import type { PipelineConfig } from "../config/schema.js";
 import { createLogger, type LogLevel } from "../observability/logger.js";
 import type { CountsSnapshot, Metrics, RunSummary } from "../observability/metrics.js";
+import { startTracing } from "../observability/tracing-sdk.js";
 import { startObservabilityServer } from "../server/observability-server.js";
 import { checkFileSourcePath } from "../sources/file/source.js";
 import { checkModuleTransform } from "../transforms/module.js";
@@ -193,12 +194,16 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
   if (report(file, await deepCheck(config, configDir, process.cwd()), io)) return EXIT.usage;
   const logger = createLogger(opts.logLevel ?? config.observability.log_level, io.stderr.isTTY === true);
   logCrashesTo(logger);
+  // Before the pipeline is built: it takes the tracer installed then. The SDK loads only when configured.
+  const tracingConfig = config.observability.tracing;
+  const tracing = tracingConfig === undefined ? undefined : await startTracing(tracingConfig, logger);
   const started = performance.now();
   let built: Awaited<ReturnType<typeof buildPipeline>>;
   try {
     built = await buildPipeline(config, { configDir, cwd: process.cwd(), logger });
   } catch (err) {
     io.stderr.write(`cannot start: ${(err as Error).message}\n`);
+    await tracing?.shutdown();
     return EXIT.runtime;
   }
   const { pipeline, metrics } = built;
@@ -256,6 +261,7 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
     server?.close();
+    await tracing?.shutdown();
   }
   const summary = metrics.summary((performance.now() - started) / 1000);
   const counts = metrics.snapshot();

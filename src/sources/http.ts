@@ -13,6 +13,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { z } from "zod";
 import { SluiceError } from "../core/errors.js";
 import type { Entry } from "../core/record.js";
+import { parentFromHeaders } from "../core/tracing.js";
 import { byteSize, duration } from "../components/options.js";
 import { defineComponent, readinessAnswer, type ComponentContext, type EnqueueOptions, type EnqueueOutcome, type Readiness, type Source, type SourceHandle } from "../components/contracts.js";
 import { Authenticator, type SignatureCheck } from "./http-auth.js";
@@ -399,6 +400,9 @@ export class HttpSource implements Source {
     const giveUp = new AbortController();
     let cancelTimer: (() => void) | undefined;
     const gone = () => giveUp.abort();
+    // The request's `traceparent`: each of its chunks' receive spans is a child of it.
+    const parent = parentFromHeaders(res.req.headers);
+    const atOnce: EnqueueOptions | undefined = parent === undefined ? undefined : { parent };
     // Armed only for a request that waits in line (most go in at once): it leaves the line at its
     // deadline, or when its client is gone (the connection closed before the answer).
     const wait = (): EnqueueOptions => {
@@ -407,7 +411,7 @@ export class HttpSource implements Source {
         res.once("close", gone);
         if (res.socket === null || res.socket.destroyed) giveUp.abort();
       }
-      return { wait: true, signal: giveUp.signal };
+      return { wait: true, signal: giveUp.signal, parent };
     };
     const chunks: Pending[] = [];
     try {
@@ -420,7 +424,7 @@ export class HttpSource implements Source {
       else {
         // The first chunk is refused at once when it does not fit (429); the rest of a request
         // partly taken waits for room.
-        const first = await Promise.allSettled([this.enqueue(handle, parts[0]!, chunks, undefined)]);
+        const first = await Promise.allSettled([this.enqueue(handle, parts[0]!, chunks, atOnce)]);
         const went = first[0]!.status === "fulfilled" && (first[0]!.value === "accepted" || first[0]!.value === "dropped");
         outcomes = went ? [...first, ...(await Promise.allSettled(parts.slice(1).map((part) => this.enqueue(handle, part, chunks, wait()))))] : first;
       }

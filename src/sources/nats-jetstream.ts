@@ -12,7 +12,7 @@ import { SluiceError } from "../core/errors.js";
 import type { Entry } from "../core/record.js";
 import { defineComponent, type ComponentContext, type Source, type SourceHandle } from "../components/contracts.js";
 import { duration } from "../components/options.js";
-import { setUpConsumer } from "./nats-jetstream/consumer.js";
+import { setUpConsumer, type MaxAckPending } from "./nats-jetstream/consumer.js";
 import { addMessage, type JetStreamChunk } from "./nats-jetstream/messages.js";
 
 /** How long `connect` waits for the server (a first connection, or nats.js reconnecting), and each JetStream API call, in ms. */
@@ -59,7 +59,9 @@ const options = z
       .int()
       .min(1)
       .optional()
-      .describe(`Most messages delivered and not yet acked; default buffer.max_records + ${MAX_PULL} (one pull)`),
+      .describe(
+        `Most messages delivered and not yet acked, over every worker of the consumer; set exactly. Default: at least buffer.max_records + ${MAX_PULL} (one pull), never lowering the consumer's`,
+      ),
     user: natsConnectionOptions.user,
     password: natsConnectionOptions.password,
     token: natsConnectionOptions.token,
@@ -77,7 +79,7 @@ export interface NatsJetStreamSourceSettings {
   /** ms */
   readonly ackWaitMs: number;
   readonly maxDeliver: number;
-  /** Undefined: the buffer's `max_records` + {@link MAX_PULL}. */
+  /** Set exactly; undefined: at least the buffer's `max_records` + {@link MAX_PULL} (see {@link MaxAckPending}). */
   readonly maxAckPending?: number | undefined;
   readonly user?: string | undefined;
   readonly password?: string | undefined;
@@ -99,7 +101,8 @@ export interface NatsJetStreamSourceSettings {
 export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings, ctx: ComponentContext): Source {
   const { stream, maxDeliver } = settings;
   const location = `nats stream ${stream} consumer ${settings.consumer}`;
-  const maxAckPending = settings.maxAckPending ?? (ctx.bufferRecords ?? DEFAULT_BUFFER_RECORDS) + MAX_PULL;
+  const maxAckPending: MaxAckPending =
+    settings.maxAckPending === undefined ? { tag: "at_least", value: (ctx.bufferRecords ?? DEFAULT_BUFFER_RECORDS) + MAX_PULL } : { tag: "exactly", value: settings.maxAckPending };
   let nc: NatsConnection | undefined;
   let consumer: Consumer | undefined;
   let jsm: JetStreamManager | undefined;
@@ -343,7 +346,12 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
       if (conn === undefined || conn.isClosed()) return;
       // The acks of the last chunks may still be queued on the connection: a flush sends them
       // first, unless the server is away (then they are lost, and the messages redelivered).
-      if (down === undefined) await Promise.race([conn.flush().catch(() => undefined), new Promise((r) => setTimeout(r, CONNECT_TIMEOUT_MS).unref())]);
+      if (down === undefined) {
+        let cancel = () => {};
+        const timedOut = new Promise<void>((resolve) => (cancel = ctx.clock.setTimer(CONNECT_TIMEOUT_MS, resolve)));
+        await Promise.race([conn.flush().catch(() => undefined), timedOut]);
+        cancel();
+      }
       await conn.close();
     },
   };
