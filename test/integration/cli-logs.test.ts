@@ -2,9 +2,13 @@
  * The logs of a real `sluice run` whose stderr is a pipe: JSON lines, `--log-level` over the
  * config's `log_level`, error lines with component, code and first record id, rate-limited.
  */
+import { spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
+import { pathToFileURL } from "node:url";
 import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest";
 import { killClis, runCli } from "../helpers/cli.js";
 
@@ -16,6 +20,17 @@ afterEach(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 afterAll(killClis);
+
+const ENTRY = join(resolve(import.meta.dirname, "../.."), "src/cli/entry.ts");
+const TSX = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href;
+
+/** Whether tmux runs; without it the terminal test skips with the reason. */
+function haveTmux(): boolean {
+  const r = spawnSync("tmux", ["-V"], { encoding: "utf8" });
+  if (r.status === 0) return true;
+  console.warn(`skipping the terminal test of the logs: tmux is not available (${r.error?.message ?? r.stderr.trim()})`);
+  return false;
+}
 
 /** 2,000 records in batches of 20 to a sink that fails ~3% of records for good: dead letters in most batches. */
 async function failingPipeline(logLevel: string): Promise<string> {
@@ -88,5 +103,30 @@ describe("sluice run: logs", () => {
     const r = await runCli(["run", file, "--log-level", "loud"], { cwd: dir });
     expect(r.code).toBe(2);
     expect(r.stderr).toContain("Allowed choices are debug, info, warn, error, silent");
+  });
+
+  describe.skipIf(!haveTmux())("on a terminal (tmux)", () => {
+    const socket = `sluice-logs-${randomBytes(4).toString("hex")}`;
+    const tmux = (...args: string[]) => spawnSync("tmux", ["-L", socket, ...args], { encoding: "utf8" });
+    afterAll(() => {
+      tmux("kill-server");
+    });
+
+    it("prints one readable line per entry: time, level, message, key=value fields", async () => {
+      const file = await failingPipeline("error");
+      const command = [process.execPath, "--conditions=sluice-source", "--import", TSX, ENTRY, "run", file].map((a) => `'${a}'`).join(" ");
+      const started = tmux("new-session", "-d", "-s", "logs", "-x", "220", "-y", "50", "-c", dir, `${command}; echo "run exited $?"; sleep 60`);
+      expect(started.status, started.stderr).toBe(0);
+      let screen = "";
+      for (let i = 0; i < 300 && !screen.includes("run exited"); i++) {
+        await new Promise((r) => setTimeout(r, 200));
+        screen = tmux("capture-pane", "-p", "-J", "-S", "-", "-t", "logs").stdout;
+      }
+      expect(screen).toContain("run exited 0");
+      const lines = screen.split("\n").filter((l) => / ERROR /.test(l));
+      expect(lines.length).toBeGreaterThan(0);
+      expect(lines[0]).toMatch(/^\d\d:\d\d:\d\d ERROR records dead-lettered component=db code=ERR_CHAOS_PERMANENT first_record_id=gen-\d+ err=chaos: injected permanent failure of record gen-\d+ records=\d+$/);
+      expect(screen).not.toContain('{"level"');
+    });
   });
 });
