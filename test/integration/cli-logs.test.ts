@@ -10,6 +10,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest";
+import { requireTool } from "../helpers/tools.js";
 import { killClis, runCli } from "../helpers/cli.js";
 
 let dir: string;
@@ -21,16 +22,10 @@ afterEach(async () => {
 });
 afterAll(killClis);
 
+const hasTmux = requireTool("tmux", ["-V"], "Debian's tmux package (apt-get install tmux)");
 const ENTRY = join(resolve(import.meta.dirname, "../.."), "src/cli/entry.ts");
 const TSX = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href;
 
-/** Whether tmux runs; without it the terminal test skips with the reason. */
-function haveTmux(): boolean {
-  const r = spawnSync("tmux", ["-V"], { encoding: "utf8" });
-  if (r.status === 0) return true;
-  console.warn(`skipping the terminal test of the logs: tmux is not available (${r.error?.message ?? r.stderr.trim()})`);
-  return false;
-}
 
 /** 2,000 records in batches of 20 to a sink that fails ~3% of records for good: dead letters in most batches. */
 async function failingPipeline(logLevel: string): Promise<string> {
@@ -105,7 +100,7 @@ describe("sluice run: logs", () => {
     expect(r.stderr).toContain("Allowed choices are debug, info, warn, error, silent");
   });
 
-  describe.skipIf(!haveTmux())("on a terminal (tmux)", () => {
+  describe.skipIf(!hasTmux)("on a terminal (tmux)", () => {
     const socket = `sluice-logs-${randomBytes(4).toString("hex")}`;
     const tmux = (...args: string[]) => spawnSync("tmux", ["-L", socket, ...args], { encoding: "utf8" });
     afterAll(() => {

@@ -13,21 +13,12 @@ import { afterAll, describe, expect, it } from "vitest";
 import { silentLogger } from "../../src/core/events.js";
 import { Metrics } from "../../src/observability/metrics.js";
 import { killClis, startSluice } from "../helpers/cli.js";
+import { requireTool } from "../helpers/tools.js";
 
 const ROOT = resolve(import.meta.dirname, "../..");
 const EXAMPLES = join(ROOT, "examples/observability");
 
-/** Whether promtool runs; without it the tests skip with the reason, unless SLUICE_REQUIRE_SERVICES=1. */
-function havePromtool(): boolean {
-  const r = spawnSync("promtool", ["--version"], { encoding: "utf8" });
-  if (r.status === 0) return true;
-  const message = `promtool is not available (${r.error?.message ?? r.stderr.trim()}); it comes with Debian's prometheus package (apt-get install prometheus)`;
-  if (process.env.SLUICE_REQUIRE_SERVICES === "1") throw new Error(`${message}; SLUICE_REQUIRE_SERVICES=1 makes this a failure`);
-  console.warn(`skipping promtool tests: ${message}. Set SLUICE_REQUIRE_SERVICES=1 to make this a failure.`);
-  return false;
-}
-
-const available = havePromtool();
+const available = requireTool("promtool", ["--version"], "Debian's prometheus package (apt-get install prometheus)");
 afterAll(killClis);
 
 function promtool(args: readonly string[], input?: string): { code: number | null; out: string } {

@@ -12,18 +12,12 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { requireTool } from "../helpers/tools.js";
 import { killClis, runCli, startSluice } from "../helpers/cli.js";
 
 const ENTRY = join(resolve(import.meta.dirname, "../.."), "src/cli/entry.ts");
 const TSX = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href;
 
-/** Whether tmux runs; without it the terminal test skips with the reason. */
-function haveTmux(): boolean {
-  const r = spawnSync("tmux", ["-V"], { encoding: "utf8" });
-  if (r.status === 0) return true;
-  console.warn(`skipping the terminal test of sluice top: tmux is not available (${r.error?.message ?? r.stderr.trim()})`);
-  return false;
-}
 
 async function freePort(): Promise<number> {
   const server = createServer();
@@ -33,6 +27,7 @@ async function freePort(): Promise<number> {
   return port;
 }
 
+const hasTmux = requireTool("tmux", ["-V"], "Debian's tmux package (apt-get install tmux)");
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 let dir: string;
@@ -99,7 +94,7 @@ describe("sluice top", () => {
     expect(r.stderr).toBe("sluice top: ftp://127.0.0.1:21/: not an http(s) URL\n");
   });
 
-  describe.skipIf(!haveTmux())("in a terminal (tmux)", () => {
+  describe.skipIf(!hasTmux)("in a terminal (tmux)", () => {
     const socket = `sluice-top-${randomBytes(4).toString("hex")}`;
     const tmux = (...args: string[]) => spawnSync("tmux", ["-L", socket, ...args], { encoding: "utf8" });
     const pane = () => tmux("capture-pane", "-p", "-t", "top").stdout;
