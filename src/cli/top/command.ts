@@ -4,6 +4,7 @@
  * quits (stdin in raw mode). Otherwise: plain lines per refresh, until a signal or `--count`.
  */
 import { parsePrometheusText } from "../../observability/prometheus-text.js";
+import { EXIT } from "../run-command.js";
 import { scrapeOf, type Scrape } from "./model.js";
 import { plainLines, screen, type Instance } from "./view.js";
 
@@ -61,7 +62,7 @@ export async function topCommand(urlTexts: readonly string[], opts: TopOptions, 
     urls = (urlTexts.length > 0 ? urlTexts : [DEFAULT_TOP_URL]).map(metricsUrl);
   } catch (err) {
     io.stderr.write(`sluice top: ${(err as Error).message}\n`);
-    return 2;
+    return EXIT.usage;
   }
   const tty = io.stdout.isTTY === true;
   let instances: Instance[] = urls.map((url) => ({ url, state: { tag: "waiting" } }));
@@ -69,6 +70,9 @@ export async function topCommand(urlTexts: readonly string[], opts: TopOptions, 
   const last: (Scrape | undefined)[] = urls.map(() => undefined);
   const quit = new AbortController();
   const stop = () => quit.abort();
+  const quitted = new Promise<undefined>((done) => quit.signal.addEventListener("abort", () => done(undefined), { once: true }));
+  /** `p`, or undefined as soon as `top` is told to quit. */
+  const untilQuit = <T>(p: Promise<T>): Promise<T | undefined> => Promise.race([p, quitted]);
   const onKey = (data: Buffer | string) => {
     const key = String(data);
     // In raw mode Ctrl-C arrives as a byte, not as SIGINT.
@@ -83,6 +87,7 @@ export async function topCommand(urlTexts: readonly string[], opts: TopOptions, 
   if (tty) {
     io.stdout.write(ALT_SCREEN_ON);
     io.stdout.on?.("resize", draw);
+    draw();
   }
   if (keys) {
     keys.setRawMode!(true);
@@ -91,8 +96,9 @@ export async function topCommand(urlTexts: readonly string[], opts: TopOptions, 
   }
   try {
     for (let refresh = 1; !quit.signal.aborted; refresh++) {
-      const scrapes = await Promise.all(instances.map((i) => scrape(i.url, Math.min(opts.intervalMs, 5000))));
-      if (quit.signal.aborted) break;
+      // `q` does not wait for an instance that is slow to answer.
+      const scrapes = await untilQuit(Promise.all(instances.map((i) => scrape(i.url, Math.min(opts.intervalMs, 5000)))));
+      if (scrapes === undefined) break;
       const now = Date.now();
       instances = instances.map((i, n): Instance => {
         const got = scrapes[n]!;
@@ -104,10 +110,7 @@ export async function topCommand(urlTexts: readonly string[], opts: TopOptions, 
       if (tty) draw();
       else io.stdout.write(plainLines(instances, now).map((l) => `${l}\n`).join(""));
       if (opts.count !== undefined && refresh >= opts.count) break;
-      await new Promise<void>((done) => {
-        const timer = setTimeout(done, opts.intervalMs);
-        quit.signal.addEventListener("abort", () => (clearTimeout(timer), done()), { once: true });
-      });
+      await untilQuit(new Promise((done) => setTimeout(done, opts.intervalMs)));
     }
   } finally {
     process.off("SIGINT", stop);
@@ -122,5 +125,5 @@ export async function topCommand(urlTexts: readonly string[], opts: TopOptions, 
       io.stdout.write(ALT_SCREEN_OFF);
     }
   }
-  return 0;
+  return EXIT.ok;
 }
