@@ -81,7 +81,7 @@ describe("sluice top", () => {
     expect(at(b, "sink")[1]).toMatch(/ sink beta-out total=\d+ per_s=\d+\.\d dead_lettered=0 retried=0 up=1$/);
     // 500 records/s generated: the second refresh's rate is about that.
     const rate = Number(/per_s=(\d+\.\d)/.exec(at(b, "source")[1]!)![1]);
-    expect(rate).toBeGreaterThan(200);
+    expect(rate).toBeGreaterThan(100);
     expect(rate).toBeLessThan(1000);
     expect(Number(/total=(\d+)/.exec(at(a, "source")[1]!)![1])).toBeGreaterThan(Number(/total=(\d+)/.exec(at(a, "source")[0]!)![1]));
     expect(at(down, "down")).toHaveLength(2);
