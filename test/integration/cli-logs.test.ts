@@ -81,12 +81,14 @@ describe("sluice run: logs", () => {
       expect(line).toMatchObject({ component: "db", code: "ERR_CHAOS_PERMANENT" });
       expect(line.first_record_id).toMatch(/^gen-\d+$/);
     }
-    // Dozens of batches dead-letter records within a second: 5 lines pass, then one says how many were held back.
+    // Dozens of batches dead-letter records within a second or two: 5 lines pass per 10 s window,
+    // then one line says how many were held back (a window ends at the latest when the run does).
     const passed = errors.filter((l) => l.suppressed === undefined);
     const reports = errors.filter((l) => l.suppressed !== undefined);
-    expect(passed).toHaveLength(5);
     expect(passed.every((l) => l.msg === "records dead-lettered")).toBe(true);
-    expect(reports).toHaveLength(1);
+    expect(reports.length).toBeGreaterThanOrEqual(1);
+    expect(passed.length).toBeGreaterThanOrEqual(5);
+    expect(passed.length).toBeLessThanOrEqual(5 * reports.length);
     expect(reports[0]!.suppressed).toBeGreaterThan(10);
     expect(reports[0]!.msg).toMatch(/^\d+ more like this suppressed in 10 s: records dead-lettered$/);
     // The message is the first record's error.
