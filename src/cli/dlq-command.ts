@@ -13,6 +13,7 @@ import type { PipelineConfig } from "../config/schema.js";
 import { systemClock } from "../core/clock.js";
 import { SluiceError } from "../core/errors.js";
 import { createLogger, type LogLevel } from "../observability/logger.js";
+import { RateLimitedLogger } from "../observability/rate-limited-logger.js";
 import { entryBlock, entryJson, entryTable } from "./dlq-format.js";
 import { EXIT, type Io } from "./run-command.js";
 
@@ -228,11 +229,13 @@ async function replay(
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
   let result: ReplayResult;
+  // Replay retries are logged as a run's are: rate-limited per sink and code.
+  const logger = new RateLimitedLogger(createLogger(o.logLevel ?? config.observability.log_level, tty), systemClock);
   try {
     result = await replayDeadLetters(config, {
       configDir: dirname(resolve(file)),
       cwd,
-      logger: createLogger(o.logLevel ?? config.observability.log_level, tty),
+      logger,
       store,
       workflow,
       entries,
@@ -250,6 +253,7 @@ async function replay(
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
+    logger.flush();
     if (tty) io.stderr.write("\x1b[2K\r");
   }
   const { counts, skipped } = result;

@@ -6,6 +6,7 @@ import { componentsCommand } from "./components-command.js";
 import { dlqCommand, type DlqIo, type DlqOptions } from "./dlq-command.js";
 import { LOG_LEVELS, type LogLevel } from "../observability/logger.js";
 import { EXIT, runCommand, validateCommand } from "./run-command.js";
+import { DEFAULT_TOP_URL, topCommand } from "./top/command.js";
 
 /** The package's version, read from its package.json (two levels up from src/cli and from dist/cli alike). */
 function packageVersion(): string {
@@ -58,6 +59,23 @@ export async function main(argv: readonly string[], io: DlqIo = { stdout: proces
         return;
       }
       code = await validateCommand(config, { connect: opts.connect, timeoutMs: timeout.data }, io);
+    });
+
+  program
+    .command("top")
+    .description(`show running instances live, read from their /metrics: rates, totals, errors, buffer fill per component (default ${DEFAULT_TOP_URL}); q quits`)
+    .argument("[url...]", "each instance's observability listener: host:port, or a URL (/metrics when it has no path)")
+    .option("--interval <duration>", "time between two refreshes (ms, or 500ms, 2s)", "1s")
+    .option("--count <n>", "stop after n refreshes (default: until q, or a signal)")
+    .action(async (urls: string[], opts: { interval: string; count?: string }) => {
+      const interval = duration().safeParse(opts.interval);
+      const count = opts.count === undefined ? undefined : Number(opts.count);
+      if (!interval.success || interval.data <= 0 || (count !== undefined && !(Number.isInteger(count) && count > 0))) {
+        io.stderr.write(!interval.success || interval.data <= 0 ? `--interval ${opts.interval}: not a duration (ms, or 500ms, 2s)\n` : `--count ${opts.count}: not a positive whole number\n`);
+        code = EXIT.usage;
+        return;
+      }
+      code = await topCommand(urls, { intervalMs: interval.data, count }, io);
     });
 
   program

@@ -12,6 +12,7 @@ import { SluiceError } from "../core/errors.js";
 import type { Entry } from "../core/record.js";
 import { defineComponent, type ComponentContext, type Source, type SourceHandle } from "../components/contracts.js";
 import { duration } from "../components/options.js";
+import { RecordSizeEstimate } from "../components/record-size.js";
 import { setUpConsumer, type MaxAckPending } from "./nats-jetstream/consumer.js";
 import { addMessage, type JetStreamChunk } from "./nats-jetstream/messages.js";
 
@@ -110,6 +111,8 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
   let down: string | undefined;
   /** Called on every change of `down`. */
   const watchers = new Set<() => void>();
+  /** The messages' average size: a pull must fit the byte bound too (what does not fit waits, ageing toward ack_wait, while sluice is full). */
+  const sizes = new RecordSizeEstimate();
 
   const changed = (why: string | undefined) => {
     down = why;
@@ -233,6 +236,7 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
         ctx.emit({ type: "records_reclaimed", source: ctx.name, count: redelivered });
         redelivered = 0;
       }
+      sizes.observe(entries);
       return (await handle.enqueue(entries, handing)) !== "stopping";
     };
     try {
@@ -303,7 +307,7 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
       const stopBacklog = reportBacklog(c);
       try {
         while (!stop.signal.aborted) {
-          const n = await handle.waitForRoom(Math.min(handle.chunkSize, MAX_PULL), stop.signal);
+          const n = await sizes.room(handle, Math.min(handle.chunkSize, MAX_PULL), stop.signal);
           if (n === 0) break;
           if (!(await pull(handle, c, n, stop.signal))) break;
         }

@@ -11,6 +11,7 @@ import { SluiceError } from "../core/errors.js";
 import type { Entry } from "../core/record.js";
 import { isReplyError, loadRedis, type RedisModule } from "../brokers/redis.js";
 import { defineComponent, type ComponentContext, type EnqueueOutcome, type Source, type SourceHandle } from "../components/contracts.js";
+import { RecordSizeEstimate } from "../components/record-size.js";
 import { entryRecord, exhaustedRecord, type PendingEntry, type RawEntry } from "./redis-streams-entries.js";
 import { ConsumerGroup, isReply, sourceError, type RedisStreamsCheckpoint } from "./redis-streams-group.js";
 import { defineLeaseScripts, PartitionLeases, readHeld, redisLeaseStore } from "./redis-streams-leases.js";
@@ -34,8 +35,6 @@ const MIN_RECLAIM_EVERY_MS = 1_000;
  * max(claim_idle, block) is a worker gone for good: the reclaim pass deletes it.
  */
 const GONE_CONSUMER_IDLES = 10;
-/** How much each chunk moves the running average of an entry's size (an exponential moving average per chunk). */
-const ENTRY_BYTES_WEIGHT = 0.25;
 
 /** The two connections of one connect: the blocking read on its own, so an XACK never waits behind a BLOCK. */
 interface Connection {
@@ -112,22 +111,8 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
   let dropRefused = false;
   /** Which of several streams the next short read starts at, so each gets its turn. */
   let turn = 0;
-  /** Running average of an entry's size in bytes (what the buffer's byte bound counts); undefined until an entry was read. */
-  let entryBytes: number | undefined;
-  /**
-   * How much room to wait for before a read or a claim of up to `n` entries: one entry until an
-   * entry's size is known, since COUNT must fit the byte bound too (entries read that do not fit
-   * sit pending in the group, ageing toward claim_idle, while sluice is full).
-   */
-  const room = (handle: SourceHandle, n: number, signal: AbortSignal): Promise<number> => handle.waitForRoom(entryBytes === undefined ? 1 : n, signal, entryBytes);
-  /** Moves the running average by a chunk's records. */
-  const measure = (records: readonly Entry[]): void => {
-    if (records.length === 0) return;
-    let bytes = 0;
-    for (const r of records) bytes += r.bytes;
-    const mean = bytes / records.length;
-    entryBytes = entryBytes === undefined ? mean : entryBytes + (mean - entryBytes) * ENTRY_BYTES_WEIGHT;
-  };
+  /** The entries' average size: COUNT must fit the byte bound too (entries read that do not fit sit pending in the group, ageing toward claim_idle, while sluice is full). */
+  const sizes = new RecordSizeEstimate();
 
   const hold = (checkpoint: RedisStreamsCheckpoint) => void inFlight.add(checkpoint);
   const release = (checkpoint: RedisStreamsCheckpoint) => void inFlight.delete(checkpoint);
@@ -174,7 +159,7 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
 
   /** Hands a chunk to the engine; entries it did not take are given back to the group. */
   async function hand(handle: SourceHandle, records: Entry[], checkpoint: RedisStreamsCheckpoint): Promise<EnqueueOutcome> {
-    measure(records);
+    sizes.observe(records);
     hold(checkpoint);
     const outcome = await handle.enqueue(records, checkpoint);
     if (outcome === "rejected" || outcome === "stopping") {
@@ -253,7 +238,7 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
   async function reclaim(group: ConsumerGroup, handle: SourceHandle, stream: string, signal: AbortSignal, idleMs = claimIdleMs): Promise<boolean> {
     let after: string | undefined;
     for (;;) {
-      const may = await room(handle, handle.chunkSize, signal);
+      const may = await sizes.room(handle, handle.chunkSize, signal);
       if (may === 0) return false;
       const pending = await group.idle(stream, idleMs, after, may);
       if (pending.length === 0) return true;
@@ -445,7 +430,7 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
             nextReclaim = clock.now() + reclaimEveryMs;
           }
           if (ahead === undefined) {
-            const may = await room(handle, handle.chunkSize, stop.signal);
+            const may = await sizes.room(handle, handle.chunkSize, stop.signal);
             if (may === 0) break;
             ahead = fetch(conn, may, stop.signal);
           }
@@ -454,6 +439,7 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
           if (reply === null) continue;
           const read = reply.reduce((n, [, entries]) => n + entries.length, 0);
           // Room for more than this reply right now, in records and in bytes: ask for it before building this one (unless a reclaim pass or a lease change is due, which goes first).
+          const entryBytes = sizes.bytes;
           if (entryBytes !== undefined && clock.now() < nextReclaim && !leases?.changing() && handle.expectedWait(read + 1, (read + 1) * entryBytes) === 0) {
             const may = (await handle.waitForRoom(handle.chunkSize + read, stop.signal, entryBytes)) - read;
             if (may > 0) {

@@ -339,6 +339,35 @@ describe.skipIf(!hasNats)("nats_jetstream source on the machine's NATS", () => {
     expect(r.buffer.usage().records).toBe(0);
   });
 
+  it("pulls no more messages than the buffer's byte bound holds, sized by the messages read so far", async () => {
+    const { name, subject } = await stream();
+    // About 510 bytes per message: the byte bound holds 10 of them, the record bound 10,000.
+    const pad = "x".repeat(500);
+    await publish(nc, subject, Array.from({ length: 300 }, (_, n) => ({ body: JSON.stringify({ n, pad }) })));
+    const sink = new GatedSink(true);
+    const r = start({ source: { servers: NATS_URL, stream: name, consumer: "bytes" }, sink, maxBytes: 5_300, chunkSize: 100, batch: 100 });
+    let most = 0;
+    const sample = async () => {
+      const info = await consumerInfo(nc, name, "bytes").catch(() => undefined);
+      most = Math.max(most, info?.num_ack_pending ?? 0);
+      return info;
+    };
+    await until(async () => (await sample(), sink.attempted.length > 0), "the buffer filling");
+    for (let i = 0; i < 30; i++) {
+      await sample();
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    expect(most).toBeLessThanOrEqual(11);
+    sink.release();
+    await until(async () => {
+      const info = await sample();
+      return info !== undefined && info.num_ack_pending === 0 && info.num_pending === 0;
+    }, "every message acked", 60_000);
+    expect(sink.committed.size).toBe(300);
+    expect(most).toBeLessThanOrEqual(11);
+    expect(r.buffer.usage().records).toBe(0);
+  });
+
   it("keeps a chunk held longer than ack_wait from redelivery with working()", async () => {
     const { name, subject } = await stream();
     await publish(nc, subject, bodies(0, 50));
