@@ -327,7 +327,12 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
   async function settleLeases(l: PartitionLeases, group: ConsumerGroup, handle: SourceHandle, signal: AbortSignal): Promise<boolean> {
     for (const stream of l.releasing()) if (!busy(stream)) await l.release(stream);
     for (const stream of l.claiming()) {
-      if (!(await reclaim(group, handle, stream, signal, 0))) return false;
+      try {
+        if (!(await reclaim(group, handle, stream, signal, 0))) return false;
+      } catch (err) {
+        // No group (the stream deleted, Redis restarted without its data): nothing is pending; the read makes the group again.
+        if (!isReply(err, "NOGROUP")) throw err;
+      }
       l.claimed(stream);
     }
     return true;

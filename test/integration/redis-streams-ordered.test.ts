@@ -198,6 +198,20 @@ describe.skipIf(!hasRedis)("redis_streams ordered fleet", () => {
     expect(await redis.exists(`${s}:workers:sluice`, `${s}:0:lease:sluice`, `${s}:1:lease:sluice`)).toBe(0);
   });
 
+  it("a stream deleted with its lease (Redis restarted without its data) is taken again, its group made again, and read on", async () => {
+    const s = name();
+    const log: Commit[] = [];
+    await addVersions(redis, s, 1, 2, 0, 3);
+    const a = startWorker("a", { stream: s }, log);
+    await until(() => log.length === 6, "the first 6 records");
+    await redis.del(s, `${s}:lease:sluice`);
+    await until(() => a.events.filter((e) => e.type === "source_leases" && e.acquired === 1).length === 2, "the lease taken again");
+    await addVersions(redis, s, 1, 2, 3, 6);
+    await until(() => log.length === 12, "the records added after");
+    expect(outOfOrder(log)).toEqual([]);
+    expect(a.events.filter((e) => e.type === "source_connect_failed")).toEqual([]);
+  });
+
   it("a dead worker's unacked entries are claimed first, in entry order, once its lease expired", async () => {
     const s = name();
     const log: Commit[] = [];
