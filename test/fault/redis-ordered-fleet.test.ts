@@ -4,7 +4,8 @@
  * of the machine's PostgreSQL (db `test`, a table of this run). The test preloads 50 keys x 800
  * versions; a random worker is SIGKILLed every few seconds and started again, and about every
  * 10 s one is paused (SIGSTOP) for three times its lease_ttl and let go on (SIGCONT): its leases
- * are taken over while it still holds chunks in flight, which it writes late. At the end: every
+ * are taken over while it still holds chunks in flight, which it writes late. Halfway through,
+ * redis-server itself is SIGKILLed and started again on its AOF. At the end: every
  * record exactly once in the table, nothing dead-lettered, no entry pending, and per key the
  * versions arrived in increasing order.
  *
@@ -159,7 +160,7 @@ describe.skipIf(!canRun)("ordered fleet under SIGKILL (redis_streams -> postgres
   });
 
   /** Runs the fleet over `versions` versions of each key until the table holds them all; kills a random worker about every `killEveryMs` (none when 0). */
-  async function runFleet(o: { ordered: boolean; versions: number; killEveryMs: number; pauseEveryMs: number; preloadFirst: boolean }): Promise<FleetRun> {
+  async function runFleet(o: { ordered: boolean; versions: number; killEveryMs: number; pauseEveryMs: number; preloadFirst: boolean; restartRedis?: boolean }): Promise<FleetRun> {
     const stream = uniqueName("ordered-");
     const table = uniqueName("sluice_ordered_");
     tables.push(table);
@@ -205,7 +206,13 @@ observability: { listen: "127.0.0.1:\${SLUICE_WORKER_PORT}" }
       // Three times lease_ttl (2 s): long enough for its leases to be taken over while it is stopped.
       const stopPausing = o.pauseEveryMs > 0 ? startPausing(fleet, configFile, o.pauseEveryMs, 6_000) : async () => 0;
       const count = async () => Number((await db.query(`SELECT count(*) AS n FROM "${table}"`)).rows[0].n);
-      while ((await count()) < total) {
+      let restarted = !o.restartRedis;
+      for (let rows = await count(); rows < total; rows = await count()) {
+        if (!restarted && rows >= total / 2) {
+          // SIGKILL and start again on its AOF: every worker loses its connections, leases may expire meanwhile.
+          await server.restart();
+          restarted = true;
+        }
         if (Date.now() - started > RUN_TIMEOUT_MS) throw new Error(`only ${await count()} of ${total} rows after ${RUN_TIMEOUT_MS} ms`);
         const down = fleet.exits.find((e) => !e.killed && e.signal === null);
         if (down !== undefined) throw new Error(`worker ${down.worker} exited with ${down.code} on its own:\n${down.output}`);
@@ -235,9 +242,9 @@ observability: { listen: "127.0.0.1:\${SLUICE_WORKER_PORT}" }
   }
 
   it(
-    "3 workers, a random one SIGKILLed every few seconds or paused past its lease_ttl: every record once, and per key the versions reach the table in order",
+    "3 workers, a random one SIGKILLed every few seconds or paused past its lease_ttl, Redis restarted halfway: every record once, and per key the versions reach the table in order",
     async () => {
-      const run = await runFleet({ ordered: true, versions: 800, killEveryMs: 3_000, pauseEveryMs: 10_000, preloadFirst: true });
+      const run = await runFleet({ ordered: true, versions: 800, killEveryMs: 3_000, pauseEveryMs: 10_000, preloadFirst: true, restartRedis: true });
       console.log(
         `ordered fleet: ${run.rows} rows in ${run.seconds.toFixed(1)} s, ${run.kills} kills, ${run.pauses} pauses, ${run.takeovers} leases taken, ${run.lostLeases} found lost by their holder, ${run.late} rows behind a newer version of their key`,
       );
