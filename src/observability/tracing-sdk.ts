@@ -42,7 +42,7 @@ export function tracesUrl(endpoint: string): string {
  * reached) go to `logger` as warnings. No context manager is installed (see below).
  */
 export async function startTracing(config: TracingConfig, logger: Logger): Promise<TracingSdk> {
-  const [{ OTLPTraceExporter }, { resourceFromAttributes }, { BatchSpanProcessor, NodeTracerProvider, ParentBasedSampler, TraceIdRatioBasedSampler }] = await Promise.all([
+  const [{ OTLPTraceExporter }, { resourceFromAttributes }, { AlwaysOnSampler, BatchSpanProcessor, NodeTracerProvider, ParentBasedSampler, TraceIdRatioBasedSampler }] = await Promise.all([
     import("@opentelemetry/exporter-trace-otlp-http"),
     import("@opentelemetry/resources"),
     import("@opentelemetry/sdk-trace-node"),
@@ -59,7 +59,8 @@ export async function startTracing(config: TracingConfig, logger: Logger): Promi
   );
   const provider = new NodeTracerProvider({
     resource: resourceFromAttributes({ "service.name": config.service_name }),
-    sampler: new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(config.sample_ratio) }),
+    // At ratio 1 every root is kept: no hash of each trace id.
+    sampler: new ParentBasedSampler({ root: config.sample_ratio >= 1 ? new AlwaysOnSampler() : new TraceIdRatioBasedSampler(config.sample_ratio) }),
     spanProcessors: [new BatchSpanProcessor(new OTLPTraceExporter({ url: tracesUrl(config.otlp_endpoint) }))],
   });
   // No context manager: sluice hands every span its parent explicitly. The default one
