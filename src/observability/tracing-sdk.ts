@@ -70,11 +70,17 @@ export async function startTracing(config: TracingConfig, logger: Logger): Promi
   return {
     async shutdown() {
       let timer: NodeJS.Timeout | undefined;
-      const waited = new Promise<void>((resolve) => {
-        timer = setTimeout(resolve, SHUTDOWN_WAIT_MS);
+      const waited = new Promise<"timeout">((resolve) => {
+        timer = setTimeout(() => resolve("timeout"), SHUTDOWN_WAIT_MS);
         timer.unref();
       });
-      await Promise.race([provider.shutdown().catch((err: unknown) => logger.warn({ component: "tracing", err: String(err) }, "could not export the last spans")), waited]);
+      const flushed = provider.shutdown().then(
+        () => "done" as const,
+        (err: unknown) => logger.warn({ component: "tracing", err: String(err) }, "could not export the last spans"),
+      );
+      if ((await Promise.race([flushed, waited])) === "timeout") {
+        logger.warn({ component: "tracing", endpoint: tracesUrl(config.otlp_endpoint) }, `spans not all exported within ${SHUTDOWN_WAIT_MS / 1000} s of the end of the run (is the collector reachable?); giving up on them`);
+      }
       clearTimeout(timer);
       trace.disable();
       propagation.disable();
