@@ -64,8 +64,8 @@ export async function startTracing(config: TracingConfig, logger: Logger): Promi
     spanProcessors: [new BatchSpanProcessor(new OTLPTraceExporter({ url: tracesUrl(config.otlp_endpoint) }))],
   });
   // No context manager: sluice hands every span its parent explicitly. The default one
-  // (AsyncLocalStorage) turns on Node 20's promise hooks once the exporter enters a context, and
-  // then every promise of the run pays for it (tracing cost 11% of the main benchmark's CPU).
+  // (AsyncLocalStorage) turns on Node 20's async hooks for every promise once the exporter enters
+  // a context; nothing here needs that (its cost was within the benchmark's noise on a loaded machine).
   provider.register({ contextManager: null });
   return {
     async shutdown() {
