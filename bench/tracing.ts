@@ -102,9 +102,10 @@ export async function runTracingBench(): Promise<number> {
     const ok = runs[mode].filter((r): r is ContenderResult => r !== undefined);
     return ok.length === 0 ? "-" : fmtInt(median(ok.map((r) => r.records / r[per])));
   };
+  const tracedRuns = runs.on.filter((r) => r !== undefined).length;
   const out: string[] = [""];
   out.push(`sluice bench, tracing on vs off: the main benchmark (${fmtInt(records)} records, NDJSON -> module transform -> discard), sluice alone; node ${process.version}, ${cpus().length} cores`);
-  out.push(`tracing on: the CLI's SDK, sample ratio 1, every span exported over OTLP/HTTP to a local receiver that discards it (${fmtInt(receiver.exports())} exports, ${fmtInt(receiver.bytes() / 1024)} KiB)`);
+  out.push(`tracing on: the CLI's SDK, sample ratio 1, every span exported over OTLP/HTTP to a local receiver that discards it (${fmtInt(receiver.exports())} exports, ${fmtInt(receiver.bytes() / 1024)} KiB, over ${tracedRuns} run(s))`);
   out.push(`${rounds} alternating rounds (order flipped each round); 1-min load average at run starts ${Math.min(...loads).toFixed(1)}-${Math.max(...loads).toFixed(1)}`);
   out.push(`  tracing off: ${rate("off", "seconds")} records/s, ${rate("off", "cpuSeconds")} records/CPU-s (medians)`);
   out.push(`  tracing on:  ${rate("on", "seconds")} records/s, ${rate("on", "cpuSeconds")} records/CPU-s (medians)`);

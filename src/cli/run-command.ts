@@ -261,12 +261,13 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
     server?.close();
-    await tracing?.shutdown();
   }
   const summary = metrics.summary((performance.now() - started) / 1000);
   const counts = metrics.snapshot();
   io.stderr.write(summaryTable(summary, statusText, dlq, counts.replayed, counts.corrupt_entries));
   if (opts.summaryJson) await writeFile(opts.summaryJson, `${JSON.stringify(summary, null, 2)}\n`);
+  // After the summary: the last export (at most a few seconds to a collector that is down) is not the run's time.
+  await tracing?.shutdown();
   return exitCode;
 }
 

@@ -447,6 +447,7 @@ export class SinkRunner {
     }
   }
 
+  /** Ends a write attempt's span, when there is one (tracing on). */
   private traced(span: Span | undefined, outcome: SpanOutcome, error?: SluiceError): void {
     if (span !== undefined) this.o.tracing!.wrote(span, outcome, error);
   }
