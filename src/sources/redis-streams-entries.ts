@@ -129,15 +129,24 @@ export interface GroupBacklog {
   readonly lag: number | undefined;
 }
 
-/** Finds `group` in an XINFO GROUPS reply (per group a flat name/value list); undefined when the stream has no such group. */
-export function parseGroupInfo(reply: unknown, group: string): GroupBacklog | undefined {
+/** Finds `group` in an XINFO GROUPS reply (per group a flat name/value list), with its last delivered entry id; undefined when the stream has no such group. */
+export function parseGroupInfo(reply: unknown, group: string): (GroupBacklog & { readonly delivered: string }) | undefined {
   if (!Array.isArray(reply)) return undefined;
   for (const info of reply as unknown[][]) {
     const fields = new Map<string, unknown>();
     for (let i = 0; i + 1 < info.length; i += 2) fields.set(String(info[i]), info[i + 1]);
     if (fields.get("name") !== group) continue;
     const lag = fields.get("lag");
-    return { pending: Number(fields.get("pending") ?? 0), lag: typeof lag === "number" ? lag : undefined };
+    return { pending: Number(fields.get("pending") ?? 0), lag: typeof lag === "number" ? lag : undefined, delivered: String(fields.get("last-delivered-id") ?? "0-0") };
   }
   return undefined;
+}
+
+/** Orders two entry ids ("<ms>-<seq>", or "<ms>"): negative when `a` comes first, 0 when equal. */
+export function compareIds(a: string, b: string): number {
+  const [am = "0", as = "0"] = a.split("-");
+  const [bm = "0", bs = "0"] = b.split("-");
+  const ms = BigInt(am) - BigInt(bm);
+  const seq = ms === 0n ? BigInt(as) - BigInt(bs) : ms;
+  return seq === 0n ? 0 : seq < 0n ? -1 : 1;
 }

@@ -8,7 +8,7 @@
 import type { Redis } from "ioredis";
 import { SluiceError } from "../core/errors.js";
 import { classifyRedisError, isReplyError } from "../brokers/redis.js";
-import { parseGroupInfo, parsePending, type GroupBacklog, type PendingEntry, type RawEntry } from "./redis-streams-entries.js";
+import { compareIds, parseGroupInfo, parsePending, type GroupBacklog, type PendingEntry, type RawEntry } from "./redis-streams-entries.js";
 
 /** A chunk's checkpoint: its entry ids per stream, XACKed once the chunk is done. */
 export type RedisStreamsCheckpoint = ReadonlyMap<string, readonly string[]>;
@@ -79,10 +79,40 @@ export class ConsumerGroup {
    * Creates the group on each stream (and the stream, MKSTREAM), starting at `start`; a group that
    * exists is left as it is. Rejects with a {@link sourceError} naming the stream.
    */
-  async create(streams: readonly string[], start: "0" | "$"): Promise<void> {
-    const replies = (await this.redis.pipeline(streams.map((s) => ["xgroup", "CREATE", s, this.group, start, "MKSTREAM"])).exec()) ?? [];
+  async create(streams: readonly string[], start: "0" | "$" | ((stream: string) => string)): Promise<void> {
+    const at = typeof start === "function" ? start : () => start;
+    const replies = (await this.redis.pipeline(streams.map((s) => ["xgroup", "CREATE", s, this.group, at(s), "MKSTREAM"])).exec()) ?? [];
     replies.forEach(([err], i) => {
       if (err && !isReply(err, "BUSYGROUP")) throw sourceError(err, `redis stream ${streams[i]}`);
+    });
+  }
+
+  /** The id of the last entry delivered to the group on each of `streams` ("0-0" where the stream or the group is missing). */
+  async delivered(streams: readonly string[]): Promise<Map<string, string>> {
+    const replies = (await this.redis.pipeline(streams.map((s) => ["xinfo", "GROUPS", s])).exec()) ?? [];
+    return new Map(streams.map((s, i) => [s, (replies[i]![0] ? undefined : parseGroupInfo(replies[i]![1], this.group)?.delivered) ?? "0-0"]));
+  }
+
+  /**
+   * Creates the group again where it went missing (destroyed, the stream deleted, Redis restarted
+   * without its data), after the entry id `after` gives for each stream (the last one this process
+   * read), never at `start: $`: entries added meanwhile would be skipped for good. A stream whose
+   * last generated id is below that id was created anew (deleted, or Redis lost it): every entry
+   * in it is new, and the group starts at 0. A stream recreated with ids above it (the default
+   * ids: time-based) had its new entries added after that read: starting after it skips none.
+   */
+  async recreate(streams: readonly string[], after: ReadonlyMap<string, string>): Promise<void> {
+    const replies = (await this.redis.pipeline(streams.map((s) => ["xinfo", "STREAM", s])).exec()) ?? [];
+    const top = new Map<string, string>();
+    replies.forEach(([err, reply], i) => {
+      if (err || !Array.isArray(reply)) return;
+      const at = reply.indexOf("last-generated-id");
+      if (at >= 0) top.set(streams[i]!, String(reply[at + 1]));
+    });
+    await this.create(streams, (s) => {
+      const id = after.get(s) ?? "0";
+      const last = top.get(s);
+      return last === undefined || compareIds(last, id) < 0 ? "0" : id;
     });
   }
 

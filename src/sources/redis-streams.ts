@@ -111,6 +111,8 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
   let dropRefused = false;
   /** Which of several streams the next short read starts at, so each gets its turn. */
   let turn = 0;
+  /** Per stream, where its group is created again when it goes missing: the last entry id read here (at first the group's position when this process created it). Empty until the first connect created the groups. */
+  const resumeAt = new Map<string, string>();
   /** The entries' average size: COUNT must fit the byte bound too (entries read that do not fit sit pending in the group, ageing toward claim_idle, while sluice is full). */
   const sizes = new RecordSizeEstimate();
 
@@ -204,7 +206,7 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
       // NOGROUP: the group is gone (destroyed, or Redis restarted without its data); UNBLOCKED: the stream was deleted under the read.
       if (!isReply(err, "NOGROUP") && !isReply(err, "UNBLOCKED")) throw err;
       logger.warn({ ...log, group: settings.group, streams }, "the consumer group is missing; creating it again");
-      await conn.group.create(streams, settings.start);
+      await conn.group.recreate(streams, resumeAt);
       return null;
     }
   }
@@ -220,6 +222,7 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
         records.push(entryRecord(handle, stream, id, fields ?? [], settings));
       }
       checkpoint.set(stream, ids);
+      if (ids.length > 0) resumeAt.set(stream, ids.at(-1)!);
     }
     return hand(handle, records, checkpoint);
   }
@@ -374,7 +377,12 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
       try {
         await Promise.all([conn.reader.connect(), conn.group.redis.connect()]);
         await Promise.all([conn.reader.ping(), conn.group.redis.ping()]);
-        await conn.group.create(settings.streams, settings.start);
+        // `start` only for this process's first creation: a group lost since (Redis restarted without its data) starts where this process stopped reading.
+        if (resumeAt.size > 0) await conn.group.recreate(settings.streams, resumeAt);
+        else {
+          await conn.group.create(settings.streams, settings.start);
+          for (const [stream, id] of await conn.group.delivered(settings.streams)) resumeAt.set(stream, id);
+        }
       } catch (err) {
         void retire(conn);
         // A refused AUTH reaches connect() as "Connection is closed."; the server's reply came as an event.

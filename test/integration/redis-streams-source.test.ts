@@ -485,6 +485,30 @@ describe.skipIf(!hasRedis)("redis_streams source", () => {
     expect(run.events.filter((e) => e.type === "source_connect_failed")).toEqual([]);
   });
 
+  it("with start: $, creates a lost group again after the last entry it read, not at the end: an entry added meanwhile is delivered", async () => {
+    const s = stream();
+    const consumer = uniqueName("regroup-");
+    const run = start({ stream: s, start: "$", block: 5_000, consumer });
+    await until(async () => (await redis.exists(s)) === 1, "the stream created");
+    await addBodies(redis, s, [{ n: 0 }]);
+    await until(() => run.sink.committed.size === 1, "the first entry");
+    await new Promise((r) => setTimeout(r, 50));
+    // Under the blocked read: the group is gone and an entry added before the reader can see the loss.
+    await redis.multi().xgroup("DESTROY", s, "sluice").xadd(s, "*", "body", JSON.stringify({ n: 1 })).exec();
+    await until(() => run.sink.committed.size === 2, "the entry added while the group was missing");
+    // The same across a reconnect: both connections killed in the transaction that destroys the group and adds an entry.
+    const ids = ((await redis.client("LIST")) as string)
+      .split("\n")
+      .filter((line) => line.includes(` name=sluice:${consumer}:`))
+      .map((line) => /\bid=(\d+)/.exec(line)![1]!);
+    expect(ids).toHaveLength(2);
+    const tx = redis.multi().xgroup("DESTROY", s, "sluice").xadd(s, "*", "body", JSON.stringify({ n: 2 }));
+    for (const id of ids) tx.client("KILL", "ID", id);
+    await tx.exec();
+    await until(() => run.sink.committed.size === 3, "the entry added while the group was missing and the connections down");
+    expect(new Set(payloadsOf(run).map((p) => p.n))).toEqual(new Set([0, 1, 2]));
+  });
+
   it("reads <stream>:0 .. <stream>:2 with partitions: 3", async () => {
     const s = stream();
     for (let p = 0; p < 3; p++) await addBodies(redis, `${s}:${p}`, Array.from({ length: 5 }, (_, n) => ({ p, n })));
