@@ -76,3 +76,20 @@ export function classifyRedisError(err: unknown, code: ErrorCode, location: stri
   return new SluiceError(code, `redis: ${wrapped.message}`, { cause: err, retryable: true, location });
 }
 
+
+/** How long closing a connection may wait for the server (QUIT, a last command), in ms, before the socket is dropped: a server stopped with SIGSTOP or cut off without a reset never answers. */
+export const CLOSE_TIMEOUT_MS = 2_000;
+
+/** `work`'s value, or undefined once `ms` of real time passed first (a rejection after that is ignored); a rejection before it passes through. */
+export function within<T>(work: Promise<T>, ms = CLOSE_TIMEOUT_MS): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), ms)));
+  work.catch(() => {});
+  return Promise.race([work, late]).finally(() => clearTimeout(timer));
+}
+
+/** QUITs `redis` (the replies of commands already sent come first), dropping the connection instead when the server does not answer within {@link CLOSE_TIMEOUT_MS}. */
+export async function quitWithin(redis: Redis): Promise<void> {
+  const quit = await within(redis.quit().then(() => true, () => false));
+  if (quit !== true) redis.disconnect();
+}

@@ -111,6 +111,8 @@ type EnqueueChunk = (records: Entry[], checkpoint: unknown, options?: EnqueueOpt
 const DEFAULT_DLQ_BACKOFF: BackoffPolicy = { initialMs: 100, maxMs: 10_000, multiplier: 2 };
 /** The sinks' default retry backoff (`retry.initial_backoff_ms`, `max_backoff_ms`), so a source reconnects like a sink. */
 const DEFAULT_SOURCE_BACKOFF: BackoffPolicy = { initialMs: 100, maxMs: 10_000, multiplier: 2 };
+/** How long the components' `close` may take together once the run is over, in ms: one whose service stopped answering is left unclosed (and logged) rather than holding the run's end. */
+const CLOSE_TIMEOUT_MS = 5_000;
 
 /**
  * A running pipeline: sources -> buffer -> transform chain -> every sink, with acks flowing back.
@@ -658,15 +660,28 @@ export class Pipeline {
   }
 
   private async closeAll(): Promise<void> {
-    const closers: (Promise<unknown> | undefined)[] = [
-      ...this.o.sources.map((s) => this.closeSource(s)),
-      ...this.o.sinks.map((s) => s.sink.close()),
-      ...this.o.transforms.map((t) => t.transform.close?.()),
-    ];
-    const results = await Promise.allSettled([...closers, this.o.buffer.shutdown()]);
-    for (const r of results) {
-      if (r.status === "rejected") this.logger.warn({ err: String(r.reason) }, "error while closing a component");
-    }
+    const open = new Set<string>();
+    const closing = (component: string, close: () => Promise<unknown> | undefined): Promise<void> => {
+      open.add(component);
+      return (async () => close())().then(
+        () => void open.delete(component),
+        (err: unknown) => {
+          open.delete(component);
+          this.logger.warn({ component, err: String(err) }, "error while closing a component");
+        },
+      );
+    };
+    const all = Promise.all([
+      ...this.o.sources.map((s) => closing(s.name, () => this.closeSource(s))),
+      ...this.o.sinks.map((s) => closing(s.name, () => s.sink.close())),
+      ...this.o.transforms.map((t) => closing(t.stage, () => t.transform.close?.())),
+      closing("buffer", () => this.o.buffer.shutdown()),
+    ]);
+    let cancel: () => void = () => {};
+    const late = new Promise<void>((resolve) => (cancel = this.clock.setTimer(CLOSE_TIMEOUT_MS, resolve)));
+    await Promise.race([all, late]);
+    cancel();
+    for (const component of open) this.logger.warn({ component, timeoutMs: CLOSE_TIMEOUT_MS }, "component did not close in time; leaving it");
     await this.o.deadLetter.close();
   }
 

@@ -4,7 +4,7 @@
  * over `partitions` streams by key.
  */
 import type { Redis, Result } from "ioredis";
-import { classifyRedisError, isReplyError, loadedRedisModule, loadRedis, partitionStream, type RedisModule } from "../brokers/redis.js";
+import { classifyRedisError, isReplyError, loadedRedisModule, loadRedis, partitionStream, quitWithin, type RedisModule } from "../brokers/redis.js";
 import { z } from "zod";
 import { SluiceError } from "../core/errors.js";
 import type { SluiceRecord } from "../core/record.js";
@@ -256,12 +256,8 @@ export function createRedisStreamsSink(settings: RedisStreamsSinkSettings): Sink
       const redis = client;
       client = undefined;
       if (redis === undefined) return;
-      try {
-        await redis.quit();
-      } catch {
-        // Already disconnected: nothing is pending, since every write waited for its replies.
-        redis.disconnect();
-      }
+      // Nothing is pending, since every write waited for its replies; a server that does not answer the QUIT is dropped.
+      await quitWithin(redis);
     },
   };
 }

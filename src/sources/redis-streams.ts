@@ -9,7 +9,7 @@ import type { Redis } from "ioredis";
 import { sleep } from "../core/clock.js";
 import { SluiceError } from "../core/errors.js";
 import type { Entry } from "../core/record.js";
-import { isReplyError, loadRedis, type RedisModule } from "../brokers/redis.js";
+import { isReplyError, loadRedis, quitWithin, within, type RedisModule } from "../brokers/redis.js";
 import { defineComponent, type ComponentContext, type EnqueueOutcome, type Source, type SourceHandle } from "../components/contracts.js";
 import { RecordSizeEstimate } from "../components/record-size.js";
 import { entryRecord, exhaustedRecord, type PendingEntry, type RawEntry } from "./redis-streams-entries.js";
@@ -49,6 +49,11 @@ interface Connection {
   retired: boolean;
   /** Set before a stop closes the reader (the other connection stays for the acks): not a loss. */
   readerRetired: boolean;
+}
+
+/** Resolves with undefined once `signal` aborts. */
+function aborted(signal: AbortSignal): Promise<undefined> {
+  return new Promise((resolve) => (signal.aborted ? resolve(undefined) : signal.addEventListener("abort", () => resolve(undefined), { once: true })));
 }
 
 /** Client names carry the consumer name (to find a worker's connections in CLIENT LIST); Redis refuses spaces and newlines in them. */
@@ -153,10 +158,7 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
     conn.retired = true;
     conn.readerRetired = true;
     conn.reader.disconnect();
-    await conn.group.redis.quit().then(
-      () => {},
-      () => conn.group.redis.disconnect(),
-    );
+    await quitWithin(conn.group.redis);
   }
 
   /** Hands a chunk to the engine; entries it did not take are given back to the group. */
@@ -309,10 +311,12 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
 
   /** Emits the group's pending entries and lag over the assigned streams every few seconds until `signal` aborts. */
   async function reportBacklog(group: ConsumerGroup, signal: AbortSignal): Promise<void> {
+    const stopped = aborted(signal);
     while (!signal.aborted) {
       try {
-        const { pending, lag } = await group.backlog(assigned());
-        ctx.emit({ type: "source_backlog", source: ctx.name, pending, lag });
+        // Left behind at the stop: a server that stops answering must not hold the run's end for the command timeout.
+        const backlog = await Promise.race([group.backlog(assigned()), stopped]);
+        if (backlog !== undefined) ctx.emit({ type: "source_backlog", source: ctx.name, ...backlog });
       } catch (err) {
         // The read loop finds a lost connection; a missed report only leaves the gauges a few seconds old.
         logger.debug({ ...log, err: String(err) }, "could not read the group's backlog");
@@ -420,7 +424,7 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
       let nextReclaim = clock.now();
       /** The next read, sent before the last one's records are built when there is room for both: Redis answers it meanwhile. */
       let ahead: Promise<[string, RawEntry[]][] | null> | undefined;
-      try {
+      const loop = async () => {
         if (leases !== undefined) {
           // Joins the fleet here, not in connect: `sluice validate` connects and closes, and must not make a running fleet rebalance.
           await leases.tick();
@@ -463,6 +467,12 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
           }
           if ((await take(handle, reply)) === "stopping") break;
         }
+      };
+      try {
+        const looping = loop();
+        looping.catch(() => {});
+        // At a stop, what the loop awaits (a read or a command to a server that stopped answering) is left behind: its entries stay pending here for a later claim.
+        await Promise.race([looping, aborted(stop.signal)]);
       } catch (err) {
         if (!signal.aborted) throw conn.lost ?? sourceError(err, location);
       } finally {
@@ -495,15 +505,15 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
 
     async close() {
       closing.abort();
-      await keeper;
+      await within(keeper ?? Promise.resolve());
       // Given up at once, not left to expire: the next owner claims what a stop could not drain.
-      await leases?.leave().catch((err: unknown) => logger.warn({ ...log, err: String(err) }, "could not give up the partition leases; they expire after lease_ttl"));
+      await within(leases?.leave() ?? Promise.resolve()).catch((err: unknown) => logger.warn({ ...log, err: String(err) }, "could not give up the partition leases; they expire after lease_ttl"));
       const conn = current;
       current = undefined;
       if (conn === undefined) return;
       // Leave the group where nothing is pending here: else every worker named after its host and pid stays in it forever.
       if (conn.group.redis.status === "ready") {
-        await conn.group.leave(settings.streams).catch((err: unknown) => logger.warn({ ...log, err: String(err) }, "could not delete this consumer from the group; another worker deletes it later"));
+        await within(conn.group.leave(settings.streams)).catch((err: unknown) => logger.warn({ ...log, err: String(err) }, "could not delete this consumer from the group; another worker deletes it later"));
       }
       await retire(conn);
     },

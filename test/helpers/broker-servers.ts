@@ -23,7 +23,9 @@ export interface BrokerServer {
   readonly dir: string;
   /** SIGKILLs the server and starts it again on the same port and data; resolves once it accepts connections. */
   restart(): Promise<void>;
-  /** Kills the server and removes its directory. Never rejects. */
+  /** Sends `sig` to the server: SIGSTOP makes it stop answering without closing a socket (a hung host, a partition without reset), SIGCONT resumes it. */
+  signal(sig: "SIGSTOP" | "SIGCONT"): void;
+  /** Kills the server (stopped or not) and removes its directory. Never rejects. */
   stop(): Promise<void>;
 }
 
@@ -103,6 +105,9 @@ async function startServer(binary: string, args: (port: number, dir: string) => 
     async restart() {
       await kill();
       await start();
+    },
+    signal(sig) {
+      child?.kill(sig);
     },
     async stop() {
       await kill().catch(() => undefined);

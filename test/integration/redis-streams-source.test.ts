@@ -669,4 +669,22 @@ describe.skipIf(!canStartBroker("redis-server", "redis_streams source restart te
     await until(async () => (await pendingCount(redis!, s, "sluice")) === 0, "all acked");
     expect(run.events.some((e) => e.type === "source_connect_failed" && e.attempt === 0)).toBe(true);
   }, 60_000);
+
+  it("stops within shutdown_timeout when Redis stops answering (SIGSTOP) under a blocked read", async () => {
+    const s = "hung";
+    await addBodies(redis!, s, [{ n: 0 }]);
+    const run = start({ url: server!.url, stream: s, block: 5_000 }, { shutdownTimeoutMs: 1_000 });
+    await until(() => run.sink.committed.size === 1, "the first entry");
+    await new Promise((r) => setTimeout(r, 50));
+    server!.signal("SIGSTOP");
+    try {
+      const started = Date.now();
+      const status = await run.stop();
+      // shutdown_timeout, then at most the close bounds (the source's LEAVE and QUIT) and a margin.
+      expect(Date.now() - started).toBeLessThan(1_000 + 5_000);
+      expect(status.tag).toBe("stopped");
+    } finally {
+      server!.signal("SIGCONT");
+    }
+  }, 60_000);
 });
