@@ -51,23 +51,31 @@ export function partitionStream(stream: string, partitions: number, record: Pick
 }
 
 /** Reply prefixes that may pass: memory full, loading after a restart, a busy script, a replica after failover, failing RDB saves, script cache flushed, too many clients. */
-const RETRYABLE_REPLIES = /^(OOM|LOADING|BUSY|READONLY|MISCONF|NOSCRIPT|TRYAGAIN|CLUSTERDOWN|MASTERDOWN)\b|^ERR max number of clients/;
+const RETRYABLE_REPLIES = /^(OOM|LOADING|BUSY|READONLY|MISCONF|NOSCRIPT|NOREPLICAS|TRYAGAIN|CLUSTERDOWN|MASTERDOWN)\b|^ERR max number of clients/;
+/** Before Redis 7 a script's failed call comes wrapped: "ERR Error running script (call to f_…): @user_script:1: @user_script: 1: -OOM …"; the reply of the call follows the dash. */
+const WRAPPED_SCRIPT_REPLY = /^ERR Error running script\b.*?: -([A-Z]+\b.*)$/s;
+
+/** A server's reply as the command that failed gave it: unwrapped from a pre-7 script error. */
+export function innerReply(reply: string): string {
+  return WRAPPED_SCRIPT_REPLY.exec(reply)?.[1] ?? reply;
+}
 /** A key holding another type than a stream: the stream's fault, not the connection's. */
 const WRONGTYPE = /^WRONGTYPE\b/;
 
 /**
  * Wraps an ioredis error as a {@link SluiceError}. A reply from the server, by its prefix: OOM,
- * LOADING, BUSY, READONLY, MISCONF, NOSCRIPT (and the cluster and client-limit replies) are
+ * LOADING, BUSY, READONLY, MISCONF, NOSCRIPT, NOREPLICAS (and the cluster and client-limit replies) are
  * retryable `code`; WRONGTYPE is a permanent ERR_SINK_REJECTED; any other reply (NOAUTH,
- * WRONGPASS, NOPERM, a syntax error) is a permanent `code`: no retry clears it. Anything else
+ * WRONGPASS, NOPERM, a syntax error) is a permanent `code`: no retry clears it. A script error
+ * of Redis before 7 is judged by the reply it wraps. Anything else
  * (connection refused or lost, a timeout) is retryable `code`; a programmer error stays a
  * permanent ERR_INTERNAL.
  */
 export function classifyRedisError(err: unknown, code: ErrorCode, location: string): SluiceError {
   if (err instanceof SluiceError) return err;
   if (isReplyError(err)) {
-    const reply = err.message;
-    const message = `redis: ${reply}`;
+    const reply = innerReply(err.message);
+    const message = `redis: ${err.message}`;
     if (WRONGTYPE.test(reply)) return new SluiceError("ERR_SINK_REJECTED", message, { cause: err, location });
     return new SluiceError(code, message, { cause: err, retryable: RETRYABLE_REPLIES.test(reply), location });
   }

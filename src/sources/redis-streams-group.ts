@@ -7,7 +7,7 @@
  */
 import type { Redis } from "ioredis";
 import { SluiceError } from "../core/errors.js";
-import { classifyRedisError, isReplyError } from "../brokers/redis.js";
+import { classifyRedisError, innerReply, isReplyError } from "../brokers/redis.js";
 import { compareIds, parseGroupInfo, parsePending, type GroupBacklog, type PendingEntry, type RawEntry } from "./redis-streams-entries.js";
 
 /** A chunk's checkpoint: its entry ids per stream, XACKed once the chunk is done. */
@@ -15,7 +15,7 @@ export type RedisStreamsCheckpoint = ReadonlyMap<string, readonly string[]>;
 
 /** Whether `err` is a server reply starting with `prefix` (NOGROUP, BUSYGROUP). */
 export function isReply(err: unknown, prefix: string): boolean {
-  return isReplyError(err) && err.message.startsWith(prefix);
+  return isReplyError(err) && innerReply(err.message).startsWith(prefix);
 }
 
 /**
