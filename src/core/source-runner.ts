@@ -28,7 +28,9 @@ export interface SourceRunOptions {
  * caller's. A source with `connect` is connected first (retryable failures retried with backoff
  * for as long as it takes, each reported as `source_connect_failed`), then run; a retryable
  * rejection of `run` is a lost connection: reported (`attempt` 0), waited out one backoff delay
- * (a connection that drops as soon as it is up must not spin), and connected and run again.
+ * (a connection that drops as soon as it is up must not spin), and connected and run again. The
+ * wait grows with consecutive losses; it starts over once a run stayed up longer than the
+ * backoff's longest delay.
  * Resolves when `run` resolves or the signal aborts; rejects with a permanent error, which ends
  * the pipeline: `ERR_SOURCE_CONNECT` naming the source for a connect that cannot succeed.
  */
@@ -37,6 +39,8 @@ export async function runSource(handle: SourceHandle, o: SourceRunOptions): Prom
   if (source.connect === undefined) return source.run(handle, signal);
   const connect = source.connect.bind(source);
   let downSince = clock.now();
+  /** The waits after consecutive lost connections, so a source that flaps backs off further each time. */
+  let losses: Retry | undefined;
   for (;;) {
     const since = downSince;
     const outcome = await retry(() => connect(signal), {
@@ -54,6 +58,7 @@ export async function runSource(handle: SourceHandle, o: SourceRunOptions): Prom
       throw new SluiceError(e.code, `source ${name} cannot connect: ${e.message}`, { cause: e, retryable: false, location: name });
     }
     emit({ type: "source_connected", source: name, attempt: outcome.attempts });
+    const upSince = clock.now();
     try {
       await source.run(handle, signal);
       return;
@@ -63,10 +68,10 @@ export async function runSource(handle: SourceHandle, o: SourceRunOptions): Prom
       downSince = clock.now();
       emit({ type: "source_connect_failed", source: name, attempt: 0, downSince, code: e.code, message: e.message, retryable: e.retryable });
       if (!e.retryable) throw new SluiceError(e.code, `source ${name} failed: ${e.message}`, { cause: e, retryable: false, location: name });
-      const wait = new Retry({ backoff: o.backoff, minDelayMs: 1 }, o);
-      wait.begin();
-      const decision = wait.decide(e);
-      if (decision.tag === "retry" && !(await wait.wait(decision.delayMs))) return;
+      if (losses === undefined || clock.now() - upSince > o.backoff.maxMs) losses = new Retry({ backoff: o.backoff, minDelayMs: 1 }, o);
+      losses.begin();
+      const decision = losses.decide(e);
+      if (decision.tag === "retry" && !(await losses.wait(decision.delayMs))) return;
     }
   }
 }

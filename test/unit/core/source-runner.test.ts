@@ -6,6 +6,9 @@
 import { describe, expect, it } from "vitest";
 import { SluiceError } from "../../../src/core/errors.js";
 import type { JsonObject } from "../../../src/core/record.js";
+import type { Source, SourceHandle } from "../../../src/components/contracts.js";
+import { runSource } from "../../../src/core/source-runner.js";
+import { FakeClock } from "../../helpers/fake-clock.js";
 import { makePipeline, MemorySink, MemorySource } from "../../helpers/memory.js";
 
 function payloads(n: number): JsonObject[] {
@@ -51,6 +54,37 @@ describe("a source with connect", () => {
     const text = await tp.metrics.registry.metrics();
     expect(text).toContain('sluice_source_connect_attempts_total{source="src",outcome="connected"} 2');
     expect(text).toContain('sluice_source_connect_attempts_total{source="src",outcome="lost"} 1');
+  });
+
+  it("waits longer after each consecutive lost connection of a source that flaps, and starts over after a run that stayed up", async () => {
+    const clock = new FakeClock();
+    const connectedAt: number[] = [];
+    /** How long each run stays up before its connection drops, by run. */
+    const upFor = [0, 0, 0, 0, 0, 0, 20_000, 0, 0];
+    const source: Source = {
+      acks: "individual",
+      whenFull: "wait",
+      async connect() {
+        connectedAt.push(clock.now());
+      },
+      async run() {
+        const ms = upFor[connectedAt.length - 1] ?? 0;
+        if (ms > 0) await new Promise<void>((resolve) => clock.setTimer(ms, resolve));
+        throw new SluiceError("ERR_SOURCE_CONNECT", "connection reset by peer");
+      },
+      async ack() {},
+      async close() {},
+    };
+    const stop = new AbortController();
+    const backoff = { initialMs: 100, maxMs: 10_000, multiplier: 2, jitter: "none" as const };
+    const running = runSource({} as SourceHandle, { name: "src", source, backoff, clock, random: () => 0.5, emit: () => {}, signal: stop.signal });
+    while (connectedAt.length < upFor.length) await clock.advanceAsync(10);
+    stop.abort();
+    await clock.advanceAsync(10_000);
+    await running;
+    const waits = connectedAt.slice(1).map((t, i) => t - connectedAt[i]! - upFor[i]!);
+    // 100, 200, 400 ... while it flaps; back to 100 after the run that stayed up 20 s (longer than max 10 s).
+    expect(waits.map((w) => Math.round(w / 10) * 10)).toEqual([100, 200, 400, 800, 1600, 3200, 100, 200]);
   });
 
   it("ends the run failed, at once, on a permanent connect error, with a message naming the source", async () => {
