@@ -5,7 +5,7 @@
 import { mkdir } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { withChaos } from "../components/chaos.js";
-import type { ComponentContext, ServiceProbe, Sink } from "../components/contracts.js";
+import type { ComponentContext, Readiness, ServiceProbe, Sink } from "../components/contracts.js";
 import { MemoryBuffer, type Buffer } from "../core/buffer.js";
 import { DurableBuffer } from "../core/durable-buffer.js";
 import type { Concurrency } from "../core/adaptive-concurrency.js";
@@ -15,6 +15,7 @@ import type { EventSink, Logger } from "../core/events.js";
 import { Pipeline, type SinkSettings } from "../core/pipeline.js";
 import { mulberry32 } from "../core/random.js";
 import { Metrics } from "../observability/metrics.js";
+import { Endpoints } from "../server/endpoints.js";
 import { DEFAULTS } from "./defaults.js";
 import type { PipelineConfig, SinkDriving } from "./schema.js";
 
@@ -80,27 +81,28 @@ export function createBuffer(buffer: PipelineConfig["buffer"], dataDir: string, 
 }
 
 /**
- * The pipeline's readiness and metrics for components serving HTTP. `pipeline` is read on each
- * call: components are created before the pipeline that holds them.
+ * The pipeline's readiness, metrics and HTTP endpoints, for the observability listener and the
+ * components serving HTTP. `pipeline` is read on each call: components are created before the
+ * pipeline that holds them.
  */
 export function serviceProbe(pipeline: () => Pipeline | undefined, metrics: Metrics, unreadyAfterMs: number): ServiceProbe {
-  return {
-    readiness: () => {
-      const state = pipeline()?.status().tag ?? "idle";
-      const bufferError = metrics.bufferUnwritable();
-      const readError = metrics.bufferUnreadable();
-      const deadLetterError = metrics.deadLetterUnwritable();
-      const problems: string[] = [];
-      if (state !== "running") problems.push(`pipeline: ${state === "idle" ? "starting" : state === "draining" ? "stopping" : "stopped"}`);
-      const sourcesDown = metrics.sourcesDown();
-      problems.push(...sourcesDown, ...metrics.sinksDown(unreadyAfterMs));
-      if (bufferError !== undefined) problems.push(`buffer: cannot write: ${bufferError}`);
-      if (readError !== undefined) problems.push(`buffer: cannot read: ${readError}`);
-      if (deadLetterError !== undefined) problems.push(`dead_letter: cannot write: ${deadLetterError}`);
-      return { ready: state === "running" && sourcesDown.length === 0 && metrics.failingSinks(unreadyAfterMs).length === 0 && bufferError === undefined && readError === undefined && deadLetterError === undefined, problems };
-    },
-    metrics: async () => ({ contentType: metrics.registry.contentType, text: await metrics.registry.metrics() }),
+  const readiness = (): Readiness => {
+    const state = pipeline()?.status().tag ?? "idle";
+    const bufferError = metrics.bufferUnwritable();
+    const readError = metrics.bufferUnreadable();
+    const deadLetterError = metrics.deadLetterUnwritable();
+    const problems: string[] = [];
+    if (state !== "running") problems.push(`pipeline: ${state === "idle" ? "starting" : state === "draining" ? "stopping" : "stopped"}`);
+    const sourcesDown = metrics.sourcesDown();
+    problems.push(...sourcesDown, ...metrics.sinksDown(unreadyAfterMs));
+    if (bufferError !== undefined) problems.push(`buffer: cannot write: ${bufferError}`);
+    if (readError !== undefined) problems.push(`buffer: cannot read: ${readError}`);
+    if (deadLetterError !== undefined) problems.push(`dead_letter: cannot write: ${deadLetterError}`);
+    return { ready: state === "running" && sourcesDown.length === 0 && metrics.failingSinks(unreadyAfterMs).length === 0 && bufferError === undefined && readError === undefined && deadLetterError === undefined, problems };
   };
+  const metricsText = async () => ({ contentType: metrics.registry.contentType, text: await metrics.registry.metrics() });
+  const endpoints = new Endpoints({ readiness, metrics: metricsText });
+  return { readiness, metrics: metricsText, mount: (options) => endpoints.mount(options) };
 }
 
 /**
