@@ -218,7 +218,7 @@ export class PipelineBuilder<P extends object> {
           };
     // Components are created before the pipeline that holds them; the probe reads it when asked.
     const created: { pipeline?: Pipeline } = {};
-    const service = serviceProbe(() => created.pipeline, metrics, t.observability.unready_after);
+    const service = serviceProbe(() => created.pipeline, metrics, t.observability.unready_after, { records: t.buffer.max_records, bytes: t.buffer.max_bytes });
     const ctx = (name: string): ComponentContext => ({ name, dataDir, baseDir: cwd, clock, logger, emit, service, bufferBytes: t.buffer.max_bytes, bufferRecords: t.buffer.max_records });
     const pipeline = await releasingOnThrow(lock, () => new Pipeline({
       sources: this.sources.map((s) => s.make(ctx) as never),

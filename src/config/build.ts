@@ -14,6 +14,7 @@ import { acquireDirLock, type DirLock } from "../core/dir-lock.js";
 import type { EventSink, Logger } from "../core/events.js";
 import { Pipeline, type SinkSettings } from "../core/pipeline.js";
 import { mulberry32 } from "../core/random.js";
+import { LiveStats, type LiveSnapshot } from "../observability/live-stats.js";
 import { Metrics } from "../observability/metrics.js";
 import { Endpoints } from "../server/endpoints.js";
 import { DEFAULTS } from "./defaults.js";
@@ -85,7 +86,7 @@ export function createBuffer(buffer: PipelineConfig["buffer"], dataDir: string, 
  * components serving HTTP. `pipeline` is read on each call: components are created before the
  * pipeline that holds them.
  */
-export function serviceProbe(pipeline: () => Pipeline | undefined, metrics: Metrics, unreadyAfterMs: number): ServiceProbe {
+export function serviceProbe(pipeline: () => Pipeline | undefined, metrics: Metrics, unreadyAfterMs: number, limits: { records: number; bytes: number }): ServiceProbe {
   const readiness = (): Readiness => {
     const state = pipeline()?.status().tag ?? "idle";
     const bufferError = metrics.bufferUnwritable();
@@ -101,7 +102,12 @@ export function serviceProbe(pipeline: () => Pipeline | undefined, metrics: Metr
     return { ready: state === "running" && sourcesDown.length === 0 && metrics.failingSinks(unreadyAfterMs).length === 0 && bufferError === undefined && readError === undefined && deadLetterError === undefined, problems };
   };
   const metricsText = async () => ({ contentType: metrics.registry.contentType, text: await metrics.registry.metrics() });
-  const endpoints = new Endpoints({ readiness, metrics: metricsText });
+  const state = (): LiveSnapshot["state"] => {
+    const tag = pipeline()?.status().tag ?? "idle";
+    return tag === "idle" ? "starting" : tag === "draining" ? "stopping" : tag === "done" ? "stopped" : "running";
+  };
+  const live = new LiveStats({ metrics, readiness, state, limits });
+  const endpoints = new Endpoints({ readiness, metrics: metricsText, live: () => live.sample() });
   return { readiness, metrics: metricsText, mount: (options) => endpoints.mount(options) };
 }
 
@@ -142,7 +148,7 @@ export async function buildPipeline(config: PipelineConfig, o: BuildOptions): Pr
   );
   // Components are created before the pipeline that holds them; the probe reads it when asked.
   const created: { pipeline?: Pipeline } = {};
-  const service = serviceProbe(() => created.pipeline, metrics, config.observability.unready_after);
+  const service = serviceProbe(() => created.pipeline, metrics, config.observability.unready_after, { records: config.buffer.max_records, bytes: config.buffer.max_bytes });
   const ctx = (name: string, baseDir: string): ComponentContext => ({ name, dataDir, baseDir, clock, logger: o.logger, emit: metrics.handle, service, bufferBytes: config.buffer.max_bytes, bufferRecords: config.buffer.max_records });
 
   const pipeline = await releasingOnThrow(lock, () => new Pipeline({

@@ -1,26 +1,40 @@
 /**
  * The pipeline's own HTTP endpoints, one table for every listener: `/health/live`,
- * `/health/ready`, `/metrics`. The observability listener serves them alone; the http source
- * mounts them beside its ingest path (through `ServiceProbe.mount`).
+ * `/health/ready`, `/metrics`, and the live dashboard (the page at `/`, its files under
+ * `/dashboard/`, its server-sent events at `/dashboard/events`). The observability listener
+ * serves them alone; the http source mounts them beside its ingest path (through
+ * `ServiceProbe.mount`).
  */
+import type { ServerResponse } from "node:http";
 import { readinessAnswer, type EndpointMount, type MountOptions, type Readiness } from "../components/contracts.js";
+import type { LiveSnapshot } from "../observability/live-stats.js";
+import { DASHBOARD_FILES, dashboardAsset } from "./dashboard-assets.js";
+import { LiveFeed } from "./live-feed.js";
 import { Router, sendJson } from "./router.js";
 
 /** What the endpoints read from the pipeline. */
 export interface EndpointsOptions {
   readonly readiness: () => Readiness;
   readonly metrics: () => Promise<{ contentType: string; text: string }>;
+  /** The dashboard's snapshot of the pipeline now; without it there is no dashboard. */
+  readonly live?: () => Promise<LiveSnapshot>;
 }
 
 /** The endpoints of one pipeline; {@link mount} them once per server. */
 export class Endpoints {
-  constructor(private readonly o: EndpointsOptions) {}
+  private readonly feed: LiveFeed | undefined;
+
+  constructor(private readonly o: EndpointsOptions) {
+    this.feed = o.live ? new LiveFeed(o.live) : undefined;
+  }
 
   /** The endpoints as served by one server, with that server's readiness, guard and headers. */
   mount(options: MountOptions = {}): EndpointMount {
     const readiness = options.readiness ?? this.o.readiness;
     const guard = options.guard ?? (() => {});
     const headers = options.headers ?? (() => ({}));
+    /** Streams opened through this mount, ended when it closes. */
+    const streams = new Set<ServerResponse>();
     const router = new Router()
       .get("/health/live", (_req, res) => sendJson(res, 200, { status: "live" }, headers()))
       .get("/health/ready", (_req, res) => {
@@ -32,10 +46,35 @@ export class Endpoints {
         const m = await this.o.metrics();
         res.writeHead(200, { ...headers(), "content-type": m.contentType }).end(m.text);
       });
+    const feed = this.feed;
+    if (feed) {
+      for (const path of Object.keys(DASHBOARD_FILES)) {
+        router.get(path, async (req, res) => {
+          guard(req);
+          const asset = await dashboardAsset(path);
+          res.writeHead(200, { ...headers(), "content-type": asset.type, "content-length": asset.body.length, "cache-control": "no-cache" }).end(asset.body);
+        });
+      }
+      router.get("/dashboard/events", (req, res) => {
+        guard(req);
+        if (!feed.open(res, headers())) {
+          sendJson(res, 503, { error: "too many dashboard streams are open; close one" }, { ...headers(), "retry-after": "5" });
+          return;
+        }
+        streams.add(res);
+        res.on("close", () => streams.delete(res));
+      });
+    }
     return {
       serve: (req, res) => router.serve(req, res, headers()),
-      // Nothing is streamed yet: every answer ends at once.
-      close: () => {},
+      close: () => {
+        // A stream its client does not read would hold its server open: cut it.
+        for (const res of streams) {
+          if (res.writableNeedDrain) res.destroy();
+          else res.end();
+        }
+        streams.clear();
+      },
     };
   }
 }
