@@ -16,6 +16,7 @@ import { Pipeline, type SinkSettings } from "../core/pipeline.js";
 import { mulberry32 } from "../core/random.js";
 import { LiveStats, type LiveSnapshot } from "../observability/live-stats.js";
 import { Metrics } from "../observability/metrics.js";
+import { Tap } from "../observability/tap.js";
 import { Endpoints } from "../server/endpoints.js";
 import { DEFAULTS } from "./defaults.js";
 import type { PipelineConfig, SinkDriving } from "./schema.js";
@@ -86,7 +87,7 @@ export function createBuffer(buffer: PipelineConfig["buffer"], dataDir: string, 
  * components serving HTTP. `pipeline` is read on each call: components are created before the
  * pipeline that holds them.
  */
-export function serviceProbe(pipeline: () => Pipeline | undefined, metrics: Metrics, unreadyAfterMs: number, limits: { records: number; bytes: number }): ServiceProbe {
+export function serviceProbe(pipeline: () => Pipeline | undefined, metrics: Metrics, unreadyAfterMs: number, limits: { records: number; bytes: number }, tap?: Tap): ServiceProbe {
   const readiness = (): Readiness => {
     const state = pipeline()?.status().tag ?? "idle";
     const bufferError = metrics.bufferUnwritable();
@@ -107,7 +108,7 @@ export function serviceProbe(pipeline: () => Pipeline | undefined, metrics: Metr
     return tag === "idle" ? "starting" : tag === "draining" ? "stopping" : tag === "done" ? "stopped" : "running";
   };
   const live = new LiveStats({ metrics, readiness, state, limits });
-  const endpoints = new Endpoints({ readiness, metrics: metricsText, live: () => live.sample() });
+  const endpoints = new Endpoints({ readiness, metrics: metricsText, live: () => live.sample(), ...(tap ? { tap } : {}) });
   return { readiness, metrics: metricsText, mount: (options) => endpoints.mount(options) };
 }
 
@@ -148,7 +149,8 @@ export async function buildPipeline(config: PipelineConfig, o: BuildOptions): Pr
   );
   // Components are created before the pipeline that holds them; the probe reads it when asked.
   const created: { pipeline?: Pipeline } = {};
-  const service = serviceProbe(() => created.pipeline, metrics, config.observability.unready_after, { records: config.buffer.max_records, bytes: config.buffer.max_bytes });
+  const tap = config.observability.tap ? new Tap(metrics.handle) : undefined;
+  const service = serviceProbe(() => created.pipeline, metrics, config.observability.unready_after, { records: config.buffer.max_records, bytes: config.buffer.max_bytes }, tap);
   const ctx = (name: string, baseDir: string): ComponentContext => ({ name, dataDir, baseDir, clock, logger: o.logger, emit: metrics.handle, service, bufferBytes: config.buffer.max_bytes, bufferRecords: config.buffer.max_records });
 
   const pipeline = await releasingOnThrow(lock, () => new Pipeline({
@@ -176,6 +178,7 @@ export async function buildPipeline(config: PipelineConfig, o: BuildOptions): Pr
     logger: o.logger,
     emit: metrics.handle,
     lock,
+    ...(tap ? { tap } : {}),
   }));
   created.pipeline = pipeline;
   metrics.watchBuffer(() => pipeline.bufferUsage());

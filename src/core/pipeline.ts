@@ -12,6 +12,7 @@ import { fieldGetter, RecordEntry, settle, type AckTicket, type Entry, type Json
 import { SinkRunner, type BatchOptions, type RetryOptions } from "./sink-runner.js";
 import { InProgressTicker, runSource } from "./source-runner.js";
 import { Splitter } from "./split.js";
+import type { RecordTap } from "./tap.js";
 import { TransformChain, type ChainStep } from "./transform-chain.js";
 
 /** A source and how its records get their envelope. */
@@ -65,6 +66,8 @@ export interface PipelineOptions {
   readonly emit?: EventSink;
   /** The lock on `data_dir` taken when the pipeline was built; `run()` gives it up when it ends, however it ends. */
   readonly lock?: DirLock;
+  /** Shown the records passing each stage while a reader listens (`observability.tap`). */
+  readonly tap?: RecordTap;
 }
 
 /**
@@ -116,6 +119,8 @@ export class Pipeline {
   private readonly deadLetters: DeadLetterWriter;
   private readonly runners: SinkRunner[];
   private readonly chain: TransformChain;
+  /** The last transform's name (its stage without `transform:`), which the tap's `transform` stage names; undefined without transforms. */
+  private readonly lastTransform: string | undefined;
   private readonly trackers: AckTracker[];
   /** Per source: the ticks of its `inProgress` hook, when it has one. */
   private readonly tickers: (InProgressTicker | undefined)[];
@@ -163,10 +168,14 @@ export class Pipeline {
           logger: this.logger,
           deadLetters: this.deadLetters,
           signal: this.hardAbort.signal,
-          onDone: (records, dead) => this.sinkDone(records, dead),
+          onDone: (records, dead) => {
+            if (!dead && o.tap?.listening === true) o.tap.observe("sink", s.name, records);
+            this.sinkDone(records, dead);
+          },
         }),
     );
     const splitter = new Splitter({ buffer: o.buffer, emit: this.emit, signal: this.hardAbort.signal, handOn: (out) => this.fanOut(out.splice(0)) });
+    this.lastTransform = o.transforms.at(-1)?.stage.replace(/^transform:/, "");
     this.chain = new TransformChain(
       o.transforms,
       {
@@ -477,6 +486,7 @@ export class Pipeline {
         if (result === "accepted") {
           ticket.seq = tracker.nextTicketSeq();
           this.emit({ type: "records_received", source: name, count: records.length, bytes });
+          if (this.o.tap?.listening === true) this.o.tap.observe("source", name, records);
           if (durable || ticket.pending === 0) done(ticket);
           // A durable buffer acked the chunk already: its broker is done with it.
           else if (!tickWhileWaiting) ticker?.start(ticket);
@@ -526,6 +536,8 @@ export class Pipeline {
 
   private fanOut(records: Entry[]): void {
     if (records.length === 0) return;
+    const tap = this.o.tap;
+    if (tap?.listening === true && this.lastTransform !== undefined) tap.observe("transform", this.lastTransform, records);
     const n = this.runners.length;
     for (const r of records) r.pendingSinks = n;
     for (const runner of this.runners) runner.accept(records);

@@ -133,6 +133,7 @@ export class Metrics {
   private readonly down = new Map<string, SinkDown>();
   /** Sinks whose last retried batch ended dead-lettered: since when they have failed, and when that batch gave up. */
   private readonly gaveUp = new Map<string, { since: number; at: number }>();
+  private readonly tapDropped = new Counter({ name: "sluice_tap_dropped_records_total", help: "Records sluice tap readers did not get because they read slower than records passed (the pipeline never waits for them).", registers: [this.registry] });
   private readonly httpRefused = new Counter({ name: "sluice_http_connections_refused_total", help: "Connections an http source closed at once because it had max_connections open.", labelNames: ["source"], registers: [this.registry] });
   private readonly latency = new WeightedHistogram(METRIC.latency, "Time from a record's receipt to its commit by a sink.", "sink", LATENCY_BUCKETS, this.registry);
 
@@ -290,6 +291,9 @@ export class Metrics {
         c.corrupt_entries += event.entries;
         c.quarantined += event.records ?? 0;
         this.corrupt.inc({ reason: event.reason }, event.entries);
+        break;
+      case "tap_records_dropped":
+        this.tapDropped.inc(event.count);
         break;
       case "pipeline_run":
         if (event.phase === "started") this.run = { startedAt: this.now() };

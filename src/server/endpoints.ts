@@ -3,14 +3,17 @@
  * `/health/ready`, `/metrics`, and the live dashboard (the page at `/`, its files under
  * `/dashboard/`, its server-sent events at `/dashboard/events`). The observability listener
  * serves them alone; the http source mounts them beside its ingest path (through
- * `ServiceProbe.mount`).
+ * `ServiceProbe.mount`). `/tap` (live records, `observability.tap`) only where the mount asks
+ * for it: the observability listener.
  */
 import type { ServerResponse } from "node:http";
 import { readinessAnswer, type EndpointMount, type MountOptions, type Readiness } from "../components/contracts.js";
 import type { LiveSnapshot } from "../observability/live-stats.js";
+import type { Tap } from "../observability/tap.js";
 import { DASHBOARD_FILES, dashboardAsset } from "./dashboard-assets.js";
 import { LiveFeed } from "./live-feed.js";
 import { Router, sendJson } from "./router.js";
+import { serveTap } from "./tap-endpoint.js";
 
 /** What the endpoints read from the pipeline. */
 export interface EndpointsOptions {
@@ -18,6 +21,8 @@ export interface EndpointsOptions {
   readonly metrics: () => Promise<{ contentType: string; text: string }>;
   /** The dashboard's snapshot of the pipeline now; without it there is no dashboard. */
   readonly live?: () => Promise<LiveSnapshot>;
+  /** Live records for `sluice tap` (`observability.tap`), served by mounts that ask for it. */
+  readonly tap?: Tap;
 }
 
 /** The endpoints of one pipeline; {@link mount} them once per server. */
@@ -33,7 +38,7 @@ export class Endpoints {
     const readiness = options.readiness ?? this.o.readiness;
     const guard = options.guard ?? (() => {});
     const headers = options.headers ?? (() => ({}));
-    /** Streams opened through this mount, ended when it closes. */
+    /** Streams opened through this mount (dashboard feeds, taps), ended when it closes. */
     const streams = new Set<ServerResponse>();
     const router = new Router()
       .get("/health/live", (_req, res) => sendJson(res, 200, { status: "live" }, headers()))
@@ -65,6 +70,8 @@ export class Endpoints {
         res.on("close", () => streams.delete(res));
       });
     }
+    const tap = this.o.tap;
+    if (tap && options.tap === true) router.get("/tap", (req, res, url) => serveTap(tap, req, res, url, headers(), streams));
     return {
       serve: (req, res) => router.serve(req, res, headers()),
       close: () => {
