@@ -62,16 +62,22 @@ export async function tapCommand(base: string, o: TapOptions, io: Io, signal?: A
     io.stderr.write(`sluice tap: ${url.origin} answered ${res.statusCode}: ${why}\n`);
     return EXIT.runtime;
   }
-  signal?.addEventListener("abort", () => res.destroy(), { once: true });
+  const lines = createInterface({ input: res, crlfDelay: Infinity });
+  // A destroyed response does not end readline's iteration: close both.
+  const stop = () => {
+    lines.close();
+    res.destroy();
+  };
+  signal?.addEventListener("abort", stop, { once: true });
   // Stdout closed under us (`sluice tap ... | head`): stop reading, exit 0.
   let stdoutGone = false;
   io.stdout.on("error", () => {
     stdoutGone = true;
-    res.destroy();
+    stop();
   });
   let records = 0;
   try {
-    for await (const line of createInterface({ input: res, crlfDelay: Infinity })) {
+    for await (const line of lines) {
       if (line.startsWith('{"notice":')) {
         const notice = JSON.parse(line) as { records: number };
         io.stderr.write(`sluice tap: ${notice.records} record(s) dropped: this reader was slower than the pipeline\n`);

@@ -478,6 +478,9 @@ export class Pipeline {
         // keeps every composite made from it until it aborts (a leak per call), and a stop needs
         // no signal here: stop() closes the buffer, which answers every waiting push `closed`.
         // A chunk waiting for room ages at its broker like one in flight: keep telling it (working()).
+        // Shown before the push: the buffer may hand the chunk to the transforms at once, which
+        // replace payloads before push returns.
+        if (this.o.tap?.listening === true) this.o.tap.observe("source", name, records);
         const tickWhileWaiting = ticker !== undefined && waitHere;
         if (tickWhileWaiting) ticker.start(ticket);
         const result = await buffer.push({ records, ticket }, waitHere, giveUp ?? signal);
@@ -486,7 +489,6 @@ export class Pipeline {
         if (result === "accepted") {
           ticket.seq = tracker.nextTicketSeq();
           this.emit({ type: "records_received", source: name, count: records.length, bytes });
-          if (this.o.tap?.listening === true) this.o.tap.observe("source", name, records);
           if (durable || ticket.pending === 0) done(ticket);
           // A durable buffer acked the chunk already: its broker is done with it.
           else if (!tickWhileWaiting) ticker?.start(ticket);

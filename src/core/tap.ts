@@ -5,7 +5,8 @@
 import type { SluiceRecord } from "./record.js";
 
 /**
- * Where a record is seen: `source` as a source enqueued it (before any transform), `transform`
+ * Where a record is seen: `source` as a source hands it over (before the buffer and any
+ * transform; a chunk the buffer then refuses or drops was shown too), `transform`
  * as it leaves the transform chain (what the sinks get; nothing when there is no transform),
  * `sink` once a sink committed it.
  */
