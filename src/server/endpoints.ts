@@ -11,7 +11,7 @@ import { readinessAnswer, type EndpointMount, type MountOptions, type Readiness 
 import type { LiveSnapshot } from "../observability/live-stats.js";
 import type { Tap } from "../observability/tap.js";
 import { DASHBOARD_FILES, dashboardAsset } from "./dashboard-assets.js";
-import { LiveFeed } from "./live-feed.js";
+import { END_EVENT, LiveFeed } from "./live-feed.js";
 import { Router, sendJson } from "./router.js";
 import { serveTap } from "./tap-endpoint.js";
 
@@ -38,8 +38,8 @@ export class Endpoints {
     const readiness = options.readiness ?? this.o.readiness;
     const guard = options.guard ?? (() => {});
     const headers = options.headers ?? (() => ({}));
-    /** Streams opened through this mount (dashboard feeds, taps), ended when it closes. */
-    const streams = new Set<ServerResponse>();
+    /** Streams opened through this mount (dashboard feeds, taps), with what to write last when it closes them. */
+    const streams = new Map<ServerResponse, string>();
     const router = new Router()
       .get("/health/live", (_req, res) => sendJson(res, 200, { status: "live" }, headers()))
       .get("/health/ready", (_req, res) => {
@@ -66,7 +66,8 @@ export class Endpoints {
           sendJson(res, 503, { error: "too many dashboard streams are open; close one" }, { ...headers(), "retry-after": "5" });
           return;
         }
-        streams.add(res);
+        // Closed with its server, the page learns that the run is over, not that it lost the server.
+        streams.set(res, END_EVENT);
         res.on("close", () => streams.delete(res));
       });
     }
@@ -76,9 +77,9 @@ export class Endpoints {
       serve: (req, res) => router.serve(req, res, headers()),
       close: () => {
         // A stream its client does not read would hold its server open: cut it.
-        for (const res of streams) {
+        for (const [res, last] of streams) {
           if (res.writableNeedDrain) res.destroy();
-          else res.end();
+          else res.end(last);
         }
         streams.clear();
       },

@@ -10,6 +10,8 @@ import type { LiveSnapshot } from "../observability/live-stats.js";
 
 /** Streams open at once, over every port; past it a new one is answered 503. */
 export const MAX_STREAMS = 16;
+/** The event that tells the page the run is over (and `EventSource` not to reconnect). */
+export const END_EVENT = "event: end\ndata: {}\n\n";
 /** ms between two snapshots. */
 export const FEED_INTERVAL_MS = 1000;
 
@@ -58,7 +60,7 @@ export class LiveFeed {
       const last = snapshot.state === "stopped";
       for (const res of this.streams) {
         if (res.writableEnded) continue;
-        if (last) res.end(`${frame}event: end\ndata: {}\n\n`);
+        if (last) res.end(`${frame}${END_EVENT}`);
         else if (!res.writableNeedDrain) res.write(frame);
       }
       if (last) this.stop();

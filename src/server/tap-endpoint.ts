@@ -23,7 +23,7 @@ export function tapFilter(query: URLSearchParams): TapFilter | string {
 }
 
 /** Serves one tap reader on `res`; `streams` holds it while open (the mount ends it on close). */
-export function serveTap(tap: Tap, _req: IncomingMessage, res: ServerResponse, url: URL, headers: Record<string, string>, streams: Set<ServerResponse>): void {
+export function serveTap(tap: Tap, _req: IncomingMessage, res: ServerResponse, url: URL, headers: Record<string, string>, streams: Map<ServerResponse, string>): void {
   const filter = tapFilter(url.searchParams);
   if (typeof filter === "string") {
     sendJson(res, 400, { error: filter }, headers);
@@ -36,7 +36,7 @@ export function serveTap(tap: Tap, _req: IncomingMessage, res: ServerResponse, u
   }
   res.writeHead(200, { ...headers, "content-type": "application/x-ndjson", "cache-control": "no-store" });
   res.flushHeaders();
-  streams.add(res);
+  streams.set(res, "");
   let blocked = false;
   let scheduled = false;
   const flush = () => {

@@ -11,7 +11,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { silentLogger } from "../../src/core/events.js";
 import { buildPipeline, type BuiltPipeline } from "../../src/config/build.js";
 import { parseConfig } from "../../src/config/load.js";
-import { startObservabilityServer } from "../../src/server/observability-server.js";
+import { startObservabilityServer, type ObservabilityServer } from "../../src/server/observability-server.js";
 import { launchChromium, requireChromium } from "../helpers/chromium.js";
 import { freePort, waitUntil } from "../helpers/http-pipeline.js";
 
@@ -32,7 +32,7 @@ async function build(yaml: (dir: string) => string): Promise<BuiltPipeline> {
 }
 
 /** Runs `built` with the observability listener on a free port; stops it at the end of the file. */
-async function serve(built: BuiltPipeline): Promise<{ base: string; done: ReturnType<BuiltPipeline["pipeline"]["run"]> }> {
+async function serve(built: BuiltPipeline): Promise<{ base: string; done: ReturnType<BuiltPipeline["pipeline"]["run"]>; server: ObservabilityServer }> {
   const server = await startObservabilityServer("127.0.0.1:0", built.service);
   const done = built.pipeline.run();
   cleanups.push(async () => {
@@ -40,7 +40,7 @@ async function serve(built: BuiltPipeline): Promise<{ base: string; done: Return
     await done;
     await server.close();
   });
-  return { base: `http://127.0.0.1:${server.port}`, done };
+  return { base: `http://127.0.0.1:${server.port}`, done, server };
 }
 
 /** A pipeline that runs for about a minute at 1,500 records/s, with retries and dead letters to show. */
@@ -140,6 +140,33 @@ sinks:
     }
     expect(text).toMatch(/event: end\n/);
     expect(frames().at(-1)!.state).toBe("stopped");
+  });
+
+  it("a feed open when its server closes ends with the end event (the page stops reconnecting)", async () => {
+    const { base, server } = await serve(
+      await build(
+        (dir) => `
+data_dir: ${JSON.stringify(join(dir, "data"))}
+sources:
+  gen: { type: generator, count: 1000000, rate: 1000 }
+sinks:
+  out: { type: blackhole }
+`,
+      ),
+    );
+    const stream = await fetch(`${base}/dashboard/events`);
+    const reader = stream.body!.getReader();
+    const decoder = new TextDecoder();
+    let text = "";
+    while (!text.includes("data: {")) text += decoder.decode((await reader.read()).value);
+    const closed = server.close();
+    for (;;) {
+      const chunk = await reader.read();
+      if (chunk.done) break;
+      text += decoder.decode(chunk.value);
+    }
+    await closed;
+    expect(text).toMatch(/event: end\ndata: \{\}\n\n$/);
   });
 
   it("the http source's port serves the same dashboard, behind its auth unless public_metrics", async () => {
