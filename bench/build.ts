@@ -5,7 +5,8 @@
  * `node --import tsx`, which still keeps compile time out of the timing (children time
  * themselves after loading) but adds the loader's ~30-45 MiB to every peak RSS.
  */
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
+import { mkdirSync, rmSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { DATA_DIR } from "./data-gen.js";
@@ -84,4 +85,55 @@ export function runChild<N extends string>(launcher: Launcher<N>, name: N, task:
       resolvePromise({ error: `${why}${line === undefined ? ", no result" : ""}\n${stderr.trim()}`.trim() });
     });
   });
+}
+
+/** How to start the `sluice` CLI: the esbuild bundle of src/cli/entry.ts, or tsx on the source. */
+export async function sluiceCommand(): Promise<{ args: string[]; mode: "bundled" | "tsx" }> {
+  const entry = join(REPO_DIR, "src", "cli", "entry.ts");
+  try {
+    const esbuild = await import("esbuild");
+    const outfile = join(BUILD_DIR, "sluice-cli.mjs");
+    await esbuild.build({
+      entryPoints: [entry],
+      outfile,
+      bundle: true,
+      platform: "node",
+      format: "esm",
+      target: "node20",
+      packages: "external",
+      sourcemap: "linked",
+      logLevel: "error",
+      absWorkingDir: REPO_DIR,
+    });
+    return { args: [outfile], mode: "bundled" };
+  } catch {
+    return { args: ["--conditions=sluice-source", "--import", "tsx", entry], mode: "tsx" };
+  }
+}
+
+/**
+ * The `sluice` CLI as it was at git ref `ref`: that ref's src/ extracted under bench/data/ and
+ * bundled with esbuild (dependencies from today's node_modules). For a before/after in one run.
+ */
+export async function sluiceCommandAt(ref: string): Promise<{ args: string[] }> {
+  const esbuild = await import("esbuild");
+  const tree = join(BUILD_DIR, "base-src");
+  rmSync(tree, { recursive: true, force: true });
+  mkdirSync(tree, { recursive: true });
+  const archive = execFileSync("git", ["archive", ref, "src"], { cwd: REPO_DIR, maxBuffer: 256 * 1024 * 1024 });
+  execFileSync("tar", ["-x", "-C", tree], { input: archive });
+  const outfile = join(BUILD_DIR, "sluice-cli-base.mjs");
+  await esbuild.build({
+    entryPoints: [join(tree, "src", "cli", "entry.ts")],
+    outfile,
+    bundle: true,
+    platform: "node",
+    format: "esm",
+    target: "node20",
+    packages: "external",
+    sourcemap: "linked",
+    logLevel: "error",
+    absWorkingDir: REPO_DIR,
+  });
+  return { args: [outfile] };
 }

@@ -44,8 +44,7 @@ import { fileURLToPath } from "node:url";
 import { Pool, request } from "undici";
 import { mulberry32 } from "../src/core/random.js";
 import type { RunSummary } from "../src/observability/metrics.js";
-import { prepareLaunch, REPO_DIR, type Launcher } from "./build.js";
-import { DATA_DIR } from "./data-gen.js";
+import { prepareLaunch, REPO_DIR, sluiceCommand, type Launcher } from "./build.js";
 import { fmtInt, fmtRatio, intEnv, median, progress } from "./report.js";
 
 const TARGETS = { sluiceVsBare: 0.5 };
@@ -208,30 +207,6 @@ async function startBare(launcher: Launcher<"http-bare">): Promise<ServerChild> 
       return undefined;
     },
   };
-}
-
-/** How to start the `sluice` CLI: the esbuild bundle of src/cli/entry.ts, or tsx on the source. */
-async function sluiceCommand(): Promise<{ args: string[]; mode: "bundled" | "tsx" }> {
-  const entry = join(REPO_DIR, "src", "cli", "entry.ts");
-  try {
-    const esbuild = await import("esbuild");
-    const outfile = join(DATA_DIR, "build", "sluice-cli.mjs");
-    await esbuild.build({
-      entryPoints: [entry],
-      outfile,
-      bundle: true,
-      platform: "node",
-      format: "esm",
-      target: "node20",
-      packages: "external",
-      sourcemap: "linked",
-      logLevel: "error",
-      absWorkingDir: REPO_DIR,
-    });
-    return { args: [outfile], mode: "bundled" };
-  } catch {
-    return { args: ["--conditions=sluice-source", "--import", "tsx", entry], mode: "tsx" };
-  }
 }
 
 /** What a sluice run must have done, read from its summary once it exited. */

@@ -9,20 +9,30 @@
  *
  * Env: BENCH_MAIN=0 skips this section; BENCH_RECORDS (2000000), BENCH_BIG_RECORDS (8000000; 0 skips), BENCH_RUNS (3).
  *
+ * Then the tracing section (bench/tracing.ts: the sluice run above with tracing off and on, sample
+ * ratio 1, in alternating rounds; BENCH_TRACING=0 skips it, BENCH_TRACING_RUNS, BENCH_TRACING_RECORDS).
+ *
  * Then the PostgreSQL section (bench/postgres.ts: psql \copy, multi-row INSERT and sluice into
  * real tables; BENCH_PG=0 skips it, BENCH_PG_RECORDS, BENCH_PG_RUNS, BENCH_PG_URL).
  *
  * Then the HTTP ingest section (bench/http.ts: NDJSON batches over 32 keep-alive connections into
  * `sluice run` with a durable buffer, next to a bare `node:http` server; BENCH_HTTP=0 skips it,
  * BENCH_HTTP_SECONDS, BENCH_HTTP_WARMUP_SECONDS, BENCH_HTTP_RUNS, BENCH_HTTP_CONNECTIONS, BENCH_HTTP_BATCH).
+ *
+ * Then the broker section (bench/brokers.ts: preloaded Redis stream and JetStream stream read by
+ * sluice's sources, next to hand-written consumer loops and BullMQ; BENCH_BROKERS=0 skips it,
+ * BENCH_BROKERS_RUNS, BENCH_BROKERS_RECORDS, BENCH_BROKERS_NATS_RECORDS, BENCH_BROKERS_BULLMQ_JOBS,
+ * BENCH_BROKERS_REDIS=0 / _NATS=0 / _BULLMQ=0, BENCH_REDIS_URL, BENCH_NATS_URL).
  */
 import { cpus, loadavg } from "node:os";
 import { join } from "node:path";
 import { CONTENDERS, prepareLaunch, REPO_DIR, runChild, type ContenderName } from "./build.js";
 import { ensureDataFile, warmPageCache } from "./data-gen.js";
 import type { ContenderResult } from "./contenders/protocol.js";
+import { runBrokerBench } from "./brokers.js";
 import { runHttpBench } from "./http.js";
 import { runPostgresBench } from "./postgres.js";
+import { runTracingBench } from "./tracing.js";
 import { fmtInt, fmtRatio, intEnv, median, progress } from "./report.js";
 
 const RECORDS = intEnv("BENCH_RECORDS", 2_000_000, 1);
@@ -197,6 +207,8 @@ async function main(): Promise<number> {
 }
 
 const mainCode = await main();
+const tracingCode = await runTracingBench();
 const postgresCode = await runPostgresBench();
 const httpCode = await runHttpBench();
-process.exitCode = Math.max(mainCode, postgresCode, httpCode);
+const brokersCode = await runBrokerBench();
+process.exitCode = Math.max(mainCode, tracingCode, postgresCode, httpCode, brokersCode);

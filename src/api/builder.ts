@@ -7,7 +7,7 @@ import { mkdir } from "node:fs/promises";
 import { resolve } from "node:path";
 import type { z } from "zod";
 import type { ComponentContext, ComponentDefinition, DeadLetterStore, Sink, Source, Transform } from "../components/contracts.js";
-import { createBuffer, lockDataDir, releasingOnThrow, serviceProbe, sinkSettings, type BuiltPipeline } from "../config/build.js";
+import { createBuffer, flushingAtEnd, lockDataDir, releasingOnThrow, serviceProbe, sinkSettings, type BuiltPipeline } from "../config/build.js";
 import { DEFAULTS } from "../config/defaults.js";
 import { reservedNameIssue, sinkDrivingSchema, topSchema, transformLimitsSchema, validateWith, type ConfigIssue, type TransformLimits } from "../config/schema.js";
 import { systemClock, type Clock } from "../core/clock.js";
@@ -17,6 +17,7 @@ import { Pipeline, type PipelineStatus } from "../core/pipeline.js";
 import type { JsonObject, RecordView } from "../core/record.js";
 import { mapTransform } from "../transforms/module.js";
 import { Metrics, type RunSummary } from "../observability/metrics.js";
+import { RateLimitedLogger } from "../observability/rate-limited-logger.js";
 import { Tap } from "../observability/tap.js";
 import { definition as deadLetterSqlite } from "../sinks/dead-letter-sqlite.js";
 
@@ -196,7 +197,7 @@ export class PipelineBuilder<P extends object> {
     if (top.value === undefined) throwInvalid(top.issues);
     const t = top.value;
     const clock = this.settings.clock ?? systemClock;
-    const logger = this.settings.logger ?? silentLogger;
+    const logger = new RateLimitedLogger(this.settings.logger ?? silentLogger, clock);
     const cwd = this.settings.cwd ?? process.cwd();
     const dataDir = resolve(cwd, t.data_dir);
     await mkdir(dataDir, { recursive: true });
@@ -206,7 +207,7 @@ export class PipelineBuilder<P extends object> {
       logger,
       () => clock.now(),
     );
-    const emit: EventSink =
+    const emit: EventSink = flushingAtEnd(
       onEvent === undefined
         ? metrics.handle
         : (event) => {
@@ -214,9 +215,11 @@ export class PipelineBuilder<P extends object> {
             try {
               onEvent(event);
             } catch (err) {
-              logger.error({ event: event.type, err: String(err) }, "onEvent listener threw; ignored");
+              logger.error({ component: "pipeline", code: "ERR_INTERNAL", event: event.type, err: String(err) }, "onEvent listener threw; ignored");
             }
-          };
+          },
+      logger,
+    );
     // Components are created before the pipeline that holds them; the probe reads it when asked.
     const created: { pipeline?: Pipeline } = {};
     const tap = t.observability.tap ? new Tap(emit) : undefined;
@@ -247,7 +250,7 @@ export class PipelineBuilder<P extends object> {
       ...(tap ? { tap } : {}),
     }));
     created.pipeline = pipeline;
-    metrics.watchBuffer(() => pipeline.bufferUsage());
+    metrics.watchBuffer(() => pipeline.bufferUsage(), { records: t.buffer.max_records, bytes: t.buffer.max_bytes });
     return { pipeline, metrics, dataDir, service };
   }
 

@@ -12,7 +12,8 @@ import { formatIssues, loadConfig } from "../config/load.js";
 import type { PipelineConfig } from "../config/schema.js";
 import { systemClock } from "../core/clock.js";
 import { SluiceError } from "../core/errors.js";
-import { createLogger } from "../observability/logger.js";
+import { createLogger, type LogLevel } from "../observability/logger.js";
+import { RateLimitedLogger } from "../observability/rate-limited-logger.js";
 import { entryBlock, entryJson, entryTable } from "./dlq-format.js";
 import { EXIT, type Io } from "./run-command.js";
 
@@ -29,6 +30,8 @@ export interface DlqOptions {
   /** replay */
   readonly to?: string;
   readonly rate?: string;
+  /** replay: overrides `observability.log_level`. */
+  readonly logLevel?: LogLevel;
   /** purge */
   readonly all?: boolean;
   readonly yes?: boolean;
@@ -226,11 +229,13 @@ async function replay(
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
   let result: ReplayResult;
+  // Replay retries are logged as a run's are: rate-limited per sink and code.
+  const logger = new RateLimitedLogger(createLogger(o.logLevel ?? config.observability.log_level, tty), systemClock);
   try {
     result = await replayDeadLetters(config, {
       configDir: dirname(resolve(file)),
       cwd,
-      logger: createLogger(config.observability.log_level, tty),
+      logger,
       store,
       workflow,
       entries,
@@ -248,6 +253,7 @@ async function replay(
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
+    logger.flush();
     if (tty) io.stderr.write("\x1b[2K\r");
   }
   const { counts, skipped } = result;

@@ -1,14 +1,22 @@
 /** The `sluice` command line: argument parsing only; the work is in run-command.ts and the library. */
 import { readFileSync } from "node:fs";
-import { Command, CommanderError } from "commander";
+import { Command, CommanderError, Option } from "commander";
+import { duration } from "../components/options.js";
 import { componentsCommand } from "./components-command.js";
 import { dlqCommand, type DlqIo, type DlqOptions } from "./dlq-command.js";
+import { LOG_LEVELS, type LogLevel } from "../observability/logger.js";
 import { EXIT, runCommand, validateCommand } from "./run-command.js";
+import { DEFAULT_TOP_URL, topCommand } from "./top/command.js";
 import { tapCommand, type TapOptions } from "./tap-command.js";
 
 /** The package's version, read from its package.json (two levels up from src/cli and from dist/cli alike). */
 function packageVersion(): string {
   return (JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version: string }).version;
+}
+
+/** `--log-level`, which wins over the config's `observability.log_level`. */
+function logLevelOption(): Option {
+  return new Option("--log-level <level>", "log level, instead of the config's observability.log_level").choices(LOG_LEVELS);
 }
 
 /** Runs the CLI with `argv` (without `node` and the script path) and resolves with the exit code. */
@@ -33,16 +41,42 @@ export async function main(argv: readonly string[], io: DlqIo = { stdout: proces
     .option("--summary-json <file>", "write the run summary as JSON to this file")
     .option("--progress", "show the live progress line even when stderr is not a terminal")
     .option("--no-progress", "never show the live progress line")
-    .action(async (config: string, opts: { summaryJson?: string; progress?: boolean }) => {
-      code = await runCommand(config, { summaryJson: opts.summaryJson, progress: opts.progress }, io);
+    .addOption(logLevelOption())
+    .action(async (config: string, opts: { summaryJson?: string; progress?: boolean; logLevel?: LogLevel }) => {
+      code = await runCommand(config, { summaryJson: opts.summaryJson, progress: opts.progress, logLevel: opts.logLevel }, io);
     });
 
   program
     .command("validate")
-    .description("check a pipeline config; exit 0 when valid, 2 with every error and its path")
+    .description("check a pipeline config (exit 2 with every error and its path), then connect to every source and sink (exit 1 when one fails)")
     .argument("<config>", "pipeline YAML file")
-    .action(async (config: string) => {
-      code = await validateCommand(config, io);
+    .option("--no-connect", "check the config only; do not connect to the sources and sinks")
+    .option("--timeout <duration>", "how long the connection checks may take (ms, or 500ms, 10s, 1m)", "10s")
+    .action(async (config: string, opts: { connect: boolean; timeout: string }) => {
+      const timeout = duration().safeParse(opts.timeout);
+      if (!timeout.success || timeout.data <= 0) {
+        io.stderr.write(`--timeout ${opts.timeout}: not a duration (ms, or 500ms, 10s, 1m)\n`);
+        code = EXIT.usage;
+        return;
+      }
+      code = await validateCommand(config, { connect: opts.connect, timeoutMs: timeout.data }, io);
+    });
+
+  program
+    .command("top")
+    .description(`show running instances live, read from their /metrics: rates, totals, errors, buffer fill per component (default ${DEFAULT_TOP_URL}); q quits`)
+    .argument("[url...]", "each instance's observability listener: host:port, or a URL (/metrics when it has no path)")
+    .option("--interval <duration>", "time between two refreshes (ms, or 500ms, 2s)", "1s")
+    .option("--count <n>", "stop after n refreshes (default: until q, or a signal)")
+    .action(async (urls: string[], opts: { interval: string; count?: string }) => {
+      const interval = duration().safeParse(opts.interval);
+      const count = opts.count === undefined ? undefined : Number(opts.count);
+      if (!interval.success || interval.data <= 0 || (count !== undefined && !(Number.isInteger(count) && count > 0))) {
+        io.stderr.write(!interval.success || interval.data <= 0 ? `--interval ${opts.interval}: not a duration (ms, or 500ms, 2s)\n` : `--count ${opts.count}: not a positive whole number\n`);
+        code = EXIT.usage;
+        return;
+      }
+      code = await topCommand(urls, { intervalMs: interval.data, count }, io);
     });
 
   program
@@ -95,7 +129,10 @@ export async function main(argv: readonly string[], io: DlqIo = { stdout: proces
       .option("--limit <n>", "at most n entries, oldest first")
       .option("--json", "NDJSON: one entry (replay, purge: the summary) per line");
     if (action === "replay") {
-      command.option("--to <sink>", "send every entry to this sink instead").option("--rate <records/s>", "replay at most this many entries per second");
+      command
+        .option("--to <sink>", "send every entry to this sink instead")
+        .option("--rate <records/s>", "replay at most this many entries per second")
+        .addOption(logLevelOption());
     }
     if (action === "purge") {
       command.option("--all", "delete pending entries too (every status, or --status)").option("--yes", "do not ask before --all deletes");

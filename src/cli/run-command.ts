@@ -6,10 +6,14 @@ import { writeFileSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
 import { buildPipeline } from "../config/build.js";
+import { checkConnections, type ConnectReport } from "../config/connect-check.js";
+import { formatSeconds } from "../core/clock.js";
+import { SluiceError } from "../core/errors.js";
 import { formatIssues, loadConfig } from "../config/load.js";
 import type { PipelineConfig } from "../config/schema.js";
-import { createLogger } from "../observability/logger.js";
+import { createLogger, type LogLevel } from "../observability/logger.js";
 import type { CountsSnapshot, Metrics, RunSummary } from "../observability/metrics.js";
+import { startTracing } from "../observability/tracing-sdk.js";
 import { startObservabilityServer } from "../server/observability-server.js";
 import { checkFileSourcePath } from "../sources/file/source.js";
 import { checkModuleTransform } from "../transforms/module.js";
@@ -74,16 +78,60 @@ function report(file: string, check: DeepCheck, io: Io): boolean {
   return true;
 }
 
-/** `sluice validate <config>`: exit 0 when valid, 2 with every error and its path. */
-export async function validateCommand(file: string, io: Io): Promise<number> {
+/** Options of `sluice validate`. */
+export interface ValidateOptions {
+  /** false: check the config only (`--no-connect`). */
+  readonly connect: boolean;
+  /** How long the connection checks may take, ms (`--timeout`). */
+  readonly timeoutMs: number;
+}
+
+/**
+ * `sluice validate <config>`: exit 2 with every error and its path; then (unless `connect` is
+ * false) connects every source and sink: exit 1 when one fails or does not answer within the
+ * timeout, else 0.
+ */
+export async function validateCommand(file: string, opts: ValidateOptions, io: Io): Promise<number> {
   const config = await loadOrReport(file, io);
   if (!config) return EXIT.usage;
   if (report(file, await deepCheck(config, dirname(resolve(file)), process.cwd()), io)) return EXIT.usage;
   io.stdout.write(`${file}: valid (${config.sources.length} source(s), ${config.transforms.length} transform(s), ${config.sinks.length} sink(s))\n`);
-  return EXIT.ok;
+  if (!opts.connect) return EXIT.ok;
+  let reports: ConnectReport[];
+  try {
+    reports = await checkConnections(config, { cwd: process.cwd(), timeoutMs: opts.timeoutMs, logger: createLogger("warn", io.stderr.isTTY === true) });
+  } catch (err) {
+    const why = err instanceof SluiceError ? `${err.code}: ${err.message}` : String(err);
+    io.stderr.write(`${file}: connections not checked: ${why}; --no-connect checks the config only\n`);
+    return EXIT.runtime;
+  }
+  io.stdout.write(connectTable(reports, opts.timeoutMs));
+  const failed = reports.filter((r) => r.outcome.tag === "failing" || r.outcome.tag === "timed_out").length;
+  if (failed === 0) return EXIT.ok;
+  io.stderr.write(`${file}: ${failed} of ${reports.length} connection check(s) failed\n`);
+  return EXIT.runtime;
 }
 
 const fmt = (n: number) => Math.round(n).toLocaleString("en-US");
+
+/** One line per source and sink: `  sink   db (postgres)  failing: ERR_SINK_CONNECT: ... (retryable: a run keeps trying)`. */
+export function connectTable(reports: readonly ConnectReport[], timeoutMs: number): string {
+  const labels = reports.map((r) => `${r.kind.padEnd(6)} ${r.name} (${r.type})`);
+  const w = Math.max(...labels.map((l) => l.length)) + 2;
+  const lines = reports.map((r, i) => {
+    const o = r.outcome;
+    const what =
+      o.tag === "ok"
+        ? `ok (connected in ${o.ms} ms)`
+        : o.tag === "nothing_to_connect"
+          ? "ok (no connection to check)"
+          : o.tag === "timed_out"
+            ? `failing: no answer within ${formatSeconds(timeoutMs)}`
+            : `failing: ${o.code}: ${o.message} (${o.retryable ? "retryable: a run would keep trying to connect" : "permanent: a run would stop at once"})`;
+    return `  ${labels[i]!.padEnd(w)}${what}`;
+  });
+  return `connections:\n${lines.join("\n")}\n`;
+}
 
 /** The live progress line; each source or sink that is down is named at its end (`| sink db: connecting, down 45 s: ...`). */
 function progressLine(s: CountsSnapshot, rate: number, maxRecords: number, down: readonly string[]): string {
@@ -134,6 +182,8 @@ export function summaryTable(summary: RunSummary, status: string, deadLetterHint
 export interface RunOptions {
   readonly summaryJson?: string;
   readonly progress?: boolean;
+  /** Overrides `observability.log_level`. */
+  readonly logLevel?: LogLevel;
 }
 
 /** `sluice run <config>`: runs to completion (finite sources) or to a graceful stop. */
@@ -142,14 +192,18 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
   if (!config) return EXIT.usage;
   const configDir = dirname(resolve(file));
   if (report(file, await deepCheck(config, configDir, process.cwd()), io)) return EXIT.usage;
-  const logger = createLogger(config.observability.log_level, io.stderr.isTTY === true);
+  const logger = createLogger(opts.logLevel ?? config.observability.log_level, io.stderr.isTTY === true);
   logCrashesTo(logger);
+  // Before the pipeline is built: it takes the tracer installed then. The SDK loads only when configured.
+  const tracingConfig = config.observability.tracing;
+  const tracing = tracingConfig === undefined ? undefined : await startTracing(tracingConfig, logger);
   const started = performance.now();
   let built: Awaited<ReturnType<typeof buildPipeline>>;
   try {
     built = await buildPipeline(config, { configDir, cwd: process.cwd(), logger });
   } catch (err) {
     io.stderr.write(`cannot start: ${(err as Error).message}\n`);
+    await tracing?.shutdown();
     return EXIT.runtime;
   }
   const { pipeline, metrics } = built;
@@ -212,6 +266,8 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
   const counts = metrics.snapshot();
   io.stderr.write(summaryTable(summary, statusText, dlq, counts.replayed, counts.corrupt_entries));
   if (opts.summaryJson) await writeFile(opts.summaryJson, `${JSON.stringify(summary, null, 2)}\n`);
+  // After the summary: the last export (at most a few seconds to a collector that is down) is not the run's time.
+  await tracing?.shutdown();
   return exitCode;
 }
 

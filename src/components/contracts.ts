@@ -2,6 +2,7 @@
  * The contracts between the engine and its components. Each method says who calls it, how
  * often, and what its errors mean; a component that keeps these gets sluice's guarantees.
  */
+import type { Context } from "@opentelemetry/api";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { z } from "zod";
 import type { Clock } from "../core/clock.js";
@@ -143,9 +144,12 @@ export interface SourceHandle {
    * after, while what it read ages at its service (entries pending in a Redis group, messages
    * toward JetStream's `ack_wait`). An estimate, not a reservation: another source may take the
    * room meanwhile, and `enqueue` then waits as usual. Under `when_full: drop_newest` it does not
-   * wait (the chunk would be dropped, not held).
+   * wait (the chunk would be dropped, not held). `recordBytes` is the source's estimate of one
+   * record's size (e.g. the average of what it read lately): the grant then fits the buffer's byte
+   * bound at that size, also in an empty buffer; without it, records are taken to be the size of
+   * those held, and an empty buffer grants all `n`.
    */
-  waitForRoom(n: number, signal?: AbortSignal): Promise<number>;
+  waitForRoom(n: number, signal?: AbortSignal, recordBytes?: number): Promise<number>;
   /**
    * How long, in ms, records of this size enqueued now with `wait` would wait for room: 0 when
    * they fit at once, `Infinity` while the buffer frees nothing (see `Buffer.expectedWait`). For a
@@ -173,6 +177,11 @@ export interface EnqueueOptions {
   readonly wait?: boolean;
   /** Gives up waiting: the chunk is then `rejected`. */
   readonly signal?: AbortSignal;
+  /**
+   * The producer's trace context (an HTTP request's `traceparent`, see `parentFromHeaders`): the
+   * chunk's `sluice.source.receive` span is its child. Used only when a tracer is installed.
+   */
+  readonly parent?: Context;
 }
 
 /**

@@ -16,6 +16,7 @@ import { Pipeline, type SinkSettings } from "../core/pipeline.js";
 import { mulberry32 } from "../core/random.js";
 import { LiveStats, type LiveSnapshot } from "../observability/live-stats.js";
 import { Metrics } from "../observability/metrics.js";
+import { RateLimitedLogger } from "../observability/rate-limited-logger.js";
 import { Tap } from "../observability/tap.js";
 import { Endpoints } from "../server/endpoints.js";
 import { DEFAULTS } from "./defaults.js";
@@ -134,6 +135,17 @@ export async function releasingOnThrow<T>(lock: DirLock, make: () => T): Promise
 }
 
 /**
+ * Passes events to `emit`; when the run ends, reports the log lines `logger` suppressed meanwhile,
+ * so no count is lost and no rate-limit timer outlives the run.
+ */
+export function flushingAtEnd(emit: EventSink, logger: RateLimitedLogger): EventSink {
+  return (event) => {
+    emit(event);
+    if (event.type === "pipeline_run" && event.phase === "done") logger.flush();
+  };
+}
+
+/**
  * Builds the pipeline a config describes. Creates `data_dir` and takes its lock (`ERR_LOCKED` when
  * another live run holds it); does no other I/O (components connect when run).
  */
@@ -141,17 +153,19 @@ export async function buildPipeline(config: PipelineConfig, o: BuildOptions): Pr
   const clock = o.clock ?? systemClock;
   const dataDir = resolve(o.cwd, config.dataDir);
   await mkdir(dataDir, { recursive: true });
-  const lock = await lockDataDir(dataDir, o.logger);
+  const logger = new RateLimitedLogger(o.logger, clock);
+  const lock = await lockDataDir(dataDir, logger);
   const metrics = new Metrics(
     config.sinks.map((s) => s.name),
-    o.logger,
+    logger,
     () => clock.now(),
   );
+  const emit = flushingAtEnd(metrics.handle, logger);
   // Components are created before the pipeline that holds them; the probe reads it when asked.
   const created: { pipeline?: Pipeline } = {};
-  const tap = config.observability.tap ? new Tap(metrics.handle) : undefined;
+  const tap = config.observability.tap ? new Tap(emit) : undefined;
   const service = serviceProbe(() => created.pipeline, metrics, config.observability.unready_after, { records: config.buffer.max_records, bytes: config.buffer.max_bytes }, tap);
-  const ctx = (name: string, baseDir: string): ComponentContext => ({ name, dataDir, baseDir, clock, logger: o.logger, emit: metrics.handle, service, bufferBytes: config.buffer.max_bytes, bufferRecords: config.buffer.max_records });
+  const ctx = (name: string, baseDir: string): ComponentContext => ({ name, dataDir, baseDir, clock, logger, emit, service, bufferBytes: config.buffer.max_bytes, bufferRecords: config.buffer.max_records });
 
   const pipeline = await releasingOnThrow(lock, () => new Pipeline({
     sources: config.sources.map((s) => ({
@@ -169,18 +183,18 @@ export async function buildPipeline(config: PipelineConfig, o: BuildOptions): Pr
     })),
     sinks: config.sinks.map((s) => sinkSettings(s.name, s.definition.create(s.options as never, ctx(s.name, o.cwd)), s.driving, clock)),
     deadLetter: config.deadLetter.definition.create(config.deadLetter.options as never, ctx("dead_letter", o.cwd)),
-    buffer: createBuffer(config.buffer, dataDir, o.cwd, metrics.handle, o.logger),
+    buffer: createBuffer(config.buffer, dataDir, o.cwd, emit, logger),
     whenFull: config.buffer.when_full,
     chunkSize: Math.min(config.buffer.chunk_size, config.buffer.max_records),
     shutdownTimeoutMs: config.shutdownTimeoutMs,
     deadLetterMaxElapsedMs: config.deadLetter.retry.max_elapsed,
     clock,
-    logger: o.logger,
-    emit: metrics.handle,
+    logger,
+    emit,
     lock,
     ...(tap ? { tap } : {}),
   }));
   created.pipeline = pipeline;
-  metrics.watchBuffer(() => pipeline.bufferUsage());
+  metrics.watchBuffer(() => pipeline.bufferUsage(), { records: config.buffer.max_records, bytes: config.buffer.max_bytes });
   return { pipeline, metrics, dataDir, service };
 }

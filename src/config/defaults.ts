@@ -77,5 +77,10 @@ export const DEFAULTS = {
     progress_interval_ms: 1000,
     /** ms a sink may fail (retrying without one success) before /health/ready answers 503. */
     unready_after_ms: 30_000,
+    tracing: {
+      /** Share of root traces kept: every one. */
+      sample_ratio: 1,
+      service_name: "sluice",
+    },
   },
 } as const;

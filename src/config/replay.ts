@@ -77,7 +77,7 @@ export async function replayDeadLetters(config: PipelineConfig, o: ReplayOptions
     let alreadyPresent = 0;
     const emit: EventSink = (event) => {
       if (event.type === "records_delivered") alreadyPresent += event.alreadyPresent;
-      else if (event.type === "records_retried") o.logger.warn({ sink: event.sink, code: event.code, err: event.message, count: event.count }, "replay: write failed, retrying");
+      else if (event.type === "records_retried") o.logger.warn({ component: event.sink, code: event.code, first_record_id: event.firstRecordId, err: event.message, records: event.count }, "replay: write failed, retrying");
     };
     for (const group of plan.groups) {
       if (o.signal?.aborted === true) return { counts, skipped: plan.skipped, alreadyPresent, outcome: "stopped" };

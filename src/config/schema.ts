@@ -154,6 +154,14 @@ export const topSchema = z.strictObject({
       progress: z.enum(["auto", "always", "never"]).default("auto").describe("Live progress line: auto shows it on a terminal."),
       unready_after: duration().default(DEFAULTS.observability.unready_after_ms).describe("A sink failing this long without one success makes /health/ready answer 503."),
       tap: z.boolean().default(false).describe("Serve /tap on the observability listener: live records for `sluice tap`. Off by default: it shows payloads to whoever reaches the listener."),
+      tracing: z
+        .strictObject({
+          otlp_endpoint: z.url({ protocol: /^https?$/, error: "use an http:// or https:// URL" }).describe("OTLP/HTTP base URL of the collector, e.g. http://127.0.0.1:4318; spans are POSTed to <otlp_endpoint>/v1/traces."),
+          sample_ratio: z.number().min(0).max(1).default(DEFAULTS.observability.tracing.sample_ratio).describe("Share of traces started here that are kept (0 to 1); a request's sampled traceparent is always followed."),
+          service_name: z.string().min(1).default(DEFAULTS.observability.tracing.service_name).describe("service.name of the spans."),
+        })
+        .optional()
+        .describe("Send OpenTelemetry spans (per chunk and per batch) over OTLP/HTTP; off when absent."),
     })
     .prefault({}),
 });

@@ -60,10 +60,11 @@ export interface Buffer {
    * How many records a source could fetch now and push without waiting: 0 while nobody may push
    * (the bound is reached, or pushes wait in line ahead), `Infinity` when records are not what
    * bounds it (an empty buffer takes any chunk; the durable log is bound by bytes) and there is
-   * room. Under a byte bound, records are taken to be the size of those held. For a source's
-   * `waitForRoom`: an estimate, not a reservation.
+   * room. Under a byte bound, records are taken to be `recordBytes` each (the source's estimate
+   * of what it will fetch), else the size of those held; an empty buffer has room for at least
+   * one record. For a source's `waitForRoom`: an estimate, not a reservation.
    */
-  room(): number;
+  room(recordBytes?: number): number;
   /** Resolves the next time room is freed or the buffer closes (then look at {@link room} again). */
   whenFreed(): Promise<void>;
   /** The next chunk in order; waits while empty; `undefined` once closed and empty. Single consumer. */
@@ -161,11 +162,14 @@ export class MemoryBuffer implements Buffer {
     );
   }
 
-  room(): number {
+  room(recordBytes?: number): number {
     if (this.closed || this.line.length > 0) return 0;
-    if (this.records === 0) return Number.POSITIVE_INFINITY;
-    // Under the byte bound too: the records held tell the size of the next ones.
-    const byteRoom = Math.floor(((this.limits.maxBytes - this.bytes) * this.records) / this.bytes);
+    const known = recordBytes !== undefined && recordBytes > 0;
+    if (this.records === 0 && !known) return Number.POSITIVE_INFINITY;
+    // Under the byte bound too: the source's estimate, else the records held, tell the size of the next ones.
+    const byteRoom = Math.floor(known ? (this.limits.maxBytes - this.bytes) / recordBytes : ((this.limits.maxBytes - this.bytes) * this.records) / this.bytes);
+    // An empty buffer takes any chunk: one record larger than the whole bound must not wait forever.
+    if (this.records === 0) return Math.max(1, byteRoom);
     return Math.max(0, Math.min(this.limits.maxRecords - this.records, byteRoom));
   }
 

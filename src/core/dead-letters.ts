@@ -149,7 +149,7 @@ export class DeadLetterWriter {
           this.failing = true;
           this.failures.emit({ type: "dead_letter_write_failed", code: e.code, message: e.message });
           const giving = decision.tag === "give_up";
-          this.logger.error({ code: e.code, err: e.message, attempt, entries: entries.length }, giving ? "dead-letter write failed; giving up" : "dead-letter write failed; retrying");
+          this.logger.error({ component: "dead_letter", code: e.code, first_record_id: entries[0]?.record.id, err: e.message, attempt, entries: entries.length }, giving ? "dead-letter write failed; giving up" : "dead-letter write failed; retrying");
         },
       },
     );

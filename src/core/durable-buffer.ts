@@ -3,6 +3,7 @@
  * format lives in `durable-log.ts`; this module decides what is written when, what stays in
  * memory, and when entries are released.
  */
+import type { SpanContext } from "@opentelemetry/api";
 import fs, { type FileHandle } from "node:fs/promises";
 import { constants as fsConstants } from "node:fs";
 import { join } from "node:path";
@@ -99,6 +100,8 @@ class EntryTicket implements AckTicket {
   seq = -1;
   readonly checkpoint = undefined;
   pending: number;
+  /** The receive span's context, for a chunk kept in memory from its push; one read back from disk has none. */
+  trace: SpanContext | undefined = undefined;
 
   constructor(
     readonly entry: LogEntry,
@@ -315,10 +318,16 @@ export class DurableBuffer implements BufferContract {
     return this.line.expectedWait(0, Math.min(heldAndAhead, heldAndAhead + need - this.maxBytes));
   }
 
-  /** See {@link BufferContract.room}: the log is bound by bytes, so there is room for any number of records while it is under its bound and nobody waits. */
-  room(): number {
+  /**
+   * See {@link BufferContract.room}: the log is bound by bytes, so without `recordBytes` there is
+   * room for any number of records while it is under its bound and nobody waits; with it, for as
+   * many records of that size as the bytes left hold (an empty log takes any entry).
+   */
+  room(recordBytes?: number): number {
     if (this.closed || this.phase !== "open" || this.line.length > 0) return 0;
-    return this.liveEntries === 0 || this.logBytes < this.maxBytes ? Number.POSITIVE_INFINITY : 0;
+    if (this.liveEntries === 0) return Number.POSITIVE_INFINITY;
+    if (recordBytes === undefined || recordBytes <= 0) return this.logBytes < this.maxBytes ? Number.POSITIVE_INFINITY : 0;
+    return Math.max(0, Math.floor((this.maxBytes - this.logBytes) / recordBytes));
   }
 
   whenFreed(): Promise<void> {
@@ -631,6 +640,7 @@ export class DurableBuffer implements BufferContract {
       entry.state = "queued";
       if (this.heldRecords + entry.records <= this.memory.maxRecords && this.heldBytes + entry.bytes <= this.memory.maxBytes) {
         const ticket = new EntryTicket(entry, a.chunk.ticket.receivedAt, entry.records, entry.bytes, this.onTicketDone);
+        ticket.trace = a.chunk.ticket.trace;
         for (const r of a.chunk.records) r.ticket = ticket;
         entry.chunk = { records: a.chunk.records, ticket };
         this.heldRecords += entry.records;
@@ -648,7 +658,7 @@ export class DurableBuffer implements BufferContract {
 
   private async failGroup(group: Append[], bytes: number, err: unknown): Promise<void> {
     const error = ioError(`durable buffer: could not append to ${this.dir}`, err);
-    this.logger.error({ path: this.dir, code: error.code, err: error.message, chunks: group.length }, "durable buffer: write failed; the pushes of this group are rejected");
+    this.logger.error({ component: "buffer", code: error.code, first_record_id: group[0]?.chunk.records[0]?.id, path: this.dir, err: error.message, chunks: group.length }, "durable buffer: write failed; the pushes of this group are rejected");
     this.notWritable(bytes, err);
     // What reached the file (or the disk) of a failed write is unknown: cut the segment back
     // to its last good entry and write on in a new one.
@@ -756,7 +766,7 @@ export class DurableBuffer implements BufferContract {
         if (failures > 1) this.emit({ type: "buffer_read_failed", reason: err instanceof Error ? err.message : String(err) });
         const decision = retries.decide(classify(err, "ERR_BUFFER_IO"));
         const wait = decision.tag === "retry" ? decision.delayMs : 0;
-        this.logger.error({ path: this.dir, seq: entry.seq, err: String(err), retryInMs: wait }, "durable buffer: could not read an entry; retrying");
+        this.logger.error({ component: "buffer", code: "ERR_BUFFER_IO", path: this.dir, seq: entry.seq, err: String(err), retryInMs: wait }, "durable buffer: could not read an entry; retrying");
         await retries.wait(wait);
         if (this.pullEnded()) return this.giveBack(entry);
         continue;

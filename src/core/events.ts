@@ -7,9 +7,10 @@ export type InternalEvent =
   | { type: "records_received"; source: string; count: number; bytes: number }
   /** `alreadyPresent` of `records` the sink found already stored (a redelivery its idempotent write absorbed). */
   | { type: "records_delivered"; sink: string; records: readonly { readonly receivedAt: number }[]; alreadyPresent: number; now: number }
-  | { type: "records_dead_lettered"; sink: string; code: string; count: number }
+  /** `firstRecordId` and `message`: the first of the records and its error's message, for the log. */
+  | { type: "records_dead_lettered"; sink: string; code: string; count: number; firstRecordId: string; message: string }
   | { type: "records_dropped"; reason: DropReason; count: number }
-  | { type: "records_retried"; sink: string; count: number; code: string; message: string; delayMs: number }
+  | { type: "records_retried"; sink: string; count: number; code: string; message: string; delayMs: number; firstRecordId: string }
   /** Records a sink did not apply because a record at least as new was there first (postgres `upsert_latest`). */
   | { type: "records_late"; sink: string; count: number }
   /** Records every sink is done with; `alreadyPresent` of the `delivered` were already stored in every sink. */
@@ -80,12 +81,28 @@ export type DropReason = "buffer_full" | "filtered";
 /** Receives internal events. Must not throw and must be cheap: it runs on the hot path. */
 export type EventSink = (event: InternalEvent) => void;
 
-/** The logging surface components get (a subset of pino's). Library code logs only through this. */
+/**
+ * What every error line carries: the component (a source, sink or stage name, or `buffer`,
+ * `dead_letter`, `pipeline`), the error code, and the id of the first record concerned when the
+ * error is about records (a batch that failed: its first record).
+ */
+export interface ErrorLogFields {
+  readonly component: string;
+  readonly code: string;
+  readonly first_record_id?: string;
+  readonly [field: string]: unknown;
+}
+
+/**
+ * The logging surface components get (a subset of pino's). Library code logs only through this.
+ * Error lines must say which component and which code ({@link ErrorLogFields}); repeated warn and
+ * error lines with a `code` are rate-limited per component and code (observability/rate-limited-logger.ts).
+ */
 export interface Logger {
   debug(obj: object, msg?: string): void;
   info(obj: object, msg?: string): void;
   warn(obj: object, msg?: string): void;
-  error(obj: object, msg?: string): void;
+  error(obj: ErrorLogFields, msg?: string): void;
 }
 
 /** A logger that discards everything, for library users who pass none. */

@@ -1,8 +1,9 @@
+import type { SpanContext, Tracer } from "@opentelemetry/api";
 import type { DeadLetter, DeadLetterStore, EnqueueOptions, EnqueueOutcome, Sink, Source, SourceHandle } from "../components/contracts.js";
 import { AckTracker } from "./acks.js";
 import type { Concurrency } from "./adaptive-concurrency.js";
 import type { BackoffPolicy } from "./backoff.js";
-import type { Buffer, WhenFull } from "./buffer.js";
+import type { Buffer, Chunk, WhenFull } from "./buffer.js";
 import { systemClock, type Clock } from "./clock.js";
 import { DeadLetterWriter } from "./dead-letters.js";
 import type { DirLock } from "./dir-lock.js";
@@ -13,6 +14,7 @@ import { SinkRunner, type BatchOptions, type RetryOptions } from "./sink-runner.
 import { InProgressTicker, runSource } from "./source-runner.js";
 import { Splitter } from "./split.js";
 import type { RecordTap } from "./tap.js";
+import { installedTracer, Tracing } from "./tracing.js";
 import { TransformChain, type ChainStep } from "./transform-chain.js";
 
 /** A source and how its records get their envelope. */
@@ -64,6 +66,11 @@ export interface PipelineOptions {
   readonly random?: () => number;
   readonly logger?: Logger;
   readonly emit?: EventSink;
+  /**
+   * Where the pipeline's spans go (one per chunk or batch, see `tracing.ts`). Default: the tracer
+   * of the OpenTelemetry SDK the host installed before building the pipeline; without one, no spans.
+   */
+  readonly tracer?: Tracer;
   /** The lock on `data_dir` taken when the pipeline was built; `run()` gives it up when it ends, however it ends. */
   readonly lock?: DirLock;
   /** Shown the records passing each stage while a reader listens (`observability.tap`). */
@@ -101,6 +108,9 @@ function asTime(v: JsonValue | undefined): number | undefined {
   return Number.isNaN(t) ? undefined : t;
 }
 
+/** A source handle's `enqueue`, given the span context of the chunk's receive span (when traced) to keep on its ticket. */
+type EnqueueChunk = (records: Entry[], checkpoint: unknown, options?: EnqueueOptions, trace?: SpanContext) => Promise<EnqueueOutcome>;
+
 const DEFAULT_DLQ_BACKOFF: BackoffPolicy = { initialMs: 100, maxMs: 10_000, multiplier: 2 };
 /** The sinks' default retry backoff (`retry.initial_backoff_ms`, `max_backoff_ms`), so a source reconnects like a sink. */
 const DEFAULT_SOURCE_BACKOFF: BackoffPolicy = { initialMs: 100, maxMs: 10_000, multiplier: 2 };
@@ -131,6 +141,12 @@ export class Pipeline {
   /** `ordered` sources whose latest ack (or close) failed to save their progress, with why. */
   private readonly unsaved = new Map<string, SluiceError>();
   private cancelDeadline: (() => void) | undefined;
+  /** Undefined without a tracer: then no span is made and no record is looked at for tracing. */
+  private readonly tracing: Tracing | undefined;
+  /** What the chunk being transformed came to so far, for its `sluice.transform` span. */
+  private chunkOut = 0;
+  private chunkFiltered = 0;
+  private chunkDeadLettered = 0;
 
   constructor(private readonly o: PipelineOptions) {
     if (o.sinks.length === 0) throw new SluiceError("ERR_CONFIG_INVALID", "a pipeline needs at least one sink");
@@ -139,6 +155,8 @@ export class Pipeline {
     this.random = o.random ?? Math.random;
     this.logger = o.logger ?? silentLogger;
     this.emit = o.emit ?? (() => {});
+    const tracer = o.tracer ?? installedTracer();
+    this.tracing = tracer === undefined ? undefined : new Tracing(tracer);
     this.deadLetters = new DeadLetterWriter(
       o.deadLetter,
       this.clock,
@@ -168,6 +186,7 @@ export class Pipeline {
           logger: this.logger,
           deadLetters: this.deadLetters,
           signal: this.hardAbort.signal,
+          tracing: this.tracing,
           onDone: (records, dead) => {
             if (!dead && o.tap?.listening === true) o.tap.observe("sink", s.name, records);
             this.sinkDone(records, dead);
@@ -180,6 +199,7 @@ export class Pipeline {
       o.transforms,
       {
         filtered: (r) => {
+          this.chunkFiltered++;
           this.emit({ type: "records_dropped", reason: "filtered", count: 1 });
           settle(r.ticket, 1);
         },
@@ -266,7 +286,7 @@ export class Pipeline {
     const sourcesDone = Promise.all(this.o.sources.map((s, i) => this.runSource(s, this.trackers[i]!, this.tickers[i]))).then(() => this.o.buffer.close());
 
     for (let chunk = await this.o.buffer.pull(); chunk !== undefined; chunk = await this.o.buffer.pull()) {
-      const pending = this.process(chunk.records);
+      const pending = this.tracing === undefined ? this.process(chunk.records) : this.processTraced(chunk, this.tracing);
       if (pending !== undefined) await pending;
     }
     await sourcesDone;
@@ -420,6 +440,55 @@ export class Pipeline {
           // filtered, synchronously), before enqueue gave it a seq: enqueue completes it then.
           if (ticket.seq >= 0) done(ticket);
         };
+    const tracing = this.tracing;
+    const enqueue: EnqueueChunk = async (records, checkpoint, options, trace) => {
+      if (signal.aborted) return "stopping";
+      const waitHere = wait || (options?.wait === true && whenFull !== "drop_newest");
+      const giveUp = options?.signal;
+      const now = this.clock.now();
+      let bytes = 0;
+      const ticket: AckTicket = { seq: -1, checkpoint, receivedAt: now, records: records.length, bytes: 0, pending: records.length, onDone, trace };
+      for (const r of records) {
+        r.ticket = ticket;
+        bytes += r.bytes;
+      }
+      (ticket as { bytes: number }).bytes = bytes;
+      if (records.length === 0) {
+        ticket.seq = tracker.nextTicketSeq();
+        done(ticket);
+        return "accepted";
+      }
+      // Only `giveUp`, not AbortSignal.any([signal, giveUp]): on Node 20 the long-lived `signal`
+      // keeps every composite made from it until it aborts (a leak per call), and a stop needs
+      // no signal here: stop() closes the buffer, which answers every waiting push `closed`.
+      // A chunk waiting for room ages at its broker like one in flight: keep telling it (working()).
+      // Shown before the push: the buffer may hand the chunk to the transforms at once, which
+      // replace payloads before push returns.
+      if (this.o.tap?.listening === true) this.o.tap.observe("source", name, records);
+      const tickWhileWaiting = ticker !== undefined && waitHere;
+      if (tickWhileWaiting) ticker.start(ticket);
+      const result = await buffer.push({ records, ticket }, waitHere, giveUp ?? signal);
+      const waited = this.clock.now() - now;
+      if (waited > 0 && result !== "full" && waitHere) this.emit({ type: "backpressure", source: name, seconds: waited / 1000 });
+      if (result === "accepted") {
+        ticket.seq = tracker.nextTicketSeq();
+        this.emit({ type: "records_received", source: name, count: records.length, bytes });
+        if (durable || ticket.pending === 0) done(ticket);
+        // A durable buffer acked the chunk already: its broker is done with it.
+        else if (!tickWhileWaiting) ticker?.start(ticket);
+        return "accepted";
+      }
+      if (tickWhileWaiting) ticker.done(ticket);
+      if (result === "closed") return signal.aborted || giveUp?.aborted !== true ? "stopping" : "rejected";
+      if (whenFull === "drop_newest") {
+        ticket.seq = tracker.nextTicketSeq();
+        this.emit({ type: "records_received", source: name, count: records.length, bytes });
+        this.emit({ type: "records_dropped", reason: "buffer_full", count: records.length });
+        done(ticket);
+        return "dropped";
+      }
+      return "rejected";
+    };
     return {
       chunkSize: this.o.chunkSize,
       record: (payload, bytes, position, text, envelope) => {
@@ -438,11 +507,11 @@ export class Pipeline {
         return e;
       },
       expectedWait: (records, bytes) => buffer.expectedWait(records, bytes),
-      waitForRoom: async (n, giveUp) => {
+      waitForRoom: async (n, giveUp, recordBytes) => {
         if (whenFull === "drop_newest") return signal.aborted ? 0 : n;
         for (;;) {
           if (signal.aborted || giveUp?.aborted === true) return 0;
-          const room = buffer.room();
+          const room = buffer.room(recordBytes);
           if (room > 0) return Math.max(1, Math.min(n, room));
           // A listener, not AbortSignal.any: on Node 20 a composite of the long-lived `signal` leaks until it aborts.
           let onAbort: () => void = () => {};
@@ -457,55 +526,36 @@ export class Pipeline {
           }
         }
       },
-      enqueue: async (records: Entry[], checkpoint: unknown, options?: EnqueueOptions): Promise<EnqueueOutcome> => {
-        if (signal.aborted) return "stopping";
-        const waitHere = wait || (options?.wait === true && whenFull !== "drop_newest");
-        const giveUp = options?.signal;
-        const now = this.clock.now();
-        let bytes = 0;
-        const ticket: AckTicket = { seq: -1, checkpoint, receivedAt: now, records: records.length, bytes: 0, pending: records.length, onDone };
-        for (const r of records) {
-          r.ticket = ticket;
-          bytes += r.bytes;
-        }
-        (ticket as { bytes: number }).bytes = bytes;
-        if (records.length === 0) {
-          ticket.seq = tracker.nextTicketSeq();
-          done(ticket);
-          return "accepted";
-        }
-        // Only `giveUp`, not AbortSignal.any([signal, giveUp]): on Node 20 the long-lived `signal`
-        // keeps every composite made from it until it aborts (a leak per call), and a stop needs
-        // no signal here: stop() closes the buffer, which answers every waiting push `closed`.
-        // A chunk waiting for room ages at its broker like one in flight: keep telling it (working()).
-        // Shown before the push: the buffer may hand the chunk to the transforms at once, which
-        // replace payloads before push returns.
-        if (this.o.tap?.listening === true) this.o.tap.observe("source", name, records);
-        const tickWhileWaiting = ticker !== undefined && waitHere;
-        if (tickWhileWaiting) ticker.start(ticket);
-        const result = await buffer.push({ records, ticket }, waitHere, giveUp ?? signal);
-        const waited = this.clock.now() - now;
-        if (waited > 0 && result !== "full" && waitHere) this.emit({ type: "backpressure", source: name, seconds: waited / 1000 });
-        if (result === "accepted") {
-          ticket.seq = tracker.nextTicketSeq();
-          this.emit({ type: "records_received", source: name, count: records.length, bytes });
-          if (durable || ticket.pending === 0) done(ticket);
-          // A durable buffer acked the chunk already: its broker is done with it.
-          else if (!tickWhileWaiting) ticker?.start(ticket);
-          return "accepted";
-        }
-        if (tickWhileWaiting) ticker.done(ticket);
-        if (result === "closed") return signal.aborted || giveUp?.aborted !== true ? "stopping" : "rejected";
-        if (whenFull === "drop_newest") {
-          ticket.seq = tracker.nextTicketSeq();
-          this.emit({ type: "records_received", source: name, count: records.length, bytes });
-          this.emit({ type: "records_dropped", reason: "buffer_full", count: records.length });
-          done(ticket);
-          return "dropped";
-        }
-        return "rejected";
-      },
+      enqueue: tracing === undefined ? enqueue : (records, checkpoint, options) => this.enqueueTraced(tracing, name, enqueue, records, checkpoint, options),
     };
+  }
+
+  /** A source's `enqueue` inside the chunk's `sluice.source.receive` span, whose context goes on the chunk's ticket. */
+  private async enqueueTraced(tracing: Tracing, source: string, enqueue: EnqueueChunk, records: Entry[], checkpoint: unknown, options: EnqueueOptions | undefined): Promise<EnqueueOutcome> {
+    if (records.length === 0) return enqueue(records, checkpoint, options, undefined);
+    const span = tracing.receive(source, records.length, options?.parent);
+    let outcome: EnqueueOutcome | "error" = "error";
+    try {
+      outcome = await enqueue(records, checkpoint, options, span.spanContext());
+      return outcome;
+    } finally {
+      tracing.received(span, outcome);
+    }
+  }
+
+  /** {@link process} inside the chunk's `sluice.transform` span. */
+  private processTraced(chunk: Chunk, tracing: Tracing): Promise<void> | undefined {
+    const span = tracing.transform(chunk.ticket, chunk.records.length);
+    this.chunkOut = 0;
+    this.chunkFiltered = 0;
+    this.chunkDeadLettered = 0;
+    const end = () => tracing.transformed(span, this.chunkOut, this.chunkFiltered, this.chunkDeadLettered);
+    const pending = this.process(chunk.records);
+    if (pending === undefined) {
+      end();
+      return undefined;
+    }
+    return pending.finally(end);
   }
 
   /** Transforms a chunk and fans the result out to every sink. Returns a promise only if a transform was async. */
@@ -540,6 +590,7 @@ export class Pipeline {
     if (records.length === 0) return;
     const tap = this.o.tap;
     if (tap?.listening === true && this.lastTransform !== undefined) tap.observe("transform", this.lastTransform, records);
+    this.chunkOut += records.length;
     const n = this.runners.length;
     for (const r of records) r.pendingSinks = n;
     for (const runner of this.runners) runner.accept(records);
@@ -547,6 +598,7 @@ export class Pipeline {
 
   /** Dead-letters records rejected before any sink (unparsable input, failed transform): done for every sink at once. */
   private deadLetterEarly(records: Entry[], stage: string, error: SluiceError | undefined): void {
+    this.chunkDeadLettered += records.length;
     const now = this.clock.now();
     const entries: DeadLetter[] = records.map((record) => {
       const e = error ?? record.failure!;
@@ -562,9 +614,13 @@ export class Pipeline {
       };
     });
     this.deadLetters.add(entries, () => {
-      const byCode = new Map<string, number>();
-      for (const e of entries) byCode.set(e.code, (byCode.get(e.code) ?? 0) + 1);
-      for (const [code, count] of byCode) this.emit({ type: "records_dead_lettered", sink: stage, code, count });
+      const byCode = new Map<string, { count: number; first: DeadLetter }>();
+      for (const e of entries) {
+        const seen = byCode.get(e.code);
+        if (seen === undefined) byCode.set(e.code, { count: 1, first: e });
+        else seen.count++;
+      }
+      for (const [code, { count, first }] of byCode) this.emit({ type: "records_dead_lettered", sink: stage, code, count, firstRecordId: first.record.id, message: first.message });
       this.emit({ type: "records_completed", delivered: 0, alreadyPresent: 0, deadLettered: records.length });
       for (const r of records) {
         r.deadLettered = true;

@@ -1,3 +1,4 @@
+import type { SpanContext } from "@opentelemetry/api";
 import { SluiceError } from "./errors.js";
 
 /** A JSON value as `JSON.parse` returns it. */
@@ -134,6 +135,8 @@ export interface AckTicket {
   pending: number;
   /** Called once when `pending` reaches 0. */
   readonly onDone: (ticket: AckTicket) => void;
+  /** The span context of the chunk's `sluice.source.receive` span, when a tracer is installed (see `tracing.ts`). */
+  readonly trace?: SpanContext | undefined;
 }
 
 /**

@@ -1,3 +1,4 @@
+import type { Span } from "@opentelemetry/api";
 import type { DeadLetter, Sink } from "../components/contracts.js";
 import { AdaptiveConcurrency, type Concurrency, type WriteOutcome } from "./adaptive-concurrency.js";
 import type { BackoffPolicy } from "./backoff.js";
@@ -7,6 +8,7 @@ import { classify, SluiceError } from "./errors.js";
 import type { EventSink, Logger } from "./events.js";
 import type { Entry } from "./record.js";
 import { retry, Retry } from "./retry.js";
+import type { Tracing, WriteOutcome as SpanOutcome } from "./tracing.js";
 
 /** When a sink's batch is cut: whichever limit is reached first. */
 export interface BatchOptions {
@@ -48,6 +50,8 @@ export interface SinkRunnerOptions {
   readonly deadLetters: DeadLetterWriter;
   /** Aborts at the shutdown deadline: in-flight writes and retry waits give up, records stay un-acked. */
   readonly signal: AbortSignal;
+  /** Makes a `sluice.sink.write` span per write attempt; undefined: no spans. */
+  readonly tracing?: Tracing | undefined;
   /** Called once per record when this sink is done with it (committed, or dead-letter committed). */
   readonly onDone: (records: readonly Entry[], deadLettered: boolean) => void;
 }
@@ -289,7 +293,7 @@ export class SinkRunner {
     void this.writeWithRetry(batch).then(
       () => this.laneFree(lane),
       (err: unknown) => {
-        this.o.logger.error({ sink: this.o.name, err: String(err) }, "internal error in sink runner");
+        this.o.logger.error({ component: this.o.name, code: "ERR_INTERNAL", first_record_id: batch[0]?.id, err: String(err) }, "internal error in sink runner");
         this.laneFree(lane);
       },
     );
@@ -365,6 +369,7 @@ export class SinkRunner {
       const attempt = retries.begin();
       if (signal.aborted) return;
       for (const r of pending) if (r.attempts < attempt) r.attempts = attempt;
+      const span = this.o.tracing?.sinkWrite(name, pending, attempt);
       const started = clock.now();
       let error: SluiceError | undefined;
       let failures: readonly { index: number; error: SluiceError }[] = [];
@@ -378,10 +383,14 @@ export class SinkRunner {
       }
       const now = clock.now();
       this.o.emit({ type: "sink_batch_written", sink: name, seconds: (now - started) / 1000 });
-      if (signal.aborted) return;
+      if (signal.aborted) {
+        this.traced(span, "failed", error ?? new SluiceError("ERR_ABORTED", "the hard abort cut the write off; its records stay un-acked"));
+        return;
+      }
       const backPressure = error !== undefined ? error.retryable : failures.some((f) => f.error.retryable);
       this.observe({ tag: backPressure ? "back_pressure" : error !== undefined ? "rejected" : "ok", startedAt: started });
       if (error === undefined && failures.length === 0) {
+        this.traced(span, "ok");
         this.commit(pending, present, now);
         return;
       }
@@ -392,6 +401,7 @@ export class SinkRunner {
       if (error !== undefined) {
         lastError = error;
         if (!error.retryable) {
+          this.traced(span, "dead_letter", error);
           this.deadLetter(pending, error, attempt, firstFailureAt, now);
           return;
         }
@@ -418,18 +428,28 @@ export class SinkRunner {
         }
         if (committed.length > 0) this.commit(committed, present, now);
         for (const { error: e, records } of permanent.values()) this.deadLetterEach(records, failures, pending, e, attempt, firstFailureAt, now);
-        if (retryable.length === 0) return;
+        if (retryable.length === 0) {
+          this.traced(span, "dead_letter", lastError);
+          return;
+        }
       }
 
       const decision = retries.decide(lastError);
       if (decision.tag === "give_up") {
+        this.traced(span, "dead_letter", lastError);
         this.deadLetter(retryable, lastError, attempt, firstFailureAt, now);
         return;
       }
-      this.o.emit({ type: "records_retried", sink: name, count: retryable.length, code: lastError.code, message: lastError.message, delayMs: decision.delayMs });
+      this.traced(span, "retry", lastError);
+      this.o.emit({ type: "records_retried", sink: name, count: retryable.length, code: lastError.code, message: lastError.message, delayMs: decision.delayMs, firstRecordId: retryable[0]!.id });
       if (!(await retries.wait(decision.delayMs))) return;
       pending = retryable;
     }
+  }
+
+  /** Ends a write attempt's span, when there is one (tracing on). */
+  private traced(span: Span | undefined, outcome: SpanOutcome, error?: SluiceError): void {
+    if (span !== undefined) this.o.tracing!.wrote(span, outcome, error);
   }
 
   /** `present`: records of the write the sink reported already stored; the others it stored new. */
@@ -486,7 +506,7 @@ export class SinkRunner {
       lastFailureAt,
     }));
     this.o.deadLetters.add(entries, () => {
-      this.o.emit({ type: "records_dead_lettered", sink: this.o.name, code, count: records.length });
+      this.o.emit({ type: "records_dead_lettered", sink: this.o.name, code, count: records.length, firstRecordId: entries[0]!.record.id, message: entries[0]!.message });
       this.o.onDone(records, true);
     });
   }

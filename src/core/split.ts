@@ -2,6 +2,7 @@
  * Split parts within the buffer's bound: {@link Splitter} hands a split record's parts on one at a
  * time, each counted against the buffer as it is produced, and waits for room between them.
  */
+import type { SpanContext } from "@opentelemetry/api";
 import type { Buffer } from "./buffer.js";
 import type { EventSink } from "./events.js";
 import { RecordEntry, settle, type AckTicket, type Entry, type JsonObject, type JsonValue } from "./record.js";
@@ -149,6 +150,7 @@ class Slice implements AckTicket {
   readonly seq: number;
   readonly checkpoint: unknown;
   readonly receivedAt: number;
+  readonly trace: SpanContext | undefined;
   records = 0;
   bytes = 0;
   pending = 1;
@@ -160,6 +162,7 @@ class Slice implements AckTicket {
     this.seq = parent.seq;
     this.checkpoint = parent.checkpoint;
     this.receivedAt = parent.receivedAt;
+    this.trace = parent.trace;
   }
 
   onDone(): void {

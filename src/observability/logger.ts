@@ -3,8 +3,9 @@ import { writeSync } from "node:fs";
 import { pino } from "pino";
 import type { Logger } from "../core/events.js";
 
-/** Log levels a config may choose. */
-export type LogLevel = "debug" | "info" | "warn" | "error" | "silent";
+/** Log levels a config (`observability.log_level`) or `--log-level` may choose. */
+export const LOG_LEVELS = ["debug", "info", "warn", "error", "silent"] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
 
 const LEVEL_NAMES: Record<number, string> = { 10: "TRACE", 20: "DEBUG", 30: "INFO", 40: "WARN", 50: "ERROR", 60: "FATAL" };
 const OMIT = new Set(["level", "time", "name", "msg", "pid", "hostname"]);

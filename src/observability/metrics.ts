@@ -86,7 +86,6 @@ interface SinkDown {
 }
 
 const LATENCY_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
-const ERROR_LOG_INTERVAL_MS = 5000;
 
 /**
  * Metrics of one pipeline. Create it with the sink names so the summary lists every sink even when
@@ -96,7 +95,6 @@ export class Metrics {
   readonly registry = new Registry();
   private readonly counts: CountsSnapshot;
   private bufferProbe: () => { records: number; bytes: number } = () => ({ records: 0, bytes: 0 });
-  private readonly lastErrorLog = new Map<string, { at: number; suppressed: number }>();
 
   private readonly received = new Counter({ name: METRIC.received, help: "Records received from sources.", labelNames: ["source"], registers: [this.registry] });
   private readonly delivered = new Counter({ name: METRIC.delivered, help: "Records committed by a sink.", labelNames: ["sink"], registers: [this.registry] });
@@ -133,6 +131,8 @@ export class Metrics {
   private readonly down = new Map<string, SinkDown>();
   /** Sinks whose last retried batch ended dead-lettered: since when they have failed, and when that batch gave up. */
   private readonly gaveUp = new Map<string, { since: number; at: number }>();
+  private readonly bufferMaxRecords = new Gauge({ name: "sluice_buffer_max_records", help: "The buffer's bound in records (buffer.max_records): sluice_buffer_records / this is how full it is.", registers: [this.registry] });
+  private readonly bufferMaxBytes = new Gauge({ name: "sluice_buffer_max_bytes", help: "The buffer's bound in bytes (buffer.max_bytes): sluice_buffer_bytes / this is how full it is.", registers: [this.registry] });
   private readonly tapDropped = new Counter({ name: "sluice_tap_dropped_records_total", help: "Records sluice tap readers did not get because they read slower than records passed (the pipeline never waits for them).", registers: [this.registry] });
   private readonly httpRefused = new Counter({ name: "sluice_http_connections_refused_total", help: "Connections an http source closed at once because it had max_connections open.", labelNames: ["source"], registers: [this.registry] });
   private readonly latency = new WeightedHistogram(METRIC.latency, "Time from a record's receipt to its commit by a sink.", "sink", LATENCY_BUCKETS, this.registry);
@@ -165,9 +165,16 @@ export class Metrics {
     new Gauge({ name: "sluice_buffer_bytes", help: "Estimated bytes held by the buffer.", registers: [this.registry], collect() { this.set(probe().bytes); } });
   }
 
-  /** Reads the buffer's fill when metrics are scraped or a snapshot is taken. */
-  watchBuffer(probe: () => { records: number; bytes: number }): void {
+  /**
+   * Reads the buffer's fill when metrics are scraped or a snapshot is taken; `limits` (the
+   * buffer's `max_records` and `max_bytes`) become `sluice_buffer_max_records` and
+   * `sluice_buffer_max_bytes`, so a dashboard, an alert or `sluice top` can tell how full it is.
+   */
+  watchBuffer(probe: () => { records: number; bytes: number }, limits?: { records: number; bytes: number }): void {
     this.bufferProbe = probe;
+    if (limits === undefined) return;
+    this.bufferMaxRecords.set(limits.records);
+    this.bufferMaxBytes.set(limits.bytes);
   }
 
   /** The pipeline's event sink. Cheap: it runs once per batch, plus once per record for the latency histogram. */
@@ -204,6 +211,7 @@ export class Metrics {
           this.gaveUp.set(event.sink, { since: retrying.since, at: this.now() });
         }
         this.deadLettered.inc({ sink: event.sink, code: event.code }, event.count);
+        this.logger.error({ component: event.sink, code: event.code, first_record_id: event.firstRecordId, err: event.message, records: event.count }, "records dead-lettered");
         break;
       }
       case "records_dropped":
@@ -214,7 +222,7 @@ export class Metrics {
         c.retried += event.count;
         this.markDown(event.sink, "retrying", event.message);
         this.retried.inc({ sink: event.sink }, event.count);
-        this.logRateLimited(`retry:${event.sink}:${event.code}`, { sink: event.sink, code: event.code, err: event.message, records: event.count, delay_ms: event.delayMs }, "write failed; retrying");
+        this.logger.warn({ component: event.sink, code: event.code, first_record_id: event.firstRecordId, err: event.message, records: event.count, delay_ms: event.delayMs }, "write failed; retrying");
         break;
       case "records_late":
         this.late.inc({ sink: event.sink }, event.count);
@@ -263,22 +271,18 @@ export class Metrics {
         this.sourceConnectAttempts.inc({ source: event.source, outcome: event.attempt === 0 ? "lost" : "failed" });
         this.sourceUp.set({ source: event.source }, 0);
         const what = event.attempt === 0 ? "lost its connection" : "cannot connect";
-        this.logRateLimited(
-          `source-connect:${event.source}:${event.code}`,
-          { source: event.source, code: event.code, err: event.message, attempt: event.attempt, down: formatSeconds(this.now() - event.downSince) },
-          `source ${event.source} ${what}; ${event.retryable ? "retrying until it connects" : "giving up"}`,
-        );
+        const fields = { component: event.source, code: event.code, err: event.message, attempt: event.attempt, down: formatSeconds(this.now() - event.downSince) };
+        if (event.retryable) this.logger.warn(fields, `source ${event.source} ${what}; retrying until it connects`);
+        else this.logger.error(fields, `source ${event.source} ${what}; giving up`);
         break;
       }
       case "sink_connect_failed": {
         this.down.set(event.sink, { sink: event.sink, state: "connecting", since: event.downSince, message: event.message });
         this.connectAttempts.inc({ sink: event.sink, outcome: "failed" });
         const until = !event.retryable ? "giving up" : event.connectTimeoutMs === undefined ? "retrying until it connects (no connect_timeout)" : `retrying up to connect_timeout (${formatSeconds(event.connectTimeoutMs)})`;
-        this.logRateLimited(
-          `connect:${event.sink}:${event.code}`,
-          { sink: event.sink, code: event.code, err: event.message, attempt: event.attempt, down: formatSeconds(this.now() - event.downSince) },
-          `sink ${event.sink} cannot connect; ${until}`,
-        );
+        const fields = { component: event.sink, code: event.code, err: event.message, attempt: event.attempt, down: formatSeconds(this.now() - event.downSince) };
+        if (event.retryable) this.logger.warn(fields, `sink ${event.sink} cannot connect; ${until}`);
+        else this.logger.error(fields, `sink ${event.sink} cannot connect; ${until}`);
         break;
       }
       case "buffer_replayed":
@@ -324,7 +328,7 @@ export class Metrics {
       case "component_error":
         // Logged only: a sink is down while its writes are retried or it is connecting, and only those
         // have an event that clears them. An idle pool connection dropped by a server restart is not a write failing.
-        this.logRateLimited(`error:${event.component}:${event.code}`, { component: event.component, code: event.code, err: event.message }, "component error");
+        this.logger.error({ component: event.component, code: event.code, err: event.message }, "component error");
         break;
     }
   };
@@ -436,17 +440,5 @@ export class Metrics {
   private runSeconds(): number {
     const { startedAt, doneAt } = this.run;
     return startedAt === undefined ? 0 : ((doneAt ?? this.now()) - startedAt) / 1000;
-  }
-
-  /** Logs at warn level at most once per interval per key, saying how many were suppressed in between. */
-  private logRateLimited(key: string, obj: Record<string, unknown>, msg: string): void {
-    const now = this.now();
-    const last = this.lastErrorLog.get(key);
-    if (last && now - last.at < ERROR_LOG_INTERVAL_MS) {
-      last.suppressed++;
-      return;
-    }
-    this.logger.warn(last?.suppressed ? { ...obj, suppressed: last.suppressed } : obj, msg);
-    this.lastErrorLog.set(key, { at: now, suppressed: 0 });
   }
 }

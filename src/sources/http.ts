@@ -13,6 +13,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { z } from "zod";
 import { SluiceError } from "../core/errors.js";
 import type { Entry } from "../core/record.js";
+import { parentFromHeaders } from "../core/tracing.js";
 import { byteSize, duration } from "../components/options.js";
 import { defineComponent, type ComponentContext, type EndpointMount, type EnqueueOptions, type EnqueueOutcome, type Readiness, type Source, type SourceHandle } from "../components/contracts.js";
 import { Authenticator, type SignatureCheck } from "./http-auth.js";
@@ -199,7 +200,7 @@ export class HttpSource implements Source {
         resolve();
       });
     });
-    server.on("error", (err) => this.ctx.logger.error({ component: this.ctx.name, err: err.message }, "http server error"));
+    server.on("error", (err) => this.ctx.logger.error({ component: this.ctx.name, code: "ERR_SOURCE_READ", err: err.message }, "http server error"));
     const address = server.address();
     this.ctx.logger.info({ component: this.ctx.name, address: typeof address === "object" && address ? `${address.address}:${address.port}` : String(address), path: this.o.path }, "http source listening");
     if (!signal.aborted) await new Promise<void>((resolve) => signal.addEventListener("abort", () => resolve(), { once: true }));
@@ -397,6 +398,9 @@ export class HttpSource implements Source {
     const giveUp = new AbortController();
     let cancelTimer: (() => void) | undefined;
     const gone = () => giveUp.abort();
+    // The request's `traceparent`: each of its chunks' receive spans is a child of it.
+    const parent = parentFromHeaders(res.req.headers);
+    const atOnce: EnqueueOptions | undefined = parent === undefined ? undefined : { parent };
     // Armed only for a request that waits in line (most go in at once): it leaves the line at its
     // deadline, or when its client is gone (the connection closed before the answer).
     const wait = (): EnqueueOptions => {
@@ -405,7 +409,7 @@ export class HttpSource implements Source {
         res.once("close", gone);
         if (res.socket === null || res.socket.destroyed) giveUp.abort();
       }
-      return { wait: true, signal: giveUp.signal };
+      return { wait: true, signal: giveUp.signal, parent };
     };
     const chunks: Pending[] = [];
     try {
@@ -418,7 +422,7 @@ export class HttpSource implements Source {
       else {
         // The first chunk is refused at once when it does not fit (429); the rest of a request
         // partly taken waits for room.
-        const first = await Promise.allSettled([this.enqueue(handle, parts[0]!, chunks, undefined)]);
+        const first = await Promise.allSettled([this.enqueue(handle, parts[0]!, chunks, atOnce)]);
         const went = first[0]!.status === "fulfilled" && (first[0]!.value === "accepted" || first[0]!.value === "dropped");
         outcomes = went ? [...first, ...(await Promise.allSettled(parts.slice(1).map((part) => this.enqueue(handle, part, chunks, wait()))))] : first;
       }
@@ -488,7 +492,7 @@ export class HttpSource implements Source {
       res.destroy();
       return;
     }
-    if (!(err instanceof HttpError)) this.ctx.logger.error({ component: this.ctx.name, err: String(err) }, "http source failed on a request");
+    if (!(err instanceof HttpError)) this.ctx.logger.error({ component: this.ctx.name, code: "ERR_INTERNAL", err: String(err) }, "http source failed on a request");
     this.send(res, replyOf(err));
   }
 

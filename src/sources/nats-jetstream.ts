@@ -12,7 +12,8 @@ import { SluiceError } from "../core/errors.js";
 import type { Entry } from "../core/record.js";
 import { defineComponent, type ComponentContext, type Source, type SourceHandle } from "../components/contracts.js";
 import { duration } from "../components/options.js";
-import { setUpConsumer } from "./nats-jetstream/consumer.js";
+import { RecordSizeEstimate } from "../components/record-size.js";
+import { setUpConsumer, type MaxAckPending } from "./nats-jetstream/consumer.js";
 import { addMessage, type JetStreamChunk } from "./nats-jetstream/messages.js";
 
 /** How long `connect` waits for the server (a first connection, or nats.js reconnecting), and each JetStream API call, in ms. */
@@ -59,7 +60,9 @@ const options = z
       .int()
       .min(1)
       .optional()
-      .describe(`Most messages delivered and not yet acked; default buffer.max_records + ${MAX_PULL} (one pull)`),
+      .describe(
+        `Most messages delivered and not yet acked, over every worker of the consumer; set exactly. Default: at least buffer.max_records + ${MAX_PULL} (one pull), never lowering the consumer's`,
+      ),
     user: natsConnectionOptions.user,
     password: natsConnectionOptions.password,
     token: natsConnectionOptions.token,
@@ -77,7 +80,7 @@ export interface NatsJetStreamSourceSettings {
   /** ms */
   readonly ackWaitMs: number;
   readonly maxDeliver: number;
-  /** Undefined: the buffer's `max_records` + {@link MAX_PULL}. */
+  /** Set exactly; undefined: at least the buffer's `max_records` + {@link MAX_PULL} (see {@link MaxAckPending}). */
   readonly maxAckPending?: number | undefined;
   readonly user?: string | undefined;
   readonly password?: string | undefined;
@@ -99,7 +102,8 @@ export interface NatsJetStreamSourceSettings {
 export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings, ctx: ComponentContext): Source {
   const { stream, maxDeliver } = settings;
   const location = `nats stream ${stream} consumer ${settings.consumer}`;
-  const maxAckPending = settings.maxAckPending ?? (ctx.bufferRecords ?? DEFAULT_BUFFER_RECORDS) + MAX_PULL;
+  const maxAckPending: MaxAckPending =
+    settings.maxAckPending === undefined ? { tag: "at_least", value: (ctx.bufferRecords ?? DEFAULT_BUFFER_RECORDS) + MAX_PULL } : { tag: "exactly", value: settings.maxAckPending };
   let nc: NatsConnection | undefined;
   let consumer: Consumer | undefined;
   let jsm: JetStreamManager | undefined;
@@ -107,6 +111,8 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
   let down: string | undefined;
   /** Called on every change of `down`. */
   const watchers = new Set<() => void>();
+  /** The messages' average size: a pull must fit the byte bound too (what does not fit waits, ageing toward ack_wait, while sluice is full). */
+  const sizes = new RecordSizeEstimate();
 
   const changed = (why: string | undefined) => {
     down = why;
@@ -230,6 +236,7 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
         ctx.emit({ type: "records_reclaimed", source: ctx.name, count: redelivered });
         redelivered = 0;
       }
+      sizes.observe(entries);
       return (await handle.enqueue(entries, handing)) !== "stopping";
     };
     try {
@@ -300,7 +307,7 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
       const stopBacklog = reportBacklog(c);
       try {
         while (!stop.signal.aborted) {
-          const n = await handle.waitForRoom(Math.min(handle.chunkSize, MAX_PULL), stop.signal);
+          const n = await sizes.room(handle, Math.min(handle.chunkSize, MAX_PULL), stop.signal);
           if (n === 0) break;
           if (!(await pull(handle, c, n, stop.signal))) break;
         }
@@ -343,7 +350,12 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
       if (conn === undefined || conn.isClosed()) return;
       // The acks of the last chunks may still be queued on the connection: a flush sends them
       // first, unless the server is away (then they are lost, and the messages redelivered).
-      if (down === undefined) await Promise.race([conn.flush().catch(() => undefined), new Promise((r) => setTimeout(r, CONNECT_TIMEOUT_MS).unref())]);
+      if (down === undefined) {
+        let cancel = () => {};
+        const timedOut = new Promise<void>((resolve) => (cancel = ctx.clock.setTimer(CONNECT_TIMEOUT_MS, resolve)));
+        await Promise.race([conn.flush().catch(() => undefined), timedOut]);
+        cancel();
+      }
       await conn.close();
     },
   };

@@ -6,7 +6,7 @@ import { SluiceError } from "../core/errors.js";
 import type { Entry, JsonObject } from "../core/record.js";
 import type { ServiceEnvelope, SourceHandle } from "../components/contracts.js";
 
-/** Entry fields the `redis_streams` sink writes beside the body: they fill the record's envelope, not its payload. */
+/** Entry fields the `redis_streams` sink writes beside the body: in an entry with a body they fill the record's envelope, not its payload. */
 export const ENVELOPE_FIELDS = ["id", "key", "event_time"] as const;
 
 /** What the source needs to decode an entry. */
@@ -24,7 +24,7 @@ export type RawEntry = [id: string, fields: string[] | null];
 interface EntryParts {
   body: string | undefined;
   envelope: ServiceEnvelope;
-  /** Fields other than the body and the envelope's, in order; undefined when there are none. */
+  /** With a body: the fields other than the body and the envelope's; without one: every field. In order; undefined when there are none. */
   others: Record<string, string> | undefined;
   /** The fields' total length, the record's size estimate for the buffer's byte bound. */
   bytes: number;
@@ -49,16 +49,27 @@ function split(position: string, fields: readonly string[], format: EntryFormat)
       eventTime = Number.isNaN(ms) ? undefined : ms;
     } else (others ??= {})[field] = value;
   }
+  // Another producer's entry: its id, key and event_time fields are its data, not sluice's envelope.
+  if (body === undefined) return { body, envelope: { id: position }, others: fields.length === 0 ? undefined : allFields(fields), bytes };
   return { body, envelope: { id: id ?? position, key, eventTime }, others, bytes };
 }
 
+/** An entry's fields as an object of strings, in order (a later duplicate wins). */
+function allFields(fields: readonly string[]): Record<string, string> {
+  const object: Record<string, string> = {};
+  for (let i = 0; i + 1 < fields.length; i += 2) object[fields[i]!] = fields[i + 1]!;
+  return object;
+}
+
 /**
- * One entry of `stream` as a record (what the read loop enqueues). The payload is the JSON object
- * in the body field, with the other non-envelope fields under `metadataField` when there are any;
- * an entry without a body field is its fields (minus `id`, `key`, `event_time`) as strings. The
- * envelope is the entry's `id` field (else `<stream>:<entry id>`, stable across redeliveries and
- * workers), `key` and `event_time`. A body that is not a JSON object is dead-lettered
- * (`ERR_RECORD_MALFORMED`, located `<stream> entry <id>`).
+ * One entry of `stream` as a record (what the read loop enqueues). With a body field (what the
+ * `redis_streams` sink writes): the payload is the JSON object in it, with the other non-envelope
+ * fields under `metadataField` when there are any, and the envelope is the entry's `id` field
+ * (else `<stream>:<entry id>`, stable across redeliveries and workers), `key` and `event_time`.
+ * Without one (another producer's entry): the payload is all its fields as strings, `id`, `key`
+ * and `event_time` included (the source's `id_field` and the others apply to them as to any
+ * payload), and the envelope id is `<stream>:<entry id>`. A body that is not a JSON object is
+ * dead-lettered (`ERR_RECORD_MALFORMED`, located `<stream> entry <id>`).
  */
 export function entryRecord(handle: SourceHandle, stream: string, entryId: string, fields: readonly string[], format: EntryFormat): Entry {
   const position = `${stream}:${entryId}`;

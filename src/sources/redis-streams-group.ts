@@ -1,7 +1,8 @@
 /**
  * The commands the `redis_streams` source sends about its consumer group besides the blocking read,
  * all on its second connection so none waits behind a BLOCK: creating the group, XACK, keeping
- * in-flight entries from going idle, finding and claiming entries other consumers left, and the
+ * in-flight entries from going idle, finding and claiming entries other consumers left, deleting
+ * consumers without pending entries (its own at close, long-idle ones of gone workers), and the
  * backlog for the metrics.
  */
 import type { Redis } from "ioredis";
@@ -31,6 +32,33 @@ export function sourceError(err: unknown, location: string): SluiceError {
   if (e.code === "ERR_SINK_REJECTED") return new SluiceError("ERR_SOURCE_CONNECT", `${message} (the key is not a stream)`, { cause: err, retryable: false, location });
   return new SluiceError("ERR_SOURCE_CONNECT", message, { cause: err, retryable: e.retryable, location });
 }
+
+/**
+ * Deletes consumer ARGV[2] of group ARGV[1] on stream KEYS[1] if it has no pending entries; 1 when
+ * it was deleted. One script, so no read can deliver it an entry between the check and the delete.
+ */
+const LEAVE_SCRIPT = `
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1`;
+
+/**
+ * Deletes every consumer of group ARGV[1] on stream KEYS[1] but ARGV[3] that has no pending entries
+ * and has not read or claimed for ARGV[2] ms; returns how many. One script: XINFO's pending counts
+ * hold until the deletes are done.
+ */
+const DROP_IDLE_SCRIPT = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local deleted = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f['pending'] == 0 and f['idle'] >= tonumber(ARGV[2]) and f['name'] ~= ARGV[3] then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    deleted = deleted + 1
+  end
+end
+return deleted`;
 
 /** Runs a pipeline and throws the first command's error, if any: a pipeline resolves even when its commands fail. */
 async function execAll(pipeline: ReturnType<Redis["pipeline"]>): Promise<unknown[]> {
@@ -96,6 +124,30 @@ export class ConsumerGroup {
   async missing(stream: string, ids: readonly string[]): Promise<string[]> {
     const ranges = await execAll(this.redis.pipeline(ids.map((id) => ["xrange", stream, id, id])));
     return ids.filter((_, i) => Array.isArray(ranges[i]) && (ranges[i] as unknown[]).length === 0);
+  }
+
+  /**
+   * Deletes this consumer from the group on each of `streams` where it has no pending entries (at
+   * a clean close: a worker named after its host and pid would otherwise stay in the group
+   * forever). Where entries are still pending it stays, for other workers to claim them from.
+   * Resolves with the streams it was deleted on; a stream without the group (deleted) is skipped.
+   */
+  async leave(streams: readonly string[]): Promise<string[]> {
+    const replies = (await this.redis.pipeline(streams.map((s) => ["eval", LEAVE_SCRIPT, 1, s, this.group, this.consumer])).exec()) ?? [];
+    const left: string[] = [];
+    replies.forEach(([err, reply], i) => {
+      if (err && !isReply(err, "NOGROUP")) throw err;
+      if (reply === 1) left.push(streams[i]!);
+    });
+    return left;
+  }
+
+  /**
+   * Deletes the consumers of `stream` other than this one that have no pending entries and have
+   * been idle (no read, no claim) for at least `idleMs`: workers gone for good. Resolves with how many.
+   */
+  async dropIdle(stream: string, idleMs: number): Promise<number> {
+    return Number(await this.redis.eval(DROP_IDLE_SCRIPT, 1, stream, this.group, Math.round(idleMs), this.consumer));
   }
 
   /** The group's pending entries and lag summed over `streams`; lag undefined when any stream does not tell it. */

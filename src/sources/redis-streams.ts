@@ -12,6 +12,7 @@ import type { Entry } from "../core/record.js";
 import { isReplyError, loadRedis, type RedisModule } from "../brokers/redis.js";
 import { defineComponent, type ComponentContext, type EnqueueOutcome, type Source, type SourceHandle } from "../components/contracts.js";
 import { duration } from "../components/options.js";
+import { RecordSizeEstimate } from "../components/record-size.js";
 import { ENVELOPE_FIELDS, entryRecord, exhaustedRecord, type EntryFormat, type PendingEntry, type RawEntry } from "./redis-streams-entries.js";
 import { ConsumerGroup, isReply, sourceError, type RedisStreamsCheckpoint } from "./redis-streams-group.js";
 
@@ -27,6 +28,11 @@ const READ_TIMEOUT_GRACE_MS = 10_000;
 const BACKLOG_EVERY_MS = 5_000;
 /** The shortest time between two reclaim passes, in ms. */
 const MIN_RECLAIM_EVERY_MS = 1_000;
+/**
+ * A consumer of the group with no pending entries that has not read for this many times
+ * max(claim_idle, block) is a worker gone for good: the reclaim pass deletes it.
+ */
+const GONE_CONSUMER_IDLES = 10;
 
 const options = z
   .strictObject({
@@ -138,6 +144,7 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
   const location = settings.streams.length === 1 ? `redis stream ${settings.streams[0]}` : `redis streams ${settings.streams[0]}..${settings.streams.at(-1)}`;
   const assigned = settings.assigned ?? (() => settings.streams);
   const reclaimEveryMs = Math.max(claimIdleMs / 2, MIN_RECLAIM_EVERY_MS);
+  const goneConsumerMs = GONE_CONSUMER_IDLES * Math.max(claimIdleMs, settings.blockMs);
   const { clock, logger } = ctx;
   const log = { source: ctx.name };
   let current: Connection | undefined;
@@ -145,8 +152,12 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
   const inFlight = new Set<RedisStreamsCheckpoint>();
   /** Done chunks whose XACK failed with the connection: sent again after the next connect (still in flight meanwhile). */
   const unacked: RedisStreamsCheckpoint[] = [];
+  /** Set once the server refused the script that deletes gone consumers (an ACL without EVAL): not tried again. */
+  let dropRefused = false;
   /** Which of several streams the next short read starts at, so each gets its turn. */
   let turn = 0;
+  /** The entries' average size: COUNT must fit the byte bound too (entries read that do not fit sit pending in the group, ageing toward claim_idle, while sluice is full). */
+  const sizes = new RecordSizeEstimate();
 
   const hold = (checkpoint: RedisStreamsCheckpoint) => void inFlight.add(checkpoint);
   const release = (checkpoint: RedisStreamsCheckpoint) => void inFlight.delete(checkpoint);
@@ -186,6 +197,7 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
 
   /** Hands a chunk to the engine; entries it did not take are given back to the group. */
   async function hand(handle: SourceHandle, records: Entry[], checkpoint: RedisStreamsCheckpoint): Promise<EnqueueOutcome> {
+    sizes.observe(records);
     hold(checkpoint);
     const outcome = await handle.enqueue(records, checkpoint);
     if (outcome === "rejected" || outcome === "stopping") {
@@ -206,8 +218,8 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
     }
   }
 
-  /** Reads new entries once: at most `room` of them over the streams assigned now; null when none came. */
-  async function fetch(conn: Connection, room: number, signal: AbortSignal): Promise<[string, RawEntry[]][] | null> {
+  /** Reads new entries once: at most `count` of them over the streams assigned now; null when none came. */
+  async function fetch(conn: Connection, count: number, signal: AbortSignal): Promise<[string, RawEntry[]][] | null> {
     const all = assigned();
     if (all.length === 0) {
       await sleep(clock, settings.blockMs, signal).catch(() => {});
@@ -215,13 +227,13 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
     }
     // COUNT is per stream: split the room so the whole read never exceeds it, taking turns when it is smaller than the number of streams.
     let streams = all;
-    if (room < all.length) {
-      streams = Array.from({ length: room }, (_, i) => all[(turn + i) % all.length]!);
-      turn = (turn + room) % all.length;
+    if (count < all.length) {
+      streams = Array.from({ length: count }, (_, i) => all[(turn + i) % all.length]!);
+      turn = (turn + count) % all.length;
     }
-    const count = Math.floor(room / streams.length);
+    const perStream = Math.floor(count / streams.length);
     try {
-      return (await conn.reader.xreadgroup("GROUP", settings.group, consumer, "COUNT", count, "BLOCK", settings.blockMs, "STREAMS", ...streams, ...streams.map(() => ">"))) as
+      return (await conn.reader.xreadgroup("GROUP", settings.group, consumer, "COUNT", perStream, "BLOCK", settings.blockMs, "STREAMS", ...streams, ...streams.map(() => ">"))) as
         | [string, RawEntry[]][]
         | null;
     } catch (err) {
@@ -263,15 +275,15 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
   async function reclaim(group: ConsumerGroup, handle: SourceHandle, stream: string, signal: AbortSignal): Promise<boolean> {
     let after: string | undefined;
     for (;;) {
-      const room = await handle.waitForRoom(handle.chunkSize, signal);
-      if (room === 0) return false;
-      const pending = await group.idle(stream, claimIdleMs, after, room);
+      const may = await sizes.room(handle, handle.chunkSize, signal);
+      if (may === 0) return false;
+      const pending = await group.idle(stream, claimIdleMs, after, may);
       if (pending.length === 0) return true;
       after = pending.at(-1)!.id;
       const mine = heldIn(stream);
       const candidates = pending.filter((p) => p.consumer !== consumer || !mine.has(p.id));
       if (candidates.length > 0 && (await claim(group, handle, stream, candidates)) === "stopping") return false;
-      if (pending.length < room) return true;
+      if (pending.length < may) return true;
     }
   }
 
@@ -308,6 +320,24 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
     ctx.emit({ type: "records_reclaimed", source: ctx.name, count: records.length });
     if (exhausted > 0) logger.warn({ ...log, stream, entries: exhausted, maxDeliveries }, "entries were delivered max_deliveries times without being committed; dead-lettering them");
     return hand(handle, records, new Map([[stream, ids]]));
+  }
+
+  /**
+   * Deletes the consumers of `stream` that have no pending entries and have not read for
+   * `goneConsumerMs` (workers that stopped without deleting theirs, or died with nothing pending).
+   * A connection error goes up like the reclaim pass's; a refused script is warned about once.
+   */
+  async function dropGone(group: ConsumerGroup, stream: string): Promise<void> {
+    if (dropRefused) return;
+    try {
+      const dropped = await group.dropIdle(stream, goneConsumerMs);
+      if (dropped > 0) logger.info({ ...log, stream, consumers: dropped }, "deleted consumers of the group that had no pending entries and had not read for a long time");
+    } catch (err) {
+      if (!isReplyError(err) || isReply(err, "NOGROUP")) throw err;
+      if (sourceError(err, location).retryable) return;
+      dropRefused = true;
+      logger.warn({ ...log, stream, err: err.message }, "could not delete gone consumers of the group (is EVAL allowed?); they stay in the group");
+    }
   }
 
   /** Emits the group's pending entries and lag over the assigned streams every few seconds until `signal` aborts. */
@@ -390,6 +420,7 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
             for (const stream of assigned()) {
               try {
                 if (!(await reclaim(conn.group, handle, stream, stop.signal))) break;
+                await dropGone(conn.group, stream);
               } catch (err) {
                 // A stream deleted meanwhile: the read finds it and makes its group again.
                 if (!isReply(err, "NOGROUP")) throw err;
@@ -398,19 +429,20 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
             nextReclaim = clock.now() + reclaimEveryMs;
           }
           if (ahead === undefined) {
-            const room = await handle.waitForRoom(handle.chunkSize, stop.signal);
-            if (room === 0) break;
-            ahead = fetch(conn, room, stop.signal);
+            const may = await sizes.room(handle, handle.chunkSize, stop.signal);
+            if (may === 0) break;
+            ahead = fetch(conn, may, stop.signal);
           }
           const reply = await ahead;
           ahead = undefined;
           if (reply === null) continue;
           const read = reply.reduce((n, [, entries]) => n + entries.length, 0);
-          // Room for more than this reply right now: ask for it before building this one (unless a reclaim pass is due, which goes first).
-          if (clock.now() < nextReclaim && handle.expectedWait(read + 1, 0) === 0) {
-            const room = (await handle.waitForRoom(handle.chunkSize + read, stop.signal)) - read;
-            if (room > 0) {
-              ahead = fetch(conn, room, stop.signal);
+          // Room for more than this reply right now, in records and in bytes: ask for it before building this one (unless a reclaim pass is due, which goes first).
+          const entryBytes = sizes.bytes;
+          if (entryBytes !== undefined && clock.now() < nextReclaim && handle.expectedWait(read + 1, (read + 1) * entryBytes) === 0) {
+            const may = (await handle.waitForRoom(handle.chunkSize + read, stop.signal, entryBytes)) - read;
+            if (may > 0) {
+              ahead = fetch(conn, may, stop.signal);
               // Awaited on the next turn; a stop in between leaves it to fail unheard (its entries are reclaimed).
               ahead.catch(() => {});
             }
@@ -456,7 +488,12 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
     async close() {
       const conn = current;
       current = undefined;
-      if (conn !== undefined) await retire(conn);
+      if (conn === undefined) return;
+      // Leave the group where nothing is pending here: else every worker named after its host and pid stays in it forever.
+      if (conn.group.redis.status === "ready") {
+        await conn.group.leave(settings.streams).catch((err: unknown) => logger.warn({ ...log, err: String(err) }, "could not delete this consumer from the group; another worker deletes it later"));
+      }
+      await retire(conn);
     },
   };
 }

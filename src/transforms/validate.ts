@@ -211,7 +211,7 @@ function ajvLogger(logger: Logger, location: string): AjvLogger {
   return {
     log: (message: unknown) => logger.debug({ schema: location }, String(message)),
     warn: (message: unknown) => logger.warn({ schema: location }, String(message)),
-    error: (message: unknown) => logger.error({ schema: location }, String(message)),
+    error: (message: unknown) => logger.error({ component: "transform:validate", code: "ERR_CONFIG_INVALID", schema: location }, String(message)),
   };
 }
 

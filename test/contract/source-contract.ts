@@ -1,8 +1,10 @@
 /**
- * The one contract suite every source passes, like the sink suite: acked only after commit; a
- * redelivered record keeps its id; a full buffer stops reading (or rejects, per the source's
- * `whenFull`); a stop mid-run loses nothing; a source reconnects after its service drops. A
- * source's test file calls {@link runSourceContract} once with a {@link SourceDriver}.
+ * The one contract suite every source passes, like the sink suite: acked only after commit (each
+ * ack checked, at its moment, against the records of the chunks it covers); a source with
+ * `inProgress` is ticked while a chunk is held past its working interval and does not deliver it
+ * twice; a redelivered record keeps its id; a full buffer stops reading (or rejects, per the
+ * source's `whenFull`); a stop mid-run loses nothing; a source reconnects after its service drops.
+ * A source's test file calls {@link runSourceContract} once with a {@link SourceDriver}.
  *
  * The suite runs the real engine (a {@link Pipeline} on a memory buffer) on the system clock, as
  * sources do real I/O; it waits on conditions, never for fixed times, except where it checks that
@@ -89,15 +91,68 @@ class GateSink implements Sink {
   async close(): Promise<void> {}
 }
 
-/** The source as the engine sees it, with every ack call recorded along with how much was committed then. */
-function observed(source: Source, sink: GateSink, acks: { committed: number }[]): Source {
+/** One ack call as the suite saw it. */
+interface AckSeen {
+  /** Records the sink had committed at that moment. */
+  readonly committed: number;
+  /** Records the ack covers: its chunk's (`individual`), or every chunk's up to its checkpoint (`ordered`). */
+  readonly covers: number;
+  /** Of those, the ones the sink had not committed at that moment: always none. */
+  readonly uncommitted: readonly string[];
+}
+
+/** What the suite records of a source's chunks, acks and in-progress ticks. */
+interface Observations {
+  /** Every chunk enqueued, in order, with its checkpoint and record ids. */
+  readonly chunks: { readonly checkpoint: unknown; readonly ids: readonly string[] }[];
+  readonly acks: AckSeen[];
+  /** The checkpoints of the `inProgress` calls that reached the source. */
+  readonly ticks: unknown[];
+}
+
+/**
+ * The source as the engine sees it, passing everything through (the optional `connect`,
+ * `inProgress` and `workingIntervalMs` included: the engine ticks only a source that has them),
+ * with each chunk enqueued, each ack call (what it covers and what was committed then) and each
+ * in-progress tick recorded.
+ */
+function observed(source: Source, sink: GateSink, seen: Observations): Source {
+  const covered = (checkpoint: unknown): readonly string[] => {
+    const at = seen.chunks.findLastIndex((c) => Object.is(c.checkpoint, checkpoint));
+    if (source.acks === "individual") return at < 0 ? [] : seen.chunks[at]!.ids;
+    return seen.chunks.slice(0, at + 1).flatMap((c) => c.ids);
+  };
   return {
     acks: source.acks,
     whenFull: source.whenFull,
     ...(source.connect ? { connect: (signal: AbortSignal) => source.connect!(signal) } : {}),
-    run: (handle, signal) => source.run(handle, signal),
+    ...(source.inProgress
+      ? {
+          workingIntervalMs: source.workingIntervalMs,
+          inProgress: (checkpoint: unknown) => {
+            seen.ticks.push(checkpoint);
+            return source.inProgress!(checkpoint);
+          },
+        }
+      : {}),
+    run: (handle, signal) =>
+      source.run(
+        {
+          chunkSize: handle.chunkSize,
+          record: (...a) => handle.record(...a),
+          malformed: (...a) => handle.malformed(...a),
+          expectedWait: (...a) => handle.expectedWait(...a),
+          waitForRoom: (...a) => handle.waitForRoom(...a),
+          enqueue: (records, checkpoint, options) => {
+            seen.chunks.push({ checkpoint, ids: records.map((r) => r.id) });
+            return handle.enqueue(records, checkpoint, options);
+          },
+        },
+        signal,
+      ),
     ack: (checkpoint) => {
-      acks.push({ committed: sink.committed.size });
+      const ids = covered(checkpoint);
+      seen.acks.push({ committed: sink.committed.size, covers: ids.length, uncommitted: ids.filter((id) => !sink.committed.has(id)) });
       return source.ack(checkpoint);
     },
     close: () => source.close(),
@@ -150,6 +205,7 @@ export function withScriptedFaults(source: Source, script: { connectFailures: nu
       if (connection.signal.aborted && !signal.aborted) throw new SluiceError("ERR_SOURCE_CONNECT", "connection reset by peer");
     },
     ack: (checkpoint: unknown) => source.ack(checkpoint),
+    ...(source.inProgress ? { workingIntervalMs: source.workingIntervalMs, inProgress: (checkpoint: unknown) => source.inProgress!(checkpoint) } : {}),
     close: () => source.close(),
   };
   return faulty;
@@ -167,7 +223,11 @@ async function until(cond: () => boolean, what: string, timeoutMs = 10_000): Pro
 interface Run {
   readonly pipeline: Pipeline;
   readonly sink: GateSink;
-  readonly acks: { committed: number }[];
+  /** The source under test, as the driver made it. */
+  readonly source: Source;
+  readonly acks: AckSeen[];
+  /** The `inProgress` calls that reached the source. */
+  readonly ticks: unknown[];
   readonly events: InternalEvent[];
   readonly metrics: Metrics;
   readonly buffer: MemoryBuffer;
@@ -203,13 +263,14 @@ export function runSourceContract(name: string, makeDriver: (dir: string) => Sou
 
     function start(total: number, o: { gateOpen: boolean; maxRecords?: number; shutdownTimeoutMs?: number; wrap?: (s: Source) => Source }): Run {
       const sink = new GateSink(o.gateOpen);
-      const acks: { committed: number }[] = [];
+      const seen: Observations = { chunks: [], acks: [], ticks: [] };
       const events: InternalEvent[] = [];
       const downLines: string[] = [];
       const metrics = new Metrics(["out"], silentLogger, () => Date.now());
       const buffer = new MemoryBuffer({ maxRecords: o.maxRecords ?? 10_000, maxBytes: 64 * 1024 * 1024 });
       const ctx = context();
-      const source = observed((o.wrap ?? ((s) => s))(driver.create({ ...ctx, emit: (e) => events.push(e) }, total)), sink, acks);
+      const real = driver.create({ ...ctx, emit: (e) => events.push(e) }, total);
+      const source = observed((o.wrap ?? ((s) => s))(real), sink, seen);
       const pipeline = new Pipeline({
         sources: [{ name: "src", source, connectBackoff: { initialMs: 5, maxMs: 20, multiplier: 2 } }],
         transforms: [],
@@ -229,7 +290,9 @@ export function runSourceContract(name: string, makeDriver: (dir: string) => Sou
       return {
         pipeline,
         sink,
-        acks,
+        source: real,
+        acks: seen.acks,
+        ticks: seen.ticks,
         events,
         metrics,
         buffer,
@@ -269,8 +332,34 @@ export function runSourceContract(name: string, makeDriver: (dir: string) => Sou
       producer.abort();
       expect(["completed", "stopped"]).toContain(status.tag);
       expect(run.acks.length).toBeGreaterThan(0);
-      for (const a of run.acks) expect(a.committed).toBeGreaterThan(0);
+      // At the moment of each ack, every record it covers was committed.
+      for (const a of run.acks) {
+        expect(a.covers).toBeGreaterThan(0);
+        expect(a.uncommitted).toEqual([]);
+        expect(a.committed).toBeGreaterThanOrEqual(a.covers);
+      }
       expect(indexes(run.sink.committed.values()).size).toBe(30);
+    });
+
+    it("is told, while a chunk is held past its working interval, that it is still in progress, and does not deliver it twice", async (t) => {
+      const run = start(20, { gateOpen: false });
+      if (run.source.inProgress === undefined || run.source.workingIntervalMs === undefined) {
+        run.pipeline.stop();
+        await run.done;
+        t.skip();
+        return;
+      }
+      const producer = produce(20);
+      await until(() => run.sink.writeCalls > 0 && run.received() === 20, "20 records received and a write started");
+      // One chunk ticked four times: held past the broker's own deadline (claim_idle, ack_wait), which the ticks hold off.
+      const mostTicks = () => Math.max(0, ...[...new Set(run.ticks)].map((c) => run.ticks.filter((t) => t === c).length));
+      await until(() => mostTicks() >= 4, "in-progress ticks reaching the source", run.source.workingIntervalMs * 8 + 5_000);
+      expect(run.acks).toEqual([]);
+      run.sink.release();
+      await stopWhen(run, () => run.sink.committed.size === 20, "20 records committed");
+      producer.abort();
+      expect(run.received()).toBe(20);
+      expect(indexes(run.sink.committed.values()).size).toBe(20);
     });
 
     it("gives a redelivered record the same id", async () => {

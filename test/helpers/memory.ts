@@ -58,6 +58,8 @@ export interface MemorySourceOptions {
   readonly connectError?: SluiceError;
   /** Waits for room (`handle.waitForRoom`) before it builds each chunk, like a broker source reading COUNT = room; what it was granted is kept in `roomGranted`. */
   readonly roomFirst?: boolean;
+  /** With `roomFirst`: the record size it tells `waitForRoom` (its estimate of what it will fetch). */
+  readonly recordBytes?: number;
   /** Gives the source an `inProgress` hook, ticked this often (ms); its calls are kept in `inProgressCalls`. */
   readonly workingIntervalMs?: number;
   /** Payload field holding the ordering key (the source's `key_field`); none by default. */
@@ -196,7 +198,7 @@ export class MemorySource implements Source {
       }
       if (signal.aborted) return;
       if (this.o.roomFirst === true) {
-        const may = await handle.waitForRoom(size, signal);
+        const may = await handle.waitForRoom(size, signal, this.o.recordBytes);
         if (may === 0) return;
         this.roomGranted.push({ may, at: this.needClock().now() });
       }

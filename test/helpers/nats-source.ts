@@ -79,6 +79,8 @@ export interface SourceRunOptions {
   readonly sink: Sink;
   /** `buffer.max_records`; default 10,000. */
   readonly maxRecords?: number;
+  /** `buffer.max_bytes`; default 64 MiB. */
+  readonly maxBytes?: number;
   /** Records per chunk; default 100. */
   readonly chunkSize?: number;
   /** Records per sink batch; default 100. */
@@ -95,7 +97,7 @@ export function runSource(o: SourceRunOptions): SourceRun {
   const events: InternalEvent[] = [];
   const metrics = new Metrics(["out"], silentLogger, () => Date.now());
   const maxRecords = o.maxRecords ?? 10_000;
-  const buffer = new MemoryBuffer({ maxRecords, maxBytes: 64 * 1024 * 1024 });
+  const buffer = new MemoryBuffer({ maxRecords, maxBytes: o.maxBytes ?? 64 * 1024 * 1024 });
   const deadLetters = new MemoryDeadLetterStore();
   const emit = (e: InternalEvent) => {
     events.push(e);

@@ -6,6 +6,7 @@
  * `nats_jetstream` sink wrote. Each test reads its own stream (random suffix) and deletes it.
  */
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { connect, createServer, type AddressInfo, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3";
@@ -19,11 +20,39 @@ import { silentLogger } from "../../src/core/events.js";
 import { definition } from "../../src/sources/nats-jetstream.js";
 import { deleteJetStream, NATS_URL, natsConnect, uniqueName } from "../helpers/brokers.js";
 import { killClis, runCli, startCli } from "../helpers/cli.js";
+import { FakeClock } from "../helpers/fake-clock.js";
 import { MemorySink } from "../helpers/memory.js";
 import { consumerInfo, createStream, GatedSink, publish, runSource, until, type SourceRun, type SourceRunOptions } from "../helpers/nats-source.js";
 import { requireService } from "../helpers/services.js";
 
 const address = new URL(NATS_URL);
+
+/** A TCP proxy to host:port that, once frozen, passes nothing more either way (a server that stopped answering, the socket still open). */
+async function freezingProxy(host: string, port: number): Promise<{ url: string; freeze(): void; close(): Promise<void> }> {
+  let frozen = false;
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    const upstream = connect(port, host);
+    for (const [from, to] of [
+      [client, upstream],
+      [upstream, client],
+    ] as const) {
+      sockets.add(from);
+      from.on("data", (d) => frozen || to.write(d));
+      from.on("error", () => to.destroy());
+      from.on("close", () => to.destroy());
+    }
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `nats://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    freeze: () => void (frozen = true),
+    close: () => {
+      for (const s of sockets) s.destroy();
+      return new Promise((resolve) => server.close(() => resolve()));
+    },
+  };
+}
 const hasNats = await requireService("NATS", address.hostname, Number(address.port || 4222));
 
 describe.skipIf(!hasNats)("nats_jetstream source on the machine's NATS", () => {
@@ -129,6 +158,60 @@ describe.skipIf(!hasNats)("nats_jetstream source on the machine's NATS", () => {
     await until(() => sink.committed.size === 20, "20 records committed");
     expect((await consumerInfo(nc, name, "old")).config).toMatchObject({ ack_wait: nanos(2000), max_ack_pending: 1050, max_deliver: -1 });
     await stop(r);
+  });
+
+  it("never lowers a fleet's max_ack_pending to its own buffer bound by default, and sets a configured one exactly", async () => {
+    const { name } = await stream();
+    const jsm = await jetstreamManager(nc);
+    // Set by a worker with a larger buffer, or by an operator for the whole fleet.
+    await jsm.consumers.add(name, { durable_name: "fleet", ack_policy: AckPolicy.Explicit, max_ack_pending: 30_000 });
+    const connectOnly = async (options: Record<string, unknown>) => {
+      const source = definition.create(definition.options.parse({ servers: NATS_URL, stream: name, consumer: "fleet", ...options }), {
+        name: "js",
+        dataDir: "",
+        baseDir: "",
+        clock: systemClock,
+        logger: silentLogger,
+        emit: () => {},
+        bufferRecords: 50,
+      });
+      await source.connect!(new AbortController().signal);
+      await source.close();
+      return (await consumerInfo(nc, name, "fleet")).config.max_ack_pending;
+    };
+    expect(await connectOnly({})).toBe(30_000);
+    expect(await connectOnly({ max_ack_pending: 300 })).toBe(300);
+    expect(await connectOnly({})).toBe(1_050);
+    await jsm.consumers.update(name, "fleet", { max_ack_pending: -1 });
+    expect(await connectOnly({})).toBe(-1);
+  });
+
+  it("waits for the last acks' flush at close for 10 s of its clock, not of real time, when the server stops answering", async () => {
+    const { name } = await stream();
+    const proxy = await freezingProxy(address.hostname, Number(address.port || 4222));
+    try {
+      const clock = new FakeClock();
+      const source = definition.create(definition.options.parse({ servers: proxy.url, stream: name, consumer: "frozen" }), {
+        name: "js",
+        dataDir: "",
+        baseDir: "",
+        clock,
+        logger: silentLogger,
+        emit: () => {},
+      });
+      await source.connect!(new AbortController().signal);
+      proxy.freeze();
+      let closed = false;
+      const closing = source.close().then(() => (closed = true));
+      await until(() => clock.pendingTimers > 0, "close waiting on its clock");
+      await new Promise((r) => setTimeout(r, 100));
+      expect(closed).toBe(false);
+      clock.advance(10_000);
+      await until(() => closed, "close done", 2_000);
+      await closing;
+    } finally {
+      await proxy.close();
+    }
   });
 
   it("binds to an existing consumer and leaves it as it is", async () => {
@@ -253,6 +336,35 @@ describe.skipIf(!hasNats)("nats_jetstream source on the machine's NATS", () => {
     expect(sink.committed.size).toBe(3000);
     expect(most).toBeGreaterThan(20);
     expect(most).toBeLessThanOrEqual(100 + 20);
+    expect(r.buffer.usage().records).toBe(0);
+  });
+
+  it("pulls no more messages than the buffer's byte bound holds, sized by the messages read so far", async () => {
+    const { name, subject } = await stream();
+    // About 510 bytes per message: the byte bound holds 10 of them, the record bound 10,000.
+    const pad = "x".repeat(500);
+    await publish(nc, subject, Array.from({ length: 300 }, (_, n) => ({ body: JSON.stringify({ n, pad }) })));
+    const sink = new GatedSink(true);
+    const r = start({ source: { servers: NATS_URL, stream: name, consumer: "bytes" }, sink, maxBytes: 5_300, chunkSize: 100, batch: 100 });
+    let most = 0;
+    const sample = async () => {
+      const info = await consumerInfo(nc, name, "bytes").catch(() => undefined);
+      most = Math.max(most, info?.num_ack_pending ?? 0);
+      return info;
+    };
+    await until(async () => (await sample(), sink.attempted.length > 0), "the buffer filling");
+    for (let i = 0; i < 30; i++) {
+      await sample();
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    expect(most).toBeLessThanOrEqual(11);
+    sink.release();
+    await until(async () => {
+      const info = await sample();
+      return info !== undefined && info.num_ack_pending === 0 && info.num_pending === 0;
+    }, "every message acked", 60_000);
+    expect(sink.committed.size).toBe(300);
+    expect(most).toBeLessThanOrEqual(11);
     expect(r.buffer.usage().records).toBe(0);
   });
 

@@ -21,6 +21,7 @@ import { Pipeline, type PipelineStatus } from "../../src/core/pipeline.js";
 import type { JsonObject, SluiceRecord } from "../../src/core/record.js";
 import { Metrics } from "../../src/observability/metrics.js";
 import { createRedisStreamsSource, definition as redisStreams } from "../../src/sources/redis-streams.js";
+import { ConsumerGroup } from "../../src/sources/redis-streams-group.js";
 import { deleteKeys, REDIS_URL, redisClient, uniqueName } from "../helpers/brokers.js";
 import { canStartBroker, startRedisServer, type BrokerServer } from "../helpers/broker-servers.js";
 import { killClis, runCli, startCli } from "../helpers/cli.js";
@@ -90,7 +91,7 @@ const runs: Run[] = [];
 /** Runs the source with `options` (the machine's Redis unless they name a `url`) into a {@link HeldSink}, on a memory buffer of `maxRecords`. */
 function start(
   options: Record<string, unknown>,
-  o: { open?: boolean; maxRecords?: number; chunkSize?: number; shutdownTimeoutMs?: number; assigned?: () => readonly string[] } = {},
+  o: { open?: boolean; maxRecords?: number; maxBytes?: number; chunkSize?: number; shutdownTimeoutMs?: number; assigned?: () => readonly string[] } = {},
 ): Run {
   const sink = new HeldSink(o.open ?? true);
   const deadLetters = new MemoryDeadLetterStore();
@@ -127,7 +128,7 @@ function start(
     transforms: [],
     sinks: [{ name: "out", sink, batch: { maxRecords: 10, maxBytes: 1024 * 1024, maxWaitMs: 5 }, retry: { maxAttempts: 3, maxElapsedMs: 60_000, backoff: { initialMs: 5, maxMs: 20, multiplier: 2 } }, concurrency: 1 }],
     deadLetter: deadLetters,
-    buffer: new MemoryBuffer({ maxRecords: o.maxRecords ?? 10_000, maxBytes: 64 * 1024 * 1024 }),
+    buffer: new MemoryBuffer({ maxRecords: o.maxRecords ?? 10_000, maxBytes: o.maxBytes ?? 64 * 1024 * 1024 }),
     whenFull: "block",
     chunkSize: o.chunkSize ?? 10,
     shutdownTimeoutMs: o.shutdownTimeoutMs ?? 5_000,
@@ -163,6 +164,12 @@ async function addBodies(redis: Redis, stream: string, bodies: JsonObject[]): Pr
   for (const b of bodies) pipeline.xadd(stream, "*", "body", JSON.stringify(b));
   const replies = await pipeline.exec();
   return replies!.map(([, id]) => id as string);
+}
+
+/** The names of the group's consumers on `stream`, sorted. */
+async function consumerNames(redis: Redis, stream: string, group = "sluice"): Promise<string[]> {
+  const consumers = (await redis.xinfo("CONSUMERS", stream, group)) as string[][];
+  return consumers.map((fields) => fields[fields.indexOf("name") + 1]!).sort();
 }
 
 const payloadsOf = (run: Run) => [...run.sink.committed.values()].map((r) => r.payload);
@@ -230,22 +237,29 @@ describe.skipIf(!hasRedis)("redis_streams source", () => {
     await until(() => second.sink.committed.size === 3, "the 3 records redelivered");
     expect([...second.sink.committed.keys()]).toEqual(expected);
     await until(async () => (await pendingCount(redis, s, "sluice")) === 0, "all acked");
-    expect(second.events.some((e) => e.type === "records_reclaimed" && e.count === 3)).toBe(true);
+    expect(second.events.reduce((n, e) => n + (e.type === "records_reclaimed" ? e.count : 0), 0)).toBe(3);
   });
 
-  it("fills key and event time from the entry, keeps other fields as metadata, and reads entries without a body as their fields", async () => {
+  it("fills key and event time from the entry, keeps other fields as metadata, and reads another producer's entries (no body) as all their fields", async () => {
     const s = stream();
     await redis.xadd(s, "*", "id", "a", "body", '{"v":1}', "key", "k1", "event_time", "2026-01-02T03:04:05.000Z", "trace", "t-1");
     await redis.xadd(s, "*", "id", "b", "body", '{"v":2}', "key", "k2");
     await redis.xadd(s, "*", "id", "c", "temp", "21.5", "unit", "C", "key", "k3");
+    const foreign = await redis.xadd(s, "*", "device", "d-7", "event_time", "2026-01-02T03:04:05.000Z", "key", "k4");
     const run = start({ stream: s });
-    await until(() => run.sink.committed.size === 3, "3 records");
+    await until(() => run.sink.committed.size === 4, "4 records");
     const [a, b, c] = ["a", "b", "c"].map((id) => run.sink.committed.get(id)!);
     expect(a).toMatchObject({ key: "k1", eventTime: Date.parse("2026-01-02T03:04:05.000Z"), payload: { v: 1, _redis: { trace: "t-1" } } });
     expect(a!.text).toBeUndefined();
     // The body as read, passed on for sinks to write without serializing again.
     expect(b).toMatchObject({ key: "k2", eventTime: undefined, payload: { v: 2 }, text: '{"v":2}' });
-    expect(c).toMatchObject({ key: "k3", payload: { temp: "21.5", unit: "C" } });
+    // Without a body every field is payload: its id is found there by id_field; key and time stay data (no key_field, time_field).
+    expect(c).toMatchObject({ key: undefined, eventTime: undefined, payload: { id: "c", temp: "21.5", unit: "C", key: "k3" } });
+    expect(run.sink.committed.get(`${s}:${foreign}`)).toMatchObject({
+      key: undefined,
+      eventTime: undefined,
+      payload: { device: "d-7", event_time: "2026-01-02T03:04:05.000Z", key: "k4" },
+    });
   });
 
   it("dead-letters a body that is not a JSON object, located by stream and entry id, and acks it", async () => {
@@ -295,6 +309,26 @@ describe.skipIf(!hasRedis)("redis_streams source", () => {
     run.sink.release();
     await until(async () => (await sample(), run.sink.committed.size === 400), "400 committed");
     expect(most).toBeLessThanOrEqual(30);
+  });
+
+  it("reads no more entries than the buffer's byte bound holds, sized by the entries read so far", async () => {
+    const s = stream();
+    // About 520 bytes per entry: the byte bound holds 10 of them, the record bound 10,000.
+    const pad = "x".repeat(500);
+    await addBodies(redis, s, Array.from({ length: 300 }, (_, n) => ({ n, pad })));
+    const run = start({ stream: s }, { open: false, maxBytes: 5_300, chunkSize: 100 });
+    let most = 0;
+    const sample = async () => (most = Math.max(most, await pendingCount(redis, s, "sluice").catch(() => 0)));
+    await until(async () => (await sample()) > 0 && run.sink.attempted.size > 0, "the buffer filling");
+    for (let i = 0; i < 30; i++) {
+      await sample();
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    expect(most).toBeLessThanOrEqual(11);
+    run.sink.release();
+    await until(async () => (await sample(), run.sink.committed.size === 300), "300 committed");
+    expect(most).toBeLessThanOrEqual(11);
+    await until(async () => (await pendingCount(redis, s, "sluice")) === 0, "all acked");
   });
 
   it("reclaims a dead consumer's entries after claim_idle and counts them", async () => {
@@ -369,6 +403,54 @@ describe.skipIf(!hasRedis)("redis_streams source", () => {
     slow.sink.release();
     await until(() => slow.sink.committed.size === 10, "the slow worker committed its entries");
     await until(async () => (await pendingCount(redis, s, "sluice")) === 0, "all acked");
+  });
+
+  it("deletes its own consumer from the group when it stops with nothing pending, and keeps it while entries are pending with it", async () => {
+    const s = stream();
+    await addBodies(redis, s, Array.from({ length: 5 }, (_, n) => ({ n })));
+    const clean = start({ stream: s, consumer: "clean" });
+    await until(() => clean.sink.committed.size === 5, "5 committed");
+    await until(async () => (await pendingCount(redis, s, "sluice")) === 0, "all acked");
+    expect(await consumerNames(redis, s)).toEqual(["clean"]);
+    expect((await clean.stop()).tag).toBe("stopped");
+    expect(await consumerNames(redis, s)).toEqual([]);
+
+    await addBodies(redis, s, Array.from({ length: 5 }, (_, n) => ({ n: n + 5 })));
+    const stuck = start({ stream: s, consumer: "stuck" }, { open: false, shutdownTimeoutMs: 50 });
+    await until(() => stuck.sink.attempted.size === 5, "5 attempted");
+    expect((await stuck.stop()).tag).toBe("timed_out");
+    // Its entries stay pending with it, for another worker to claim.
+    expect(await consumerNames(redis, s)).toEqual(["stuck"]);
+    expect(await pendingCount(redis, s, "sluice")).toBe(5);
+  });
+
+  it("deletes, atomically, the group's consumers that have nothing pending and have not read for 10 x max(claim_idle, block); never one with pending entries", async () => {
+    const s = stream();
+    await redis.xgroup("CREATE", s, "sluice", "0", "MKSTREAM");
+    const [held] = await addBodies(redis, s, [{ n: 0 }]);
+    await redis.xgroup("CREATECONSUMER", s, "sluice", "gone");
+    await redis.xreadgroup("GROUP", "sluice", "holding", "COUNT", 1, "STREAMS", s, ">");
+    await redis.xgroup("CREATECONSUMER", s, "sluice", "me");
+    await new Promise((r) => setTimeout(r, 150));
+    await redis.xgroup("CREATECONSUMER", s, "sluice", "fresh");
+    const group = new ConsumerGroup(redis, "sluice", "me");
+    expect(await group.dropIdle(s, 100)).toBe(1);
+    expect(await consumerNames(redis, s)).toEqual(["fresh", "holding", "me"]);
+    expect(await group.leave([s, `${s}-no-such-stream`])).toEqual([s]);
+    expect(await consumerNames(redis, s)).toEqual(["fresh", "holding"]);
+    // The entry moved off "holding": it goes once idle, with nothing pending.
+    await redis.xclaim(s, "sluice", "other", 0, held!);
+    await new Promise((r) => setTimeout(r, 150));
+    expect(await group.dropIdle(s, 100)).toBe(2);
+    expect(await consumerNames(redis, s)).toEqual(["other"]);
+    expect(await pendingCount(redis, s, "sluice")).toBe(1);
+
+    // The source's reclaim pass does it: with claim_idle and block at 10 ms, consumers idle 100 ms go.
+    await redis.xgroup("CREATECONSUMER", s, "sluice", "left-behind");
+    const run = start({ stream: s, consumer: "worker", claim_idle: 10, block: 10 });
+    await until(() => run.sink.committed.size === 1, "the held entry reclaimed and committed");
+    await until(async () => !(await consumerNames(redis, s)).includes("left-behind"), "left-behind deleted", 5_000);
+    expect(await consumerNames(redis, s)).toContain("worker");
   });
 
   it("reconnects after its connections are killed and loses nothing", async () => {

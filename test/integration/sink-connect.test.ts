@@ -89,7 +89,7 @@ it("connect_timeout ends the run with exit 1 and one clear line; /health/ready n
   const stderr = cli.output();
   expect(stderr).toContain(`run failed: ERR_SINK_CONNECT: sink db could not connect within 4 s: postgres: connect ECONNREFUSED 127.0.0.1:${pgPort}`);
   // The log line names the sink and the error.
-  expect(stderr).toMatch(new RegExp(`"sink":"db".*ECONNREFUSED 127\\.0\\.0\\.1:${pgPort}.*"msg":"sink db cannot connect; retrying up to connect_timeout \\(4 s\\)"`));
+  expect(stderr).toMatch(new RegExp(`"component":"db".*ECONNREFUSED 127\\.0\\.0\\.1:${pgPort}.*"msg":"sink db cannot connect; retrying up to connect_timeout \\(4 s\\)"`));
   expectNoStack(stderr);
   // Not before the timeout, and well before shutdown_timeout (30 s) would have ended it.
   expect(Date.now() - started).toBeGreaterThanOrEqual(4000);

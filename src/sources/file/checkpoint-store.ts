@@ -330,7 +330,7 @@ export class CheckpointStore {
       // The run goes on (the previous checkpoint stays, a rerun redelivers more; ids are stable),
       // but ack() and close() reject, so the pipeline ends it with exit 1 if no later write saves it.
       const error = classify(err, "ERR_SOURCE_READ");
-      this.logger.error({ source: this.component, checkpoint: this.file, err: error.message }, "cannot write checkpoint");
+      this.logger.error({ component: this.component, code: error.code, checkpoint: this.file, err: error.message }, "cannot write checkpoint");
       this.emitEvent({ type: "component_error", component: this.component, code: error.code, message: error.message });
       throw error;
     }

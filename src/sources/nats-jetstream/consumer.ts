@@ -10,6 +10,20 @@ import type { Logger } from "../../core/events.js";
 /** The server's `ack_wait` when a consumer has none set, ms. */
 const SERVER_ACK_WAIT_MS = 30_000;
 
+/**
+ * The consumer's `max_ack_pending`: `exactly` a configured value, or `at_least` this worker's
+ * buffer bound plus one pull (the default). The limit is the consumer's, shared by every worker of
+ * a fleet, so a default never lowers what another worker (a larger buffer) or an operator set.
+ */
+export type MaxAckPending = { readonly tag: "exactly"; readonly value: number } | { readonly tag: "at_least"; readonly value: number };
+
+/** The limit to give a consumer that has `current` (undefined: a consumer being created). */
+function ackPendingFor(want: MaxAckPending, current: number | undefined): number {
+  if (want.tag === "exactly" || current === undefined) return want.value;
+  // -1: no limit.
+  return current === -1 || current >= want.value ? current : want.value;
+}
+
 /** What the source wants of its consumer. */
 export interface ConsumerSettings {
   readonly stream: string;
@@ -20,18 +34,18 @@ export interface ConsumerSettings {
   /** ms */
   readonly ackWaitMs: number;
   readonly maxDeliver: number;
-  readonly maxAckPending: number;
+  readonly maxAckPending: MaxAckPending;
 }
 
-/** The consumer's config as the source creates it. */
-function wanted(nats: NatsModules, s: ConsumerSettings): Partial<ConsumerConfig> {
+/** The consumer's config as the source creates it, or updates one whose `max_ack_pending` is `current`. */
+function wanted(nats: NatsModules, s: ConsumerSettings, current?: number): Partial<ConsumerConfig> {
   return {
     durable_name: s.consumer,
     ack_policy: nats.js.AckPolicy.Explicit,
     ack_wait: nats.core.nanos(s.ackWaitMs),
     deliver_policy: s.deliver === "all" ? nats.js.DeliverPolicy.All : nats.js.DeliverPolicy.New,
     ...(s.filterSubject === undefined ? {} : { filter_subject: s.filterSubject }),
-    max_ack_pending: s.maxAckPending,
+    max_ack_pending: ackPendingFor(s.maxAckPending, current),
     // The server never gives up on a message: sluice does, after max_deliver deliveries, with a
     // dead letter. A server limit would leave a message that reached it un-acked and never
     // delivered again, neither delivered nor dead-lettered.
@@ -42,7 +56,7 @@ function wanted(nats: NatsModules, s: ConsumerSettings): Partial<ConsumerConfig>
 /**
  * Checks that the stream exists, then gets the consumer: created when missing (unless `bind`),
  * else checked to be a pull consumer with explicit acks and, unless `bind`, updated to the
- * source's `ack_wait`, `max_ack_pending` and `max_deliver`. A bound consumer is left as it is; its
+ * source's `ack_wait`, `max_ack_pending` (see {@link MaxAckPending}) and `max_deliver`. A bound consumer is left as it is; its
  * `ack_wait` must be at least the source's (the `working()` ticks are paced by the source's), and
  * a server `max_deliver` at or below the source's is logged as a warning.
  *
@@ -66,7 +80,7 @@ export async function setUpConsumer(nats: NatsModules, jsm: JetStreamManager, s:
   } catch (err) {
     if (!(err instanceof nats.js.JetStreamApiError && err.code === nats.js.JetStreamApiCodes.ConsumerNotFound)) throw err;
   }
-  const config = wanted(nats, s);
+  const config = wanted(nats, s, info?.config.max_ack_pending);
   if (info === undefined) {
     if (s.bind) throw refuse(`consumer ${consumer} of stream ${stream} does not exist, and bind: true does not create it`);
     return jsm.consumers.add(stream, config);

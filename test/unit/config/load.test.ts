@@ -152,6 +152,14 @@ describe("parseConfig: defaults", () => {
     expect(c.observability.log_level).toBe(DEFAULTS.observability.log_level);
   });
 
+  it("takes observability.tracing with its defaults, and checks it", () => {
+    const c = valid(`${MINIMAL}observability: { tracing: { otlp_endpoint: "http://127.0.0.1:4318" } }\n`);
+    expect(c.observability.tracing).toEqual({ otlp_endpoint: "http://127.0.0.1:4318", sample_ratio: 1, service_name: "sluice" });
+    expect(valid(MINIMAL).observability.tracing).toBeUndefined();
+    const issues = invalid(`${MINIMAL}observability: { tracing: { otlp_endpoint: "grpc://collector:4317", sample_ratio: 1.5, endpoint: x } }\n`);
+    expect(issues.map((i) => i.path).sort()).toEqual(["observability.tracing.endpoint", "observability.tracing.otlp_endpoint", "observability.tracing.sample_ratio"].sort());
+  });
+
   it("gives a sink's chaos block its defaults once it is present", () => {
     const c = valid(`${MINIMAL}    chaos: { failure_rate: 0.5 }\n`.replace("out: { type: blackhole }\n", "out:\n    type: blackhole\n"));
     expect(c.sinks[0]!.driving.chaos).toEqual({ failure_rate: 0.5, permanent_failure_rate: 0, latency: { min: 0, max: 0 } });

@@ -48,6 +48,19 @@ describe("MemoryBuffer", () => {
     expect(buffer.usage()).toEqual({ records: 4, bytes: 100 });
   });
 
+  it("tells the room for records of a given size under the byte bound, also when empty", async () => {
+    const buffer = new MemoryBuffer({ maxRecords: 1000, maxBytes: 100 });
+    expect(buffer.room()).toBe(Infinity);
+    expect(buffer.room(20)).toBe(5);
+    // One record larger than the whole bound still fits an empty buffer.
+    expect(buffer.room(500)).toBe(1);
+    expect(await buffer.push(chunk(2, 10), false)).toBe("accepted");
+    // Without a size, the records held tell it; with one, the source's estimate does.
+    expect(buffer.room()).toBe(8);
+    expect(buffer.room(40)).toBe(2);
+    expect(buffer.room(500)).toBe(0);
+  });
+
   it("with wait, blocks until room is released and admits waiters in FIFO order", async () => {
     const buffer = new MemoryBuffer({ maxRecords: 4, maxBytes: 1_000_000 });
     const first = chunk(4);

@@ -744,6 +744,16 @@ describe("DurableBuffer", () => {
     expect(await buffer.push(chunkOf(["next"]), false)).toBe("full");
   });
 
+  it("tells the room for records of a given size from the bytes the log has left", async () => {
+    const { buffer } = await open(tmpDir(), { maxBytes: 10_000 });
+    expect(buffer.room(100)).toBe(Infinity);
+    expect(await buffer.push(chunkOf(["a"]), false)).toBe("accepted");
+    const left = 10_000 - buffer.usage().bytes;
+    expect(buffer.room()).toBe(Infinity);
+    expect(buffer.room(100)).toBe(Math.floor(left / 100));
+    expect(buffer.room(20_000)).toBe(0);
+  });
+
   it("bounds memory: chunks beyond the limits stay on disk only, pull reads them back in order", async () => {
     const dir = tmpDir();
     const memory = { maxRecords: 50, maxBytes: 1 << 20 };

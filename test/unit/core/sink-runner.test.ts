@@ -207,7 +207,7 @@ describe("SinkRunner", () => {
         })),
       );
       expect(h.done).toEqual([{ ids: ["r-0", "r-1"], deadLettered: true, at: 150 }]);
-      expect(h.events.filter((e) => e.type === "records_dead_lettered")).toEqual([{ type: "records_dead_lettered", sink: "sink", code: "ERR_CHAOS_TRANSIENT", count: 2 }]);
+      expect(h.events.filter((e) => e.type === "records_dead_lettered")).toEqual([{ type: "records_dead_lettered", sink: "sink", code: "ERR_CHAOS_TRANSIENT", count: 2, firstRecordId: "r-0", message: "flaky" }]);
     });
 
     it("dead-letters once max_elapsed would pass, and starts no attempt after it", async () => {

@@ -160,6 +160,18 @@ describe("waitForRoom", () => {
     expect(tp.sink.committed.size).toBe(20);
   });
 
+  it("grants no more records than the byte bound holds at the size the source tells, also into an empty buffer", async () => {
+    const source = new MemorySource(payloads(20), { roomFirst: true, bytesOf: () => 100, recordBytes: 100 });
+    const sink = new MemorySink({ schedule: () => ({ delayMs: 1_000, then: "ok" }) });
+    const tp = makePipeline({ sources: [source], sinks: [sink], chunkSize: 8, limits: { maxRecords: 1_000, maxBytes: 500 }, batch: { maxRecords: 8 } });
+    const t0 = tp.clock.now();
+    expect(await tp.run()).toEqual({ tag: "completed" });
+    // 5 of the 8 wanted fit the empty buffer's bytes; the next grant waits for the first chunk's commit.
+    expect(source.roomGranted[0]).toEqual({ may: 5, at: t0 });
+    expect(source.roomGranted[1]!.at - t0).toBeGreaterThanOrEqual(1_000);
+    expect(tp.sink.committed.size).toBe(20);
+  });
+
   it("answers 0 at once when the pipeline stops while the source waits for room", async () => {
     const source = new MemorySource(payloads(40), { roomFirst: true });
     const sink = new MemorySink({ schedule: () => "hang" });

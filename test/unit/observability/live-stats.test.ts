@@ -33,9 +33,9 @@ describe("LiveStats", () => {
 
     metrics.handle({ type: "records_received", source: "gen", count: 300, bytes: 3000 });
     metrics.handle({ type: "backpressure", source: "gen", seconds: 0.25 });
-    metrics.handle({ type: "records_retried", sink: "db", count: 20, code: "ERR_SINK_WRITE", message: "down", delayMs: 10 });
+    metrics.handle({ type: "records_retried", sink: "db", count: 20, code: "ERR_SINK_WRITE", message: "down", delayMs: 10, firstRecordId: "r-1" });
     metrics.handle({ type: "records_delivered", sink: "db", records: Array.from({ length: 200 }, () => ({ receivedAt: at.now - 20 })), alreadyPresent: 0, now: at.now });
-    metrics.handle({ type: "records_dead_lettered", sink: "db", code: "ERR_X", count: 3 });
+    metrics.handle({ type: "records_dead_lettered", sink: "db", code: "ERR_X", count: 3, firstRecordId: "r-2", message: "bad" });
     at.now += 1000;
     const s = await stats.sample();
     expect(s.sources[0]).toEqual({ name: "gen", received: 400, rate: 300, backpressure_seconds: 0.25, backpressure: 0.25 });

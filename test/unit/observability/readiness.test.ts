@@ -20,7 +20,7 @@ function setup(state: "running" | "draining" = "running"): { metrics: Metrics; p
   return { metrics, probe: serviceProbe(() => pipeline, metrics, UNREADY_AFTER, LIMITS), at };
 }
 
-const retried = (sink: string) => ({ type: "records_retried", sink, count: 10, code: "ERR_SINK_WRITE", message: "down", delayMs: 100 }) as const;
+const retried = (sink: string) => ({ type: "records_retried", sink, count: 10, code: "ERR_SINK_WRITE", message: "down", delayMs: 100, firstRecordId: "r-1" }) as const;
 
 const connectFailed = (sink: string, downSince: number, message = "ECONNREFUSED 127.0.0.1:5433") =>
   ({ type: "sink_connect_failed", sink, attempt: 2, downSince, code: "ERR_SINK_CONNECT", message, retryable: true, connectTimeoutMs: undefined }) as const;
@@ -83,7 +83,7 @@ describe("readiness", () => {
     const { metrics, probe, at } = setup();
     metrics.handle(retried("db"));
     at.now += 10_000;
-    metrics.handle({ type: "records_dead_lettered", sink: "db", code: "ERR_SINK_WRITE", count: 10 });
+    metrics.handle({ type: "records_dead_lettered", sink: "db", code: "ERR_SINK_WRITE", count: 10, firstRecordId: "r-1", message: "down" });
     at.now += UNREADY_AFTER * 10;
     expect(metrics.failingSinks(UNREADY_AFTER)).toEqual([]);
     expect(probe.readiness()).toEqual({ ready: true, problems: [] });
@@ -96,13 +96,13 @@ describe("readiness", () => {
     for (let i = 0; i < 4; i++) {
       metrics.handle(retried("db"));
       at.now += 8_000;
-      metrics.handle({ type: "records_dead_lettered", sink: "db", code: "ERR_SINK_WRITE", count: 10 });
+      metrics.handle({ type: "records_dead_lettered", sink: "db", code: "ERR_SINK_WRITE", count: 10, firstRecordId: "r-1", message: "down" });
       at.now += 100;
     }
     metrics.handle(retried("db"));
     expect(at.now - first).toBeGreaterThanOrEqual(UNREADY_AFTER);
     expect(probe.readiness()).toEqual({ ready: false, problems: ["sink db: retrying, down 32 s: down"] });
-    metrics.handle({ type: "records_dead_lettered", sink: "db", code: "ERR_SINK_WRITE", count: 10 });
+    metrics.handle({ type: "records_dead_lettered", sink: "db", code: "ERR_SINK_WRITE", count: 10, firstRecordId: "r-1", message: "down" });
     // Idle for a minute, then one failure: a new outage, not the old one.
     at.now += 60_000;
     metrics.handle(retried("db"));
@@ -112,7 +112,7 @@ describe("readiness", () => {
   it("keeps a connecting sink down when records it wrote earlier are dead-lettered", () => {
     const { metrics, probe, at } = setup();
     metrics.handle(connectFailed("db", at.now));
-    metrics.handle({ type: "records_dead_lettered", sink: "db", code: "ERR_SINK_WRITE", count: 1 });
+    metrics.handle({ type: "records_dead_lettered", sink: "db", code: "ERR_SINK_WRITE", count: 1, firstRecordId: "r-1", message: "down" });
     at.now += UNREADY_AFTER;
     expect(probe.readiness().ready).toBe(false);
   });

@@ -62,8 +62,16 @@ describe("redis_streams entries", () => {
     expect(decode(["body", '{"a":1}', "trace", "t", "hop", "2"])).toMatchObject({ payload: { a: 1, _redis: { trace: "t", hop: "2" } }, text: undefined });
   });
 
-  it("makes an entry without a body field a payload of its fields as strings, without the envelope's", () => {
-    expect(decode(["id", "x", "temp", "21.5", "key", "k", "unit", "C"])).toMatchObject({ payload: { temp: "21.5", unit: "C" }, text: undefined, envelope: { id: "x", key: "k" } });
+  it("makes an entry without a body field (another producer's) a payload of all its fields as strings, its id <stream>:<entry id>", () => {
+    // Its id, key and event_time are that producer's data, not sluice's envelope: id_field and the others find them in the payload.
+    expect(decode(["id", "x", "temp", "21.5", "key", "k", "event_time", "2026-01-02T03:04:05.000Z", "unit", "C"])).toEqual({
+      kind: "record",
+      payload: { id: "x", temp: "21.5", key: "k", event_time: "2026-01-02T03:04:05.000Z", unit: "C" },
+      bytes: 54,
+      position: "events:1-0",
+      text: undefined,
+      envelope: { id: "events:1-0" },
+    });
   });
 
   it.each([
@@ -87,8 +95,8 @@ describe("redis_streams entries", () => {
     expect(call).toMatchObject({ raw: '{"x":1}', position: "events:7-0", envelope: { id: "r-7" } });
     expect(call.error.code).toBe("ERR_MAX_DELIVERIES");
     expect(call.error.message).toMatch(/delivered 10 times/);
-    exhaustedRecord(handle, "events", "8-0", ["a", "1"], 3, format);
-    expect(last()).toMatchObject({ raw: '{"a":"1"}', envelope: { id: "events:8-0" } });
+    exhaustedRecord(handle, "events", "8-0", ["a", "1", "id", "r-8"], 3, format);
+    expect(last()).toMatchObject({ raw: '{"a":"1","id":"r-8"}', envelope: { id: "events:8-0" } });
   });
 });
 

@@ -1,0 +1,133 @@
+/**
+ * OpenTelemetry spans, one per chunk or batch and never per record, through `@opentelemetry/api`
+ * only: the library installs no SDK. A host that wants traces installs one (the CLI does when
+ * `observability.tracing` is set) before it builds the pipeline; without one the engine makes no
+ * span at all and does no per-record work for tracing.
+ */
+import { propagation, ProxyTracerProvider, ROOT_CONTEXT, SpanStatusCode, trace, type Context, type Link, type Span, type SpanContext, type Tracer } from "@opentelemetry/api";
+import type { AckTicket, Entry } from "./record.js";
+
+/** The instrumentation scope of every sluice span. */
+export const TRACER_NAME = "sluice";
+
+/** Span names, as the README lists them. */
+export const SPAN = {
+  receive: "sluice.source.receive",
+  transform: "sluice.transform",
+  sinkWrite: "sluice.sink.write",
+} as const;
+
+/** Attribute names of sluice spans. */
+export const ATTR = {
+  source: "sluice.source",
+  sink: "sluice.sink",
+  records: "sluice.records",
+  recordsIn: "sluice.records.in",
+  recordsOut: "sluice.records.out",
+  filtered: "sluice.records.filtered",
+  deadLettered: "sluice.records.dead_lettered",
+  chunks: "sluice.chunks",
+  attempt: "sluice.attempt",
+  outcome: "sluice.outcome",
+  errorCode: "sluice.error.code",
+} as const;
+
+/**
+ * How one write attempt of a batch ended: `ok` every record committed; `retry` some records are
+ * written again; `dead_letter` the attempt's failed records went to the dead-letter sink and none
+ * is retried; `failed` the run's hard abort cut it off (its records stay un-acked).
+ */
+export type WriteOutcome = "ok" | "retry" | "dead_letter" | "failed";
+
+/** Most chunks a batch span links to (OpenTelemetry's default link limit). */
+const MAX_LINKS = 128;
+
+/**
+ * The tracer of the SDK the host installed, or undefined when none is: the global provider is
+ * then the API's proxy without a delegate, and every span would be a no-op. Decided once per
+ * pipeline, so the hot path tests one field.
+ */
+export function installedTracer(): Tracer | undefined {
+  const provider = trace.getTracerProvider();
+  if (provider instanceof ProxyTracerProvider) return provider.getDelegateTracer(TRACER_NAME);
+  return provider.getTracer(TRACER_NAME);
+}
+
+/**
+ * The trace context an incoming request carries (W3C `traceparent`/`tracestate`, read by the
+ * propagator the host installed), or undefined when the request has none.
+ */
+export function parentFromHeaders(headers: Readonly<Record<string, string | string[] | undefined>>): Context | undefined {
+  if (headers.traceparent === undefined) return undefined;
+  return propagation.extract(ROOT_CONTEXT, headers);
+}
+
+/**
+ * Makes the engine's spans for one pipeline, on the tracer it was given (see {@link installedTracer}).
+ * `sluice.source.receive` per chunk a source enqueues, a child of the producer's context when the
+ * source has one (an HTTP request's `traceparent`), else a root; `sluice.transform` per chunk
+ * through the chain, a child of that chunk's receive span; `sluice.sink.write` per write attempt
+ * of a batch, a child of the receive span when the batch holds records of one chunk, else a root
+ * linked to the receive span of each of its chunks.
+ */
+export class Tracing {
+  constructor(private readonly tracer: Tracer) {}
+
+  /** Starts the receive span of a chunk of `records` records from `source`. */
+  receive(source: string, records: number, parent: Context | undefined): Span {
+    return this.tracer.startSpan(SPAN.receive, { attributes: { [ATTR.source]: source, [ATTR.records]: records } }, parent ?? ROOT_CONTEXT);
+  }
+
+  /** Ends a receive span with what the buffer did with the chunk (`accepted`, `rejected`, `dropped`, `stopping`). */
+  received(span: Span, outcome: string): void {
+    span.setAttribute(ATTR.outcome, outcome);
+    span.end();
+  }
+
+  /** Starts the transform span of the chunk of `ticket`. */
+  transform(ticket: AckTicket, records: number): Span {
+    return this.tracer.startSpan(SPAN.transform, { attributes: { [ATTR.recordsIn]: records } }, contextOf(ticket.trace));
+  }
+
+  /** Ends a transform span with the chunk's counts. */
+  transformed(span: Span, out: number, filtered: number, deadLettered: number): void {
+    span.setAttributes({ [ATTR.recordsOut]: out, [ATTR.filtered]: filtered, [ATTR.deadLettered]: deadLettered });
+    span.end();
+  }
+
+  /** Starts the span of one write attempt of `records` to `sink`. */
+  sinkWrite(sink: string, records: readonly Entry[], attempt: number): Span {
+    const chunks = chunkContexts(records);
+    const attributes = { [ATTR.sink]: sink, [ATTR.records]: records.length, [ATTR.attempt]: attempt, [ATTR.chunks]: chunks.length };
+    if (chunks.length <= 1) return this.tracer.startSpan(SPAN.sinkWrite, { attributes }, contextOf(chunks[0]));
+    const links: Link[] = chunks.slice(0, MAX_LINKS).map((context) => ({ context }));
+    return this.tracer.startSpan(SPAN.sinkWrite, { attributes, links, root: true });
+  }
+
+  /** Ends a write attempt's span with its outcome and, when it failed, the error's code. */
+  wrote(span: Span, outcome: WriteOutcome, error?: { code: string; message: string }): void {
+    span.setAttribute(ATTR.outcome, outcome);
+    if (error !== undefined) {
+      span.setAttribute(ATTR.errorCode, error.code);
+      span.setStatus({ code: SpanStatusCode.ERROR, message: error.message });
+    }
+    span.end();
+  }
+}
+
+function contextOf(span: SpanContext | undefined): Context {
+  return span === undefined ? ROOT_CONTEXT : trace.setSpanContext(ROOT_CONTEXT, span);
+}
+
+/** The receive span contexts of the chunks `records` came from, each once. Records of a chunk mostly sit together. */
+function chunkContexts(records: readonly Entry[]): SpanContext[] {
+  const seen = new Set<SpanContext>();
+  let last: SpanContext | undefined;
+  for (const r of records) {
+    const c = r.ticket.trace;
+    if (c === undefined || c === last) continue;
+    last = c;
+    seen.add(c);
+  }
+  return [...seen];
+}
