@@ -62,6 +62,11 @@ export class Endpoints {
       }
       router.get("/dashboard/events", (req, res) => {
         guard(req);
+        // A HEAD gets the headers only: a stream opened for it would never end.
+        if (req.method === "HEAD") {
+          res.writeHead(200, { ...headers(), "content-type": "text/event-stream" }).end();
+          return;
+        }
         if (!feed.open(res, headers())) {
           sendJson(res, 503, { error: "too many dashboard streams are open; close one" }, { ...headers(), "retry-after": "5" });
           return;

@@ -23,10 +23,15 @@ export function tapFilter(query: URLSearchParams): TapFilter | string {
 }
 
 /** Serves one tap reader on `res`; `streams` holds it while open (the mount ends it on close). */
-export function serveTap(tap: Tap, _req: IncomingMessage, res: ServerResponse, url: URL, headers: Record<string, string>, streams: Map<ServerResponse, string>): void {
+export function serveTap(tap: Tap, req: IncomingMessage, res: ServerResponse, url: URL, headers: Record<string, string>, streams: Map<ServerResponse, string>): void {
   const filter = tapFilter(url.searchParams);
   if (typeof filter === "string") {
     sendJson(res, 400, { error: filter }, headers);
+    return;
+  }
+  // A HEAD gets the headers only: a reader opened for it would never be read.
+  if (req.method === "HEAD") {
+    res.writeHead(200, { ...headers, "content-type": "application/x-ndjson" }).end();
     return;
   }
   const reader = tap.open(filter);
