@@ -5,8 +5,9 @@
  * waits in the buffer's line, in arrival order, when its turn is expected within `ack_timeout`;
  * otherwise (or when its turn does not come) 429, and 503 when stopping, both with
  * `Retry-After`. The same port serves the pipeline's endpoints, mounted from `server/`:
- * `/health/live`, `/health/ready`, and behind the ingest auth `/metrics` and the dashboard. Bodies are held within one budget of bytes and connections within
- * `max_connections`; answers given before a body is read are followed by draining it.
+ * `/health/live`, `/health/ready`, and behind the ingest auth `/metrics` and the dashboard.
+ * Bodies are held within one budget of bytes and connections within `max_connections`; answers
+ * given before a body is read are followed by draining it.
  */
 import { createHash, randomUUID } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
