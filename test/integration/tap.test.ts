@@ -14,10 +14,12 @@ import { buildPipeline, type BuiltPipeline } from "../../src/config/build.js";
 import { parseConfig } from "../../src/config/load.js";
 import { silentLogger } from "../../src/core/events.js";
 import { startObservabilityServer, type ObservabilityServer } from "../../src/server/observability-server.js";
-import { waitUntil } from "../helpers/http-pipeline.js";
+import { killClis, runCli, startSluice } from "../helpers/cli.js";
+import { freePort, waitUntil } from "../helpers/http-pipeline.js";
 
 const cleanups: (() => Promise<unknown>)[] = [];
 afterAll(async () => {
+  killClis();
   for (const c of cleanups.reverse()) await c();
 });
 
@@ -146,5 +148,36 @@ observability: { tap: true }
     await waitUntil("every record to be a line or in a drop notice", () => accounted() === COUNT, 20_000);
     expect(lines().filter((l) => l.startsWith('{"notice":"dropped"')).length).toBeGreaterThan(0);
     socket.destroy();
+  });
+
+  it("as processes: `sluice run` with tap on, `sluice tap --limit` prints its records and exits 0; Ctrl-C ends an open tap with 0", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "sluice-tap-cli-"));
+    cleanups.push(() => rm(dir, { recursive: true, force: true }));
+    const port = await freePort();
+    await writeFile(
+      join(dir, "pipeline.yaml"),
+      `data_dir: ./data
+sources: { gen: { type: generator, count: 10000000, rate: 1000 } }
+sinks: { out: { type: blackhole } }
+observability: { listen: "127.0.0.1:${port}", tap: true }
+`,
+    );
+    const run = startSluice(["run", "pipeline.yaml", "--no-progress"], dir);
+    const base = `http://127.0.0.1:${port}`;
+    await waitUntil("the observability listener", () => fetch(`${base}/health/ready`).then((r) => r.ok, () => false), 30_000);
+
+    const limited = await runCli(["tap", base, "--stage", "sink", "--limit", "3"]);
+    expect(limited.code, limited.stderr).toBe(0);
+    const lines = limited.stdout.split("\n").filter((l) => l !== "");
+    expect(lines).toHaveLength(3);
+    for (const l of lines) expect(JSON.parse(l)).toMatchObject({ stage: "sink", component: "out", source: "gen" });
+
+    const open = startSluice(["tap", base, "--component", "gen"], dir);
+    await waitUntil("the open tap to print", () => open.output().includes('"stage":"source"'), 30_000);
+    open.process.kill("SIGINT");
+    expect((await open.exited).code).toBe(0);
+
+    run.process.kill("SIGTERM");
+    expect((await run.exited).code).toBe(0);
   });
 });
