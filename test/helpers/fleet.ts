@@ -82,8 +82,9 @@ export interface Fleet {
   /** Resolves once every running worker answers `/health/live`; rejects after `timeoutMs` naming the one that does not. */
   live(timeoutMs?: number): Promise<void>;
   /**
-   * SIGKILLs a worker chosen at random among those that answer `/health/live` (waiting for one when
-   * none does), waits for its exit and starts it again; resolves to its index.
+   * SIGKILLs a worker chosen at random among those that answer `/health/live`, waiting until at
+   * least two do (so one is always working), waits for its exit and starts it again; resolves to
+   * its index.
    */
   killRandom(): Promise<number>;
   /**
@@ -175,7 +176,8 @@ export async function startFleet(options: FleetOptions): Promise<Fleet> {
     for (;;) {
       const answering = await Promise.all(slots.map(async (s) => alive(s.cli) && (await answers(s.port))));
       up = slots.filter((_, i) => answering[i]);
-      if (up.length > 0) break;
+      // Never the last one standing: with every worker restarting at once (seconds each on a loaded machine) nothing would move.
+      if (up.length > Math.min(1, slots.length - 1)) break;
       if (Date.now() > deadline) throw new Error(`no worker answered /health/live within ${START_TIMEOUT_MS} ms`);
       await new Promise((r) => setTimeout(r, 100));
     }
