@@ -6,9 +6,9 @@
  *
  * Each worker gets `SLUICE_WORKER` (its index) and `SLUICE_WORKER_PORT` (a free port, the same
  * across its restarts) in its environment; the pipeline must serve its observability endpoints
- * there (`observability: { listen: "127.0.0.1:${SLUICE_WORKER_PORT}" }`): the fleet kills only
- * workers that answer `/health/live` and stops them only once they all do, so no kill or SIGTERM
- * hits a process still starting.
+ * there (`observability: { listen: "127.0.0.1:${SLUICE_WORKER_PORT}" }`, or through a variable of
+ * its own that `env` sets from the port): the fleet kills only workers that answer `/health/live`
+ * and stops them only once they all do, so no kill or SIGTERM hits a process still starting.
  *
  * A worker that dies by a signal nobody sent here (a transform that kills its own process) is
  * started again at once and recorded as a self-exit; one that exits with a code on its own (a
@@ -65,8 +65,8 @@ export interface FleetOptions {
   readonly size: number;
   /** Parent of the workers' working directories `worker-<i>` (created). */
   readonly dir: string;
-  /** More environment of worker `i` (on top of this process's and the fleet's two variables); default none. */
-  readonly env?: (worker: number) => Record<string, string>;
+  /** More environment of worker `i`, whose observability port is `port` (on top of this process's and the fleet's two variables); default none. */
+  readonly env?: (worker: number, port: number) => Record<string, string>;
 }
 
 /** A running fleet, from {@link startFleet}. */
@@ -136,7 +136,7 @@ export async function startFleet(options: FleetOptions): Promise<Fleet> {
 
   function launch(slot: Slot): void {
     slot.summaryFile = join(slot.cwd, `summary-${slot.run}.json`);
-    const env = { ...options.env?.(slot.index), SLUICE_WORKER: String(slot.index), SLUICE_WORKER_PORT: String(slot.port) };
+    const env = { ...options.env?.(slot.index, slot.port), SLUICE_WORKER: String(slot.index), SLUICE_WORKER_PORT: String(slot.port) };
     const cli = startCli(options.configFile, slot.summaryFile, slot.cwd, env);
     slot.cli = cli;
     const run = slot.run;
