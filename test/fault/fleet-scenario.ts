@@ -4,8 +4,8 @@
  * is SIGKILLed and started again every few seconds, optionally with the broker itself restarted
  * once part of the records are in. Then one poison record, which kills every worker that
  * transforms it, is added: it must end in a dead-letter store with ERR_MAX_DELIVERIES after
- * {@link MAX_DELIVERIES} deliveries, not be redelivered forever. At the end every record is in the table exactly once,
- * nothing is pending at the broker, and every worker stops with exit 0.
+ * {@link MAX_DELIVERIES} deliveries, not be redelivered forever. At the end every record is in the
+ * table exactly once, nothing is pending at the broker, and every worker stops with exit 0.
  *
  * The poison comes after the preloaded records are in, on a quiet stream: a record that kills its
  * process takes the records in flight beside it along (they are delivered again with it, and count
@@ -148,15 +148,26 @@ observability: { listen: "127.0.0.1:\${SLUICE_WORKER_PORT}", log_level: warn }
     await waitFor(fleet, () => "the poison record dead-lettered", 60_000, () => deadLetters(fleet).length > 0);
     await waitFor(fleet, () => "nothing pending at the broker", 60_000, async () => (await s.pending()) === 0);
     const poisonDone = Date.now();
+    const selfExits = fleet.exits.filter((e) => !e.killed).length;
+    // Not redelivered forever: no worker dies of it any more, also after another claim_idle / ack_wait.
+    await new Promise((r) => setTimeout(r, 3000));
+    expect(fleet.exits.filter((e) => !e.killed).length).toBe(selfExits);
     const results = await fleet.stop();
 
     for (const r of results) expect({ worker: r.worker, code: r.code, signal: r.signal }, r.output).toEqual({ worker: r.worker, code: 0, signal: null });
-    // Each delivery of the poison killed the worker that had it; the next one was a dead letter.
-    const selfExits = fleet.exits.filter((e) => !e.killed);
-    expect(selfExits.map((e) => e.signal)).toEqual(Array(MAX_DELIVERIES).fill("SIGKILL"));
     const dead = deadLetters(fleet);
-    expect(dead.map((d) => ({ id: d.record_id, code: d.code }))).toEqual([{ id: POISON_ID, code: "ERR_MAX_DELIVERIES" }]);
-    expect(results.reduce((n, r) => n + (r.summary?.records.dead_lettered ?? 0), 0)).toBe(1);
+    const poisonLog = `${selfExits} self-exits after the poison; dead letters: ${dead.map((d) => d.message).join("; ")}`;
+    // Each delivery of the poison killed the worker that had it, until one found it delivered max_deliveries times.
+    expect(
+      fleet.exits.filter((e) => !e.killed).every((e) => e.signal === "SIGKILL"),
+      poisonLog,
+    ).toBe(true);
+    expect(selfExits, poisonLog).toBeGreaterThanOrEqual(MAX_DELIVERIES);
+    // Once, or (rarely, on a loaded machine) twice: a worker too slow to send working() within ack_wait has the
+    // record redelivered to another, and both may dead-letter it (at least once, like every delivery).
+    expect(new Set(dead.map((d) => `${d.record_id} ${d.code}`)), poisonLog).toEqual(new Set([`${POISON_ID} ERR_MAX_DELIVERIES`]));
+    for (const d of dead) expect(Number(/delivered (\d+) times/.exec(d.message)?.[1]), d.message).toBeGreaterThanOrEqual(MAX_DELIVERIES);
+    expect(results.reduce((n, r) => n + (r.summary?.records.dead_lettered ?? 0), 0)).toBe(dead.length);
     const [counts] = await query<{ n: number; distinct: number; poison: number }>(
       PG_URL,
       `SELECT count(*)::int AS n, count(DISTINCT id)::int AS distinct, count(*) FILTER (WHERE id = $1)::int AS poison FROM "${table}"`,
@@ -178,7 +189,7 @@ observability: { listen: "127.0.0.1:\${SLUICE_WORKER_PORT}", log_level: warn }
     };
     console.log(
       `${s.name}: ${s.total} records through ${WORKERS} workers in ${report.seconds.flow.toFixed(1)} s with ${rowsAtKills.length} kills at rows ${rowsAtKills.join(", ")}` +
-        `${restart === undefined ? "" : `; broker restarted at ${restart.before} rows`}; poison dead-lettered in ${report.seconds.poison.toFixed(1)} s; total ${report.seconds.total.toFixed(1)} s`,
+        `${restart === undefined ? "" : `; broker restarted at ${restart.before} rows`}; poison dead-lettered in ${report.seconds.poison.toFixed(1)} s (${poisonLog}); total ${report.seconds.total.toFixed(1)} s`,
     );
     return report;
   } finally {
