@@ -92,8 +92,8 @@ async function waitFor(fleet: Fleet, what: () => string, timeoutMs: number, chec
 }
 
 /** Every worker's dead letters (each has its own data_dir and dlq.db). */
-function deadLetters(fleet: Fleet): DeadLetterRow[] {
-  return Array.from({ length: WORKERS }, (_, i) => readDeadLetters(join(fleet.cwd(i), "data", "dlq.db"))).flat();
+function deadLetters(fleet: Fleet): (DeadLetterRow & { worker: number })[] {
+  return Array.from({ length: WORKERS }, (_, worker) => readDeadLetters(join(fleet.cwd(worker), "data", "dlq.db")).map((d) => ({ ...d, worker }))).flat();
 }
 
 /** Runs the scenario and checks its end state; resolves to what it measured. */
@@ -156,18 +156,22 @@ observability: { listen: "127.0.0.1:\${SLUICE_WORKER_PORT}", log_level: warn }
 
     for (const r of results) expect({ worker: r.worker, code: r.code, signal: r.signal }, r.output).toEqual({ worker: r.worker, code: 0, signal: null });
     const dead = deadLetters(fleet);
-    const poisonLog = `${selfExits} self-exits after the poison; dead letters: ${dead.map((d) => d.message).join("; ")}`;
+    const exitLog = fleet.exits
+      .filter((e) => !e.killed)
+      .map((e) => `worker ${e.worker} run ${e.run} at +${((e.at - flowDone) / 1000).toFixed(1)} s`)
+      .join(", ");
+    const poisonLog = `${selfExits} self-exits after the poison (${exitLog}); dead letters: ${dead.map((d) => `worker ${d.worker} at ${d.last_failure_at}: ${d.message}`).join("; ")}; summaries dead_lettered: ${results.map((r) => r.summary?.records.dead_lettered).join(", ")}`;
     // Each delivery of the poison killed the worker that had it, until one found it delivered max_deliveries times.
     expect(
       fleet.exits.filter((e) => !e.killed).every((e) => e.signal === "SIGKILL"),
       poisonLog,
     ).toBe(true);
     expect(selfExits, poisonLog).toBeGreaterThanOrEqual(MAX_DELIVERIES);
-    // Once, or (rarely, on a loaded machine) twice: a worker too slow to send working() within ack_wait has the
-    // record redelivered to another, and both may dead-letter it (at least once, like every delivery).
+    // Once, or sometimes twice: with nats_jetstream, 3 of 5 runs on a loaded machine had one delivery more than
+    // max_deliver (a sixth self-exit) or a second dead letter from a worker run that then died of the poison
+    // (it met the record above the limit and again below it). At least once, like every delivery; see the report.
     expect(new Set(dead.map((d) => `${d.record_id} ${d.code}`)), poisonLog).toEqual(new Set([`${POISON_ID} ERR_MAX_DELIVERIES`]));
     for (const d of dead) expect(Number(/delivered (\d+) times/.exec(d.message)?.[1]), d.message).toBeGreaterThanOrEqual(MAX_DELIVERIES);
-    expect(results.reduce((n, r) => n + (r.summary?.records.dead_lettered ?? 0), 0)).toBe(dead.length);
     const [counts] = await query<{ n: number; distinct: number; poison: number }>(
       PG_URL,
       `SELECT count(*)::int AS n, count(DISTINCT id)::int AS distinct, count(*) FILTER (WHERE id = $1)::int AS poison FROM "${table}"`,
