@@ -68,7 +68,7 @@ function natsScenario(name: string, server: BrokerServer, connection: () => Prom
       const info = await (await jetstreamManager(await connection())).consumers.info(STREAM, CONSUMER);
       return info.num_ack_pending + info.num_pending;
     },
-    killEveryMs: 3000,
+    killEveryMs: 2000,
     ...(restart ? { restart: { server, at: 0.3 } } : {}),
     timeoutMs: 150_000,
   };

@@ -67,7 +67,7 @@ function redisScenario(name: string, server: BrokerServer, redis: Redis, restart
       const [count] = (await redis.xpending(STREAM, GROUP)) as [number, ...unknown[]];
       return Number(count);
     },
-    killEveryMs: 3000,
+    killEveryMs: 2000,
     ...(restart ? { restart: { server, at: 0.3 } } : {}),
     timeoutMs: 150_000,
   };
