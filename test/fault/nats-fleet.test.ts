@@ -3,8 +3,8 @@
  * (nats_jetstream -> postgres) on one durable consumer, a random worker SIGKILLed and started
  * again every few seconds: every preloaded record in PostgreSQL exactly once, nothing pending or
  * unread on the consumer at the end, and a record that kills every worker that takes it
- * dead-lettered after max_deliver. Then the same with the NATS server itself killed and restarted
- * (file storage) while the records flow.
+ * dead-lettered after max_deliver. Then the same for half as many records with the NATS server
+ * itself killed and restarted (file storage) while they flow.
  *
  * NATS is the test's own `nats-server -js` (test/helpers/broker-servers.ts); PostgreSQL is the
  * machine's, one table per test, dropped after. Skipped with a printed reason when either is

@@ -3,8 +3,8 @@
  * SIGKILLed and started again every few seconds (test/fault/fleet-scenario.ts): every one of the
  * preloaded records in PostgreSQL exactly once, the group's pending list empty at the end, and a
  * record that kills every worker that takes it dead-lettered after max_deliveries. Then the same
- * with the Redis server itself killed and restarted (AOF, appendfsync always) while the records
- * are flowing.
+ * for half as many records with the Redis server itself killed and restarted (AOF, appendfsync
+ * always) while they flow.
  *
  * Redis is the test's own (test/helpers/broker-servers.ts); PostgreSQL is the machine's, one
  * table per test, dropped after. Skipped with a printed reason when either is missing, unless
