@@ -167,11 +167,13 @@ observability: { listen: "127.0.0.1:\${SLUICE_WORKER_PORT}", log_level: warn }
       poisonLog,
     ).toBe(true);
     expect(selfExits, poisonLog).toBeGreaterThanOrEqual(MAX_DELIVERIES);
-    // Once, or sometimes twice, and more deaths than max_deliveries: with nats_jetstream's ack_wait of 2 s on a
-    // loaded machine, a worker just started (loading its transform module on its first record) missed its
-    // working() ticks past ack_wait, so the server delivered the record again, to it or another worker, while the
-    // first copy was still in flight: both copies kill, or one is dead-lettered and the other kills the worker
-    // before its +TERM is sent (then a third copy is dead-lettered elsewhere). At least once, like any delivery.
+    // Once, or sometimes twice, and more deaths than max_deliveries (what the times of the deaths and
+    // dead letters show): with nats_jetstream's ack_wait of 2 s on a loaded machine, a worker just
+    // started (loading its transform module on its first record) missed its working() ticks past
+    // ack_wait, so the server delivered the record again, to it or another worker, while the first
+    // copy was still in flight: both copies kill, or one is dead-lettered and the other kills the
+    // worker before its +TERM is sent (then a third copy is dead-lettered elsewhere). At least once,
+    // like any delivery.
     expect(new Set(dead.map((d) => `${d.record_id} ${d.code}`)), poisonLog).toEqual(new Set([`${POISON_ID} ERR_MAX_DELIVERIES`]));
     for (const d of dead) expect(Number(/delivered (\d+) times/.exec(d.message)?.[1]), d.message).toBeGreaterThanOrEqual(MAX_DELIVERIES);
     const [counts] = await query<{ n: number; distinct: number; poison: number }>(
