@@ -130,7 +130,11 @@ async function timedProcess(args: string[], opts: { cwd: string; stopWhenDrained
   child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr = (stderr + d).slice(-STDERR_TAIL)));
   let exited = false;
   const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolveExit) => {
-    child.on("error", (err) => resolveExit({ code: null, signal: (stderr += err.message, null) }));
+    child.on("error", (err) => {
+      stderr += err.message;
+      exited = true;
+      resolveExit({ code: null, signal: null });
+    });
     child.on("close", (code, signal) => {
       exited = true;
       resolveExit({ code, signal });
