@@ -30,7 +30,7 @@ const BACKLOG_EVERY_MS = 5_000;
  * Redis answers the next (room permitting), so neither side waits for the other. Measured with
  * `bench/brokers.ts`; see docs/architecture.md.
  */
-const READS_IN_FLIGHT = 2;
+const READS_IN_FLIGHT = 1;
 /** `buffer.max_records` when the context does not say (a source built outside a pipeline). */
 const DEFAULT_BUFFER_RECORDS = 10_000;
 /** The shortest time between two reclaim passes, in ms. */
