@@ -20,15 +20,6 @@ export interface EntryFormat {
 /** An entry as ioredis returns it: its id and its fields as a flat field/value list; `null` fields for an entry deleted while pending (a history read). */
 export type RawEntry = [id: string, fields: string[] | null];
 
-/** An entry of an XREADGROUP reply read as bytes (`xreadgroupBuffer`): nothing decoded that is not used. */
-export type BufferEntry = [id: Buffer, fields: Buffer[] | null];
-
-const OPEN_BRACE = 0x7b;
-const CLOSE_BRACE = 0x7d;
-const LF = 0x0a;
-/** A `}` followed by a comma: a body that may hold more than one value once joined with others. */
-const OBJECT_THEN_COMMA = /\}[ \t\r]*,/;
-
 /** An entry's parts after one pass over its fields. */
 interface EntryParts {
   body: string | undefined;
@@ -88,60 +79,6 @@ export function entryRecord(handle: SourceHandle, stream: string, entryId: strin
   if (others === undefined) return handle.record(object, bytes, position, body, envelope);
   object[format.metadataField] = others;
   return handle.record(object, bytes, position, undefined, envelope);
-}
-
-/**
- * The records of one read of `stream` (entries as bytes), appended to `records`, their entry ids
- * to `ids`. When every entry holds only the body field and every body looks like one JSON object,
- * the bodies are decoded with one `toString` and parsed with one `JSON.parse` of `[body,body,...]`,
- * accepted only when it holds one object per entry and no body has a `},` of its own (then every
- * element is exactly one body: the file source's rule); otherwise, and for every other entry,
- * {@link entryRecord} decodes and parses entry by entry, which finds and reports a bad body.
- */
-export function readRecords(handle: SourceHandle, stream: string, entries: readonly BufferEntry[], format: EntryFormat, records: Entry[], ids: string[]): void {
-  const first = ids.length;
-  for (const [id] of entries) ids.push(id.toString("latin1"));
-  if (entries.length > 1 && readPlain(handle, stream, entries, format, records, ids, first)) return;
-  entries.forEach(([, fields], i) => {
-    records.push(entryRecord(handle, stream, ids[first + i]!, fields?.map((f) => f.toString()) ?? [], format));
-  });
-}
-
-/** The fast path of {@link readRecords}; false (nothing added) when it does not apply. */
-function readPlain(handle: SourceHandle, stream: string, entries: readonly BufferEntry[], format: EntryFormat, records: Entry[], ids: readonly string[], first: number): boolean {
-  const key = format.bodyKey;
-  let length = 0;
-  for (const [, fields] of entries) {
-    if (fields === null || fields.length !== 2 || fields[0]!.length !== key.length || fields[0]!.toString("latin1") !== key) return false;
-    const body = fields[1]!;
-    if (body.length < 2 || body[0] !== OPEN_BRACE || body[body.length - 1] !== CLOSE_BRACE) return false;
-    length += body.length + 1;
-  }
-  const joined = Buffer.allocUnsafe(length - 1);
-  let at = 0;
-  for (const [, fields] of entries) {
-    if (at > 0) joined[at++] = LF;
-    at += fields![1]!.copy(joined, at);
-  }
-  const text = joined.toString("utf8");
-  if (OBJECT_THEN_COMMA.test(text)) return false;
-  let values: unknown[];
-  try {
-    values = JSON.parse(`[${text.replaceAll("\n", ",")}]`) as unknown[];
-  } catch {
-    return false;
-  }
-  if (values.length !== entries.length) return false;
-  const keyBytes = key.length;
-  let from = 0;
-  entries.forEach(([, fields], i) => {
-    let to = text.indexOf("\n", from);
-    if (to < 0) to = text.length;
-    const position = `${stream}:${ids[first + i]}`;
-    records.push(handle.record(values[i] as JsonObject, keyBytes + fields![1]!.length, position, text.slice(from, to), { id: position, key: undefined, eventTime: undefined }));
-    from = to + 1;
-  });
-  return true;
 }
 
 /**

@@ -12,7 +12,7 @@ import type { Entry } from "../core/record.js";
 import { isReplyError, loadRedis, type RedisModule } from "../brokers/redis.js";
 import { defineComponent, type ComponentContext, type EnqueueOutcome, type Source, type SourceHandle } from "../components/contracts.js";
 import { duration } from "../components/options.js";
-import { ENVELOPE_FIELDS, entryRecord, exhaustedRecord, readRecords, type BufferEntry, type EntryFormat, type PendingEntry } from "./redis-streams-entries.js";
+import { ENVELOPE_FIELDS, entryRecord, exhaustedRecord, type EntryFormat, type PendingEntry, type RawEntry } from "./redis-streams-entries.js";
 import { ConsumerGroup, isReply, sourceError, type RedisStreamsCheckpoint } from "./redis-streams-group.js";
 
 export type { RedisStreamsCheckpoint } from "./redis-streams-group.js";
@@ -25,14 +25,6 @@ const COMMAND_TIMEOUT_MS = 30_000;
 const READ_TIMEOUT_GRACE_MS = 10_000;
 /** How often the group's backlog is read for the metrics, in ms. */
 const BACKLOG_EVERY_MS = 5_000;
-/**
- * Most XREADGROUPs sent and not yet taken: while one reply's records are built and handed over,
- * Redis answers the next (room permitting), so neither side waits for the other. Measured with
- * `bench/brokers.ts`; see docs/architecture.md.
- */
-const READS_IN_FLIGHT = 1;
-/** `buffer.max_records` when the context does not say (a source built outside a pipeline). */
-const DEFAULT_BUFFER_RECORDS = 10_000;
 /** The shortest time between two reclaim passes, in ms. */
 const MIN_RECLAIM_EVERY_MS = 1_000;
 
@@ -146,8 +138,6 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
   const location = settings.streams.length === 1 ? `redis stream ${settings.streams[0]}` : `redis streams ${settings.streams[0]}..${settings.streams.at(-1)}`;
   const assigned = settings.assigned ?? (() => settings.streams);
   const reclaimEveryMs = Math.max(claimIdleMs / 2, MIN_RECLAIM_EVERY_MS);
-  /** What reads ahead may ask for in all, with what is read and not yet handed over. */
-  const bufferRecords = ctx.bufferRecords ?? DEFAULT_BUFFER_RECORDS;
   const { clock, logger } = ctx;
   const log = { source: ctx.name };
   let current: Connection | undefined;
@@ -217,7 +207,7 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
   }
 
   /** Reads new entries once: at most `room` of them over the streams assigned now; null when none came. */
-  async function fetch(conn: Connection, room: number, signal: AbortSignal): Promise<[Buffer, BufferEntry[]][] | null> {
+  async function fetch(conn: Connection, room: number, signal: AbortSignal): Promise<[string, RawEntry[]][] | null> {
     const all = assigned();
     if (all.length === 0) {
       await sleep(clock, settings.blockMs, signal).catch(() => {});
@@ -231,9 +221,8 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
     }
     const count = Math.floor(room / streams.length);
     try {
-      // As bytes: ioredis would decode every id, field name and body on its own; readRecords decodes a read's bodies at once.
-      return (await conn.reader.xreadgroupBuffer("GROUP", settings.group, consumer, "COUNT", count, "BLOCK", settings.blockMs, "STREAMS", ...streams, ...streams.map(() => ">"))) as
-        | [Buffer, BufferEntry[]][]
+      return (await conn.reader.xreadgroup("GROUP", settings.group, consumer, "COUNT", count, "BLOCK", settings.blockMs, "STREAMS", ...streams, ...streams.map(() => ">"))) as
+        | [string, RawEntry[]][]
         | null;
     } catch (err) {
       if (signal.aborted) return null;
@@ -246,13 +235,15 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
   }
 
   /** Builds a read's records and hands them over as one chunk. */
-  function take(handle: SourceHandle, reply: [Buffer, BufferEntry[]][]): Promise<EnqueueOutcome> {
+  function take(handle: SourceHandle, reply: [string, RawEntry[]][]): Promise<EnqueueOutcome> {
     const records: Entry[] = [];
     const checkpoint = new Map<string, string[]>();
-    for (const [key, entries] of reply) {
-      const stream = key.toString();
+    for (const [stream, entries] of reply) {
       const ids: string[] = [];
-      readRecords(handle, stream, entries, settings, records, ids);
+      for (const [id, fields] of entries) {
+        ids.push(id);
+        records.push(entryRecord(handle, stream, id, fields ?? [], settings));
+      }
       checkpoint.set(stream, ids);
     }
     return hand(handle, records, checkpoint);
@@ -390,20 +381,11 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
       signal.addEventListener("abort", onStop, { once: true });
       const backlog = reportBacklog(conn.group, stop.signal);
       let nextReclaim = clock.now();
-      /**
-       * Reads sent and not yet taken, oldest first, each with the COUNT it asked for: while the
-       * records of one are built and handed over, Redis answers the next ones.
-       */
-      const reads: { reply: Promise<[Buffer, BufferEntry[]][] | null>; count: number }[] = [];
-      const send = (room: number) => {
-        const reply = fetch(conn, room, stop.signal);
-        // Awaited in turn; a stop before that leaves it to fail unheard (its entries are reclaimed).
-        reply.catch(() => {});
-        reads.push({ reply, count: room });
-      };
+      /** The next read, sent before the last one's records are built when there is room for both: Redis answers it meanwhile. */
+      let ahead: Promise<[string, RawEntry[]][] | null> | undefined;
       try {
         while (!stop.signal.aborted) {
-          if (reads.length === 0 && clock.now() >= nextReclaim) {
+          if (ahead === undefined && clock.now() >= nextReclaim) {
             await ackLate(conn.group);
             for (const stream of assigned()) {
               try {
@@ -415,23 +397,23 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
             }
             nextReclaim = clock.now() + reclaimEveryMs;
           }
-          if (reads.length === 0) {
+          if (ahead === undefined) {
             const room = await handle.waitForRoom(handle.chunkSize, stop.signal);
             if (room === 0) break;
-            send(room);
+            ahead = fetch(conn, room, stop.signal);
           }
-          const reply = await reads.shift()!.reply;
+          const reply = await ahead;
+          ahead = undefined;
           if (reply === null) continue;
           const read = reply.reduce((n, [, entries]) => n + entries.length, 0);
-          // Room for more than what is read and asked for already: ask for it before building this
-          // reply (unless a reclaim pass is due, which goes first), up to READS_IN_FLIGHT reads.
-          while (reads.length < READS_IN_FLIGHT && clock.now() < nextReclaim) {
-            const asked = reads.reduce((n, r) => n + r.count, read);
-            if (handle.expectedWait(asked + 1, 0) > 0) break;
-            // An empty buffer has room for anything (room() is unbounded then): the bound caps what is read ahead.
-            const room = Math.min(await handle.waitForRoom(handle.chunkSize + asked, stop.signal), bufferRecords) - asked;
-            if (room <= 0) break;
-            send(room);
+          // Room for more than this reply right now: ask for it before building this one (unless a reclaim pass is due, which goes first).
+          if (clock.now() < nextReclaim && handle.expectedWait(read + 1, 0) === 0) {
+            const room = (await handle.waitForRoom(handle.chunkSize + read, stop.signal)) - read;
+            if (room > 0) {
+              ahead = fetch(conn, room, stop.signal);
+              // Awaited on the next turn; a stop in between leaves it to fail unheard (its entries are reclaimed).
+              ahead.catch(() => {});
+            }
           }
           if ((await take(handle, reply)) === "stopping") break;
         }

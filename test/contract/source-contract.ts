@@ -209,7 +209,7 @@ export function runSourceContract(name: string, makeDriver: (dir: string) => Sou
       const metrics = new Metrics(["out"], silentLogger, () => Date.now());
       const buffer = new MemoryBuffer({ maxRecords: o.maxRecords ?? 10_000, maxBytes: 64 * 1024 * 1024 });
       const ctx = context();
-      const source = observed((o.wrap ?? ((s) => s))(driver.create({ ...ctx, emit: (e) => events.push(e), bufferRecords: o.maxRecords ?? 10_000 }, total)), sink, acks);
+      const source = observed((o.wrap ?? ((s) => s))(driver.create({ ...ctx, emit: (e) => events.push(e) }, total)), sink, acks);
       const pipeline = new Pipeline({
         sources: [{ name: "src", source, connectBackoff: { initialMs: 5, maxMs: 20, multiplier: 2 } }],
         transforms: [],

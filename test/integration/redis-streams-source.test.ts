@@ -101,7 +101,7 @@ function start(
     metrics.handle(e);
   };
   const logger = new CapturingLogger();
-  const ctx = { name: "src", dataDir: tmpdir(), baseDir: tmpdir(), clock: systemClock, logger, emit, bufferRecords: o.maxRecords ?? 10_000 };
+  const ctx = { name: "src", dataDir: tmpdir(), baseDir: tmpdir(), clock: systemClock, logger, emit };
   const parsed = redisStreams.options.parse({ url: REDIS_URL, ...options });
   const source =
     o.assigned === undefined

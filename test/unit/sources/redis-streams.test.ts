@@ -7,7 +7,7 @@ import { describe, expect, it } from "vitest";
 import type { ServiceEnvelope, SourceHandle } from "../../../src/components/contracts.js";
 import type { SluiceError } from "../../../src/core/errors.js";
 import type { Entry, JsonObject } from "../../../src/core/record.js";
-import { entryRecord, exhaustedRecord, parseGroupInfo, parsePending, readRecords, type BufferEntry } from "../../../src/sources/redis-streams-entries.js";
+import { entryRecord, exhaustedRecord, parseGroupInfo, parsePending } from "../../../src/sources/redis-streams-entries.js";
 import { definition } from "../../../src/sources/redis-streams.js";
 
 /** What the source passed to `record` or `malformed`. */
@@ -89,79 +89,6 @@ describe("redis_streams entries", () => {
     expect(call.error.message).toMatch(/delivered 10 times/);
     exhaustedRecord(handle, "events", "8-0", ["a", "1"], 3, format);
     expect(last()).toMatchObject({ raw: '{"a":"1"}', envelope: { id: "events:8-0" } });
-  });
-});
-
-/** A handle that keeps every call, in order. */
-function callsHandle(): { handle: SourceHandle; calls: Call[] } {
-  const calls: Call[] = [];
-  const entry = {} as Entry;
-  const handle = {
-    chunkSize: 10,
-    record: (payload, bytes, position, text, envelope) => (calls.push({ kind: "record", payload, bytes, position, text, envelope }), entry),
-    malformed: (raw, position, error, envelope) => (calls.push({ kind: "malformed", raw, position, error, envelope }), entry),
-    enqueue: () => Promise.resolve("accepted"),
-    waitForRoom: (n) => Promise.resolve(n),
-    expectedWait: () => 0,
-  } satisfies SourceHandle;
-  return { handle, calls };
-}
-
-/** What readRecords passes for `entries` (field lists as strings), next to what entryRecord passes entry by entry. */
-function readBoth(entries: [string, string[]][]): { together: Call[]; oneByOne: Call[]; ids: string[] } {
-  const read = callsHandle();
-  const ids: string[] = [];
-  const records: Entry[] = [];
-  const asBytes: BufferEntry[] = entries.map(([id, fields]) => [Buffer.from(id), fields.map((f) => Buffer.from(f))]);
-  readRecords(read.handle, "events", asBytes, format, records, ids);
-  const each = callsHandle();
-  for (const [id, fields] of entries) entryRecord(each.handle, "events", id, fields, format);
-  expect(records).toHaveLength(entries.length);
-  const bytes = (calls: Call[]) => calls.map((c) => ({ ...c, bytes: 0 }));
-  return { together: bytes(read.calls), oneByOne: bytes(each.calls), ids };
-}
-
-describe("redis_streams reads", () => {
-  it("parses a read of body-only entries together, with the same payloads, texts, ids and envelopes as entry by entry", () => {
-    const { together, oneByOne, ids } = readBoth([
-      ["1-0", ["body", '{"a":1,"s":"x"}']],
-      ["1-1", ["body", '{"b":[1,2],"é":"ü"}']],
-      ["2-0", ["body", '{"c":{"d":null}}']],
-    ]);
-    expect(ids).toEqual(["1-0", "1-1", "2-0"]);
-    expect(together).toEqual(oneByOne);
-    expect(together.map((c) => c.kind === "record" && c.text)).toEqual(['{"a":1,"s":"x"}', '{"b":[1,2],"é":"ü"}', '{"c":{"d":null}}']);
-  });
-
-  it("reads entry by entry, finding the bad body, when one is not a JSON object alone", () => {
-    for (const bad of ['{"s":"}', '{"},{"t":1}', '{"a":1},{"b":2}', '{"a":\n1}', "{not json}"]) {
-      const { together, oneByOne } = readBoth([
-        ["1-0", ["body", '{"s":"}']],
-        ["1-1", ["body", bad]],
-        ["1-2", ["body", '{"ok":true}']],
-      ]);
-      expect(together).toEqual(oneByOne);
-      expect(together.filter((c) => c.kind === "malformed").length).toBeGreaterThan(0);
-    }
-  });
-
-  it("reads entry by entry when an entry has other fields than the body, or no body", () => {
-    const { together, oneByOne } = readBoth([
-      ["1-0", ["body", '{"a":1}']],
-      ["1-1", ["body", '{"a":2}', "key", "k"]],
-      ["1-2", ["n", "3"]],
-    ]);
-    expect(together).toEqual(oneByOne);
-    expect(together[1]).toMatchObject({ envelope: { key: "k" } });
-  });
-
-  it("reads a nested object followed by a comma entry by entry, with the same result", () => {
-    const { together, oneByOne } = readBoth([
-      ["1-0", ["body", '{"m":{"a":1},"b":2}']],
-      ["1-1", ["body", '{"c":3}']],
-    ]);
-    expect(together).toEqual(oneByOne);
-    expect(together[0]).toMatchObject({ kind: "record", payload: { m: { a: 1 }, b: 2 } });
   });
 });
 
