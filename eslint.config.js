@@ -12,6 +12,11 @@ export default tseslint.config(
     },
   },
   {
+    // The dashboard's page script runs in the browser, with uPlot loaded before it.
+    files: ["assets/**/*.js"],
+    languageOptions: { sourceType: "script", globals: { document: "readonly", window: "readonly", EventSource: "readonly", uPlot: "readonly" } },
+  },
+  {
     files: ["src/**/*.ts"],
     ignores: ["src/cli/**"],
     rules: { "no-console": "error" },

@@ -8,7 +8,7 @@
  *         transform + XACK, serially;
  *     (b) `sluice run`: `redis_streams` source -> module transform -> `blackhole` sink;
  *     (c) BullMQ (bench/contenders/bullmq-worker.ts): BENCH_BROKERS_BULLMQ_JOBS (100,000) jobs
- *         added before the run (untimed), a Worker with BENCH_BROKERS_BULLMQ_CONCURRENCY (100).
+ *         added before the run (untimed), a Worker with BENCH_BROKERS_BULLMQ_CONCURRENCY (200; 100 to 1,000 measured alike here, 1 at half the rate).
  *   JetStream: BENCH_BROKERS_NATS_RECORDS (200,000) messages published into a fresh stream;
  *     (d) the hand-written pull consumer (bench/contenders/nats-loop.ts): fetch 1000 + parse +
  *         transform + `ack()` per message;
@@ -64,7 +64,7 @@ const runs = intEnv("BENCH_BROKERS_RUNS", 5, 1);
 const redisRecords = intEnv("BENCH_BROKERS_RECORDS", 1_000_000, 4);
 const natsRecords = intEnv("BENCH_BROKERS_NATS_RECORDS", 200_000, 1);
 const bullmqJobs = intEnv("BENCH_BROKERS_BULLMQ_JOBS", 100_000, 1);
-const bullmqConcurrency = intEnv("BENCH_BROKERS_BULLMQ_CONCURRENCY", 100, 1);
+const bullmqConcurrency = intEnv("BENCH_BROKERS_BULLMQ_CONCURRENCY", 200, 1);
 const redisUrl = process.env.BENCH_REDIS_URL ?? "redis://127.0.0.1:6379";
 const natsUrl = process.env.BENCH_NATS_URL ?? "nats://127.0.0.1:4222";
 const profileDir = process.env.BENCH_BROKERS_CPU_PROF ? resolve(process.env.BENCH_BROKERS_CPU_PROF) : undefined;
@@ -130,7 +130,11 @@ async function timedProcess(args: string[], opts: { cwd: string; stopWhenDrained
   child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr = (stderr + d).slice(-STDERR_TAIL)));
   let exited = false;
   const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolveExit) => {
-    child.on("error", (err) => resolveExit({ code: null, signal: (stderr += err.message, null) }));
+    child.on("error", (err) => {
+      stderr += err.message;
+      exited = true;
+      resolveExit({ code: null, signal: null });
+    });
     child.on("close", (code, signal) => {
       exited = true;
       resolveExit({ code, signal });

@@ -18,6 +18,7 @@ import type { JsonObject, RecordView } from "../core/record.js";
 import { mapTransform } from "../transforms/module.js";
 import { Metrics, type RunSummary } from "../observability/metrics.js";
 import { RateLimitedLogger } from "../observability/rate-limited-logger.js";
+import { Tap } from "../observability/tap.js";
 import { definition as deadLetterSqlite } from "../sinks/dead-letter-sqlite.js";
 
 /** Builds a component instance once the pipeline's context (data_dir, clock, logger) is known. */
@@ -230,7 +231,8 @@ export class PipelineBuilder<P extends object> {
     );
     // Components are created before the pipeline that holds them; the probe reads it when asked.
     const created: { pipeline?: Pipeline } = {};
-    const service = serviceProbe(() => created.pipeline, metrics, t.observability.unready_after);
+    const tap = t.observability.tap ? new Tap(emit) : undefined;
+    const service = serviceProbe(() => created.pipeline, metrics, t.observability.unready_after, { records: t.buffer.max_records, bytes: t.buffer.max_bytes }, tap);
     const ctx = (name: string): ComponentContext => ({ name, dataDir, baseDir: cwd, clock, logger, emit, service, bufferBytes: t.buffer.max_bytes, bufferRecords: t.buffer.max_records });
     const pipeline = await releasingOnThrow(lock, () => new Pipeline({
       sources: this.sources.map((s) => s.make(ctx) as never),
@@ -254,6 +256,7 @@ export class PipelineBuilder<P extends object> {
       logger,
       emit,
       lock,
+      ...(tap ? { tap } : {}),
     }));
     created.pipeline = pipeline;
     metrics.watchBuffer(() => pipeline.bufferUsage(), { records: t.buffer.max_records, bytes: t.buffer.max_bytes });

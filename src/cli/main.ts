@@ -7,6 +7,7 @@ import { dlqCommand, type DlqIo, type DlqOptions } from "./dlq-command.js";
 import { LOG_LEVELS, type LogLevel } from "../observability/logger.js";
 import { EXIT, runCommand, validateCommand } from "./run-command.js";
 import { DEFAULT_TOP_URL, topCommand } from "./top/command.js";
+import { tapCommand, type TapOptions } from "./tap-command.js";
 
 /** The package's version, read from its package.json (two levels up from src/cli and from dist/cli alike). */
 function packageVersion(): string {
@@ -84,6 +85,24 @@ export async function main(argv: readonly string[], io: DlqIo = { stdout: proces
     .argument("[kind-or-type]", "show only one kind (source, transform, sink, dead_letter; or plural) or one type, e.g. sqlite")
     .action((filter: string | undefined) => {
       code = componentsCommand(filter, io);
+    });
+
+  program
+    .command("tap")
+    .description("print live records of a running pipeline as NDJSON, from its observability listener (needs observability.tap: true)")
+    .argument("<url>", "the observability listener, e.g. http://127.0.0.1:9464")
+    .option("--stage <stage>", "source (as read), transform (leaving the transforms) or sink (committed); default every stage")
+    .option("--component <name>", "only this source, transform or sink")
+    .option("--limit <n>", "stop after n records")
+    .action(async (url: string, opts: TapOptions) => {
+      const stop = new AbortController();
+      const onSignal = () => stop.abort();
+      process.once("SIGINT", onSignal);
+      try {
+        code = await tapCommand(url, opts, io, stop.signal);
+      } finally {
+        process.off("SIGINT", onSignal);
+      }
     });
 
   const dlq = program

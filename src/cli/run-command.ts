@@ -208,7 +208,7 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
   }
   const { pipeline, metrics } = built;
   const server = config.observability.listen
-    ? await startObservabilityServer(config.observability.listen, metrics.registry, built.service)
+    ? await startObservabilityServer(config.observability.listen, built.service)
     : undefined;
 
   const onSignal = (sig: NodeJS.Signals) => {
@@ -260,7 +260,7 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
     stopProgress();
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
-    server?.close();
+    void server?.close();
   }
   const summary = metrics.summary((performance.now() - started) / 1000);
   const counts = metrics.snapshot();

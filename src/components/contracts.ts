@@ -3,6 +3,7 @@
  * often, and what its errors mean; a component that keeps these gets sluice's guarantees.
  */
 import type { Context } from "@opentelemetry/api";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import type { z } from "zod";
 import type { Clock } from "../core/clock.js";
 import type { SluiceError } from "../core/errors.js";
@@ -24,7 +25,7 @@ export interface ComponentContext {
   readonly clock: Clock;
   readonly logger: Logger;
   readonly emit: EventSink;
-  /** The pipeline's readiness and metrics, for a source that serves its own health and metrics endpoints (http). */
+  /** The pipeline's readiness, metrics and HTTP endpoints, for a source that listens on a port (http) and serves them there too. */
   readonly service?: ServiceProbe;
   /** The buffer's byte bound (`buffer.max_bytes`), for a source that sizes its own memory by it (http). */
   readonly bufferBytes?: number;
@@ -56,6 +57,40 @@ export interface ServiceProbe {
   readiness(): Readiness;
   /** The Prometheus exposition of the pipeline's metrics. */
   metrics(): Promise<{ contentType: string; text: string }>;
+  /**
+   * The pipeline's own endpoints (`/health/live`, `/health/ready`, `/metrics`, the dashboard at
+   * `/` and its live feed), served by `server/`, for a source that listens on a port to answer
+   * beside its own routes, so every port answers them alike. Call once per server, and close the
+   * mount when the server stops.
+   */
+  mount(options?: MountOptions): EndpointMount;
+}
+
+/** How a server mounts the pipeline's endpoints. */
+export interface MountOptions {
+  /** Readiness as this server reports it (the http source adds its own stopping); default the pipeline's. */
+  readonly readiness?: () => Readiness;
+  /**
+   * Called before answering an endpoint that shows the pipeline's traffic (metrics, the dashboard
+   * and its feed; never the health endpoints). Throws to refuse: the error is what
+   * {@link EndpointMount.serve} rejects with, for the server to answer as its own errors.
+   */
+  readonly guard?: (req: IncomingMessage) => void;
+  /** Headers put on every answer (the http source's `connection: close` while stopping). */
+  readonly headers?: () => Record<string, string>;
+  /** Serve `/tap` (live records, when `observability.tap` is on): only the observability listener does. */
+  readonly tap?: boolean;
+}
+
+/** The pipeline's endpoints as mounted on one server. */
+export interface EndpointMount {
+  /**
+   * Answers `req` when its path is one of the endpoints and resolves true; resolves false, having
+   * written nothing, when it is not (the server answers it). Rejects with what `guard` threw.
+   */
+  serve(req: IncomingMessage, res: ServerResponse): Promise<boolean>;
+  /** Ends the live streams (dashboard feed, tap) opened through this mount. */
+  close(): void;
 }
 
 /** What happened to a chunk a source enqueued. */

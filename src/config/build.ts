@@ -5,7 +5,7 @@
 import { mkdir } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { withChaos } from "../components/chaos.js";
-import type { ComponentContext, ServiceProbe, Sink } from "../components/contracts.js";
+import type { ComponentContext, Readiness, ServiceProbe, Sink } from "../components/contracts.js";
 import { MemoryBuffer, type Buffer } from "../core/buffer.js";
 import { DurableBuffer } from "../core/durable-buffer.js";
 import type { Concurrency } from "../core/adaptive-concurrency.js";
@@ -14,8 +14,11 @@ import { acquireDirLock, type DirLock } from "../core/dir-lock.js";
 import type { EventSink, Logger } from "../core/events.js";
 import { Pipeline, type SinkSettings } from "../core/pipeline.js";
 import { mulberry32 } from "../core/random.js";
+import { LiveStats, type LiveSnapshot } from "../observability/live-stats.js";
 import { Metrics } from "../observability/metrics.js";
 import { RateLimitedLogger } from "../observability/rate-limited-logger.js";
+import { Tap } from "../observability/tap.js";
+import { Endpoints } from "../server/endpoints.js";
 import { DEFAULTS } from "./defaults.js";
 import type { PipelineConfig, SinkDriving } from "./schema.js";
 
@@ -81,27 +84,33 @@ export function createBuffer(buffer: PipelineConfig["buffer"], dataDir: string, 
 }
 
 /**
- * The pipeline's readiness and metrics for components serving HTTP. `pipeline` is read on each
- * call: components are created before the pipeline that holds them.
+ * The pipeline's readiness, metrics and HTTP endpoints, for the observability listener and the
+ * components serving HTTP. `pipeline` is read on each call: components are created before the
+ * pipeline that holds them.
  */
-export function serviceProbe(pipeline: () => Pipeline | undefined, metrics: Metrics, unreadyAfterMs: number): ServiceProbe {
-  return {
-    readiness: () => {
-      const state = pipeline()?.status().tag ?? "idle";
-      const bufferError = metrics.bufferUnwritable();
-      const readError = metrics.bufferUnreadable();
-      const deadLetterError = metrics.deadLetterUnwritable();
-      const problems: string[] = [];
-      if (state !== "running") problems.push(`pipeline: ${state === "idle" ? "starting" : state === "draining" ? "stopping" : "stopped"}`);
-      const sourcesDown = metrics.sourcesDown();
-      problems.push(...sourcesDown, ...metrics.sinksDown(unreadyAfterMs));
-      if (bufferError !== undefined) problems.push(`buffer: cannot write: ${bufferError}`);
-      if (readError !== undefined) problems.push(`buffer: cannot read: ${readError}`);
-      if (deadLetterError !== undefined) problems.push(`dead_letter: cannot write: ${deadLetterError}`);
-      return { ready: state === "running" && sourcesDown.length === 0 && metrics.failingSinks(unreadyAfterMs).length === 0 && bufferError === undefined && readError === undefined && deadLetterError === undefined, problems };
-    },
-    metrics: async () => ({ contentType: metrics.registry.contentType, text: await metrics.registry.metrics() }),
+export function serviceProbe(pipeline: () => Pipeline | undefined, metrics: Metrics, unreadyAfterMs: number, limits: { records: number; bytes: number }, tap?: Tap): ServiceProbe {
+  const readiness = (): Readiness => {
+    const state = pipeline()?.status().tag ?? "idle";
+    const bufferError = metrics.bufferUnwritable();
+    const readError = metrics.bufferUnreadable();
+    const deadLetterError = metrics.deadLetterUnwritable();
+    const problems: string[] = [];
+    if (state !== "running") problems.push(`pipeline: ${state === "idle" ? "starting" : state === "draining" ? "stopping" : "stopped"}`);
+    const sourcesDown = metrics.sourcesDown();
+    problems.push(...sourcesDown, ...metrics.sinksDown(unreadyAfterMs));
+    if (bufferError !== undefined) problems.push(`buffer: cannot write: ${bufferError}`);
+    if (readError !== undefined) problems.push(`buffer: cannot read: ${readError}`);
+    if (deadLetterError !== undefined) problems.push(`dead_letter: cannot write: ${deadLetterError}`);
+    return { ready: state === "running" && sourcesDown.length === 0 && metrics.failingSinks(unreadyAfterMs).length === 0 && bufferError === undefined && readError === undefined && deadLetterError === undefined, problems };
   };
+  const metricsText = async () => ({ contentType: metrics.registry.contentType, text: await metrics.registry.metrics() });
+  const state = (): LiveSnapshot["state"] => {
+    const tag = pipeline()?.status().tag ?? "idle";
+    return tag === "idle" ? "starting" : tag === "draining" ? "stopping" : tag === "done" ? "stopped" : "running";
+  };
+  const live = new LiveStats({ metrics, readiness, state, limits });
+  const endpoints = new Endpoints({ readiness, metrics: metricsText, live: () => live.sample(), ...(tap ? { tap } : {}) });
+  return { readiness, metrics: metricsText, mount: (options) => endpoints.mount(options) };
 }
 
 /**
@@ -154,7 +163,8 @@ export async function buildPipeline(config: PipelineConfig, o: BuildOptions): Pr
   const emit = flushingAtEnd(metrics.handle, logger);
   // Components are created before the pipeline that holds them; the probe reads it when asked.
   const created: { pipeline?: Pipeline } = {};
-  const service = serviceProbe(() => created.pipeline, metrics, config.observability.unready_after);
+  const tap = config.observability.tap ? new Tap(emit) : undefined;
+  const service = serviceProbe(() => created.pipeline, metrics, config.observability.unready_after, { records: config.buffer.max_records, bytes: config.buffer.max_bytes }, tap);
   const ctx = (name: string, baseDir: string): ComponentContext => ({ name, dataDir, baseDir, clock, logger, emit, service, bufferBytes: config.buffer.max_bytes, bufferRecords: config.buffer.max_records });
 
   const pipeline = await releasingOnThrow(lock, () => new Pipeline({
@@ -182,6 +192,7 @@ export async function buildPipeline(config: PipelineConfig, o: BuildOptions): Pr
     logger,
     emit,
     lock,
+    ...(tap ? { tap } : {}),
   }));
   created.pipeline = pipeline;
   metrics.watchBuffer(() => pipeline.bufferUsage(), { records: config.buffer.max_records, bytes: config.buffer.max_bytes });

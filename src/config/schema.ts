@@ -149,10 +149,11 @@ export const topSchema = z.strictObject({
   dead_letter: z.record(z.string(), z.unknown()).default({ type: "sqlite" }),
   observability: z
     .strictObject({
-      listen: z.string().regex(/^[^:]+:\d+$/, "use host:port").optional().describe("Serve /metrics and /health/* on host:port."),
+      listen: z.string().regex(/^[^:]+:\d+$/, "use host:port").optional().describe("Serve /metrics, /health/*, the dashboard at / (and /tap when tap is on) on host:port."),
       log_level: z.enum(["debug", "info", "warn", "error", "silent"]).default(DEFAULTS.observability.log_level),
       progress: z.enum(["auto", "always", "never"]).default("auto").describe("Live progress line: auto shows it on a terminal."),
       unready_after: duration().default(DEFAULTS.observability.unready_after_ms).describe("A sink failing this long without one success makes /health/ready answer 503."),
+      tap: z.boolean().default(false).describe("Serve /tap on the observability listener: live records for `sluice tap`. Off by default: it shows payloads to whoever reaches the listener."),
       tracing: z
         .strictObject({
           otlp_endpoint: z.url({ protocol: /^https?$/, error: "use an http:// or https:// URL" }).describe("OTLP/HTTP base URL of the collector, e.g. http://127.0.0.1:4318; spans are POSTed to <otlp_endpoint>/v1/traces."),

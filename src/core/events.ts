@@ -73,6 +73,8 @@ export type InternalEvent =
   /** A dead-letter write succeeded after writes had failed. */
   | { type: "dead_letter_write_recovered" }
   | { type: "component_error"; component: string; code: string; message: string }
+  /** Records `sluice tap` readers did not get because they read slower than records passed (summed over readers). */
+  | { type: "tap_records_dropped"; count: number }
   /** The pipeline started running, or finished (whatever its status): the run's elapsed time. */
   | { type: "pipeline_run"; phase: "started" | "done" };
 

@@ -13,6 +13,7 @@ import { fieldGetter, RecordEntry, settle, type AckTicket, type Entry, type Json
 import { SinkRunner, type BatchOptions, type RetryOptions } from "./sink-runner.js";
 import { InProgressTicker, runSource } from "./source-runner.js";
 import { Splitter } from "./split.js";
+import type { RecordTap } from "./tap.js";
 import { installedTracer, Tracing } from "./tracing.js";
 import { TransformChain, type ChainStep } from "./transform-chain.js";
 
@@ -72,6 +73,8 @@ export interface PipelineOptions {
   readonly tracer?: Tracer;
   /** The lock on `data_dir` taken when the pipeline was built; `run()` gives it up when it ends, however it ends. */
   readonly lock?: DirLock;
+  /** Shown the records passing each stage while a reader listens (`observability.tap`). */
+  readonly tap?: RecordTap;
 }
 
 /**
@@ -128,6 +131,8 @@ export class Pipeline {
   private readonly deadLetters: DeadLetterWriter;
   private readonly runners: SinkRunner[];
   private readonly chain: TransformChain;
+  /** The last transform's name (its stage without `transform:`), which the tap's `transform` stage names; undefined without transforms. */
+  private readonly lastTransform: string | undefined;
   private readonly trackers: AckTracker[];
   /** Per source: the ticks of its `inProgress` hook, when it has one. */
   private readonly tickers: (InProgressTicker | undefined)[];
@@ -184,10 +189,14 @@ export class Pipeline {
           deadLetters: this.deadLetters,
           signal: this.hardAbort.signal,
           tracing: this.tracing,
-          onDone: (records, dead) => this.sinkDone(records, dead),
+          onDone: (records, dead) => {
+            if (!dead && o.tap?.listening === true) o.tap.observe("sink", s.name, records);
+            this.sinkDone(records, dead);
+          },
         }),
     );
     const splitter = new Splitter({ buffer: o.buffer, emit: this.emit, signal: this.hardAbort.signal, handOn: (out) => this.fanOut(out.splice(0)) });
+    this.lastTransform = o.transforms.at(-1)?.stage.replace(/^transform:/, "");
     this.chain = new TransformChain(
       o.transforms,
       {
@@ -455,6 +464,9 @@ export class Pipeline {
       // keeps every composite made from it until it aborts (a leak per call), and a stop needs
       // no signal here: stop() closes the buffer, which answers every waiting push `closed`.
       // A chunk waiting for room ages at its broker like one in flight: keep telling it (working()).
+      // Shown before the push: the buffer may hand the chunk to the transforms at once, which
+      // replace payloads before push returns.
+      if (this.o.tap?.listening === true) this.o.tap.observe("source", name, records);
       const tickWhileWaiting = ticker !== undefined && waitHere;
       if (tickWhileWaiting) ticker.start(ticket);
       const result = await buffer.push({ records, ticket }, waitHere, giveUp ?? signal);
@@ -578,6 +590,8 @@ export class Pipeline {
 
   private fanOut(records: Entry[]): void {
     if (records.length === 0) return;
+    const tap = this.o.tap;
+    if (tap?.listening === true && this.lastTransform !== undefined) tap.observe("transform", this.lastTransform, records);
     this.chunkOut += records.length;
     const n = this.runners.length;
     for (const r of records) r.pendingSinks = n;

@@ -9,6 +9,22 @@ import type { InternalEvent, Logger } from "../core/events.js";
 import { WeightedHistogram } from "./weighted-histogram.js";
 
 /**
+ * Names of the metrics that other modules read back from the registry (the dashboard's live
+ * snapshot): spelled here only.
+ */
+export const METRIC = {
+  received: "sluice_records_received_total",
+  delivered: "sluice_records_delivered_total",
+  deadLettered: "sluice_records_dead_lettered_total",
+  dropped: "sluice_records_dropped_total",
+  retried: "sluice_records_retried_total",
+  backpressure: "sluice_backpressure_seconds_total",
+  concurrencyLimit: "sluice_sink_concurrency_limit",
+  sinkUp: "sluice_sink_up",
+  latency: "sluice_end_to_end_latency_seconds",
+} as const;
+
+/**
  * Counters of one sink, as the summary reports them. `delivered == new + already_present`:
  * `already_present` are the records the sink found already stored (see `WriteResult.alreadyPresent`).
  */
@@ -80,16 +96,16 @@ export class Metrics {
   private readonly counts: CountsSnapshot;
   private bufferProbe: () => { records: number; bytes: number } = () => ({ records: 0, bytes: 0 });
 
-  private readonly received = new Counter({ name: "sluice_records_received_total", help: "Records received from sources.", labelNames: ["source"], registers: [this.registry] });
-  private readonly delivered = new Counter({ name: "sluice_records_delivered_total", help: "Records committed by a sink.", labelNames: ["sink"], registers: [this.registry] });
+  private readonly received = new Counter({ name: METRIC.received, help: "Records received from sources.", labelNames: ["source"], registers: [this.registry] });
+  private readonly delivered = new Counter({ name: METRIC.delivered, help: "Records committed by a sink.", labelNames: ["sink"], registers: [this.registry] });
   private readonly alreadyPresent = new Counter({ name: "sluice_records_already_present_total", help: "Records committed by a sink that it already held (redeliveries its idempotent write absorbed); counted in delivered too.", labelNames: ["sink"], registers: [this.registry] });
-  private readonly deadLettered = new Counter({ name: "sluice_records_dead_lettered_total", help: "Records written to the dead-letter sink, by the sink or stage that gave up and the error code.", labelNames: ["sink", "code"], registers: [this.registry] });
-  private readonly dropped = new Counter({ name: "sluice_records_dropped_total", help: "Records dropped by an explicit policy.", labelNames: ["reason"], registers: [this.registry] });
-  private readonly retried = new Counter({ name: "sluice_records_retried_total", help: "Record write attempts repeated after a retryable failure.", labelNames: ["sink"], registers: [this.registry] });
+  private readonly deadLettered = new Counter({ name: METRIC.deadLettered, help: "Records written to the dead-letter sink, by the sink or stage that gave up and the error code.", labelNames: ["sink", "code"], registers: [this.registry] });
+  private readonly dropped = new Counter({ name: METRIC.dropped, help: "Records dropped by an explicit policy.", labelNames: ["reason"], registers: [this.registry] });
+  private readonly retried = new Counter({ name: METRIC.retried, help: "Record write attempts repeated after a retryable failure.", labelNames: ["sink"], registers: [this.registry] });
   private readonly late = new Counter({ name: "sluice_records_late_total", help: "Records committed but not applied because a record of the same key at least as new was there first (upsert_latest).", labelNames: ["sink"], registers: [this.registry] });
-  private readonly backpressure = new Counter({ name: "sluice_backpressure_seconds_total", help: "Time sources spent waiting for room in the buffer.", labelNames: ["source"], registers: [this.registry] });
+  private readonly backpressure = new Counter({ name: METRIC.backpressure, help: "Time sources spent waiting for room in the buffer.", labelNames: ["source"], registers: [this.registry] });
   private readonly batchDuration = new Histogram({ name: "sluice_sink_batch_duration_seconds", help: "Duration of one batch write attempt.", labelNames: ["sink"], buckets: LATENCY_BUCKETS, registers: [this.registry] });
-  private readonly concurrencyLimit = new Gauge({ name: "sluice_sink_concurrency_limit", help: "Batches a sink may have in flight at once: its lanes, or the current adaptive limit.", labelNames: ["sink"], registers: [this.registry] });
+  private readonly concurrencyLimit = new Gauge({ name: METRIC.concurrencyLimit, help: "Batches a sink may have in flight at once: its lanes, or the current adaptive limit.", labelNames: ["sink"], registers: [this.registry] });
   private readonly replayed = new Counter({ name: "sluice_buffer_replayed_records_total", help: "Records of an earlier run replayed from the durable buffer on start.", registers: [this.registry] });
   private readonly corrupt = new Counter({ name: "sluice_buffer_corrupt_entries_total", help: "Torn, corrupt or missing durable buffer entries, found on start or read back while running; corrupt bytes are moved to quarantine.", labelNames: ["reason"], registers: [this.registry] });
   private readonly bufferWritable = new Gauge({ name: "sluice_buffer_writable", help: "1 while the buffer can write; 0 while the durable buffer's writes fail (disk full, I/O error) and /health/ready says not ready.", registers: [this.registry] });
@@ -103,7 +119,7 @@ export class Metrics {
   /** When the pipeline started and finished running (ms, on `now`), for the summary's elapsed time. */
   private run: { startedAt?: number; doneAt?: number } = {};
   private readonly connectAttempts = new Counter({ name: "sluice_sink_connect_attempts_total", help: "Attempts to connect a sink, by outcome (connected, failed).", labelNames: ["sink", "outcome"], registers: [this.registry] });
-  private readonly sinkUp = new Gauge({ name: "sluice_sink_up", help: "1 once a sink has connected, 0 while it is connecting.", labelNames: ["sink"], registers: [this.registry] });
+  private readonly sinkUp = new Gauge({ name: METRIC.sinkUp, help: "1 once a sink has connected, 0 while it is connecting.", labelNames: ["sink"], registers: [this.registry] });
   private readonly sourceConnectAttempts = new Counter({ name: "sluice_source_connect_attempts_total", help: "Attempts to connect a source that has a connection (at start and after a loss), by outcome (connected, failed, lost).", labelNames: ["source", "outcome"], registers: [this.registry] });
   private readonly sourcePending = new Gauge({ name: "sluice_source_pending", help: "Entries a broker source's consumer group (or consumer) was delivered and has not acked yet.", labelNames: ["source"], registers: [this.registry] });
   private readonly sourceLag = new Gauge({ name: "sluice_source_lag", help: "Entries in a broker source's stream not yet delivered to its consumer group (or consumer).", labelNames: ["source"], registers: [this.registry] });
@@ -120,8 +136,9 @@ export class Metrics {
   private readonly gaveUp = new Map<string, { since: number; at: number }>();
   private readonly bufferMaxRecords = new Gauge({ name: "sluice_buffer_max_records", help: "The buffer's bound in records (buffer.max_records): sluice_buffer_records / this is how full it is.", registers: [this.registry] });
   private readonly bufferMaxBytes = new Gauge({ name: "sluice_buffer_max_bytes", help: "The buffer's bound in bytes (buffer.max_bytes): sluice_buffer_bytes / this is how full it is.", registers: [this.registry] });
+  private readonly tapDropped = new Counter({ name: "sluice_tap_dropped_records_total", help: "Records sluice tap readers did not get because they read slower than records passed (the pipeline never waits for them).", registers: [this.registry] });
   private readonly httpRefused = new Counter({ name: "sluice_http_connections_refused_total", help: "Connections an http source closed at once because it had max_connections open.", labelNames: ["source"], registers: [this.registry] });
-  private readonly latency = new WeightedHistogram("sluice_end_to_end_latency_seconds", "Time from a record's receipt to its commit by a sink.", "sink", LATENCY_BUCKETS, this.registry);
+  private readonly latency = new WeightedHistogram(METRIC.latency, "Time from a record's receipt to its commit by a sink.", "sink", LATENCY_BUCKETS, this.registry);
 
   constructor(
     sinkNames: readonly string[],
@@ -286,6 +303,9 @@ export class Metrics {
         c.corrupt_entries += event.entries;
         c.quarantined += event.records ?? 0;
         this.corrupt.inc({ reason: event.reason }, event.entries);
+        break;
+      case "tap_records_dropped":
+        this.tapDropped.inc(event.count);
         break;
       case "pipeline_run":
         if (event.phase === "started") this.run = { startedAt: this.now() };

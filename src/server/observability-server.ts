@@ -1,47 +1,52 @@
-/** Serves `/metrics`, `/health/live` and `/health/ready` when `observability.listen` is set. */
-import { createServer, type Server } from "node:http";
-import type { Registry } from "prom-client";
-import { readinessAnswer, type ServiceProbe } from "../components/contracts.js";
-
-/** What the server asks the pipeline. */
-export type HealthProbe = Pick<ServiceProbe, "readiness">;
-
 /**
- * Starts the observability server on `host:port`. Resolves once listening; the returned server is
- * closed by the caller when the run ends.
+ * The observability listener (`observability.listen`): the pipeline's endpoints (see
+ * `endpoints.ts`) on a port of their own, 404 for anything else.
  */
-export async function startObservabilityServer(listen: string, registry: Registry, health: HealthProbe): Promise<Server> {
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import type { ServiceProbe } from "../components/contracts.js";
+import { sendJson } from "./router.js";
+
+/** A running observability listener. */
+export interface ObservabilityServer {
+  /** The port it listens on (the one chosen when `listen` asked for port 0). */
+  readonly port: number;
+  /** Stops listening and ends the live streams opened through it (they never end on their own). */
+  close(): Promise<void>;
+}
+
+/** Starts the observability listener on `host:port`. Resolves once listening; close it when the run ends. */
+export async function startObservabilityServer(listen: string, service: ServiceProbe): Promise<ObservabilityServer> {
   const sep = listen.lastIndexOf(":");
   const host = listen.slice(0, sep);
-  const port = Number(listen.slice(sep + 1));
+  const mount = service.mount({ tap: true });
   const server = createServer((req, res) => {
-    const path = (req.url ?? "/").split("?")[0];
-    if (req.method !== "GET" && req.method !== "HEAD") {
-      res.writeHead(405, { allow: "GET, HEAD" }).end();
-      return;
-    }
-    if (path === "/metrics") {
-      registry.metrics().then(
-        (text) => res.writeHead(200, { "content-type": registry.contentType }).end(text),
-        (err: unknown) => res.writeHead(500, { "content-type": "text/plain" }).end(String(err)),
-      );
-    } else if (path === "/health/live") {
-      res.writeHead(200, { "content-type": "application/json" }).end('{"status":"live"}');
-    } else if (path === "/health/ready") {
-      const answer = readinessAnswer(health.readiness());
-      res.writeHead(answer.status, { "content-type": "application/json" }).end(JSON.stringify(answer.body));
-    } else {
-      res.writeHead(404, { "content-type": "application/json" }).end('{"error":"not found"}');
-    }
+    mount.serve(req, res).then(
+      (served) => {
+        if (!served) sendJson(res, 404, { error: "not found" });
+      },
+      (err: unknown) => {
+        if (res.headersSent) res.destroy();
+        else sendJson(res, 500, { error: String(err) });
+      },
+    );
   });
   server.keepAliveTimeout = 5000;
   await new Promise<void>((resolveListen, reject) => {
     server.once("error", reject);
-    server.listen(port, host, () => {
+    server.listen(Number(listen.slice(sep + 1)), host, () => {
       server.off("error", reject);
       resolveListen();
     });
   });
   server.unref();
-  return server;
+  return {
+    port: (server.address() as AddressInfo).port,
+    close: () => {
+      mount.close();
+      const closed = new Promise<void>((resolveClose) => server.close(() => resolveClose()));
+      server.closeIdleConnections();
+      return closed;
+    },
+  };
 }

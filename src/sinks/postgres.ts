@@ -521,6 +521,23 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
       .join("") +
     (keyColumn !== undefined ? `, UNIQUE (${escapeIdentifier(keyColumn)})` : "") +
     ")";
+  /**
+   * Creates the table, under a transaction-scoped advisory lock on its name: CREATE TABLE IF NOT
+   * EXISTS is not safe against itself, and a fleet of workers started at once on a new table
+   * would otherwise fail all but one with a unique violation on pg_type (SQLSTATE 23505). The
+   * second one waits for the first to commit and then finds the table.
+   */
+  async function createTable(client: PoolClient): Promise<void> {
+    await client.query("BEGIN");
+    try {
+      await client.query("SELECT pg_advisory_xact_lock(hashtext($1))", [`sluice create ${target}`]);
+      await client.query(createTableSql);
+      await client.query("COMMIT");
+    } catch (err) {
+      await client.query("ROLLBACK").catch(() => undefined);
+      throw err;
+    }
+  }
   const createStageSql = `CREATE TEMP TABLE IF NOT EXISTS sluice_stage (seq integer, ${specs.map((s, i) => `${stageNames[i]} ${s.type}`).join(", ")}) ON COMMIT DELETE ROWS`;
   const directCopySql = `COPY ${target} (${columnList}) FROM STDIN`;
   const stageCopySql = `COPY ${STAGE} FROM STDIN`;
@@ -849,7 +866,7 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
           if (settings.createTable) {
             const exists = await l.client.query<{ found: boolean }>("SELECT to_regclass($1) IS NOT NULL AS found", [target]);
             // Checked first: CREATE .. IF NOT EXISTS needs the CREATE privilege even when the table exists.
-            if (exists.rows[0]?.found !== true) await l.client.query(createTableSql);
+            if (exists.rows[0]?.found !== true) await createTable(l.client);
           }
           await ensureStage(l.client);
           // The write statement once on an empty staging table: a missing column, a type that does not

@@ -4,9 +4,10 @@
  * on disk when the buffer is durable, else committed by every sink. A request that does not fit
  * waits in the buffer's line, in arrival order, when its turn is expected within `ack_timeout`;
  * otherwise (or when its turn does not come) 429, and 503 when stopping, both with
- * `Retry-After`. The same port serves `/health/live`, `/health/ready`, `/metrics` (behind the
- * ingest auth). Bodies are held within one budget of bytes and connections within
- * `max_connections`; answers given before a body is read are followed by draining it.
+ * `Retry-After`. The same port serves the pipeline's endpoints, mounted from `server/`:
+ * `/health/live`, `/health/ready`, and behind the ingest auth `/metrics` and the dashboard.
+ * Bodies are held within one budget of bytes and connections within `max_connections`; answers
+ * given before a body is read are followed by draining it.
  */
 import { createHash, randomUUID } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
@@ -15,7 +16,7 @@ import { SluiceError } from "../core/errors.js";
 import type { Entry } from "../core/record.js";
 import { parentFromHeaders } from "../core/tracing.js";
 import { byteSize, duration } from "../components/options.js";
-import { defineComponent, readinessAnswer, type ComponentContext, type EnqueueOptions, type EnqueueOutcome, type Readiness, type Source, type SourceHandle } from "../components/contracts.js";
+import { defineComponent, type ComponentContext, type EndpointMount, type EnqueueOptions, type EnqueueOutcome, type Readiness, type Source, type SourceHandle } from "../components/contracts.js";
 import { Authenticator, type SignatureCheck } from "./http-auth.js";
 import { ACCEPTED_TYPES, bodyEncoding, bodyFormat, decode, HttpError, parseBody, readBody, text, type BodyEncoding, type BodyFormat, type ParsedBody } from "./http-body.js";
 import { RequestMemory, type Claim, type Reply } from "./http-idempotency.js";
@@ -130,6 +131,8 @@ export class HttpSource implements Source {
   /** A producer is answered 429/503 with `Retry-After` instead of queueing (a request may choose to wait in line). */
   readonly whenFull = "reject";
   private server: Server | undefined;
+  /** The pipeline's own endpoints (health, metrics, dashboard), served beside the ingest path. */
+  private endpoints: EndpointMount | undefined;
   private handle: SourceHandle | undefined;
   private stopping = false;
   private readonly auth: Authenticator;
@@ -157,6 +160,19 @@ export class HttpSource implements Source {
 
   async run(handle: SourceHandle, signal: AbortSignal): Promise<void> {
     this.handle = handle;
+    // Metrics name the sinks and count traffic: with auth configured the endpoints that show
+    // them (metrics, the dashboard) need it too (a signed request signs an empty body). Load
+    // balancers keep the health endpoints.
+    this.endpoints = this.ctx.service?.mount({
+      readiness: () => this.readiness(),
+      guard: (req) => {
+        if (this.o.auth?.public_metrics === true) return;
+        const signed = this.auth.checkHeaders(req.headers, undefined);
+        if (signed !== "ok") signed.verify();
+      },
+      // While stopping, every answer ends its connection, so close() finds none idle to reset.
+      headers: (): Record<string, string> => (this.stopping ? { connection: "close" } : {}),
+    });
     const server = createServer({
       headersTimeout: this.o.header_timeout,
       requestTimeout: this.o.request_timeout,
@@ -209,6 +225,7 @@ export class HttpSource implements Source {
       p.done();
     }
     this.pending.clear();
+    this.endpoints?.close();
     const server = this.server;
     if (!server) return;
     // Answers on their way (a 202 whose ack came just now, the 503s of abandoned requests) are
@@ -232,25 +249,7 @@ export class HttpSource implements Source {
       await this.ingest(req, res);
       return;
     }
-    if (path === "/health/live" || path === "/health/ready" || path === "/metrics") {
-      if (req.method !== "GET" && req.method !== "HEAD") throw new HttpError(405, `use GET on ${path}`);
-      if (path === "/health/live") this.send(res, { status: 200, body: { status: "live" } });
-      else if (path === "/health/ready") {
-        this.send(res, readinessAnswer(this.readiness()));
-      } else {
-        // Metrics name the sinks and count traffic: with auth configured they need it too (a
-        // signed request signs an empty body). Load balancers keep the health endpoints.
-        if (this.o.auth?.public_metrics !== true) {
-          const signed = this.auth.checkHeaders(req.headers, undefined);
-          if (signed !== "ok") signed.verify();
-        }
-        const service = this.ctx.service;
-        if (!service) throw new HttpError(404, "metrics are not available in this pipeline");
-        const m = await service.metrics();
-        res.writeHead(200, { "content-type": m.contentType }).end(m.text);
-      }
-      return;
-    }
+    if (this.endpoints && (await this.endpoints.serve(req, res))) return;
     throw new HttpError(404, `no route ${path}; records go to POST ${this.o.path}`);
   }
 

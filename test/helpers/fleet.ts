@@ -6,9 +6,9 @@
  *
  * Each worker gets `SLUICE_WORKER` (its index) and `SLUICE_WORKER_PORT` (a free port, the same
  * across its restarts) in its environment; the pipeline must serve its observability endpoints
- * there (`observability: { listen: "127.0.0.1:${SLUICE_WORKER_PORT}" }`): the fleet kills only
- * workers that answer `/health/live` and stops them only once they do, so no kill or SIGTERM hits
- * a process still starting.
+ * there (`observability: { listen: "127.0.0.1:${SLUICE_WORKER_PORT}" }`, or through a variable of
+ * its own that `env` sets from the port): the fleet kills only workers that answer `/health/live`
+ * and stops them only once they all do, so no kill or SIGTERM hits a process still starting.
  *
  * A worker that dies by a signal nobody sent here (a transform that kills its own process) is
  * started again at once and recorded as a self-exit; one that exits with a code on its own (a
@@ -65,8 +65,8 @@ export interface FleetOptions {
   readonly size: number;
   /** Parent of the workers' working directories `worker-<i>` (created). */
   readonly dir: string;
-  /** More environment of worker `i` (on top of this process's and the fleet's two variables); default none. */
-  readonly env?: (worker: number) => Record<string, string>;
+  /** More environment of worker `i`, whose observability port is `port` (on top of this process's and the fleet's two variables); default none. */
+  readonly env?: (worker: number, port: number) => Record<string, string>;
 }
 
 /** A running fleet, from {@link startFleet}. */
@@ -77,16 +77,24 @@ export interface Fleet {
   readonly exits: readonly WorkerExit[];
   /** How many workers are running now. */
   running(): number;
+  /** The stderr of worker `i`'s current run so far. */
+  output(worker: number): string;
   /** Resolves once every running worker answers `/health/live`; rejects after `timeoutMs` naming the one that does not. */
   live(timeoutMs?: number): Promise<void>;
-  /** Waits for {@link live}, SIGKILLs a worker chosen at random, waits for its exit and starts it again; resolves to its index. */
+  /**
+   * SIGKILLs a worker chosen at random among those that answer `/health/live`, waiting until at
+   * least two do (so one is always working), waits for its exit and starts it again; resolves to
+   * its index.
+   */
   killRandom(): Promise<number>;
   /**
-   * Calls {@link killRandom} at random intervals of 0.5 to 1.5 x `everyMs` (counted from the
-   * moment every worker is live again), then `onKill` with the worker killed, until the function
-   * it returns is called; that resolves, once the loop ended, to the number of kills.
+   * Calls {@link killRandom} at random intervals of 0.5 to 1.5 x `everyMs`, then `onKill` with
+   * the worker killed, until the function it returns is called or after `maxKills` kills (default
+   * no limit: on a slow machine each kill costs a restart's CPU, so a bound keeps a test's time
+   * bounded); that resolves, once the loop ended, to the number of kills. Two workers may be down
+   * at once, as in a real outage.
    */
-  startKilling(everyMs: number, onKill?: (worker: number) => unknown): () => Promise<number>;
+  startKilling(everyMs: number, options?: { maxKills?: number; onKill?: (worker: number) => unknown }): () => Promise<number>;
   /**
    * Waits for {@link live}, sends SIGTERM to every worker, waits for each to drain and exit
    * (SIGKILL after `timeoutMs`), and resolves to how each last run ended.
@@ -128,7 +136,7 @@ export async function startFleet(options: FleetOptions): Promise<Fleet> {
 
   function launch(slot: Slot): void {
     slot.summaryFile = join(slot.cwd, `summary-${slot.run}.json`);
-    const env = { ...options.env?.(slot.index), SLUICE_WORKER: String(slot.index), SLUICE_WORKER_PORT: String(slot.port) };
+    const env = { ...options.env?.(slot.index, slot.port), SLUICE_WORKER: String(slot.index), SLUICE_WORKER_PORT: String(slot.port) };
     const cli = startCli(options.configFile, slot.summaryFile, slot.cwd, env);
     slot.cli = cli;
     const run = slot.run;
@@ -163,9 +171,16 @@ export async function startFleet(options: FleetOptions): Promise<Fleet> {
   }
 
   async function killRandom(): Promise<number> {
-    await live();
-    const up = slots.filter((s) => alive(s.cli));
-    if (up.length === 0) throw new Error("no worker is running");
+    const deadline = Date.now() + START_TIMEOUT_MS;
+    let up: Slot[];
+    for (;;) {
+      const answering = await Promise.all(slots.map(async (s) => alive(s.cli) && (await answers(s.port))));
+      up = slots.filter((_, i) => answering[i]);
+      // Never the last one standing: with every worker restarting at once (seconds each on a loaded machine) nothing would move.
+      if (up.length > Math.min(1, slots.length - 1)) break;
+      if (Date.now() > deadline) throw new Error(`no worker answered /health/live within ${START_TIMEOUT_MS} ms`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
     const slot = up[Math.floor(Math.random() * up.length)]!;
     slot.killing = true;
     const cli = slot.cli;
@@ -179,15 +194,15 @@ export async function startFleet(options: FleetOptions): Promise<Fleet> {
     cwd: (worker) => slots[worker]!.cwd,
     exits,
     running: () => slots.filter((s) => alive(s.cli)).length,
+    output: (worker) => slots[worker]!.cli.output(),
     live,
     killRandom,
-    startKilling(everyMs, onKill) {
+    startKilling(everyMs, { maxKills = Infinity, onKill } = {}) {
       let done = false;
       let wake: () => void = () => {};
       let kills = 0;
       const loop = (async () => {
-        while (!done) {
-          await live();
+        while (!done && kills < maxKills) {
           await new Promise<void>((resolve) => {
             const timer = setTimeout(resolve, everyMs * (0.5 + Math.random()));
             wake = () => (clearTimeout(timer), resolve());

@@ -13,7 +13,7 @@ import { request as httpRequest, type IncomingHttpHeaders } from "node:http";
 import { createServer, type AddressInfo } from "node:net";
 import { join } from "node:path";
 import Database from "better-sqlite3";
-import type { ServiceProbe, Sink, WriteResult } from "../../src/components/contracts.js";
+import type { Readiness, ServiceProbe, Sink, WriteResult } from "../../src/components/contracts.js";
 import { MemoryBuffer } from "../../src/core/buffer.js";
 import type { Clock } from "../../src/core/clock.js";
 import { DurableBuffer } from "../../src/core/durable-buffer.js";
@@ -21,6 +21,7 @@ import { silentLogger } from "../../src/core/events.js";
 import { Pipeline, type PipelineStatus } from "../../src/core/pipeline.js";
 import type { SluiceRecord } from "../../src/core/record.js";
 import { Metrics } from "../../src/observability/metrics.js";
+import { Endpoints } from "../../src/server/endpoints.js";
 import { definition as deadLetterSqlite } from "../../src/sinks/dead-letter-sqlite.js";
 import { definition as sqlite } from "../../src/sinks/sqlite.js";
 import { definition as http } from "../../src/sources/http.js";
@@ -206,11 +207,11 @@ export async function startHttpPipeline(o: HttpPipelineOptions = {}): Promise<Ht
   const sourceName = "web";
   const dbPath = join(dir.path, "out.db");
   const metrics = new Metrics(["db"], silentLogger);
-  const service: ServiceProbe = {
-    // Called only once the pipeline runs, so `pipeline` is set by then.
-    readiness: () => (pipeline.status().tag === "running" ? { ready: true, problems: [] } : { ready: false, problems: ["pipeline: not running"] }),
-    metrics: async () => ({ contentType: metrics.registry.contentType, text: await metrics.registry.metrics() }),
-  };
+  // Called only once the pipeline runs, so `pipeline` is set by then.
+  const readiness = (): Readiness => (pipeline.status().tag === "running" ? { ready: true, problems: [] } : { ready: false, problems: ["pipeline: not running"] });
+  const metricsText = async () => ({ contentType: metrics.registry.contentType, text: await metrics.registry.metrics() });
+  const endpoints = new Endpoints({ readiness, metrics: metricsText });
+  const service: ServiceProbe = { readiness, metrics: metricsText, mount: (options) => endpoints.mount(options) };
   const limits = { maxRecords: o.buffer?.maxRecords ?? 10_000, maxBytes: o.buffer?.maxBytes ?? 64 * 1024 * 1024 };
   const ctx = (name: string) => ({ ...testContext({ name, dataDir: dir.path, baseDir: dir.path, service, bufferBytes: limits.maxBytes }), emit: metrics.handle });
   const source = http.create(http.options.parse({ listen: `127.0.0.1:${port}`, ...o.source }), { ...ctx(sourceName), ...(o.clock ? { clock: o.clock } : {}) });

@@ -7,7 +7,6 @@
  */
 import fs from "node:fs";
 import fsp, { type FileHandle } from "node:fs/promises";
-import type { Server } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it, vi } from "vitest";
@@ -50,12 +49,12 @@ observability: { listen: "127.0.0.1:${obsPort}" }
   const loaded = await loadConfig(file);
   if (!loaded.ok) throw new Error(JSON.stringify(loaded.issues));
   const built = await buildPipeline(loaded.config, { configDir: dir, cwd: dir, logger: silentLogger });
-  const server: Server = await startObservabilityServer(loaded.config.observability.listen!, built.metrics.registry, built.service);
+  const server = await startObservabilityServer(loaded.config.observability.listen!, built.service);
   const done = built.pipeline.run();
   cleanups.push(async () => {
     built.pipeline.stop();
     await done;
-    server.close();
+    await server.close();
   });
   const ingest = `http://127.0.0.1:${ingestPort}`;
   await waitUntil("the pipeline to be ready", async () => (await fetch(`${ingest}/health/ready`).catch(() => undefined))?.status === 200);

@@ -1,5 +1,4 @@
 import { mkdtemp, rm } from "node:fs/promises";
-import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
@@ -20,8 +19,8 @@ describe("observability server", () => {
       .map((r) => (r.seq % 100 === 0 ? null : r) as typeof r)
       .sink("db", sinks.sqlite({ path: join(dir, "out.db") }), { batch: { max_records: 50 }, chaos: { failure_rate: 0.3, permanent_failure_rate: 0.01, seed: 5 }, retry: { initial_backoff: 1 } })
       .build();
-    const server = await startObservabilityServer("127.0.0.1:0", metrics.registry, service);
-    const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const server = await startObservabilityServer("127.0.0.1:0", service);
+    const base = `http://127.0.0.1:${server.port}`;
     try {
       const before = await fetch(`${base}/health/ready`);
       expect(before.status).toBe(503); // not running yet
@@ -49,7 +48,7 @@ describe("observability server", () => {
       expect((await fetch(`${base}/health/ready`)).status).toBe(503); // done: no longer ready
       expect((await fetch(`${base}/nope`)).status).toBe(404);
     } finally {
-      server.close();
+      await server.close();
     }
   });
 });

@@ -726,6 +726,18 @@ describe.skipIf(!hasPostgres)("postgres sink (real PostgreSQL)", () => {
       expect(failuresOf(await sink.write(makeRecords(3), signal))).toEqual([]);
     });
 
+    it("connects many sinks at once to a table that does not exist yet (a fleet started together): one creates it, none fails", async () => {
+      const table = newTable();
+      const sinks = Array.from({ length: 6 }, () =>
+        createPostgresSink({ url: PG_URL, table, poolSize: 1, createTable: true, columns: {}, mode: "insert", name: "pg", emit: () => {} }),
+      );
+      open.push(...sinks);
+      const outcomes = await Promise.allSettled(sinks.map((s) => s.connect(signal)));
+      expect(outcomes.filter((o) => o.status === "rejected")).toEqual([]);
+      for (const sink of sinks) expect(failuresOf(await sink.write(makeRecords(3), signal))).toEqual([]);
+      expect((await admin.query(`SELECT count(*)::int AS n FROM ${q(table)}`)).rows[0].n).toBe(3);
+    });
+
     it("fails connect with a retryable ERR_SINK_CONNECT when nothing listens", async () => {
       const sink = createPostgresSink({ url: "postgres://postgres@127.0.0.1:1/test", table: "t", poolSize: 1, createTable: true, columns: {}, mode: "insert", name: "pg", emit: () => {} });
       await expect(sink.connect(signal)).rejects.toMatchObject({ code: "ERR_SINK_CONNECT", retryable: true, message: expect.stringMatching(/ECONNREFUSED/) });

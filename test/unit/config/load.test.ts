@@ -99,7 +99,7 @@ describe("parseConfig: defaults", () => {
     expect(c.shutdownTimeoutMs).toBe(30_000);
     expect(c.buffer).toEqual({ max_records: 10_000, max_bytes: 64 * 1024 * 1024, when_full: "block", chunk_size: 1000 });
     expect(c.transforms).toEqual([]);
-    expect(c.observability).toEqual({ log_level: "info", progress: "auto", unready_after: 30_000 });
+    expect(c.observability).toEqual({ log_level: "info", progress: "auto", unready_after: 30_000, tap: false });
 
     expect(c.sources).toHaveLength(1);
     const src = c.sources[0]!;

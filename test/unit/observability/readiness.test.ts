@@ -11,12 +11,13 @@ import type { Pipeline } from "../../../src/core/pipeline.js";
 import { Metrics } from "../../../src/observability/metrics.js";
 
 const UNREADY_AFTER = 30_000;
+const LIMITS = { records: 10_000, bytes: 64 * 1024 * 1024 };
 
 function setup(state: "running" | "draining" = "running"): { metrics: Metrics; probe: ServiceProbe; at: { now: number } } {
   const at = { now: 1_000_000 };
   const metrics = new Metrics(["db", "files"], silentLogger, () => at.now);
   const pipeline = { status: () => ({ tag: state }) } as unknown as Pipeline;
-  return { metrics, probe: serviceProbe(() => pipeline, metrics, UNREADY_AFTER), at };
+  return { metrics, probe: serviceProbe(() => pipeline, metrics, UNREADY_AFTER, LIMITS), at };
 }
 
 const retried = (sink: string) => ({ type: "records_retried", sink, count: 10, code: "ERR_SINK_WRITE", message: "down", delayMs: 100, firstRecordId: "r-1" }) as const;
@@ -29,7 +30,7 @@ describe("readiness", () => {
     expect(setup().probe.readiness()).toEqual({ ready: true, problems: [] });
     expect(setup("draining").probe.readiness().ready).toBe(false);
     const metrics = new Metrics(["db"], silentLogger);
-    expect(serviceProbe(() => undefined, metrics, UNREADY_AFTER).readiness().ready).toBe(false);
+    expect(serviceProbe(() => undefined, metrics, UNREADY_AFTER, LIMITS).readiness().ready).toBe(false);
   });
 
   it("turns unready at once while a source with a connection is down, names it, and ready again once it connects", () => {
