@@ -4,7 +4,7 @@
  * over `partitions` streams by key.
  */
 import type { Redis, Result } from "ioredis";
-import { classifyRedisError, isReplyError, loadedRedisModule, loadRedis, partitionStream, quitWithin, type RedisModule } from "../brokers/redis.js";
+import { classifyRedisError, innerReply, isReplyError, loadedRedisModule, loadRedis, partitionStream, quitWithin, type RedisModule } from "../brokers/redis.js";
 import { z } from "zod";
 import { SluiceError } from "../core/errors.js";
 import type { SluiceRecord } from "../core/record.js";
@@ -63,6 +63,22 @@ for i = 1, #KEYS / 2 do
   a = a + n
 end
 return out
+`;
+
+/**
+ * What `connect` checks the user may do (Redis 7's redis.acl_check_cmd; before 7 only that EVAL
+ * runs): SET and DEL of dedupe key KEYS[1], XADD to each stream KEYS[2..]. '' when all may, else
+ * the command and key refused. An ACL that lets the sink connect but not write would otherwise
+ * fail every batch.
+ */
+const PROBE = `
+if redis.acl_check_cmd == nil then return '' end
+if not redis.acl_check_cmd('set', KEYS[1], '1', 'NX', 'PX', '1') then return 'SET ' .. KEYS[1] end
+if not redis.acl_check_cmd('del', KEYS[1]) then return 'DEL ' .. KEYS[1] end
+for i = 2, #KEYS do
+  if not redis.acl_check_cmd('xadd', KEYS[i], '*', 'f', 'v') then return 'XADD ' .. KEYS[i] end
+end
+return ''
 `;
 
 declare module "ioredis" {
@@ -134,6 +150,19 @@ function entryFields(record: SluiceRecord, bodyKey: string): string[] {
   return fields;
 }
 
+/** An ACL's refusal: of the script's call (NOPERM), or of a command inside it (Redis 7 says it this way). */
+const ACL_REFUSED = /^NOPERM\b|^ERR The user executing the script can't/;
+
+/**
+ * NOPERM at a write is the sink's fault, not the records': the ACL changed after connect (which
+ * checked it). Retryable, so the records wait (the sink reads as down) rather than being
+ * dead-lettered in bulk; anything else as classified.
+ */
+function sinkFault(e: SluiceError): SluiceError {
+  if (!isReplyError(e.cause) || !ACL_REFUSED.test(innerReply(e.cause.message))) return e;
+  return new SluiceError(e.code, `${e.message} (the ACL does not allow the sink to write)`, { cause: e.cause, retryable: true, location: e.location });
+}
+
 /**
  * Builds a Redis Streams sink (what the `redis_streams` definition's factory returns).
  *
@@ -181,6 +210,9 @@ export function createRedisStreamsSink(settings: RedisStreamsSinkSettings): Sink
       try {
         await redis.connect();
         await redis.ping();
+        const streams = Array.from({ length: settings.partitions }, (_, p) => (settings.partitions === 1 ? settings.stream : `${settings.stream}:${p}`));
+        const refused = String(await redis.eval(PROBE, 1 + streams.length, `${settings.dedupePrefix}:probe`, ...streams));
+        if (refused !== "") throw new SluiceError("ERR_SINK_CONNECT", `${location}: NOPERM this user may not run ${refused}`, { retryable: false, location });
       } catch (err) {
         redis.disconnect();
         // A refused AUTH reaches connect() as "Connection is closed."; the server's reply came as an event.
@@ -222,8 +254,8 @@ export function createRedisStreamsSink(settings: RedisStreamsSinkSettings): Sink
       try {
         results = await redis.sluiceWriteOnce(keys.length, ...keys, ...args);
       } catch (err) {
-        // A lost connection, OOM at SET, a timeout: not the records' fault; the whole batch is retried.
-        throw classifyRedisError(err, "ERR_SINK_WRITE", location);
+        // A lost connection, OOM at SET, a timeout, an ACL that no longer allows EVAL: not the records' fault; the whole batch is retried.
+        throw sinkFault(classifyRedisError(err, "ERR_SINK_WRITE", location));
       }
 
       const present: number[] = [];
@@ -235,14 +267,14 @@ export function createRedisStreamsSink(settings: RedisStreamsSinkSettings): Sink
         } else if (typeof result === "string" && result.startsWith("!")) {
           // ioredis is loaded: the client that answered came from it.
           const reply = new (loadedRedisModule()!.ReplyError)(result.slice(1));
-          const error = classifyRedisError(reply, "ERR_SINK_WRITE", location);
-          // OOM and the like: retry the whole batch; the script wrote nothing after this record.
+          const error = sinkFault(classifyRedisError(reply, "ERR_SINK_WRITE", location));
+          // OOM, an ACL that no longer allows SET or XADD, and the like: retry the whole batch; the script wrote nothing after this record.
           if (error.retryable) throw error;
           if (error.code === "ERR_SINK_REJECTED") {
             failures.push({ index, error });
             continue;
           }
-          // NOPERM, a syntax error: not this record's doing; the script stopped here, and every record
+          // A syntax error: not this record's doing; the script stopped here, and every record
           // from here on would fail the same way.
           for (let j = i; j < sent.length; j++) failures.push({ index: sent[j]!, error });
           break;

@@ -397,6 +397,37 @@ describe.skipIf(!canStartBroker("redis-server", "redis_streams credentials test"
     }
   });
 
+  it("fails connect permanently on an ACL without XADD, and a write after XADD was taken away is retryable, not the records' fault", async () => {
+    const redis = redisClient(server!.url);
+    const user = (name: string) => `redis://${name}:pw@127.0.0.1:${server!.port}`;
+    try {
+      await redis.acl("SETUSER", "no-xadd", "on", ">pw", "~*", "+@all", "-xadd");
+      const refused = await connectWith(user("no-xadd"));
+      expect([refused.code, refused.retryable]).toEqual(["ERR_SINK_CONNECT", false]);
+      expect(refused.message).toMatch(/NOPERM .*XADD/);
+
+      await redis.acl("SETUSER", "writer", "on", ">pw", "~*", "+@all");
+      const s = redisStreams.create(redisStreams.options.parse({ url: user("writer"), stream: "acl" }), ctx);
+      await s.connect(signal);
+      try {
+        expect(await s.write(makeRecords(5), signal)).toEqual({});
+        await redis.acl("SETUSER", "writer", "-xadd");
+        const err: unknown = await s.write(makeRecords(10, { start: 5 }), signal).then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        expect(err).toBeInstanceOf(SluiceError);
+        expect([(err as SluiceError).code, (err as SluiceError).retryable]).toEqual(["ERR_SINK_WRITE", true]);
+        expect((err as SluiceError).message).toMatch(/the ACL does not allow the sink to write/);
+      } finally {
+        await s.close();
+      }
+    } finally {
+      await redis.acl("DELUSER", "no-xadd", "writer");
+      redis.disconnect();
+    }
+  });
+
   it("connects and writes with the password in the URL, also after the script cache was flushed (NOSCRIPT)", async () => {
     const s = redisStreams.create(redisStreams.options.parse({ url: server!.url, stream: "s" }), ctx);
     const redis = redisClient(server!.url);
