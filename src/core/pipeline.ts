@@ -143,6 +143,8 @@ export class Pipeline {
   /** `ordered` sources whose latest ack (or close) failed to save their progress, with why. */
   private readonly unsaved = new Map<string, SluiceError>();
   private cancelDeadline: (() => void) | undefined;
+  /** `individual` acks sent and not yet settled: close comes after them (contracts.ts), bounded by the stop's deadline. */
+  private readonly acking = new Set<Promise<void>>();
   /** Undefined without a tracer: then no span is made and no record is looked at for tracing. */
   private readonly tracing: Tracing | undefined;
   /** What the chunk being transformed came to so far, for its `sluice.transform` span. */
@@ -301,7 +303,7 @@ export class Pipeline {
       : new Promise<void>((resolve) => this.hardAbort.signal.addEventListener("abort", () => resolve(), { once: true }));
     await Promise.race([this.o.buffer.whenEmpty(), hard]);
     this.cancelDeadline?.();
-    await Promise.race([Promise.all(this.trackers.map((t) => t.flush())), hard]);
+    await Promise.race([Promise.all([...this.trackers.map((t) => t.flush()), ...this.acking]), hard]);
     await this.deadLetters.flush();
 
     // Chunks still in flight now stay un-acked: their broker may redeliver them, nobody works on them.
@@ -418,12 +420,14 @@ export class Pipeline {
     const wait = source.whenFull === "wait" && whenFull !== "drop_newest";
     const signal = this.sourceAbort.signal;
     const ackOne = (checkpoint: unknown) => {
-      Promise.resolve()
+      const acked: Promise<void> = Promise.resolve()
         .then(() => source.ack(checkpoint))
         .catch((err: unknown) => {
           const e = classify(err, "ERR_SOURCE_READ");
           this.emit({ type: "component_error", component: name, code: e.code, message: e.message });
-        });
+        })
+        .finally(() => this.acking.delete(acked));
+      this.acking.add(acked);
     };
     /** The chunk is done for its source. */
     const ack = source.acks === "individual" ? (ticket: AckTicket) => ackOne(ticket.checkpoint) : (ticket: AckTicket) => tracker.complete(ticket);

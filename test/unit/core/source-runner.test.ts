@@ -7,6 +7,7 @@ import { describe, expect, it } from "vitest";
 import { SluiceError } from "../../../src/core/errors.js";
 import type { JsonObject } from "../../../src/core/record.js";
 import type { Source, SourceHandle } from "../../../src/components/contracts.js";
+import { sleep } from "../../../src/core/clock.js";
 import { runSource } from "../../../src/core/source-runner.js";
 import { FakeClock } from "../../helpers/fake-clock.js";
 import { makePipeline, MemorySink, MemorySource } from "../../helpers/memory.js";
@@ -117,6 +118,21 @@ describe("a source with connect", () => {
 });
 
 describe("acks: individual with whenFull: wait (a broker's shape)", () => {
+  it("closes an individual-ack source only after its acks settled, even when they resolve late", async () => {
+    const source = new MemorySource(payloads(20), { acks: "individual" });
+    const tp = makePipeline({ sources: [source], chunkSize: 5 });
+    let settled = 0;
+    let settledAfterClose = 0;
+    source.ackHook = async () => {
+      await sleep(tp.clock, 1_000);
+      settled++;
+      if (source.closed) settledAfterClose++;
+    };
+    expect(await tp.run()).toEqual({ tag: "completed" });
+    expect(settled).toBe(4);
+    expect(settledAfterClose).toBe(0);
+  });
+
   it("acks each chunk as soon as it is done, not held back by a slow earlier chunk, and waits for room even under when_full: reject", async () => {
     const source = new MemorySource(payloads(30), { acks: "individual", whenFull: "wait" });
     // The first batch (chunk 0) is slow; keyless chunks take turns over the two lanes, so chunk 1 goes past it.
