@@ -260,21 +260,30 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
     /** Deliveries so far per entry asked for; what is left after the claim was not returned. */
     const asked = new Map(candidates.map((p) => [p.id, p.deliveries]));
     const claimed = await group.claim(stream, idleMs, [...asked.keys()]);
-    const records: Entry[] = [];
-    const ids: string[] = [];
+    /**
+     * In entry order (ordered sources need it). An entry delivered more than once already (maybe
+     * with a record that crashes the worker) is a chunk of its own: only a poison entry reaches
+     * max_deliveries, not the neighbours it was claimed with.
+     */
+    const chunks: { records: Entry[]; ids: string[]; alone: boolean }[] = [];
+    let count = 0;
     let exhausted = 0;
     for (const entry of claimed) {
       if (entry === null || entry[1] === null) continue;
       const [id, fields] = entry;
       const times = asked.get(id) ?? 0;
       asked.delete(id);
-      if (times >= maxDeliveries) {
-        exhausted++;
-        records.push(exhaustedRecord(handle, stream, id, fields, times, settings));
-      } else {
-        records.push(entryRecord(handle, stream, id, fields, settings));
+      const alone = times > 1 && times < maxDeliveries;
+      if (times >= maxDeliveries) exhausted++;
+      const record = times >= maxDeliveries ? exhaustedRecord(handle, stream, id, fields, times, settings) : entryRecord(handle, stream, id, fields, settings);
+      let chunk = chunks.at(-1);
+      if (alone || chunk === undefined || chunk.alone) {
+        chunk = { records: [], ids: [], alone };
+        chunks.push(chunk);
       }
-      ids.push(id);
+      chunk.records.push(record);
+      chunk.ids.push(id);
+      count++;
     }
     // Not returned: claimed by another worker meanwhile, or deleted from the stream (trimmed) while pending.
     if (asked.size > 0) {
@@ -285,10 +294,16 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
         logger.warn({ ...log, stream, entries: gone.length }, "pending entries were deleted from the stream (trimmed) before they were acked; they cannot be delivered");
       }
     }
-    if (records.length === 0) return undefined;
-    ctx.emit({ type: "records_reclaimed", source: ctx.name, count: records.length });
+    if (count === 0) return undefined;
+    ctx.emit({ type: "records_reclaimed", source: ctx.name, count });
     if (exhausted > 0) logger.warn({ ...log, stream, entries: exhausted, maxDeliveries }, "entries were delivered max_deliveries times without being committed; dead-lettering them");
-    return hand(handle, records, new Map([[stream, ids]]));
+    let outcome: EnqueueOutcome | undefined;
+    for (const chunk of chunks) {
+      // Stopping: the rest stay pending here, claimed, for the next reclaim pass of any worker.
+      if (outcome === "stopping") break;
+      outcome = await hand(handle, chunk.records, new Map([[stream, chunk.ids]]));
+    }
+    return outcome;
   }
 
   /**

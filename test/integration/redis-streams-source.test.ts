@@ -37,6 +37,8 @@ class HeldSink implements Sink {
   readonly maxInFlight = 1;
   readonly attempted = new Set<string>();
   readonly committed = new Map<string, SluiceRecord>();
+  /** The size of the chunk each record came in, by record id (the engine's ticket). */
+  readonly chunkSize = new Map<string, number>();
   private open: boolean;
   private waiters: (() => void)[] = [];
 
@@ -52,7 +54,10 @@ class HeldSink implements Sink {
   async connect(): Promise<void> {}
 
   async write(records: readonly SluiceRecord[], signal: AbortSignal): Promise<void> {
-    for (const r of records) this.attempted.add(r.id);
+    for (const r of records) {
+      this.attempted.add(r.id);
+      this.chunkSize.set(r.id, (r as unknown as { ticket: { records: number } }).ticket.records);
+    }
     if (!this.open) {
       await new Promise<void>((resolve, reject) => {
         this.waiters.push(resolve);
@@ -352,6 +357,23 @@ describe.skipIf(!hasRedis)("redis_streams source", () => {
     expect(dead!.message).toMatch(/delivered 3 times/);
     await until(async () => (await pendingCount(redis, s, "sluice")) === 0, "the poison entry acked");
     expect(run.sink.attempted.has(`${s}:${poison}`)).toBe(false);
+  });
+
+  it("hands each claimed entry delivered more than once as a chunk of its own, in entry order, so a poison entry does not take its neighbours to max_deliveries", async () => {
+    const s = stream();
+    await redis.xgroup("CREATE", s, "sluice", "0", "MKSTREAM");
+    // Entries 0-2: a worker read them and died (delivered once). Entries 3-5: that happened twice (a record among them may crash workers).
+    const once = await addBodies(redis, s, [{ n: 0 }, { n: 1 }, { n: 2 }]);
+    await redis.xreadgroup("GROUP", "sluice", "w1", "COUNT", 100, "STREAMS", s, ">");
+    const twice = await addBodies(redis, s, [{ n: 3 }, { n: 4 }, { n: 5 }]);
+    await redis.xreadgroup("GROUP", "sluice", "w1", "COUNT", 100, "STREAMS", s, ">");
+    await redis.xclaim(s, "sluice", "w2", 0, ...twice);
+    const run = start({ stream: s, claim_idle: 100, max_deliveries: 5 });
+    await until(() => run.sink.committed.size === 6, "all six delivered");
+    expect(twice.map((id) => run.sink.chunkSize.get(`${s}:${id}`))).toEqual([1, 1, 1]);
+    // Delivered once: together (the first pass may grant room for one record only, before any size is known).
+    expect(Math.max(...once.map((id) => run.sink.chunkSize.get(`${s}:${id}`)!))).toBeGreaterThan(1);
+    expect(payloadsOf(run).map((p) => p.n)).toEqual([0, 1, 2, 3, 4, 5]);
   });
 
   it("acks away, with a warning, a dead consumer's entries that were trimmed from the stream before they could be reclaimed", async () => {
