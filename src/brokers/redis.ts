@@ -1,10 +1,14 @@
 /**
  * What the Redis Streams source and sink share: ioredis loaded on first use, the classification of
- * its errors, and the partition a record's stream is chosen by.
+ * its errors, the partition a record's stream is chosen by, the envelope fields of an entry, and
+ * closing a connection to a server that may not answer.
  */
 import type { Redis } from "ioredis";
 import { classify, SluiceError, type ErrorCode } from "../core/errors.js";
 import type { SluiceRecord } from "../core/record.js";
+
+/** Entry fields the `redis_streams` sink writes beside the body; in an entry with a body the source reads them into the record's envelope, not its payload. */
+export const ENVELOPE_FIELDS = ["id", "key", "event_time"] as const;
 
 /** What sluice takes from ioredis, once {@link loadRedis} has loaded it. */
 export interface RedisModule {

@@ -4,15 +4,12 @@
  * over `partitions` streams by key.
  */
 import type { Redis, Result } from "ioredis";
-import { classifyRedisError, innerReply, isReplyError, loadedRedisModule, loadRedis, partitionStream, quitWithin, type RedisModule } from "../brokers/redis.js";
+import { classifyRedisError, ENVELOPE_FIELDS, innerReply, isReplyError, loadedRedisModule, loadRedis, partitionStream, quitWithin, type RedisModule } from "../brokers/redis.js";
 import { z } from "zod";
 import { SluiceError } from "../core/errors.js";
 import type { SluiceRecord } from "../core/record.js";
 import { defineComponent, type RecordFailure, type Sink, type WriteResult } from "../components/contracts.js";
 import { duration } from "../components/options.js";
-
-/** Fields the sink fills itself besides the payload's; `body_key` may not be one of them. */
-const ENVELOPE_FIELDS = ["id", "key", "event_time"] as const;
 
 /** How long one command may wait for its reply before the batch fails (retryable), in ms: a server stopped with SIGSTOP never closes the socket. */
 const COMMAND_TIMEOUT_MS = 30_000;

@@ -6,9 +6,6 @@ import { SluiceError } from "../core/errors.js";
 import type { Entry, JsonObject } from "../core/record.js";
 import type { ServiceEnvelope, SourceHandle } from "../components/contracts.js";
 
-/** Entry fields the `redis_streams` sink writes beside the body: in an entry with a body they fill the record's envelope, not its payload. */
-export const ENVELOPE_FIELDS = ["id", "key", "event_time"] as const;
-
 /** What the source needs to decode an entry. */
 export interface EntryFormat {
   /** The field holding the payload JSON. */

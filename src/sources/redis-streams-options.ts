@@ -5,7 +5,8 @@
 import { z } from "zod";
 import type { OptionConflict, PipelineShape } from "../components/contracts.js";
 import { duration } from "../components/options.js";
-import { ENVELOPE_FIELDS, type EntryFormat } from "./redis-streams-entries.js";
+import { ENVELOPE_FIELDS } from "../brokers/redis.js";
+import type { EntryFormat } from "./redis-streams-entries.js";
 
 /** `lease_ttl` when `ordered` is on and it is not given, in ms. */
 export const DEFAULT_LEASE_TTL_MS = 10_000;
