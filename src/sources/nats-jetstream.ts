@@ -13,7 +13,7 @@ import type { Entry } from "../core/record.js";
 import { defineComponent, type ComponentContext, type Source, type SourceHandle } from "../components/contracts.js";
 import { duration } from "../components/options.js";
 import { RecordSizeEstimate } from "../components/record-size.js";
-import { setUpConsumer, type MaxAckPending } from "./nats-jetstream/consumer.js";
+import { floorOf, setUpConsumer, type MaxAckPending } from "./nats-jetstream/consumer.js";
 import { addMessage, type JetStreamChunk } from "./nats-jetstream/messages.js";
 
 /** How long `connect` waits for the server (a first connection, or nats.js reconnecting), and each JetStream API call, in ms. */
@@ -44,7 +44,9 @@ const options = z
       .describe("Durable pull consumer name, shared by every worker of the fleet; created (or updated) when missing unless bind"),
     bind: z.boolean().default(false).describe("true: the consumer must already exist and is used as it is (a permanent error otherwise)"),
     filter_subject: z.string().min(1).optional().describe("Only messages on this subject (wildcards allowed), when creating the consumer"),
-    deliver: z.enum(["all", "new"]).default("all").describe("Where a new consumer starts: all (everything in the stream) or new (only messages stored from now)"),
+    deliver: z.enum(["all", "new"]).default("all").describe(
+        "Where a new consumer starts: all (everything in the stream) or new (only messages stored from now); one deleted under a run is created again from its ack floor",
+      ),
     ack_wait: duration()
       .default(30_000)
       .refine((ms) => ms >= 1000, "must be at least 1s")
@@ -107,6 +109,8 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
   let nc: NatsConnection | undefined;
   let consumer: Consumer | undefined;
   let jsm: JetStreamManager | undefined;
+  /** The consumer's ack floor (a stream sequence) as last read; undefined until the source had a consumer. See `resumeAt` in consumer.ts. */
+  let ackFloor: number | undefined;
   /** Why the connection is down now; undefined while it is up. */
   let down: string | undefined;
   /** Called on every change of `down`. */
@@ -181,6 +185,7 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
       cancel = ctx.clock.setTimer(BACKLOG_INTERVAL_MS, () => {
         c.info()
           .then((info) => {
+            ackFloor = floorOf(info, ackFloor);
             if (!stopped) ctx.emit({ type: "source_backlog", source: ctx.name, pending: info.num_ack_pending, lag: info.num_pending });
           })
           .catch(() => undefined)
@@ -286,7 +291,9 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
       }
       try {
         jsm ??= await nats.js.jetstreamManager(nc, { timeout: CONNECT_TIMEOUT_MS });
-        const info = await setUpConsumer(nats, jsm, { ...settings, maxAckPending }, ctx.logger, ctx.name);
+        const resumeAt = ackFloor === undefined ? undefined : ackFloor + 1;
+        const info = await setUpConsumer(nats, jsm, { ...settings, maxAckPending, resumeAt }, ctx.logger, ctx.name);
+        ackFloor = floorOf(info, ackFloor);
         consumer = nats.js.jetstream(nc, { timeout: CONNECT_TIMEOUT_MS }).consumers.getConsumerFromInfo(info);
       } catch (err) {
         throw classifyNatsError(err, "ERR_SOURCE_CONNECT", location);

@@ -30,11 +30,41 @@ export interface ConsumerSettings {
   readonly consumer: string;
   readonly bind: boolean;
   readonly filterSubject?: string | undefined;
+  /** Where the consumer starts when this source creates it first; see {@link ConsumerSettings.resumeAt}. */
   readonly deliver: "all" | "new";
+  /**
+   * Where a consumer created again (deleted under a run) starts: the stream sequence after the
+   * consumer's ack floor as last read. Undefined until the source had a consumer; then `deliver`.
+   */
+  readonly resumeAt?: number | undefined;
   /** ms */
   readonly ackWaitMs: number;
   readonly maxDeliver: number;
   readonly maxAckPending: MaxAckPending;
+}
+
+/**
+ * Where a created consumer starts. Once the source had a consumer, from the sequence after its ack
+ * floor, whatever `deliver` says: `new` would skip the backlog (delivered or not) of a consumer
+ * deleted under a run, and `all` replay the whole stream. Every message at or below the floor was
+ * acked (by any worker of the fleet), so nothing is skipped; a floor read a while ago only means
+ * the messages acked since are delivered again, which their stable ids absorb.
+ */
+function startOf(nats: NatsModules, s: ConsumerSettings): Partial<ConsumerConfig> {
+  if (s.resumeAt !== undefined) return { deliver_policy: nats.js.DeliverPolicy.StartSequence, opt_start_seq: s.resumeAt };
+  return { deliver_policy: s.deliver === "all" ? nats.js.DeliverPolicy.All : nats.js.DeliverPolicy.New };
+}
+
+/**
+ * The stream sequence at or below which a consumer has nothing left to deliver, from its info: its
+ * ack floor, or, before it delivered anything, the sequence before its start (nats-server 2.9
+ * reports an ack floor of 0 for a `new` consumer until its first ack). Never below `known`, a floor
+ * read before: a floor only rises, and a consumer created again by another worker from a floor
+ * older than `known` had every message up to `known` acked before.
+ */
+export function floorOf(info: ConsumerInfo, known: number | undefined): number {
+  const floor = info.delivered.consumer_seq === 0 ? Math.max(info.ack_floor.stream_seq, info.delivered.stream_seq) : info.ack_floor.stream_seq;
+  return Math.max(floor, known ?? 0);
 }
 
 /** The consumer's config as the source creates it, or updates one whose `max_ack_pending` is `current`. */
@@ -43,7 +73,7 @@ function wanted(nats: NatsModules, s: ConsumerSettings, current?: number): Parti
     durable_name: s.consumer,
     ack_policy: nats.js.AckPolicy.Explicit,
     ack_wait: nats.core.nanos(s.ackWaitMs),
-    deliver_policy: s.deliver === "all" ? nats.js.DeliverPolicy.All : nats.js.DeliverPolicy.New,
+    ...startOf(nats, s),
     ...(s.filterSubject === undefined ? {} : { filter_subject: s.filterSubject }),
     max_ack_pending: ackPendingFor(s.maxAckPending, current),
     // The server never gives up on a message: sluice does, after max_deliver deliveries, with a
