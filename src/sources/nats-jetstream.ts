@@ -7,7 +7,7 @@
 import type { Consumer, JetStreamManager, JsMsg } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { z } from "zod";
-import { checkNatsCredentials, classifyNatsError, loadNats, natsConnectionOptions, serverList, type NatsModules } from "../brokers/nats.js";
+import { checkNatsCredentials, classifyNatsError, loadNats, natsConnectionOptions, serverList, unlessAborted, type NatsModules } from "../brokers/nats.js";
 import { SluiceError } from "../core/errors.js";
 import type { Entry } from "../core/record.js";
 import { defineComponent, type ComponentContext, type Source, type SourceHandle } from "../components/contracts.js";
@@ -168,13 +168,7 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
       maxReconnectAttempts: -1,
       reconnectTimeWait: RECONNECT_WAIT_MS,
     });
-    const abort = () => void attempt.then((c) => c.close()).catch(() => undefined);
-    signal.addEventListener("abort", abort, { once: true });
-    try {
-      return await attempt;
-    } finally {
-      signal.removeEventListener("abort", abort);
-    }
+    return unlessAborted(attempt, signal, location, (late) => void late.close().catch(() => undefined));
   }
 
   /** Emits the consumer's backlog every {@link BACKLOG_INTERVAL_MS}; returns the function that stops it. */
@@ -290,9 +284,9 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
         if (down !== undefined) throw lost();
       }
       try {
-        jsm ??= await nats.js.jetstreamManager(nc, { timeout: CONNECT_TIMEOUT_MS });
+        jsm ??= await unlessAborted(nats.js.jetstreamManager(nc, { timeout: CONNECT_TIMEOUT_MS }), signal, location);
         const resumeAt = ackFloor === undefined ? undefined : ackFloor + 1;
-        const info = await setUpConsumer(nats, jsm, { ...settings, maxAckPending, resumeAt }, ctx.logger, ctx.name);
+        const info = await setUpConsumer(nats, jsm, { ...settings, maxAckPending, resumeAt }, { logger: ctx.logger, component: ctx.name, signal });
         ackFloor = floorOf(info, ackFloor);
         consumer = nats.js.jetstream(nc, { timeout: CONNECT_TIMEOUT_MS }).consumers.getConsumerFromInfo(info);
       } catch (err) {

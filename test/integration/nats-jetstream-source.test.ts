@@ -214,6 +214,55 @@ describe.skipIf(!hasNats)("nats_jetstream source on the machine's NATS", () => {
     }
   });
 
+  it("stops at once when stopped while connecting to a server that accepts and never answers", async () => {
+    const sockets = new Set<Socket>();
+    const silent = createServer((socket) => void sockets.add(socket));
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    try {
+      const url = `nats://127.0.0.1:${(silent.address() as AddressInfo).port}`;
+      const r = start({ source: { servers: url, stream: "never", consumer: "silent" }, sink: new GatedSink(), shutdownTimeoutMs: 5_000 });
+      await until(() => sockets.size > 0, "the source connecting");
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      const began = Date.now();
+      const status = await stop(r);
+      expect(status.tag).toBe("stopped");
+      expect(Date.now() - began).toBeLessThan(1_000);
+    } finally {
+      for (const s of sockets) s.destroy();
+      await new Promise((resolve) => silent.close(resolve));
+    }
+  });
+
+  it("gives up its JetStream API calls at once when connect is aborted and the server stopped answering", async () => {
+    const { name } = await stream();
+    const proxy = await freezingProxy(address.hostname, Number(address.port || 4222));
+    const source = definition.create(definition.options.parse({ servers: proxy.url, stream: name, consumer: "api" }), {
+      name: "js",
+      dataDir: "",
+      baseDir: "",
+      clock: systemClock,
+      logger: silentLogger,
+      emit: () => {},
+    });
+    try {
+      await source.connect!(new AbortController().signal);
+      proxy.freeze();
+      // Connected: this attempt goes straight to the stream and consumer checks, which the server never answers.
+      const abort = new AbortController();
+      const began = Date.now();
+      const attempt = source.connect!(abort.signal).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      setTimeout(() => abort.abort(), 100);
+      expect(await attempt).toBeInstanceOf(SluiceError);
+      expect(Date.now() - began).toBeLessThan(1_000);
+    } finally {
+      await proxy.close();
+      await source.close();
+    }
+  });
+
   it("binds to an existing consumer and leaves it as it is", async () => {
     const { name, subject } = await stream();
     const jsm = await jetstreamManager(nc);

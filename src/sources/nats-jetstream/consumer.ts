@@ -3,7 +3,7 @@
  * connect, with a permanent error for what no retry fixes.
  */
 import type { ConsumerConfig, ConsumerInfo, JetStreamManager } from "@nats-io/jetstream";
-import { isStreamNotFound, type NatsModules } from "../../brokers/nats.js";
+import { isStreamNotFound, unlessAborted, type NatsModules } from "../../brokers/nats.js";
 import { SluiceError } from "../../core/errors.js";
 import type { Logger } from "../../core/events.js";
 
@@ -83,6 +83,13 @@ function wanted(nats: NatsModules, s: ConsumerSettings, current?: number): Parti
   };
 }
 
+/** Where {@link setUpConsumer} logs, and the signal that ends its API calls at once. */
+export interface SetUpContext {
+  readonly logger: Logger;
+  readonly component: string;
+  readonly signal: AbortSignal;
+}
+
 /**
  * Checks that the stream exists, then gets the consumer: created when missing (unless `bind`),
  * else checked to be a pull consumer with explicit acks and, unless `bind`, updated to the
@@ -90,30 +97,32 @@ function wanted(nats: NatsModules, s: ConsumerSettings, current?: number): Parti
  * `ack_wait` must be at least the source's (the `working()` ticks are paced by the source's), and
  * a server `max_deliver` at or below the source's is logged as a warning.
  *
- * Rejects with a permanent `ERR_SOURCE_CONNECT` naming the problem (a missing stream, a missing
+ * Each API call ends with `ERR_ABORTED` as soon as `how.signal` aborts. Rejects with a permanent `ERR_SOURCE_CONNECT` naming the problem (a missing stream, a missing
  * consumer with `bind`, a consumer the source cannot use); anything else the JetStream API throws
  * is passed on, for the caller to classify.
  */
-export async function setUpConsumer(nats: NatsModules, jsm: JetStreamManager, s: ConsumerSettings, logger: Logger, component: string): Promise<ConsumerInfo> {
+export async function setUpConsumer(nats: NatsModules, jsm: JetStreamManager, s: ConsumerSettings, how: SetUpContext): Promise<ConsumerInfo> {
   const { stream, consumer } = s;
-  const refuse = (message: string, cause?: unknown) =>
-    new SluiceError("ERR_SOURCE_CONNECT", `nats: ${message}`, { cause, retryable: false, location: `nats stream ${stream} consumer ${consumer}` });
+  const { logger, component } = how;
+  const location = `nats stream ${stream} consumer ${consumer}`;
+  const refuse = (message: string, cause?: unknown) => new SluiceError("ERR_SOURCE_CONNECT", `nats: ${message}`, { cause, retryable: false, location });
+  const call = <T>(work: Promise<T>) => unlessAborted(work, how.signal, location);
   try {
-    await jsm.streams.info(stream);
+    await call(jsm.streams.info(stream));
   } catch (err) {
     if (isStreamNotFound(err)) throw refuse(`stream ${stream} does not exist; create it (the nats_jetstream sink's create_stream can)`, err);
     throw err;
   }
   let info: ConsumerInfo | undefined;
   try {
-    info = await jsm.consumers.info(stream, consumer);
+    info = await call(jsm.consumers.info(stream, consumer));
   } catch (err) {
     if (!(err instanceof nats.js.JetStreamApiError && err.code === nats.js.JetStreamApiCodes.ConsumerNotFound)) throw err;
   }
   const config = wanted(nats, s, info?.config.max_ack_pending);
   if (info === undefined) {
     if (s.bind) throw refuse(`consumer ${consumer} of stream ${stream} does not exist, and bind: true does not create it`);
-    return jsm.consumers.add(stream, config);
+    return call(jsm.consumers.add(stream, config));
   }
   const c = info.config;
   if (c.deliver_subject !== undefined && c.deliver_subject !== "") throw refuse(`consumer ${consumer} of stream ${stream} is a push consumer; sluice needs a pull consumer`);
@@ -136,5 +145,5 @@ export async function setUpConsumer(nats: NatsModules, jsm: JetStreamManager, s:
     throw refuse(`consumer ${consumer} of stream ${stream} filters ${c.filter_subject || "nothing"}, not ${s.filterSubject}; delete it or use another consumer name`);
   }
   if (c.ack_wait === config.ack_wait && c.max_ack_pending === config.max_ack_pending && c.max_deliver === config.max_deliver) return info;
-  return jsm.consumers.update(stream, consumer, { ack_wait: config.ack_wait, max_ack_pending: config.max_ack_pending, max_deliver: config.max_deliver });
+  return call(jsm.consumers.update(stream, consumer, { ack_wait: config.ack_wait, max_ack_pending: config.max_ack_pending, max_deliver: config.max_deliver }));
 }
