@@ -102,6 +102,8 @@ export function createNatsJetStreamSink(settings: NatsJetStreamSinkSettings): Si
   const location = `nats subject ${settings.subject}`;
   let nc: NatsConnection | undefined;
   let js: JetStreamClient | undefined;
+  /** A {@link reopen} under way. */
+  let reopening: Promise<void> | undefined;
   /** `headers` of the loaded transport, set with `js`. */
   let newHeaders: (() => MsgHdrs) | undefined;
 
@@ -141,39 +143,63 @@ export function createNatsJetStreamSink(settings: NatsJetStreamSinkSettings): Si
     }
   }
 
+  /**
+   * Opens the connection and checks the stream, unless a connection nats.js has not closed is
+   * there: nats.js reconnects one on its own, but closes it for good in some cases (credentials
+   * refused twice in a row, as after a rotation), and then only a new connection helps.
+   */
+  async function open(signal: AbortSignal): Promise<void> {
+    // A closed connection stays until it is replaced: the next write tries again.
+    if (nc !== undefined && !nc.isClosed()) return;
+    const nats = await loadNats();
+    let conn: NatsConnection | undefined;
+    const abort = () => void conn?.close();
+    signal.addEventListener("abort", abort, { once: true });
+    try {
+      conn = await nats.core.connect({
+        servers: [...settings.servers],
+        name: "sluice",
+        user: settings.user,
+        pass: settings.password,
+        token: settings.token,
+        timeout: CONNECT_TIMEOUT_MS,
+        // Once connected, never give up: a write while reconnecting times out and the engine retries it.
+        maxReconnectAttempts: -1,
+      });
+      await checkStream(nats, conn);
+    } catch (err) {
+      await conn?.close().catch(() => undefined);
+      throw classifyNatsError(err, "ERR_SINK_CONNECT", location);
+    } finally {
+      signal.removeEventListener("abort", abort);
+    }
+    nc = conn;
+    js = nats.js.jetstream(conn, { timeout: settings.ackTimeoutMs });
+    newHeaders = nats.core.headers;
+  }
+
+  /**
+   * A new connection in place of one nats.js closed for good, shared by the writes in flight. The
+   * engine connects a sink once, so this is the only way back; a failure (even a refused password:
+   * it may be rotated back) is retryable, so the batch is retried and the sink reported failing.
+   */
+  function reopen(signal: AbortSignal): Promise<void> {
+    reopening ??= open(signal)
+      .catch((err: unknown) => {
+        const e = classifyNatsError(err, "ERR_SINK_WRITE", location);
+        throw new SluiceError("ERR_SINK_WRITE", `nats: connection closed, and opening a new one failed: ${e.message}`, { cause: e, retryable: true, location });
+      })
+      .finally(() => (reopening = undefined));
+    return reopening;
+  }
+
   return {
     maxInFlight: MAX_IN_FLIGHT,
 
-    async connect(signal) {
-      if (nc !== undefined) return;
-      const nats = await loadNats();
-      let conn: NatsConnection | undefined;
-      const abort = () => void conn?.close();
-      signal.addEventListener("abort", abort, { once: true });
-      try {
-        conn = await nats.core.connect({
-          servers: [...settings.servers],
-          name: "sluice",
-          user: settings.user,
-          pass: settings.password,
-          token: settings.token,
-          timeout: CONNECT_TIMEOUT_MS,
-          // Once connected, never give up: a write while reconnecting times out and the engine retries it.
-          maxReconnectAttempts: -1,
-        });
-        await checkStream(nats, conn);
-      } catch (err) {
-        await conn?.close().catch(() => undefined);
-        throw classifyNatsError(err, "ERR_SINK_CONNECT", location);
-      } finally {
-        signal.removeEventListener("abort", abort);
-      }
-      nc = conn;
-      js = nats.js.jetstream(conn, { timeout: settings.ackTimeoutMs });
-      newHeaders = nats.core.headers;
-    },
+    connect: open,
 
     async write(records, signal): Promise<WriteResult | void> {
+      if (nc?.isClosed() === true) await reopen(signal);
       const client = js;
       const headers = newHeaders;
       if (client === undefined || headers === undefined) throw new SluiceError("ERR_INTERNAL", "nats_jetstream sink: write before connect", { location });
