@@ -1,7 +1,8 @@
 /**
  * The `nats_jetstream` sink: one JetStream message per record, published with `Nats-Msg-Id` = the
  * record id so the stream's duplicate window absorbs a redelivery; a batch's publishes are all
- * outstanding at once and the write resolves when every ack arrived.
+ * outstanding at once, but a key's next one only once the last was stored, and the write resolves
+ * when every ack arrived.
  */
 import type { JetStreamClient, PubAck } from "@nats-io/jetstream";
 import type { MsgHdrs, NatsConnection } from "@nats-io/transport-node";
@@ -92,11 +93,15 @@ function messageHeaders(headers: () => MsgHdrs, record: SluiceRecord): MsgHdrs {
  * Builds a JetStream sink (what the `nats_jetstream` definition's factory returns).
  *
  * `connect` opens the connection (nats.js then reconnects on its own) and checks that a stream
- * stores `subject`, creating `createStream` when it is missing. A write publishes every record of
- * the batch at once and waits for all their acks; a duplicate ack (the id was published within the
- * stream's `duplicate_window`) is reported as already present. A publish that times out or finds
- * no stream fails the batch (retryable) rather than the record, so no later record of its key is
- * committed before it; the retry's duplicates are absorbed by the window.
+ * stores `subject`, creating `createStream` when it is missing. A write publishes the records of
+ * the batch at once, except that a record with a key is published only once the key's previous
+ * record in the batch was stored (and never when that one failed), and waits for all their acks; a
+ * duplicate ack (the id was published within the stream's `duplicate_window`) is reported as
+ * already present. A publish that times out, finds no stream or meets a full stream fails the
+ * batch (retryable) rather than the record; since nothing of its key after it was sent, no later
+ * record of its key is stored before it (with all outstanding at once, a refused a1 and a stored a2
+ * made the retry store a1 after a2, the retry of a2 being a duplicate); the retry's duplicates
+ * are absorbed by the window.
  */
 export function createNatsJetStreamSink(settings: NatsJetStreamSinkSettings): Sink {
   const location = `nats subject ${settings.subject}`;
@@ -209,6 +214,8 @@ export function createNatsJetStreamSink(settings: NatsJetStreamSinkSettings): Si
       const failures: RecordFailure[] = [];
       const indexes: number[] = [];
       const acks: Promise<PubAck>[] = [];
+      /** Each key's last publish in this batch: the next of its key is sent once that one is stored, never if it failed. */
+      const lastOfKey = new Map<string, Promise<PubAck>>();
       records.forEach((record, index) => {
         let body: string;
         let h: MsgHdrs;
@@ -223,7 +230,11 @@ export function createNatsJetStreamSink(settings: NatsJetStreamSinkSettings): Si
           return;
         }
         indexes.push(index);
-        acks.push(client.publish(settings.subject, body, { msgID: headerValue(record.id), headers: h, timeout: settings.ackTimeoutMs }));
+        const send = () => client.publish(settings.subject, body, { msgID: headerValue(record.id), headers: h, timeout: settings.ackTimeoutMs });
+        const before = record.key === undefined ? undefined : lastOfKey.get(record.key);
+        const ack = before === undefined ? send() : before.then(send);
+        if (record.key !== undefined) lastOfKey.set(record.key, ack);
+        acks.push(ack);
       });
 
       const settled = await Promise.allSettled(acks);

@@ -8,7 +8,7 @@ import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { connect as tcpConnect, createServer, type AddressInfo, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { DiscardPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Redis } from "ioredis";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -389,6 +389,31 @@ describe.skipIf(!hasNats)("nats_jetstream sink on the machine's NATS", () => {
       await proxy.close();
     }
   }, 30_000);
+
+  it("never stores a later record of a key before an earlier one the stream refused for now, also across the batch's retry", async () => {
+    const { name, subject } = names();
+    const jsm = await jetstreamManager(nc);
+    // Full for a1 (900 bytes), not for the small a2 behind it: a1 is refused retryably, a2 would be stored.
+    await jsm.streams.add({ name, subjects: [subject], discard: DiscardPolicy.New, max_bytes: 600 });
+    const s = sink({ subject });
+    await s.connect(signal);
+    const [a1, a2, b1] = makeRecords(3, { keys: 1 });
+    const records = [
+      { ...a1!, key: "a", payload: { ...a1!.payload, pad: "x".repeat(900) } },
+      { ...a2!, key: "a" },
+      { ...b1!, key: "b" },
+    ];
+    const refused: unknown = await s.write(records, signal).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(refused).toMatchObject({ code: "ERR_SINK_WRITE", retryable: true });
+    // Another key goes on; nothing of key a is stored before a1.
+    expect((await readJetStream(nc, name)).map((r) => r.id)).toEqual([b1!.id]);
+    await jsm.streams.update(name, { max_bytes: -1 });
+    expect(await s.write(records, signal)).toEqual({ failures: [], alreadyPresent: [2] });
+    expect((await readJetStream(nc, name)).map((r) => r.id)).toEqual([b1!.id, a1!.id, a2!.id]);
+  });
 
   it("fails connect retryably when nothing listens", async () => {
     const { subject } = names();
