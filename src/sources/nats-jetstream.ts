@@ -15,6 +15,7 @@ import { duration } from "../components/options.js";
 import { RecordSizeEstimate } from "../components/record-size.js";
 import { floorOf, setUpConsumer, type MaxAckPending } from "./nats-jetstream/consumer.js";
 import { addMessage, type JetStreamChunk } from "./nats-jetstream/messages.js";
+import { RedeliveryPacing } from "./nats-jetstream/pacing.js";
 
 /** How long `connect` waits for the server (a first connection, or nats.js reconnecting), and each JetStream API call, in ms. */
 const CONNECT_TIMEOUT_MS = 10_000;
@@ -118,9 +119,15 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
   /** The messages' average size: a pull must fit the byte bound too (what does not fit waits, ageing toward ack_wait, while sluice is full). */
   const sizes = new RecordSizeEstimate();
 
+  /** Pull sizes and messages in flight while redeliveries are about (a worker that crashed on a record). */
+  const pacing = new RedeliveryPacing(MAX_PULL, maxDeliver);
+
+  const notify = () => {
+    for (const w of [...watchers]) w();
+  };
   const changed = (why: string | undefined) => {
     down = why;
-    for (const w of [...watchers]) w();
+    notify();
   };
 
   /** Follows a connection's status: a disconnect marks it down until nats.js reconnected it; closing marks it down for good. */
@@ -221,6 +228,8 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
    */
   async function pull(handle: SourceHandle, c: Consumer, n: number, signal: AbortSignal): Promise<boolean> {
     const messages = await c.fetch({ max_messages: n, expires: PULL_EXPIRES_MS });
+    let count = 0;
+    let most = 0;
     const onStop = () => messages.stop();
     signal.addEventListener("abort", onStop, { once: true });
     let chunk: JetStreamChunk = { messages: [], terminate: undefined };
@@ -236,12 +245,15 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
         redelivered = 0;
       }
       sizes.observe(entries);
+      pacing.handed(handing.messages.length);
       return (await handle.enqueue(entries, handing)) !== "stopping";
     };
     try {
       for await (const m of messages) {
         if (signal.aborted) break;
         if (m.info.deliveryCount > 1) redelivered++;
+        count++;
+        most = Math.max(most, m.info.deliveryCount);
         addMessage(handle, chunk, records, m, stream, maxDeliver);
         if ((messages.getPending() === 0 || records.length >= handle.chunkSize) && !(await flush())) {
           messages.stop();
@@ -251,6 +263,7 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
       return records.length === 0 || (await flush());
     } finally {
       signal.removeEventListener("abort", onStop);
+      pacing.pulled(count, most);
     }
   }
 
@@ -289,6 +302,7 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
         const info = await setUpConsumer(nats, jsm, { ...settings, maxAckPending, resumeAt }, { logger: ctx.logger, component: ctx.name, signal });
         ackFloor = floorOf(info, ackFloor);
         consumer = nats.js.jetstream(nc, { timeout: CONNECT_TIMEOUT_MS }).consumers.getConsumerFromInfo(info);
+        pacing.connected();
       } catch (err) {
         throw classifyNatsError(err, "ERR_SOURCE_CONNECT", location);
       }
@@ -308,7 +322,8 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
       const stopBacklog = reportBacklog(c);
       try {
         while (!stop.signal.aborted) {
-          const n = await sizes.room(handle, Math.min(handle.chunkSize, MAX_PULL), stop.signal);
+          if (pacing.full()) await waitFor(() => !pacing.full(), settings.ackWaitMs, stop.signal);
+          const n = await sizes.room(handle, pacing.next(Math.min(handle.chunkSize, MAX_PULL)), stop.signal);
           if (n === 0) break;
           if (!(await pull(handle, c, n, stop.signal))) break;
         }
@@ -327,6 +342,8 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
     ack(checkpoint) {
       const chunk = checkpoint as JetStreamChunk;
       const terminate = chunk.terminate === undefined ? undefined : new Set(chunk.terminate);
+      pacing.answered(chunk.messages.length);
+      notify();
       // Plain acks (one publish each, written out together), not ackAck round trips: an ack lost
       // on the way only means a redelivery, which the record's stable id absorbs.
       each(chunk.messages, "ack", (m, i) => {

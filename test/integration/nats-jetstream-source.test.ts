@@ -488,6 +488,58 @@ describe.skipIf(!hasNats)("nats_jetstream source on the machine's NATS", () => {
     expect(sink.committed.size).toBe(0);
   });
 
+  it("dead-letters only the record that crashes the worker, not the messages delivered with it", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "sluice-nats-poison-"));
+    const { name, subject } = await stream();
+    try {
+      const total = 60;
+      await publish(
+        nc,
+        subject,
+        Array.from({ length: total }, (_, n) => ({ body: JSON.stringify(n === 20 ? { n, poison: true } : { n }), msgId: `m-${n}` })),
+      );
+      const config = join(dir, "worker.yaml");
+      const db = join(dir, "out.db");
+      await writeFile(
+        config,
+        `data_dir: ${join(dir, "data")}
+sources:
+  js: { type: nats_jetstream, servers: ${NATS_URL}, stream: ${name}, consumer: crashy, ack_wait: 1s, max_deliver: 3 }
+transforms:
+  - { type: module, path: ${join(import.meta.dirname, "../fixtures/transforms/kills-itself.mjs")} }
+sinks:
+  db: { type: sqlite, path: ${db} }
+`,
+      );
+      // A supervisor restarting the worker after each crash (once ack_wait has passed) until the stream is done.
+      let crashes = 0;
+      for (let run = 0; run < 10; run++) {
+        const cli = startCli(config, join(dir, "summary.json"), dir);
+        const exited = await Promise.race([cli.exited, until(() => settled(name, "crashy").catch(() => false), "every message settled", 30_000).then(() => undefined)]);
+        if (exited === undefined) {
+          cli.process.kill("SIGTERM");
+          expect((await cli.exited).code, cli.output()).toBe(0);
+          break;
+        }
+        expect(exited.signal, cli.output()).toBe("SIGKILL");
+        crashes++;
+        await new Promise((resolve) => setTimeout(resolve, 1100));
+      }
+      expect(crashes).toBe(3);
+      expect(await settled(name, "crashy")).toBe(true);
+      const dlq = new Database(join(dir, "data", "dlq.db"), { readonly: true });
+      const dead = dlq.prepare("SELECT record_id, code FROM dead_letters").all();
+      dlq.close();
+      expect(dead).toEqual([{ record_id: "m-20", code: "ERR_MAX_DELIVERIES" }]);
+      const out = new Database(db, { readonly: true });
+      const ids = (out.prepare("SELECT id FROM records").all() as { id: string }[]).map((row) => row.id);
+      out.close();
+      expect(new Set(ids)).toEqual(new Set(Array.from({ length: total }, (_, n) => `m-${n}`).filter((id) => id !== "m-20")));
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
+
   it("dead-letters messages that are not JSON objects, with the stream sequence as location, and acks them", async () => {
     const { name, subject } = await stream();
     await publish(nc, subject, [{ body: "not json" }, { body: "[1,2]" }, { body: "42" }, { body: JSON.stringify({ n: "good" }) }]);
