@@ -13,7 +13,7 @@ import type { Entry } from "../core/record.js";
 import { defineComponent, type ComponentContext, type Source, type SourceHandle } from "../components/contracts.js";
 import { duration } from "../components/options.js";
 import { RecordSizeEstimate } from "../components/record-size.js";
-import { floorOf, setUpConsumer, type MaxAckPending } from "./nats-jetstream/consumer.js";
+import { floorOf, setUpConsumer, type AckWait, type MaxAckPending } from "./nats-jetstream/consumer.js";
 import { addMessage, type JetStreamChunk } from "./nats-jetstream/messages.js";
 import { RedeliveryPacing } from "./nats-jetstream/pacing.js";
 
@@ -31,6 +31,8 @@ const PULL_EXPIRES_MS = 5000;
 const BACKLOG_INTERVAL_MS = 5000;
 /** nats.js's pause between its own reconnect attempts, ms (see `connect` for who owns reconnecting). */
 const RECONNECT_WAIT_MS = 250;
+/** `ack_wait` when not set, ms: the consumer's is raised to it, never lowered. */
+const DEFAULT_ACK_WAIT_MS = 30_000;
 /** `buffer.max_records` when the context does not say (a source built outside a pipeline). */
 const DEFAULT_BUFFER_RECORDS = 10_000;
 
@@ -49,9 +51,11 @@ const options = z
         "Where a new consumer starts: all (everything in the stream) or new (only messages stored from now); one deleted under a run is created again from its ack floor",
       ),
     ack_wait: duration()
-      .default(30_000)
       .refine((ms) => ms >= 1000, "must be at least 1s")
-      .describe("How long the server waits for an ack before it redelivers; working() is sent every ack_wait/3 for chunks in flight; default 30s"),
+      .optional()
+      .describe(
+        "How long the server waits for an ack before it redelivers; working() is sent every ack_wait/3 for chunks in flight. Set: exactly this on the consumer. Default: at least 30s, never lowering the consumer's",
+      ),
     max_deliver: z
       .number()
       .int()
@@ -80,8 +84,8 @@ export interface NatsJetStreamSourceSettings {
   readonly bind: boolean;
   readonly filterSubject?: string | undefined;
   readonly deliver: "all" | "new";
-  /** ms */
-  readonly ackWaitMs: number;
+  /** ms; set exactly. Undefined: at least {@link DEFAULT_ACK_WAIT_MS} (see {@link AckWait}). */
+  readonly ackWaitMs?: number | undefined;
   readonly maxDeliver: number;
   /** Set exactly; undefined: at least the buffer's `max_records` + {@link MAX_PULL} (see {@link MaxAckPending}). */
   readonly maxAckPending?: number | undefined;
@@ -105,6 +109,7 @@ export interface NatsJetStreamSourceSettings {
 export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings, ctx: ComponentContext): Source {
   const { stream, maxDeliver } = settings;
   const location = `nats stream ${stream} consumer ${settings.consumer}`;
+  const ackWait: AckWait = settings.ackWaitMs === undefined ? { tag: "at_least", ms: DEFAULT_ACK_WAIT_MS } : { tag: "exactly", ms: settings.ackWaitMs };
   const maxAckPending: MaxAckPending =
     settings.maxAckPending === undefined ? { tag: "at_least", value: (ctx.bufferRecords ?? DEFAULT_BUFFER_RECORDS) + MAX_PULL } : { tag: "exactly", value: settings.maxAckPending };
   let nc: NatsConnection | undefined;
@@ -273,7 +278,7 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
   return {
     acks: "individual",
     whenFull: "wait",
-    workingIntervalMs: Math.max(1, Math.floor(settings.ackWaitMs / 3)),
+    workingIntervalMs: Math.max(1, Math.floor(ackWait.ms / 3)),
 
     async connect(signal) {
       const nats = await loadNats();
@@ -299,7 +304,7 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
       try {
         jsm ??= await unlessAborted(nats.js.jetstreamManager(nc, { timeout: CONNECT_TIMEOUT_MS }), signal, location);
         const resumeAt = ackFloor === undefined ? undefined : ackFloor + 1;
-        const info = await setUpConsumer(nats, jsm, { ...settings, maxAckPending, resumeAt }, { logger: ctx.logger, component: ctx.name, signal });
+        const info = await setUpConsumer(nats, jsm, { ...settings, ackWait, maxAckPending, resumeAt }, { logger: ctx.logger, component: ctx.name, signal });
         ackFloor = floorOf(info, ackFloor);
         consumer = nats.js.jetstream(nc, { timeout: CONNECT_TIMEOUT_MS }).consumers.getConsumerFromInfo(info);
         pacing.connected();
@@ -322,7 +327,7 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
       const stopBacklog = reportBacklog(c);
       try {
         while (!stop.signal.aborted) {
-          if (pacing.full()) await waitFor(() => !pacing.full(), settings.ackWaitMs, stop.signal);
+          if (pacing.full()) await waitFor(() => !pacing.full(), ackWait.ms, stop.signal);
           const n = await sizes.room(handle, pacing.next(Math.min(handle.chunkSize, MAX_PULL)), stop.signal);
           if (n === 0) break;
           if (!(await pull(handle, c, n, stop.signal))) break;

@@ -186,6 +186,45 @@ describe.skipIf(!hasNats)("nats_jetstream source on the machine's NATS", () => {
     expect(await connectOnly({})).toBe(-1);
   });
 
+  it("never lowers a fleet's ack_wait by default, raises a shorter one, and sets a configured one exactly", async () => {
+    const { name } = await stream();
+    const jsm = await jetstreamManager(nc);
+    await jsm.consumers.add(name, { durable_name: "waits", ack_policy: AckPolicy.Explicit, ack_wait: nanos(60_000) });
+    const connectOnly = async (options: Record<string, unknown>) => {
+      const source = definition.create(definition.options.parse({ servers: NATS_URL, stream: name, consumer: "waits", ...options }), {
+        name: "js",
+        dataDir: "",
+        baseDir: "",
+        clock: systemClock,
+        logger: silentLogger,
+        emit: () => {},
+      });
+      await source.connect!(new AbortController().signal);
+      await source.close();
+      return (await consumerInfo(nc, name, "waits")).config.ack_wait;
+    };
+    // Set by a worker (or an operator) that holds chunks longer: a worker with the default leaves it.
+    expect(await connectOnly({})).toBe(nanos(60_000));
+    expect(await connectOnly({ ack_wait: "5s" })).toBe(nanos(5_000));
+    expect(await connectOnly({})).toBe(nanos(30_000));
+  });
+
+  it("refuses an existing consumer that filters when filter_subject is not set, unless bound", async () => {
+    const { name, subject } = await stream();
+    const jsm = await jetstreamManager(nc);
+    await jsm.consumers.add(name, { durable_name: "part", ack_policy: AckPolicy.Explicit, filter_subject: `${subject}.a` });
+    const err = await connectError({ stream: name, consumer: "part" });
+    expect(err).toMatchObject({ code: "ERR_SOURCE_CONNECT", retryable: false });
+    expect(err.message).toMatch(new RegExp(`filters ${subject}\\.a, and filter_subject is not set \\(the whole stream\\); set filter_subject to it, or bind: true`));
+    await publish(nc, `${subject}.a`, [{ body: JSON.stringify({ n: 1 }), msgId: "a-1" }]);
+    await publish(nc, `${subject}.b`, [{ body: JSON.stringify({ n: 2 }), msgId: "b-1" }]);
+    const sink = new GatedSink();
+    // Bound, it is used as it is: its subject only.
+    start({ source: { servers: NATS_URL, stream: name, consumer: "part", bind: true }, sink });
+    await until(() => sink.committed.has("a-1"), "the message of the filtered subject");
+    expect(sink.committed.has("b-1")).toBe(false);
+  });
+
   it("waits for the last acks' flush at close for 10 s of its clock, not of real time, when the server stops answering", async () => {
     const { name } = await stream();
     const proxy = await freezingProxy(address.hostname, Number(address.port || 4222));

@@ -24,6 +24,27 @@ function ackPendingFor(want: MaxAckPending, current: number | undefined): number
   return current === -1 || current >= want.value ? current : want.value;
 }
 
+/**
+ * The consumer's `ack_wait`, ms: `exactly` a configured value, or `at_least` the default. Like
+ * {@link MaxAckPending} the wait is the consumer's, shared by a fleet: a worker that set its own
+ * shorter default on connect had the chunks other workers held redelivered, so a default only
+ * raises it.
+ */
+export type AckWait = { readonly tag: "exactly"; readonly ms: number } | { readonly tag: "at_least"; readonly ms: number };
+
+/** The `ack_wait` (ns) to give a consumer whose `ack_wait` is `current` ns (undefined: a consumer being created). */
+function ackWaitFor(nats: NatsModules, want: AckWait, current: number | undefined): number {
+  const ns = nats.core.nanos(want.ms);
+  if (want.tag === "exactly" || current === undefined) return ns;
+  return Math.max(current, ns);
+}
+
+/** The names a consumer filters on, none when it takes the whole stream. */
+function filtersOf(c: ConsumerConfig): string[] {
+  const plural = c.filter_subjects ?? [];
+  return c.filter_subject === undefined || c.filter_subject === "" ? [...plural] : [c.filter_subject, ...plural];
+}
+
 /** What the source wants of its consumer. */
 export interface ConsumerSettings {
   readonly stream: string;
@@ -37,8 +58,7 @@ export interface ConsumerSettings {
    * consumer's ack floor as last read. Undefined until the source had a consumer; then `deliver`.
    */
   readonly resumeAt?: number | undefined;
-  /** ms */
-  readonly ackWaitMs: number;
+  readonly ackWait: AckWait;
   readonly maxDeliver: number;
   readonly maxAckPending: MaxAckPending;
 }
@@ -67,15 +87,15 @@ export function floorOf(info: ConsumerInfo, known: number | undefined): number {
   return Math.max(floor, known ?? 0);
 }
 
-/** The consumer's config as the source creates it, or updates one whose `max_ack_pending` is `current`. */
-function wanted(nats: NatsModules, s: ConsumerSettings, current?: number): Partial<ConsumerConfig> {
+/** The consumer's config as the source creates it, or updates one whose config is `current`. */
+function wanted(nats: NatsModules, s: ConsumerSettings, current?: ConsumerConfig): Partial<ConsumerConfig> {
   return {
     durable_name: s.consumer,
     ack_policy: nats.js.AckPolicy.Explicit,
-    ack_wait: nats.core.nanos(s.ackWaitMs),
+    ack_wait: ackWaitFor(nats, s.ackWait, current === undefined ? undefined : (current.ack_wait ?? nats.core.nanos(SERVER_ACK_WAIT_MS))),
     ...startOf(nats, s),
     ...(s.filterSubject === undefined ? {} : { filter_subject: s.filterSubject }),
-    max_ack_pending: ackPendingFor(s.maxAckPending, current),
+    max_ack_pending: ackPendingFor(s.maxAckPending, current?.max_ack_pending),
     // The server never gives up on a message: sluice does, after max_deliver deliveries, with a
     // dead letter. A server limit would leave a message that reached it un-acked and never
     // delivered again, neither delivered nor dead-lettered.
@@ -92,8 +112,10 @@ export interface SetUpContext {
 
 /**
  * Checks that the stream exists, then gets the consumer: created when missing (unless `bind`),
- * else checked to be a pull consumer with explicit acks and, unless `bind`, updated to the
- * source's `ack_wait`, `max_ack_pending` (see {@link MaxAckPending}) and `max_deliver`. A bound consumer is left as it is; its
+ * else checked to be a pull consumer with explicit acks and, unless `bind`, to filter exactly
+ * `filter_subject` (nothing when unset: a filtering consumer is refused, not silently read in
+ * part) and updated to the source's `ack_wait` (see {@link AckWait}), `max_ack_pending` (see
+ * {@link MaxAckPending}) and `max_deliver`. A bound consumer is left as it is; its
  * `ack_wait` must be at least the source's (the `working()` ticks are paced by the source's), and
  * a server `max_deliver` at or below the source's is logged as a warning.
  *
@@ -119,7 +141,7 @@ export async function setUpConsumer(nats: NatsModules, jsm: JetStreamManager, s:
   } catch (err) {
     if (!(err instanceof nats.js.JetStreamApiError && err.code === nats.js.JetStreamApiCodes.ConsumerNotFound)) throw err;
   }
-  const config = wanted(nats, s, info?.config.max_ack_pending);
+  const config = wanted(nats, s, info?.config);
   if (info === undefined) {
     if (s.bind) throw refuse(`consumer ${consumer} of stream ${stream} does not exist, and bind: true does not create it`);
     return call(jsm.consumers.add(stream, config));
@@ -130,8 +152,8 @@ export async function setUpConsumer(nats: NatsModules, jsm: JetStreamManager, s:
   if (s.bind) {
     // working() ticks every third of the source's ack_wait: a shorter wait at the server would redeliver chunks still in flight.
     const ackWait = c.ack_wait ?? nats.core.nanos(SERVER_ACK_WAIT_MS);
-    if (ackWait < config.ack_wait!) {
-      throw refuse(`consumer ${consumer} has ack_wait ${ackWait / 1e6} ms, less than this source's ack_wait ${s.ackWaitMs} ms; set ack_wait to at most the consumer's`);
+    if (ackWait < nats.core.nanos(s.ackWait.ms)) {
+      throw refuse(`consumer ${consumer} has ack_wait ${ackWait / 1e6} ms, less than this source's ack_wait ${s.ackWait.ms} ms; set ack_wait to at most the consumer's`);
     }
     if (c.max_deliver !== undefined && c.max_deliver > 0 && c.max_deliver <= s.maxDeliver) {
       logger.warn(
@@ -141,8 +163,14 @@ export async function setUpConsumer(nats: NatsModules, jsm: JetStreamManager, s:
     }
     return info;
   }
-  if (s.filterSubject !== undefined && (c.filter_subject ?? "") !== s.filterSubject) {
-    throw refuse(`consumer ${consumer} of stream ${stream} filters ${c.filter_subject || "nothing"}, not ${s.filterSubject}; delete it or use another consumer name`);
+  const filters = filtersOf(c);
+  if (s.filterSubject === undefined && filters.length > 0) {
+    throw refuse(
+      `consumer ${consumer} of stream ${stream} filters ${filters.join(", ")}, and filter_subject is not set (the whole stream); set filter_subject to it, or bind: true to use the consumer as it is`,
+    );
+  }
+  if (s.filterSubject !== undefined && (filters.length !== 1 || filters[0] !== s.filterSubject)) {
+    throw refuse(`consumer ${consumer} of stream ${stream} filters ${filters.join(", ") || "nothing"}, not ${s.filterSubject}; delete it or use another consumer name`);
   }
   if (c.ack_wait === config.ack_wait && c.max_ack_pending === config.max_ack_pending && c.max_deliver === config.max_deliver) return info;
   return call(jsm.consumers.update(stream, consumer, { ack_wait: config.ack_wait, max_ack_pending: config.max_ack_pending, max_deliver: config.max_deliver }));
