@@ -17,6 +17,7 @@ import {
   loadNats,
   natsConnectionOptions,
   serverList,
+  unlessAborted,
   type NatsModules,
 } from "../brokers/nats.js";
 import { SluiceError } from "../core/errors.js";
@@ -158,10 +159,9 @@ export function createNatsJetStreamSink(settings: NatsJetStreamSinkSettings): Si
     if (nc !== undefined && !nc.isClosed()) return;
     const nats = await loadNats();
     let conn: NatsConnection | undefined;
-    const abort = () => void conn?.close();
-    signal.addEventListener("abort", abort, { once: true });
     try {
-      conn = await nats.core.connect({
+      // Raced with the signal: nats.js takes none, and a server that accepts and never answers holds each call for its timeout.
+      const attempt = nats.core.connect({
         servers: [...settings.servers],
         name: "sluice",
         user: settings.user,
@@ -171,12 +171,11 @@ export function createNatsJetStreamSink(settings: NatsJetStreamSinkSettings): Si
         // Once connected, never give up: a write while reconnecting times out and the engine retries it.
         maxReconnectAttempts: -1,
       });
-      await checkStream(nats, conn);
+      conn = await unlessAborted(attempt, signal, location, (late) => void late.close().catch(() => undefined));
+      await unlessAborted(checkStream(nats, conn), signal, location);
     } catch (err) {
       await conn?.close().catch(() => undefined);
       throw classifyNatsError(err, "ERR_SINK_CONNECT", location);
-    } finally {
-      signal.removeEventListener("abort", abort);
     }
     nc = conn;
     js = nats.js.jetstream(conn, { timeout: settings.ackTimeoutMs });

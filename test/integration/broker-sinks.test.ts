@@ -415,6 +415,28 @@ describe.skipIf(!hasNats)("nats_jetstream sink on the machine's NATS", () => {
     expect((await readJetStream(nc, name)).map((r) => r.id)).toEqual([b1!.id, a1!.id, a2!.id]);
   });
 
+  it("ends connect at once when aborted against a server that accepts and never answers", async () => {
+    const { subject } = names();
+    const sockets = new Set<Socket>();
+    const silent = createServer((socket) => void sockets.add(socket));
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    try {
+      const s = sink({ servers: `nats://127.0.0.1:${(silent.address() as AddressInfo).port}`, subject });
+      const abort = new AbortController();
+      const began = Date.now();
+      const attempt = s.connect(abort.signal).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      setTimeout(() => abort.abort(), 200);
+      expect(await attempt).toBeInstanceOf(SluiceError);
+      expect(Date.now() - began).toBeLessThan(1_000);
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => silent.close(resolve));
+    }
+  });
+
   it("fails connect retryably when nothing listens", async () => {
     const { subject } = names();
     const err = await connectError(sink({ servers: "nats://127.0.0.1:1", subject }));
