@@ -47,7 +47,10 @@ const options = z
       .describe("Durable pull consumer name, shared by every worker of the fleet; created (or updated) when missing unless bind"),
     bind: z.boolean().default(false).describe("true: the consumer must already exist and is used as it is (a permanent error otherwise)"),
     filter_subject: z.string().min(1).optional().describe("Only messages on this subject (wildcards allowed), when creating the consumer"),
-    deliver: z.enum(["all", "new"]).default("all").describe(
+    deliver: z
+      .enum(["all", "new"])
+      .default("all")
+      .describe(
         "Where a new consumer starts: all (everything in the stream) or new (only messages stored from now); one deleted under a run is created again from its ack floor",
       ),
     ack_wait: duration()
@@ -119,7 +122,7 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
   let ackFloor: number | undefined;
   /** Why the connection is down now; undefined while it is up. */
   let down: string | undefined;
-  /** Called on every change of `down`. */
+  /** Called on every change of `down`, and on every ack (see {@link RedeliveryPacing}). */
   const watchers = new Set<() => void>();
   /** The messages' average size: a pull must fit the byte bound too (what does not fit waits, ageing toward ack_wait, while sluice is full). */
   const sizes = new RecordSizeEstimate();

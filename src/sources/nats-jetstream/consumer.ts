@@ -39,7 +39,7 @@ function ackWaitFor(nats: NatsModules, want: AckWait, current: number | undefine
   return Math.max(current, ns);
 }
 
-/** The names a consumer filters on, none when it takes the whole stream. */
+/** The subjects a consumer filters on, none when it takes the whole stream. */
 function filtersOf(c: ConsumerConfig): string[] {
   const plural = c.filter_subjects ?? [];
   return c.filter_subject === undefined || c.filter_subject === "" ? [...plural] : [c.filter_subject, ...plural];
