@@ -99,6 +99,38 @@ export function classifyNatsError(err: unknown, code: ErrorCode, location: strin
   return new SluiceError(code, message, { cause: err, retryable: true, location });
 }
 
+/**
+ * `work`, unless `signal` aborts first: then a rejection with `ERR_ABORTED` at once (nats.js calls
+ * take no signal, and a server that accepts and never answers holds them for their whole timeout).
+ * What `work` resolves to after that is passed to `late` (a connection to close); a later rejection
+ * is ignored.
+ */
+export function unlessAborted<T>(work: Promise<T>, signal: AbortSignal, location: string, late?: (value: T) => void): Promise<T> {
+  const aborted = () => new SluiceError("ERR_ABORTED", "nats: aborted", { cause: signal.reason, location });
+  if (signal.aborted) {
+    work.then(late, () => undefined);
+    return Promise.reject(aborted());
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => {
+      work.then(late, () => undefined);
+      reject(aborted());
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+    work.then(
+      (value) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(value);
+      },
+      (err: unknown) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(err);
+      },
+    );
+  });
+}
+
+/** Whether `err` is the JetStream API's answer that the stream does not exist. */
 export function isStreamNotFound(err: unknown): boolean {
   const js = loadedNats?.js;
   return js !== undefined && err instanceof js.JetStreamApiError && err.code === js.JetStreamApiCodes.StreamNotFound;

@@ -1,7 +1,8 @@
 /**
  * The `nats_jetstream` sink: one JetStream message per record, published with `Nats-Msg-Id` = the
  * record id so the stream's duplicate window absorbs a redelivery; a batch's publishes are all
- * outstanding at once and the write resolves when every ack arrived.
+ * outstanding at once, but a key's next one only once the last was stored, and the write resolves
+ * when every ack arrived.
  */
 import type { JetStreamClient, PubAck } from "@nats-io/jetstream";
 import type { MsgHdrs, NatsConnection } from "@nats-io/transport-node";
@@ -16,6 +17,7 @@ import {
   loadNats,
   natsConnectionOptions,
   serverList,
+  unlessAborted,
   type NatsModules,
 } from "../brokers/nats.js";
 import { SluiceError } from "../core/errors.js";
@@ -92,16 +94,22 @@ function messageHeaders(headers: () => MsgHdrs, record: SluiceRecord): MsgHdrs {
  * Builds a JetStream sink (what the `nats_jetstream` definition's factory returns).
  *
  * `connect` opens the connection (nats.js then reconnects on its own) and checks that a stream
- * stores `subject`, creating `createStream` when it is missing. A write publishes every record of
- * the batch at once and waits for all their acks; a duplicate ack (the id was published within the
- * stream's `duplicate_window`) is reported as already present. A publish that times out or finds
- * no stream fails the batch (retryable) rather than the record, so no later record of its key is
- * committed before it; the retry's duplicates are absorbed by the window.
+ * stores `subject`, creating `createStream` when it is missing. A write publishes the records of
+ * the batch at once, except that a record with a key is published only once the key's previous
+ * record in the batch was stored (and never when that one failed), and waits for all their acks; a
+ * duplicate ack (the id was published within the stream's `duplicate_window`) is reported as
+ * already present. A publish that times out, finds no stream or meets a full stream fails the
+ * batch (retryable) rather than the record; since nothing of its key after it was sent, no later
+ * record of its key is stored before it (with all outstanding at once, a refused a1 and a stored a2
+ * made the retry store a1 after a2, the retry of a2 being a duplicate); the retry's duplicates
+ * are absorbed by the window.
  */
 export function createNatsJetStreamSink(settings: NatsJetStreamSinkSettings): Sink {
   const location = `nats subject ${settings.subject}`;
   let nc: NatsConnection | undefined;
   let js: JetStreamClient | undefined;
+  /** A {@link reopen} under way. */
+  let reopening: Promise<void> | undefined;
   /** `headers` of the loaded transport, set with `js`. */
   let newHeaders: (() => MsgHdrs) | undefined;
 
@@ -141,39 +149,61 @@ export function createNatsJetStreamSink(settings: NatsJetStreamSinkSettings): Si
     }
   }
 
+  /**
+   * Opens the connection and checks the stream, unless a connection nats.js has not closed is
+   * there: nats.js reconnects one on its own, but closes it for good in some cases (credentials
+   * refused twice in a row, as after a rotation), and then only a new connection helps.
+   */
+  async function open(signal: AbortSignal): Promise<void> {
+    // A closed connection stays until it is replaced: the next write tries again.
+    if (nc !== undefined && !nc.isClosed()) return;
+    const nats = await loadNats();
+    let conn: NatsConnection | undefined;
+    try {
+      // Raced with the signal: nats.js takes none, and a server that accepts and never answers holds each call for its timeout.
+      const attempt = nats.core.connect({
+        servers: [...settings.servers],
+        name: "sluice",
+        user: settings.user,
+        pass: settings.password,
+        token: settings.token,
+        timeout: CONNECT_TIMEOUT_MS,
+        // Once connected, never give up: a write while reconnecting times out and the engine retries it.
+        maxReconnectAttempts: -1,
+      });
+      conn = await unlessAborted(attempt, signal, location, (late) => void late.close().catch(() => undefined));
+      await unlessAborted(checkStream(nats, conn), signal, location);
+    } catch (err) {
+      await conn?.close().catch(() => undefined);
+      throw classifyNatsError(err, "ERR_SINK_CONNECT", location);
+    }
+    nc = conn;
+    js = nats.js.jetstream(conn, { timeout: settings.ackTimeoutMs });
+    newHeaders = nats.core.headers;
+  }
+
+  /**
+   * A new connection in place of one nats.js closed for good, shared by the writes in flight. The
+   * engine connects a sink once, so this is the only way back; a failure (even a refused password:
+   * it may be rotated back) is retryable, so the batch is retried and the sink reported failing.
+   */
+  function reopen(signal: AbortSignal): Promise<void> {
+    reopening ??= open(signal)
+      .catch((err: unknown) => {
+        const e = classifyNatsError(err, "ERR_SINK_WRITE", location);
+        throw new SluiceError("ERR_SINK_WRITE", `nats: connection closed, and opening a new one failed: ${e.message}`, { cause: e, retryable: true, location });
+      })
+      .finally(() => (reopening = undefined));
+    return reopening;
+  }
+
   return {
     maxInFlight: MAX_IN_FLIGHT,
 
-    async connect(signal) {
-      if (nc !== undefined) return;
-      const nats = await loadNats();
-      let conn: NatsConnection | undefined;
-      const abort = () => void conn?.close();
-      signal.addEventListener("abort", abort, { once: true });
-      try {
-        conn = await nats.core.connect({
-          servers: [...settings.servers],
-          name: "sluice",
-          user: settings.user,
-          pass: settings.password,
-          token: settings.token,
-          timeout: CONNECT_TIMEOUT_MS,
-          // Once connected, never give up: a write while reconnecting times out and the engine retries it.
-          maxReconnectAttempts: -1,
-        });
-        await checkStream(nats, conn);
-      } catch (err) {
-        await conn?.close().catch(() => undefined);
-        throw classifyNatsError(err, "ERR_SINK_CONNECT", location);
-      } finally {
-        signal.removeEventListener("abort", abort);
-      }
-      nc = conn;
-      js = nats.js.jetstream(conn, { timeout: settings.ackTimeoutMs });
-      newHeaders = nats.core.headers;
-    },
+    connect: open,
 
     async write(records, signal): Promise<WriteResult | void> {
+      if (nc?.isClosed() === true) await reopen(signal);
       const client = js;
       const headers = newHeaders;
       if (client === undefined || headers === undefined) throw new SluiceError("ERR_INTERNAL", "nats_jetstream sink: write before connect", { location });
@@ -183,6 +213,8 @@ export function createNatsJetStreamSink(settings: NatsJetStreamSinkSettings): Si
       const failures: RecordFailure[] = [];
       const indexes: number[] = [];
       const acks: Promise<PubAck>[] = [];
+      /** Each key's last publish in this batch: the next of its key is sent once that one is stored, never if it failed. */
+      const lastOfKey = new Map<string, Promise<PubAck>>();
       records.forEach((record, index) => {
         let body: string;
         let h: MsgHdrs;
@@ -197,7 +229,11 @@ export function createNatsJetStreamSink(settings: NatsJetStreamSinkSettings): Si
           return;
         }
         indexes.push(index);
-        acks.push(client.publish(settings.subject, body, { msgID: headerValue(record.id), headers: h, timeout: settings.ackTimeoutMs }));
+        const send = () => client.publish(settings.subject, body, { msgID: headerValue(record.id), headers: h, timeout: settings.ackTimeoutMs });
+        const before = record.key === undefined ? undefined : lastOfKey.get(record.key);
+        const ack = before === undefined ? send() : before.then(send);
+        if (record.key !== undefined) lastOfKey.set(record.key, ack);
+        acks.push(ack);
       });
 
       const settled = await Promise.allSettled(acks);

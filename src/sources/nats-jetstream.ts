@@ -7,14 +7,15 @@
 import type { Consumer, JetStreamManager, JsMsg } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { z } from "zod";
-import { checkNatsCredentials, classifyNatsError, loadNats, natsConnectionOptions, serverList, type NatsModules } from "../brokers/nats.js";
+import { checkNatsCredentials, classifyNatsError, loadNats, natsConnectionOptions, serverList, unlessAborted, type NatsModules } from "../brokers/nats.js";
 import { SluiceError } from "../core/errors.js";
 import type { Entry } from "../core/record.js";
 import { defineComponent, type ComponentContext, type Source, type SourceHandle } from "../components/contracts.js";
 import { duration } from "../components/options.js";
 import { RecordSizeEstimate } from "../components/record-size.js";
-import { setUpConsumer, type MaxAckPending } from "./nats-jetstream/consumer.js";
+import { floorOf, setUpConsumer, type AckWait, type MaxAckPending } from "./nats-jetstream/consumer.js";
 import { addMessage, type JetStreamChunk } from "./nats-jetstream/messages.js";
+import { RedeliveryPacing } from "./nats-jetstream/pacing.js";
 
 /** How long `connect` waits for the server (a first connection, or nats.js reconnecting), and each JetStream API call, in ms. */
 const CONNECT_TIMEOUT_MS = 10_000;
@@ -30,6 +31,8 @@ const PULL_EXPIRES_MS = 5000;
 const BACKLOG_INTERVAL_MS = 5000;
 /** nats.js's pause between its own reconnect attempts, ms (see `connect` for who owns reconnecting). */
 const RECONNECT_WAIT_MS = 250;
+/** `ack_wait` when not set, ms: the consumer's is raised to it, never lowered. */
+const DEFAULT_ACK_WAIT_MS = 30_000;
 /** `buffer.max_records` when the context does not say (a source built outside a pipeline). */
 const DEFAULT_BUFFER_RECORDS = 10_000;
 
@@ -44,11 +47,18 @@ const options = z
       .describe("Durable pull consumer name, shared by every worker of the fleet; created (or updated) when missing unless bind"),
     bind: z.boolean().default(false).describe("true: the consumer must already exist and is used as it is (a permanent error otherwise)"),
     filter_subject: z.string().min(1).optional().describe("Only messages on this subject (wildcards allowed), when creating the consumer"),
-    deliver: z.enum(["all", "new"]).default("all").describe("Where a new consumer starts: all (everything in the stream) or new (only messages stored from now)"),
+    deliver: z
+      .enum(["all", "new"])
+      .default("all")
+      .describe(
+        "Where a new consumer starts: all (everything in the stream) or new (only messages stored from now); one deleted under a run is created again from its ack floor",
+      ),
     ack_wait: duration()
-      .default(30_000)
       .refine((ms) => ms >= 1000, "must be at least 1s")
-      .describe("How long the server waits for an ack before it redelivers; working() is sent every ack_wait/3 for chunks in flight; default 30s"),
+      .optional()
+      .describe(
+        "How long the server waits for an ack before it redelivers; working() is sent every ack_wait/3 for chunks in flight. Set: exactly this on the consumer. Default: at least 30s, never lowering the consumer's",
+      ),
     max_deliver: z
       .number()
       .int()
@@ -77,8 +87,8 @@ export interface NatsJetStreamSourceSettings {
   readonly bind: boolean;
   readonly filterSubject?: string | undefined;
   readonly deliver: "all" | "new";
-  /** ms */
-  readonly ackWaitMs: number;
+  /** ms; set exactly. Undefined: at least {@link DEFAULT_ACK_WAIT_MS} (see {@link AckWait}). */
+  readonly ackWaitMs?: number | undefined;
   readonly maxDeliver: number;
   /** Set exactly; undefined: at least the buffer's `max_records` + {@link MAX_PULL} (see {@link MaxAckPending}). */
   readonly maxAckPending?: number | undefined;
@@ -102,21 +112,30 @@ export interface NatsJetStreamSourceSettings {
 export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings, ctx: ComponentContext): Source {
   const { stream, maxDeliver } = settings;
   const location = `nats stream ${stream} consumer ${settings.consumer}`;
+  const ackWait: AckWait = settings.ackWaitMs === undefined ? { tag: "at_least", ms: DEFAULT_ACK_WAIT_MS } : { tag: "exactly", ms: settings.ackWaitMs };
   const maxAckPending: MaxAckPending =
     settings.maxAckPending === undefined ? { tag: "at_least", value: (ctx.bufferRecords ?? DEFAULT_BUFFER_RECORDS) + MAX_PULL } : { tag: "exactly", value: settings.maxAckPending };
   let nc: NatsConnection | undefined;
   let consumer: Consumer | undefined;
   let jsm: JetStreamManager | undefined;
+  /** The consumer's ack floor (a stream sequence) as last read; undefined until the source had a consumer. See `resumeAt` in consumer.ts. */
+  let ackFloor: number | undefined;
   /** Why the connection is down now; undefined while it is up. */
   let down: string | undefined;
-  /** Called on every change of `down`. */
+  /** Called on every change of `down`, and on every ack (see {@link RedeliveryPacing}). */
   const watchers = new Set<() => void>();
   /** The messages' average size: a pull must fit the byte bound too (what does not fit waits, ageing toward ack_wait, while sluice is full). */
   const sizes = new RecordSizeEstimate();
 
+  /** Pull sizes and messages in flight while redeliveries are about (a worker that crashed on a record). */
+  const pacing = new RedeliveryPacing(MAX_PULL, maxDeliver);
+
+  const notify = () => {
+    for (const w of [...watchers]) w();
+  };
   const changed = (why: string | undefined) => {
     down = why;
-    for (const w of [...watchers]) w();
+    notify();
   };
 
   /** Follows a connection's status: a disconnect marks it down until nats.js reconnected it; closing marks it down for good. */
@@ -164,13 +183,7 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
       maxReconnectAttempts: -1,
       reconnectTimeWait: RECONNECT_WAIT_MS,
     });
-    const abort = () => void attempt.then((c) => c.close()).catch(() => undefined);
-    signal.addEventListener("abort", abort, { once: true });
-    try {
-      return await attempt;
-    } finally {
-      signal.removeEventListener("abort", abort);
-    }
+    return unlessAborted(attempt, signal, location, (late) => void late.close().catch(() => undefined));
   }
 
   /** Emits the consumer's backlog every {@link BACKLOG_INTERVAL_MS}; returns the function that stops it. */
@@ -181,6 +194,7 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
       cancel = ctx.clock.setTimer(BACKLOG_INTERVAL_MS, () => {
         c.info()
           .then((info) => {
+            ackFloor = floorOf(info, ackFloor);
             if (!stopped) ctx.emit({ type: "source_backlog", source: ctx.name, pending: info.num_ack_pending, lag: info.num_pending });
           })
           .catch(() => undefined)
@@ -222,6 +236,8 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
    */
   async function pull(handle: SourceHandle, c: Consumer, n: number, signal: AbortSignal): Promise<boolean> {
     const messages = await c.fetch({ max_messages: n, expires: PULL_EXPIRES_MS });
+    let count = 0;
+    let most = 0;
     const onStop = () => messages.stop();
     signal.addEventListener("abort", onStop, { once: true });
     let chunk: JetStreamChunk = { messages: [], terminate: undefined };
@@ -237,12 +253,15 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
         redelivered = 0;
       }
       sizes.observe(entries);
+      pacing.handed(handing.messages.length);
       return (await handle.enqueue(entries, handing)) !== "stopping";
     };
     try {
       for await (const m of messages) {
         if (signal.aborted) break;
         if (m.info.deliveryCount > 1) redelivered++;
+        count++;
+        most = Math.max(most, m.info.deliveryCount);
         addMessage(handle, chunk, records, m, stream, maxDeliver);
         if ((messages.getPending() === 0 || records.length >= handle.chunkSize) && !(await flush())) {
           messages.stop();
@@ -252,6 +271,7 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
       return records.length === 0 || (await flush());
     } finally {
       signal.removeEventListener("abort", onStop);
+      pacing.pulled(count, most);
     }
   }
 
@@ -261,7 +281,7 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
   return {
     acks: "individual",
     whenFull: "wait",
-    workingIntervalMs: Math.max(1, Math.floor(settings.ackWaitMs / 3)),
+    workingIntervalMs: Math.max(1, Math.floor(ackWait.ms / 3)),
 
     async connect(signal) {
       const nats = await loadNats();
@@ -285,9 +305,12 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
         if (down !== undefined) throw lost();
       }
       try {
-        jsm ??= await nats.js.jetstreamManager(nc, { timeout: CONNECT_TIMEOUT_MS });
-        const info = await setUpConsumer(nats, jsm, { ...settings, maxAckPending }, ctx.logger, ctx.name);
+        jsm ??= await unlessAborted(nats.js.jetstreamManager(nc, { timeout: CONNECT_TIMEOUT_MS }), signal, location);
+        const resumeAt = ackFloor === undefined ? undefined : ackFloor + 1;
+        const info = await setUpConsumer(nats, jsm, { ...settings, ackWait, maxAckPending, resumeAt }, { logger: ctx.logger, component: ctx.name, signal });
+        ackFloor = floorOf(info, ackFloor);
         consumer = nats.js.jetstream(nc, { timeout: CONNECT_TIMEOUT_MS }).consumers.getConsumerFromInfo(info);
+        pacing.connected();
       } catch (err) {
         throw classifyNatsError(err, "ERR_SOURCE_CONNECT", location);
       }
@@ -307,7 +330,8 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
       const stopBacklog = reportBacklog(c);
       try {
         while (!stop.signal.aborted) {
-          const n = await sizes.room(handle, Math.min(handle.chunkSize, MAX_PULL), stop.signal);
+          if (pacing.full()) await waitFor(() => !pacing.full(), ackWait.ms, stop.signal);
+          const n = await sizes.room(handle, pacing.next(Math.min(handle.chunkSize, MAX_PULL)), stop.signal);
           if (n === 0) break;
           if (!(await pull(handle, c, n, stop.signal))) break;
         }
@@ -326,6 +350,8 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
     ack(checkpoint) {
       const chunk = checkpoint as JetStreamChunk;
       const terminate = chunk.terminate === undefined ? undefined : new Set(chunk.terminate);
+      pacing.answered(chunk.messages.length);
+      notify();
       // Plain acks (one publish each, written out together), not ackAck round trips: an ack lost
       // on the way only means a redelivery, which the record's stable id absorbs.
       each(chunk.messages, "ack", (m, i) => {

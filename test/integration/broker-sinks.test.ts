@@ -5,9 +5,10 @@
  * checked in the server. Each test writes to its own stream (random suffix) and deletes it.
  */
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { connect as tcpConnect, createServer, type AddressInfo, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { DiscardPolicy, jetstream, jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Redis } from "ioredis";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -242,6 +243,53 @@ describe.skipIf(!hasRedis)("redis_streams sink on the machine's Redis", () => {
   }, 60_000);
 });
 
+/**
+ * A TCP proxy to the machine's NATS that, while denying, drops every connection and answers new
+ * ones as a server refusing their credentials would: nats.js gives up (closes for good) after two
+ * such answers in a row, as after a credential rotation.
+ */
+async function authDenyingProxy(): Promise<{ url: string; deny(): void; allow(): void; denied(): number; close(): Promise<void> }> {
+  let denying = false;
+  let denied = 0;
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    sockets.add(client);
+    client.on("error", () => undefined);
+    if (denying) {
+      client.write('INFO {"server_id":"DENY","version":"2.9.10","proto":1,"headers":true,"max_payload":1048576,"auth_required":true}\r\n');
+      client.once("data", () => {
+        denied++;
+        client.end("-ERR 'Authorization Violation'\r\n");
+      });
+      return;
+    }
+    const upstream = tcpConnect(Number(natsAddress.port || 4222), natsAddress.hostname);
+    sockets.add(upstream);
+    client.on("data", (d) => upstream.write(d));
+    upstream.on("data", (d) => client.write(d));
+    upstream.on("error", () => client.destroy());
+    for (const [a, b] of [
+      [client, upstream],
+      [upstream, client],
+    ] as const)
+      a.on("close", () => b.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `nats://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    deny() {
+      denying = true;
+      for (const socket of sockets) socket.destroy();
+    },
+    allow: () => void (denying = false),
+    denied: () => denied,
+    close() {
+      for (const socket of sockets) socket.destroy();
+      return new Promise((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
 describe.skipIf(!hasNats)("nats_jetstream sink on the machine's NATS", () => {
   let nc: NatsConnection;
   const streams: string[] = [];
@@ -314,6 +362,79 @@ describe.skipIf(!hasNats)("nats_jetstream sink on the machine's NATS", () => {
     const err = await connectError(sink({ subject, create_stream: { name, subjects: [`${subject}.other`] } }));
     expect([err.code, err.retryable]).toEqual(["ERR_SINK_CONNECT", false]);
     expect(err.message).toContain(subject);
+  });
+
+  it("opens a new connection at the next write once nats.js closed its connection for good, failing retryably until then", async () => {
+    const { name, subject } = names();
+    const proxy = await authDenyingProxy();
+    try {
+      const s = sink({ servers: proxy.url, subject, create_stream: { name, storage: "memory" }, ack_timeout: "500ms" });
+      await s.connect(signal);
+      const records = makeRecords(20);
+      expect(await s.write(records.slice(0, 10), signal)).toEqual({});
+      proxy.deny();
+      // nats.js reconnects, is refused twice in a row, and closes the connection for good.
+      const deadline = Date.now() + 15_000;
+      while (proxy.denied() < 2 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      const refused: unknown = await s.write(records.slice(10), signal).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(refused).toMatchObject({ retryable: true });
+      proxy.allow();
+      expect(await s.write(records.slice(10), signal)).toEqual({});
+      expect((await readJetStream(nc, name)).map((r) => r.id)).toEqual(records.map((r) => r.id));
+    } finally {
+      await proxy.close();
+    }
+  }, 30_000);
+
+  it("never stores a later record of a key before an earlier one the stream refused for now, also across the batch's retry", async () => {
+    const { name, subject } = names();
+    const jsm = await jetstreamManager(nc);
+    // Full for a1 (900 bytes), not for the small a2 behind it: a1 is refused retryably, a2 would be stored.
+    await jsm.streams.add({ name, subjects: [subject], discard: DiscardPolicy.New, max_bytes: 600 });
+    const s = sink({ subject });
+    await s.connect(signal);
+    const [a1, a2, b1] = makeRecords(3, { keys: 1 });
+    const records = [
+      { ...a1!, key: "a", payload: { ...a1!.payload, pad: "x".repeat(900) } },
+      { ...a2!, key: "a" },
+      { ...b1!, key: "b" },
+    ];
+    const refused: unknown = await s.write(records, signal).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(refused).toMatchObject({ code: "ERR_SINK_WRITE", retryable: true });
+    // Another key goes on; nothing of key a is stored before a1.
+    expect((await readJetStream(nc, name)).map((r) => r.id)).toEqual([b1!.id]);
+    await jsm.streams.update(name, { max_bytes: -1 });
+    expect(await s.write(records, signal)).toEqual({ failures: [], alreadyPresent: [2] });
+    expect((await readJetStream(nc, name)).map((r) => r.id)).toEqual([b1!.id, a1!.id, a2!.id]);
+  });
+
+  it("ends connect at once when aborted against a server that accepts and never answers", async () => {
+    const { subject } = names();
+    const sockets = new Set<Socket>();
+    const silent = createServer((socket) => void sockets.add(socket));
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    try {
+      const s = sink({ servers: `nats://127.0.0.1:${(silent.address() as AddressInfo).port}`, subject });
+      const abort = new AbortController();
+      const began = Date.now();
+      const attempt = s.connect(abort.signal).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      setTimeout(() => abort.abort(), 200);
+      expect(await attempt).toBeInstanceOf(SluiceError);
+      expect(Date.now() - began).toBeLessThan(1_000);
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => silent.close(resolve));
+    }
   });
 
   it("fails connect retryably when nothing listens", async () => {

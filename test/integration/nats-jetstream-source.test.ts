@@ -186,6 +186,45 @@ describe.skipIf(!hasNats)("nats_jetstream source on the machine's NATS", () => {
     expect(await connectOnly({})).toBe(-1);
   });
 
+  it("never lowers a fleet's ack_wait by default, raises a shorter one, and sets a configured one exactly", async () => {
+    const { name } = await stream();
+    const jsm = await jetstreamManager(nc);
+    await jsm.consumers.add(name, { durable_name: "waits", ack_policy: AckPolicy.Explicit, ack_wait: nanos(60_000) });
+    const connectOnly = async (options: Record<string, unknown>) => {
+      const source = definition.create(definition.options.parse({ servers: NATS_URL, stream: name, consumer: "waits", ...options }), {
+        name: "js",
+        dataDir: "",
+        baseDir: "",
+        clock: systemClock,
+        logger: silentLogger,
+        emit: () => {},
+      });
+      await source.connect!(new AbortController().signal);
+      await source.close();
+      return (await consumerInfo(nc, name, "waits")).config.ack_wait;
+    };
+    // Set by a worker (or an operator) that holds chunks longer: a worker with the default leaves it.
+    expect(await connectOnly({})).toBe(nanos(60_000));
+    expect(await connectOnly({ ack_wait: "5s" })).toBe(nanos(5_000));
+    expect(await connectOnly({})).toBe(nanos(30_000));
+  });
+
+  it("refuses an existing consumer that filters when filter_subject is not set, unless bound", async () => {
+    const { name, subject } = await stream();
+    const jsm = await jetstreamManager(nc);
+    await jsm.consumers.add(name, { durable_name: "part", ack_policy: AckPolicy.Explicit, filter_subject: `${subject}.a` });
+    const err = await connectError({ stream: name, consumer: "part" });
+    expect(err).toMatchObject({ code: "ERR_SOURCE_CONNECT", retryable: false });
+    expect(err.message).toMatch(new RegExp(`filters ${subject}\\.a, and filter_subject is not set \\(the whole stream\\); set filter_subject to it, or bind: true`));
+    await publish(nc, `${subject}.a`, [{ body: JSON.stringify({ n: 1 }), msgId: "a-1" }]);
+    await publish(nc, `${subject}.b`, [{ body: JSON.stringify({ n: 2 }), msgId: "b-1" }]);
+    const sink = new GatedSink();
+    // Bound, it is used as it is: its subject only.
+    start({ source: { servers: NATS_URL, stream: name, consumer: "part", bind: true }, sink });
+    await until(() => sink.committed.has("a-1"), "the message of the filtered subject");
+    expect(sink.committed.has("b-1")).toBe(false);
+  });
+
   it("waits for the last acks' flush at close for 10 s of its clock, not of real time, when the server stops answering", async () => {
     const { name } = await stream();
     const proxy = await freezingProxy(address.hostname, Number(address.port || 4222));
@@ -211,6 +250,55 @@ describe.skipIf(!hasNats)("nats_jetstream source on the machine's NATS", () => {
       await closing;
     } finally {
       await proxy.close();
+    }
+  });
+
+  it("stops at once when stopped while connecting to a server that accepts and never answers", async () => {
+    const sockets = new Set<Socket>();
+    const silent = createServer((socket) => void sockets.add(socket));
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    try {
+      const url = `nats://127.0.0.1:${(silent.address() as AddressInfo).port}`;
+      const r = start({ source: { servers: url, stream: "never", consumer: "silent" }, sink: new GatedSink(), shutdownTimeoutMs: 5_000 });
+      await until(() => sockets.size > 0, "the source connecting");
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      const began = Date.now();
+      const status = await stop(r);
+      expect(status.tag).toBe("stopped");
+      expect(Date.now() - began).toBeLessThan(1_000);
+    } finally {
+      for (const s of sockets) s.destroy();
+      await new Promise((resolve) => silent.close(resolve));
+    }
+  });
+
+  it("gives up its JetStream API calls at once when connect is aborted and the server stopped answering", async () => {
+    const { name } = await stream();
+    const proxy = await freezingProxy(address.hostname, Number(address.port || 4222));
+    const source = definition.create(definition.options.parse({ servers: proxy.url, stream: name, consumer: "api" }), {
+      name: "js",
+      dataDir: "",
+      baseDir: "",
+      clock: systemClock,
+      logger: silentLogger,
+      emit: () => {},
+    });
+    try {
+      await source.connect!(new AbortController().signal);
+      proxy.freeze();
+      // Connected: this attempt goes straight to the stream and consumer checks, which the server never answers.
+      const abort = new AbortController();
+      const began = Date.now();
+      const attempt = source.connect!(abort.signal).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      setTimeout(() => abort.abort(), 100);
+      expect(await attempt).toBeInstanceOf(SluiceError);
+      expect(Date.now() - began).toBeLessThan(1_000);
+    } finally {
+      await proxy.close();
+      await source.close();
     }
   });
 
@@ -275,8 +363,27 @@ describe.skipIf(!hasNats)("nats_jetstream source on the machine's NATS", () => {
     const lost = r.events.filter((e) => e.type === "source_connect_failed" && e.attempt === 0);
     // Reported like a lost connection (the engine connects again, which creates the consumer), and counted.
     expect(lost.map((e) => e.type === "source_connect_failed" && e.message)).toContain("nats: consumer deleted");
-    // The new consumer starts over (deliver: all): the 50 again, under the ids they had.
-    expect(sink.commitLog.length).toBe(110);
+    // The new consumer starts after the ack floor last read, not over (deliver: all is for the first creation): at most the 50 again, under the ids they had.
+    expect(sink.committed.size).toBe(60);
+    expect(sink.commitLog.length).toBeLessThanOrEqual(110);
+  });
+
+  it("with deliver: new, creates a deleted consumer again from where it was, not from new: the backlog is still delivered", async () => {
+    const { name, subject } = await stream();
+    await publish(nc, subject, bodies(0, 5));
+    const sink = new GatedSink(true);
+    const r = start({ source: { servers: NATS_URL, stream: name, consumer: "gone-new", deliver: "new" }, sink, maxRecords: 2, chunkSize: 1, batch: 1 });
+    await until(() => r.events.some((e) => e.type === "source_connected"), "the source connected");
+    // Published after the consumer was created: the 10 it must deliver; the buffer holds 2 of them.
+    await publish(nc, subject, bodies(5, 15));
+    await until(() => received(r) >= 2, "the buffer full");
+    await (await jetstreamManager(nc)).consumers.delete(name, "gone-new");
+    // The next pull finds the consumer gone.
+    sink.release();
+    await until(() => r.events.filter((e) => e.type === "source_connected").length >= 2, "the source connected again", 20_000);
+    await until(() => sink.committed.size === 10, "the 10 records published after the first creation", 20_000).catch(() => undefined);
+    expect([...sink.committed.values()].map((rec) => (rec.payload as { n: number }).n).sort((a, b) => a - b)).toEqual(Array.from({ length: 10 }, (_, i) => i + 5));
+    await until(() => settled(name, "gone-new"), "every message acked");
   });
 
   it("keeps ids, keys and event times from the message across redelivery", async () => {
@@ -419,6 +526,58 @@ describe.skipIf(!hasNats)("nats_jetstream source on the machine's NATS", () => {
     expect(received(r)).toBe(1);
     expect(sink.committed.size).toBe(0);
   });
+
+  it("dead-letters only the record that crashes the worker, not the messages delivered with it", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "sluice-nats-poison-"));
+    const { name, subject } = await stream();
+    try {
+      const total = 60;
+      await publish(
+        nc,
+        subject,
+        Array.from({ length: total }, (_, n) => ({ body: JSON.stringify(n === 20 ? { n, poison: true } : { n }), msgId: `m-${n}` })),
+      );
+      const config = join(dir, "worker.yaml");
+      const db = join(dir, "out.db");
+      await writeFile(
+        config,
+        `data_dir: ${join(dir, "data")}
+sources:
+  js: { type: nats_jetstream, servers: ${NATS_URL}, stream: ${name}, consumer: crashy, ack_wait: 1s, max_deliver: 3 }
+transforms:
+  - { type: module, path: ${join(import.meta.dirname, "../fixtures/transforms/kills-itself.mjs")} }
+sinks:
+  db: { type: sqlite, path: ${db} }
+`,
+      );
+      // A supervisor restarting the worker after each crash (once ack_wait has passed) until the stream is done.
+      let crashes = 0;
+      for (let run = 0; run < 10; run++) {
+        const cli = startCli(config, join(dir, "summary.json"), dir);
+        const exited = await Promise.race([cli.exited, until(() => settled(name, "crashy").catch(() => false), "every message settled", 30_000).then(() => undefined)]);
+        if (exited === undefined) {
+          cli.process.kill("SIGTERM");
+          expect((await cli.exited).code, cli.output()).toBe(0);
+          break;
+        }
+        expect(exited.signal, cli.output()).toBe("SIGKILL");
+        crashes++;
+        await new Promise((resolve) => setTimeout(resolve, 1100));
+      }
+      expect(crashes).toBe(3);
+      expect(await settled(name, "crashy")).toBe(true);
+      const dlq = new Database(join(dir, "data", "dlq.db"), { readonly: true });
+      const dead = dlq.prepare("SELECT record_id, code FROM dead_letters").all();
+      dlq.close();
+      expect(dead).toEqual([{ record_id: "m-20", code: "ERR_MAX_DELIVERIES" }]);
+      const out = new Database(db, { readonly: true });
+      const ids = (out.prepare("SELECT id FROM records").all() as { id: string }[]).map((row) => row.id);
+      out.close();
+      expect(new Set(ids)).toEqual(new Set(Array.from({ length: total }, (_, n) => `m-${n}`).filter((id) => id !== "m-20")));
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
 
   it("dead-letters messages that are not JSON objects, with the stream sequence as location, and acks them", async () => {
     const { name, subject } = await stream();

@@ -12,7 +12,7 @@ const base = { servers: "nats://127.0.0.1:4222", stream: "EVENTS" };
 
 describe("nats_jetstream source options", () => {
   it("has the documented defaults", () => {
-    expect(definition.options.parse(base)).toEqual({ ...base, consumer: "sluice", bind: false, deliver: "all", ack_wait: 30_000, max_deliver: 10 });
+    expect(definition.options.parse(base)).toEqual({ ...base, consumer: "sluice", bind: false, deliver: "all", max_deliver: 10 });
   });
 
   it.each([
@@ -35,6 +35,8 @@ describe("nats_jetstream source options", () => {
   it("declares individual acks, waits when full, and ticks working() every third of ack_wait", () => {
     const source = definition.create(definition.options.parse({ ...base, ack_wait: "9s" }), ctx);
     expect(source).toMatchObject({ acks: "individual", whenFull: "wait", workingIntervalMs: 3000 });
+    // Unset: the default 30 s.
+    expect(definition.create(definition.options.parse(base), ctx)).toMatchObject({ workingIntervalMs: 10_000 });
     expect(typeof source.connect).toBe("function");
     expect(typeof source.inProgress).toBe("function");
   });
