@@ -65,6 +65,15 @@ describe("Pipeline, end to end in memory", () => {
     expect(tp.deadLetters.entries).toEqual([]);
   });
 
+  it("ends even when a component's close never settles (its service stopped answering): closeAll has its own deadline", async () => {
+    const tp = makePipeline({ inputs: payloads(5) });
+    tp.sink.close = () => new Promise<void>(() => {});
+    const t0 = tp.clock.now();
+    expect(await tp.run()).toEqual({ tag: "completed" });
+    expect(tp.clock.now() - t0).toBeLessThanOrEqual(6_000);
+    expect(tp.source.closed && tp.deadLetters.closed).toBe(true);
+  });
+
   it("runs only once", async () => {
     const tp = makePipeline({ inputs: payloads(1) });
     await tp.run();
