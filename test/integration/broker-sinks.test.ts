@@ -518,6 +518,20 @@ describe.skipIf(!canStartBroker("redis-server", "redis_streams credentials test"
     }
   });
 
+  it("closes within a few seconds when Redis stopped answering (SIGSTOP): QUIT is bounded, then the socket dropped", async () => {
+    const s = redisStreams.create(redisStreams.options.parse({ url: server!.url, stream: "hung" }), ctx);
+    await s.connect(signal);
+    expect(await s.write(makeRecords(3), signal)).toEqual({});
+    server!.signal("SIGSTOP");
+    try {
+      const started = Date.now();
+      await s.close();
+      expect(Date.now() - started).toBeLessThan(5_000);
+    } finally {
+      server!.signal("SIGCONT");
+    }
+  });
+
   it("fails connect permanently on an ACL without XADD, and a write after XADD was taken away is retryable, not the records' fault", async () => {
     const redis = redisClient(server!.url);
     const user = (name: string) => `redis://${name}:pw@127.0.0.1:${server!.port}`;
