@@ -485,7 +485,7 @@ describe("sluice components", () => {
     ["sink", "sink", ["sqlite", "postgres", "file", "stdout", "blackhole", "redis_streams", "nats_jetstream"]],
     ["sinks", "sink", ["sqlite", "postgres", "file", "stdout", "blackhole", "redis_streams", "nats_jetstream"]],
     ["source", "source", ["generator", "file", "http", "redis_streams", "nats_jetstream", "mqtt"]],
-    ["sources", "source", ["generator", "file", "http", "redis_streams", "nats_jetstream"]],
+    ["sources", "source", ["generator", "file", "http", "redis_streams", "nats_jetstream", "mqtt"]],
     ["transform", "transform", ["module", "validate"]],
     ["transforms", "transform", ["module", "validate"]],
     ["dead_letter", "dead_letter", ["sqlite"]],
