@@ -155,15 +155,44 @@ describe.skipIf(!hasMosquitto)("mqtt source on the machine's Mosquitto", () => {
   });
 });
 
-describe.skipIf(!canStartBroker("mosquitto", "mqtt credentials test"))("mqtt source on a private Mosquitto with a password file", () => {
+describe.skipIf(!canStartBroker("mosquitto", "mqtt private-broker tests"))("mqtt source on a private Mosquitto", () => {
   let broker: BrokerServer | undefined;
-  let dir: string;
+  let dir: string | undefined;
+  const runs: Run[] = [];
 
   afterAll(async () => {
     killClis();
+    for (const r of runs) {
+      r.pipeline.stop();
+      await r.done;
+    }
     await broker?.stop();
     if (dir !== undefined) await rm(dir, { recursive: true, force: true });
   });
+
+  it("reconnects with backoff when the broker restarts, subscribes again, and delivers what is published after", async () => {
+    const restarting = await startMosquitto();
+    try {
+      const sink = new GatedSink();
+      const run = runSource({ url: restarting.url, topics: "s/#", client_id: "sluice-restart" }, sink);
+      runs.push(run);
+      const connected = () => run.events.filter((e) => e.type === "source_connected").length;
+      await until(() => connected() === 1, "connected");
+      await publishAll(restarting.url, "s/1", Array.from({ length: 10 }, (_, n) => ({ id: `a-${n}` })));
+      await until(() => sink.committed.size === 10, "10 records committed");
+      // SIGKILL: the broker loses its session (nothing saved yet); the source makes it again at connect.
+      await restarting.restart();
+      await until(() => connected() === 2, "connected again", 30_000);
+      expect(run.events.some((e) => e.type === "source_connect_failed")).toBe(true);
+      await publishAll(restarting.url, "s/1", Array.from({ length: 10 }, (_, n) => ({ id: `b-${n}` })));
+      await until(() => sink.committed.size === 20, "20 records committed");
+      runs.splice(runs.indexOf(run), 1);
+      run.pipeline.stop();
+      expect((await run.done).tag).toBe("stopped");
+    } finally {
+      await restarting.stop();
+    }
+  }, 60_000);
 
   it("fails with exit 1 and says why when the broker refuses the credentials", async () => {
     dir = await mkdtemp(join(tmpdir(), "sluice-mqtt-auth-"));
