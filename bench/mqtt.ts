@@ -43,6 +43,8 @@ const POLL_MS = 10;
 const RUN_TIMEOUT_MS = 3 * 60 * 1000;
 /** QoS 1 messages the preloading publisher has unacknowledged at once: with 20 (Mosquitto's default Receive Maximum) the publisher stalled here, with 10 it never did. */
 const PUBLISH_WINDOW = 10;
+/** A preload window not acknowledged within this long has stalled, ms. */
+const PRELOAD_STALL_MS = 30_000;
 /** Messages the preload publishes on one connection. */
 const PUBLISH_PER_CONNECTION = 10_000;
 
@@ -116,7 +118,13 @@ async function publishRange(url: string, topic: string, from: number, to: number
       const reading = { id: `reading-${j}`, sensor: `sensor-${j % 100}`, value: (j % 1000) / 10, unit: "C", ts: new Date(1_700_000_000_000 + j).toISOString(), seq: j };
       batch.push(c.publishAsync(topic, JSON.stringify(reading), { qos: 1 }));
     }
-    await Promise.all(batch);
+    let timer: NodeJS.Timeout | undefined;
+    const stalled = new Promise<never>((_, fail) => (timer = setTimeout(() => fail(new Error(`the preload stalled at message ${i} (mqtt.js publisher; see docs/architecture.md)`)), PRELOAD_STALL_MS)));
+    try {
+      await Promise.race([Promise.all(batch), stalled]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
   await c.endAsync();
 }
@@ -235,7 +243,13 @@ export async function runMqttBench(): Promise<number> {
           await createSession(broker.url, ids.bare, topic);
           await createSession(broker.url, ids.sluice, topic);
           progress.live(`[mqtt] window ${window} round ${round}/${runs}: preloading ${fmtInt(records)} messages`);
-          await preload(broker.url, topic, records);
+          try {
+            await preload(broker.url, topic, records);
+          } catch (err) {
+            failures.push(`window ${window} round ${round}: ${(err as Error).message}`);
+            progress.line(`[mqtt] window ${window} round ${round}/${runs}: failed: ${(err as Error).message}`);
+            continue;
+          }
           const runBare = async () => {
             progress.live(`[mqtt] window ${window} round ${round}/${runs}: bare client`);
             const task = { url: broker.url, clientId: ids.bare, records, receiveMaximum: window };
