@@ -23,6 +23,11 @@
  * sluice's sources, next to hand-written consumer loops and BullMQ; BENCH_BROKERS=0 skips it,
  * BENCH_BROKERS_RUNS, BENCH_BROKERS_RECORDS, BENCH_BROKERS_NATS_RECORDS, BENCH_BROKERS_BULLMQ_JOBS,
  * BENCH_BROKERS_REDIS=0 / _NATS=0 / _BULLMQ=0, BENCH_REDIS_URL, BENCH_NATS_URL).
+ *
+ * Then the MQTT section (bench/mqtt.ts: QoS 1 messages preloaded into a private Mosquitto, read by
+ * sluice's `mqtt` source into blackhole, next to a bare mqtt.js client that acks on receipt, with
+ * an in-flight window of 20 and of 10,000; BENCH_MQTT=0 skips it, BENCH_MQTT_RECORDS,
+ * BENCH_MQTT_RUNS, BENCH_MQTT_WINDOWS).
  */
 import { cpus, loadavg } from "node:os";
 import { join } from "node:path";
@@ -30,6 +35,7 @@ import { CONTENDERS, prepareLaunch, REPO_DIR, runChild, type ContenderName } fro
 import { ensureDataFile, warmPageCache } from "./data-gen.js";
 import type { ContenderResult } from "./contenders/protocol.js";
 import { runBrokerBench } from "./brokers.js";
+import { runMqttBench } from "./mqtt.js";
 import { runHttpBench } from "./http.js";
 import { runPostgresBench } from "./postgres.js";
 import { runTracingBench } from "./tracing.js";
@@ -211,4 +217,5 @@ const tracingCode = await runTracingBench();
 const postgresCode = await runPostgresBench();
 const httpCode = await runHttpBench();
 const brokersCode = await runBrokerBench();
-process.exitCode = Math.max(mainCode, tracingCode, postgresCode, httpCode, brokersCode);
+const mqttCode = await runMqttBench();
+process.exitCode = Math.max(mainCode, tracingCode, postgresCode, httpCode, brokersCode, mqttCode);

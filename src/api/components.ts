@@ -18,6 +18,7 @@ import { definition as generator } from "../sources/generator.js";
 import { definition as httpSource } from "../sources/http.js";
 import { definition as redisStreamsSource } from "../sources/redis-streams.js";
 import { definition as natsJetStreamSource } from "../sources/nats-jetstream.js";
+import { definition as mqttSource } from "../sources/mqtt/source.js";
 import { definition as moduleTransform } from "../transforms/module.js";
 import { definition as validate } from "../transforms/validate.js";
 import type { ComponentContext } from "../components/contracts.js";
@@ -43,6 +44,8 @@ export const sources = {
   redisStreams: <P extends object>(options: z.input<typeof redisStreamsSource.options>): SourceFactory<P> => fromDefinition(redisStreamsSource, options),
   /** A NATS JetStream durable pull consumer; name the payload type the stream's messages hold. */
   natsJetStream: <P extends object>(options: z.input<typeof natsJetStreamSource.options>): SourceFactory<P> => fromDefinition(natsJetStreamSource, options),
+  /** An MQTT subscription in a persistent session; name the payload type the messages hold. */
+  mqtt: <P extends object>(options: z.input<typeof mqttSource.options>): SourceFactory<P> => fromDefinition(mqttSource, options),
   /** A source you implement against the {@link Source} contract. */
   custom: <P extends object>(type: string, create: (ctx: ComponentContext) => Source): SourceFactory<P> => ({ type, create }),
 };

@@ -6,17 +6,18 @@
  * failure) kills it and removes the directory.
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { writeFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { createConnection, createServer } from "node:net";
-import { tmpdir } from "node:os";
+import { tmpdir, userInfo } from "node:os";
 import { join } from "node:path";
 
 /** How long a server may take to accept connections after a start, in ms. */
 const START_TIMEOUT_MS = 15_000;
 
-/** A server started by {@link startRedisServer} or {@link startNatsServer}. */
+/** A server started by {@link startRedisServer}, {@link startNatsServer} or {@link startMosquitto}. */
 export interface BrokerServer {
-  /** `redis://[:password@]127.0.0.1:<port>` or `nats://127.0.0.1:<port>`. */
+  /** `redis://[:password@]127.0.0.1:<port>`, `nats://127.0.0.1:<port>` or `mqtt://127.0.0.1:<port>`. */
   readonly url: string;
   readonly port: number;
   /** The temp directory holding the server's data and log. */
@@ -30,7 +31,7 @@ export interface BrokerServer {
 }
 
 /** Why `binary` cannot be run here, or undefined when it can. */
-export function serverProblem(binary: "redis-server" | "nats-server"): string | undefined {
+export function serverProblem(binary: "redis-server" | "nats-server" | "mosquitto"): string | undefined {
   const found = spawnSync("sh", ["-c", `command -v ${binary}`]).status === 0;
   return found ? undefined : `no ${binary} on PATH`;
 }
@@ -39,7 +40,7 @@ export function serverProblem(binary: "redis-server" | "nats-server"): string | 
  * Whether a test can start its private `binary`. When it cannot: with `SLUICE_REQUIRE_SERVICES=1`
  * this throws (the test file fails); otherwise it prints why and returns false, for `describe.skipIf`.
  */
-export function canStartBroker(binary: "redis-server" | "nats-server", test: string): boolean {
+export function canStartBroker(binary: "redis-server" | "nats-server" | "mosquitto", test: string): boolean {
   const problem = serverProblem(binary);
   if (problem === undefined) return true;
   if (process.env.SLUICE_REQUIRE_SERVICES === "1") throw new Error(`${problem}; SLUICE_REQUIRE_SERVICES=1 makes this a failure`);
@@ -138,5 +139,26 @@ export function startNatsServer(options: { user?: string; password?: string } = 
     (port, dir) => ["-js", "-sd", join(dir, "jetstream"), "-a", "127.0.0.1", "-p", String(port), ...auth],
     (port) => `nats://127.0.0.1:${port}`,
     "sluice-nats-",
+  );
+}
+
+/**
+ * A private `mosquitto` with its own config file: persistence on in its temp directory, anonymous
+ * clients allowed unless `passwordFile` (a file made by `mosquitto_passwd`) is given, and `settings`
+ * added as config lines (`max_queued_messages 0`). The config is written at each start.
+ */
+export function startMosquitto(options: { settings?: readonly string[]; passwordFile?: string } = {}): Promise<BrokerServer> {
+  return startServer(
+    "mosquitto",
+    (port, dir) => {
+      const conf = join(dir, "mosquitto.conf");
+      const auth = options.passwordFile === undefined ? ["allow_anonymous true"] : ["allow_anonymous false", `password_file ${options.passwordFile}`];
+      // `user`: started as root, mosquitto would switch to the user `mosquitto`, who cannot read the temp directory.
+      const lines = [`listener ${port} 127.0.0.1`, `user ${userInfo().username}`, "persistence true", `persistence_location ${dir}/`, "log_dest stderr", ...auth, ...(options.settings ?? [])];
+      writeFileSync(conf, `${lines.join("\n")}\n`);
+      return ["-c", conf];
+    },
+    (port) => `mqtt://127.0.0.1:${port}`,
+    "sluice-mosquitto-",
   );
 }

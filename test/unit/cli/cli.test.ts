@@ -477,15 +477,15 @@ describe("sluice components", () => {
     const bad = await cli("components", "kafka");
     expect(bad.code).toBe(2);
     expect(bad.stderr).toBe(
-      'unknown component kind or type "kafka"; kinds: source, transform, sink, dead_letter; types by kind: source: generator, file, http, redis_streams, nats_jetstream; transform: module, validate; sink: sqlite, postgres, file, stdout, blackhole, redis_streams, nats_jetstream; dead_letter: sqlite\n',
+      'unknown component kind or type "kafka"; kinds: source, transform, sink, dead_letter; types by kind: source: generator, file, http, redis_streams, nats_jetstream, mqtt; transform: module, validate; sink: sqlite, postgres, file, stdout, blackhole, redis_streams, nats_jetstream; dead_letter: sqlite\n',
     );
   });
 
   it.each([
     ["sink", "sink", ["sqlite", "postgres", "file", "stdout", "blackhole", "redis_streams", "nats_jetstream"]],
     ["sinks", "sink", ["sqlite", "postgres", "file", "stdout", "blackhole", "redis_streams", "nats_jetstream"]],
-    ["source", "source", ["generator", "file", "http", "redis_streams", "nats_jetstream"]],
-    ["sources", "source", ["generator", "file", "http", "redis_streams", "nats_jetstream"]],
+    ["source", "source", ["generator", "file", "http", "redis_streams", "nats_jetstream", "mqtt"]],
+    ["sources", "source", ["generator", "file", "http", "redis_streams", "nats_jetstream", "mqtt"]],
     ["transform", "transform", ["module", "validate"]],
     ["transforms", "transform", ["module", "validate"]],
     ["dead_letter", "dead_letter", ["sqlite"]],

@@ -1,0 +1,67 @@
+/**
+ * MQTT messages as the `mqtt` source hands them to the engine: the record (or dead letter) of each
+ * message, its id when the payload has none, and the chunk that acks them.
+ */
+import { createHash } from "node:crypto";
+import { SluiceError } from "../../core/errors.js";
+import type { Entry, JsonObject } from "../../core/record.js";
+import type { SourceHandle } from "../../components/contracts.js";
+
+/** A message as the client delivered it, waiting to be handed to the buffer. */
+export interface MqttMessage {
+  readonly topic: string;
+  readonly payload: Buffer;
+  /** 0, 1 or 2: the QoS it was delivered with (the lower of the publisher's and the subscription's). */
+  readonly qos: number;
+  /** The packet identifier to acknowledge (QoS 1 and 2); undefined for QoS 0. */
+  readonly packetId: number | undefined;
+}
+
+/**
+ * A chunk's checkpoint: the connection its messages came on, and what to send for each once the
+ * chunk is committed. An acknowledgement is valid only on the connection that delivered the
+ * message: after a reconnect the broker resends what was not acknowledged (and may reuse the
+ * packet identifiers for other messages), so a chunk of an earlier connection acknowledges nothing.
+ */
+export interface MqttChunk<C> {
+  readonly connection: C;
+  /** Packet identifiers of QoS 1 messages: each gets a PUBACK. */
+  readonly puback: number[];
+  /** Packet identifiers of QoS 2 messages: each gets a PUBREC (PUBCOMP follows at the broker's PUBREL). */
+  readonly pubrec: number[];
+}
+
+/**
+ * The position part of a record id when the payload has none: the topic and 128 bits of SHA-256 of
+ * the payload's bytes. A redelivery of a message has the same topic and bytes, so the same id; two
+ * different messages with equal bytes on the same topic have the same id too, and a sink keeps one.
+ */
+export function messagePosition(topic: string, payload: Buffer): string {
+  return `${topic}:${createHash("sha256").update(payload).digest("base64url").slice(0, 22)}`;
+}
+
+/**
+ * The entry for one message: a record of the JSON object it holds, with the topic at `topicField`
+ * when set, and the topic as the record's key (used when `key_field` finds nothing); a dead letter
+ * (`ERR_RECORD_MALFORMED`, its text as `raw`, located at `topic <topic>`) when it is not a JSON object.
+ */
+export function messageEntry(handle: SourceHandle, m: MqttMessage, topicField: string | undefined): Entry {
+  const text = m.payload.toString("utf8");
+  const position = messagePosition(m.topic, m.payload);
+  const envelope = { key: m.topic };
+  const where = `topic ${m.topic}`;
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    return handle.malformed(text, position, new SluiceError("ERR_RECORD_MALFORMED", `message is not valid JSON: ${(err as Error).message}`, { location: where }), envelope);
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    return handle.malformed(text, position, new SluiceError("ERR_RECORD_MALFORMED", "message is not a JSON object", { location: where }), envelope);
+  }
+  const payload = value as JsonObject;
+  if (topicField === undefined) return handle.record(payload, m.payload.length, position, text, envelope);
+  payload[topicField] = m.topic;
+  // The text no longer spells the payload: sinks serialize the payload itself.
+  return handle.record(payload, m.payload.length + topicField.length + m.topic.length + 6, position, undefined, envelope);
+}
