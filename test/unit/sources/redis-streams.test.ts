@@ -108,13 +108,13 @@ describe("redis_streams replies", () => {
     expect(parsePending(null)).toEqual([]);
   });
 
-  it("finds the group in XINFO GROUPS; lag is undefined when the server gives none", () => {
+  it("finds the group in XINFO GROUPS with its last delivered id; lag is undefined when the server gives none", () => {
     const reply = [
       ["name", "other", "consumers", 1, "pending", 9, "last-delivered-id", "0-0", "entries-read", 0, "lag", 4],
       ["name", "g", "consumers", 2, "pending", 3, "last-delivered-id", "5-0", "entries-read", 5, "lag", null],
     ];
-    expect(parseGroupInfo(reply, "g")).toEqual({ pending: 3, lag: undefined });
-    expect(parseGroupInfo(reply, "other")).toEqual({ pending: 9, lag: 4 });
+    expect(parseGroupInfo(reply, "g")).toEqual({ pending: 3, lag: undefined, delivered: "5-0" });
+    expect(parseGroupInfo(reply, "other")).toEqual({ pending: 9, lag: 4, delivered: "0-0" });
     expect(parseGroupInfo(reply, "missing")).toBeUndefined();
   });
 });
