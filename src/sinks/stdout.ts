@@ -7,10 +7,10 @@ import { z } from "zod";
 import { SluiceError } from "../core/errors.js";
 import type { SluiceRecord } from "../core/record.js";
 import { defineComponent, type Sink, type WriteResult } from "../components/contracts.js";
-import { encodeNdjson } from "./file.js";
+import { encodeNdjson, type NdjsonFormat } from "../components/ndjson-lines.js";
 
 /** What a stdout line holds: the whole record envelope, or the payload alone. */
-export type StdoutFormat = "ndjson" | "payload";
+export type StdoutFormat = NdjsonFormat;
 
 const options = z.strictObject({
   format: z
