@@ -6,7 +6,7 @@
  *
  * Each test writes its own tables (random suffix) and drops them. Skipped with a printed reason
  * when PostgreSQL is unreachable, unless SLUICE_REQUIRE_SERVICES=1, which makes that a failure.
- * The classifier's table needs no server and always runs.
+ * The error classifier and the COPY encoding are tested without a server in test/unit/sinks/postgres/.
  */
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -25,7 +25,8 @@ import type { JsonObject, SluiceRecord } from "../../src/core/record.js";
 import { validateConfig } from "../../src/config/schema.js";
 import { Metrics } from "../../src/observability/metrics.js";
 import { readDeadLetters } from "../../src/sinks/dead-letter-sqlite.js";
-import { classifyPostgresError, copyJson, copyText, createPostgresSink, definition, type PostgresSinkSettings } from "../../src/sinks/postgres.js";
+import type { PostgresSinkSettings } from "../../src/sinks/postgres/options.js";
+import { createPostgresSink, definition } from "../../src/sinks/postgres/sink.js";
 import { makeRecords } from "../helpers/records.js";
 import { requireService } from "../helpers/services.js";
 
@@ -39,89 +40,6 @@ const address = new URL(PG_URL);
 const hasPostgres = await requireService("PostgreSQL", address.hostname, Number(address.port || 5432));
 
 const signal = new AbortController().signal;
-
-function dbError(code: string, message = `failure ${code}`, severity = "ERROR"): pg.DatabaseError {
-  const err = new pg.DatabaseError(message, message.length, "error");
-  err.code = code;
-  err.severity = severity;
-  return err;
-}
-
-function errnoError(code: string): NodeJS.ErrnoException {
-  return Object.assign(new Error(`connect ${code} 127.0.0.1:5432`), { code });
-}
-
-describe("classifyPostgresError", () => {
-  const retryable: [string, unknown][] = [
-    ["08006 connection_failure", dbError("08006")],
-    ["08001 unable to connect", dbError("08001")],
-    ["57P01 admin_shutdown (FATAL)", dbError("57P01", "terminating connection due to administrator command", "FATAL")],
-    ["57P02 crash_shutdown", dbError("57P02")],
-    ["57P03 cannot_connect_now", dbError("57P03")],
-    ["40001 serialization_failure", dbError("40001")],
-    ["40P01 deadlock_detected", dbError("40P01")],
-    ["53300 too_many_connections", dbError("53300")],
-    ["53100 disk_full", dbError("53100")],
-    ["55P03 lock_not_available", dbError("55P03")],
-    ["25006 read_only_sql_transaction (failover)", dbError("25006")],
-    ["an SQLSTATE not in the table", dbError("XX999")],
-    ["ECONNRESET", errnoError("ECONNRESET")],
-    ["ECONNREFUSED", errnoError("ECONNREFUSED")],
-    ["EPIPE", errnoError("EPIPE")],
-    ["Connection terminated unexpectedly", new Error("Connection terminated unexpectedly")],
-  ];
-  it.each(retryable)("%s is a retryable ERR_SINK_WRITE", (_name, err) => {
-    const e = classifyPostgresError(err, "ERR_SINK_WRITE", "ERR_SINK_REJECTED", "postgres t");
-    expect([e.code, e.retryable, e.location]).toEqual(["ERR_SINK_WRITE", true, "postgres t"]);
-    expect(e.cause).toBe(err);
-    const code = (err as { code?: string }).code;
-    if (code !== undefined) expect(e.message).toContain(code);
-  });
-
-  const permanent: [string, pg.DatabaseError][] = [
-    ["22P02 invalid_text_representation", dbError("22P02", 'invalid input syntax for type integer: "abc"')],
-    ["22021 bad byte (NUL)", dbError("22021")],
-    ["22P05 untranslatable (\\u0000 in jsonb)", dbError("22P05")],
-    ["23502 not_null_violation", dbError("23502")],
-    ["23514 check_violation", dbError("23514")],
-    ["23503 foreign_key_violation", dbError("23503")],
-    ["23505 unique_violation (not on id)", dbError("23505")],
-    ["42804 datatype_mismatch", dbError("42804")],
-    ["42P01 undefined_table", dbError("42P01")],
-    ["P0001 raise_exception (a trigger)", dbError("P0001")],
-  ];
-  it.each(permanent)("%s is a permanent ERR_SINK_REJECTED naming the SQLSTATE and PostgreSQL's message", (_name, err) => {
-    const e = classifyPostgresError(err);
-    expect([e.code, e.retryable]).toEqual(["ERR_SINK_REJECTED", false]);
-    expect(e.message).toBe(`postgres: ${err.message} (SQLSTATE ${err.code})`);
-  });
-
-  it("keeps programmer errors permanent ERR_INTERNAL and passes SluiceErrors through", () => {
-    expect(classifyPostgresError(new TypeError("x is not a function"))).toMatchObject({ code: "ERR_INTERNAL", retryable: false });
-    const own = new SluiceError("ERR_ABORTED", "stop");
-    expect(classifyPostgresError(own)).toBe(own);
-  });
-
-  it("uses the codes it is given (connect errors)", () => {
-    expect(classifyPostgresError(dbError("57P03"), "ERR_SINK_CONNECT", "ERR_SINK_CONNECT")).toMatchObject({ code: "ERR_SINK_CONNECT", retryable: true });
-    expect(classifyPostgresError(dbError("42P10"), "ERR_SINK_CONNECT", "ERR_SINK_CONNECT")).toMatchObject({ code: "ERR_SINK_CONNECT", retryable: false });
-  });
-});
-
-describe("COPY text encoding", () => {
-  it("escapes backslash, tab, newline and carriage return, and nothing else", () => {
-    expect(copyText("plain ' \" ; -- ünï 🚀")).toBe("plain ' \" ; -- ünï 🚀");
-    expect(copyText("a\\b\tc\nd\re\\N")).toBe("a\\\\b\\tc\\nd\\re\\\\N");
-  });
-
-  it("writes JSON with backslashes doubled and lone surrogates as U+FFFD, keeping escaped backslashes apart", () => {
-    expect(copyJson({ a: "x\ty\n\"q\"" })).toBe('{"a":"x\\\\ty\\\\n\\\\"q\\\\""}');
-    expect(copyJson({ s: "\ud800", pair: "🚀" })).toBe('{"s":"\\\\ufffd","pair":"🚀"}');
-    // The 6 characters `\ud800` typed as text are JSON `\\ud800`: not a surrogate, kept.
-    expect(copyJson({ s: "\\ud800" })).toBe('{"s":"\\\\\\\\ud800"}');
-    expect(copyJson({ s: "\u0000" })).toBe('{"s":"\\\\u0000"}');
-  });
-});
 
 describe("postgres sink options", () => {
   const parse = (o: object) => definition.options.safeParse({ url: "postgres://x@h/db", table: "t", ...o });
