@@ -238,34 +238,35 @@ describe.skipIf(!hasPostgres)("postgres sink (real PostgreSQL)", () => {
     expect((await admin.query(`SELECT count(*)::int AS n FROM ${q(table)}`)).rows[0]).toEqual({ n: 35 });
   });
 
-  it("writes batches waiting for a connection together, in one COPY, and gives each batch its own bad records", async () => {
+  it("takes one write per connection, prefers large ones, and writes a joined write in one COPY with its bad records by index", async () => {
     const table = newTable();
     const sink = await connect({ table, poolSize: 1, columns: { amount: { field: "amount", type: "integer" } } });
-    expect(sink.maxInFlight).toBe(4);
-    const batches = [0, 1, 2, 3].map((b) => Array.from({ length: 10 }, (_, i) => record(`g-${b}-${i}`, { amount: b === 2 && i === 4 ? "low" : i })));
+    // The engine joins batches waiting behind a busy connection into writes up to this size.
+    expect([sink.maxInFlight, sink.preferredWrite?.maxRecords]).toEqual([1, 10_000]);
+    const records = Array.from({ length: 40 }, (_, i) => record(`g-${i}`, { amount: i === 24 ? "low" : i }));
     const query = vi.spyOn(pg.Client.prototype, "query");
-    let results: (WriteResult | void)[];
+    let result: WriteResult | void;
     let copies: string[];
     try {
-      // The first batch takes the only connection; the other three wait for it and then go as one group.
-      results = await Promise.all(batches.map((b) => sink.write(b, signal)));
+      result = await sink.write(records, signal);
       copies = query.mock.calls.map((c) => String((c[0] as { text?: string }).text ?? c[0])).filter((sql) => sql.startsWith(`COPY ${q(table)} `));
     } finally {
       query.mockRestore();
     }
-    // Two direct COPYs: the first batch, then the group (whose bad record sends it through bisection).
-    expect(copies).toHaveLength(2);
-    expect(results.map((r) => failuresOf(r).map((f) => [f.index, f.error.code]))).toEqual([[], [], [[4, "ERR_SINK_REJECTED"]], []]);
-    expect(failuresOf(results[2]!)[0]!.error.message).toContain("22P02");
+    // One direct COPY, whose bad record sends the write through bisection (COPYs into the staging table).
+    expect(copies).toHaveLength(1);
+    expect(failuresOf(result).map((f) => [f.index, f.error.code])).toEqual([[24, "ERR_SINK_REJECTED"]]);
+    expect(failuresOf(result)[0]!.error.message).toContain("22P02");
     const { rows } = await admin.query<{ id: string }>(`SELECT id FROM ${q(table)} ORDER BY id`);
-    expect(rows.map((r) => r.id)).toEqual(batches.flat().map((r) => r.id).filter((id) => id !== "g-2-4").sort());
-    expect(results.map(presentOf)).toEqual([[], [], [], []]);
+    expect(rows.map((r) => r.id)).toEqual(records.map((r) => r.id).filter((id) => id !== "g-24").sort());
+    expect(presentOf(result)).toEqual([]);
 
-    // Again, each batch with one new record in front: the group's staged INSERT tells every batch its own.
-    const more = batches.map((b, n) => [record(`g-new-${n}`, { amount: n }), ...b]);
-    const again = await Promise.all(more.map((b) => sink.write(b, signal)));
-    expect(again.map((r) => failuresOf(r).map((f) => f.index))).toEqual([[], [], [5], []]);
-    expect(again.map(presentOf)).toEqual([range(1, 11), range(1, 11), range(1, 11).filter((i) => i !== 5), range(1, 11)]);
+    // Again, with new records between the old ones: the staged INSERT tells each its own.
+    const more = records.flatMap((r, i) => (i % 10 === 0 ? [record(`g-new-${i}`, { amount: i }), r] : [r]));
+    const again = await sink.write(more, signal);
+    const at = (id: string) => more.findIndex((r) => r.id === id);
+    expect(failuresOf(again).map((f) => f.index)).toEqual([at("g-24")]);
+    expect(presentOf(again)).toEqual(range(0, more.length).filter((i) => !more[i]!.id.startsWith("g-new-") && more[i]!.id !== "g-24"));
   });
 
   it("fails only the waiting batch whose write is aborted", async () => {

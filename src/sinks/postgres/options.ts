@@ -40,7 +40,7 @@ export const options = z
       .max(100)
       .default(2)
       .describe(
-        "Connections in the pool: the most COPY transactions at once. The sink takes up to 4 batches per connection; batches waiting for a connection are written together, in one COPY and one commit",
+        "Connections in the pool: the most COPY transactions at once, and so the most writes in flight (caps concurrency). Batches that wait while every connection is busy are written together, up to 10,000 records in one COPY and one commit",
       ),
     create_table: z
       .boolean()
@@ -84,7 +84,7 @@ export interface PostgresSinkSettings {
   readonly table: string;
   /** Schema name; undefined: the search_path decides. */
   readonly schema?: string | undefined;
-  /** Connections in the pool; `maxInFlight` is 4 batches per connection. */
+  /** Connections in the pool, and the sink's `maxInFlight`. */
   readonly poolSize: number;
   readonly createTable: boolean;
   /** Typed columns by name. */

@@ -8,7 +8,7 @@ import { userInfo } from "node:os";
 import { Pool, defaults, escapeIdentifier, type PoolClient, type QueryResult } from "pg";
 import { SluiceError } from "../../core/errors.js";
 import type { SluiceRecord } from "../../core/record.js";
-import { defineComponent, type RecordFailure, type Sink, type WriteResult } from "../../components/contracts.js";
+import { defineComponent, type PreferredWrite, type RecordFailure, type Sink, type WriteResult } from "../../components/contracts.js";
 import { rowLayout } from "./encoding.js";
 import { abortedError, classifyPostgresError, connectionLost, scopeOf, sqlstate } from "./errors.js";
 import { options, type PostgresSinkSettings } from "./options.js";
@@ -22,13 +22,11 @@ const CONNECT_TIMEOUT_MS = 10_000;
 const IDLE_TIMEOUT_MS = 30_000;
 
 /**
- * Batches the sink accepts at once per connection (its `maxInFlight` is pool_size times this).
- * The ones waiting for a connection are already encoded, and are written together when it frees.
+ * The write the sink prefers when batches pile up (the engine joins waiting batches up to it):
+ * one COPY and one commit for up to this many records, which is what makes a backlog cheap on the
+ * server (fewer commits, fewer WAL flushes).
  */
-const BATCHES_PER_CONNECTION = 4;
-
-/** Most records written in one group (one COPY, one transaction). */
-const MAX_GROUP_RECORDS = 10_000;
+const PREFERRED_WRITE: PreferredWrite = { maxRecords: 10_000, maxBytes: 32 * 1024 * 1024 };
 
 /**
  * Makes the OS user the one a URL without a user connects as, as psql (libpq) does. pg looks only
@@ -45,30 +43,11 @@ function defaultUserFromOs(): void {
   }
 }
 
-/** One `write` call's batch, encoded, waiting for a connection or being written as part of a group. */
-interface Job {
-  /** COPY lines of the records that could be encoded. */
-  readonly lines: readonly string[];
-  /** Index in the batch of each line's record. */
-  readonly live: readonly number[];
-  /** Id of each line's record. */
-  readonly ids: readonly string[];
-  /** Records of this batch that cannot be stored; the group adds the ones PostgreSQL rejects. */
-  readonly failures: RecordFailure[];
-  /** Records of this batch the table already held (by index in the batch); filled by the group. */
-  readonly present: number[];
-  readonly signal: AbortSignal;
-  readonly resolve: () => void;
-  readonly reject: (err: unknown) => void;
-  /** Takes the batch out of the queue when its write is aborted before it was sent. */
-  onAbort: (() => void) | undefined;
-}
-
-/** What writing a group's lines did besides storing them. */
+/** What writing a write's lines did besides storing them. */
 interface Applied {
   /** Records late (upsert_latest): not applied because a record of their key at least as new was there first. */
   readonly late: number;
-  /** Lines (index in the group) whose record the table already held, or held one at least as new (upsert_latest). */
+  /** Lines (index into the lines written) whose record the table already held, or held one at least as new (upsert_latest). */
   readonly present: number[];
 }
 
@@ -84,9 +63,9 @@ interface Lease {
  * Builds a PostgreSQL sink (what the `postgres` definition's factory returns). Exported for
  * library users and tests that set what the config does not expose (the insert write path).
  *
- * Write path: the batch is COPY-encoded once (text format) when `write` is called. A connection
- * that frees takes every batch waiting (group commit, at most MAX_GROUP_RECORDS records) and writes
- * them as one batch below; each `write` resolves after that commit. `insert` mode COPYs it straight into
+ * Write path: each `write` (one batch, or several the engine joined: {@link PREFERRED_WRITE}) is
+ * COPY-encoded once (text format) and written on one connection, in one transaction: `maxInFlight`
+ * is `pool_size`, so a write never waits for a connection. `insert` mode COPYs it straight into
  * the table; a duplicate id (a redelivery) makes that COPY fail as a whole, and that batch then
  * goes through a per-connection temporary staging table: COPY into it, then
  * `INSERT INTO table SELECT .. FROM stage ON CONFLICT (id) DO NOTHING` in the same transaction.
@@ -142,17 +121,15 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
   /** Connections whose session has the staging table (a new connection is a new session). */
   const staged = new WeakSet<PoolClient>();
 
-  /** A connection from the pool, ended when any of `signals` aborts (one per batch of a group). */
-  async function lease(p: Pool, ...signals: AbortSignal[]): Promise<Lease> {
-    // Distinct signals only; not AbortSignal.any, which on Node 20 leaks the combined signal into each long-lived source.
-    const watched = [...new Set(signals)];
+  /** A connection from the pool, ended when `signal` aborts. */
+  async function lease(p: Pool, signal: AbortSignal): Promise<Lease> {
     const client = await p.connect();
     const l: Lease = {
       client,
       broken: undefined,
       done() {
         client.removeListener("error", onError);
-        for (const signal of watched) signal.removeEventListener("abort", onAbort);
+        signal.removeEventListener("abort", onAbort);
         client.release(l.broken === undefined ? undefined : l.broken instanceof Error ? l.broken : true);
       },
     };
@@ -161,12 +138,14 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
       l.broken ??= err;
     };
     // Ending the connection fails the statement in flight; the server rolls the transaction back.
-    const onAbort = (event: Event) => {
-      l.broken ??= abortedError(event.target as AbortSignal);
+    const onAbort = () => {
+      l.broken ??= abortedError(signal);
       client.end().catch(() => undefined);
     };
     client.on("error", onError);
-    for (const signal of watched) signal.addEventListener("abort", onAbort, { once: true });
+    signal.addEventListener("abort", onAbort, { once: true });
+    // Aborted while the connection was opening: nothing was sent on it.
+    if (signal.aborted) onAbort();
     return l;
   }
 
@@ -286,82 +265,9 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
     }
   }
 
-  /**
-   * Maps line indexes of a group (ascending) to the batch each came from: calls `to` with that
-   * batch, the record's index in it, and the position in `lines`.
-   */
-  function byBatch(group: readonly Job[], lines: readonly number[], to: (job: Job, index: number, n: number) => void): void {
-    let job = 0;
-    let start = 0;
-    lines.forEach((line, n) => {
-      while (line >= start + group[job]!.lines.length) start += group[job++]!.lines.length;
-      to(group[job]!, group[job]!.live[line - start]!, n);
-    });
-  }
-
-  /** Batches encoded and waiting for a connection, oldest first; at most maxInFlight (the engine's bound). */
-  const waiting: Job[] = [];
-  /** Connections writing a group now. */
-  let writing = 0;
-
-  /** Starts a group on every idle connection while batches wait. */
-  function dispatch(p: Pool): void {
-    while (writing < settings.poolSize && waiting.length > 0) {
-      const group = [waiting.shift()!];
-      let rows = group[0]!.lines.length;
-      while (waiting.length > 0 && rows + waiting[0]!.lines.length <= MAX_GROUP_RECORDS) {
-        rows += waiting[0]!.lines.length;
-        group.push(waiting.shift()!);
-      }
-      writing++;
-      void writeGroup(p, group).finally(() => {
-        writing--;
-        dispatch(p);
-      });
-    }
-  }
-
-  /**
-   * Writes the batches of `group` as one: one COPY, one transaction, one commit. Settles every
-   * batch's `write` with the group's outcome: rejected records go back to their own batch by
-   * index, a failure of the whole group fails each batch (each is retried on its own).
-   */
-  async function writeGroup(p: Pool, group: readonly Job[]): Promise<void> {
-    for (const job of group) job.signal.removeEventListener("abort", job.onAbort!);
-    // Any batch's abort ends the connection, failing the group; the others get a retryable error and are written again.
-    const fail = (err: unknown): void => {
-      for (const job of group) job.reject(job.signal.aborted ? abortedError(job.signal) : classifyPostgresError(err, "ERR_SINK_WRITE", "ERR_SINK_REJECTED", location));
-    };
-    let l: Lease;
-    try {
-      l = await lease(p, ...group.map((j) => j.signal));
-    } catch (err) {
-      fail(err);
-      return;
-    }
-    const lines = group.length === 1 ? group[0]!.lines : group.flatMap((j) => j.lines);
-    const ids = group.length === 1 ? group[0]!.ids : group.flatMap((j) => j.ids);
-    const bad: RecordFailure[] = [];
-    let present: number[];
-    try {
-      const applied = await writeLines(l, lines, ids, bad);
-      if (applied.late > 0) settings.emit({ type: "records_late", sink: settings.name, count: applied.late });
-      present = applied.present;
-    } catch (err) {
-      if (connectionLost(err)) l.broken ??= err;
-      fail(err);
-      return;
-    } finally {
-      l.done();
-    }
-    bad.sort((a, b) => a.index - b.index);
-    byBatch(group, bad.map((f) => f.index), (j, index, n) => j.failures.push({ index, error: bad[n]!.error }));
-    byBatch(group, present.sort((a, b) => a - b), (j, index) => j.present.push(index));
-    for (const j of group) j.resolve();
-  }
-
   return {
-    maxInFlight: settings.poolSize * BATCHES_PER_CONNECTION,
+    maxInFlight: settings.poolSize,
+    preferredWrite: PREFERRED_WRITE,
 
     async connect(signal: AbortSignal) {
       if (pool !== undefined) return;
@@ -437,21 +343,27 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
       }
 
       if (lines.length > 0) {
-        await new Promise<void>((resolve, reject) => {
-          const job: Job = { lines, live, ids, failures, present, signal, resolve, reject, onAbort: undefined };
-          // Aborted while waiting for a connection: it never reaches the server, so it fails alone.
-          job.onAbort = () => {
-            const at = waiting.indexOf(job);
-            if (at < 0) return;
-            waiting.splice(at, 1);
-            reject(abortedError(signal));
-          };
-          signal.addEventListener("abort", job.onAbort, { once: true });
-          waiting.push(job);
-          dispatch(p);
-        });
+        let l: Lease;
+        try {
+          l = await lease(p, signal);
+        } catch (err) {
+          throw signal.aborted ? abortedError(signal) : classifyPostgresError(err, "ERR_SINK_WRITE", "ERR_SINK_REJECTED", location);
+        }
+        const bad: RecordFailure[] = [];
+        try {
+          const applied = await writeLines(l, lines, ids, bad);
+          if (applied.late > 0) settings.emit({ type: "records_late", sink: settings.name, count: applied.late });
+          for (const line of applied.present) present.push(live[line]!);
+        } catch (err) {
+          if (connectionLost(err)) l.broken ??= err;
+          throw signal.aborted ? abortedError(signal) : classifyPostgresError(err, "ERR_SINK_WRITE", "ERR_SINK_REJECTED", location);
+        } finally {
+          l.done();
+        }
+        for (const f of bad) failures.push({ index: live[f.index]!, error: f.error });
       }
       failures.sort((a, b) => a.index - b.index);
+      present.sort((a, b) => a - b);
       return failures.length > 0 || present.length > 0 ? { failures, alreadyPresent: present } : {};
     },
 
@@ -470,8 +382,8 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
  * upsert_latest` keeps one row per key, replaced only by a newer record (`version_field`, else the
  * event time). Records PostgreSQL rejects (bad values, NOT NULL, CHECK, foreign keys) are reported
  * alone with their SQLSTATE and dead-lettered; the rest of the batch commits. `pool_size`
- * connections; 4 batches in flight per connection, the ones waiting for a connection written
- * together in one COPY and one commit.
+ * connections, one write in flight on each; batches that wait meanwhile are joined by the engine
+ * into one write (one COPY, one commit).
  */
 export const definition = defineComponent<typeof options, Sink>({
   type: "postgres",
