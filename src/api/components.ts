@@ -9,7 +9,7 @@ import { definition as deadLetterSqlite } from "../sinks/dead-letter-sqlite.js";
 import { definition as blackhole } from "../sinks/blackhole.js";
 import { definition as fileSink } from "../sinks/file.js";
 import { definition as natsJetStream } from "../sinks/nats-jetstream.js";
-import { definition as postgres } from "../sinks/postgres.js";
+import { definition as postgres } from "../sinks/postgres/sink.js";
 import { definition as redisStreams } from "../sinks/redis-streams.js";
 import { definition as sqlite } from "../sinks/sqlite.js";
 import { definition as stdout } from "../sinks/stdout.js";

@@ -6,7 +6,7 @@ import { definition as deadLetterSqlite } from "../sinks/dead-letter-sqlite.js";
 import { definition as blackholeSink } from "../sinks/blackhole.js";
 import { definition as fileSink } from "../sinks/file.js";
 import { definition as natsJetStreamSink } from "../sinks/nats-jetstream.js";
-import { definition as postgresSink } from "../sinks/postgres.js";
+import { definition as postgresSink } from "../sinks/postgres/sink.js";
 import { definition as redisStreamsSink } from "../sinks/redis-streams.js";
 import { definition as sqliteSink } from "../sinks/sqlite.js";
 import { definition as stdoutSink } from "../sinks/stdout.js";
