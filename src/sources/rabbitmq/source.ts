@@ -111,11 +111,22 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
 
   const lost = () => new SluiceError("ERR_SOURCE_CONNECT", `rabbitmq: ${down ?? "connection lost"}`, { retryable: true, location });
 
-  /** Closes a connection (what its channel had not acked goes back to the queue), waiting at most {@link CLOSE_TIMEOUT_MS}. */
-  async function end(c: ChannelModel | undefined): Promise<void> {
+  /**
+   * Closes a connection (what its channel had not acked goes back to the queue), waiting at most
+   * {@link CLOSE_TIMEOUT_MS}. The channel first: amqplib writes a channel's frames through its own
+   * stream, muxed onto the socket later, but the connection's close straight onto the socket, so
+   * closing the connection alone can overtake the channel's last acks (seen: hundreds of messages
+   * back in the queue after a run that acked them all). The channel's close goes behind its acks,
+   * and its close-ok comes once the broker has them.
+   */
+  async function end(c: ChannelModel | undefined, ch: Channel | undefined): Promise<void> {
     if (c === undefined) return;
     let timer: NodeJS.Timeout | undefined;
-    await Promise.race([c.close().catch(() => undefined), new Promise<void>((resolve) => (timer = setTimeout(resolve, CLOSE_TIMEOUT_MS)))]);
+    const closing = (async () => {
+      await ch?.close().catch(() => undefined);
+      await c.close().catch(() => undefined);
+    })();
+    await Promise.race([closing, new Promise<void>((resolve) => (timer = setTimeout(resolve, CLOSE_TIMEOUT_MS)))]);
     clearTimeout(timer);
   }
 
@@ -125,11 +136,12 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
 
     async connect(signal) {
       const previous = conn;
+      const previousChannel = channel;
       conn = undefined;
       channel = undefined;
       waiting = [];
       down = "connecting";
-      await end(previous);
+      await end(previous, previousChannel);
       const c = await openAmqpConnection(settings.url, settings.heartbeatMs, signal, location, "ERR_SOURCE_CONNECT");
       try {
         await ensureQueue(c, settings.queue, location, "ERR_SOURCE_CONNECT");
@@ -163,7 +175,7 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
         waiting = arrived;
         down = undefined;
       } catch (err) {
-        await end(c);
+        await end(c, undefined);
         throw classifyAmqpError(err, "ERR_SOURCE_CONNECT", location);
       }
     },
@@ -220,12 +232,13 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
 
     async close() {
       const c = conn;
+      const ch = channel;
       conn = undefined;
       channel = undefined;
       waiting = [];
       down = "closed";
-      // Closing the connection sends what acks are queued first; the rest is requeued by the broker.
-      await end(c);
+      // The acks already written go first (see `end`); what was not acked is requeued by the broker.
+      await end(c, ch);
     },
   };
 }
