@@ -73,8 +73,8 @@ export interface RabbitmqSourceSettings {
  * Builds a RabbitMQ source (what the `rabbitmq` definition's factory returns).
  *
  * Each engine `connect` opens a new connection and channel (closing the previous ones, which makes
- * the broker requeue what they had not acked) and starts a consumer with manual acks and
- * `basic.qos` = the prefetch. The broker then delivers at most that many messages not yet acked,
+ * the broker requeue what they had not acked) with `basic.qos` = the prefetch, and the following
+ * `run` starts a consumer on it with manual acks. The broker then delivers at most that many messages not yet acked,
  * and every record in the buffer is one, so the prefetch (never above `buffer.max_records`) is the
  * backpressure: nothing more arrives until a commit acks something. `run` hands the delivered
  * messages over room first (only what the buffer has room for, by records and by bytes at the
@@ -91,6 +91,8 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
   let channel: Channel | undefined;
   /** Why the connection, channel or consumer is gone; undefined while consuming. */
   let down: string | undefined;
+  /** The channel whose consumer has started (in `run`). */
+  let consuming: Channel | undefined;
   /** Messages of the current channel not yet handed to the buffer (at most the prefetch). */
   let waiting: ConsumeMessage[] = [];
   /** Wakes `run` when messages arrive or the connection drops. */
@@ -148,7 +150,6 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
         if (settings.exchange !== undefined) await bindQueue(c, queue, settings.exchange, settings.routingKey, location, "ERR_SOURCE_CONNECT");
         const ch = await quietChannel(() => c.createChannel());
         await ch.prefetch(prefetch);
-        const arrived: ConsumeMessage[] = [];
         const gone = (why: string) => {
           if (channel === ch) {
             down ??= why;
@@ -157,22 +158,9 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
         };
         c.on("close", (err?: Error) => gone(`connection closed${err ? `: ${err.message}` : ""}`));
         ch.on("close", () => gone("channel closed"));
-        await ch.consume(
-          queue,
-          (m) => {
-            // null: the broker cancelled the consumer (the queue was deleted).
-            if (m === null) gone(`the broker cancelled the consumer of queue ${queue} (deleted?)`);
-            else if (channel === ch) {
-              waiting.push(m);
-              poke();
-            } else arrived.push(m);
-          },
-          { noAck: false },
-        );
         if (signal.aborted) throw new SluiceError("ERR_ABORTED", "rabbitmq: aborted", { location });
         conn = c;
         channel = ch;
-        waiting = arrived;
         down = undefined;
       } catch (err) {
         await end(c, undefined);
@@ -183,6 +171,28 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
     async run(handle, signal) {
       const ch = channel;
       if (ch === undefined) throw new SluiceError("ERR_INTERNAL", "rabbitmq source: run before connect", { location });
+      // The consumer starts here, not in `connect`: `sluice validate` connects and closes, and a
+      // consumer would take messages and put them back, each a delivery counted by a quorum queue.
+      if (consuming !== ch) {
+        consuming = ch;
+        try {
+          await ch.consume(
+            queue,
+            (m) => {
+              if (channel !== ch) return;
+              // null: the broker cancelled the consumer (the queue was deleted).
+              if (m === null) {
+                down ??= `the broker cancelled the consumer of queue ${queue} (deleted?)`;
+              } else waiting.push(m);
+              poke();
+            },
+            { noAck: false },
+          );
+        } catch (err) {
+          down ??= "consume failed";
+          throw classifyAmqpError(err, "ERR_SOURCE_CONNECT", location);
+        }
+      }
       const onAbort = () => {
         const w = wake;
         wake = undefined;
