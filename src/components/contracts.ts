@@ -29,7 +29,7 @@ export interface ComponentContext {
   readonly service?: ServiceProbe;
   /** The buffer's byte bound (`buffer.max_bytes`), for a source that sizes its own memory by it (http). */
   readonly bufferBytes?: number;
-  /** The buffer's record bound (`buffer.max_records`), for a broker source that caps what its broker delivers ahead by it (nats_jetstream). */
+  /** The buffer's record bound (`buffer.max_records`), for a broker source that caps what its broker delivers ahead by it (nats_jetstream, rabbitmq's prefetch). */
   readonly bufferRecords?: number;
 }
 
