@@ -9,6 +9,7 @@ import { definition as deadLetterSqlite } from "../sinks/dead-letter-sqlite.js";
 import { definition as blackhole } from "../sinks/blackhole.js";
 import { definition as fileSink } from "../sinks/file.js";
 import { definition as natsJetStream } from "../sinks/nats-jetstream.js";
+import { definition as parquet } from "../sinks/parquet/sink.js";
 import { definition as postgres } from "../sinks/postgres.js";
 import { definition as redisStreams } from "../sinks/redis-streams.js";
 import { definition as sqlite } from "../sinks/sqlite.js";
@@ -59,6 +60,8 @@ export const sinks = {
   blackhole: (): SinkFactory<object> => fromDefinition(blackhole, {}),
   redisStreams: (options: z.input<typeof redisStreams.options>): SinkFactory<object> => fromDefinition(redisStreams, options),
   natsJetStream: (options: z.input<typeof natsJetStream.options>): SinkFactory<object> => fromDefinition(natsJetStream, options),
+  /** Parquet files in a directory with Hive-style partitions (a data lake). */
+  parquet: (options: z.input<typeof parquet.options>): SinkFactory<object> => fromDefinition(parquet, options),
   /** A sink you implement against the {@link Sink} contract, typed by the payloads it accepts. */
   custom: <P extends object>(type: string, create: (ctx: ComponentContext) => Sink): SinkFactory<P> => ({ type, create }),
 };

@@ -6,6 +6,7 @@ import { definition as deadLetterSqlite } from "../sinks/dead-letter-sqlite.js";
 import { definition as blackholeSink } from "../sinks/blackhole.js";
 import { definition as fileSink } from "../sinks/file.js";
 import { definition as natsJetStreamSink } from "../sinks/nats-jetstream.js";
+import { definition as parquetSink } from "../sinks/parquet/sink.js";
 import { definition as postgresSink } from "../sinks/postgres.js";
 import { definition as redisStreamsSink } from "../sinks/redis-streams.js";
 import { definition as sqliteSink } from "../sinks/sqlite.js";
@@ -27,7 +28,7 @@ export const SOURCES: readonly SourceDefinition[] = [generatorSource, fileSource
 export const TRANSFORMS: readonly TransformDefinition[] = [moduleTransform, validateTransform];
 
 /** Sink types by their `type:` name. */
-export const SINKS: readonly SinkDefinition[] = [sqliteSink, postgresSink, fileSink, stdoutSink, blackholeSink, redisStreamsSink, natsJetStreamSink];
+export const SINKS: readonly SinkDefinition[] = [sqliteSink, postgresSink, fileSink, stdoutSink, blackholeSink, redisStreamsSink, natsJetStreamSink, parquetSink];
 
 /** Dead-letter store types by their `type:` name. */
 export const DEAD_LETTER_STORES: readonly DeadLetterDefinition[] = [deadLetterSqlite];
