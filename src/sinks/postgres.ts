@@ -11,19 +11,7 @@ import { classify, SluiceError, type ErrorCode } from "../core/errors.js";
 import type { EventSink } from "../core/events.js";
 import { fieldGetter, type JsonValue, type SluiceRecord } from "../core/record.js";
 import { defineComponent, type RecordFailure, type Sink, type WriteResult } from "../components/contracts.js";
-
-/** The column types a `columns` mapping may use. */
-export const POSTGRES_COLUMN_TYPES = ["text", "integer", "bigint", "double precision", "numeric", "boolean", "timestamptz", "jsonb", "uuid"] as const;
-
-/** One of {@link POSTGRES_COLUMN_TYPES}. */
-export type PostgresColumnType = (typeof POSTGRES_COLUMN_TYPES)[number];
-
-/** A typed column filled from a payload field. */
-export interface PostgresColumn {
-  /** Payload field (dotted path allowed: `a.b` reads `payload.a.b`). */
-  readonly field: string;
-  readonly type: PostgresColumnType;
-}
+import { checkReservedColumns, columnsOption, compileColumns, type ColumnMapping, type ColumnType } from "../components/columns.js";
 
 /** How records become rows: `insert` (one row per record id) or `upsert_latest` (one row per key, newest wins). */
 export type PostgresWriteMode = "insert" | "upsert_latest";
@@ -63,13 +51,6 @@ const BATCHES_PER_CONNECTION = 4;
 /** Most records written in one group (one COPY, one transaction). */
 const MAX_GROUP_RECORDS = 10_000;
 
-const column = z.strictObject({
-  field: z.string().min(1).describe("Payload field whose value fills the column (dotted path allowed)"),
-  type: z
-    .enum(POSTGRES_COLUMN_TYPES)
-    .describe("Column type; PostgreSQL converts the value, and a value it cannot convert dead-letters that record"),
-});
-
 const options = z
   .strictObject({
     url: z
@@ -93,10 +74,7 @@ const options = z
       .describe(
         "Create the table when missing: id text primary key, key text, payload jsonb, event_time timestamptz, ingested_at timestamptz default now(), plus version numeric (with version_field) and the mapped columns",
       ),
-    columns: z
-      .record(z.string().min(1), column)
-      .default({})
-      .describe("Typed columns filled from payload fields: column name -> { field, type }"),
+    columns: columnsOption(),
     mode: z
       .enum(["insert", "upsert_latest"])
       .default("insert")
@@ -115,9 +93,7 @@ const options = z
   .superRefine((o, ctx) => {
     const reserved = new Set<string>(BASE_COLUMNS);
     if (o.version_field !== undefined) reserved.add(VERSION_COLUMN);
-    for (const name of Object.keys(o.columns)) {
-      if (reserved.has(name)) ctx.addIssue({ code: "custom", path: ["columns", name], message: `"${name}" is a column the sink fills itself; map the field to another name` });
-    }
+    checkReservedColumns(o.columns, reserved, ctx);
     if (o.mode !== "upsert_latest") {
       if (o.version_field !== undefined) ctx.addIssue({ code: "custom", path: ["version_field"], message: "version_field applies only to mode: upsert_latest" });
       if (o.key_column !== undefined) ctx.addIssue({ code: "custom", path: ["key_column"], message: "key_column applies only to mode: upsert_latest" });
@@ -153,7 +129,7 @@ export interface PostgresSinkSettings {
   readonly poolSize: number;
   readonly createTable: boolean;
   /** Typed columns by name. */
-  readonly columns: Readonly<Record<string, PostgresColumn>>;
+  readonly columns: Readonly<Record<string, ColumnMapping>>;
   readonly mode: PostgresWriteMode;
   /** upsert_latest: payload field with a numeric version; undefined: the event time decides. */
   readonly versionField?: string | undefined;
@@ -309,7 +285,7 @@ const HUGE_EXPONENT = /[eE][+-]?\d{3}/;
  * Otherwise its text (strings as they are, numbers and booleans as JSON writes them, objects and
  * arrays as JSON), which PostgreSQL converts to the column's type or rejects.
  */
-function columnField(type: PostgresColumnType, v: JsonValue | undefined): string {
+function columnField(type: ColumnType, v: JsonValue | undefined): string {
   if (v === undefined || v === null) return NULL_FIELD;
   if (type === "jsonb") return copyJson(v);
   if (typeof v === "string") return copyText(v);
@@ -498,10 +474,7 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
     const get = fieldGetter(versionField);
     specs.push({ name: VERSION_COLUMN, type: "numeric", field: (r) => columnField("numeric", get(r.payload)) });
   }
-  for (const [name, c] of Object.entries(settings.columns)) {
-    const get = fieldGetter(c.field);
-    specs.push({ name, type: c.type, field: (r) => columnField(c.type, get(r.payload)) });
-  }
+  for (const c of compileColumns(settings.columns)) specs.push({ name: c.name, type: c.type, field: (r) => columnField(c.type, c.read(r)) });
 
   const quoted = specs.map((s) => escapeIdentifier(s.name));
   const columnList = quoted.join(", ");
