@@ -17,7 +17,7 @@ const datePartition = z.strictObject({
   granularity: z
     .enum(["day", "hour"])
     .default("day")
-    .describe("day: <name>=2024-06-01; hour: <name>=2024-06-01/hour=13 (two levels)"),
+    .describe("day: <name>=2024-06-01; hour: <name>=2024-06-01/hour=7 (two levels, the hour 0-23)"),
   name: z.string().regex(NAME, "must be a plain identifier").default("date").describe("Partition column name"),
 });
 

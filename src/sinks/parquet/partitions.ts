@@ -29,10 +29,10 @@ export function encodePartitionValue(v: unknown, name: string): string {
   return encoded;
 }
 
-/** `2024-06-01` and `13` of a time, in UTC. */
+/** `2024-06-01` and `13` of a time, in UTC; the hour unpadded, so readers type it as a number. */
 function utcParts(ms: number): { day: string; hour: string } {
-  const iso = new Date(ms).toISOString();
-  return { day: iso.slice(0, 10), hour: iso.slice(11, 13) };
+  const date = new Date(ms);
+  return { day: date.toISOString().slice(0, 10), hour: String(date.getUTCHours()) };
 }
 
 /**
