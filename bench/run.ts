@@ -28,6 +28,10 @@
  * sluice's `mqtt` source into blackhole, next to a bare mqtt.js client that acks on receipt, with
  * an in-flight window of 20 and of 10,000; BENCH_MQTT=0 skips it, BENCH_MQTT_RECORDS,
  * BENCH_MQTT_RUNS, BENCH_MQTT_WINDOWS).
+ *
+ * Then the Parquet section (bench/parquet.ts: NDJSON into Parquet files by sluice's `parquet` sink,
+ * next to a plain script writing the same rows with the same library; BENCH_PARQUET=0 skips it,
+ * BENCH_PARQUET_RECORDS, BENCH_PARQUET_RUNS, BENCH_PARQUET_ROWS_PER_FILE).
  */
 import { cpus, loadavg } from "node:os";
 import { join } from "node:path";
@@ -36,6 +40,7 @@ import { ensureDataFile, warmPageCache } from "./data-gen.js";
 import type { ContenderResult } from "./contenders/protocol.js";
 import { runBrokerBench } from "./brokers.js";
 import { runMqttBench } from "./mqtt.js";
+import { runParquetBench } from "./parquet.js";
 import { runHttpBench } from "./http.js";
 import { runPostgresBench } from "./postgres.js";
 import { runTracingBench } from "./tracing.js";
@@ -218,4 +223,5 @@ const postgresCode = await runPostgresBench();
 const httpCode = await runHttpBench();
 const brokersCode = await runBrokerBench();
 const mqttCode = await runMqttBench();
-process.exitCode = Math.max(mainCode, tracingCode, postgresCode, httpCode, brokersCode, mqttCode);
+const parquetCode = await runParquetBench();
+process.exitCode = Math.max(mainCode, tracingCode, postgresCode, httpCode, brokersCode, mqttCode, parquetCode);

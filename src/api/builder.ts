@@ -6,10 +6,10 @@
 import { mkdir } from "node:fs/promises";
 import { resolve } from "node:path";
 import type { z } from "zod";
-import type { ComponentContext, ComponentDefinition, DeadLetterStore, OptionConflict, PipelineShape, Sink, Source, Transform } from "../components/contracts.js";
+import type { BatchDefaults, ComponentContext, ComponentDefinition, DeadLetterStore, OptionConflict, PipelineShape, Sink, Source, Transform } from "../components/contracts.js";
 import { createBuffer, flushingAtEnd, lockDataDir, releasingOnThrow, serviceProbe, sinkSettings, type BuiltPipeline } from "../config/build.js";
 import { DEFAULTS } from "../config/defaults.js";
-import { reservedNameIssue, sinkDrivingSchema, topSchema, transformLimitsSchema, validateWith, type ConfigIssue, type TransformLimits } from "../config/schema.js";
+import { reservedNameIssue, sinkDrivingSchema, sinkDrivingSchemaFor, topSchema, transformLimitsSchema, validateWith, type ConfigIssue, type TransformLimits } from "../config/schema.js";
 import { systemClock, type Clock } from "../core/clock.js";
 import { SluiceError } from "../core/errors.js";
 import { silentLogger, type EventSink, type InternalEvent, type Logger } from "../core/events.js";
@@ -27,6 +27,8 @@ export interface Factory<T> {
   create(ctx: ComponentContext): T;
   /** Options the rest of the pipeline makes unkeepable (see `ComponentDefinition.conflicts`); checked by `build()`. */
   conflicts?(pipeline: PipelineShape): readonly OptionConflict[];
+  /** A sink type's own `batch` defaults (see `ComponentDefinition.batchDefaults`). */
+  readonly batchDefaults?: BatchDefaults;
 }
 
 /** A source whose records carry payloads of type `P`. */
@@ -57,7 +59,12 @@ export function fromDefinition<O extends z.ZodObject, T>(def: ComponentDefinitio
   if (parsed.value === undefined) throwInvalid(parsed.issues, def.type);
   const data = parsed.value;
   const conflicts = def.conflicts;
-  return { type: def.type, create: (ctx) => def.create(data, ctx), ...(conflicts && { conflicts: (pipeline: PipelineShape) => conflicts(data, pipeline) }) };
+  return {
+    type: def.type,
+    create: (ctx) => def.create(data, ctx),
+    ...(conflicts && { conflicts: (pipeline: PipelineShape) => conflicts(data, pipeline) }),
+    ...(def.batchDefaults && { batchDefaults: def.batchDefaults }),
+  };
 }
 
 /** Settings of the whole pipeline; the same keys and defaults as the YAML's top level. */
@@ -177,7 +184,7 @@ export class PipelineBuilder<P extends object> {
   sink(name: string, factory: SinkFactory<P>, driving: z.input<typeof sinkDrivingSchema> = {}): PipelineBuilder<P> {
     const reserved = reservedNameIssue(`sinks.${name}`, name);
     if (reserved) throwInvalid([reserved]);
-    const parsed = validateWith(sinkDrivingSchema, driving, `sinks.${name}`);
+    const parsed = validateWith(sinkDrivingSchemaFor(factory.batchDefaults), driving, `sinks.${name}`);
     if (parsed.value === undefined) throwInvalid(parsed.issues);
     const settings = parsed.value;
     return this.with({ sinks: [...this.sinks, { name, make: (ctx) => ({ factory, driving: settings, ctx: ctx(name) }) }] });

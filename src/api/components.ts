@@ -11,6 +11,7 @@ import { definition as fileSink } from "../sinks/file.js";
 import { definition as natsJetStream } from "../sinks/nats-jetstream.js";
 import { definition as postgres } from "../sinks/postgres/sink.js";
 import { definition as rabbitmq } from "../sinks/rabbitmq.js";
+import { definition as parquet } from "../sinks/parquet/sink.js";
 import { definition as redisStreams } from "../sinks/redis-streams.js";
 import { definition as sqlite } from "../sinks/sqlite.js";
 import { definition as stdout } from "../sinks/stdout.js";
@@ -64,6 +65,8 @@ export const sinks = {
   redisStreams: (options: z.input<typeof redisStreams.options>): SinkFactory<object> => fromDefinition(redisStreams, options),
   natsJetStream: (options: z.input<typeof natsJetStream.options>): SinkFactory<object> => fromDefinition(natsJetStream, options),
   rabbitmq: (options: z.input<typeof rabbitmq.options>): SinkFactory<object> => fromDefinition(rabbitmq, options),
+  /** Parquet files in a directory with Hive-style partitions (a data lake). */
+  parquet: (options: z.input<typeof parquet.options>): SinkFactory<object> => fromDefinition(parquet, options),
   /** A sink you implement against the {@link Sink} contract, typed by the payloads it accepts. */
   custom: <P extends object>(type: string, create: (ctx: ComponentContext) => Sink): SinkFactory<P> => ({ type, create }),
 };

@@ -8,6 +8,7 @@ import { definition as fileSink } from "../sinks/file.js";
 import { definition as natsJetStreamSink } from "../sinks/nats-jetstream.js";
 import { definition as postgresSink } from "../sinks/postgres/sink.js";
 import { definition as rabbitmqSink } from "../sinks/rabbitmq.js";
+import { definition as parquetSink } from "../sinks/parquet/sink.js";
 import { definition as redisStreamsSink } from "../sinks/redis-streams.js";
 import { definition as sqliteSink } from "../sinks/sqlite.js";
 import { definition as stdoutSink } from "../sinks/stdout.js";
@@ -29,7 +30,7 @@ export const SOURCES: readonly SourceDefinition[] = [generatorSource, fileSource
 export const TRANSFORMS: readonly TransformDefinition[] = [moduleTransform, validateTransform];
 
 /** Sink types by their `type:` name. */
-export const SINKS: readonly SinkDefinition[] = [sqliteSink, postgresSink, fileSink, stdoutSink, blackholeSink, redisStreamsSink, natsJetStreamSink, rabbitmqSink];
+export const SINKS: readonly SinkDefinition[] = [sqliteSink, postgresSink, fileSink, stdoutSink, blackholeSink, redisStreamsSink, natsJetStreamSink, rabbitmqSink, parquetSink];
 
 /** Dead-letter store types by their `type:` name. */
 export const DEAD_LETTER_STORES: readonly DeadLetterDefinition[] = [deadLetterSqlite];

@@ -466,6 +466,15 @@ export interface OptionConflict {
   readonly message: string;
 }
 
+/** A sink type's own defaults of the engine's `batch` keys (see {@link ComponentDefinition.batchDefaults}). */
+export interface BatchDefaults {
+  readonly max_records?: number;
+  /** Bytes. */
+  readonly max_bytes?: number;
+  /** ms. */
+  readonly max_wait?: number;
+}
+
 /** A component type: its name, one-line summary, config schema (with defaults) and factory, in one declaration. */
 export interface ComponentDefinition<Options extends z.ZodObject, Instance> {
   /** The `type:` value in the config. */
@@ -476,6 +485,12 @@ export interface ComponentDefinition<Options extends z.ZodObject, Instance> {
   readonly options: Options;
   /** Builds an instance from validated options. Must not do I/O; connecting happens later. */
   create(options: z.output<Options>, ctx: ComponentContext): Instance;
+  /**
+   * Optional, sinks only. The defaults of the engine's `batch` keys for this sink type where they
+   * differ from the engine's (`max_wait` in ms, `max_bytes` in bytes): a sink whose every batch
+   * becomes a file (parquet) prefers fewer, larger batches. The user's `batch` keys still win.
+   */
+  readonly batchDefaults?: BatchDefaults;
   /**
    * Optional. Options that the rest of the pipeline makes unkeepable (a source that needs order
    * kept through the buffer, with the durable buffer); checked with the config (`sluice validate`

@@ -6,7 +6,7 @@
 import { z } from "zod";
 import { DEAD_LETTER_STORES, SINKS, SOURCES, TRANSFORMS } from "../components/builtins.js";
 import { chaosOptions } from "../components/chaos.js";
-import type { ComponentDefinition } from "../components/contracts.js";
+import type { BatchDefaults, ComponentDefinition } from "../components/contracts.js";
 import { byteSize, duration } from "../components/options.js";
 import { DEFAULTS } from "./defaults.js";
 
@@ -53,11 +53,16 @@ const sourceCommon = {
   time_field: z.string().optional().describe("Payload field with the event time: ms since epoch or a date string."),
 };
 
-const batchSchema = z.strictObject({
-  max_records: z.number().int().positive().default(DEFAULTS.sink.batch.max_records).describe("Most records per batch."),
-  max_bytes: byteSize().default(DEFAULTS.sink.batch.max_bytes).describe("Most estimated bytes per batch."),
-  max_wait: duration().default(DEFAULTS.sink.batch.max_wait_ms).describe("Longest a partial batch waits for more records."),
-});
+/** The `batch` keys, with the engine's defaults or a sink type's own (see `ComponentDefinition.batchDefaults`). */
+function batchSchemaWith(defaults: BatchDefaults = {}) {
+  return z.strictObject({
+    max_records: z.number().int().positive().default(defaults.max_records ?? DEFAULTS.sink.batch.max_records).describe("Most records per batch."),
+    max_bytes: byteSize().default(defaults.max_bytes ?? DEFAULTS.sink.batch.max_bytes).describe("Most estimated bytes per batch."),
+    max_wait: duration().default(defaults.max_wait ?? DEFAULTS.sink.batch.max_wait_ms).describe("Longest a partial batch waits for more records."),
+  });
+}
+
+const batchSchema = batchSchemaWith();
 
 const retrySchema = z.strictObject({
   max_attempts: z.number().int().positive().default(DEFAULTS.sink.retry.max_attempts).describe("Attempts in all, the first included; then the record is dead-lettered."),
@@ -137,6 +142,13 @@ export const sinkDrivingSchema = z.strictObject(sinkDriving);
 
 /** Validated sink driving settings. */
 export type SinkDriving = z.output<typeof sinkDrivingSchema>;
+
+/** {@link sinkDrivingSchema} with a sink type's own `batch` defaults, if it has any. */
+export function sinkDrivingSchemaFor(batchDefaults: BatchDefaults | undefined): typeof sinkDrivingSchema {
+  if (batchDefaults === undefined) return sinkDrivingSchema;
+  // Same keys and output as sinkDrivingSchema; only the defaults differ.
+  return z.strictObject({ ...sinkDriving, batch: batchSchemaWith(batchDefaults).prefault({}) }) as unknown as typeof sinkDrivingSchema;
+}
 
 /** The engine-level keys of a config; exported for the library API, which shares its defaults. */
 export const topSchema = z.strictObject({
@@ -419,7 +431,8 @@ export function validateConfig(raw: unknown): { config: PipelineConfig; issues: 
     if (RESERVED_NAMES.has(n)) continue; // reported above
     const def = findDefinition(SINKS, v, `sinks.${n}`, "sink", issues);
     if (!def) continue;
-    const parsed = collect(componentSchema(def, sinkCommon), v, `sinks.${n}`, issues) as Record<string, unknown> | undefined;
+    const common = def.batchDefaults === undefined ? sinkCommon : { ...sinkCommon, batch: batchSchemaWith(def.batchDefaults).prefault({}) };
+    const parsed = collect(componentSchema(def, common), v, `sinks.${n}`, issues) as Record<string, unknown> | undefined;
     if (!parsed) continue;
     const { type: _t, concurrency, batch, retry, connect_timeout, chaos, ...options } = parsed;
     sinks.push({ name: n, definition: def, options, driving: { concurrency, batch, retry, connect_timeout, chaos } as SinkDriving });

@@ -12,7 +12,9 @@ import { definition as blackhole } from "../../src/sinks/blackhole.js";
 import { definition as file } from "../../src/sinks/file.js";
 import { definition as postgres } from "../../src/sinks/postgres/sink.js";
 import { definition as sqlite } from "../../src/sinks/sqlite.js";
+import { definition as parquet } from "../../src/sinks/parquet/sink.js";
 import { createStdoutSink } from "../../src/sinks/stdout.js";
+import { duckQuery, lake } from "../helpers/duckdb.js";
 import { requireService } from "../helpers/services.js";
 import { runSinkContract, type StoredRecord } from "./sink-contract.js";
 
@@ -61,6 +63,24 @@ runSinkContract(
     const names = (await readdir(join(dir, "landing"))).filter((n) => /\.ndjson(\.tmp)?$/.test(n)).sort();
     const texts = await Promise.all(names.map((n) => readFile(join(dir, "landing", n), "utf8")));
     return texts.flatMap(fromLines);
+  },
+  { idempotent: false },
+);
+
+runSinkContract(
+  "parquet",
+  // Partitioned by event date and key, so a batch spans several directories and files.
+  ({ ctx }) => parquet.create(parquet.options.parse({ path: "lake", partition_by: [{ date: "event_time" }, { field: "sensor" }] }), ctx),
+  async ({ dir }) => {
+    // A write is durable once its files are renamed: only finished files count (DuckDB's glob skips the hidden temp names).
+    if ((await readdir(join(dir, "lake"), { recursive: true })).every((n) => !n.endsWith(".parquet"))) return [];
+    const rows = await duckQuery(`SELECT id, key, epoch_ms(event_time) AS event_ms, payload::VARCHAR AS payload FROM ${lake(join(dir, "lake"))}`);
+    return rows.map((r) => ({
+      id: r.id as string,
+      key: r.key as string | null,
+      eventTime: r.event_ms === null ? null : new Date(Number(r.event_ms)).toISOString(),
+      payload: JSON.parse(r.payload as string) as JsonObject,
+    }));
   },
   { idempotent: false },
 );
