@@ -2,7 +2,7 @@
 import { describe, expect, it } from "vitest";
 import type { JsonObject, SluiceRecord } from "../../../../src/core/record.js";
 import { columnField, copyJson, copyText, isoTime, NULL_FIELD, payloadField, rowLayout, Unstorable } from "../../../../src/sinks/postgres/encoding.js";
-import { copyData } from "../../../../src/sinks/postgres/protocol.js";
+import { CopyRows } from "../../../../src/sinks/postgres/protocol.js";
 import { statements } from "../../../../src/sinks/postgres/statements.js";
 
 describe("COPY text encoding", () => {
@@ -77,17 +77,39 @@ describe("rowLayout", () => {
   });
 });
 
-describe("copyData: the CopyData and CopyDone messages", () => {
-  it("frames lines [lo, hi) with their newline, the seq prefixed for staging, in UTF-8", () => {
-    const lines = ["a\tb", "ü🚀", "c"];
-    const staged = copyData(lines, 1, 3, true);
-    const rows = Buffer.from("1\tü🚀\n2\tc\n", "utf8");
+describe("CopyRows: the CopyData and CopyDone messages", () => {
+  const rowsOf = (lines: string[], expected = 1) => {
+    const rows = new CopyRows(expected);
+    for (const line of lines) rows.add(line);
+    return rows;
+  };
+
+  it("frames every row with its newline in place, in UTF-8, growing past its first guess", () => {
+    const long = "x".repeat(1000);
+    const rows = rowsOf(["a\tb", "ü🚀", long]);
+    expect(rows.length).toBe(3);
+    const message = rows.message();
+    const body = Buffer.from(`a\tb\nü🚀\n${long}\n`, "utf8");
+    expect(message[0]).toBe(0x64);
+    expect(message.readUInt32BE(1)).toBe(4 + body.length);
+    expect(message.subarray(5, 5 + body.length).equals(body)).toBe(true);
+    expect([...message.subarray(5 + body.length)]).toEqual([0x63, 0, 0, 0, 4]);
+    expect(message.length).toBe(5 + body.length + 5);
+  });
+
+  it("copies a range with each row's index in front, for the staging table", () => {
+    const rows = rowsOf(["a\tb", "ü🚀", "c", "d"], 100);
+    const staged = rows.staged(1, 3);
+    const body = Buffer.from("1\tü🚀\n2\tc\n", "utf8");
     expect(staged[0]).toBe(0x64);
-    expect(staged.readUInt32BE(1)).toBe(4 + rows.length);
-    expect(staged.subarray(5, 5 + rows.length).equals(rows)).toBe(true);
-    expect([...staged.subarray(5 + rows.length)]).toEqual([0x63, 0, 0, 0, 4]);
-    const direct = copyData(lines, 0, 1, false);
-    expect(direct.toString("utf8", 5, direct.length - 5)).toBe("a\tb\n");
+    expect(staged.readUInt32BE(1)).toBe(4 + body.length);
+    expect(staged.subarray(5, 5 + body.length).equals(body)).toBe(true);
+    expect([...staged.subarray(5 + body.length)]).toEqual([0x63, 0, 0, 0, 4]);
+    expect(rows.staged(0, 1).toString("utf8", 5, 5 + 6)).toBe("0\ta\tb\n");
+    expect(rows.staged(0, 4).toString("utf8", 5, rows.staged(0, 4).length - 5)).toBe("0\ta\tb\n1\tü🚀\n2\tc\n3\td\n");
+    // Staging after the direct message: the rows are still there.
+    rows.message();
+    expect(rows.staged(3, 4).toString("utf8", 5, 9)).toBe("3\td\n");
   });
 });
 
