@@ -114,17 +114,25 @@ describe("CopyRows: the CopyData and CopyDone messages", () => {
 });
 
 describe("statements", () => {
-  it("insert: COPY into the table, staging moved with ON CONFLICT (id) DO NOTHING RETURNING id", () => {
-    const sql = statements('"t"', rowLayout({ mode: "insert", columns: { "we\"ird": { field: "x", type: "integer" } } }));
-    expect(sql.directCopy).toBe('COPY "t" ("id", "key", "payload", "event_time", "we""ird") FROM STDIN');
-    expect(sql.createTable).toBe('CREATE TABLE IF NOT EXISTS "t" (id text PRIMARY KEY, key text, payload jsonb, event_time timestamptz, ingested_at timestamptz DEFAULT now(), "we""ird" integer)');
-    expect(sql.createStage).toContain("(seq integer, s0 text, s1 text, s2 jsonb, s3 timestamptz, s4 integer)");
-    expect(sql.apply(2, 5)).toBe('INSERT INTO "t" ("id", "key", "payload", "event_time", "we""ird") SELECT s0, s1, s2, s3, s4 FROM pg_temp.sluice_stage WHERE seq >= 2 AND seq < 5 ON CONFLICT (id) DO NOTHING RETURNING id');
+  it("insert: COPY into the table; staging keeps jsonb as text, casts only rows not stored, ON CONFLICT (id) DO NOTHING RETURNING id", () => {
+    const sql = statements('"t"', rowLayout({ mode: "insert", columns: { "we\"ird": { field: "x", type: "integer" }, doc: { field: "d", type: "jsonb" } } }));
+    expect(sql.directCopy).toBe('COPY "t" ("id", "key", "payload", "event_time", "we""ird", "doc") FROM STDIN');
+    expect(sql.createTable).toBe(
+      'CREATE TABLE IF NOT EXISTS "t" (id text PRIMARY KEY, key text, payload jsonb, event_time timestamptz, ingested_at timestamptz DEFAULT now(), "we""ird" integer, "doc" jsonb)',
+    );
+    expect(sql.createStage).toContain("(seq integer, s0 text, s1 text, s2 text, s3 timestamptz, s4 integer, s5 text)");
+    expect(sql.apply(2, 5)).toBe(
+      'INSERT INTO "t" ("id", "key", "payload", "event_time", "we""ird", "doc") SELECT s0, s1, s2::jsonb, s3, s4, s5::jsonb FROM pg_temp.sluice_stage' +
+        ' WHERE seq >= 2 AND seq < 5 AND NOT EXISTS (SELECT 1 FROM "t" t WHERE t.id = pg_temp.sluice_stage.s0) ON CONFLICT (id) DO NOTHING RETURNING id',
+    );
+    expect(sql.apply()).toContain("FROM pg_temp.sluice_stage WHERE NOT EXISTS (SELECT 1");
   });
 
   it("upsert_latest: a unique key column and the newest per key by the version column", () => {
     const sql = statements('"t"', rowLayout({ mode: "upsert_latest", columns: {}, versionField: "v" }));
     expect(sql.createTable).toContain(', "version" numeric, UNIQUE ("key"))');
+    // Staged as they are: upsert_latest compares staged columns.
+    expect(sql.createStage).toContain("s2 jsonb");
     expect(sql.apply()).toContain("SELECT DISTINCT ON (s1) * FROM pg_temp.sluice_stage ORDER BY s1, s4 DESC, seq");
     expect(sql.apply()).toContain('ON CONFLICT ("key") DO UPDATE SET');
   });
