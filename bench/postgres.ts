@@ -1,16 +1,21 @@
 /**
- * The PostgreSQL section of `npm run bench` (issue #3): the same NDJSON rows into the same table
- * shape four ways, each in its own child process, in the same run:
+ * The PostgreSQL section of `npm run bench` (issues #3, #15): the same NDJSON rows into the same
+ * table shape five ways, each in its own child process, in the same run:
  *
  *   (a) `psql \copy` of the rows as a COPY text file (`id<TAB>payload`, prepared once, untimed): the ceiling;
  *   (b) multi-row `INSERT .. ON CONFLICT (id) DO NOTHING`, 1,000 rows per statement, 4 connections (pg.Pool);
- *   (c) sluice: `file` source -> `postgres` sink, `mode: insert`, library API, defaults;
- *   (d) sluice again, same file, same table: every record a duplicate; must add zero rows.
+ *   (c) sluice: `file` source -> `module` transform bench/enrich.mjs (changes the payload in place)
+ *       -> `postgres` sink, `mode: insert`, library API, defaults;
+ *   (d) the same with bench/enrich-copy.mjs, the copying one-liner users write
+ *       (`(p) => ({ ...p, processed_at: Date.now() / 1000 })`);
+ *   (e) (d) again, same file, same table: every record a duplicate; must add zero rows.
  *
  * Fairness, as measured here:
  * - Same rows: after every run the table is checked (untimed) for exactly N rows, every id equal
- *   to `gen-<payload.seq>`, the sum of `seq`, and a fingerprint of every (id, payload) pair that
- *   must be equal across contenders, so no contender can win by writing less or other rows.
+ *   to `gen-<payload.seq>`, the sum of `seq`, and a fingerprint of every (id, payload without
+ *   `processed_at`) pair that must be equal across contenders, so no contender can win by writing
+ *   less or other rows; after a transform every payload must hold `processed_at`. The baselines
+ *   write the rows untransformed: they are the ceiling a transform can only approach.
  * - Same shape: (a) and (b) write into a table created here with the DDL the sink documents for
  *   `create_table` (`id text primary key, key text, payload jsonb, event_time timestamptz,
  *   ingested_at timestamptz`), filling `id` and `payload`, `ingested_at` by a `now()` default and
@@ -27,7 +32,9 @@
  * - Input in the page cache: both files are read once before the first run.
  * - Every table is logged, the server's settings (synchronous_commit etc.) are untouched.
  *   (a) commits once; (b) once per 1,000 rows; sluice once per batch: that difference is each
- *   method's own. Rounds interleave the contenders; figures are medians over BENCH_PG_RUNS.
+ *   method's own. Rounds interleave the contenders; records/s and CPU are medians over BENCH_PG_RUNS,
+ *   ratios the median of each round's ratio (a load that comes and goes hits both sides of a round).
+ *   CPU-s per million rows of the client is the figure least moved by other work on the machine.
  * - Timing: each child times itself from just before its first connection to its last commit.
  *   Client CPU is the child's own (psql's for (a)); server CPU is the PostgreSQL processes' CPU
  *   over the run (the postmaster, its reaped backends, its live children), when readable.
@@ -45,7 +52,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { DEFAULTS } from "../src/config/defaults.js";
-import { definition as postgresSink } from "../src/sinks/postgres.js";
+import { definition as postgresSink } from "../src/sinks/postgres/sink.js";
 import { prepareLaunch, runChild } from "./build.js";
 import { ensureDataFile, warmPageCache } from "./data-gen.js";
 import { ensureCopyFile } from "./pg-copy-file.js";
@@ -55,9 +62,9 @@ import { fmtInt, fmtRatio, intEnv, median, progress } from "./report.js";
 
 
 const TARGETS = {
-  sluiceVsCopy: 0.7,
+  sluiceVsCopy: 0.8,
   sluiceVsInsert: 2,
-  duplicatesVsCopy: 0.5,
+  duplicatesVsCopy: 0.6,
 };
 // A child that takes longer than this is killed and counted as failed.
 const CHILD_TIMEOUT_MS = 5 * 60 * 1000;
@@ -70,7 +77,7 @@ const CLOCK_TICKS_PER_SECOND = 100;
 const CHILDREN = ["pg-psql-copy", "pg-multi-insert", "pg-sluice"] as const;
 type ChildName = (typeof CHILDREN)[number];
 
-type StepId = "copy" | "insert" | "sluice" | "duplicates";
+type StepId = "copy" | "insert" | "inplace" | "sluice" | "duplicates";
 interface Step {
   readonly id: StepId;
   readonly label: string;
@@ -78,15 +85,21 @@ interface Step {
   readonly table: string;
   /** create: drop, create with the documented DDL; drop: drop, the sink creates it; keep: the table of the step before. */
   readonly prepare: "create" | "drop" | "keep";
+  /** sluice's transform module, absolute path. */
+  readonly transform?: string;
 }
 
-const TABLES = { copy: "sluice_bench_pg_copy", insert: "sluice_bench_pg_insert", sluice: "sluice_bench_pg_sluice" } as const;
+const TABLES = { copy: "sluice_bench_pg_copy", insert: "sluice_bench_pg_insert", inplace: "sluice_bench_pg_inplace", sluice: "sluice_bench_pg_sluice" } as const;
+const BENCH_DIR = fileURLToPath(new URL(".", import.meta.url));
+const IN_PLACE = join(BENCH_DIR, "enrich.mjs");
+const COPYING = join(BENCH_DIR, "enrich-copy.mjs");
 
 const STEPS: readonly Step[] = [
   { id: "copy", label: "psql \\copy (ceiling)", child: "pg-psql-copy", table: TABLES.copy, prepare: "create" },
   { id: "insert", label: "multi-row INSERT, 1,000/stmt x 4 conns", child: "pg-multi-insert", table: TABLES.insert, prepare: "create" },
-  { id: "sluice", label: "sluice -> postgres (insert)", child: "pg-sluice", table: TABLES.sluice, prepare: "drop" },
-  { id: "duplicates", label: "sluice again, all duplicates", child: "pg-sluice", table: TABLES.sluice, prepare: "keep" },
+  { id: "inplace", label: "sluice, in-place transform", child: "pg-sluice", table: TABLES.inplace, prepare: "drop", transform: IN_PLACE },
+  { id: "sluice", label: "sluice, copying transform", child: "pg-sluice", table: TABLES.sluice, prepare: "drop", transform: COPYING },
+  { id: "duplicates", label: "sluice again, all duplicates", child: "pg-sluice", table: TABLES.sluice, prepare: "keep", transform: COPYING },
 ];
 
 /** The table the baselines write: the sink's documented `create_table` shape. */
@@ -144,18 +157,21 @@ interface TableCheck {
   readonly seqSum: string;
   /** Rows whose id is not `gen-<payload.seq>`. */
   readonly mismatched: number;
-  /** Sum of a hash of every (id, payload): equal tables of equal rows have equal fingerprints. */
+  /** Sum of a hash of every (id, payload without processed_at): equal tables of equal rows have equal fingerprints. */
   readonly fingerprint: string;
+  /** Rows whose payload holds `processed_at` (the transforms' field). */
+  readonly processed: number;
   readonly newestIngestedAt: string | null;
   readonly bytes: number;
 }
 
 async function checkTable(db: pg.Client, table: string): Promise<TableCheck> {
   const t = quoteIdent(table);
-  const r = await db.query<{ rows: string; seq_sum: string | null; mismatched: string; fingerprint: string | null; newest: string | null; bytes: string }>(
+  const r = await db.query<{ rows: string; seq_sum: string | null; mismatched: string; fingerprint: string | null; processed: string; newest: string | null; bytes: string }>(
     `SELECT count(*) AS rows, sum((payload->>'seq')::bigint)::text AS seq_sum,
             count(*) FILTER (WHERE id IS DISTINCT FROM 'gen-' || (payload->>'seq')) AS mismatched,
-            sum(hashtext(id || ' ' || payload::text)::bigint)::text AS fingerprint,
+            sum(hashtext(id || ' ' || (payload - 'processed_at')::text)::bigint)::text AS fingerprint,
+            count(*) FILTER (WHERE payload ? 'processed_at') AS processed,
             max(ingested_at)::text AS newest, pg_total_relation_size('${t.replace(/'/g, "''")}') AS bytes
        FROM ${t}`,
   );
@@ -165,6 +181,7 @@ async function checkTable(db: pg.Client, table: string): Promise<TableCheck> {
     seqSum: row.seq_sum ?? "0",
     mismatched: Number(row.mismatched),
     fingerprint: row.fingerprint ?? "0",
+    processed: Number(row.processed),
     newestIngestedAt: row.newest,
     bytes: Number(row.bytes),
   };
@@ -189,6 +206,7 @@ async function tableShape(db: pg.Client, table: string): Promise<string[]> {
 }
 
 interface Run {
+  readonly round: number;
   readonly result: ContenderResult;
   readonly serverCpuSeconds: number | undefined;
   readonly check: TableCheck;
@@ -268,6 +286,11 @@ export async function runPostgresBench(): Promise<number> {
     let n = 0;
     const sectionStarted = performance.now();
 
+    /** records/s of psql \copy in `round`, when it ran. */
+    const copyIn = (round: number): number | undefined => {
+      const r = outcomes.get("copy")!.runs.find((x) => x.round === round);
+      return r === undefined ? undefined : r.result.records / r.result.seconds;
+    };
     let baselineShape: string[] | undefined;
     const expectedSum = ((BigInt(records) * BigInt(records + 1)) / 2n).toString();
 
@@ -297,7 +320,8 @@ export async function runPostgresBench(): Promise<number> {
       loads.push(loadavg()[0]!);
       progress.live(`${tag} ... running`);
       const cpuBefore = serverCpu?.();
-      const result = await runChild(launcher, step.child, { file, copyFile: copy.file, records, url, table: step.table } satisfies PgTask, CHILD_TIMEOUT_MS);
+      const task: PgTask = { file, copyFile: copy.file, records, url, table: step.table, ...(step.transform === undefined ? {} : { transform: step.transform }) };
+      const result = await runChild(launcher, step.child, task, CHILD_TIMEOUT_MS);
       const cpuAfter = serverCpu?.();
       if ("error" in result) {
         outcome.failed.push(result.error);
@@ -311,6 +335,7 @@ export async function runPostgresBench(): Promise<number> {
       if (check.rows !== records) wrong.push(`${fmtInt(check.rows)} rows, expected ${fmtInt(records)}`);
       if (check.seqSum !== expectedSum) wrong.push(`sum of seq ${check.seqSum}, expected ${expectedSum}`);
       if (check.mismatched !== 0) wrong.push(`${fmtInt(check.mismatched)} rows whose id is not gen-<seq>`);
+      if (step.transform !== undefined && check.processed !== check.rows) wrong.push(`${fmtInt(check.rows - check.processed)} rows without the transform's processed_at`);
       const reference = outcomes.get("copy")!.runs[0]?.check.fingerprint;
       if (reference !== undefined && check.fingerprint !== reference) wrong.push(`(id, payload) fingerprint ${check.fingerprint} differs from psql \\copy's ${reference}`);
       if (before !== undefined) {
@@ -331,9 +356,10 @@ export async function runPostgresBench(): Promise<number> {
         ];
       }
       const serverCpuSeconds = cpuBefore !== undefined && cpuAfter !== undefined ? cpuAfter - cpuBefore : undefined;
-      outcome.runs.push({ result, serverCpuSeconds, check, before });
+      outcome.runs.push({ round, result, serverCpuSeconds, check, before });
       progress.line(
         `${tag}  ${fmtInt(result.records / result.seconds).padStart(9)} records/s  ${fmtSec(result.seconds).padStart(6)} s` +
+          `${step.id === "copy" || copyIn(round) === undefined ? "" : `  ${fmtRatio(result.records / result.seconds / copyIn(round)!)} of \\copy`}` +
           `  client CPU ${fmtSec(result.cpuSeconds)} s  server CPU ${serverCpuSeconds === undefined ? "-" : fmtSec(serverCpuSeconds)} s`,
       );
       return true;
@@ -364,10 +390,17 @@ export async function runPostgresBench(): Promise<number> {
       const values = outcomes.get(id)!.runs.map(f);
       return values.length === 0 || values.some((v) => v === undefined) ? undefined : median(values as number[]);
     };
-    const copyRate = rate("copy");
-    const insertRate = rate("insert");
+    /** Median over the rounds of `id`'s records/s over `base`'s in the same round. */
+    const roundRatio = (id: StepId, base: StepId): number | undefined => {
+      const ratios: number[] = [];
+      for (const r of outcomes.get(id)!.runs) {
+        const b = outcomes.get(base)!.runs.find((x) => x.round === r.round);
+        if (b !== undefined) ratios.push(r.result.records / r.result.seconds / (b.result.records / b.result.seconds));
+      }
+      return ratios.length === 0 ? undefined : median(ratios);
+    };
 
-    const header = ["contender", "rows", "records/s", "seconds", "vs psql \\copy", "vs multi-row INSERT", "client CPU-s", "server CPU-s", "client peak RSS MiB", "table MiB"];
+    const header = ["contender", "rows", "records/s", "seconds", "vs psql \\copy", "vs multi-row INSERT", "client CPU-s", "client CPU-s/M rows", "server CPU-s", "client peak RSS MiB", "table MiB"];
     const rows: string[][] = STEPS.map((step) => {
       const o = outcomes.get(step.id)!;
       const r = rate(step.id);
@@ -377,9 +410,10 @@ export async function runPostgresBench(): Promise<number> {
         step.id === "duplicates" && o.runs.length > 0 ? `${fmtInt(records)} (0 new)` : fmtInt(records),
         dash(r, fmtInt),
         dash(med(step.id, (x) => x.result.seconds), fmtSec),
-        step.id === "copy" ? "1.00x" : dash(r !== undefined && copyRate !== undefined ? r / copyRate : undefined, fmtRatio),
-        step.id === "insert" ? "1.00x" : dash(r !== undefined && insertRate !== undefined ? r / insertRate : undefined, fmtRatio),
+        step.id === "copy" ? "1.00x" : dash(roundRatio(step.id, "copy"), fmtRatio),
+        step.id === "insert" ? "1.00x" : dash(roundRatio(step.id, "insert"), fmtRatio),
         dash(med(step.id, (x) => x.result.cpuSeconds), fmtSec),
+        dash(med(step.id, (x) => (x.result.cpuSeconds / x.result.records) * 1e6), fmtSec),
         dash(med(step.id, (x) => x.serverCpuSeconds), fmtSec),
         // psql is not a Node process: the wrapper's own RSS would say nothing about it.
         step.id === "copy" ? "-" : dash(med(step.id, (x) => x.result.maxRssMiB), (v) => v.toFixed(1)),
@@ -392,11 +426,11 @@ export async function runPostgresBench(): Promise<number> {
     const out: string[] = [];
     out.push("");
     out.push(`sluice bench, PostgreSQL: ${fmtInt(records)} records from NDJSON into a table; PostgreSQL ${server.version} at ${where}; node ${process.version}, ${cpus().length} x ${cpus()[0]?.model.trim() ?? "cpu"}`);
-    out.push(`records/s: median of ${runs} run(s), each a fresh process timed from its first connection to its last commit; every table checked afterwards (rows, ids, payload fingerprint)`);
+    out.push(`records/s: median of ${runs} run(s), each a fresh process timed from its first connection to its last commit; ratios: median of the rounds' ratios; every table checked afterwards (rows, ids, payload fingerprint)`);
     out.push(`fresh table + CHECKPOINT before each run; VACUUM (ANALYZE) + CHECKPOINT before the duplicate run; client CPU-s: the contender process (psql for \\copy); server CPU-s: all PostgreSQL processes (other clients' work included)`);
     const sinkDefaults = postgresSink.options.parse({ url, table: TABLES.sluice });
     out.push(
-      `sluice: file source -> postgres sink (mode insert) with the defaults: batch.max_records ${fmtInt(DEFAULTS.sink.batch.max_records)}, ` +
+      `sluice: file source -> module transform (in place: bench/enrich.mjs; copying: bench/enrich-copy.mjs) -> postgres sink (mode insert) with the defaults: batch.max_records ${fmtInt(DEFAULTS.sink.batch.max_records)}, ` +
         `concurrency ${String(DEFAULTS.sink.concurrency)}, pool_size ${sinkDefaults.pool_size}, buffer.max_records ${fmtInt(DEFAULTS.buffer.max_records)}; section took ${sectionSeconds.toFixed(0)} s`,
     );
     const maxLoad = Math.max(0, ...loads);
@@ -416,16 +450,14 @@ export async function runPostgresBench(): Promise<number> {
     for (const row of rows) out.push(render(row));
     out.push("");
 
-    const sluiceRate = rate("sluice");
-    const dupRate = rate("duplicates");
     const verdict = (ok: boolean | undefined): string => (ok === undefined ? "n/a " : ok ? "PASS" : "FAIL");
     const ratioLine = (ratio: number | undefined, target: number, text: string): string =>
       `  ${verdict(ratio === undefined ? undefined : ratio >= target)}  ${text} >= ${target}x: ${ratio === undefined ? "not measured" : fmtRatio(ratio)}`;
-    const ratio = (a: number | undefined, b: number | undefined): number | undefined => (a === undefined || b === undefined ? undefined : a / b);
     out.push("targets:");
-    out.push(ratioLine(ratio(sluiceRate, copyRate), TARGETS.sluiceVsCopy, "sluice records/s vs psql \\copy"));
-    out.push(ratioLine(ratio(sluiceRate, insertRate), TARGETS.sluiceVsInsert, "sluice records/s vs multi-row INSERT"));
-    out.push(ratioLine(ratio(dupRate, copyRate), TARGETS.duplicatesVsCopy, "duplicate-run records/s vs psql \\copy"));
+    out.push(ratioLine(roundRatio("sluice", "copy"), TARGETS.sluiceVsCopy, "sluice (copying transform) records/s vs psql \\copy"));
+    out.push(ratioLine(roundRatio("inplace", "copy"), TARGETS.sluiceVsCopy, "sluice (in-place transform) records/s vs psql \\copy"));
+    out.push(ratioLine(roundRatio("sluice", "insert"), TARGETS.sluiceVsInsert, "sluice (copying transform) records/s vs multi-row INSERT"));
+    out.push(ratioLine(roundRatio("duplicates", "copy"), TARGETS.duplicatesVsCopy, "duplicate-run records/s vs psql \\copy"));
     const dupRuns = outcomes.get("duplicates")!.runs;
     const dupFailed = outcomes.get("duplicates")!.failed.some((f) => f.startsWith("table check failed"));
     out.push(

@@ -19,6 +19,8 @@ export interface PgTask {
   readonly url: string;
   /** Table to write, unquoted; the runner created it (or, for sluice's first run, dropped it for the sink to create). */
   readonly table: string;
+  /** sluice only: the `module` transform it runs (bench/enrich.mjs or bench/enrich-copy.mjs), absolute path; none when absent. */
+  readonly transform?: string;
 }
 
 /** Reads the task the runner passed. */

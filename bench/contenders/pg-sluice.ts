@@ -1,5 +1,6 @@
 /**
- * The contender: sluice's library API, `file` source -> `postgres` sink (`mode: insert`), engine
+ * The contender: sluice's library API, `file` source -> the task's `module` transform, if any ->
+ * `postgres` sink (`mode: insert`), engine
  * and sink defaults (the report prints the ones that matter: batch size, concurrency, pool), a
  * fresh temp `data_dir` (so no checkpoint from an earlier run is resumed). For the first run the
  * runner has dropped the table and the sink creates it (`create_table`, its default); for the
@@ -9,7 +10,7 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { pipeline, sinks, sources, type SensorReading } from "../../src/index.js";
+import { pipeline, sinks, sources, transforms, type SensorReading } from "../../src/index.js";
 import { fail, startClock } from "./protocol.js";
 import { finishPg, ownCpuSeconds, readPgTask } from "./pg-protocol.js";
 
@@ -18,8 +19,8 @@ const dataDir = await mkdtemp(join(tmpdir(), "sluice-bench-pg-"));
 let problem: string | undefined;
 try {
   const started = startClock();
-  const { status, summary } = await pipeline({ data_dir: dataDir })
-    .source("file", sources.file<SensorReading>({ path: task.file }))
+  const source = pipeline({ data_dir: dataDir }).source("file", sources.file<SensorReading>({ path: task.file }));
+  const { status, summary } = await (task.transform === undefined ? source : source.use(transforms.module({ path: task.transform })))
     .sink("pg", sinks.postgres({ url: task.url, table: task.table, mode: "insert" }))
     .run();
   const { records } = summary;

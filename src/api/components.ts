@@ -10,7 +10,8 @@ import { definition as blackhole } from "../sinks/blackhole.js";
 import { definition as fileSink } from "../sinks/file.js";
 import { definition as natsJetStream } from "../sinks/nats-jetstream.js";
 import { definition as parquet } from "../sinks/parquet/sink.js";
-import { definition as postgres } from "../sinks/postgres.js";
+import { definition as postgres } from "../sinks/postgres/sink.js";
+import { definition as rabbitmq } from "../sinks/rabbitmq.js";
 import { definition as redisStreams } from "../sinks/redis-streams.js";
 import { definition as sqlite } from "../sinks/sqlite.js";
 import { definition as stdout } from "../sinks/stdout.js";
@@ -20,6 +21,7 @@ import { definition as httpSource } from "../sources/http.js";
 import { definition as redisStreamsSource } from "../sources/redis-streams.js";
 import { definition as natsJetStreamSource } from "../sources/nats-jetstream.js";
 import { definition as mqttSource } from "../sources/mqtt/source.js";
+import { definition as rabbitmqSource } from "../sources/rabbitmq/source.js";
 import { definition as moduleTransform } from "../transforms/module.js";
 import { definition as validate } from "../transforms/validate.js";
 import type { ComponentContext } from "../components/contracts.js";
@@ -47,6 +49,8 @@ export const sources = {
   natsJetStream: <P extends object>(options: z.input<typeof natsJetStreamSource.options>): SourceFactory<P> => fromDefinition(natsJetStreamSource, options),
   /** An MQTT subscription in a persistent session; name the payload type the messages hold. */
   mqtt: <P extends object>(options: z.input<typeof mqttSource.options>): SourceFactory<P> => fromDefinition(mqttSource, options),
+  /** A RabbitMQ queue consumed with manual acks; name the payload type its messages hold. */
+  rabbitmq: <P extends object>(options: z.input<typeof rabbitmqSource.options>): SourceFactory<P> => fromDefinition(rabbitmqSource, options),
   /** A source you implement against the {@link Source} contract. */
   custom: <P extends object>(type: string, create: (ctx: ComponentContext) => Source): SourceFactory<P> => ({ type, create }),
 };
@@ -60,6 +64,7 @@ export const sinks = {
   blackhole: (): SinkFactory<object> => fromDefinition(blackhole, {}),
   redisStreams: (options: z.input<typeof redisStreams.options>): SinkFactory<object> => fromDefinition(redisStreams, options),
   natsJetStream: (options: z.input<typeof natsJetStream.options>): SinkFactory<object> => fromDefinition(natsJetStream, options),
+  rabbitmq: (options: z.input<typeof rabbitmq.options>): SinkFactory<object> => fromDefinition(rabbitmq, options),
   /** Parquet files in a directory with Hive-style partitions (a data lake). */
   parquet: (options: z.input<typeof parquet.options>): SinkFactory<object> => fromDefinition(parquet, options),
   /** A sink you implement against the {@link Sink} contract, typed by the payloads it accepts. */

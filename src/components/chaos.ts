@@ -58,6 +58,7 @@ export function withChaos(sink: Sink, options: ChaosOptions, clock: Clock, rando
 
   return {
     maxInFlight: sink.maxInFlight,
+    preferredWrite: sink.preferredWrite,
     connect: (signal) => sink.connect(signal),
     close: () => sink.close(),
     async write(records: readonly SluiceRecord[], signal: AbortSignal): Promise<WriteResult | void> {

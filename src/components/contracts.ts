@@ -29,7 +29,7 @@ export interface ComponentContext {
   readonly service?: ServiceProbe;
   /** The buffer's byte bound (`buffer.max_bytes`), for a source that sizes its own memory by it (http). */
   readonly bufferBytes?: number;
-  /** The buffer's record bound (`buffer.max_records`), for a broker source that caps what its broker delivers ahead by it (nats_jetstream). */
+  /** The buffer's record bound (`buffer.max_records`), for a broker source that caps what its broker delivers ahead by it (nats_jetstream, rabbitmq's prefetch). */
   readonly bufferRecords?: number;
 }
 
@@ -309,21 +309,38 @@ export interface WriteResult {
   readonly alreadyPresent?: readonly number[];
 }
 
+/** Bounds of the write a sink prefers when records pile up ({@link Sink.preferredWrite}). */
+export interface PreferredWrite {
+  /** Most records in one write. */
+  readonly maxRecords: number;
+  /** Most estimated bytes (the records' `bytes`) in one write. */
+  readonly maxBytes: number;
+}
+
 /** A destination of records. Writes must be idempotent by record id: redelivery leaves one copy. */
 export interface Sink {
-  /** Most batches the sink can write at once (1 for an embedded database); the engine uses min(this, `concurrency`). */
+  /** Most writes the sink can have in flight at once (1 for an embedded database); the engine uses min(this, `concurrency`). */
   readonly maxInFlight: number;
+  /**
+   * The largest write the sink would take when records pile up; optional. When a lane is ready to
+   * write and more than one batch (cut by `batch.*`) waits in it, the engine joins the waiting
+   * batches, whole and in order, into one write while it stays within these bounds (a single batch
+   * is always written, whatever its size). For sinks whose cost is per write (a commit, a round
+   * trip): a backlog then becomes fewer, larger writes, and the sink needs no queue of its own.
+   * Without it every write is one batch. Read once, when the engine starts driving the sink.
+   */
+  readonly preferredWrite?: PreferredWrite;
   /**
    * Called by the engine before the first write; on rejection it is called again after backoff
    * until it resolves or the pipeline stops.
    */
   connect(signal: AbortSignal): Promise<void>;
   /**
-   * Writes one batch. Resolve only when every record not listed in `failures` is durable.
-   * Throw for a failure of the whole batch: a retryable error retries the batch (so a partial
-   * commit must be safe to repeat, which idempotent writes make it), a permanent one dead-letters
-   * every record of it. Called with at most `maxInFlight` batches at once; records of one key
-   * always in order.
+   * Writes one batch (or several joined, see `preferredWrite`). Resolve only when every record
+   * not listed in `failures` is durable. Throw for a failure of the whole write: a retryable error
+   * retries it (so a partial commit must be safe to repeat, which idempotent writes make it), a
+   * permanent one dead-letters every record of it. Called with at most `maxInFlight` writes at
+   * once; records of one key always in order.
    */
   write(records: readonly SluiceRecord[], signal: AbortSignal): Promise<WriteResult | void>;
   /** Called once after the last write settled. Flush and release. */

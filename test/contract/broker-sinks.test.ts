@@ -1,14 +1,17 @@
 /**
- * The sink contract suite against the broker sinks, on the machine's Redis and NATS JetStream:
- * each test its own stream (named after its temp directory), deleted at the end.
+ * The sink contract suite against the broker sinks, on the machine's Redis, NATS JetStream and
+ * RabbitMQ: each test its own stream or queue (named after its temp directory), deleted at the end.
  */
 import { basename } from "node:path";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Redis } from "ioredis";
 import { afterAll, beforeAll, describe } from "vitest";
+import type { ChannelModel } from "amqplib";
 import { definition as natsJetStream } from "../../src/sinks/nats-jetstream.js";
+import { definition as rabbitmq } from "../../src/sinks/rabbitmq.js";
 import { definition as redisStreams } from "../../src/sinks/redis-streams.js";
 import { deleteJetStream, deleteKeys, NATS_URL, natsConnect, readJetStream, readStream, REDIS_URL, redisClient, storedFromEntry } from "../helpers/brokers.js";
+import { deleteQueues, hasRabbitmq, peekQueue, rabbitConnect, RABBITMQ_URL, storedFromMessage } from "../helpers/rabbitmq.js";
 import { requireService } from "../helpers/services.js";
 import { runSinkContract } from "./sink-contract.js";
 
@@ -16,6 +19,7 @@ const redisAddress = new URL(REDIS_URL);
 const hasRedis = await requireService("Redis", redisAddress.hostname, Number(redisAddress.port || 6379));
 const natsAddress = new URL(NATS_URL);
 const hasNats = await requireService("NATS", natsAddress.hostname, Number(natsAddress.port || 4222));
+const hasRabbit = await hasRabbitmq();
 
 /** One name per test: its temp directory's name is unique. */
 const suffix = (dir: string) => basename(dir).replace(/[^a-z0-9]/gi, "_").toLowerCase();
@@ -75,5 +79,32 @@ describe.skipIf(!hasNats)("nats_jetstream", () => {
         ctx,
       ),
     ({ dir }) => readJetStream(nc, nameOf(dir)),
+  );
+});
+
+describe.skipIf(!hasRabbit)("rabbitmq", () => {
+  let conn: ChannelModel;
+  const queues = new Set<string>();
+  const queueOf = (dir: string) => {
+    const queue = `sluice-contract-${suffix(dir)}`;
+    queues.add(queue);
+    return queue;
+  };
+
+  beforeAll(async () => {
+    conn = await rabbitConnect();
+  });
+
+  afterAll(async () => {
+    await deleteQueues(conn, queues);
+    await conn.close();
+  });
+
+  // A queue keeps every message published: no idempotent publish in AMQP, so at-least-once.
+  runSinkContract(
+    "rabbitmq",
+    ({ dir, ctx }) => rabbitmq.create(rabbitmq.options.parse({ url: RABBITMQ_URL, queue: queueOf(dir) }), ctx),
+    async ({ dir }) => (await peekQueue(conn, queueOf(dir))).map(storedFromMessage),
+    { idempotent: false },
   );
 });

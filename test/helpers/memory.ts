@@ -8,7 +8,7 @@
  * `connect`, more writes in flight than `maxInFlight`, overlapping or backwards acks) in a
  * `violations` list: tests assert it stays empty.
  */
-import type { DeadLetter, DeadLetterStore, EnqueueOutcome, Sink, Source, SourceAcks, SourceHandle, SourceWhenFull, WriteResult } from "../../src/components/contracts.js";
+import type { DeadLetter, DeadLetterStore, EnqueueOutcome, PreferredWrite, Sink, Source, SourceAcks, SourceHandle, SourceWhenFull, WriteResult } from "../../src/components/contracts.js";
 import type { Concurrency } from "../../src/core/adaptive-concurrency.js";
 import type { BackoffPolicy } from "../../src/core/backoff.js";
 import { MemoryBuffer, type BufferLimits, type WhenFull } from "../../src/core/buffer.js";
@@ -269,6 +269,8 @@ export interface MemorySinkOptions {
   readonly name?: string;
   /** Declared `maxInFlight`; default 64, so the runner's `concurrency` decides. */
   readonly maxInFlight?: number;
+  /** Declared `preferredWrite`; default none (every write one batch). */
+  readonly preferredWrite?: PreferredWrite;
   /**
    * The failure schedule: an array is consumed one step per write call (then `"ok"`), a function
    * is asked for every call.
@@ -304,6 +306,7 @@ export interface MemorySinkOptions {
 export class MemorySink implements Sink {
   readonly name: string;
   readonly maxInFlight: number;
+  readonly preferredWrite: PreferredWrite | undefined;
   /** Committed records by id. */
   readonly committed = new Map<string, SluiceRecord>();
   /** Every commit of a record, in order; an id listed twice was committed twice. */
@@ -330,6 +333,7 @@ export class MemorySink implements Sink {
     this.held = o.stored === undefined ? undefined : new Set(o.stored);
     this.name = o.name ?? "sink";
     this.maxInFlight = o.maxInFlight ?? 64;
+    this.preferredWrite = o.preferredWrite;
     this.clock = o.clock;
   }
 

@@ -6,7 +6,7 @@
  *
  * Each test writes its own tables (random suffix) and drops them. Skipped with a printed reason
  * when PostgreSQL is unreachable, unless SLUICE_REQUIRE_SERVICES=1, which makes that a failure.
- * The classifier's table needs no server and always runs.
+ * The error classifier and the COPY encoding are tested without a server in test/unit/sinks/postgres/.
  */
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -25,7 +25,8 @@ import type { JsonObject, SluiceRecord } from "../../src/core/record.js";
 import { validateConfig } from "../../src/config/schema.js";
 import { Metrics } from "../../src/observability/metrics.js";
 import { readDeadLetters } from "../../src/sinks/dead-letter-sqlite.js";
-import { classifyPostgresError, copyJson, copyText, createPostgresSink, definition, type PostgresSinkSettings } from "../../src/sinks/postgres.js";
+import type { PostgresSinkSettings } from "../../src/sinks/postgres/options.js";
+import { createPostgresSink, definition } from "../../src/sinks/postgres/sink.js";
 import { makeRecords } from "../helpers/records.js";
 import { requireService } from "../helpers/services.js";
 
@@ -39,89 +40,6 @@ const address = new URL(PG_URL);
 const hasPostgres = await requireService("PostgreSQL", address.hostname, Number(address.port || 5432));
 
 const signal = new AbortController().signal;
-
-function dbError(code: string, message = `failure ${code}`, severity = "ERROR"): pg.DatabaseError {
-  const err = new pg.DatabaseError(message, message.length, "error");
-  err.code = code;
-  err.severity = severity;
-  return err;
-}
-
-function errnoError(code: string): NodeJS.ErrnoException {
-  return Object.assign(new Error(`connect ${code} 127.0.0.1:5432`), { code });
-}
-
-describe("classifyPostgresError", () => {
-  const retryable: [string, unknown][] = [
-    ["08006 connection_failure", dbError("08006")],
-    ["08001 unable to connect", dbError("08001")],
-    ["57P01 admin_shutdown (FATAL)", dbError("57P01", "terminating connection due to administrator command", "FATAL")],
-    ["57P02 crash_shutdown", dbError("57P02")],
-    ["57P03 cannot_connect_now", dbError("57P03")],
-    ["40001 serialization_failure", dbError("40001")],
-    ["40P01 deadlock_detected", dbError("40P01")],
-    ["53300 too_many_connections", dbError("53300")],
-    ["53100 disk_full", dbError("53100")],
-    ["55P03 lock_not_available", dbError("55P03")],
-    ["25006 read_only_sql_transaction (failover)", dbError("25006")],
-    ["an SQLSTATE not in the table", dbError("XX999")],
-    ["ECONNRESET", errnoError("ECONNRESET")],
-    ["ECONNREFUSED", errnoError("ECONNREFUSED")],
-    ["EPIPE", errnoError("EPIPE")],
-    ["Connection terminated unexpectedly", new Error("Connection terminated unexpectedly")],
-  ];
-  it.each(retryable)("%s is a retryable ERR_SINK_WRITE", (_name, err) => {
-    const e = classifyPostgresError(err, "ERR_SINK_WRITE", "ERR_SINK_REJECTED", "postgres t");
-    expect([e.code, e.retryable, e.location]).toEqual(["ERR_SINK_WRITE", true, "postgres t"]);
-    expect(e.cause).toBe(err);
-    const code = (err as { code?: string }).code;
-    if (code !== undefined) expect(e.message).toContain(code);
-  });
-
-  const permanent: [string, pg.DatabaseError][] = [
-    ["22P02 invalid_text_representation", dbError("22P02", 'invalid input syntax for type integer: "abc"')],
-    ["22021 bad byte (NUL)", dbError("22021")],
-    ["22P05 untranslatable (\\u0000 in jsonb)", dbError("22P05")],
-    ["23502 not_null_violation", dbError("23502")],
-    ["23514 check_violation", dbError("23514")],
-    ["23503 foreign_key_violation", dbError("23503")],
-    ["23505 unique_violation (not on id)", dbError("23505")],
-    ["42804 datatype_mismatch", dbError("42804")],
-    ["42P01 undefined_table", dbError("42P01")],
-    ["P0001 raise_exception (a trigger)", dbError("P0001")],
-  ];
-  it.each(permanent)("%s is a permanent ERR_SINK_REJECTED naming the SQLSTATE and PostgreSQL's message", (_name, err) => {
-    const e = classifyPostgresError(err);
-    expect([e.code, e.retryable]).toEqual(["ERR_SINK_REJECTED", false]);
-    expect(e.message).toBe(`postgres: ${err.message} (SQLSTATE ${err.code})`);
-  });
-
-  it("keeps programmer errors permanent ERR_INTERNAL and passes SluiceErrors through", () => {
-    expect(classifyPostgresError(new TypeError("x is not a function"))).toMatchObject({ code: "ERR_INTERNAL", retryable: false });
-    const own = new SluiceError("ERR_ABORTED", "stop");
-    expect(classifyPostgresError(own)).toBe(own);
-  });
-
-  it("uses the codes it is given (connect errors)", () => {
-    expect(classifyPostgresError(dbError("57P03"), "ERR_SINK_CONNECT", "ERR_SINK_CONNECT")).toMatchObject({ code: "ERR_SINK_CONNECT", retryable: true });
-    expect(classifyPostgresError(dbError("42P10"), "ERR_SINK_CONNECT", "ERR_SINK_CONNECT")).toMatchObject({ code: "ERR_SINK_CONNECT", retryable: false });
-  });
-});
-
-describe("COPY text encoding", () => {
-  it("escapes backslash, tab, newline and carriage return, and nothing else", () => {
-    expect(copyText("plain ' \" ; -- ünï 🚀")).toBe("plain ' \" ; -- ünï 🚀");
-    expect(copyText("a\\b\tc\nd\re\\N")).toBe("a\\\\b\\tc\\nd\\re\\\\N");
-  });
-
-  it("writes JSON with backslashes doubled and lone surrogates as U+FFFD, keeping escaped backslashes apart", () => {
-    expect(copyJson({ a: "x\ty\n\"q\"" })).toBe('{"a":"x\\\\ty\\\\n\\\\"q\\\\""}');
-    expect(copyJson({ s: "\ud800", pair: "🚀" })).toBe('{"s":"\\\\ufffd","pair":"🚀"}');
-    // The 6 characters `\ud800` typed as text are JSON `\\ud800`: not a surrogate, kept.
-    expect(copyJson({ s: "\\ud800" })).toBe('{"s":"\\\\\\\\ud800"}');
-    expect(copyJson({ s: "\u0000" })).toBe('{"s":"\\\\u0000"}');
-  });
-});
 
 describe("postgres sink options", () => {
   const parse = (o: object) => definition.options.safeParse({ url: "postgres://x@h/db", table: "t", ...o });
@@ -320,34 +238,35 @@ describe.skipIf(!hasPostgres)("postgres sink (real PostgreSQL)", () => {
     expect((await admin.query(`SELECT count(*)::int AS n FROM ${q(table)}`)).rows[0]).toEqual({ n: 35 });
   });
 
-  it("writes batches waiting for a connection together, in one COPY, and gives each batch its own bad records", async () => {
+  it("takes one write per connection, prefers large ones, and writes a joined write in one COPY with its bad records by index", async () => {
     const table = newTable();
     const sink = await connect({ table, poolSize: 1, columns: { amount: { field: "amount", type: "integer" } } });
-    expect(sink.maxInFlight).toBe(4);
-    const batches = [0, 1, 2, 3].map((b) => Array.from({ length: 10 }, (_, i) => record(`g-${b}-${i}`, { amount: b === 2 && i === 4 ? "low" : i })));
+    // The engine joins batches waiting behind a busy connection into writes up to this size.
+    expect([sink.maxInFlight, sink.preferredWrite?.maxRecords]).toEqual([1, 10_000]);
+    const records = Array.from({ length: 40 }, (_, i) => record(`g-${i}`, { amount: i === 24 ? "low" : i }));
     const query = vi.spyOn(pg.Client.prototype, "query");
-    let results: (WriteResult | void)[];
+    let result: WriteResult | void;
     let copies: string[];
     try {
-      // The first batch takes the only connection; the other three wait for it and then go as one group.
-      results = await Promise.all(batches.map((b) => sink.write(b, signal)));
+      result = await sink.write(records, signal);
       copies = query.mock.calls.map((c) => String((c[0] as { text?: string }).text ?? c[0])).filter((sql) => sql.startsWith(`COPY ${q(table)} `));
     } finally {
       query.mockRestore();
     }
-    // Two direct COPYs: the first batch, then the group (whose bad record sends it through bisection).
-    expect(copies).toHaveLength(2);
-    expect(results.map((r) => failuresOf(r).map((f) => [f.index, f.error.code]))).toEqual([[], [], [[4, "ERR_SINK_REJECTED"]], []]);
-    expect(failuresOf(results[2]!)[0]!.error.message).toContain("22P02");
+    // One direct COPY, whose bad record sends the write through bisection (COPYs into the staging table).
+    expect(copies).toHaveLength(1);
+    expect(failuresOf(result).map((f) => [f.index, f.error.code])).toEqual([[24, "ERR_SINK_REJECTED"]]);
+    expect(failuresOf(result)[0]!.error.message).toContain("22P02");
     const { rows } = await admin.query<{ id: string }>(`SELECT id FROM ${q(table)} ORDER BY id`);
-    expect(rows.map((r) => r.id)).toEqual(batches.flat().map((r) => r.id).filter((id) => id !== "g-2-4").sort());
-    expect(results.map(presentOf)).toEqual([[], [], [], []]);
+    expect(rows.map((r) => r.id)).toEqual(records.map((r) => r.id).filter((id) => id !== "g-24").sort());
+    expect(presentOf(result)).toEqual([]);
 
-    // Again, each batch with one new record in front: the group's staged INSERT tells every batch its own.
-    const more = batches.map((b, n) => [record(`g-new-${n}`, { amount: n }), ...b]);
-    const again = await Promise.all(more.map((b) => sink.write(b, signal)));
-    expect(again.map((r) => failuresOf(r).map((f) => f.index))).toEqual([[], [], [5], []]);
-    expect(again.map(presentOf)).toEqual([range(1, 11), range(1, 11), range(1, 11).filter((i) => i !== 5), range(1, 11)]);
+    // Again, with new records between the old ones: the staged INSERT tells each its own.
+    const more = records.flatMap((r, i) => (i % 10 === 0 ? [record(`g-new-${i}`, { amount: i }), r] : [r]));
+    const again = await sink.write(more, signal);
+    const at = (id: string) => more.findIndex((r) => r.id === id);
+    expect(failuresOf(again).map((f) => f.index)).toEqual([at("g-24")]);
+    expect(presentOf(again)).toEqual(range(0, more.length).filter((i) => !more[i]!.id.startsWith("g-new-") && more[i]!.id !== "g-24"));
   });
 
   it("fails only the waiting batch whose write is aborted", async () => {

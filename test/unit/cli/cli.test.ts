@@ -461,7 +461,7 @@ describe("sluice components", () => {
   it("lists every built-in type with its options, defaults and descriptions", async () => {
     const r = await cli("components");
     expect(r.code).toBe(0);
-    for (const type of ["source generator", "source file", "source redis_streams", "transform module", "transform validate", "sink sqlite", "sink file", "sink stdout", "sink blackhole", "sink redis_streams", "sink nats_jetstream", "dead_letter sqlite"]) {
+    for (const type of ["source generator", "source file", "source redis_streams", "transform module", "transform validate", "sink sqlite", "sink file", "sink stdout", "sink blackhole", "sink redis_streams", "sink nats_jetstream", "source rabbitmq", "sink rabbitmq", "dead_letter sqlite"]) {
       expect(r.stdout).toContain(`${type}:`);
     }
     expect(r.stdout).toMatch(/^\s+rotate_bytes\s+default 67108864\. Finish a segment/m);
@@ -477,15 +477,15 @@ describe("sluice components", () => {
     const bad = await cli("components", "kafka");
     expect(bad.code).toBe(2);
     expect(bad.stderr).toBe(
-      'unknown component kind or type "kafka"; kinds: source, transform, sink, dead_letter; types by kind: source: generator, file, http, redis_streams, nats_jetstream, mqtt; transform: module, validate; sink: sqlite, postgres, file, stdout, blackhole, redis_streams, nats_jetstream; dead_letter: sqlite\n',
+      'unknown component kind or type "kafka"; kinds: source, transform, sink, dead_letter; types by kind: source: generator, file, http, redis_streams, nats_jetstream, mqtt, rabbitmq; transform: module, validate; sink: sqlite, postgres, file, stdout, blackhole, redis_streams, nats_jetstream, rabbitmq; dead_letter: sqlite\n',
     );
   });
 
   it.each([
-    ["sink", "sink", ["sqlite", "postgres", "file", "stdout", "blackhole", "redis_streams", "nats_jetstream"]],
-    ["sinks", "sink", ["sqlite", "postgres", "file", "stdout", "blackhole", "redis_streams", "nats_jetstream"]],
-    ["source", "source", ["generator", "file", "http", "redis_streams", "nats_jetstream", "mqtt"]],
-    ["sources", "source", ["generator", "file", "http", "redis_streams", "nats_jetstream", "mqtt"]],
+    ["sink", "sink", ["sqlite", "postgres", "file", "stdout", "blackhole", "redis_streams", "nats_jetstream", "rabbitmq"]],
+    ["sinks", "sink", ["sqlite", "postgres", "file", "stdout", "blackhole", "redis_streams", "nats_jetstream", "rabbitmq"]],
+    ["source", "source", ["generator", "file", "http", "redis_streams", "nats_jetstream", "mqtt", "rabbitmq"]],
+    ["sources", "source", ["generator", "file", "http", "redis_streams", "nats_jetstream", "mqtt", "rabbitmq"]],
     ["transform", "transform", ["module", "validate"]],
     ["transforms", "transform", ["module", "validate"]],
     ["dead_letter", "dead_letter", ["sqlite"]],

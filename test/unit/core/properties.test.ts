@@ -34,7 +34,7 @@ interface Scenario {
   readonly maxElapsedMs: number;
   readonly seed: number;
   /** One schedule per sink (1 or 2 sinks); write call n does steps[n], then "ok" once they run out. */
-  readonly sinks: readonly { readonly maxInFlight: number; readonly steps: readonly StepSpec[] }[];
+  readonly sinks: readonly { readonly maxInFlight: number; readonly preferredRecords: number | undefined; readonly steps: readonly StepSpec[] }[];
 }
 
 function stepArb(kinds: readonly StepKind[]): fc.Arbitrary<StepSpec> {
@@ -64,7 +64,15 @@ function scenarioArb(kinds: readonly StepKind[], whenFull: readonly WhenFull[]):
     maxAttempts: fc.integer({ min: 1, max: 4 }),
     maxElapsedMs: fc.integer({ min: 100, max: 5000 }),
     seed: fc.integer(),
-    sinks: fc.array(fc.record({ maxInFlight: fc.integer({ min: 1, max: 4 }), steps: fc.array(stepArb(kinds), { maxLength: 30 }) }), { minLength: 1, maxLength: 2 }),
+    sinks: fc.array(
+      fc.record({
+        maxInFlight: fc.integer({ min: 1, max: 4 }),
+        // Some sinks join waiting batches into larger writes (the engine's coalescing).
+        preferredRecords: fc.option(fc.integer({ min: 1, max: 20 }), { nil: undefined }),
+        steps: fc.array(stepArb(kinds), { maxLength: 30 }),
+      }),
+      { minLength: 1, maxLength: 2 },
+    ),
   });
 }
 
@@ -111,6 +119,7 @@ async function runScenario(s: Scenario) {
       new MemorySink({
         name: `sink${n}`,
         maxInFlight: plan.maxInFlight,
+        preferredWrite: plan.preferredRecords === undefined ? undefined : { maxRecords: plan.preferredRecords, maxBytes: 4000 },
         schedule: (call: WriteCall) => {
           const spec = plan.steps[call.n];
           return spec === undefined ? "ok" : toWriteStep(spec);

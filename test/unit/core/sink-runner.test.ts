@@ -142,6 +142,102 @@ describe("SinkRunner", () => {
     });
   });
 
+  describe("coalescing (the sink's preferredWrite)", () => {
+    it("joins the batches waiting in a lane into one write, whole and in order, up to the sink's records", async () => {
+      const sink = new MemorySink({ preferredWrite: { maxRecords: 10, maxBytes: 1_000_000 }, schedule: always({ delayMs: 100, then: "ok" }) });
+      const h = harness({ sink, batch: { maxRecords: 4, maxWaitMs: 1000 } });
+      void h.runner.start();
+      await flush();
+      h.runner.accept(entries(30));
+      await h.until(30);
+      // Two batches of 4 fit in 10, a third would not; the last write is a batch and the partial one after it.
+      expect(sink.writes.map((w) => [w.at, w.ids.length])).toEqual([
+        [0, 8],
+        [100, 8],
+        [200, 8],
+        [300, 6],
+      ]);
+      expect(sink.commitLog).toEqual(entries(30).map((e) => e.id));
+      // Each write's records are reported done once, after that write committed.
+      expect(h.done.map((d) => [d.at, d.ids.length])).toEqual([
+        [100, 8],
+        [200, 8],
+        [300, 8],
+        [400, 6],
+      ]);
+    });
+
+    it("keeps to the sink's bytes, and still writes a single batch larger than them", async () => {
+      const sink = new MemorySink({ preferredWrite: { maxRecords: 1000, maxBytes: 250 } });
+      const h = harness({ sink, batch: { maxRecords: 2, maxWaitMs: 1000 } });
+      void h.runner.start();
+      await flush();
+      const small = entries(5, { bytes: 50 });
+      const big = entries(2, { bytes: 200, prefix: "big" });
+      h.runner.accept([...small, ...big]);
+      await h.until(7);
+      // Batches of 2: 100, 100, 250 (r-4 and big-0), 200 bytes. The first two fit in 250 together, the third not with
+      // them; it is 250 alone, and big-1 would take it past. A batch over the bound still goes: big-1, with a max of 150.
+      expect(sink.writes.map((w) => w.ids)).toEqual([["r-0", "r-1", "r-2", "r-3"], ["r-4", "big-0"], ["big-1"]]);
+      const alone = new MemorySink({ preferredWrite: { maxRecords: 1000, maxBytes: 150 } });
+      const h2 = harness({ sink: alone, batch: { maxRecords: 2, maxWaitMs: 1000 } });
+      void h2.runner.start();
+      await flush();
+      h2.runner.accept(entries(4, { bytes: 200 }));
+      await h2.until(4);
+      expect(alone.writes.map((w) => w.ids.length)).toEqual([2, 2]);
+    });
+
+    it("writes one batch at a time when the sink prefers nothing larger", async () => {
+      const sink = new MemorySink({ schedule: always({ delayMs: 100, then: "ok" }) });
+      const h = harness({ sink, batch: { maxRecords: 4, maxWaitMs: 1000 } });
+      void h.runner.start();
+      await flush();
+      h.runner.accept(entries(12));
+      await h.until(12);
+      expect(sink.writes.map((w) => w.ids.length)).toEqual([4, 4, 4]);
+    });
+
+    it("retries a joined write whole and reports its records done only after the retry committed", async () => {
+      const sink = new MemorySink({ preferredWrite: { maxRecords: 100, maxBytes: 1_000_000 }, schedule: ["ok", "retryable", "ok"] });
+      const h = harness({ sink, batch: { maxRecords: 3, maxWaitMs: 1000 }, random: () => 0.999 });
+      void h.runner.start();
+      await flush();
+      h.runner.accept(entries(3));
+      // The lane is writing the first batch; these wait and go out joined.
+      h.runner.accept(entries(7, { prefix: "s" }));
+      await h.until(10);
+      expect(sink.writes.map((w) => [w.at, w.ids.length])).toEqual([
+        [0, 3],
+        [0, 7],
+        [99, 7],
+      ]);
+      expect(h.done).toEqual([
+        { ids: ["r-0", "r-1", "r-2"], deadLettered: false, at: 0 },
+        { ids: entries(7, { prefix: "s" }).map((e) => e.id), deadLettered: false, at: 99 },
+      ]);
+      expect(sink.commitLog).toEqual([...entries(3), ...entries(7, { prefix: "s" })].map((e) => e.id));
+    });
+
+    it("maps per-record failures of a joined write to their records: only those are dead-lettered", async () => {
+      const sink = new MemorySink({
+        preferredWrite: { maxRecords: 100, maxBytes: 1_000_000 },
+        schedule: [{ delayMs: 10, then: "ok" }, { fail: [{ index: 4, retryable: false }] }],
+      });
+      const h = harness({ sink, batch: { maxRecords: 2, maxWaitMs: 1000 } });
+      void h.runner.start();
+      await flush();
+      h.runner.accept(entries(2));
+      h.runner.accept(entries(6, { prefix: "s" }));
+      await h.until(8);
+      expect(sink.writes.map((w) => w.ids.length)).toEqual([2, 6]);
+      expect(h.dlq.entries.map((e) => e.record.id)).toEqual(["s-4"]);
+      expect(h.done.filter((d) => d.deadLettered).flatMap((d) => d.ids)).toEqual(["s-4"]);
+      expect(h.done.filter((d) => !d.deadLettered).flatMap((d) => d.ids).sort()).toEqual(["r-0", "r-1", "s-0", "s-1", "s-2", "s-3", "s-5"]);
+      expect(h.settled()).toBe(8);
+    });
+  });
+
   describe("retry", () => {
     it("retries a retryable failure after full-jitter backoff delays within their caps", async () => {
       const sink = new MemorySink({ schedule: ["retryable", "retryable", "retryable", "ok"] });

@@ -10,7 +10,7 @@ import { userInfo } from "node:os";
 import { resolve } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 
-const SINK = resolve(import.meta.dirname, "../../../src/sinks/postgres.ts");
+const SINK = resolve(import.meta.dirname, "../../../src/sinks/postgres/sink.ts");
 
 /** The parameters of the first startup packet a client sends to a server on a free port. */
 async function startupParameters(connect: (port: number) => () => void): Promise<Record<string, string>> {

@@ -1,0 +1,109 @@
+/** COPY text encoding of the `postgres` sink, its framing and its statements, without a server. */
+import { describe, expect, it } from "vitest";
+import type { JsonObject, SluiceRecord } from "../../../../src/core/record.js";
+import { columnField, copyJson, copyText, isoTime, NULL_FIELD, payloadField, rowLayout, Unstorable } from "../../../../src/sinks/postgres/encoding.js";
+import { copyData } from "../../../../src/sinks/postgres/protocol.js";
+import { statements } from "../../../../src/sinks/postgres/statements.js";
+
+describe("COPY text encoding", () => {
+  it("escapes backslash, tab, newline and carriage return, and nothing else", () => {
+    expect(copyText("plain ' \" ; -- ünï 🚀")).toBe("plain ' \" ; -- ünï 🚀");
+    expect(copyText("a\\b\tc\nd\re\\N")).toBe("a\\\\b\\tc\\nd\\re\\\\N");
+  });
+
+  it("writes JSON with backslashes doubled and lone surrogates as U+FFFD, keeping escaped backslashes apart", () => {
+    expect(copyJson({ a: "x\ty\n\"q\"" })).toBe('{"a":"x\\\\ty\\\\n\\\\"q\\\\""}');
+    expect(copyJson({ s: "\ud800", pair: "🚀" })).toBe('{"s":"\\\\ufffd","pair":"🚀"}');
+    // The 6 characters `\ud800` typed as text are JSON `\\ud800`: not a surrogate, kept.
+    expect(copyJson({ s: "\\ud800" })).toBe('{"s":"\\\\\\\\ud800"}');
+    expect(copyJson({ s: "\u0000" })).toBe('{"s":"\\\\u0000"}');
+  });
+});
+
+function record(over: Partial<SluiceRecord> & { payload: JsonObject }): SluiceRecord {
+  return { id: "r1", key: undefined, eventTime: undefined, receivedAt: 0, source: "s", attempts: 0, ...over };
+}
+
+describe("fields", () => {
+  it("writes the payload from the source's text when it has one, else serialized", () => {
+    expect(payloadField(record({ payload: { a: 1 }, text: '{"a": 1, "t": "x\\ty"}' }))).toBe('{"a": 1, "t": "x\\\\ty"}');
+    expect(payloadField(record({ payload: { a: 1 } }))).toBe('{"a":1}');
+    // Text with \u escapes or a huge exponent is serialized again (lone surrogates, Infinity).
+    expect(payloadField(record({ payload: { s: "é" }, text: '{"s":"\\u00e9"}' }))).toBe('{"s":"é"}');
+    expect(payloadField(record({ payload: { n: null }, text: '{"n":1e999}' }))).toBe('{"n":null}');
+  });
+
+  it("converts a column value by type: NULL, t/f, times from ms, JSON for objects", () => {
+    expect(columnField("integer", undefined)).toBe(NULL_FIELD);
+    expect(columnField("text", null)).toBe(NULL_FIELD);
+    expect(columnField("boolean", true)).toBe("t");
+    expect(columnField("text", true)).toBe("true");
+    expect(columnField("timestamptz", 1_700_000_000_123)).toBe("2023-11-14T22:13:20.123Z");
+    expect(columnField("timestamptz", "2024-01-01 10:00+02")).toBe("2024-01-01 10:00+02");
+    expect(columnField("jsonb", "a\tb")).toBe('"a\\\\tb"');
+    expect(columnField("text", { a: [1] })).toBe('{"a":[1]}');
+    expect(columnField("numeric", 1.5)).toBe("1.5");
+  });
+
+  it("formats times as toISOString does, across seconds, with fractions and out of range", () => {
+    for (const ms of [0, 5, 999, 1000, 1_700_000_000_001, 1_700_000_000_050, 1_700_000_001_000, -1, -1001, 1.5]) {
+      expect(isoTime(ms)).toBe(new Date(ms).toISOString());
+    }
+    expect(() => isoTime(8.64e15 + 1)).toThrow(RangeError);
+  });
+});
+
+describe("rowLayout", () => {
+  it("insert: id, key, payload, event_time, then mapped columns, as one COPY line", () => {
+    const layout = rowLayout({ mode: "insert", columns: { temp: { field: "m.t", type: "double precision" }, ok: { field: "ok", type: "boolean" } } });
+    expect(layout.columns.map((c) => `${c.name} ${c.type}`)).toEqual(["id text", "key text", "payload jsonb", "event_time timestamptz", "temp double precision", "ok boolean"]);
+    expect([layout.keyIndex, layout.versionIndex]).toEqual([-1, -1]);
+    const line = layout.encode(record({ id: "a\tb", key: "k", eventTime: 0, payload: { m: { t: 21.5 }, ok: false } }));
+    expect(line).toBe('a\\tb\tk\t{"m":{"t":21.5},"ok":false}\t1970-01-01T00:00:00.000Z\t21.5\tf');
+    expect(layout.encode(record({ payload: {} }))).toBe("r1\t\\N\t{}\t\\N\t\\N\t\\N");
+  });
+
+  it("upsert_latest: refuses records without the key or the version, naming why", () => {
+    const byTime = rowLayout({ mode: "upsert_latest", columns: {} });
+    expect([byTime.keyIndex, byTime.versionIndex]).toEqual([1, 3]);
+    expect(() => byTime.encode(record({ payload: {}, eventTime: 1 }))).toThrow(Unstorable);
+    expect(() => byTime.encode(record({ payload: {}, key: "k" }))).toThrow(/no event time/);
+    const byVersion = rowLayout({ mode: "upsert_latest", columns: { device: { field: "d", type: "text" } }, versionField: "v", keyColumn: "device" });
+    expect(byVersion.columns.map((c) => c.name)).toEqual(["id", "key", "payload", "event_time", "version", "device"]);
+    expect([byVersion.keyIndex, byVersion.versionIndex]).toEqual([5, 4]);
+    expect(byVersion.encode(record({ payload: { d: "x", v: 3 } }))).toBe('r1\t\\N\t{"d":"x","v":3}\t\\N\t3\tx');
+    expect(() => byVersion.encode(record({ payload: { v: 3 } }))).toThrow(/device column \(upsert_latest key_column\) would be null/);
+    expect(() => byVersion.encode(record({ payload: { d: "x" } }))).toThrow(/version column/);
+  });
+});
+
+describe("copyData: the CopyData and CopyDone messages", () => {
+  it("frames lines [lo, hi) with their newline, the seq prefixed for staging, in UTF-8", () => {
+    const lines = ["a\tb", "ü🚀", "c"];
+    const staged = copyData(lines, 1, 3, true);
+    const rows = Buffer.from("1\tü🚀\n2\tc\n", "utf8");
+    expect(staged[0]).toBe(0x64);
+    expect(staged.readUInt32BE(1)).toBe(4 + rows.length);
+    expect(staged.subarray(5, 5 + rows.length).equals(rows)).toBe(true);
+    expect([...staged.subarray(5 + rows.length)]).toEqual([0x63, 0, 0, 0, 4]);
+    const direct = copyData(lines, 0, 1, false);
+    expect(direct.toString("utf8", 5, direct.length - 5)).toBe("a\tb\n");
+  });
+});
+
+describe("statements", () => {
+  it("insert: COPY into the table, staging moved with ON CONFLICT (id) DO NOTHING RETURNING id", () => {
+    const sql = statements('"t"', rowLayout({ mode: "insert", columns: { "we\"ird": { field: "x", type: "integer" } } }));
+    expect(sql.directCopy).toBe('COPY "t" ("id", "key", "payload", "event_time", "we""ird") FROM STDIN');
+    expect(sql.createTable).toBe('CREATE TABLE IF NOT EXISTS "t" (id text PRIMARY KEY, key text, payload jsonb, event_time timestamptz, ingested_at timestamptz DEFAULT now(), "we""ird" integer)');
+    expect(sql.createStage).toContain("(seq integer, s0 text, s1 text, s2 jsonb, s3 timestamptz, s4 integer)");
+    expect(sql.apply(2, 5)).toBe('INSERT INTO "t" ("id", "key", "payload", "event_time", "we""ird") SELECT s0, s1, s2, s3, s4 FROM pg_temp.sluice_stage WHERE seq >= 2 AND seq < 5 ON CONFLICT (id) DO NOTHING RETURNING id');
+  });
+
+  it("upsert_latest: a unique key column and the newest per key by the version column", () => {
+    const sql = statements('"t"', rowLayout({ mode: "upsert_latest", columns: {}, versionField: "v" }));
+    expect(sql.createTable).toContain(', "version" numeric, UNIQUE ("key"))');
+    expect(sql.apply()).toContain("SELECT DISTINCT ON (s1) * FROM pg_temp.sluice_stage ORDER BY s1, s4 DESC, seq");
+    expect(sql.apply()).toContain('ON CONFLICT ("key") DO UPDATE SET');
+  });
+});
