@@ -241,5 +241,6 @@ describe("examples/parquet-lake, as shipped", () => {
     } finally {
       await rm(work, { recursive: true, force: true });
     }
-  });
+    // Two CLI runs.
+  }, 120_000);
 });

@@ -194,6 +194,8 @@ export function createParquetSink(settings: ParquetSinkSettings): Sink {
 
   return {
     maxInFlight: 1,
+    // A backlog of batches becomes fewer, larger files (up to one file's bounds), not a file per batch.
+    preferredWrite: { maxRecords: o.file_max_rows, maxBytes: o.file_max_bytes },
 
     async connect() {
       try {
