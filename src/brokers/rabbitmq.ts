@@ -177,7 +177,7 @@ export async function ensureQueue(conn: ChannelModel, queue: QueueSettings, loca
   } catch (err) {
     const e = classifyAmqpError(err, code, location);
     if (replyCode(err) !== 406) throw e;
-    throw new SluiceError(code, `rabbitmq: queue ${queue.name} exists with other arguments than the config gives (${e.message}); change the config or delete the queue`, {
+    throw new SluiceError(code, `rabbitmq: queue ${queue.name} exists with other arguments than the config gives (${(err as Error).message}); change the config or delete the queue`, {
       cause: err,
       retryable: false,
       location,
@@ -187,16 +187,27 @@ export async function ensureQueue(conn: ChannelModel, queue: QueueSettings, loca
   }
 }
 
-/** Binds `queue` to `exchange` with `routingKey`; the exchange must exist (a permanent error otherwise). */
-export async function bindQueue(conn: ChannelModel, queue: string, exchange: string, routingKey: string, location: string, code: ErrorCode): Promise<void> {
+/** Checks that `exchange` exists (a permanent error when it does not), on a channel of its own (a missing one closes it). */
+export async function checkExchange(conn: ChannelModel, exchange: string, location: string, code: ErrorCode): Promise<void> {
   const ch = await quietChannel(() => conn.createChannel());
   try {
     await ch.checkExchange(exchange);
+  } catch (err) {
+    if (replyCode(err) !== 404) throw classifyAmqpError(err, code, location);
+    throw new SluiceError(code, `rabbitmq: exchange ${exchange} does not exist; declare it first (${(err as Error).message})`, { cause: err, retryable: false, location });
+  } finally {
+    await ch.close().catch(() => undefined);
+  }
+}
+
+/** Binds `queue` to `exchange` with `routingKey`; the exchange must exist (a permanent error otherwise). */
+export async function bindQueue(conn: ChannelModel, queue: string, exchange: string, routingKey: string, location: string, code: ErrorCode): Promise<void> {
+  await checkExchange(conn, exchange, location, code);
+  const ch = await quietChannel(() => conn.createChannel());
+  try {
     await ch.bindQueue(queue, exchange, routingKey);
   } catch (err) {
-    const e = classifyAmqpError(err, code, location);
-    if (replyCode(err) !== 404) throw e;
-    throw new SluiceError(code, `rabbitmq: exchange ${exchange} does not exist; declare it first (${e.message})`, { cause: err, retryable: false, location });
+    throw classifyAmqpError(err, code, location);
   } finally {
     await ch.close().catch(() => undefined);
   }

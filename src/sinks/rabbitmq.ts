@@ -7,6 +7,7 @@ import type { ChannelModel, ConfirmChannel, Message } from "amqplib";
 import { z } from "zod";
 import {
   bindQueue,
+  checkExchange,
   classifyAmqpError,
   ensureQueue,
   EVENT_TIME_HEADER,
@@ -121,14 +122,7 @@ export function createRabbitmqSink(settings: RabbitmqSinkSettings): Sink {
       if (settings.queue !== undefined) {
         await ensureQueue(c, settings.queue, location, "ERR_SINK_CONNECT");
         if (exchange !== "") await bindQueue(c, settings.queue.name, exchange, routingKey, location, "ERR_SINK_CONNECT");
-      } else {
-        const probe = await quietChannel(() => c.createChannel());
-        await probe.checkExchange(exchange).catch((err: unknown) => {
-          const e = classifyAmqpError(err, "ERR_SINK_CONNECT", location);
-          throw e.retryable ? e : new SluiceError("ERR_SINK_CONNECT", `rabbitmq: exchange ${exchange} does not exist; declare it first (${e.message})`, { cause: err, retryable: false, location });
-        });
-        await probe.close().catch(() => undefined);
-      }
+      } else await checkExchange(c, exchange, location, "ERR_SINK_CONNECT");
       const ch = await quietChannel(() => c.createConfirmChannel());
       const gone = (why: string) => {
         if (channel === ch) down ??= why;

@@ -125,9 +125,15 @@ sinks:
     expect(code, last.output()).toBe(0);
     expect(last.output()).toContain("resuming from checkpoint");
 
-    const summary = JSON.parse(await readFile(summaryFile, "utf8")) as { records: { received: number; delivered: number; dead_lettered: number; dropped: number; retried: number } };
+    const summary = JSON.parse(await readFile(summaryFile, "utf8")) as {
+      records: { received: number; delivered: number; new: number; already_present: number; dead_lettered: number; dropped: number; retried: number };
+    };
     expect(summary.records.received).toBe(TOTAL - checkpoints.at(-1)!.line);
     expect(summary.records).toMatchObject({ delivered: summary.records.received, dead_lettered: 0, dropped: 0 });
+    // Counted record by record: what the last kill left uncommitted is new, the rest of what the
+    // checkpoint made it read again the staged path found already stored.
+    expect(summary.records.new).toBe(TOTAL - killedAt.at(-1)!);
+    expect(summary.records.already_present).toBe(killedAt.at(-1)! - checkpoints.at(-1)!.line);
     // The chaos failures happened and were retried, not lost.
     expect(summary.records.retried).toBeGreaterThan(0);
 

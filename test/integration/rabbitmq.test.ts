@@ -349,6 +349,9 @@ describe.skipIf(!available)("rabbitmq source and sink on the machine's RabbitMQ"
         join(dir, "publish.yaml"),
         `data_dir: ./data-publish\nsources:\n  gen: { type: generator, count: 2000 }\nsinks:\n  rmq: { type: rabbitmq, url: "\${RABBITMQ_URL}", queue: ${queue} }\n`,
       );
+      const checked = await runCli(["validate", "publish.yaml"], { cwd: dir, env });
+      expect(checked.code, checked.stdout + checked.stderr).toBe(0);
+      expect(checked.stdout).toMatch(/sink +rmq \(rabbitmq\) +ok \(connected in \d+ ms\)/);
       const published = await runCli(["run", "publish.yaml", "--no-progress"], { cwd: dir, env });
       expect(published.code, published.stderr).toBe(0);
       expect(await readyCount(conn, queue)).toBe(2000);

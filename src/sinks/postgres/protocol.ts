@@ -64,34 +64,83 @@ export class CopyIn implements Submittable {
   }
 }
 
+/** Bytes a new {@link CopyRows} reserves per row it expects; it grows when rows are longer. */
+const ROW_BYTES_GUESS = 256;
+
 /**
- * COPY data of lines [lo, hi) (COPY text lines without their newline), `seq` (the line's index)
- * prefixed when `seq` is true (the staging table's first column), framed as the wire messages that
- * follow the COPY statement: one CopyData holding every row, then CopyDone. Each line is written
- * straight into one buffer: concatenating the batch into a string first cost about as much as
- * encoding it. A fresh buffer per call: the socket may still hold the previous one.
+ * The rows of one write as COPY text, encoded to UTF-8 as they are added, into one buffer outside
+ * the JavaScript heap: a row's text dies young instead of being kept (and copied by every young
+ * collection, then promoted) until the commit, which is what an array of row strings cost. The
+ * buffer starts after room for the CopyData header, so {@link message} frames the rows in place;
+ * {@link staged} copies a range with each row's index in front, for the staging table.
  */
-export function copyData(lines: readonly string[], lo: number, hi: number, seq: boolean): Buffer {
-  let chars = 0;
-  for (let i = lo; i < hi; i++) chars += lines[i]!.length;
-  // A UTF-16 code unit takes at most 3 bytes in UTF-8; a seq at most 11 characters and a tab.
-  const buf = Buffer.allocUnsafe(COPY_DATA_HEADER + chars * 3 + (hi - lo) * (seq ? 13 : 1) + COPY_DONE.length);
-  let at = COPY_DATA_HEADER;
-  for (let i = lo; i < hi; i++) {
-    if (seq) {
-      at += buf.write(String(i), at, "latin1");
-      buf[at++] = 0x09;
-    }
-    at += buf.write(lines[i]!, at, "utf8");
-    buf[at++] = 0x0a;
+export class CopyRows {
+  private buf: Buffer;
+  private at = COPY_DATA_HEADER;
+  /** Where each row ends (after its newline). */
+  private readonly ends: number[] = [];
+
+  constructor(expectedRows: number) {
+    this.buf = Buffer.allocUnsafe(COPY_DATA_HEADER + Math.max(1, expectedRows) * ROW_BYTES_GUESS + COPY_DONE.length);
   }
-  buf[0] = 0x64; // 'd': CopyData; its length counts itself, not the type byte
-  buf.writeUInt32BE(at - 1, 1);
-  at += COPY_DONE.copy(buf, at);
-  return buf.subarray(0, at);
+
+  /** Rows added. */
+  get length(): number {
+    return this.ends.length;
+  }
+
+  /** Adds one row: its COPY text, without the newline. */
+  add(row: string): void {
+    // A UTF-16 code unit takes at most 3 bytes in UTF-8; the newline, then room for CopyDone.
+    const need = this.at + row.length * 3 + 1 + COPY_DONE.length;
+    if (need > this.buf.length) {
+      const bigger = Buffer.allocUnsafe(Math.max(need, this.buf.length * 2));
+      this.buf.copy(bigger, 0, 0, this.at);
+      this.buf = bigger;
+    }
+    this.at += this.buf.write(row, this.at, "utf8");
+    this.buf[this.at++] = 0x0a;
+    this.ends.push(this.at);
+  }
+
+  /**
+   * Every row framed as the messages that follow a COPY statement: one CopyData, then CopyDone.
+   * The rows are not copied; add no row after this (the socket may still be sending the buffer).
+   */
+  message(): Buffer {
+    const buf = this.buf;
+    buf[0] = 0x64; // 'd': CopyData; its length counts itself, not the type byte
+    buf.writeUInt32BE(this.at - 1, 1);
+    COPY_DONE.copy(buf, this.at);
+    return buf.subarray(0, this.at + COPY_DONE.length);
+  }
+
+  /**
+   * Rows [lo, hi) with their index and a tab in front (the staging table's `seq`), framed as
+   * {@link message} frames them, in a new buffer.
+   */
+  staged(lo: number, hi: number): Buffer {
+    const from = lo === 0 ? COPY_DATA_HEADER : this.ends[lo - 1]!;
+    const to = hi === 0 ? COPY_DATA_HEADER : this.ends[hi - 1]!;
+    // A seq is at most 10 digits, then a tab.
+    const out = Buffer.allocUnsafe(COPY_DATA_HEADER + (to - from) + (hi - lo) * 11 + COPY_DONE.length);
+    let at = COPY_DATA_HEADER;
+    let start = from;
+    for (let i = lo; i < hi; i++) {
+      at += out.write(String(i), at, "latin1");
+      out[at++] = 0x09;
+      const end = this.ends[i]!;
+      at += this.buf.copy(out, at, start, end);
+      start = end;
+    }
+    out[0] = 0x64;
+    out.writeUInt32BE(at - 1, 1);
+    at += COPY_DONE.copy(out, at);
+    return out.subarray(0, at);
+  }
 }
 
-/** Runs `sql` (a COPY .. FROM STDIN) with `data` from {@link copyData}; resolves to the rows copied. */
+/** Runs `sql` (a COPY .. FROM STDIN) with `data` from {@link CopyRows}; resolves to the rows copied. */
 export function copyIn(client: PoolClient, sql: string, data: Buffer): Promise<number> {
   return new Promise((resolve, reject) => {
     client.query(new CopyIn(sql, data, resolve, reject));

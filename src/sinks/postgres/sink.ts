@@ -12,7 +12,7 @@ import { defineComponent, type PreferredWrite, type RecordFailure, type Sink, ty
 import { rowLayout } from "./encoding.js";
 import { abortedError, classifyPostgresError, connectionLost, scopeOf, sqlstate } from "./errors.js";
 import { options, type PostgresSinkSettings } from "./options.js";
-import { copyData, copyIn } from "./protocol.js";
+import { copyIn, CopyRows } from "./protocol.js";
 import { SAVEPOINT, statements } from "./statements.js";
 
 /** How long `connect` and a write wait for a free or new connection, in ms; then a retryable error. */
@@ -43,11 +43,11 @@ function defaultUserFromOs(): void {
   }
 }
 
-/** What writing a write's lines did besides storing them. */
+/** What writing the rows of a write did besides storing them. */
 interface Applied {
   /** Records late (upsert_latest): not applied because a record of their key at least as new was there first. */
   readonly late: number;
-  /** Lines (index into the lines written) whose record the table already held, or held one at least as new (upsert_latest). */
+  /** Rows (index among the rows written) whose record the table already held, or held one at least as new (upsert_latest). */
   readonly present: number[];
 }
 
@@ -183,11 +183,11 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
   }
 
   /** The whole batch through the staging table in one transaction. */
-  async function staging(l: Lease, lines: readonly string[], ids: readonly string[]): Promise<Applied> {
+  async function staging(l: Lease, rows: CopyRows, ids: readonly string[]): Promise<Applied> {
     await ensureStage(l.client);
     try {
       await l.client.query("BEGIN");
-      await copyIn(l.client, sql.stageCopy, copyData(lines, 0, lines.length, true));
+      await copyIn(l.client, sql.stageCopy, rows.staged(0, rows.length));
       const applied = await apply(l.client, ids);
       await l.client.query("COMMIT");
       // Every row new: the redelivered range is over, direct COPY is the fast path again.
@@ -202,10 +202,10 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
   /**
    * Finds the records PostgreSQL rejects, in one transaction: each range is tried under a
    * savepoint, a failing range is halved, a failing single record is reported (its index into
-   * `lines`). Depth-first and left before right, so ranges commit in batch order and upsert_latest
+   * `rows`). Depth-first and left before right, so ranges commit in batch order and upsert_latest
    * ends where the whole batch would have.
    */
-  async function bisect(l: Lease, lines: readonly string[], ids: readonly string[], failures: RecordFailure[]): Promise<Applied> {
+  async function bisect(l: Lease, rows: CopyRows, ids: readonly string[], failures: RecordFailure[]): Promise<Applied> {
     const { client } = l;
     await ensureStage(client);
     let late = 0;
@@ -213,12 +213,12 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
     try {
       // Deferred constraints checked per statement, so a bad record fails its own range, not the COMMIT.
       await client.query(`BEGIN; SET CONSTRAINTS ALL IMMEDIATE; SAVEPOINT ${SAVEPOINT}`);
-      const mid = lines.length >> 1;
-      const stack: [number, number][] = mid === 0 ? [[0, lines.length]] : [[mid, lines.length], [0, mid]];
+      const mid = rows.length >> 1;
+      const stack: [number, number][] = mid === 0 ? [[0, rows.length]] : [[mid, rows.length], [0, mid]];
       for (let range = stack.pop(); range !== undefined; range = stack.pop()) {
         const [lo, hi] = range;
         try {
-          await copyIn(client, sql.stageCopy, copyData(lines, lo, hi, true));
+          await copyIn(client, sql.stageCopy, rows.staged(lo, hi));
           const applied = await apply(client, ids, lo, hi, `; RELEASE SAVEPOINT ${SAVEPOINT}; SAVEPOINT ${SAVEPOINT}`);
           late += applied.late;
           present.push(...applied.present);
@@ -241,27 +241,27 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
     }
   }
 
-  async function writeLines(l: Lease, lines: readonly string[], ids: readonly string[], failures: RecordFailure[]): Promise<Applied> {
+  async function writeRows(l: Lease, rows: CopyRows, ids: readonly string[], failures: RecordFailure[]): Promise<Applied> {
     if (direct && !duplicatesSeen) {
       try {
-        await copyIn(l.client, sql.directCopy, copyData(lines, 0, lines.length, false));
+        await copyIn(l.client, sql.directCopy, rows.message());
         return { late: 0, present: [] };
       } catch (err) {
         if (connectionLost(err)) throw err;
         // A duplicate id (a redelivery) goes through the staging path, which skips it; a bad record is searched for at once.
         if (sqlstate(err) !== "23505") {
           if (scopeOf(err) !== "record") throw err;
-          return bisect(l, lines, ids, failures);
+          return bisect(l, rows, ids, failures);
         }
         // Redeliveries come in runs (the range after a restart): stage the next batches too, not fail a COPY for each.
         duplicatesSeen = true;
       }
     }
     try {
-      return await staging(l, lines, ids);
+      return await staging(l, rows, ids);
     } catch (err) {
       if (scopeOf(err) !== "record" || connectionLost(err)) throw err;
-      return bisect(l, lines, ids, failures);
+      return bisect(l, rows, ids, failures);
     }
   }
 
@@ -324,13 +324,13 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
 
       const failures: RecordFailure[] = [];
       const present: number[] = [];
-      const lines: string[] = [];
+      const rows = new CopyRows(records.length);
       const live: number[] = [];
       const ids: string[] = [];
       for (let i = 0; i < records.length; i++) {
         const record = records[i]!;
         try {
-          lines.push(layout.encode(record));
+          rows.add(layout.encode(record));
           live.push(i);
           ids.push(record.id);
         } catch (err) {
@@ -342,7 +342,7 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
         }
       }
 
-      if (lines.length > 0) {
+      if (rows.length > 0) {
         let l: Lease;
         try {
           l = await lease(p, signal);
@@ -351,7 +351,7 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
         }
         const bad: RecordFailure[] = [];
         try {
-          const applied = await writeLines(l, lines, ids, bad);
+          const applied = await writeRows(l, rows, ids, bad);
           if (applied.late > 0) settings.emit({ type: "records_late", sink: settings.name, count: applied.late });
           for (const line of applied.present) present.push(live[line]!);
         } catch (err) {

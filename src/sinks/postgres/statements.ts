@@ -37,7 +37,11 @@ export function statements(target: string, layout: RowLayout): Statements {
   const columnList = quoted.join(", ");
   // Staging columns are positional (`s0`, `s1`, ...), so no user column name can clash with `seq`.
   const stageNames = columns.map((_, i) => `s${i}`);
-  const stageList = stageNames.join(", ");
+  // insert: jsonb columns are staged as text and parsed only for the rows that go into the table: a
+  // rerun's redelivered range, which is what staging is for, then never parses a payload it will not
+  // store. upsert_latest compares and joins on staged columns (a jsonb key), so it stages them as they are.
+  const asText = (type: string) => !upsert && type === "jsonb";
+  const stageList = columns.map((c, i) => (asText(c.type) ? `${stageNames[i]}::jsonb` : stageNames[i])).join(", ");
 
   const createTable =
     `CREATE TABLE IF NOT EXISTS ${target} (id text PRIMARY KEY, key text, payload jsonb, event_time timestamptz, ingested_at timestamptz DEFAULT now()` +
@@ -50,8 +54,13 @@ export function statements(target: string, layout: RowLayout): Statements {
 
   function apply(lo?: number, hi?: number): string {
     const where = lo === undefined ? "" : ` WHERE seq >= ${lo} AND seq < ${hi}`;
-    // RETURNING the ids inserted: none on a rerun's redelivered range, which is when staging runs.
-    if (!upsert) return `INSERT INTO ${target} (${columnList}) SELECT ${stageList} FROM ${STAGE}${where} ON CONFLICT (id) DO NOTHING RETURNING id`;
+    // Rows whose id is stored are left out before anything is cast (the anti-join); ON CONFLICT still
+    // catches an id twice in the batch and a row another writer commits meanwhile. RETURNING the ids
+    // inserted: none on a rerun's redelivered range, which is when staging runs.
+    if (!upsert) {
+      const fresh = `${where === "" ? " WHERE" : `${where} AND`} NOT EXISTS (SELECT 1 FROM ${target} t WHERE t.id = ${STAGE}.s0)`;
+      return `INSERT INTO ${target} (${columnList}) SELECT ${stageList} FROM ${STAGE}${fresh} ON CONFLICT (id) DO NOTHING RETURNING id`;
+    }
     const k = stageNames[keyIndex]!;
     const v = stageNames[versionIndex]!;
     const kq = quoted[keyIndex]!;
@@ -73,7 +82,7 @@ export function statements(target: string, layout: RowLayout): Statements {
 
   return {
     createTable,
-    createStage: `CREATE TEMP TABLE IF NOT EXISTS sluice_stage (seq integer, ${columns.map((s, i) => `${stageNames[i]} ${s.type}`).join(", ")}) ON COMMIT DELETE ROWS`,
+    createStage: `CREATE TEMP TABLE IF NOT EXISTS sluice_stage (seq integer, ${columns.map((s, i) => `${stageNames[i]} ${asText(s.type) ? "text" : s.type}`).join(", ")}) ON COMMIT DELETE ROWS`,
     directCopy: `COPY ${target} (${columnList}) FROM STDIN`,
     stageCopy: `COPY ${STAGE} FROM STDIN`,
     apply,

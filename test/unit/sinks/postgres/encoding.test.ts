@@ -2,7 +2,7 @@
 import { describe, expect, it } from "vitest";
 import type { JsonObject, SluiceRecord } from "../../../../src/core/record.js";
 import { columnField, copyJson, copyText, isoTime, NULL_FIELD, payloadField, rowLayout, Unstorable } from "../../../../src/sinks/postgres/encoding.js";
-import { copyData } from "../../../../src/sinks/postgres/protocol.js";
+import { CopyRows } from "../../../../src/sinks/postgres/protocol.js";
 import { statements } from "../../../../src/sinks/postgres/statements.js";
 
 describe("COPY text encoding", () => {
@@ -77,32 +77,62 @@ describe("rowLayout", () => {
   });
 });
 
-describe("copyData: the CopyData and CopyDone messages", () => {
-  it("frames lines [lo, hi) with their newline, the seq prefixed for staging, in UTF-8", () => {
-    const lines = ["a\tb", "ü🚀", "c"];
-    const staged = copyData(lines, 1, 3, true);
-    const rows = Buffer.from("1\tü🚀\n2\tc\n", "utf8");
+describe("CopyRows: the CopyData and CopyDone messages", () => {
+  const rowsOf = (lines: string[], expected = 1) => {
+    const rows = new CopyRows(expected);
+    for (const line of lines) rows.add(line);
+    return rows;
+  };
+
+  it("frames every row with its newline in place, in UTF-8, growing past its first guess", () => {
+    const long = "x".repeat(1000);
+    const rows = rowsOf(["a\tb", "ü🚀", long]);
+    expect(rows.length).toBe(3);
+    const message = rows.message();
+    const body = Buffer.from(`a\tb\nü🚀\n${long}\n`, "utf8");
+    expect(message[0]).toBe(0x64);
+    expect(message.readUInt32BE(1)).toBe(4 + body.length);
+    expect(message.subarray(5, 5 + body.length).equals(body)).toBe(true);
+    expect([...message.subarray(5 + body.length)]).toEqual([0x63, 0, 0, 0, 4]);
+    expect(message.length).toBe(5 + body.length + 5);
+  });
+
+  it("copies a range with each row's index in front, for the staging table", () => {
+    const rows = rowsOf(["a\tb", "ü🚀", "c", "d"], 100);
+    const staged = rows.staged(1, 3);
+    const body = Buffer.from("1\tü🚀\n2\tc\n", "utf8");
     expect(staged[0]).toBe(0x64);
-    expect(staged.readUInt32BE(1)).toBe(4 + rows.length);
-    expect(staged.subarray(5, 5 + rows.length).equals(rows)).toBe(true);
-    expect([...staged.subarray(5 + rows.length)]).toEqual([0x63, 0, 0, 0, 4]);
-    const direct = copyData(lines, 0, 1, false);
-    expect(direct.toString("utf8", 5, direct.length - 5)).toBe("a\tb\n");
+    expect(staged.readUInt32BE(1)).toBe(4 + body.length);
+    expect(staged.subarray(5, 5 + body.length).equals(body)).toBe(true);
+    expect([...staged.subarray(5 + body.length)]).toEqual([0x63, 0, 0, 0, 4]);
+    expect(rows.staged(0, 1).toString("utf8", 5, 5 + 6)).toBe("0\ta\tb\n");
+    expect(rows.staged(0, 4).toString("utf8", 5, rows.staged(0, 4).length - 5)).toBe("0\ta\tb\n1\tü🚀\n2\tc\n3\td\n");
+    // Staging after the direct message: the rows are still there.
+    rows.message();
+    expect(rows.staged(3, 4).toString("utf8", 5, 9)).toBe("3\td\n");
   });
 });
 
 describe("statements", () => {
-  it("insert: COPY into the table, staging moved with ON CONFLICT (id) DO NOTHING RETURNING id", () => {
-    const sql = statements('"t"', rowLayout({ mode: "insert", columns: { "we\"ird": { field: "x", type: "integer" } } }));
-    expect(sql.directCopy).toBe('COPY "t" ("id", "key", "payload", "event_time", "we""ird") FROM STDIN');
-    expect(sql.createTable).toBe('CREATE TABLE IF NOT EXISTS "t" (id text PRIMARY KEY, key text, payload jsonb, event_time timestamptz, ingested_at timestamptz DEFAULT now(), "we""ird" integer)');
-    expect(sql.createStage).toContain("(seq integer, s0 text, s1 text, s2 jsonb, s3 timestamptz, s4 integer)");
-    expect(sql.apply(2, 5)).toBe('INSERT INTO "t" ("id", "key", "payload", "event_time", "we""ird") SELECT s0, s1, s2, s3, s4 FROM pg_temp.sluice_stage WHERE seq >= 2 AND seq < 5 ON CONFLICT (id) DO NOTHING RETURNING id');
+  it("insert: COPY into the table; staging keeps jsonb as text, casts only rows not stored, ON CONFLICT (id) DO NOTHING RETURNING id", () => {
+    const sql = statements('"t"', rowLayout({ mode: "insert", columns: { "we\"ird": { field: "x", type: "integer" }, doc: { field: "d", type: "jsonb" } } }));
+    expect(sql.directCopy).toBe('COPY "t" ("id", "key", "payload", "event_time", "we""ird", "doc") FROM STDIN');
+    expect(sql.createTable).toBe(
+      'CREATE TABLE IF NOT EXISTS "t" (id text PRIMARY KEY, key text, payload jsonb, event_time timestamptz, ingested_at timestamptz DEFAULT now(), "we""ird" integer, "doc" jsonb)',
+    );
+    expect(sql.createStage).toContain("(seq integer, s0 text, s1 text, s2 text, s3 timestamptz, s4 integer, s5 text)");
+    expect(sql.apply(2, 5)).toBe(
+      'INSERT INTO "t" ("id", "key", "payload", "event_time", "we""ird", "doc") SELECT s0, s1, s2::jsonb, s3, s4, s5::jsonb FROM pg_temp.sluice_stage' +
+        ' WHERE seq >= 2 AND seq < 5 AND NOT EXISTS (SELECT 1 FROM "t" t WHERE t.id = pg_temp.sluice_stage.s0) ON CONFLICT (id) DO NOTHING RETURNING id',
+    );
+    expect(sql.apply()).toContain("FROM pg_temp.sluice_stage WHERE NOT EXISTS (SELECT 1");
   });
 
   it("upsert_latest: a unique key column and the newest per key by the version column", () => {
     const sql = statements('"t"', rowLayout({ mode: "upsert_latest", columns: {}, versionField: "v" }));
     expect(sql.createTable).toContain(', "version" numeric, UNIQUE ("key"))');
+    // Staged as they are: upsert_latest compares staged columns.
+    expect(sql.createStage).toContain("s2 jsonb");
     expect(sql.apply()).toContain("SELECT DISTINCT ON (s1) * FROM pg_temp.sluice_stage ORDER BY s1, s4 DESC, seq");
     expect(sql.apply()).toContain('ON CONFLICT ("key") DO UPDATE SET');
   });
