@@ -79,7 +79,9 @@ sinks:
         if (Date.now() > deadline) throw new Error(`run ${k} did not reach ${target} files:\n${child.output()}`);
         await sleep(10);
       }
-      await sleep(Math.floor(random() * 30));
+      // Kill while a file is being written when one shows up soon (its temp name exists), else at a random moment.
+      const until = Date.now() + Math.floor(random() * 300);
+      while (Date.now() < until && (await listing(root)).temps === 0) await sleep(1);
       child.process.kill("SIGKILL");
       expect((await child.exited).signal, child.output()).toBe("SIGKILL");
       expect(existsSync(join(dir, `summary-${k}.json`))).toBe(false);

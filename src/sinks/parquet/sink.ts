@@ -116,7 +116,7 @@ export function createParquetSink(settings: ParquetSinkSettings): Sink {
   const partitionColumns = o.partition_by.flatMap((spec) => ("date" in spec && spec.granularity === "hour" ? [spec.name, "hour"] : [partitionName(spec)]));
   // A field named like a partition column stays in the payload: readers take that name from the directories.
   const excluded = new Set<string>([...ENVELOPE_COLUMNS, ...partitionColumns]);
-  const tempName = segmentNamePattern(o.prefix, EXTENSION);
+  const segmentName = segmentNamePattern(o.prefix, EXTENSION);
   const writers = new Map<string, SegmentWriter>();
   let layout: Layout | undefined;
   let module: Awaited<ReturnType<typeof loadWriter>> | undefined;
@@ -160,7 +160,7 @@ export function createParquetSink(settings: ParquetSinkSettings): Sink {
   async function recover(): Promise<void> {
     const dirs = new Set<string>();
     for (const entry of await readdir(root, { recursive: true, withFileTypes: true })) {
-      if (entry.isFile() && entry.name.startsWith(".") && tempName.exec(entry.name)?.[3] !== undefined) dirs.add(relative(root, entry.parentPath));
+      if (entry.isFile() && entry.name.startsWith(".") && segmentName.exec(entry.name)?.[3] !== undefined) dirs.add(relative(root, entry.parentPath));
     }
     for (const rel of dirs) await writerFor(rel);
   }
