@@ -269,7 +269,7 @@ describe.skipIf(!hasPostgres)("postgres sink (real PostgreSQL)", () => {
     expect(presentOf(again)).toEqual(range(0, more.length).filter((i) => !more[i]!.id.startsWith("g-new-") && more[i]!.id !== "g-24"));
   });
 
-  it("fails only the waiting batch whose write is aborted", async () => {
+  it("fails only the write aborted while it waited for a connection", async () => {
     const table = newTable();
     const sink = await connect({ table, poolSize: 1 });
     const aborter = new AbortController();
