@@ -45,8 +45,8 @@ export interface SluiceRecord<P = JsonObject> {
   /** Name of the source that produced the record. */
   readonly source: string;
   /**
-   * The payload's JSON text as the source read it, while no transform has touched the payload;
-   * undefined otherwise. A sink may write it instead of serializing `payload`: the same value,
+   * The payload's JSON text as the source read it, while no transform has touched the payload, or
+   * as a transform worker thread serialized the transforms' result (`workers`); undefined otherwise. A sink may write it instead of serializing `payload`: the same value,
    * though not always the same spelling (whitespace, number format, escapes).
    */
   readonly text?: string | undefined;
@@ -140,8 +140,25 @@ export interface AckTicket {
 }
 
 /**
+ * Where an undecoded line came from (a record a source handed over as JSON text, to be decoded
+ * where the transforms run): what its fallback id and a malformed line's dead letter need.
+ */
+export interface LineOrigin {
+  /** The record's place in its source (see `SourceHandle.record`): the fallback id is `<source>:<position>`. */
+  readonly position: string | number;
+  /** Line number, for the location `<location>:<line>` of a line that does not decode. */
+  readonly line: number;
+  readonly location: string;
+}
+
+/**
  * The engine's record object. A class, so every record has one shape; `receivedAt` is read from
  * the chunk's ticket, which saves a boxed number per record (a measurable share of GC work).
+ *
+ * The payload may be held as JSON text only (`text`, with no parsed object yet): a record that
+ * came back from a transform worker thread, or a line not decoded yet (`undecoded` set). It is
+ * parsed on the first read of `payload`, so a sink that writes `text` never pays for the parse.
+ * The envelope (`id`, `key`, `eventTime`) of an undecoded line is set once it is decoded.
  */
 export class RecordEntry implements Entry {
   attempts = 0;
@@ -153,18 +170,53 @@ export class RecordEntry implements Entry {
   raw: string | undefined = undefined;
   text: string | undefined = undefined;
   view: RecordView | undefined = undefined;
+  /** Set while the record is a line not decoded yet (see the class comment). */
+  undecoded: LineOrigin | undefined = undefined;
+  /** The parsed payload; undefined while only `text` holds it. */
+  private parsed: JsonObject | undefined;
 
   constructor(
-    readonly id: string,
-    readonly key: string | undefined,
-    public payload: JsonObject,
-    readonly eventTime: number | undefined,
+    public id: string,
+    public key: string | undefined,
+    payload: JsonObject | undefined,
+    public eventTime: number | undefined,
     readonly source: string,
     public bytes: number,
-  ) {}
+  ) {
+    this.parsed = payload;
+  }
+
+  get payload(): JsonObject {
+    return (this.parsed ??= parsePayload(this.text));
+  }
+
+  set payload(payload: JsonObject) {
+    this.parsed = payload;
+  }
+
+  /** Makes `text` the payload (parsed on first read): the output of a transform worker thread. */
+  holdText(text: string): void {
+    this.text = text;
+    this.parsed = undefined;
+    this.undecoded = undefined;
+  }
 
   get receivedAt(): number {
     return this.ticket.receivedAt;
+  }
+}
+
+/**
+ * The payload `text` holds. Text that is not a JSON object (a line not decoded yet, which a
+ * reader such as the tap may look at before it is) reads as an empty object.
+ */
+function parsePayload(text: string | undefined): JsonObject {
+  if (text === undefined) return {};
+  try {
+    const value: unknown = JSON.parse(text);
+    return typeof value === "object" && value !== null && !Array.isArray(value) ? (value as JsonObject) : {};
+  } catch {
+    return {};
   }
 }
 

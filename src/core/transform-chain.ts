@@ -1,5 +1,6 @@
 import type { Transform, TransformOutput } from "../components/contracts.js";
 import type { Clock } from "./clock.js";
+import type { PortableTransform } from "./transform-jobs.js";
 import { SluiceError } from "./errors.js";
 import { envelopeWriteError, recordView, type Entry, type JsonObject, type RecordView } from "./record.js";
 
@@ -15,6 +16,8 @@ export interface ChainStep {
   readonly timeoutMs?: number;
   /** Most records the transform may split one record into; past it the record is dead-lettered with `ERR_TRANSFORM_SPLIT`. Undefined: no limit. */
   readonly maxSplit?: number;
+  /** How a worker thread makes the same transform (`workers`); undefined: it cannot (a library closure). */
+  readonly portable?: PortableTransform;
 }
 
 /** What the chain reports besides its output records. */

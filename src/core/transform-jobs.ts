@@ -1,0 +1,296 @@
+/**
+ * What crosses between the main thread and a transform worker thread (`workers`), and the work a
+ * worker does with it: decode a chunk's JSON lines, read their envelopes, run the transform chain,
+ * serialize what comes out. A chunk crosses as one string in (its lines joined by `\n`) and as one
+ * string plus a few flat arrays out, never object by object.
+ */
+import type { Clock } from "./clock.js";
+import { EnvelopeReader, looksLikeObject, Malformed, parseObjectLine, parseObjectRun, type EnvelopeFields } from "./envelope.js";
+import { classify, SluiceError } from "./errors.js";
+import type { Entry, JsonObject, RecordView } from "./record.js";
+import { TransformChain, type ChainStep } from "./transform-chain.js";
+
+/**
+ * How a worker makes a transform: its built-in type and validated options, the directory its
+ * relative paths resolve against. A step without one (a library closure) cannot run on a worker.
+ */
+export interface PortableTransform {
+  readonly type: string;
+  readonly options: unknown;
+  readonly baseDir: string;
+}
+
+/** A chain step as a worker rebuilds it. */
+export interface PortableStep {
+  readonly stage: string;
+  readonly transform: PortableTransform;
+  readonly timeoutMs?: number | undefined;
+  readonly maxSplit?: number | undefined;
+}
+
+/** What every worker of a pipeline is started with. */
+export interface WorkerSetup {
+  readonly steps: readonly PortableStep[];
+  /** Per source name, the payload fields of its envelope. */
+  readonly envelopes: Readonly<Record<string, EnvelopeFields>>;
+  readonly dataDir: string;
+  /** How often the worker says it is alive, in ms (a worker that stops saying so is stuck in a transform). */
+  readonly heartbeatMs: number;
+}
+
+/** A record the main thread already knows the outcome of (a worker died on it): not run again. */
+export type SkippedRecord = readonly [index: number, stage: string, code: string, message: string];
+
+/** One chunk's work. */
+export interface TransformJob {
+  readonly job: number;
+  readonly source: string;
+  readonly receivedAt: number;
+  /** The records' payloads as JSON text, one per line, joined by `\n`. */
+  readonly lines: string;
+  readonly count: number;
+  /**
+   * Per record, its id when the main thread knows its envelope already (a record decoded by its
+   * source), or null for a line to decode, whose envelope the worker reads. Undefined: every line
+   * is to decode.
+   */
+  readonly ids?: readonly (string | null)[];
+  /** Per record with a known id: its key and event time. */
+  readonly keys?: readonly (string | null)[];
+  readonly times?: readonly (number | null)[];
+  /** Per line to decode: its position, for the fallback id a transform's record view shows. */
+  readonly positions?: readonly (string | number)[];
+  readonly skip?: readonly SkippedRecord[];
+  /** Run record by record, reporting each (and each step) before it runs: to find the record a worker dies on. */
+  readonly isolate?: boolean;
+}
+
+/** What became of one record, or of one part of a split record. */
+export const LEAF = { ok: 0, filtered: 1, failed: 2, malformed: 3 } as const;
+
+/** A failed or malformed leaf: stage, code, message, location, and for a split part its payload's JSON. */
+export type LeafError = readonly [stage: string, code: string, message: string, location: string | undefined, payload: string | undefined];
+
+/** One chunk's result. Leaves are in input order, a split record's parts in their order. */
+export interface TransformJobResult {
+  readonly job: number;
+  /** Per leaf: the index of the input record it comes from. */
+  readonly inputs: Int32Array;
+  /** Per leaf: a {@link LEAF} value. */
+  readonly kinds: Uint8Array;
+  /** Per leaf: the suffix a split part's id gets (`#2`, `#2#0`); undefined when nothing was split. */
+  readonly suffixes: string[] | undefined;
+  /** The payloads of the `ok` leaves, as JSON, joined by `\n`, in leaf order. */
+  readonly out: string;
+  /** Per failed or malformed leaf, in leaf order. */
+  readonly errors: LeafError[];
+  /** Per input decoded here: the envelope its payload names (null: none; the main thread's fallback applies). Undefined: no input was decoded here. */
+  readonly ids: (string | null)[] | undefined;
+  readonly keys: (string | null)[] | undefined;
+  readonly times: (number | null)[] | undefined;
+}
+
+/** Messages a worker posts. */
+export type WorkerMessage =
+  | { readonly type: "done"; readonly result: TransformJobResult }
+  | { readonly type: "alive" }
+  /** Isolate mode: record `index` of job `job` is about to run step `step`. */
+  | { readonly type: "at"; readonly job: number; readonly index: number; readonly step: number };
+
+/** A record as a worker's chain sees it: the envelope, the payload, and where it came from. */
+class WorkerRecord {
+  attempts = 0;
+  view: RecordView | undefined = undefined;
+  constructor(
+    readonly id: string,
+    readonly key: string | undefined,
+    public payload: JsonObject,
+    readonly eventTime: number | undefined,
+    readonly source: string,
+    readonly receivedAt: number,
+    readonly input: number,
+    readonly suffix: string,
+  ) {}
+}
+
+interface Decoded {
+  readonly records: (WorkerRecord | undefined)[];
+  readonly ids: (string | null)[] | undefined;
+  readonly keys: (string | null)[] | undefined;
+  readonly times: (number | null)[] | undefined;
+}
+
+/** The leaves of a job as the chain produces them. */
+class Leaves {
+  readonly inputs: number[] = [];
+  readonly kinds: number[] = [];
+  readonly suffixes: string[] = [];
+  readonly texts: string[] = [];
+  readonly errors: LeafError[] = [];
+  split = false;
+
+  add(r: WorkerRecord, kind: number): void {
+    this.inputs.push(r.input);
+    this.kinds.push(kind);
+    this.suffixes.push(r.suffix);
+  }
+
+  /** An output record: its payload serialized here, so the main thread gets text. */
+  push(r: WorkerRecord, stage: string): void {
+    let text: string;
+    try {
+      text = JSON.stringify(r.payload);
+    } catch (err) {
+      this.fail(r, stage, new SluiceError("ERR_TRANSFORM_FAILED", `the transforms' result is not JSON: ${(err as Error).message}`));
+      return;
+    }
+    this.add(r, LEAF.ok);
+    this.texts.push(text);
+  }
+
+  fail(r: WorkerRecord, stage: string, err: unknown): void {
+    const e = classify(err, "ERR_TRANSFORM_FAILED");
+    this.add(r, LEAF.failed);
+    this.errors.push([stage, e.code, e.message, e.location, r.suffix === "" ? undefined : safeJson(r.payload)]);
+  }
+}
+
+function safeJson(payload: JsonObject): string | undefined {
+  try {
+    return JSON.stringify(payload);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Runs jobs inside a worker: the chain built once from the pipeline's steps (made by the worker's
+ * own loader), envelopes read with each source's fields.
+ */
+export class JobRunner {
+  private readonly envelopes = new Map<string, EnvelopeReader>();
+
+  constructor(
+    private readonly steps: readonly ChainStep[],
+    envelopes: Readonly<Record<string, EnvelopeFields>>,
+    private readonly clock: Clock,
+    /** Isolate mode's reports (see {@link TransformJob.isolate}). */
+    private readonly report: (job: number, index: number, step: number) => void,
+  ) {
+    for (const [name, fields] of Object.entries(envelopes)) this.envelopes.set(name, new EnvelopeReader(fields));
+  }
+
+  async run(job: TransformJob): Promise<TransformJobResult> {
+    const leaves = new Leaves();
+    const { records, ids, keys, times } = this.decode(job, leaves);
+    const skipped = new Map(job.skip?.map((s) => [s[0], s] as const));
+    const chain = this.chainFor(job, leaves);
+    const lastStage = this.steps.at(-1)?.stage ?? "transform";
+    const out = { push: (r: WorkerRecord) => leaves.push(r, lastStage) } as unknown as Entry[];
+    for (let i = 0; i < records.length; i++) {
+      const r = records[i];
+      if (r === undefined) continue; // malformed: its leaf is in already
+      const skip = skipped.get(i);
+      if (skip !== undefined) {
+        leaves.add(r, LEAF.failed);
+        leaves.errors.push([skip[1], skip[2], skip[3], undefined, undefined]);
+        continue;
+      }
+      const pending = chain.run([r as unknown as Entry], out);
+      if (pending !== undefined) await pending;
+    }
+    const { inputs, kinds, suffixes, texts, errors, split } = leaves;
+    return {
+      job: job.job,
+      inputs: Int32Array.from(inputs),
+      kinds: Uint8Array.from(kinds),
+      suffixes: split ? suffixes : undefined,
+      out: texts.join("\n"),
+      errors,
+      ids,
+      keys,
+      times,
+    };
+  }
+
+  /** The job's records, decoded (undefined where a line is malformed: its leaf is added), and the envelopes read. */
+  private decode(job: TransformJob, leaves: Leaves): Decoded {
+    const { count, source, receivedAt } = job;
+    const lines = count === 0 ? [] : job.lines.split("\n");
+    if (lines.length !== count) throw new SluiceError("ERR_INTERNAL", `a transform job of ${count} records holds ${lines.length} lines`);
+    let values: (JsonObject | Malformed)[] | undefined;
+    if (job.isolate !== true && lines.every(looksLikeObject)) values = parseObjectRun(job.lines, count);
+    values ??= lines.map(parseObjectLine);
+    const envelope = this.envelopes.get(source) ?? new EnvelopeReader({});
+    const known = job.ids;
+    const decodesAny = known === undefined || known.includes(null);
+    const ids: (string | null)[] | undefined = decodesAny ? new Array<string | null>(count).fill(null) : undefined;
+    const keys: (string | null)[] | undefined = decodesAny && envelope.keyed ? new Array<string | null>(count).fill(null) : undefined;
+    const times: (number | null)[] | undefined = decodesAny && envelope.timed ? new Array<number | null>(count).fill(null) : undefined;
+    const records: (WorkerRecord | undefined)[] = new Array<WorkerRecord | undefined>(count);
+    for (let i = 0; i < count; i++) {
+      const value = values[i]!;
+      const knownId = known?.[i] ?? null;
+      if (value instanceof Malformed) {
+        leaves.add(new WorkerRecord(knownId ?? "", undefined, {}, undefined, source, receivedAt, i, ""), LEAF.malformed);
+        leaves.errors.push([`source:${source}`, "ERR_RECORD_MALFORMED", value.message, undefined, undefined]);
+        continue;
+      }
+      if (knownId !== null) {
+        records[i] = new WorkerRecord(knownId, job.keys?.[i] ?? undefined, value, job.times?.[i] ?? undefined, source, receivedAt, i, "");
+        continue;
+      }
+      const id = envelope.id(value);
+      const key = envelope.key(value);
+      const time = envelope.time(value);
+      ids![i] = id ?? null;
+      if (keys !== undefined) keys[i] = key ?? null;
+      if (times !== undefined) times[i] = time ?? null;
+      records[i] = new WorkerRecord(id ?? `${source}:${job.positions?.[i] ?? i}`, key, value, time, source, receivedAt, i, "");
+    }
+    return { records, ids, keys, times };
+  }
+
+  /** The chain for a job: the steps as they are, or (isolate mode) each reporting before it runs. */
+  private chainFor(job: TransformJob, leaves: Leaves): TransformChain {
+    const steps =
+      job.isolate !== true
+        ? this.steps
+        : this.steps.map((step, s) => ({
+            ...step,
+            transform: {
+              get takesRecord() {
+                return step.transform.takesRecord;
+              },
+              apply: (payload: JsonObject, record: RecordView) => {
+                this.report(job.job, (record as unknown as WorkerRecord).input, s);
+                return step.transform.apply(payload, record);
+              },
+            },
+          }));
+    return new TransformChain(
+      steps,
+      {
+        filtered: (r) => leaves.add(r as unknown as WorkerRecord, LEAF.filtered),
+        failed: (r, stage, err) => leaves.fail(r as unknown as WorkerRecord, stage, err),
+        split: (r, payloads, out, next) => {
+          leaves.split = true;
+          const parent = r as unknown as WorkerRecord;
+          const part = (i: number) =>
+            new WorkerRecord(`${parent.id}#${i}`, parent.key, payloads[i]!, parent.eventTime, parent.source, parent.receivedAt, parent.input, `${parent.suffix}#${i}`);
+          const from = (first: number): Promise<void> | undefined => {
+            for (let i = first; i < payloads.length; i++) {
+              const pending = next(part(i) as unknown as Entry);
+              if (pending !== undefined) return pending.then(() => from(i + 1));
+            }
+            return undefined;
+          };
+          return from(0);
+        },
+      },
+      this.clock,
+      new AbortController().signal,
+    );
+  }
+}
+
