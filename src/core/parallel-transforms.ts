@@ -7,8 +7,7 @@
  */
 import type { Chunk } from "./buffer.js";
 import { SluiceError } from "./errors.js";
-import type { Entry, JsonObject } from "./record.js";
-import { RecordEntry } from "./record.js";
+import { PayloadArray, RecordEntry, type Entry, type JsonObject } from "./record.js";
 import type { PartMaker, Splitter } from "./split.js";
 import { LEAF, type LeafError, type TransformJob, type TransformJobResult } from "./transform-jobs.js";
 
@@ -210,7 +209,8 @@ export class ParallelTransforms {
   /** Applies a result to its records: envelopes, payloads, and what became of each. */
   private async outcomes(input: readonly Entry[], result: TransformJobResult, out: Entry[]): Promise<void> {
     const { inputs, kinds, errors, suffixes } = result;
-    const texts = result.out === "" ? [] : result.out.split("\n");
+    const okLeaves = kinds.reduce((n, k) => (k === LEAF.ok ? n + 1 : n), 0);
+    const array = new PayloadArray(result.out, okLeaves);
     let leaf = 0;
     let text = 0;
     let error = 0;
@@ -228,7 +228,7 @@ export class ParallelTransforms {
       if (suffixes === undefined || (leaf - start === 1 && suffixes[start] === "")) {
         const kind = kinds[start];
         if (kind === LEAF.ok) {
-          r.holdText(texts[text++]!);
+          r.holdElement(array, text++);
           out.push(r);
         } else if (kind === LEAF.filtered) {
           this.hooks.filtered(r);
@@ -252,7 +252,7 @@ export class ParallelTransforms {
       for (let l = start; l < leaf; l++) {
         const kind = kinds[l];
         if (kind === LEAF.ok) {
-          partTexts.push(texts[text++]);
+          partTexts.push(array.text(text++));
           partErrors.push(undefined);
         } else if (kind === LEAF.filtered) {
           partTexts.push(undefined);

@@ -94,6 +94,12 @@ export class TransformChain {
         this.hooks.failed(record, step.stage, envelopeWriteError(err) ?? err);
         return undefined;
       }
+      // The common result first: a plain object is no promise, and needs no `then` lookup, which
+      // is megamorphic across payload shapes.
+      if (typeof result === "object" && result !== null && Object.getPrototypeOf(result) === Object.prototype) {
+        payload = result as JsonObject;
+        continue;
+      }
       if (isThenable(result)) return this.settleWithin(result, record, s, out);
       if (result === null || Array.isArray(result)) return this.after(record, s, result, out);
       payload = result;

@@ -80,7 +80,7 @@ export interface TransformJobResult {
   readonly kinds: Uint8Array;
   /** Per leaf: the suffix a split part's id gets (`#2`, `#2#0`); undefined when nothing was split. */
   readonly suffixes: string[] | undefined;
-  /** The payloads of the `ok` leaves, as JSON, joined by `\n`, in leaf order. */
+  /** The payloads of the `ok` leaves, in leaf order, as one JSON array. */
   readonly out: string;
   /** Per failed or malformed leaf, in leaf order. */
   readonly errors: LeafError[];
@@ -125,33 +125,52 @@ class Leaves {
   readonly inputs: number[] = [];
   readonly kinds: number[] = [];
   readonly suffixes: string[] = [];
-  readonly texts: string[] = [];
-  readonly errors: LeafError[] = [];
+  /** The `ok` leaves' payloads, serialized together at the end. */
+  readonly outputs: JsonObject[] = [];
+  /** Per failed or malformed leaf, by leaf index. */
+  readonly errors = new Map<number, LeafError>();
   split = false;
 
-  add(r: WorkerRecord, kind: number): void {
+  add(r: WorkerRecord, kind: number): number {
     this.inputs.push(r.input);
     this.kinds.push(kind);
     this.suffixes.push(r.suffix);
+    return this.inputs.length - 1;
   }
 
-  /** An output record: its payload serialized here, so the main thread gets text. */
-  push(r: WorkerRecord, stage: string): void {
-    let text: string;
-    try {
-      text = JSON.stringify(r.payload);
-    } catch (err) {
-      this.fail(r, stage, new SluiceError("ERR_TRANSFORM_FAILED", `the transforms' result is not JSON: ${(err as Error).message}`));
-      return;
-    }
+  push(r: WorkerRecord): void {
     this.add(r, LEAF.ok);
-    this.texts.push(text);
+    this.outputs.push(r.payload);
   }
 
   fail(r: WorkerRecord, stage: string, err: unknown): void {
     const e = classify(err, "ERR_TRANSFORM_FAILED");
-    this.add(r, LEAF.failed);
-    this.errors.push([stage, e.code, e.message, e.location, r.suffix === "" ? undefined : safeJson(r.payload)]);
+    this.errors.set(this.add(r, LEAF.failed), [stage, e.code, e.message, e.location, r.suffix === "" ? undefined : safeJson(r.payload)]);
+  }
+
+  /**
+   * The `ok` payloads as one JSON array. One that is not JSON (a BigInt, a cycle) fails its leaf
+   * with `ERR_TRANSFORM_FAILED` at `stage`, the last transform's, and is left out.
+   */
+  serialize(stage: string): string {
+    try {
+      return JSON.stringify(this.outputs);
+    } catch {
+      const kept: JsonObject[] = [];
+      let o = 0;
+      for (let leaf = 0; leaf < this.kinds.length; leaf++) {
+        if (this.kinds[leaf] !== LEAF.ok) continue;
+        const payload = this.outputs[o++]!;
+        try {
+          JSON.stringify(payload);
+          kept.push(payload);
+        } catch (err) {
+          this.kinds[leaf] = LEAF.failed;
+          this.errors.set(leaf, [stage, "ERR_TRANSFORM_FAILED", `the transforms' result is not JSON: ${(err as Error).message}`, undefined, undefined]);
+        }
+      }
+      return JSON.stringify(kept);
+    }
   }
 }
 
@@ -186,26 +205,37 @@ export class JobRunner {
     const skipped = new Map(job.skip?.map((s) => [s[0], s] as const));
     const chain = this.chainFor(job, leaves);
     const lastStage = this.steps.at(-1)?.stage ?? "transform";
-    const out = { push: (r: WorkerRecord) => leaves.push(r, lastStage) } as unknown as Entry[];
+    const out = { push: (r: WorkerRecord) => leaves.push(r) } as unknown as Entry[];
+    if (job.isolate !== true && skipped.size === 0 && !records.includes(undefined)) {
+      // The common case: the whole chunk through the chain at once (its synchronous fast path).
+      const pending = chain.run(records as unknown as Entry[], out);
+      if (pending !== undefined) await pending;
+      return this.result(job, leaves, lastStage, ids, keys, times);
+    }
     for (let i = 0; i < records.length; i++) {
       const r = records[i];
       if (r === undefined) continue; // malformed: its leaf is in already
       const skip = skipped.get(i);
       if (skip !== undefined) {
-        leaves.add(r, LEAF.failed);
-        leaves.errors.push([skip[1], skip[2], skip[3], undefined, undefined]);
+        leaves.errors.set(leaves.add(r, LEAF.failed), [skip[1], skip[2], skip[3], undefined, undefined]);
         continue;
       }
       const pending = chain.run([r as unknown as Entry], out);
       if (pending !== undefined) await pending;
     }
-    const { inputs, kinds, suffixes, texts, errors, split } = leaves;
+    return this.result(job, leaves, lastStage, ids, keys, times);
+  }
+
+  private result(job: TransformJob, leaves: Leaves, lastStage: string, ids: Decoded["ids"], keys: Decoded["keys"], times: Decoded["times"]): TransformJobResult {
+    const out = leaves.serialize(lastStage);
+    const { inputs, kinds, suffixes, split } = leaves;
+    const errors = [...leaves.errors.entries()].sort((a, b) => a[0] - b[0]).map((e) => e[1]);
     return {
       job: job.job,
       inputs: Int32Array.from(inputs),
       kinds: Uint8Array.from(kinds),
       suffixes: split ? suffixes : undefined,
-      out: texts.join("\n"),
+      out,
       errors,
       ids,
       keys,
@@ -232,8 +262,8 @@ export class JobRunner {
       const value = values[i]!;
       const knownId = known?.[i] ?? null;
       if (value instanceof Malformed) {
-        leaves.add(new WorkerRecord(knownId ?? "", undefined, {}, undefined, source, receivedAt, i, ""), LEAF.malformed);
-        leaves.errors.push([`source:${source}`, "ERR_RECORD_MALFORMED", value.message, undefined, undefined]);
+        const leaf = leaves.add(new WorkerRecord(knownId ?? "", undefined, {}, undefined, source, receivedAt, i, ""), LEAF.malformed);
+        leaves.errors.set(leaf, [`source:${source}`, "ERR_RECORD_MALFORMED", value.message, undefined, undefined]);
         continue;
       }
       if (knownId !== null) {
