@@ -203,7 +203,9 @@ export class JobRunner {
     const leaves = new Leaves();
     const { records, ids, keys, times } = this.decode(job, leaves);
     const skipped = new Map(job.skip?.map((s) => [s[0], s] as const));
-    const chain = this.chainFor(job, leaves);
+    // Isolate mode runs one record at a time: the record its steps report.
+    const current = { index: 0 };
+    const chain = this.chainFor(job, leaves, current);
     const lastStage = this.steps.at(-1)?.stage ?? "transform";
     const out = { push: (r: WorkerRecord) => leaves.push(r) } as unknown as Entry[];
     if (job.isolate !== true && skipped.size === 0 && !records.includes(undefined)) {
@@ -220,6 +222,7 @@ export class JobRunner {
         leaves.errors.set(leaves.add(r, LEAF.failed), [skip[1], skip[2], skip[3], undefined, undefined]);
         continue;
       }
+      current.index = i;
       const pending = chain.run([r as unknown as Entry], out);
       if (pending !== undefined) await pending;
     }
@@ -282,7 +285,7 @@ export class JobRunner {
   }
 
   /** The chain for a job: the steps as they are, or (isolate mode) each reporting before it runs. */
-  private chainFor(job: TransformJob, leaves: Leaves): TransformChain {
+  private chainFor(job: TransformJob, leaves: Leaves, current: { index: number }): TransformChain {
     const steps =
       job.isolate !== true
         ? this.steps
@@ -293,7 +296,7 @@ export class JobRunner {
                 return step.transform.takesRecord;
               },
               apply: (payload: JsonObject, record: RecordView) => {
-                this.report(job.job, (record as unknown as WorkerRecord).input, s);
+                this.report(job.job, current.index, s);
                 return step.transform.apply(payload, record);
               },
             },
