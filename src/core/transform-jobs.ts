@@ -114,7 +114,10 @@ class WorkerRecord {
 }
 
 interface Decoded {
+  /** Undefined where a line is malformed. */
   readonly records: (WorkerRecord | undefined)[];
+  /** Why, by index. */
+  readonly malformed: Map<number, string>;
   readonly ids: (string | null)[] | undefined;
   readonly keys: (string | null)[] | undefined;
   readonly times: (number | null)[] | undefined;
@@ -201,14 +204,14 @@ export class JobRunner {
 
   async run(job: TransformJob): Promise<TransformJobResult> {
     const leaves = new Leaves();
-    const { records, ids, keys, times } = this.decode(job, leaves);
+    const { records, malformed, ids, keys, times } = this.decode(job);
     const skipped = new Map(job.skip?.map((s) => [s[0], s] as const));
     // Isolate mode runs one record at a time: the record its steps report.
     const current = { index: 0 };
     const chain = this.chainFor(job, leaves, current);
     const lastStage = this.steps.at(-1)?.stage ?? "transform";
     const out = { push: (r: WorkerRecord) => leaves.push(r) } as unknown as Entry[];
-    if (job.isolate !== true && skipped.size === 0 && !records.includes(undefined)) {
+    if (job.isolate !== true && skipped.size === 0 && malformed.size === 0) {
       // The common case: the whole chunk through the chain at once (its synchronous fast path).
       const pending = chain.run(records as unknown as Entry[], out);
       if (pending !== undefined) await pending;
@@ -216,7 +219,11 @@ export class JobRunner {
     }
     for (let i = 0; i < records.length; i++) {
       const r = records[i];
-      if (r === undefined) continue; // malformed: its leaf is in already
+      if (r === undefined) {
+        const leaf = leaves.add(new WorkerRecord("", undefined, {}, undefined, job.source, job.receivedAt, i, ""), LEAF.malformed);
+        leaves.errors.set(leaf, [`source:${job.source}`, "ERR_RECORD_MALFORMED", malformed.get(i)!, undefined, undefined]);
+        continue;
+      }
       const skip = skipped.get(i);
       if (skip !== undefined) {
         leaves.errors.set(leaves.add(r, LEAF.failed), [skip[1], skip[2], skip[3], undefined, undefined]);
@@ -246,8 +253,8 @@ export class JobRunner {
     };
   }
 
-  /** The job's records, decoded (undefined where a line is malformed: its leaf is added), and the envelopes read. */
-  private decode(job: TransformJob, leaves: Leaves): Decoded {
+  /** The job's records, decoded, and the envelopes read. */
+  private decode(job: TransformJob): Decoded {
     const { count, source, receivedAt } = job;
     const lines = count === 0 ? [] : job.lines.split("\n");
     if (lines.length !== count) throw new SluiceError("ERR_INTERNAL", `a transform job of ${count} records holds ${lines.length} lines`);
@@ -261,12 +268,12 @@ export class JobRunner {
     const keys: (string | null)[] | undefined = decodesAny && envelope.keyed ? new Array<string | null>(count).fill(null) : undefined;
     const times: (number | null)[] | undefined = decodesAny && envelope.timed ? new Array<number | null>(count).fill(null) : undefined;
     const records: (WorkerRecord | undefined)[] = new Array<WorkerRecord | undefined>(count);
+    const malformed = new Map<number, string>();
     for (let i = 0; i < count; i++) {
       const value = values[i]!;
       const knownId = known?.[i] ?? null;
       if (value instanceof Malformed) {
-        const leaf = leaves.add(new WorkerRecord(knownId ?? "", undefined, {}, undefined, source, receivedAt, i, ""), LEAF.malformed);
-        leaves.errors.set(leaf, [`source:${source}`, "ERR_RECORD_MALFORMED", value.message, undefined, undefined]);
+        malformed.set(i, value.message);
         continue;
       }
       if (knownId !== null) {
@@ -281,7 +288,7 @@ export class JobRunner {
       if (times !== undefined) times[i] = time ?? null;
       records[i] = new WorkerRecord(id ?? `${source}:${job.positions?.[i] ?? i}`, key, value, time, source, receivedAt, i, "");
     }
-    return { records, ids, keys, times };
+    return { records, malformed, ids, keys, times };
   }
 
   /** The chain for a job: the steps as they are, or (isolate mode) each reporting before it runs. */
