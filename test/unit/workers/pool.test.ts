@@ -54,7 +54,7 @@ describe("workers: 2", () => {
     const { status, summary, committed, dead } = await runFates(["ok", "throw", "ok", "filter", "split", "ok", "slow", "ok", "ok"], 2);
     expect(status).toEqual({ tag: "completed" });
     expect(committed.map((c) => c.id)).toEqual(["r0", "r2", "r4#0", "r4#1", "r5", "r6", "r7", "r8"]);
-    expect(committed.every((c) => c.payload.done === true || c.payload.part !== undefined)).toBe(true);
+    expect(committed.every((c) => c.payload.on_worker === true || c.payload.part !== undefined)).toBe(true);
     // The text a sink may write is the transformed payload's JSON.
     expect(committed.map((c) => JSON.parse(c.text!) as unknown)).toEqual(committed.map((c) => c.payload));
     expect(dead.map((d) => [d.record_id, d.sink, d.code])).toEqual([["r1", "transform:module", "ERR_TRANSFORM_FAILED"]]);
