@@ -103,8 +103,3 @@ export function parseObjectLine(text: string): JsonObject | Malformed {
   if (typeof value !== "object" || value === null || Array.isArray(value)) return new Malformed("line is not a JSON object");
   return value as JsonObject;
 }
-
-/** True when `line` starts with `{` and ends with `}`: a line {@link parseObjectRun} may take. */
-export function looksLikeObject(line: string): boolean {
-  return line.charCodeAt(0) === 0x7b && line.charCodeAt(line.length - 1) === 0x7d;
-}

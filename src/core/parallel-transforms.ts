@@ -44,7 +44,7 @@ export interface ParallelHooks {
 /** The job of `records` (none of them malformed); undefined for none. */
 function encode(job: number, source: string, receivedAt: number, records: readonly Entry[]): { job: TransformJob; unencodable: Entry[] } {
   const texts: string[] = new Array<string>(records.length);
-  let positions: (string | number)[] | undefined = [];
+  let positions: (string | number)[] | undefined = new Array<string | number>(records.length);
   let ids: (string | null)[] | undefined;
   let keys: (string | null)[] | undefined;
   let times: (number | null)[] | undefined;
@@ -79,16 +79,17 @@ function encode(job: number, source: string, receivedAt: number, records: readon
       times = new Array<number | null>(n).fill(null);
     }
     texts[n] = text;
-    positions[n] = 0;
+    positions[n] = "";
     ids[n] = r.id;
     keys![n] = r.key ?? null;
     times![n] = r.eventTime ?? null;
     n++;
   }
   texts.length = n;
+  if (positions !== undefined) positions.length = n;
   if (ids !== undefined && !ids.includes(null)) positions = undefined;
   return {
-    job: { job, source, receivedAt, lines: texts.join("\n"), count: n, ...(ids && { ids, keys, times }), ...(positions && { positions }) },
+    job: { job, source, receivedAt, lines: texts.join("\n"), count: n, ...(ids && { ids, keys, times }), ...(positions && { positions: positions.join("\n") }) },
     unencodable,
   };
 }
@@ -209,6 +210,7 @@ export class ParallelTransforms {
   /** Applies a result to its records: envelopes, payloads, and what became of each. */
   private async outcomes(input: readonly Entry[], result: TransformJobResult, out: Entry[]): Promise<void> {
     const { inputs, kinds, errors, suffixes } = result;
+    const ids = result.ids === undefined ? undefined : (JSON.parse(result.ids) as (string | null)[]);
     const okLeaves = kinds.reduce((n, k) => (k === LEAF.ok ? n + 1 : n), 0);
     const array = new PayloadArray(result.out, okLeaves);
     let leaf = 0;
@@ -219,7 +221,7 @@ export class ParallelTransforms {
       const r = input[i] as RecordEntry;
       const origin = r.undecoded;
       if (origin !== undefined) {
-        r.id = result.ids?.[i] ?? `${r.source}:${origin.position}`;
+        r.id = ids?.[i] ?? `${r.source}:${origin.position}`;
         r.key = result.keys?.[i] ?? undefined;
         r.eventTime = result.times?.[i] ?? undefined;
       }

@@ -5,7 +5,7 @@
  * string plus a few flat arrays out, never object by object.
  */
 import type { Clock } from "./clock.js";
-import { EnvelopeReader, looksLikeObject, Malformed, parseObjectLine, parseObjectRun, type EnvelopeFields } from "./envelope.js";
+import { EnvelopeReader, Malformed, parseObjectLine, parseObjectRun, type EnvelopeFields } from "./envelope.js";
 import { classify, SluiceError } from "./errors.js";
 import type { Entry, JsonObject, RecordView } from "./record.js";
 import { TransformChain, type ChainStep } from "./transform-chain.js";
@@ -58,8 +58,11 @@ export interface TransformJob {
   /** Per record with a known id: its key and event time. */
   readonly keys?: readonly (string | null)[];
   readonly times?: readonly (number | null)[];
-  /** Per line to decode: its position, for the fallback id a transform's record view shows. */
-  readonly positions?: readonly (string | number)[];
+  /**
+   * Per record, its position (a line to decode) or nothing, joined by `\n` (positions hold none):
+   * for the fallback id a transform's record view shows. One string, not an array of them.
+   */
+  readonly positions?: string;
   readonly skip?: readonly SkippedRecord[];
   /** Run record by record, reporting each (and each step) before it runs: to find the record a worker dies on. */
   readonly isolate?: boolean;
@@ -84,8 +87,12 @@ export interface TransformJobResult {
   readonly out: string;
   /** Per failed or malformed leaf, in leaf order. */
   readonly errors: LeafError[];
-  /** Per input decoded here: the envelope its payload names (null: none; the main thread's fallback applies). Undefined: no input was decoded here. */
-  readonly ids: (string | null)[] | undefined;
+  /**
+   * Per input decoded here: the id its payload names (null: none; the main thread's fallback
+   * applies), as the JSON text of that array: one string crosses, not one per record. Undefined:
+   * no input was decoded here.
+   */
+  readonly ids: string | undefined;
   readonly keys: (string | null)[] | undefined;
   readonly times: (number | null)[] | undefined;
 }
@@ -96,6 +103,19 @@ export type WorkerMessage =
   | { readonly type: "alive" }
   /** Isolate mode: record `index` of job `job` is about to run step `step`. */
   | { readonly type: "at"; readonly job: number; readonly index: number; readonly step: number };
+
+/** True when every line of `text` (joined by `\n`) starts with `{` and ends with `}`: a run {@link parseObjectRun} may take. */
+function allObjectLines(text: string): boolean {
+  if (text === "") return false;
+  let from = 0;
+  for (;;) {
+    const nl = text.indexOf("\n", from);
+    const end = nl < 0 ? text.length : nl;
+    if (end === from || text.charCodeAt(from) !== 0x7b || text.charCodeAt(end - 1) !== 0x7d) return false;
+    if (nl < 0) return true;
+    from = nl + 1;
+  }
+}
 
 /** A record as a worker's chain sees it: the envelope, the payload, and where it came from. */
 class WorkerRecord {
@@ -247,7 +267,7 @@ export class JobRunner {
       suffixes: split ? suffixes : undefined,
       out,
       errors,
-      ids,
+      ids: ids === undefined ? undefined : JSON.stringify(ids),
       keys,
       times,
     };
@@ -256,11 +276,13 @@ export class JobRunner {
   /** The job's records, decoded, and the envelopes read. */
   private decode(job: TransformJob): Decoded {
     const { count, source, receivedAt } = job;
-    const lines = count === 0 ? [] : job.lines.split("\n");
-    if (lines.length !== count) throw new SluiceError("ERR_INTERNAL", `a transform job of ${count} records holds ${lines.length} lines`);
-    let values: (JsonObject | Malformed)[] | undefined;
-    if (job.isolate !== true && lines.every(looksLikeObject)) values = parseObjectRun(job.lines, count);
-    values ??= lines.map(parseObjectLine);
+    // Split into lines only when the run cannot be parsed at once: the common case allocates no line.
+    let values: (JsonObject | Malformed)[] | undefined = job.isolate !== true && allObjectLines(job.lines) ? parseObjectRun(job.lines, count) : undefined;
+    if (values === undefined) {
+      const lines = count === 0 ? [] : job.lines.split("\n");
+      if (lines.length !== count) throw new SluiceError("ERR_INTERNAL", `a transform job of ${count} records holds ${lines.length} lines`);
+      values = lines.map(parseObjectLine);
+    }
     const envelope = this.envelopes.get(source) ?? new EnvelopeReader({});
     const known = job.ids;
     const decodesAny = known === undefined || known.includes(null);
@@ -268,6 +290,7 @@ export class JobRunner {
     const keys: (string | null)[] | undefined = decodesAny && envelope.keyed ? new Array<string | null>(count).fill(null) : undefined;
     const times: (number | null)[] | undefined = decodesAny && envelope.timed ? new Array<number | null>(count).fill(null) : undefined;
     const records: (WorkerRecord | undefined)[] = new Array<WorkerRecord | undefined>(count);
+    let positions: string[] | undefined;
     const malformed = new Map<number, string>();
     for (let i = 0; i < count; i++) {
       const value = values[i]!;
@@ -286,7 +309,8 @@ export class JobRunner {
       ids![i] = id ?? null;
       if (keys !== undefined) keys[i] = key ?? null;
       if (times !== undefined) times[i] = time ?? null;
-      records[i] = new WorkerRecord(id ?? `${source}:${job.positions?.[i] ?? i}`, key, value, time, source, receivedAt, i, "");
+      if (id === undefined) positions ??= job.positions?.split("\n") ?? [];
+      records[i] = new WorkerRecord(id ?? `${source}:${positions?.[i] ?? i}`, key, value, time, source, receivedAt, i, "");
     }
     return { records, malformed, ids, keys, times };
   }

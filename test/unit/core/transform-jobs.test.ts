@@ -37,20 +37,20 @@ describe("JobRunner", () => {
       systemClock,
       () => {},
     );
-    const result = await runner.run(job([{ id: "a", n: 0, k: "x", t: 5 }, { n: 1 }, { id: "c", n: 2 }, { id: "d", n: 3 }], { positions: [0, 10, 20, 30] }));
+    const result = await runner.run(job([{ id: "a", n: 0, k: "x", t: 5 }, { n: 1 }, { id: "c", n: 2 }, { id: "d", n: 3 }], { positions: "0\n10\n20\n30" }));
     expect([...result.inputs]).toEqual([0, 1, 2, 2, 2, 3]);
     expect([...result.kinds]).toEqual([LEAF.ok, LEAF.filtered, LEAF.ok, LEAF.ok, LEAF.ok, LEAF.failed]);
     expect(result.suffixes).toEqual(["", "", "#0", "#1#0", "#1#1", ""]);
     expect(JSON.parse(result.out)).toEqual([{ id: "a", n: 0, k: "x", t: 5, seen: 1 }, { id: "c", n: 2, part: 0 }, { q: 0 }, { q: 1 }]);
     expect(result.errors).toEqual([["transform:a", "ERR_TRANSFORM_FAILED", "no", undefined, undefined]]);
-    expect(result.ids).toEqual(["a", null, "c", "d"]);
+    expect(JSON.parse(result.ids!)).toEqual(["a", null, "c", "d"]);
     expect(result.keys).toEqual(["x", null, null, null]);
     expect(result.times).toEqual([5, null, null, null]);
   });
 
   it("reports malformed lines in their place, and keeps a known envelope", async () => {
     const runner = new JobRunner([step("transform:a", (p) => p)], {}, systemClock, () => {});
-    const result = await runner.run(job('{"x":1}\nnope\n[1]\n{"y":2}', { ids: ["i0", null, null, "i3"], keys: [null, null, null, "k"], times: [null, null, null, null], positions: [0, 8, 13, 17] }));
+    const result = await runner.run(job('{"x":1}\nnope\n[1]\n{"y":2}', { ids: ["i0", null, null, "i3"], keys: [null, null, null, "k"], times: [null, null, null, null], positions: "0\n8\n13\n17" }));
     expect([...result.kinds]).toEqual([LEAF.ok, LEAF.malformed, LEAF.malformed, LEAF.ok]);
     expect(result.errors.map((e) => [e[0], e[1]])).toEqual([
       ["source:s", "ERR_RECORD_MALFORMED"],
