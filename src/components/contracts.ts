@@ -285,7 +285,8 @@ export interface Transform {
    * pipeline goes on. `record` is a frozen view of the envelope, not the engine's record: a write
    * to it throws in strict code (dead-lettered with `ERR_TRANSFORM_ENVELOPE`) and changes nothing.
    * A returned promise is bounded by the transform's `timeout` (`ERR_TRANSFORM_TIMEOUT`); a
-   * synchronous call is not, as nothing on the main thread can interrupt it.
+   * synchronous call is not, as nothing on the main thread can interrupt it, except on a worker
+   * thread (`workers` above 1), which is terminated when it stays busy past the timeout.
    */
   apply(payload: JsonObject, record: RecordView): TransformOutput | Promise<TransformOutput>;
   /**

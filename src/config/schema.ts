@@ -105,7 +105,7 @@ const transformLimits = {
   timeout: duration()
     .refine((ms) => ms > 0, "must be more than 0")
     .default(DEFAULTS.transform.timeout_ms)
-    .describe("How long a promise the transform returns may take to settle; then the record is dead-lettered (ERR_TRANSFORM_TIMEOUT) and the run goes on. A synchronous transform cannot be timed out."),
+    .describe("How long a promise the transform returns may take to settle; then the record is dead-lettered (ERR_TRANSFORM_TIMEOUT) and the run goes on. A synchronous transform cannot be timed out, except on worker threads (workers above 1), where one busy past it is terminated and its record dead-lettered the same way."),
   max_split: z
     .number()
     .int()

@@ -11,7 +11,8 @@ export interface ChainStep {
   /**
    * How long a promise the transform returns may take to settle, in ms; past it the record is
    * dead-lettered with `ERR_TRANSFORM_TIMEOUT`. Undefined: no limit. A synchronous call cannot be
-   * interrupted on the main thread, so this bounds only promises.
+   * interrupted on the main thread, so this bounds only promises (on a worker thread, the pool's
+   * watchdog bounds synchronous work by it too: `src/workers/pool.ts`).
    */
   readonly timeoutMs?: number;
   /** Most records the transform may split one record into; past it the record is dead-lettered with `ERR_TRANSFORM_SPLIT`. Undefined: no limit. */
