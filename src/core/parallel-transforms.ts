@@ -210,7 +210,7 @@ export class ParallelTransforms {
   /** Applies a result to its records: envelopes, payloads, and what became of each. */
   private async outcomes(input: readonly Entry[], result: TransformJobResult, out: Entry[]): Promise<void> {
     const { inputs, kinds, errors, suffixes } = result;
-    const ids = result.ids === undefined ? undefined : (JSON.parse(result.ids) as (string | null)[]);
+    const ids = result.ids;
     const okLeaves = kinds.reduce((n, k) => (k === LEAF.ok ? n + 1 : n), 0);
     const array = new PayloadArray(result.out, okLeaves);
     let leaf = 0;
