@@ -15,6 +15,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { mulberry32 } from "../../src/core/random.js";
 import { readDeadLetters } from "../../src/sinks/dead-letter-sqlite.js";
 import { killClis, startCli } from "../helpers/cli.js";
+import { countRows } from "../helpers/sqlite-rows.js";
 
 const TOTAL = 60_000;
 const KILLS = 2;
@@ -26,19 +27,6 @@ afterAll(async () => {
   killClis();
   for (const dir of dirs) await rm(dir, { recursive: true, force: true });
 });
-
-/** Rows in the table: the largest rowid (rows are only inserted), without scanning it. */
-function countRows(db: string): number {
-  let conn: Database.Database | undefined;
-  try {
-    conn = new Database(db, { fileMustExist: true });
-    return (conn.prepare("SELECT coalesce(max(rowid), 0) AS n FROM records").get() as { n: number }).n;
-  } catch {
-    return 0; // not created yet
-  } finally {
-    conn?.close();
-  }
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
