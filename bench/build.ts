@@ -16,6 +16,8 @@ const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
 /** The repository root: children run here, so `node_modules` resolves. */
 export const REPO_DIR = dirname(BENCH_DIR);
 const BUILD_DIR = join(DATA_DIR, "build");
+/** The transform worker thread's entry (`workers`), bundled beside each bundle that may start it. */
+const WORKER_ENTRY = { in: join(REPO_DIR, "src", "workers", "transform-worker.ts"), out: "transform-worker" };
 
 /** The contenders, by file name under bench/contenders/. */
 export const CONTENDERS = ["plain-loop", "node-stream", "sluice"] as const;
@@ -39,7 +41,8 @@ export async function prepareLaunch<N extends string>(names: readonly N[]): Prom
     return { mode: "tsx", args: (name) => ["--import", "tsx", join(BENCH_DIR, "contenders", `${name}.ts`)] };
   }
   await esbuild.build({
-    entryPoints: names.map((name) => join(BENCH_DIR, "contenders", `${name}.ts`)),
+    // The transform worker's entry too: a bundle starts its workers from `transform-worker.mjs` beside it.
+    entryPoints: [...names.map((name) => ({ in: join(BENCH_DIR, "contenders", `${name}.ts`), out: name })), WORKER_ENTRY],
     outdir: BUILD_DIR,
     outExtension: { ".js": ".mjs" },
     bundle: true,
@@ -94,8 +97,9 @@ export async function sluiceCommand(): Promise<{ args: string[]; mode: "bundled"
     const esbuild = await import("esbuild");
     const outfile = join(BUILD_DIR, "sluice-cli.mjs");
     await esbuild.build({
-      entryPoints: [entry],
-      outfile,
+      entryPoints: [{ in: entry, out: "sluice-cli" }, WORKER_ENTRY],
+      outdir: BUILD_DIR,
+      outExtension: { ".js": ".mjs" },
       bundle: true,
       platform: "node",
       format: "esm",

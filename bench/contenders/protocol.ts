@@ -14,6 +14,8 @@ export interface Task {
   readonly records: number;
   /** The module transform (bench/enrich.mjs), absolute path. */
   readonly transform: string;
+  /** sluice only: its `workers` setting (default 1: decode and transform on the main thread). */
+  readonly workers?: number | "auto";
   /** sluice only: install the CLI's OpenTelemetry SDK (sample ratio 1) exporting to this OTLP/HTTP endpoint; absent: no tracing. */
   readonly otlpEndpoint?: string;
 }

@@ -1,6 +1,6 @@
 /**
- * The contender: sluice's library API, `file` source -> `module` transform (bench/enrich.mjs) ->
- * `blackhole` sink, engine defaults, a fresh temp `data_dir` (so no checkpoint from an earlier
+ * The contender: sluice's library API, `file` source -> `module` transform (the task's) ->
+ * `blackhole` sink, engine defaults but the task's `workers`, a fresh temp `data_dir` (so no checkpoint from an earlier
  * run is resumed). The run must complete with every record delivered; anything else fails loudly.
  * With `otlpEndpoint` in the task, the CLI's tracing SDK is installed first (sample ratio 1),
  * before the clock starts, and its last export is part of the timed run.
@@ -20,7 +20,7 @@ let problem: string | undefined;
 const tracing = task.otlpEndpoint === undefined ? undefined : await startTracing({ otlp_endpoint: task.otlpEndpoint, sample_ratio: 1, service_name: "sluice-bench" }, silentLogger);
 try {
   const started = startClock();
-  const { status, summary } = await pipeline({ data_dir: dataDir })
+  const { status, summary } = await pipeline({ data_dir: dataDir, workers: task.workers ?? 1 })
     .source("file", sources.file<SensorReading>({ path: task.file }))
     .use(transforms.module({ path: task.transform }))
     .sink("null", sinks.blackhole())

@@ -13,13 +13,14 @@ import { reservedNameIssue, sinkDrivingSchema, sinkDrivingSchemaFor, topSchema, 
 import { systemClock, type Clock } from "../core/clock.js";
 import { SluiceError } from "../core/errors.js";
 import { silentLogger, type EventSink, type InternalEvent, type Logger } from "../core/events.js";
-import { Pipeline, type PipelineStatus } from "../core/pipeline.js";
+import { Pipeline, type PipelineStatus, type SourceSettings } from "../core/pipeline.js";
 import type { JsonObject, RecordView } from "../core/record.js";
 import { mapTransform } from "../transforms/module.js";
 import { Metrics, type RunSummary } from "../observability/metrics.js";
 import { RateLimitedLogger } from "../observability/rate-limited-logger.js";
 import { Tap } from "../observability/tap.js";
 import { definition as deadLetterSqlite } from "../sinks/dead-letter-sqlite.js";
+import { transformPoolFor, workerRefusals } from "../workers/pool.js";
 
 /** Builds a component instance once the pipeline's context (data_dir, clock, logger) is known. */
 export interface Factory<T> {
@@ -29,6 +30,8 @@ export interface Factory<T> {
   conflicts?(pipeline: PipelineShape): readonly OptionConflict[];
   /** A sink type's own `batch` defaults (see `ComponentDefinition.batchDefaults`). */
   readonly batchDefaults?: BatchDefaults;
+  /** The built-in type and validated options, from which a transform worker thread makes the same component (`workers`). */
+  readonly portable?: { readonly type: string; readonly options: unknown };
 }
 
 /** A source whose records carry payloads of type `P`. */
@@ -62,6 +65,7 @@ export function fromDefinition<O extends z.ZodObject, T>(def: ComponentDefinitio
   return {
     type: def.type,
     create: (ctx) => def.create(data, ctx),
+    portable: { type: def.type, options: data },
     ...(conflicts && { conflicts: (pipeline: PipelineShape) => conflicts(data, pipeline) }),
     ...(def.batchDefaults && { batchDefaults: def.batchDefaults }),
   };
@@ -107,6 +111,7 @@ export type TransformLimitsInput = z.input<typeof transformLimitsSchema>;
 
 interface TransformStage extends Stage {
   readonly limits: TransformLimits;
+  readonly portable: Factory<Transform>["portable"];
 }
 
 type PayloadOf<F> = F extends SourceFactory<infer P> ? P : never;
@@ -173,7 +178,7 @@ export class PipelineBuilder<P extends object> {
     const name = factory.type;
     const parsed = validateWith(transformLimitsSchema, limits, `transforms.${name}`);
     if (parsed.value === undefined) throwInvalid(parsed.issues);
-    return this.with({ transforms: [...this.transforms, { name, limits: parsed.value, make: (ctx) => factory.create(ctx(name)) }] });
+    return this.with({ transforms: [...this.transforms, { name, limits: parsed.value, portable: factory.portable, make: (ctx) => factory.create(ctx(name)) }] });
   }
 
   /**
@@ -211,6 +216,11 @@ export class PipelineBuilder<P extends object> {
     const t = top.value;
     const shape: PipelineShape = { durableBuffer: t.buffer.durable !== undefined };
     const conflicts = this.sources.flatMap((s) => s.conflicts?.(shape) ?? []);
+    const refusals = workerRefusals(
+      t.workers,
+      this.transforms.map((s) => ({ stage: `transform:${s.name}`, portable: s.portable && { ...s.portable, baseDir: "" } })),
+    );
+    conflicts.push(...refusals.map(([stage, message]) => ({ path: stage.replace(/^transform:/, "transforms."), message })));
     if (conflicts.length > 0) throwInvalid(conflicts);
     const clock = this.settings.clock ?? systemClock;
     const logger = new RateLimitedLogger(this.settings.logger ?? silentLogger, clock);
@@ -241,30 +251,37 @@ export class PipelineBuilder<P extends object> {
     const tap = t.observability.tap ? new Tap(emit) : undefined;
     const service = serviceProbe(() => created.pipeline, metrics, t.observability.unready_after, { records: t.buffer.max_records, bytes: t.buffer.max_bytes }, tap);
     const ctx = (name: string): ComponentContext => ({ name, dataDir, baseDir: cwd, clock, logger, emit, service, bufferBytes: t.buffer.max_bytes, bufferRecords: t.buffer.max_records });
-    const pipeline = await releasingOnThrow(lock, () => new Pipeline({
-      sources: this.sources.map((s) => s.make(ctx) as never),
-      transforms: this.transforms.map((s) => ({
+    const pipeline = await releasingOnThrow(lock, () => {
+      const sources = this.sources.map((s) => s.make(ctx) as SourceSettings);
+      const transforms = this.transforms.map((s) => ({
         stage: `transform:${s.name}`,
         transform: s.make(ctx) as Transform,
         timeoutMs: s.limits.timeout,
         maxSplit: s.limits.max_split,
-      })),
-      sinks: this.sinks.map((s) => {
-        const { factory, driving, ctx: c } = s.make(ctx) as { factory: SinkFactory<P>; driving: z.output<typeof sinkDrivingSchema>; ctx: ComponentContext };
-        return sinkSettings(s.name, factory.create(c), driving, clock);
-      }),
-      deadLetter: (this.deadLetterFactory ?? fromDefinition(deadLetterSqlite, {})).create(ctx("dead_letter")),
-      buffer: createBuffer(t.buffer, dataDir, cwd, emit, logger),
-      whenFull: t.buffer.when_full,
-      chunkSize: Math.min(t.buffer.chunk_size, t.buffer.max_records),
-      shutdownTimeoutMs: t.shutdown_timeout,
-      deadLetterMaxElapsedMs: DEFAULTS.dead_letter.retry.max_elapsed_ms,
-      clock,
-      logger,
-      emit,
-      lock,
-      ...(tap ? { tap } : {}),
-    }));
+        ...(s.portable && { portable: { ...s.portable, baseDir: cwd } }),
+      }));
+      const transformPool = transformPoolFor(t.workers, transforms, sources, dataDir, logger);
+      return new Pipeline({
+        sources,
+        transforms,
+        ...(transformPool && { transformPool }),
+        sinks: this.sinks.map((s) => {
+          const { factory, driving, ctx: c } = s.make(ctx) as { factory: SinkFactory<P>; driving: z.output<typeof sinkDrivingSchema>; ctx: ComponentContext };
+          return sinkSettings(s.name, factory.create(c), driving, clock);
+        }),
+        deadLetter: (this.deadLetterFactory ?? fromDefinition(deadLetterSqlite, {})).create(ctx("dead_letter")),
+        buffer: createBuffer(t.buffer, dataDir, cwd, emit, logger),
+        whenFull: t.buffer.when_full,
+        chunkSize: Math.min(t.buffer.chunk_size, t.buffer.max_records),
+        shutdownTimeoutMs: t.shutdown_timeout,
+        deadLetterMaxElapsedMs: DEFAULTS.dead_letter.retry.max_elapsed_ms,
+        clock,
+        logger,
+        emit,
+        lock,
+        ...(tap ? { tap } : {}),
+      });
+    });
     created.pipeline = pipeline;
     metrics.watchBuffer(() => pipeline.bufferUsage(), { records: t.buffer.max_records, bytes: t.buffer.max_bytes });
     return { pipeline, metrics, dataDir, service };

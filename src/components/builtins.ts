@@ -19,15 +19,13 @@ import { definition as redisStreamsSource } from "../sources/redis-streams.js";
 import { definition as natsJetStreamSource } from "../sources/nats-jetstream.js";
 import { definition as mqttSource } from "../sources/mqtt/source.js";
 import { definition as rabbitmqSource } from "../sources/rabbitmq/source.js";
-import { definition as moduleTransform } from "../transforms/module.js";
-import { definition as validateTransform } from "../transforms/validate.js";
-import type { DeadLetterDefinition, SinkDefinition, SourceDefinition, TransformDefinition } from "./contracts.js";
+import type { DeadLetterDefinition, SinkDefinition, SourceDefinition } from "./contracts.js";
+import { TRANSFORMS } from "./builtin-transforms.js";
 
 /** Source types by their `type:` name. */
 export const SOURCES: readonly SourceDefinition[] = [generatorSource, fileSource, httpSource, redisStreamsSource, natsJetStreamSource, mqttSource, rabbitmqSource];
 
-/** Transform types by their `type:` name. */
-export const TRANSFORMS: readonly TransformDefinition[] = [moduleTransform, validateTransform];
+export { TRANSFORMS };
 
 /** Sink types by their `type:` name. */
 export const SINKS: readonly SinkDefinition[] = [sqliteSink, postgresSink, fileSink, stdoutSink, blackholeSink, redisStreamsSink, natsJetStreamSink, rabbitmqSink, parquetSink];

@@ -129,6 +129,19 @@ export interface SourceHandle {
    */
   malformed(raw: string, position: string | number, error: SluiceError, envelope?: ServiceEnvelope): Entry;
   /**
+   * True when the pipeline decodes JSON lines where it runs the transforms, on worker threads
+   * (`workers` above 1, with the memory buffer): a source reading NDJSON then hands each line to
+   * {@link line} instead of parsing it, so the parsing runs in parallel too. Absent: false.
+   */
+  readonly decodesLines?: boolean;
+  /**
+   * Builds a record around one undecoded JSON line (no newline in it, its `\r` and byte order
+   * mark already stripped); call only when {@link decodesLines}. It is decoded where the
+   * transforms run, and gets its envelope there as {@link record} would give it; a line that is
+   * not a JSON object is dead-lettered as `ERR_RECORD_MALFORMED` at `<location>:<line>`.
+   */
+  line?(text: string, bytes: number, position: string | number, line: number, location: string): Entry;
+  /**
    * Hands a chunk to the buffer. A source with `whenFull: "wait"` waits for room (unless
    * `when_full: drop_newest`): that wait is the backpressure. One with `whenFull: "reject"` is
    * answered `rejected` at once when the buffer is full, unless it passes `wait`: then it waits for
@@ -272,7 +285,8 @@ export interface Transform {
    * pipeline goes on. `record` is a frozen view of the envelope, not the engine's record: a write
    * to it throws in strict code (dead-lettered with `ERR_TRANSFORM_ENVELOPE`) and changes nothing.
    * A returned promise is bounded by the transform's `timeout` (`ERR_TRANSFORM_TIMEOUT`); a
-   * synchronous call is not, as nothing on the main thread can interrupt it.
+   * synchronous call is not, as nothing on the main thread can interrupt it, except on a worker
+   * thread (`workers` above 1), which is terminated when it stays busy past the timeout.
    */
   apply(payload: JsonObject, record: RecordView): TransformOutput | Promise<TransformOutput>;
   /**

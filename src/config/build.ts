@@ -19,6 +19,7 @@ import { Metrics } from "../observability/metrics.js";
 import { RateLimitedLogger } from "../observability/rate-limited-logger.js";
 import { Tap } from "../observability/tap.js";
 import { Endpoints } from "../server/endpoints.js";
+import { transformPoolFor } from "../workers/pool.js";
 import { DEFAULTS } from "./defaults.js";
 import type { PipelineConfig, SinkDriving } from "./schema.js";
 
@@ -167,33 +168,40 @@ export async function buildPipeline(config: PipelineConfig, o: BuildOptions): Pr
   const service = serviceProbe(() => created.pipeline, metrics, config.observability.unready_after, { records: config.buffer.max_records, bytes: config.buffer.max_bytes }, tap);
   const ctx = (name: string, baseDir: string): ComponentContext => ({ name, dataDir, baseDir, clock, logger, emit, service, bufferBytes: config.buffer.max_bytes, bufferRecords: config.buffer.max_records });
 
-  const pipeline = await releasingOnThrow(lock, () => new Pipeline({
-    sources: config.sources.map((s) => ({
+  const pipeline = await releasingOnThrow(lock, () => {
+    const sources = config.sources.map((s) => ({
       name: s.name,
       source: s.definition.create(s.options as never, ctx(s.name, o.cwd)),
       idField: s.idField,
       keyField: s.keyField,
       timeField: s.timeField,
-    })),
-    transforms: config.transforms.map((t) => ({
+    }));
+    const transforms = config.transforms.map((t) => ({
       stage: `transform:${t.name}`,
       transform: t.definition.create(t.options as never, ctx(t.name, o.configDir)),
       timeoutMs: t.limits.timeout,
       maxSplit: t.limits.max_split,
-    })),
-    sinks: config.sinks.map((s) => sinkSettings(s.name, s.definition.create(s.options as never, ctx(s.name, o.cwd)), s.driving, clock)),
-    deadLetter: config.deadLetter.definition.create(config.deadLetter.options as never, ctx("dead_letter", o.cwd)),
-    buffer: createBuffer(config.buffer, dataDir, o.cwd, emit, logger),
-    whenFull: config.buffer.when_full,
-    chunkSize: Math.min(config.buffer.chunk_size, config.buffer.max_records),
-    shutdownTimeoutMs: config.shutdownTimeoutMs,
-    deadLetterMaxElapsedMs: config.deadLetter.retry.max_elapsed,
-    clock,
-    logger,
-    emit,
-    lock,
-    ...(tap ? { tap } : {}),
-  }));
+      portable: { type: t.definition.type, options: t.options, baseDir: o.configDir },
+    }));
+    const transformPool = transformPoolFor(config.workers, transforms, sources, dataDir, logger);
+    return new Pipeline({
+      sources,
+      transforms,
+      ...(transformPool && { transformPool }),
+      sinks: config.sinks.map((s) => sinkSettings(s.name, s.definition.create(s.options as never, ctx(s.name, o.cwd)), s.driving, clock)),
+      deadLetter: config.deadLetter.definition.create(config.deadLetter.options as never, ctx("dead_letter", o.cwd)),
+      buffer: createBuffer(config.buffer, dataDir, o.cwd, emit, logger),
+      whenFull: config.buffer.when_full,
+      chunkSize: Math.min(config.buffer.chunk_size, config.buffer.max_records),
+      shutdownTimeoutMs: config.shutdownTimeoutMs,
+      deadLetterMaxElapsedMs: config.deadLetter.retry.max_elapsed,
+      clock,
+      logger,
+      emit,
+      lock,
+      ...(tap ? { tap } : {}),
+    });
+  });
   created.pipeline = pipeline;
   metrics.watchBuffer(() => pipeline.bufferUsage(), { records: config.buffer.max_records, bytes: config.buffer.max_bytes });
   return { pipeline, metrics, dataDir, service };

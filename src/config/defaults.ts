@@ -5,6 +5,8 @@
 export const DEFAULTS = {
   /** Checkpoints, the default dead-letter store. Relative to the working directory. */
   data_dir: "./data",
+  /** Threads that decode and transform: 1 is the main thread alone; `auto` is one worker thread per core. */
+  workers: 1,
   /** How long a graceful stop may drain, ms. */
   shutdown_timeout_ms: 30_000,
   buffer: {

@@ -110,7 +110,7 @@ const transformLimits = {
   timeout: duration()
     .refine((ms) => ms > 0, "must be more than 0")
     .default(DEFAULTS.transform.timeout_ms)
-    .describe("How long a promise the transform returns may take to settle; then the record is dead-lettered (ERR_TRANSFORM_TIMEOUT) and the run goes on. A synchronous transform cannot be timed out."),
+    .describe("How long a promise the transform returns may take to settle; then the record is dead-lettered (ERR_TRANSFORM_TIMEOUT) and the run goes on. A synchronous transform cannot be timed out, except on worker threads (workers above 1), where one busy past it is terminated and its record dead-lettered the same way."),
   max_split: z
     .number()
     .int()
@@ -155,6 +155,12 @@ export const topSchema = z.strictObject({
   data_dir: z.string().default(DEFAULTS.data_dir).describe("Checkpoints and the default dead-letter store. Relative to the working directory."),
   shutdown_timeout: duration().default(DEFAULTS.shutdown_timeout_ms).describe("How long a graceful stop may drain."),
   buffer: bufferSchema.prefault({}),
+  workers: z
+    .union([z.number().int().positive().max(64), z.literal("auto")])
+    .default(DEFAULTS.workers)
+    .describe(
+      "Threads that decode and transform: 1 runs them on the main thread; more (or auto: one per core) runs them on worker threads, several chunks at once, in source order. Every transform must then load in a worker (module and validate do; a library closure does not).",
+    ),
   sources: z.record(name, z.unknown()).refine((r) => Object.keys(r).length > 0, "at least one source is needed"),
   transforms: z.array(z.unknown()).default([]),
   sinks: z.record(name, z.unknown()).refine((r) => Object.keys(r).length > 0, "at least one sink is needed"),
@@ -207,6 +213,8 @@ export interface PipelineConfig {
   readonly dataDir: string;
   readonly shutdownTimeoutMs: number;
   readonly buffer: z.output<typeof bufferSchema>;
+  /** `workers`: 1, a number of worker threads, or `auto`. */
+  readonly workers: number | "auto";
   readonly sources: readonly SourceConfig[];
   readonly transforms: readonly TransformConfig[];
   readonly sinks: readonly SinkConfig[];
@@ -455,6 +463,7 @@ export function validateConfig(raw: unknown): { config: PipelineConfig; issues: 
       dataDir: top.data_dir,
       shutdownTimeoutMs: top.shutdown_timeout,
       buffer: top.buffer,
+      workers: top.workers,
       sources,
       transforms,
       sinks,

@@ -9,9 +9,11 @@ import { DeadLetterWriter } from "./dead-letters.js";
 import type { DirLock } from "./dir-lock.js";
 import { classify, SluiceError } from "./errors.js";
 import { silentLogger, type EventSink, type Logger } from "./events.js";
-import { fieldGetter, RecordEntry, settle, type AckTicket, type Entry, type JsonValue } from "./record.js";
+import { EnvelopeReader } from "./envelope.js";
+import { RecordEntry, settle, type AckTicket, type Entry } from "./record.js";
 import { SinkRunner, type BatchOptions, type RetryOptions } from "./sink-runner.js";
 import { InProgressTicker, runSource } from "./source-runner.js";
+import { ParallelTransforms, type ParallelHooks, type TransformPool } from "./parallel-transforms.js";
 import { Splitter } from "./split.js";
 import type { RecordTap } from "./tap.js";
 import { installedTracer, Tracing } from "./tracing.js";
@@ -75,6 +77,11 @@ export interface PipelineOptions {
   readonly lock?: DirLock;
   /** Shown the records passing each stage while a reader listens (`observability.tap`). */
   readonly tap?: RecordTap;
+  /**
+   * Worker threads that decode and transform (`workers` above 1), built from the same transforms
+   * as `transforms`; undefined: the transforms run on this thread. Closed when the run ends.
+   */
+  readonly transformPool?: TransformPool;
 }
 
 /**
@@ -94,19 +101,6 @@ export type PipelineStatus =
 /** A pipeline's lifecycle state. */
 export type PipelineState = { tag: "idle" } | { tag: "running" } | { tag: "draining"; deadline: number } | { tag: "done"; status: PipelineStatus };
 
-
-function asText(v: JsonValue | undefined): string | undefined {
-  if (typeof v === "string") return v;
-  if (typeof v === "number" || typeof v === "bigint") return String(v);
-  return undefined;
-}
-
-function asTime(v: JsonValue | undefined): number | undefined {
-  if (typeof v === "number") return v;
-  if (typeof v !== "string") return undefined;
-  const t = Date.parse(v);
-  return Number.isNaN(t) ? undefined : t;
-}
 
 /** A source handle's `enqueue`, given the span context of the chunk's receive span (when traced) to keep on its ticket. */
 type EnqueueChunk = (records: Entry[], checkpoint: unknown, options?: EnqueueOptions, trace?: SpanContext) => Promise<EnqueueOutcome>;
@@ -131,6 +125,8 @@ export class Pipeline {
   private readonly deadLetters: DeadLetterWriter;
   private readonly runners: SinkRunner[];
   private readonly chain: TransformChain;
+  /** Set when the transforms run on worker threads (`transformPool`). */
+  private readonly parallel: ParallelTransforms | undefined;
   /** The last transform's name (its stage without `transform:`), which the tap's `transform` stage names; undefined without transforms. */
   private readonly lastTransform: string | undefined;
   private readonly trackers: AckTracker[];
@@ -213,6 +209,26 @@ export class Pipeline {
       this.clock,
       this.hardAbort.signal,
     );
+    this.parallel =
+      o.transformPool === undefined
+        ? undefined
+        : new ParallelTransforms(
+            o.transformPool,
+            {
+              filtered: (r) => {
+                this.chunkFiltered++;
+                this.emit({ type: "records_dropped", reason: "filtered", count: 1 });
+                settle(r.ticket, 1);
+              },
+              failed: (r, stage, err) => this.deadLetterEarly([r], stage, err),
+              malformed: (records) => this.deadLetterEarly(records, `source:${records[0]!.source}`, undefined),
+              fanOut: (records) => this.fanOut(records),
+              fatal: (error) => this.fail(error, "workers", "transform worker threads cannot run; stopping", false),
+              ...(this.tracing !== undefined && this.tracedChunks(this.tracing)),
+            },
+            splitter,
+            this.hardAbort.signal,
+          );
     this.trackers = o.sources.map(
       (s) =>
         new AckTracker(
@@ -290,9 +306,14 @@ export class Pipeline {
     const sourcesDone = Promise.all(this.o.sources.map((s, i) => this.runSource(s, this.trackers[i]!, this.tickers[i]))).then(() => this.o.buffer.close());
 
     for (let chunk = await this.o.buffer.pull(); chunk !== undefined; chunk = await this.o.buffer.pull()) {
+      if (this.parallel !== undefined) {
+        await this.parallel.submit(chunk);
+        continue;
+      }
       const pending = this.tracing === undefined ? this.process(chunk.records) : this.processTraced(chunk, this.tracing);
       if (pending !== undefined) await pending;
     }
+    await this.parallel?.drained();
     await sourcesDone;
     for (const runner of this.runners) runner.drain();
 
@@ -409,9 +430,7 @@ export class Pipeline {
    * whether a full buffer makes `enqueue` wait or answer `rejected`.
    */
   private handleFor(s: SourceSettings, tracker: AckTracker, ticker: InProgressTicker | undefined): SourceHandle {
-    const getId = s.idField === false ? undefined : fieldGetter(s.idField ?? "id");
-    const getKey = s.keyField === undefined ? undefined : fieldGetter(s.keyField);
-    const getTime = s.timeField === undefined ? undefined : fieldGetter(s.timeField);
+    const envelopeOf = new EnvelopeReader(s);
     const name = s.name;
     const source = s.source;
     const { buffer, whenFull } = this.o;
@@ -498,12 +517,19 @@ export class Pipeline {
     return {
       chunkSize: this.o.chunkSize,
       record: (payload, bytes, position, text, envelope) => {
-        const idValue = getId?.(payload);
-        const id = typeof idValue === "string" ? idValue : typeof idValue === "number" ? String(idValue) : (envelope?.id ?? `${name}:${position}`);
-        const key = (getKey && asText(getKey(payload))) ?? envelope?.key;
-        const eventTime = (getTime && asTime(getTime(payload))) ?? envelope?.eventTime;
+        const id = envelopeOf.id(payload) ?? envelope?.id ?? `${name}:${position}`;
+        const key = envelopeOf.key(payload) ?? envelope?.key;
+        const eventTime = envelopeOf.time(payload) ?? envelope?.eventTime;
         const entry = new RecordEntry(id, key, payload, eventTime, name, bytes);
         entry.text = text;
+        return entry;
+      },
+      decodesLines: this.parallel !== undefined && !durable,
+      line: (text, bytes, position, line, location) => {
+        // The envelope is read once the line is decoded (ParallelTransforms).
+        const entry = new RecordEntry("", undefined, undefined, undefined, name, bytes);
+        entry.text = text;
+        entry.undecoded = { position, line, location };
         return entry;
       },
       malformed: (raw, position, error, envelope) => {
@@ -547,6 +573,24 @@ export class Pipeline {
     } finally {
       tracing.received(span, outcome);
     }
+  }
+
+  /** With worker threads: each chunk's results applied inside its `sluice.transform` span. */
+  private tracedChunks(tracing: Tracing): Pick<ParallelHooks, "begin" | "end"> {
+    const spans = new Map<Chunk, ReturnType<Tracing["transform"]>>();
+    return {
+      begin: (chunk) => {
+        spans.set(chunk, tracing.transform(chunk.ticket, chunk.records.length));
+        this.chunkOut = 0;
+        this.chunkFiltered = 0;
+        this.chunkDeadLettered = 0;
+      },
+      end: (chunk) => {
+        const span = spans.get(chunk);
+        spans.delete(chunk);
+        if (span !== undefined) tracing.transformed(span, this.chunkOut, this.chunkFiltered, this.chunkDeadLettered);
+      },
+    };
   }
 
   /** {@link process} inside the chunk's `sluice.transform` span. */
@@ -693,6 +737,7 @@ export class Pipeline {
       ...this.o.sources.map((s) => closing(s.name, () => this.closeSource(s))),
       ...this.o.sinks.map((s) => closing(s.name, () => s.sink.close())),
       ...this.o.transforms.map((t) => closing(t.stage, () => t.transform.close?.())),
+      ...(this.o.transformPool === undefined ? [] : [closing("workers", () => this.o.transformPool?.close())]),
       closing("buffer", () => this.o.buffer.shutdown()),
     ]);
     let cancel: () => void = () => {};

@@ -45,8 +45,8 @@ export interface SluiceRecord<P = JsonObject> {
   /** Name of the source that produced the record. */
   readonly source: string;
   /**
-   * The payload's JSON text as the source read it, while no transform has touched the payload;
-   * undefined otherwise. A sink may write it instead of serializing `payload`: the same value,
+   * The payload's JSON text as the source read it, while no transform has touched the payload, or
+   * as a transform worker thread serialized the transforms' result (`workers`); undefined otherwise. A sink may write it instead of serializing `payload`: the same value,
    * though not always the same spelling (whitespace, number format, escapes).
    */
   readonly text?: string | undefined;
@@ -140,8 +140,87 @@ export interface AckTicket {
 }
 
 /**
+ * Where an undecoded line came from (a record a source handed over as JSON text, to be decoded
+ * where the transforms run): what its fallback id and a malformed line's dead letter need.
+ */
+export interface LineOrigin {
+  /** The record's place in its source (see `SourceHandle.record`): the fallback id is `<source>:<position>`. */
+  readonly position: string | number;
+  /** Line number, for the location `<location>:<line>` of a line that does not decode. */
+  readonly line: number;
+  readonly location: string;
+}
+
+/**
+ * The payloads of one chunk's records as one JSON array text, as a transform worker thread sends
+ * them back (`workers`): parsed all at once on the first read of any of them, and cut into each
+ * one's own text only when a sink asks for `text`. A sink that reads neither (blackhole) costs
+ * nothing on the main thread.
+ */
+export class PayloadArray {
+  private values: JsonObject[] | undefined;
+  /** Per element, the offset of the `,` or `]` that ends it. */
+  private ends: Int32Array | undefined;
+
+  constructor(
+    readonly json: string,
+    readonly count: number,
+  ) {}
+
+  payload(i: number): JsonObject {
+    return (this.values ??= JSON.parse(this.json) as JsonObject[])[i]!;
+  }
+
+  text(i: number): string {
+    const ends = (this.ends ??= this.elementEnds());
+    return this.json.slice(i === 0 ? 1 : ends[i - 1]! + 1, ends[i]);
+  }
+
+  /** One pass over the text: commas at depth 0 outside strings end elements. */
+  private elementEnds(): Int32Array {
+    const json = this.json;
+    const ends = new Int32Array(this.count);
+    let depth = 0;
+    let k = 0;
+    for (let i = 1; i < json.length - 1; i++) {
+      const c = json.charCodeAt(i);
+      if (c === 0x22) {
+        // A string: skip to its closing quote, past escapes.
+        for (i++; i < json.length; i++) {
+          const d = json.charCodeAt(i);
+          if (d === 0x5c) i++;
+          else if (d === 0x22) break;
+        }
+      } else if (c === 0x7b || c === 0x5b) depth++;
+      else if (c === 0x7d || c === 0x5d) depth--;
+      else if (c === 0x2c && depth === 0) ends[k++] = i;
+    }
+    ends[k] = json.length - 1;
+    return ends;
+  }
+}
+
+/**
+ * Where an undecoded line came from (a record a source handed over as JSON text, to be decoded
+ * where the transforms run): what its fallback id and a malformed line's dead letter need.
+ */
+export interface LineOrigin {
+  /** The record's place in its source (see `SourceHandle.record`): the fallback id is `<source>:<position>`. */
+  readonly position: string | number;
+  /** Line number, for the location `<location>:<line>` of a line that does not decode. */
+  readonly line: number;
+  readonly location: string;
+}
+
+/**
  * The engine's record object. A class, so every record has one shape; `receivedAt` is read from
  * the chunk's ticket, which saves a boxed number per record (a measurable share of GC work).
+ *
+ * The payload may be held as JSON text only, with no parsed object yet: a line not decoded yet
+ * (`undecoded` set, the line in `text`), or a record that came back from a transform worker
+ * thread (its payload in the chunk's {@link PayloadArray}). It is parsed on the first read of
+ * `payload`, so a sink that writes `text`, or reads neither, never pays for the parse.
+ * The envelope (`id`, `key`, `eventTime`) of an undecoded line is set once it is decoded.
  */
 export class RecordEntry implements Entry {
   attempts = 0;
@@ -151,20 +230,81 @@ export class RecordEntry implements Entry {
   storedNew = false;
   failure: SluiceError | undefined = undefined;
   raw: string | undefined = undefined;
-  text: string | undefined = undefined;
   view: RecordView | undefined = undefined;
+  /** Set while the record is a line not decoded yet (see the class comment). */
+  undecoded: LineOrigin | undefined = undefined;
+  /** The parsed payload; undefined while only text holds it. */
+  private parsed: JsonObject | undefined;
+  private ownText: string | undefined = undefined;
+  /** Set when the payload is element `index` of a worker's {@link PayloadArray}. */
+  private array: PayloadArray | undefined = undefined;
+  private index = 0;
 
   constructor(
-    readonly id: string,
-    readonly key: string | undefined,
-    public payload: JsonObject,
-    readonly eventTime: number | undefined,
+    public id: string,
+    public key: string | undefined,
+    payload: JsonObject | undefined,
+    public eventTime: number | undefined,
     readonly source: string,
     public bytes: number,
-  ) {}
+  ) {
+    this.parsed = payload;
+  }
+
+  get payload(): JsonObject {
+    if (this.parsed !== undefined) return this.parsed;
+    return (this.parsed = this.array !== undefined ? this.array.payload(this.index) : parsePayload(this.ownText));
+  }
+
+  set payload(payload: JsonObject) {
+    this.parsed = payload;
+    this.array = undefined;
+  }
+
+  /** See {@link SluiceRecord.text}. */
+  get text(): string | undefined {
+    if (this.ownText === undefined && this.array !== undefined) this.ownText = this.array.text(this.index);
+    return this.ownText;
+  }
+
+  set text(text: string | undefined) {
+    this.ownText = text;
+    if (text === undefined) this.array = undefined;
+  }
+
+  /** Makes element `index` of `array` the payload (parsed on first read): the output of a transform worker thread. */
+  holdElement(array: PayloadArray, index: number): void {
+    this.array = array;
+    this.index = index;
+    this.parsed = undefined;
+    this.ownText = undefined;
+    this.undecoded = undefined;
+  }
+
+  /** Makes `text` the payload (parsed on first read). */
+  holdText(text: string): void {
+    this.ownText = text;
+    this.array = undefined;
+    this.parsed = undefined;
+    this.undecoded = undefined;
+  }
 
   get receivedAt(): number {
     return this.ticket.receivedAt;
+  }
+}
+
+/**
+ * The payload `text` holds. Text that is not a JSON object (a line not decoded yet, which a
+ * reader such as the tap may look at before it is) reads as an empty object.
+ */
+function parsePayload(text: string | undefined): JsonObject {
+  if (text === undefined) return {};
+  try {
+    const value: unknown = JSON.parse(text);
+    return typeof value === "object" && value !== null && !Array.isArray(value) ? (value as JsonObject) : {};
+  } catch {
+    return {};
   }
 }
 

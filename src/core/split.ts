@@ -46,20 +46,32 @@ export class Splitter {
    * `next` did or a part waited for room.
    */
   run(record: Entry, payloads: readonly JsonObject[], out: Entry[], next: (part: Entry) => Promise<void> | undefined): Promise<void> | undefined {
-    this.o.emit({ type: "records_received", source: record.source, count: payloads.length - 1, bytes: 0 });
-    return this.from(new Split(this, record, payloads), 0, out, next);
+    const parts: PartMaker = {
+      count: payloads.length,
+      payload: (i) => payloads[i]!,
+      make: (i, bytes) => new RecordEntry(`${record.id}#${i}`, record.key, payloads[i]!, record.eventTime, record.source, bytes),
+    };
+    return this.runParts(record, parts, out, next);
+  }
+
+  /**
+   * As {@link run}, for parts made elsewhere: the parts a transform worker thread split a record
+   * into, each made by `parts` (with its own id) and sized by its payload.
+   */
+  runParts(record: Entry, parts: PartMaker, out: Entry[], next: (part: Entry) => Promise<void> | undefined): Promise<void> | undefined {
+    this.o.emit({ type: "records_received", source: record.source, count: parts.count - 1, bytes: 0 });
+    return this.from(new Split(this, record, parts), 0, out, next);
   }
 
   private from(split: Split, first: number, out: Entry[], next: (part: Entry) => Promise<void> | undefined): Promise<void> | undefined {
     const { buffer, signal } = this.o;
-    for (let i = first; i < split.payloads.length; i++) {
+    for (let i = first; i < split.parts.count; i++) {
       // Hard abort: parts not produced stay with their record, un-acked.
       if (signal.aborted) {
         split.close();
         return undefined;
       }
-      const payload = split.payloads[i]!;
-      const bytes = estimateBytes(payload);
+      const bytes = split.parts.bytes?.(i) ?? estimateBytes(split.parts.payload(i));
       if (!buffer.hasRoom(1, bytes)) {
         split.close();
         this.o.handOn(out);
@@ -100,7 +112,18 @@ export class Splitter {
   }
 }
 
-/** One split record: its payloads, the slice being filled, and how many parts are not done. */
+/** Makes the parts of one split record. */
+export interface PartMaker {
+  readonly count: number;
+  /** The `index`-th part's payload, for its size (unless `bytes` tells it). */
+  payload(index: number): JsonObject;
+  /** The `index`-th part's size for `max_bytes`, when known without its payload. */
+  bytes?(index: number): number;
+  /** The `index`-th part, without its ticket. */
+  make(index: number, bytes: number): RecordEntry;
+}
+
+/** One split record: its parts, the slice being filled, and how many parts are not done. */
 class Split {
   private slice: Slice | undefined;
   private partsLeft: number;
@@ -108,16 +131,16 @@ class Split {
   constructor(
     private readonly splitter: Splitter,
     readonly record: Entry,
-    readonly payloads: readonly JsonObject[],
+    readonly parts: PartMaker,
   ) {
-    this.partsLeft = payloads.length;
+    this.partsLeft = parts.count;
   }
 
-  /** The `index`-th part, with id `<id>#<index>`, in the current slice. */
+  /** The `index`-th part, in the current slice. */
   part(index: number, bytes: number): Entry {
     const r = this.record;
     this.slice ??= new Slice(this, r.ticket);
-    const part = new RecordEntry(`${r.id}#${index}`, r.key, this.payloads[index]!, r.eventTime, r.source, bytes);
+    const part = this.parts.make(index, bytes);
     part.ticket = this.slice;
     this.slice.records++;
     this.slice.bytes += bytes;

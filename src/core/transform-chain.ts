@@ -1,5 +1,6 @@
 import type { Transform, TransformOutput } from "../components/contracts.js";
 import type { Clock } from "./clock.js";
+import type { PortableTransform } from "./transform-jobs.js";
 import { SluiceError } from "./errors.js";
 import { envelopeWriteError, recordView, type Entry, type JsonObject, type RecordView } from "./record.js";
 
@@ -10,11 +11,14 @@ export interface ChainStep {
   /**
    * How long a promise the transform returns may take to settle, in ms; past it the record is
    * dead-lettered with `ERR_TRANSFORM_TIMEOUT`. Undefined: no limit. A synchronous call cannot be
-   * interrupted on the main thread, so this bounds only promises.
+   * interrupted on the main thread, so this bounds only promises (on a worker thread, the pool's
+   * watchdog bounds synchronous work by it too: `src/workers/pool.ts`).
    */
   readonly timeoutMs?: number;
   /** Most records the transform may split one record into; past it the record is dead-lettered with `ERR_TRANSFORM_SPLIT`. Undefined: no limit. */
   readonly maxSplit?: number;
+  /** How a worker thread makes the same transform (`workers`); undefined: it cannot (a library closure). */
+  readonly portable?: PortableTransform;
 }
 
 /** What the chain reports besides its output records. */
@@ -90,6 +94,12 @@ export class TransformChain {
       } catch (err) {
         this.hooks.failed(record, step.stage, envelopeWriteError(err) ?? err);
         return undefined;
+      }
+      // The common result first: a plain object is no promise, and needs no `then` lookup, which
+      // is megamorphic across payload shapes.
+      if (typeof result === "object" && result !== null && Object.getPrototypeOf(result) === Object.prototype) {
+        payload = result as JsonObject;
+        continue;
       }
       if (isThenable(result)) return this.settleWithin(result, record, s, out);
       if (result === null || Array.isArray(result)) return this.after(record, s, result, out);

@@ -4,8 +4,9 @@
  * per line; per record only `JSON.parse` and `handle.record`.
  */
 import { isUtf8 } from "node:buffer";
+import { Malformed, parseObjectLine, parseObjectRun } from "../../core/envelope.js";
 import { classify, SluiceError } from "../../core/errors.js";
-import type { Entry, JsonObject } from "../../core/record.js";
+import type { Entry } from "../../core/record.js";
 import type { EnqueueOutcome, SourceHandle } from "../../components/contracts.js";
 
 /** Bytes per read. Large reads amortize the syscall and the decode; 1 MiB measured best. */
@@ -19,8 +20,6 @@ const CR = 13;
 const OPEN_BRACE = 0x7b;
 const CLOSE_BRACE = 0x7d;
 const BOM = 0xfeff;
-/** A top-level comma right after an object inside one line: such a line must be parsed alone. */
-const OBJECT_THEN_COMMA = /\}[ \t\r]*,/;
 
 /** The raw text kept for an over-long line: its first RAW_PREFIX_BYTES bytes; `whole` when `bytes` is the entire line. */
 function rawPrefix(bytes: Buffer, whole: boolean): string {
@@ -175,22 +174,18 @@ export class NdjsonReader {
 
   /**
    * Parses `n` lines (`data[start, end)`, each starting with `{` and ending with `}`) as one JSON
-   * array. It accepts the result only when it holds exactly one element per line and no line has a
-   * top-level comma of its own (`},` or `} ,`): then every element is exactly one line, so a line
-   * that is not valid on its own can never hide inside a neighbour. Otherwise returns false and
-   * the caller parses line by line, which finds and reports the bad line.
+   * array ({@link parseObjectRun}); false when that cannot be trusted, and the caller parses line
+   * by line. When the pipeline decodes lines itself (`handle.decodesLines`), hands the lines over
+   * undecoded instead.
    */
   private parseRun(data: Buffer, start: number, end: number, n: number, base: number): boolean {
     const text = data.toString("utf8", start, end);
-    if (OBJECT_THEN_COMMA.test(text)) return false;
-    let values: unknown[];
-    try {
-      values = JSON.parse(`[${text.replaceAll("\n", ",")}]`) as unknown[];
-    } catch {
-      return false;
-    }
-    if (values.length !== n) return false;
+    const handle = this.handle;
+    const defer = handle.decodesLines === true && handle.line !== undefined;
+    const values = defer ? undefined : parseObjectRun(text, n);
+    if (!defer && values === undefined) return false;
     const starts = this.starts;
+    const location = this.settings.location;
     // `starts` are byte offsets; the line's text is cut at the newlines of the decoded string,
     // whose offsets differ as soon as a line has a multi-byte character.
     let from = 0;
@@ -200,7 +195,8 @@ export class NdjsonReader {
       let to = text.indexOf("\n", from);
       if (to < 0) to = text.length;
       this.line++;
-      this.pending.push(this.handle.record(values[i] as JsonObject, e - s, this.position(base + s), text.slice(from, to)));
+      const line = text.slice(from, to);
+      this.pending.push(values === undefined ? handle.line!(line, e - s, this.position(base + s), this.line, location) : handle.record(values[i]!, e - s, this.position(base + s), line));
       from = to + 1;
     }
     return true;
@@ -287,19 +283,18 @@ export class NdjsonReader {
   private accept(line: string, bytes: number, start: number): void {
     // A BOM opens the input only: JSON.parse refuses it, and it is no part of the record's text.
     const text = start === 0 && line.charCodeAt(0) === BOM ? line.slice(1) : line;
-    let value: unknown;
-    try {
-      value = JSON.parse(text);
-    } catch (err) {
+    const handle = this.handle;
+    if (handle.decodesLines === true && handle.line !== undefined) {
+      if (text.trim() !== "") this.pending.push(handle.line(text, bytes, this.position(start), this.line, this.settings.location));
+      return;
+    }
+    const value = parseObjectLine(text);
+    if (value instanceof Malformed) {
       if (text.trim() === "") return; // a whitespace-only line counts as empty
-      this.pending.push(this.malformedEntry(text, start, (err as Error).message));
+      this.pending.push(this.malformedEntry(text, start, value.message));
       return;
     }
-    if (typeof value !== "object" || value === null || Array.isArray(value)) {
-      this.pending.push(this.malformedEntry(text, start, "line is not a JSON object"));
-      return;
-    }
-    this.pending.push(this.handle.record(value as JsonObject, bytes, this.position(start), text));
+    this.pending.push(handle.record(value, bytes, this.position(start), text));
   }
 
   /** A line's position for its fallback id: see {@link positionPrefix}. */
