@@ -477,13 +477,13 @@ describe("sluice components", () => {
     const bad = await cli("components", "kafka");
     expect(bad.code).toBe(2);
     expect(bad.stderr).toBe(
-      'unknown component kind or type "kafka"; kinds: source, transform, sink, dead_letter; types by kind: source: generator, file, http, redis_streams, nats_jetstream, mqtt, rabbitmq; transform: module, validate; sink: sqlite, postgres, file, stdout, blackhole, redis_streams, nats_jetstream, rabbitmq; dead_letter: sqlite\n',
+      'unknown component kind or type "kafka"; kinds: source, transform, sink, dead_letter; types by kind: source: generator, file, http, redis_streams, nats_jetstream, mqtt, rabbitmq; transform: module, validate; sink: sqlite, postgres, file, stdout, blackhole, redis_streams, nats_jetstream, rabbitmq, parquet; dead_letter: sqlite\n',
     );
   });
 
   it.each([
-    ["sink", "sink", ["sqlite", "postgres", "file", "stdout", "blackhole", "redis_streams", "nats_jetstream", "rabbitmq"]],
-    ["sinks", "sink", ["sqlite", "postgres", "file", "stdout", "blackhole", "redis_streams", "nats_jetstream", "rabbitmq"]],
+    ["sink", "sink", ["sqlite", "postgres", "file", "stdout", "blackhole", "redis_streams", "nats_jetstream", "rabbitmq", "parquet"]],
+    ["sinks", "sink", ["sqlite", "postgres", "file", "stdout", "blackhole", "redis_streams", "nats_jetstream", "rabbitmq", "parquet"]],
     ["source", "source", ["generator", "file", "http", "redis_streams", "nats_jetstream", "mqtt", "rabbitmq"]],
     ["sources", "source", ["generator", "file", "http", "redis_streams", "nats_jetstream", "mqtt", "rabbitmq"]],
     ["transform", "transform", ["module", "validate"]],
