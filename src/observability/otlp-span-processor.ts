@@ -69,6 +69,8 @@ export class OtlpJsonSpanProcessor implements SpanProcessor {
   private dropped = 0;
   private sending: Promise<void> | undefined;
   private timer: NodeJS.Timeout | undefined;
+  /** Set by the timer and by flushes: the last, partial batch goes too. */
+  private sendPartial = false;
   private closed = false;
 
   constructor(private readonly o: OtlpProcessorOptions) {
@@ -95,20 +97,14 @@ export class OtlpJsonSpanProcessor implements SpanProcessor {
     }
     last.spans.push(encodeSpan(span));
     this.queued++;
-    if (last.spans.length >= this.o.maxBatchSpans) this.kick();
-    else if (this.timer === undefined && this.sending === undefined) {
-      this.timer = setTimeout(() => {
-        this.timer = undefined;
-        this.kick();
-      }, this.o.scheduledDelayMs);
-      this.timer.unref();
-    }
+    if (last.spans.length >= this.o.maxBatchSpans) this.kick("full");
+    else this.arm();
   }
 
   /** Sends everything queued; resolves when the queue is empty (each batch delivered or given up). */
   async forceFlush(): Promise<void> {
     while (this.queue.length > 0 || this.sending !== undefined) {
-      this.kick();
+      this.kick("all");
       await this.sending;
     }
   }
@@ -117,24 +113,47 @@ export class OtlpJsonSpanProcessor implements SpanProcessor {
     await this.forceFlush();
     this.closed = true;
     clearTimeout(this.timer);
+    this.timer = undefined;
     this.agent.destroy();
   }
 
-  /** Starts sending the queue's batches, one request at a time, unless that is already going on. */
-  private kick(): void {
-    if (this.sending !== undefined || this.queue.length === 0) return;
-    clearTimeout(this.timer);
-    this.timer = undefined;
+  /** Sends the queue's partial batch too once the scheduled delay has passed (a span waits at most that long). */
+  private arm(): void {
+    if (this.timer !== undefined || this.closed) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.kick("all");
+    }, this.o.scheduledDelayMs);
+    this.timer.unref();
+  }
+
+  /**
+   * Starts sending, one request at a time, unless that is going on already: the full batches, or
+   * with `all` the partial one too. Spans that end meanwhile wait for their batch to fill or for
+   * the timer: sending whatever piled up as soon as a request comes back would make many small ones.
+   */
+  private kick(what: "full" | "all"): void {
+    if (what === "all") this.sendPartial = true;
+    if (this.sending !== undefined || !this.ready()) return;
     this.sending = this.drain().finally(() => {
       this.sending = undefined;
-      // Spans ended while the last request was out and no batch filled: they wait for the timer.
-      if (this.queue.length > 0 && !this.closed) this.kick();
+      if (this.ready()) this.kick("full");
+      else if (this.queue.length > 0) this.arm();
     });
   }
 
+  /** Whether the first batch in the queue may go now. */
+  private ready(): boolean {
+    const first = this.queue[0];
+    return first !== undefined && (this.sendPartial || first.spans.length >= this.o.maxBatchSpans);
+  }
+
   private async drain(): Promise<void> {
-    for (let batch = this.queue.shift(); batch !== undefined; batch = this.queue.shift()) {
+    while (this.ready()) {
+      const batch = this.queue.shift()!;
       this.queued -= batch.spans.length;
+      // The partial batch is taken: a later one waits for its own timer or fill.
+      if (this.queue.length === 0) this.sendPartial = false;
       const body = `{"resourceSpans":[${batch.head}${batch.spans.join(",")}]}]}]}`;
       const error = await this.deliver(body);
       if (error !== undefined) this.o.onError("spans not exported", { url: this.o.url, spans: batch.spans.length, err: error });

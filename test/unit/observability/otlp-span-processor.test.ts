@@ -114,6 +114,17 @@ describe("OtlpJsonSpanProcessor", () => {
     expect(r.received.flatMap(spansOf).map((s) => s.name)).toEqual(Array.from({ length: 10 }, (_, i) => `s${i}`));
   });
 
+  it("does not send a partial batch when a request comes back: it waits for the batch to fill or the delay", async () => {
+    const r = await receiver();
+    const { tracer, processor } = tracerWith({ url: r.url, maxBatchSpans: 4, scheduledDelayMs: 60_000 });
+    for (let i = 0; i < 5; i++) tracer.startSpan(`s${i}`).end();
+    await waitFor(() => r.received.length === 1);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(r.requests()).toBe(1);
+    await processor.forceFlush();
+    expect(r.received.map((x) => spansOf(x).length)).toEqual([4, 1]);
+  });
+
   it("retries a 503, and gives a batch up (reported, not thrown) after maxAttempts", async () => {
     const r = await receiver([503, 503, 503, 503, 400]);
     const { tracer, processor, errors } = tracerWith({ url: r.url, maxAttempts: 3 });
