@@ -3,9 +3,8 @@
  * POSTed to the collector in batches (OTLP over HTTP, `application/json`). It stands in for the
  * SDK's `BatchSpanProcessor` + `OTLPTraceExporter`, which keep every span object until its batch
  * is exported (so each one survives the young-generation collections and is copied on the way
- * out) and then build a second object tree per span to `JSON.stringify`: with tracing at sample
- * ratio 1 that was over half of tracing's cost in the benchmark (see docs/architecture.md).
- * Here a span object dies young and an export is one string join.
+ * out) and then build a second object tree per span to `JSON.stringify`. Here a span object dies
+ * young: its text goes straight into the batch's buffer (see {@link Batch}).
  *
  * Loaded only by `tracing-sdk.ts`, inside `startTracing` (the type imports below are erased).
  */
@@ -49,11 +48,51 @@ const SAMPLED = 1;
 const HAS_IS_REMOTE = 0x100;
 const IS_REMOTE = 0x200;
 
-/** Spans waiting for one request, with the resource and scope they were made under. */
-interface Pending {
-  /** The resource and scope as OTLP/JSON, set from the batch's first span. */
-  readonly head: string;
-  readonly spans: string[];
+/** First size of a batch's buffer, bytes (a span is ~600): doubled when full. */
+const FIRST_BATCH_BYTES = 256 * 1024;
+const BODY_START = '{"resourceSpans":[';
+const BODY_END = "]}]}]}";
+
+/**
+ * One export request being filled: its spans as UTF-8 in a Buffer. A span's text goes into the
+ * buffer as soon as it is encoded, so the engine's hot heap holds nothing per waiting span: a span
+ * kept as a string until its batch went would outlive a few young-generation collections (they
+ * run every few ms in a busy pipeline) and be copied by each, and the strings a template builds
+ * are ropes of dozens of pieces.
+ */
+class Batch {
+  private buf = Buffer.allocUnsafe(FIRST_BATCH_BYTES);
+  private length = 0;
+  spans = 0;
+
+  /** `head`: the resource and scope of every span in the batch, as {@link headOf} writes them. */
+  constructor(readonly head: string) {
+    this.append(BODY_START);
+    this.append(head);
+  }
+
+  add(span: string): void {
+    if (this.spans > 0) this.append(",");
+    this.append(span);
+    this.spans++;
+  }
+
+  /** The request body. Call once, when the batch is sent. */
+  body(): Buffer {
+    this.append(BODY_END);
+    return this.buf.subarray(0, this.length);
+  }
+
+  private append(text: string): void {
+    // UTF-8 needs at most 3 bytes per UTF-16 unit.
+    const most = text.length * 3;
+    if (this.length + most > this.buf.length) {
+      const grown = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.length + most));
+      this.buf.copy(grown, 0, 0, this.length);
+      this.buf = grown;
+    }
+    this.length += this.buf.write(text, this.length);
+  }
 }
 
 /**
@@ -64,7 +103,7 @@ export class OtlpJsonSpanProcessor implements SpanProcessor {
   private readonly url: URL;
   private readonly agent: HttpAgent;
   private readonly send: typeof httpRequest;
-  private readonly queue: Pending[] = [];
+  private readonly queue: Batch[] = [];
   private queued = 0;
   private dropped = 0;
   private sending: Promise<void> | undefined;
@@ -91,13 +130,13 @@ export class OtlpJsonSpanProcessor implements SpanProcessor {
     // Spans of one tracer share one resource and one scope: a batch holds spans of one head.
     const head = headOf(span);
     let last = this.queue[this.queue.length - 1];
-    if (last === undefined || last.head !== head || last.spans.length >= this.o.maxBatchSpans) {
-      last = { head, spans: [] };
+    if (last === undefined || last.head !== head || last.spans >= this.o.maxBatchSpans) {
+      last = new Batch(head);
       this.queue.push(last);
     }
-    last.spans.push(encodeSpan(span));
+    last.add(encodeSpan(span));
     this.queued++;
-    if (last.spans.length >= this.o.maxBatchSpans) this.kick("full");
+    if (last.spans >= this.o.maxBatchSpans) this.kick("full");
     else this.arm();
   }
 
@@ -145,18 +184,17 @@ export class OtlpJsonSpanProcessor implements SpanProcessor {
   /** Whether the first batch in the queue may go now. */
   private ready(): boolean {
     const first = this.queue[0];
-    return first !== undefined && (this.sendPartial || first.spans.length >= this.o.maxBatchSpans);
+    return first !== undefined && (this.sendPartial || first.spans >= this.o.maxBatchSpans);
   }
 
   private async drain(): Promise<void> {
     while (this.ready()) {
       const batch = this.queue.shift()!;
-      this.queued -= batch.spans.length;
+      this.queued -= batch.spans;
       // The partial batch is taken: a later one waits for its own timer or fill.
       if (this.queue.length === 0) this.sendPartial = false;
-      const body = `{"resourceSpans":[${batch.head}${batch.spans.join(",")}]}]}]}`;
-      const error = await this.deliver(body);
-      if (error !== undefined) this.o.onError("spans not exported", { url: this.o.url, spans: batch.spans.length, err: error });
+      const error = await this.deliver(batch.body());
+      if (error !== undefined) this.o.onError("spans not exported", { url: this.o.url, spans: batch.spans, err: error });
       if (this.dropped > 0) {
         this.o.onError("spans dropped: the export queue was full (is the collector slow?)", { url: this.o.url, spans: this.dropped, max_queued_spans: this.o.maxQueuedSpans });
         this.dropped = 0;
@@ -165,7 +203,7 @@ export class OtlpJsonSpanProcessor implements SpanProcessor {
   }
 
   /** POSTs one request, retrying what may pass later; resolves with why it failed, or undefined. */
-  private async deliver(body: string): Promise<string | undefined> {
+  private async deliver(body: Buffer): Promise<string | undefined> {
     let why = "";
     for (let attempt = 1; attempt <= this.o.maxAttempts; attempt++) {
       if (attempt > 1) await sleep(this.o.retryDelayMs * 2 ** (attempt - 2));
@@ -177,13 +215,13 @@ export class OtlpJsonSpanProcessor implements SpanProcessor {
     return why;
   }
 
-  private post(body: string): Promise<{ tag: "ok" } | { tag: "retryable" | "permanent"; why: string }> {
+  private post(body: Buffer): Promise<{ tag: "ok" } | { tag: "retryable" | "permanent"; why: string }> {
     return new Promise((resolve) => {
       const req = this.send(this.url, {
         method: "POST",
         agent: this.agent,
         timeout: this.o.timeoutMs,
-        headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) },
+        headers: { "content-type": "application/json", "content-length": body.length },
       });
       req.on("response", (res: IncomingMessage) => {
         const status = res.statusCode ?? 0;

@@ -105,6 +105,17 @@ describe("OtlpJsonSpanProcessor", () => {
     expect(p!.parentSpanId).toBeUndefined();
   });
 
+  it("grows a batch past its first buffer, multi-byte text intact", async () => {
+    const r = await receiver();
+    const { tracer, processor } = tracerWith({ url: r.url });
+    const long = "é€😀".repeat(40_000);
+    for (let i = 0; i < 3; i++) tracer.startSpan(`s${i}`, { attributes: { long } }).end();
+    await processor.forceFlush();
+    const spans = r.received.flatMap(spansOf);
+    expect(spans.map((s) => s.name)).toEqual(["s0", "s1", "s2"]);
+    expect(spans.every((s) => (s.attributes as { value: { stringValue: string } }[])[0]!.value.stringValue === long)).toBe(true);
+  });
+
   it("cuts batches at maxBatchSpans and sends the rest when the scheduled delay passes", async () => {
     const r = await receiver();
     const { tracer } = tracerWith({ url: r.url, maxBatchSpans: 4, scheduledDelayMs: 50 });
