@@ -33,7 +33,10 @@ export interface OtlpProcessorOptions {
   readonly onError: (message: string, detail: Record<string, unknown>) => void;
 }
 
-/** The SDK's batch defaults (`OTEL_BSP_*`), but 2,048 spans a request rather than 512: fewer requests for the same spans. */
+/**
+ * The SDK's batch delay and request timeout, but 2,048 spans a request (the SDK sends 512: four
+ * times the requests for the same spans) and so room for 8,192 waiting (the SDK: 2,048).
+ */
 export const OTLP_DEFAULTS = {
   maxBatchSpans: 2048,
   maxQueuedSpans: 8192,
@@ -44,7 +47,7 @@ export const OTLP_DEFAULTS = {
 } as const;
 
 const SAMPLED = 1;
-/** OTLP span flags: the parent's "is remote" is known (always, here), and is true. */
+/** OTLP span flags above the W3C trace flags: whether the parent is remote is known (always, here); it is. */
 const HAS_IS_REMOTE = 0x100;
 const IS_REMOTE = 0x200;
 
