@@ -36,9 +36,9 @@ export function tracesUrl(endpoint: string): string {
 
 /**
  * Installs a tracer provider as the global one: spans encoded as OTLP/JSON when they end and sent
- * in batches over OTLP/HTTP to the collector (`otlp-span-processor.ts`), root traces sampled at `sample_ratio` and child spans following their parent's
- * decision (a request whose `traceparent` is sampled is traced whatever the ratio), W3C trace
- * context as the propagator. The SDK's own warnings and errors, and exports that fail (a collector
+ * in batches over OTLP/HTTP to the collector (`otlp-span-processor.ts`), root traces sampled at
+ * `sample_ratio` and child spans following their parent's decision (a request whose `traceparent`
+ * is sampled is traced whatever the ratio), W3C trace context as the propagator. The SDK's own warnings and errors, and exports that fail (a collector
  * that cannot be reached), go to `logger` as warnings. No context manager is installed (see below).
  */
 export async function startTracing(config: TracingConfig, logger: Logger): Promise<TracingSdk> {
