@@ -35,15 +35,15 @@ export function tracesUrl(endpoint: string): string {
 }
 
 /**
- * Installs a tracer provider as the global one: spans batched and sent as OTLP/HTTP (JSON) to
- * the collector, root traces sampled at `sample_ratio` and child spans following their parent's
- * decision (a request whose `traceparent` is sampled is traced whatever the ratio), W3C trace
- * context as the propagator. The SDK's own warnings and errors (a collector that cannot be
- * reached) go to `logger` as warnings. No context manager is installed (see below).
+ * Installs a tracer provider as the global one: spans encoded as OTLP/JSON when they end and sent
+ * in batches over OTLP/HTTP to the collector (`otlp-span-processor.ts`), root traces sampled at
+ * `sample_ratio` and child spans following their parent's decision (a request whose `traceparent`
+ * is sampled is traced whatever the ratio), W3C trace context as the propagator. The SDK's own warnings and errors, and exports that fail (a collector
+ * that cannot be reached), go to `logger` as warnings. No context manager is installed (see below).
  */
 export async function startTracing(config: TracingConfig, logger: Logger): Promise<TracingSdk> {
-  const [{ OTLPTraceExporter }, { resourceFromAttributes }, { AlwaysOnSampler, BatchSpanProcessor, NodeTracerProvider, ParentBasedSampler, TraceIdRatioBasedSampler }] = await Promise.all([
-    import("@opentelemetry/exporter-trace-otlp-http"),
+  const [{ OTLP_DEFAULTS, OtlpJsonSpanProcessor }, { resourceFromAttributes }, { AlwaysOnSampler, NodeTracerProvider, ParentBasedSampler, TraceIdRatioBasedSampler }] = await Promise.all([
+    import("./otlp-span-processor.js"),
     import("@opentelemetry/resources"),
     import("@opentelemetry/sdk-trace-node"),
   ]);
@@ -61,11 +61,17 @@ export async function startTracing(config: TracingConfig, logger: Logger): Promi
     resource: resourceFromAttributes({ "service.name": config.service_name }),
     // At ratio 1 every root is kept: no hash of each trace id.
     sampler: new ParentBasedSampler({ root: config.sample_ratio >= 1 ? new AlwaysOnSampler() : new TraceIdRatioBasedSampler(config.sample_ratio) }),
-    spanProcessors: [new BatchSpanProcessor(new OTLPTraceExporter({ url: tracesUrl(config.otlp_endpoint) }))],
+    spanProcessors: [
+      new OtlpJsonSpanProcessor({
+        ...OTLP_DEFAULTS,
+        url: tracesUrl(config.otlp_endpoint),
+        onError: (message, detail) => logger.warn({ component: "tracing", ...detail }, message),
+      }),
+    ],
   });
   // No context manager: sluice hands every span its parent explicitly. The default one
-  // (AsyncLocalStorage) turns on Node 20's async hooks for every promise once the exporter enters
-  // a context; nothing here needs that (its cost was within the benchmark's noise on a loaded machine).
+  // (AsyncLocalStorage) turns on Node 20's async hooks for every promise once something enters a
+  // context; nothing here needs that (its cost was within the benchmark's noise on a loaded machine).
   provider.register({ contextManager: null });
   return {
     async shutdown() {
