@@ -3,7 +3,7 @@
  * each message, with the envelope its properties and headers carry, and the chunk that acks them.
  */
 import { createHash } from "node:crypto";
-import type { Channel, ConsumeMessage } from "amqplib";
+import type { Channel, Message } from "amqplib";
 import { EVENT_TIME_HEADER, KEY_HEADER } from "../../brokers/rabbitmq.js";
 import { SluiceError } from "../../core/errors.js";
 import type { Entry, JsonObject } from "../../core/record.js";
@@ -17,7 +17,7 @@ import type { ServiceEnvelope, SourceHandle } from "../../components/contracts.j
  */
 export interface RabbitChunk {
   readonly channel: Channel;
-  readonly messages: ConsumeMessage[];
+  readonly messages: Message[];
   readonly entries: Entry[];
 }
 
@@ -41,7 +41,7 @@ function headerText(value: unknown): string | undefined {
  * The envelope a message carries: id from `message_id`, key from the `sluice-key` header, event
  * time from the `sluice-event-time` header, else from the `timestamp` property (seconds).
  */
-export function envelopeOf(m: ConsumeMessage): ServiceEnvelope {
+export function envelopeOf(m: Message): ServiceEnvelope {
   const p = m.properties;
   const headers = (p.headers ?? {}) as Record<string, unknown>;
   const id = typeof p.messageId === "string" && p.messageId !== "" ? p.messageId : undefined;
@@ -57,7 +57,7 @@ export function envelopeOf(m: ConsumeMessage): ServiceEnvelope {
  * (quorum queues: the `x-delivery-count` header, the number of earlier deliveries, absent on the
  * first); undefined when it does not (classic queues only say `redelivered`).
  */
-export function deliveries(m: ConsumeMessage): number | undefined {
+export function deliveries(m: Message): number | undefined {
   const count = (m.properties.headers as Record<string, unknown> | undefined)?.["x-delivery-count"];
   if (typeof count === "number") return count + 1;
   return m.fields.redelivered ? undefined : 1;
@@ -69,7 +69,7 @@ export function deliveries(m: ConsumeMessage): number | undefined {
  * (`ERR_RECORD_MALFORMED`) when it is not a JSON object. Dead letters keep the body as `raw` and
  * say where the message is: `queue <q>`.
  */
-export function messageEntry(handle: SourceHandle, m: ConsumeMessage, queue: string, maxDeliveries: number): Entry {
+export function messageEntry(handle: SourceHandle, m: Message, queue: string, maxDeliveries: number): Entry {
   const text = m.content.toString("utf8");
   const position = bodyPosition(m.content);
   const envelope = envelopeOf(m);

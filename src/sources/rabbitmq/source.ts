@@ -4,7 +4,7 @@
  * without requeue) a message whose record was dead-lettered, so the queue's dead-letter exchange
  * gets it when it has one.
  */
-import type { Channel, ChannelModel, ConsumeMessage } from "amqplib";
+import type { Channel, ChannelModel, Message } from "amqplib";
 import { z } from "zod";
 import {
   bindQueue,
@@ -18,14 +18,17 @@ import {
   type QueueSettings,
 } from "../../brokers/rabbitmq.js";
 import { SluiceError } from "../../core/errors.js";
-import { defineComponent, type ComponentContext, type Source } from "../../components/contracts.js";
+import { defineComponent, type ComponentContext, type Source, type SourceHandle } from "../../components/contracts.js";
 import { RecordSizeEstimate } from "../../components/record-size.js";
-import { messageEntry, type RabbitChunk } from "./messages.js";
+import { deliveries, messageEntry, type RabbitChunk } from "./messages.js";
+import { RedeliveryPacing } from "./pacing.js";
 
 /** `buffer.max_records` when the context does not say (a source built outside a pipeline). */
 const DEFAULT_BUFFER_RECORDS = 10_000;
 /** AMQP's largest prefetch count (an unsigned short). */
 const MAX_PREFETCH = 65_535;
+/** While a counted redelivery is in flight and the queue is empty: how often it is looked at again, ms. */
+const EMPTY_POLL_MS = 200;
 /** How long `close` waits for the connection to close, ms. */
 const CLOSE_TIMEOUT_MS = 5_000;
 
@@ -91,10 +94,13 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
   let channel: Channel | undefined;
   /** Why the connection, channel or consumer is gone; undefined while consuming. */
   let down: string | undefined;
-  /** The channel whose consumer has started (in `run`). */
-  let consuming: Channel | undefined;
+  /** The consumer on the current channel, if one runs, and the prefetch it was started for. */
+  let consumerTag: string | undefined;
+  let consumerPrefetch: number | undefined;
+  /** Whether messages are taken one at a time or streamed (see {@link RedeliveryPacing}). */
+  const pacing = new RedeliveryPacing(settings.maxDeliveries, prefetch);
   /** Messages of the current channel not yet handed to the buffer (at most the prefetch). */
-  let waiting: ConsumeMessage[] = [];
+  let waiting: Message[] = [];
   /** Wakes `run` when messages arrive or the connection drops. */
   let wake: (() => void) | undefined;
   let wakeScheduled = false;
@@ -128,8 +134,79 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
       await ch?.close().catch(() => undefined);
       await c.close().catch(() => undefined);
     })();
-    await Promise.race([closing, new Promise<void>((resolve) => (timer = setTimeout(resolve, CLOSE_TIMEOUT_MS)))]);
+    const late = await Promise.race([closing.then(() => false), new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), CLOSE_TIMEOUT_MS)))]);
     clearTimeout(timer);
+    if (late) {
+      ctx.logger.warn(
+        { component: ctx.name, code: "ERR_SOURCE_CONNECT" },
+        `rabbitmq: the connection did not close within ${CLOSE_TIMEOUT_MS} ms; acks not yet received by the broker are lost, and their messages will be delivered again`,
+      );
+    }
+  }
+
+  /** Waits until `poke` (a delivery, an ack, the connection lost) or `ms` passed. */
+  function sleepOrWake(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      const timer = Number.isFinite(ms)
+        ? setTimeout(() => {
+            if (wake === done) wake = undefined;
+            resolve();
+          }, ms)
+        : undefined;
+      wake = done;
+    });
+  }
+
+  /** Starts a consumer for a prefetch of `wanted`, less the messages still in flight from before. */
+  async function startConsuming(ch: Channel, wanted: number): Promise<void> {
+    try {
+      await ch.prefetch(Math.max(1, wanted - pacing.inFlight));
+      const reply = await ch.consume(
+        queue,
+        (m) => {
+          if (channel !== ch) return;
+          // null: the broker cancelled the consumer (the queue was deleted).
+          if (m === null) down ??= `the broker cancelled the consumer of queue ${queue} (deleted?)`;
+          else {
+            pacing.took(deliveries(m));
+            waiting.push(m);
+          }
+          poke();
+        },
+        { noAck: false },
+      );
+      consumerTag = reply.consumerTag;
+      consumerPrefetch = wanted;
+    } catch (err) {
+      throw classifyAmqpError(err, "ERR_SOURCE_CONNECT", location);
+    }
+  }
+
+  /** Cancels the consumer (what it delivered stays in flight and is handed over as usual). */
+  async function stopConsuming(ch: Channel): Promise<void> {
+    const tag = consumerTag;
+    consumerTag = undefined;
+    if (tag !== undefined) await ch.cancel(tag).catch((err: unknown) => {
+      throw classifyAmqpError(err, "ERR_SOURCE_CONNECT", location);
+    });
+  }
+
+  /** Hands delivered messages to the buffer, room first; false when the pipeline stops taking records. */
+  async function hand(handle: SourceHandle, ch: Channel, signal: AbortSignal): Promise<boolean> {
+    const n = await sizes.room(handle, Math.min(waiting.length, handle.chunkSize), signal);
+    if (n === 0 || signal.aborted) return false;
+    if (down !== undefined || channel !== ch) throw lost();
+    const taken = waiting.slice(0, n);
+    waiting = waiting.slice(taken.length);
+    const entries = taken.map((m) => messageEntry(handle, m, queue, settings.maxDeliveries));
+    sizes.observe(entries);
+    const chunk: RabbitChunk = { channel: ch, messages: taken, entries };
+    // Never acked when the pipeline stops: the broker requeues them when the channel closes.
+    return (await handle.enqueue(entries, chunk)) !== "stopping";
   }
 
   return {
@@ -161,6 +238,8 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
         if (signal.aborted) throw new SluiceError("ERR_ABORTED", "rabbitmq: aborted", { location });
         conn = c;
         channel = ch;
+        consumerTag = undefined;
+        pacing.connected();
         down = undefined;
       } catch (err) {
         await end(c, undefined);
@@ -171,28 +250,6 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
     async run(handle, signal) {
       const ch = channel;
       if (ch === undefined) throw new SluiceError("ERR_INTERNAL", "rabbitmq source: run before connect", { location });
-      // The consumer starts here, not in `connect`: `sluice validate` connects and closes, and a
-      // consumer would take messages and put them back, each a delivery counted by a quorum queue.
-      if (consuming !== ch) {
-        consuming = ch;
-        try {
-          await ch.consume(
-            queue,
-            (m) => {
-              if (channel !== ch) return;
-              // null: the broker cancelled the consumer (the queue was deleted).
-              if (m === null) {
-                down ??= `the broker cancelled the consumer of queue ${queue} (deleted?)`;
-              } else waiting.push(m);
-              poke();
-            },
-            { noAck: false },
-          );
-        } catch (err) {
-          down ??= "consume failed";
-          throw classifyAmqpError(err, "ERR_SOURCE_CONNECT", location);
-        }
-      }
       const onAbort = () => {
         const w = wake;
         wake = undefined;
@@ -202,20 +259,35 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
       try {
         while (!signal.aborted) {
           if (down !== undefined || channel !== ch) throw lost();
-          if (waiting.length === 0) {
-            await new Promise<void>((resolve) => (wake = resolve));
-            continue;
+          const taking = pacing.taking();
+          const wanted = taking.how === "consume" ? taking.prefetch : undefined;
+          // A consumer whose prefetch is not the one wanted now is cancelled (a prefetch cannot change under it).
+          if (consumerTag !== undefined && consumerPrefetch !== wanted) await stopConsuming(ch);
+          if (waiting.length > 0) {
+            if (!(await hand(handle, ch, signal))) return;
+          } else if (wanted !== undefined) {
+            // The consumer starts here, not in `connect`: `sluice validate` connects and closes, and a
+            // consumer would take messages and put them back, each a delivery counted by a quorum queue.
+            // It starts once at most half its prefetch is still in flight from before, and takes the rest;
+            // deliveries may come while it starts, with nobody to wake: look again before waiting.
+            if (consumerTag === undefined && pacing.inFlight <= wanted / 2) await startConsuming(ch, wanted);
+            else await sleepOrWake(Number.POSITIVE_INFINITY);
+          } else if (!pacing.mayTake()) {
+            await sleepOrWake(Number.POSITIVE_INFINITY);
+          } else {
+            if ((await sizes.room(handle, 1, signal)) === 0 || signal.aborted) return;
+            const m = await ch.get(queue, { noAck: false }).catch((err: unknown) => {
+              throw classifyAmqpError(err, "ERR_SOURCE_CONNECT", location);
+            });
+            if (m === false) {
+              pacing.empty();
+              // A counted redelivery in flight and nothing else due: wait for its ack, or look again soon.
+              if (pacing.careful) await sleepOrWake(EMPTY_POLL_MS);
+              continue;
+            }
+            pacing.took(deliveries(m));
+            waiting.push(m);
           }
-          const n = await sizes.room(handle, Math.min(waiting.length, handle.chunkSize), signal);
-          if (n === 0 || signal.aborted) return;
-          if (down !== undefined || channel !== ch) throw lost();
-          const taken = waiting.slice(0, n);
-          waiting = waiting.slice(taken.length);
-          const entries = taken.map((m) => messageEntry(handle, m, queue, settings.maxDeliveries));
-          sizes.observe(entries);
-          const chunk: RabbitChunk = { channel: ch, messages: taken, entries };
-          // Never acked when the pipeline stops: the broker requeues them when the channel closes.
-          if ((await handle.enqueue(entries, chunk)) === "stopping") return;
         }
       } finally {
         signal.removeEventListener("abort", onAbort);
@@ -227,6 +299,8 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
       const chunk = checkpoint as RabbitChunk;
       // A chunk of an earlier channel: its delivery tags mean nothing on this one, and its messages came again.
       if (chunk.channel !== channel || down !== undefined) return;
+      pacing.answered(chunk.messages.length, chunk.messages.filter((m) => (deliveries(m) ?? 1) > 1).length);
+      poke();
       try {
         chunk.messages.forEach((m, i) => {
           // Dead-lettered (by a sink, a transform, as malformed or for max_deliveries): rejected without
@@ -243,6 +317,10 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
     async close() {
       const c = conn;
       const ch = channel;
+      // The consumer first, and its cancel-ok awaited: a quorum queue applies the acks sent before it
+      // first. Closed without it under load, some runs found hundreds of acked messages back in the
+      // queue: the channel's end reached the queue before its last acks did.
+      if (ch !== undefined && consumerTag !== undefined && down === undefined) await stopConsuming(ch).catch(() => undefined);
       conn = undefined;
       channel = undefined;
       waiting = [];

@@ -3,15 +3,15 @@
  * and entries, and the classification of amqplib's errors; no broker needed (nothing connects
  * before `connect`).
  */
-import type { ConsumeMessage } from "amqplib";
+import type { Message } from "amqplib";
 import { describe, expect, it } from "vitest";
-import { classifyAmqpError, safeUrl } from "../../../src/brokers/rabbitmq.js";
-import { SluiceError } from "../../../src/core/errors.js";
-import { RecordEntry, type Entry, type JsonObject } from "../../../src/core/record.js";
-import type { ServiceEnvelope, SourceHandle } from "../../../src/components/contracts.js";
-import { definition as sink } from "../../../src/sinks/rabbitmq.js";
-import { bodyPosition, deliveries, envelopeOf, messageEntry } from "../../../src/sources/rabbitmq/messages.js";
-import { definition as source } from "../../../src/sources/rabbitmq/source.js";
+import { classifyAmqpError, safeUrl } from "../../../../src/brokers/rabbitmq.js";
+import { SluiceError } from "../../../../src/core/errors.js";
+import { RecordEntry, type Entry, type JsonObject } from "../../../../src/core/record.js";
+import type { ServiceEnvelope, SourceHandle } from "../../../../src/components/contracts.js";
+import { definition as sink } from "../../../../src/sinks/rabbitmq.js";
+import { bodyPosition, deliveries, envelopeOf, messageEntry } from "../../../../src/sources/rabbitmq/messages.js";
+import { definition as source } from "../../../../src/sources/rabbitmq/source.js";
 
 const URL_ = "amqp://guest:guest@127.0.0.1:5672";
 
@@ -31,12 +31,12 @@ const handle = {
   },
 } as unknown as SourceHandle;
 
-function message(body: string, o: { messageId?: string; headers?: Record<string, unknown>; redelivered?: boolean; timestamp?: number } = {}): ConsumeMessage {
+function message(body: string, o: { messageId?: string; headers?: Record<string, unknown>; redelivered?: boolean; timestamp?: number } = {}): Message {
   return {
     content: Buffer.from(body),
     fields: { deliveryTag: 1, redelivered: o.redelivered ?? false, exchange: "", routingKey: "q", consumerTag: "c" },
     properties: { messageId: o.messageId, headers: o.headers ?? {}, timestamp: o.timestamp },
-  } as unknown as ConsumeMessage;
+  } as unknown as Message;
 }
 
 describe("rabbitmq options", () => {
