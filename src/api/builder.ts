@@ -24,7 +24,8 @@ import { definition as deadLetterSqlite } from "../sinks/dead-letter-sqlite.js";
 /** Builds a component instance once the pipeline's context (data_dir, clock, logger) is known. */
 export interface Factory<T> {
   readonly type: string;
-  create(ctx: ComponentContext): T;
+  /** May resolve later (a built-in loads its implementation on first use). */
+  create(ctx: ComponentContext): T | Promise<T>;
   /** Options the rest of the pipeline makes unkeepable (see `ComponentDefinition.conflicts`); checked by `build()`. */
   conflicts?(pipeline: PipelineShape): readonly OptionConflict[];
 }
@@ -129,7 +130,7 @@ export class PipelineBuilder<P extends object> {
     const stage: Stage = {
       name,
       conflicts: (pipeline) => (factory.conflicts?.(pipeline) ?? []).map((c) => ({ path: `sources.${name}.${c.key}`, message: c.message })),
-      make: (ctx) => ({ name, source: factory.create(ctx(name)), idField: envelope.id_field, keyField: envelope.key_field, timeField: envelope.time_field }),
+      make: async (ctx) => ({ name, source: await factory.create(ctx(name)), idField: envelope.id_field, keyField: envelope.key_field, timeField: envelope.time_field }),
     };
     return this.with({ sources: [...this.sources, stage] });
   }
@@ -234,19 +235,19 @@ export class PipelineBuilder<P extends object> {
     const tap = t.observability.tap ? new Tap(emit) : undefined;
     const service = serviceProbe(() => created.pipeline, metrics, t.observability.unready_after, { records: t.buffer.max_records, bytes: t.buffer.max_bytes }, tap);
     const ctx = (name: string): ComponentContext => ({ name, dataDir, baseDir: cwd, clock, logger, emit, service, bufferBytes: t.buffer.max_bytes, bufferRecords: t.buffer.max_records });
-    const pipeline = await releasingOnThrow(lock, () => new Pipeline({
-      sources: this.sources.map((s) => s.make(ctx) as never),
-      transforms: this.transforms.map((s) => ({
+    const pipeline = await releasingOnThrow(lock, async () => new Pipeline({
+      sources: await Promise.all(this.sources.map((s) => s.make(ctx) as never)),
+      transforms: await Promise.all(this.transforms.map(async (s) => ({
         stage: `transform:${s.name}`,
-        transform: s.make(ctx) as Transform,
+        transform: (await s.make(ctx)) as Transform,
         timeoutMs: s.limits.timeout,
         maxSplit: s.limits.max_split,
-      })),
-      sinks: this.sinks.map((s) => {
+      }))),
+      sinks: await Promise.all(this.sinks.map(async (s) => {
         const { factory, driving, ctx: c } = s.make(ctx) as { factory: SinkFactory<P>; driving: z.output<typeof sinkDrivingSchema>; ctx: ComponentContext };
-        return sinkSettings(s.name, factory.create(c), driving, clock);
-      }),
-      deadLetter: (this.deadLetterFactory ?? fromDefinition(deadLetterSqlite, {})).create(ctx("dead_letter")),
+        return sinkSettings(s.name, await factory.create(c), driving, clock);
+      })),
+      deadLetter: await (this.deadLetterFactory ?? fromDefinition(deadLetterSqlite, {})).create(ctx("dead_letter")),
       buffer: createBuffer(t.buffer, dataDir, cwd, emit, logger),
       whenFull: t.buffer.when_full,
       chunkSize: Math.min(t.buffer.chunk_size, t.buffer.max_records),

@@ -6,18 +6,17 @@ import { writeFileSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
 import { buildPipeline } from "../config/build.js";
-import { checkConnections, type ConnectReport } from "../config/connect-check.js";
+import type { ConnectReport } from "../config/connect-check.js";
 import { formatSeconds } from "../core/clock.js";
 import { SluiceError } from "../core/errors.js";
 import { formatIssues, loadConfig } from "../config/load.js";
 import type { PipelineConfig } from "../config/schema.js";
 import { createLogger, type LogLevel } from "../observability/logger.js";
 import type { CountsSnapshot, Metrics, RunSummary } from "../observability/metrics.js";
-import { startTracing } from "../observability/tracing-sdk.js";
-import { startObservabilityServer } from "../server/observability-server.js";
 import { checkFileSourcePath } from "../sources/file/source.js";
 import { checkModuleTransform } from "../transforms/module.js";
 import { checkValidateTransform } from "../transforms/validate.js";
+import { formatCount } from "./format.js";
 import { crashLine, logCrashesTo, reportEarlyExit } from "./crash.js";
 
 /** Exit codes, as DESIGN.md fixes them. */
@@ -99,6 +98,7 @@ export async function validateCommand(file: string, opts: ValidateOptions, io: I
   if (!opts.connect) return EXIT.ok;
   let reports: ConnectReport[];
   try {
+    const { checkConnections } = await import("../config/connect-check.js");
     reports = await checkConnections(config, { cwd: process.cwd(), timeoutMs: opts.timeoutMs, logger: createLogger("warn", io.stderr.isTTY === true) });
   } catch (err) {
     const why = err instanceof SluiceError ? `${err.code}: ${err.message}` : String(err);
@@ -112,7 +112,7 @@ export async function validateCommand(file: string, opts: ValidateOptions, io: I
   return EXIT.runtime;
 }
 
-const fmt = (n: number) => Math.round(n).toLocaleString("en-US");
+const fmt = formatCount;
 
 /** One line per source and sink: `  sink   db (postgres)  failing: ERR_SINK_CONNECT: ... (retryable: a run keeps trying)`. */
 export function connectTable(reports: readonly ConnectReport[], timeoutMs: number): string {
@@ -196,7 +196,7 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
   logCrashesTo(logger);
   // Before the pipeline is built: it takes the tracer installed then. The SDK loads only when configured.
   const tracingConfig = config.observability.tracing;
-  const tracing = tracingConfig === undefined ? undefined : await startTracing(tracingConfig, logger);
+  const tracing = tracingConfig === undefined ? undefined : await (await import("../observability/tracing-sdk.js")).startTracing(tracingConfig, logger);
   const started = performance.now();
   let built: Awaited<ReturnType<typeof buildPipeline>>;
   try {
@@ -208,7 +208,7 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
   }
   const { pipeline, metrics } = built;
   const server = config.observability.listen
-    ? await startObservabilityServer(config.observability.listen, built.service)
+    ? await (await import("../server/observability-server.js")).startObservabilityServer(config.observability.listen, built.service)
     : undefined;
 
   const onSignal = (sig: NodeJS.Signals) => {
@@ -221,6 +221,7 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
   };
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
+  logger.info({ pid: process.pid }, "running; SIGTERM or SIGINT stops it gracefully");
 
   const showProgress = opts.progress ?? (config.observability.progress === "always" || (config.observability.progress === "auto" && io.stderr.isTTY === true));
   const stopProgress = showProgress ? startProgress(metrics, config.buffer.max_records, config.observability.unready_after, io) : () => {};

@@ -449,16 +449,25 @@ export interface OptionConflict {
   readonly message: string;
 }
 
-/** A component type: its name, one-line summary, config schema (with defaults) and factory, in one declaration. */
-export interface ComponentDefinition<Options extends z.ZodObject, Instance> {
+/**
+ * A component type: its name, one-line summary, config schema (with defaults) and factory, in one
+ * declaration. `Made` is what `create` returns: the instance, or (a component that loads its
+ * implementation on first use, {@link defineLazyComponent}) a promise of it.
+ */
+export interface ComponentDefinition<Options extends z.ZodObject, Instance, Made extends Instance | Promise<Instance> = Instance | Promise<Instance>> {
   /** The `type:` value in the config. */
   readonly type: string;
   /** One line for docs and `--help`. */
   readonly summary: string;
   /** The component's own config keys (besides `type` and the engine's common keys), strict, with defaults. */
   readonly options: Options;
-  /** Builds an instance from validated options. Must not do I/O; connecting happens later. */
-  create(options: z.output<Options>, ctx: ComponentContext): Instance;
+  /**
+   * Builds an instance from validated options. Must not do I/O; connecting happens later. May
+   * resolve later: a component whose implementation needs a client library (pg, better-sqlite3,
+   * ajv) or HTTP code loads it here with `import()`, so a pipeline that does not use the
+   * component never loads it (see "Start-up" in docs/architecture.md).
+   */
+  create(options: z.output<Options>, ctx: ComponentContext): Made;
   /**
    * Optional. Options that the rest of the pipeline makes unkeepable (a source that needs order
    * kept through the buffer, with the durable buffer); checked with the config (`sluice validate`
@@ -472,7 +481,16 @@ export type TransformDefinition<O extends z.ZodObject = z.ZodObject> = Component
 export type SinkDefinition<O extends z.ZodObject = z.ZodObject> = ComponentDefinition<O, Sink>;
 export type DeadLetterDefinition<O extends z.ZodObject = z.ZodObject> = ComponentDefinition<O, DeadLetterStore>;
 
-/** Declares a component with its options' types inferred. */
-export function defineComponent<O extends z.ZodObject, I>(def: ComponentDefinition<O, I>): ComponentDefinition<O, I> {
+/** Declares a component whose factory builds its instance at once, with its options' types inferred. */
+export function defineComponent<O extends z.ZodObject, I>(def: ComponentDefinition<O, I, I>): ComponentDefinition<O, I, I> {
+  return def;
+}
+
+/**
+ * Declares a component whose factory loads its implementation (`import()`) before it builds the
+ * instance: its options, summary and checks stay available to validate and `sluice components`
+ * without loading the client library or server code behind it.
+ */
+export function defineLazyComponent<O extends z.ZodObject, I>(def: ComponentDefinition<O, I, Promise<I>>): ComponentDefinition<O, I, Promise<I>> {
   return def;
 }

@@ -124,10 +124,10 @@ export async function lockDataDir(dataDir: string, logger: Logger): Promise<DirL
   return lock;
 }
 
-/** Makes the pipeline; gives `lock` up if that throws, so a build that fails leaves data_dir free. */
-export async function releasingOnThrow<T>(lock: DirLock, make: () => T): Promise<T> {
+/** Makes the pipeline; gives `lock` up if that throws or rejects, so a build that fails leaves data_dir free. */
+export async function releasingOnThrow<T>(lock: DirLock, make: () => T | Promise<T>): Promise<T> {
   try {
-    return make();
+    return await make();
   } catch (err) {
     await lock.release();
     throw err;
@@ -167,22 +167,22 @@ export async function buildPipeline(config: PipelineConfig, o: BuildOptions): Pr
   const service = serviceProbe(() => created.pipeline, metrics, config.observability.unready_after, { records: config.buffer.max_records, bytes: config.buffer.max_bytes }, tap);
   const ctx = (name: string, baseDir: string): ComponentContext => ({ name, dataDir, baseDir, clock, logger, emit, service, bufferBytes: config.buffer.max_bytes, bufferRecords: config.buffer.max_records });
 
-  const pipeline = await releasingOnThrow(lock, () => new Pipeline({
-    sources: config.sources.map((s) => ({
+  const pipeline = await releasingOnThrow(lock, async () => new Pipeline({
+    sources: await Promise.all(config.sources.map(async (s) => ({
       name: s.name,
-      source: s.definition.create(s.options as never, ctx(s.name, o.cwd)),
+      source: await s.definition.create(s.options as never, ctx(s.name, o.cwd)),
       idField: s.idField,
       keyField: s.keyField,
       timeField: s.timeField,
-    })),
-    transforms: config.transforms.map((t) => ({
+    }))),
+    transforms: await Promise.all(config.transforms.map(async (t) => ({
       stage: `transform:${t.name}`,
-      transform: t.definition.create(t.options as never, ctx(t.name, o.configDir)),
+      transform: await t.definition.create(t.options as never, ctx(t.name, o.configDir)),
       timeoutMs: t.limits.timeout,
       maxSplit: t.limits.max_split,
-    })),
-    sinks: config.sinks.map((s) => sinkSettings(s.name, s.definition.create(s.options as never, ctx(s.name, o.cwd)), s.driving, clock)),
-    deadLetter: config.deadLetter.definition.create(config.deadLetter.options as never, ctx("dead_letter", o.cwd)),
+    }))),
+    sinks: await Promise.all(config.sinks.map(async (s) => sinkSettings(s.name, await s.definition.create(s.options as never, ctx(s.name, o.cwd)), s.driving, clock))),
+    deadLetter: await config.deadLetter.definition.create(config.deadLetter.options as never, ctx("dead_letter", o.cwd)),
     buffer: createBuffer(config.buffer, dataDir, o.cwd, emit, logger),
     whenFull: config.buffer.when_full,
     chunkSize: Math.min(config.buffer.chunk_size, config.buffer.max_records),

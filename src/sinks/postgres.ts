@@ -5,28 +5,19 @@
  * alone; the rest of the batch commits.
  */
 import { userInfo } from "node:os";
-import { DatabaseError, Pool, defaults, escapeIdentifier, type Connection, type PoolClient, type QueryResult, type Submittable } from "pg";
-import { z } from "zod";
+import { createRequire } from "node:module";
+import type * as Pg from "pg";
+import type { Connection, Pool, PoolClient, QueryResult, Submittable } from "pg";
 import { classify, SluiceError, type ErrorCode } from "../core/errors.js";
 import type { EventSink } from "../core/events.js";
 import { fieldGetter, type JsonValue, type SluiceRecord } from "../core/record.js";
-import { defineComponent, type RecordFailure, type Sink, type WriteResult } from "../components/contracts.js";
+import type { RecordFailure, Sink, WriteResult } from "../components/contracts.js";
+import { VERSION_COLUMN, type PostgresColumn, type PostgresColumnType, type PostgresWriteMode } from "./postgres-options.js";
 
-/** The column types a `columns` mapping may use. */
-export const POSTGRES_COLUMN_TYPES = ["text", "integer", "bigint", "double precision", "numeric", "boolean", "timestamptz", "jsonb", "uuid"] as const;
+// Required, not imported: a bundle (the benchmarks' CLI) hoists a static import of a module it
+// inlines to its top, and would load pg at every start; this runs only when the sink is loaded.
+const { DatabaseError, Pool: PgPool, defaults, escapeIdentifier } = createRequire(import.meta.url)("pg") as typeof Pg;
 
-/** One of {@link POSTGRES_COLUMN_TYPES}. */
-export type PostgresColumnType = (typeof POSTGRES_COLUMN_TYPES)[number];
-
-/** A typed column filled from a payload field. */
-export interface PostgresColumn {
-  /** Payload field (dotted path allowed: `a.b` reads `payload.a.b`). */
-  readonly field: string;
-  readonly type: PostgresColumnType;
-}
-
-/** How records become rows: `insert` (one row per record id) or `upsert_latest` (one row per key, newest wins). */
-export type PostgresWriteMode = "insert" | "upsert_latest";
 
 /**
  * How an `insert` batch reaches the table. `copy_direct` (the default): COPY straight into the
@@ -36,12 +27,6 @@ export type PostgresWriteMode = "insert" | "upsert_latest";
  * ("Decisions") for the measurement behind the default.
  */
 export type PostgresInsertPath = "copy_direct" | "staging";
-
-/** Columns every table of this sink has; `columns` may not reuse these names. */
-const BASE_COLUMNS = ["id", "key", "payload", "event_time", "ingested_at"] as const;
-
-/** Column holding `version_field`'s value in `upsert_latest` mode. */
-const VERSION_COLUMN = "version";
 
 /** How long `connect` and a write wait for a free or new connection, in ms; then a retryable error. */
 const CONNECT_TIMEOUT_MS = 10_000;
@@ -63,68 +48,6 @@ const BATCHES_PER_CONNECTION = 4;
 /** Most records written in one group (one COPY, one transaction). */
 const MAX_GROUP_RECORDS = 10_000;
 
-const column = z.strictObject({
-  field: z.string().min(1).describe("Payload field whose value fills the column (dotted path allowed)"),
-  type: z
-    .enum(POSTGRES_COLUMN_TYPES)
-    .describe("Column type; PostgreSQL converts the value, and a value it cannot convert dead-letters that record"),
-});
-
-const options = z
-  .strictObject({
-    url: z
-      .string()
-      .min(1)
-      .describe("Connection URL, postgres://user:password@host:5432/db (libpq URL parameters such as sslmode work); write ${DATABASE_URL} to keep secrets out of the file"),
-    table: z.string().min(1).describe("Table to write; one quoted identifier, so any name is safe (a dot is part of the name)"),
-    schema: z.string().min(1).optional().describe("Schema of the table, which must exist; default: the first schema of the connection's search_path"),
-    pool_size: z
-      .number()
-      .int()
-      .positive()
-      .max(100)
-      .default(2)
-      .describe(
-        "Connections in the pool: the most COPY transactions at once. The sink takes up to 4 batches per connection; batches waiting for a connection are written together, in one COPY and one commit",
-      ),
-    create_table: z
-      .boolean()
-      .default(true)
-      .describe(
-        "Create the table when missing: id text primary key, key text, payload jsonb, event_time timestamptz, ingested_at timestamptz default now(), plus version numeric (with version_field) and the mapped columns",
-      ),
-    columns: z
-      .record(z.string().min(1), column)
-      .default({})
-      .describe("Typed columns filled from payload fields: column name -> { field, type }"),
-    mode: z
-      .enum(["insert", "upsert_latest"])
-      .default("insert")
-      .describe("insert: one row per record id, a redelivered record leaves one row; upsert_latest: one row per key, replaced only by a newer record"),
-    version_field: z
-      .string()
-      .min(1)
-      .optional()
-      .describe("upsert_latest: payload field holding the record's version (a number, stored in column version); greater is newer. Without it the event time decides"),
-    key_column: z
-      .string()
-      .min(1)
-      .optional()
-      .describe("upsert_latest: the column that holds one row per value: key (the record's key, the default) or one of columns"),
-  })
-  .superRefine((o, ctx) => {
-    const reserved = new Set<string>(BASE_COLUMNS);
-    if (o.version_field !== undefined) reserved.add(VERSION_COLUMN);
-    for (const name of Object.keys(o.columns)) {
-      if (reserved.has(name)) ctx.addIssue({ code: "custom", path: ["columns", name], message: `"${name}" is a column the sink fills itself; map the field to another name` });
-    }
-    if (o.mode !== "upsert_latest") {
-      if (o.version_field !== undefined) ctx.addIssue({ code: "custom", path: ["version_field"], message: "version_field applies only to mode: upsert_latest" });
-      if (o.key_column !== undefined) ctx.addIssue({ code: "custom", path: ["key_column"], message: "key_column applies only to mode: upsert_latest" });
-    } else if (o.key_column !== undefined && o.key_column !== "key" && !(o.key_column in o.columns)) {
-      ctx.addIssue({ code: "custom", path: ["key_column"], message: `key_column must be "key" or one of columns (${Object.keys(o.columns).join(", ") || "none mapped"})` });
-    }
-  });
 
 /**
  * Makes the OS user the one a URL without a user connects as, as psql (libpq) does. pg looks only
@@ -847,7 +770,7 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
     async connect(signal: AbortSignal) {
       if (pool !== undefined) return;
       defaultUserFromOs();
-      const p = new Pool({
+      const p = new PgPool({
         connectionString: settings.url,
         max: settings.poolSize,
         keepAlive: true,
@@ -943,34 +866,3 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
     },
   };
 }
-
-/**
- * The `postgres` sink: rows `(id text primary key, key, payload jsonb, event_time, ingested_at,
- * mapped columns)` in `table`, created when missing, written with COPY, one transaction per batch.
- * `mode: insert` leaves one row per record id however often it is delivered; `mode:
- * upsert_latest` keeps one row per key, replaced only by a newer record (`version_field`, else the
- * event time). Records PostgreSQL rejects (bad values, NOT NULL, CHECK, foreign keys) are reported
- * alone with their SQLSTATE and dead-lettered; the rest of the batch commits. `pool_size`
- * connections; 4 batches in flight per connection, the ones waiting for a connection written
- * together in one COPY and one commit.
- */
-export const definition = defineComponent<typeof options, Sink>({
-  type: "postgres",
-  summary: "Writes records into a PostgreSQL table with COPY, idempotent by id, or newest-per-key with upsert_latest",
-  options,
-  create(opts, ctx) {
-    return createPostgresSink({
-      url: opts.url,
-      table: opts.table,
-      schema: opts.schema,
-      poolSize: opts.pool_size,
-      createTable: opts.create_table,
-      columns: opts.columns,
-      mode: opts.mode,
-      versionField: opts.version_field,
-      keyColumn: opts.key_column,
-      name: ctx.name,
-      emit: ctx.emit,
-    });
-  },
-});

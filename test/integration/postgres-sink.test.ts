@@ -25,7 +25,8 @@ import type { JsonObject, SluiceRecord } from "../../src/core/record.js";
 import { validateConfig } from "../../src/config/schema.js";
 import { Metrics } from "../../src/observability/metrics.js";
 import { readDeadLetters } from "../../src/sinks/dead-letter-sqlite.js";
-import { classifyPostgresError, copyJson, copyText, createPostgresSink, definition, type PostgresSinkSettings } from "../../src/sinks/postgres.js";
+import { classifyPostgresError, copyJson, copyText, createPostgresSink, type PostgresSinkSettings } from "../../src/sinks/postgres.js";
+import { definition } from "../../src/sinks/postgres-options.js";
 import { makeRecords } from "../helpers/records.js";
 import { requireService } from "../helpers/services.js";
 
