@@ -11,11 +11,9 @@ import { formatSeconds } from "../core/clock.js";
 import { SluiceError } from "../core/errors.js";
 import { formatIssues, loadConfig } from "../config/load.js";
 import type { PipelineConfig } from "../config/schema.js";
+import type { CheckFinding } from "../components/contracts.js";
 import { createLogger, type LogLevel } from "../observability/logger.js";
 import type { CountsSnapshot, Metrics, RunSummary } from "../observability/metrics.js";
-import { checkFileSourcePath } from "../sources/file/source.js";
-import { checkModuleTransform } from "../transforms/module.js";
-import { checkValidateTransform } from "../transforms/validate.js";
 import { formatCount } from "./format.js";
 import { crashLine, logCrashesTo, reportEarlyExit } from "./crash.js";
 
@@ -43,27 +41,20 @@ interface DeepCheck {
 }
 
 /**
- * Checks what the schema cannot: that files sources read are there (data paths resolve against
- * `cwd`), that transform modules load and schemas compile.
+ * Checks what the schema cannot, by each component's own `check` (a file source's file, a module
+ * that must load, a schema that must compile). Sources' data paths resolve against `cwd`,
+ * transforms' against the config's directory, as when the pipeline is built.
  */
 async function deepCheck(config: PipelineConfig, configDir: string, cwd: string): Promise<DeepCheck> {
   const problems: string[] = [];
   const warnings: string[] = [];
-  for (const s of config.sources) {
-    const path = s.options.path;
-    if (s.definition.type !== "file" || path === "-") continue;
-    const finding = await checkFileSourcePath(resolve(cwd, path as string), s.options.follow === true);
-    if (finding) (finding.level === "error" ? problems : warnings).push(`sources.${s.name}.path: ${finding.message}`);
-  }
-  for (const [i, t] of config.transforms.entries()) {
-    const o = t.options;
-    const error =
-      t.name === "module"
-        ? await checkModuleTransform(resolve(configDir, o.path as string), (o.export as string | undefined) ?? "default")
-        : t.name === "validate"
-          ? await checkValidateTransform(typeof o.schema === "string" ? resolve(configDir, o.schema) : (o.schema_inline as Record<string, unknown>))
-          : undefined;
-    if (error) problems.push(`transforms[${i}]: ${error.message}${error.location ? ` (${error.location})` : ""}`);
+  const components: { path: string; check: (() => Promise<readonly CheckFinding[]>) | undefined }[] = [
+    ...config.sources.map((s) => ({ path: `sources.${s.name}`, check: s.definition.check && (() => s.definition.check!(s.options as never, cwd)) })),
+    ...config.transforms.map((t, i) => ({ path: `transforms[${i}]`, check: t.definition.check && (() => t.definition.check!(t.options as never, configDir)) })),
+    ...config.sinks.map((s) => ({ path: `sinks.${s.name}`, check: s.definition.check && (() => s.definition.check!(s.options as never, cwd)) })),
+  ];
+  for (const c of components) {
+    for (const f of (await c.check?.()) ?? []) (f.level === "error" ? problems : warnings).push(`${c.path}${f.key === undefined ? "" : `.${f.key}`}: ${f.message}`);
   }
   return { problems, warnings };
 }

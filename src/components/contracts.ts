@@ -474,6 +474,21 @@ export interface ComponentDefinition<Options extends z.ZodObject, Instance, Made
    * reports them, exit 2) and by the library's `build()`, before anything is created.
    */
   conflicts?(options: z.output<Options>, pipeline: PipelineShape): readonly OptionConflict[];
+  /**
+   * Optional. What the schema cannot see, checked by `sluice validate` and before `sluice run`: a
+   * file that must be there, a module that must load, a schema that must compile. `baseDir` is
+   * where the component's relative paths resolve (as {@link ComponentContext.baseDir}). Resolves
+   * to every finding (none: fine); never rejects. May run user code (a module's top level).
+   */
+  check?(options: z.output<Options>, baseDir: string): Promise<readonly CheckFinding[]>;
+}
+
+/** A problem {@link ComponentDefinition.check} found: an `error` refuses the config, a `warning` is only said. */
+export interface CheckFinding {
+  readonly level: "error" | "warning";
+  /** The option it is about, relative to the component (`path`); none: the component as a whole. */
+  readonly key?: string;
+  readonly message: string;
 }
 
 export type SourceDefinition<O extends z.ZodObject = z.ZodObject> = ComponentDefinition<O, Source>;

@@ -1,7 +1,6 @@
 import type { SpanContext, Tracer } from "@opentelemetry/api";
-import type { DeadLetter, DeadLetterStore, EnqueueOptions, EnqueueOutcome, Sink, Source, SourceHandle } from "../components/contracts.js";
+import type { DeadLetter, DeadLetterStore, EnqueueOptions, EnqueueOutcome, Source, SourceHandle } from "../components/contracts.js";
 import { AckTracker } from "./acks.js";
-import type { Concurrency } from "./adaptive-concurrency.js";
 import type { BackoffPolicy } from "./backoff.js";
 import type { Buffer, Chunk, WhenFull } from "./buffer.js";
 import { systemClock, type Clock } from "./clock.js";
@@ -10,7 +9,7 @@ import type { DirLock } from "./dir-lock.js";
 import { classify, SluiceError } from "./errors.js";
 import { silentLogger, type EventSink, type Logger } from "./events.js";
 import { fieldGetter, RecordEntry, settle, type AckTicket, type Entry, type JsonValue } from "./record.js";
-import { SinkRunner, type BatchOptions, type RetryOptions } from "./sink-runner.js";
+import { SinkRunner, type SinkSettings } from "./sink-runner.js";
 import { InProgressTicker, runSource } from "./source-runner.js";
 import { Splitter } from "./split.js";
 import type { RecordTap } from "./tap.js";
@@ -34,17 +33,7 @@ export interface SourceSettings {
   readonly connectBackoff?: BackoffPolicy;
 }
 
-/** A sink and how it is driven. */
-export interface SinkSettings {
-  readonly name: string;
-  readonly sink: Sink;
-  readonly batch: BatchOptions;
-  readonly retry: RetryOptions;
-  /** How long the sink may take to connect before the run fails, in ms; undefined: retry until it connects. */
-  readonly connectTimeoutMs?: number;
-  /** A fixed number of batches in flight, or an adaptive limit (see {@link Concurrency}). */
-  readonly concurrency: Concurrency;
-}
+export type { SinkSettings } from "./sink-runner.js";
 
 /** Everything a pipeline is made of. Built from YAML by `config/build.ts`, or by hand through the library API. */
 export interface PipelineOptions {

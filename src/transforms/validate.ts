@@ -106,6 +106,10 @@ export const definition = defineComponent({
     const schema = opts.schema === undefined ? opts.schema_inline! : resolve(ctx.baseDir, opts.schema);
     return new SchemaTransform(() => loadSchemaValidator(schema, ctx.logger), typeof schema === "string" ? schema : "schema_inline");
   },
+  async check(opts, baseDir) {
+    const error = await checkValidateTransform(opts.schema === undefined ? opts.schema_inline! : resolve(baseDir, opts.schema));
+    return error === undefined ? [] : [{ level: "error", message: error.withLocation() }];
+  },
 });
 
 function schemaChoiceProblem(value: { schema?: string | undefined; schema_inline?: unknown }): string | undefined {
