@@ -52,7 +52,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { DEFAULTS } from "../src/config/defaults.js";
-import { definition as postgresSink } from "../src/sinks/postgres/sink.js";
+import { definition as postgresSink } from "../src/sinks/postgres/options.js";
 import { prepareLaunch, runChild } from "./build.js";
 import { ensureDataFile, warmPageCache } from "./data-gen.js";
 import { ensureCopyFile } from "./pg-copy-file.js";

@@ -8,6 +8,7 @@ export { sources, sinks, transforms, deadLetters } from "./api/components.js";
 export type { SensorReading } from "./api/components.js";
 
 export type {
+  CheckFinding,
   ComponentContext,
   ComponentDefinition,
   DeadLetter,
@@ -26,7 +27,7 @@ export type {
   TransformOutput,
   WriteResult,
 } from "./components/contracts.js";
-export { defineComponent } from "./components/contracts.js";
+export { defineComponent, defineLazyComponent } from "./components/contracts.js";
 export { byteSize, duration } from "./components/options.js";
 
 export { SluiceError, ERROR_CODES, classify } from "./core/errors.js";

@@ -3,29 +3,27 @@
  * end. Payload types flow from the source through each `map` to the sinks; built-in components
  * take the same (snake_case) options as in YAML, validated by the same schemas.
  */
-import { mkdir } from "node:fs/promises";
 import { resolve } from "node:path";
 import type { z } from "zod";
 import type { BatchDefaults, ComponentContext, ComponentDefinition, DeadLetterStore, OptionConflict, PipelineShape, Sink, Source, Transform } from "../components/contracts.js";
-import { createBuffer, flushingAtEnd, lockDataDir, releasingOnThrow, serviceProbe, sinkSettings, type BuiltPipeline } from "../config/build.js";
+import { assemblePipeline, type BuiltPipeline, type SinkPart, type SourcePart, type TransformPart } from "../config/build.js";
 import { DEFAULTS } from "../config/defaults.js";
-import { reservedNameIssue, sinkDrivingSchema, sinkDrivingSchemaFor, topSchema, transformLimitsSchema, validateWith, type ConfigIssue, type TransformLimits } from "../config/schema.js";
-import { systemClock, type Clock } from "../core/clock.js";
+import { reservedNameIssue, sinkDrivingSchema, sinkDrivingSchemaFor, topSchema, transformLimitsSchema, validateWith, type ConfigIssue } from "../config/schema.js";
+import type { Clock } from "../core/clock.js";
 import { SluiceError } from "../core/errors.js";
-import { silentLogger, type EventSink, type InternalEvent, type Logger } from "../core/events.js";
-import { Pipeline, type PipelineStatus, type SourceSettings } from "../core/pipeline.js";
+import { silentLogger, type InternalEvent, type Logger } from "../core/events.js";
+import type { PipelineStatus } from "../core/pipeline.js";
 import type { JsonObject, RecordView } from "../core/record.js";
 import { mapTransform } from "../transforms/module.js";
-import { Metrics, type RunSummary } from "../observability/metrics.js";
-import { RateLimitedLogger } from "../observability/rate-limited-logger.js";
-import { Tap } from "../observability/tap.js";
+import type { RunSummary } from "../observability/metrics.js";
 import { definition as deadLetterSqlite } from "../sinks/dead-letter-sqlite.js";
-import { transformPoolFor, workerRefusals } from "../workers/pool.js";
+import { workerRefusals } from "../workers/pool.js";
 
 /** Builds a component instance once the pipeline's context (data_dir, clock, logger) is known. */
 export interface Factory<T> {
   readonly type: string;
-  create(ctx: ComponentContext): T;
+  /** May resolve later (a built-in loads its implementation on first use). */
+  create(ctx: ComponentContext): T | Promise<T>;
   /** Options the rest of the pipeline makes unkeepable (see `ComponentDefinition.conflicts`); checked by `build()`. */
   conflicts?(pipeline: PipelineShape): readonly OptionConflict[];
   /** A sink type's own `batch` defaults (see `ComponentDefinition.batchDefaults`). */
@@ -99,20 +97,18 @@ export interface RunResult {
   readonly summary: RunSummary;
 }
 
-interface Stage {
-  readonly name: string;
-  readonly make: (ctx: (name: string) => ComponentContext) => unknown;
-  /** Issues of the component's options in a pipeline of this shape. */
-  readonly conflicts?: (pipeline: PipelineShape) => ConfigIssue[];
+/** A transform as the builder keeps it: its `portable` gets its base directory at build. */
+interface TransformStage extends Omit<TransformPart, "portable"> {
+  readonly portable: Factory<Transform>["portable"];
+}
+
+interface SourceStage extends SourcePart {
+  /** Issues of the source's options in a pipeline of this shape. */
+  readonly conflicts: (pipeline: PipelineShape) => ConfigIssue[];
 }
 
 /** A transform's limits as the library takes them: the YAML's `timeout` (ms or `"30s"`) and `max_split`. */
 export type TransformLimitsInput = z.input<typeof transformLimitsSchema>;
-
-interface TransformStage extends Stage {
-  readonly limits: TransformLimits;
-  readonly portable: Factory<Transform>["portable"];
-}
 
 type PayloadOf<F> = F extends SourceFactory<infer P> ? P : never;
 
@@ -123,9 +119,9 @@ type PayloadOf<F> = F extends SourceFactory<infer P> ? P : never;
 export class PipelineBuilder<P extends object> {
   private constructor(
     private readonly settings: PipelineSettings,
-    private readonly sources: readonly Stage[],
+    private readonly sources: readonly SourceStage[],
     private readonly transforms: readonly TransformStage[],
-    private readonly sinks: readonly Stage[],
+    private readonly sinks: readonly SinkPart[],
     private readonly deadLetterFactory: Factory<DeadLetterStore> | undefined,
   ) {}
 
@@ -138,10 +134,13 @@ export class PipelineBuilder<P extends object> {
   source<F extends SourceFactory<object>>(name: string, factory: F, envelope: EnvelopeFields<PayloadOf<F>> = {}): PipelineBuilder<P | PayloadOf<F>> {
     const reserved = reservedNameIssue(`sources.${name}`, name);
     if (reserved) throwInvalid([reserved]);
-    const stage: Stage = {
+    const stage: SourceStage = {
       name,
       conflicts: (pipeline) => (factory.conflicts?.(pipeline) ?? []).map((c) => ({ path: `sources.${name}.${c.key}`, message: c.message })),
-      make: (ctx) => ({ name, source: factory.create(ctx(name)), idField: envelope.id_field, keyField: envelope.key_field, timeField: envelope.time_field }),
+      create: (ctx) => factory.create(ctx),
+      idField: envelope.id_field,
+      keyField: envelope.key_field,
+      timeField: envelope.time_field,
     };
     return this.with({ sources: [...this.sources, stage] });
   }
@@ -178,7 +177,7 @@ export class PipelineBuilder<P extends object> {
     const name = factory.type;
     const parsed = validateWith(transformLimitsSchema, limits, `transforms.${name}`);
     if (parsed.value === undefined) throwInvalid(parsed.issues);
-    return this.with({ transforms: [...this.transforms, { name, limits: parsed.value, portable: factory.portable, make: (ctx) => factory.create(ctx(name)) }] });
+    return this.with({ transforms: [...this.transforms, { name, limits: parsed.value, portable: factory.portable, create: (ctx) => factory.create(ctx) }] });
   }
 
   /**
@@ -191,8 +190,7 @@ export class PipelineBuilder<P extends object> {
     if (reserved) throwInvalid([reserved]);
     const parsed = validateWith(sinkDrivingSchemaFor(factory.batchDefaults), driving, `sinks.${name}`);
     if (parsed.value === undefined) throwInvalid(parsed.issues);
-    const settings = parsed.value;
-    return this.with({ sinks: [...this.sinks, { name, make: (ctx) => ({ factory, driving: settings, ctx: ctx(name) }) }] });
+    return this.with({ sinks: [...this.sinks, { name, create: (ctx) => factory.create(ctx), driving: parsed.value }] });
   }
 
   /** Replaces the dead-letter store (default: SQLite at `<data_dir>/dlq.db`). */
@@ -215,76 +213,29 @@ export class PipelineBuilder<P extends object> {
     if (top.value === undefined) throwInvalid(top.issues);
     const t = top.value;
     const shape: PipelineShape = { durableBuffer: t.buffer.durable !== undefined };
-    const conflicts = this.sources.flatMap((s) => s.conflicts?.(shape) ?? []);
+    const conflicts = this.sources.flatMap((s) => s.conflicts(shape));
     const refusals = workerRefusals(
       t.workers,
       this.transforms.map((s) => ({ stage: `transform:${s.name}`, portable: s.portable && { ...s.portable, baseDir: "" } })),
     );
     conflicts.push(...refusals.map(([stage, message]) => ({ path: stage.replace(/^transform:/, "transforms."), message })));
     if (conflicts.length > 0) throwInvalid(conflicts);
-    const clock = this.settings.clock ?? systemClock;
-    const logger = new RateLimitedLogger(this.settings.logger ?? silentLogger, clock);
     const cwd = this.settings.cwd ?? process.cwd();
-    const dataDir = resolve(cwd, t.data_dir);
-    await mkdir(dataDir, { recursive: true });
-    const lock = await lockDataDir(dataDir, logger);
-    const metrics = new Metrics(
-      this.sinks.map((s) => s.name),
-      logger,
-      () => clock.now(),
-    );
-    const emit: EventSink = flushingAtEnd(
-      onEvent === undefined
-        ? metrics.handle
-        : (event) => {
-            metrics.handle(event);
-            try {
-              onEvent(event);
-            } catch (err) {
-              logger.error({ component: "pipeline", code: "ERR_INTERNAL", event: event.type, err: String(err) }, "onEvent listener threw; ignored");
-            }
-          },
-      logger,
-    );
-    // Components are created before the pipeline that holds them; the probe reads it when asked.
-    const created: { pipeline?: Pipeline } = {};
-    const tap = t.observability.tap ? new Tap(emit) : undefined;
-    const service = serviceProbe(() => created.pipeline, metrics, t.observability.unready_after, { records: t.buffer.max_records, bytes: t.buffer.max_bytes }, tap);
-    const ctx = (name: string): ComponentContext => ({ name, dataDir, baseDir: cwd, clock, logger, emit, service, bufferBytes: t.buffer.max_bytes, bufferRecords: t.buffer.max_records });
-    const pipeline = await releasingOnThrow(lock, () => {
-      const sources = this.sources.map((s) => s.make(ctx) as SourceSettings);
-      const transforms = this.transforms.map((s) => ({
-        stage: `transform:${s.name}`,
-        transform: s.make(ctx) as Transform,
-        timeoutMs: s.limits.timeout,
-        maxSplit: s.limits.max_split,
-        ...(s.portable && { portable: { ...s.portable, baseDir: cwd } }),
-      }));
-      const transformPool = transformPoolFor(t.workers, transforms, sources, dataDir, logger);
-      return new Pipeline({
-        sources,
-        transforms,
-        ...(transformPool && { transformPool }),
-        sinks: this.sinks.map((s) => {
-          const { factory, driving, ctx: c } = s.make(ctx) as { factory: SinkFactory<P>; driving: z.output<typeof sinkDrivingSchema>; ctx: ComponentContext };
-          return sinkSettings(s.name, factory.create(c), driving, clock);
-        }),
-        deadLetter: (this.deadLetterFactory ?? fromDefinition(deadLetterSqlite, {})).create(ctx("dead_letter")),
-        buffer: createBuffer(t.buffer, dataDir, cwd, emit, logger),
-        whenFull: t.buffer.when_full,
-        chunkSize: Math.min(t.buffer.chunk_size, t.buffer.max_records),
+    return assemblePipeline(
+      {
+        dataDir: resolve(cwd, t.data_dir),
+        buffer: t.buffer,
+        observability: t.observability,
         shutdownTimeoutMs: t.shutdown_timeout,
         deadLetterMaxElapsedMs: DEFAULTS.dead_letter.retry.max_elapsed_ms,
-        clock,
-        logger,
-        emit,
-        lock,
-        ...(tap ? { tap } : {}),
-      });
-    });
-    created.pipeline = pipeline;
-    metrics.watchBuffer(() => pipeline.bufferUsage(), { records: t.buffer.max_records, bytes: t.buffer.max_bytes });
-    return { pipeline, metrics, dataDir, service };
+        sources: this.sources,
+        workers: t.workers,
+        transforms: this.transforms.map((s) => ({ ...s, portable: s.portable && { ...s.portable, baseDir: cwd } })),
+        sinks: this.sinks,
+        createDeadLetter: (ctx) => (this.deadLetterFactory ?? fromDefinition(deadLetterSqlite, {})).create(ctx),
+      },
+      { baseDir: cwd, logger: this.settings.logger ?? silentLogger, clock: this.settings.clock, onEvent },
+    );
   }
 
   /**
@@ -308,7 +259,7 @@ export class PipelineBuilder<P extends object> {
     return this.use(transform, limits) as unknown as PipelineBuilder<never>;
   }
 
-  private with(change: Partial<{ sources: readonly Stage[]; transforms: readonly TransformStage[]; sinks: readonly Stage[]; deadLetterFactory: Factory<DeadLetterStore> }>): PipelineBuilder<never> {
+  private with(change: Partial<{ sources: readonly SourceStage[]; transforms: readonly TransformStage[]; sinks: readonly SinkPart[]; deadLetterFactory: Factory<DeadLetterStore> }>): PipelineBuilder<never> {
     return new PipelineBuilder(
       this.settings,
       change.sources ?? this.sources,

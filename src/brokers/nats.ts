@@ -2,6 +2,7 @@
  * What the NATS JetStream source and sink share: nats.js loaded on first use, the headers that
  * carry a record's envelope, and the classification of its errors.
  */
+import type { NodeConnectionOptions } from "@nats-io/transport-node";
 import { z } from "zod";
 import { classify, SluiceError, type ErrorCode } from "../core/errors.js";
 
@@ -136,3 +137,13 @@ export function isStreamNotFound(err: unknown): boolean {
   return js !== undefined && err instanceof js.JetStreamApiError && err.code === js.JetStreamApiCodes.StreamNotFound;
 }
 
+/** How long `connect` waits for the server, in ms. */
+export const CONNECT_TIMEOUT_MS = 10_000;
+
+/**
+ * The connection options the source and the sink share. Once connected, nats.js reconnects for
+ * ever on its own: a write or pull while it does times out, and the engine retries it.
+ */
+export function connectOptions(s: { readonly servers: readonly string[]; readonly user?: string | undefined; readonly password?: string | undefined; readonly token?: string | undefined }): NodeConnectionOptions {
+  return { servers: [...s.servers], name: "sluice", user: s.user, pass: s.password, token: s.token, timeout: CONNECT_TIMEOUT_MS, maxReconnectAttempts: -1 };
+}

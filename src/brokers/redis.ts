@@ -3,7 +3,8 @@
  * its errors, the partition a record's stream is chosen by, the envelope fields of an entry, and
  * closing a connection to a server that may not answer.
  */
-import type { Redis } from "ioredis";
+import type { Redis, RedisOptions } from "ioredis";
+import { z } from "zod";
 import { classify, SluiceError, type ErrorCode } from "../core/errors.js";
 import type { SluiceRecord } from "../core/record.js";
 
@@ -104,4 +105,29 @@ export function within<T>(work: Promise<T>, ms = CLOSE_TIMEOUT_MS): Promise<T | 
 export async function quitWithin(redis: Redis): Promise<void> {
   const quit = await within(redis.quit().then(() => true, () => false));
   if (quit !== true) redis.disconnect();
+}
+
+/** How long `connect` waits for the server, in ms. */
+const CONNECT_TIMEOUT_MS = 10_000;
+
+/** How long a command may wait for its reply, in ms: a server stopped with SIGSTOP never closes the socket. */
+export const COMMAND_TIMEOUT_MS = 30_000;
+
+/**
+ * The client options the source and the sink share: connect only when asked, and fail a command at
+ * once (no offline queue, no resend, no retries by ioredis) while the connection is down, so the
+ * engine decides what is retried and when.
+ */
+export const CLIENT_OPTIONS: RedisOptions = {
+  lazyConnect: true,
+  enableOfflineQueue: false,
+  autoResendUnfulfilledCommands: false,
+  maxRetriesPerRequest: 0,
+  connectTimeout: CONNECT_TIMEOUT_MS,
+  commandTimeout: COMMAND_TIMEOUT_MS,
+};
+
+/** The `partitions` option of the source and the sink, with what it means for each. */
+export function partitionsOption(description: string) {
+  return z.number().int().positive().max(1024).default(1).describe(description);
 }

@@ -88,7 +88,7 @@ function filterOf(o: DlqOptions, defaultStatus: readonly DeadLetterStatus[] | un
 async function openStore(config: PipelineConfig, cwd: string): Promise<{ store: DeadLetterStore; workflow: DeadLetterWorkflow }> {
   const logger = createLogger("warn");
   const dataDir = resolve(cwd, config.dataDir);
-  const store = config.deadLetter.definition.create(config.deadLetter.options as never, {
+  const store = await config.deadLetter.definition.create(config.deadLetter.options as never, {
     name: "dead_letter",
     dataDir,
     baseDir: cwd,

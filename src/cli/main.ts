@@ -1,13 +1,16 @@
-/** The `sluice` command line: argument parsing only; the work is in run-command.ts and the library. */
+/**
+ * The `sluice` command line: argument parsing only; the work is in run-command.ts and the library.
+ * The commands other than run and validate are imported when given, so `sluice run` loads only
+ * what a run needs.
+ */
 import { readFileSync } from "node:fs";
 import { Command, CommanderError, Option } from "commander";
 import { duration } from "../components/options.js";
-import { componentsCommand } from "./components-command.js";
-import { dlqCommand, type DlqIo, type DlqOptions } from "./dlq-command.js";
+import type { DlqIo, DlqOptions } from "./dlq-command.js";
 import { LOG_LEVELS, type LogLevel } from "../observability/logger.js";
 import { EXIT, runCommand, validateCommand } from "./run-command.js";
 import { DEFAULT_TOP_URL, topCommand } from "./top/command.js";
-import { tapCommand, type TapOptions } from "./tap-command.js";
+import type { TapOptions } from "./tap-command.js";
 
 /** The package's version, read from its package.json (two levels up from src/cli and from dist/cli alike). */
 function packageVersion(): string {
@@ -83,7 +86,8 @@ export async function main(argv: readonly string[], io: DlqIo = { stdout: proces
     .command("components")
     .description("list the built-in sources, transforms and sinks with their options")
     .argument("[kind-or-type]", "show only one kind (source, transform, sink, dead_letter; or plural) or one type, e.g. sqlite")
-    .action((filter: string | undefined) => {
+    .action(async (filter: string | undefined) => {
+      const { componentsCommand } = await import("./components-command.js");
       code = componentsCommand(filter, io);
     });
 
@@ -99,6 +103,7 @@ export async function main(argv: readonly string[], io: DlqIo = { stdout: proces
       const onSignal = () => stop.abort();
       process.once("SIGINT", onSignal);
       try {
+        const { tapCommand } = await import("./tap-command.js");
         code = await tapCommand(url, opts, io, stop.signal);
       } finally {
         process.off("SIGINT", onSignal);
@@ -138,6 +143,7 @@ export async function main(argv: readonly string[], io: DlqIo = { stdout: proces
       command.option("--all", "delete pending entries too (every status, or --status)").option("--yes", "do not ask before --all deletes");
     }
     command.action(async (config: string, opts: DlqOptions) => {
+      const { dlqCommand } = await import("./dlq-command.js");
       code = await dlqCommand(action, config, opts, io);
     });
   }

@@ -6,18 +6,15 @@ import { writeFileSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
 import { buildPipeline } from "../config/build.js";
-import { checkConnections, type ConnectReport } from "../config/connect-check.js";
+import type { ConnectReport } from "../config/connect-check.js";
 import { formatSeconds } from "../core/clock.js";
 import { SluiceError } from "../core/errors.js";
 import { formatIssues, loadConfig } from "../config/load.js";
 import type { PipelineConfig } from "../config/schema.js";
+import type { CheckFinding } from "../components/contracts.js";
 import { createLogger, type LogLevel } from "../observability/logger.js";
 import type { CountsSnapshot, Metrics, RunSummary } from "../observability/metrics.js";
-import { startTracing } from "../observability/tracing-sdk.js";
-import { startObservabilityServer } from "../server/observability-server.js";
-import { checkFileSourcePath } from "../sources/file/source.js";
-import { checkModuleTransform } from "../transforms/module.js";
-import { checkValidateTransform } from "../transforms/validate.js";
+import { formatCount } from "./format.js";
 import { crashLine, logCrashesTo, reportEarlyExit } from "./crash.js";
 
 /** Exit codes, as DESIGN.md fixes them. */
@@ -44,27 +41,20 @@ interface DeepCheck {
 }
 
 /**
- * Checks what the schema cannot: that files sources read are there (data paths resolve against
- * `cwd`), that transform modules load and schemas compile.
+ * Checks what the schema cannot, by each component's own `check` (a file source's file, a module
+ * that must load, a schema that must compile). Sources' data paths resolve against `cwd`,
+ * transforms' against the config's directory, as when the pipeline is built.
  */
 async function deepCheck(config: PipelineConfig, configDir: string, cwd: string): Promise<DeepCheck> {
   const problems: string[] = [];
   const warnings: string[] = [];
-  for (const s of config.sources) {
-    const path = s.options.path;
-    if (s.definition.type !== "file" || path === "-") continue;
-    const finding = await checkFileSourcePath(resolve(cwd, path as string), s.options.follow === true);
-    if (finding) (finding.level === "error" ? problems : warnings).push(`sources.${s.name}.path: ${finding.message}`);
-  }
-  for (const [i, t] of config.transforms.entries()) {
-    const o = t.options;
-    const error =
-      t.name === "module"
-        ? await checkModuleTransform(resolve(configDir, o.path as string), (o.export as string | undefined) ?? "default")
-        : t.name === "validate"
-          ? await checkValidateTransform(typeof o.schema === "string" ? resolve(configDir, o.schema) : (o.schema_inline as Record<string, unknown>))
-          : undefined;
-    if (error) problems.push(`transforms[${i}]: ${error.message}${error.location ? ` (${error.location})` : ""}`);
+  const components: { path: string; check: (() => Promise<readonly CheckFinding[]>) | undefined }[] = [
+    ...config.sources.map((s) => ({ path: `sources.${s.name}`, check: s.definition.check && (() => s.definition.check!(s.options as never, cwd)) })),
+    ...config.transforms.map((t, i) => ({ path: `transforms[${i}]`, check: t.definition.check && (() => t.definition.check!(t.options as never, configDir)) })),
+    ...config.sinks.map((s) => ({ path: `sinks.${s.name}`, check: s.definition.check && (() => s.definition.check!(s.options as never, cwd)) })),
+  ];
+  for (const c of components) {
+    for (const f of (await c.check?.()) ?? []) (f.level === "error" ? problems : warnings).push(`${c.path}${f.key === undefined ? "" : `.${f.key}`}: ${f.message}`);
   }
   return { problems, warnings };
 }
@@ -99,6 +89,7 @@ export async function validateCommand(file: string, opts: ValidateOptions, io: I
   if (!opts.connect) return EXIT.ok;
   let reports: ConnectReport[];
   try {
+    const { checkConnections } = await import("../config/connect-check.js");
     reports = await checkConnections(config, { cwd: process.cwd(), timeoutMs: opts.timeoutMs, logger: createLogger("warn", io.stderr.isTTY === true) });
   } catch (err) {
     const why = err instanceof SluiceError ? `${err.code}: ${err.message}` : String(err);
@@ -112,7 +103,7 @@ export async function validateCommand(file: string, opts: ValidateOptions, io: I
   return EXIT.runtime;
 }
 
-const fmt = (n: number) => Math.round(n).toLocaleString("en-US");
+const fmt = formatCount;
 
 /** One line per source and sink: `  sink   db (postgres)  failing: ERR_SINK_CONNECT: ... (retryable: a run keeps trying)`. */
 export function connectTable(reports: readonly ConnectReport[], timeoutMs: number): string {
@@ -196,7 +187,7 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
   logCrashesTo(logger);
   // Before the pipeline is built: it takes the tracer installed then. The SDK loads only when configured.
   const tracingConfig = config.observability.tracing;
-  const tracing = tracingConfig === undefined ? undefined : await startTracing(tracingConfig, logger);
+  const tracing = tracingConfig === undefined ? undefined : await (await import("../observability/tracing-sdk.js")).startTracing(tracingConfig, logger);
   const started = performance.now();
   let built: Awaited<ReturnType<typeof buildPipeline>>;
   try {
@@ -208,7 +199,7 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
   }
   const { pipeline, metrics } = built;
   const server = config.observability.listen
-    ? await startObservabilityServer(config.observability.listen, built.service)
+    ? await (await import("../server/observability-server.js")).startObservabilityServer(config.observability.listen, built.service)
     : undefined;
 
   const onSignal = (sig: NodeJS.Signals) => {
@@ -221,6 +212,7 @@ export async function runCommand(file: string, opts: RunOptions, io: Io): Promis
   };
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
+  logger.info({ pid: process.pid }, "running; SIGTERM or SIGINT stops it gracefully");
 
   const showProgress = opts.progress ?? (config.observability.progress === "always" || (config.observability.progress === "auto" && io.stderr.isTTY === true));
   const stopProgress = showProgress ? startProgress(metrics, config.buffer.max_records, config.observability.unready_after, io) : () => {};

@@ -6,5 +6,11 @@ import { definition as moduleTransform } from "../transforms/module.js";
 import { definition as validateTransform } from "../transforms/validate.js";
 import type { TransformDefinition } from "./contracts.js";
 
-/** Transform types by their `type:` name. */
-export const TRANSFORMS: readonly TransformDefinition[] = [moduleTransform, validateTransform];
+/** Transform definitions by their `type:` name. */
+export const TRANSFORM_TYPES = {
+  module: moduleTransform,
+  validate: validateTransform,
+} as const;
+
+/** Transform types, in the order they are listed. */
+export const TRANSFORMS: readonly TransformDefinition[] = Object.values(TRANSFORM_TYPES);

@@ -489,16 +489,25 @@ export interface BatchDefaults {
   readonly max_wait?: number;
 }
 
-/** A component type: its name, one-line summary, config schema (with defaults) and factory, in one declaration. */
-export interface ComponentDefinition<Options extends z.ZodObject, Instance> {
+/**
+ * A component type: its name, one-line summary, config schema (with defaults) and factory, in one
+ * declaration. `Made` is what `create` returns: the instance, or (a component that loads its
+ * implementation on first use, {@link defineLazyComponent}) a promise of it.
+ */
+export interface ComponentDefinition<Options extends z.ZodObject, Instance, Made extends Instance | Promise<Instance> = Instance | Promise<Instance>> {
   /** The `type:` value in the config. */
   readonly type: string;
   /** One line for docs and `--help`. */
   readonly summary: string;
   /** The component's own config keys (besides `type` and the engine's common keys), strict, with defaults. */
   readonly options: Options;
-  /** Builds an instance from validated options. Must not do I/O; connecting happens later. */
-  create(options: z.output<Options>, ctx: ComponentContext): Instance;
+  /**
+   * Builds an instance from validated options. Must not do I/O; connecting happens later. May
+   * resolve later: a component whose implementation needs a client library (pg, better-sqlite3,
+   * ajv) or HTTP code loads it here with `import()`, so a pipeline that does not use the
+   * component never loads it (see "Start-up" in docs/architecture.md).
+   */
+  create(options: z.output<Options>, ctx: ComponentContext): Made;
   /**
    * Optional, sinks only. The defaults of the engine's `batch` keys for this sink type where they
    * differ from the engine's (`max_wait` in ms, `max_bytes` in bytes): a sink whose every batch
@@ -511,6 +520,21 @@ export interface ComponentDefinition<Options extends z.ZodObject, Instance> {
    * reports them, exit 2) and by the library's `build()`, before anything is created.
    */
   conflicts?(options: z.output<Options>, pipeline: PipelineShape): readonly OptionConflict[];
+  /**
+   * Optional. What the schema cannot see, checked by `sluice validate` and before `sluice run`: a
+   * file that must be there, a module that must load, a schema that must compile. `baseDir` is
+   * where the component's relative paths resolve (as {@link ComponentContext.baseDir}). Resolves
+   * to every finding (none: fine); never rejects. May run user code (a module's top level).
+   */
+  check?(options: z.output<Options>, baseDir: string): Promise<readonly CheckFinding[]>;
+}
+
+/** A problem {@link ComponentDefinition.check} found: an `error` refuses the config, a `warning` is only said. */
+export interface CheckFinding {
+  readonly level: "error" | "warning";
+  /** The option it is about, relative to the component (`path`); none: the component as a whole. */
+  readonly key?: string;
+  readonly message: string;
 }
 
 export type SourceDefinition<O extends z.ZodObject = z.ZodObject> = ComponentDefinition<O, Source>;
@@ -518,7 +542,16 @@ export type TransformDefinition<O extends z.ZodObject = z.ZodObject> = Component
 export type SinkDefinition<O extends z.ZodObject = z.ZodObject> = ComponentDefinition<O, Sink>;
 export type DeadLetterDefinition<O extends z.ZodObject = z.ZodObject> = ComponentDefinition<O, DeadLetterStore>;
 
-/** Declares a component with its options' types inferred. */
-export function defineComponent<O extends z.ZodObject, I>(def: ComponentDefinition<O, I>): ComponentDefinition<O, I> {
+/** Declares a component whose factory builds its instance at once, with its options' types inferred. */
+export function defineComponent<O extends z.ZodObject, I>(def: ComponentDefinition<O, I, I>): ComponentDefinition<O, I, I> {
+  return def;
+}
+
+/**
+ * Declares a component whose factory loads its implementation (`import()`) before it builds the
+ * instance: its options, summary and checks stay available to validate and `sluice components`
+ * without loading the client library or server code behind it.
+ */
+export function defineLazyComponent<O extends z.ZodObject, I>(def: ComponentDefinition<O, I, Promise<I>>): ComponentDefinition<O, I, Promise<I>> {
   return def;
 }

@@ -5,14 +5,15 @@
 import { mkdir } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { withChaos } from "../components/chaos.js";
-import type { ComponentContext, Readiness, ServiceProbe, Sink } from "../components/contracts.js";
+import type { ComponentContext, DeadLetterStore, Readiness, ServiceProbe, Sink, Source, Transform } from "../components/contracts.js";
 import { MemoryBuffer, type Buffer } from "../core/buffer.js";
 import { DurableBuffer } from "../core/durable-buffer.js";
 import type { Concurrency } from "../core/adaptive-concurrency.js";
 import { systemClock, type Clock } from "../core/clock.js";
 import { acquireDirLock, type DirLock } from "../core/dir-lock.js";
-import type { EventSink, Logger } from "../core/events.js";
+import type { EventSink, InternalEvent, Logger } from "../core/events.js";
 import { Pipeline, type SinkSettings } from "../core/pipeline.js";
+import type { PortableTransform } from "../core/transform-jobs.js";
 import { mulberry32 } from "../core/random.js";
 import { LiveStats, type LiveSnapshot } from "../observability/live-stats.js";
 import { Metrics } from "../observability/metrics.js";
@@ -21,7 +22,7 @@ import { Tap } from "../observability/tap.js";
 import { Endpoints } from "../server/endpoints.js";
 import { transformPoolFor } from "../workers/pool.js";
 import { DEFAULTS } from "./defaults.js";
-import type { PipelineConfig, SinkDriving } from "./schema.js";
+import type { PipelineConfig, SinkDriving, TransformLimits } from "./schema.js";
 
 /** Where relative paths resolve and what the components log to. */
 export interface BuildOptions {
@@ -125,10 +126,10 @@ export async function lockDataDir(dataDir: string, logger: Logger): Promise<DirL
   return lock;
 }
 
-/** Makes the pipeline; gives `lock` up if that throws, so a build that fails leaves data_dir free. */
-export async function releasingOnThrow<T>(lock: DirLock, make: () => T): Promise<T> {
+/** Makes the pipeline; gives `lock` up if that throws or rejects, so a build that fails leaves data_dir free. */
+export async function releasingOnThrow<T>(lock: DirLock, make: () => T | Promise<T>): Promise<T> {
   try {
-    return make();
+    return await make();
   } catch (err) {
     await lock.release();
     throw err;
@@ -146,63 +147,161 @@ export function flushingAtEnd(emit: EventSink, logger: RateLimitedLogger): Event
   };
 }
 
+/** A source of a pipeline being assembled: how to create it once the context is known, and its envelope fields. */
+export interface SourcePart {
+  readonly name: string;
+  create(ctx: ComponentContext): Source | Promise<Source>;
+  readonly idField?: string | undefined;
+  readonly keyField?: string | undefined;
+  readonly timeField?: string | undefined;
+}
+
+/** A transform of a pipeline being assembled. */
+export interface TransformPart {
+  /** Its stage is `transform:<name>`. */
+  readonly name: string;
+  create(ctx: ComponentContext): Transform | Promise<Transform>;
+  readonly limits: TransformLimits;
+  /** The built-in type, options and base directory a transform worker thread makes it from (`workers`); undefined for a function of this thread. */
+  readonly portable?: PortableTransform | undefined;
+}
+
+/** A sink of a pipeline being assembled, with how the engine drives it. */
+export interface SinkPart {
+  readonly name: string;
+  create(ctx: ComponentContext): Sink | Promise<Sink>;
+  readonly driving: SinkDriving;
+}
+
 /**
- * Builds the pipeline a config describes. Creates `data_dir` and takes its lock (`ERR_LOCKED` when
- * another live run holds it); does no other I/O (components connect when run).
+ * A pipeline's parts, validated, whichever way it was described: a YAML config
+ * ({@link buildPipeline}) or the library builder. {@link assemblePipeline} turns them into one.
  */
-export async function buildPipeline(config: PipelineConfig, o: BuildOptions): Promise<BuiltPipeline> {
+export interface PipelineParts {
+  /** `data_dir`, resolved. */
+  readonly dataDir: string;
+  readonly buffer: PipelineConfig["buffer"];
+  readonly observability: Pick<PipelineConfig["observability"], "tap" | "unready_after">;
+  readonly shutdownTimeoutMs: number;
+  readonly deadLetterMaxElapsedMs: number;
+  /** `workers`: 1, a number of worker threads, or `auto`. */
+  readonly workers: number | "auto";
+  readonly sources: readonly SourcePart[];
+  readonly transforms: readonly TransformPart[];
+  readonly sinks: readonly SinkPart[];
+  createDeadLetter(ctx: ComponentContext): DeadLetterStore | Promise<DeadLetterStore>;
+}
+
+/** What {@link assemblePipeline} needs besides the parts. */
+export interface AssembleOptions {
+  /** Where components' relative paths resolve (`ComponentContext.baseDir`; a part may pass another). */
+  readonly baseDir: string;
+  readonly logger: Logger;
+  readonly clock?: Clock | undefined;
+  /** Hears every internal event after the metrics; an error it throws is logged and ignored. */
+  readonly onEvent?: ((event: InternalEvent) => void) | undefined;
+}
+
+/**
+ * The one assembly of a pipeline: creates `data_dir` and takes its lock (`ERR_LOCKED` when another
+ * live run holds it), wires the metrics, the rate-limited logger, the tap and the service probe,
+ * creates every component (awaiting the ones that load their implementation) and the buffer.
+ * Does no other I/O: components connect when run. A failure gives the lock up.
+ */
+export async function assemblePipeline(parts: PipelineParts, o: AssembleOptions): Promise<BuiltPipeline> {
   const clock = o.clock ?? systemClock;
-  const dataDir = resolve(o.cwd, config.dataDir);
+  const { dataDir, buffer } = parts;
   await mkdir(dataDir, { recursive: true });
   const logger = new RateLimitedLogger(o.logger, clock);
   const lock = await lockDataDir(dataDir, logger);
   const metrics = new Metrics(
-    config.sinks.map((s) => s.name),
+    parts.sinks.map((s) => s.name),
     logger,
     () => clock.now(),
   );
-  const emit = flushingAtEnd(metrics.handle, logger);
+  const onEvent = o.onEvent;
+  const emit = flushingAtEnd(
+    onEvent === undefined
+      ? metrics.handle
+      : (event) => {
+          metrics.handle(event);
+          try {
+            onEvent(event);
+          } catch (err) {
+            logger.error({ component: "pipeline", code: "ERR_INTERNAL", event: event.type, err: String(err) }, "onEvent listener threw; ignored");
+          }
+        },
+    logger,
+  );
   // Components are created before the pipeline that holds them; the probe reads it when asked.
   const created: { pipeline?: Pipeline } = {};
-  const tap = config.observability.tap ? new Tap(emit) : undefined;
-  const service = serviceProbe(() => created.pipeline, metrics, config.observability.unready_after, { records: config.buffer.max_records, bytes: config.buffer.max_bytes }, tap);
-  const ctx = (name: string, baseDir: string): ComponentContext => ({ name, dataDir, baseDir, clock, logger, emit, service, bufferBytes: config.buffer.max_bytes, bufferRecords: config.buffer.max_records });
+  const tap = parts.observability.tap ? new Tap(emit) : undefined;
+  const limits = { records: buffer.max_records, bytes: buffer.max_bytes };
+  const service = serviceProbe(() => created.pipeline, metrics, parts.observability.unready_after, limits, tap);
+  const ctx = (name: string): ComponentContext => ({ name, dataDir, baseDir: o.baseDir, clock, logger, emit, service, bufferBytes: buffer.max_bytes, bufferRecords: buffer.max_records });
 
-  const pipeline = await releasingOnThrow(lock, () => {
-    const sources = config.sources.map((s) => ({
+  const pipeline = await releasingOnThrow(lock, async () => {
+    const sources = await Promise.all(parts.sources.map(async (s) => ({
       name: s.name,
-      source: s.definition.create(s.options as never, ctx(s.name, o.cwd)),
+      source: await s.create(ctx(s.name)),
       idField: s.idField,
       keyField: s.keyField,
       timeField: s.timeField,
-    }));
-    const transforms = config.transforms.map((t) => ({
+    })));
+    const transforms = await Promise.all(parts.transforms.map(async (t) => ({
       stage: `transform:${t.name}`,
-      transform: t.definition.create(t.options as never, ctx(t.name, o.configDir)),
+      transform: await t.create(ctx(t.name)),
       timeoutMs: t.limits.timeout,
       maxSplit: t.limits.max_split,
-      portable: { type: t.definition.type, options: t.options, baseDir: o.configDir },
-    }));
-    const transformPool = transformPoolFor(config.workers, transforms, sources, dataDir, logger);
+      ...(t.portable && { portable: t.portable }),
+    })));
+    const transformPool = transformPoolFor(parts.workers, transforms, sources, dataDir, logger);
     return new Pipeline({
-      sources,
-      transforms,
-      ...(transformPool && { transformPool }),
-      sinks: config.sinks.map((s) => sinkSettings(s.name, s.definition.create(s.options as never, ctx(s.name, o.cwd)), s.driving, clock)),
-      deadLetter: config.deadLetter.definition.create(config.deadLetter.options as never, ctx("dead_letter", o.cwd)),
-      buffer: createBuffer(config.buffer, dataDir, o.cwd, emit, logger),
-      whenFull: config.buffer.when_full,
-      chunkSize: Math.min(config.buffer.chunk_size, config.buffer.max_records),
-      shutdownTimeoutMs: config.shutdownTimeoutMs,
-      deadLetterMaxElapsedMs: config.deadLetter.retry.max_elapsed,
-      clock,
-      logger,
-      emit,
-      lock,
-      ...(tap ? { tap } : {}),
+    sources,
+    transforms,
+    ...(transformPool && { transformPool }),
+    sinks: await Promise.all(parts.sinks.map(async (s) => sinkSettings(s.name, await s.create(ctx(s.name)), s.driving, clock))),
+    deadLetter: await parts.createDeadLetter(ctx("dead_letter")),
+    buffer: createBuffer(buffer, dataDir, o.baseDir, emit, logger),
+    whenFull: buffer.when_full,
+    chunkSize: Math.min(buffer.chunk_size, buffer.max_records),
+    shutdownTimeoutMs: parts.shutdownTimeoutMs,
+    deadLetterMaxElapsedMs: parts.deadLetterMaxElapsedMs,
+    clock,
+    logger,
+    emit,
+    lock,
+    ...(tap ? { tap } : {}),
     });
   });
   created.pipeline = pipeline;
-  metrics.watchBuffer(() => pipeline.bufferUsage(), { records: config.buffer.max_records, bytes: config.buffer.max_bytes });
+  metrics.watchBuffer(() => pipeline.bufferUsage(), limits);
   return { pipeline, metrics, dataDir, service };
+}
+
+/**
+ * Builds the pipeline a config describes (see {@link assemblePipeline}): data paths resolve against
+ * `cwd`, transforms' paths against the config's directory.
+ */
+export async function buildPipeline(config: PipelineConfig, o: BuildOptions): Promise<BuiltPipeline> {
+  return assemblePipeline(
+    {
+      dataDir: resolve(o.cwd, config.dataDir),
+      buffer: config.buffer,
+      observability: config.observability,
+      shutdownTimeoutMs: config.shutdownTimeoutMs,
+      deadLetterMaxElapsedMs: config.deadLetter.retry.max_elapsed,
+      workers: config.workers,
+      sources: config.sources.map((s) => ({ name: s.name, create: (ctx) => s.definition.create(s.options as never, ctx), idField: s.idField, keyField: s.keyField, timeField: s.timeField })),
+      transforms: config.transforms.map((t) => ({
+        name: t.name,
+        create: (ctx) => t.definition.create(t.options as never, { ...ctx, baseDir: o.configDir }),
+        limits: t.limits,
+        portable: { type: t.definition.type, options: t.options, baseDir: o.configDir },
+      })),
+      sinks: config.sinks.map((s) => ({ name: s.name, create: (ctx) => s.definition.create(s.options as never, ctx), driving: s.driving })),
+      createDeadLetter: (ctx) => config.deadLetter.definition.create(config.deadLetter.options as never, ctx),
+    },
+    { baseDir: o.cwd, logger: o.logger, clock: o.clock },
+  );
 }

@@ -60,16 +60,16 @@ export async function checkConnections(config: PipelineConfig, o: ConnectCheckOp
   const lock = await lockDataDir(dataDir, o.logger);
   try {
     const ctx = (name: string): ComponentContext => ({ name, dataDir, baseDir: o.cwd, clock: systemClock, logger: o.logger, emit: () => {}, bufferBytes: config.buffer.max_bytes, bufferRecords: config.buffer.max_records });
-    const components: Connectable[] = [
-      ...config.sources.map((s): Connectable => {
-        const source: Source = s.definition.create(s.options as never, ctx(s.name));
+    const components: Connectable[] = await Promise.all([
+      ...config.sources.map(async (s): Promise<Connectable> => {
+        const source: Source = await s.definition.create(s.options as never, ctx(s.name));
         return { kind: "source", name: s.name, type: s.definition.type, connect: source.connect?.bind(source), close: () => source.close() };
       }),
-      ...config.sinks.map((s): Connectable => {
-        const sink: Sink = s.definition.create(s.options as never, ctx(s.name));
+      ...config.sinks.map(async (s): Promise<Connectable> => {
+        const sink: Sink = await s.definition.create(s.options as never, ctx(s.name));
         return { kind: "sink", name: s.name, type: s.definition.type, connect: (signal) => sink.connect(signal), close: () => sink.close() };
       }),
-    ];
+    ]);
     const deadline = AbortSignal.timeout(o.timeoutMs);
     const expired = new Promise<"expired">((done) => deadline.addEventListener("abort", () => done("expired"), { once: true }));
     return await Promise.all(components.map(async (c) => ({ kind: c.kind, name: c.name, type: c.type, outcome: await check(c, deadline, expired) })));

@@ -82,7 +82,7 @@ export async function replayDeadLetters(config: PipelineConfig, o: ReplayOptions
     for (const group of plan.groups) {
       if (o.signal?.aborted === true) return { counts, skipped: plan.skipped, alreadyPresent, outcome: "stopped" };
       const ledger = new ReplayLedger(group.entries, o.workflow, o.store, clock, counts, () => o.onProgress?.(counts));
-      const pipeline = groupPipeline(config, o, group, ledger, pacer, dataDir, clock, emit);
+      const pipeline = await groupPipeline(config, o, group, ledger, pacer, dataDir, clock, emit);
       const stop = () => pipeline.stop();
       o.signal?.addEventListener("abort", stop, { once: true });
       let status: PipelineStatus;
@@ -102,7 +102,7 @@ export async function replayDeadLetters(config: PipelineConfig, o: ReplayOptions
 }
 
 /** The pipeline of one group: a replay source per original source (so records keep its name, key and time fields). */
-function groupPipeline(
+async function groupPipeline(
   config: PipelineConfig,
   o: ReplayOptions,
   group: ReplayGroup,
@@ -111,7 +111,7 @@ function groupPipeline(
   dataDir: string,
   clock: Clock,
   emit: EventSink,
-): Pipeline {
+): Promise<Pipeline> {
   const ctx = (name: string, baseDir: string): ComponentContext => ({ name, dataDir, baseDir, clock, logger: o.logger, emit, bufferBytes: config.buffer.max_bytes });
   const bySource = new Map<string, StoredDeadLetter[]>();
   for (const e of group.entries) {
@@ -125,17 +125,17 @@ function groupPipeline(
       return { name, source: new DeadLetterReplaySource(entries, pacer, ledger), idField: false, keyField: configured?.keyField, timeField: configured?.timeField };
     }),
     transforms: group.transforms
-      ? config.transforms.map((t) => ({
+      ? await Promise.all(config.transforms.map(async (t) => ({
           stage: `transform:${t.name}`,
-          transform: t.definition.create(t.options as never, ctx(t.name, o.configDir)),
+          transform: await t.definition.create(t.options as never, ctx(t.name, o.configDir)),
           timeoutMs: t.limits.timeout,
           maxSplit: t.limits.max_split,
-        }))
+        })))
       : [],
-    sinks: group.sinks.map((name) => {
+    sinks: await Promise.all(group.sinks.map(async (name) => {
       const s = config.sinks.find((c) => c.name === name)!;
-      return sinkSettings(s.name, s.definition.create(s.options as never, ctx(s.name, o.cwd)), s.driving, clock);
-    }),
+      return sinkSettings(s.name, await s.definition.create(s.options as never, ctx(s.name, o.cwd)), s.driving, clock);
+    })),
     deadLetter: ledger.deadLetterStore(),
     buffer: new MemoryBuffer({ maxRecords: config.buffer.max_records, maxBytes: config.buffer.max_bytes }),
     whenFull: "block",

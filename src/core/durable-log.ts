@@ -19,6 +19,7 @@ import { constants as fsConstants } from "node:fs";
 import fs from "node:fs/promises";
 import { join } from "node:path";
 import { crc32 } from "node:zlib";
+import { writeFileAtomic } from "./atomic-write.js";
 import type { Chunk } from "./buffer.js";
 import { ERROR_CODES, SluiceError, type ErrorCode } from "./errors.js";
 import { RecordEntry, type JsonObject } from "./record.js";
@@ -329,20 +330,7 @@ export async function readAcked(dir: string): Promise<AckedRead> {
  * fails (a full disk) removes its temp file: left there, it would hold on to the space it got.
  */
 export async function writeAcked(dir: string, text: string, fsync: boolean): Promise<void> {
-  const tmp = join(dir, "acked.tmp");
-  try {
-    const fh = await fs.open(tmp, "w");
-    try {
-      await fh.writeFile(text, "utf8");
-      if (fsync) await fh.datasync();
-    } finally {
-      await fh.close();
-    }
-    await fs.rename(tmp, join(dir, "acked"));
-  } catch (err) {
-    await fs.rm(tmp, { force: true }).catch(() => {});
-    throw err;
-  }
+  await writeFileAtomic(join(dir, "acked"), text, { tmp: join(dir, "acked.tmp"), sync: fsync ? "data" : "none", syncDir: false });
 }
 
 /**

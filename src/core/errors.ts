@@ -89,6 +89,11 @@ export class SluiceError extends Error {
     this.retryable = options.retryable ?? ERROR_CODES[code].retryable;
     this.location = options.location;
   }
+
+  /** The message, with the location in parentheses when there is one: how a config check reports it. */
+  withLocation(): string {
+    return this.location === undefined ? this.message : `${this.message} (${this.location})`;
+  }
 }
 
 /** True for errors that come from a bug rather than the outside world. */

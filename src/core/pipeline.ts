@@ -1,7 +1,6 @@
 import type { SpanContext, Tracer } from "@opentelemetry/api";
-import type { DeadLetter, DeadLetterStore, EnqueueOptions, EnqueueOutcome, Sink, Source, SourceHandle } from "../components/contracts.js";
+import type { DeadLetter, DeadLetterStore, EnqueueOptions, EnqueueOutcome, Source, SourceHandle } from "../components/contracts.js";
 import { AckTracker } from "./acks.js";
-import type { Concurrency } from "./adaptive-concurrency.js";
 import type { BackoffPolicy } from "./backoff.js";
 import type { Buffer, Chunk, WhenFull } from "./buffer.js";
 import { systemClock, type Clock } from "./clock.js";
@@ -11,7 +10,7 @@ import { classify, SluiceError } from "./errors.js";
 import { silentLogger, type EventSink, type Logger } from "./events.js";
 import { EnvelopeReader } from "./envelope.js";
 import { RecordEntry, settle, type AckTicket, type Entry } from "./record.js";
-import { SinkRunner, type BatchOptions, type RetryOptions } from "./sink-runner.js";
+import { SinkRunner, type SinkSettings } from "./sink-runner.js";
 import { InProgressTicker, runSource } from "./source-runner.js";
 import { ParallelTransforms, type ParallelHooks, type TransformPool } from "./parallel-transforms.js";
 import { Splitter } from "./split.js";
@@ -36,17 +35,7 @@ export interface SourceSettings {
   readonly connectBackoff?: BackoffPolicy;
 }
 
-/** A sink and how it is driven. */
-export interface SinkSettings {
-  readonly name: string;
-  readonly sink: Sink;
-  readonly batch: BatchOptions;
-  readonly retry: RetryOptions;
-  /** How long the sink may take to connect before the run fails, in ms; undefined: retry until it connects. */
-  readonly connectTimeoutMs?: number;
-  /** A fixed number of batches in flight, or an adaptive limit (see {@link Concurrency}). */
-  readonly concurrency: Concurrency;
-}
+export type { SinkSettings } from "./sink-runner.js";
 
 /** Everything a pipeline is made of. Built from YAML by `config/build.ts`, or by hand through the library API. */
 export interface PipelineOptions {

@@ -27,8 +27,8 @@ export interface RetryOptions {
   readonly backoff: BackoffPolicy;
 }
 
-/** Everything a {@link SinkRunner} needs; built by the pipeline. */
-export interface SinkRunnerOptions {
+/** A sink and how it is driven: what a pipeline is given per sink. */
+export interface SinkSettings {
   readonly name: string;
   readonly sink: Sink;
   readonly batch: BatchOptions;
@@ -43,6 +43,10 @@ export interface SinkRunnerOptions {
    * AIMD limit may have a batch in flight at once). Lanes are capped by the sink's `maxInFlight`.
    */
   readonly concurrency: Concurrency;
+}
+
+/** Everything a {@link SinkRunner} needs; built by the pipeline. */
+export interface SinkRunnerOptions extends SinkSettings {
   readonly clock: Clock;
   readonly random: () => number;
   readonly emit: EventSink;

@@ -4,8 +4,29 @@
  * `observability.tracing` is set) before it builds the pipeline; without one the engine makes no
  * span at all and does no per-record work for tracing.
  */
-import { propagation, ProxyTracerProvider, ROOT_CONTEXT, SpanStatusCode, trace, type Context, type Link, type Span, type SpanContext, type Tracer } from "@opentelemetry/api";
+import { createRequire } from "node:module";
+import type * as OtelApi from "@opentelemetry/api";
+import type { Context, Link, Span, SpanContext, Tracer } from "@opentelemetry/api";
 import type { AckTicket, Entry } from "./record.js";
+
+const require = createRequire(import.meta.url);
+
+/**
+ * Where the API keeps what a host registered (a tracer provider, a propagator), shared by every
+ * copy of `@opentelemetry/api` 1.x in the process. Absent: nothing was ever registered.
+ */
+const OTEL_GLOBAL = Symbol.for("opentelemetry.js.api.1");
+
+let api: typeof OtelApi | undefined;
+
+/**
+ * `@opentelemetry/api`, loaded at first use: a process in which no SDK registered anything (the
+ * CLI without `observability.tracing`, most library hosts) never loads it.
+ */
+function otel(): typeof OtelApi {
+  api ??= require("@opentelemetry/api") as typeof OtelApi;
+  return api;
+}
 
 /** The instrumentation scope of every sluice span. */
 export const TRACER_NAME = "sluice";
@@ -48,6 +69,8 @@ const MAX_LINKS = 128;
  * pipeline, so the hot path tests one field.
  */
 export function installedTracer(): Tracer | undefined {
+  if (!(OTEL_GLOBAL in globalThis)) return undefined;
+  const { trace, ProxyTracerProvider } = otel();
   const provider = trace.getTracerProvider();
   if (provider instanceof ProxyTracerProvider) return provider.getDelegateTracer(TRACER_NAME);
   return provider.getTracer(TRACER_NAME);
@@ -59,6 +82,7 @@ export function installedTracer(): Tracer | undefined {
  */
 export function parentFromHeaders(headers: Readonly<Record<string, string | string[] | undefined>>): Context | undefined {
   if (headers.traceparent === undefined) return undefined;
+  const { propagation, ROOT_CONTEXT } = otel();
   return propagation.extract(ROOT_CONTEXT, headers);
 }
 
@@ -71,11 +95,14 @@ export function parentFromHeaders(headers: Readonly<Record<string, string | stri
  * linked to the receive span of each of its chunks.
  */
 export class Tracing {
+  /** The API, loaded by then: a tracer comes from an SDK registered through it. */
+  private readonly api = otel();
+
   constructor(private readonly tracer: Tracer) {}
 
   /** Starts the receive span of a chunk of `records` records from `source`. */
   receive(source: string, records: number, parent: Context | undefined): Span {
-    return this.tracer.startSpan(SPAN.receive, { attributes: { [ATTR.source]: source, [ATTR.records]: records } }, parent ?? ROOT_CONTEXT);
+    return this.tracer.startSpan(SPAN.receive, { attributes: { [ATTR.source]: source, [ATTR.records]: records } }, parent ?? this.api.ROOT_CONTEXT);
   }
 
   /** Ends a receive span with what the buffer did with the chunk (`accepted`, `rejected`, `dropped`, `stopping`). */
@@ -109,13 +136,14 @@ export class Tracing {
     span.setAttribute(ATTR.outcome, outcome);
     if (error !== undefined) {
       span.setAttribute(ATTR.errorCode, error.code);
-      span.setStatus({ code: SpanStatusCode.ERROR, message: error.message });
+      span.setStatus({ code: this.api.SpanStatusCode.ERROR, message: error.message });
     }
     span.end();
   }
 }
 
 function contextOf(span: SpanContext | undefined): Context {
+  const { ROOT_CONTEXT, trace } = otel();
   return span === undefined ? ROOT_CONTEXT : trace.setSpanContext(ROOT_CONTEXT, span);
 }
 

@@ -3,10 +3,22 @@
  * (prom-client) and into the plain counters the progress line and the run summary read, so all
  * three always agree.
  */
-import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { createRequire } from "node:module";
+import type * as Prom from "prom-client";
 import { formatSeconds } from "../core/clock.js";
 import type { InternalEvent, Logger } from "../core/events.js";
 import { WeightedHistogram } from "./weighted-histogram.js";
+
+const require = createRequire(import.meta.url);
+
+// prom-client's index also loads its default process metrics, push gateway and cluster aggregator,
+// and through them @opentelemetry/api, node:http and node:cluster: about 40 ms of every start for
+// code sluice never calls. These files hold the classes themselves, the very objects the index
+// exports (test/unit/observability/metrics.test.ts checks that they are).
+const Registry = require("prom-client/lib/registry") as typeof Prom.Registry;
+const Counter = require("prom-client/lib/counter") as typeof Prom.Counter;
+const Gauge = require("prom-client/lib/gauge") as typeof Prom.Gauge;
+const Histogram = require("prom-client/lib/histogram") as typeof Prom.Histogram;
 
 /**
  * Names of the metrics that other modules read back from the registry (the dashboard's live

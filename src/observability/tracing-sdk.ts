@@ -5,7 +5,6 @@
  * {@link startTracing}, so a run without tracing never loads them, bundled (the benchmarks'
  * children) or not: a bundler hoists the static imports of a module it inlines.
  */
-import { context, diag, DiagLogLevel, propagation, trace } from "@opentelemetry/api";
 import type { Logger } from "../core/events.js";
 
 /** `observability.tracing` as validated. */
@@ -42,7 +41,8 @@ export function tracesUrl(endpoint: string): string {
  * that cannot be reached), go to `logger` as warnings. No context manager is installed (see below).
  */
 export async function startTracing(config: TracingConfig, logger: Logger): Promise<TracingSdk> {
-  const [{ OTLP_DEFAULTS, OtlpJsonSpanProcessor }, { resourceFromAttributes }, { AlwaysOnSampler, NodeTracerProvider, ParentBasedSampler, TraceIdRatioBasedSampler }] = await Promise.all([
+  const [{ context, diag, DiagLogLevel, propagation, trace }, { OTLP_DEFAULTS, OtlpJsonSpanProcessor }, { resourceFromAttributes }, { AlwaysOnSampler, NodeTracerProvider, ParentBasedSampler, TraceIdRatioBasedSampler }] = await Promise.all([
+    import("@opentelemetry/api"),
     import("./otlp-span-processor.js"),
     import("@opentelemetry/resources"),
     import("@opentelemetry/sdk-trace-node"),

@@ -6,7 +6,7 @@
 import { existsSync, statSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
-import Database from "better-sqlite3";
+import type Database from "better-sqlite3";
 import { z } from "zod";
 import { SluiceError } from "../core/errors.js";
 import {
@@ -20,7 +20,7 @@ import {
 } from "../components/contracts.js";
 import { isStage } from "../core/dead-letters.js";
 import type { SluiceRecord } from "../core/record.js";
-import { classifySqliteError } from "./sqlite.js";
+import { classifySqliteError, loadSqlite } from "../components/sqlite.js";
 
 const options = z.strictObject({
   path: z
@@ -241,6 +241,10 @@ function payloadText(payload: unknown): string {
  * the old one, and the next run (which opens the path afresh) is where that is noticed and fixed.
  * Putting the very files back (a rename undone) makes writes succeed again.
  *
+ * `open` opens an existing database at once; when there is none it only notes that, and the first
+ * write (or use of `workflow`) creates it: a run that dead-letters nothing creates no file and
+ * never loads better-sqlite3.
+ *
  * `committed` (resolved marking) loads the record ids of the pending entries into memory at its
  * first call (one small string per pending entry) and then costs a set lookup per committed
  * record, or nothing for a sink without pending entries; only a hit writes (one transaction).
@@ -276,9 +280,23 @@ export function createSqliteDeadLetterStore(path: string, now: () => number = Da
     });
   }
 
+  /**
+   * `open` found no database at `path`: opening (creating it, and loading better-sqlite3) waits for
+   * the first write, or the first use of the workflow. A run with nothing to dead-letter then
+   * loads no SQLite at all; a store that does exist is opened at once, as its pending entries
+   * decide what `committed` resolves.
+   */
+  let deferred = false;
+
   function opened(): Database.Database {
     if (db === undefined) throw new SluiceError("ERR_INTERNAL", `dead-letter store ${path}: used before open`);
     return db;
+  }
+
+  /** The open database, opened now when `open` deferred it. */
+  async function ready(): Promise<Database.Database> {
+    if (db === undefined && deferred) await openNow();
+    return opened();
   }
 
   function addPending(sink: string, recordId: string): void {
@@ -310,14 +328,14 @@ export function createSqliteDeadLetterStore(path: string, now: () => number = Da
   const workflow: DeadLetterWorkflow = {
     async select(filter) {
       const q = selectSeqs(filter);
-      const rows = opened()
+      const rows = (await ready())
         .prepare(`SELECT * FROM dead_letters WHERE seq IN (${q.sql}) ORDER BY seq`)
         .all(...q.params) as DeadLetterRow[];
       return rows.map(stored);
     },
 
     async markReplayed(seqs, at) {
-      const conn = opened();
+      const conn = await ready();
       const mark = conn.prepare<[string, number]>(MARK_REPLAYED);
       const when = new Date(at).toISOString();
       const keyOf = conn.prepare<[number], { record_id: string; sink: string }>("SELECT record_id, sink FROM dead_letters WHERE seq = ?");
@@ -331,7 +349,7 @@ export function createSqliteDeadLetterStore(path: string, now: () => number = Da
     },
 
     async failedAgain(seq, f) {
-      const conn = opened();
+      const conn = await ready();
       conn.prepare<[number, string, string, string | null, number]>(FAILED_AGAIN).run(f.attempts, f.code, f.message, isoOrNull(f.at), seq);
       const key = conn.prepare<[number], { record_id: string; sink: string }>("SELECT record_id, sink FROM dead_letters WHERE seq = ?").get(seq);
       if (key !== undefined) addPending(key.sink, key.record_id);
@@ -339,59 +357,73 @@ export function createSqliteDeadLetterStore(path: string, now: () => number = Da
 
     async purge(filter) {
       const q = selectSeqs(filter);
-      return opened()
+      return (await ready())
         .prepare(`DELETE FROM dead_letters WHERE seq IN (${q.sql})`)
         .run(...q.params).changes;
     },
   };
 
+  async function openNow(): Promise<void> {
+    if (db !== undefined) return;
+    try {
+      await mkdir(dirname(path), { recursive: true });
+      const conn = new (loadSqlite())(path, { timeout: BUSY_TIMEOUT_MS });
+      try {
+        conn.pragma("journal_mode = WAL");
+        conn.pragma("synchronous = FULL");
+        conn.exec(CREATE_TABLE);
+        conn.transaction(() => {
+          if (conn.prepare("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?").get(KEY_INDEX) === undefined) conn.exec(MIGRATE);
+          const columns = new Set((conn.pragma("table_info(dead_letters)") as { name: string }[]).map((c) => c.name));
+          for (const [column, alter] of ADDED_COLUMNS) if (!columns.has(column)) conn.exec(alter);
+          conn.exec(STATUS_INDEX);
+        }).immediate();
+        const insert = conn.prepare<[string, string, string, string, string, number, string | null, string | null, string, string | null]>(UPSERT);
+        writeAll = conn.transaction((entries: readonly DeadLetter[]) => {
+          for (const e of entries) {
+            insert.run(
+              e.record.id,
+              e.record.source,
+              e.sink,
+              e.code,
+              e.message,
+              e.attempts,
+              isoOrNull(e.firstFailureAt),
+              isoOrNull(e.lastFailureAt),
+              payloadText(e.record.payload),
+              e.raw ?? null,
+            );
+          }
+        }).immediate;
+        // WAL mode keeps -wal and -shm while a connection is open: all three hold committed entries or their index.
+        files = [openedFile(path), openedFile(`${path}-wal`), openedFile(`${path}-shm`)];
+      } catch (err) {
+        conn.close();
+        throw err;
+      }
+      db = conn;
+      deferred = false;
+    } catch (err) {
+      writeAll = undefined;
+      throw wrap(err);
+    }
+  }
+
   return {
     async open() {
-      if (db !== undefined) return;
-      try {
-        await mkdir(dirname(path), { recursive: true });
-        const conn = new Database(path, { timeout: BUSY_TIMEOUT_MS });
-        try {
-          conn.pragma("journal_mode = WAL");
-          conn.pragma("synchronous = FULL");
-          conn.exec(CREATE_TABLE);
-          conn.transaction(() => {
-            if (conn.prepare("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?").get(KEY_INDEX) === undefined) conn.exec(MIGRATE);
-            const columns = new Set((conn.pragma("table_info(dead_letters)") as { name: string }[]).map((c) => c.name));
-            for (const [column, alter] of ADDED_COLUMNS) if (!columns.has(column)) conn.exec(alter);
-            conn.exec(STATUS_INDEX);
-          }).immediate();
-          const insert = conn.prepare<[string, string, string, string, string, number, string | null, string | null, string, string | null]>(UPSERT);
-          writeAll = conn.transaction((entries: readonly DeadLetter[]) => {
-            for (const e of entries) {
-              insert.run(
-                e.record.id,
-                e.record.source,
-                e.sink,
-                e.code,
-                e.message,
-                e.attempts,
-                isoOrNull(e.firstFailureAt),
-                isoOrNull(e.lastFailureAt),
-                payloadText(e.record.payload),
-                e.raw ?? null,
-              );
-            }
-          }).immediate;
-          // WAL mode keeps -wal and -shm while a connection is open: all three hold committed entries or their index.
-          files = [openedFile(path), openedFile(`${path}-wal`), openedFile(`${path}-shm`)];
-        } catch (err) {
-          conn.close();
-          throw err;
-        }
-        db = conn;
-      } catch (err) {
-        writeAll = undefined;
-        throw wrap(err);
+      if (db !== undefined || deferred) return;
+      if (!existsSync(path)) {
+        deferred = true;
+        return;
       }
+      await openNow();
     },
 
     async write(entries: readonly DeadLetter[]) {
+      if (writeAll === undefined && deferred) {
+        if (entries.length === 0) return;
+        await openNow();
+      }
       if (writeAll === undefined) throw new SluiceError("ERR_INTERNAL", `dead-letter store ${path}: write before open`);
       if (entries.length === 0) return;
       const before = whatChanged(files);
@@ -432,6 +464,7 @@ export function createSqliteDeadLetterStore(path: string, now: () => number = Da
     async close() {
       const conn = db;
       db = undefined;
+      deferred = false;
       writeAll = undefined;
       pending = undefined;
       stages.clear();
@@ -450,7 +483,7 @@ export function createSqliteDeadLetterStore(path: string, now: () => number = Da
  */
 export function readDeadLetters(path: string): DeadLetterRow[] {
   if (!existsSync(path)) return [];
-  const db = new Database(path, { readonly: true, fileMustExist: true });
+  const db = new (loadSqlite())(path, { readonly: true, fileMustExist: true });
   try {
     return db.prepare("SELECT * FROM dead_letters ORDER BY seq").all() as DeadLetterRow[];
   } finally {

@@ -10,6 +10,7 @@ import { z } from "zod";
 import {
   checkNatsCredentials,
   classifyNatsError,
+  connectOptions,
   EVENT_TIME_HEADER,
   headerValue,
   isStreamNotFound,
@@ -28,8 +29,6 @@ import { duration } from "../components/options.js";
 /** Batches the sink takes at once; each has all its publishes outstanding. */
 const MAX_IN_FLIGHT = 4;
 
-/** How long `connect` waits for the server, in ms. */
-const CONNECT_TIMEOUT_MS = 10_000;
 
 const streamOptions = z.strictObject({
   name: z.string().min(1).describe("Stream name"),
@@ -161,16 +160,7 @@ export function createNatsJetStreamSink(settings: NatsJetStreamSinkSettings): Si
     let conn: NatsConnection | undefined;
     try {
       // Raced with the signal: nats.js takes none, and a server that accepts and never answers holds each call for its timeout.
-      const attempt = nats.core.connect({
-        servers: [...settings.servers],
-        name: "sluice",
-        user: settings.user,
-        pass: settings.password,
-        token: settings.token,
-        timeout: CONNECT_TIMEOUT_MS,
-        // Once connected, never give up: a write while reconnecting times out and the engine retries it.
-        maxReconnectAttempts: -1,
-      });
+      const attempt = nats.core.connect(connectOptions(settings));
       conn = await unlessAborted(attempt, signal, location, (late) => void late.close().catch(() => undefined));
       await unlessAborted(checkStream(nats, conn), signal, location);
     } catch (err) {

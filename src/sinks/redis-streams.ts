@@ -4,18 +4,12 @@
  * over `partitions` streams by key.
  */
 import type { Redis, Result } from "ioredis";
-import { classifyRedisError, ENVELOPE_FIELDS, innerReply, isReplyError, loadedRedisModule, loadRedis, partitionStream, quitWithin, type RedisModule } from "../brokers/redis.js";
+import { classifyRedisError, CLIENT_OPTIONS, ENVELOPE_FIELDS, innerReply, isReplyError, loadedRedisModule, loadRedis, partitionsOption, partitionStream, quitWithin, type RedisModule } from "../brokers/redis.js";
 import { z } from "zod";
 import { SluiceError } from "../core/errors.js";
 import type { SluiceRecord } from "../core/record.js";
 import { defineComponent, type RecordFailure, type Sink, type WriteResult } from "../components/contracts.js";
 import { duration } from "../components/options.js";
-
-/** How long one command may wait for its reply before the batch fails (retryable), in ms: a server stopped with SIGSTOP never closes the socket. */
-const COMMAND_TIMEOUT_MS = 30_000;
-
-/** How long `connect` waits for the server, in ms. */
-const CONNECT_TIMEOUT_MS = 10_000;
 
 /** Batches the sink takes at once: script calls on one connection, run in order by the server. */
 const MAX_IN_FLIGHT = 8;
@@ -91,13 +85,7 @@ const options = z
       .min(1)
       .describe("Server URL: redis://[user:password@]host:6379[/db], rediss:// for TLS; write ${REDIS_URL} to keep the password out of the file"),
     stream: z.string().min(1).describe("Stream key to XADD to; with partitions, the prefix of <stream>:0 .. <stream>:<partitions - 1>"),
-    partitions: z
-      .number()
-      .int()
-      .positive()
-      .max(1024)
-      .default(1)
-      .describe("Streams to spread records over by hash of the record key (keyless: of the id), so records of one key stay in order in one stream; 1 writes to stream itself"),
+    partitions: partitionsOption("Streams to spread records over by hash of the record key (keyless: of the id), so records of one key stay in order in one stream; 1 writes to stream itself"),
     max_len: z
       .number()
       .int()
@@ -181,12 +169,7 @@ export function createRedisStreamsSink(settings: RedisStreamsSinkSettings): Sink
 
   function open(ioredis: RedisModule): Redis {
     const redis = new ioredis.Redis(settings.url, {
-      lazyConnect: true,
-      enableOfflineQueue: false,
-      autoResendUnfulfilledCommands: false,
-      maxRetriesPerRequest: 0,
-      connectTimeout: CONNECT_TIMEOUT_MS,
-      commandTimeout: COMMAND_TIMEOUT_MS,
+      ...CLIENT_OPTIONS,
       // ioredis reconnects in the background; until it has, writes fail at once and the engine backs off.
       retryStrategy: (times) => Math.min(times * 100, 2000),
     });

@@ -4,12 +4,13 @@
  */
 import { mkdir } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
-import Database from "better-sqlite3";
+import type Database from "better-sqlite3";
 import { z } from "zod";
 import type { Clock } from "../core/clock.js";
-import { classify, SluiceError, type ErrorCode } from "../core/errors.js";
+import { SluiceError } from "../core/errors.js";
 import type { SluiceRecord } from "../core/record.js";
 import { defineComponent, type RecordFailure, type Sink, type WriteResult } from "../components/contracts.js";
+import { classifySqliteError, isSqliteError, loadSqlite } from "../components/sqlite.js";
 
 /** How long one statement waits for another connection's lock before failing with SQLITE_BUSY, in ms. */
 const BUSY_TIMEOUT_MS = 1000;
@@ -48,34 +49,6 @@ export function quoteIdentifier(name: string): string {
 /** An ISO 8601 timestamp of `ms`, or null when absent. Throws RangeError for a non-finite time. */
 function isoTime(ms: number | undefined): string | null {
   return ms === undefined ? null : new Date(ms).toISOString();
-}
-
-const TRANSIENT = /^SQLITE_(BUSY|LOCKED|IOERR|FULL|PROTOCOL|NOMEM|INTERRUPT)/;
-const PERMANENT = /^SQLITE_(CONSTRAINT|MISMATCH|TOOBIG|RANGE)/;
-
-/**
- * Wraps a better-sqlite3 error as a {@link SluiceError}, by its (extended) SQLite code:
- * BUSY, LOCKED, IOERR, FULL (and PROTOCOL, NOMEM, INTERRUPT) are retryable `transientCode`;
- * CONSTRAINT, MISMATCH, TOOBIG, RANGE are the data's fault: permanent `permanentCode`. Any other
- * SQLite code (CORRUPT, READONLY, CANTOPEN, ERROR) gets `transientCode` with that code's default
- * retryability, so it is retried within the engine's limits. A non-SQLite error goes through the
- * one classifier (a TypeError stays a permanent ERR_INTERNAL); a SluiceError passes through.
- */
-export function classifySqliteError(
-  err: unknown,
-  transientCode: ErrorCode = "ERR_SINK_WRITE",
-  permanentCode: ErrorCode = "ERR_SINK_REJECTED",
-  location?: string,
-): SluiceError {
-  if (err instanceof SluiceError) return err;
-  const code = err instanceof Database.SqliteError ? err.code : undefined;
-  if (code !== undefined) {
-    const message = `sqlite: ${err instanceof Error ? err.message : String(err)} (${code})`;
-    if (TRANSIENT.test(code)) return new SluiceError(transientCode, message, { cause: err, retryable: true, location });
-    if (PERMANENT.test(code)) return new SluiceError(permanentCode, message, { cause: err, retryable: false, location });
-    return new SluiceError(transientCode, message, { cause: err, location });
-  }
-  return classify(err, transientCode);
 }
 
 interface Row {
@@ -139,7 +112,7 @@ export function createSqliteSink(settings: SqliteSinkSettings): Sink {
       if (db !== undefined) return;
       try {
         await mkdir(dirname(settings.path), { recursive: true });
-        const conn = new Database(settings.path, { timeout: settings.busyTimeoutMs ?? BUSY_TIMEOUT_MS });
+        const conn = new (loadSqlite())(settings.path, { timeout: settings.busyTimeoutMs ?? BUSY_TIMEOUT_MS });
         try {
           conn.pragma("journal_mode = WAL");
           conn.pragma(`synchronous = ${settings.synchronous === "full" ? "FULL" : "NORMAL"}`);
@@ -158,7 +131,7 @@ export function createSqliteSink(settings: SqliteSinkSettings): Sink {
       } catch (err) {
         const error = classifySqliteError(err, "ERR_SINK_CONNECT", "ERR_SINK_CONNECT", location);
         // SQLITE_ERROR here is a schema problem (an existing table without our columns): waiting will not fix it.
-        const schema = err instanceof Database.SqliteError && err.code === "SQLITE_ERROR";
+        const schema = isSqliteError(err) && err.code === "SQLITE_ERROR";
         throw schema ? new SluiceError("ERR_SINK_CONNECT", error.message, { cause: err, retryable: false, location }) : error;
       }
     },

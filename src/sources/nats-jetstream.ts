@@ -7,18 +7,16 @@
 import type { Consumer, JetStreamManager, JsMsg } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { z } from "zod";
-import { checkNatsCredentials, classifyNatsError, loadNats, natsConnectionOptions, serverList, unlessAborted, type NatsModules } from "../brokers/nats.js";
+import { checkNatsCredentials, classifyNatsError, connectOptions, CONNECT_TIMEOUT_MS, loadNats, natsConnectionOptions, serverList, unlessAborted, type NatsModules } from "../brokers/nats.js";
 import { SluiceError } from "../core/errors.js";
 import type { Entry } from "../core/record.js";
 import { defineComponent, type ComponentContext, type Source, type SourceHandle } from "../components/contracts.js";
 import { duration } from "../components/options.js";
 import { RecordSizeEstimate } from "../components/record-size.js";
-import { floorOf, setUpConsumer, type AckWait, type MaxAckPending } from "./nats-jetstream/consumer.js";
+import { floorOf, setUpConsumer, type AckWait, type ConsumerSettings, type MaxAckPending } from "./nats-jetstream/consumer.js";
 import { addMessage, type JetStreamChunk } from "./nats-jetstream/messages.js";
 import { RedeliveryPacing } from "./nats-jetstream/pacing.js";
 
-/** How long `connect` waits for the server (a first connection, or nats.js reconnecting), and each JetStream API call, in ms. */
-const CONNECT_TIMEOUT_MS = 10_000;
 /** Most messages one pull asks for; also the slack `max_ack_pending` has over the buffer by default. */
 const MAX_PULL = 1000;
 /**
@@ -80,16 +78,10 @@ const options = z
   .superRefine(checkNatsCredentials);
 
 /** Everything a {@link createNatsJetStreamSource} needs; the definition builds it from validated options. */
-export interface NatsJetStreamSourceSettings {
+export interface NatsJetStreamSourceSettings extends Pick<ConsumerSettings, "stream" | "consumer" | "bind" | "filterSubject" | "deliver" | "maxDeliver"> {
   readonly servers: readonly string[];
-  readonly stream: string;
-  readonly consumer: string;
-  readonly bind: boolean;
-  readonly filterSubject?: string | undefined;
-  readonly deliver: "all" | "new";
   /** ms; set exactly. Undefined: at least {@link DEFAULT_ACK_WAIT_MS} (see {@link AckWait}). */
   readonly ackWaitMs?: number | undefined;
-  readonly maxDeliver: number;
   /** Set exactly; undefined: at least the buffer's `max_records` + {@link MAX_PULL} (see {@link MaxAckPending}). */
   readonly maxAckPending?: number | undefined;
   readonly user?: string | undefined;
@@ -173,16 +165,7 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
 
   /** A new connection; nats.js reconnects it on its own from then on (see above). */
   async function open(nats: NatsModules, signal: AbortSignal): Promise<NatsConnection> {
-    const attempt = nats.core.connect({
-      servers: [...settings.servers],
-      name: "sluice",
-      user: settings.user,
-      pass: settings.password,
-      token: settings.token,
-      timeout: CONNECT_TIMEOUT_MS,
-      maxReconnectAttempts: -1,
-      reconnectTimeWait: RECONNECT_WAIT_MS,
-    });
+    const attempt = nats.core.connect({ ...connectOptions(settings), reconnectTimeWait: RECONNECT_WAIT_MS });
     return unlessAborted(attempt, signal, location, (late) => void late.close().catch(() => undefined));
   }
 

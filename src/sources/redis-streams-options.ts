@@ -5,7 +5,7 @@
 import { z } from "zod";
 import type { OptionConflict, PipelineShape } from "../components/contracts.js";
 import { duration } from "../components/options.js";
-import { ENVELOPE_FIELDS } from "../brokers/redis.js";
+import { ENVELOPE_FIELDS, partitionsOption } from "../brokers/redis.js";
 import type { EntryFormat } from "./redis-streams-entries.js";
 
 /** `lease_ttl` when `ordered` is on and it is not given, in ms. */
@@ -35,13 +35,7 @@ export const options = z
       .min(1)
       .default("_redis")
       .describe("Payload field the entry's other fields (besides the body, id, key and event_time) go under, when it has any"),
-    partitions: z
-      .number()
-      .int()
-      .positive()
-      .max(1024)
-      .default(1)
-      .describe("Read <stream>:0 .. <stream>:<partitions - 1> in one group (what the redis_streams sink writes with partitions); 1 reads stream itself"),
+    partitions: partitionsOption("Read <stream>:0 .. <stream>:<partitions - 1> in one group (what the redis_streams sink writes with partitions); 1 reads stream itself"),
     block: duration()
       .default(2_000)
       .refine((ms) => ms >= 1 && ms <= 60_000, "must be between 1 ms and 60 s")

@@ -9,7 +9,7 @@ import type { Redis } from "ioredis";
 import { sleep } from "../core/clock.js";
 import { SluiceError } from "../core/errors.js";
 import type { Entry } from "../core/record.js";
-import { isReplyError, loadRedis, quitWithin, within, type RedisModule } from "../brokers/redis.js";
+import { CLIENT_OPTIONS, COMMAND_TIMEOUT_MS, isReplyError, loadRedis, quitWithin, within, type RedisModule } from "../brokers/redis.js";
 import { defineComponent, type ComponentContext, type EnqueueOutcome, type Source, type SourceHandle } from "../components/contracts.js";
 import { RecordSizeEstimate } from "../components/record-size.js";
 import { entryRecord, exhaustedRecord, type PendingEntry, type RawEntry } from "./redis-streams-entries.js";
@@ -20,10 +20,6 @@ import { DEFAULT_LEASE_TTL_MS, options, orderedConflicts, type RedisStreamsSourc
 export type { RedisStreamsCheckpoint } from "./redis-streams-group.js";
 export type { RedisStreamsSourceSettings } from "./redis-streams-options.js";
 
-/** How long `connect` waits for the server, in ms. */
-const CONNECT_TIMEOUT_MS = 10_000;
-/** How long a command other than the blocking read may wait for its reply, in ms (a server stopped with SIGSTOP never closes the socket). */
-const COMMAND_TIMEOUT_MS = 30_000;
 /** How much longer than its BLOCK the read may wait for its reply, in ms. */
 const READ_TIMEOUT_GRACE_MS = 10_000;
 /** How often the group's backlog is read for the metrics, in ms. */
@@ -139,11 +135,7 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
 
   function open(ioredis: RedisModule, role: "reader" | "commands", errors: { last?: unknown }): Redis {
     const redis = new ioredis.Redis(settings.url, {
-      lazyConnect: true,
-      enableOfflineQueue: false,
-      autoResendUnfulfilledCommands: false,
-      maxRetriesPerRequest: 0,
-      connectTimeout: CONNECT_TIMEOUT_MS,
+      ...CLIENT_OPTIONS,
       commandTimeout: role === "reader" ? settings.blockMs + READ_TIMEOUT_GRACE_MS : COMMAND_TIMEOUT_MS,
       // No reconnect in the background: the engine reconnects (connect), with fresh clients.
       retryStrategy: () => null,

@@ -115,6 +115,10 @@ export const definition = defineComponent({
     const load = () => loadModuleTransform(file, options.export);
     return new FunctionTransform({ tag: "lazy", load }, `module ${options.path}`, file);
   },
+  async check(options, baseDir) {
+    const error = await checkModuleTransform(resolve(baseDir, options.path), options.export);
+    return error === undefined ? [] : [{ level: "error", message: error.withLocation() }];
+  },
 });
 
 /** Where a {@link FunctionTransform} gets its function: at hand, or from a loader run on first use. */

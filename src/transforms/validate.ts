@@ -5,10 +5,10 @@
  */
 import { readFile } from "node:fs/promises";
 import { resolve } from "node:path";
-import { Ajv, type CodeOptions, type ErrorObject, type Format, type Logger as AjvLogger, type Options as AjvOptions, type ValidateFunction } from "ajv";
-import { Ajv2019 } from "ajv/dist/2019.js";
-import { Ajv2020 } from "ajv/dist/2020.js";
-import { RE2JS } from "re2js";
+import type { Ajv, CodeOptions, ErrorObject, Format, Logger as AjvLogger, Options as AjvOptions, ValidateFunction } from "ajv";
+import type { Ajv2019 } from "ajv/dist/2019.js";
+import type { Ajv2020 } from "ajv/dist/2020.js";
+import type { RE2JS } from "re2js";
 import { z } from "zod";
 import { defineComponent, type Transform, type TransformOutput } from "../components/contracts.js";
 import { SluiceError } from "../core/errors.js";
@@ -24,6 +24,27 @@ export type PayloadValidator = (payload: JsonObject) => true | string[];
 /** Beyond this many, a record's message names how many more errors there were instead of each. */
 const MAX_LISTED_ERRORS = 50;
 
+/** The schema compilers (one per draft) and the linear-time regex engine. */
+interface SchemaLibraries {
+  readonly Ajv: typeof Ajv;
+  readonly Ajv2019: typeof Ajv2019;
+  readonly Ajv2020: typeof Ajv2020;
+  readonly RE2JS: typeof RE2JS;
+}
+
+let libraries: Promise<SchemaLibraries> | undefined;
+
+/** ajv and re2js, imported when the first schema compiles: a pipeline without `validate` never loads them. */
+function loadLibraries(): Promise<SchemaLibraries> {
+  libraries ??= Promise.all([import("ajv"), import("ajv/dist/2019.js"), import("ajv/dist/2020.js"), import("re2js")]).then(([ajv, ajv2019, ajv2020, re2js]) => ({
+    Ajv: ajv.Ajv,
+    Ajv2019: ajv2019.Ajv2019,
+    Ajv2020: ajv2020.Ajv2020,
+    RE2JS: re2js.RE2JS,
+  }));
+  return libraries;
+}
+
 /**
  * Reads (when `schema` is a path: absolute, or relative to the working directory) and compiles a
  * JSON Schema the way the `validate` transform does. Drafts: 2020-12 and 2019-09 when `$schema`
@@ -38,7 +59,8 @@ const MAX_LISTED_ERRORS = 50;
  */
 export async function loadSchemaValidator(schema: string | JsonSchema, logger?: Logger): Promise<PayloadValidator> {
   const location = typeof schema === "string" ? schema : "schema_inline";
-  const validate = compile(typeof schema === "string" ? await readSchema(schema) : schema, location, logger);
+  const parsed = typeof schema === "string" ? await readSchema(schema) : schema;
+  const validate = compile(parsed, location, logger, await loadLibraries());
   return (payload) => (validate(payload) ? true : listErrors(validate.errors ?? []));
 }
 
@@ -83,6 +105,10 @@ export const definition = defineComponent({
     if (problem !== undefined) throw new SluiceError("ERR_CONFIG_INVALID", problem, { location: ctx.name });
     const schema = opts.schema === undefined ? opts.schema_inline! : resolve(ctx.baseDir, opts.schema);
     return new SchemaTransform(() => loadSchemaValidator(schema, ctx.logger), typeof schema === "string" ? schema : "schema_inline");
+  },
+  async check(opts, baseDir) {
+    const error = await checkValidateTransform(opts.schema === undefined ? opts.schema_inline! : resolve(baseDir, opts.schema));
+    return error === undefined ? [] : [{ level: "error", message: error.withLocation() }];
   },
 });
 
@@ -149,7 +175,7 @@ async function readSchema(path: string): Promise<JsonSchema> {
   throw new SluiceError("ERR_CONFIG_INVALID", `JSON Schema file ${path} must hold an object or a boolean`, { location: path });
 }
 
-function compile(schema: JsonSchema, location: string, logger: Logger | undefined): ValidateFunction {
+function compile(schema: JsonSchema, location: string, logger: Logger | undefined, { Ajv, Ajv2019, Ajv2020, RE2JS }: SchemaLibraries): ValidateFunction {
   const draft = typeof schema === "object" ? schema.$schema : undefined;
   const ajvOptions: AjvOptions = {
     allErrors: true,
@@ -157,7 +183,7 @@ function compile(schema: JsonSchema, location: string, logger: Logger | undefine
     // would refuse them.
     strict: false,
     formats: FORMATS,
-    code: { regExp: linearRegExp },
+    code: { regExp: linearRegExp(RE2JS) },
     logger: logger === undefined ? false : ajvLogger(logger, location),
   };
   try {
@@ -189,23 +215,25 @@ function compile(schema: JsonSchema, location: string, logger: Logger | undefine
  * patterns pay nothing. RE2 has no lookaround and no backreferences (the features that need
  * backtracking): a pattern using them is refused when the schema compiles, naming the pattern.
  */
-const linearRegExp: NonNullable<CodeOptions["regExp"]> = Object.assign(
-  (pattern: string): { test(value: string): boolean; toString(): string } => {
-    let re: RE2JS;
-    try {
-      re = RE2JS.compile(RE2JS.translateRegExp(pattern));
-    } catch (err) {
-      throw new SluiceError(
-        "ERR_CONFIG_INVALID",
-        `pattern ${JSON.stringify(pattern)} cannot run on a linear-time regex engine (RE2: no lookahead, lookbehind or backreferences): ${(err as Error).message}`,
-        { cause: err },
-      );
-    }
-    // ajv keys its compiled patterns by `toString()`: it must differ per pattern.
-    return { test: (value: string) => re.test(value), toString: () => `/${pattern}/` };
-  },
-  { code: "linearRegExp" },
-);
+function linearRegExp(engine: typeof RE2JS): NonNullable<CodeOptions["regExp"]> {
+  return Object.assign(
+    (pattern: string): { test(value: string): boolean; toString(): string } => {
+      let re: RE2JS;
+      try {
+        re = engine.compile(engine.translateRegExp(pattern));
+      } catch (err) {
+        throw new SluiceError(
+          "ERR_CONFIG_INVALID",
+          `pattern ${JSON.stringify(pattern)} cannot run on a linear-time regex engine (RE2: no lookahead, lookbehind or backreferences): ${(err as Error).message}`,
+          { cause: err },
+        );
+      }
+      // ajv keys its compiled patterns by `toString()`: it must differ per pattern.
+      return { test: (value: string) => re.test(value), toString: () => `/${pattern}/` };
+    },
+    { code: "linearRegExp" },
+  );
+}
 
 function ajvLogger(logger: Logger, location: string): AjvLogger {
   return {

@@ -17,13 +17,14 @@ const port = parentPort;
 if (port === null) throw new SluiceError("ERR_INTERNAL", "transform-worker.ts runs as a worker thread only");
 const setup = workerData as WorkerSetup;
 
-const steps: ChainStep[] = setup.steps.map((s) => {
+// A port queues what is sent before its first listener: jobs wait while the transforms load.
+const steps: ChainStep[] = await Promise.all(setup.steps.map(async (s) => {
   const definition = TRANSFORMS.find((d) => d.type === s.transform.type);
   if (definition === undefined) throw new SluiceError("ERR_INTERNAL", `no transform type ${s.transform.type} on a worker thread`);
   // Logs and events of transforms on a worker stay there: the main thread counts their outcomes.
   const ctx: ComponentContext = { name: s.transform.type, dataDir: setup.dataDir, baseDir: s.transform.baseDir, clock: systemClock, logger: silentLogger, emit: () => {} };
-  return { stage: s.stage, transform: definition.create(s.transform.options as never, ctx), timeoutMs: s.timeoutMs, maxSplit: s.maxSplit };
-});
+  return { stage: s.stage, transform: await definition.create(s.transform.options as never, ctx), timeoutMs: s.timeoutMs, maxSplit: s.maxSplit };
+}));
 
 const post = (message: WorkerMessage, transfer?: ArrayBuffer[]): void => port.postMessage(message, transfer);
 const runner = new JobRunner(steps, setup.envelopes, systemClock, (job, index, step) => post({ type: "at", job, index, step }));

@@ -10,7 +10,7 @@ import { afterAll, describe } from "vitest";
 import type { JsonObject, JsonValue, SluiceRecord } from "../../src/core/record.js";
 import { definition as blackhole } from "../../src/sinks/blackhole.js";
 import { definition as file } from "../../src/sinks/file.js";
-import { definition as postgres } from "../../src/sinks/postgres/sink.js";
+import { definition as postgres } from "../../src/sinks/postgres/options.js";
 import { definition as sqlite } from "../../src/sinks/sqlite.js";
 import { definition as parquet } from "../../src/sinks/parquet/sink.js";
 import { createStdoutSink } from "../../src/sinks/stdout.js";

@@ -6,7 +6,8 @@ import { join } from "node:path";
 import type { JsonObject } from "../../src/core/record.js";
 import { definition as file } from "../../src/sources/file/source.js";
 import { definition as generator } from "../../src/sources/generator.js";
-import { definition as http } from "../../src/sources/http.js";
+import { HttpSource } from "../../src/sources/http.js";
+import { definition as http } from "../../src/sources/http-options.js";
 import { freePort } from "../helpers/http-pipeline.js";
 import { runSourceContract } from "./source-contract.js";
 
@@ -41,7 +42,8 @@ runSourceContract("http", () => {
     setup: async () => {
       port = await freePort();
     },
-    create: (ctx) => http.create(http.options.parse({ listen: `127.0.0.1:${port}`, ack_timeout: 10_000 }), { ...ctx, bufferBytes: 64 * 1024 * 1024 }),
+    // The class the definition loads: the contract builds its source synchronously.
+    create: (ctx) => new HttpSource(http.options.parse({ listen: `127.0.0.1:${port}`, ack_timeout: 10_000 }), { ...ctx, bufferBytes: 64 * 1024 * 1024 }),
     // Requests of 10 records with their own ids (an HTTP producer's redelivery is its retry of the
     // same body), 4 at a time, each retried until answered 202: what a well-behaved producer does.
     produce: async (total, signal) => {

@@ -24,7 +24,7 @@ import { Metrics } from "../../src/observability/metrics.js";
 import { Endpoints } from "../../src/server/endpoints.js";
 import { definition as deadLetterSqlite } from "../../src/sinks/dead-letter-sqlite.js";
 import { definition as sqlite } from "../../src/sinks/sqlite.js";
-import { definition as http } from "../../src/sources/http.js";
+import { definition as http } from "../../src/sources/http-options.js";
 import { makeTempDir, testContext } from "./source-harness.js";
 
 /** A port nobody listens on right now: bind port 0 on loopback, read it, close. */
@@ -214,7 +214,7 @@ export async function startHttpPipeline(o: HttpPipelineOptions = {}): Promise<Ht
   const service: ServiceProbe = { readiness, metrics: metricsText, mount: (options) => endpoints.mount(options) };
   const limits = { maxRecords: o.buffer?.maxRecords ?? 10_000, maxBytes: o.buffer?.maxBytes ?? 64 * 1024 * 1024 };
   const ctx = (name: string) => ({ ...testContext({ name, dataDir: dir.path, baseDir: dir.path, service, bufferBytes: limits.maxBytes }), emit: metrics.handle });
-  const source = http.create(http.options.parse({ listen: `127.0.0.1:${port}`, ...o.source }), { ...ctx(sourceName), ...(o.clock ? { clock: o.clock } : {}) });
+  const source = await http.create(http.options.parse({ listen: `127.0.0.1:${port}`, ...o.source }), { ...ctx(sourceName), ...(o.clock ? { clock: o.clock } : {}) });
   const inner = sqlite.create(sqlite.options.parse({ path: dbPath }), ctx("db"));
   const throttled = o.msPerRecord === undefined ? inner : new ThrottledSink(inner, o.msPerRecord);
   const gate = o.gated ? new GatedSink(throttled) : undefined;

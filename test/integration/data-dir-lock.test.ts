@@ -82,8 +82,8 @@ describe("the data_dir lock", () => {
   it("gives the lock up after a graceful stop (SIGTERM)", async () => {
     const config = await writeConfig(1_000_000, 100);
     const run = startCli(config, join(dir, "summary.json"), dir);
-    // The dead-letter store is opened once the run started, after the signal handlers are set.
-    await waitUntil("the run to start", () => existsSync(join(dir, "data", "dlq.db")), 20_000);
+    // Logged once the run started, after the signal handlers are set.
+    await waitUntil("the run to start", () => run.output().includes("SIGTERM or SIGINT stops it gracefully"), 20_000);
     expect(lockExists()).toBe(true);
     run.process.kill("SIGTERM");
     expect((await run.exited).code).toBe(0);

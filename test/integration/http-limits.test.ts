@@ -7,7 +7,7 @@
 import { createHmac } from "node:crypto";
 import { connect, type Socket } from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
-import { definition as http } from "../../src/sources/http.js";
+import { definition as http } from "../../src/sources/http-options.js";
 import { rawRequest, send, startHttpPipeline, waitUntil, type HttpPipeline } from "../helpers/http-pipeline.js";
 
 const TOKEN = "token-0123456789abcdef";

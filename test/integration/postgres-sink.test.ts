@@ -25,8 +25,8 @@ import type { JsonObject, SluiceRecord } from "../../src/core/record.js";
 import { validateConfig } from "../../src/config/schema.js";
 import { Metrics } from "../../src/observability/metrics.js";
 import { readDeadLetters } from "../../src/sinks/dead-letter-sqlite.js";
-import type { PostgresSinkSettings } from "../../src/sinks/postgres/options.js";
-import { createPostgresSink, definition } from "../../src/sinks/postgres/sink.js";
+import { definition, type PostgresSinkSettings } from "../../src/sinks/postgres/options.js";
+import { createPostgresSink } from "../../src/sinks/postgres/sink.js";
 import { makeRecords } from "../helpers/records.js";
 import { requireService } from "../helpers/services.js";
 

@@ -2,6 +2,7 @@
  * How `sluice top` draws its instances: a screen (a terminal, redrawn in place) or plain
  * `key=value` lines (anything else: a pipe, a file), from the same states.
  */
+import { formatCount } from "../format.js";
 import { ratePerSecond, rowsOf, type ComponentRow, type Scrape } from "./model.js";
 
 /** Where one instance stands. */
@@ -18,7 +19,7 @@ export interface Instance {
   readonly state: InstanceState;
 }
 
-const count = (n: number) => Math.round(n).toLocaleString("en-US");
+const count = formatCount;
 const perSecond = (n: number | undefined) => (n === undefined ? "-" : n >= 100 ? count(n) : n.toFixed(1));
 const percent = (part: number, whole: number | undefined) => (whole === undefined || whole <= 0 ? "" : ` (${Math.round((part / whole) * 100)}%)`);
 const clock = (ms: number) => new Date(ms).toISOString().slice(11, 19);

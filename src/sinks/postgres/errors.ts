@@ -3,7 +3,7 @@
  * records at fault within it, or fail it whole; and whether the connection can be reused. The
  * one place where `pg`'s errors become {@link SluiceError}s.
  */
-import { DatabaseError } from "pg";
+import { pg } from "./pg.js";
 import { classify, SluiceError, type ErrorCode } from "../../core/errors.js";
 
 /** What a failed statement means for the batch. */
@@ -23,7 +23,7 @@ const RECORD_SQLSTATES = new Set(["21000", "54000"]);
 const PERMANENT_CLASSES = new Set(["0A", "28", "3D", "3F", "42"]);
 
 export function sqlstate(err: unknown): string | undefined {
-  return err instanceof DatabaseError && typeof err.code === "string" ? err.code : undefined;
+  return err instanceof pg.DatabaseError && typeof err.code === "string" ? err.code : undefined;
 }
 
 export function scopeOf(err: unknown): ErrorScope {
@@ -46,7 +46,7 @@ export function scopeOf(err: unknown): ErrorScope {
  * the new primary).
  */
 export function connectionLost(err: unknown): boolean {
-  if (err instanceof DatabaseError) {
+  if (err instanceof pg.DatabaseError) {
     return err.severity === "FATAL" || err.severity === "PANIC" || err.code?.startsWith("08") === true || err.code === "25006" || err.code?.startsWith("57P") === true;
   }
   return !(err instanceof SluiceError) && classify(err).code !== "ERR_INTERNAL";

@@ -1,10 +1,12 @@
 /**
- * The `postgres` sink's options: the config schema (with its cross-field checks) and the settings
- * {@link createPostgresSink} takes, which the definition builds from them.
+ * The `postgres` sink's options (the config schema, with its cross-field checks), the settings
+ * `createPostgresSink` takes, and the definition, which loads the sink (and pg) only when a
+ * pipeline has one.
  */
 import { z } from "zod";
 import type { EventSink } from "../../core/events.js";
 import { checkReservedColumns, columnsOption, type ColumnMapping } from "../../components/columns.js";
+import { defineLazyComponent, type Sink } from "../../components/contracts.js";
 
 /** How records become rows: `insert` (one row per record id) or `upsert_latest` (one row per key, newest wins). */
 export type PostgresWriteMode = "insert" | "upsert_latest";
@@ -101,3 +103,35 @@ export interface PostgresSinkSettings {
   /** Receives `records_late` and `component_error` events. */
   readonly emit: EventSink;
 }
+
+/**
+ * The `postgres` sink: rows `(id text primary key, key, payload jsonb, event_time, ingested_at,
+ * mapped columns)` in `table`, created when missing, written with COPY, one transaction per batch.
+ * `mode: insert` leaves one row per record id however often it is delivered; `mode:
+ * upsert_latest` keeps one row per key, replaced only by a newer record (`version_field`, else the
+ * event time). Records PostgreSQL rejects (bad values, NOT NULL, CHECK, foreign keys) are reported
+ * alone with their SQLSTATE and dead-lettered; the rest of the batch commits. `pool_size`
+ * connections, one write in flight on each; batches that wait meanwhile are joined by the engine
+ * into one write (one COPY, one commit).
+ */
+export const definition = defineLazyComponent<typeof options, Sink>({
+  type: "postgres",
+  summary: "Writes records into a PostgreSQL table with COPY, idempotent by id, or newest-per-key with upsert_latest",
+  options,
+  async create(opts, ctx) {
+    const { createPostgresSink } = await import("./sink.js");
+    return createPostgresSink({
+      url: opts.url,
+      table: opts.table,
+      schema: opts.schema,
+      poolSize: opts.pool_size,
+      createTable: opts.create_table,
+      columns: opts.columns,
+      mode: opts.mode,
+      versionField: opts.version_field,
+      keyColumn: opts.key_column,
+      name: ctx.name,
+      emit: ctx.emit,
+    });
+  },
+});

@@ -5,13 +5,14 @@
  * alone; the rest of the batch commits.
  */
 import { userInfo } from "node:os";
-import { Pool, defaults, escapeIdentifier, type PoolClient, type QueryResult } from "pg";
+import type { Pool, PoolClient, QueryResult } from "pg";
 import { SluiceError } from "../../core/errors.js";
 import type { SluiceRecord } from "../../core/record.js";
-import { defineComponent, type PreferredWrite, type RecordFailure, type Sink, type WriteResult } from "../../components/contracts.js";
+import type { PreferredWrite, RecordFailure, Sink, WriteResult } from "../../components/contracts.js";
 import { rowLayout } from "./encoding.js";
 import { abortedError, classifyPostgresError, connectionLost, scopeOf, sqlstate } from "./errors.js";
-import { options, type PostgresSinkSettings } from "./options.js";
+import type { PostgresSinkSettings } from "./options.js";
+import { pg } from "./pg.js";
 import { copyIn, CopyRows } from "./protocol.js";
 import { SAVEPOINT, statements } from "./statements.js";
 
@@ -35,9 +36,9 @@ const PREFERRED_WRITE: PreferredWrite = { maxRecords: 10_000, maxBytes: 32 * 102
  * and `PGUSER` still come first, and only when pg found none: nothing that connected before changes.
  */
 function defaultUserFromOs(): void {
-  if (defaults.user) return;
+  if (pg.defaults.user) return;
   try {
-    defaults.user = userInfo().username;
+    pg.defaults.user = userInfo().username;
   } catch {
     // A uid without a passwd entry has no name to take: pg's own error then says what is missing.
   }
@@ -90,7 +91,7 @@ interface Lease {
  * temporary staging table).
  */
 export function createPostgresSink(settings: PostgresSinkSettings): Sink {
-  const target = settings.schema === undefined ? escapeIdentifier(settings.table) : `${escapeIdentifier(settings.schema)}.${escapeIdentifier(settings.table)}`;
+  const target = settings.schema === undefined ? pg.escapeIdentifier(settings.table) : `${pg.escapeIdentifier(settings.schema)}.${pg.escapeIdentifier(settings.table)}`;
   const location = `postgres ${target}`;
   const upsert = settings.mode === "upsert_latest";
   const direct = !upsert && (settings.insertPath ?? "copy_direct") === "copy_direct";
@@ -272,7 +273,7 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
     async connect(signal: AbortSignal) {
       if (pool !== undefined) return;
       defaultUserFromOs();
-      const p = new Pool({
+      const p = new pg.Pool({
         connectionString: settings.url,
         max: settings.poolSize,
         keepAlive: true,
@@ -374,34 +375,3 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
     },
   };
 }
-
-/**
- * The `postgres` sink: rows `(id text primary key, key, payload jsonb, event_time, ingested_at,
- * mapped columns)` in `table`, created when missing, written with COPY, one transaction per batch.
- * `mode: insert` leaves one row per record id however often it is delivered; `mode:
- * upsert_latest` keeps one row per key, replaced only by a newer record (`version_field`, else the
- * event time). Records PostgreSQL rejects (bad values, NOT NULL, CHECK, foreign keys) are reported
- * alone with their SQLSTATE and dead-lettered; the rest of the batch commits. `pool_size`
- * connections, one write in flight on each; batches that wait meanwhile are joined by the engine
- * into one write (one COPY, one commit).
- */
-export const definition = defineComponent<typeof options, Sink>({
-  type: "postgres",
-  summary: "Writes records into a PostgreSQL table with COPY, idempotent by id, or newest-per-key with upsert_latest",
-  options,
-  create(opts, ctx) {
-    return createPostgresSink({
-      url: opts.url,
-      table: opts.table,
-      schema: opts.schema,
-      poolSize: opts.pool_size,
-      createTable: opts.create_table,
-      columns: opts.columns,
-      mode: opts.mode,
-      versionField: opts.version_field,
-      keyColumn: opts.key_column,
-      name: ctx.name,
-      emit: ctx.emit,
-    });
-  },
-});

@@ -3,7 +3,7 @@
  * DDL, the per-connection staging table, the COPY statements, and the statement that moves staged
  * rows into the table (insert: `ON CONFLICT (id) DO NOTHING`; upsert_latest: newest per key).
  */
-import { escapeIdentifier } from "pg";
+import { pg } from "./pg.js";
 import type { RowLayout } from "./encoding.js";
 
 /** The per-connection staging table: temporary, so private to the session, never WAL-logged. */
@@ -33,7 +33,7 @@ export interface Statements {
 export function statements(target: string, layout: RowLayout): Statements {
   const { columns, keyIndex, versionIndex } = layout;
   const upsert = keyIndex >= 0;
-  const quoted = columns.map((s) => escapeIdentifier(s.name));
+  const quoted = columns.map((s) => pg.escapeIdentifier(s.name));
   const columnList = quoted.join(", ");
   // Staging columns are positional (`s0`, `s1`, ...), so no user column name can clash with `seq`.
   const stageNames = columns.map((_, i) => `s${i}`);
@@ -47,7 +47,7 @@ export function statements(target: string, layout: RowLayout): Statements {
     `CREATE TABLE IF NOT EXISTS ${target} (id text PRIMARY KEY, key text, payload jsonb, event_time timestamptz, ingested_at timestamptz DEFAULT now()` +
     columns
       .slice(4)
-      .map((s) => `, ${escapeIdentifier(s.name)} ${s.type}`)
+      .map((s) => `, ${pg.escapeIdentifier(s.name)} ${s.type}`)
       .join("") +
     (upsert ? `, UNIQUE (${quoted[keyIndex]})` : "") +
     ")";

@@ -2,9 +2,10 @@
  * The `file` source's checkpoint: where reading resumes, and which generation of the file that
  * position belongs to. Kept in `<data_dir>/checkpoints/<source name>.json`, written atomically.
  */
-import { mkdir, open, readFile, rename } from "node:fs/promises";
+import { mkdir, readFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { z } from "zod";
+import { writeFileAtomic } from "../../core/atomic-write.js";
 import type { Clock } from "../../core/clock.js";
 import { classify, SluiceError } from "../../core/errors.js";
 import type { EventSink, Logger } from "../../core/events.js";
@@ -324,7 +325,7 @@ export class CheckpointStore {
         ...(checkpoint.tail === undefined ? {} : { tail: checkpoint.tail }),
         known: this.known.map((k) => ({ dev: k.dev, ino: k.ino })),
       };
-      await writeFileAtomic(this.file, `${JSON.stringify(stored)}\n`);
+      await writeCheckpointFile(this.file, `${JSON.stringify(stored)}\n`);
       this.written = checkpoint;
     } catch (err) {
       // The run goes on (the previous checkpoint stays, a rerun redelivers more; ids are stable),
@@ -337,28 +338,8 @@ export class CheckpointStore {
   }
 }
 
-/** Writes `text` to `file` so a crash leaves either the old or the new content, never a mix. */
-async function writeFileAtomic(file: string, text: string): Promise<void> {
-  const dir = dirname(file);
-  await mkdir(dir, { recursive: true });
-  const tmp = `${file}.${process.pid}.tmp`;
-  const fh = await open(tmp, "w");
-  try {
-    await fh.writeFile(text, "utf8");
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await rename(tmp, file);
-  // Makes the rename itself durable; not supported on every platform, where rename is the best we get.
-  try {
-    const dh = await open(dir, "r");
-    try {
-      await dh.sync();
-    } finally {
-      await dh.close();
-    }
-  } catch {
-    // best effort, see above
-  }
+/** Writes `text` to `file` so a crash leaves either the old or the new content, never a mix, and the rename is durable too. */
+async function writeCheckpointFile(file: string, text: string): Promise<void> {
+  await mkdir(dirname(file), { recursive: true });
+  await writeFileAtomic(file, text, { tmp: `${file}.${process.pid}.tmp`, sync: "full", syncDir: true });
 }

@@ -285,19 +285,8 @@ class FileSource implements Source {
             const { files } = await listSiblings(path);
             store.pruneKnown([...files.map((f) => f.identity), rotatedToId, ...parts.map((p) => p.generation.identity)]);
             const missed = unknownSiblings(files, [...seen, rotatedToId]);
-            let last: PreviousGeneration = gen;
             const taken = missed.slice(0, Math.max(MAX_OPEN_GENERATIONS - parts.length - 1, 0));
-            for (const sibling of taken) {
-              const sfh = await openSibling(sibling);
-              if (sfh === undefined) {
-                this.ctx.logger.warn({ ...log, file: sibling.file }, "a rotated file went away before it could be read");
-                continue;
-              }
-              const generation = await FileGeneration.open(sfh, last);
-              last = generation;
-              parts.push({ generation, fh: sfh, offset: 0, line: 0, file: sibling.file });
-              seen.push(sibling.identity);
-            }
+            const last = await this.openRotated(taken, gen, parts, log, (sibling) => seen.push(sibling.identity));
             if (taken.length > 0) this.ctx.logger.info({ ...log, files: taken.map((m) => m.file) }, "the path was rotated more than once since the last look; reading the rotated files in between first, oldest first");
             this.warnTooMany(missed.slice(taken.length), seen, store);
             parts.push({ generation: await FileGeneration.open(rotatedTo, last), fh: rotatedTo, offset: 0, line: 0, file: path });
@@ -334,6 +323,26 @@ class FileSource implements Source {
    * Rotated files more than {@link MAX_OPEN_GENERATIONS} allows at once: warned about and counted
    * as accounted for, so that they are not read later, out of order, after newer generations.
    */
+  /**
+   * Opens `siblings` (rotated files, oldest first) as the generations after `last`, each appended to
+   * `parts` (and told to `opened`); one that went away meanwhile is skipped with a warning.
+   * Resolves with the last generation opened, or `last` when none was.
+   */
+  private async openRotated(siblings: readonly Sibling[], last: PreviousGeneration, parts: Part[], log: object, opened?: (sibling: Sibling) => void): Promise<PreviousGeneration> {
+    for (const sibling of siblings) {
+      const sfh = await openSibling(sibling);
+      if (sfh === undefined) {
+        this.ctx.logger.warn({ ...log, file: sibling.file }, "a rotated file went away before it could be read");
+        continue;
+      }
+      const generation = await FileGeneration.open(sfh, last);
+      last = generation;
+      parts.push({ generation, fh: sfh, offset: 0, line: 0, file: sibling.file });
+      opened?.(sibling);
+    }
+    return last;
+  }
+
   private warnTooMany(files: readonly Sibling[], seen: FileIdentity[], store: CheckpointStore): void {
     if (files.length === 0) return;
     this.ctx.logger.warn(
@@ -583,16 +592,7 @@ class FileSource implements Source {
     const unseen = atPath === undefined ? unknownSiblings(siblings, [...named, ...(saved.known ?? siblings.map((s) => s.identity))]) : [];
     if (saved.known === undefined) this.cannotPlace(unknownSiblings(siblings, named));
     const taken = unseen.slice(0, Math.max(MAX_OPEN_GENERATIONS - parts.length - 1, 0));
-    for (const sibling of taken) {
-      const sfh = await openSibling(sibling);
-      if (sfh === undefined) {
-        this.ctx.logger.warn({ ...log, file: sibling.file }, "a rotated file went away before it could be read");
-        continue;
-      }
-      const generation = await FileGeneration.open(sfh, last);
-      last = generation;
-      parts.push({ generation, fh: sfh, offset: 0, line: 0, file: sibling.file });
-    }
+    last = await this.openRotated(taken, last, parts, log);
     if (unseen.length > taken.length) {
       this.ctx.logger.warn(
         { ...log, files: unseen.slice(taken.length).map((u) => u.file), max_open_generations: MAX_OPEN_GENERATIONS },
@@ -658,4 +658,9 @@ export const definition = defineComponent({
   summary: "Reads NDJSON from a file (optionally tailing it across rotations), a named pipe or stdin, resuming from a checkpointed offset",
   options,
   create: (opts, ctx): Source => createFileSource(opts, ctx, { stdin: () => process.stdin }),
+  async check(opts, baseDir) {
+    if (opts.path === "-") return [];
+    const finding = await checkFileSourcePath(resolve(baseDir, opts.path), opts.follow);
+    return finding === undefined ? [] : [{ ...finding, key: "path" }];
+  },
 });

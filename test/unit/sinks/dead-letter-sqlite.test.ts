@@ -1,4 +1,4 @@
-import { renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -100,10 +100,15 @@ describe("sqlite dead-letter store", () => {
     expect(readDeadLetters(path)).toEqual(rows);
   });
 
-  it("creates the documented table in a WAL database", async () => {
+  it("creates the documented table in a WAL database at its first write, not at open", async () => {
     const path = join(dir, "dlq.db");
     const store = createSqliteDeadLetterStore(path);
     await store.open();
+    // Nothing to keep yet: no file, and better-sqlite3 need not be loaded (a run that dead-letters nothing).
+    expect(existsSync(path)).toBe(false);
+    await store.write([]);
+    expect(existsSync(path)).toBe(false);
+    await store.write([letters()[0]!]);
     await store.close();
     const db = new Database(path, { readonly: true });
     try {

@@ -10,7 +10,7 @@ import { userInfo } from "node:os";
 import { resolve } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 
-const SINK = resolve(import.meta.dirname, "../../../src/sinks/postgres/sink.ts");
+const SINK = resolve(import.meta.dirname, "../../../src/sinks/postgres/options.ts");
 
 /** The parameters of the first startup packet a client sends to a server on a free port. */
 async function startupParameters(connect: (port: number) => () => void): Promise<Record<string, string>> {
@@ -46,7 +46,7 @@ afterEach(() => {
 function connectInChild(url: string, env: NodeJS.ProcessEnv): () => void {
   const script = `
     const { definition } = await import(${JSON.stringify(SINK)});
-    const sink = definition.create(definition.options.parse({ url: ${JSON.stringify(url)}, table: "t" }), { name: "db", emit: () => {} });
+    const sink = await definition.create(definition.options.parse({ url: ${JSON.stringify(url)}, table: "t" }), { name: "db", emit: () => {} });
     await sink.connect(new AbortController().signal).catch(() => {});
     process.exit(0);
   `;

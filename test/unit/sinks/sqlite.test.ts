@@ -3,7 +3,8 @@ import Database from "better-sqlite3";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { Sink } from "../../../src/components/contracts.js";
 import { SluiceError } from "../../../src/core/errors.js";
-import { classifySqliteError, createSqliteSink, definition, quoteIdentifier, type SqliteSinkSettings } from "../../../src/sinks/sqlite.js";
+import { classifySqliteError, loadSqlite } from "../../../src/components/sqlite.js";
+import { createSqliteSink, definition, quoteIdentifier, type SqliteSinkSettings } from "../../../src/sinks/sqlite.js";
 import { sinkContext, tempDir } from "../../contract/sink-contract.js";
 import { FakeClock } from "../../helpers/fake-clock.js";
 import { makeRecords } from "../../helpers/records.js";
@@ -193,7 +194,8 @@ describe("sqlite sink: errors", () => {
     ["SQLITE_TOOBIG", "ERR_SINK_REJECTED", false],
     ["SQLITE_CORRUPT", "ERR_SINK_WRITE", true],
   ] as const)("classifies %s as %s (retryable %s)", (sqliteCode, code, retryable) => {
-    const cause = new Database.SqliteError("boom", sqliteCode);
+    // The module the sink loads: an error is SQLite's only when it is of that module's class.
+    const cause = new (loadSqlite().SqliteError)("boom", sqliteCode);
     const err = classifySqliteError(cause);
     expect(err).toMatchObject({ code, retryable });
     expect(err.cause).toBe(cause);
