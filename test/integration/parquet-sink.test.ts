@@ -139,6 +139,14 @@ describe("parquet sink: columns", () => {
     ]);
   });
 
+  it("dead-letters only a record whose event time is past a timestamp's range; the rest of its batch is stored", async () => {
+    const sink = await connect({});
+    const result = await sink.write([record(0, { value: 1 }), record(1, { value: 2 }, 1e19), record(2, { value: 3 }, -1e19)], signal);
+    expect(failed(result)).toEqual([1, 2]);
+    expect(result?.failures?.map((f) => f.error.code)).toEqual(["ERR_SINK_REJECTED", "ERR_SINK_REJECTED"]);
+    expect(await duckQuery(`SELECT id FROM ${lake(join(dir, "lake"))}`)).toEqual([{ id: "r-0" }]);
+  });
+
   it("writes no payload column with payload: none, and only the envelope without columns and inference", async () => {
     const sink = await connect({ payload: "none", infer_columns: false });
     await sink.write([record(0, { value: 1 })], signal);

@@ -4,7 +4,7 @@
  * row of them, and how rows become a file (hyparquet-writer, loaded on first use).
  */
 import type { SchemaElement } from "hyparquet-writer";
-import { compileColumns, type Column, type ColumnMapping, type ColumnType } from "../../components/columns.js";
+import { ColumnValueError, compileColumns, type Column, type ColumnMapping, type ColumnType } from "../../components/columns.js";
 import type { JsonValue, SluiceRecord } from "../../core/record.js";
 
 type Element = Omit<SchemaElement, "name" | "repetition_type">;
@@ -90,6 +90,19 @@ function sizeOf(v: unknown): number {
   return typeof v === "string" ? v.length : 8;
 }
 
+/** Largest time a `Date` holds, ms from the epoch either way (as `timestamptz` columns accept). */
+const MAX_TIME_MS = 8.64e15;
+
+/**
+ * The `event_time` cell: a time from a payload field can be any number, and one past the INT64
+ * column's range would fail the whole file (the writer throws); past a Date's range only its own
+ * record is refused (a `date` partition refuses it the same way).
+ */
+function eventTimeValue(ms: number): bigint {
+  if (!(Math.abs(ms) <= MAX_TIME_MS)) throw new ColumnValueError(`event time ${ms} is outside a timestamp's range`);
+  return BigInt(Math.round(ms));
+}
+
 /** The layout of files with the envelope columns, `columns` (typed), and the payload as JSON text when `payload` is `json`. */
 export function buildLayout(columns: Readonly<Record<string, ColumnMapping>>, payload: "json" | "none"): Layout {
   const fileColumns: FileColumn[] = [
@@ -97,7 +110,7 @@ export function buildLayout(columns: Readonly<Record<string, ColumnMapping>>, pa
     { element: { name: "key", type: "BYTE_ARRAY", converted_type: "UTF8", repetition_type: "OPTIONAL" }, value: (r) => r.key ?? null },
     {
       element: { name: "event_time", ...TIMESTAMP, repetition_type: "OPTIONAL" },
-      value: (r) => (r.eventTime === undefined ? null : BigInt(Math.round(r.eventTime))),
+      value: (r) => (r.eventTime === undefined ? null : eventTimeValue(r.eventTime)),
     },
     { element: { name: "ingested_at", ...TIMESTAMP, repetition_type: "REQUIRED" }, value: (_r, ingestedAt) => ingestedAt },
   ];
