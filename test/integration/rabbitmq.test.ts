@@ -82,11 +82,11 @@ interface Run {
 }
 
 /** Starts a pipeline: the `rabbitmq` source (named `rmq`) -> `sink`. */
-function runSource(source: Record<string, unknown>, sink: Sink, maxRecords = 10_000): Run {
+function runSource(source: Record<string, unknown>, sink: Sink, maxRecords = 10_000, maxBytes = 64 * 1024 * 1024): Run {
   const events: InternalEvent[] = [];
   const deadLetters = new MemoryDeadLetterStore();
   const emit = (e: InternalEvent) => events.push(e);
-  const created = sourceDefinition.create(sourceDefinition.options.parse(source), { name: "rmq", dataDir: "", baseDir: "", clock: systemClock, logger: silentLogger, emit, bufferRecords: maxRecords });
+  const created = sourceDefinition.create(sourceDefinition.options.parse(source), { name: "rmq", dataDir: "", baseDir: "", clock: systemClock, logger: silentLogger, emit, bufferRecords: maxRecords, bufferBytes: maxBytes });
   const pipeline = new Pipeline({
     sources: [{ name: "rmq", source: created, connectBackoff: { initialMs: 20, maxMs: 200, multiplier: 2 } }],
     transforms: [],
@@ -100,7 +100,7 @@ function runSource(source: Record<string, unknown>, sink: Sink, maxRecords = 10_
       },
     ],
     deadLetter: deadLetters,
-    buffer: new MemoryBuffer({ maxRecords, maxBytes: 64 * 1024 * 1024 }),
+    buffer: new MemoryBuffer({ maxRecords, maxBytes }),
     whenFull: "block",
     chunkSize: 50,
     shutdownTimeoutMs: 5_000,
@@ -234,6 +234,24 @@ describe.skipIf(!available)("rabbitmq source and sink on the machine's RabbitMQ"
     expect(await readyCount(conn, queue)).toBe(280);
     sink.release();
     await until(() => sink.committed.size === 300, "300 records committed");
+    await stop(run);
+    expect(await readyCount(conn, queue)).toBe(0);
+  });
+
+  it("takes no more delivered messages than the buffer's bytes hold when the prefetch (in records) is larger, and goes on as the sink commits", async () => {
+    const queue = newQueue();
+    await declareQueue(conn, queue, "classic");
+    const pad = "x".repeat(256 * 1024);
+    await publishAll(conn, { queue }, Array.from({ length: 200 }, (_, n) => ({ id: `m-${n}`, pad })));
+    const sink = new GatedSink(true);
+    // 10,000 records of prefetch, 1 MiB of buffer: 4 of these 256 KiB messages fit it.
+    const run = runSource({ url: RABBITMQ_URL, queue }, sink, 10_000, 1024 * 1024);
+    await until(() => sink.attempted.length > 0, "a write started");
+    await new Promise((r) => setTimeout(r, 500));
+    // Before: all 200 (50 MiB) were delivered into the source's memory, 50 times the buffer's bound.
+    expect(200 - (await readyCount(conn, queue))).toBeLessThanOrEqual(16);
+    sink.release();
+    await until(() => sink.committed.size === 200, "200 records committed", 30_000);
     await stop(run);
     expect(await readyCount(conn, queue)).toBe(0);
   });

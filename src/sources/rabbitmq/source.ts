@@ -24,6 +24,8 @@ import { messageEntry, type RabbitChunk } from "./messages.js";
 
 /** `buffer.max_records` when the context does not say (a source built outside a pipeline). */
 const DEFAULT_BUFFER_RECORDS = 10_000;
+/** `buffer.max_bytes` when the context does not say. */
+const DEFAULT_BUFFER_BYTES = 64 * 1024 * 1024;
 /** AMQP's largest prefetch count (an unsigned short). */
 const MAX_PREFETCH = 65_535;
 /** How long `close` waits for the connection to close, ms. */
@@ -87,6 +89,8 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
   const location = `rabbitmq ${safeUrl(settings.url)} queue ${queue}`;
   const prefetch = Math.min(settings.prefetch ?? MAX_PREFETCH, ctx.bufferRecords ?? DEFAULT_BUFFER_RECORDS, MAX_PREFETCH);
   const sizes = new RecordSizeEstimate();
+  /** Most bytes of delivered messages held before the buffer takes them: past it the consumer is cancelled until they are taken. */
+  const byteLimit = ctx.bufferBytes ?? DEFAULT_BUFFER_BYTES;
   let conn: ChannelModel | undefined;
   let channel: Channel | undefined;
   /** Why the connection, channel or consumer is gone; undefined while consuming. */
@@ -95,6 +99,19 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
   let consuming: Channel | undefined;
   /** Messages of the current channel not yet handed to the buffer (at most the prefetch). */
   let waiting: ConsumeMessage[] = [];
+  /** Body bytes of `waiting`. */
+  let waitingBytes = 0;
+  /** The tag of the consumer on `consuming`; undefined while paused (cancelled to start again at another prefetch, or for `waiting` being over {@link byteLimit}). */
+  let consumerTag: string | undefined;
+  /** The cancel of a paused consumer, awaited before the next consume. */
+  let pausing: Promise<void> | undefined;
+  /** The prefetch the current consumer was started for (less the messages it found unacked). */
+  let consumerTarget = 1;
+  /**
+   * Messages delivered on the current channel and not yet acked: a cancelled consumer's stay
+   * unacked, and a prefetch counts only its own consumer's, so a new consumer gets the rest.
+   */
+  let unacked = 0;
   /** Wakes `run` when messages arrive or the connection drops. */
   let wake: (() => void) | undefined;
   let wakeScheduled = false;
@@ -132,6 +149,64 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
     clearTimeout(timer);
   }
 
+  /**
+   * The prefetch of a consumer started now: the configured one, lowered to what the buffer's bytes
+   * hold at the running average size; 1 until a message was seen. The prefetch counts messages,
+   * not bytes (RabbitMQ does not implement a size prefetch), and the broker sends a consumer its
+   * whole prefetch at once (a cancel does not stop what it sent), so large messages would pile up
+   * here, past the buffer's byte bound, many times over.
+   */
+  function consumerPrefetch(): number {
+    const mean = sizes.bytes;
+    return mean === undefined ? 1 : Math.max(1, Math.min(prefetch, Math.floor(byteLimit / Math.max(1, mean))));
+  }
+
+  /** Cancels the consumer on `ch` (its delivered messages stay valid to ack there); `run` starts a new one once `waiting` is empty and fewer than the prefetch are unacked. */
+  function pause(ch: Channel): void {
+    const tag = consumerTag;
+    if (tag === undefined) return;
+    consumerTag = undefined;
+    pausing = ch.cancel(tag).then(
+      () => undefined,
+      () => {
+        down ??= "cancelling the consumer failed";
+        poke();
+      },
+    );
+  }
+
+  /** Starts a consumer with manual acks on `ch`, with {@link consumerPrefetch} (`basic.qos` applies to consumers started after it). */
+  async function consume(ch: Channel): Promise<void> {
+    try {
+      await pausing;
+      pausing = undefined;
+      consumerTarget = consumerPrefetch();
+      await ch.prefetch(Math.max(1, consumerTarget - unacked));
+      const { consumerTag: tag } = await ch.consume(
+        queue,
+        (m) => {
+          if (channel !== ch) return;
+          // null: the broker cancelled the consumer (the queue was deleted).
+          if (m === null) {
+            down ??= `the broker cancelled the consumer of queue ${queue} (deleted?)`;
+          } else {
+            waiting.push(m);
+            waitingBytes += m.content.length;
+            unacked++;
+            // Messages grew larger than the prefetch was set for: take no more until these are in the buffer.
+            if (waitingBytes > byteLimit) pause(ch);
+          }
+          poke();
+        },
+        { noAck: false },
+      );
+      if (channel === ch) consumerTag = tag;
+    } catch (err) {
+      down ??= "consume failed";
+      throw classifyAmqpError(err, "ERR_SOURCE_CONNECT", location);
+    }
+  }
+
   return {
     acks: "individual",
     whenFull: "wait",
@@ -142,6 +217,10 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
       conn = undefined;
       channel = undefined;
       waiting = [];
+      waitingBytes = 0;
+      unacked = 0;
+      consumerTag = undefined;
+      pausing = undefined;
       down = "connecting";
       await end(previous, previousChannel);
       const c = await openAmqpConnection(settings.url, settings.heartbeatMs, signal, location, "ERR_SOURCE_CONNECT");
@@ -149,7 +228,6 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
         await ensureQueue(c, settings.queue, location, "ERR_SOURCE_CONNECT");
         if (settings.exchange !== undefined) await bindQueue(c, queue, settings.exchange, settings.routingKey, location, "ERR_SOURCE_CONNECT");
         const ch = await quietChannel(() => c.createChannel());
-        await ch.prefetch(prefetch);
         const gone = (why: string) => {
           if (channel === ch) {
             down ??= why;
@@ -175,23 +253,7 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
       // consumer would take messages and put them back, each a delivery counted by a quorum queue.
       if (consuming !== ch) {
         consuming = ch;
-        try {
-          await ch.consume(
-            queue,
-            (m) => {
-              if (channel !== ch) return;
-              // null: the broker cancelled the consumer (the queue was deleted).
-              if (m === null) {
-                down ??= `the broker cancelled the consumer of queue ${queue} (deleted?)`;
-              } else waiting.push(m);
-              poke();
-            },
-            { noAck: false },
-          );
-        } catch (err) {
-          down ??= "consume failed";
-          throw classifyAmqpError(err, "ERR_SOURCE_CONNECT", location);
-        }
+        await consume(ch);
       }
       const onAbort = () => {
         const w = wake;
@@ -203,6 +265,12 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
         while (!signal.aborted) {
           if (down !== undefined || channel !== ch) throw lost();
           if (waiting.length === 0) {
+            // Paused and all taken: consume again once fewer than the prefetch are unacked (acks wake
+            // this loop); messages may arrive meanwhile, so look again before waiting.
+            if (consumerTag === undefined && unacked < consumerPrefetch()) {
+              await consume(ch);
+              continue;
+            }
             await new Promise<void>((resolve) => (wake = resolve));
             continue;
           }
@@ -211,8 +279,11 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
           if (down !== undefined || channel !== ch) throw lost();
           const taken = waiting.slice(0, n);
           waiting = waiting.slice(taken.length);
+          for (const m of taken) waitingBytes -= m.content.length;
           const entries = taken.map((m) => messageEntry(handle, m, queue, settings.maxDeliveries));
           sizes.observe(entries);
+          // Started before the size was known (or at another one): start again at the right prefetch.
+          if (consumerPrefetch() > 2 * consumerTarget) pause(ch);
           const chunk: RabbitChunk = { channel: ch, messages: taken, entries };
           // Never acked when the pipeline stops: the broker requeues them when the channel closes.
           if ((await handle.enqueue(entries, chunk)) === "stopping") return;
@@ -234,6 +305,8 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
           if (chunk.entries[i]!.deadLettered) chunk.channel.nack(m, false, false);
           else chunk.channel.ack(m);
         });
+        unacked -= chunk.messages.length;
+        if (consumerTag === undefined) poke();
       } catch (err) {
         // The channel closed under the acks: the broker redelivers what it did not get.
         throw classifyAmqpError(err, "ERR_SOURCE_CONNECT", location);
@@ -246,6 +319,7 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
       conn = undefined;
       channel = undefined;
       waiting = [];
+      waitingBytes = 0;
       down = "closed";
       // The acks already written go first (see `end`); what was not acked is requeued by the broker.
       await end(c, ch);
