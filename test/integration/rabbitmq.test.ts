@@ -334,6 +334,25 @@ describe.skipIf(!available)("rabbitmq source and sink on the machine's RabbitMQ"
     expect(refused?.message).toMatch(/exchange .* does not exist/);
   });
 
+  it("sink: its queue deleted mid-run fails the write retryably (not dead-lettered as unroutable), and the next write declares it again", async () => {
+    const queue = newQueue();
+    const sink = sinkDefinition.create(sinkDefinition.options.parse({ url: RABBITMQ_URL, queue }), {} as never);
+    await sink.connect(signal);
+    expect(await sink.write(makeRecords(3), signal)).toEqual({});
+    const ch = await conn.createChannel();
+    await ch.deleteQueue(queue);
+    await ch.close();
+    const err = await sink.write(makeRecords(3, { start: 3 }), signal).then(
+      (result) => result,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(SluiceError);
+    expect([(err as SluiceError).code, (err as SluiceError).retryable]).toEqual(["ERR_SINK_WRITE", true]);
+    expect(await sink.write(makeRecords(3, { start: 3 }), signal)).toEqual({});
+    await sink.close();
+    expect((await peekQueue(conn, queue)).map((m) => m.messageId).sort()).toEqual(makeRecords(3, { start: 3 }).map((r) => r.id).sort());
+  });
+
   it("sink: a write after the connection dropped opens a new one", async () => {
     const proxy = await relay();
     try {
