@@ -46,7 +46,7 @@ const options = z
     confirm_timeout: duration()
       .default(30_000)
       .refine((ms) => ms >= 1, "must be at least 1 ms")
-      .describe("How long a write waits for the broker's confirms before the batch is retried; default 30s"),
+      .describe("How long a write may take to send its messages and get the broker's confirms before the batch is retried; default 30s"),
   })
   .superRefine((o, ctx) => {
     if (o.queue === undefined && (o.exchange === undefined || o.exchange === "")) {
@@ -182,6 +182,10 @@ export function createRabbitmqSink(settings: RabbitmqSinkSettings): Sink {
       const failures: RecordFailure[] = [];
       const confirms: Promise<number>[] = [];
       let retry: SluiceError | undefined;
+      // The deadline covers waiting for `drain` too: a broker that stops reading (a blocked
+      // connection, a hung node) never drains the socket, and the write would wait for ever.
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<"timeout">((resolve) => (timer = setTimeout(() => resolve("timeout"), settings.confirmTimeoutMs)));
       for (let index = 0; index < records.length; index++) {
         const record = records[index]!;
         let body: Buffer;
@@ -236,15 +240,13 @@ export function createRabbitmqSink(settings: RabbitmqSinkSettings): Sink {
             },
           ),
         );
-        if (!more) await drained(ch);
+        if (!more && (await Promise.race([drained(ch), timedOut])) === "timeout") break;
       }
 
-      let timer: NodeJS.Timeout | undefined;
-      const timedOut = new Promise<"timeout">((resolve) => (timer = setTimeout(() => resolve("timeout"), settings.confirmTimeoutMs)));
       const outcome = await Promise.race([Promise.all(confirms), timedOut]);
       clearTimeout(timer);
       if (outcome === "timeout") {
-        throw new SluiceError("ERR_SINK_WRITE", `rabbitmq: no confirm for ${records.length} messages within confirm_timeout (${settings.confirmTimeoutMs} ms)`, {
+        throw new SluiceError("ERR_SINK_WRITE", `rabbitmq: no confirm for ${records.length} messages within confirm_timeout (${settings.confirmTimeoutMs} ms), or no room to send them`, {
           retryable: true,
           location,
         });

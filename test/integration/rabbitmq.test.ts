@@ -34,11 +34,13 @@ const available = await hasRabbitmq();
 const signal = new AbortController().signal;
 
 /** A TCP relay to RabbitMQ whose connections the test can cut, as a network failure would. */
-async function relay(): Promise<{ url: string; cut: () => void; close: () => Promise<void> }> {
+async function relay(): Promise<{ url: string; cut: () => void; stall: () => void; close: () => Promise<void> }> {
   const target = new URL(RABBITMQ_URL);
   const sockets = new Set<Socket>();
+  const pipes: [Socket, Socket][] = [];
   const server: Server = createServer((client) => {
     const upstream = createConnection({ host: target.hostname, port: Number(target.port || 5672) });
+    pipes.push([client, upstream]);
     for (const s of [client, upstream]) {
       sockets.add(s);
       s.on("error", () => undefined);
@@ -56,6 +58,13 @@ async function relay(): Promise<{ url: string; cut: () => void; close: () => Pro
     url: url.toString(),
     cut: () => {
       for (const s of sockets) s.destroy();
+    },
+    // The broker stops reading (a blocked connection, a hung broker): what the client sends piles up in the socket buffers.
+    stall: () => {
+      for (const [client, upstream] of pipes) {
+        client.unpipe(upstream);
+        client.pause();
+      }
     },
     close: () => new Promise<void>((done) => server.close(() => done())),
   };
@@ -351,6 +360,35 @@ describe.skipIf(!available)("rabbitmq source and sink on the machine's RabbitMQ"
     expect(await sink.write(makeRecords(3, { start: 3 }), signal)).toEqual({});
     await sink.close();
     expect((await peekQueue(conn, queue)).map((m) => m.messageId).sort()).toEqual(makeRecords(3, { start: 3 }).map((r) => r.id).sort());
+  });
+
+  it("sink: a write into a broker that stopped reading fails within confirm_timeout instead of waiting for drain for ever", async () => {
+    const proxy = await relay();
+    try {
+      const queue = newQueue();
+      const sink = sinkDefinition.create(sinkDefinition.options.parse({ url: proxy.url, queue, confirm_timeout: "500ms" }), {} as never);
+      await sink.connect(signal);
+      proxy.stall();
+      const big = "x".repeat(16 * 1024);
+      const records = makeRecords(2000).map((r) => ({ ...r, payload: { ...r.payload, big }, text: undefined }));
+      const started = Date.now();
+      const outcome = await Promise.race([
+        sink.write(records, signal).then(
+          () => "written",
+          (e: unknown) => e,
+        ),
+        new Promise((r) => setTimeout(() => r("still waiting"), 5_000)),
+      ]);
+      expect(outcome).toBeInstanceOf(SluiceError);
+      expect([(outcome as SluiceError).code, (outcome as SluiceError).retryable]).toEqual(["ERR_SINK_WRITE", true]);
+      expect(Date.now() - started).toBeLessThan(3_000);
+      proxy.cut();
+      // Its connection is cut: closing it would only wait out the close timeout.
+      void sink.close();
+    } finally {
+      proxy.cut();
+      await proxy.close();
+    }
   });
 
   it("sink: a write after the connection dropped opens a new one", async () => {
