@@ -51,15 +51,21 @@ function kindOf(v: JsonValue): ColumnType {
  * booleans `boolean`, all numbers `double precision` (a JSON number is a double: a later 1.5 still
  * fits), all strings `text`, anything else (objects, arrays, mixed kinds) `jsonb`. Fields that are
  * always null, named like a column the sink fills itself (`excluded`), or not plain identifiers
- * are left out; at most {@link MAX_INFERRED}.
+ * are left out; at most {@link MAX_INFERRED}. Names compare without case, as DuckDB, Spark and
+ * Hive fold it: a field `Payload` would otherwise be read as the `payload` column (the JSON
+ * renamed `payload_1`), and a field `Site` would take the `site` directory's value; such fields,
+ * and a second spelling of one name (`value`, `Value`), stay in the payload only.
  */
 export function inferColumns(records: readonly SluiceRecord[], excluded: ReadonlySet<string>): Record<string, ColumnMapping> {
   const kinds = new Map<string, ColumnType | undefined>();
+  const folded = new Set([...excluded].map((name) => name.toLowerCase()));
   for (const r of records) {
     for (const [name, v] of Object.entries(r.payload)) {
-      if (excluded.has(name) || !COLUMN_NAME.test(name)) continue;
+      if (!COLUMN_NAME.test(name)) continue;
       if (!kinds.has(name)) {
-        if (kinds.size >= MAX_INFERRED) continue;
+        const lower = name.toLowerCase();
+        if (kinds.size >= MAX_INFERRED || folded.has(lower)) continue;
+        folded.add(lower);
         kinds.set(name, undefined);
       }
       if (v === null || v === undefined) continue;
