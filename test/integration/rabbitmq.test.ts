@@ -231,6 +231,23 @@ describe.skipIf(!available)("rabbitmq source and sink on the machine's RabbitMQ"
     expect(await readyCount(conn, queue)).toBe(0);
   });
 
+  it("dead-letters a message that is not valid UTF-8 instead of storing its bytes replaced by U+FFFD", async () => {
+    const queue = newQueue();
+    await declareQueue(conn, queue, "classic");
+    const ch = await conn.createConfirmChannel();
+    ch.sendToQueue(queue, Buffer.concat([Buffer.from('{"id":"latin1","name":"Z'), Buffer.from([0xfc]), Buffer.from('rich"}')]), { persistent: true });
+    ch.sendToQueue(queue, Buffer.from(JSON.stringify({ id: "utf8", name: "Zürich" })), { persistent: true });
+    await ch.waitForConfirms();
+    await ch.close();
+    const sink = new PickySink();
+    const run = runSource({ url: RABBITMQ_URL, queue }, sink);
+    await until(() => sink.committed.size + run.deadLetters.entries.length === 2, "both messages done");
+    await stop(run);
+    expect([...sink.committed.keys()]).toEqual(["utf8"]);
+    expect(sink.committed.get("utf8")!.payload.name).toBe("Zürich");
+    expect(run.deadLetters.entries.map((e) => [e.code, e.message.includes("UTF-8")])).toEqual([["ERR_RECORD_MALFORMED", true]]);
+  });
+
   it("never has more messages unacked than the buffer holds (the prefetch), and goes on as the sink commits", async () => {
     const queue = newQueue();
     await declareQueue(conn, queue, "classic");
