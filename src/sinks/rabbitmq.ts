@@ -46,7 +46,7 @@ const options = z
     confirm_timeout: duration()
       .default(30_000)
       .refine((ms) => ms >= 1, "must be at least 1 ms")
-      .describe("How long a write waits for the broker's confirms before the batch is retried; default 30s"),
+      .describe("How long a write may take to send its messages and get the broker's confirms before the batch is retried; default 30s"),
   })
   .superRefine((o, ctx) => {
     if (o.queue === undefined && (o.exchange === undefined || o.exchange === "")) {
@@ -97,7 +97,9 @@ function drained(ch: ConfirmChannel): Promise<void> {
  * binding), and that the exchange does. A write publishes every record of the batch at once
  * (waiting for `drain` when the socket's buffer is full) and resolves once each publish was
  * confirmed. A message the broker returned as unroutable (`mandatory`: no queue bound for its
- * routing key) is a permanent per-record failure (`ERR_SINK_REJECTED`); a nack (a queue refusing
+ * routing key) is a permanent per-record failure (`ERR_SINK_REJECTED`), unless the sink declared
+ * the queue itself (`queue`): then the queue was deleted under it, and the batch fails retryably,
+ * the next write reconnecting and declaring it again; a nack (a queue refusing
  * it: `x-overflow: reject-publish`, an internal error), a channel closed under the write or no
  * confirm within `confirm_timeout` fails the batch, retryably: the retry publishes it again, so a
  * message may be in the queue twice (the broker has no idempotent publish), and consumers dedupe
@@ -180,6 +182,10 @@ export function createRabbitmqSink(settings: RabbitmqSinkSettings): Sink {
       const failures: RecordFailure[] = [];
       const confirms: Promise<number>[] = [];
       let retry: SluiceError | undefined;
+      // The deadline covers waiting for `drain` too: a broker that stops reading (a blocked
+      // connection, a hung node) never drains the socket, and the write would wait for ever.
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<"timeout">((resolve) => (timer = setTimeout(() => resolve("timeout"), settings.confirmTimeoutMs)));
       for (let index = 0; index < records.length; index++) {
         const record = records[index]!;
         let body: Buffer;
@@ -206,7 +212,16 @@ export function createRabbitmqSink(settings: RabbitmqSinkSettings): Sink {
         confirms.push(
           confirmed.then(
             (i) => {
-              if (takeReturn(props.messageId)) {
+              const wasReturned = takeReturn(props.messageId);
+              if (wasReturned && settings.queue !== undefined) {
+                // The queue the sink declared (and bound) routes every message: returned, it was deleted
+                // under the sink. Not the record's fault: the next write reconnects, declaring it again.
+                if (channel === ch) down ??= `queue ${settings.queue.name} is gone (a message came back unroutable)`;
+                retry ??= new SluiceError("ERR_SINK_WRITE", `rabbitmq: the broker returned record ${record.id} as unroutable: queue ${settings.queue.name} was deleted?`, {
+                  retryable: true,
+                  location,
+                });
+              } else if (wasReturned) {
                 const message = `rabbitmq: the broker returned record ${record.id} as unroutable: no queue is bound to exchange ${exchange === "" ? "(default)" : exchange} for routing key ${routingKey}`;
                 failures.push({ index: i, error: new SluiceError("ERR_SINK_REJECTED", message, { location }) });
               }
@@ -225,15 +240,13 @@ export function createRabbitmqSink(settings: RabbitmqSinkSettings): Sink {
             },
           ),
         );
-        if (!more) await drained(ch);
+        if (!more && (await Promise.race([drained(ch), timedOut])) === "timeout") break;
       }
 
-      let timer: NodeJS.Timeout | undefined;
-      const timedOut = new Promise<"timeout">((resolve) => (timer = setTimeout(() => resolve("timeout"), settings.confirmTimeoutMs)));
       const outcome = await Promise.race([Promise.all(confirms), timedOut]);
       clearTimeout(timer);
       if (outcome === "timeout") {
-        throw new SluiceError("ERR_SINK_WRITE", `rabbitmq: no confirm for ${records.length} messages within confirm_timeout (${settings.confirmTimeoutMs} ms)`, {
+        throw new SluiceError("ERR_SINK_WRITE", `rabbitmq: no confirm for ${records.length} messages within confirm_timeout (${settings.confirmTimeoutMs} ms), or no room to send them`, {
           retryable: true,
           location,
         });

@@ -244,7 +244,7 @@ observability: { listen: "127.0.0.1:\${SLUICE_WORKER_PORT}" }
   it(
     "3 workers, a random one SIGKILLed every few seconds or paused past its lease_ttl, Redis restarted halfway: every record once, and per key the versions reach the table in order",
     async () => {
-      const run = await runFleet({ ordered: true, versions: 800, killEveryMs: 3_000, pauseEveryMs: 10_000, preloadFirst: true, restartRedis: true });
+      const run = await runFleet({ ordered: true, versions: 2000, killEveryMs: 3_000, pauseEveryMs: 4_000, preloadFirst: true, restartRedis: true });
       console.log(
         `ordered fleet: ${run.rows} rows in ${run.seconds.toFixed(1)} s, ${run.kills} kills, ${run.pauses} pauses, ${run.takeovers} leases taken, ${run.lostLeases} found lost by their holder, ${run.late} rows behind a newer version of their key`,
       );

@@ -139,6 +139,25 @@ describe("parquet sink: columns", () => {
     ]);
   });
 
+  it("dead-letters only a record whose event time is past a timestamp's range; the rest of its batch is stored", async () => {
+    const sink = await connect({});
+    const result = await sink.write([record(0, { value: 1 }), record(1, { value: 2 }, 1e19), record(2, { value: 3 }, -1e19)], signal);
+    expect(failed(result)).toEqual([1, 2]);
+    expect(result?.failures?.map((f) => f.error.code)).toEqual(["ERR_SINK_REJECTED", "ERR_SINK_REJECTED"]);
+    expect(await duckQuery(`SELECT id FROM ${lake(join(dir, "lake"))}`)).toEqual([{ id: "r-0" }]);
+  });
+
+  it("infers no column whose name differs only in case from an envelope or partition column (query engines fold case)", async () => {
+    const sink = await connect({ partition_by: [{ field: "site" }] });
+    expect(failed(await sink.write([record(0, { site: "a", value: 1, ID: "x", Payload: 2, Site: "q", Event_Time: 3, Value: 4 })], signal))).toEqual([]);
+    const root = join(dir, "lake");
+    // Before: DuckDB read `Payload` (2) as `payload`, the JSON as `payload_1`, `ID` as `ID_1`, and `Site` took the directory's value.
+    expect(await types(root)).toEqual({ id: "VARCHAR", key: "VARCHAR", event_time: "TIMESTAMP WITH TIME ZONE", ingested_at: "TIMESTAMP WITH TIME ZONE", value: "DOUBLE", payload: "VARCHAR", site: "VARCHAR" });
+    expect(await duckQuery(`SELECT id, site, value, payload->>'$.Site' AS inner_site, payload->>'$.Payload' AS inner_payload FROM ${lake(root)}`)).toEqual([
+      { id: "r-0", site: "a", value: 1, inner_site: "q", inner_payload: "2" },
+    ]);
+  });
+
   it("writes no payload column with payload: none, and only the envelope without columns and inference", async () => {
     const sink = await connect({ payload: "none", infer_columns: false });
     await sink.write([record(0, { value: 1 })], signal);

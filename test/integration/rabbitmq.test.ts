@@ -34,11 +34,13 @@ const available = await hasRabbitmq();
 const signal = new AbortController().signal;
 
 /** A TCP relay to RabbitMQ whose connections the test can cut, as a network failure would. */
-async function relay(): Promise<{ url: string; cut: () => void; close: () => Promise<void> }> {
+async function relay(): Promise<{ url: string; cut: () => void; stall: () => void; close: () => Promise<void> }> {
   const target = new URL(RABBITMQ_URL);
   const sockets = new Set<Socket>();
+  const pipes: [Socket, Socket][] = [];
   const server: Server = createServer((client) => {
     const upstream = createConnection({ host: target.hostname, port: Number(target.port || 5672) });
+    pipes.push([client, upstream]);
     for (const s of [client, upstream]) {
       sockets.add(s);
       s.on("error", () => undefined);
@@ -56,6 +58,13 @@ async function relay(): Promise<{ url: string; cut: () => void; close: () => Pro
     url: url.toString(),
     cut: () => {
       for (const s of sockets) s.destroy();
+    },
+    // The broker stops reading (a blocked connection, a hung broker): what the client sends piles up in the socket buffers.
+    stall: () => {
+      for (const [client, upstream] of pipes) {
+        client.unpipe(upstream);
+        client.pause();
+      }
     },
     close: () => new Promise<void>((done) => server.close(() => done())),
   };
@@ -82,11 +91,11 @@ interface Run {
 }
 
 /** Starts a pipeline: the `rabbitmq` source (named `rmq`) -> `sink`. */
-function runSource(source: Record<string, unknown>, sink: Sink, maxRecords = 10_000): Run {
+function runSource(source: Record<string, unknown>, sink: Sink, maxRecords = 10_000, maxBytes = 64 * 1024 * 1024): Run {
   const events: InternalEvent[] = [];
   const deadLetters = new MemoryDeadLetterStore();
   const emit = (e: InternalEvent) => events.push(e);
-  const created = sourceDefinition.create(sourceDefinition.options.parse(source), { name: "rmq", dataDir: "", baseDir: "", clock: systemClock, logger: silentLogger, emit, bufferRecords: maxRecords });
+  const created = sourceDefinition.create(sourceDefinition.options.parse(source), { name: "rmq", dataDir: "", baseDir: "", clock: systemClock, logger: silentLogger, emit, bufferRecords: maxRecords, bufferBytes: maxBytes });
   const pipeline = new Pipeline({
     sources: [{ name: "rmq", source: created, connectBackoff: { initialMs: 20, maxMs: 200, multiplier: 2 } }],
     transforms: [],
@@ -100,7 +109,7 @@ function runSource(source: Record<string, unknown>, sink: Sink, maxRecords = 10_
       },
     ],
     deadLetter: deadLetters,
-    buffer: new MemoryBuffer({ maxRecords, maxBytes: 64 * 1024 * 1024 }),
+    buffer: new MemoryBuffer({ maxRecords, maxBytes }),
     whenFull: "block",
     chunkSize: 50,
     shutdownTimeoutMs: 5_000,
@@ -222,6 +231,23 @@ describe.skipIf(!available)("rabbitmq source and sink on the machine's RabbitMQ"
     expect(await readyCount(conn, queue)).toBe(0);
   });
 
+  it("dead-letters a message that is not valid UTF-8 instead of storing its bytes replaced by U+FFFD", async () => {
+    const queue = newQueue();
+    await declareQueue(conn, queue, "classic");
+    const ch = await conn.createConfirmChannel();
+    ch.sendToQueue(queue, Buffer.concat([Buffer.from('{"id":"latin1","name":"Z'), Buffer.from([0xfc]), Buffer.from('rich"}')]), { persistent: true });
+    ch.sendToQueue(queue, Buffer.from(JSON.stringify({ id: "utf8", name: "Zürich" })), { persistent: true });
+    await ch.waitForConfirms();
+    await ch.close();
+    const sink = new PickySink();
+    const run = runSource({ url: RABBITMQ_URL, queue }, sink);
+    await until(() => sink.committed.size + run.deadLetters.entries.length === 2, "both messages done");
+    await stop(run);
+    expect([...sink.committed.keys()]).toEqual(["utf8"]);
+    expect(sink.committed.get("utf8")!.payload.name).toBe("Zürich");
+    expect(run.deadLetters.entries.map((e) => [e.code, e.message.includes("UTF-8")])).toEqual([["ERR_RECORD_MALFORMED", true]]);
+  });
+
   it("never has more messages unacked than the buffer holds (the prefetch), and goes on as the sink commits", async () => {
     const queue = newQueue();
     await declareQueue(conn, queue, "classic");
@@ -314,6 +340,54 @@ describe.skipIf(!available)("rabbitmq source and sink on the machine's RabbitMQ"
     );
     expect([refused?.code, refused?.retryable]).toEqual(["ERR_SINK_CONNECT", false]);
     expect(refused?.message).toMatch(/exchange .* does not exist/);
+  });
+
+  it("sink: its queue deleted mid-run fails the write retryably (not dead-lettered as unroutable), and the next write declares it again", async () => {
+    const queue = newQueue();
+    const sink = sinkDefinition.create(sinkDefinition.options.parse({ url: RABBITMQ_URL, queue }), {} as never);
+    await sink.connect(signal);
+    expect(await sink.write(makeRecords(3), signal)).toEqual({});
+    const ch = await conn.createChannel();
+    await ch.deleteQueue(queue);
+    await ch.close();
+    const err = await sink.write(makeRecords(3, { start: 3 }), signal).then(
+      (result) => result,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(SluiceError);
+    expect([(err as SluiceError).code, (err as SluiceError).retryable]).toEqual(["ERR_SINK_WRITE", true]);
+    expect(await sink.write(makeRecords(3, { start: 3 }), signal)).toEqual({});
+    await sink.close();
+    expect((await peekQueue(conn, queue)).map((m) => m.messageId).sort()).toEqual(makeRecords(3, { start: 3 }).map((r) => r.id).sort());
+  });
+
+  it("sink: a write into a broker that stopped reading fails within confirm_timeout instead of waiting for drain for ever", async () => {
+    const proxy = await relay();
+    try {
+      const queue = newQueue();
+      const sink = sinkDefinition.create(sinkDefinition.options.parse({ url: proxy.url, queue, confirm_timeout: "500ms" }), {} as never);
+      await sink.connect(signal);
+      proxy.stall();
+      const big = "x".repeat(16 * 1024);
+      const records = makeRecords(2000).map((r) => ({ ...r, payload: { ...r.payload, big }, text: undefined }));
+      const started = Date.now();
+      const outcome = await Promise.race([
+        sink.write(records, signal).then(
+          () => "written",
+          (e: unknown) => e,
+        ),
+        new Promise((r) => setTimeout(() => r("still waiting"), 5_000)),
+      ]);
+      expect(outcome).toBeInstanceOf(SluiceError);
+      expect([(outcome as SluiceError).code, (outcome as SluiceError).retryable]).toEqual(["ERR_SINK_WRITE", true]);
+      expect(Date.now() - started).toBeLessThan(3_000);
+      proxy.cut();
+      // Its connection is cut: closing it would only wait out the close timeout.
+      void sink.close();
+    } finally {
+      proxy.cut();
+      await proxy.close();
+    }
   });
 
   it("sink: a write after the connection dropped opens a new one", async () => {

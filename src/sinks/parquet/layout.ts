@@ -4,7 +4,7 @@
  * row of them, and how rows become a file (hyparquet-writer, loaded on first use).
  */
 import type { SchemaElement } from "hyparquet-writer";
-import { compileColumns, type Column, type ColumnMapping, type ColumnType } from "../../components/columns.js";
+import { ColumnValueError, compileColumns, type Column, type ColumnMapping, type ColumnType } from "../../components/columns.js";
 import type { JsonValue, SluiceRecord } from "../../core/record.js";
 
 type Element = Omit<SchemaElement, "name" | "repetition_type">;
@@ -51,15 +51,21 @@ function kindOf(v: JsonValue): ColumnType {
  * booleans `boolean`, all numbers `double precision` (a JSON number is a double: a later 1.5 still
  * fits), all strings `text`, anything else (objects, arrays, mixed kinds) `jsonb`. Fields that are
  * always null, named like a column the sink fills itself (`excluded`), or not plain identifiers
- * are left out; at most {@link MAX_INFERRED}.
+ * are left out; at most {@link MAX_INFERRED}. Names compare without case, as DuckDB, Spark and
+ * Hive fold it: a field `Payload` would otherwise be read as the `payload` column (the JSON
+ * renamed `payload_1`), and a field `Site` would take the `site` directory's value; such fields,
+ * and a second spelling of one name (`value`, `Value`), stay in the payload only.
  */
 export function inferColumns(records: readonly SluiceRecord[], excluded: ReadonlySet<string>): Record<string, ColumnMapping> {
   const kinds = new Map<string, ColumnType | undefined>();
+  const folded = new Set([...excluded].map((name) => name.toLowerCase()));
   for (const r of records) {
     for (const [name, v] of Object.entries(r.payload)) {
-      if (excluded.has(name) || !COLUMN_NAME.test(name)) continue;
+      if (!COLUMN_NAME.test(name)) continue;
       if (!kinds.has(name)) {
-        if (kinds.size >= MAX_INFERRED) continue;
+        const lower = name.toLowerCase();
+        if (kinds.size >= MAX_INFERRED || folded.has(lower)) continue;
+        folded.add(lower);
         kinds.set(name, undefined);
       }
       if (v === null || v === undefined) continue;
@@ -90,6 +96,19 @@ function sizeOf(v: unknown): number {
   return typeof v === "string" ? v.length : 8;
 }
 
+/** Largest time a `Date` holds, ms from the epoch either way (as `timestamptz` columns accept). */
+const MAX_TIME_MS = 8.64e15;
+
+/**
+ * The `event_time` cell: a time from a payload field can be any number, and one past the INT64
+ * column's range would fail the whole file (the writer throws); past a Date's range only its own
+ * record is refused (a `date` partition refuses it the same way).
+ */
+function eventTimeValue(ms: number): bigint {
+  if (!(Math.abs(ms) <= MAX_TIME_MS)) throw new ColumnValueError(`event time ${ms} is outside a timestamp's range`);
+  return BigInt(Math.round(ms));
+}
+
 /** The layout of files with the envelope columns, `columns` (typed), and the payload as JSON text when `payload` is `json`. */
 export function buildLayout(columns: Readonly<Record<string, ColumnMapping>>, payload: "json" | "none"): Layout {
   const fileColumns: FileColumn[] = [
@@ -97,7 +116,7 @@ export function buildLayout(columns: Readonly<Record<string, ColumnMapping>>, pa
     { element: { name: "key", type: "BYTE_ARRAY", converted_type: "UTF8", repetition_type: "OPTIONAL" }, value: (r) => r.key ?? null },
     {
       element: { name: "event_time", ...TIMESTAMP, repetition_type: "OPTIONAL" },
-      value: (r) => (r.eventTime === undefined ? null : BigInt(Math.round(r.eventTime))),
+      value: (r) => (r.eventTime === undefined ? null : eventTimeValue(r.eventTime)),
     },
     { element: { name: "ingested_at", ...TIMESTAMP, repetition_type: "REQUIRED" }, value: (_r, ingestedAt) => ingestedAt },
   ];

@@ -2,6 +2,7 @@
  * AMQP messages as the `rabbitmq` source hands them to the engine: the record (or dead letter) of
  * each message, with the envelope its properties and headers carry, and the chunk that acks them.
  */
+import { isUtf8 } from "node:buffer";
 import { createHash } from "node:crypto";
 import type { Channel, Message } from "amqplib";
 import { EVENT_TIME_HEADER, KEY_HEADER } from "../../brokers/rabbitmq.js";
@@ -20,6 +21,9 @@ export interface RabbitChunk {
   readonly messages: Message[];
   readonly entries: Entry[];
 }
+
+/** Bytes of a message that is not UTF-8 shown in its dead letter's message, base64. */
+const RAW_PREFIX_BYTES = 256;
 
 /**
  * The position part of a record id when neither the payload nor `message_id` gives one: 128 bits
@@ -66,7 +70,8 @@ export function deliveries(m: Message): number | undefined {
 /**
  * The entry for one message: a record of the JSON object it holds; a dead letter
  * (`ERR_MAX_DELIVERIES`) when the broker delivered it more than `maxDeliveries` times; a dead letter
- * (`ERR_RECORD_MALFORMED`) when it is not a JSON object. Dead letters keep the body as `raw` and
+ * (`ERR_RECORD_MALFORMED`) when it is not a JSON object, or not UTF-8 (decoding would put U+FFFD
+ * in place of the bad bytes and store a record that is not what was sent). Dead letters keep the body as `raw` and
  * say where the message is: `queue <q>`.
  */
 export function messageEntry(handle: SourceHandle, m: Message, queue: string, maxDeliveries: number): Entry {
@@ -78,6 +83,12 @@ export function messageEntry(handle: SourceHandle, m: Message, queue: string, ma
   if (count !== undefined && count > maxDeliveries) {
     const message = `rabbitmq: message delivered ${count} times, more than max_deliveries ${maxDeliveries}, without being committed`;
     return handle.malformed(text, position, new SluiceError("ERR_MAX_DELIVERIES", message, { location: where }), envelope);
+  }
+  if (!isUtf8(m.content)) {
+    // The raw is text, so it shows the bad bytes as U+FFFD; the message keeps the exact bytes (as the file source does).
+    const kept = m.content.subarray(0, RAW_PREFIX_BYTES);
+    const cut = m.content.length > RAW_PREFIX_BYTES ? `first ${RAW_PREFIX_BYTES} bytes` : "bytes";
+    return handle.malformed(text, position, new SluiceError("ERR_RECORD_MALFORMED", `message is not valid UTF-8 (its ${cut} in base64: ${kept.toString("base64")})`, { location: where }), envelope);
   }
   let value: unknown;
   try {

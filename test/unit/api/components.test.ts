@@ -17,8 +17,8 @@ describe("library factories: derived from the one list of built-ins", () => {
   });
 
   it("keeps the names the library has always had", () => {
-    expect(Object.keys(sources).sort()).toEqual(["custom", "file", "generator", "http", "mqtt", "natsJetStream", "redisStreams"]);
-    expect(Object.keys(sinks).sort()).toEqual(["blackhole", "custom", "file", "natsJetStream", "postgres", "redisStreams", "sqlite", "stdout"]);
+    expect(Object.keys(sources).sort()).toEqual(["custom", "file", "generator", "http", "mqtt", "natsJetStream", "rabbitmq", "redisStreams"]);
+    expect(Object.keys(sinks).sort()).toEqual(["blackhole", "custom", "file", "natsJetStream", "parquet", "postgres", "rabbitmq", "redisStreams", "sqlite", "stdout"]);
   });
 
   it("validates the options at the call, with the definition's schema", () => {
