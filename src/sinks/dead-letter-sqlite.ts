@@ -477,14 +477,16 @@ export function createSqliteDeadLetterStore(path: string, now: () => number = Da
  * Reads every row of a dead-letter database, oldest first. For tests and the CLI's summary.
  * A database of an earlier schema (not yet opened by this version) has no status columns.
  *
- * Gotchas: returns `[]` when the file does not exist (nothing was ever dead-lettered there);
- * reads all rows into memory, so it is not meant for a huge store. Safe to call while a pipeline
+ * Gotchas: returns `[]` when the file does not exist (nothing was ever dead-lettered there) or
+ * has no table yet (a store being created at its first dead letter); reads all rows into memory, so it is not meant for a huge store. Safe to call while a pipeline
  * writes to it (WAL readers do not block the writer).
  */
 export function readDeadLetters(path: string): DeadLetterRow[] {
   if (!existsSync(path)) return [];
   const db = new (loadSqlite())(path, { readonly: true, fileMustExist: true });
   try {
+    const created = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'dead_letters'").get();
+    if (created === undefined) return [];
     return db.prepare("SELECT * FROM dead_letters ORDER BY seq").all() as DeadLetterRow[];
   } finally {
     db.close();

@@ -217,6 +217,12 @@ describe("sqlite dead-letter store", () => {
     expect(readDeadLetters(join(dir, "missing.db"))).toEqual([]);
   });
 
+  it("returns [] for a database file whose table is not created yet (a store being created)", () => {
+    const path = join(dir, "empty.db");
+    new Database(path).close();
+    expect(readDeadLetters(path)).toEqual([]);
+  });
+
   it.each([
     ["the database", "", "deleted"],
     ["its -wal", "-wal", "deleted"],
