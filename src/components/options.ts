@@ -1,6 +1,6 @@
 /**
- * Config value types shared by components: byte sizes (`64MiB`) and durations (`200ms`).
- * Both accept a plain number too (bytes, milliseconds).
+ * Config value types shared by components: byte sizes (`64MiB`) and durations (`200ms`), which
+ * accept a plain number too (bytes, milliseconds), and the file-name prefix of segment sinks.
  */
 import { z } from "zod";
 
@@ -47,4 +47,12 @@ export function duration() {
     }
     return n;
   });
+}
+
+/** The `prefix` of a segment sink's file names (`file`, `parquet`): safe in a file name, never hidden. */
+export function fileNamePrefix(defaultPrefix: string) {
+  return z
+    .string()
+    .regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, "prefix may hold letters, digits, '.', '_' and '-', and must start with a letter or digit")
+    .default(defaultPrefix);
 }

@@ -40,12 +40,7 @@ const PERMANENT = /^SQLITE_(CONSTRAINT|MISMATCH|TOOBIG|RANGE)/;
  * retryability, so it is retried within the engine's limits. A non-SQLite error goes through the
  * one classifier (a TypeError stays a permanent ERR_INTERNAL); a SluiceError passes through.
  */
-export function classifySqliteError(
-  err: unknown,
-  transientCode: ErrorCode = "ERR_SINK_WRITE",
-  permanentCode: ErrorCode = "ERR_SINK_REJECTED",
-  location?: string,
-): SluiceError {
+export function classifySqliteError(err: unknown, transientCode: ErrorCode = "ERR_SINK_WRITE", permanentCode: ErrorCode = "ERR_SINK_REJECTED", location?: string): SluiceError {
   if (err instanceof SluiceError) return err;
   if (isSqliteError(err)) {
     const code = err.code;

@@ -11,16 +11,12 @@ import type { EventSink } from "../core/events.js";
 import type { SluiceRecord } from "../core/record.js";
 import { defineComponent, type Sink, type WriteResult } from "../components/contracts.js";
 import { encodeNdjson } from "../components/ndjson-lines.js";
-import { byteSize, duration } from "../components/options.js";
+import { byteSize, duration, fileNamePrefix } from "../components/options.js";
 import { createSegmentWriter } from "../components/segment-writer.js";
 
 const options = z.strictObject({
   path: z.string().min(1).describe("Directory of the segments; created on connect; relative to the working directory"),
-  prefix: z
-    .string()
-    .regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, "prefix may hold letters, digits, '.', '_' and '-', and must start with a letter or digit")
-    .default("records")
-    .describe("Segment names are <prefix>-<UTC time>-<sequence>.ndjson"),
+  prefix: fileNamePrefix("records").describe("Segment names are <prefix>-<UTC time>-<sequence>.ndjson"),
   rotate_bytes: byteSize()
     .default(64 * 1024 ** 2)
     .describe("Finish a segment once it holds this many bytes (a batch is never split, so one batch may exceed it)"),

@@ -4,7 +4,7 @@
  */
 import { z } from "zod";
 import { checkReservedColumns, columnsOption } from "../../components/columns.js";
-import { byteSize } from "../../components/options.js";
+import { byteSize, fileNamePrefix } from "../../components/options.js";
 
 /** Columns every file of this sink has; neither `columns` nor a partition may use these names. */
 export const ENVELOPE_COLUMNS = ["id", "key", "event_time", "ingested_at", "payload"] as const;
@@ -38,11 +38,7 @@ export function partitionName(spec: PartitionSpec): string {
 export const parquetOptions = z
   .strictObject({
     path: z.string().min(1).describe("Directory of the lake (files and partition directories); created on connect; relative to the working directory"),
-    prefix: z
-      .string()
-      .regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, "prefix may hold letters, digits, '.', '_' and '-', and must start with a letter or digit")
-      .default("part")
-      .describe("File names are <prefix>-<UTC time>-<sequence>.parquet; give each sluice writing the same path its own"),
+    prefix: fileNamePrefix("part").describe("File names are <prefix>-<UTC time>-<sequence>.parquet; give each sluice writing the same path its own"),
     partition_by: z
       .array(z.union([datePartition, fieldPartition]))
       .default([])

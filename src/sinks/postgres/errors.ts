@@ -70,12 +70,7 @@ export function connectionLost(err: unknown): boolean {
  * retryable. A SluiceError passes through; a programmer error (TypeError) becomes a permanent
  * `ERR_INTERNAL`; any other error is retryable.
  */
-export function classifyPostgresError(
-  err: unknown,
-  transientCode: ErrorCode = "ERR_SINK_WRITE",
-  permanentCode: ErrorCode = "ERR_SINK_REJECTED",
-  location?: string,
-): SluiceError {
+export function classifyPostgresError(err: unknown, transientCode: ErrorCode = "ERR_SINK_WRITE", permanentCode: ErrorCode = "ERR_SINK_REJECTED", location?: string): SluiceError {
   if (err instanceof SluiceError) return err;
   const code = sqlstate(err);
   if (code !== undefined) {
