@@ -5,21 +5,24 @@
  * here (never the machine's), with the same messages.
  *
  * Each round: a session for each contender subscribed (QoS 1) to one topic, then
- * BENCH_MQTT_RECORDS (100,000) JSON messages published to it once (QoS 1; Mosquitto queues a copy
- * in each session), then each contender resumes its session and reads them all; the order of the
- * two alternates by round. Timing: whole processes from spawn, start-up and connecting included;
- * the bare client exits once it has every message, sluice runs until its /metrics say every record
- * was delivered (polled every POLL_MS), then gets SIGTERM and must exit 0 with a summary that
- * delivered exactly that many. After each run, the session must hold nothing.
+ * BENCH_MQTT_RECORDS (200,000) JSON messages published to it once (QoS 1, a sliding window of
+ * PUBLISH_WINDOW unacknowledged, progress every PROGRESS_MS, a clear error when the broker stops
+ * acknowledging; Mosquitto queues a copy in each session), then each contender resumes its
+ * session and reads them all; the order of the two alternates by round. Timing: whole processes
+ * from spawn, start-up and connecting included (~0.3 s of sluice's; rounds are long so that it is
+ * a small part); CPU seconds (user + system) of each process too, sluice's read from /proc when it
+ * has delivered everything. The bare client exits once it has every message, sluice runs until its
+ * /metrics say every record was delivered (polled every POLL_MS), then gets SIGTERM and must exit
+ * 0 with a summary that delivered exactly that many. After each run, the session must hold
+ * nothing. Figures are medians of the per-round ratios; the report gives the load average.
  *
  * Two in-flight windows, each contender with the same one (MQTT 5 Receive Maximum, which
  * Mosquitto honours for MQTT 5 clients in place of max_inflight_messages): 20, Mosquitto's
  * max_inflight_messages default (what a client gets that sets none), and 10,000 (sluice's
- * default: buffer.max_records). Mosquitto runs with its defaults except `max_queued_messages 0`:
- * with the default of 1000, a session drops what it gets beyond 1000 queued messages, and a
- * preloaded backlog would not survive.
+ * default: buffer.max_records). Mosquitto runs with its defaults except `max_queued_messages 0`
+ * (see {@link startMosquitto}); it is killed at the end, on a failure, and when this process exits.
  *
- * Env: BENCH_MQTT=0 skips the section; BENCH_MQTT_RECORDS (100,000); BENCH_MQTT_RUNS (3);
+ * Env: BENCH_MQTT=0 skips the section; BENCH_MQTT_RECORDS (200,000); BENCH_MQTT_RUNS (3);
  * BENCH_MQTT_WINDOWS (20,10000). Exit code non-zero only when a run failed.
  *
  * Standalone (this section only): `node --import tsx bench/mqtt.ts`.
@@ -53,7 +56,7 @@ const PRELOAD_STALL_MS = 30_000;
 /** How often progress is printed while preloading and while a contender runs, ms. */
 const PROGRESS_MS = 5_000;
 
-const records = intEnv("BENCH_MQTT_RECORDS", 100_000, 1);
+const records = intEnv("BENCH_MQTT_RECORDS", 200_000, 1);
 const runs = intEnv("BENCH_MQTT_RUNS", 3, 1);
 const windows = (process.env.BENCH_MQTT_WINDOWS ?? "20,10000").split(",").map((w) => Number(w));
 
@@ -282,7 +285,7 @@ async function startMosquitto(dir: string): Promise<{ url: string; stop(): Promi
     await (await connect(url)).endAsync();
   } catch (err) {
     await stop();
-    throw new Error(`the private mosquitto did not start on port ${port}: ${(err as Error).message}`);
+    throw new Error(`the private mosquitto did not start on port ${port}: ${(err as Error).message}`, { cause: err });
   }
   return { url, stop };
 }
