@@ -27,8 +27,8 @@
  *
  * Standalone (this section only): `node --import tsx bench/mqtt.ts`.
  */
-import { spawn, spawnSync } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { createServer } from "node:net";
 import { cpus, loadavg, tmpdir, userInfo } from "node:os";
@@ -73,6 +73,39 @@ function freePort(): Promise<number> {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** The children alive now (the broker, a contender): killed when the bench exits or is ended by a signal. */
+const alive = new Set<ChildProcess>();
+
+/** Tracks `child` in {@link alive} until it exits. */
+function track<C extends ChildProcess>(child: C): C {
+  alive.add(child);
+  child.once("exit", () => alive.delete(child));
+  return child;
+}
+
+/**
+ * Until the returned function is called: when this process exits, or a signal ends it, every
+ * child still alive is killed and `dir` removed (a contender left running would retry a broker that
+ * is gone for ever); a signal then ends the bench as it would have.
+ */
+function cleanUpOnExit(dir: string): () => void {
+  const signals: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+  const killAll = () => {
+    for (const child of alive) child.kill("SIGKILL");
+    rmSync(dir, { recursive: true, force: true });
+  };
+  const onSignal = (signal: NodeJS.Signals) => {
+    killAll();
+    process.kill(process.pid, signal);
+  };
+  process.once("exit", killAll);
+  for (const signal of signals) process.once(signal, onSignal);
+  return () => {
+    process.off("exit", killAll);
+    for (const signal of signals) process.off(signal, onSignal);
+  };
+}
 
 /** Connects, retrying while the broker starts. */
 async function connect(url: string, options: mqtt.IClientOptions = {}): Promise<mqtt.MqttClient> {
@@ -184,7 +217,7 @@ function ticker(what: () => string): () => void {
 /** The bare client: runs it to its exit; rejects on a non-zero exit, a missing done line or the timeout. */
 function runBare(args: string[], label: string): Promise<Run> {
   const started = performance.now();
-  const child = spawn(process.execPath, args, { cwd: REPO_DIR, stdio: ["ignore", "pipe", "pipe"] });
+  const child = track(spawn(process.execPath, args, { cwd: REPO_DIR, stdio: ["ignore", "pipe", "pipe"] }));
   let stdout = "";
   let stderr = "";
   child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
@@ -232,7 +265,7 @@ async function runSluice(cli: string[], dir: string, url: string, clientId: stri
     ].join("\n"),
   );
   const started = performance.now();
-  const child = spawn(process.execPath, [...cli, "run", config, "--summary-json", summary, "--no-progress"], { cwd: REPO_DIR, stdio: ["ignore", "ignore", "pipe"] });
+  const child = track(spawn(process.execPath, [...cli, "run", config, "--summary-json", summary, "--no-progress"], { cwd: REPO_DIR, stdio: ["ignore", "ignore", "pipe"] }));
   let stderr = "";
   child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
   const exited = new Promise<number | null>((done) => child.on("exit", (code) => done(code)));
@@ -264,18 +297,16 @@ async function runSluice(cli: string[], dir: string, url: string, clientId: stri
 /**
  * A private mosquitto on a free port with its defaults except `max_queued_messages 0` (the default
  * of 1,000 drops what a session gets beyond 1,000 queued: a preloaded backlog would not survive).
- * Killed when `stop` is called, when it fails to start, and when this process exits.
+ * Killed when `stop` is called, when it fails to start, and (as every child, see {@link track})
+ * when the bench exits or is ended by a signal.
  */
 async function startMosquitto(dir: string): Promise<{ url: string; stop(): Promise<void> }> {
   const port = await freePort();
   const conf = join(dir, "mosquitto.conf");
   writeFileSync(conf, [`listener ${port} 127.0.0.1`, `user ${userInfo().username}`, "allow_anonymous true", "max_queued_messages 0", ""].join("\n"));
-  const child = spawn("mosquitto", ["-c", conf], { stdio: "ignore" });
-  const killNow = () => child.kill("SIGKILL");
-  process.once("exit", killNow);
+  const child = track(spawn("mosquitto", ["-c", conf], { stdio: "ignore" }));
   const stop = () =>
     new Promise<void>((done) => {
-      process.off("exit", killNow);
       if (child.exitCode !== null || child.signalCode !== null) return done();
       child.once("exit", () => done());
       child.kill("SIGKILL");
@@ -320,6 +351,7 @@ export async function runMqttBench(): Promise<number> {
     return 0;
   }
   const dir = await mkdtemp(join(tmpdir(), "sluice-bench-mqtt-"));
+  const cleanedUp = cleanUpOnExit(dir);
   const failures: string[] = [];
   const loads: number[] = [];
   const out = ["", "## MQTT: QoS 1 ingest into blackhole vs a bare mqtt.js client that acks on receipt", ""];
@@ -373,6 +405,7 @@ export async function runMqttBench(): Promise<number> {
       await broker.stop();
     }
   } finally {
+    cleanedUp();
     await rm(dir, { recursive: true, force: true });
   }
   out.push(
