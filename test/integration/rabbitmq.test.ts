@@ -2,7 +2,7 @@
  * The `rabbitmq` source and sink against the machine's RabbitMQ, beyond the contract suites: ids,
  * keys and event times from what a message carries, a queue bound to an exchange, dead letters
  * rejected into the queue's dead-letter exchange, max_deliveries on a quorum queue, the prefetch as
- * the buffer's bound, a dropped connection (through a local TCP relay the test cuts), publisher
+ * the buffer's bound (in records, and in bytes with large messages), a dropped connection (through a local TCP relay the test cuts), publisher
  * confirms, returns and nacks, permanent errors (exit 1) and `sluice validate`, and a CLI round trip
  * (generator -> rabbitmq sink, rabbitmq source -> sqlite). Each test its own queues and exchanges,
  * deleted at the end.
@@ -260,6 +260,31 @@ describe.skipIf(!available)("rabbitmq source and sink on the machine's RabbitMQ"
     expect(await readyCount(conn, queue)).toBe(280);
     sink.release();
     await until(() => sink.committed.size === 300, "300 records committed");
+    await stop(run);
+    expect(await readyCount(conn, queue)).toBe(0);
+  });
+
+  it("with large messages, never has more unacked than buffer.max_bytes holds (the prefetch by bytes), and goes on as the sink commits", async () => {
+    const queue = newQueue();
+    await declareQueue(conn, queue);
+    const size = 256 * 1024;
+    const total = 120;
+    await publishAll(conn, { queue }, Array.from({ length: total }, (_, n) => ({ id: `big-${n}`, blob: "x".repeat(size) })));
+    const sink = new GatedSink(true);
+    const maxBytes = 2 * 1024 * 1024;
+    // max_records 10,000 and prefetch 5,000: by count alone the broker would deliver all 120 (30 MiB).
+    const run = runSource({ url: RABBITMQ_URL, queue, prefetch: 5_000 }, sink, 10_000, maxBytes);
+    await until(() => sink.attempted.length > 0, "a write started");
+    let most = 0;
+    for (let i = 0; i < 10; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      most = Math.max(most, total - (await readyCount(conn, queue)));
+    }
+    // Everything delivered and not acked is held by sluice, in its buffer or waiting for room in it.
+    expect(most * size).toBeLessThanOrEqual(maxBytes);
+    expect(most).toBeGreaterThan(1);
+    sink.release();
+    await until(() => sink.committed.size === total, `${total} records committed`);
     await stop(run);
     expect(await readyCount(conn, queue)).toBe(0);
   });

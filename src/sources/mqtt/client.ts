@@ -43,17 +43,44 @@ export interface MqttConnectionSettings {
 export interface MqttConnection {
   readonly client: MqttClient;
   readonly sessionPresent: boolean;
-  /** Sends what the chunk earned, on this connection only; false when it is gone (the broker redelivers). */
-  acknowledge(puback: readonly number[], pubrec: readonly number[]): boolean;
+  /** Sends what the chunks earned, oldest first, on this connection only; false when it is gone (the broker redelivers). */
+  acknowledge(chunks: readonly Acknowledgements[]): boolean;
   /** Why the connection is down; undefined while it is up. */
   readonly down: () => string | undefined;
   /** Ends the connection: with a DISCONNECT (`graceful`, after what was sent), or by closing the socket. */
   end(graceful: boolean): Promise<void>;
 }
 
-/** The client's private send, which sluice uses to acknowledge a message after commit (see {@link openMqttConnection}). */
-interface PacketSender {
-  _sendPacket(packet: { cmd: "puback" | "pubrec"; messageId: number }): void;
+/** Packet identifiers to acknowledge: PUBACK for each of `puback` (QoS 1), PUBREC for each of `pubrec` (QoS 2). */
+export interface Acknowledgements {
+  readonly puback: readonly number[];
+  readonly pubrec: readonly number[];
+}
+
+/** First byte of a PUBACK and of a PUBREC (packet types 4 and 5, no flags). */
+const PUBACK = 0x40;
+const PUBREC = 0x50;
+
+/**
+ * The PUBACKs and PUBRECs of `chunks` in one buffer, in order: each 4 bytes (type, remaining
+ * length 2, packet identifier), the MQTT 5 form for reason code 0 (success) without properties.
+ */
+export function acknowledgementBytes(chunks: readonly Acknowledgements[]): Buffer {
+  let n = 0;
+  for (const c of chunks) n += c.puback.length + c.pubrec.length;
+  const out = Buffer.allocUnsafe(n * 4);
+  let at = 0;
+  const put = (type: number, id: number) => {
+    out[at] = type;
+    out[at + 1] = 2;
+    out.writeUInt16BE(id, at + 2);
+    at += 4;
+  };
+  for (const c of chunks) {
+    for (const id of c.puback) put(PUBACK, id);
+    for (const id of c.pubrec) put(PUBREC, id);
+  }
+  return out;
 }
 
 /** mqtt.js, imported on first use only: a pipeline without an MQTT source never pays for loading it. */
@@ -100,7 +127,8 @@ async function tlsOptions(tls: MqttConnectionSettings["tls"], baseDir: string, l
  * callback until commit would hold every later packet too (one message per commit, and PINGRESP
  * stuck behind it). So the hook fails with {@link HELD}: mqtt.js then sends nothing and goes on to
  * the next packet, and the source sends PUBACK or PUBREC itself once the chunk is committed,
- * through the client's `_sendPacket` (private; the contract and fault tests catch a change of it).
+ * written onto the client's stream, the acknowledgements of every chunk an ack covers in one write
+ * (JavaScript runs one write at a time, so it never splits a packet mqtt.js is writing).
  * PUBREC, not PUBCOMP, is what is held for QoS 2: once the broker has a PUBREC it resends only
  * PUBREL, never the message, and mqtt.js keeps QoS 2 state in memory, which a SIGKILL loses. The
  * broker's PUBREL is then answered with PUBCOMP by mqtt.js (it finds no stored message).
@@ -175,11 +203,10 @@ export async function openMqttConnection(
       client,
       sessionPresent: connack.sessionPresent,
       down: () => down,
-      acknowledge(puback, pubrec) {
+      acknowledge(chunks) {
         if (down !== undefined || !client.connected) return false;
-        const sender = client as unknown as PacketSender;
-        for (const messageId of puback) sender._sendPacket({ cmd: "puback", messageId });
-        for (const messageId of pubrec) sender._sendPacket({ cmd: "pubrec", messageId });
+        const bytes = acknowledgementBytes(chunks);
+        if (bytes.length > 0) client.stream.write(bytes);
         return true;
       },
       end: (graceful) =>

@@ -2,7 +2,7 @@
  * MQTT messages as the `mqtt` source hands them to the engine: the record (or dead letter) of each
  * message, its id when the payload has none, and the chunk that acks them.
  */
-import { createHash } from "node:crypto";
+import { hash } from "node:crypto";
 import { SluiceError } from "../../core/errors.js";
 import type { Entry, JsonObject } from "../../core/record.js";
 import type { SourceHandle } from "../../components/contracts.js";
@@ -37,7 +37,8 @@ export interface MqttChunk<C> {
  * different messages with equal bytes on the same topic have the same id too, and a sink keeps one.
  */
 export function messagePosition(topic: string, payload: Buffer): string {
-  return `${topic}:${createHash("sha256").update(payload).digest("base64url").slice(0, 22)}`;
+  // One-shot hash: no Hash object per message (the same digest as createHash).
+  return `${topic}:${hash("sha256", payload, "base64url").slice(0, 22)}`;
 }
 
 /**

@@ -189,7 +189,10 @@ export function createMqttSource(settings: MqttSourceSettings, ctx: ComponentCon
     ack(checkpoint) {
       // A chunk of an earlier connection is not in line: its messages come again on this one.
       const upTo = unanswered.indexOf(checkpoint as MqttChunk<MqttConnection>);
-      for (const chunk of unanswered.splice(0, upTo + 1)) chunk.connection.acknowledge(chunk.puback, chunk.pubrec);
+      if (upTo < 0) return;
+      const done = unanswered.splice(0, upTo + 1);
+      // All of one connection: `connect` empties the line.
+      done[0]!.connection.acknowledge(done);
     },
 
     async close() {

@@ -22,6 +22,7 @@ import { defineComponent, type ComponentContext, type Source, type SourceHandle 
 import { RecordSizeEstimate } from "../../components/record-size.js";
 import { deliveries, messageEntry, type RabbitChunk } from "./messages.js";
 import { RedeliveryPacing } from "./pacing.js";
+import { BytePrefetch } from "./prefetch.js";
 
 /** `buffer.max_records` when the context does not say (a source built outside a pipeline). */
 const DEFAULT_BUFFER_RECORDS = 10_000;
@@ -76,10 +77,12 @@ export interface RabbitmqSourceSettings {
  * Builds a RabbitMQ source (what the `rabbitmq` definition's factory returns).
  *
  * Each engine `connect` opens a new connection and channel (closing the previous ones, which makes
- * the broker requeue what they had not acked) with `basic.qos` = the prefetch, and the following
- * `run` starts a consumer on it with manual acks. The broker then delivers at most that many messages not yet acked,
- * and every record in the buffer is one, so the prefetch (never above `buffer.max_records`) is the
- * backpressure: nothing more arrives until a commit acks something. `run` hands the delivered
+ * the broker requeue what they had not acked), and the following `run` starts a consumer on it
+ * with manual acks and `basic.qos` = the prefetch. The broker then delivers at most that many
+ * messages not yet acked, and every record in the buffer is one, so the prefetch is the
+ * backpressure: nothing more arrives until a commit acks something. It is never above
+ * `buffer.max_records`, nor above what fits `buffer.max_bytes` at the mean message size
+ * ({@link BytePrefetch}; a new consumer when that moves). `run` hands the delivered
  * messages over room first (only what the buffer has room for, by records and by bytes at the
  * running average size) and rejects with a retryable error when the connection, the channel or the
  * consumer is gone; the engine reconnects with its backoff. Acks are `individual`: each chunk acks
@@ -99,6 +102,8 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
   let consumerPrefetch: number | undefined;
   /** Whether messages are taken one at a time or streamed (see {@link RedeliveryPacing}). */
   const pacing = new RedeliveryPacing(settings.maxDeliveries, prefetch);
+  /** The prefetch that fits the buffer's byte bound at the mean message size (see {@link BytePrefetch}). */
+  const byBytes = new BytePrefetch(prefetch, ctx.bufferBytes);
   /** Messages of the current channel not yet handed to the buffer (at most the prefetch). */
   let waiting: Message[] = [];
   /** Wakes `run` when messages arrive or the connection drops. */
@@ -260,7 +265,7 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
         while (!signal.aborted) {
           if (down !== undefined || channel !== ch) throw lost();
           const taking = pacing.taking();
-          const wanted = taking.how === "consume" ? taking.prefetch : undefined;
+          const wanted = taking.how === "consume" ? Math.min(taking.prefetch, byBytes.for(sizes.bytes)) : undefined;
           // A consumer whose prefetch is not the one wanted now is cancelled (a prefetch cannot change under it).
           if (consumerTag !== undefined && consumerPrefetch !== wanted) await stopConsuming(ch);
           if (waiting.length > 0) {

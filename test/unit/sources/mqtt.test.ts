@@ -8,7 +8,8 @@ import { SluiceError } from "../../../src/core/errors.js";
 import { silentLogger } from "../../../src/core/events.js";
 import { RecordEntry, type Entry, type JsonObject } from "../../../src/core/record.js";
 import type { ServiceEnvelope, SourceHandle } from "../../../src/components/contracts.js";
-import { classifyMqttError } from "../../../src/sources/mqtt/client.js";
+import mqttPacket from "mqtt-packet";
+import { acknowledgementBytes, classifyMqttError } from "../../../src/sources/mqtt/client.js";
 import { messageEntry, messagePosition } from "../../../src/sources/mqtt/messages.js";
 import { definition } from "../../../src/sources/mqtt/source.js";
 
@@ -97,6 +98,26 @@ describe("mqtt messages", () => {
     expect(e.failure?.message).toMatch(pattern);
     expect(e.failure?.location).toBe("topic s/1");
     expect(e.raw).toBe(text);
+  });
+});
+
+describe("mqtt acknowledgements", () => {
+  it("writes the PUBACKs and PUBRECs of every chunk in order, each as MQTT 5 parses it: success, its packet id", () => {
+    const bytes = acknowledgementBytes([
+      { puback: [1, 65_535], pubrec: [7] },
+      { puback: [], pubrec: [] },
+      { puback: [300], pubrec: [] },
+    ]);
+    const parser = mqttPacket.parser({ protocolVersion: 5 });
+    const packets: { cmd: string; messageId?: number; reasonCode?: number }[] = [];
+    parser.on("packet", (p: { cmd: string; messageId?: number; reasonCode?: number }) => packets.push(p));
+    parser.parse(bytes);
+    expect(packets.map((p) => [p.cmd, p.messageId, p.reasonCode ?? 0])).toEqual([
+      ["puback", 1, 0],
+      ["puback", 65_535, 0],
+      ["pubrec", 7, 0],
+      ["puback", 300, 0],
+    ]);
   });
 });
 
