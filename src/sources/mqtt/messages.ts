@@ -3,8 +3,9 @@
  * message, its id when the payload has none, and the chunk that acks them.
  */
 import { hash } from "node:crypto";
+import { parseMessageObject } from "../../components/message-json.js";
 import { SluiceError } from "../../core/errors.js";
-import type { Entry, JsonObject } from "../../core/record.js";
+import type { Entry } from "../../core/record.js";
 import type { SourceHandle } from "../../components/contracts.js";
 
 /** A message as the client delivered it, waiting to be handed to the buffer. */
@@ -51,16 +52,8 @@ export function messageEntry(handle: SourceHandle, m: MqttMessage, topicField: s
   const position = messagePosition(m.topic, m.payload);
   const envelope = { key: m.topic };
   const where = `topic ${m.topic}`;
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (err) {
-    return handle.malformed(text, position, new SluiceError("ERR_RECORD_MALFORMED", `message is not valid JSON: ${(err as Error).message}`, { location: where }), envelope);
-  }
-  if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    return handle.malformed(text, position, new SluiceError("ERR_RECORD_MALFORMED", "message is not a JSON object", { location: where }), envelope);
-  }
-  const payload = value as JsonObject;
+  const payload = parseMessageObject(text, where);
+  if (payload instanceof SluiceError) return handle.malformed(text, position, payload, envelope);
   if (topicField === undefined) return handle.record(payload, m.payload.length, position, text, envelope);
   payload[topicField] = m.topic;
   // The text no longer spells the payload: sinks serialize the payload itself.

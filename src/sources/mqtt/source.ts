@@ -7,6 +7,7 @@ import { hostname } from "node:os";
 import { z } from "zod";
 import { SluiceError } from "../../core/errors.js";
 import type { Entry } from "../../core/record.js";
+import { Wakeup } from "../../core/wakeup.js";
 import { defineComponent, type ComponentContext, type Source } from "../../components/contracts.js";
 import { duration } from "../../components/options.js";
 import { MAX_RECEIVE_MAXIMUM, openMqttConnection, type MqttConnection, type MqttConnectionSettings } from "./client.js";
@@ -87,8 +88,7 @@ export function createMqttSource(settings: MqttSourceSettings, ctx: ComponentCon
   /** Messages of the current connection not yet handed to the buffer (at most Receive Maximum of QoS 1 and 2). */
   let waiting: MqttMessage[] = [];
   /** Wakes `run` when messages arrive or the connection drops. */
-  let wake: (() => void) | undefined;
-  let wakeScheduled = false;
+  const wakeup = new Wakeup();
   let connectedBefore = false;
   /**
    * The current connection's chunks handed to the buffer and not acknowledged, oldest first. An
@@ -96,17 +96,7 @@ export function createMqttSource(settings: MqttSourceSettings, ctx: ComponentCon
    */
   const unanswered: MqttChunk<MqttConnection>[] = [];
 
-  const poke = () => {
-    // One wake per turn of the event loop: the messages of one socket read make one chunk.
-    if (wakeScheduled || wake === undefined) return;
-    wakeScheduled = true;
-    setImmediate(() => {
-      wakeScheduled = false;
-      const w = wake;
-      wake = undefined;
-      w?.();
-    });
-  };
+  const poke = () => wakeup.poke();
 
   const lost = (c: MqttConnection) => new SluiceError("ERR_SOURCE_CONNECT", `mqtt: ${c.down() ?? "connection lost"}`, { retryable: true, location });
 
@@ -149,17 +139,12 @@ export function createMqttSource(settings: MqttSourceSettings, ctx: ComponentCon
     async run(handle, signal) {
       const c = connection;
       if (c === undefined) throw new SluiceError("ERR_INTERNAL", "mqtt source: run before connect", { location });
-      const onAbort = () => {
-        const w = wake;
-        wake = undefined;
-        w?.();
-      };
-      signal.addEventListener("abort", onAbort, { once: true });
+      const unwatch = wakeup.wakeOnAbort(signal);
       try {
         while (!signal.aborted) {
           if (c.down() !== undefined) throw lost(c);
           if (waiting.length === 0) {
-            await new Promise<void>((resolve) => (wake = resolve));
+            await wakeup.sleep();
             continue;
           }
           const taken = waiting.length <= handle.chunkSize ? waiting : waiting.slice(0, handle.chunkSize);
@@ -181,8 +166,7 @@ export function createMqttSource(settings: MqttSourceSettings, ctx: ComponentCon
           }
         }
       } finally {
-        signal.removeEventListener("abort", onAbort);
-        wake = undefined;
+        unwatch();
       }
     },
 

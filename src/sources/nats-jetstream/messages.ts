@@ -4,8 +4,9 @@
  */
 import type { JsMsg } from "@nats-io/jetstream";
 import { EVENT_TIME_HEADER, KEY_HEADER } from "../../brokers/nats.js";
+import { parseMessageObject } from "../../components/message-json.js";
 import { SluiceError } from "../../core/errors.js";
-import type { Entry, JsonObject } from "../../core/record.js";
+import type { Entry } from "../../core/record.js";
 import type { ServiceEnvelope, SourceHandle } from "../../components/contracts.js";
 
 /**
@@ -63,14 +64,7 @@ function toEntry(handle: SourceHandle, chunk: JetStreamChunk, m: JsMsg, stream: 
     const message = `nats: message delivered ${deliveries} times, more than max_deliver ${maxDeliver}, without being committed`;
     return handle.malformed(text, seq, new SluiceError("ERR_MAX_DELIVERIES", message, { location: where }), envelope);
   }
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (err) {
-    return handle.malformed(text, seq, new SluiceError("ERR_RECORD_MALFORMED", `message is not valid JSON: ${(err as Error).message}`, { location: where }), envelope);
-  }
-  if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    return handle.malformed(text, seq, new SluiceError("ERR_RECORD_MALFORMED", "message is not a JSON object", { location: where }), envelope);
-  }
-  return handle.record(value as JsonObject, m.data.length, seq, text, envelope);
+  const value = parseMessageObject(text, where);
+  if (value instanceof SluiceError) return handle.malformed(text, seq, value, envelope);
+  return handle.record(value, m.data.length, seq, text, envelope);
 }

@@ -6,8 +6,9 @@ import { isUtf8 } from "node:buffer";
 import { createHash } from "node:crypto";
 import type { Channel, Message } from "amqplib";
 import { EVENT_TIME_HEADER, KEY_HEADER } from "../../brokers/rabbitmq.js";
+import { parseMessageObject } from "../../components/message-json.js";
 import { SluiceError } from "../../core/errors.js";
-import type { Entry, JsonObject } from "../../core/record.js";
+import type { Entry } from "../../core/record.js";
 import type { ServiceEnvelope, SourceHandle } from "../../components/contracts.js";
 
 /**
@@ -90,14 +91,7 @@ export function messageEntry(handle: SourceHandle, m: Message, queue: string, ma
     const cut = m.content.length > RAW_PREFIX_BYTES ? `first ${RAW_PREFIX_BYTES} bytes` : "bytes";
     return handle.malformed(text, position, new SluiceError("ERR_RECORD_MALFORMED", `message is not valid UTF-8 (its ${cut} in base64: ${kept.toString("base64")})`, { location: where }), envelope);
   }
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (err) {
-    return handle.malformed(text, position, new SluiceError("ERR_RECORD_MALFORMED", `message is not valid JSON: ${(err as Error).message}`, { location: where }), envelope);
-  }
-  if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    return handle.malformed(text, position, new SluiceError("ERR_RECORD_MALFORMED", "message is not a JSON object", { location: where }), envelope);
-  }
-  return handle.record(value as JsonObject, m.content.length, position, text, envelope);
+  const value = parseMessageObject(text, where);
+  if (value instanceof SluiceError) return handle.malformed(text, position, value, envelope);
+  return handle.record(value, m.content.length, position, text, envelope);
 }

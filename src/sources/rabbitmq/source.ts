@@ -18,6 +18,7 @@ import {
   type QueueSettings,
 } from "../../brokers/rabbitmq.js";
 import { SluiceError } from "../../core/errors.js";
+import { Wakeup } from "../../core/wakeup.js";
 import { defineComponent, type ComponentContext, type Source, type SourceHandle } from "../../components/contracts.js";
 import { RecordSizeEstimate } from "../../components/record-size.js";
 import { deliveries, messageEntry, type RabbitChunk } from "./messages.js";
@@ -106,21 +107,9 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
   const byBytes = new BytePrefetch(prefetch, ctx.bufferBytes);
   /** Messages of the current channel not yet handed to the buffer (at most the prefetch). */
   let waiting: Message[] = [];
-  /** Wakes `run` when messages arrive or the connection drops. */
-  let wake: (() => void) | undefined;
-  let wakeScheduled = false;
-
-  const poke = () => {
-    // One wake per turn of the event loop: the messages of one socket read make one chunk.
-    if (wakeScheduled || wake === undefined) return;
-    wakeScheduled = true;
-    setImmediate(() => {
-      wakeScheduled = false;
-      const w = wake;
-      wake = undefined;
-      w?.();
-    });
-  };
+  /** Wakes `run` when messages arrive, an ack is sent or the connection drops. */
+  const wakeup = new Wakeup();
+  const poke = () => wakeup.poke();
 
   const lost = () => new SluiceError("ERR_SOURCE_CONNECT", `rabbitmq: ${down ?? "connection lost"}`, { retryable: true, location });
 
@@ -147,23 +136,6 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
         `rabbitmq: the connection did not close within ${CLOSE_TIMEOUT_MS} ms; acks not yet received by the broker are lost, and their messages will be delivered again`,
       );
     }
-  }
-
-  /** Waits until `poke` (a delivery, an ack, the connection lost) or `ms` passed. */
-  function sleepOrWake(ms: number): Promise<void> {
-    return new Promise<void>((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-      const timer = Number.isFinite(ms)
-        ? setTimeout(() => {
-            if (wake === done) wake = undefined;
-            resolve();
-          }, ms)
-        : undefined;
-      wake = done;
-    });
   }
 
   /** Starts a consumer for a prefetch of `wanted`, less the messages still in flight from before. */
@@ -255,12 +227,7 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
     async run(handle, signal) {
       const ch = channel;
       if (ch === undefined) throw new SluiceError("ERR_INTERNAL", "rabbitmq source: run before connect", { location });
-      const onAbort = () => {
-        const w = wake;
-        wake = undefined;
-        w?.();
-      };
-      signal.addEventListener("abort", onAbort, { once: true });
+      const unwatch = wakeup.wakeOnAbort(signal);
       try {
         while (!signal.aborted) {
           if (down !== undefined || channel !== ch) throw lost();
@@ -276,9 +243,9 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
             // It starts once at most half its prefetch is still in flight from before, and takes the rest;
             // deliveries may come while it starts, with nobody to wake: look again before waiting.
             if (consumerTag === undefined && pacing.inFlight <= wanted / 2) await startConsuming(ch, wanted);
-            else await sleepOrWake(Number.POSITIVE_INFINITY);
+            else await wakeup.sleep();
           } else if (!pacing.mayTake()) {
-            await sleepOrWake(Number.POSITIVE_INFINITY);
+            await wakeup.sleep();
           } else {
             if ((await sizes.room(handle, 1, signal)) === 0 || signal.aborted) return;
             const m = await ch.get(queue, { noAck: false }).catch((err: unknown) => {
@@ -287,7 +254,7 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
             if (m === false) {
               pacing.empty();
               // A counted redelivery in flight and nothing else due: wait for its ack, or look again soon.
-              if (pacing.careful) await sleepOrWake(EMPTY_POLL_MS);
+              if (pacing.careful) await wakeup.sleep(EMPTY_POLL_MS);
               continue;
             }
             pacing.took(deliveries(m));
@@ -295,8 +262,7 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
           }
         }
       } finally {
-        signal.removeEventListener("abort", onAbort);
-        wake = undefined;
+        unwatch();
       }
     },
 
