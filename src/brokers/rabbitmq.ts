@@ -23,6 +23,8 @@ export const KEY_HEADER = "sluice-key";
 export const EVENT_TIME_HEADER = "sluice-event-time";
 /** Longest AMQP short string (`message_id` is one), in UTF-8 bytes. */
 export const MAX_SHORT_STRING = 255;
+/** How long the source's and the sink's `close` wait for the connection to close, ms. */
+export const CLOSE_TIMEOUT_MS = 5_000;
 
 /**
  * AMQP reply codes no retry clears: access refused (403), not found (404: a queue or exchange

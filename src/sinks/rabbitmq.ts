@@ -9,6 +9,7 @@ import {
   bindQueue,
   checkExchange,
   classifyAmqpError,
+  CLOSE_TIMEOUT_MS,
   ensureQueue,
   EVENT_TIME_HEADER,
   KEY_HEADER,
@@ -27,8 +28,6 @@ import { duration } from "../components/options.js";
 
 /** Batches the sink takes at once, all on its one confirm channel. */
 const MAX_IN_FLIGHT = 4;
-/** How long `close` waits for the connection to close, ms. */
-const CLOSE_TIMEOUT_MS = 5_000;
 
 const options = z
   .strictObject({

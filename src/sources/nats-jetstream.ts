@@ -9,6 +9,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import { z } from "zod";
 import { checkNatsCredentials, classifyNatsError, connectOptions, CONNECT_TIMEOUT_MS, loadNats, natsConnectionOptions, serverList, unlessAborted, type NatsModules } from "../brokers/nats.js";
 import { SluiceError } from "../core/errors.js";
+import { DEFAULTS } from "../config/defaults.js";
 import type { Entry } from "../core/record.js";
 import { defineComponent, type ComponentContext, type Source, type SourceHandle } from "../components/contracts.js";
 import { duration } from "../components/options.js";
@@ -31,8 +32,6 @@ const BACKLOG_INTERVAL_MS = 5000;
 const RECONNECT_WAIT_MS = 250;
 /** `ack_wait` when not set, ms: the consumer's is raised to it, never lowered. */
 const DEFAULT_ACK_WAIT_MS = 30_000;
-/** `buffer.max_records` when the context does not say (a source built outside a pipeline). */
-const DEFAULT_BUFFER_RECORDS = 10_000;
 
 const options = z
   .strictObject({
@@ -106,7 +105,7 @@ export function createNatsJetStreamSource(settings: NatsJetStreamSourceSettings,
   const location = `nats stream ${stream} consumer ${settings.consumer}`;
   const ackWait: AckWait = settings.ackWaitMs === undefined ? { tag: "at_least", ms: DEFAULT_ACK_WAIT_MS } : { tag: "exactly", ms: settings.ackWaitMs };
   const maxAckPending: MaxAckPending =
-    settings.maxAckPending === undefined ? { tag: "at_least", value: (ctx.bufferRecords ?? DEFAULT_BUFFER_RECORDS) + MAX_PULL } : { tag: "exactly", value: settings.maxAckPending };
+    settings.maxAckPending === undefined ? { tag: "at_least", value: (ctx.bufferRecords ?? DEFAULTS.buffer.max_records) + MAX_PULL } : { tag: "exactly", value: settings.maxAckPending };
   let nc: NatsConnection | undefined;
   let consumer: Consumer | undefined;
   let jsm: JetStreamManager | undefined;

@@ -6,6 +6,7 @@
 import { hostname } from "node:os";
 import { z } from "zod";
 import { SluiceError } from "../../core/errors.js";
+import { DEFAULTS } from "../../config/defaults.js";
 import type { Entry } from "../../core/record.js";
 import { Wakeup } from "../../core/wakeup.js";
 import { defineComponent, type ComponentContext, type Source } from "../../components/contracts.js";
@@ -13,8 +14,6 @@ import { duration } from "../../components/options.js";
 import { MAX_RECEIVE_MAXIMUM, openMqttConnection, type MqttConnection, type MqttConnectionSettings } from "./client.js";
 import { messageEntry, type MqttChunk, type MqttMessage } from "./messages.js";
 
-/** `buffer.max_records` when the context does not say (a source built outside a pipeline). */
-const DEFAULT_BUFFER_RECORDS = 10_000;
 /** How long `close` waits for the DISCONNECT to be sent, ms. */
 const CLOSE_TIMEOUT_MS = 5_000;
 /** MQTT 5's Session Expiry Interval meaning "never". */
@@ -82,7 +81,7 @@ export function createMqttSource(settings: MqttSourceSettings, ctx: ComponentCon
   const location = `mqtt ${settings.url} client ${settings.clientId}`;
   const connectionSettings: MqttConnectionSettings = {
     ...settings,
-    receiveMaximum: settings.receiveMaximum ?? Math.min(ctx.bufferRecords ?? DEFAULT_BUFFER_RECORDS, MAX_RECEIVE_MAXIMUM),
+    receiveMaximum: settings.receiveMaximum ?? Math.min(ctx.bufferRecords ?? DEFAULTS.buffer.max_records, MAX_RECEIVE_MAXIMUM),
   };
   let connection: MqttConnection | undefined;
   /** Messages of the current connection not yet handed to the buffer (at most Receive Maximum of QoS 1 and 2). */

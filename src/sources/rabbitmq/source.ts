@@ -9,6 +9,7 @@ import { z } from "zod";
 import {
   bindQueue,
   classifyAmqpError,
+  CLOSE_TIMEOUT_MS,
   ensureQueue,
   openAmqpConnection,
   queueDeclareOptions,
@@ -18,6 +19,7 @@ import {
   type QueueSettings,
 } from "../../brokers/rabbitmq.js";
 import { SluiceError } from "../../core/errors.js";
+import { DEFAULTS } from "../../config/defaults.js";
 import { Wakeup } from "../../core/wakeup.js";
 import { defineComponent, type ComponentContext, type Source, type SourceHandle } from "../../components/contracts.js";
 import { RecordSizeEstimate } from "../../components/record-size.js";
@@ -25,14 +27,10 @@ import { deliveries, messageEntry, type RabbitChunk } from "./messages.js";
 import { RedeliveryPacing } from "./pacing.js";
 import { BytePrefetch } from "./prefetch.js";
 
-/** `buffer.max_records` when the context does not say (a source built outside a pipeline). */
-const DEFAULT_BUFFER_RECORDS = 10_000;
 /** AMQP's largest prefetch count (an unsigned short). */
 const MAX_PREFETCH = 65_535;
 /** While a counted redelivery is in flight and the queue is empty: how often it is looked at again, ms. */
 const EMPTY_POLL_MS = 200;
-/** How long `close` waits for the connection to close, ms. */
-const CLOSE_TIMEOUT_MS = 5_000;
 
 const options = z
   .strictObject({
@@ -92,7 +90,7 @@ export interface RabbitmqSourceSettings {
 export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: ComponentContext): Source {
   const queue = settings.queue.name;
   const location = `rabbitmq ${safeUrl(settings.url)} queue ${queue}`;
-  const prefetch = Math.min(settings.prefetch ?? MAX_PREFETCH, ctx.bufferRecords ?? DEFAULT_BUFFER_RECORDS, MAX_PREFETCH);
+  const prefetch = Math.min(settings.prefetch ?? MAX_PREFETCH, ctx.bufferRecords ?? DEFAULTS.buffer.max_records, MAX_PREFETCH);
   const sizes = new RecordSizeEstimate();
   let conn: ChannelModel | undefined;
   let channel: Channel | undefined;
