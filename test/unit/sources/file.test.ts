@@ -1,4 +1,5 @@
 import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import { appendFile, copyFile, mkdir, open, readFile, rename, stat, truncate, writeFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
@@ -107,6 +108,22 @@ describe("file source: reading", () => {
       { offset: content.length, line: 250, generation, size: content.length, tail },
     ]);
     expect(harness.entries[0]!.bytes).toBe(Buffer.byteLength(lines(1, 1)[0]!));
+  });
+
+  it("hashes each checkpoint's tail from the bytes just before its offset, also for chunks ending across 1 MiB reads", async () => {
+    // ~3 MiB of lines of varied length, so chunk ends fall at every distance from a read's start.
+    const ls = Array.from({ length: 30_000 }, (_, i) => JSON.stringify({ id: `r${i}`, pad: "x".repeat(i % 97) }));
+    const content = ndjson(ls);
+    await writeFile(inputPath, content);
+    const { harness } = await runOnce({}, 37);
+    const bytes = Buffer.from(content);
+    const expected = (offset: number) => {
+      const n = Math.min(offset, 1024);
+      return { bytes: n, sha256: createHash("sha256").update(bytes.subarray(offset - n, offset)).digest("hex") };
+    };
+    const checkpoints = harness.chunks.map((c) => c.checkpoint as FileCheckpoint);
+    expect(checkpoints.length).toBe(Math.ceil(30_000 / 37));
+    for (const c of checkpoints) expect(c.tail).toEqual(expected(c.offset));
   });
 
   it("gives records without an id a stable fallback id from the file's generation and the line's byte offset", async () => {
