@@ -345,6 +345,14 @@ export interface Sink {
    */
   readonly preferredWrite?: PreferredWrite;
   /**
+   * `false`: the sink reads neither `payload` nor `text` of the records it is given, and fails
+   * none of them (so no dead letter of it needs a payload); a sink that discards (blackhole). When
+   * no sink of a pipeline reads payloads and no tap reader listens, the transform worker threads
+   * (`workers`) send no payloads back, only what became of each record, and such records read as
+   * `{}`. Absent: the sink reads them.
+   */
+  readonly readsPayloads?: false;
+  /**
    * Called by the engine before the first write; on rejection it is called again after backoff
    * until it resolves or the pipeline stops.
    */
