@@ -507,8 +507,8 @@ export class Pipeline {
     };
     return {
       chunkSize: this.o.chunkSize,
-      record: (payload, bytes, position, text, envelope) => {
-        const id = envelopeOf.id(payload) ?? envelope?.id ?? `${name}:${position}`;
+      record: (payload, bytes, position, text, envelope, positionPrefix) => {
+        const id = envelopeOf.id(payload) ?? envelope?.id ?? `${name}:${positionPrefix ?? ""}${position}`;
         const key = envelopeOf.key(payload) ?? envelope?.key;
         const eventTime = envelopeOf.time(payload) ?? envelope?.eventTime;
         const entry = new RecordEntry(id, key, payload, eventTime, name, bytes);
@@ -516,6 +516,7 @@ export class Pipeline {
         return entry;
       },
       decodesLines: this.parallel !== undefined && !durable,
+      wantsText: durable || this.o.transforms.length === 0,
       line: (text, bytes, position, line, location) => {
         // The envelope is read once the line is decoded (ParallelTransforms).
         const entry = new RecordEntry("", undefined, undefined, undefined, name, bytes);

@@ -187,6 +187,18 @@ export class NdjsonReader {
     const handle = this.handle;
     const defer = handle.decodesLines === true && handle.line !== undefined;
     const values = defer ? undefined : parseObjectRun(text, n);
+    if (values !== undefined && handle.wantsText === false) {
+      // Nothing reads the lines' texts: no line is cut out, no position string built.
+      const starts = this.starts;
+      const prefix = this.positionPrefix;
+      for (let i = 0; i < n; i++) {
+        const s = starts[i]!;
+        const e = i + 1 < n ? starts[i + 1]! - 1 : end;
+        this.line++;
+        this.pending.push(handle.record(values[i]!, e - s, base + s, undefined, undefined, prefix));
+      }
+      return true;
+    }
     if (!defer && values === undefined) return false;
     const starts = this.starts;
     const location = this.settings.location;

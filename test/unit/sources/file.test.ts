@@ -136,6 +136,29 @@ describe("file source: reading", () => {
     expect(second).toEqual(first);
   });
 
+  it("cuts out no text when the handle wants none, and gives the same ids (fallback ones too), sizes and checkpoints", async () => {
+    class TextHarness extends SourceHarness {
+      readonly texts: (string | undefined)[] = [];
+      override record(payload: JsonObject, bytes: number, position: string | number, text?: string, envelope?: unknown, positionPrefix?: string): Entry {
+        this.texts.push(text);
+        return super.record(payload, bytes, position, text, envelope, positionPrefix);
+      }
+    }
+    await writeFile(inputPath, ndjson([...lines(1, 150), '{"a":1}', '{"a":"é22"}', ...lines(151, 260)]));
+    const read = async (wantsText: boolean | undefined, dir: string) => {
+      const harness = new TextHarness({ source: "logs", chunkSize: 50, ...(wantsText !== undefined && { wantsText }) });
+      await makeSource({}, { dir: join(tmp.path, dir) }).source.run(harness, new AbortController().signal);
+      return harness;
+    };
+    const withText = await read(undefined, "a");
+    const without = await read(false, "b");
+    expect(without.texts.every((t) => t === undefined)).toBe(true);
+    expect(withText.texts.every((t) => t !== undefined)).toBe(true);
+    expect(without.entries.map((e) => [e.id, e.bytes])).toEqual(withText.entries.map((e) => [e.id, e.bytes]));
+    expect(without.entries[150]!.id).toBe(`logs:${tokenOf(without)}:${Buffer.byteLength(ndjson(lines(1, 150)))}`);
+    expect(without.chunks.map((c) => c.checkpoint)).toEqual(withText.chunks.map((c) => c.checkpoint));
+  });
+
   it("dead-letters lines that are not JSON objects with path:line, and goes on", async () => {
     await writeFile(inputPath, '{"a":1}\nnot json\n[1,2]\n42\n"s"\nnull\n{"a":2}\n');
     const { harness } = await runOnce();
