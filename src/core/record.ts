@@ -322,7 +322,7 @@ function parsePayload(text: string | undefined): JsonObject {
   }
 }
 
-/** The records that hold their payload (not {@link RecordEntry.withhold}n): what a tap reader may be shown. */
+/** The records that hold their payload (none withheld, see {@link RecordEntry.withhold}): what a tap reader may be shown. */
 export function withPayloads(records: readonly Entry[]): readonly Entry[] {
   return records.some((r) => r instanceof RecordEntry && r.withheld) ? records.filter((r) => !(r instanceof RecordEntry && r.withheld)) : records;
 }

@@ -1,12 +1,13 @@
 /**
  * What a transform worker thread does with a job, run in this thread: decoding, envelopes, the
  * leaves of filtered, failed and (nested) split records, records skipped after a worker died on
- * them, isolate mode's reports; and the one-string output cut back into each record's text.
+ * them, isolate mode's reports, a job that wants no payloads back; the one-string output cut back
+ * into each record's text, and a record whose payload was not sent back.
  */
 import { describe, expect, it } from "vitest";
 import type { Transform } from "../../../src/components/contracts.js";
 import { systemClock } from "../../../src/core/clock.js";
-import { PayloadArray, type JsonObject } from "../../../src/core/record.js";
+import { PayloadArray, RecordEntry, withPayloads, type JsonObject } from "../../../src/core/record.js";
 import type { ChainStep } from "../../../src/core/transform-chain.js";
 import { JobRunner, LEAF, type TransformJob } from "../../../src/core/transform-jobs.js";
 
@@ -23,6 +24,21 @@ describe("PayloadArray", () => {
     const array = new PayloadArray(JSON.stringify(values), values.length);
     expect(values.map((_, i) => array.text(i))).toEqual(values.map((v) => JSON.stringify(v)));
     expect(array.payload(3)).toEqual({ e: "é\n" });
+  });
+});
+
+describe("a record whose payload the workers did not send back", () => {
+  it("reads as an empty payload without text, and is left out of what a tap reader is shown", () => {
+    const kept = new RecordEntry("a", undefined, { n: 1 }, undefined, "s", 7);
+    const withheld = new RecordEntry("b", "k", undefined, undefined, "s", 7);
+    withheld.text = '{"n":2}';
+    withheld.withhold();
+    expect([withheld.payload, withheld.text, withheld.id, withheld.key]).toEqual([{}, undefined, "b", "k"]);
+    const records = [kept, withheld];
+    expect(withPayloads(records)).toEqual([kept]);
+    // None withheld: the same array, no copy.
+    const all = [kept];
+    expect(withPayloads(all)).toBe(all);
   });
 });
 
