@@ -44,7 +44,7 @@ const { file } = ensureDataFile(records);
 const profDir = join(DATA_DIR, "prof");
 rmSync(profDir, { recursive: true, force: true });
 mkdirSync(profDir, { recursive: true });
-const task: Task = { file, records, transform: join(REPO_DIR, "bench", "enrich.mjs") };
+const task: Task = { file, records, transform: join(REPO_DIR, "bench", process.env.BENCH_TRANSFORM ?? "enrich.mjs"), ...(process.env.BENCH_WORKERS !== undefined && { workers: process.env.BENCH_WORKERS === "auto" ? "auto" : Number(process.env.BENCH_WORKERS) }) };
 const run = spawnSync(process.execPath, ["--cpu-prof", "--cpu-prof-dir", profDir, ...launcher.args(name), JSON.stringify(task)], {
   cwd: REPO_DIR,
   encoding: "utf8",

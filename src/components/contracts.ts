@@ -117,12 +117,14 @@ export interface SourceHandle {
    * `<source name>:<position>`, where `position` is the record's place in the source (a byte
    * offset within a file's generation, an entry id, a sequence number), so redelivery yields the
    * same id. The id string is
-   * built only when needed. `bytes` is the record's size estimate for the buffer's byte bound.
+   * built only when needed, and so is the position's when `positionPrefix` is given: the position
+   * is then `positionPrefix` followed by `position` (a file generation's token and a byte offset).
+   * `bytes` is the record's size estimate for the buffer's byte bound.
    * `text`, when the source has it, is the payload's JSON as received (see
    * {@link SluiceRecord.text}): the durable buffer and the postgres sink write it instead of
    * serializing the payload again.
    */
-  record(payload: JsonObject, bytes: number, position: string | number, text?: string, envelope?: ServiceEnvelope): Entry;
+  record(payload: JsonObject, bytes: number, position: string | number, text?: string, envelope?: ServiceEnvelope, positionPrefix?: string): Entry;
   /**
    * Builds a record for input that could not be parsed, or that its service gave up on (id
    * `envelope.id`, else `<source name>:<position>`); it goes to the dead-letter sink with `error`.
@@ -134,6 +136,12 @@ export interface SourceHandle {
    * {@link line} instead of parsing it, so the parsing runs in parallel too. Absent: false.
    */
   readonly decodesLines?: boolean;
+  /**
+   * False when nothing reads a record's `text` before the transforms replace the payload (the
+   * pipeline has transforms and no durable buffer): a source that would cut each record's text out
+   * of a larger one only for {@link record} may skip that. Absent: true.
+   */
+  readonly wantsText?: boolean;
   /**
    * Builds a record around one undecoded JSON line (no newline in it, its `\r` and byte order
    * mark already stripped); call only when {@link decodesLines}. It is decoded where the
@@ -344,6 +352,14 @@ export interface Sink {
    * Without it every write is one batch. Read once, when the engine starts driving the sink.
    */
   readonly preferredWrite?: PreferredWrite;
+  /**
+   * `false`: the sink reads neither `payload` nor `text` of the records it is given, and fails
+   * none of them (so no dead letter of it needs a payload); a sink that discards (blackhole). When
+   * no sink of a pipeline reads payloads and no tap reader listens, the transform worker threads
+   * (`workers`) send no payloads back, only what became of each record, and such records read as
+   * `{}`. Absent: the sink reads them.
+   */
+  readonly readsPayloads?: false;
   /**
    * Called by the engine before the first write; on rejection it is called again after backoff
    * until it resolves or the pipeline stops.

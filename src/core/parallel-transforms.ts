@@ -36,13 +36,18 @@ export interface ParallelHooks {
   fanOut(records: Entry[]): void;
   /** The workers cannot run at all (they fail to start): the run must stop. */
   fatal(error: SluiceError): void;
+  /**
+   * Whether anything will read the payloads of a chunk sent now (a sink, a tap reader); asked per
+   * chunk. False: the workers send none back and its records hold none ({@link RecordEntry.withhold}).
+   */
+  payloadsRead(): boolean;
   /** Around each chunk's results (its tracing span). */
   begin?(chunk: Chunk): void;
   end?(chunk: Chunk): void;
 }
 
 /** The job of `records` (none of them malformed); undefined for none. */
-function encode(job: number, source: string, receivedAt: number, records: readonly Entry[]): { job: TransformJob; unencodable: Entry[] } {
+function encode(job: number, source: string, receivedAt: number, records: readonly Entry[], payloads: boolean): { job: TransformJob; unencodable: Entry[] } {
   const texts: string[] = new Array<string>(records.length);
   let positions: (string | number)[] | undefined = new Array<string | number>(records.length);
   let ids: (string | null)[] | undefined;
@@ -89,7 +94,16 @@ function encode(job: number, source: string, receivedAt: number, records: readon
   if (positions !== undefined) positions.length = n;
   if (ids !== undefined && !ids.includes(null)) positions = undefined;
   return {
-    job: { job, source, receivedAt, lines: texts.join("\n"), count: n, ...(ids && { ids, keys, times }), ...(positions && { positions: positions.join("\n") }) },
+    job: {
+      job,
+      source,
+      receivedAt,
+      lines: texts.join("\n"),
+      count: n,
+      ...(ids && { ids, keys, times }),
+      ...(positions && { positions: positions.join("\n") }),
+      ...(!payloads && { payloads: false as const }),
+    },
     unencodable,
   };
 }
@@ -103,6 +117,8 @@ class LeafParts implements PartMaker {
     readonly count: number,
     /** Per leaf: its payload's JSON (an ok leaf's output, a failed part's payload), or undefined. */
     private readonly texts: readonly (string | undefined)[],
+    /** The workers sent no payloads back: a part without text holds none. */
+    private readonly withheld: boolean,
   ) {}
 
   payload(i: number): JsonObject {
@@ -119,6 +135,7 @@ class LeafParts implements PartMaker {
     const part = new RecordEntry(`${r.id}${this.result.suffixes![this.from + i]!}`, r.key, undefined, r.eventTime, r.source, bytes);
     const text = this.texts[i];
     if (text !== undefined) part.holdText(text);
+    else if (this.withheld) part.withhold();
     return part;
   }
 }
@@ -156,7 +173,7 @@ export class ParallelTransforms {
       }
     }
     const first = records[0];
-    const { job, unencodable } = encode(this.nextJob++, first?.source ?? "", chunk.ticket.receivedAt, input);
+    const { job, unencodable } = encode(this.nextJob++, first?.source ?? "", chunk.ticket.receivedAt, input, this.hooks.payloadsRead());
     if (unencodable.length > 0) input = input.filter((r) => !unencodable.includes(r));
     const result = job.count === 0 ? undefined : this.pool.run(job);
     // Rejected only when the pool closes (hard abort): then nothing is applied.
@@ -211,8 +228,7 @@ export class ParallelTransforms {
   private async outcomes(input: readonly Entry[], result: TransformJobResult, out: Entry[]): Promise<void> {
     const { inputs, kinds, errors, suffixes } = result;
     const ids = result.ids;
-    const okLeaves = kinds.reduce((n, k) => (k === LEAF.ok ? n + 1 : n), 0);
-    const array = new PayloadArray(result.out, okLeaves);
+    const array = result.out === undefined ? undefined : new PayloadArray(result.out, kinds.reduce((n, k) => (k === LEAF.ok ? n + 1 : n), 0));
     let leaf = 0;
     let text = 0;
     let error = 0;
@@ -230,7 +246,8 @@ export class ParallelTransforms {
       if (suffixes === undefined || (leaf - start === 1 && suffixes[start] === "")) {
         const kind = kinds[start];
         if (kind === LEAF.ok) {
-          r.holdElement(array, text++);
+          if (array === undefined) r.withhold();
+          else r.holdElement(array, text++);
           out.push(r);
         } else if (kind === LEAF.filtered) {
           this.hooks.filtered(r);
@@ -254,7 +271,7 @@ export class ParallelTransforms {
       for (let l = start; l < leaf; l++) {
         const kind = kinds[l];
         if (kind === LEAF.ok) {
-          partTexts.push(array.text(text++));
+          partTexts.push(array?.text(text++));
           partErrors.push(undefined);
         } else if (kind === LEAF.filtered) {
           partTexts.push(undefined);
@@ -266,7 +283,7 @@ export class ParallelTransforms {
         }
       }
       let p = 0;
-      const parts = new LeafParts(r, result, start, count, partTexts);
+      const parts = new LeafParts(r, result, start, count, partTexts, array === undefined);
       const pending = this.splitter.runParts(r, parts, out, (part) => {
         const at = p++;
         const kind = kinds[start + at];

@@ -9,7 +9,7 @@ import type { DirLock } from "./dir-lock.js";
 import { classify, SluiceError } from "./errors.js";
 import { silentLogger, type EventSink, type Logger } from "./events.js";
 import { EnvelopeReader } from "./envelope.js";
-import { RecordEntry, settle, type AckTicket, type Entry } from "./record.js";
+import { RecordEntry, settle, withPayloads, type AckTicket, type Entry } from "./record.js";
 import { SinkRunner, type SinkSettings } from "./sink-runner.js";
 import { InProgressTicker, runSource } from "./source-runner.js";
 import { ParallelTransforms, type ParallelHooks, type TransformPool } from "./parallel-transforms.js";
@@ -177,7 +177,7 @@ export class Pipeline {
           signal: this.hardAbort.signal,
           tracing: this.tracing,
           onDone: (records, dead) => {
-            if (!dead && o.tap?.listening === true) o.tap.observe("sink", s.name, records);
+            if (!dead && o.tap?.listening === true) o.tap.observe("sink", s.name, withPayloads(records));
             this.sinkDone(records, dead);
           },
         }),
@@ -198,6 +198,7 @@ export class Pipeline {
       this.clock,
       this.hardAbort.signal,
     );
+    const sinksReadPayloads = o.sinks.some((s) => s.sink.readsPayloads !== false);
     this.parallel =
       o.transformPool === undefined
         ? undefined
@@ -213,6 +214,7 @@ export class Pipeline {
               malformed: (records) => this.deadLetterEarly(records, `source:${records[0]!.source}`, undefined),
               fanOut: (records) => this.fanOut(records),
               fatal: (error) => this.fail(error, "workers", "transform worker threads cannot run; stopping", false),
+              payloadsRead: () => sinksReadPayloads || o.tap?.listening === true,
               ...(this.tracing !== undefined && this.tracedChunks(this.tracing)),
             },
             splitter,
@@ -505,8 +507,8 @@ export class Pipeline {
     };
     return {
       chunkSize: this.o.chunkSize,
-      record: (payload, bytes, position, text, envelope) => {
-        const id = envelopeOf.id(payload) ?? envelope?.id ?? `${name}:${position}`;
+      record: (payload, bytes, position, text, envelope, positionPrefix) => {
+        const id = envelopeOf.id(payload) ?? envelope?.id ?? `${name}:${positionPrefix ?? ""}${position}`;
         const key = envelopeOf.key(payload) ?? envelope?.key;
         const eventTime = envelopeOf.time(payload) ?? envelope?.eventTime;
         const entry = new RecordEntry(id, key, payload, eventTime, name, bytes);
@@ -514,6 +516,7 @@ export class Pipeline {
         return entry;
       },
       decodesLines: this.parallel !== undefined && !durable,
+      wantsText: durable || this.o.transforms.length === 0,
       line: (text, bytes, position, line, location) => {
         // The envelope is read once the line is decoded (ParallelTransforms).
         const entry = new RecordEntry("", undefined, undefined, undefined, name, bytes);
@@ -628,7 +631,7 @@ export class Pipeline {
   private fanOut(records: Entry[]): void {
     if (records.length === 0) return;
     const tap = this.o.tap;
-    if (tap?.listening === true && this.lastTransform !== undefined) tap.observe("transform", this.lastTransform, records);
+    if (tap?.listening === true && this.lastTransform !== undefined) tap.observe("transform", this.lastTransform, withPayloads(records));
     this.chunkOut += records.length;
     const n = this.runners.length;
     for (const r of records) r.pendingSinks = n;

@@ -233,6 +233,8 @@ export class RecordEntry implements Entry {
   view: RecordView | undefined = undefined;
   /** Set while the record is a line not decoded yet (see the class comment). */
   undecoded: LineOrigin | undefined = undefined;
+  /** Set when the transforms' result was not kept ({@link withhold}). */
+  withheld = false;
   /** The parsed payload; undefined while only text holds it. */
   private parsed: JsonObject | undefined;
   private ownText: string | undefined = undefined;
@@ -281,6 +283,18 @@ export class RecordEntry implements Entry {
     this.undecoded = undefined;
   }
 
+  /**
+   * Keeps no payload: the transforms ran on a worker thread and no sink reads payloads
+   * (`Sink.readsPayloads`), so none was sent back. `payload` then reads `{}`, `text` undefined.
+   */
+  withhold(): void {
+    this.array = undefined;
+    this.parsed = undefined;
+    this.ownText = undefined;
+    this.undecoded = undefined;
+    this.withheld = true;
+  }
+
   /** Makes `text` the payload (parsed on first read). */
   holdText(text: string): void {
     this.ownText = text;
@@ -306,6 +320,11 @@ function parsePayload(text: string | undefined): JsonObject {
   } catch {
     return {};
   }
+}
+
+/** The records that hold their payload (none withheld, see {@link RecordEntry.withhold}): what a tap reader may be shown. */
+export function withPayloads(records: readonly Entry[]): readonly Entry[] {
+  return records.some((r) => r instanceof RecordEntry && r.withheld) ? records.filter((r) => !(r instanceof RecordEntry && r.withheld)) : records;
 }
 
 /** Marks `n` records of the ticket done and fires its completion when the last one is. */

@@ -64,6 +64,11 @@ export interface TransformJob {
    */
   readonly positions?: string;
   readonly skip?: readonly SkippedRecord[];
+  /**
+   * `false`: send no payloads back (no sink reads them, `Sink.readsPayloads`): the result says only
+   * what became of each record, and nothing is serialized.
+   */
+  readonly payloads?: false;
   /** Run record by record, reporting each (and each step) before it runs: to find the record a worker dies on. */
   readonly isolate?: boolean;
 }
@@ -83,8 +88,8 @@ export interface TransformJobResult {
   readonly kinds: Uint8Array;
   /** Per leaf: the suffix a split part's id gets (`#2`, `#2#0`); undefined when nothing was split. */
   readonly suffixes: string[] | undefined;
-  /** The payloads of the `ok` leaves, in leaf order, as one JSON array. */
-  readonly out: string;
+  /** The payloads of the `ok` leaves, in leaf order, as one JSON array; undefined when the job asked for none. */
+  readonly out: string | undefined;
   /** Per failed or malformed leaf, in leaf order. */
   readonly errors: LeafError[];
   /**
@@ -148,8 +153,10 @@ class Leaves {
   readonly inputs: number[] = [];
   readonly kinds: number[] = [];
   readonly suffixes: string[] = [];
-  /** The `ok` leaves' payloads, serialized together at the end. */
+  /** The `ok` leaves' payloads, serialized together at the end; none kept when the job wants none. */
   readonly outputs: JsonObject[] = [];
+
+  constructor(private readonly keep: boolean) {}
   /** Per failed or malformed leaf, by leaf index. */
   readonly errors = new Map<number, LeafError>();
   split = false;
@@ -163,7 +170,7 @@ class Leaves {
 
   push(r: WorkerRecord): void {
     this.add(r, LEAF.ok);
-    this.outputs.push(r.payload);
+    if (this.keep) this.outputs.push(r.payload);
   }
 
   fail(r: WorkerRecord, stage: string, err: unknown): void {
@@ -223,7 +230,7 @@ export class JobRunner {
   }
 
   async run(job: TransformJob): Promise<TransformJobResult> {
-    const leaves = new Leaves();
+    const leaves = new Leaves(job.payloads !== false);
     const { records, malformed, ids, keys, times } = this.decode(job);
     const skipped = new Map(job.skip?.map((s) => [s[0], s] as const));
     // Isolate mode runs one record at a time: the record its steps report.
@@ -257,7 +264,7 @@ export class JobRunner {
   }
 
   private result(job: TransformJob, leaves: Leaves, lastStage: string, ids: Decoded["ids"], keys: Decoded["keys"], times: Decoded["times"]): TransformJobResult {
-    const out = leaves.serialize(lastStage);
+    const out = job.payloads === false ? undefined : leaves.serialize(lastStage);
     const { inputs, kinds, suffixes, split } = leaves;
     const errors = [...leaves.errors.entries()].sort((a, b) => a[0] - b[0]).map((e) => e[1]);
     return {

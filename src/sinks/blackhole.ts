@@ -12,11 +12,13 @@ const options = z.strictObject({});
  * engine counts delivered records for every sink alike.
  *
  * `maxInFlight` is high on purpose: the blackhole has no limit of its own, so the engine's
- * `concurrency` is the one that applies.
+ * `concurrency` is the one that applies. It reads no payloads (`readsPayloads: false`), so with
+ * `workers` the worker threads need not send any back.
  */
 export function createBlackholeSink(): Sink {
   return {
     maxInFlight: 1024,
+    readsPayloads: false,
     async connect() {},
     async write() {
       return {};

@@ -27,6 +27,8 @@ export interface SourceHarnessOptions {
   source?: string;
   /** Clock for `receivedAt`; default the system clock. */
   clock?: Clock;
+  /** The handle's `wantsText`; default absent (true). */
+  wantsText?: boolean;
 }
 
 const noop = (): void => {};
@@ -39,6 +41,7 @@ const noop = (): void => {};
  */
 export class SourceHarness implements SourceHandle {
   readonly chunkSize: number;
+  readonly wantsText?: boolean;
   readonly chunks: CollectedChunk[] = [];
   /** Resolved value of every `enqueue`; set to `"stopping"` to make the source stop. */
   outcome: EnqueueOutcome = "accepted";
@@ -56,11 +59,12 @@ export class SourceHarness implements SourceHandle {
     this.chunkSize = options.chunkSize ?? 100;
     this.sourceName = options.source ?? "test";
     this.clock = options.clock ?? systemClock;
+    if (options.wantsText !== undefined) this.wantsText = options.wantsText;
   }
 
-  record(payload: JsonObject, bytes: number, position: string | number): Entry {
+  record(payload: JsonObject, bytes: number, position: string | number, _text?: string, _envelope?: unknown, positionPrefix = ""): Entry {
     const id = payload.id;
-    return this.entry(payload, typeof id === "string" || typeof id === "number" ? String(id) : `${this.sourceName}:${position}`, bytes, undefined, undefined);
+    return this.entry(payload, typeof id === "string" || typeof id === "number" ? String(id) : `${this.sourceName}:${positionPrefix}${position}`, bytes, undefined, undefined);
   }
 
   malformed(raw: string, position: string | number, error: SluiceError): Entry {

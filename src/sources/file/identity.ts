@@ -91,10 +91,15 @@ export interface Tail {
   readonly sha256: string;
 }
 
-/** The tail of an open file at `offset` as it is now; undefined at offset 0 (nothing before it to compare). */
-export async function tailAt(fh: FileHandle, offset: number): Promise<Tail | undefined> {
+/**
+ * The tail at `offset` of an open file; undefined at offset 0 (nothing before it to compare).
+ * Taken from `before` (the bytes just read that end at `offset`) when they cover it, which costs
+ * no read and describes exactly the bytes that were read; else read back from the file as it is now.
+ */
+export async function tailAt(fh: FileHandle, offset: number, before?: Buffer): Promise<Tail | undefined> {
   const bytes = Math.min(offset, TAIL_MAX_BYTES);
   if (bytes === 0) return undefined;
+  if (before !== undefined && before.length >= bytes) return { bytes, sha256: sha256(before.subarray(before.length - bytes)) };
   const got = await readAt(fh, offset - bytes, bytes);
   return { bytes, sha256: sha256(got) };
 }

@@ -28,8 +28,12 @@ function rawPrefix(bytes: Buffer, whole: boolean): string {
   return bytes.toString("utf8", 0, Math.min(end, RAW_PREFIX_BYTES));
 }
 
-/** Where the reader hands a full chunk: returns the buffer's answer. */
-export type ChunkSink = (records: Entry[], offset: number, line: number) => Promise<EnqueueOutcome>;
+/**
+ * Where the reader hands a full chunk: returns the buffer's answer. `before`: the bytes of the
+ * current read that end at `offset` (a view of the caller's read buffer, valid only until the
+ * sink first awaits), or undefined when the chunk is handed over with no read in hand.
+ */
+export type ChunkSink = (records: Entry[], offset: number, line: number, before: Buffer | undefined) => Promise<EnqueueOutcome>;
 
 /** Settings of an {@link NdjsonReader}. */
 export interface ReaderSettings {
@@ -111,7 +115,7 @@ export class NdjsonReader {
       }
       this.finishPartial(data, nl);
       this.offset = base + nl + 1;
-      if (this.pending.length >= this.handle.chunkSize && !(await this.emit())) return false;
+      if (this.pending.length >= this.handle.chunkSize && !(await this.emit(data.subarray(0, nl + 1)))) return false;
       from = nl + 1;
     }
     const pos = await this.scanLines(data, from, base);
@@ -131,7 +135,7 @@ export class NdjsonReader {
 
   /** Enqueues the records pending, if any (before waiting for more input). */
   async flush(): Promise<boolean> {
-    return this.pending.length === 0 || this.emit();
+    return this.pending.length === 0 || this.emit(undefined);
   }
 
   /**
@@ -165,7 +169,7 @@ export class NdjsonReader {
       p = q;
       if (this.pending.length >= chunkSize) {
         this.offset = base + p;
-        if (!(await this.emit())) return -1;
+        if (!(await this.emit(data.subarray(0, p)))) return -1;
       }
     }
     this.offset = base + p;
@@ -183,6 +187,18 @@ export class NdjsonReader {
     const handle = this.handle;
     const defer = handle.decodesLines === true && handle.line !== undefined;
     const values = defer ? undefined : parseObjectRun(text, n);
+    if (values !== undefined && handle.wantsText === false) {
+      // Nothing reads the lines' texts: no line is cut out, no position string built.
+      const starts = this.starts;
+      const prefix = this.positionPrefix;
+      for (let i = 0; i < n; i++) {
+        const s = starts[i]!;
+        const e = i + 1 < n ? starts[i + 1]! - 1 : end;
+        this.line++;
+        this.pending.push(handle.record(values[i]!, e - s, base + s, undefined, undefined, prefix));
+      }
+      return true;
+    }
     if (!defer && values === undefined) return false;
     const starts = this.starts;
     const location = this.settings.location;
@@ -313,12 +329,12 @@ export class NdjsonReader {
     return this.handle.malformed(raw, this.position(start), error);
   }
 
-  private async emit(): Promise<boolean> {
+  private async emit(before: Buffer | undefined): Promise<boolean> {
     // Stopping: do not hand over more; these lines stay unacked and are read again next run.
     if (this.settings.signal.aborted) return false;
     const records = this.pending;
     this.pending = [];
-    const outcome = await this.sink(records, this.offset, this.line);
+    const outcome = await this.sink(records, this.offset, this.line, before);
     // A `whenFull: "wait"` source is never `rejected`; `dropped` records are counted by the engine and acked.
     return outcome !== "stopping";
   }

@@ -198,9 +198,10 @@ class FileSource implements Source {
         handle,
         { location: path, maxLineBytes: this.opts.max_line_bytes, signal },
         // `gen` is read when the chunk is enqueued: chunks of a new generation carry it. The tail is
-        // read back from the file (one small read per chunk): the reader keeps no bytes behind it.
-        async (records, offset, line) => {
-          const tail = await tailAt(reading, offset).catch((err: unknown) => {
+        // hashed from the read in hand, before anything awaits (the read buffer is reused), and
+        // read back from the file only for a chunk handed over without one (the end of input).
+        async (records, offset, line, before) => {
+          const tail = await tailAt(reading, offset, before).catch((err: unknown) => {
             throw readError(path, "cannot read", err);
           });
           lastTail = { generation: gen, offset, tail };

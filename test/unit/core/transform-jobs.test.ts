@@ -1,12 +1,13 @@
 /**
  * What a transform worker thread does with a job, run in this thread: decoding, envelopes, the
  * leaves of filtered, failed and (nested) split records, records skipped after a worker died on
- * them, isolate mode's reports; and the one-string output cut back into each record's text.
+ * them, isolate mode's reports, a job that wants no payloads back; the one-string output cut back
+ * into each record's text, and a record whose payload was not sent back.
  */
 import { describe, expect, it } from "vitest";
 import type { Transform } from "../../../src/components/contracts.js";
 import { systemClock } from "../../../src/core/clock.js";
-import { PayloadArray, type JsonObject } from "../../../src/core/record.js";
+import { PayloadArray, RecordEntry, withPayloads, type JsonObject } from "../../../src/core/record.js";
 import type { ChainStep } from "../../../src/core/transform-chain.js";
 import { JobRunner, LEAF, type TransformJob } from "../../../src/core/transform-jobs.js";
 
@@ -26,6 +27,21 @@ describe("PayloadArray", () => {
   });
 });
 
+describe("a record whose payload the workers did not send back", () => {
+  it("reads as an empty payload without text, and is left out of what a tap reader is shown", () => {
+    const kept = new RecordEntry("a", undefined, { n: 1 }, undefined, "s", 7);
+    const withheld = new RecordEntry("b", "k", undefined, undefined, "s", 7);
+    withheld.text = '{"n":2}';
+    withheld.withhold();
+    expect([withheld.payload, withheld.text, withheld.id, withheld.key]).toEqual([{}, undefined, "b", "k"]);
+    const records = [kept, withheld];
+    expect(withPayloads(records)).toEqual([kept]);
+    // None withheld: the same array, no copy.
+    const all = [kept];
+    expect(withPayloads(all)).toBe(all);
+  });
+});
+
 describe("JobRunner", () => {
   it("decodes lines, reads their envelope, and reports each record's leaves in order", async () => {
     const runner = new JobRunner(
@@ -41,7 +57,7 @@ describe("JobRunner", () => {
     expect([...result.inputs]).toEqual([0, 1, 2, 2, 2, 3]);
     expect([...result.kinds]).toEqual([LEAF.ok, LEAF.filtered, LEAF.ok, LEAF.ok, LEAF.ok, LEAF.failed]);
     expect(result.suffixes).toEqual(["", "", "#0", "#1#0", "#1#1", ""]);
-    expect(JSON.parse(result.out)).toEqual([{ id: "a", n: 0, k: "x", t: 5, seen: 1 }, { id: "c", n: 2, part: 0 }, { q: 0 }, { q: 1 }]);
+    expect(JSON.parse(result.out!)).toEqual([{ id: "a", n: 0, k: "x", t: 5, seen: 1 }, { id: "c", n: 2, part: 0 }, { q: 0 }, { q: 1 }]);
     expect(result.errors).toEqual([["transform:a", "ERR_TRANSFORM_FAILED", "no", undefined, undefined]]);
     expect(result.ids).toEqual(["a", null, "c", "d"]);
     expect(result.keys).toEqual(["x", null, null, null]);
@@ -73,11 +89,28 @@ describe("JobRunner", () => {
     ]);
   });
 
+  it("with payloads: false serializes nothing and still reports every leaf, envelope and error", async () => {
+    const runner = new JobRunner(
+      [step("transform:a", (p) => (p.n === 1 ? null : p.n === 2 ? [{ part: 0 }, { part: 1 }] : p.n === 3 ? Promise.reject(new Error("no")) : { ...p, seen: 1 }))],
+      { s: { idField: "id", keyField: "k" } },
+      systemClock,
+      () => {},
+    );
+    const result = await runner.run(job([{ id: "a", n: 0, k: "x" }, { n: 1 }, { id: "c", n: 2 }, { id: "d", n: 3 }], { positions: "0\n10\n20\n30", payloads: false }));
+    expect(result.out).toBeUndefined();
+    expect([...result.inputs]).toEqual([0, 1, 2, 2, 3]);
+    expect([...result.kinds]).toEqual([LEAF.ok, LEAF.filtered, LEAF.ok, LEAF.ok, LEAF.failed]);
+    expect(result.suffixes).toEqual(["", "", "#0", "#1", ""]);
+    expect(result.errors).toEqual([["transform:a", "ERR_TRANSFORM_FAILED", "no", undefined, undefined]]);
+    expect(result.ids).toEqual(["a", null, "c", "d"]);
+    expect(result.keys).toEqual(["x", null, null, null]);
+  });
+
   it("fails a result that is not JSON at the last stage, and keeps the others", async () => {
     const runner = new JobRunner([step("transform:a", (p) => (p.n === 1 ? { big: 1n as unknown as number } : p))], {}, systemClock, () => {});
     const result = await runner.run(job([{ n: 0 }, { n: 1 }, { n: 2 }]));
     expect([...result.kinds]).toEqual([LEAF.ok, LEAF.failed, LEAF.ok]);
-    expect(JSON.parse(result.out)).toEqual([{ n: 0 }, { n: 2 }]);
+    expect(JSON.parse(result.out!)).toEqual([{ n: 0 }, { n: 2 }]);
     expect(result.errors[0]!.slice(0, 2)).toEqual(["transform:a", "ERR_TRANSFORM_FAILED"]);
   });
 });

@@ -1,4 +1,5 @@
 import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import { appendFile, copyFile, mkdir, open, readFile, rename, stat, truncate, writeFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
@@ -109,6 +110,22 @@ describe("file source: reading", () => {
     expect(harness.entries[0]!.bytes).toBe(Buffer.byteLength(lines(1, 1)[0]!));
   });
 
+  it("hashes each checkpoint's tail from the bytes just before its offset, also for chunks ending across 1 MiB reads", async () => {
+    // ~3 MiB of lines of varied length, so chunk ends fall at every distance from a read's start.
+    const ls = Array.from({ length: 30_000 }, (_, i) => JSON.stringify({ id: `r${i}`, pad: "x".repeat(i % 97) }));
+    const content = ndjson(ls);
+    await writeFile(inputPath, content);
+    const { harness } = await runOnce({}, 37);
+    const bytes = Buffer.from(content);
+    const expected = (offset: number) => {
+      const n = Math.min(offset, 1024);
+      return { bytes: n, sha256: createHash("sha256").update(bytes.subarray(offset - n, offset)).digest("hex") };
+    };
+    const checkpoints = harness.chunks.map((c) => c.checkpoint as FileCheckpoint);
+    expect(checkpoints.length).toBe(Math.ceil(30_000 / 37));
+    for (const c of checkpoints) expect(c.tail).toEqual(expected(c.offset));
+  });
+
   it("gives records without an id a stable fallback id from the file's generation and the line's byte offset", async () => {
     await writeFile(inputPath, '{"a":1}\n{"a":22}\n{"a":333}\n');
     const run = await runOnce();
@@ -117,6 +134,29 @@ describe("file source: reading", () => {
     expect(first).toEqual([`logs:${token}:0`, `logs:${token}:8`, `logs:${token}:17`]);
     const second = (await runOnce({}, 100, join(tmp.path, "other-data"))).harness.entries.map((e) => e.id);
     expect(second).toEqual(first);
+  });
+
+  it("cuts out no text when the handle wants none, and gives the same ids (fallback ones too), sizes and checkpoints", async () => {
+    class TextHarness extends SourceHarness {
+      readonly texts: (string | undefined)[] = [];
+      override record(payload: JsonObject, bytes: number, position: string | number, text?: string, envelope?: unknown, positionPrefix?: string): Entry {
+        this.texts.push(text);
+        return super.record(payload, bytes, position, text, envelope, positionPrefix);
+      }
+    }
+    await writeFile(inputPath, ndjson([...lines(1, 150), '{"a":1}', '{"a":"é22"}', ...lines(151, 260)]));
+    const read = async (wantsText: boolean | undefined, dir: string) => {
+      const harness = new TextHarness({ source: "logs", chunkSize: 50, ...(wantsText !== undefined && { wantsText }) });
+      await makeSource({}, { dir: join(tmp.path, dir) }).source.run(harness, new AbortController().signal);
+      return harness;
+    };
+    const withText = await read(undefined, "a");
+    const without = await read(false, "b");
+    expect(without.texts.every((t) => t === undefined)).toBe(true);
+    expect(withText.texts.every((t) => t !== undefined)).toBe(true);
+    expect(without.entries.map((e) => [e.id, e.bytes])).toEqual(withText.entries.map((e) => [e.id, e.bytes]));
+    expect(without.entries[150]!.id).toBe(`logs:${tokenOf(without)}:${Buffer.byteLength(ndjson(lines(1, 150)))}`);
+    expect(without.chunks.map((c) => c.checkpoint)).toEqual(withText.chunks.map((c) => c.checkpoint));
   });
 
   it("dead-letters lines that are not JSON objects with path:line, and goes on", async () => {

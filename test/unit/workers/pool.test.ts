@@ -20,10 +20,11 @@ afterAll(async () => {
   for (const dir of dirs) await rm(dir, { recursive: true, force: true });
 });
 
-/** A sink that keeps the ids and payloads it committed. */
-function keeping(into: { id: string; payload: Record<string, unknown>; text: string | undefined }[]): Sink {
+/** A sink that keeps the ids and payloads it committed; `readsPayloads: false` when it says it reads none. */
+function keeping(into: { id: string; payload: Record<string, unknown>; text: string | undefined }[], readsPayloads = true): Sink {
   return {
     maxInFlight: 1,
+    ...(!readsPayloads && { readsPayloads: false as const }),
     async connect() {},
     async write(batch: readonly Entry[]) {
       for (const r of batch) into.push({ id: r.id, payload: r.payload, text: r.text });
@@ -34,7 +35,7 @@ function keeping(into: { id: string; payload: Record<string, unknown>; text: str
 }
 
 /** Runs `fates` (one record each, ids r0...) through the fate transform on `workers` threads. */
-async function runFates(fates: readonly string[], workers: number, timeout = 30_000) {
+async function runFates(fates: readonly string[], workers: number, timeout = 30_000, readsPayloads = true) {
   const dir = await mkdtemp(join(tmpdir(), "sluice-workers-"));
   dirs.push(dir);
   const input = join(dir, "in.ndjson");
@@ -44,7 +45,7 @@ async function runFates(fates: readonly string[], workers: number, timeout = 30_
   const { status, summary } = await pipeline({ data_dir: dataDir, workers, buffer: { chunk_size: 4 } })
     .source("in", sources.file({ path: input }))
     .use(transforms.module({ path: FATE }), { timeout })
-    .sink("keep", sinks.custom("keeping", () => keeping(committed)))
+    .sink("keep", sinks.custom("keeping", () => keeping(committed, readsPayloads)))
     .run();
   return { status, summary, committed, dead: readDeadLetters(join(dataDir, "dlq.db")) };
 }
@@ -58,6 +59,18 @@ describe("workers: 2", () => {
     // The text a sink may write is the transformed payload's JSON.
     expect(committed.map((c) => JSON.parse(c.text!) as unknown)).toEqual(committed.map((c) => c.payload));
     expect(dead.map((d) => [d.record_id, d.sink, d.code])).toEqual([["r1", "transform:module", "ERR_TRANSFORM_FAILED"]]);
+    expect(JSON.parse(dead[0]!.payload!)).toMatchObject({ id: "r1", fate: "throw" });
+    expect(summary.records).toMatchObject({ received: 10, delivered: 8, dead_lettered: 1, dropped: 1 });
+  }, 120_000);
+
+  it("sends no payloads back when no sink reads them: the same records, ids, dead letters and counts", async () => {
+    const fates = ["ok", "throw", "ok", "filter", "split", "ok", "slow", "ok", "ok"];
+    const { status, summary, committed, dead } = await runFates(fates, 2, 30_000, false);
+    expect(status).toEqual({ tag: "completed" });
+    expect(committed.map((c) => c.id)).toEqual(["r0", "r2", "r4#0", "r4#1", "r5", "r6", "r7", "r8"]);
+    expect(committed.every((c) => Object.keys(c.payload).length === 0 && c.text === undefined)).toBe(true);
+    expect(dead.map((d) => [d.record_id, d.sink, d.code])).toEqual([["r1", "transform:module", "ERR_TRANSFORM_FAILED"]]);
+    // A dead letter keeps the payload the transform failed on: only delivered payloads are left behind.
     expect(JSON.parse(dead[0]!.payload!)).toMatchObject({ id: "r1", fate: "throw" });
     expect(summary.records).toMatchObject({ received: 10, delivered: 8, dead_lettered: 1, dropped: 1 });
   }, 120_000);
