@@ -71,7 +71,8 @@ async function readCheckpoint(file: string): Promise<{ offset: number; line: num
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe(`SIGKILL mid-run, restart, repeat (seed ${SEED})`, () => {
-  it.concurrent.for(Object.keys(VARIANTS))("every line reaches SQLite exactly once: %s", async (name, { expect }) => {
+  // Several variants run at once, each with kill cycles of up to 40 s: 60 s was too little at a load of 20.
+  it.concurrent.for(Object.keys(VARIANTS))("every line reaches SQLite exactly once: %s", { timeout: 240_000 }, async (name, { expect }) => {
     const variant = VARIANTS[name]!;
     const random = mulberry32(SEED + name.length);
     const dir = await mkdtemp(join(tmpdir(), "sluice-crash-"));
