@@ -2,6 +2,7 @@
  * How the `redis_streams` source turns stream entries into records, and reads the replies of the
  * commands it sends besides XREADGROUP (XPENDING, XINFO GROUPS). Pure functions: no connection.
  */
+import { parseObjectRun } from "../core/envelope.js";
 import { SluiceError } from "../core/errors.js";
 import type { Entry, JsonObject } from "../core/record.js";
 import type { ServiceEnvelope, SourceHandle } from "../components/contracts.js";
@@ -16,6 +17,17 @@ export interface EntryFormat {
 
 /** An entry as ioredis returns it: its id and its fields as a flat field/value list; `null` fields for an entry deleted while pending (a history read). */
 export type RawEntry = [id: string, fields: string[] | null];
+
+/** An entry as the reader reads it (`xreadgroupBuffer`: no string made for what is not used): its id and its fields as a flat field/value list; `null` fields for an entry deleted while pending. */
+export type ByteEntry = [id: Buffer, fields: Buffer[] | null];
+
+/** A read's reply as bytes: per stream (its name), its entries. */
+export type ByteReply = [stream: Buffer, entries: ByteEntry[]][];
+
+const NEWLINE = Buffer.from("\n");
+const COMMA = Buffer.from(",");
+const OPEN_BRACE = 0x7b;
+const CLOSE_BRACE = 0x7d;
 
 /** An entry's parts after one pass over its fields. */
 interface EntryParts {
@@ -87,6 +99,59 @@ export function entryRecord(handle: SourceHandle, stream: string, entryId: strin
   if (others === undefined) return handle.record(object, bytes, position, body, envelope);
   object[format.metadataField] = others;
   return handle.record(object, bytes, position, undefined, envelope);
+}
+
+/** Whether `bytes` are the UTF-8 of `name` (field names are short: a loop beats a call into C++). */
+function isField(bytes: Buffer, name: Buffer): boolean {
+  if (bytes.length !== name.length) return false;
+  for (let i = 0; i < name.length; i++) if (bytes[i] !== name[i]) return false;
+  return true;
+}
+
+/**
+ * The records of one read of `stream` (XREADGROUP as bytes), in entry order, appended to
+ * `records`; returns the entries' ids. Each record is what {@link entryRecord} makes of its entry.
+ * When every entry's one field is the body (`bodyKey`, as `bodyKeyBytes`) and every body looks like
+ * one object (`{`..`}`, no line break), the bodies are decoded from UTF-8 at once and parsed with
+ * one `JSON.parse` of `[body,...]` ({@link parseObjectRun}, guarded so that a body that is not an
+ * object on its own can never hide inside a neighbour), and the ids are decoded at once too.
+ * Otherwise, or when that parse fails, entry by entry: a bad body is found alone.
+ */
+export function readRecords(handle: SourceHandle, stream: string, entries: readonly ByteEntry[], format: EntryFormat, bodyKeyBytes: Buffer, records: Entry[]): string[] {
+  const n = entries.length;
+  if (n === 0) return [];
+  const idParts: Buffer[] = [];
+  const bodyParts: Buffer[] = [];
+  let plain = true;
+  for (const [id, fields] of entries) {
+    idParts.push(id, COMMA);
+    if (!plain) continue;
+    const body = fields?.length === 2 && isField(fields[0]!, bodyKeyBytes) ? fields[1]! : undefined;
+    if (body === undefined || body.length < 2 || body[0] !== OPEN_BRACE || body[body.length - 1] !== CLOSE_BRACE) plain = false;
+    else bodyParts.push(body, NEWLINE);
+  }
+  idParts.pop();
+  const ids = Buffer.concat(idParts).toString("latin1").split(",");
+  if (plain) {
+    bodyParts.pop();
+    const text = Buffer.concat(bodyParts).toString();
+    const bodies = text.split("\n");
+    const payloads = bodies.length === n ? parseObjectRun(text, n) : undefined;
+    if (payloads !== undefined) {
+      const keyLength = format.bodyKey.length;
+      for (let i = 0; i < n; i++) {
+        const position = `${stream}:${ids[i]}`;
+        const body = bodies[i]!;
+        records.push(handle.record(payloads[i]!, keyLength + body.length, position, body, { id: position }));
+      }
+      return ids;
+    }
+  }
+  for (let i = 0; i < n; i++) {
+    const fields = entries[i]![1];
+    records.push(entryRecord(handle, stream, ids[i]!, fields === null ? [] : fields.map(String), format));
+  }
+  return ids;
 }
 
 /**
