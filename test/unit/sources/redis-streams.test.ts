@@ -140,6 +140,18 @@ describe("redis_streams reads (entries as bytes)", () => {
     expect(read[1]).toMatchObject({ payload: { t: "été ✓" }, text: '{"id":"r-2","t":"\u00e9t\u00e9 ✓","n":{"x":[1,2]}}' });
   });
 
+  it("parses at once a read of entries as the redis_streams sink writes them (id, key, event_time beside the body)", () => {
+    const { read, alone } = both([
+      ["1-0", ["id", "r-1", "body", '{"a":1}', "key", "k-1", "event_time", "2026-01-02T03:04:05.000Z"]],
+      ["1-1", ["id", "r-2", "body", '{"a":2}']],
+      ["1-2", ["body", '{"a":3}', "event_time", "yesterday", "key", "ké"]],
+      ["1-3", ["body", '{"a":4}']],
+    ]);
+    expect(read).toEqual(alone);
+    expect(read[0]).toMatchObject({ bytes: 56, envelope: { id: "r-1", key: "k-1", eventTime: Date.parse("2026-01-02T03:04:05.000Z") } });
+    expect(read[2]).toMatchObject({ envelope: { id: "events:1-2", key: "ké", eventTime: undefined } });
+  });
+
   it.each([
     ["a body that is not JSON", [["1-0", ["body", '{"a":1}']], ["1-1", ["body", "{nope}"]], ["1-2", ["body", '{"b":2}']]]],
     ["a body that is two objects (a top-level comma)", [["1-0", ["body", '{"a":1},{"b":2}']], ["1-1", ["body", '{"c":3}']]]],
@@ -149,6 +161,7 @@ describe("redis_streams reads (entries as bytes)", () => {
     ["an entry with envelope fields and metadata", [["1-0", ["id", "r-1", "body", '{"a":1}', "key", "k", "trace", "t"]], ["1-1", ["body", "{}"]]]],
     ["an entry without a body field", [["1-0", ["temp", "21.5"]], ["1-1", ["body", "{}"]]]],
     ["a body field under another name", [["1-0", ["bodx", "{}"]]]],
+    ["two body fields", [["1-0", ["body", '{"a":1}', "id", "r", "body", '{"a":2}']], ["1-1", ["body", "{}"]]]],
     ["an entry deleted while pending", [["1-0", null], ["1-1", ["body", "{}"]]]],
   ] as [string, [string, string[] | null][]][])("takes a read with %s entry by entry: the same records, a bad body found alone", (_what, entries) => {
     const { read, alone, ids } = both(entries);
