@@ -2,6 +2,7 @@
  * How the `redis_streams` source turns stream entries into records, and reads the replies of the
  * commands it sends besides XREADGROUP (XPENDING, XINFO GROUPS). Pure functions: no connection.
  */
+import { parseObjectRun } from "../core/envelope.js";
 import { SluiceError } from "../core/errors.js";
 import type { Entry, JsonObject } from "../core/record.js";
 import type { ServiceEnvelope, SourceHandle } from "../components/contracts.js";
@@ -16,6 +17,17 @@ export interface EntryFormat {
 
 /** An entry as ioredis returns it: its id and its fields as a flat field/value list; `null` fields for an entry deleted while pending (a history read). */
 export type RawEntry = [id: string, fields: string[] | null];
+
+/** An entry as the reader reads it (`xreadgroupBuffer`: no string made for what is not used): its id and its fields as a flat field/value list; `null` fields for an entry deleted while pending. */
+export type ByteEntry = [id: Buffer, fields: Buffer[] | null];
+
+/** A read's reply as bytes: per stream (its name), its entries. */
+export type ByteReply = [stream: Buffer, entries: ByteEntry[]][];
+
+const NEWLINE = Buffer.from("\n");
+const COMMA = Buffer.from(",");
+const OPEN_BRACE = 0x7b;
+const CLOSE_BRACE = 0x7d;
 
 /** An entry's parts after one pass over its fields. */
 interface EntryParts {
@@ -87,6 +99,114 @@ export function entryRecord(handle: SourceHandle, stream: string, entryId: strin
   if (others === undefined) return handle.record(object, bytes, position, body, envelope);
   object[format.metadataField] = others;
   return handle.record(object, bytes, position, undefined, envelope);
+}
+
+/** Whether `bytes` are the UTF-8 of `name` (field names are short: a loop beats a call into C++). */
+function isField(bytes: Buffer, name: Buffer): boolean {
+  if (bytes.length !== name.length) return false;
+  for (let i = 0; i < name.length; i++) if (bytes[i] !== name[i]) return false;
+  return true;
+}
+
+/** The envelope fields an entry may carry beside its body (what the `redis_streams` sink writes), as bytes. */
+const ID_FIELD = Buffer.from("id");
+const KEY_FIELD = Buffer.from("key");
+const TIME_FIELD = Buffer.from("event_time");
+
+/** An entry's body and the envelope fields beside it, read from bytes as {@link split} reads them from strings. */
+interface BodyParts {
+  body: Buffer;
+  id: string | undefined;
+  key: string | undefined;
+  eventTime: number | undefined;
+  /** The envelope fields' share of the record's size. */
+  bytes: number;
+}
+
+/**
+ * The body and envelope fields of an entry whose fields are its body (`bodyKey`) once and at most
+ * the envelope's `id`, `key` and `event_time`; null for an entry with any other field, or with no
+ * body or two (such an entry is decoded alone).
+ */
+function bodyParts(fields: readonly Buffer[], bodyKey: Buffer): BodyParts | null {
+  let body: Buffer | undefined;
+  let id: string | undefined;
+  let key: string | undefined;
+  let eventTime: number | undefined;
+  let bytes = 0;
+  for (let i = 0; i + 1 < fields.length; i += 2) {
+    const name = fields[i]!;
+    if (isField(name, bodyKey)) {
+      if (body !== undefined) return null;
+      body = fields[i + 1]!;
+      continue;
+    }
+    const value = fields[i + 1]!.toString();
+    if (isField(name, ID_FIELD)) id = value;
+    else if (isField(name, KEY_FIELD)) key = value;
+    else if (isField(name, TIME_FIELD)) {
+      const ms = Date.parse(value);
+      eventTime = Number.isNaN(ms) ? undefined : ms;
+    } else return null;
+    bytes += name.length + value.length;
+  }
+  return body === undefined ? null : { body, id, key, eventTime, bytes };
+}
+
+/**
+ * The records of one read of `stream` (XREADGROUP as bytes), in entry order, appended to
+ * `records`; returns the entries' ids. Each record is what {@link entryRecord} makes of its entry.
+ * When every entry holds its body (`bodyKey`, as `bodyKeyBytes`) and at most the envelope's `id`,
+ * `key` and `event_time` fields, and every body looks like one object (`{`..`}`, no line break),
+ * the bodies are decoded from UTF-8 at once and parsed with one `JSON.parse` of `[body,...]`
+ * ({@link parseObjectRun}, guarded so that a body that is not an object on its own can never hide
+ * inside a neighbour); the ids are decoded at once too. Otherwise, or when that parse fails, entry
+ * by entry: a bad body is found alone.
+ */
+export function readRecords(handle: SourceHandle, stream: string, entries: readonly ByteEntry[], format: EntryFormat, bodyKeyBytes: Buffer, records: Entry[]): string[] {
+  const n = entries.length;
+  if (n === 0) return [];
+  const idParts: Buffer[] = [];
+  const texts: Buffer[] = [];
+  /** Per entry, its envelope fields when it has any beside the body. */
+  const envelopes: (BodyParts | undefined)[] = [];
+  let plain = true;
+  for (const [id, fields] of entries) {
+    idParts.push(id, COMMA);
+    if (!plain) continue;
+    // The body alone (most producers) without a call; with the envelope's fields beside it (the sink's entries) through bodyParts.
+    const parts = fields === null || fields.length === 2 ? undefined : bodyParts(fields, bodyKeyBytes);
+    const body = fields?.length === 2 ? (isField(fields[0]!, bodyKeyBytes) ? fields[1] : undefined) : parts?.body;
+    if (body === undefined || body.length < 2 || body[0] !== OPEN_BRACE || body[body.length - 1] !== CLOSE_BRACE) plain = false;
+    else {
+      texts.push(body, NEWLINE);
+      envelopes.push(parts ?? undefined);
+    }
+  }
+  idParts.pop();
+  const ids = Buffer.concat(idParts).toString("latin1").split(",");
+  if (plain) {
+    texts.pop();
+    const text = Buffer.concat(texts).toString();
+    const bodies = text.split("\n");
+    const payloads = bodies.length === n ? parseObjectRun(text, n) : undefined;
+    if (payloads !== undefined) {
+      const keyLength = format.bodyKey.length;
+      for (let i = 0; i < n; i++) {
+        const position = `${stream}:${ids[i]}`;
+        const body = bodies[i]!;
+        const e = envelopes[i];
+        const bytes = keyLength + body.length + (e?.bytes ?? 0);
+        records.push(handle.record(payloads[i]!, bytes, position, body, e === undefined ? { id: position } : { id: e.id ?? position, key: e.key, eventTime: e.eventTime }));
+      }
+      return ids;
+    }
+  }
+  for (let i = 0; i < n; i++) {
+    const fields = entries[i]![1];
+    records.push(entryRecord(handle, stream, ids[i]!, fields === null ? [] : fields.map(String), format));
+  }
+  return ids;
 }
 
 /**

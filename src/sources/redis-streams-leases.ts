@@ -13,7 +13,7 @@
 import type { Redis } from "ioredis";
 import { sleep, type Clock } from "../core/clock.js";
 import type { Logger } from "../core/events.js";
-import type { RawEntry } from "./redis-streams-entries.js";
+import type { ByteReply } from "./redis-streams-entries.js";
 
 /**
  * Where a held partition is. `claiming`: just taken (or the connection was renewed); entries the
@@ -314,7 +314,8 @@ type Scripted = Redis & {
   sluiceLeaseHeartbeat(...args: (string | number)[]): Promise<[number, number[]]>;
   sluiceLeaseAcquire(...args: (string | number)[]): Promise<number[]>;
   sluiceLeaseRelease(...args: (string | number)[]): Promise<number>;
-  sluiceReadHeld(...args: (string | number)[]): Promise<[number[], [string, RawEntry[]][] | null, string[]]>;
+  /** The READ script with its reply as bytes (ioredis defines the `Buffer` variant of every script). */
+  sluiceReadHeldBuffer(...args: (string | number)[]): Promise<[number[], ByteReply | null, Buffer[]]>;
 };
 
 const SCRIPTS = { sluiceLeaseHeartbeat: HEARTBEAT, sluiceLeaseAcquire: ACQUIRE, sluiceLeaseRelease: RELEASE, sluiceReadHeld: READ } as const;
@@ -360,8 +361,8 @@ export async function readHeld(
   o: { group: string; consumer: string; token: string; blockMs: number },
   streams: readonly string[],
   count: number,
-): Promise<[string, RawEntry[]][] | null> {
-  const [lost, reply, last] = await (redis as Scripted).sluiceReadHeld(streams.length * 2, ...streams.map((s) => leaseKey(s, o.group)), ...streams, o.token, o.group, o.consumer, count);
+): Promise<ByteReply | null> {
+  const [lost, reply, last] = await (redis as Scripted).sluiceReadHeldBuffer(streams.length * 2, ...streams.map((s) => leaseKey(s, o.group)), ...streams, o.token, o.group, o.consumer, count);
   for (const i of lost) leases.lost(streams[i - 1]!);
   if (reply !== null) return reply;
   const held = streams.filter((_, i) => !lost.includes(i + 1));

@@ -12,7 +12,7 @@ import type { Entry } from "../core/record.js";
 import { CLIENT_OPTIONS, COMMAND_TIMEOUT_MS, isReplyError, loadRedis, quitWithin, within, type RedisModule } from "../brokers/redis.js";
 import { defineComponent, type ComponentContext, type EnqueueOutcome, type Source, type SourceHandle } from "../components/contracts.js";
 import { RecordSizeEstimate } from "../components/record-size.js";
-import { entryRecord, exhaustedRecord, type PendingEntry, type RawEntry } from "./redis-streams-entries.js";
+import { entryRecord, exhaustedRecord, readRecords, type ByteReply, type PendingEntry } from "./redis-streams-entries.js";
 import { ConsumerGroup, isReply, sourceError, type RedisStreamsCheckpoint } from "./redis-streams-group.js";
 import { defineLeaseScripts, PartitionLeases, readHeld, redisLeaseStore } from "./redis-streams-leases.js";
 import { DEFAULT_LEASE_TTL_MS, options, orderedConflicts, type RedisStreamsSourceSettings } from "./redis-streams-options.js";
@@ -114,6 +114,8 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
   let turn = 0;
   /** Per stream, where its group is created again when it goes missing: the last entry id read here (at first the group's position when this process created it). Empty until the first connect created the groups. */
   const resumeAt = new Map<string, string>();
+  /** The body field's name as the reader's replies carry it (bytes). */
+  const bodyKeyBytes = Buffer.from(settings.bodyKey);
   /** The entries' average size: COUNT must fit the byte bound too (entries read that do not fit sit pending in the group, ageing toward claim_idle, while sluice is full). */
   const sizes = new RecordSizeEstimate();
 
@@ -177,7 +179,7 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
   }
 
   /** Reads new entries once: at most `count` of them over the streams assigned now; null when none came. */
-  async function fetch(conn: Connection, count: number, signal: AbortSignal): Promise<[string, RawEntry[]][] | null> {
+  async function fetch(conn: Connection, count: number, signal: AbortSignal): Promise<ByteReply | null> {
     const all = assigned();
     if (all.length === 0) {
       await sleep(clock, settings.blockMs, signal).catch(() => {});
@@ -192,9 +194,7 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
     const perStream = Math.floor(count / streams.length);
     try {
       if (leases !== undefined) return await readHeld(conn.reader, leases, { group: settings.group, consumer, token, blockMs: settings.blockMs }, streams, perStream);
-      return (await conn.reader.xreadgroup("GROUP", settings.group, consumer, "COUNT", perStream, "BLOCK", settings.blockMs, "STREAMS", ...streams, ...streams.map(() => ">"))) as
-        | [string, RawEntry[]][]
-        | null;
+      return (await conn.reader.xreadgroupBuffer("GROUP", settings.group, consumer, "COUNT", perStream, "BLOCK", settings.blockMs, "STREAMS", ...streams, ...streams.map(() => ">"))) as ByteReply | null;
     } catch (err) {
       if (signal.aborted) return null;
       // NOGROUP: the group is gone (destroyed, or Redis restarted without its data); UNBLOCKED: the stream was deleted under the read.
@@ -206,15 +206,12 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
   }
 
   /** Builds a read's records and hands them over as one chunk. */
-  function take(handle: SourceHandle, reply: [string, RawEntry[]][]): Promise<EnqueueOutcome> {
+  function take(handle: SourceHandle, reply: ByteReply): Promise<EnqueueOutcome> {
     const records: Entry[] = [];
     const checkpoint = new Map<string, string[]>();
-    for (const [stream, entries] of reply) {
-      const ids: string[] = [];
-      for (const [id, fields] of entries) {
-        ids.push(id);
-        records.push(entryRecord(handle, stream, id, fields ?? [], settings));
-      }
+    for (const [name, entries] of reply) {
+      const stream = name.toString();
+      const ids = readRecords(handle, stream, entries, settings, bodyKeyBytes, records);
       checkpoint.set(stream, ids);
       if (ids.length > 0) resumeAt.set(stream, ids.at(-1)!);
     }
@@ -430,7 +427,7 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
       const backlog = reportBacklog(conn.group, stop.signal);
       let nextReclaim = clock.now();
       /** The next read, sent before the last one's records are built when there is room for both: Redis answers it meanwhile. */
-      let ahead: Promise<[string, RawEntry[]][] | null> | undefined;
+      let ahead: Promise<ByteReply | null> | undefined;
       const loop = async () => {
         if (leases !== undefined) {
           // Joins the fleet here, not in connect: `sluice validate` connects and closes, and must not make a running fleet rebalance.

@@ -7,7 +7,7 @@ import { describe, expect, it } from "vitest";
 import type { ServiceEnvelope, SourceHandle } from "../../../src/components/contracts.js";
 import type { SluiceError } from "../../../src/core/errors.js";
 import type { Entry, JsonObject } from "../../../src/core/record.js";
-import { entryRecord, exhaustedRecord, parseGroupInfo, parsePending } from "../../../src/sources/redis-streams-entries.js";
+import { entryRecord, exhaustedRecord, parseGroupInfo, parsePending, readRecords, type ByteEntry } from "../../../src/sources/redis-streams-entries.js";
 import { pipeline, sinks, sources } from "../../../src/index.js";
 import { validateConfig } from "../../../src/config/schema.js";
 import { definition } from "../../../src/sources/redis-streams.js";
@@ -33,6 +33,20 @@ function recordingHandle(): { handle: SourceHandle; last: () => Call } {
 }
 
 const format = { bodyKey: "body", metadataField: "_redis" };
+
+/** A handle that remembers every call, in order. */
+function callLog(): { handle: SourceHandle; calls: Call[] } {
+  const calls: Call[] = [];
+  const { handle } = recordingHandle();
+  return {
+    calls,
+    handle: {
+      ...handle,
+      record: (payload, bytes, position, text, envelope) => (calls.push({ kind: "record", payload, bytes, position, text, envelope }), {} as Entry),
+      malformed: (raw, position, error, envelope) => (calls.push({ kind: "malformed", raw, position, error, envelope }), {} as Entry),
+    },
+  };
+}
 
 function decode(fields: string[]): Call {
   const { handle, last } = recordingHandle();
@@ -99,6 +113,64 @@ describe("redis_streams entries", () => {
     expect(call.error.message).toMatch(/delivered 10 times/);
     exhaustedRecord(handle, "events", "8-0", ["a", "1", "id", "r-8"], 3, format);
     expect(last()).toMatchObject({ raw: '{"a":"1","id":"r-8"}', envelope: { id: "events:8-0" } });
+  });
+});
+
+describe("redis_streams reads (entries as bytes)", () => {
+  /** What readRecords makes of entries (given as strings), next to what entryRecord makes of each. */
+  function both(entries: [string, string[] | null][]): { read: Call[]; alone: Call[]; ids: string[] } {
+    const bytes: ByteEntry[] = entries.map(([id, fields]) => [Buffer.from(id), fields === null ? null : fields.map((f) => Buffer.from(f))]);
+    const read = callLog();
+    const records: Entry[] = [];
+    const ids = readRecords(read.handle, "events", bytes, format, Buffer.from(format.bodyKey), records);
+    expect(records).toHaveLength(entries.length);
+    const alone = callLog();
+    for (const [id, fields] of entries) entryRecord(alone.handle, "events", id, fields ?? [], format);
+    return { read: read.calls, alone: alone.calls, ids };
+  }
+
+  it("parses a read whose entries hold only a body at once, each record as entryRecord makes it", () => {
+    const { read, alone, ids } = both([
+      ["1-0", ["body", '{"a":1}']],
+      ["1-1", ["body", '{"id":"r-2","t":"\u00e9t\u00e9 ✓","n":{"x":[1,2]}}']],
+      ["2-0", ["body", "{}"]],
+    ]);
+    expect(ids).toEqual(["1-0", "1-1", "2-0"]);
+    expect(read).toEqual(alone.map((c) => ({ ...c, envelope: { id: c.envelope!.id } })));
+    expect(read[1]).toMatchObject({ payload: { t: "été ✓" }, text: '{"id":"r-2","t":"\u00e9t\u00e9 ✓","n":{"x":[1,2]}}' });
+  });
+
+  it("parses at once a read of entries as the redis_streams sink writes them (id, key, event_time beside the body)", () => {
+    const { read, alone } = both([
+      ["1-0", ["id", "r-1", "body", '{"a":1}', "key", "k-1", "event_time", "2026-01-02T03:04:05.000Z"]],
+      ["1-1", ["id", "r-2", "body", '{"a":2}']],
+      ["1-2", ["body", '{"a":3}', "event_time", "yesterday", "key", "ké"]],
+      ["1-3", ["body", '{"a":4}']],
+    ]);
+    expect(read).toEqual(alone);
+    expect(read[0]).toMatchObject({ bytes: 56, envelope: { id: "r-1", key: "k-1", eventTime: Date.parse("2026-01-02T03:04:05.000Z") } });
+    expect(read[2]).toMatchObject({ envelope: { id: "events:1-2", key: "ké", eventTime: undefined } });
+  });
+
+  it.each([
+    ["a body that is not JSON", [["1-0", ["body", '{"a":1}']], ["1-1", ["body", "{nope}"]], ["1-2", ["body", '{"b":2}']]]],
+    ["a body that is two objects (a top-level comma)", [["1-0", ["body", '{"a":1},{"b":2}']], ["1-1", ["body", '{"c":3}']]]],
+    ["bodies that are valid only together", [["1-0", ["body", '{"a":[{"b":1}']], ["1-1", ["body", '{"c":2}]}']], ["1-2", ["body", '{"d":1}']]]],
+    ["a body with a line break (valid only once joined by commas)", [["1-0", ["body", '{"a":1\n"b":2}']], ["1-1", ["body", "{}"]]]],
+    ["a body that is an array", [["1-0", ["body", "[1]"]], ["1-1", ["body", "{}"]]]],
+    ["an entry with envelope fields and metadata", [["1-0", ["id", "r-1", "body", '{"a":1}', "key", "k", "trace", "t"]], ["1-1", ["body", "{}"]]]],
+    ["an entry without a body field", [["1-0", ["temp", "21.5"]], ["1-1", ["body", "{}"]]]],
+    ["a body field under another name", [["1-0", ["bodx", "{}"]]]],
+    ["two body fields", [["1-0", ["body", '{"a":1}', "id", "r", "body", '{"a":2}']], ["1-1", ["body", "{}"]]]],
+    ["an entry deleted while pending", [["1-0", null], ["1-1", ["body", "{}"]]]],
+  ] as [string, [string, string[] | null][]][])("takes a read with %s entry by entry: the same records, a bad body found alone", (_what, entries) => {
+    const { read, alone, ids } = both(entries);
+    expect(read).toEqual(alone);
+    expect(ids).toEqual(entries.map(([id]) => id));
+  });
+
+  it("reads nothing from an empty read", () => {
+    expect(both([])).toEqual({ read: [], alone: [], ids: [] });
   });
 });
 
