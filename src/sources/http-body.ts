@@ -51,8 +51,8 @@ export interface ReadOptions {
   readonly take?: (bytes: number) => void;
   /** Sees each chunk as it arrives (the signature check), before it is kept. */
   readonly onChunk?: (chunk: Buffer) => void;
-  /** Longest wait for the next chunk, ms, on `setTimer` and `now`; past it, 408. */
-  readonly idle?: { readonly ms: number; readonly setTimer: (ms: number, fn: () => void) => () => void; readonly now: () => number };
+  /** Longest wait for the next chunk, ms, on `setTimer`; past it, 408. */
+  readonly idle?: { readonly ms: number; readonly setTimer: (ms: number, fn: () => void) => () => void };
 }
 
 /**
@@ -66,18 +66,10 @@ export function readBody(req: IncomingMessage, o: ReadOptions): Promise<Buffer> 
     let size = 0;
     let cancel = () => {};
     // A stalled body holds its bytes of the budget: without this it would hold them until
-    // request_timeout, and a few stalled clients would keep every other body out. One timer per
-    // body, not one per chunk: when it fires after a chunk came, it is set again for the rest of
-    // the wait from that chunk.
-    const idle = o.idle;
-    let lastChunk = idle?.now() ?? 0;
-    const arm = (ms: number) => {
-      if (idle) cancel = idle.setTimer(ms, check);
-    };
-    const check = () => {
-      const quiet = idle!.now() - lastChunk;
-      if (quiet >= idle!.ms) stop(new HttpError(408, `no part of the body came within ${idle!.ms} ms`));
-      else arm(idle!.ms - quiet);
+    // request_timeout, and a few stalled clients would keep every other body out.
+    const arm = () => {
+      cancel();
+      if (o.idle) cancel = o.idle.setTimer(o.idle.ms, () => stop(new HttpError(408, `no part of the body came within ${o.idle!.ms} ms`)));
     };
     const stop = (err: HttpError) => {
       cancel();
@@ -87,7 +79,7 @@ export function readBody(req: IncomingMessage, o: ReadOptions): Promise<Buffer> 
       reject(err);
     };
     const onData = (part: Buffer) => {
-      if (idle) lastChunk = idle.now();
+      arm();
       size += part.length;
       if (size > o.limit) return stop(new HttpError(413, `body larger than the limit of ${o.limit} bytes`));
       try {
@@ -102,7 +94,7 @@ export function readBody(req: IncomingMessage, o: ReadOptions): Promise<Buffer> 
       cancel();
       resolve(parts.length === 1 ? parts[0]! : Buffer.concat(parts, size));
     };
-    arm(idle?.ms ?? 0);
+    arm();
     req.on("data", onData);
     req.on("end", onEnd);
     req.on("error", (err) => {

@@ -300,7 +300,7 @@ export class HttpSource implements Source {
     const raw = await readBody(req, {
       limit: this.o.max_body,
       take,
-      idle: { ms: this.o.body_timeout, setTimer: (ms, fn) => this.ctx.clock.setTimer(ms, fn), now: () => this.ctx.clock.now() },
+      idle: { ms: this.o.body_timeout, setTimer: (ms, fn) => this.ctx.clock.setTimer(ms, fn) },
       ...(signed ? { onChunk: (c: Buffer) => signed.update(c) } : {}),
     });
     signed?.verify();
