@@ -29,7 +29,10 @@
  * Env: BENCH_HTTP=0 skips the section; BENCH_HTTP_SECONDS (10); BENCH_HTTP_WARMUP_SECONDS (2);
  * BENCH_HTTP_RUNS (3, about 13 s per contender run); BENCH_HTTP_CONNECTIONS (32); BENCH_HTTP_BATCH
  * (100 records a request); BENCH_HTTP_CPU_PROF=<dir> starts both servers with `node --cpu-prof`
- * writing there (figures are then slower; for finding hot spots, not for the table).
+ * writing there (figures are then slower; for finding hot spots, not for the table);
+ * BENCH_HTTP_BASE_REF=<git ref> adds sluice built from that ref's src/ as a third contender, in
+ * every round, and reports the median of the per-round ratios of records per server-CPU-second
+ * (now against that ref): a before/after in one run.
  * Exit code non-zero only when a contender run failed.
  *
  * Standalone (this section only): `node --import tsx bench/http.ts`.
@@ -44,7 +47,7 @@ import { fileURLToPath } from "node:url";
 import { Pool, request } from "undici";
 import { mulberry32 } from "../src/core/random.js";
 import type { RunSummary } from "../src/observability/metrics.js";
-import { prepareLaunch, REPO_DIR, sluiceCommand, type Launcher } from "./build.js";
+import { prepareLaunch, REPO_DIR, sluiceCommand, sluiceCommandAt, type Launcher } from "./build.js";
 import { fmtInt, fmtRatio, intEnv, median, progress } from "./report.js";
 
 const TARGETS = { sluiceVsBare: 0.5 };
@@ -69,6 +72,7 @@ const runs = intEnv("BENCH_HTTP_RUNS", 3, 1);
 const connections = intEnv("BENCH_HTTP_CONNECTIONS", 32, 1);
 const batch = intEnv("BENCH_HTTP_BATCH", 100, 1);
 const profileDir = process.env.BENCH_HTTP_CPU_PROF ? resolve(process.env.BENCH_HTTP_CPU_PROF) : undefined;
+const baseRef = process.env.BENCH_HTTP_BASE_REF || undefined;
 
 const fmtMs = (n: number): string => n.toFixed(n < 10 ? 2 : 1);
 
@@ -410,14 +414,17 @@ async function drive(port: number, serverPid: number, bodies: Buffer[], onTick: 
   };
 }
 
-type ContenderId = "bare" | "sluice";
+type ContenderId = "bare" | "sluice" | "base";
 const LABELS: Record<ContenderId, string> = {
   bare: "bare node:http (parse, 202, no durability)",
   sluice: "sluice http -> durable (fsync) -> blackhole",
+  base: `sluice at ${baseRef ?? "-"}, same pipeline`,
 };
 
 interface Outcome {
   readonly runs: LoadResult[];
+  /** The same runs by round number. */
+  readonly rounds: Map<number, LoadResult>;
   readonly failed: string[];
   /** Over every run, failed ones included. */
   non202: number;
@@ -439,6 +446,7 @@ export async function runHttpBench(): Promise<number> {
   progress.live("bundling the HTTP contenders");
   const launcher = await prepareLaunch(["http-bare"] as const);
   const sluice = await sluiceCommand();
+  const base = baseRef === undefined ? undefined : await sluiceCommandAt(baseRef);
   progress.line(
     launcher.mode === "bundled" && sluice.mode === "bundled"
       ? "HTTP contenders bundled with esbuild (bare server, sluice CLI); servers run as plain `node`"
@@ -446,10 +454,11 @@ export async function runHttpBench(): Promise<number> {
   );
 
   const outcomes = new Map<ContenderId, Outcome>([
-    ["bare", { runs: [], failed: [], non202: 0, errors: 0 }],
-    ["sluice", { runs: [], failed: [], non202: 0, errors: 0 }],
+    ["bare", { runs: [], rounds: new Map(), failed: [], non202: 0, errors: 0 }],
+    ["sluice", { runs: [], rounds: new Map(), failed: [], non202: 0, errors: 0 }],
+    ["base", { runs: [], rounds: new Map(), failed: [], non202: 0, errors: 0 }],
   ]);
-  const order: ContenderId[] = ["bare", "sluice"];
+  const order: ContenderId[] = base === undefined ? ["bare", "sluice"] : ["bare", "base", "sluice"];
   const total = runs * order.length;
   const loads: number[] = [];
   let n = 0;
@@ -463,7 +472,7 @@ export async function runHttpBench(): Promise<number> {
     const check: SluiceCheck = { accepted: 0 };
     let server: ServerChild;
     try {
-      server = id === "bare" ? await startBare(launcher) : await startSluice(sluice.args, check);
+      server = id === "bare" ? await startBare(launcher) : await startSluice(id === "base" ? base!.args : sluice.args, check);
     } catch (err) {
       outcome.failed.push(errorText(err));
       progress.line(`${tag}  FAILED: ${errorText(err)}`);
@@ -494,6 +503,7 @@ export async function runHttpBench(): Promise<number> {
       return;
     }
     outcome.runs.push(result);
+    outcome.rounds.set(round, result);
     progress.line(
       `${tag}  ${fmtInt(result.records / seconds).padStart(9)} records/s  p50 ${fmtMs(result.p50Ms)} ms  p99 ${fmtMs(result.p99Ms)} ms  server CPU ${result.serverCores?.toFixed(2) ?? "-"}  client CPU ${result.clientCores.toFixed(2)}`,
     );
@@ -562,6 +572,18 @@ export async function runHttpBench(): Promise<number> {
   const bareCpu = stat("bare", perCpu);
   const byCpu = sluiceCpu === undefined || bareCpu === undefined ? "" : ` (by server CPU time: ${fmtRatio(sluiceCpu / bareCpu)})`;
   out.push(`  ${verdict}  sluice >= ${TARGETS.sluiceVsBare}x bare node:http records/s: ${ratio === undefined ? "not measured" : fmtRatio(ratio)}${byCpu}`);
+  if (base !== undefined) {
+    // Per round, so a busier round weighs on both sides of its ratio alike.
+    const then = outcomes.get("base")!.rounds;
+    const ratios: number[] = [];
+    for (const [round, result] of outcomes.get("sluice")!.rounds) {
+      const a = perCpu(result);
+      const b = then.has(round) ? perCpu(then.get(round)!) : undefined;
+      if (a !== undefined && b !== undefined) ratios.push(a / b);
+    }
+    const shown = ratios.map((r) => r.toFixed(2)).join(", ");
+    out.push(`  info  sluice now vs at ${baseRef}, records per server-CPU-second: ${ratios.length === 0 ? "not measured" : `${fmtRatio(median(ratios))} (median of per-round ratios ${shown})`}`);
+  }
   console.log(out.join("\n"));
 
   const failures = order.flatMap((id) => outcomes.get(id)!.failed.map((f) => `${LABELS[id]}: ${f}`));

@@ -65,8 +65,22 @@ export class EnvelopeReader {
   }
 }
 
-/** A top-level comma right after an object inside one line: such a line must be parsed alone. */
-const OBJECT_THEN_COMMA = /\}[ \t\r]*,/;
+/**
+ * Whether `text` has a `}` followed by a comma, with only spaces, tabs or CRs between: a
+ * top-level comma right after an object inside one line, which must then be parsed alone. The
+ * same test as `/\}[ \t\r]*,/`, about twice as fast with `indexOf` (measured on NDJSON runs).
+ */
+function objectThenComma(text: string): boolean {
+  let i = text.indexOf("}");
+  while (i >= 0) {
+    let c = text.charCodeAt(++i);
+    while (c === 0x20 || c === 0x09 || c === 0x0d) c = text.charCodeAt(++i);
+    if (c === 0x2c) return true;
+    // From the character that ended the gap: it may be the next `}`.
+    i = text.indexOf("}", i);
+  }
+  return false;
+}
 
 /**
  * Parses `n` lines (`text`, the lines joined by `\n`, each starting with `{` and ending with `}`)
@@ -77,7 +91,7 @@ const OBJECT_THEN_COMMA = /\}[ \t\r]*,/;
  * ({@link parseObjectLine}), which finds and reports the bad line.
  */
 export function parseObjectRun(text: string, n: number): JsonObject[] | undefined {
-  if (OBJECT_THEN_COMMA.test(text)) return undefined;
+  if (objectThenComma(text)) return undefined;
   let values: unknown[];
   try {
     values = JSON.parse(`[${text.replaceAll("\n", ",")}]`) as unknown[];

@@ -7,6 +7,7 @@ import type { IncomingMessage } from "node:http";
 import { promisify } from "node:util";
 import { gunzip } from "node:zlib";
 import secureJson from "secure-json-parse";
+import { parseObjectRun } from "../core/envelope.js";
 import type { JsonObject } from "../core/record.js";
 
 const gunzipAsync = promisify(gunzip);
@@ -266,13 +267,35 @@ function parseJsonBody(s: string, maxDepth: number, maxRecords: number): ParsedB
 
 const BLANK = /^\s*$/;
 
-/** One JSON object per line; blank lines are skipped; errors name the line (from 1). */
+/**
+ * One JSON object per line; blank lines are skipped; errors name the line (from 1).
+ *
+ * The splitting is the file source's (`NdjsonReader`): consecutive lines that each start with `{`
+ * and end with `}` are parsed with one `JSON.parse` of the run ({@link parseObjectRun}), about a
+ * fifth cheaper per record than a parse per line; when the run does not parse as exactly one
+ * object per line, its lines are parsed one by one, which finds the first bad line and its
+ * message. A body that may spell a prototype key is parsed line by line with secure-json-parse.
+ * Errors come in line order, as with a parse per line: a run is parsed before a later line is refused.
+ */
 function parseNdjsonBody(s: string, maxDepth: number, maxRecords: number): ParsedBody {
   const records: JsonObject[] = [];
   const bytes: number[] = [];
   const texts: string[] = [];
-  const parse = maySpellProtoKeys(s) ? parseSecure : JSON.parse;
+  const secure = maySpellProtoKeys(s);
   const brackets = new BracketCounter(s);
+  // The pending run of plain lines: s[runStart, runEnd), its first line's number, its line count.
+  let runStart = 0;
+  let runEnd = 0;
+  let runLine = 0;
+  let run = 0;
+  const flush = () => {
+    if (run === 0) return;
+    const values = secure ? undefined : parseObjectRun(s.slice(runStart, runEnd), run);
+    const first = texts.length - run;
+    if (values !== undefined) for (let i = 0; i < run; i++) records.push(values[i]!);
+    else for (let i = 0; i < run; i++) records.push(parseLine(texts[first + i]!, runLine + i, secure));
+    run = 0;
+  };
   let line = 0;
   for (let start = 0; start < s.length; ) {
     let end = s.indexOf("\n", start);
@@ -281,24 +304,47 @@ function parseNdjsonBody(s: string, maxDepth: number, maxRecords: number): Parse
     const stop = end > start && s.charCodeAt(end - 1) === 0x0d ? end - 1 : end;
     const lineText = s.slice(start, stop);
     if (s.charCodeAt(start) === OPEN_OBJECT || !BLANK.test(lineText)) {
-      if (records.length === maxRecords) throw tooMany(maxRecords);
+      if (texts.length === maxRecords) {
+        flush();
+        throw tooMany(maxRecords);
+      }
       // Most lines have a few brackets: only those with more than maxDepth need the scan.
       const deep = brackets.count(start, stop, maxDepth) > maxDepth ? tooDeepAt(s, start, stop, maxDepth) : -1;
-      if (deep >= 0) throw new HttpError(400, `line ${line}: JSON nested deeper than ${maxDepth} levels at column ${deep + 1}`, { line });
-      let value: unknown;
-      try {
-        value = parse(lineText);
-      } catch (err) {
-        throw new HttpError(400, `line ${line}: not valid JSON: ${(err as Error).message}`, { line });
+      if (deep >= 0) {
+        flush();
+        throw new HttpError(400, `line ${line}: JSON nested deeper than ${maxDepth} levels at column ${deep + 1}`, { line });
       }
-      if (!isObject(value)) throw new HttpError(400, `line ${line}: not a JSON object`, { line });
-      records.push(value);
-      bytes.push(stop - start);
+      // A plain line (no CR, `{` to `}`) joins the run; any other is parsed alone, after the run.
+      if (stop === end && s.charCodeAt(start) === OPEN_OBJECT && s.charCodeAt(stop - 1) === CLOSE_OBJECT) {
+        if (run === 0) {
+          runStart = start;
+          runLine = line;
+        }
+        runEnd = stop;
+        run++;
+      } else {
+        flush();
+        records.push(parseLine(lineText, line, secure));
+      }
       texts.push(lineText);
-    }
+      bytes.push(stop - start);
+    } else flush();
     start = end + 1;
   }
+  flush();
   return { records, bytes, texts };
+}
+
+/** One line of an NDJSON body as a JSON object; 400 naming the line when it is not one. */
+function parseLine(lineText: string, line: number, secure: boolean): JsonObject {
+  let value: unknown;
+  try {
+    value = secure ? parseSecure(lineText) : JSON.parse(lineText);
+  } catch (err) {
+    throw new HttpError(400, `line ${line}: not valid JSON: ${(err as Error).message}`, { line });
+  }
+  if (!isObject(value)) throw new HttpError(400, `line ${line}: not a JSON object`, { line });
+  return value;
 }
 
 /**

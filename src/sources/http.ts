@@ -348,16 +348,18 @@ export class HttpSource implements Source {
     // One deadline for the whole request: room for its chunks, then their acks.
     const clock = this.ctx.clock;
     const deadline = clock.now() + this.o.ack_timeout;
-    const giveUp = new AbortController();
+    // Made only for a request that waits in line (most go in at once).
+    let giveUp: AbortController | undefined;
     let cancelTimer: (() => void) | undefined;
-    const gone = () => giveUp.abort();
+    const gone = () => giveUp?.abort();
     // The request's `traceparent`: each of its chunks' receive spans is a child of it.
     const parent = parentFromHeaders(res.req.headers);
     const atOnce: EnqueueOptions | undefined = parent === undefined ? undefined : { parent };
     // Armed only for a request that waits in line (most go in at once): it leaves the line at its
     // deadline, or when its client is gone (the connection closed before the answer).
     const wait = (): EnqueueOptions => {
-      if (cancelTimer === undefined) {
+      if (giveUp === undefined) {
+        giveUp = new AbortController();
         cancelTimer = clock.setTimer(Math.max(0, deadline - clock.now()), gone);
         res.once("close", gone);
         if (res.socket === null || res.socket.destroyed) giveUp.abort();

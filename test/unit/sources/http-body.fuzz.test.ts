@@ -113,6 +113,53 @@ describe("http body parsing, fuzzed", () => {
     expect(Object.keys(Object.prototype)).toEqual([]);
   });
 
+  it("NDJSON: one parse of a run of lines answers as a parse of each line would (records, texts, the first bad line)", () => {
+    const plain = fc.dictionary(fc.string({ maxLength: 6 }), fc.jsonValue({ maxDepth: 3 }), { maxKeys: 4 });
+    const line = fc.oneof(
+      // Without prototype keys at any depth, which are refused by design (a line that is valid JSON).
+      { weight: 6, arbitrary: plain.map((r) => JSON.stringify(r)).filter((t) => !t.includes("__proto__") && !t.includes("constructor")) },
+      fc.constantFrom('{"a":}', '{"a":1}{"b":2}', '{"a":1},{"b":2}', '{"a":1} ,{"b":2}', "[1]", "1", '"x"', "{", "}", ' {"a":1}', '{"a":1} ', "", " \t", '{"s":"},"}', "{}"),
+    );
+    const body = fc.tuple(fc.array(line, { minLength: 1, maxLength: 12 }), fc.constantFrom("\n", "\r\n")).map(([lines, sep]) => lines.join(sep));
+    fc.assert(
+      fc.property(body, (s) => {
+        let expected: { records: unknown[]; texts: string[] } | { line: number };
+        const records: unknown[] = [];
+        const texts: string[] = [];
+        expected = { records, texts };
+        const lines = s.split("\n");
+        for (let i = 0; i < lines.length; i++) {
+          const t = lines[i]!.endsWith("\r") ? lines[i]!.slice(0, -1) : lines[i]!;
+          if (t.trim() === "") continue;
+          let v: unknown;
+          try {
+            v = JSON.parse(t);
+          } catch {
+            expected = { line: i + 1 };
+            break;
+          }
+          if (typeof v !== "object" || v === null || Array.isArray(v)) {
+            expected = { line: i + 1 };
+            break;
+          }
+          records.push(v);
+          texts.push(t);
+        }
+        if (lines.every((l) => l.trim() === "")) return;
+        let got: { records: unknown[]; texts: string[] } | { line: number };
+        try {
+          const parsed = parseBody(s, "ndjson", MAX_DEPTH, MAX_RECORDS);
+          got = { records: parsed.records, texts: parsed.texts as string[] };
+        } catch (err) {
+          if (!(err instanceof HttpError) || err.status !== 400) throw err;
+          got = { line: err.fields.line as number };
+        }
+        expect(got).toEqual(expected);
+      }),
+      { numRuns: 3000 },
+    );
+  });
+
   it("bodies at and past the limits: 100k-deep nesting, a body of max_body, a gzip bomb", async () => {
     expect(await outcome(enc("[".repeat(100_000)), "identity", "json")).toBe(400);
     expect(await outcome(enc(`${'{"a":'.repeat(100_000)}1${"}".repeat(100_000)}`), "identity", "ndjson")).toBe(400);
