@@ -321,7 +321,7 @@ const CACHED_MAX_LENGTH = 64;
 /**
  * The JSON text of short strings, kept. Span names, attribute keys and most attribute values repeat
  * from span to span (a source's or sink's name, an outcome), and `JSON.stringify` of a short
- * string is a call into the runtime each time, most of a span's encoding while V8 has not
+ * string is a call into the runtime each time, a large part of encoding a span while V8 has not
  * optimized it yet: the first few hundred short ones are kept.
  */
 class TextCache {

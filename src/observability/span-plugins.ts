@@ -3,7 +3,7 @@
  * `ParentBasedSampler` and `RandomIdGenerator`: the same decisions and the same kind of ids, with
  * less work per span. In a run of a few seconds most spans are made before V8 has optimized the
  * code that makes them, so what a span costs is close to how much code it runs (see
- * docs/architecture.md, "The CLI's tracer provider").
+ * docs/architecture.md, "What a span costs").
  *
  * Loaded only by `tracing-sdk.ts`, inside `startTracing` (the type imports below are erased).
  */
