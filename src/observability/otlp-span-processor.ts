@@ -55,6 +55,7 @@ const IS_REMOTE = 0x200;
 const FIRST_BATCH_BYTES = 256 * 1024;
 const BODY_START = '{"resourceSpans":[';
 const BODY_END = "]}]}]}";
+const COMMA = 0x2c;
 
 /**
  * One export request being filled: its spans as UTF-8 in a Buffer. A span's text goes into the
@@ -85,8 +86,7 @@ class Batch {
   }
 
   add(span: string): void {
-    if (this.spans > 0) this.append(",");
-    this.append(span);
+    this.append(span, this.spans > 0);
     this.spans++;
   }
 
@@ -96,14 +96,16 @@ class Batch {
     return this.buf.subarray(0, this.length);
   }
 
-  private append(text: string): void {
+  /** Writes `text`, after a comma when `comma` (stored as a byte: one call less into the runtime per span). */
+  private append(text: string, comma = false): void {
     // UTF-8 needs at most 3 bytes per UTF-16 unit.
-    const most = text.length * 3;
+    const most = text.length * 3 + 1;
     if (this.length + most > this.buf.length) {
       const grown = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.length + most));
       this.buf.copy(grown, 0, 0, this.length);
       this.buf = grown;
     }
+    if (comma) this.buf[this.length++] = COMMA;
     this.length += this.buf.write(text, this.length);
   }
 }
