@@ -6,7 +6,7 @@
  */
 import { createRequire } from "node:module";
 import type * as OtelApi from "@opentelemetry/api";
-import type { Context, Link, Span, SpanContext, Tracer } from "@opentelemetry/api";
+import type { Context, Link, Span, SpanContext, SpanOptions, Tracer } from "@opentelemetry/api";
 import type { AckTicket, Entry } from "./record.js";
 
 const require = createRequire(import.meta.url);
@@ -60,6 +60,13 @@ export const ATTR = {
  */
 export type WriteOutcome = "ok" | "retry" | "dead_letter" | "failed";
 
+/**
+ * Span options of every span but a linked batch's: no attributes at the start. They are set on the
+ * span instead, one `setAttribute` each: the SDK copies and checks start attributes twice before
+ * it sets them one by one anyway (see docs/architecture.md).
+ */
+const NO_OPTIONS: SpanOptions = Object.freeze({});
+
 /** Most chunks a batch span links to (OpenTelemetry's default link limit). */
 const MAX_LINKS = 128;
 
@@ -102,7 +109,10 @@ export class Tracing {
 
   /** Starts the receive span of a chunk of `records` records from `source`. */
   receive(source: string, records: number, parent: Context | undefined): Span {
-    return this.tracer.startSpan(SPAN.receive, { attributes: { [ATTR.source]: source, [ATTR.records]: records } }, parent ?? this.api.ROOT_CONTEXT);
+    const span = this.tracer.startSpan(SPAN.receive, NO_OPTIONS, parent ?? this.api.ROOT_CONTEXT);
+    span.setAttribute(ATTR.source, source);
+    span.setAttribute(ATTR.records, records);
+    return span;
   }
 
   /** Ends a receive span with what the buffer did with the chunk (`accepted`, `rejected`, `dropped`, `stopping`). */
@@ -113,22 +123,31 @@ export class Tracing {
 
   /** Starts the transform span of the chunk of `ticket`. */
   transform(ticket: AckTicket, records: number): Span {
-    return this.tracer.startSpan(SPAN.transform, { attributes: { [ATTR.recordsIn]: records } }, contextOf(ticket.trace));
+    const span = this.tracer.startSpan(SPAN.transform, NO_OPTIONS, contextOf(ticket.trace));
+    span.setAttribute(ATTR.recordsIn, records);
+    return span;
   }
 
   /** Ends a transform span with the chunk's counts. */
   transformed(span: Span, out: number, filtered: number, deadLettered: number): void {
-    span.setAttributes({ [ATTR.recordsOut]: out, [ATTR.filtered]: filtered, [ATTR.deadLettered]: deadLettered });
+    span.setAttribute(ATTR.recordsOut, out);
+    span.setAttribute(ATTR.filtered, filtered);
+    span.setAttribute(ATTR.deadLettered, deadLettered);
     span.end();
   }
 
   /** Starts the span of one write attempt of `records` to `sink`. */
   sinkWrite(sink: string, records: readonly Entry[], attempt: number): Span {
     const chunks = chunkContexts(records);
-    const attributes = { [ATTR.sink]: sink, [ATTR.records]: records.length, [ATTR.attempt]: attempt, [ATTR.chunks]: chunks.length };
-    if (chunks.length <= 1) return this.tracer.startSpan(SPAN.sinkWrite, { attributes }, contextOf(chunks[0]));
-    const links: Link[] = chunks.slice(0, MAX_LINKS).map((context) => ({ context }));
-    return this.tracer.startSpan(SPAN.sinkWrite, { attributes, links, root: true });
+    const span =
+      chunks.length <= 1
+        ? this.tracer.startSpan(SPAN.sinkWrite, NO_OPTIONS, contextOf(chunks[0]))
+        : this.tracer.startSpan(SPAN.sinkWrite, { links: chunks.slice(0, MAX_LINKS).map((context): Link => ({ context })) }, this.api.ROOT_CONTEXT);
+    span.setAttribute(ATTR.sink, sink);
+    span.setAttribute(ATTR.records, records.length);
+    span.setAttribute(ATTR.attempt, attempt);
+    span.setAttribute(ATTR.chunks, chunks.length);
+    return span;
   }
 
   /** Ends a write attempt's span with its outcome and, when it failed, the error's code. */

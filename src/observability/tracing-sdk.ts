@@ -37,13 +37,15 @@ export function tracesUrl(endpoint: string): string {
  * Installs a tracer provider as the global one: spans encoded as OTLP/JSON when they end and sent
  * in batches over OTLP/HTTP to the collector (`otlp-span-processor.ts`), root traces sampled at
  * `sample_ratio` and child spans following their parent's decision (a request whose `traceparent`
- * is sampled is traced whatever the ratio), W3C trace context as the propagator. The SDK's own warnings and errors, and exports that fail (a collector
+ * is sampled is traced whatever the ratio; the sampler and the id generator are `span-plugins.ts`),
+ * W3C trace context as the propagator. The SDK's own warnings and errors, and exports that fail (a collector
  * that cannot be reached), go to `logger` as warnings. No context manager is installed (see below).
  */
 export async function startTracing(config: TracingConfig, logger: Logger): Promise<TracingSdk> {
-  const [{ context, diag, DiagLogLevel, propagation, trace }, { OTLP_DEFAULTS, OtlpJsonSpanProcessor }, { resourceFromAttributes }, { AlwaysOnSampler, NodeTracerProvider, ParentBasedSampler, TraceIdRatioBasedSampler }] = await Promise.all([
+  const [{ context, diag, DiagLogLevel, propagation, trace }, { OTLP_DEFAULTS, OtlpJsonSpanProcessor }, { ParentOrRootSampler, PooledIdGenerator }, { resourceFromAttributes }, { NodeTracerProvider, TraceIdRatioBasedSampler }] = await Promise.all([
     import("@opentelemetry/api"),
     import("./otlp-span-processor.js"),
+    import("./span-plugins.js"),
     import("@opentelemetry/resources"),
     import("@opentelemetry/sdk-trace-node"),
   ]);
@@ -60,7 +62,8 @@ export async function startTracing(config: TracingConfig, logger: Logger): Promi
   const provider = new NodeTracerProvider({
     resource: resourceFromAttributes({ "service.name": config.service_name }),
     // At ratio 1 every root is kept: no hash of each trace id.
-    sampler: new ParentBasedSampler({ root: config.sample_ratio >= 1 ? new AlwaysOnSampler() : new TraceIdRatioBasedSampler(config.sample_ratio) }),
+    sampler: new ParentOrRootSampler(trace, config.sample_ratio >= 1 ? undefined : new TraceIdRatioBasedSampler(config.sample_ratio)),
+    idGenerator: new PooledIdGenerator(),
     spanProcessors: [
       new OtlpJsonSpanProcessor({
         ...OTLP_DEFAULTS,
