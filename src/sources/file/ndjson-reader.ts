@@ -28,8 +28,14 @@ function rawPrefix(bytes: Buffer, whole: boolean): string {
   return bytes.toString("utf8", 0, Math.min(end, RAW_PREFIX_BYTES));
 }
 
-/** Where the reader hands a full chunk: returns the buffer's answer. */
-export type ChunkSink = (records: Entry[], offset: number, line: number) => Promise<EnqueueOutcome>;
+/**
+ * Where the reader hands a full chunk: returns the buffer's answer. `before`: the bytes of the
+ * current feed up to `offset` (the reader keeps none from earlier feeds; empty when it has none),
+ * valid only until the sink's first `await`.
+ */
+export type ChunkSink = (records: Entry[], offset: number, line: number, before: Buffer) => Promise<EnqueueOutcome>;
+
+const NOTHING_BEFORE = Buffer.alloc(0);
 
 /** Settings of an {@link NdjsonReader}. */
 export interface ReaderSettings {
@@ -111,7 +117,7 @@ export class NdjsonReader {
       }
       this.finishPartial(data, nl);
       this.offset = base + nl + 1;
-      if (this.pending.length >= this.handle.chunkSize && !(await this.emit())) return false;
+      if (this.pending.length >= this.handle.chunkSize && !(await this.emit(data.subarray(0, nl + 1)))) return false;
       from = nl + 1;
     }
     const pos = await this.scanLines(data, from, base);
@@ -131,7 +137,7 @@ export class NdjsonReader {
 
   /** Enqueues the records pending, if any (before waiting for more input). */
   async flush(): Promise<boolean> {
-    return this.pending.length === 0 || this.emit();
+    return this.pending.length === 0 || this.emit(NOTHING_BEFORE);
   }
 
   /**
@@ -165,7 +171,7 @@ export class NdjsonReader {
       p = q;
       if (this.pending.length >= chunkSize) {
         this.offset = base + p;
-        if (!(await this.emit())) return -1;
+        if (!(await this.emit(data.subarray(0, p)))) return -1;
       }
     }
     this.offset = base + p;
@@ -313,12 +319,13 @@ export class NdjsonReader {
     return this.handle.malformed(raw, this.position(start), error);
   }
 
-  private async emit(): Promise<boolean> {
+  /** Hands the pending records over; `before`: see {@link ChunkSink}. */
+  private async emit(before: Buffer): Promise<boolean> {
     // Stopping: do not hand over more; these lines stay unacked and are read again next run.
     if (this.settings.signal.aborted) return false;
     const records = this.pending;
     this.pending = [];
-    const outcome = await this.sink(records, this.offset, this.line);
+    const outcome = await this.sink(records, this.offset, this.line, before);
     // A `whenFull: "wait"` source is never `rejected`; `dropped` records are counted by the engine and acked.
     return outcome !== "stopping";
   }
