@@ -91,15 +91,11 @@ export interface Tail {
   readonly sha256: string;
 }
 
-/**
- * The tail of an open file at `offset`; undefined at offset 0 (nothing before it to compare).
- * `before`: bytes just read that end at `offset`; when they cover the tail it is taken of them
- * (before this returns its promise, so they may be reused then), else read back from the file.
- */
-export async function tailAt(fh: FileHandle, offset: number, before?: Buffer): Promise<Tail | undefined> {
+/** The tail of an open file at `offset` as it is now; undefined at offset 0 (nothing before it to compare). */
+export async function tailAt(fh: FileHandle, offset: number): Promise<Tail | undefined> {
   const bytes = Math.min(offset, TAIL_MAX_BYTES);
   if (bytes === 0) return undefined;
-  const got = before !== undefined && before.length >= bytes ? before.subarray(before.length - bytes) : await readAt(fh, offset - bytes, bytes);
+  const got = await readAt(fh, offset - bytes, bytes);
   return { bytes, sha256: sha256(got) };
 }
 

@@ -28,14 +28,8 @@ function rawPrefix(bytes: Buffer, whole: boolean): string {
   return bytes.toString("utf8", 0, Math.min(end, RAW_PREFIX_BYTES));
 }
 
-/**
- * Where the reader hands a full chunk: returns the buffer's answer. `before`: the bytes of the
- * current feed up to `offset` (the reader keeps none from earlier feeds; empty when it has none),
- * valid only until the sink's first `await`.
- */
-export type ChunkSink = (records: Entry[], offset: number, line: number, before: Buffer) => Promise<EnqueueOutcome>;
-
-const NOTHING_BEFORE = Buffer.alloc(0);
+/** Where the reader hands a full chunk: returns the buffer's answer. */
+export type ChunkSink = (records: Entry[], offset: number, line: number) => Promise<EnqueueOutcome>;
 
 /** Settings of an {@link NdjsonReader}. */
 export interface ReaderSettings {
@@ -117,7 +111,7 @@ export class NdjsonReader {
       }
       this.finishPartial(data, nl);
       this.offset = base + nl + 1;
-      if (this.pending.length >= this.handle.chunkSize && !(await this.emit(data.subarray(0, nl + 1)))) return false;
+      if (this.pending.length >= this.handle.chunkSize && !(await this.emit())) return false;
       from = nl + 1;
     }
     const pos = await this.scanLines(data, from, base);
@@ -137,7 +131,7 @@ export class NdjsonReader {
 
   /** Enqueues the records pending, if any (before waiting for more input). */
   async flush(): Promise<boolean> {
-    return this.pending.length === 0 || this.emit(NOTHING_BEFORE);
+    return this.pending.length === 0 || this.emit();
   }
 
   /**
@@ -171,7 +165,7 @@ export class NdjsonReader {
       p = q;
       if (this.pending.length >= chunkSize) {
         this.offset = base + p;
-        if (!(await this.emit(data.subarray(0, p)))) return -1;
+        if (!(await this.emit())) return -1;
       }
     }
     this.offset = base + p;
@@ -319,13 +313,12 @@ export class NdjsonReader {
     return this.handle.malformed(raw, this.position(start), error);
   }
 
-  /** Hands the pending records over; `before`: see {@link ChunkSink}. */
-  private async emit(before: Buffer): Promise<boolean> {
+  private async emit(): Promise<boolean> {
     // Stopping: do not hand over more; these lines stay unacked and are read again next run.
     if (this.settings.signal.aborted) return false;
     const records = this.pending;
     this.pending = [];
-    const outcome = await this.sink(records, this.offset, this.line, before);
+    const outcome = await this.sink(records, this.offset, this.line);
     // A `whenFull: "wait"` source is never `rejected`; `dropped` records are counted by the engine and acked.
     return outcome !== "stopping";
   }

@@ -198,11 +198,9 @@ class FileSource implements Source {
         handle,
         { location: path, maxLineBytes: this.opts.max_line_bytes, signal },
         // `gen` is read when the chunk is enqueued: chunks of a new generation carry it. The tail is
-        // taken of the bytes the chunk was read from; read back from the file only when the chunk
-        // ends too early in a read for them to cover it (a read back per chunk was an await on
-        // the thread pool for every 1,000 records).
-        async (records, offset, line, before) => {
-          const tail = await tailAt(reading, offset, before).catch((err: unknown) => {
+        // read back from the file (one small read per chunk): the reader keeps no bytes behind it.
+        async (records, offset, line) => {
+          const tail = await tailAt(reading, offset).catch((err: unknown) => {
             throw readError(path, "cannot read", err);
           });
           lastTail = { generation: gen, offset, tail };
