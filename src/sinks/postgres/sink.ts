@@ -326,22 +326,14 @@ export function createPostgresSink(settings: PostgresSinkSettings): Sink {
       const failures: RecordFailure[] = [];
       const present: number[] = [];
       const rows = new CopyRows(records.length);
-      const live: number[] = [];
-      const ids: string[] = [];
-      for (let i = 0; i < records.length; i++) {
-        const record = records[i]!;
-        try {
-          rows.add(layout.encode(record));
-          live.push(i);
-          ids.push(record.id);
-        } catch (err) {
-          // Only this record is bad: a payload JSON cannot represent (a cycle, a BigInt), a time out of range, no key.
-          failures.push({
-            index: i,
-            error: new SluiceError("ERR_SINK_REJECTED", `postgres sink: record ${record.id} cannot be stored: ${(err as Error).message}`, { cause: err, location }),
-          });
-        }
-      }
+      // Only a record that cannot be a row is bad: a payload JSON cannot represent (a cycle, a BigInt), a time out of range, no key.
+      const live = layout.encode(records, rows, (i, err) => {
+        failures.push({
+          index: i,
+          error: new SluiceError("ERR_SINK_REJECTED", `postgres sink: record ${records[i]!.id} cannot be stored: ${err.message}`, { cause: err, location }),
+        });
+      });
+      const ids = live.map((i) => records[i]!.id);
 
       if (rows.length > 0) {
         let l: Lease;

@@ -1,7 +1,7 @@
 /** COPY text encoding of the `postgres` sink, its framing and its statements, without a server. */
 import { describe, expect, it } from "vitest";
 import type { JsonObject, SluiceRecord } from "../../../../src/core/record.js";
-import { columnField, copyJson, copyText, isoTime, NULL_FIELD, payloadField, rowLayout, Unstorable } from "../../../../src/sinks/postgres/encoding.js";
+import { columnField, copyJson, copyText, isoTime, NULL_FIELD, payloadField, payloadFields, rowLayout, Unstorable, type RowLayout } from "../../../../src/sinks/postgres/encoding.js";
 import { CopyRows } from "../../../../src/sinks/postgres/protocol.js";
 import { statements } from "../../../../src/sinks/postgres/statements.js";
 
@@ -53,34 +53,115 @@ describe("fields", () => {
   });
 });
 
+/** The COPY lines (no newline) `layout` makes of `records`, and the errors of those it refused, by index. */
+function encodeAll(layout: RowLayout, records: SluiceRecord[]): { lines: string[]; rows: number[]; refused: Map<number, Error> } {
+  const rows = new CopyRows(1);
+  const refused = new Map<number, Error>();
+  const added = layout.encode(records, rows, (i, err) => refused.set(i, err));
+  const message = rows.message();
+  const lines = message.toString("utf8", 5, message.length - 5).split("\n").slice(0, -1);
+  return { lines, rows: added, refused };
+}
+
+describe("payloadFields: payloads serialized together", () => {
+  const fieldsOf = (records: SluiceRecord[]) => {
+    const out: (string | Error)[] = [];
+    payloadFields(records, out);
+    return out;
+  };
+
+  it("cuts one serialization into each record's payload, as payloadField writes it, keeping the source's text where it is usable", () => {
+    const payloads: JsonObject[] = [{}, { a: 1, nested: { b: [1, 2] } }, { s: "x\ty \"q\" \\", u: "\ud800🚀" }, { text: "kept" }, { n: 1.5, e: [] }];
+    const records = payloads.map((payload, i) => record({ payload, ...(i === 3 ? { text: '{"text": "kept"}' } : {}) }));
+    expect(fieldsOf(records)).toEqual(records.map(payloadField));
+    expect(fieldsOf(records)[3]).toBe('{"text": "kept"}');
+  });
+
+  it("serializes one by one when a cut could fall inside a payload or a payload is not a plain object, with the same fields", () => {
+    class Reading {
+      constructor(readonly v: number) {}
+    }
+    const sets: unknown[][] = [
+      // A `},{` inside a string and inside an array of objects: more cuts than boundaries.
+      [{ a: "},{" }, { b: 1 }],
+      [{ list: [{ x: 1 }, { y: 2 }] }, { c: 3 }],
+      // JSON that is not an object (a toJSON returning a string, a boxed number, an array), each with as many
+      // `},{` inside a payload as it takes away from the boundaries: the count alone would cut wrong.
+      [{ a: [{}, {}, {}] }, { toJSON: () => "s" }, { b: 1 }],
+      [{ a: [{}, {}, {}] }, new Number(1), { b: 1 }],
+      [{ a: [{}, {}, {}] }, [1, 2], { b: 1 }],
+      [new Reading(2), { b: 1 }],
+    ];
+    for (const payloads of sets) {
+      const records = payloads.map((payload) => record({ payload: payload as JsonObject }));
+      expect(fieldsOf(records)).toEqual(records.map((r) => copyJson(r.payload)));
+    }
+  });
+
+  it("gives an Error for a payload that cannot be serialized, and the others their fields", () => {
+    const cycle: Record<string, unknown> = {};
+    cycle["self"] = cycle;
+    const out = fieldsOf([record({ payload: { a: 1 } }), record({ payload: { big: 1n } as never }), record({ payload: cycle as JsonObject }), record({ payload: { b: 2 } })]);
+    expect(out[0]).toBe('{"a":1}');
+    expect(out[1]).toBeInstanceOf(TypeError);
+    expect(out[2]).toBeInstanceOf(TypeError);
+    expect(out[3]).toBe('{"b":2}');
+  });
+});
+
 describe("rowLayout", () => {
   it("insert: id, key, payload, event_time, then mapped columns, as one COPY line", () => {
     const layout = rowLayout({ mode: "insert", columns: { temp: { field: "m.t", type: "double precision" }, ok: { field: "ok", type: "boolean" } } });
     expect(layout.columns.map((c) => `${c.name} ${c.type}`)).toEqual(["id text", "key text", "payload jsonb", "event_time timestamptz", "temp double precision", "ok boolean"]);
     expect([layout.keyIndex, layout.versionIndex]).toEqual([-1, -1]);
-    const line = layout.encode(record({ id: "a\tb", key: "k", eventTime: 0, payload: { m: { t: 21.5 }, ok: false } }));
-    expect(line).toBe('a\\tb\tk\t{"m":{"t":21.5},"ok":false}\t1970-01-01T00:00:00.000Z\t21.5\tf');
-    expect(layout.encode(record({ payload: {} }))).toBe("r1\t\\N\t{}\t\\N\t\\N\t\\N");
+    const { lines, rows } = encodeAll(layout, [record({ id: "a\tb", key: "k", eventTime: 0, payload: { m: { t: 21.5 }, ok: false } }), record({ payload: {} })]);
+    expect(lines).toEqual(['a\\tb\tk\t{"m":{"t":21.5},"ok":false}\t1970-01-01T00:00:00.000Z\t21.5\tf', "r1\t\\N\t{}\t\\N\t\\N\t\\N"]);
+    expect(rows).toEqual([0, 1]);
+  });
+
+  it("writes non-ASCII ids and keys, short and long, in UTF-8", () => {
+    const { lines } = encodeAll(rowLayout({ mode: "insert", columns: {} }), [
+      record({ id: "ü", key: "🚀k", payload: {} }),
+      record({ id: `${"x".repeat(20)}é`, key: "é".repeat(30), payload: {} }),
+    ]);
+    expect(lines).toEqual(["ü\t🚀k\t{}\t\\N", `${"x".repeat(20)}é\t${"é".repeat(30)}\t{}\t\\N`]);
+  });
+
+  it("leaves out a record that cannot be a row, and says why; the others keep their rows", () => {
+    const cycle: Record<string, unknown> = {};
+    cycle["self"] = cycle;
+    const { lines, rows, refused } = encodeAll(rowLayout({ mode: "insert", columns: {} }), [
+      record({ id: "a", payload: { v: 1 } }),
+      record({ id: "b", payload: cycle as JsonObject }),
+      record({ id: "c", eventTime: 8.64e15 + 1, payload: { v: 3 } }),
+      record({ id: "d", payload: { v: 4 } }),
+    ]);
+    expect(lines).toEqual(['a\t\\N\t{"v":1}\t\\N', 'd\t\\N\t{"v":4}\t\\N']);
+    expect(rows).toEqual([0, 3]);
+    expect([...refused.keys()]).toEqual([1, 2]);
+    expect(refused.get(1)?.message).toMatch(/circular/);
+    expect(refused.get(2)).toBeInstanceOf(RangeError);
   });
 
   it("upsert_latest: refuses records without the key or the version, naming why", () => {
+    const refusal = (layout: RowLayout, r: SluiceRecord) => encodeAll(layout, [r]).refused.get(0);
     const byTime = rowLayout({ mode: "upsert_latest", columns: {} });
     expect([byTime.keyIndex, byTime.versionIndex]).toEqual([1, 3]);
-    expect(() => byTime.encode(record({ payload: {}, eventTime: 1 }))).toThrow(Unstorable);
-    expect(() => byTime.encode(record({ payload: {}, key: "k" }))).toThrow(/no event time/);
+    expect(refusal(byTime, record({ payload: {}, eventTime: 1 }))).toBeInstanceOf(Unstorable);
+    expect(refusal(byTime, record({ payload: {}, key: "k" }))?.message).toMatch(/no event time/);
     const byVersion = rowLayout({ mode: "upsert_latest", columns: { device: { field: "d", type: "text" } }, versionField: "v", keyColumn: "device" });
     expect(byVersion.columns.map((c) => c.name)).toEqual(["id", "key", "payload", "event_time", "version", "device"]);
     expect([byVersion.keyIndex, byVersion.versionIndex]).toEqual([5, 4]);
-    expect(byVersion.encode(record({ payload: { d: "x", v: 3 } }))).toBe('r1\t\\N\t{"d":"x","v":3}\t\\N\t3\tx');
-    expect(() => byVersion.encode(record({ payload: { v: 3 } }))).toThrow(/device column \(upsert_latest key_column\) would be null/);
-    expect(() => byVersion.encode(record({ payload: { d: "x" } }))).toThrow(/version column/);
+    expect(encodeAll(byVersion, [record({ payload: { d: "x", v: 3 } })]).lines).toEqual(['r1\t\\N\t{"d":"x","v":3}\t\\N\t3\tx']);
+    expect(refusal(byVersion, record({ payload: { v: 3 } }))?.message).toMatch(/device column \(upsert_latest key_column\) would be null/);
+    expect(refusal(byVersion, record({ payload: { d: "x" } }))?.message).toMatch(/version column/);
   });
 });
 
 describe("CopyRows: the CopyData and CopyDone messages", () => {
   const rowsOf = (lines: string[], expected = 1) => {
     const rows = new CopyRows(expected);
-    for (const line of lines) rows.add(line);
+    for (const line of lines) rows.add(line.split("\t"));
     return rows;
   };
 
