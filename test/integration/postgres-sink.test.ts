@@ -238,6 +238,25 @@ describe.skipIf(!hasPostgres)("postgres sink (real PostgreSQL)", () => {
     expect((await admin.query(`SELECT count(*)::int AS n FROM ${q(table)}`)).rows[0]).toEqual({ n: 35 });
   });
 
+  it("inserts a staged batch in batch order, even when PostgreSQL's anti-join runs in several batches", async () => {
+    // A large table and a large staged batch make the anti-join a hash join over more than one
+    // batch (work_mem), which returns the staged rows out of order unless the INSERT sorts them: a
+    // key's later version would then commit before an earlier one (seen in the ordered fleet test).
+    const table = newTable();
+    const sink = await connect({ table });
+    const stored = makeRecords(200_000);
+    for (let i = 0; i < stored.length; i += 20_000) expect(failuresOf(await sink.write(stored.slice(i, i + 20_000), signal))).toEqual([]);
+    await admin.query(`ALTER TABLE ${q(table)} ADD COLUMN n bigserial`);
+    const before = Number((await admin.query<{ n: string }>(`SELECT max(n) AS n FROM ${q(table)}`)).rows[0]!.n);
+    // One stored id first: the direct COPY fails on it and the batch goes through staging.
+    const fresh = makeRecords(20_000, { start: 200_000 });
+    expect(failuresOf(await sink.write([stored[0]!, ...fresh], signal))).toEqual([]);
+    const { rows } = await admin.query<{ id: string }>(`SELECT id FROM ${q(table)} WHERE n > $1 ORDER BY n`, [before]);
+    const inserted = rows.map((r) => r.id);
+    expect(inserted.length).toBe(fresh.length);
+    expect(inserted.findIndex((id, i) => id !== fresh[i]!.id)).toBe(-1);
+  });
+
   it("takes one write per connection, prefers large ones, and writes a joined write in one COPY with its bad records by index", async () => {
     const table = newTable();
     const sink = await connect({ table, poolSize: 1, columns: { amount: { field: "amount", type: "integer" } } });

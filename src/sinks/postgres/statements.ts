@@ -56,10 +56,13 @@ export function statements(target: string, layout: RowLayout): Statements {
     const where = lo === undefined ? "" : ` WHERE seq >= ${lo} AND seq < ${hi}`;
     // Rows whose id is stored are left out before anything is cast (the anti-join); ON CONFLICT still
     // catches an id twice in the batch and a row another writer commits meanwhile. RETURNING the ids
-    // inserted: none on a rerun's redelivered range, which is when staging runs.
+    // inserted: none on a rerun's redelivered range, which is when staging runs. ORDER BY seq: rows
+    // go in in batch order whatever plan the anti-join gets (a hash join over several batches, once
+    // the table outgrows work_mem, returns them out of order, and a key's later version would commit
+    // before an earlier one).
     if (!upsert) {
       const fresh = `${where === "" ? " WHERE" : `${where} AND`} NOT EXISTS (SELECT 1 FROM ${target} t WHERE t.id = ${STAGE}.s0)`;
-      return `INSERT INTO ${target} (${columnList}) SELECT ${stageList} FROM ${STAGE}${fresh} ON CONFLICT (id) DO NOTHING RETURNING id`;
+      return `INSERT INTO ${target} (${columnList}) SELECT ${stageList} FROM ${STAGE}${fresh} ORDER BY seq ON CONFLICT (id) DO NOTHING RETURNING id`;
     }
     const k = stageNames[keyIndex]!;
     const v = stageNames[versionIndex]!;

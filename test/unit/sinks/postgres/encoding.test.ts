@@ -204,7 +204,7 @@ describe("statements", () => {
     expect(sql.createStage).toContain("(seq integer, s0 text, s1 text, s2 text, s3 timestamptz, s4 integer, s5 text)");
     expect(sql.apply(2, 5)).toBe(
       'INSERT INTO "t" ("id", "key", "payload", "event_time", "we""ird", "doc") SELECT s0, s1, s2::jsonb, s3, s4, s5::jsonb FROM pg_temp.sluice_stage' +
-        ' WHERE seq >= 2 AND seq < 5 AND NOT EXISTS (SELECT 1 FROM "t" t WHERE t.id = pg_temp.sluice_stage.s0) ON CONFLICT (id) DO NOTHING RETURNING id',
+        ' WHERE seq >= 2 AND seq < 5 AND NOT EXISTS (SELECT 1 FROM "t" t WHERE t.id = pg_temp.sluice_stage.s0) ORDER BY seq ON CONFLICT (id) DO NOTHING RETURNING id',
     );
     expect(sql.apply()).toContain("FROM pg_temp.sluice_stage WHERE NOT EXISTS (SELECT 1");
   });
