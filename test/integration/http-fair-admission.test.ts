@@ -118,7 +118,8 @@ describe.each(setups)("fair admission, $name", (setup) => {
       };
       await waitUntil("the buffer full", full, 30_000);
       await new Promise((resolve) => setTimeout(resolve, 300));
-      expect(full()).toBe(true);
+      // Full again when the large requests start (on a loaded machine the sink may have drained it meanwhile).
+      await waitUntil("the buffer full again", full, 30_000);
       const larges = Array.from({ length: LARGE_CLIENTS }, (_, c) => large(c));
       await Promise.all(larges);
       flooding = false;
