@@ -8,6 +8,7 @@
  *
  * The kill moments come from a seed printed with the test (set CRASH_SEED to replay one).
  */
+import { existsSync } from "node:fs";
 import { appendFile, mkdtemp, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -83,6 +84,9 @@ sinks:
       // (the restart then finds it, and the files after it, from the checkpoint's trail).
       const target = seq - LINES_PER_FILE - 500 + Math.floor(LINES_PER_FILE * random());
       await waitUntil(`${target} rows`, () => countRows(db) >= target, cli);
+      // A checkpoint first: a run killed before its first one leaves sluice no trace of the file
+      // about to be rotated away, and the next run rightly starts at the new file (seed 562651559).
+      await waitUntil("a checkpoint", () => existsSync(join(dir, "data", "checkpoints", "app.json")), cli);
       await sleep(Math.floor(random() * 50));
       cli.process.kill("SIGKILL");
       expect((await cli.exited).signal, cli.output()).toBe("SIGKILL");
