@@ -8,7 +8,7 @@ import type { z } from "zod";
 import type { Clock } from "../core/clock.js";
 import type { SluiceError } from "../core/errors.js";
 import type { EventSink, Logger } from "../core/events.js";
-import type { Entry, JsonObject, RecordView, SluiceRecord } from "../core/record.js";
+import type { Entry, JsonObject, LineRun, RecordView, SluiceRecord } from "../core/record.js";
 
 /** What every component factory gets besides its own config. */
 export interface ComponentContext {
@@ -133,7 +133,7 @@ export interface SourceHandle {
   /**
    * True when the pipeline decodes JSON lines where it runs the transforms, on worker threads
    * (`workers` above 1, with the memory buffer): a source reading NDJSON then hands each line to
-   * {@link line} instead of parsing it, so the parsing runs in parallel too. Absent: false.
+   * {@link lines} instead of parsing it, so the parsing runs in parallel too. Absent: false.
    */
   readonly decodesLines?: boolean;
   /**
@@ -143,12 +143,13 @@ export interface SourceHandle {
    */
   readonly wantsText?: boolean;
   /**
-   * Builds a record around one undecoded JSON line (no newline in it, its `\r` and byte order
-   * mark already stripped); call only when {@link decodesLines}. It is decoded where the
-   * transforms run, and gets its envelope there as {@link record} would give it; a line that is
-   * not a JSON object is dead-lettered as `ERR_RECORD_MALFORMED` at `<location>:<line>`.
+   * Builds a record around each line of `run` (undecoded JSON lines, their `\r` and byte order
+   * mark already stripped) and appends it to `into`; call only when {@link decodesLines}. Each is
+   * decoded where the transforms run, and gets its envelope there as {@link record} would give it;
+   * a line that is not a JSON object is dead-lettered as `ERR_RECORD_MALFORMED` at
+   * `<location>:<line>`.
    */
-  line?(text: string, bytes: number, position: string | number, line: number, location: string): Entry;
+  lines?(run: LineRun, into: Entry[]): void;
   /**
    * Hands a chunk to the buffer. A source with `whenFull: "wait"` waits for room (unless
    * `when_full: drop_newest`): that wait is the backpressure. One with `whenFull: "reject"` is

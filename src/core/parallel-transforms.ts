@@ -7,7 +7,7 @@
  */
 import type { Chunk } from "./buffer.js";
 import { SluiceError } from "./errors.js";
-import { PayloadArray, RecordEntry, type Entry, type JsonObject } from "./record.js";
+import { PayloadArray, RecordEntry, type Entry, type JsonObject, type LineRun } from "./record.js";
 import type { PartMaker, Splitter } from "./split.js";
 import { LEAF, type LeafError, type TransformJob, type TransformJobResult } from "./transform-jobs.js";
 
@@ -48,18 +48,36 @@ export interface ParallelHooks {
 
 /** The job of `records` (none of them malformed); undefined for none. */
 function encode(job: number, source: string, receivedAt: number, records: readonly Entry[], payloads: boolean): { job: TransformJob; unencodable: Entry[] } {
-  const texts: string[] = new Array<string>(records.length);
-  let positions: (string | number)[] | undefined = new Array<string | number>(records.length);
+  // The lines: consecutive records of one run cross as that run's text, a whole run (the common case) without a copy.
+  const texts: string[] = [];
+  let run: LineRun | undefined;
+  let runFrom = 0;
+  let runTo = 0;
+  const offsets = new Float64Array(records.length);
+  const prefixes: [number, string][] = [];
   let ids: (string | null)[] | undefined;
   let keys: (string | null)[] | undefined;
   let times: (number | null)[] | undefined;
   const unencodable: Entry[] = [];
   let n = 0;
+  const prefixed = (prefix: string): void => {
+    const last = prefixes.at(-1);
+    if (last?.[1] === prefix) last[0]++;
+    else prefixes.push([1, prefix]);
+  };
   for (const r of records) {
-    const origin = (r as RecordEntry).undecoded;
-    if (origin !== undefined) {
-      texts[n] = r.text!;
-      positions[n] = origin.position;
+    const from = (r as RecordEntry).undecoded;
+    if (from !== undefined) {
+      const index = (r as RecordEntry).index;
+      if (from === run && index === runTo) runTo++;
+      else {
+        if (run !== undefined) texts.push(run.lines(runFrom, runTo));
+        run = from;
+        runFrom = index;
+        runTo = index + 1;
+      }
+      offsets[n] = from.offsets[index]!;
+      prefixed(from.prefix);
       if (ids !== undefined) {
         ids[n] = null;
         keys![n] = null;
@@ -78,21 +96,25 @@ function encode(job: number, source: string, receivedAt: number, records: readon
         continue;
       }
     }
+    if (run !== undefined) {
+      texts.push(run.lines(runFrom, runTo));
+      run = undefined;
+    }
     if (ids === undefined) {
       ids = new Array<string | null>(n).fill(null);
       keys = new Array<string | null>(n).fill(null);
       times = new Array<number | null>(n).fill(null);
     }
-    texts[n] = text;
-    positions[n] = "";
+    texts.push(text);
+    offsets[n] = NaN;
+    prefixed("");
     ids[n] = r.id;
     keys![n] = r.key ?? null;
     times![n] = r.eventTime ?? null;
     n++;
   }
-  texts.length = n;
-  if (positions !== undefined) positions.length = n;
-  if (ids !== undefined && !ids.includes(null)) positions = undefined;
+  if (run !== undefined) texts.push(run.lines(runFrom, runTo));
+  const positions = ids !== undefined && !ids.includes(null) ? undefined : { offsets: n === offsets.length ? offsets : offsets.slice(0, n), prefixes };
   return {
     job: {
       job,
@@ -101,7 +123,7 @@ function encode(job: number, source: string, receivedAt: number, records: readon
       lines: texts.join("\n"),
       count: n,
       ...(ids && { ids, keys, times }),
-      ...(positions && { positions: positions.join("\n") }),
+      ...(positions && { positions }),
       ...(!payloads && { payloads: false as const }),
     },
     unencodable,
@@ -237,7 +259,7 @@ export class ParallelTransforms {
       const r = input[i] as RecordEntry;
       const origin = r.undecoded;
       if (origin !== undefined) {
-        r.id = ids?.[i] ?? `${r.source}:${origin.position}`;
+        r.id = ids?.[i] ?? `${r.source}:${origin.position(r.index)}`;
         r.key = result.keys?.[i] ?? undefined;
         r.eventTime = result.times?.[i] ?? undefined;
       }
@@ -254,7 +276,7 @@ export class ParallelTransforms {
         } else {
           const e = errors[error++]!;
           if (kind === LEAF.malformed) {
-            r.failure = new SluiceError("ERR_RECORD_MALFORMED", e[2], origin === undefined ? {} : { location: `${origin.location}:${origin.line}` });
+            r.failure = new SluiceError("ERR_RECORD_MALFORMED", e[2], origin === undefined ? {} : { location: `${origin.location}:${origin.firstLine + r.index}` });
             r.raw = r.text;
             r.undecoded = undefined;
             this.hooks.malformed([r]);

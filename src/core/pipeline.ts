@@ -517,12 +517,13 @@ export class Pipeline {
       },
       decodesLines: this.parallel !== undefined && !durable,
       wantsText: durable || this.o.transforms.length === 0,
-      line: (text, bytes, position, line, location) => {
+      lines: (run, into) => {
         // The envelope is read once the line is decoded (ParallelTransforms).
-        const entry = new RecordEntry("", undefined, undefined, undefined, name, bytes);
-        entry.text = text;
-        entry.undecoded = { position, line, location };
-        return entry;
+        for (let i = 0; i < run.count; i++) {
+          const entry = new RecordEntry("", undefined, undefined, undefined, name, run.bytes(i));
+          entry.holdLine(run, i);
+          into.push(entry);
+        }
       },
       malformed: (raw, position, error, envelope) => {
         const e = new RecordEntry(envelope?.id ?? `${name}:${position}`, envelope?.key, {}, undefined, name, raw.length);

@@ -140,18 +140,6 @@ export interface AckTicket {
 }
 
 /**
- * Where an undecoded line came from (a record a source handed over as JSON text, to be decoded
- * where the transforms run): what its fallback id and a malformed line's dead letter need.
- */
-export interface LineOrigin {
-  /** The record's place in its source (see `SourceHandle.record`): the fallback id is `<source>:<position>`. */
-  readonly position: string | number;
-  /** Line number, for the location `<location>:<line>` of a line that does not decode. */
-  readonly line: number;
-  readonly location: string;
-}
-
-/**
  * The payloads of one chunk's records as one JSON array text, as a transform worker thread sends
  * them back (`workers`): parsed all at once on the first read of any of them, and cut into each
  * one's own text only when a sink asks for `text`. A sink that reads neither (blackhole) costs
@@ -201,15 +189,55 @@ export class PayloadArray {
 }
 
 /**
- * Where an undecoded line came from (a record a source handed over as JSON text, to be decoded
- * where the transforms run): what its fallback id and a malformed line's dead letter need.
+ * Undecoded JSON lines a source handed over together (`SourceHandle.lines`), to be decoded where
+ * the transforms run, shared by the records made of them: one string and one array of offsets
+ * per run, where each line had its own text, position string and origin object. A record's line
+ * text, position and line number are derived from the run only when something asks.
  */
-export interface LineOrigin {
-  /** The record's place in its source (see `SourceHandle.record`): the fallback id is `<source>:<position>`. */
-  readonly position: string | number;
-  /** Line number, for the location `<location>:<line>` of a line that does not decode. */
-  readonly line: number;
-  readonly location: string;
+export class LineRun {
+  /** Per line, the offset in {@link text} where it starts; found on the first cut. */
+  private starts: Int32Array | undefined;
+
+  constructor(
+    /** The lines joined by `\n` (no `\r`, no byte order mark). */
+    readonly text: string,
+    /** Per line, its byte offset in the source: its position is `prefix` followed by it. */
+    readonly offsets: readonly number[],
+    /** The byte offset just after the last line (before its newline). */
+    readonly end: number,
+    /** Put before an offset in a position (see `SourceHandle.record`'s `positionPrefix`). */
+    readonly prefix: string,
+    /** The first line's number, for the location `<location>:<line>` of a line that does not decode. */
+    readonly firstLine: number,
+    readonly location: string,
+  ) {}
+
+  get count(): number {
+    return this.offsets.length;
+  }
+
+  /** Line `i`'s size in bytes (without its newline). */
+  bytes(i: number): number {
+    return (i + 1 < this.offsets.length ? this.offsets[i + 1]! - 1 : this.end) - this.offsets[i]!;
+  }
+
+  /** Line `i`'s place in its source: the fallback id is `<source>:<position>`. */
+  position(i: number): string | number {
+    return this.prefix === "" ? this.offsets[i]! : `${this.prefix}${this.offsets[i]!}`;
+  }
+
+  /** Lines `[from, to)` joined by `\n`; the run's own text when that is all of it. */
+  lines(from: number, to: number): string {
+    if (from === 0 && to === this.offsets.length) return this.text;
+    const starts = (this.starts ??= this.lineStarts());
+    return this.text.slice(starts[from], to < starts.length ? starts[to]! - 1 : this.text.length);
+  }
+
+  private lineStarts(): Int32Array {
+    const starts = new Int32Array(this.offsets.length);
+    for (let i = 1, at = 0; i < starts.length; i++) starts[i] = at = this.text.indexOf("\n", at) + 1;
+    return starts;
+  }
 }
 
 /**
@@ -217,8 +245,8 @@ export interface LineOrigin {
  * the chunk's ticket, which saves a boxed number per record (a measurable share of GC work).
  *
  * The payload may be held as JSON text only, with no parsed object yet: a line not decoded yet
- * (`undecoded` set, the line in `text`), or a record that came back from a transform worker
- * thread (its payload in the chunk's {@link PayloadArray}). It is parsed on the first read of
+ * (`undecoded` set: a line of a {@link LineRun}, cut out as `text` only when read), or a record
+ * that came back from a transform worker thread (its payload in the chunk's {@link PayloadArray}). It is parsed on the first read of
  * `payload`, so a sink that writes `text`, or reads neither, never pays for the parse.
  * The envelope (`id`, `key`, `eventTime`) of an undecoded line is set once it is decoded.
  */
@@ -231,8 +259,8 @@ export class RecordEntry implements Entry {
   failure: SluiceError | undefined = undefined;
   raw: string | undefined = undefined;
   view: RecordView | undefined = undefined;
-  /** Set while the record is a line not decoded yet (see the class comment). */
-  undecoded: LineOrigin | undefined = undefined;
+  /** Set while the record is line {@link index} of a run not decoded yet (see the class comment). */
+  undecoded: LineRun | undefined = undefined;
   /** Set when the transforms' result was not kept ({@link withhold}). */
   withheld = false;
   /** The parsed payload; undefined while only text holds it. */
@@ -240,7 +268,8 @@ export class RecordEntry implements Entry {
   private ownText: string | undefined = undefined;
   /** Set when the payload is element `index` of a worker's {@link PayloadArray}. */
   private array: PayloadArray | undefined = undefined;
-  private index = 0;
+  /** The element of {@link array}, or the line of {@link undecoded}, that holds the payload. */
+  index = 0;
 
   constructor(
     public id: string,
@@ -255,7 +284,7 @@ export class RecordEntry implements Entry {
 
   get payload(): JsonObject {
     if (this.parsed !== undefined) return this.parsed;
-    return (this.parsed = this.array !== undefined ? this.array.payload(this.index) : parsePayload(this.ownText));
+    return (this.parsed = this.array !== undefined ? this.array.payload(this.index) : parsePayload(this.text));
   }
 
   set payload(payload: JsonObject) {
@@ -265,13 +294,22 @@ export class RecordEntry implements Entry {
 
   /** See {@link SluiceRecord.text}. */
   get text(): string | undefined {
-    if (this.ownText === undefined && this.array !== undefined) this.ownText = this.array.text(this.index);
+    if (this.ownText === undefined) {
+      if (this.array !== undefined) this.ownText = this.array.text(this.index);
+      else if (this.undecoded !== undefined) this.ownText = this.undecoded.lines(this.index, this.index + 1);
+    }
     return this.ownText;
   }
 
   set text(text: string | undefined) {
     this.ownText = text;
     if (text === undefined) this.array = undefined;
+  }
+
+  /** Makes line `index` of `run` the payload, undecoded (see the class comment). */
+  holdLine(run: LineRun, index: number): void {
+    this.undecoded = run;
+    this.index = index;
   }
 
   /** Makes element `index` of `array` the payload (parsed on first read): the output of a transform worker thread. */

@@ -38,6 +38,22 @@ export interface WorkerSetup {
   readonly heartbeatMs: number;
 }
 
+/** See {@link TransformJob.positions}. */
+export interface JobPositions {
+  readonly offsets: Float64Array;
+  readonly prefixes: readonly (readonly [records: number, prefix: string])[];
+}
+
+/** Record `i`'s position in {@link JobPositions}. */
+function positionOf(positions: JobPositions, i: number): string | number {
+  let first = 0;
+  for (const [records, prefix] of positions.prefixes) {
+    first += records;
+    if (i < first) return prefix === "" ? positions.offsets[i]! : `${prefix}${positions.offsets[i]!}`;
+  }
+  return i;
+}
+
 /** A record the main thread already knows the outcome of (a worker died on it): not run again. */
 export type SkippedRecord = readonly [index: number, stage: string, code: string, message: string];
 
@@ -59,10 +75,12 @@ export interface TransformJob {
   readonly keys?: readonly (string | null)[];
   readonly times?: readonly (number | null)[];
   /**
-   * Per record, its position (a line to decode) or nothing, joined by `\n` (positions hold none):
-   * for the fallback id a transform's record view shows. One string, not an array of them.
+   * Per record, where it is in its source (a line to decode; a record with a known id has none,
+   * NaN): for the fallback id a transform's record view shows. A position is its run of records'
+   * prefix followed by its offset; `prefixes` are `[records, prefix]` in record order. Absent: every
+   * id is known.
    */
-  readonly positions?: string;
+  readonly positions?: JobPositions;
   readonly skip?: readonly SkippedRecord[];
   /**
    * `false`: send no payloads back (no sink reads them, `Sink.readsPayloads`): the result says only
@@ -297,7 +315,6 @@ export class JobRunner {
     const keys: (string | null)[] | undefined = decodesAny && envelope.keyed ? new Array<string | null>(count).fill(null) : undefined;
     const times: (number | null)[] | undefined = decodesAny && envelope.timed ? new Array<number | null>(count).fill(null) : undefined;
     const records: (WorkerRecord | undefined)[] = new Array<WorkerRecord | undefined>(count);
-    let positions: string[] | undefined;
     const malformed = new Map<number, string>();
     for (let i = 0; i < count; i++) {
       const value = values[i]!;
@@ -316,8 +333,7 @@ export class JobRunner {
       ids![i] = id ?? null;
       if (keys !== undefined) keys[i] = key ?? null;
       if (times !== undefined) times[i] = time ?? null;
-      if (id === undefined) positions ??= job.positions?.split("\n") ?? [];
-      records[i] = new WorkerRecord(id ?? `${source}:${positions?.[i] ?? i}`, key, value, time, source, receivedAt, i, "");
+      records[i] = new WorkerRecord(id ?? `${source}:${job.positions === undefined ? i : positionOf(job.positions, i)}`, key, value, time, source, receivedAt, i, "");
     }
     return { records, malformed, ids, keys, times };
   }

@@ -6,7 +6,7 @@
 import { isUtf8 } from "node:buffer";
 import { Malformed, parseObjectLine, parseObjectRun } from "../../core/envelope.js";
 import { classify, SluiceError } from "../../core/errors.js";
-import type { Entry } from "../../core/record.js";
+import { LineRun, type Entry } from "../../core/record.js";
 import type { EnqueueOutcome, SourceHandle } from "../../components/contracts.js";
 
 /** Bytes per read. Large reads amortize the syscall and the decode; 1 MiB measured best. */
@@ -180,13 +180,19 @@ export class NdjsonReader {
    * Parses `n` lines (`data[start, end)`, each starting with `{` and ending with `}`) as one JSON
    * array ({@link parseObjectRun}); false when that cannot be trusted, and the caller parses line
    * by line. When the pipeline decodes lines itself (`handle.decodesLines`), hands the lines over
-   * undecoded instead.
+   * undecoded instead, as one {@link LineRun}.
    */
   private parseRun(data: Buffer, start: number, end: number, n: number, base: number): boolean {
     const text = data.toString("utf8", start, end);
     const handle = this.handle;
-    const defer = handle.decodesLines === true && handle.line !== undefined;
-    const values = defer ? undefined : parseObjectRun(text, n);
+    if (handle.decodesLines === true && handle.lines !== undefined) {
+      const offsets = new Array<number>(n);
+      for (let i = 0; i < n; i++) offsets[i] = base + this.starts[i]!;
+      handle.lines(new LineRun(text, offsets, base + end, this.positionPrefix, this.line + 1, this.settings.location), this.pending);
+      this.line += n;
+      return true;
+    }
+    const values = parseObjectRun(text, n);
     if (values !== undefined && handle.wantsText === false) {
       // Nothing reads the lines' texts: no line is cut out, no position string built.
       const starts = this.starts;
@@ -199,9 +205,8 @@ export class NdjsonReader {
       }
       return true;
     }
-    if (!defer && values === undefined) return false;
+    if (values === undefined) return false;
     const starts = this.starts;
-    const location = this.settings.location;
     // `starts` are byte offsets; the line's text is cut at the newlines of the decoded string,
     // whose offsets differ as soon as a line has a multi-byte character.
     let from = 0;
@@ -211,8 +216,7 @@ export class NdjsonReader {
       let to = text.indexOf("\n", from);
       if (to < 0) to = text.length;
       this.line++;
-      const line = text.slice(from, to);
-      this.pending.push(values === undefined ? handle.line!(line, e - s, this.position(base + s), this.line, location) : handle.record(values[i]!, e - s, this.position(base + s), line));
+      this.pending.push(handle.record(values[i]!, e - s, this.position(base + s), text.slice(from, to)));
       from = to + 1;
     }
     return true;
@@ -300,8 +304,8 @@ export class NdjsonReader {
     // A BOM opens the input only: JSON.parse refuses it, and it is no part of the record's text.
     const text = start === 0 && line.charCodeAt(0) === BOM ? line.slice(1) : line;
     const handle = this.handle;
-    if (handle.decodesLines === true && handle.line !== undefined) {
-      if (text.trim() !== "") this.pending.push(handle.line(text, bytes, this.position(start), this.line, this.settings.location));
+    if (handle.decodesLines === true && handle.lines !== undefined) {
+      if (text.trim() !== "") handle.lines(new LineRun(text, [start], start + bytes, this.positionPrefix, this.line, this.settings.location), this.pending);
       return;
     }
     const value = parseObjectLine(text);

@@ -7,7 +7,7 @@
 import { describe, expect, it } from "vitest";
 import type { Transform } from "../../../src/components/contracts.js";
 import { systemClock } from "../../../src/core/clock.js";
-import { PayloadArray, RecordEntry, withPayloads, type JsonObject } from "../../../src/core/record.js";
+import { LineRun, PayloadArray, RecordEntry, withPayloads, type JsonObject } from "../../../src/core/record.js";
 import type { ChainStep } from "../../../src/core/transform-chain.js";
 import { JobRunner, LEAF, type TransformJob } from "../../../src/core/transform-jobs.js";
 
@@ -24,6 +24,21 @@ describe("PayloadArray", () => {
     const array = new PayloadArray(JSON.stringify(values), values.length);
     expect(values.map((_, i) => array.text(i))).toEqual(values.map((v) => JSON.stringify(v)));
     expect(array.payload(3)).toEqual({ e: "é\n" });
+  });
+});
+
+describe("LineRun", () => {
+  it("gives each line's bytes, position and text, and a range of lines as one string", () => {
+    // Byte offsets differ from the text's: "é" is two bytes.
+    const run = new LineRun('{"a":"é"}\n{"b":1}\n{"c":2}', [100, 111, 119], 126, "t:", 7, "f.ndjson");
+    expect([0, 1, 2].map((i) => run.bytes(i))).toEqual([10, 7, 7]);
+    expect([0, 1, 2].map((i) => run.position(i))).toEqual(["t:100", "t:111", "t:119"]);
+    expect(run.lines(0, 3)).toBe(run.text);
+    expect([run.lines(0, 1), run.lines(1, 3), run.lines(2, 3)]).toEqual(['{"a":"é"}', '{"b":1}\n{"c":2}', '{"c":2}']);
+    expect(new LineRun("{}", [5], 7, "", 1, "f").position(0)).toBe(5);
+    const r = new RecordEntry("", undefined, undefined, undefined, "s", run.bytes(1));
+    r.holdLine(run, 1);
+    expect([r.text, r.payload]).toEqual(['{"b":1}', { b: 1 }]);
   });
 });
 
@@ -53,7 +68,7 @@ describe("JobRunner", () => {
       systemClock,
       () => {},
     );
-    const result = await runner.run(job([{ id: "a", n: 0, k: "x", t: 5 }, { n: 1 }, { id: "c", n: 2 }, { id: "d", n: 3 }], { positions: "0\n10\n20\n30" }));
+    const result = await runner.run(job([{ id: "a", n: 0, k: "x", t: 5 }, { n: 1 }, { id: "c", n: 2 }, { id: "d", n: 3 }], { positions: { offsets: Float64Array.of(0, 10, 20, 30), prefixes: [[4, ""]] } }));
     expect([...result.inputs]).toEqual([0, 1, 2, 2, 2, 3]);
     expect([...result.kinds]).toEqual([LEAF.ok, LEAF.filtered, LEAF.ok, LEAF.ok, LEAF.ok, LEAF.failed]);
     expect(result.suffixes).toEqual(["", "", "#0", "#1#0", "#1#1", ""]);
@@ -64,9 +79,17 @@ describe("JobRunner", () => {
     expect(result.times).toEqual([5, null, null, null]);
   });
 
+  it("shows a record without an id the fallback id of its position: its run's prefix and its offset", async () => {
+    const seen: string[] = [];
+    const runner = new JobRunner([{ stage: "transform:a", transform: { apply: (p, r) => (seen.push(r!.id), p), takesRecord: true } }], {}, systemClock, () => {});
+    const positions = { offsets: Float64Array.of(0, 8, NaN, 0, 9), prefixes: [[2, "g1:"], [1, ""], [2, "g2:"]] as [number, string][] };
+    await runner.run(job([{ n: 0 }, { id: "b" }, { n: 2 }, { n: 3 }, { id: 7 }], { ids: [null, null, "k2", null, null], keys: [null, null, null, null, null], times: [null, null, null, null, null], positions }));
+    expect(seen).toEqual(["s:g1:0", "b", "k2", "s:g2:0", "7"]);
+  });
+
   it("reports malformed lines in their place, and keeps a known envelope", async () => {
     const runner = new JobRunner([step("transform:a", (p) => p)], {}, systemClock, () => {});
-    const result = await runner.run(job('{"x":1}\nnope\n[1]\n{"y":2}', { ids: ["i0", null, null, "i3"], keys: [null, null, null, "k"], times: [null, null, null, null], positions: "0\n8\n13\n17" }));
+    const result = await runner.run(job('{"x":1}\nnope\n[1]\n{"y":2}', { ids: ["i0", null, null, "i3"], keys: [null, null, null, "k"], times: [null, null, null, null], positions: { offsets: Float64Array.of(NaN, 8, 13, NaN), prefixes: [[4, ""]] } }));
     expect([...result.kinds]).toEqual([LEAF.ok, LEAF.malformed, LEAF.malformed, LEAF.ok]);
     expect(result.errors.map((e) => [e[0], e[1]])).toEqual([
       ["source:s", "ERR_RECORD_MALFORMED"],
@@ -96,7 +119,7 @@ describe("JobRunner", () => {
       systemClock,
       () => {},
     );
-    const result = await runner.run(job([{ id: "a", n: 0, k: "x" }, { n: 1 }, { id: "c", n: 2 }, { id: "d", n: 3 }], { positions: "0\n10\n20\n30", payloads: false }));
+    const result = await runner.run(job([{ id: "a", n: 0, k: "x" }, { n: 1 }, { id: "c", n: 2 }, { id: "d", n: 3 }], { positions: { offsets: Float64Array.of(0, 10, 20, 30), prefixes: [[4, ""]] }, payloads: false }));
     expect(result.out).toBeUndefined();
     expect([...result.inputs]).toEqual([0, 1, 2, 2, 3]);
     expect([...result.kinds]).toEqual([LEAF.ok, LEAF.filtered, LEAF.ok, LEAF.ok, LEAF.failed]);
