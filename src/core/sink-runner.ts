@@ -219,12 +219,14 @@ export class SinkRunner {
     }
     const rr = this.keylessLane();
     const touched = new Set<Lane>();
+    // A Set insertion only where the lane changes: records without a key all go to one lane.
+    let last: Lane | undefined;
     for (const r of records) {
       const lane = r.key === undefined ? rr : this.lanes[hashKey(r.key) % this.lanes.length]!;
       if (lane.head === lane.queue.length) lane.firstQueuedAt = now;
       lane.queue.push(r);
       lane.queuedBytes += r.bytes;
-      touched.add(lane);
+      if (lane !== last) touched.add((last = lane));
     }
     for (const lane of touched) this.pump(lane);
   }

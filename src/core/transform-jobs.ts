@@ -236,6 +236,8 @@ function safeJson(payload: JsonObject): string | undefined {
  */
 export class JobRunner {
   private readonly envelopes = new Map<string, EnvelopeReader>();
+  /** A worker's chains are never hard-aborted (the pool terminates the worker); one signal for every job, not an AbortController per job. */
+  private readonly never = new AbortController().signal;
 
   constructor(
     private readonly steps: readonly ChainStep[],
@@ -376,7 +378,7 @@ export class JobRunner {
         },
       },
       this.clock,
-      new AbortController().signal,
+      this.never,
     );
   }
 }
