@@ -115,5 +115,5 @@ sinks:
       conn.close();
     }
     expect(readDeadLetters(join(dir, "data", "dlq.db"))).toEqual([]);
-  });
+  }, 180_000);
 });
