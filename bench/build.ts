@@ -6,7 +6,7 @@
  * themselves after loading) but adds the loader's ~30-45 MiB to every peak RSS.
  */
 import { execFileSync, spawn } from "node:child_process";
-import { mkdirSync, rmSync } from "node:fs";
+import { mkdirSync, readFileSync, rmSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { DATA_DIR } from "./data-gen.js";
@@ -18,6 +18,17 @@ export const REPO_DIR = dirname(BENCH_DIR);
 const BUILD_DIR = join(DATA_DIR, "build");
 /** The transform worker thread's entry (`workers`), bundled beside each bundle that may start it. */
 const WORKER_ENTRY = { in: join(REPO_DIR, "src", "workers", "transform-worker.ts"), out: "transform-worker" };
+
+/**
+ * The node flags the `sluice` command starts with: read from bin/sluice.js (the flags its shell
+ * line passes when NODE_OPTIONS sets none of its own), so a child started with them measures what
+ * users run. Empty when the bin passes none.
+ */
+export const CLI_NODE_FLAGS: readonly string[] = (() => {
+  const bin = readFileSync(join(REPO_DIR, "bin", "sluice.js"), "utf8");
+  const m = /\*\) exec node ((?:--\S+ )+)"\$0"/.exec(bin);
+  return m === null ? [] : m[1]!.trim().split(" ").filter((f) => f !== "");
+})();
 
 /** The contenders, by file name under bench/contenders/. */
 export const CONTENDERS = ["plain-loop", "node-stream", "sluice"] as const;
@@ -90,7 +101,7 @@ export function runChild<N extends string>(launcher: Launcher<N>, name: N, task:
   });
 }
 
-/** How to start the `sluice` CLI: the esbuild bundle of src/cli/entry.ts, or tsx on the source. */
+/** How to start the `sluice` CLI: the esbuild bundle of src/cli/entry.ts, or tsx on the source, with the bin's {@link CLI_NODE_FLAGS}. */
 export async function sluiceCommand(): Promise<{ args: string[]; mode: "bundled" | "tsx" }> {
   const entry = join(REPO_DIR, "src", "cli", "entry.ts");
   try {
@@ -109,15 +120,16 @@ export async function sluiceCommand(): Promise<{ args: string[]; mode: "bundled"
       logLevel: "error",
       absWorkingDir: REPO_DIR,
     });
-    return { args: [outfile], mode: "bundled" };
+    return { args: [...CLI_NODE_FLAGS, outfile], mode: "bundled" };
   } catch {
-    return { args: ["--conditions=sluice-source", "--import", "tsx", entry], mode: "tsx" };
+    return { args: [...CLI_NODE_FLAGS, "--conditions=sluice-source", "--import", "tsx", entry], mode: "tsx" };
   }
 }
 
 /**
  * The `sluice` CLI as it was at git ref `ref`: that ref's src/ extracted under bench/data/ and
- * bundled with esbuild (dependencies from today's node_modules). For a before/after in one run.
+ * bundled with esbuild (dependencies from today's node_modules), started with today's bin's
+ * {@link CLI_NODE_FLAGS}. For a before/after in one run.
  */
 export async function sluiceCommandAt(ref: string): Promise<{ args: string[] }> {
   const esbuild = await import("esbuild");
@@ -139,5 +151,5 @@ export async function sluiceCommandAt(ref: string): Promise<{ args: string[] }> 
     logLevel: "error",
     absWorkingDir: REPO_DIR,
   });
-  return { args: [outfile] };
+  return { args: [...CLI_NODE_FLAGS, outfile] };
 }

@@ -5,7 +5,8 @@
  *   (a) `psql \copy` of the rows as a COPY text file (`id<TAB>payload`, prepared once, untimed): the ceiling;
  *   (b) multi-row `INSERT .. ON CONFLICT (id) DO NOTHING`, 1,000 rows per statement, 4 connections (pg.Pool);
  *   (c) sluice: `file` source -> `module` transform bench/enrich.mjs (changes the payload in place)
- *       -> `postgres` sink, `mode: insert`, library API, defaults;
+ *       -> `postgres` sink, `mode: insert`, library API, defaults, in a node started with the flags
+ *       the `sluice` command starts with (bin/sluice.js: a larger young generation);
  *   (d) the same with bench/enrich-copy.mjs, the copying one-liner users write
  *       (`(p) => ({ ...p, processed_at: Date.now() / 1000 })`);
  *   (e) (d) again, same file, same table: every record a duplicate; must add zero rows.
@@ -53,7 +54,7 @@ import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { DEFAULTS } from "../src/config/defaults.js";
 import { definition as postgresSink } from "../src/sinks/postgres/options.js";
-import { prepareLaunch, runChild } from "./build.js";
+import { CLI_NODE_FLAGS, prepareLaunch, runChild, type Launcher } from "./build.js";
 import { ensureDataFile, warmPageCache } from "./data-gen.js";
 import { ensureCopyFile } from "./pg-copy-file.js";
 import type { ContenderResult } from "./contenders/protocol.js";
@@ -113,7 +114,6 @@ const url = process.env.BENCH_PG_URL ?? "postgres://postgres@127.0.0.1:5432/test
 
 const fmtSec = (n: number): string => n.toFixed(2);
 
-/** Node arguments (before the task) that start a contender child. */
 /**
  * CPU seconds used so far by the PostgreSQL server: the postmaster's own and its reaped
  * children's (backends that already exited), plus its live children's (backends, checkpointer,
@@ -276,7 +276,9 @@ export async function runPostgresBench(): Promise<number> {
     warmPageCache(copy.file);
 
     progress.live("bundling PostgreSQL contenders");
-    const launcher = await prepareLaunch(CHILDREN);
+    const bundled = await prepareLaunch(CHILDREN);
+    // sluice's children run with the node flags the `sluice` command starts with (bin/sluice.js).
+    const launcher: Launcher<ChildName> = { mode: bundled.mode, args: (name) => [...(name === "pg-sluice" ? CLI_NODE_FLAGS : []), ...bundled.args(name)] };
     progress.line(launcher.mode === "bundled" ? "PostgreSQL contenders bundled with esbuild" : "esbuild unavailable: PostgreSQL contenders run under `node --import tsx`");
 
     const outcomes = new Map<StepId, Outcome>(STEPS.map((s) => [s.id, { runs: [], failed: [] }]));
@@ -431,7 +433,8 @@ export async function runPostgresBench(): Promise<number> {
     const sinkDefaults = postgresSink.options.parse({ url, table: TABLES.sluice });
     out.push(
       `sluice: file source -> module transform (in place: bench/enrich.mjs; copying: bench/enrich-copy.mjs) -> postgres sink (mode insert) with the defaults: batch.max_records ${fmtInt(DEFAULTS.sink.batch.max_records)}, ` +
-        `concurrency ${String(DEFAULTS.sink.concurrency)}, pool_size ${sinkDefaults.pool_size}, buffer.max_records ${fmtInt(DEFAULTS.buffer.max_records)}; section took ${sectionSeconds.toFixed(0)} s`,
+        `concurrency ${String(DEFAULTS.sink.concurrency)}, pool_size ${sinkDefaults.pool_size}, buffer.max_records ${fmtInt(DEFAULTS.buffer.max_records)}; ` +
+        `node flags of the sluice command (bin/sluice.js): ${CLI_NODE_FLAGS.length === 0 ? "none" : CLI_NODE_FLAGS.join(" ")}; section took ${sectionSeconds.toFixed(0)} s`,
     );
     const maxLoad = Math.max(0, ...loads);
     if (maxLoad > cpus().length * BUSY_LOAD_PER_CORE) {

@@ -78,7 +78,8 @@ export function payloadFields(records: readonly SluiceRecord[], out: (string | E
   if (serialize.length === 0) return;
   // Filled by push, not preallocated: JSON.stringify serializes an array with holes element by element on a slow path.
   const payloads: JsonValue[] = [];
-  let plain = true;
+  // A toJSON every object inherits (set on Object.prototype) would make no payload `{...}`.
+  let plain = !("toJSON" in Object.prototype);
   for (const i of serialize) {
     const p = records[i]!.payload;
     payloads.push(p);
@@ -94,10 +95,17 @@ export function payloadFields(records: readonly SluiceRecord[], out: (string | E
   }
 }
 
+/**
+ * Whether `v`'s JSON is `{...}`: its prototype is Object.prototype or null, and it has no `toJSON`
+ * of its own ({@link payloadFields} checks Object.prototype's once). An own-property test, not a
+ * read of `v.toJSON`: on Node 20 a copying transform's `{ ...p, x }` gives every object a hidden
+ * class of its own, on which a read that finds nothing misses V8's caches each time (about 0.4 µs
+ * a payload, against 0.05 for the test).
+ */
 function isPlainObject(v: unknown): boolean {
   if (typeof v !== "object" || v === null) return false;
   const proto = Object.getPrototypeOf(v) as unknown;
-  return (proto === Object.prototype || proto === null) && typeof (v as { toJSON?: unknown }).toJSON !== "function";
+  return (proto === Object.prototype || proto === null) && !Object.hasOwn(v, "toJSON");
 }
 
 /** {@link payloadFields}' one serialization of plain objects; false when the text cannot be cut safely (or a payload cannot be serialized). */

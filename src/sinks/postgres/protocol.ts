@@ -141,8 +141,8 @@ export class CopyRows {
     let at = COPY_DATA_HEADER;
     let start = from;
     for (let i = lo; i < hi; i++) {
-      at += out.write(String(i), at, "latin1");
-      out[at++] = 0x09;
+      at = writeIndex(out, i, at);
+      out[at++] = TAB;
       const end = this.ends[i]!;
       at += this.buf.copy(out, at, start, end);
       start = end;
@@ -152,6 +152,17 @@ export class CopyRows {
     at += COPY_DONE.copy(out, at);
     return out.subarray(0, at);
   }
+}
+
+/** Writes `n` (a non-negative integer) at `at` in decimal digits; returns where it ends. */
+function writeIndex(buf: Buffer, n: number, at: number): number {
+  let digits = 1;
+  for (let rest = n; rest >= 10; rest = Math.floor(rest / 10)) digits++;
+  for (let i = at + digits - 1; i >= at; i--) {
+    buf[i] = 0x30 + (n % 10);
+    n = Math.floor(n / 10);
+  }
+  return at + digits;
 }
 
 /** Writes `s` at `at` as UTF-8 (a loop for ASCII, `Buffer#write` from the first other character on); returns where it ends. */

@@ -91,10 +91,27 @@ describe("payloadFields: payloads serialized together", () => {
       [{ a: [{}, {}, {}] }, new Number(1), { b: 1 }],
       [{ a: [{}, {}, {}] }, [1, 2], { b: 1 }],
       [new Reading(2), { b: 1 }],
+      // A toJSON of its own as an accessor, and on an object without a prototype.
+      [{ a: [{}, {}, {}] }, Object.defineProperty({}, "toJSON", { get: () => () => "s", enumerable: false }), { b: 1 }],
+      [{ a: [{}, {}, {}] }, Object.assign(Object.create(null) as object, { toJSON: () => "s" }), { b: 1 }],
     ];
     for (const payloads of sets) {
       const records = payloads.map((payload) => record({ payload: payload as JsonObject }));
       expect(fieldsOf(records)).toEqual(records.map((r) => copyJson(r.payload)));
+    }
+  });
+
+  it("serializes one by one when every object inherits a toJSON", () => {
+    const proto = Object.prototype as { toJSON?: () => unknown };
+    // An empty object's JSON becomes `1`, taking two boundaries away; the string puts two back.
+    proto.toJSON = function (this: object) {
+      return Array.isArray(this) || Object.keys(this).length > 0 ? this : 1;
+    };
+    try {
+      const records = ([{ s: "},{},{" }, {}, { b: 2 }] as JsonObject[]).map((payload) => record({ payload }));
+      expect(fieldsOf(records)).toEqual(records.map((r) => copyJson(r.payload)));
+    } finally {
+      delete proto.toJSON;
     }
   });
 
