@@ -89,6 +89,29 @@ function messageHeaders(headers: () => MsgHdrs, record: SluiceRecord): MsgHdrs {
   return h;
 }
 
+/** A `nats_jetstream` sink's settings from its validated options; the stream to create listens on `subject` unless it names its subjects. */
+function settingsFrom(opts: z.output<typeof options>): NatsJetStreamSinkSettings {
+  const stream = opts.create_stream;
+  return {
+    servers: serverList(opts.servers),
+    subject: opts.subject,
+    user: opts.user,
+    password: opts.password,
+    token: opts.token,
+    ackTimeoutMs: opts.ack_timeout,
+    createStream:
+      stream === undefined
+        ? undefined
+        : {
+            name: stream.name,
+            subjects: stream.subjects ?? [opts.subject],
+            storage: stream.storage,
+            replicas: stream.replicas,
+            duplicateWindowMs: stream.duplicate_window,
+          },
+  };
+}
+
 /**
  * Builds a JetStream sink (what the `nats_jetstream` definition's factory returns).
  *
@@ -266,25 +289,5 @@ export const definition = defineComponent<typeof options, Sink>({
   type: "nats_jetstream",
   summary: "Publishes records to a NATS JetStream stream, idempotent by id within its duplicate window",
   options,
-  create(opts) {
-    const stream = opts.create_stream;
-    return createNatsJetStreamSink({
-      servers: serverList(opts.servers),
-      subject: opts.subject,
-      user: opts.user,
-      password: opts.password,
-      token: opts.token,
-      ackTimeoutMs: opts.ack_timeout,
-      createStream:
-        stream === undefined
-          ? undefined
-          : {
-              name: stream.name,
-              subjects: stream.subjects ?? [opts.subject],
-              storage: stream.storage,
-              replicas: stream.replicas,
-              duplicateWindowMs: stream.duplicate_window,
-            },
-    });
-  },
+  create: (opts) => createNatsJetStreamSink(settingsFrom(opts)),
 });

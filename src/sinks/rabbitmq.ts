@@ -89,6 +89,19 @@ function drained(ch: ConfirmChannel): Promise<void> {
   });
 }
 
+/** A `rabbitmq` sink's settings from its validated options: without an exchange, the default exchange routes to the queue. */
+function settingsFrom(opts: z.output<typeof options>): RabbitmqSinkSettings {
+  const queue = opts.queue;
+  return {
+    url: opts.url,
+    heartbeatMs: opts.heartbeat,
+    exchange: opts.exchange ?? "",
+    routingKey: opts.routing_key ?? queue ?? "",
+    queue: queue === undefined ? undefined : { name: queue, type: opts.queue_type, arguments: opts.queue_arguments },
+    confirmTimeoutMs: opts.confirm_timeout,
+  };
+}
+
 /**
  * Builds a RabbitMQ sink (what the `rabbitmq` definition's factory returns).
  *
@@ -277,15 +290,5 @@ export const definition = defineComponent<typeof options, Sink>({
   type: "rabbitmq",
   summary: "Publishes records to RabbitMQ as persistent messages with publisher confirms; message_id = record id",
   options,
-  create(opts) {
-    const queue = opts.queue;
-    return createRabbitmqSink({
-      url: opts.url,
-      heartbeatMs: opts.heartbeat,
-      exchange: opts.exchange ?? "",
-      routingKey: opts.routing_key ?? queue ?? "",
-      queue: queue === undefined ? undefined : { name: queue, type: opts.queue_type, arguments: opts.queue_arguments },
-      confirmTimeoutMs: opts.confirm_timeout,
-    });
-  },
+  create: (opts) => createRabbitmqSink(settingsFrom(opts)),
 });

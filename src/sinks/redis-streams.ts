@@ -148,6 +148,20 @@ function sinkFault(e: SluiceError): SluiceError {
   return new SluiceError(e.code, `${e.message} (the ACL does not allow the sink to write)`, { cause: e.cause, retryable: true, location: e.location });
 }
 
+/** A `redis_streams` sink's settings from its validated options. */
+function settingsFrom(opts: z.output<typeof options>): RedisStreamsSinkSettings {
+  return {
+    url: opts.url,
+    stream: opts.stream,
+    partitions: opts.partitions,
+    maxLen: opts.max_len,
+    bodyKey: opts.body_key,
+    // PX takes whole milliseconds.
+    dedupeWindowMs: Math.ceil(opts.dedupe_window),
+    dedupePrefix: opts.dedupe_prefix ?? `${opts.stream}:dedupe`,
+  };
+}
+
 /**
  * Builds a Redis Streams sink (what the `redis_streams` definition's factory returns).
  *
@@ -283,16 +297,5 @@ export const definition = defineComponent<typeof options, Sink>({
   type: "redis_streams",
   summary: "Adds records as Redis stream entries, idempotent by id within a dedupe window",
   options,
-  create(opts) {
-    return createRedisStreamsSink({
-      url: opts.url,
-      stream: opts.stream,
-      partitions: opts.partitions,
-      maxLen: opts.max_len,
-      bodyKey: opts.body_key,
-      // PX takes whole milliseconds.
-      dedupeWindowMs: Math.ceil(opts.dedupe_window),
-      dedupePrefix: opts.dedupe_prefix ?? `${opts.stream}:dedupe`,
-    });
-  },
+  create: (opts) => createRedisStreamsSink(settingsFrom(opts)),
 });

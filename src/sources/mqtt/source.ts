@@ -70,6 +70,24 @@ export interface MqttSourceSettings extends Omit<MqttConnectionSettings, "receiv
   readonly topicField?: string | undefined;
 }
 
+/** An `mqtt` source's settings from its validated options: durations in the seconds MQTT counts in, the default client id. */
+function settingsFrom(opts: z.output<typeof options>): MqttSourceSettings {
+  return {
+    url: opts.url,
+    topics: typeof opts.topics === "string" ? [opts.topics] : opts.topics,
+    qos: opts.qos,
+    clientId: opts.client_id ?? `sluice-${hostname()}-${process.pid}`,
+    clean: opts.clean,
+    sessionExpirySeconds: opts.session_expiry === "never" ? NEVER_EXPIRES : Math.ceil(opts.session_expiry / 1000),
+    receiveMaximum: opts.receive_maximum,
+    keepaliveSeconds: Math.max(1, Math.round(opts.keepalive / 1000)),
+    username: opts.username,
+    password: opts.password,
+    tls: opts.tls === undefined ? undefined : { ca: opts.tls.ca, cert: opts.tls.cert, key: opts.tls.key, rejectUnauthorized: opts.tls.reject_unauthorized },
+    topicField: opts.topic_field,
+  };
+}
+
 /**
  * Builds an MQTT source (what the `mqtt` definition's factory returns). Each engine `connect`
  * opens a new connection (ending the previous one), and the broker resends on it what no earlier
@@ -200,23 +218,5 @@ export const definition = defineComponent<typeof options, Source>({
   type: "mqtt",
   summary: "Subscribes to MQTT topics in a persistent session; each message acknowledged once committed",
   options,
-  create(opts, ctx) {
-    return createMqttSource(
-      {
-        url: opts.url,
-        topics: typeof opts.topics === "string" ? [opts.topics] : opts.topics,
-        qos: opts.qos,
-        clientId: opts.client_id ?? `sluice-${hostname()}-${process.pid}`,
-        clean: opts.clean,
-        sessionExpirySeconds: opts.session_expiry === "never" ? NEVER_EXPIRES : Math.ceil(opts.session_expiry / 1000),
-        receiveMaximum: opts.receive_maximum,
-        keepaliveSeconds: Math.max(1, Math.round(opts.keepalive / 1000)),
-        username: opts.username,
-        password: opts.password,
-        tls: opts.tls === undefined ? undefined : { ca: opts.tls.ca, cert: opts.tls.cert, key: opts.tls.key, rejectUnauthorized: opts.tls.reject_unauthorized },
-        topicField: opts.topic_field,
-      },
-      ctx,
-    );
-  },
+  create: (opts, ctx) => createMqttSource(settingsFrom(opts), ctx),
 });

@@ -72,6 +72,19 @@ export interface RabbitmqSourceSettings {
   readonly maxDeliveries: number;
 }
 
+/** A `rabbitmq` source's settings from its validated options. */
+function settingsFrom(opts: z.output<typeof options>): RabbitmqSourceSettings {
+  return {
+    url: opts.url,
+    heartbeatMs: opts.heartbeat,
+    queue: { name: opts.queue, type: opts.queue_type, arguments: opts.queue_arguments },
+    exchange: opts.exchange,
+    routingKey: opts.routing_key ?? "",
+    prefetch: opts.prefetch,
+    maxDeliveries: opts.max_deliveries,
+  };
+}
+
 /**
  * Builds a RabbitMQ source (what the `rabbitmq` definition's factory returns).
  *
@@ -310,18 +323,5 @@ export const definition = defineComponent<typeof options, Source>({
   type: "rabbitmq",
   summary: "Consumes a RabbitMQ queue with manual acks; each message acked once committed",
   options,
-  create(opts, ctx) {
-    return createRabbitmqSource(
-      {
-        url: opts.url,
-        heartbeatMs: opts.heartbeat,
-        queue: { name: opts.queue, type: opts.queue_type, arguments: opts.queue_arguments },
-        exchange: opts.exchange,
-        routingKey: opts.routing_key ?? "",
-        prefetch: opts.prefetch,
-        maxDeliveries: opts.max_deliveries,
-      },
-      ctx,
-    );
-  },
+  create: (opts, ctx) => createRabbitmqSource(settingsFrom(opts), ctx),
 });
