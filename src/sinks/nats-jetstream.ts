@@ -23,7 +23,7 @@ import {
 } from "../brokers/nats.js";
 import { SluiceError } from "../core/errors.js";
 import type { SluiceRecord } from "../core/record.js";
-import { defineComponent, type RecordFailure, type Sink, type WriteResult } from "../components/contracts.js";
+import { defineComponent, writeResult, type RecordFailure, type Sink, type WriteResult } from "../components/contracts.js";
 import { duration } from "../components/options.js";
 
 /** Batches the sink takes at once; each has all its publishes outstanding. */
@@ -265,8 +265,7 @@ export function createNatsJetStreamSink(settings: NatsJetStreamSinkSettings): Si
         else failures.push({ index, error });
       }
       if (retry !== undefined) throw retry;
-      failures.sort((a, b) => a.index - b.index);
-      return failures.length > 0 || present.length > 0 ? { failures, alreadyPresent: present } : {};
+      return writeResult(failures, present);
     },
 
     async close() {

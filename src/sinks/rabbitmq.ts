@@ -23,7 +23,7 @@ import {
 } from "../brokers/rabbitmq.js";
 import { SluiceError } from "../core/errors.js";
 import type { SluiceRecord } from "../core/record.js";
-import { defineComponent, type RecordFailure, type Sink, type WriteResult } from "../components/contracts.js";
+import { defineComponent, writeResult, type RecordFailure, type Sink, type WriteResult } from "../components/contracts.js";
 import { duration } from "../components/options.js";
 
 /** Batches the sink takes at once, all on its one confirm channel. */
@@ -264,8 +264,7 @@ export function createRabbitmqSink(settings: RabbitmqSinkSettings): Sink {
         });
       }
       if (retry !== undefined) throw retry;
-      failures.sort((a, b) => a.index - b.index);
-      return failures.length > 0 ? { failures } : {};
+      return writeResult(failures);
     },
 
     async close() {

@@ -8,7 +8,7 @@ import { classifyRedisError, CLIENT_OPTIONS, ENVELOPE_FIELDS, innerReply, isRepl
 import { z } from "zod";
 import { SluiceError } from "../core/errors.js";
 import type { SluiceRecord } from "../core/record.js";
-import { defineComponent, type RecordFailure, type Sink, type WriteResult } from "../components/contracts.js";
+import { defineComponent, writeResult, type RecordFailure, type Sink, type WriteResult } from "../components/contracts.js";
 import { duration } from "../components/options.js";
 
 /** Batches the sink takes at once: script calls on one connection, run in order by the server. */
@@ -274,8 +274,7 @@ export function createRedisStreamsSink(settings: RedisStreamsSinkSettings): Sink
           break;
         }
       }
-      failures.sort((a, b) => a.index - b.index);
-      return failures.length > 0 || present.length > 0 ? { failures, alreadyPresent: present } : {};
+      return writeResult(failures, present);
     },
 
     async close() {
