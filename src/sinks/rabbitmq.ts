@@ -15,9 +15,8 @@ import {
   KEY_HEADER,
   MAX_SHORT_STRING,
   openAmqpConnection,
-  queueDeclareOptions,
   quietChannel,
-  rabbitmqConnectionOptions,
+  rabbitmqOptions,
   safeUrl,
   type QueueSettings,
 } from "../brokers/rabbitmq.js";
@@ -31,8 +30,8 @@ const MAX_IN_FLIGHT = 4;
 
 const options = z
   .strictObject({
-    url: rabbitmqConnectionOptions.url,
-    heartbeat: rabbitmqConnectionOptions.heartbeat,
+    url: rabbitmqOptions.url,
+    heartbeat: rabbitmqOptions.heartbeat,
     exchange: z.string().optional().describe("Exchange to publish to (it must exist); default \"\", the default exchange, which routes to the queue named by the routing key"),
     routing_key: z.string().optional().describe("Routing key of every message; default the queue's name"),
     queue: z
@@ -40,8 +39,8 @@ const options = z
       .min(1)
       .optional()
       .describe("Queue declared durable at connect when missing (and bound to exchange with routing_key when both are set); with the default exchange, the target"),
-    queue_type: queueDeclareOptions.queue_type,
-    queue_arguments: queueDeclareOptions.queue_arguments,
+    queue_type: rabbitmqOptions.queue_type,
+    queue_arguments: rabbitmqOptions.queue_arguments,
     confirm_timeout: duration()
       .default(30_000)
       .refine((ms) => ms >= 1, "must be at least 1 ms")

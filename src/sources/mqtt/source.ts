@@ -156,35 +156,27 @@ export function createMqttSource(settings: MqttSourceSettings, ctx: ComponentCon
     async run(handle, signal) {
       const c = connection;
       if (c === undefined) throw new SluiceError("ERR_INTERNAL", "mqtt source: run before connect", { location });
-      const unwatch = wakeup.wakeOnAbort(signal);
-      try {
-        while (!signal.aborted) {
-          if (c.down() !== undefined) throw lost(c);
-          if (waiting.length === 0) {
-            await wakeup.sleep();
-            continue;
-          }
-          const taken = waiting.length <= handle.chunkSize ? waiting : waiting.slice(0, handle.chunkSize);
-          waiting = taken === waiting ? [] : waiting.slice(handle.chunkSize);
-          const chunk: MqttChunk<MqttConnection> = { connection: c, puback: [], pubrec: [] };
-          const records: Entry[] = [];
-          for (const m of taken) {
-            records.push(messageEntry(handle, m, settings.topicField));
-            if (m.packetId === undefined) continue;
-            if (m.qos === 2) chunk.pubrec.push(m.packetId);
-            else chunk.puback.push(m.packetId);
-          }
-          // In line before the enqueue: a chunk dropped by policy is acked from inside it.
-          unanswered.push(chunk);
-          if ((await handle.enqueue(records, chunk)) === "stopping") {
-            // Never acknowledged, so the broker redelivers them.
-            unanswered.splice(unanswered.indexOf(chunk), 1);
-            return;
-          }
+      await wakeup.loop(signal, async () => {
+        if (c.down() !== undefined) throw lost(c);
+        if (waiting.length === 0) return wakeup.sleep();
+        const taken = waiting.length <= handle.chunkSize ? waiting : waiting.slice(0, handle.chunkSize);
+        waiting = taken === waiting ? [] : waiting.slice(handle.chunkSize);
+        const chunk: MqttChunk<MqttConnection> = { connection: c, puback: [], pubrec: [] };
+        const records: Entry[] = [];
+        for (const m of taken) {
+          records.push(messageEntry(handle, m, settings.topicField));
+          if (m.packetId === undefined) continue;
+          if (m.qos === 2) chunk.pubrec.push(m.packetId);
+          else chunk.puback.push(m.packetId);
         }
-      } finally {
-        unwatch();
-      }
+        // In line before the enqueue: a chunk dropped by policy is acked from inside it.
+        unanswered.push(chunk);
+        if ((await handle.enqueue(records, chunk)) === "stopping") {
+          // Never acknowledged, so the broker redelivers them.
+          unanswered.splice(unanswered.indexOf(chunk), 1);
+          return "stop";
+        }
+      });
     },
 
     ack(checkpoint) {
