@@ -276,11 +276,8 @@ export class RecordEntry implements Entry {
 
   /** Makes element `index` of `array` the payload (parsed on first read): the output of a transform worker thread. */
   holdElement(array: PayloadArray, index: number): void {
-    this.array = array;
+    this.hold(undefined, array);
     this.index = index;
-    this.parsed = undefined;
-    this.ownText = undefined;
-    this.undecoded = undefined;
   }
 
   /**
@@ -288,18 +285,20 @@ export class RecordEntry implements Entry {
    * (`Sink.readsPayloads`), so none was sent back. `payload` then reads `{}`, `text` undefined.
    */
   withhold(): void {
-    this.array = undefined;
-    this.parsed = undefined;
-    this.ownText = undefined;
-    this.undecoded = undefined;
+    this.hold(undefined, undefined);
     this.withheld = true;
   }
 
   /** Makes `text` the payload (parsed on first read). */
   holdText(text: string): void {
-    this.ownText = text;
-    this.array = undefined;
+    this.hold(text, undefined);
+  }
+
+  /** Holds the payload as `text` or as the element of `array` (or not at all), parsed on first read; it is no undecoded line any more. */
+  private hold(text: string | undefined, array: PayloadArray | undefined): void {
     this.parsed = undefined;
+    this.ownText = text;
+    this.array = array;
     this.undecoded = undefined;
   }
 
