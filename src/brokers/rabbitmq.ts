@@ -33,8 +33,11 @@ export const CLOSE_TIMEOUT_MS = 5_000;
  */
 const PERMANENT_REPLY_CODES = new Set([402, 403, 404, 406, 530, 540]);
 
-/** The connection and queue options of the `rabbitmq` source and sink. */
-export const rabbitmqConnectionOptions = {
+/**
+ * The options the `rabbitmq` source and sink share: the connection, and how a queue that does not
+ * exist yet is declared (an existing one is used as it is, unless `queue_arguments` is given).
+ */
+export const rabbitmqOptions = {
   url: z
     .string()
     .min(1)
@@ -42,10 +45,6 @@ export const rabbitmqConnectionOptions = {
   heartbeat: duration()
     .default(30_000)
     .describe("AMQP heartbeat: a connection silent for twice this long is taken as lost; default 30s (a heartbeat in the url wins)"),
-};
-
-/** How a queue that does not exist yet is declared (an existing one is used as it is, unless `queue_arguments` is given). */
-export const queueDeclareOptions = {
   queue_type: z
     .enum(["quorum", "classic"])
     .optional()

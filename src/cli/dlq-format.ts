@@ -14,13 +14,13 @@ function payloadValue(text: string | undefined): unknown {
 }
 
 /**
- * One entry as a JSON line. The field names are fixed (scripts read them): `seq`, `record_id`,
- * `source`, `sink`, `status`, `code`, `message`, `attempts`, `first_failure_at`,
- * `last_failure_at`, `replayed_at`, `resolved_at` (ISO 8601 or null), `payload` (the JSON value,
- * or null), `raw` (the unparsable input, or null).
+ * An entry's fields, named as scripts read them: `seq`, `record_id`, `source`, `sink`, `status`,
+ * `code`, `message`, `attempts`, `first_failure_at`, `last_failure_at`, `replayed_at`,
+ * `resolved_at` (ISO 8601 or null), `payload` (the JSON value, or null), `raw` (the unparsable
+ * input, or null).
  */
-export function entryJson(e: StoredDeadLetter): string {
-  return JSON.stringify({
+function entryFields(e: StoredDeadLetter) {
+  return {
     seq: e.seq,
     record_id: e.recordId,
     source: e.source,
@@ -35,7 +35,12 @@ export function entryJson(e: StoredDeadLetter): string {
     resolved_at: iso(e.resolvedAt),
     payload: payloadValue(e.payload),
     raw: e.raw ?? null,
-  });
+  };
+}
+
+/** One entry as a JSON line, with the fixed field names of {@link entryFields}. */
+export function entryJson(e: StoredDeadLetter): string {
+  return JSON.stringify(entryFields(e));
 }
 
 function clip(text: string, width: number): string {
@@ -76,25 +81,11 @@ export function entryTable(entries: readonly StoredDeadLetter[]): string {
   return `${lines.join("\n")}\n`;
 }
 
-/** One entry in full, a field a line, the payload as indented JSON. */
+/** One entry in full, a field a line (null as `-`), the payload as indented JSON. */
 export function entryBlock(e: StoredDeadLetter): string {
-  const payload = payloadValue(e.payload);
-  const fields: [string, string][] = [
-    ["record_id", e.recordId],
-    ["source", e.source],
-    ["sink", e.sink],
-    ["status", e.status],
-    ["code", e.code],
-    ["message", e.message],
-    ["attempts", String(e.attempts)],
-    ["first_failure_at", iso(e.firstFailureAt) ?? "-"],
-    ["last_failure_at", iso(e.lastFailureAt) ?? "-"],
-    ["replayed_at", iso(e.replayedAt) ?? "-"],
-    ["resolved_at", iso(e.resolvedAt) ?? "-"],
-    ["payload", payload === null ? "-" : typeof payload === "string" ? payload : JSON.stringify(payload, null, 2)],
-    ["raw", e.raw ?? "-"],
-  ];
+  const { seq, ...fields } = entryFields(e);
+  const shown = (v: unknown): string => (v === null ? "-" : typeof v === "string" ? v : JSON.stringify(v, null, 2));
   const indent = " ".repeat(20);
-  const lines = [`entry ${e.seq}`, ...fields.map(([k, v]) => `  ${k.padEnd(18)}${v.split("\n").join(`\n${indent}`)}`)];
+  const lines = [`entry ${seq}`, ...Object.entries(fields).map(([k, v]) => `  ${k.padEnd(18)}${shown(v).split("\n").join(`\n${indent}`)}`)];
   return `${lines.join("\n")}\n`;
 }

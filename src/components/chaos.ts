@@ -8,7 +8,7 @@ import { sleep, type Clock } from "../core/clock.js";
 import { SluiceError } from "../core/errors.js";
 import { mulberry32, type Random } from "../core/random.js";
 import type { SluiceRecord } from "../core/record.js";
-import type { RecordFailure, Sink, WriteResult } from "./contracts.js";
+import { writeResult, type RecordFailure, type Sink, type WriteResult } from "./contracts.js";
 import { duration } from "./options.js";
 
 const rate = () => z.number().min(0).max(1);
@@ -98,9 +98,7 @@ export function withChaos(sink: Sink, options: ChaosOptions, clock: Clock, rando
         }
         failures.push({ index, error: failure.error });
       }
-      failures.sort((a, b) => a.index - b.index);
-      const alreadyPresent = (inner?.alreadyPresent ?? []).map((i) => keptIndex[i]!);
-      return failures.length > 0 || alreadyPresent.length > 0 ? { failures, alreadyPresent } : {};
+      return writeResult(failures, (inner?.alreadyPresent ?? []).map((i) => keptIndex[i]!));
     },
   };
 }

@@ -332,6 +332,16 @@ export interface WriteResult {
   readonly alreadyPresent?: readonly number[];
 }
 
+/**
+ * What a sink's write returns for a batch: `failures` (sorted by index, in place) and, when the
+ * sink tells them, the records it found `alreadyPresent`; `{}` when both are empty.
+ */
+export function writeResult(failures: RecordFailure[], alreadyPresent?: readonly number[]): WriteResult {
+  failures.sort((a, b) => a.index - b.index);
+  if (alreadyPresent === undefined) return failures.length > 0 ? { failures } : {};
+  return failures.length > 0 || alreadyPresent.length > 0 ? { failures, alreadyPresent } : {};
+}
+
 /** Bounds of the write a sink prefers when records pile up ({@link Sink.preferredWrite}). */
 export interface PreferredWrite {
   /** Most records in one write. */

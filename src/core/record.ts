@@ -1,5 +1,6 @@
 import type { SpanContext } from "@opentelemetry/api";
 import { SluiceError } from "./errors.js";
+import { JSON_CHAR } from "./json-chars.js";
 
 /** A JSON value as `JSON.parse` returns it. */
 export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
@@ -172,16 +173,16 @@ export class PayloadArray {
     let k = 0;
     for (let i = 1; i < json.length - 1; i++) {
       const c = json.charCodeAt(i);
-      if (c === 0x22) {
+      if (c === JSON_CHAR.quote) {
         // A string: skip to its closing quote, past escapes.
         for (i++; i < json.length; i++) {
           const d = json.charCodeAt(i);
-          if (d === 0x5c) i++;
-          else if (d === 0x22) break;
+          if (d === JSON_CHAR.backslash) i++;
+          else if (d === JSON_CHAR.quote) break;
         }
-      } else if (c === 0x7b || c === 0x5b) depth++;
-      else if (c === 0x7d || c === 0x5d) depth--;
-      else if (c === 0x2c && depth === 0) ends[k++] = i;
+      } else if (c === JSON_CHAR.openObject || c === JSON_CHAR.openArray) depth++;
+      else if (c === JSON_CHAR.closeObject || c === JSON_CHAR.closeArray) depth--;
+      else if (c === JSON_CHAR.comma && depth === 0) ends[k++] = i;
     }
     ends[k] = json.length - 1;
     return ends;
@@ -314,11 +315,8 @@ export class RecordEntry implements Entry {
 
   /** Makes element `index` of `array` the payload (parsed on first read): the output of a transform worker thread. */
   holdElement(array: PayloadArray, index: number): void {
-    this.array = array;
+    this.hold(undefined, array);
     this.index = index;
-    this.parsed = undefined;
-    this.ownText = undefined;
-    this.undecoded = undefined;
   }
 
   /**
@@ -326,18 +324,20 @@ export class RecordEntry implements Entry {
    * (`Sink.readsPayloads`), so none was sent back. `payload` then reads `{}`, `text` undefined.
    */
   withhold(): void {
-    this.array = undefined;
-    this.parsed = undefined;
-    this.ownText = undefined;
-    this.undecoded = undefined;
+    this.hold(undefined, undefined);
     this.withheld = true;
   }
 
   /** Makes `text` the payload (parsed on first read). */
   holdText(text: string): void {
-    this.ownText = text;
-    this.array = undefined;
+    this.hold(text, undefined);
+  }
+
+  /** Holds the payload as `text` or as the element of `array` (or not at all), parsed on first read; it is no undecoded line any more. */
+  private hold(text: string | undefined, array: PayloadArray | undefined): void {
     this.parsed = undefined;
+    this.ownText = text;
+    this.array = array;
     this.undecoded = undefined;
   }
 

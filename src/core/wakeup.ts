@@ -22,7 +22,7 @@ export class Wakeup {
     });
   }
 
-  /** Resolves at the next poke, when the signal given to {@link wakeOnAbort} aborts, or after `ms`. */
+  /** Resolves at the next poke, when the signal given to {@link loop} aborts, or after `ms`. */
   sleep(ms = Number.POSITIVE_INFINITY): Promise<void> {
     return new Promise<void>((resolve) => {
       const done = () => {
@@ -39,14 +39,19 @@ export class Wakeup {
     });
   }
 
-  /** Makes `signal`'s abort wake the sleeper at once; call the returned function when the loop ends. */
-  wakeOnAbort(signal: AbortSignal): () => void {
+  /**
+   * A push source's `run` loop: calls `turn` again and again until `signal` aborts or `turn`
+   * resolves "stop"; the abort wakes a {@link sleep} of `turn` at once. Rejects with what `turn` throws.
+   */
+  async loop(signal: AbortSignal, turn: () => Promise<"stop" | void>): Promise<void> {
     const onAbort = () => this.#now();
     signal.addEventListener("abort", onAbort, { once: true });
-    return () => {
+    try {
+      while (!signal.aborted) if ((await turn()) === "stop") return;
+    } finally {
       signal.removeEventListener("abort", onAbort);
       this.#wake = undefined;
-    };
+    }
   }
 
   #now(): void {

@@ -97,6 +97,32 @@ interface SinkDown {
   readonly message: string;
 }
 
+/** The metrics of one kind of connected component (sources or sinks) that {@link Metrics} updates alike. */
+interface ConnectionMetrics {
+  readonly attempts: Prom.Counter;
+  readonly up: Prom.Gauge;
+  readonly down: { delete(name: string): boolean };
+}
+
+/** Whether a store (the durable buffer, the dead-letter store) can write: its gauge 1 or 0, and why its latest write failed while writes fail (for readiness). */
+class Writable {
+  error: string | undefined;
+
+  constructor(private readonly gauge: Prom.Gauge) {
+    gauge.set(1);
+  }
+
+  failed(why: string): void {
+    this.error = why;
+    this.gauge.set(0);
+  }
+
+  recovered(): void {
+    this.error = undefined;
+    this.gauge.set(1);
+  }
+}
+
 const LATENCY_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 
 /**
@@ -120,13 +146,9 @@ export class Metrics {
   private readonly concurrencyLimit = new Gauge({ name: METRIC.concurrencyLimit, help: "Batches a sink may have in flight at once: its lanes, or the current adaptive limit.", labelNames: ["sink"], registers: [this.registry] });
   private readonly replayed = new Counter({ name: "sluice_buffer_replayed_records_total", help: "Records of an earlier run replayed from the durable buffer on start.", registers: [this.registry] });
   private readonly corrupt = new Counter({ name: "sluice_buffer_corrupt_entries_total", help: "Torn, corrupt or missing durable buffer entries, found on start or read back while running; corrupt bytes are moved to quarantine.", labelNames: ["reason"], registers: [this.registry] });
-  private readonly bufferWritable = new Gauge({ name: "sluice_buffer_writable", help: "1 while the buffer can write; 0 while the durable buffer's writes fail (disk full, I/O error) and /health/ready says not ready.", registers: [this.registry] });
-  /** Why the durable buffer's latest write failed, while writes fail; for readiness. */
-  private bufferWriteError: string | undefined;
+  private readonly bufferWrites = new Writable(new Gauge({ name: "sluice_buffer_writable", help: "1 while the buffer can write; 0 while the durable buffer's writes fail (disk full, I/O error) and /health/ready says not ready.", registers: [this.registry] }));
   private bufferReadError: string | undefined;
-  private readonly deadLetterWritable = new Gauge({ name: "sluice_dead_letter_writable", help: "1 while dead letters can be written; 0 while dead-letter writes fail (retried) and /health/ready says not ready.", registers: [this.registry] });
-  /** Why the latest dead-letter write failed, while they fail; for readiness. */
-  private deadLetterWriteError: string | undefined;
+  private readonly deadLetterWrites = new Writable(new Gauge({ name: "sluice_dead_letter_writable", help: "1 while dead letters can be written; 0 while dead-letter writes fail (retried) and /health/ready says not ready.", registers: [this.registry] }));
   private readonly httpRequests = new Counter({ name: "sluice_http_requests_total", help: "Ingest requests answered by an http source, by status code.", labelNames: ["source", "status"], registers: [this.registry] });
   /** When the pipeline started and finished running (ms, on `now`), for the summary's elapsed time. */
   private run: { startedAt?: number; doneAt?: number } = {};
@@ -146,6 +168,11 @@ export class Metrics {
   private readonly down = new Map<string, SinkDown>();
   /** Sinks whose last retried batch ended dead-lettered: since when they have failed, and when that batch gave up. */
   private readonly gaveUp = new Map<string, { since: number; at: number }>();
+  /** What a source's or a sink's connection attempts update, by kind (the kind is also the label's name). */
+  private readonly connections: Record<"source" | "sink", ConnectionMetrics> = {
+    source: { attempts: this.sourceConnectAttempts, up: this.sourceUp, down: this.sourceDown },
+    sink: { attempts: this.connectAttempts, up: this.sinkUp, down: this.down },
+  };
   private readonly bufferMaxRecords = new Gauge({ name: "sluice_buffer_max_records", help: "The buffer's bound in records (buffer.max_records): sluice_buffer_records / this is how full it is.", registers: [this.registry] });
   private readonly bufferMaxBytes = new Gauge({ name: "sluice_buffer_max_bytes", help: "The buffer's bound in bytes (buffer.max_bytes): sluice_buffer_bytes / this is how full it is.", registers: [this.registry] });
   private readonly tapDropped = new Counter({ name: "sluice_tap_dropped_records_total", help: "Records sluice tap readers did not get because they read slower than records passed (the pipeline never waits for them).", registers: [this.registry] });
@@ -173,8 +200,6 @@ export class Metrics {
       sinks: Object.fromEntries(sinkNames.map((n) => [n, { delivered: 0, new: 0, already_present: 0, dead_lettered: 0 }])),
     };
     for (const n of sinkNames) this.sinkUp.set({ sink: n }, 0);
-    this.bufferWritable.set(1);
-    this.deadLetterWritable.set(1);
     const probe = () => this.bufferProbe();
     new Gauge({ name: "sluice_buffer_records", help: "Records held by the buffer, including those being transformed or written.", registers: [this.registry], collect() { this.set(probe().records); } });
     new Gauge({ name: "sluice_buffer_bytes", help: "Estimated bytes held by the buffer.", registers: [this.registry], collect() { this.set(probe().bytes); } });
@@ -253,8 +278,32 @@ export class Metrics {
       case "concurrency_limit":
         this.concurrencyLimit.set({ sink: event.sink }, event.limit);
         break;
+      case "sink_connected":
+        this.connected("sink", event.sink, event.attempt);
+        break;
+      case "sink_connect_failed": {
+        this.down.set(event.sink, { sink: event.sink, state: "connecting", since: event.downSince, message: event.message });
+        const until = !event.retryable ? "giving up" : event.connectTimeoutMs === undefined ? "retrying until it connects (no connect_timeout)" : `retrying up to connect_timeout (${formatSeconds(event.connectTimeoutMs)})`;
+        this.connectFailed("sink", event.sink, "failed", event, `sink ${event.sink} cannot connect; ${until}`);
+        break;
+      }
+      case "source_connected":
+        this.connected("source", event.source, event.attempt);
+        break;
+      case "source_connect_failed": {
+        this.sourceDown.set(event.source, { since: event.downSince, message: event.message });
+        this.sourceUp.set({ source: event.source }, 0);
+        const what = event.attempt === 0 ? "lost its connection" : "cannot connect";
+        this.connectFailed("source", event.source, event.attempt === 0 ? "lost" : "failed", event, `source ${event.source} ${what}; ${event.retryable ? "retrying until it connects" : "giving up"}`);
+        break;
+      }
       case "backpressure":
         this.backpressure.inc({ source: event.source }, event.seconds);
+        break;
+      case "source_backlog":
+      case "records_reclaimed":
+      case "source_leases":
+        this.consumerGroup(event);
         break;
       case "http_request":
         this.httpRequests.inc({ source: event.source, status: event.status });
@@ -262,49 +311,6 @@ export class Metrics {
       case "http_connection_refused":
         this.httpRefused.inc({ source: event.source });
         break;
-      case "sink_connected":
-        this.down.delete(event.sink);
-        this.connectAttempts.inc({ sink: event.sink, outcome: "connected" });
-        this.sinkUp.set({ sink: event.sink }, 1);
-        if (event.attempt > 1) this.logger.info({ sink: event.sink, attempts: event.attempt }, "sink connected");
-        break;
-      case "source_backlog":
-        this.sourcePending.set({ source: event.source }, event.pending);
-        if (event.lag !== undefined) this.sourceLag.set({ source: event.source }, event.lag);
-        break;
-      case "records_reclaimed":
-        this.reclaimed.inc({ source: event.source }, event.count);
-        break;
-      case "source_leases":
-        this.partitionsOwned.set({ source: event.source }, event.owned);
-        if (event.acquired > 0) this.leaseTakeovers.inc({ source: event.source }, event.acquired);
-        if (event.lost > 0) this.leasesLost.inc({ source: event.source }, event.lost);
-        break;
-      case "source_connected":
-        this.sourceDown.delete(event.source);
-        this.sourceConnectAttempts.inc({ source: event.source, outcome: "connected" });
-        this.sourceUp.set({ source: event.source }, 1);
-        if (event.attempt > 1) this.logger.info({ source: event.source, attempts: event.attempt }, "source connected");
-        break;
-      case "source_connect_failed": {
-        this.sourceDown.set(event.source, { since: event.downSince, message: event.message });
-        this.sourceConnectAttempts.inc({ source: event.source, outcome: event.attempt === 0 ? "lost" : "failed" });
-        this.sourceUp.set({ source: event.source }, 0);
-        const what = event.attempt === 0 ? "lost its connection" : "cannot connect";
-        const fields = { component: event.source, code: event.code, err: event.message, attempt: event.attempt, down: formatSeconds(this.now() - event.downSince) };
-        if (event.retryable) this.logger.warn(fields, `source ${event.source} ${what}; retrying until it connects`);
-        else this.logger.error(fields, `source ${event.source} ${what}; giving up`);
-        break;
-      }
-      case "sink_connect_failed": {
-        this.down.set(event.sink, { sink: event.sink, state: "connecting", since: event.downSince, message: event.message });
-        this.connectAttempts.inc({ sink: event.sink, outcome: "failed" });
-        const until = !event.retryable ? "giving up" : event.connectTimeoutMs === undefined ? "retrying until it connects (no connect_timeout)" : `retrying up to connect_timeout (${formatSeconds(event.connectTimeoutMs)})`;
-        const fields = { component: event.sink, code: event.code, err: event.message, attempt: event.attempt, down: formatSeconds(this.now() - event.downSince) };
-        if (event.retryable) this.logger.warn(fields, `sink ${event.sink} cannot connect; ${until}`);
-        else this.logger.error(fields, `sink ${event.sink} cannot connect; ${until}`);
-        break;
-      }
       case "buffer_replayed":
         c.received += event.records;
         c.replayed += event.records;
@@ -316,20 +322,11 @@ export class Metrics {
         c.quarantined += event.records ?? 0;
         this.corrupt.inc({ reason: event.reason }, event.entries);
         break;
-      case "tap_records_dropped":
-        this.tapDropped.inc(event.count);
-        break;
-      case "pipeline_run":
-        if (event.phase === "started") this.run = { startedAt: this.now() };
-        else this.run.doneAt = this.now();
-        break;
       case "buffer_write_failed":
-        this.bufferWriteError = event.reason;
-        this.bufferWritable.set(0);
+        this.bufferWrites.failed(event.reason);
         break;
       case "buffer_write_recovered":
-        this.bufferWriteError = undefined;
-        this.bufferWritable.set(1);
+        this.bufferWrites.recovered();
         break;
       case "buffer_read_failed":
         this.bufferReadError = event.reason;
@@ -338,22 +335,59 @@ export class Metrics {
         this.bufferReadError = undefined;
         break;
       case "dead_letter_write_failed":
-        this.deadLetterWriteError = `${event.code}: ${event.message}`;
-        this.deadLetterWritable.set(0);
+        this.deadLetterWrites.failed(`${event.code}: ${event.message}`);
         break;
       case "dead_letter_write_recovered":
-        this.deadLetterWriteError = undefined;
-        this.deadLetterWritable.set(1);
+        this.deadLetterWrites.recovered();
         break;
       case "component_error":
         // Logged only: a sink is down while its writes are retried or it is connecting, and only those
         // have an event that clears them. An idle pool connection dropped by a server restart is not a write failing.
         this.logger.error({ component: event.component, code: event.code, err: event.message }, "component error");
         break;
+      case "tap_records_dropped":
+        this.tapDropped.inc(event.count);
+        break;
+      case "pipeline_run":
+        if (event.phase === "started") this.run = { startedAt: this.now() };
+        else this.run.doneAt = this.now();
+        break;
     }
   };
 
   /** One weighted observation per run of records received together (one chunk), not one per record. */
+  /** A source or sink connected: no longer down, counted, up, and said when it took more than one attempt. */
+  private connected(kind: "source" | "sink", name: string, attempt: number): void {
+    const c = this.connections[kind];
+    c.down.delete(name);
+    c.attempts.inc({ [kind]: name, outcome: "connected" });
+    c.up.set({ [kind]: name }, 1);
+    if (attempt > 1) this.logger.info({ [kind]: name, attempts: attempt }, `${kind} connected`);
+  }
+
+  /** An attempt to connect a source or sink failed (`outcome`), or its connection was lost: counted, and logged as a warning while it is retried, else as an error. */
+  private connectFailed(kind: "source" | "sink", name: string, outcome: "failed" | "lost", event: Extract<InternalEvent, { type: "source_connect_failed" | "sink_connect_failed" }>, message: string): void {
+    this.connections[kind].attempts.inc({ [kind]: name, outcome });
+    const fields = { component: name, code: event.code, err: event.message, attempt: event.attempt, down: formatSeconds(this.now() - event.downSince) };
+    if (event.retryable) this.logger.warn(fields, message);
+    else this.logger.error(fields, message);
+  }
+
+  /** What a broker source reports of its consumer group: entries pending and not yet delivered, entries reclaimed, partition leases held, taken and lost. */
+  private consumerGroup(event: Extract<InternalEvent, { type: "source_backlog" | "records_reclaimed" | "source_leases" }>): void {
+    const source = { source: event.source };
+    if (event.type === "source_backlog") {
+      this.sourcePending.set(source, event.pending);
+      if (event.lag !== undefined) this.sourceLag.set(source, event.lag);
+    } else if (event.type === "records_reclaimed") {
+      this.reclaimed.inc(source, event.count);
+    } else {
+      this.partitionsOwned.set(source, event.owned);
+      if (event.acquired > 0) this.leaseTakeovers.inc(source, event.acquired);
+      if (event.lost > 0) this.leasesLost.inc(source, event.lost);
+    }
+  }
+
   private observeLatency(sink: string, records: readonly { readonly receivedAt: number }[], now: number): void {
     let i = 0;
     while (i < records.length) {
@@ -373,7 +407,7 @@ export class Metrics {
 
   /** Why the durable buffer cannot write, while its writes fail; undefined while it can. */
   bufferUnwritable(): string | undefined {
-    return this.bufferWriteError;
+    return this.bufferWrites.error;
   }
 
   /** Why the durable buffer cannot read entries back, while its reads keep failing; undefined while they succeed. */
@@ -383,7 +417,7 @@ export class Metrics {
 
   /** Why dead letters cannot be written, while their writes fail; undefined while they can. */
   deadLetterUnwritable(): string | undefined {
-    return this.deadLetterWriteError;
+    return this.deadLetterWrites.error;
   }
 
   /**

@@ -9,7 +9,7 @@ import type { Clock } from "../core/clock.js";
 import { classify, SluiceError } from "../core/errors.js";
 import type { EventSink } from "../core/events.js";
 import type { SluiceRecord } from "../core/record.js";
-import { defineComponent, type Sink, type WriteResult } from "../components/contracts.js";
+import { defineComponent, type ComponentContext, type Sink, type WriteResult } from "../components/contracts.js";
 import { encodeNdjson } from "../components/ndjson-lines.js";
 import { byteSize, duration, fileNamePrefix } from "../components/options.js";
 import { createSegmentWriter } from "../components/segment-writer.js";
@@ -42,6 +42,20 @@ export interface FileSinkSettings {
   readonly emit?: EventSink;
   /** Component name for those reports. */
   readonly name?: string;
+}
+
+/** A `file` sink's settings from its validated options, its directory resolved against `ctx.baseDir`. */
+function settingsFrom(opts: z.output<typeof options>, ctx: ComponentContext): FileSinkSettings {
+  return {
+    dir: resolve(ctx.baseDir, opts.path),
+    prefix: opts.prefix,
+    rotateBytes: opts.rotate_bytes,
+    rotateAfterMs: opts.rotate_after,
+    fsync: opts.fsync,
+    clock: ctx.clock,
+    emit: ctx.emit,
+    name: ctx.name,
+  };
 }
 
 /**
@@ -111,16 +125,5 @@ export const definition = defineComponent<typeof options, Sink>({
   type: "file",
   summary: "Appends records as NDJSON segments to a directory (a landing zone; at-least-once)",
   options,
-  create(opts, ctx) {
-    return createFileSink({
-      dir: resolve(ctx.baseDir, opts.path),
-      prefix: opts.prefix,
-      rotateBytes: opts.rotate_bytes,
-      rotateAfterMs: opts.rotate_after,
-      fsync: opts.fsync,
-      clock: ctx.clock,
-      emit: ctx.emit,
-      name: ctx.name,
-    });
-  },
+  create: (opts, ctx) => createFileSink(settingsFrom(opts, ctx)),
 });

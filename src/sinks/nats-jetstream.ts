@@ -23,7 +23,7 @@ import {
 } from "../brokers/nats.js";
 import { SluiceError } from "../core/errors.js";
 import type { SluiceRecord } from "../core/record.js";
-import { defineComponent, type RecordFailure, type Sink, type WriteResult } from "../components/contracts.js";
+import { defineComponent, writeResult, type RecordFailure, type Sink, type WriteResult } from "../components/contracts.js";
 import { duration } from "../components/options.js";
 
 /** Batches the sink takes at once; each has all its publishes outstanding. */
@@ -87,6 +87,29 @@ function messageHeaders(headers: () => MsgHdrs, record: SluiceRecord): MsgHdrs {
   if (record.key !== undefined) h.set(KEY_HEADER, headerValue(record.key));
   if (record.eventTime !== undefined) h.set(EVENT_TIME_HEADER, new Date(record.eventTime).toISOString());
   return h;
+}
+
+/** A `nats_jetstream` sink's settings from its validated options; the stream to create listens on `subject` unless it names its subjects. */
+function settingsFrom(opts: z.output<typeof options>): NatsJetStreamSinkSettings {
+  const stream = opts.create_stream;
+  return {
+    servers: serverList(opts.servers),
+    subject: opts.subject,
+    user: opts.user,
+    password: opts.password,
+    token: opts.token,
+    ackTimeoutMs: opts.ack_timeout,
+    createStream:
+      stream === undefined
+        ? undefined
+        : {
+            name: stream.name,
+            subjects: stream.subjects ?? [opts.subject],
+            storage: stream.storage,
+            replicas: stream.replicas,
+            duplicateWindowMs: stream.duplicate_window,
+          },
+  };
 }
 
 /**
@@ -242,8 +265,7 @@ export function createNatsJetStreamSink(settings: NatsJetStreamSinkSettings): Si
         else failures.push({ index, error });
       }
       if (retry !== undefined) throw retry;
-      failures.sort((a, b) => a.index - b.index);
-      return failures.length > 0 || present.length > 0 ? { failures, alreadyPresent: present } : {};
+      return writeResult(failures, present);
     },
 
     async close() {
@@ -266,25 +288,5 @@ export const definition = defineComponent<typeof options, Sink>({
   type: "nats_jetstream",
   summary: "Publishes records to a NATS JetStream stream, idempotent by id within its duplicate window",
   options,
-  create(opts) {
-    const stream = opts.create_stream;
-    return createNatsJetStreamSink({
-      servers: serverList(opts.servers),
-      subject: opts.subject,
-      user: opts.user,
-      password: opts.password,
-      token: opts.token,
-      ackTimeoutMs: opts.ack_timeout,
-      createStream:
-        stream === undefined
-          ? undefined
-          : {
-              name: stream.name,
-              subjects: stream.subjects ?? [opts.subject],
-              storage: stream.storage,
-              replicas: stream.replicas,
-              duplicateWindowMs: stream.duplicate_window,
-            },
-    });
-  },
+  create: (opts) => createNatsJetStreamSink(settingsFrom(opts)),
 });

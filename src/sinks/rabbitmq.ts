@@ -15,15 +15,14 @@ import {
   KEY_HEADER,
   MAX_SHORT_STRING,
   openAmqpConnection,
-  queueDeclareOptions,
   quietChannel,
-  rabbitmqConnectionOptions,
+  rabbitmqOptions,
   safeUrl,
   type QueueSettings,
 } from "../brokers/rabbitmq.js";
 import { SluiceError } from "../core/errors.js";
 import type { SluiceRecord } from "../core/record.js";
-import { defineComponent, type RecordFailure, type Sink, type WriteResult } from "../components/contracts.js";
+import { defineComponent, writeResult, type RecordFailure, type Sink, type WriteResult } from "../components/contracts.js";
 import { duration } from "../components/options.js";
 
 /** Batches the sink takes at once, all on its one confirm channel. */
@@ -31,8 +30,8 @@ const MAX_IN_FLIGHT = 4;
 
 const options = z
   .strictObject({
-    url: rabbitmqConnectionOptions.url,
-    heartbeat: rabbitmqConnectionOptions.heartbeat,
+    url: rabbitmqOptions.url,
+    heartbeat: rabbitmqOptions.heartbeat,
     exchange: z.string().optional().describe("Exchange to publish to (it must exist); default \"\", the default exchange, which routes to the queue named by the routing key"),
     routing_key: z.string().optional().describe("Routing key of every message; default the queue's name"),
     queue: z
@@ -40,8 +39,8 @@ const options = z
       .min(1)
       .optional()
       .describe("Queue declared durable at connect when missing (and bound to exchange with routing_key when both are set); with the default exchange, the target"),
-    queue_type: queueDeclareOptions.queue_type,
-    queue_arguments: queueDeclareOptions.queue_arguments,
+    queue_type: rabbitmqOptions.queue_type,
+    queue_arguments: rabbitmqOptions.queue_arguments,
     confirm_timeout: duration()
       .default(30_000)
       .refine((ms) => ms >= 1, "must be at least 1 ms")
@@ -87,6 +86,19 @@ function drained(ch: ConfirmChannel): Promise<void> {
     ch.on("drain", done);
     ch.on("close", done);
   });
+}
+
+/** A `rabbitmq` sink's settings from its validated options: without an exchange, the default exchange routes to the queue. */
+function settingsFrom(opts: z.output<typeof options>): RabbitmqSinkSettings {
+  const queue = opts.queue;
+  return {
+    url: opts.url,
+    heartbeatMs: opts.heartbeat,
+    exchange: opts.exchange ?? "",
+    routingKey: opts.routing_key ?? queue ?? "",
+    queue: queue === undefined ? undefined : { name: queue, type: opts.queue_type, arguments: opts.queue_arguments },
+    confirmTimeoutMs: opts.confirm_timeout,
+  };
 }
 
 /**
@@ -251,8 +263,7 @@ export function createRabbitmqSink(settings: RabbitmqSinkSettings): Sink {
         });
       }
       if (retry !== undefined) throw retry;
-      failures.sort((a, b) => a.index - b.index);
-      return failures.length > 0 ? { failures } : {};
+      return writeResult(failures);
     },
 
     async close() {
@@ -277,15 +288,5 @@ export const definition = defineComponent<typeof options, Sink>({
   type: "rabbitmq",
   summary: "Publishes records to RabbitMQ as persistent messages with publisher confirms; message_id = record id",
   options,
-  create(opts) {
-    const queue = opts.queue;
-    return createRabbitmqSink({
-      url: opts.url,
-      heartbeatMs: opts.heartbeat,
-      exchange: opts.exchange ?? "",
-      routingKey: opts.routing_key ?? queue ?? "",
-      queue: queue === undefined ? undefined : { name: queue, type: opts.queue_type, arguments: opts.queue_arguments },
-      confirmTimeoutMs: opts.confirm_timeout,
-    });
-  },
+  create: (opts) => createRabbitmqSink(settingsFrom(opts)),
 });

@@ -8,7 +8,7 @@ import { classifyRedisError, CLIENT_OPTIONS, ENVELOPE_FIELDS, innerReply, isRepl
 import { z } from "zod";
 import { SluiceError } from "../core/errors.js";
 import type { SluiceRecord } from "../core/record.js";
-import { defineComponent, type RecordFailure, type Sink, type WriteResult } from "../components/contracts.js";
+import { defineComponent, writeResult, type RecordFailure, type Sink, type WriteResult } from "../components/contracts.js";
 import { duration } from "../components/options.js";
 
 /** Batches the sink takes at once: script calls on one connection, run in order by the server. */
@@ -148,6 +148,20 @@ function sinkFault(e: SluiceError): SluiceError {
   return new SluiceError(e.code, `${e.message} (the ACL does not allow the sink to write)`, { cause: e.cause, retryable: true, location: e.location });
 }
 
+/** A `redis_streams` sink's settings from its validated options. */
+function settingsFrom(opts: z.output<typeof options>): RedisStreamsSinkSettings {
+  return {
+    url: opts.url,
+    stream: opts.stream,
+    partitions: opts.partitions,
+    maxLen: opts.max_len,
+    bodyKey: opts.body_key,
+    // PX takes whole milliseconds.
+    dedupeWindowMs: Math.ceil(opts.dedupe_window),
+    dedupePrefix: opts.dedupe_prefix ?? `${opts.stream}:dedupe`,
+  };
+}
+
 /**
  * Builds a Redis Streams sink (what the `redis_streams` definition's factory returns).
  *
@@ -260,8 +274,7 @@ export function createRedisStreamsSink(settings: RedisStreamsSinkSettings): Sink
           break;
         }
       }
-      failures.sort((a, b) => a.index - b.index);
-      return failures.length > 0 || present.length > 0 ? { failures, alreadyPresent: present } : {};
+      return writeResult(failures, present);
     },
 
     async close() {
@@ -283,16 +296,5 @@ export const definition = defineComponent<typeof options, Sink>({
   type: "redis_streams",
   summary: "Adds records as Redis stream entries, idempotent by id within a dedupe window",
   options,
-  create(opts) {
-    return createRedisStreamsSink({
-      url: opts.url,
-      stream: opts.stream,
-      partitions: opts.partitions,
-      maxLen: opts.max_len,
-      bodyKey: opts.body_key,
-      // PX takes whole milliseconds.
-      dedupeWindowMs: Math.ceil(opts.dedupe_window),
-      dedupePrefix: opts.dedupe_prefix ?? `${opts.stream}:dedupe`,
-    });
-  },
+  create: (opts) => createRedisStreamsSink(settingsFrom(opts)),
 });

@@ -9,7 +9,7 @@ import { z } from "zod";
 import type { Clock } from "../core/clock.js";
 import { SluiceError } from "../core/errors.js";
 import type { SluiceRecord } from "../core/record.js";
-import { defineComponent, type RecordFailure, type Sink, type WriteResult } from "../components/contracts.js";
+import { defineComponent, writeResult, type RecordFailure, type Sink, type WriteResult } from "../components/contracts.js";
 import { classifySqliteError, isSqliteError, loadSqlite } from "../components/sqlite.js";
 
 /** How long one statement waits for another connection's lock before failing with SQLITE_BUSY, in ms. */
@@ -185,9 +185,8 @@ export function createSqliteSink(settings: SqliteSinkSettings): Sink {
         } catch (isolateErr) {
           throw classifySqliteError(isolateErr, "ERR_SINK_WRITE", "ERR_SINK_REJECTED", location);
         }
-        failures.sort((a, b) => a.index - b.index);
       }
-      return failures.length > 0 || present.length > 0 ? { failures, alreadyPresent: present } : {};
+      return writeResult(failures, present);
     },
 
     async close() {

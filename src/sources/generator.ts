@@ -37,14 +37,12 @@ export type GeneratorOptions = z.output<typeof options>;
 /** The checkpoint a generator hands to `enqueue`: records emitted so far, i.e. the `seq` of the chunk's last record. */
 export type GeneratorCheckpoint = number;
 
-// JSON of a payload without its variable parts: {"id":"","sensor":"","value":,"unit":"C","ts":"","seq":}
-const FIXED_JSON_BYTES = 56;
+// JSON of a payload but its id, sensor and seq: the rest of {"id":"","sensor":"","value":,"unit":"C","ts":"","seq":}
+// is 56 bytes, its ISO timestamp (years 1970-9999) always 24, and its value, rounded to 2 decimals
+// in [10, 40), typically 5 ("21.53").
+const BASE_JSON_BYTES = 56 + 24 + 5;
 // `,"pad":""` added when padding.
 const PAD_OVERHEAD_BYTES = 9;
-// An ISO timestamp (years 1970-9999) is always this long.
-const ISO_TS_BYTES = 24;
-// Values are rounded to 2 decimals in [10, 40): "21.53" is the typical length.
-const VALUE_BYTES_ESTIMATE = 5;
 // Sensor names are cached up to this many keys; past it they are built per record.
 const MAX_CACHED_SENSORS = 65_536;
 // With a rate, a chunk waits for at most this much time's worth of records, so records are not
@@ -138,7 +136,7 @@ class GeneratorSource implements Source {
         // Each sensor hovers around its own baseline, like the tutorial's readings.
         const value = Math.round((15 + (k % 10) + random() * 5) * 100) / 100;
         const payload: JsonObject = { id, sensor, value, unit: "C", ts, seq: n };
-        let bytes = FIXED_JSON_BYTES + id.length + sensor.length + VALUE_BYTES_ESTIMATE + ISO_TS_BYTES + seqText.length;
+        let bytes = BASE_JSON_BYTES + id.length + sensor.length + seqText.length;
         if (payloadBytes > 0) {
           const padLength = Math.max(0, payloadBytes - bytes - PAD_OVERHEAD_BYTES);
           payload.pad = pad.slice(0, padLength);

@@ -8,6 +8,7 @@ import { promisify } from "node:util";
 import { gunzip } from "node:zlib";
 import secureJson from "secure-json-parse";
 import { parseObjectRun } from "../core/envelope.js";
+import { JSON_CHAR } from "../core/json-chars.js";
 import type { JsonObject } from "../core/record.js";
 
 const gunzipAsync = promisify(gunzip);
@@ -141,13 +142,6 @@ export function text(body: Buffer): string {
   }
 }
 
-const OPEN_OBJECT = 0x7b;
-const OPEN_ARRAY = 0x5b;
-const CLOSE_OBJECT = 0x7d;
-const CLOSE_ARRAY = 0x5d;
-const QUOTE = 0x22;
-const BACKSLASH = 0x5c;
-
 /**
  * The offset (relative to `start`) of the first bracket nested deeper than `maxDepth` in
  * `s[start, end)`, or -1. A scan outside strings, run before `JSON.parse` so a deeply nested
@@ -157,7 +151,7 @@ export function tooDeepAt(s: string, start: number, end: number, maxDepth: numbe
   let depth = 0;
   for (let i = start; i < end; i++) {
     const c = s.charCodeAt(i);
-    if (c === QUOTE) {
+    if (c === JSON_CHAR.quote) {
       // Jump over the string (most of a record's text) to its closing quote: the first one not
       // escaped, i.e. not preceded by an odd run of backslashes.
       let j = i;
@@ -166,13 +160,13 @@ export function tooDeepAt(s: string, start: number, end: number, maxDepth: numbe
         // Unterminated: not JSON, which JSON.parse reports.
         if (j < 0 || j >= end) return -1;
         let k = j - 1;
-        while (s.charCodeAt(k) === BACKSLASH) k--;
+        while (s.charCodeAt(k) === JSON_CHAR.backslash) k--;
         if ((j - 1 - k) % 2 === 0) break;
       }
       i = j;
-    } else if (c === OPEN_OBJECT || c === OPEN_ARRAY) {
+    } else if (c === JSON_CHAR.openObject || c === JSON_CHAR.openArray) {
       if (++depth > maxDepth) return i - start;
-    } else if (c === CLOSE_OBJECT || c === CLOSE_ARRAY) depth--;
+    } else if (c === JSON_CHAR.closeObject || c === JSON_CHAR.closeArray) depth--;
   }
   return -1;
 }
@@ -303,7 +297,7 @@ function parseNdjsonBody(s: string, maxDepth: number, maxRecords: number): Parse
     line++;
     const stop = end > start && s.charCodeAt(end - 1) === 0x0d ? end - 1 : end;
     const lineText = s.slice(start, stop);
-    if (s.charCodeAt(start) === OPEN_OBJECT || !BLANK.test(lineText)) {
+    if (s.charCodeAt(start) === JSON_CHAR.openObject || !BLANK.test(lineText)) {
       if (texts.length === maxRecords) {
         flush();
         throw tooMany(maxRecords);
@@ -315,7 +309,7 @@ function parseNdjsonBody(s: string, maxDepth: number, maxRecords: number): Parse
         throw new HttpError(400, `line ${line}: JSON nested deeper than ${maxDepth} levels at column ${deep + 1}`, { line });
       }
       // A plain line (no CR, `{` to `}`) joins the run; any other is parsed alone, after the run.
-      if (stop === end && s.charCodeAt(start) === OPEN_OBJECT && s.charCodeAt(stop - 1) === CLOSE_OBJECT) {
+      if (stop === end && s.charCodeAt(start) === JSON_CHAR.openObject && s.charCodeAt(stop - 1) === JSON_CHAR.closeObject) {
         if (run === 0) {
           runStart = start;
           runLine = line;

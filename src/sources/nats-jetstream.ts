@@ -88,6 +88,24 @@ export interface NatsJetStreamSourceSettings extends Pick<ConsumerSettings, "str
   readonly token?: string | undefined;
 }
 
+/** A `nats_jetstream` source's settings from its validated options. */
+function settingsFrom(opts: z.output<typeof options>): NatsJetStreamSourceSettings {
+  return {
+    servers: serverList(opts.servers),
+    stream: opts.stream,
+    consumer: opts.consumer,
+    bind: opts.bind,
+    filterSubject: opts.filter_subject,
+    deliver: opts.deliver,
+    ackWaitMs: opts.ack_wait,
+    maxDeliver: opts.max_deliver,
+    maxAckPending: opts.max_ack_pending,
+    user: opts.user,
+    password: opts.password,
+    token: opts.token,
+  };
+}
+
 /**
  * Builds a JetStream source (what the `nats_jetstream` definition's factory returns).
  *
@@ -379,23 +397,5 @@ export const definition = defineComponent<typeof options, Source>({
   type: "nats_jetstream",
   summary: "Reads a NATS JetStream stream through a durable pull consumer; each message acked once committed",
   options,
-  create(opts, ctx) {
-    return createNatsJetStreamSource(
-      {
-        servers: serverList(opts.servers),
-        stream: opts.stream,
-        consumer: opts.consumer,
-        bind: opts.bind,
-        filterSubject: opts.filter_subject,
-        deliver: opts.deliver,
-        ackWaitMs: opts.ack_wait,
-        maxDeliver: opts.max_deliver,
-        maxAckPending: opts.max_ack_pending,
-        user: opts.user,
-        password: opts.password,
-        token: opts.token,
-      },
-      ctx,
-    );
-  },
+  create: (opts, ctx) => createNatsJetStreamSource(settingsFrom(opts), ctx),
 });

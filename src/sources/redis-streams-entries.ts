@@ -4,6 +4,7 @@
  */
 import { parseObjectRun } from "../core/envelope.js";
 import { SluiceError } from "../core/errors.js";
+import { JSON_CHAR } from "../core/json-chars.js";
 import type { Entry, JsonObject } from "../core/record.js";
 import type { ServiceEnvelope, SourceHandle } from "../components/contracts.js";
 
@@ -26,8 +27,6 @@ export type ByteReply = [stream: Buffer, entries: ByteEntry[]][];
 
 const NEWLINE = Buffer.from("\n");
 const COMMA = Buffer.from(",");
-const OPEN_BRACE = 0x7b;
-const CLOSE_BRACE = 0x7d;
 
 /** An entry's parts after one pass over its fields. */
 interface EntryParts {
@@ -177,7 +176,7 @@ export function readRecords(handle: SourceHandle, stream: string, entries: reado
     // The body alone (most producers) without a call; with the envelope's fields beside it (the sink's entries) through bodyParts.
     const parts = fields === null || fields.length === 2 ? undefined : bodyParts(fields, bodyKeyBytes);
     const body = fields?.length === 2 ? (isField(fields[0]!, bodyKeyBytes) ? fields[1] : undefined) : parts?.body;
-    if (body === undefined || body.length < 2 || body[0] !== OPEN_BRACE || body[body.length - 1] !== CLOSE_BRACE) plain = false;
+    if (body === undefined || body.length < 2 || body[0] !== JSON_CHAR.openObject || body[body.length - 1] !== JSON_CHAR.closeObject) plain = false;
     else {
       texts.push(body, NEWLINE);
       envelopes.push(parts ?? undefined);

@@ -2,6 +2,7 @@
  * The `redis_streams` source's options (the config schema, with defaults), what the factory is
  * given, and the combinations it refuses.
  */
+import { hostname } from "node:os";
 import { z } from "zod";
 import type { OptionConflict, PipelineShape } from "../components/contracts.js";
 import { duration } from "../components/options.js";
@@ -9,7 +10,7 @@ import { ENVELOPE_FIELDS, partitionsOption } from "../brokers/redis.js";
 import type { EntryFormat } from "./redis-streams-entries.js";
 
 /** `lease_ttl` when `ordered` is on and it is not given, in ms. */
-export const DEFAULT_LEASE_TTL_MS = 10_000;
+const DEFAULT_LEASE_TTL_MS = 10_000;
 
 /** The source's config keys. */
 export const options = z
@@ -102,4 +103,26 @@ export function orderedConflicts(opts: z.output<typeof options>, pipeline: Pipel
         "ordered: true cannot keep order through buffer.durable: the durable buffer acks entries once they are on this worker's disk, so after a crash or a lost lease the next owner of the partition reads newer entries while older ones wait in this worker's buffer; use the memory buffer (Redis keeps what is not acked)",
     },
   ];
+}
+
+/** A `redis_streams` source's settings from its validated options: one stream per partition, durations in whole ms. */
+export function settingsFrom(opts: z.output<typeof options>): RedisStreamsSourceSettings {
+  return {
+    url: opts.url,
+    streams: opts.partitions === 1 ? [opts.stream] : Array.from({ length: opts.partitions }, (_, i) => `${opts.stream}:${i}`),
+    ...(opts.ordered && { lease: { stream: opts.stream, ttlMs: Math.round(opts.lease_ttl ?? DEFAULT_LEASE_TTL_MS) } }),
+    group: opts.group,
+    start: opts.start,
+    consumer: opts.consumer ?? defaultConsumer(),
+    bodyKey: opts.body_key,
+    metadataField: opts.metadata_field,
+    blockMs: Math.max(1, Math.round(opts.block)),
+    claimIdleMs: Math.round(opts.claim_idle),
+    maxDeliveries: opts.max_deliveries,
+  };
+}
+
+/** The default consumer name: unique per worker process on a host. */
+function defaultConsumer(): string {
+  return `${hostname()}-${process.pid}`;
 }

@@ -4,7 +4,6 @@
  * (XPENDING + XCLAIM), and dead-letters an entry delivered `max_deliveries` times.
  */
 import { randomBytes } from "node:crypto";
-import { hostname } from "node:os";
 import type { Redis } from "ioredis";
 import { sleep } from "../core/clock.js";
 import { SluiceError } from "../core/errors.js";
@@ -15,7 +14,7 @@ import { RecordSizeEstimate } from "../components/record-size.js";
 import { entryRecord, exhaustedRecord, readRecords, type ByteReply, type PendingEntry } from "./redis-streams-entries.js";
 import { ConsumerGroup, isReply, sourceError, type RedisStreamsCheckpoint } from "./redis-streams-group.js";
 import { defineLeaseScripts, PartitionLeases, readHeld, redisLeaseStore } from "./redis-streams-leases.js";
-import { DEFAULT_LEASE_TTL_MS, options, orderedConflicts, type RedisStreamsSourceSettings } from "./redis-streams-options.js";
+import { options, orderedConflicts, settingsFrom, type RedisStreamsSourceSettings } from "./redis-streams-options.js";
 
 export type { RedisStreamsCheckpoint } from "./redis-streams-group.js";
 export type { RedisStreamsSourceSettings } from "./redis-streams-options.js";
@@ -524,11 +523,6 @@ export function createRedisStreamsSource(settings: RedisStreamsSourceSettings, c
   };
 }
 
-/** The default consumer name: unique per worker process on a host. */
-function defaultConsumer(): string {
-  return `${hostname()}-${process.pid}`;
-}
-
 /**
  * The `redis_streams` source: reads a consumer group with XREADGROUP (created when missing), XACKs
  * each chunk after every sink committed it, reclaims entries idle past `claim_idle`, and
@@ -538,23 +532,6 @@ export const definition = defineComponent<typeof options, Source>({
   type: "redis_streams",
   summary: "Reads a Redis Streams consumer group; acks entries once committed, reclaims those of dead consumers",
   options,
-  create(opts, ctx) {
-    return createRedisStreamsSource(
-      {
-        url: opts.url,
-        streams: opts.partitions === 1 ? [opts.stream] : Array.from({ length: opts.partitions }, (_, i) => `${opts.stream}:${i}`),
-        ...(opts.ordered && { lease: { stream: opts.stream, ttlMs: Math.round(opts.lease_ttl ?? DEFAULT_LEASE_TTL_MS) } }),
-        group: opts.group,
-        start: opts.start,
-        consumer: opts.consumer ?? defaultConsumer(),
-        bodyKey: opts.body_key,
-        metadataField: opts.metadata_field,
-        blockMs: Math.max(1, Math.round(opts.block)),
-        claimIdleMs: Math.round(opts.claim_idle),
-        maxDeliveries: opts.max_deliveries,
-      },
-      ctx,
-    );
-  },
+  create: (opts, ctx) => createRedisStreamsSource(settingsFrom(opts), ctx),
   conflicts: orderedConflicts,
 });

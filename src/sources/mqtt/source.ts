@@ -70,6 +70,24 @@ export interface MqttSourceSettings extends Omit<MqttConnectionSettings, "receiv
   readonly topicField?: string | undefined;
 }
 
+/** An `mqtt` source's settings from its validated options: durations in the seconds MQTT counts in, the default client id. */
+function settingsFrom(opts: z.output<typeof options>): MqttSourceSettings {
+  return {
+    url: opts.url,
+    topics: typeof opts.topics === "string" ? [opts.topics] : opts.topics,
+    qos: opts.qos,
+    clientId: opts.client_id ?? `sluice-${hostname()}-${process.pid}`,
+    clean: opts.clean,
+    sessionExpirySeconds: opts.session_expiry === "never" ? NEVER_EXPIRES : Math.ceil(opts.session_expiry / 1000),
+    receiveMaximum: opts.receive_maximum,
+    keepaliveSeconds: Math.max(1, Math.round(opts.keepalive / 1000)),
+    username: opts.username,
+    password: opts.password,
+    tls: opts.tls === undefined ? undefined : { ca: opts.tls.ca, cert: opts.tls.cert, key: opts.tls.key, rejectUnauthorized: opts.tls.reject_unauthorized },
+    topicField: opts.topic_field,
+  };
+}
+
 /**
  * Builds an MQTT source (what the `mqtt` definition's factory returns). Each engine `connect`
  * opens a new connection (ending the previous one), and the broker resends on it what no earlier
@@ -138,35 +156,27 @@ export function createMqttSource(settings: MqttSourceSettings, ctx: ComponentCon
     async run(handle, signal) {
       const c = connection;
       if (c === undefined) throw new SluiceError("ERR_INTERNAL", "mqtt source: run before connect", { location });
-      const unwatch = wakeup.wakeOnAbort(signal);
-      try {
-        while (!signal.aborted) {
-          if (c.down() !== undefined) throw lost(c);
-          if (waiting.length === 0) {
-            await wakeup.sleep();
-            continue;
-          }
-          const taken = waiting.length <= handle.chunkSize ? waiting : waiting.slice(0, handle.chunkSize);
-          waiting = taken === waiting ? [] : waiting.slice(handle.chunkSize);
-          const chunk: MqttChunk<MqttConnection> = { connection: c, puback: [], pubrec: [] };
-          const records: Entry[] = [];
-          for (const m of taken) {
-            records.push(messageEntry(handle, m, settings.topicField));
-            if (m.packetId === undefined) continue;
-            if (m.qos === 2) chunk.pubrec.push(m.packetId);
-            else chunk.puback.push(m.packetId);
-          }
-          // In line before the enqueue: a chunk dropped by policy is acked from inside it.
-          unanswered.push(chunk);
-          if ((await handle.enqueue(records, chunk)) === "stopping") {
-            // Never acknowledged, so the broker redelivers them.
-            unanswered.splice(unanswered.indexOf(chunk), 1);
-            return;
-          }
+      await wakeup.loop(signal, async () => {
+        if (c.down() !== undefined) throw lost(c);
+        if (waiting.length === 0) return wakeup.sleep();
+        const taken = waiting.length <= handle.chunkSize ? waiting : waiting.slice(0, handle.chunkSize);
+        waiting = taken === waiting ? [] : waiting.slice(handle.chunkSize);
+        const chunk: MqttChunk<MqttConnection> = { connection: c, puback: [], pubrec: [] };
+        const records: Entry[] = [];
+        for (const m of taken) {
+          records.push(messageEntry(handle, m, settings.topicField));
+          if (m.packetId === undefined) continue;
+          if (m.qos === 2) chunk.pubrec.push(m.packetId);
+          else chunk.puback.push(m.packetId);
         }
-      } finally {
-        unwatch();
-      }
+        // In line before the enqueue: a chunk dropped by policy is acked from inside it.
+        unanswered.push(chunk);
+        if ((await handle.enqueue(records, chunk)) === "stopping") {
+          // Never acknowledged, so the broker redelivers them.
+          unanswered.splice(unanswered.indexOf(chunk), 1);
+          return "stop";
+        }
+      });
     },
 
     ack(checkpoint) {
@@ -200,23 +210,5 @@ export const definition = defineComponent<typeof options, Source>({
   type: "mqtt",
   summary: "Subscribes to MQTT topics in a persistent session; each message acknowledged once committed",
   options,
-  create(opts, ctx) {
-    return createMqttSource(
-      {
-        url: opts.url,
-        topics: typeof opts.topics === "string" ? [opts.topics] : opts.topics,
-        qos: opts.qos,
-        clientId: opts.client_id ?? `sluice-${hostname()}-${process.pid}`,
-        clean: opts.clean,
-        sessionExpirySeconds: opts.session_expiry === "never" ? NEVER_EXPIRES : Math.ceil(opts.session_expiry / 1000),
-        receiveMaximum: opts.receive_maximum,
-        keepaliveSeconds: Math.max(1, Math.round(opts.keepalive / 1000)),
-        username: opts.username,
-        password: opts.password,
-        tls: opts.tls === undefined ? undefined : { ca: opts.tls.ca, cert: opts.tls.cert, key: opts.tls.key, rejectUnauthorized: opts.tls.reject_unauthorized },
-        topicField: opts.topic_field,
-      },
-      ctx,
-    );
-  },
+  create: (opts, ctx) => createMqttSource(settingsFrom(opts), ctx),
 });

@@ -12,9 +12,8 @@ import {
   CLOSE_TIMEOUT_MS,
   ensureQueue,
   openAmqpConnection,
-  queueDeclareOptions,
   quietChannel,
-  rabbitmqConnectionOptions,
+  rabbitmqOptions,
   safeUrl,
   type QueueSettings,
 } from "../../brokers/rabbitmq.js";
@@ -34,13 +33,13 @@ const EMPTY_POLL_MS = 200;
 
 const options = z
   .strictObject({
-    url: rabbitmqConnectionOptions.url,
-    heartbeat: rabbitmqConnectionOptions.heartbeat,
+    url: rabbitmqOptions.url,
+    heartbeat: rabbitmqOptions.heartbeat,
     queue: z.string().min(1).describe("Queue to consume; declared durable when missing (see queue_type), used as it is when it exists"),
     exchange: z.string().min(1).optional().describe("Exchange the queue is bound to (with routing_key) at connect; it must exist"),
     routing_key: z.string().optional().describe("Binding key of the queue on exchange (topic exchanges: * and # wildcards); default \"\""),
-    queue_type: queueDeclareOptions.queue_type,
-    queue_arguments: queueDeclareOptions.queue_arguments,
+    queue_type: rabbitmqOptions.queue_type,
+    queue_arguments: rabbitmqOptions.queue_arguments,
     prefetch: z
       .number()
       .int()
@@ -70,6 +69,19 @@ export interface RabbitmqSourceSettings {
   /** undefined: the buffer's `max_records`; never more. */
   readonly prefetch?: number | undefined;
   readonly maxDeliveries: number;
+}
+
+/** A `rabbitmq` source's settings from its validated options. */
+function settingsFrom(opts: z.output<typeof options>): RabbitmqSourceSettings {
+  return {
+    url: opts.url,
+    heartbeatMs: opts.heartbeat,
+    queue: { name: opts.queue, type: opts.queue_type, arguments: opts.queue_arguments },
+    exchange: opts.exchange,
+    routingKey: opts.routing_key ?? "",
+    prefetch: opts.prefetch,
+    maxDeliveries: opts.max_deliveries,
+  };
 }
 
 /**
@@ -225,43 +237,38 @@ export function createRabbitmqSource(settings: RabbitmqSourceSettings, ctx: Comp
     async run(handle, signal) {
       const ch = channel;
       if (ch === undefined) throw new SluiceError("ERR_INTERNAL", "rabbitmq source: run before connect", { location });
-      const unwatch = wakeup.wakeOnAbort(signal);
-      try {
-        while (!signal.aborted) {
-          if (down !== undefined || channel !== ch) throw lost();
-          const taking = pacing.taking();
-          const wanted = taking.how === "consume" ? Math.min(taking.prefetch, byBytes.for(sizes.bytes)) : undefined;
-          // A consumer whose prefetch is not the one wanted now is cancelled (a prefetch cannot change under it).
-          if (consumerTag !== undefined && consumerPrefetch !== wanted) await stopConsuming(ch);
-          if (waiting.length > 0) {
-            if (!(await hand(handle, ch, signal))) return;
-          } else if (wanted !== undefined) {
-            // The consumer starts here, not in `connect`: `sluice validate` connects and closes, and a
-            // consumer would take messages and put them back, each a delivery counted by a quorum queue.
-            // It starts once at most half its prefetch is still in flight from before, and takes the rest;
-            // deliveries may come while it starts, with nobody to wake: look again before waiting.
-            if (consumerTag === undefined && pacing.inFlight <= wanted / 2) await startConsuming(ch, wanted);
-            else await wakeup.sleep();
-          } else if (!pacing.mayTake()) {
-            await wakeup.sleep();
-          } else {
-            if ((await sizes.room(handle, 1, signal)) === 0 || signal.aborted) return;
-            const m = await ch.get(queue, { noAck: false }).catch((err: unknown) => {
-              throw classifyAmqpError(err, "ERR_SOURCE_CONNECT", location);
-            });
-            if (m === false) {
-              pacing.empty();
-              // A counted redelivery in flight and nothing else due: wait for its ack, or look again soon.
-              if (pacing.careful) await wakeup.sleep(EMPTY_POLL_MS);
-              continue;
-            }
-            pacing.took(deliveries(m));
-            waiting.push(m);
+      await wakeup.loop(signal, async () => {
+        if (down !== undefined || channel !== ch) throw lost();
+        const taking = pacing.taking();
+        const wanted = taking.how === "consume" ? Math.min(taking.prefetch, byBytes.for(sizes.bytes)) : undefined;
+        // A consumer whose prefetch is not the one wanted now is cancelled (a prefetch cannot change under it).
+        if (consumerTag !== undefined && consumerPrefetch !== wanted) await stopConsuming(ch);
+        if (waiting.length > 0) {
+          if (!(await hand(handle, ch, signal))) return "stop";
+        } else if (wanted !== undefined) {
+          // The consumer starts here, not in `connect`: `sluice validate` connects and closes, and a
+          // consumer would take messages and put them back, each a delivery counted by a quorum queue.
+          // It starts once at most half its prefetch is still in flight from before, and takes the rest;
+          // deliveries may come while it starts, with nobody to wake: look again before waiting.
+          if (consumerTag === undefined && pacing.inFlight <= wanted / 2) await startConsuming(ch, wanted);
+          else await wakeup.sleep();
+        } else if (!pacing.mayTake()) {
+          await wakeup.sleep();
+        } else {
+          if ((await sizes.room(handle, 1, signal)) === 0 || signal.aborted) return "stop";
+          const m = await ch.get(queue, { noAck: false }).catch((err: unknown) => {
+            throw classifyAmqpError(err, "ERR_SOURCE_CONNECT", location);
+          });
+          if (m === false) {
+            pacing.empty();
+            // A counted redelivery in flight and nothing else due: wait for its ack, or look again soon.
+            if (pacing.careful) await wakeup.sleep(EMPTY_POLL_MS);
+            return;
           }
+          pacing.took(deliveries(m));
+          waiting.push(m);
         }
-      } finally {
-        unwatch();
-      }
+      });
     },
 
     ack(checkpoint) {
@@ -310,18 +317,5 @@ export const definition = defineComponent<typeof options, Source>({
   type: "rabbitmq",
   summary: "Consumes a RabbitMQ queue with manual acks; each message acked once committed",
   options,
-  create(opts, ctx) {
-    return createRabbitmqSource(
-      {
-        url: opts.url,
-        heartbeatMs: opts.heartbeat,
-        queue: { name: opts.queue, type: opts.queue_type, arguments: opts.queue_arguments },
-        exchange: opts.exchange,
-        routingKey: opts.routing_key ?? "",
-        prefetch: opts.prefetch,
-        maxDeliveries: opts.max_deliveries,
-      },
-      ctx,
-    );
-  },
+  create: (opts, ctx) => createRabbitmqSource(settingsFrom(opts), ctx),
 });
