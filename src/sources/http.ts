@@ -29,6 +29,8 @@ interface Pending {
   readonly durable: Promise<void>;
   /** Set when the pipeline ended before the records became durable. */
   abandoned: boolean;
+  /** Set by `done`: a request whose chunks are all settled needs no deadline timer to wait for them. */
+  settled: boolean;
 }
 
 /** A body read, decoded and parsed, with what names it for repeats. */
@@ -368,8 +370,10 @@ export class HttpSource implements Source {
     const parsed = received.parsed;
     const records: Entry[] = new Array<Entry>(parsed.records.length);
     let bytes = 0;
+    // Fallback ids `<source>:<prefix>:<index>`, built only for a record without an id of its own.
+    const positionPrefix = `${prefix}:`;
     for (let i = 0; i < records.length; i++) {
-      records[i] = handle.record(parsed.records[i]!, parsed.bytes[i]!, `${prefix}:${i}`, parsed.texts[i]);
+      records[i] = handle.record(parsed.records[i]!, parsed.bytes[i]!, i, parsed.texts[i], undefined, positionPrefix);
       bytes += parsed.bytes[i]!;
     }
     // A request larger than a chunk goes in as several, so the buffer's bound holds for it too.
@@ -447,9 +451,17 @@ export class HttpSource implements Source {
 
   /** Enqueues one chunk of a request; its checkpoint joins `chunks` when the buffer took it. */
   private async enqueue(handle: SourceHandle, part: Entry[], chunks: Pending[], options: EnqueueOptions | undefined): Promise<EnqueueOutcome> {
-    let done!: () => void;
-    const durable = new Promise<void>((resolve) => (done = resolve));
-    const pending: Pending = { done, durable, abandoned: false };
+    let resolve!: () => void;
+    const durable = new Promise<void>((r) => (resolve = r));
+    const pending: Pending = {
+      done: () => {
+        pending.settled = true;
+        resolve();
+      },
+      durable,
+      abandoned: false,
+      settled: false,
+    };
     this.pending.add(pending);
     let outcome: EnqueueOutcome;
     try {
@@ -465,6 +477,8 @@ export class HttpSource implements Source {
 
   /** Waits for the acks of every chunk of a request until `deadline` (ms since epoch); false on timeout. */
   private async waitDurable(chunks: readonly Pending[], deadline: number): Promise<boolean> {
+    // With a durable buffer the chunks were acked on the way in: no timer, no race.
+    if (chunks.every((p) => p.settled)) return true;
     let cancel = () => {};
     const timeout = new Promise<boolean>((resolve) => {
       cancel = this.ctx.clock.setTimer(Math.max(0, deadline - this.ctx.clock.now()), () => resolve(false));
