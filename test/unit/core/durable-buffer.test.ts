@@ -15,7 +15,7 @@ import fc from "fast-check";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import type { Chunk, PushResult } from "../../../src/core/buffer.js";
 import { DurableBuffer, type DurableBufferOptions } from "../../../src/core/durable-buffer.js";
-import { readAcked } from "../../../src/core/durable-log.js";
+import { encodeChunk, frameHead, readAcked, readFrame } from "../../../src/core/durable-log.js";
 import { SluiceError } from "../../../src/core/errors.js";
 import type { InternalEvent, Logger } from "../../../src/core/events.js";
 import { RecordEntry, settle, type AckTicket, type JsonObject } from "../../../src/core/record.js";
@@ -241,6 +241,22 @@ describe("DurableBuffer", () => {
       check((await pullN(buffer, 1))[0]!);
       const replay = await open(crashCopy(dir));
       check((await pullN(replay.buffer, 1))[0]!);
+    });
+
+    it("property: any id and key, in either kind of entry, read back as they were", () => {
+      fc.assert(
+        fc.property(fc.array(fc.tuple(fc.string({ unit: "binary" }), fc.option(fc.string({ unit: "binary" }), { nil: undefined })), { minLength: 1, maxLength: 5 }), fc.boolean(), (rows, withLines) => {
+          const chunk = linesChunk(rows.map((_, i) => JSON.stringify({ n: i })));
+          chunk.records.forEach((r, i) => {
+            r.id = rows[i]![0];
+            r.key = rows[i]![1];
+          });
+          const encoded = encodeChunk(withLines ? chunk : { records: chunk.records, ticket: chunk.ticket });
+          const frame = readFrame(Buffer.concat([frameHead(7, encoded), ...encoded.parts]), 0, 0);
+          if (typeof frame === "string") throw new Error(frame);
+          expect(frame.records.map((r) => [r.id, r.key])).toEqual(rows);
+        }),
+      );
     });
 
     it("adds the newline a body's last line lacked", async () => {
