@@ -246,11 +246,15 @@ describe("DurableBuffer", () => {
     it("property: any id and key, in either kind of entry, read back as they were", () => {
       fc.assert(
         fc.property(fc.array(fc.tuple(fc.string({ unit: "binary" }), fc.option(fc.string({ unit: "binary" }), { nil: undefined })), { minLength: 1, maxLength: 5 }), fc.boolean(), (rows, withLines) => {
-          const chunk = linesChunk(rows.map((_, i) => JSON.stringify({ n: i })));
-          chunk.records.forEach((r, i) => {
-            r.id = rows[i]![0];
-            r.key = rows[i]![1];
+          const texts = rows.map((_, i) => JSON.stringify({ n: i }));
+          const { ticket, lines } = linesChunk(texts);
+          const records = rows.map(([id, key], i) => {
+            const r = new RecordEntry(id, key, { n: i }, undefined, "http", texts[i]!.length);
+            r.text = texts[i];
+            r.ticket = ticket;
+            return r;
           });
+          const chunk: Chunk = { records, ticket, lines };
           const encoded = encodeChunk(withLines ? chunk : { records: chunk.records, ticket: chunk.ticket });
           const frame = readFrame(Buffer.concat([frameHead(7, encoded), ...encoded.parts]), 0, 0);
           if (typeof frame === "string") throw new Error(frame);
