@@ -204,6 +204,8 @@ export interface EnqueueOptions {
    * chunk's `sluice.source.receive` span is its child. Used only when a tracer is installed.
    */
   readonly parent?: Context;
+  /** The records' payloads as their producer's bytes, one line each (see `Chunk.lines`): a durable buffer writes them as they are. */
+  readonly lines?: Buffer;
 }
 
 /**

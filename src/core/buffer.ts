@@ -7,6 +7,13 @@ import { WaitingLine } from "./waiting-line.js";
 export interface Chunk {
   readonly records: Entry[];
   readonly ticket: AckTicket;
+  /**
+   * The records' payloads exactly as their producer sent them, when a source has them as one run
+   * of bytes (an NDJSON body): UTF-8, each record's JSON text on a line of its own, in order, each
+   * line ending with `\n` (the last may lack it). A durable buffer writes these bytes instead of
+   * serialising the records again; a memory buffer has no use for them.
+   */
+  readonly lines?: globalThis.Buffer;
 }
 
 /** What the buffer does when a chunk does not fit. */

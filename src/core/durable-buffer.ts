@@ -117,7 +117,7 @@ class EntryTicket implements AckTicket {
 interface Append {
   readonly entry: LogEntry;
   readonly head: Bytes;
-  readonly tail: Bytes;
+  readonly parts: readonly Bytes[];
   readonly chunk: Chunk;
   readonly resolve: (result: PushResult) => void;
   readonly reject: (err: SluiceError) => void;
@@ -297,7 +297,7 @@ export class DurableBuffer implements BufferContract {
       return Promise.reject(classify(err, "ERR_INTERNAL"));
     }
     if (frameSize(this.nextSeq, encoded) - HEADER_BYTES > MAX_BODY_BYTES) {
-      return Promise.reject(new SluiceError("ERR_BUFFER_IO", `chunk of ${encoded.tail.length} bytes is larger than a log entry may be`, { retryable: false }));
+      return Promise.reject(new SluiceError("ERR_BUFFER_IO", `chunk of ${encoded.size} bytes is larger than a log entry may be`, { retryable: false }));
     }
     // FIFO fairness: a chunk may only jump in when nobody waits ahead of it.
     if (this.line.length === 0 && this.fits(encoded)) return this.admit(chunk, encoded);
@@ -539,7 +539,7 @@ export class DurableBuffer implements BufferContract {
     const head = frameHead(seq, encoded);
     const entry: LogEntry = {
       seq,
-      size: head.length + encoded.tail.length,
+      size: head.length + encoded.size,
       records: encoded.records,
       bytes: encoded.bytes,
       segment: undefined,
@@ -552,7 +552,7 @@ export class DurableBuffer implements BufferContract {
     this.logRecords += entry.records;
     this.logBytes += entry.size;
     const result = new Promise<PushResult>((resolve, reject) => {
-      this.appends.push({ entry, head, tail: encoded.tail, chunk, resolve, reject });
+      this.appends.push({ entry, head, parts: encoded.parts, chunk, resolve, reject });
     });
     this.tail = result.catch(() => {});
     this.writer ??= this.writeLoop();
@@ -590,7 +590,7 @@ export class DurableBuffer implements BufferContract {
     this.current ??= await this.createSegment(group[0]!.entry.seq);
     const { segment, fh } = this.current;
     const parts: Bytes[] = [];
-    for (const a of group) parts.push(a.head, a.tail);
+    for (const a of group) parts.push(a.head, ...a.parts);
     const data = globalThis.Buffer.concat(parts, bytes);
     for (let done = 0; done < bytes; ) {
       const { bytesWritten } = await fh.write(data, done, bytes - done, segment.size + done);

@@ -5,8 +5,14 @@
  *
  * Layout of `<path>/`:
  * - `<16-digit seq of the first entry>.seg`: entries, each a 12-byte header
- *   `{ magic u32 LE, body length u32 LE, crc32(body) u32 LE }` and a UTF-8 JSON body
- *   `[seq, source, receivedAt, [[id, key, payload, eventTime, bytes(, [code, message, location], raw)], ...]]`.
+ *   `{ magic u32 LE, body length u32 LE, crc32(body) u32 LE }` and a UTF-8 body of one of two kinds,
+ *   told apart by what follows `[seq,` (a string in the first, the number 2 in the second):
+ *   - JSON: `[seq, source, receivedAt, [[id, key, payload, eventTime, bytes(, [code, message, location], raw)], ...]]`;
+ *   - lines (version 2, written for a chunk that comes with its records' lines, see {@link Chunk.lines}):
+ *     `[seq, 2, source, receivedAt, [[id, key, eventTime, bytes(, [code, message, location], raw)], ...]]`,
+ *     a `\n` (JSON text has no raw newline), then each record's payload as a JSON text without a
+ *     raw newline, followed by `\n`, in the rows' order: the producer's own bytes, not re-serialised.
+ *   Earlier versions wrote JSON entries only and cannot read lines entries (they would quarantine them).
  * - `acked`: `<crc32 hex> {"through":N,"released":[[a,b],...],"written":W}`: entries up to N and in
  *   each range are released; every entry below W had been written (the log's index: an entry
  *   below W that is neither released nor found on start was lost). Files of earlier versions have no W.
@@ -51,34 +57,67 @@ export function isSegmentName(name: string): boolean {
 
 /** A chunk encoded up to its seq, which the log assigns only when it admits the entry. */
 export interface EncodedChunk {
-  /** The body after `[seq,`: `"source",receivedAt,[rows]]`. */
-  readonly tail: Bytes;
+  /** The body after `[seq,`, in pieces written one after the other: a JSON entry's `"source",receivedAt,[rows]]`, or a lines entry's meta and lines. */
+  readonly parts: readonly Bytes[];
+  /** Bytes of `parts`. */
+  readonly size: number;
   readonly records: number;
   /** Sum of the records' estimated bytes (what the memory bound counts). */
   readonly bytes: number;
 }
 
+/** What a lines entry's body has after `[seq,`: its version. */
+const LINES_VERSION = "2,";
+const NEWLINE = globalThis.Buffer.from("\n");
+
+/** A record's row fields after the payload: `,eventTime,bytes` and, for unparsable input, `,[code,message,location],raw`; then `]`. */
+function rowEnd(r: Chunk["records"][number]): string {
+  // An absent event time is written as null, which decodes back to undefined.
+  const end = `,${finiteOrNull(r.eventTime)},${r.bytes}`;
+  return r.failure === undefined ? `${end}]` : `${end},${JSON.stringify([r.failure.code, r.failure.message, r.failure.location])},${JSON.stringify(r.raw ?? null)}]`;
+}
+
+/** A string JSON.stringify would not escape: space and above, but no quote, backslash or surrogate. */
+const PLAIN_STRING = /^[\u0020\u0021\u0023-\u005b\u005d-\ud7ff\ue000-\uffff]*$/;
+
+/** `JSON.stringify(s)`; a third of its cost for the plain strings ids and keys mostly are. */
+function jsonString(s: string): string {
+  return PLAIN_STRING.test(s) ? `"${s}"` : JSON.stringify(s);
+}
+
+/** `[id,key` of a record's row; an absent key is written as null, which decodes back to undefined. */
+function rowStart(r: Chunk["records"][number]): string {
+  return `[${jsonString(r.id)},${r.key === undefined ? "null" : jsonString(r.key)}`;
+}
+
 /**
- * Encodes a chunk's records (one source per chunk, as {@link Chunk} says). Throws what
- * `JSON.stringify` throws for a payload that is not JSON (a BigInt, a cycle).
+ * Encodes a chunk's records (one source per chunk, as {@link Chunk} says): a lines entry when the
+ * chunk has `lines` (the payloads are those bytes, written as they came), else a JSON entry. Throws
+ * what `JSON.stringify` throws for a payload that is not JSON (a BigInt, a cycle).
  */
 export function encodeChunk(chunk: Chunk): EncodedChunk {
   const records = chunk.records;
+  let bytes = 0;
+  for (let i = 0; i < records.length; i++) bytes += records[i]!.bytes;
+  const head = `${JSON.stringify(records[0]?.source ?? "")},${chunk.ticket.receivedAt},[`;
+  const lines = chunk.lines;
+  if (lines !== undefined) {
+    let meta = `${LINES_VERSION}${head}`;
+    for (let i = 0; i < records.length; i++) meta += `${i === 0 ? "" : ","}${rowStart(records[i]!)}${rowEnd(records[i]!)}`;
+    const parts = [globalThis.Buffer.from(`${meta}]]\n`, "utf8"), lines];
+    if (lines.length === 0 || lines[lines.length - 1] !== 0x0a) parts.push(NEWLINE);
+    return { parts, size: parts.reduce((n, p) => n + p.length, 0), records: records.length, bytes };
+  }
   // Built as text: a payload whose JSON the source kept (`text`) is written as is, not serialized
   // again, which is most of the cost of an entry.
-  let json = `[${JSON.stringify(records[0]?.source ?? "")},${chunk.ticket.receivedAt},[`;
-  let bytes = 0;
+  let json = `[${head}`;
   for (let i = 0; i < records.length; i++) {
     const r = records[i]!;
-    bytes += r.bytes;
-    const payload = r.text ?? JSON.stringify(r.payload);
-    // An absent key or event time is written as null, which decodes back to undefined.
-    json += `${i === 0 ? "" : ","}[${JSON.stringify(r.id)},${r.key === undefined ? "null" : JSON.stringify(r.key)},${payload},${finiteOrNull(r.eventTime)},${r.bytes}`;
-    json += r.failure === undefined ? "]" : `,${JSON.stringify([r.failure.code, r.failure.message, r.failure.location])},${JSON.stringify(r.raw ?? null)}]`;
+    json += `${i === 0 ? "" : ","}${rowStart(r)},${r.text ?? JSON.stringify(r.payload)}${rowEnd(r)}`;
   }
   json += "]]";
-  const encoded = globalThis.Buffer.from(json, "utf8");
-  return { tail: encoded.subarray(1), records: records.length, bytes };
+  const tail = globalThis.Buffer.from(json, "utf8").subarray(1);
+  return { parts: [tail], size: tail.length, records: records.length, bytes };
 }
 
 function finiteOrNull(n: number | undefined): string {
@@ -87,17 +126,19 @@ function finiteOrNull(n: number | undefined): string {
 
 /** Bytes the entry of `encoded` takes in a segment when it gets `seq`. */
 export function frameSize(seq: number, encoded: EncodedChunk): number {
-  return HEADER_BYTES + String(seq).length + 2 + encoded.tail.length;
+  return HEADER_BYTES + String(seq).length + 2 + encoded.size;
 }
 
-/** The header and the body's `[seq,` in one buffer; the entry is that followed by `encoded.tail`. */
+/** The header and the body's `[seq,` in one buffer; the entry is that followed by `encoded.parts`. */
 export function frameHead(seq: number, encoded: EncodedChunk): Bytes {
   const prefix = `[${seq},`;
   const head = globalThis.Buffer.allocUnsafe(HEADER_BYTES + prefix.length);
   head.write(prefix, HEADER_BYTES, "latin1");
   head.writeUInt32LE(MAGIC, 0);
-  head.writeUInt32LE(prefix.length + encoded.tail.length, 4);
-  head.writeUInt32LE(crc32(encoded.tail, crc32(head.subarray(HEADER_BYTES))), 8);
+  head.writeUInt32LE(prefix.length + encoded.size, 4);
+  let crc = crc32(head.subarray(HEADER_BYTES));
+  for (const part of encoded.parts) crc = crc32(part, crc);
+  head.writeUInt32LE(crc, 8);
   return head;
 }
 
@@ -146,15 +187,25 @@ function isObject(v: unknown): v is JsonObject {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
-function decodeRow(row: unknown, source: string): RecordEntry | undefined {
-  if (!Array.isArray(row) || (row.length !== 5 && row.length !== 7)) return undefined;
-  const [id, key, payload, eventTime, bytes] = row as unknown[];
-  if (typeof id !== "string" || (key !== null && typeof key !== "string") || !isObject(payload)) return undefined;
+/**
+ * A row's record: `[id, key, payload, eventTime, bytes(, failure, raw)]` in a JSON entry; in a lines
+ * entry the same without the payload, which is `line` (held as text, parsed on first read).
+ */
+function decodeRow(row: unknown, source: string, line?: string): RecordEntry | undefined {
+  const fields = line === undefined ? 5 : 4;
+  if (!Array.isArray(row) || (row.length !== fields && row.length !== fields + 2)) return undefined;
+  const values = row as unknown[];
+  const [id, key] = values;
+  const payload = line === undefined ? values[2] : undefined;
+  const eventTime = values[fields - 2];
+  const bytes = values[fields - 1];
+  if (typeof id !== "string" || (key !== null && typeof key !== "string") || (line === undefined && !isObject(payload))) return undefined;
   if ((eventTime !== null && typeof eventTime !== "number") || typeof bytes !== "number") return undefined;
-  const entry = new RecordEntry(id, key ?? undefined, payload, eventTime ?? undefined, source, bytes);
-  if (row.length === 7) {
-    const failure: unknown = row[5];
-    const raw: unknown = row[6];
+  const entry = new RecordEntry(id, key ?? undefined, payload as JsonObject | undefined, eventTime ?? undefined, source, bytes);
+  if (line !== undefined) entry.holdText(line);
+  if (row.length === fields + 2) {
+    const failure: unknown = values[fields];
+    const raw: unknown = values[fields + 1];
     if (!Array.isArray(failure) || failure.length !== 3 || (raw !== null && typeof raw !== "string")) return undefined;
     const [code, message, location] = failure as unknown[];
     if (typeof code !== "string" || typeof message !== "string" || (location !== null && typeof location !== "string")) return undefined;
@@ -166,26 +217,51 @@ function decodeRow(row: unknown, source: string): RecordEntry | undefined {
   return entry;
 }
 
+/** A body's JSON part: the whole body of a JSON entry, up to the first `\n` of a lines entry (whose lines follow). */
 function decodeBody(body: Bytes, length: number): DecodedEntry | undefined {
+  // `[seq,2,` starts a lines entry; a JSON entry has a string (`"`) after `[seq,`.
+  const comma = body.indexOf(0x2c);
+  const linesEntry = comma > 0 && body[comma + 1] === 0x32 && body[comma + 2] === 0x2c;
+  const metaEnd = linesEntry ? body.indexOf(0x0a) : body.length;
+  if (metaEnd < 0) return undefined;
   let v: unknown;
   try {
-    v = JSON.parse(body.toString("utf8"));
+    v = JSON.parse(body.toString("utf8", 0, metaEnd));
   } catch {
     return undefined;
   }
-  if (!Array.isArray(v) || v.length !== 4) return undefined;
-  const [seq, source, receivedAt, rows] = v as unknown[];
+  if (!Array.isArray(v) || v.length !== (linesEntry ? 5 : 4)) return undefined;
+  const [seq, source, receivedAt, rows] = linesEntry ? [v[0], v[2], v[3], v[4]] : (v as unknown[]);
   if (!Number.isSafeInteger(seq) || (seq as number) < 0 || typeof source !== "string" || typeof receivedAt !== "number") return undefined;
   if (!Array.isArray(rows) || rows.length === 0) return undefined;
+  const lines = linesEntry ? splitLines(body.toString("utf8", metaEnd + 1), rows.length) : undefined;
+  if (linesEntry && lines === undefined) return undefined;
   const records: RecordEntry[] = new Array(rows.length);
   let bytes = 0;
   for (let i = 0; i < rows.length; i++) {
-    const r = decodeRow(rows[i], source);
+    const r = decodeRow(rows[i], source, lines?.[i]);
     if (r === undefined) return undefined;
     records[i] = r;
     bytes += r.bytes;
   }
   return { seq: seq as number, length, receivedAt, records, bytes };
+}
+
+/**
+ * A lines entry's payloads: exactly `count` lines, each ending with `\n` and each an object's text
+ * (`{` to `}`; the checksum held and the writer took them from parsed lines, so this is a check
+ * of shape only); undefined otherwise.
+ */
+function splitLines(text: string, count: number): string[] | undefined {
+  const lines: string[] = new Array<string>(count);
+  let start = 0;
+  for (let i = 0; i < count; i++) {
+    const end = text.indexOf("\n", start);
+    if (end < 0 || text.charCodeAt(start) !== 0x7b || text.charCodeAt(end - 1) !== 0x7d) return undefined;
+    lines[i] = text.slice(start, end);
+    start = end + 1;
+  }
+  return start === text.length ? lines : undefined;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -483,7 +483,8 @@ export class Pipeline {
       if (this.o.tap?.listening === true) this.o.tap.observe("source", name, records);
       const tickWhileWaiting = ticker !== undefined && waitHere;
       if (tickWhileWaiting) ticker.start(ticket);
-      const result = await buffer.push({ records, ticket }, waitHere, giveUp ?? signal);
+      // The producer's bytes only for the durable log: a memory buffer would keep them alive for nothing.
+      const result = await buffer.push({ records, ticket, lines: durable ? options?.lines : undefined }, waitHere, giveUp ?? signal);
       const waited = this.clock.now() - now;
       if (waited > 0 && result !== "full" && waitHere) this.emit({ type: "backpressure", source: name, seconds: waited / 1000 });
       if (result === "accepted") {

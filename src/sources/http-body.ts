@@ -231,6 +231,12 @@ export interface ParsedBody {
   readonly records: JsonObject[];
   readonly bytes: number[];
   readonly texts: (string | undefined)[];
+  /**
+   * True when the text is exactly the records' texts, each on a line of its own from `{` to `}`,
+   * `\n` after each but maybe the last: an NDJSON body with no blank line and no CR, whose bytes
+   * can go to the durable log as they are (`Chunk.lines`).
+   */
+  readonly plain: boolean;
 }
 
 function tooMany(maxRecords: number): HttpError {
@@ -247,7 +253,7 @@ function parseJsonBody(s: string, maxDepth: number, maxRecords: number): ParsedB
   } catch (err) {
     throw new HttpError(400, `body is not valid JSON: ${(err as Error).message}`);
   }
-  if (isObject(value)) return { records: [value], bytes: [s.length], texts: [s] };
+  if (isObject(value)) return { records: [value], bytes: [s.length], texts: [s], plain: false };
   if (!Array.isArray(value)) throw new HttpError(400, "body must be a JSON object or an array of objects");
   if (value.length > maxRecords) throw tooMany(maxRecords);
   const per = value.length > 0 ? Math.ceil(s.length / value.length) : 0;
@@ -256,7 +262,7 @@ function parseJsonBody(s: string, maxDepth: number, maxRecords: number): ParsedB
     if (!isObject(value[i])) throw new HttpError(400, `element ${i} of the array is not a JSON object`, { index: i });
     bytes.push(per);
   }
-  return { records: value as JsonObject[], bytes, texts: new Array<undefined>(value.length) };
+  return { records: value as JsonObject[], bytes, texts: new Array<undefined>(value.length), plain: false };
 }
 
 const BLANK = /^\s*$/;
@@ -277,6 +283,7 @@ function parseNdjsonBody(s: string, maxDepth: number, maxRecords: number): Parse
   const texts: string[] = [];
   const secure = maySpellProtoKeys(s);
   const brackets = new BracketCounter(s);
+  let plain = true;
   // The pending run of plain lines: s[runStart, runEnd), its first line's number, its line count.
   let runStart = 0;
   let runEnd = 0;
@@ -317,16 +324,20 @@ function parseNdjsonBody(s: string, maxDepth: number, maxRecords: number): Parse
         runEnd = stop;
         run++;
       } else {
+        plain = false;
         flush();
         records.push(parseLine(lineText, line, secure));
       }
       texts.push(lineText);
       bytes.push(stop - start);
-    } else flush();
+    } else {
+      plain = false;
+      flush();
+    }
     start = end + 1;
   }
   flush();
-  return { records, bytes, texts };
+  return { records, bytes, texts, plain };
 }
 
 /** One line of an NDJSON body as a JSON object; 400 naming the line when it is not one. */

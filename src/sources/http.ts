@@ -29,6 +29,8 @@ interface Pending {
   readonly durable: Promise<void>;
   /** Set when the pipeline ended before the records became durable. */
   abandoned: boolean;
+  /** Set by `done`: a request whose chunks are all settled needs no deadline timer to wait for them. */
+  settled: boolean;
 }
 
 /** A body read, decoded and parsed, with what names it for repeats. */
@@ -40,6 +42,10 @@ interface Received {
    * and the second be answered as a repeat of the first with nothing enqueued.
    */
   readonly sum: string;
+  /** The decoded body when its bytes are the records' lines as they are (see `ParsedBody.plain`; no byte order mark). */
+  readonly plain: Buffer | undefined;
+  /** True when every character of the body is one byte (ASCII): a record's place in the text is its place in the bytes. */
+  readonly ascii: boolean;
 }
 
 const MAX_IDEMPOTENCY_KEY = 200;
@@ -74,6 +80,32 @@ function bodyBudget(o: HttpSourceOptions, bufferBytes: number | undefined): Body
   const total = o.max_body_bytes_in_flight ?? Math.max(2 * o.max_body, Math.floor((bufferBytes ?? DEFAULT_BUFFER_BYTES) / 4));
   const half = Math.max(o.max_body, Math.floor(total / 2));
   return new BodyBudget(total, half, half);
+}
+
+/**
+ * Each part's lines (`Chunk.lines`) of a body whose bytes are its records' lines: the whole body
+ * for a request of one part; for more, slices of an ASCII body (where the lines' places in the
+ * text are their places in the bytes); none otherwise, and the buffer serialises the records.
+ */
+function partLines(received: Received, parts: readonly Entry[][]): (Buffer | undefined)[] {
+  const body = received.plain;
+  if (body === undefined || (parts.length > 1 && !received.ascii)) return [];
+  if (parts.length === 1) return [body];
+  const texts = received.parsed.texts;
+  const lines: Buffer[] = [];
+  let record = 0;
+  let offset = 0;
+  for (const part of parts) {
+    const start = offset;
+    for (const end = record + part.length; record < end; record++) offset += texts[record]!.length + 1;
+    lines.push(body.subarray(start, Math.min(offset, body.length)));
+  }
+  return lines;
+}
+
+/** `options` with the chunk's `lines`, when it has them. */
+function withLines(options: EnqueueOptions | undefined, lines: Buffer | undefined): EnqueueOptions | undefined {
+  return lines === undefined ? options : { ...options, lines };
 }
 
 /** The `http` source. */
@@ -262,7 +294,7 @@ export class HttpSource implements Source {
       const taken = { records: false };
       let reply: Reply;
       try {
-        reply = await this.take(received.parsed, this.idPrefix(idempotencyKey, signed, received.sum), hold, taken, res);
+        reply = await this.take(received, this.idPrefix(idempotencyKey, signed, received.sum), hold, taken, res);
       } catch (err) {
         reply = replyOf(err);
       }
@@ -308,7 +340,9 @@ export class HttpSource implements Source {
     if (form.encoding === "gzip") take(this.o.max_body);
     const body = await decode(raw, form.encoding, this.o.max_body);
     const sum = named ? createHash("sha256").update(body).digest("hex").slice(0, 16) : "";
-    return { parsed: parseBody(text(body), form.format, this.o.max_depth, this.o.max_records), sum };
+    const s = text(body);
+    const parsed = parseBody(s, form.format, this.o.max_depth, this.o.max_records);
+    return { parsed, sum, plain: parsed.plain && body[0] === 0x7b ? body : undefined, ascii: s.length === body.length };
   }
 
   /** The answer to a repeat of a request: the first one's, or 422 when the name is bound to another body. */
@@ -331,12 +365,15 @@ export class HttpSource implements Source {
    * client disconnects, when `ack_timeout` passes (429: none of its records were taken), or when
    * sluice stops (503).
    */
-  private async take(parsed: ParsedBody, prefix: string, hold: BodyHold, taken: { records: boolean }, res: ServerResponse): Promise<Reply> {
+  private async take(received: Received, prefix: string, hold: BodyHold, taken: { records: boolean }, res: ServerResponse): Promise<Reply> {
     const handle = this.handle!;
+    const parsed = received.parsed;
     const records: Entry[] = new Array<Entry>(parsed.records.length);
     let bytes = 0;
+    // Fallback ids `<source>:<prefix>:<index>`, built only for a record without an id of its own.
+    const positionPrefix = `${prefix}:`;
     for (let i = 0; i < records.length; i++) {
-      records[i] = handle.record(parsed.records[i]!, parsed.bytes[i]!, `${prefix}:${i}`, parsed.texts[i]);
+      records[i] = handle.record(parsed.records[i]!, parsed.bytes[i]!, i, parsed.texts[i], undefined, positionPrefix);
       bytes += parsed.bytes[i]!;
     }
     // A request larger than a chunk goes in as several, so the buffer's bound holds for it too.
@@ -344,6 +381,7 @@ export class HttpSource implements Source {
     // retry (same Idempotency-Key, same ids) leaves each record once.
     const parts: Entry[][] = [];
     for (let at = 0; at < records.length; at += handle.chunkSize) parts.push(records.length <= handle.chunkSize ? records : records.slice(at, at + handle.chunkSize));
+    const lines = partLines(received, parts);
 
     // One deadline for the whole request: room for its chunks, then their acks.
     const clock = this.ctx.clock;
@@ -373,13 +411,13 @@ export class HttpSource implements Source {
       // Every chunk joins the line in one synchronous pass: no other request can come between
       // them, so the request as a whole keeps its place.
       let outcomes: PromiseSettledResult<EnqueueOutcome>[];
-      if (waits) outcomes = await Promise.allSettled(parts.map((part) => this.enqueue(handle, part, chunks, wait())));
+      if (waits) outcomes = await Promise.allSettled(parts.map((part, i) => this.enqueue(handle, part, chunks, withLines(wait(), lines[i]))));
       else {
         // The first chunk is refused at once when it does not fit (429); the rest of a request
         // partly taken waits for room.
-        const first = await Promise.allSettled([this.enqueue(handle, parts[0]!, chunks, atOnce)]);
+        const first = await Promise.allSettled([this.enqueue(handle, parts[0]!, chunks, withLines(atOnce, lines[0]))]);
         const went = first[0]!.status === "fulfilled" && (first[0]!.value === "accepted" || first[0]!.value === "dropped");
-        outcomes = went ? [...first, ...(await Promise.allSettled(parts.slice(1).map((part) => this.enqueue(handle, part, chunks, wait()))))] : first;
+        outcomes = went ? [...first, ...(await Promise.allSettled(parts.slice(1).map((part, i) => this.enqueue(handle, part, chunks, withLines(wait(), lines[i + 1])))))] : first;
       }
       let dropped = 0;
       const took = outcomes.some((o) => o.status === "fulfilled" && (o.value === "accepted" || o.value === "dropped"));
@@ -413,9 +451,17 @@ export class HttpSource implements Source {
 
   /** Enqueues one chunk of a request; its checkpoint joins `chunks` when the buffer took it. */
   private async enqueue(handle: SourceHandle, part: Entry[], chunks: Pending[], options: EnqueueOptions | undefined): Promise<EnqueueOutcome> {
-    let done!: () => void;
-    const durable = new Promise<void>((resolve) => (done = resolve));
-    const pending: Pending = { done, durable, abandoned: false };
+    let resolve!: () => void;
+    const durable = new Promise<void>((r) => (resolve = r));
+    const pending: Pending = {
+      done: () => {
+        pending.settled = true;
+        resolve();
+      },
+      durable,
+      abandoned: false,
+      settled: false,
+    };
     this.pending.add(pending);
     let outcome: EnqueueOutcome;
     try {
@@ -431,6 +477,8 @@ export class HttpSource implements Source {
 
   /** Waits for the acks of every chunk of a request until `deadline` (ms since epoch); false on timeout. */
   private async waitDurable(chunks: readonly Pending[], deadline: number): Promise<boolean> {
+    // With a durable buffer the chunks were acked on the way in: no timer, no race.
+    if (chunks.every((p) => p.settled)) return true;
     let cancel = () => {};
     const timeout = new Promise<boolean>((resolve) => {
       cancel = this.ctx.clock.setTimer(Math.max(0, deadline - this.ctx.clock.now()), () => resolve(false));

@@ -15,7 +15,7 @@ import fc from "fast-check";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import type { Chunk, PushResult } from "../../../src/core/buffer.js";
 import { DurableBuffer, type DurableBufferOptions } from "../../../src/core/durable-buffer.js";
-import { readAcked } from "../../../src/core/durable-log.js";
+import { encodeChunk, frameHead, readAcked, readFrame } from "../../../src/core/durable-log.js";
 import { SluiceError } from "../../../src/core/errors.js";
 import type { InternalEvent, Logger } from "../../../src/core/events.js";
 import { RecordEntry, settle, type AckTicket, type JsonObject } from "../../../src/core/record.js";
@@ -205,6 +205,118 @@ describe("DurableBuffer", () => {
     const replay = await open(copy);
     check((await pullN(replay.buffer, 1))[0]!);
     expect(replay.events).toContainEqual({ type: "buffer_replayed", records: 3, chunks: 1 });
+  });
+
+  describe("lines entries (a chunk with its producer's lines, format version 2)", () => {
+    /** A chunk of NDJSON `lines` whose records are those lines parsed, as the http source hands one over. */
+    function linesChunk(texts: readonly string[], o: { trailingNewline?: boolean; key?: string } = {}): Chunk {
+      const ticket: AckTicket = { seq: -1, checkpoint: texts[0], receivedAt: 1_700_000_000_456, records: texts.length, bytes: 0, pending: texts.length, onDone: () => {} };
+      const records = texts.map((t, i) => {
+        const payload = JSON.parse(t) as JsonObject;
+        const r = new RecordEntry(String(payload.id), o.key, payload, i === 0 ? 99 : undefined, "http", t.length);
+        r.text = t;
+        r.ticket = ticket;
+        return r;
+      });
+      const body = texts.join("\n") + (o.trailingNewline === false ? "" : "\n");
+      return { records, ticket, lines: Buffer.from(body) };
+    }
+    const texts = ['{"id":"l1","v":1}', '{"id":"l2","s":"é✓ \\n \\"q\\""}', '{ "id" : "l3" , "n" : [1, {"x": null}] }'];
+
+    it("writes the lines as they came after a JSON meta line, and reads them back from disk and after a crash", async () => {
+      const dir = tmpDir();
+      const { buffer } = await open(dir, { memory: { maxRecords: 1, maxBytes: 1 << 20 } });
+      expect(await buffer.push(linesChunk(texts, { key: "k" }), false)).toBe("accepted");
+      const seg = fs.readFileSync(join(dir, segments(dir)[0]!));
+      const body = seg.subarray(12).toString("utf8");
+      expect(body.startsWith('[0,2,"http",1700000000456,[["l1","k",99,')).toBe(true);
+      expect(body.slice(body.indexOf("\n") + 1)).toBe(`${texts.join("\n")}\n`);
+      const check = (c: Chunk) => {
+        expect(c.records.map((r) => [r.id, r.key, r.eventTime, r.bytes, r.source, r.text, r.payload])).toEqual(
+          texts.map((t, i) => [String((JSON.parse(t) as JsonObject).id), "k", i === 0 ? 99 : undefined, t.length, "http", t, JSON.parse(t)]),
+        );
+        expect(c.ticket.receivedAt).toBe(1_700_000_000_456);
+      };
+      // Three records exceed memory.maxRecords = 1: pull reads the entry back from disk.
+      check((await pullN(buffer, 1))[0]!);
+      const replay = await open(crashCopy(dir));
+      check((await pullN(replay.buffer, 1))[0]!);
+    });
+
+    it("property: any id and key, in either kind of entry, read back as they were", () => {
+      fc.assert(
+        fc.property(fc.array(fc.tuple(fc.string({ unit: "binary" }), fc.option(fc.string({ unit: "binary" }), { nil: undefined })), { minLength: 1, maxLength: 5 }), fc.boolean(), (rows, withLines) => {
+          const texts = rows.map((_, i) => JSON.stringify({ n: i }));
+          const { ticket, lines } = linesChunk(texts);
+          const records = rows.map(([id, key], i) => {
+            const r = new RecordEntry(id, key, { n: i }, undefined, "http", texts[i]!.length);
+            r.text = texts[i];
+            r.ticket = ticket;
+            return r;
+          });
+          const chunk: Chunk = { records, ticket, lines };
+          const encoded = encodeChunk(withLines ? chunk : { records: chunk.records, ticket: chunk.ticket });
+          const frame = readFrame(Buffer.concat([frameHead(7, encoded), ...encoded.parts]), 0, 0);
+          if (typeof frame === "string") throw new Error(frame);
+          expect(frame.records.map((r) => [r.id, r.key])).toEqual(rows);
+        }),
+      );
+    });
+
+    it("adds the newline a body's last line lacked", async () => {
+      const dir = tmpDir();
+      const { buffer } = await open(dir, { memory: { maxRecords: 1, maxBytes: 1 << 20 } });
+      expect(await buffer.push(linesChunk(texts, { trailingNewline: false }), false)).toBe("accepted");
+      expect((await pullN(buffer, 1))[0]!.records.map((r) => r.text)).toEqual(texts);
+    });
+
+    it("reads a log of JSON entries (earlier versions) and lines entries mixed in one segment", async () => {
+      const dir = tmpDir();
+      const first = await open(dir);
+      await first.buffer.push(chunkOf(["j1"]), false);
+      await first.buffer.push(linesChunk(texts), false);
+      await first.buffer.push(chunkOf(["j2", "j3"]), false);
+      const replay = await open(crashCopy(dir));
+      expect((await pullN(replay.buffer, 3)).map(ids)).toEqual([["j1"], ["l1", "l2", "l3"], ["j2", "j3"]]);
+      expect(replay.events).toContainEqual({ type: "buffer_replayed", records: 6, chunks: 3 });
+    });
+
+    it("cuts off a lines entry torn in its lines as a torn tail, and replays the entries before it", async () => {
+      const dir = tmpDir();
+      const first = await open(dir);
+      await first.buffer.push(linesChunk(texts.slice(0, 1)), false);
+      await first.buffer.push(linesChunk(texts), false);
+      const copy = crashCopy(dir);
+      const file = join(copy, segments(copy)[0]!);
+      const size = fs.statSync(file).size;
+      fs.truncateSync(file, size - texts[2]!.length);
+      const second = await open(copy);
+      expect((await pullN(second.buffer, 1)).map(ids)).toEqual([["l1"]]);
+      expect(second.events.filter((e) => e.type === "buffer_corrupt")).toEqual([expect.objectContaining({ reason: "torn_tail", entries: 1 })]);
+    });
+
+    it.each([
+      ["one line fewer than rows", (lines: string) => lines.slice(0, lines.lastIndexOf("\n", lines.length - 2) + 1)],
+      ["a line that is not an object's text", (lines: string) => lines.replace('{"id":"l1","v":1}', '[1]')],
+      ["bytes after the last line", (lines: string) => `${lines}x`],
+    ])("skips a lines entry whose checksum holds but whose lines do not match its rows (%s)", async (_name, mangle) => {
+      const dir = tmpDir();
+      const first = await open(dir);
+      await first.buffer.push(chunkOf(["a"]), false);
+      const copy = crashCopy(dir);
+      const file = join(copy, segments(copy)[0]!);
+      const meta = '[1,2,"http",1,[["l1",null,null,1],["l2",null,null,1],["l3",null,null,1]]]\n';
+      const body = Buffer.from(meta + mangle(`${texts.join("\n")}\n`));
+      const header = Buffer.alloc(12);
+      header.writeUInt32LE(0x01e05cd1, 0);
+      header.writeUInt32LE(body.length, 4);
+      header.writeUInt32LE(crc32(body), 8);
+      fs.appendFileSync(file, Buffer.concat([header, body]));
+      const reopened = await open(copy);
+      expect((await pullN(reopened.buffer, 1)).map(ids)).toEqual([["a"]]);
+      expect(reopened.events).toContainEqual(expect.objectContaining({ type: "buffer_corrupt", entries: 1, reason: expect.stringMatching(/undecodable|torn_tail/) }));
+      expect(reopened.buffer.usage().records).toBe(1);
+    });
   });
 
   it("hands out a chunk it keeps in memory with its records re-pointed to a buffer-owned ticket that releases it", async () => {

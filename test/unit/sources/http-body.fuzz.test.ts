@@ -150,6 +150,11 @@ describe("http body parsing, fuzzed", () => {
         try {
           const parsed = parseBody(s, "ndjson", MAX_DEPTH, MAX_RECORDS);
           got = { records: parsed.records, texts: parsed.texts as string[] };
+          // A plain body goes to the durable log as its bytes: it must be exactly the records' lines.
+          if (parsed.plain) {
+            expect([parsed.texts.join("\n"), `${parsed.texts.join("\n")}\n`]).toContain(s);
+            for (const t of parsed.texts) expect(t!.startsWith("{") && t!.endsWith("}")).toBe(true);
+          }
         } catch (err) {
           if (!(err instanceof HttpError) || err.status !== 400) throw err;
           got = { line: err.fields.line as number };
