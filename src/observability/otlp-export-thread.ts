@@ -64,8 +64,6 @@ export type FromExportThread = { readonly tag: "sent"; readonly spans: number; r
 /** The thread's code, called with the thread's `require`. Self-contained: see the module's comment. */
 export function otlpExportThread(load: (id: string) => unknown): void {
   const { parentPort, workerData } = load("node:worker_threads") as typeof WorkerThreads;
-  const http = load("node:http") as typeof Http;
-  const https = load("node:https") as typeof Https;
   const setup = workerData as ExportThreadSetup;
   const port = parentPort!;
 
@@ -212,9 +210,10 @@ export function otlpExportThread(load: (id: string) => unknown): void {
   }
 
   const url = new URL(setup.url);
-  const secure = url.protocol === "https:";
-  const agent = secure ? new https.Agent({ keepAlive: true, maxSockets: 1 }) : new http.Agent({ keepAlive: true, maxSockets: 1 });
-  const send = secure ? https.request : http.request;
+  // `node:https` only for an https collector: it loads TLS, a large part of the thread's start.
+  const client = (url.protocol === "https:" ? load("node:https") : load("node:http")) as typeof Http | typeof Https;
+  const agent = new client.Agent({ keepAlive: true, maxSockets: 1 });
+  const send = client.request;
   const queue: Batch[] = [];
   /** The buffer of the last batch sent, for the next one. */
   let spare: Buffer | undefined;
