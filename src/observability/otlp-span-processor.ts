@@ -175,7 +175,16 @@ export class OtlpJsonSpanProcessor implements SpanProcessor {
       ...(flush === undefined ? {} : { flush }),
     };
     // The message is a copy: the array is free again once posted.
-    this.thread.postMessage(message);
+    try {
+      this.thread.postMessage(message);
+    } catch (err) {
+      // Not expected (the SDK keeps only plain values in a span), but never thrown into `span.end()`.
+      const spans = this.pending.length / SPAN_FIELDS;
+      this.queued -= spans;
+      this.o.onError("spans not exported: they could not be copied to the export thread", { url: this.o.url, spans, err: String(err) });
+      // What the message asked (send all, answer a flush) still goes.
+      if (partial) this.thread.postMessage({ ...message, spans: [] });
+    }
     this.pending.length = 0;
   }
 
