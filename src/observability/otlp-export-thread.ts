@@ -58,8 +58,8 @@ export interface ToExportThread {
   readonly flush?: number;
 }
 
-/** From the thread: a batch is delivered or given up (with why); a flush is done. */
-export type FromExportThread = { readonly tag: "sent"; readonly spans: number; readonly error?: string } | { readonly tag: "flushed"; readonly id: number };
+/** From the thread: it is set up (its first message); a batch is delivered or given up (with why); a flush is done. */
+export type FromExportThread = { readonly tag: "ready" } | { readonly tag: "sent"; readonly spans: number; readonly error?: string } | { readonly tag: "flushed"; readonly id: number };
 
 /** The thread's code, called with the thread's `require`. Self-contained: see the module's comment. */
 export function otlpExportThread(load: (id: string) => unknown): void {
@@ -320,4 +320,5 @@ export function otlpExportThread(load: (id: string) => unknown): void {
     if (m.flush !== undefined) flushes.push({ id: m.flush, after: queue[queue.length - 1] ?? current });
     kick();
   });
+  port.postMessage({ tag: "ready" } satisfies FromExportThread);
 }

@@ -70,7 +70,8 @@ const NO_LINKS: readonly EncodedLink[] = Object.freeze([]);
  */
 export class OtlpJsonSpanProcessor implements SpanProcessor {
   private readonly thread: Worker;
-  private readonly online: Promise<void>;
+  private readonly ready: Promise<void>;
+  private setUp: (() => void) | undefined;
   /** {@link SPAN_FIELDS} values per span not yet posted, all of {@link scope} and {@link resource}. */
   private pending: unknown[] = [];
   private scope: ReadableSpan["instrumentationScope"] | undefined;
@@ -93,12 +94,15 @@ export class OtlpJsonSpanProcessor implements SpanProcessor {
     this.thread.unref();
     this.thread.on("message", (m: FromExportThread) => this.answer(m));
     this.thread.on("error", (err) => this.failed(err));
-    this.online = new Promise((resolve) => this.thread.once("online", resolve));
+    this.ready = new Promise((resolve) => (this.setUp = resolve));
   }
 
-  /** Resolves once the export thread runs: `startTracing` waits for it, so its start is part of tracing's. */
-  whenOnline(): Promise<void> {
-    return this.online;
+  /**
+   * Resolves once the export thread is set up (or failed): `startTracing` waits for it, so that its
+   * start is part of setting tracing up, as the SDK's loading is.
+   */
+  whenReady(): Promise<void> {
+    return this.ready;
   }
 
   onStart(_span: Span, _parentContext: Context): void {}
@@ -199,6 +203,10 @@ export class OtlpJsonSpanProcessor implements SpanProcessor {
   }
 
   private answer(m: FromExportThread): void {
+    if (m.tag === "ready") {
+      this.setUp?.();
+      return;
+    }
     if (m.tag === "flushed") {
       this.flushes.get(m.id)?.();
       this.flushes.delete(m.id);
@@ -221,6 +229,7 @@ export class OtlpJsonSpanProcessor implements SpanProcessor {
     this.pending.length = 0;
     for (const resolve of this.flushes.values()) resolve();
     this.flushes.clear();
+    this.setUp?.();
   }
 }
 

@@ -65,7 +65,7 @@ export async function startTracing(config: TracingConfig, logger: Logger): Promi
     onError: (message, detail) => logger.warn({ component: "tracing", ...detail }, message),
   });
   // The export thread's start (a few tens of ms of CPU) belongs to setting tracing up, not to the run.
-  await processor.whenOnline();
+  await processor.whenReady();
   const provider = new NodeTracerProvider({
     resource: resourceFromAttributes({ "service.name": config.service_name }),
     // At ratio 1 every root is kept: no hash of each trace id.
