@@ -220,9 +220,22 @@ export class OtlpJsonSpanProcessor implements SpanProcessor {
     }
   }
 
+  /**
+   * Ends the thread at once, with whatever it still holds: for the end of a run that gave up waiting
+   * for the last export (a flush holds the process open, see {@link forceFlush}).
+   */
+  async abandon(): Promise<void> {
+    this.stop();
+    await this.thread.terminate();
+  }
+
   /** The thread died (it should not): said once; spans from now on are not kept, and flushes end. */
   private failed(err: Error): void {
     this.o.onError("the span export thread failed; spans are no longer exported", { url: this.o.url, err: err.message });
+    this.stop();
+  }
+
+  private stop(): void {
     this.closed = true;
     clearTimeout(this.timer);
     this.timer = undefined;

@@ -90,6 +90,8 @@ export async function startTracing(config: TracingConfig, logger: Logger): Promi
       );
       if ((await Promise.race([flushed, waited])) === "timeout") {
         logger.warn({ component: "tracing", endpoint: tracesUrl(config.otlp_endpoint) }, `spans not all exported within ${SHUTDOWN_WAIT_MS / 1000} s of the end of the run (is the collector reachable?); giving up on them`);
+        // The export thread would hold the exit through its retries.
+        await processor.abandon();
       }
       clearTimeout(timer);
       trace.disable();
