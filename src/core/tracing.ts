@@ -162,19 +162,78 @@ export class Tracing {
 }
 
 function contextOf(span: SpanContext | undefined): Context {
-  const { ROOT_CONTEXT, trace } = otel();
-  return span === undefined ? ROOT_CONTEXT : trace.setSpanContext(ROOT_CONTEXT, span);
+  return span === undefined ? otel().ROOT_CONTEXT : new ParentContext(span);
 }
 
-/** The receive span contexts of the chunks `records` came from, each once. Records of a chunk mostly sit together. */
-function chunkContexts(records: readonly Entry[]): SpanContext[] {
-  const seen = new Set<SpanContext>();
-  let last: SpanContext | undefined;
-  for (const r of records) {
-    const c = r.ticket.trace;
-    if (c === undefined || c === last) continue;
-    last = c;
-    seen.add(c);
+/**
+ * The API's context key of a context's span: `Symbol.for` of this description, so that every copy
+ * of `@opentelemetry/api` 1.x in the process reads the same key (the API's own reason for it).
+ */
+const SPAN_KEY = Symbol.for("OpenTelemetry Context Key SPAN");
+
+/**
+ * A root context holding only a chunk's receive span, as the parent of its transform and write
+ * spans. What `trace.setSpanContext(ROOT_CONTEXT, span)` returns holds the same, but each one
+ * copies the root's `Map` and makes three closures, and every read goes through one of them:
+ * twice per span made (the tracer and the sampler read the parent). Setting or deleting a value
+ * gives the API's own context.
+ */
+class ParentContext implements Context {
+  private readonly span: Span;
+
+  constructor(context: SpanContext) {
+    this.span = otel().trace.wrapSpanContext(context);
   }
-  return [...seen];
+
+  getValue(key: symbol): unknown {
+    return key === SPAN_KEY ? this.span : undefined;
+  }
+
+  setValue(key: symbol, value: unknown): Context {
+    const { ROOT_CONTEXT, trace } = otel();
+    return trace.setSpan(ROOT_CONTEXT, this.span).setValue(key, value);
+  }
+
+  deleteValue(key: symbol): Context {
+    const { ROOT_CONTEXT, trace } = otel();
+    return key === SPAN_KEY ? ROOT_CONTEXT : trace.setSpan(ROOT_CONTEXT, this.span);
+  }
+}
+
+/**
+ * The receive span contexts of the chunks `records` came from, each once. A batch holds the records
+ * of its chunks in the order the chunks were pulled (fan-out, lanes and retries keep that order),
+ * so a chunk's records are one run: the end of each run is found by galloping and bisecting
+ * instead of looking at every record, and a batch of one chunk (its first and last record from
+ * it) costs two reads.
+ */
+function chunkContexts(records: readonly Entry[]): SpanContext[] {
+  const contexts: SpanContext[] = [];
+  const n = records.length;
+  for (let start = 0; start < n; ) {
+    const c = records[start]!.ticket.trace;
+    // A chunk read back from disk has no context: such records are passed one by one (they are
+    // not one run: several chunks share `undefined`).
+    if (c === undefined) {
+      start++;
+      continue;
+    }
+    // The run's end: `lo` is known in it, `hi` known past it.
+    let lo = start;
+    if (records[n - 1]!.ticket.trace === c) lo = n - 1;
+    else {
+      let hi = n - 1;
+      let step = 1;
+      for (; lo + step < hi && records[lo + step]!.ticket.trace === c; step *= 2) lo += step;
+      hi = Math.min(hi, lo + step);
+      while (hi - lo > 1) {
+        const mid = (lo + hi) >>> 1;
+        if (records[mid]!.ticket.trace === c) lo = mid;
+        else hi = mid;
+      }
+    }
+    if (!contexts.includes(c)) contexts.push(c);
+    start = lo + 1;
+  }
+  return contexts;
 }

@@ -59,18 +59,19 @@ export async function startTracing(config: TracingConfig, logger: Logger): Promi
     },
     DiagLogLevel.WARN,
   );
+  const processor = new OtlpJsonSpanProcessor({
+    ...OTLP_DEFAULTS,
+    url: tracesUrl(config.otlp_endpoint),
+    onError: (message, detail) => logger.warn({ component: "tracing", ...detail }, message),
+  });
+  // The export thread's start (a few tens of ms of CPU) belongs to setting tracing up, not to the run.
+  await processor.whenReady();
   const provider = new NodeTracerProvider({
     resource: resourceFromAttributes({ "service.name": config.service_name }),
     // At ratio 1 every root is kept: no hash of each trace id.
     sampler: new ParentOrRootSampler(trace, config.sample_ratio >= 1 ? undefined : new TraceIdRatioBasedSampler(config.sample_ratio)),
     idGenerator: new PooledIdGenerator(),
-    spanProcessors: [
-      new OtlpJsonSpanProcessor({
-        ...OTLP_DEFAULTS,
-        url: tracesUrl(config.otlp_endpoint),
-        onError: (message, detail) => logger.warn({ component: "tracing", ...detail }, message),
-      }),
-    ],
+    spanProcessors: [processor],
   });
   // No context manager: sluice hands every span its parent explicitly. The default one
   // (AsyncLocalStorage) turns on Node 20's async hooks for every promise once something enters a
@@ -89,6 +90,8 @@ export async function startTracing(config: TracingConfig, logger: Logger): Promi
       );
       if ((await Promise.race([flushed, waited])) === "timeout") {
         logger.warn({ component: "tracing", endpoint: tracesUrl(config.otlp_endpoint) }, `spans not all exported within ${SHUTDOWN_WAIT_MS / 1000} s of the end of the run (is the collector reachable?); giving up on them`);
+        // The export thread would hold the exit through its retries.
+        await processor.abandon();
       }
       clearTimeout(timer);
       trace.disable();
